@@ -1,0 +1,55 @@
+//! Guest-physical addresses and sizes fixed by `docs/guest-contract.md`.
+
+/// Start of the RAM above the legacy BIOS area; kernels are loaded here.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// Start of the 3–4 GiB hole that holds device MMIO instead of RAM.
+pub const MMIO_GAP_START: u64 = 0xC000_0000;
+/// End (exclusive) of the MMIO hole; RAM beyond 3 GiB resumes here.
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+
+/// The (userspace) IOAPIC's MMIO window.
+pub const IOAPIC_START: u64 = 0xFEC0_0000;
+/// Where every vCPU's in-kernel local APIC is mapped.
+pub const LAPIC_START: u64 = 0xFEE0_0000;
+
+/// PVH `hvm_start_info`, immediately followed by its memory map and module list.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// Linux `boot_params` ("zero page").
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer of the boot vCPU; the stack grows down, away from the page tables.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+
+/// Boot page tables: PML4, then one PDPT, then four page directories (one per GiB).
+pub const PML4_START: u64 = 0x9000;
+/// The single page-directory-pointer table.
+pub const PDPT_START: u64 = 0xA000;
+/// The first of the four consecutive page directories (0xB000, 0xC000, 0xD000, 0xE000).
+pub const PD_START: u64 = 0xB000;
+
+/// Boot GDT (null, code, data, TSS descriptors).
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Boot IDT (empty: the guest installs its own before enabling interrupts).
+pub const BOOT_IDT_START: u64 = 0x520;
+
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Largest command line, including its terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+
+/// Extended BIOS data area: holds the MP floating pointer and configuration table.
+pub const EBDA_START: u64 = 0x9FC00;
+/// End (exclusive) of conventional memory; 0xA0000–0xF0000 is the legacy VGA/ROM hole.
+pub const LOW_RAM_END: u64 = 0xA0000;
+/// Legacy BIOS area, reserved in the e820 map.
+pub const BIOS_AREA_START: u64 = 0xF0000;
+
+/// Three pages KVM needs for the real-mode TSS on Intel hosts (`KVM_SET_TSS_ADDR`).
+pub const KVM_TSS_ADDRESS: u64 = 0xFFFB_D000;
+/// One page KVM needs for the EPT identity map on Intel hosts (`KVM_SET_IDENTITY_MAP_ADDR`).
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xFFFB_C000;
+
+/// Smallest guest RAM Kestrel accepts.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Most vCPUs: APIC ids are 8 bits, 255 is broadcast, and the IOAPIC takes id `num_cpus`.
+pub const MAX_VCPUS: u8 = 254;

@@ -1,0 +1,54 @@
+//! The `kestrel` command: one binary, one subcommand per job.
+
+mod cli;
+mod exit_status;
+mod size;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // No exit path may leave the user's terminal in raw mode, not even a bug.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        vmm::console::restore_terminal();
+        default_hook(info);
+    }));
+
+    let cli = cli::Cli::parse();
+    init_logging(&cli.log_level);
+    match cli.command {
+        cli::Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: cli::RunArgs) -> ExitCode {
+    let config = args.into_config();
+    let outcome = vmm::builder::build(&config).and_then(|vm| vm.run());
+    match outcome {
+        Ok(outcome) => {
+            if outcome != vmm::outcome::VmOutcome::PowerOff {
+                eprintln!("kestrel: {outcome}");
+            }
+            ExitCode::from(exit_status::for_outcome(&outcome))
+        }
+        Err(e) => {
+            eprintln!("kestrel: error: {e}");
+            ExitCode::from(exit_status::ERROR)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KESTREL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,131 @@
+//! Shared test harness: runs the real `kestrel` binary on the test guests.
+#![allow(dead_code)] // each test binary uses its own subset of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
+
+/// A run that takes longer than this has hung; the test fails instead of hanging CI. Not a speed
+/// target: a guest run takes well under a second here.
+pub const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+/// True when the KVM tests can run. On CI (CI=true) a missing /dev/kvm is a failure, not a skip.
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("this test needs /dev/kvm, which cannot be opened on CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: /dev/kvm cannot be opened ({e}); on CI this fails");
+            false
+        }
+    }
+}
+
+/// Tests that need root (to unshare mounts or drop privileges) fail on CI without it.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test needs root on CI");
+    }
+    root
+}
+
+pub fn kestrel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kestrel"))
+}
+
+/// `kestrel run` on a guest with the given extra arguments, stdin closed.
+pub fn run_guest(kernel: &str, args: &[&str]) -> Output {
+    let mut command = kestrel();
+    command.arg("run").arg("--kernel").arg(kernel).args(args);
+    run_to_end(command, b"")
+}
+
+/// Runs a command with `input` on its stdin and waits for it, failing the test if it hangs.
+pub fn run_to_end(mut command: Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kestrel");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    wait_with_limit(child)
+}
+
+/// Waits for a child whose stdout/stderr are piped, collecting both; kills it past HANG_LIMIT.
+pub fn wait_with_limit(mut child: Child) -> Output {
+    let stdout = child.stdout.take().map(drain_in_background);
+    let stderr = child.stderr.take().map(drain_in_background);
+    let status = match child.wait_timeout(HANG_LIMIT).expect("wait") {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kestrel did not exit within {HANG_LIMIT:?}");
+        }
+    };
+    let join = |h: Option<std::thread::JoinHandle<Vec<u8>>>| h.map(|h| h.join().unwrap()).unwrap_or_default();
+    Output { status, stdout: join(stdout), stderr: join(stderr) }
+}
+
+fn drain_in_background<R: Read + Send + 'static>(mut reader: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = reader.read_to_end(&mut buffer);
+        buffer
+    })
+}
+
+/// Reads lines from `reader` until one contains `needle` (the guest said it is ready); returns the
+/// lines read so far. Panics at end of output.
+pub fn wait_for_line<R: Read>(reader: &mut BufReader<R>, needle: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read guest output") == 0 {
+            panic!("output ended before a line containing {needle:?}; got:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The value after `prefix` on the first stdout line that starts with it.
+pub fn line_value(output: &Output, prefix: &str) -> Option<String> {
+    stdout(output).lines().find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+}
+
+/// Asserts the exit status, printing both streams when it differs.
+#[track_caller]
+pub fn assert_status(output: &Output, expected: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(expected),
+        "unexpected exit status\n--- stdout\n{}\n--- stderr\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}

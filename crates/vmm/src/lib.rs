@@ -1,0 +1,73 @@
+//! Kestrel's VM engine: turns `/dev/kvm` into a running guest.
+//!
+//! [`builder::build`] assembles a VM from a [`config::VmConfig`] (memory, kernel, devices, vCPUs) and
+//! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it.
+
+pub mod builder;
+pub mod config;
+pub mod console;
+mod irqchip;
+mod kernel;
+mod memory;
+pub mod outcome;
+mod vcpu;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// Why a VM could not be built or run. Each message is one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot set up the boot environment: {0}")]
+    Arch(#[from] arch::Error),
+    #[error("kernel command line is {len} bytes, longer than the {max} bytes the boot protocol allows")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("invalid kernel command line: {0}")]
+    CmdlineInvalid(linux_loader::cmdline::Error),
+    #[error("cannot set up the device {name}: {reason}")]
+    Device { name: &'static str, reason: String },
+    #[error("cannot set up the event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error("cannot write {what} into guest memory: {reason}")]
+    GuestMemory { what: &'static str, reason: String },
+    #[error("initrd {path} is {size} bytes, too large for {memory} bytes of guest memory")]
+    InitrdTooLarge { path: PathBuf, size: u64, memory: u64 },
+    #[error("cannot read initrd {path}: {source}")]
+    InitrdRead { path: PathBuf, source: std::io::Error },
+    #[error("cannot load kernel {path}: {reason}")]
+    KernelLoad { path: PathBuf, reason: String },
+    #[error("cannot read kernel {path}: {source}")]
+    KernelRead { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a kernel image (neither an ELF vmlinux nor a bzImage)")]
+    KernelNotRecognised { path: PathBuf },
+    #[error("cannot open {path}: {source} (is KVM available, and may this user open it?)")]
+    KvmOpen { path: PathBuf, source: std::io::Error },
+    #[error("KVM call {call} failed: {source}")]
+    Kvm { call: &'static str, source: kvm_ioctls::Error },
+    #[error("KVM lacks a capability Kestrel needs: {0}")]
+    KvmCapability(&'static str),
+    #[error("guest memory of {requested} bytes is more than this host's {host} bytes of RAM")]
+    MemoryExceedsHost { requested: u64, host: u64 },
+    #[error("guest memory must be a multiple of 4 KiB, got {0} bytes")]
+    MemoryNotPageAligned(u64),
+    #[error("cannot allocate {bytes} bytes of guest memory: {reason}")]
+    MemoryAllocation { bytes: u64, reason: String },
+    #[error("guest memory of {requested} bytes is below the minimum of {minimum} bytes")]
+    MemoryTooSmall { requested: u64, minimum: u64 },
+    #[error("cannot open the serial output file {path}: {source}")]
+    SerialOutput { path: PathBuf, source: std::io::Error },
+    #[error("cannot start vCPU {index}: {source}")]
+    VcpuSpawn { index: u8, source: std::io::Error },
+    #[error("{requested} vCPUs requested but this host's KVM allows at most {max}")]
+    VcpusExceedHost { requested: u8, max: usize },
+    #[error("the number of vCPUs must be between 1 and {max}, got {requested}")]
+    VcpusOutOfRange { requested: u8, max: u8 },
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Shorthand for wrapping a failed KVM ioctl with the name of the call.
+fn kvm_err(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { call, source }
+}

@@ -1,0 +1,259 @@
+//! vCPU threads: each runs KVM_RUN in a loop and dispatches port I/O and MMIO exits to the buses.
+//!
+//! A vCPU thread stops when its guest ends the VM (a triple fault, a failure KVM reports, a reset or
+//! power-off system event) or when the VMM kicks it: [`VcpuThread::kick`] sets the shared stop flag,
+//! then signals the thread. The signal handler sets `immediate_exit` in the thread's `kvm_run`, so a
+//! kick that lands just before KVM_RUN is entered is not lost: KVM_RUN returns EINTR at once.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+
+use devices::ioapic::Ioapic;
+use devices::Bus;
+use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use libc::{c_int, c_void, siginfo_t};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::outcome::VmOutcome;
+use crate::{Error, Result};
+
+/// Unhandled MMIO accesses logged per VM before the rest are counted silently: a guest probing an
+/// empty range must not flood the log.
+const UNHANDLED_MMIO_LOG_LIMIT: u32 = 10;
+
+/// What every vCPU thread of a VM shares.
+pub struct VcpuShared {
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub ioapic: Arc<Mutex<Ioapic>>,
+    /// Set by the VMM before kicking the vCPUs: leave the run loop.
+    stop: AtomicBool,
+    unhandled_mmio: AtomicU32,
+    /// Where a vCPU reports that its guest ended the VM.
+    ended: Mutex<Sender<VmOutcome>>,
+    ended_event: EventFd,
+}
+
+impl VcpuShared {
+    /// `ended_event` is signalled after each report sent on `ended`, for the VMM's event loop.
+    pub fn new(
+        pio_bus: Arc<Bus>,
+        mmio_bus: Arc<Bus>,
+        ioapic: Arc<Mutex<Ioapic>>,
+        ended: Sender<VmOutcome>,
+        ended_event: EventFd,
+    ) -> Self {
+        VcpuShared {
+            pio_bus,
+            mmio_bus,
+            ioapic,
+            stop: AtomicBool::new(false),
+            unhandled_mmio: AtomicU32::new(0),
+            ended: Mutex::new(ended),
+            ended_event,
+        }
+    }
+
+    fn report(&self, outcome: VmOutcome) {
+        // A send fails only when the VMM has already stopped listening; nothing is left to tell.
+        if let Ok(sender) = self.ended.lock() {
+            let _ = sender.send(outcome);
+        }
+        if let Err(e) = self.ended_event.write(1) {
+            tracing::error!("cannot wake the VMM event loop: {e}");
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's `kvm_run`, for the kick signal handler. Const-initialised and without a
+    /// destructor, so reading it from a signal handler is a plain TLS load.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: c_int, _: *mut siginfo_t, _: *mut c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer was set by this very thread from its VcpuFd's live kvm_run mapping and is
+        // cleared before that VcpuFd is dropped; writing one byte is async-signal-safe.
+        unsafe { ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+fn kick_signal() -> c_int {
+    SIGRTMIN()
+}
+
+/// Installs the kick handler once per process.
+fn install_kick_handler() -> Result<()> {
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = register_signal_handler(kick_signal(), handle_kick)
+            .map_err(|e| Error::VcpuSpawn { index: 0, source: std::io::Error::from_raw_os_error(e.errno()) });
+    });
+    result
+}
+
+/// A running vCPU thread.
+pub struct VcpuThread {
+    index: u8,
+    handle: JoinHandle<()>,
+}
+
+impl VcpuThread {
+    /// Starts vCPU `index` on its own thread.
+    pub fn spawn(index: u8, vcpu: VcpuFd, shared: Arc<VcpuShared>) -> Result<VcpuThread> {
+        install_kick_handler()?;
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run_vcpu(index, vcpu, &shared))
+            .map_err(|source| Error::VcpuSpawn { index, source })?;
+        Ok(VcpuThread { index, handle })
+    }
+
+    /// Makes the thread leave KVM_RUN (the caller has set the stop flag first).
+    pub fn kick(&self) {
+        if self.handle.is_finished() {
+            return;
+        }
+        if let Err(e) = self.handle.kill(kick_signal()) {
+            tracing::warn!("cannot kick vCPU {}: {e}", self.index);
+        }
+    }
+
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            tracing::error!("vCPU {} thread panicked", self.index);
+        }
+    }
+}
+
+/// Stops every vCPU and waits for their threads to end.
+pub fn stop_all(shared: &VcpuShared, threads: Vec<VcpuThread>) {
+    shared.stop.store(true, Ordering::SeqCst);
+    for thread in &threads {
+        thread.kick();
+    }
+    for thread in threads {
+        thread.join();
+    }
+}
+
+/// The thread body: run until the guest ends the VM or the VMM stops us.
+fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
+    KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
+    while !shared.stop.load(Ordering::SeqCst) {
+        let step = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, shared),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                Step::Continue
+            }
+            Err(e) => Step::Fail(format!("KVM_RUN failed: {e}")),
+        };
+        let outcome = match step {
+            Step::Continue => continue,
+            Step::End(outcome) => outcome,
+            Step::TripleFault => VmOutcome::TripleFault { vcpu: index, rip: rip(&vcpu) },
+            Step::InternalError => {
+                let reason = internal_error_reason(&mut vcpu);
+                VmOutcome::VcpuFailure { vcpu: index, rip: rip(&vcpu), reason }
+            }
+            Step::Fail(reason) => VmOutcome::VcpuFailure { vcpu: index, rip: rip(&vcpu), reason },
+        };
+        shared.report(outcome);
+        break;
+    }
+    KVM_RUN.with(|cell| cell.set(ptr::null_mut()));
+}
+
+/// What the run loop does after one exit.
+enum Step {
+    Continue,
+    End(VmOutcome),
+    TripleFault,
+    InternalError,
+    Fail(String),
+}
+
+fn handle_exit(exit: VcpuExit<'_>, shared: &VcpuShared) -> Step {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !shared.pio_bus.read(u64::from(port), data) {
+                data.fill(0xff);
+                tracing::trace!("unhandled port read {port:#x}");
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !shared.pio_bus.write(u64::from(port), data) {
+                tracing::trace!("unhandled port write {port:#x}");
+            }
+        }
+        VcpuExit::MmioRead(address, data) => {
+            if !shared.mmio_bus.read(address, data) {
+                // Like a PCI master abort: reads of nothing return all ones.
+                data.fill(0xff);
+                log_unhandled_mmio(shared, "read", address, data.len());
+            }
+        }
+        VcpuExit::MmioWrite(address, data) => {
+            if !shared.mmio_bus.write(address, data) {
+                log_unhandled_mmio(shared, "write", address, data.len());
+            }
+        }
+        VcpuExit::IoapicEoi(vector) => match shared.ioapic.lock() {
+            Ok(mut ioapic) => ioapic.end_of_interrupt(vector),
+            Err(_) => return Step::Fail("the IOAPIC lock is poisoned".into()),
+        },
+        // With the local APIC in KVM, HLT is handled in the kernel; an HLT exit is harmless.
+        VcpuExit::Hlt => {}
+        VcpuExit::Shutdown => return Step::TripleFault,
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => return Step::End(VmOutcome::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => return Step::End(VmOutcome::Reset),
+            other => return Step::Fail(format!("unexpected system event {other}")),
+        },
+        VcpuExit::InternalError => return Step::InternalError,
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Step::Fail(format!(
+                "KVM could not enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
+            ))
+        }
+        other => return Step::Fail(format!("unhandled KVM exit {other:?}")),
+    }
+    Step::Continue
+}
+
+fn log_unhandled_mmio(shared: &VcpuShared, access: &str, address: u64, len: usize) {
+    let seen = shared.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
+    if seen < UNHANDLED_MMIO_LOG_LIMIT {
+        tracing::warn!("unhandled MMIO {access} of {len} bytes at {address:#x}: no device there");
+    } else if seen == UNHANDLED_MMIO_LOG_LIMIT {
+        tracing::warn!("further unhandled MMIO accesses are not logged");
+    }
+}
+
+fn rip(vcpu: &VcpuFd) -> u64 {
+    vcpu.get_regs().map(|regs| regs.rip).unwrap_or(0)
+}
+
+/// Describes a KVM_EXIT_INTERNAL_ERROR from its suberror code.
+fn internal_error_reason(vcpu: &mut VcpuFd) -> String {
+    // SAFETY: called right after KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, so `internal` is the union
+    // member KVM filled in.
+    let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+    let what = match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "KVM could not emulate an instruction",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "KVM could not deliver an event",
+        _ => "KVM internal error",
+    };
+    format!("{what} (KVM_EXIT_INTERNAL_ERROR, suberror {suberror})")
+}

@@ -1,0 +1,261 @@
+//! A built VM and its event loop: the main thread waits for the guest or the user to end the run,
+//! and feeds the serial console meanwhile.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::builder::DeviceHandles;
+use crate::console::{ConsoleInput, EscapeParser, RawTerminal};
+use crate::outcome::VmOutcome;
+use crate::vcpu::{self, VcpuShared, VcpuThread};
+use crate::{Error, Result};
+
+/// Signals that end the VM gracefully (terminal restored, vCPUs stopped) instead of killing it.
+const TERMINATION_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Event-loop tokens.
+const TOKEN_STDIN: u64 = 0;
+const TOKEN_SERIAL_DRAINED: u64 = 1;
+const TOKEN_RESET: u64 = 2;
+const TOKEN_POWER_OFF: u64 = 3;
+const TOKEN_VCPU_ENDED: u64 = 4;
+const TOKEN_SIGNAL: u64 = 5;
+
+/// A VM that is built and ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPU fds and KVM state go before the memory they map.
+    vcpus: Vec<VcpuFd>,
+    shared: Arc<VcpuShared>,
+    ended: Receiver<VmOutcome>,
+    ended_event: EventFd,
+    devices: DeviceHandles,
+    _vm: Arc<VmFd>,
+    _memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    pub(crate) fn new(
+        vm: Arc<VmFd>,
+        memory: GuestMemoryMmap,
+        vcpus: Vec<VcpuFd>,
+        shared: Arc<VcpuShared>,
+        ended: Receiver<VmOutcome>,
+        ended_event: EventFd,
+        devices: DeviceHandles,
+    ) -> Vm {
+        Vm { vcpus, shared, ended, ended_event, devices, _vm: vm, _memory: memory }
+    }
+
+    /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.
+    pub fn run(mut self) -> Result<VmOutcome> {
+        let signals = TerminationSignals::block()?;
+        let _raw_terminal = if self.devices.serial_input {
+            Some(RawTerminal::enter().map_err(Error::EventLoop)?)
+        } else {
+            None
+        };
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (index, vcpu) in self.vcpus.drain(..).enumerate() {
+            let index = u8::try_from(index)
+                .map_err(|_| Error::VcpusOutOfRange { requested: u8::MAX, max: arch::layout::MAX_VCPUS })?;
+            match VcpuThread::spawn(index, vcpu, self.shared.clone()) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    vcpu::stop_all(&self.shared, threads);
+                    return Err(e);
+                }
+            }
+        }
+        let outcome = EventLoop::new(&self, &signals).and_then(|mut event_loop| event_loop.run(&self));
+        vcpu::stop_all(&self.shared, threads);
+        outcome
+    }
+}
+
+/// The main thread's wait for something to happen.
+struct EventLoop {
+    epoll: Epoll,
+    escape: EscapeParser,
+    /// Console input the guest's receive FIFO had no room for yet.
+    pending_input: VecDeque<u8>,
+    stdin_watched: bool,
+}
+
+impl EventLoop {
+    fn new(vm: &Vm, signals: &TerminationSignals) -> Result<EventLoop> {
+        let epoll = Epoll::new().map_err(Error::EventLoop)?;
+        let mut event_loop = EventLoop {
+            epoll,
+            escape: EscapeParser::default(),
+            pending_input: VecDeque::new(),
+            stdin_watched: false,
+        };
+        event_loop.watch(vm.devices.reset.as_raw_fd(), TOKEN_RESET)?;
+        event_loop.watch(vm.devices.power_off.as_raw_fd(), TOKEN_POWER_OFF)?;
+        event_loop.watch(vm.ended_event.as_raw_fd(), TOKEN_VCPU_ENDED)?;
+        event_loop.watch(signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+        if vm.devices.serial_input {
+            let drained = vm.devices.serial.lock().map_err(poisoned)?.input_drained().as_raw_fd();
+            event_loop.watch(drained, TOKEN_SERIAL_DRAINED)?;
+            match event_loop.watch(libc::STDIN_FILENO, TOKEN_STDIN) {
+                Ok(()) => event_loop.stdin_watched = true,
+                // A regular file or /dev/null cannot be polled: the guest simply gets no input.
+                Err(Error::EventLoop(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                    tracing::debug!("stdin cannot be polled; the guest gets no console input");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(event_loop)
+    }
+
+    fn watch(&self, fd: RawFd, token: u64) -> Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .map_err(Error::EventLoop)
+    }
+
+    fn set_stdin_watched(&mut self, watched: bool) -> Result<()> {
+        if self.stdin_watched != watched {
+            let operation = if watched { ControlOperation::Add } else { ControlOperation::Delete };
+            self.epoll
+                .ctl(operation, libc::STDIN_FILENO, EpollEvent::new(EventSet::IN, TOKEN_STDIN))
+                .map_err(Error::EventLoop)?;
+            self.stdin_watched = watched;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, vm: &Vm) -> Result<VmOutcome> {
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let count = match self.epoll.wait(-1, &mut events) {
+                Ok(count) => count,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::EventLoop(e)),
+            };
+            for event in &events[..count] {
+                if let Some(outcome) = self.handle(event.data(), vm)? {
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, token: u64, vm: &Vm) -> Result<Option<VmOutcome>> {
+        Ok(match token {
+            TOKEN_RESET => Some(VmOutcome::Reset),
+            TOKEN_POWER_OFF => Some(VmOutcome::PowerOff),
+            TOKEN_VCPU_ENDED => {
+                // The event fd is only a wake-up; the channel holds the reports in order.
+                let _ = vm.ended_event.read();
+                vm.ended.try_recv().ok()
+            }
+            TOKEN_SIGNAL => Some(VmOutcome::Signal(TerminationSignals::read_pending()?)),
+            TOKEN_STDIN => self.read_console(vm)?,
+            TOKEN_SERIAL_DRAINED => {
+                let _ = vm.devices.serial.lock().map_err(poisoned)?.input_drained().read();
+                self.flush_input(vm)?;
+                None
+            }
+            _ => None,
+        })
+    }
+
+    /// Reads what the user typed and passes it on, unless it was the quit escape.
+    fn read_console(&mut self, vm: &Vm) -> Result<Option<VmOutcome>> {
+        let mut buffer = [0u8; 256];
+        let read = match std::io::stdin().lock().read(&mut buffer) {
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(None),
+            Err(e) => return Err(Error::EventLoop(e)),
+        };
+        if read == 0 {
+            // End of input: the guest keeps running without a keyboard.
+            self.set_stdin_watched(false)?;
+            return Ok(None);
+        }
+        match self.escape.feed(&buffer[..read]) {
+            ConsoleInput::Quit => Ok(Some(VmOutcome::UserQuit)),
+            ConsoleInput::Guest(bytes) => {
+                self.pending_input.extend(bytes);
+                self.flush_input(vm)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Moves pending input into the guest's FIFO; stops reading stdin while input is waiting, so a
+    /// fast writer cannot make the VMM buffer without bound.
+    fn flush_input(&mut self, vm: &Vm) -> Result<()> {
+        if !self.pending_input.is_empty() {
+            let bytes: Vec<u8> = self.pending_input.iter().copied().collect();
+            let accepted = vm.devices.serial.lock().map_err(poisoned)?.enqueue_input(&bytes);
+            self.pending_input.drain(..accepted);
+        }
+        let want_stdin = self.pending_input.is_empty();
+        self.set_stdin_watched(want_stdin)
+    }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Device { name: "serial (COM1)", reason: "lock poisoned by a panicked thread".into() }
+}
+
+/// Termination signals turned into events, so the event loop ends the VM in order.
+struct TerminationSignals {
+    fd: OwnedFd,
+}
+
+impl TerminationSignals {
+    /// Blocks the signals in this thread (vCPU threads spawned after inherit the mask) and opens a
+    /// signalfd for them.
+    fn block() -> Result<TerminationSignals> {
+        let set = signal_set();
+        // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
+        let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if ret != 0 {
+            return Err(Error::EventLoop(std::io::Error::from_raw_os_error(ret)));
+        }
+        // SAFETY: -1 asks for a new signalfd for an initialised sigset.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::EventLoop(std::io::Error::last_os_error()));
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        Ok(TerminationSignals { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    fn read_pending() -> Result<i32> {
+        let set = signal_set();
+        let mut signo: libc::c_int = 0;
+        // SAFETY: the signals in `set` are blocked and pending (the signalfd said so); sigwait takes
+        // one of them off and writes its number into `signo`.
+        let ret = unsafe { libc::sigwait(&set, &mut signo) };
+        if ret != 0 {
+            return Err(Error::EventLoop(std::io::Error::from_raw_os_error(ret)));
+        }
+        Ok(signo)
+    }
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t and the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in TERMINATION_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+    }
+    set
+}

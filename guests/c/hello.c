@@ -1,0 +1,168 @@
+/*
+ * hello: reports what the VMM handed over (entry path, command line, memory, initrd, RTC), then
+ * leaves the way `exit=` on the command line asks (default: reset).
+ */
+#include "guest.h"
+
+static u64 usable_memory(const struct bootinfo *info)
+{
+	u64 total = 0;
+	for (u32 i = 0; i < info->nr_memmap; i++)
+		if (info->memmap[i].type == 1)
+			total += info->memmap[i].size;
+	return total;
+}
+
+static u32 fnv1a32(const u8 *p, u64 n)
+{
+	u32 h = 0x811c9dc5;
+	for (u64 i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x01000193;
+	}
+	return h;
+}
+
+static u8 cmos_read(u8 reg)
+{
+	outb(0x70, reg);
+	return inb(0x71);
+}
+
+static u8 bcd(u8 v) { return (u8)((v >> 4) * 10 + (v & 0xF)); }
+
+static void print_rtc(void)
+{
+	while (cmos_read(0x0A) & 0x80)
+		cpu_relax();
+	u8 sec = cmos_read(0x00), min = cmos_read(0x02), hour = cmos_read(0x04);
+	u8 day = cmos_read(0x07), mon = cmos_read(0x08), year = cmos_read(0x09);
+	u8 cent = cmos_read(0x32);
+	u8 b = cmos_read(0x0B);
+	int pm = !(b & 0x02) && (hour & 0x80);
+	hour &= 0x7F;
+	if (!(b & 0x04)) {
+		sec = bcd(sec);
+		min = bcd(min);
+		hour = bcd(hour);
+		day = bcd(day);
+		mon = bcd(mon);
+		year = bcd(year);
+		cent = bcd(cent);
+	}
+	if (!(b & 0x02)) /* 12-hour clock */
+		hour = (u8)(hour % 12 + (pm ? 12 : 0));
+	if (cent == 0 || cent > 99)
+		cent = 20;
+	print("rtc: ");
+	print_dec((u64)cent * 100 + year);
+	print("-");
+	print_dec2(mon);
+	print("-");
+	print_dec2(day);
+	print(" ");
+	print_dec2(hour);
+	print(":");
+	print_dec2(min);
+	print(":");
+	print_dec2(sec);
+	print("\n");
+}
+
+static void echo_line(void)
+{
+	char line[256];
+	size_t n = 0;
+	print("echo: ready\n");
+	for (;;) {
+		while (!(inb(0x3FD) & 0x01))
+			cpu_relax();
+		char c = (char)inb(0x3F8);
+		if (c == '\n' || c == '\r')
+			break;
+		if (n < sizeof(line) - 1)
+			line[n++] = c;
+	}
+	line[n] = 0;
+	print("echo: ");
+	print(line);
+	print("\n");
+}
+
+void guest_main(const struct bootinfo *info)
+{
+	size_t len;
+	const char *v;
+
+	print("Hello from the Kestrel test guest (entry: ");
+	print(info->entry);
+	print(")\n");
+
+	print("cmdline: ");
+	print(info->cmdline);
+	print("\n");
+
+	print("memory: ");
+	print_dec(usable_memory(info));
+	print("\n");
+
+	if (info->has_initrd) {
+		print("initrd: ");
+		print_dec(info->initrd_size);
+		print(" ");
+		print_hex(fnv1a32((const u8 *)info->initrd_addr, info->initrd_size), 8);
+		print("\n");
+	} else {
+		print("initrd: none\n");
+	}
+
+	print_rtc();
+
+	v = cmdline_get(info->cmdline, "loops", &len);
+	if (v) {
+		u64 n = parse_dec(v, len);
+		for (u64 i = 0; i < n; i++)
+			outb(0x3FF, (u8)i);
+		print("loops: ");
+		print_dec(n);
+		print("\n");
+	}
+
+	v = cmdline_get(info->cmdline, "exit", &len);
+	if (!v) {
+		v = "reset";
+		len = 5;
+	}
+	if (str_eq_n(v, len, "reset")) {
+		print("exit: reset\n");
+		reset();
+	} else if (str_eq_n(v, len, "poweroff")) {
+		print("exit: poweroff\n");
+		poweroff();
+	} else if (str_eq_n(v, len, "triple-fault")) {
+		print("exit: triple-fault\n");
+		__asm__ volatile("ud2");
+		halt_forever();
+	} else if (str_eq_n(v, len, "unhandled-mmio")) {
+		u32 x = mmio_read32(0xD0000000UL);
+		print("mmio read: 0x");
+		print_hex(x, 8);
+		print("\n");
+		mmio_write32(0xD0000000UL, 0x12345678);
+		print("exit: reset\n");
+		reset();
+	} else if (str_eq_n(v, len, "crash")) {
+		print("exit: crash\n");
+		__asm__ volatile("jmp *%0" : : "r"(0xD0001000UL));
+		halt_forever();
+	} else if (str_eq_n(v, len, "echo")) {
+		echo_line();
+		reset();
+	} else if (str_eq_n(v, len, "hang")) {
+		print("exit: hang\n");
+		halt_forever();
+	} else {
+		print("exit: unknown value, resetting\n");
+		reset();
+	}
+}

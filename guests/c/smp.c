@@ -1,0 +1,153 @@
+/*
+ * smp: reads the MP table, starts every application processor with INIT-SIPI-SIPI through the
+ * xAPIC (one at a time), lets each report itself, then resets.
+ */
+#include "guest.h"
+
+#define LAPIC_BASE 0xFEE00000UL
+#define LAPIC_ID (LAPIC_BASE + 0x20)
+#define LAPIC_ICR_LO (LAPIC_BASE + 0x300)
+#define LAPIC_ICR_HI (LAPIC_BASE + 0x310)
+#define ICR_BUSY (1u << 12)
+
+#define TRAMP_BASE 0x8000UL
+#define SIPI_VECTOR (TRAMP_BASE >> 12)
+
+#define MAX_APS 64
+#define AP_STACK_SIZE 8192
+#define START_TIMEOUT (1UL << 31) /* spin iterations */
+
+extern const u8 tramp_start[], tramp_end[];
+extern volatile u64 ap_boot_rsp;
+
+static u8 ap_stacks[MAX_APS][AP_STACK_SIZE] __attribute__((aligned(16)));
+static volatile u32 cpus_online;
+
+static u8 checksum(const u8 *p, size_t n)
+{
+	u8 s = 0;
+	for (size_t i = 0; i < n; i++)
+		s = (u8)(s + p[i]);
+	return s;
+}
+
+static const u8 *find_mpfp_in(u64 start, u64 end)
+{
+	for (u64 a = start; a + 16 <= end; a += 16) {
+		const u8 *p = (const u8 *)a;
+		if (p[0] == '_' && p[1] == 'M' && p[2] == 'P' && p[3] == '_')
+			return p;
+	}
+	return NULL;
+}
+
+static NORETURN void fail(const char *msg)
+{
+	print(msg);
+	print("\n");
+	reset();
+}
+
+static u32 lapic_id(void) { return mmio_read32(LAPIC_ID) >> 24; }
+
+static void send_ipi(u32 apic_id, u32 icr_lo)
+{
+	mmio_write32(LAPIC_ICR_HI, apic_id << 24);
+	mmio_write32(LAPIC_ICR_LO, icr_lo);
+	while (mmio_read32(LAPIC_ICR_LO) & ICR_BUSY)
+		cpu_relax();
+}
+
+void ap_main(void)
+{
+	print("cpu ");
+	print_dec(lapic_id());
+	print(" online\n");
+	__atomic_fetch_add(&cpus_online, 1, __ATOMIC_SEQ_CST);
+	halt_forever();
+}
+
+void guest_main(const struct bootinfo *info)
+{
+	(void)info;
+
+	const u8 *fp = find_mpfp_in(0x9FC00, 0xA0000);
+	if (!fp)
+		fp = find_mpfp_in(0xF0000, 0x100000);
+	if (!fp)
+		fail("mptable: not found");
+	u32 fp_len = fp[8] ? fp[8] * 16u : 16u;
+	if (checksum(fp, fp_len) != 0)
+		fail("mptable: bad floating pointer checksum");
+	u32 cfg_addr;
+	memcpy(&cfg_addr, fp + 4, 4);
+	const u8 *cfg = (const u8 *)(u64)cfg_addr;
+	if (!cfg || memcmp(cfg, "PCMP", 4) != 0)
+		fail("mptable: bad configuration table signature");
+	u16 base_len, entry_count;
+	memcpy(&base_len, cfg + 4, 2);
+	memcpy(&entry_count, cfg + 34, 2);
+	if (checksum(cfg, base_len) != 0)
+		fail("mptable: bad configuration table checksum");
+
+	u8 apic_ids[256];
+	u32 ncpus = 0;
+	const u8 *e = cfg + 44, *end = cfg + base_len;
+	for (u32 i = 0; i < entry_count && e < end; i++) {
+		switch (e[0]) {
+		case 0: /* processor */
+			if (ncpus < sizeof(apic_ids))
+				apic_ids[ncpus] = e[1];
+			ncpus++;
+			e += 20;
+			break;
+		case 1: /* bus */
+		case 2: /* I/O APIC */
+		case 3: /* I/O interrupt assignment */
+		case 4: /* local interrupt assignment */
+			e += 8;
+			break;
+		default:
+			print("mptable: unknown entry type ");
+			print_dec(e[0]);
+			print("\n");
+			reset();
+		}
+	}
+	print("mptable: ");
+	print_dec(ncpus);
+	print(" cpus\n");
+	if (ncpus > MAX_APS + 1 || ncpus > sizeof(apic_ids))
+		fail("smp: too many cpus for this guest");
+
+	memcpy((void *)TRAMP_BASE, tramp_start, (size_t)(tramp_end - tramp_start));
+
+	u32 self = lapic_id();
+	u32 online = 1;
+	cpus_online = 1;
+	for (u32 i = 0; i < ncpus; i++) {
+		u32 id = apic_ids[i];
+		if (id == self)
+			continue;
+		ap_boot_rsp = (u64)&ap_stacks[online - 1][AP_STACK_SIZE];
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		send_ipi(id, 0x00004500);               /* INIT, level assert */
+		send_ipi(id, 0x00004600 | SIPI_VECTOR); /* STARTUP */
+		send_ipi(id, 0x00004600 | SIPI_VECTOR); /* STARTUP again, as the MP spec says */
+		u64 spins = 0;
+		while (cpus_online == online) {
+			if (++spins == START_TIMEOUT) {
+				print("smp: cpu ");
+				print_dec(id);
+				print(" did not start\n");
+				reset();
+			}
+			cpu_relax();
+		}
+		online = cpus_online;
+	}
+	print("smp: ");
+	print_dec(online);
+	print(" cpus online\n");
+	reset();
+}

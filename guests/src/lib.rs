@@ -1,0 +1,271 @@
+//! Test guests for Kestrel's integration tests (not shipped to users).
+//!
+//! `build.rs` compiles small freestanding C programs (sources in `guests/c/`) with the system C
+//! compiler. Each constant below is the absolute path of one guest ELF, for `kestrel run --kernel`.
+//! The plain builds are entered through the Linux 64-bit protocol (`e_entry`, `RSI` = boot_params);
+//! the `_PVH` builds carry a PVH ELF note and are entered in 32-bit mode (`EBX` = hvm_start_info).
+//!
+//! All guests switch to CPL3 (IOPL=3) within a few instructions and write their output to COM1.
+//! Every line ends with `\n`.
+
+/// Reports its boot information, then exits as `exit=` on the command line asks.
+///
+/// Output, in order:
+/// - `Hello from the Kestrel test guest (entry: linux64)`
+/// - `cmdline: <command line>`
+/// - `memory: <bytes of e820 usable RAM, decimal>`
+/// - `initrd: <size> <FNV-1a 32 of the initrd, 8 lowercase hex digits>` or `initrd: none`
+/// - `rtc: YYYY-MM-DD HH:MM:SS`
+/// - with `loops=N`: N writes to port 0x3FF (COM1 scratch), then `loops: N`
+/// - then, by `exit=` (default `reset`):
+///   - `reset`: `exit: reset`, i8042 reset
+///   - `poweroff`: `exit: poweroff`, write 0x34 to port 0x600
+///   - `triple-fault`: `exit: triple-fault`, `ud2` with no IDT
+///   - `unhandled-mmio`: `mmio read: 0x<8 hex digits>` (u32 read at 0xD0000000), a u32 write
+///     there, `exit: reset`, reset
+///   - `crash`: `exit: crash`, jump to 0xD0001000 (no memory there)
+///   - `echo`: `echo: ready`, reads COM1 until `\n` or `\r`, `echo: <line>`, reset
+///   - `hang`: `exit: hang`, spins forever
+///   - anything else: `exit: unknown value, resetting`, reset
+pub const HELLO: &str = env!("KESTREL_GUEST_HELLO");
+
+/// [`HELLO`] with a PVH entry point; its first line ends in `(entry: pvh)`.
+pub const HELLO_PVH: &str = env!("KESTREL_GUEST_HELLO_PVH");
+
+/// Starts every application processor listed in the MP table with INIT-SIPI-SIPI.
+///
+/// Output: `mptable: <N> cpus`, then `cpu <apic id> online` from each AP in MP-table order, then
+/// `smp: <N> cpus online` and a reset. If an AP does not report in time:
+/// `smp: cpu <apic id> did not start`, then a reset. Uses guest-physical 0x8000 for the real-mode
+/// trampoline (SIPI vector 0x08).
+pub const SMP: &str = env!("KESTREL_GUEST_SMP");
+
+/// [`SMP`] with a PVH entry point.
+pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
+
+/// Every guest, with a short name, for tests that iterate over them.
+pub const ALL: &[(&str, &str)] =
+    &[("hello", HELLO), ("hello-pvh", HELLO_PVH), ("smp", SMP), ("smp-pvh", SMP_PVH)];
+
+#[cfg(test)]
+mod tests {
+    //! Static checks of the built guests: ELF layout, entry points, PVH note, boot tables.
+
+    use super::*;
+
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    const PF_X: u32 = 1;
+    const SHT_SYMTAB: u32 = 2;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+    struct Phdr {
+        kind: u32,
+        flags: u32,
+        offset: u64,
+        paddr: u64,
+        vaddr: u64,
+        filesz: u64,
+        memsz: u64,
+    }
+
+    struct Elf {
+        data: Vec<u8>,
+        entry: u64,
+        phdrs: Vec<Phdr>,
+    }
+
+    fn u16_at(d: &[u8], off: usize) -> u16 {
+        u16::from_le_bytes(d[off..off + 2].try_into().unwrap())
+    }
+    fn u32_at(d: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(d[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(d: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(d[off..off + 8].try_into().unwrap())
+    }
+    fn usize_of(v: u64) -> usize {
+        usize::try_from(v).unwrap()
+    }
+
+    impl Elf {
+        fn open(path: &str) -> Elf {
+            let data = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(&data[..4], b"\x7fELF", "{path}: not an ELF file");
+            assert_eq!(data[4], 2, "{path}: not ELFCLASS64");
+            assert_eq!(data[5], 1, "{path}: not little-endian");
+            assert_eq!(u16_at(&data, 0x12), 62, "{path}: not x86-64");
+            let entry = u64_at(&data, 0x18);
+            let phoff = usize_of(u64_at(&data, 0x20));
+            let phentsize = usize::from(u16_at(&data, 0x36));
+            let phnum = usize::from(u16_at(&data, 0x38));
+            assert_eq!(phentsize, 56);
+            let phdrs = (0..phnum)
+                .map(|i| {
+                    let p = phoff + i * phentsize;
+                    Phdr {
+                        kind: u32_at(&data, p),
+                        flags: u32_at(&data, p + 4),
+                        offset: u64_at(&data, p + 8),
+                        vaddr: u64_at(&data, p + 16),
+                        paddr: u64_at(&data, p + 24),
+                        filesz: u64_at(&data, p + 32),
+                        memsz: u64_at(&data, p + 40),
+                    }
+                })
+                .collect();
+            Elf { data, entry, phdrs }
+        }
+
+        fn loads(&self) -> impl Iterator<Item = &Phdr> {
+            self.phdrs.iter().filter(|p| p.kind == PT_LOAD)
+        }
+
+        /// The file bytes backing `len` bytes at guest address `addr`.
+        fn bytes_at(&self, addr: u64, len: u64) -> &[u8] {
+            let p = self
+                .loads()
+                .find(|p| addr >= p.paddr && addr + len <= p.paddr + p.filesz)
+                .unwrap_or_else(|| panic!("{addr:#x} is not in the file-backed image"));
+            let start = usize_of(p.offset + addr - p.paddr);
+            &self.data[start..start + usize_of(len)]
+        }
+
+        fn in_executable_load(&self, addr: u64) -> bool {
+            self.loads().any(|p| p.flags & PF_X != 0 && addr >= p.paddr && addr < p.paddr + p.filesz)
+        }
+
+        /// The value of a symbol from .symtab.
+        fn symbol(&self, name: &str) -> Option<u64> {
+            let d = &self.data;
+            let shoff = usize_of(u64_at(d, 0x28));
+            let shentsize = usize::from(u16_at(d, 0x3a));
+            let shnum = usize::from(u16_at(d, 0x3c));
+            let section = |i: usize| shoff + i * shentsize;
+            let symtab = (0..shnum).map(section).find(|&s| u32_at(d, s + 4) == SHT_SYMTAB)?;
+            let strtab = section(usize_of(u64::from(u32_at(d, symtab + 40))));
+            let str_off = usize_of(u64_at(d, strtab + 24));
+            let (off, size) = (usize_of(u64_at(d, symtab + 24)), usize_of(u64_at(d, symtab + 32)));
+            (off..off + size).step_by(24).find_map(|sym| {
+                let name_off = str_off + usize_of(u64::from(u32_at(d, sym)));
+                let end = name_off + d[name_off..].iter().position(|&b| b == 0)?;
+                (&d[name_off..end] == name.as_bytes()).then(|| u64_at(d, sym + 8))
+            })
+        }
+
+        /// PVH entry addresses from every Xen PHYS32_ENTRY note in PT_NOTE segments.
+        fn pvh_entries(&self) -> Vec<u64> {
+            let mut found = Vec::new();
+            for p in self.phdrs.iter().filter(|p| p.kind == PT_NOTE) {
+                let notes = &self.data[usize_of(p.offset)..usize_of(p.offset + p.filesz)];
+                let mut at = 0;
+                while at + 12 <= notes.len() {
+                    let namesz = usize_of(u64::from(u32_at(notes, at)));
+                    let descsz = usize_of(u64::from(u32_at(notes, at + 4)));
+                    let kind = u32_at(notes, at + 8);
+                    let name = &notes[at + 12..at + 12 + namesz];
+                    let desc_at = at + 12 + namesz.next_multiple_of(4);
+                    if kind == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" {
+                        assert!(descsz >= 4);
+                        found.push(u64::from(u32_at(notes, desc_at)));
+                    }
+                    at = desc_at + descsz.next_multiple_of(4);
+                }
+            }
+            found
+        }
+    }
+
+    fn check_common(name: &str, elf: &Elf) {
+        let loads: Vec<_> = elf.loads().collect();
+        assert!(!loads.is_empty() && loads.len() <= 3, "{name}: {} PT_LOADs", loads.len());
+        for p in &loads {
+            assert!(p.paddr >= 0x10_0000, "{name}: PT_LOAD at {:#x} is below 1 MiB", p.paddr);
+            assert_eq!(p.paddr, p.vaddr, "{name}: not identity linked");
+            assert!(p.filesz > 0 && p.memsz >= p.filesz, "{name}: odd PT_LOAD");
+        }
+        assert_eq!(elf.symbol("_start64"), Some(elf.entry), "{name}: e_entry is not _start64");
+        assert!(elf.in_executable_load(elf.entry), "{name}: e_entry {:#x} outside the code", elf.entry);
+
+        // GDT: the TSS descriptor's base is the TSS, and its I/O bitmap allows every port.
+        let gdt = elf.symbol("gdt").expect("gdt");
+        let tss = elf.symbol("tss").expect("tss");
+        let desc = elf.bytes_at(gdt + 0x28, 16);
+        let base = u64::from(u16_at(desc, 2))
+            | u64::from(desc[4]) << 16
+            | u64::from(desc[7]) << 24
+            | u64::from(u32_at(desc, 8)) << 32;
+        assert_eq!(base, tss, "{name}: TSS descriptor base");
+        assert_eq!(desc[5], 0x89, "{name}: TSS descriptor type");
+        let limit = u64::from(u16_at(desc, 0));
+        let tss_bytes = elf.bytes_at(tss, limit + 1);
+        let iomap = usize::from(u16_at(tss_bytes, 102));
+        assert_eq!(iomap, 104);
+        assert!(tss_bytes[iomap..iomap + 8192].iter().all(|&b| b == 0), "{name}: I/O bitmap");
+        assert_eq!(tss_bytes[iomap + 8192], 0xFF, "{name}: I/O bitmap terminator");
+
+        // Page tables: 0..4 GiB identity, 2 MiB pages, User; 3..4 GiB uncached.
+        let pml4 = elf.symbol("pml4").expect("pml4");
+        assert_eq!(pml4 % 4096, 0);
+        let pdpt = u64_at(elf.bytes_at(pml4, 8), 0);
+        assert_eq!(pdpt & 0xFFF, 0x7, "{name}: PML4[0] flags");
+        for gib in 0..4u64 {
+            let pd = u64_at(elf.bytes_at((pdpt & !0xFFF) + gib * 8, 8), 0);
+            assert_eq!(pd & 0xFFF, 0x7, "{name}: PDPT[{gib}] flags");
+            let entries = elf.bytes_at(pd & !0xFFF, 4096);
+            for i in 0..512u64 {
+                let pde = u64_at(entries, usize_of(i * 8));
+                let flags = if gib == 3 { 0x9F } else { 0x87 };
+                assert_eq!(pde, (gib << 30) + (i << 21) + flags, "{name}: PD[{gib}][{i}]");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_guests_have_no_pvh_note() {
+        for (name, path) in [("hello", HELLO), ("smp", SMP)] {
+            let elf = Elf::open(path);
+            check_common(name, &elf);
+            assert!(elf.pvh_entries().is_empty(), "{name}: unexpected PVH note");
+        }
+    }
+
+    #[test]
+    fn pvh_guests_have_one_pvh_note_pointing_at_pvh_start() {
+        for (name, path) in [("hello-pvh", HELLO_PVH), ("smp-pvh", SMP_PVH)] {
+            let elf = Elf::open(path);
+            check_common(name, &elf);
+            // linux-loader keeps the answer of the last PT_NOTE segment: there must be just one.
+            assert_eq!(elf.phdrs.iter().filter(|p| p.kind == PT_NOTE).count(), 1, "{name}");
+            let entries = elf.pvh_entries();
+            assert_eq!(entries.len(), 1, "{name}: PVH notes");
+            assert_eq!(Some(entries[0]), elf.symbol("pvh_start"), "{name}: note is not pvh_start");
+            assert!(elf.in_executable_load(entries[0]), "{name}: PVH entry outside the code");
+            assert!(entries[0] < 1 << 32);
+        }
+    }
+
+    #[test]
+    fn smp_trampoline_fits_below_the_boot_page_tables() {
+        for path in [SMP, SMP_PVH] {
+            let elf = Elf::open(path);
+            let start = elf.symbol("tramp_start").expect("tramp_start");
+            let end = elf.symbol("tramp_end").expect("tramp_end");
+            // Copied to 0x8000; 0x9000 is where the VMM's boot page tables start.
+            assert!(end > start && end - start <= 0x1000);
+            // Its GDT pointer (the last 6 bytes) is the guest GDT, with a 32-bit code segment.
+            let ptr = elf.bytes_at(end - 6, 6);
+            let gdt = elf.symbol("gdt").expect("gdt");
+            assert_eq!(u64::from(u32_at(ptr, 2)), gdt);
+            assert_eq!(u64_at(elf.bytes_at(gdt + 0x38, 8), 0), 0x00CF_9A00_0000_FFFF);
+        }
+    }
+
+    #[test]
+    fn all_lists_every_guest() {
+        assert_eq!(ALL.len(), 4);
+        for (_, path) in ALL {
+            assert!(std::path::Path::new(path).is_absolute());
+        }
+    }
+}
