@@ -6,6 +6,7 @@
 
 #define LAPIC_BASE 0xFEE00000UL
 #define LAPIC_ID (LAPIC_BASE + 0x20)
+#define LAPIC_SVR (LAPIC_BASE + 0xF0)
 #define LAPIC_ICR_LO (LAPIC_BASE + 0x300)
 #define LAPIC_ICR_HI (LAPIC_BASE + 0x310)
 #define ICR_BUSY (1u << 12)
@@ -13,9 +14,10 @@
 #define TRAMP_BASE 0x8000UL
 #define SIPI_VECTOR (TRAMP_BASE >> 12)
 
-#define MAX_APS 64
-#define AP_STACK_SIZE 8192
-#define START_TIMEOUT (1UL << 31) /* spin iterations */
+#define MAX_APS 254 /* kestrel run --cpus allows 1..254 */
+#define AP_STACK_SIZE 4096
+/* Spin iterations before giving up on an AP: 7-15 s on the nested test host (~28 ns each). */
+#define START_TIMEOUT (1UL << 28)
 
 extern const u8 tramp_start[], tramp_end[];
 extern volatile u64 ap_boot_rsp;
@@ -122,6 +124,12 @@ void guest_main(const struct bootinfo *info)
 
 	memcpy((void *)TRAMP_BASE, tramp_start, (size_t)(tramp_end - tramp_start));
 
+	/*
+	 * Software-enable the local APIC (spurious vector 0xFF; IF stays 0) as an OS would. With it
+	 * left disabled, KVM on this host never delivers the physical-destination INIT/SIPI when the
+	 * VM has exactly two vCPUs (broadcasts and larger VMs work).
+	 */
+	mmio_write32(LAPIC_SVR, 0x1FF);
 	u32 self = lapic_id();
 	u32 online = 1;
 	cpus_online = 1;

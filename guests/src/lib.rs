@@ -35,9 +35,12 @@ pub const HELLO_PVH: &str = env!("KESTREL_GUEST_HELLO_PVH");
 /// Starts every application processor listed in the MP table with INIT-SIPI-SIPI.
 ///
 /// Output: `mptable: <N> cpus`, then `cpu <apic id> online` from each AP in MP-table order, then
-/// `smp: <N> cpus online` and a reset. If an AP does not report in time:
-/// `smp: cpu <apic id> did not start`, then a reset. Uses guest-physical 0x8000 for the real-mode
-/// trampoline (SIPI vector 0x08).
+/// `smp: <N> cpus online` and a reset. If an AP does not report in time (a bounded spin, 7-15 s on
+/// the nested test host): `smp: cpu <apic id> did not start`, then a reset. Other failures print
+/// `mptable: ...` or `smp: too many cpus for this guest` (more than 255) and reset. The BSP
+/// software-enables its local APIC (SVR = 0x1FF) first and starts the APs one at a time; the
+/// real-mode trampoline is copied to guest-physical 0x8000 (SIPI vector 0x08). APs spin at CPL3
+/// once they have reported.
 pub const SMP: &str = env!("KESTREL_GUEST_SMP");
 
 /// [`SMP`] with a PVH entry point.

@@ -181,11 +181,13 @@ fn sigterm_stops_the_vm_with_128_plus_signal() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let watchdog = Watchdog::new(&child);
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     wait_for_line(&mut reader, "exit: hang");
     // SAFETY: kill with a valid pid and signal number has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
     child.stdout = Some(reader.into_inner());
+    drop(watchdog);
     let output = wait_with_limit(child);
     assert_status(&output, 128 + libc::SIGTERM);
 }

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use wait_timeout::ChildExt;
@@ -83,6 +84,38 @@ fn drain_in_background<R: Read + Send + 'static>(mut reader: R) -> std::thread::
         let _ = reader.read_to_end(&mut buffer);
         buffer
     })
+}
+
+/// Kills a child that is still running after [`HANG_LIMIT`], so a test that reads its output line by
+/// line fails (at end of output) instead of hanging. Dropping the watchdog disarms it.
+pub struct Watchdog {
+    disarm: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn new(child: &Child) -> Watchdog {
+        let pid = child.id() as libc::pid_t;
+        let (disarm, disarmed) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(HANG_LIMIT) {
+                eprintln!("watchdog: child {pid} still running after {HANG_LIMIT:?}; killing it");
+                // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet
+                // (the test holds it), so the pid cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        Watchdog { disarm: Some(disarm), thread: Some(thread) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Reads lines from `reader` until one contains `needle` (the guest said it is ready); returns the
