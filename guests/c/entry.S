@@ -4,7 +4,8 @@
  * Two ways in, both ending in the same CPL0 prologue that leaves kernel mode after a handful of
  * instructions (CPL0 code is emulated, and slow, on the nested KVM the tests run on):
  *
- *   _start64   Linux 64-bit boot protocol: long mode, RSI = boot_params.
+ *   _start64   Linux 64-bit boot protocol: long mode, RSI = boot_params. Always 0x200 bytes
+ *              into the image, so the flattened image works as a bzImage's protected-mode part.
  *   pvh_start  PVH (XEN_ELFNOTE_PHYS32_ENTRY): 32-bit protected mode, paging off,
  *              EBX = hvm_start_info. Only the "-pvh" builds carry the note (-DPVH_NOTE).
  *
@@ -78,7 +79,13 @@ pvh_start64:
 	movl	$1, %esi                        /* entry kind: PVH */
 	jmp	common64
 
-/* ---- Linux 64-bit entry: long mode, RSI = boot_params ---- */
+/*
+ * ---- Linux 64-bit entry: long mode, RSI = boot_params ----
+ * In its own section, which the linker script puts exactly 0x200 bytes into the image: where the
+ * Linux boot protocol has the 64-bit entry of a bzImage (code32_start + 0x200). hello.bzimage is
+ * the hello image flattened behind a setup header.
+ */
+	.section .text.entry64, "ax"
 	.globl	_start64
 	.type	_start64, @function
 _start64:
@@ -256,5 +263,19 @@ bsp_stack_top:
 	.long	pvh_start
 	.balign	4
 #endif
+
+/*
+ * kernel_info (boot protocol 2.15), found by build.rs for the bzImage setup header's
+ * kernel_info_offset. Harmless in the ELF builds.
+ */
+	.section .rodata.kernel_info, "a"
+	.balign	4
+	.globl	kernel_info
+kernel_info:
+	.ascii	"LToP"                          /* header */
+	.long	kernel_info_end - kernel_info   /* size */
+	.long	kernel_info_end - kernel_info   /* size_total: no variable-length data */
+	.long	0                               /* setup_type_max: no setup_data types handled */
+kernel_info_end:
 
 	.section .note.GNU-stack, "", @progbits

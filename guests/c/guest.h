@@ -21,7 +21,7 @@ struct memmap_entry {
 
 /* Boot information, unified from Linux boot_params or PVH hvm_start_info. */
 struct bootinfo {
-	const char *entry;      /* "linux64" or "pvh" */
+	const char *entry;      /* "linux64", "bzimage" or "pvh" */
 	const char *cmdline;    /* never NULL; "" when there is none */
 	u32 nr_memmap;
 	struct memmap_entry memmap[MAX_MEMMAP];

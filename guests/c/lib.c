@@ -150,6 +150,13 @@ static u32 rd32(u64 addr)
 	return v;
 }
 
+static u16 rd16(u64 addr)
+{
+	u16 v;
+	memcpy(&v, (const void *)addr, sizeof(v));
+	return v;
+}
+
 static u8 rd8(u64 addr) { return *(const volatile u8 *)addr; }
 
 static void from_boot_params(u64 bp)
@@ -212,6 +219,20 @@ static void from_hvm_start_info(u64 si)
 	}
 }
 
+extern const u8 _start64[];
+
+/*
+ * Entered through a bzImage rather than as an ELF: the zero page carries the image's setup header
+ * ("HdrS", protocol 2.00+) and the loader's code32_start, which is where the protected-mode part
+ * landed, puts the 64-bit entry (code32_start + 0x200) on _start64. An ELF boot leaves
+ * code32_start at 0.
+ */
+static int entered_as_bzimage(u64 bp)
+{
+	return rd32(bp + 0x202) == 0x53726448 && rd16(bp + 0x206) >= 0x0200 &&
+	       (u64)rd32(bp + 0x214) + 0x200 == (u64)_start64;
+}
+
 /* Called (at CPL3, on the BSP stack, after .bss is cleared) by the entry code. */
 NORETURN void guest_start(u64 info, u64 kind);
 
@@ -221,7 +242,7 @@ void guest_start(u64 info, u64 kind)
 		bootinfo.entry = "pvh";
 		from_hvm_start_info(info);
 	} else {
-		bootinfo.entry = "linux64";
+		bootinfo.entry = entered_as_bzimage(info) ? "bzimage" : "linux64";
 		from_boot_params(info);
 	}
 	guest_main(&bootinfo);

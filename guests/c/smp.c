@@ -1,6 +1,7 @@
 /*
  * smp: reads the MP table, starts every application processor with INIT-SIPI-SIPI through the
- * xAPIC (one at a time), lets each report itself, then resets.
+ * xAPIC (one at a time), lets each report itself (and check the APIC IDs CPUID gives it), then
+ * resets.
  */
 #include "guest.h"
 
@@ -60,11 +61,47 @@ static void send_ipi(u32 apic_id, u32 icr_lo)
 		cpu_relax();
 }
 
+static void cpuid(u32 leaf, u32 subleaf, u32 *eax, u32 *ebx, u32 *ecx, u32 *edx)
+{
+	__asm__ volatile("cpuid" : "=a"(*eax), "=b"(*ebx), "=c"(*ecx), "=d"(*edx) : "a"(leaf), "c"(subleaf));
+}
+
+/*
+ * Prints " cpuid ok" when the APIC IDs CPUID reports for this CPU (leaf 1 EBX[31:24], and leaf
+ * 0xB subleaf 0 EDX when the maximum basic leaf reaches 0xB) equal its local APIC ID, else
+ * " cpuid mismatch <leaf 1 id> <leaf 0xB id>" ("none" for a missing leaf 0xB). No newline.
+ */
+static void print_cpuid_check(u32 apic_id)
+{
+	u32 max_leaf, leaf1_ebx, leafb_edx, unused;
+	cpuid(0, 0, &max_leaf, &unused, &unused, &unused);
+	cpuid(1, 0, &unused, &leaf1_ebx, &unused, &unused);
+	u32 leaf1_id = leaf1_ebx >> 24;
+	int has_leafb = max_leaf >= 0xB;
+	leafb_edx = 0;
+	if (has_leafb)
+		cpuid(0xB, 0, &unused, &unused, &unused, &leafb_edx);
+	if (leaf1_id == apic_id && (!has_leafb || leafb_edx == apic_id)) {
+		print(" cpuid ok");
+		return;
+	}
+	print(" cpuid mismatch ");
+	print_dec(leaf1_id);
+	print(" ");
+	if (has_leafb)
+		print_dec(leafb_edx);
+	else
+		print("none");
+}
+
 void ap_main(void)
 {
+	u32 id = lapic_id();
 	print("cpu ");
-	print_dec(lapic_id());
-	print(" online\n");
+	print_dec(id);
+	print(" online");
+	print_cpuid_check(id);
+	print("\n");
 	__atomic_fetch_add(&cpus_online, 1, __ATOMIC_SEQ_CST);
 	halt_forever();
 }
@@ -131,6 +168,10 @@ void guest_main(const struct bootinfo *info)
 	 */
 	mmio_write32(LAPIC_SVR, 0x1FF);
 	u32 self = lapic_id();
+	print("cpu ");
+	print_dec(self);
+	print_cpuid_check(self);
+	print("\n");
 	u32 online = 1;
 	cpus_online = 1;
 	for (u32 i = 0; i < ncpus; i++) {

@@ -4,6 +4,9 @@
 //! compiler. Each constant below is the absolute path of one guest ELF, for `kestrel run --kernel`.
 //! The plain builds are entered through the Linux 64-bit protocol (`e_entry`, `RSI` = boot_params);
 //! the `_PVH` builds carry a PVH ELF note and are entered in 32-bit mode (`EBX` = hvm_start_info).
+//! [`HELLO_BZIMAGE`] is not an ELF but a bzImage: the plain hello image behind a setup header.
+//! Every image is linked at 2 MiB with `_start64` at 0x200200, 0x200 bytes in, where a bzImage's
+//! 64-bit entry is.
 //!
 //! All guests switch to CPL3 (IOPL=3) within a few instructions and write their output to COM1.
 //! Every line ends with `\n`.
@@ -11,7 +14,9 @@
 /// Reports its boot information, then exits as `exit=` on the command line asks.
 ///
 /// Output, in order:
-/// - `Hello from the Kestrel test guest (entry: linux64)`
+/// - `Hello from the Kestrel test guest (entry: linux64)`; `bzimage` instead of `linux64` when
+///   the zero page carries a setup header ("HdrS", version >= 2.00) whose `code32_start` + 0x200
+///   is `_start64`, i.e. when it was booted as [`HELLO_BZIMAGE`]
 /// - `cmdline: <command line>`
 /// - `memory: <bytes of e820 usable RAM, decimal>`
 /// - `initrd: <size> <FNV-1a 32 of the initrd, 8 lowercase hex digits>` or `initrd: none`
@@ -32,10 +37,24 @@ pub const HELLO: &str = env!("KESTREL_GUEST_HELLO");
 /// [`HELLO`] with a PVH entry point; its first line ends in `(entry: pvh)`.
 pub const HELLO_PVH: &str = env!("KESTREL_GUEST_HELLO_PVH");
 
+/// [`HELLO`] as a bzImage; its first line ends in `(entry: bzimage)`.
+///
+/// Two 512-byte sectors of real-mode setup (boot sector, one setup sector; `setup_sects` = 1)
+/// with a boot protocol 2.15 header at 0x1F1: `LOADED_HIGH`, `XLF_KERNEL_64`,
+/// `code32_start` = `pref_address` = `kernel_alignment` = 0x200000, `cmdline_size` = 2047,
+/// `init_size` covering .bss, `kernel_info_offset` pointing at the image's `kernel_info`. Then the
+/// [`HELLO`] image flattened with `objcopy -O binary` (from 0x200000 to the end of .data), whose
+/// 64-bit entry is at `code32_start + 0x200`. The real-mode entry points just halt.
+pub const HELLO_BZIMAGE: &str = env!("KESTREL_GUEST_HELLO_BZIMAGE");
+
 /// Starts every application processor listed in the MP table with INIT-SIPI-SIPI.
 ///
-/// Output: `mptable: <N> cpus`, then `cpu <apic id> online` from each AP in MP-table order, then
-/// `smp: <N> cpus online` and a reset. If an AP does not report in time (a bounded spin, 7-15 s on
+/// Output: `mptable: <N> cpus`, then `cpu <bsp apic id> <check>` from the BSP, then
+/// `cpu <apic id> online <check>` from each AP in MP-table order, then `smp: <N> cpus online` and
+/// a reset. `<check>` compares the APIC IDs CPUID reports with the local APIC ID register: it is
+/// `cpuid ok` when CPUID leaf 1 EBX[31:24] (initial APIC ID) and, if the maximum basic leaf is at
+/// least 0xB, leaf 0xB subleaf 0 EDX (x2APIC ID) both equal it, else
+/// `cpuid mismatch <leaf 1 id> <leaf 0xB id>` (decimal; `none` without leaf 0xB). If an AP does not report in time (a bounded spin, 7-15 s on
 /// the nested test host): `smp: cpu <apic id> did not start`, then a reset. Other failures print
 /// `mptable: ...` or `smp: too many cpus for this guest` (more than 255) and reset. The BSP
 /// software-enables its local APIC (SVR = 0x1FF) first and starts the APs one at a time; the
@@ -47,8 +66,13 @@ pub const SMP: &str = env!("KESTREL_GUEST_SMP");
 pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 
 /// Every guest, with a short name, for tests that iterate over them.
-pub const ALL: &[(&str, &str)] =
-    &[("hello", HELLO), ("hello-pvh", HELLO_PVH), ("smp", SMP), ("smp-pvh", SMP_PVH)];
+pub const ALL: &[(&str, &str)] = &[
+    ("hello", HELLO),
+    ("hello-pvh", HELLO_PVH),
+    ("hello-bzimage", HELLO_BZIMAGE),
+    ("smp", SMP),
+    ("smp-pvh", SMP_PVH),
+];
 
 #[cfg(test)]
 mod tests {
@@ -265,8 +289,63 @@ mod tests {
     }
 
     #[test]
+    fn every_entry_is_0x200_into_the_image() {
+        for path in [HELLO, HELLO_PVH, SMP, SMP_PVH] {
+            let elf = Elf::open(path);
+            let start = elf.loads().map(|p| p.paddr).min().unwrap();
+            assert_eq!((start, elf.symbol("_start64")), (0x20_0000, Some(0x20_0200)), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_bzimage_is_the_hello_image_behind_a_setup_header() {
+        let bz = std::fs::read(HELLO_BZIMAGE).unwrap();
+        let elf = Elf::open(HELLO);
+        // What linux-loader checks: "HdrS", version >= 2.00, LOADED_HIGH, and code32_start.
+        assert_eq!(&bz[0x202..0x206], b"HdrS");
+        assert_eq!(u16_at(&bz, 0x1fe), 0xAA55, "boot_flag");
+        assert_eq!(u16_at(&bz, 0x206), 0x020F, "version");
+        assert_eq!(bz[0x211] & 0x01, 0x01, "loadflags");
+        assert_eq!(u32_at(&bz, 0x214), 0x20_0000, "code32_start");
+        assert_eq!(u64_at(&bz, 0x258), 0x20_0000, "pref_address");
+        assert_eq!(u32_at(&bz, 0x230), 0x20_0000, "kernel_alignment");
+        assert_eq!(u16_at(&bz, 0x236) & 1, 1, "xloadflags: XLF_KERNEL_64");
+        assert_eq!(u32_at(&bz, 0x238), 2047, "cmdline_size");
+        // The jump at 0x200 stays inside the setup area, and so does the version string.
+        let setup_sects = usize::from(bz[0x1f1]);
+        let setup_len = (setup_sects + 1) * 512;
+        assert!(0x202 + usize::from(bz[0x201]) < setup_len);
+        let version = 0x200 + usize::from(u16_at(&bz, 0x20e));
+        assert!(version < setup_len && bz[version..].starts_with(b"Kestrel test guest"));
+
+        // The protected-mode part is the ELF's file-backed image, from 0x200000 on.
+        let kernel = &bz[setup_len..];
+        let start = elf.loads().map(|p| p.paddr).min().unwrap();
+        let file_end = elf.loads().map(|p| p.paddr + p.filesz).max().unwrap();
+        assert_eq!(kernel.len() as u64, file_end - start);
+        for p in elf.loads() {
+            let at = usize_of(p.paddr - start);
+            assert_eq!(
+                &kernel[at..at + usize_of(p.filesz)],
+                elf.bytes_at(p.paddr, p.filesz),
+                "PT_LOAD {:#x}",
+                p.paddr
+            );
+        }
+        assert_eq!(u64::from(u32_at(&bz, 0x1f4)), (kernel.len() as u64).div_ceil(16), "syssize");
+        // Entered at code32_start + 0x200: _start64.
+        assert_eq!(elf.symbol("_start64"), Some(u64::from(u32_at(&bz, 0x214)) + 0x200));
+        // init_size reaches over .bss; kernel_info_offset points at kernel_info ("LToP").
+        let bss_end = elf.symbol("__bss_end").unwrap();
+        assert!(u64::from(u32_at(&bz, 0x260)) >= bss_end - start, "init_size");
+        let kernel_info = usize_of(u64::from(u32_at(&bz, 0x268)));
+        assert_eq!(Some(start + kernel_info as u64), elf.symbol("kernel_info"));
+        assert_eq!(&kernel[kernel_info..kernel_info + 4], b"LToP");
+    }
+
+    #[test]
     fn all_lists_every_guest() {
-        assert_eq!(ALL.len(), 4);
+        assert_eq!(ALL.len(), 5);
         for (_, path) in ALL {
             assert!(std::path::Path::new(path).is_absolute());
         }

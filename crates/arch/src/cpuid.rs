@@ -13,6 +13,8 @@ const LEAF_THERMAL_POWER: u32 = 0x6;
 const LEAF_PERFORMANCE_MONITORING: u32 = 0xA;
 const LEAF_TOPOLOGY: u32 = 0xB;
 const LEAF_TOPOLOGY_V2: u32 = 0x1F;
+const LEAF_TSC_CRYSTAL: u32 = 0x15;
+const LEAF_PROCESSOR_FREQUENCY: u32 = 0x16;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001D;
 const LEAF_AMD_PROCESSOR_TOPOLOGY: u32 = 0x8000_001E;
@@ -21,6 +23,10 @@ const LEAF_AMD_PROCESSOR_TOPOLOGY: u32 = 0x8000_001E;
 const FEATURES_EDX_HTT: u32 = 1 << 28;
 /// Leaf 1 ECX: running under a hypervisor.
 const FEATURES_ECX_HYPERVISOR: u32 = 1 << 31;
+
+/// KVM's local APIC timer counts at 1 GHz. Linux takes the LAPIC timer rate from the crystal
+/// clock of leaf 0x15, so the crystal reported must be exactly that.
+const KVM_APIC_TIMER_HZ: u32 = 1_000_000_000;
 
 /// Topology level types in ECX[15:8] of leaves 0xB and 0x1F.
 const LEVEL_INVALID: u32 = 0;
@@ -50,9 +56,19 @@ struct Topology {
 
 /// CPUID for vCPU `vcpu_index` of `num_cpus`, from `supported` (KVM_GET_SUPPORTED_CPUID).
 ///
+/// `tsc_khz` (KVM_GET_TSC_KHZ), when known, is reported on Intel through leaves 0x15 (TSC and
+/// crystal ratio) and 0x16 (base frequency), as QEMU does: a guest then knows its TSC rate
+/// without calibrating it against a PIT, which a VMM with a split irqchip does not emulate,
+/// and without kvmclock (which a guest may have turned off).
+///
 /// Leaves not mentioned here, including KVM's own 0x4000_0000 range, stay as KVM reports
 /// them. Fails if the topology leaves no longer fit a `kvm_cpuid2`.
-pub fn filter_for_vcpu(supported: &CpuId, vcpu_index: u8, num_cpus: u8) -> Result<CpuId> {
+pub fn filter_for_vcpu(
+    supported: &CpuId,
+    vcpu_index: u8,
+    num_cpus: u8,
+    tsc_khz: Option<u32>,
+) -> Result<CpuId> {
     if num_cpus == 0 {
         return Err(Error::NoVcpus);
     }
@@ -77,12 +93,64 @@ pub fn filter_for_vcpu(supported: &CpuId, vcpu_index: u8, num_cpus: u8) -> Resul
         .filter(|e| !is_topology_leaf(e.function))
         .map(|&entry| adjust(entry, vendor, topology))
         .collect();
+    if let (Vendor::Intel, Some(tsc_khz)) = (vendor, tsc_khz) {
+        report_tsc_frequency(&mut filtered, tsc_khz);
+    }
     for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
         if entries.iter().any(|e| e.function == leaf) {
             filtered.extend(topology_leaf(leaf, topology));
         }
     }
     CpuId::from_entries(&filtered).map_err(|_| Error::CpuidTooManyEntries)
+}
+
+/// Fills leaves 0x15 and 0x16 (adding them, and raising the highest basic leaf, if KVM did not
+/// list them): TSC = crystal (1 GHz) × EBX / EAX, so EBX / EAX ≈ tsc_khz / 10^6.
+fn report_tsc_frequency(entries: &mut Vec<kvm_cpuid_entry2>, tsc_khz: u32) {
+    // Linux computes `crystal_khz * EBX / EAX` in 32 bits, so EBX may be at most this.
+    let max_numerator = u64::from(u32::MAX / (KVM_APIC_TIMER_HZ / 1000));
+    let (numerator, denominator) = approximate_ratio(u64::from(tsc_khz), 1_000_000, max_numerator);
+    let tsc = kvm_cpuid_entry2 {
+        function: LEAF_TSC_CRYSTAL,
+        eax: u32::try_from(denominator).unwrap_or(u32::MAX),
+        ebx: u32::try_from(numerator).unwrap_or(0),
+        ecx: KVM_APIC_TIMER_HZ,
+        ..Default::default()
+    };
+    let tsc_mhz = tsc_khz / 1000;
+    let frequency = kvm_cpuid_entry2 {
+        function: LEAF_PROCESSOR_FREQUENCY,
+        eax: tsc_mhz,
+        ebx: tsc_mhz,
+        ..Default::default()
+    };
+    for leaf in [tsc, frequency] {
+        match entries.iter_mut().find(|e| e.function == leaf.function) {
+            Some(existing) => *existing = kvm_cpuid_entry2 { flags: existing.flags, ..leaf },
+            None => entries.push(leaf),
+        }
+    }
+    if let Some(basic) = entries.iter_mut().find(|e| e.function == LEAF_VENDOR) {
+        basic.eax = basic.eax.max(LEAF_PROCESSOR_FREQUENCY);
+    }
+}
+
+/// The closest fraction p/q to n/d with p <= max_p: the last continued-fraction convergent that
+/// fits (its error is below 1/q², a fraction of a ppm for any real TSC rate).
+fn approximate_ratio(n: u64, d: u64, max_p: u64) -> (u64, u64) {
+    // Convergents h/k, seeded with h(-2)/k(-2) = 0/1 and h(-1)/k(-1) = 1/0.
+    let (mut previous, mut current) = ((0u64, 1u64), (1u64, 0u64));
+    let (mut n, mut d) = (n, d);
+    while d != 0 {
+        let a = n / d;
+        let next = (a * current.0 + previous.0, a * current.1 + previous.1);
+        if next.0 > max_p {
+            break;
+        }
+        (previous, current) = (current, next);
+        (n, d) = (d, n % d);
+    }
+    current
 }
 
 fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
@@ -229,7 +297,7 @@ mod tests {
 
     #[test]
     fn leaf_1_carries_apic_id_count_and_hypervisor_bit() {
-        let cpuid = filter_for_vcpu(&synthetic_intel(), 3, 4).unwrap();
+        let cpuid = filter_for_vcpu(&synthetic_intel(), 3, 4, None).unwrap();
         let leaf = find(&cpuid, 1, 0);
         assert_eq!(leaf.ebx >> 24, 3);
         assert_eq!((leaf.ebx >> 16) & 0xFF, 4);
@@ -238,13 +306,13 @@ mod tests {
         assert_ne!(leaf.ecx & FEATURES_ECX_HYPERVISOR, 0);
         assert_ne!(leaf.ecx & (1 << 24), 0, "TSC deadline kept");
 
-        let single = filter_for_vcpu(&synthetic_intel(), 0, 1).unwrap();
+        let single = filter_for_vcpu(&synthetic_intel(), 0, 1, None).unwrap();
         assert_eq!(find(&single, 1, 0).edx & FEATURES_EDX_HTT, 0);
     }
 
     #[test]
     fn topology_leaves_describe_the_guest() {
-        let cpuid = filter_for_vcpu(&synthetic_intel(), 5, 6).unwrap();
+        let cpuid = filter_for_vcpu(&synthetic_intel(), 5, 6, None).unwrap();
         for leaf in [0xB, 0x1F] {
             let smt = find(&cpuid, leaf, 0);
             assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 5));
@@ -259,7 +327,7 @@ mod tests {
 
     #[test]
     fn cache_leaves_and_unemulated_features() {
-        let cpuid = filter_for_vcpu(&synthetic_intel(), 0, 254).unwrap();
+        let cpuid = filter_for_vcpu(&synthetic_intel(), 0, 254, None).unwrap();
         let l1 = find(&cpuid, 4, 0);
         assert_eq!((l1.eax >> 14) & 0xFFF, 0);
         assert_eq!(l1.eax >> 26, 63, "core count saturates");
@@ -276,6 +344,40 @@ mod tests {
     }
 
     #[test]
+    fn tsc_frequency_is_reported_on_intel() {
+        let cpuid = filter_for_vcpu(&synthetic_intel(), 0, 2, Some(2_300_000)).unwrap();
+        let tsc = find(&cpuid, 0x15, 0);
+        // LAPIC timer = crystal = KVM's 1 GHz; 2.3 GHz is exactly 23/10 of it.
+        assert_eq!((tsc.eax, tsc.ebx, tsc.ecx), (10, 23, 1_000_000_000));
+        let frequency = find(&cpuid, 0x16, 0);
+        assert_eq!((frequency.eax, frequency.ebx), (2300, 2300));
+        assert!(find(&cpuid, 0, 0).eax >= 0x16, "leaf 0x16 must be within the highest basic leaf");
+        assert_eq!(cpuid.as_slice().iter().filter(|e| e.function == 0x15).count(), 1);
+    }
+
+    /// Linux's native_calibrate_tsc(), with its 32-bit arithmetic.
+    fn linux_tsc_khz(leaf: kvm_cpuid_entry2) -> u32 {
+        let crystal_khz = leaf.ecx / 1000;
+        crystal_khz.checked_mul(leaf.ebx).expect("Linux's 32-bit product overflows") / leaf.eax
+    }
+
+    #[test]
+    fn linux_derives_the_tsc_rate_within_a_ppm() {
+        for tsc_khz in [2_192_000, 2_192_123, 2_300_000, 3_599_999, 4_999_999, 1_000_001, 800_000] {
+            let cpuid = filter_for_vcpu(&synthetic_intel(), 0, 1, Some(tsc_khz)).unwrap();
+            let derived = linux_tsc_khz(find(&cpuid, 0x15, 0));
+            let error_ppm = (f64::from(derived) - f64::from(tsc_khz)).abs() / f64::from(tsc_khz) * 1e6;
+            assert!(error_ppm < 1.0, "{tsc_khz} kHz reads as {derived} kHz ({error_ppm:.2} ppm)");
+        }
+    }
+
+    #[test]
+    fn tsc_frequency_is_left_alone_when_unknown() {
+        let cpuid = filter_for_vcpu(&synthetic_intel(), 0, 1, None).unwrap();
+        assert!(cpuid.as_slice().iter().all(|e| e.function != 0x15 && e.function != 0x16));
+    }
+
+    #[test]
     fn amd_topology() {
         let authentic_amd =
             [0x10, u32::from_le_bytes(*b"Auth"), u32::from_le_bytes(*b"cAMD"), u32::from_le_bytes(*b"enti")];
@@ -288,7 +390,7 @@ mod tests {
             entry(0x8000_001E, 0, [9, 0x100, 0x3, 0]),
         ])
         .unwrap();
-        let cpuid = filter_for_vcpu(&supported, 2, 3).unwrap();
+        let cpuid = filter_for_vcpu(&supported, 2, 3, None).unwrap();
         let sizes = find(&cpuid, 0x8000_0008, 0);
         assert_eq!(sizes.ecx & 0xFF, 2);
         assert_eq!((sizes.ecx >> 12) & 0xF, 2);
@@ -302,9 +404,9 @@ mod tests {
     #[test]
     fn bad_counts_are_errors() {
         let supported = synthetic_intel();
-        assert!(matches!(filter_for_vcpu(&supported, 0, 0), Err(Error::NoVcpus)));
-        assert!(matches!(filter_for_vcpu(&supported, 0, 255), Err(Error::TooManyCpus(255))));
-        assert!(matches!(filter_for_vcpu(&supported, 2, 2), Err(Error::VcpuIndex { .. })));
+        assert!(matches!(filter_for_vcpu(&supported, 0, 0, None), Err(Error::NoVcpus)));
+        assert!(matches!(filter_for_vcpu(&supported, 0, 255, None), Err(Error::TooManyCpus(255))));
+        assert!(matches!(filter_for_vcpu(&supported, 2, 2, None), Err(Error::VcpuIndex { .. })));
     }
 
     #[test]
@@ -314,7 +416,7 @@ mod tests {
         let vm = kvm.create_vm().unwrap();
         for index in 0..2u8 {
             let vcpu = vm.create_vcpu(u64::from(index)).unwrap();
-            let cpuid = filter_for_vcpu(&supported, index, 2).unwrap();
+            let cpuid = filter_for_vcpu(&supported, index, 2, None).unwrap();
             let leaf = find(&cpuid, 1, 0);
             assert_eq!(leaf.ebx >> 24, u32::from(index));
             assert_ne!(leaf.ecx & FEATURES_ECX_HYPERVISOR, 0);

@@ -68,7 +68,7 @@ mod tests {
     fn kvm_accepts_and_keeps_every_boot_msr() {
         let Some(t) = test_vm() else { return };
         let supported = t.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        t.vcpu.set_cpuid2(&filter_for_vcpu(&supported, 0, 1).unwrap()).unwrap();
+        t.vcpu.set_cpuid2(&filter_for_vcpu(&supported, 0, 1, None).unwrap()).unwrap();
         setup_msrs(&t.vcpu).unwrap();
 
         let expected = boot_msr_entries();

@@ -162,7 +162,7 @@ mod tests {
         let Some(t) = test_vm() else { return };
         let mem = guest_memory(MEM_SIZE);
         let supported = t.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let cpuid = cpuid::filter_for_vcpu(&supported, 0, 1).unwrap();
+        let cpuid = cpuid::filter_for_vcpu(&supported, 0, 1, None).unwrap();
         t.vcpu.set_cpuid2(&cpuid).unwrap();
         setup_boot_vcpu(&t.vcpu, &mem, BootEntry::Linux64(CODE_START)).unwrap();
 
@@ -225,7 +225,7 @@ mod tests {
         mem.write_obj(0x5Au8, GuestAddress(marker_addr)).unwrap();
 
         let supported = t.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let cpuid = cpuid::filter_for_vcpu(&supported, 0, 1).unwrap();
+        let cpuid = cpuid::filter_for_vcpu(&supported, 0, 1, None).unwrap();
         t.vcpu.set_cpuid2(&cpuid).unwrap();
         msrs::setup_msrs(&t.vcpu).unwrap();
         interrupts::set_lint(&t.vcpu).unwrap();

@@ -71,7 +71,8 @@ pub fn run(kernel: &Path, cmdline: &str, mem_size: u64) -> Result<(), Error> {
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&arch::cpuid::filter_for_vcpu(&supported, 0, 1)?).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    vcpu.set_cpuid2(&arch::cpuid::filter_for_vcpu(&supported, 0, 1, None)?)
+        .map_err(kvm_err("KVM_SET_CPUID2"))?;
     arch::msrs::setup_msrs(&vcpu)?;
     arch::regs::setup_boot_vcpu(&vcpu, &mem, entry)?;
 

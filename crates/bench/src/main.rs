@@ -238,12 +238,26 @@ fn bench(args: &BenchArgs) -> Result<(), Error> {
 
     let irqchip_rows = if args.irqchip_costs { Some(irqchip_costs(runs)?) } else { None };
 
-    let text = report::render(args.runs, &rows, irqchip_rows.as_deref());
+    // With fork + exec, a child's ru_maxrss is at least the anonymous memory it was forked with.
+    let parent_anon = own_rss_anon_kib()
+        .map_or_else(|| "unknown".to_owned(), |kib| format!("{:.2} MiB", kib as f64 / 1024.0));
+    let note = format!(
+        "Peak RSS is wait4's ru_maxrss of the VMM process; it cannot be below the anonymous memory \
+         the benchmark process had when it forked the VMM ({parent_anon} here)."
+    );
+    let text = report::render(args.runs, &rows, &note, irqchip_rows.as_deref());
     println!("{text}");
     if let Some(path) = &args.markdown {
         std::fs::write(path, &text).map_err(|e| Error::Io(path.display().to_string(), e))?;
     }
     Ok(())
+}
+
+/// `RssAnon` of this process, in KiB.
+fn own_rss_anon_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn irqchip_costs(runs: usize) -> Result<Vec<IrqchipRow>, Error> {

@@ -41,7 +41,7 @@ fn ratio(kestrel: f64, floor: f64) -> String {
 }
 
 /// Renders the tables; `runs` is the sample count behind each figure.
-pub fn render(runs: u32, rows: &[Row], irqchip: Option<&[IrqchipRow]>) -> String {
+pub fn render(runs: u32, rows: &[Row], note: &str, irqchip: Option<&[IrqchipRow]>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Median (min–max) of {runs} runs each; Kestrel and floor runs interleaved.\n");
     let _ = writeln!(out, "| metric | Kestrel | floor (bare KVM) | Kestrel / floor |");
@@ -56,6 +56,7 @@ pub fn render(runs: u32, rows: &[Row], irqchip: Option<&[IrqchipRow]>) -> String
             ratio(row.kestrel.median, row.floor.median)
         );
     }
+    let _ = writeln!(out, "\n{note}");
     if let Some(irqchip) = irqchip {
         let _ = writeln!(
             out,

@@ -79,6 +79,29 @@ fn the_initrd_reaches_the_guest_intact_on_both_entry_paths() {
 }
 
 #[test]
+fn hello_boots_as_a_bzimage_through_the_64bit_entry_of_its_setup_header() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    let content: Vec<u8> = (0..123_457u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8).collect();
+    std::fs::write(&initrd, &content).unwrap();
+    let output = run_guest(
+        guests::HELLO_BZIMAGE,
+        &["--memory", "96M", "--initrd", path_str(&initrd), "--cmdline", "exit=reset bz=1"],
+    );
+    assert_status(&output, RESET);
+    let out = stdout(&output);
+    assert!(out.contains("Hello from the Kestrel test guest (entry: bzimage)"), "{out}");
+    assert_eq!(line_value(&output, "cmdline: ").as_deref(), Some("exit=reset bz=1"), "{out}");
+    assert_eq!(line_value(&output, "memory: "), Some(expected_usable(96 << 20).to_string()), "{out}");
+    let expected_initrd = format!("{} {:08x}", content.len(), fnv1a32(&content));
+    assert_eq!(line_value(&output, "initrd: "), Some(expected_initrd), "{out}");
+    assert!(out.contains("exit: reset"), "{out}");
+}
+
+#[test]
 fn the_guest_reads_the_host_time_from_the_rtc() {
     if !kvm_available() {
         return;
@@ -227,8 +250,9 @@ fn every_vcpu_comes_up_and_reports_its_apic_id() {
         assert_status(&output, RESET);
         let out = stdout(&output);
         assert_eq!(line_value(&output, "mptable: "), Some(format!("{cpus} cpus")), "{out}");
+        assert!(out.contains("cpu 0 cpuid ok\n"), "{guest} cpu 0: {out}");
         for id in 1..cpus {
-            assert!(out.contains(&format!("cpu {id} online")), "{guest} cpu {id}: {out}");
+            assert!(out.contains(&format!("cpu {id} online cpuid ok\n")), "{guest} cpu {id}: {out}");
         }
         assert!(!out.contains(&format!("cpu {cpus} online")), "{out}");
         assert_eq!(line_value(&output, "smp: "), Some(format!("{cpus} cpus online")), "{out}");

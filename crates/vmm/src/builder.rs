@@ -90,10 +90,14 @@ fn create_vcpus(
 ) -> Result<Vec<VcpuFd>> {
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut tsc_khz = None;
     (0..count)
         .map(|index| {
             let vcpu = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = arch::cpuid::filter_for_vcpu(&supported, index, count)?;
+            if index == 0 {
+                tsc_khz = guest_tsc_khz(&vcpu);
+            }
+            let cpuid = arch::cpuid::filter_for_vcpu(&supported, index, count, tsc_khz)?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             arch::msrs::setup_msrs(&vcpu)?;
             arch::interrupts::set_lint(&vcpu)?;
@@ -103,6 +107,19 @@ fn create_vcpus(
             Ok(vcpu)
         })
         .collect()
+}
+
+/// The guest's TSC rate, for CPUID to report; None (and the guest calibrates) when the host's TSC
+/// is unstable and KVM will not say.
+fn guest_tsc_khz(vcpu: &VcpuFd) -> Option<u32> {
+    match vcpu.get_tsc_khz() {
+        Ok(khz) if khz > 0 => Some(khz),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::info!("KVM does not report the TSC rate ({e}); the guest will calibrate it");
+            None
+        }
+    }
 }
 
 /// The legacy PC devices every VM has, wired to the buses and the IOAPIC.

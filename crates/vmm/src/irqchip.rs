@@ -1,9 +1,10 @@
 //! Interrupt controllers: local APICs in KVM, the IOAPIC in userspace (KVM's "split irqchip").
 //!
-//! Measured on the development host: creating KVM's full in-kernel irqchip costs ~6.5 ms and an
-//! in-kernel PIT adds ~16 ms to teardown, while the split irqchip costs ~0.5 ms. The IOAPIC is a
-//! simple register file, so keeping it in userspace costs nothing at run time: it turns a pin into
-//! an MSI that KVM delivers to the in-kernel LAPICs.
+//! Measured with `kestrel-bench --irqchip-costs` (docs/benchmarks.md): KVM's full in-kernel irqchip
+//! adds ~15 ms to VM teardown and an in-kernel PIT another ~4 ms to creation and ~5 ms to teardown,
+//! while the split irqchip costs ~0.1 ms each way. The IOAPIC is a simple register file, so keeping
+//! it in userspace costs nothing at run time: it turns a pin into an MSI that KVM delivers to the
+//! in-kernel LAPICs. Without a PIT, guests learn the TSC rate from CPUID (see arch::cpuid).
 
 use std::sync::{Arc, Mutex};
 

@@ -16,6 +16,12 @@ use crate::{memory, Error, Result};
 
 /// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// The first boot protocol version (2.10) whose setup header has `init_size`.
+const BOOT_PROTOCOL_INIT_SIZE: u16 = 0x020A;
+/// The first boot protocol version (2.12) whose setup header has `xloadflags`.
+const BOOT_PROTOCOL_XLOADFLAGS: u16 = 0x020C;
+/// `xloadflags`: the kernel has the 64-bit entry point at `code32_start + 0x200`.
+const XLF_KERNEL_64: u16 = 1 << 0;
 
 /// A kernel in guest memory, ready for its boot information to be written.
 pub struct LoadedKernel {
@@ -93,16 +99,39 @@ fn load_kernel(path: &Path, file: &mut File, mem: &GuestMemoryMmap) -> Result<Lo
         Err(e) => return Err(load_error(e)),
     }
     match BzImage::load(mem, None, file, himem) {
+        Ok(result) if !has_64bit_entry(&result) => Err(Error::KernelLoad {
+            path: path.to_owned(),
+            reason: "the bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear)".to_owned(),
+        }),
         Ok(result) => Ok(LoadedKernel {
             entry: BootEntry::Linux64(GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET)),
             setup_header: result.setup_header,
-            end: result.kernel_end,
+            end: bzimage_end(&result),
         }),
         Err(loader::Error::Bzimage(bzimage::Error::InvalidBzImage | bzimage::Error::ReadBzImageHeader)) => {
             Err(Error::KernelNotRecognised { path: path.to_owned() })
         }
         Err(e) => Err(load_error(e)),
     }
+}
+
+/// Whether a bzImage can be entered at `code32_start + 0x200` in long mode. Protocol 2.12+ says
+/// so in `xloadflags` (a 32-bit kernel has no such entry); older x86_64 kernels always have it.
+fn has_64bit_entry(result: &KernelLoaderResult) -> bool {
+    result.setup_header.is_none_or(|header| {
+        header.version < BOOT_PROTOCOL_XLOADFLAGS || header.xloadflags & XLF_KERNEL_64 != 0
+    })
+}
+
+/// Where a loaded bzImage ends. linux-loader's `kernel_end` stops at the last byte of the file,
+/// but the kernel uses memory past that (.bss, its early page tables, the decompressor's buffer)
+/// before it reads the memory map: `init_size` (protocol 2.10+) bytes from its load address.
+fn bzimage_end(result: &KernelLoaderResult) -> u64 {
+    let init_end = result
+        .setup_header
+        .filter(|header| header.version >= BOOT_PROTOCOL_INIT_SIZE)
+        .map_or(0, |header| result.kernel_load.0 + u64::from(header.init_size));
+    result.kernel_end.max(init_end)
 }
 
 fn elf_kernel(result: KernelLoaderResult) -> LoadedKernel {
@@ -160,4 +189,309 @@ fn load_initrd(
     mem.read_exact_volatile_from(address, &mut file, size)
         .map_err(|e| read_error(std::io::Error::other(e.to_string())))?;
     Ok((address, size))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Loading the test guests from `guests/` (and broken kernels) into plain guest memory: no KVM.
+
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::SerialConfig;
+
+    const MIB: u64 = 1 << 20;
+    const LOAD_ADDRESS: u64 = 0x20_0000;
+
+    fn guest_memory(size: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&arch::ram_regions(size)).unwrap()
+    }
+
+    /// A file in the temporary directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(contents: &[u8]) -> TempFile {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "kestrel-kernel-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn load(path: &Path, mem: &GuestMemoryMmap) -> Result<LoadedKernel> {
+        load_kernel(path, &mut File::open(path).unwrap(), mem)
+    }
+
+    fn load_bytes(contents: &[u8], mem: &GuestMemoryMmap) -> Result<LoadedKernel> {
+        let file = TempFile::new(contents);
+        load(&file.0, mem)
+    }
+
+    fn read_guest(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+        bytes
+    }
+
+    fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+        u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
+    }
+
+    /// hello.bzimage, and the size of its real-mode part (boot sector + setup sectors).
+    fn bzimage() -> (Vec<u8>, usize) {
+        let bytes = std::fs::read(guests::HELLO_BZIMAGE).unwrap();
+        let setup_len = (usize::from(bytes[0x1f1]) + 1) * 512;
+        (bytes, setup_len)
+    }
+
+    #[test]
+    fn a_plain_elf_is_entered_at_e_entry_in_long_mode() {
+        let mem = guest_memory(64 * MIB);
+        let elf = std::fs::read(guests::HELLO).unwrap();
+        let e_entry = u64::from_le_bytes(elf[0x18..0x20].try_into().unwrap());
+        let kernel = load(Path::new(guests::HELLO), &mem).unwrap();
+        assert_eq!(kernel.entry, BootEntry::Linux64(GuestAddress(e_entry)));
+        assert!(kernel.setup_header.is_none());
+        // The guests put _start64 0x200 bytes into an image linked at 2 MiB.
+        assert_eq!(e_entry, LOAD_ADDRESS + BZIMAGE_64BIT_ENTRY_OFFSET);
+        assert!(kernel.end > e_entry && kernel.end < 4 * MIB, "end {:#x}", kernel.end);
+        // The code at the entry point is the file's.
+        let hello_code = read_guest(&mem, e_entry, 16);
+        let bz = std::fs::read(guests::HELLO_BZIMAGE).unwrap();
+        let (_, setup_len) = bzimage();
+        let at = setup_len + 0x200;
+        assert_eq!(hello_code, bz[at..at + 16]);
+    }
+
+    #[test]
+    fn an_elf_with_a_pvh_note_is_entered_through_it() {
+        let mem = guest_memory(64 * MIB);
+        let kernel = load(Path::new(guests::HELLO_PVH), &mem).unwrap();
+        // pvh_start is the first thing in the guests' image (guests/c/entry.S, link.ld.in).
+        assert_eq!(kernel.entry, BootEntry::Pvh(GuestAddress(LOAD_ADDRESS)));
+        assert!(kernel.setup_header.is_none());
+        assert!(kernel.end > LOAD_ADDRESS);
+    }
+
+    #[test]
+    fn a_bzimage_is_entered_0x200_past_code32_start_with_its_setup_header() {
+        let mem = guest_memory(64 * MIB);
+        let (bytes, setup_len) = bzimage();
+        let kernel = load(Path::new(guests::HELLO_BZIMAGE), &mem).unwrap();
+        assert_eq!(kernel.entry, BootEntry::Linux64(GuestAddress(LOAD_ADDRESS + 0x200)));
+        let header = kernel.setup_header.expect("setup header");
+        let (magic, version, code32_start, cmdline_size, init_size) =
+            (header.header, header.version, header.code32_start, header.cmdline_size, header.init_size);
+        assert_eq!(magic, u32::from_le_bytes(*b"HdrS"));
+        assert_eq!(version, 0x020F);
+        assert_eq!(u64::from(code32_start), LOAD_ADDRESS);
+        assert_eq!(cmdline_size, 2047);
+        // The protected-mode part is in memory at code32_start ...
+        let kernel_bytes = &bytes[setup_len..];
+        assert_eq!(read_guest(&mem, LOAD_ADDRESS, kernel_bytes.len()), kernel_bytes);
+        // ... and the kernel reaches to init_size, past the end of the file (its .bss).
+        assert!(u64::from(init_size) > kernel_bytes.len() as u64);
+        assert_eq!(kernel.end, LOAD_ADDRESS + u64::from(init_size));
+    }
+
+    #[test]
+    fn files_that_are_not_kernels_are_not_recognised() {
+        let mem = guest_memory(16 * MIB);
+        let text = b"This is not a kernel, just some text that is long enough to fill an ELF header.\n";
+        for contents in [&text[..], b"", b"\x7fEL", b"\x7fELF", &text.repeat(20)] {
+            match load_bytes(contents, &mem) {
+                Err(Error::KernelNotRecognised { .. }) => {}
+                other => panic!("{:?}: {:?}", String::from_utf8_lossy(contents), other.map(|k| k.entry)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_elf_fails_to_load() {
+        let mem = guest_memory(16 * MIB);
+        let elf = std::fs::read(guests::HELLO).unwrap();
+        for len in [elf.len() / 2, 0x100] {
+            match load_bytes(&elf[..len], &mem) {
+                Err(Error::KernelLoad { reason, .. }) => assert!(!reason.is_empty()),
+                other => panic!("{len} bytes: {:?}", other.map(|k| k.entry)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_bzimage_fails_to_load() {
+        let mem = guest_memory(16 * MIB);
+        let (bytes, setup_len) = bzimage();
+        // Header intact, but the file ends inside the setup sectors.
+        match load_bytes(&bytes[..setup_len - 1], &mem) {
+            Err(Error::KernelLoad { .. }) => {}
+            other => panic!("{:?}", other.map(|k| k.entry)),
+        }
+    }
+
+    #[test]
+    fn a_bzimage_without_a_64bit_entry_is_refused() {
+        let mem = guest_memory(16 * MIB);
+        let (mut bytes, _) = bzimage();
+        bytes[0x236] &= !1; // xloadflags: clear XLF_KERNEL_64
+        match load_bytes(&bytes, &mem) {
+            Err(Error::KernelLoad { reason, .. }) => assert!(reason.contains("64-bit entry"), "{reason}"),
+            other => panic!("{:?}", other.map(|k| k.entry)),
+        }
+        // Before protocol 2.12 there are no xloadflags: an x86_64 kernel always has the entry.
+        bytes[0x206..0x208].copy_from_slice(&0x020Bu16.to_le_bytes());
+        assert!(load_bytes(&bytes, &mem).is_ok());
+    }
+
+    #[test]
+    fn the_command_line_is_written_nul_terminated_up_to_2047_bytes() {
+        let mem = guest_memory(16 * MIB);
+        let longest = "x".repeat(2047);
+        let location = load_cmdline(&longest, None, &mem).unwrap();
+        assert_eq!(location.addr, GuestAddress(arch::layout::CMDLINE_START));
+        assert_eq!(location.size_with_nul, 2048);
+        let written = read_guest(&mem, arch::layout::CMDLINE_START, 2048);
+        assert_eq!(&written[..2047], longest.as_bytes());
+        assert_eq!(written[2047], 0);
+
+        match load_cmdline(&"x".repeat(2048), None, &mem) {
+            Err(Error::CmdlineTooLong { len: 2048, max: 2047 }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Surrounding white space does not count.
+        let location = load_cmdline("  console=ttyS0  ", None, &mem).unwrap();
+        assert_eq!(location.size_with_nul, "console=ttyS0".len() + 1);
+        assert_eq!(read_guest(&mem, arch::layout::CMDLINE_START, 14), b"console=ttyS0\0");
+    }
+
+    #[test]
+    fn a_bzimage_with_a_smaller_cmdline_size_limits_the_command_line() {
+        let mem = guest_memory(16 * MIB);
+        let (mut bytes, _) = bzimage();
+        bytes[0x238..0x23c].copy_from_slice(&100u32.to_le_bytes());
+        let kernel = load_bytes(&bytes, &mem).unwrap();
+        let header = kernel.setup_header.as_ref();
+        assert_eq!(load_cmdline(&"y".repeat(100), header, &mem).unwrap().size_with_nul, 101);
+        match load_cmdline(&"y".repeat(101), header, &mem) {
+            Err(Error::CmdlineTooLong { len: 101, max: 100 }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A larger cmdline_size than Kestrel's buffer is capped at the buffer.
+        bytes[0x238..0x23c].copy_from_slice(&100_000u32.to_le_bytes());
+        let kernel = load_bytes(&bytes, &mem).unwrap();
+        match load_cmdline(&"y".repeat(2048), kernel.setup_header.as_ref(), &mem) {
+            Err(Error::CmdlineTooLong { len: 2048, max: 2047 }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn initrd_contents(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
+    }
+
+    fn load_initrd_bytes(
+        contents: &[u8],
+        mem: &GuestMemoryMmap,
+        memory_bytes: u64,
+        kernel_end: u64,
+    ) -> Result<(GuestAddress, usize)> {
+        let file = TempFile::new(contents);
+        let handle = File::open(&file.0).unwrap();
+        load_initrd(&file.0, handle, contents.len() as u64, mem, memory_bytes, kernel_end)
+    }
+
+    #[test]
+    fn the_initrd_goes_page_aligned_to_the_top_of_low_memory() {
+        for memory in [32 * MIB, 3584 * MIB] {
+            let mem = guest_memory(memory);
+            let kernel = load(Path::new(guests::HELLO), &mem).unwrap();
+            let contents = initrd_contents(300_001);
+            let (address, size) = load_initrd_bytes(&contents, &mem, memory, kernel.end).unwrap();
+            let top = memory.min(arch::layout::MMIO_GAP_START);
+            assert_eq!(size, contents.len());
+            assert_eq!(address.0 % 4096, 0, "{address:?}");
+            assert!(address.0 >= kernel.end);
+            assert!(address.0 + size as u64 <= top && address.0 + size as u64 + 4096 > top, "{address:?}");
+            assert_eq!(read_guest(&mem, address.0, size), contents);
+        }
+    }
+
+    #[test]
+    fn an_initrd_that_does_not_fit_above_the_kernel_is_too_large() {
+        let memory = 16 * MIB;
+        let mem = guest_memory(memory);
+        let kernel = load(Path::new(guests::HELLO), &mem).unwrap();
+        let room = usize::try_from(memory - kernel.end).unwrap();
+        for size in [room + 1, usize::try_from(memory).unwrap()] {
+            match load_initrd_bytes(&vec![0xA5; size], &mem, memory, kernel.end) {
+                Err(Error::InitrdTooLarge { size: reported, memory: m, .. }) => {
+                    assert_eq!((reported, m), (size as u64, memory));
+                }
+                other => panic!("{size} bytes: {other:?}"),
+            }
+        }
+        // Exactly the room there is (page-aligned end of kernel) fits.
+        let room = usize::try_from(memory - kernel.end.next_multiple_of(4096)).unwrap();
+        assert!(load_initrd_bytes(&vec![0x5A; room], &mem, memory, kernel.end).is_ok());
+    }
+
+    #[test]
+    fn an_initrd_may_not_overlap_the_bss_of_a_bzimage() {
+        // The initrd would start between the end of the file's bytes and code32_start + init_size.
+        let memory = 16 * MIB;
+        let mem = guest_memory(memory);
+        let (bytes, setup_len) = bzimage();
+        let kernel = load(Path::new(guests::HELLO_BZIMAGE), &mem).unwrap();
+        let file_end = LOAD_ADDRESS + (bytes.len() - setup_len) as u64;
+        assert!(kernel.end > file_end.next_multiple_of(4096), "this guest's .bss is too small for the test");
+        let size = usize::try_from(memory - file_end.next_multiple_of(4096)).unwrap();
+        match load_initrd_bytes(&vec![0; size], &mem, memory, kernel.end) {
+            Err(Error::InitrdTooLarge { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn booting_a_bzimage_hands_its_setup_header_to_the_zero_page() {
+        let memory = 64 * MIB;
+        let mem = guest_memory(memory);
+        let initrd = TempFile::new(&initrd_contents(5000));
+        let config = VmConfig {
+            kernel: PathBuf::from(guests::HELLO_BZIMAGE),
+            initrd: Some(initrd.0.clone()),
+            cmdline: "exit=reset bz=1".to_owned(),
+            vcpus: 1,
+            memory_bytes: memory,
+            serial: SerialConfig::None,
+        };
+        let files = BootFiles::open(&config).unwrap();
+        let entry = load_boot_image(&config, files, &mem).unwrap();
+        assert_eq!(entry, BootEntry::Linux64(GuestAddress(LOAD_ADDRESS + 0x200)));
+
+        let zero_page = read_guest(&mem, arch::layout::ZERO_PAGE_START, 4096);
+        let (bytes, _) = bzimage();
+        assert_eq!(&zero_page[0x202..0x206], b"HdrS");
+        assert_eq!(zero_page[0x1f1], bytes[0x1f1], "setup_sects");
+        assert_eq!(zero_page[0x206..0x208], bytes[0x206..0x208], "version");
+        assert_eq!(u64::from(u32_at(&zero_page, 0x214)), LOAD_ADDRESS, "code32_start");
+        assert_eq!(u32_at(&zero_page, 0x260), u32_at(&bytes, 0x260), "init_size");
+        assert_eq!(u64::from(u32_at(&zero_page, 0x228)), arch::layout::CMDLINE_START, "cmd_line_ptr");
+        assert_eq!(u32_at(&zero_page, 0x21c), 5000, "ramdisk_size");
+        let ramdisk = u64::from(u32_at(&zero_page, 0x218));
+        assert_eq!(read_guest(&mem, ramdisk, 5000), initrd_contents(5000));
+        assert_eq!(read_guest(&mem, arch::layout::CMDLINE_START, 16), b"exit=reset bz=1\0");
+    }
 }

@@ -86,7 +86,18 @@ struct EventLoop {
     escape: EscapeParser,
     /// Console input the guest's receive FIFO had no room for yet.
     pending_input: VecDeque<u8>,
-    stdin_watched: bool,
+    stdin: StdinState,
+}
+
+/// Whether the event loop reads the user's keystrokes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StdinState {
+    /// Read when readable.
+    Watched,
+    /// Not read for now: the guest's receive FIFO is full.
+    Paused,
+    /// Never read again: end of input, or a stdin that cannot be polled.
+    Closed,
 }
 
 impl EventLoop {
@@ -96,7 +107,7 @@ impl EventLoop {
             epoll,
             escape: EscapeParser::default(),
             pending_input: VecDeque::new(),
-            stdin_watched: false,
+            stdin: StdinState::Closed,
         };
         event_loop.watch(vm.devices.reset.as_raw_fd(), TOKEN_RESET)?;
         event_loop.watch(vm.devices.power_off.as_raw_fd(), TOKEN_POWER_OFF)?;
@@ -106,7 +117,7 @@ impl EventLoop {
             let drained = vm.devices.serial.lock().map_err(poisoned)?.input_drained().as_raw_fd();
             event_loop.watch(drained, TOKEN_SERIAL_DRAINED)?;
             match event_loop.watch(libc::STDIN_FILENO, TOKEN_STDIN) {
-                Ok(()) => event_loop.stdin_watched = true,
+                Ok(()) => event_loop.stdin = StdinState::Watched,
                 // A regular file or /dev/null cannot be polled: the guest simply gets no input.
                 Err(Error::EventLoop(e)) if e.raw_os_error() == Some(libc::EPERM) => {
                     tracing::debug!("stdin cannot be polled; the guest gets no console input");
@@ -123,14 +134,21 @@ impl EventLoop {
             .map_err(Error::EventLoop)
     }
 
-    fn set_stdin_watched(&mut self, watched: bool) -> Result<()> {
-        if self.stdin_watched != watched {
-            let operation = if watched { ControlOperation::Add } else { ControlOperation::Delete };
-            self.epoll
-                .ctl(operation, libc::STDIN_FILENO, EpollEvent::new(EventSet::IN, TOKEN_STDIN))
-                .map_err(Error::EventLoop)?;
-            self.stdin_watched = watched;
-        }
+    /// Moves stdin to `state`, adding it to or removing it from the epoll set. Closed is final.
+    fn set_stdin(&mut self, state: StdinState) -> Result<()> {
+        let operation = match (self.stdin, state) {
+            (StdinState::Closed, _) => return Ok(()),
+            (StdinState::Watched, StdinState::Paused | StdinState::Closed) => ControlOperation::Delete,
+            (StdinState::Paused, StdinState::Watched) => ControlOperation::Add,
+            _ => {
+                self.stdin = state;
+                return Ok(());
+            }
+        };
+        self.epoll
+            .ctl(operation, libc::STDIN_FILENO, EpollEvent::new(EventSet::IN, TOKEN_STDIN))
+            .map_err(Error::EventLoop)?;
+        self.stdin = state;
         Ok(())
     }
 
@@ -180,7 +198,7 @@ impl EventLoop {
         };
         if read == 0 {
             // End of input: the guest keeps running without a keyboard.
-            self.set_stdin_watched(false)?;
+            self.set_stdin(StdinState::Closed)?;
             return Ok(None);
         }
         match self.escape.feed(&buffer[..read]) {
@@ -201,8 +219,8 @@ impl EventLoop {
             let accepted = vm.devices.serial.lock().map_err(poisoned)?.enqueue_input(&bytes);
             self.pending_input.drain(..accepted);
         }
-        let want_stdin = self.pending_input.is_empty();
-        self.set_stdin_watched(want_stdin)
+        let wanted = if self.pending_input.is_empty() { StdinState::Watched } else { StdinState::Paused };
+        self.set_stdin(wanted)
     }
 }
 
