@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tracing::level_filters::LevelFilter;
 use vmm::config::{SerialConfig, VmConfig, DEFAULT_CMDLINE};
 
 use crate::size::parse_size;
@@ -19,10 +20,10 @@ use crate::size::parse_size;
         5 vCPU failure, 6 quit with Ctrl-A X, 128+N stopped by signal N."
 )]
 pub struct Cli {
-    /// Log level for Kestrel's own messages on stderr: error, warn, info, debug or trace
-    /// (the KESTREL_LOG environment variable, with tracing's filter syntax, overrides it).
+    /// Log level for Kestrel's own messages on stderr: off, error, warn, info, debug or trace
+    /// (the KESTREL_LOG environment variable overrides it). Example: --log-level debug
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    pub log_level: String,
+    pub log_level: LevelFilter,
 
     #[command(subcommand)]
     pub command: Command,

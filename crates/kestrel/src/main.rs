@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
     // No exit path may leave the user's terminal in raw mode, not even a bug.
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
     }));
 
     let cli = cli::Cli::parse();
-    init_logging(&cli.log_level);
+    init_logging(cli.log_level);
     match cli.command {
         cli::Command::Run(args) => run(args),
     }
@@ -41,11 +42,11 @@ fn run(args: cli::RunArgs) -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KESTREL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+fn init_logging(level: LevelFilter) {
+    // KESTREL_LOG (a level name) overrides the flag, for runs started by other programs.
+    let level = std::env::var("KESTREL_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(level);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)

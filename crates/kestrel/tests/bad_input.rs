@@ -148,6 +148,12 @@ fn serial_file_in_a_missing_directory() {
 }
 
 #[test]
+fn unknown_log_level_is_a_usage_error() {
+    let output = run(&["--kernel", guests::HELLO, "--log-level", "loud"]);
+    assert_clean_failure(&output, USAGE, "--log-level");
+}
+
+#[test]
 fn unknown_flag_is_a_usage_error() {
     let output = run(&["--kernel", guests::HELLO, "--frobnicate"]);
     assert_clean_failure(&output, USAGE, "--frobnicate");

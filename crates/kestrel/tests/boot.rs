@@ -181,6 +181,58 @@ fn console_input_reaches_the_guest() {
 }
 
 #[test]
+fn console_input_longer_than_the_uart_fifo_arrives_whole() {
+    if !kvm_available() {
+        return;
+    }
+    // 200 bytes against a 64-byte receive FIFO: the rest must wait for the guest to drain it.
+    let line: String = (0..200).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut command = kestrel();
+    command.args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=echo"]);
+    let output = run_to_end(command, format!("{line}\n").as_bytes());
+    assert_status(&output, RESET);
+    assert!(stdout(&output).contains(&format!("echo: {line}\n")), "{}", stdout(&output));
+}
+
+#[test]
+fn console_input_can_come_from_a_file() {
+    if !kvm_available() {
+        return;
+    }
+    // A regular file cannot be polled; Kestrel reads it as the guest drains its FIFO.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("keys.txt");
+    let line: String = (0..150).map(|i| char::from(b'A' + (i % 26) as u8)).collect();
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    let output = kestrel()
+        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=echo"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(wait_with_limit)
+        .unwrap();
+    assert_status(&output, RESET);
+    assert!(stdout(&output).contains(&format!("echo: {line}\n")), "{}", stdout(&output));
+}
+
+#[test]
+fn a_stdin_that_cannot_be_polled_is_no_problem() {
+    if !kvm_available() {
+        return;
+    }
+    let output = kestrel()
+        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=reset"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(wait_with_limit)
+        .unwrap();
+    assert_status(&output, RESET);
+}
+
+#[test]
 fn ctrl_a_x_quits() {
     if !kvm_available() {
         return;

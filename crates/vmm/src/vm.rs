@@ -96,7 +96,9 @@ enum StdinState {
     Watched,
     /// Not read for now: the guest's receive FIFO is full.
     Paused,
-    /// Never read again: end of input, or a stdin that cannot be polled.
+    /// A regular file (which epoll cannot watch): read whenever the guest's FIFO has room.
+    File,
+    /// Never read again: end of input, or a stdin that cannot be read (such as /dev/null).
     Closed,
 }
 
@@ -118,9 +120,11 @@ impl EventLoop {
             event_loop.watch(drained, TOKEN_SERIAL_DRAINED)?;
             match event_loop.watch(libc::STDIN_FILENO, TOKEN_STDIN) {
                 Ok(()) => event_loop.stdin = StdinState::Watched,
-                // A regular file or /dev/null cannot be polled: the guest simply gets no input.
+                // epoll refuses regular files (always readable) and /dev/null (always at its end).
                 Err(Error::EventLoop(e)) if e.raw_os_error() == Some(libc::EPERM) => {
-                    tracing::debug!("stdin cannot be polled; the guest gets no console input");
+                    if stdin_is_regular_file() {
+                        event_loop.stdin = StdinState::File;
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -138,21 +142,23 @@ impl EventLoop {
     fn set_stdin(&mut self, state: StdinState) -> Result<()> {
         let operation = match (self.stdin, state) {
             (StdinState::Closed, _) => return Ok(()),
-            (StdinState::Watched, StdinState::Paused | StdinState::Closed) => ControlOperation::Delete,
-            (StdinState::Paused, StdinState::Watched) => ControlOperation::Add,
-            _ => {
-                self.stdin = state;
-                return Ok(());
-            }
+            (StdinState::Watched, StdinState::Paused | StdinState::Closed) => Some(ControlOperation::Delete),
+            (StdinState::Paused, StdinState::Watched) => Some(ControlOperation::Add),
+            _ => None,
         };
-        self.epoll
-            .ctl(operation, libc::STDIN_FILENO, EpollEvent::new(EventSet::IN, TOKEN_STDIN))
-            .map_err(Error::EventLoop)?;
+        if let Some(operation) = operation {
+            self.epoll
+                .ctl(operation, libc::STDIN_FILENO, EpollEvent::new(EventSet::IN, TOKEN_STDIN))
+                .map_err(Error::EventLoop)?;
+        }
         self.stdin = state;
         Ok(())
     }
 
     fn run(&mut self, vm: &Vm) -> Result<VmOutcome> {
+        if let Some(outcome) = self.flush_input(vm)? {
+            return Ok(outcome);
+        }
         let mut events = vec![EpollEvent::default(); 8];
         loop {
             let count = match self.epoll.wait(-1, &mut events) {
@@ -178,18 +184,20 @@ impl EventLoop {
                 vm.ended.try_recv().ok()
             }
             TOKEN_SIGNAL => Some(VmOutcome::Signal(TerminationSignals::read_pending()?)),
-            TOKEN_STDIN => self.read_console(vm)?,
+            TOKEN_STDIN => match self.read_stdin()? {
+                Some(outcome) => Some(outcome),
+                None => self.flush_input(vm)?,
+            },
             TOKEN_SERIAL_DRAINED => {
                 let _ = vm.devices.serial.lock().map_err(poisoned)?.input_drained().read();
-                self.flush_input(vm)?;
-                None
+                self.flush_input(vm)?
             }
             _ => None,
         })
     }
 
-    /// Reads what the user typed and passes it on, unless it was the quit escape.
-    fn read_console(&mut self, vm: &Vm) -> Result<Option<VmOutcome>> {
+    /// Reads one chunk of stdin into the pending input, unless it holds the quit escape.
+    fn read_stdin(&mut self) -> Result<Option<VmOutcome>> {
         let mut buffer = [0u8; 256];
         let read = match std::io::stdin().lock().read(&mut buffer) {
             Ok(read) => read,
@@ -201,26 +209,52 @@ impl EventLoop {
             self.set_stdin(StdinState::Closed)?;
             return Ok(None);
         }
-        match self.escape.feed(&buffer[..read]) {
-            ConsoleInput::Quit => Ok(Some(VmOutcome::UserQuit)),
+        Ok(match self.escape.feed(&buffer[..read]) {
+            ConsoleInput::Quit => Some(VmOutcome::UserQuit),
             ConsoleInput::Guest(bytes) => {
                 self.pending_input.extend(bytes);
-                self.flush_input(vm)?;
-                Ok(None)
+                None
+            }
+        })
+    }
+
+    /// Moves pending input into the guest's FIFO, reading more from a stdin file while there is
+    /// room. Stops watching stdin while input is waiting, so a fast writer cannot make the VMM
+    /// buffer without bound.
+    fn flush_input(&mut self, vm: &Vm) -> Result<Option<VmOutcome>> {
+        loop {
+            if !self.pending_input.is_empty() {
+                let bytes: Vec<u8> = self.pending_input.iter().copied().collect();
+                let accepted = vm.devices.serial.lock().map_err(poisoned)?.enqueue_input(&bytes);
+                self.pending_input.drain(..accepted);
+            }
+            if !self.pending_input.is_empty() {
+                if self.stdin == StdinState::Watched {
+                    self.set_stdin(StdinState::Paused)?;
+                }
+                return Ok(None);
+            }
+            match self.stdin {
+                StdinState::File => {
+                    if let Some(outcome) = self.read_stdin()? {
+                        return Ok(Some(outcome));
+                    }
+                }
+                StdinState::Paused => {
+                    self.set_stdin(StdinState::Watched)?;
+                    return Ok(None);
+                }
+                StdinState::Watched | StdinState::Closed => return Ok(None),
             }
         }
     }
+}
 
-    /// Moves pending input into the guest's FIFO; stops reading stdin while input is waiting, so a
-    /// fast writer cannot make the VMM buffer without bound.
-    fn flush_input(&mut self, vm: &Vm) -> Result<()> {
-        if !self.pending_input.is_empty() {
-            let bytes: Vec<u8> = self.pending_input.iter().copied().collect();
-            let accepted = vm.devices.serial.lock().map_err(poisoned)?.enqueue_input(&bytes);
-            self.pending_input.drain(..accepted);
-        }
-        let wanted = if self.pending_input.is_empty() { StdinState::Watched } else { StdinState::Paused };
-        self.set_stdin(wanted)
+fn stdin_is_regular_file() -> bool {
+    // SAFETY: fstat on a valid fd number with a zeroed stat buffer to fill; failure is checked.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(libc::STDIN_FILENO, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFREG
     }
 }
 
