@@ -8,6 +8,22 @@ pub const MMIO_GAP_START: u64 = 0xC000_0000;
 /// End (exclusive) of the MMIO hole; RAM beyond 3 GiB resumes here.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 
+/// virtio-mmio devices: one 4 KiB register window each, from the start of the MMIO gap.
+pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START;
+/// Size of one virtio-mmio device's window.
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
+/// How many virtio-mmio devices fit their 1 MiB window (the IOAPIC pins run out first).
+pub const VIRTIO_MMIO_SLOTS: u64 = 256;
+/// PCI configuration space, memory-mapped (ECAM), bus 0 only.
+pub const PCI_ECAM_START: u64 = 0xC800_0000;
+/// Size of bus 0's ECAM window: 32 devices × 8 functions × 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// 32-bit PCI BARs are allocated from here up to the IOAPIC; `0xD000_0000` stays empty so a
+/// guest can probe a guest-physical address with nothing behind it.
+pub const PCI_MMIO_START: u64 = 0xE000_0000;
+/// First IOAPIC pin free for devices (0-4 are the ISA timer, keyboard, cascade, COM2, COM1).
+pub const FIRST_DEVICE_IRQ: u32 = 5;
+
 /// The (userspace) IOAPIC's MMIO window.
 pub const IOAPIC_START: u64 = 0xFEC0_0000;
 /// Where every vCPU's in-kernel local APIC is mapped.

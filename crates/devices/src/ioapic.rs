@@ -83,11 +83,13 @@ pub trait MsiSink: Send + Sync {
     fn send_msi(&self, msg: MsiMessage) -> io::Result<()>;
 
     /// Called whenever the guest writes redirection entry `pin`, with the MSI
-    /// the pin now delivers (even if masked). The VMM should install it as the
-    /// MSI route of GSI `pin` so that KVM reports EOIs of level-triggered
-    /// vectors (see the module documentation). Does nothing by default.
-    fn redirection_changed(&self, pin: usize, msg: MsiMessage) -> io::Result<()> {
-        let _ = (pin, msg);
+    /// the pin now delivers, or None while it is masked. The VMM should install
+    /// it as the MSI route of GSI `pin` (and remove the route while masked) so
+    /// that KVM reports EOIs of level-triggered vectors and an irqfd bound to
+    /// GSI `pin` delivers exactly as the pin would (see the module
+    /// documentation). Does nothing by default.
+    fn redirection_changed(&self, pin: usize, route: Option<MsiMessage>) -> io::Result<()> {
+        let _ = (pin, route);
         Ok(())
     }
 }
@@ -320,8 +322,9 @@ impl Ioapic {
             }
         }
 
-        let msg = self.pins[pin].entry.msi();
-        if let Err(err) = self.msi.redirection_changed(pin, msg) {
+        let entry = self.pins[pin].entry;
+        let route = (!entry.is_masked()).then(|| entry.msi());
+        if let Err(err) = self.msi.redirection_changed(pin, route) {
             tracing::warn!("ioapic: cannot update the route of pin {pin}: {err}");
         }
     }
@@ -407,7 +410,7 @@ mod tests {
     #[derive(Default)]
     struct RecordingSink {
         sent: Mutex<Vec<MsiMessage>>,
-        routes: Mutex<Vec<(usize, MsiMessage)>>,
+        routes: Mutex<Vec<(usize, Option<MsiMessage>)>>,
     }
 
     impl RecordingSink {
@@ -422,8 +425,8 @@ mod tests {
             Ok(())
         }
 
-        fn redirection_changed(&self, pin: usize, msg: MsiMessage) -> io::Result<()> {
-            self.routes.lock().unwrap().push((pin, msg));
+        fn redirection_changed(&self, pin: usize, route: Option<MsiMessage>) -> io::Result<()> {
+            self.routes.lock().unwrap().push((pin, route));
             Ok(())
         }
     }
@@ -476,10 +479,16 @@ mod tests {
         program(&mut ioapic, 23, 0x31 | LEVEL | MASKED | REMOTE_IRR, 7);
         assert_eq!(read_register(&mut ioapic, 0x3e), 0x31 | LEVEL | MASKED, "remote IRR is read-only");
         assert_eq!(read_register(&mut ioapic, 0x3f), 7 << 24);
+        {
+            let routes = sink.routes.lock().unwrap();
+            assert_eq!(routes.len(), 2, "one update per dword written");
+            assert_eq!(routes[1], (23, None), "a masked pin has no route");
+        }
+        program(&mut ioapic, 23, 0x31 | LEVEL, 7);
         let routes = sink.routes.lock().unwrap();
-        assert_eq!(routes.len(), 2, "one update per dword written");
-        assert_eq!(routes[1].0, 23);
-        assert_eq!(routes[1].1.data, 0x31 | 1 << 14 | 1 << 15);
+        let (pin, route) = routes.last().copied().unwrap();
+        assert_eq!(pin, 23);
+        assert_eq!(route.map(|r| r.data), Some(0x31 | 1 << 14 | 1 << 15));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::level_filters::LevelFilter;
-use vmm::config::{SerialConfig, VmConfig, DEFAULT_CMDLINE};
+use vmm::config::{SerialConfig, VirtioConfig, VmConfig, DEFAULT_CMDLINE};
 
 use crate::size::parse_size;
 
@@ -71,6 +71,11 @@ pub struct RunArgs {
     /// file:PATH (appended to PATH; no input) or none. Example: --serial file:/tmp/console.log
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialConfig,
+
+    /// Give the guest a virtio-rng device fed from the host's getrandom (Linux: /dev/hwrng).
+    /// Example: --rng
+    #[arg(long)]
+    pub rng: bool,
 }
 
 impl RunArgs {
@@ -82,6 +87,7 @@ impl RunArgs {
             vcpus: self.cpus,
             memory_bytes: self.memory,
             serial: self.serial,
+            virtio: self.rng.then_some(VirtioConfig::Rng).into_iter().collect(),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{SerialConfig, VmConfig};
 use crate::irqchip::{self, KvmMsiSink};
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
-use crate::{kernel, kvm_err, memory, Error, Result};
+use crate::{kernel, kvm_err, memory, virtio_devices, Error, Result};
 
 /// The KVM device node.
 const KVM_PATH: &str = "/dev/kvm";
@@ -37,7 +37,9 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     // problem even on a host without KVM.
     let boot_files = kernel::BootFiles::open(config)?;
     let memory = memory::create_guest_memory(config.memory_bytes)?;
-    let entry = kernel::load_boot_image(config, boot_files, &memory)?;
+    let mmio_slots = virtio_devices::mmio_slots(config.virtio.len())?;
+    let entry =
+        kernel::load_boot_image(config, boot_files, &memory, &virtio_devices::mmio_cmdline(&mmio_slots))?;
 
     let kvm = Kvm::new().map_err(|e| Error::KvmOpen {
         path: PathBuf::from(KVM_PATH),
@@ -58,6 +60,7 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     memory::register_with_kvm(&vm, &memory)?;
 
     let devices = LegacyDevices::create(config, &vm)?;
+    virtio_devices::attach_all(&vm, &devices.mmio_bus, &memory, &config.virtio, &mmio_slots)?;
     let (ended_sender, ended_receiver) = mpsc::channel();
     let ended_event = new_event_fd("vCPU exit notifier")?;
     let shared = Arc::new(VcpuShared::new(

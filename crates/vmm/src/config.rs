@@ -31,4 +31,13 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// Serial console wiring.
     pub serial: SerialConfig,
+    /// Virtio devices, in the order the guest finds them.
+    pub virtio: Vec<VirtioConfig>,
+}
+
+/// One virtio device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VirtioConfig {
+    /// An entropy source fed from the host's getrandom.
+    Rng,
 }

@@ -53,11 +53,11 @@ impl MsiSink for KvmMsiSink {
         self.vm.signal_msi(msi).map(|_| ()).map_err(std::io::Error::from)
     }
 
-    fn redirection_changed(&self, pin: usize, msg: MsiMessage) -> std::io::Result<()> {
+    fn redirection_changed(&self, pin: usize, route: Option<MsiMessage>) -> std::io::Result<()> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let slot =
             routes.get_mut(pin).ok_or_else(|| std::io::Error::other(format!("no IOAPIC pin {pin}")))?;
-        *slot = Some(msg);
+        *slot = route;
         let entries: Vec<kvm_irq_routing_entry> = routes
             .iter()
             .enumerate()

@@ -68,10 +68,19 @@ impl BootFiles {
 
 /// Loads the kernel, the initrd and the command line, then writes the boot information the chosen
 /// entry protocol expects (Linux zero page, or PVH start info) and the MP table.
-pub fn load_boot_image(config: &VmConfig, files: BootFiles, mem: &GuestMemoryMmap) -> Result<BootEntry> {
+///
+/// `device_cmdline` is appended to the user's command line: it declares the devices the guest
+/// cannot discover by itself (virtio-mmio).
+pub fn load_boot_image(
+    config: &VmConfig,
+    files: BootFiles,
+    mem: &GuestMemoryMmap,
+    device_cmdline: &str,
+) -> Result<BootEntry> {
     let BootFiles { kernel: mut kernel_file, initrd: initrd_file } = files;
     let kernel = load_kernel(&config.kernel, &mut kernel_file, mem)?;
-    let cmdline = load_cmdline(&config.cmdline, kernel.setup_header.as_ref(), mem)?;
+    let full_cmdline = with_kernel_params(&config.cmdline, device_cmdline);
+    let cmdline = load_cmdline(&full_cmdline, kernel.setup_header.as_ref(), mem)?;
     let initrd = match (initrd_file, &config.initrd) {
         (Some((file, size)), Some(path)) => {
             Some(load_initrd(path, file, size, mem, config.memory_bytes, kernel.end)?)
@@ -86,6 +95,21 @@ pub fn load_boot_image(config: &VmConfig, files: BootFiles, mem: &GuestMemoryMma
     }
     arch::setup_mptable(mem, config.vcpus)?;
     Ok(kernel.entry)
+}
+
+/// Adds `params` to the kernel's part of `cmdline`: before a `--`, after which Linux passes
+/// everything to init.
+fn with_kernel_params(cmdline: &str, params: &str) -> String {
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let split = words.iter().position(|&w| w == "--").unwrap_or(words.len());
+    let (kernel, init) = words.split_at(split);
+    kernel
+        .iter()
+        .copied()
+        .chain(params.split_whitespace())
+        .chain(init.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Loads an ELF vmlinux (preferring its PVH entry when it has one) or, failing that, a bzImage.
@@ -203,6 +227,15 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
     const LOAD_ADDRESS: u64 = 0x20_0000;
+
+    #[test]
+    fn device_params_go_before_the_init_arguments() {
+        assert_eq!(with_kernel_params("console=ttyS0 quiet", "a=1 b=2"), "console=ttyS0 quiet a=1 b=2");
+        assert_eq!(with_kernel_params("quiet -- sh -c x", "a=1"), "quiet a=1 -- sh -c x");
+        assert_eq!(with_kernel_params("-- init", "a=1"), "a=1 -- init");
+        assert_eq!(with_kernel_params("quiet", ""), "quiet");
+        assert_eq!(with_kernel_params("", "a=1"), "a=1");
+    }
 
     fn guest_memory(size: u64) -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&arch::ram_regions(size)).unwrap()
@@ -476,9 +509,10 @@ mod tests {
             vcpus: 1,
             memory_bytes: memory,
             serial: SerialConfig::None,
+            virtio: Vec::new(),
         };
         let files = BootFiles::open(&config).unwrap();
-        let entry = load_boot_image(&config, files, &mem).unwrap();
+        let entry = load_boot_image(&config, files, &mem, "").unwrap();
         assert_eq!(entry, BootEntry::Linux64(GuestAddress(LOAD_ADDRESS + 0x200)));
 
         let zero_page = read_guest(&mem, arch::layout::ZERO_PAGE_START, 4096);

@@ -11,6 +11,7 @@ mod kernel;
 mod memory;
 pub mod outcome;
 mod vcpu;
+mod virtio_devices;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub enum Error {
     MemoryTooSmall { requested: u64, minimum: u64 },
     #[error("cannot open the serial output file {path}: {source}")]
     SerialOutput { path: PathBuf, source: std::io::Error },
+    #[error("{requested} virtio devices requested but at most {max} fit (one IOAPIC pin each)")]
+    TooManyDevices { requested: usize, max: usize },
     #[error("cannot start vCPU {index}: {source}")]
     VcpuSpawn { index: u8, source: std::io::Error },
     #[error("{requested} vCPUs requested but this host's KVM allows at most {max}")]

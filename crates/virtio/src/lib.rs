@@ -1,0 +1,17 @@
+//! Virtio devices and the transports that present them to the guest.
+//!
+//! A device implements [`VirtioDevice`]: it describes itself (type, queues, features, config space)
+//! and, once the guest driver has set it up, [`VirtioDevice::activate`] hands it the queues, their
+//! notification events and an [`Interrupt`]. Its host side then runs on a [`worker::Worker`] thread,
+//! never on a vCPU thread, so a slow backend (a disk, a socket) stalls only its own device.
+//!
+//! Each device lives in a folder with the same files: `mod.rs` (its public face), `device.rs`
+//! (features, config space, activation) and `handler.rs` (request processing, unit-tested against
+//! hand-built queues in guest memory). The rng device is the template.
+
+pub mod device;
+pub mod mmio;
+pub mod rng;
+pub mod worker;
+
+pub use device::{ActivateContext, ActivateError, Interrupt, InterruptCause, VirtioDevice};
