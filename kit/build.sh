@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Kestrel Linux guest kit: builds vmlinux, initramfs.cpio and rootfs.ext4 into a cache
-# directory outside the repository. Idempotent: each artefact is rebuilt only when its
-# inputs (Debian package version, config fragment, patches, init script, recipe) change.
+# Kestrel Linux guest kit: builds vmlinux, initramfs.cpio and rootfs.ext4, and prepares the
+# stock Debian cloud kernel as cloud-vmlinux, into a cache directory outside the repository.
+# Idempotent: each artefact is rebuilt only when its inputs (Debian package version, config
+# fragment, patches, init script, recipe) change.
 #
 #   kit/build.sh            build what is missing or stale, print the artefact paths
 #   KESTREL_KIT_DIR=/path   cache directory (default: $HOME/.cache/kestrel-kit)
@@ -19,9 +20,10 @@ NICE=(nice -n 19)
 KERNEL_RECIPE=1
 INITRAMFS_RECIPE=1
 ROOTFS_RECIPE=1
+CLOUD_RECIPE=1
 
 PACKAGES=(linux-source-6.1 busybox-static bc bison flex libelf-dev libssl-dev cpio xz-utils
-          e2fsprogs gcc make libc6-dev patch)
+          e2fsprogs gcc make libc6-dev patch binutils lz4)
 # Options build.sh insists on after olddefconfig, beyond those listed in linux.config.
 REQUIRED_OPTS=(SERIAL_8250_CONSOLE BLK_DEV_INITRD PCI PCI_MSI VIRTIO_PCI VIRTIO_MMIO
                VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK VIRTIO_NET VIRTIO_CONSOLE HW_RANDOM_VIRTIO
@@ -92,11 +94,12 @@ fi
 KVER=$(pkg_version linux-source-6.1)
 KHASH=$(inputs_hash "recipe=$KERNEL_RECIPE" "linux-source-6.1=$KVER" "$KIT_SRC/linux.config" ${PATCHES[@]+"${PATCHES[@]}"})
 VMLINUX=$CACHE/vmlinux
+SRCDIR_CURRENT=$CACHE/build/linux-${KHASH:0:12}
 if is_fresh "$VMLINUX" "$VMLINUX.stamp" "$KHASH"; then
     log "vmlinux up to date (linux-source-6.1 $KVER)"
 else
     T0=$(now)
-    SRCDIR=$CACHE/build/linux-${KHASH:0:12}
+    SRCDIR=$SRCDIR_CURRENT
     # drop trees of older inputs; keep the current one so an interrupted make resumes
     if [ -d "$CACHE/build" ]; then
         find "$CACHE/build" -mindepth 1 -maxdepth 1 -name 'linux-*' ! -name "linux-${KHASH:0:12}" \
@@ -204,22 +207,88 @@ else
     log "rootfs.ext4 built in $(( $(now) - T0 )) s"
 fi
 
+# ---------------------------------------------------------------- 4. cloud-vmlinux
+# The stock Debian cloud kernel, as shipped (bzImage), turned into its uncompressed ELF vmlinux
+# with the kernel tree's scripts/extract-vmlinux: an early-boot compatibility check for Kestrel
+# (booting the bzImage itself would run its decompressor emulated, ~100 s on nested KVM).
+# The exact package is what the linux-image-cloud-amd64 metapackage depends on.
+cloud_package() {
+    LC_ALL=C apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-[^ ]*-cloud-amd64\)$/\1/p' | head -n1 || true
+}
+cloud_version() {
+    LC_ALL=C apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | head -n1 || true
+}
+CLOUD_VMLINUX=$CACHE/cloud-vmlinux
+CLOUD_PKG=$(cloud_package)
+if [ -z "$CLOUD_PKG" ]; then
+    log "apt-get update (linux-image-cloud-amd64 not in the package lists)"
+    as_root apt-get update -q >/dev/null || log "warning: apt-get update failed"
+    CLOUD_PKG=$(cloud_package)
+fi
+CLOUD_VER=
+[ -z "$CLOUD_PKG" ] || CLOUD_VER=$(cloud_version "$CLOUD_PKG")
+[ "$CLOUD_VER" != "(none)" ] || CLOUD_VER=
+EXTRACT_VMLINUX=$SRCDIR_CURRENT/scripts/extract-vmlinux
+CHASH=$(inputs_hash "recipe=$CLOUD_RECIPE" "$CLOUD_PKG=$CLOUD_VER" "linux-source-6.1=$KVER")
+if [ -z "$CLOUD_VER" ]; then
+    # no package lists (offline?): keep a cloud-vmlinux prepared earlier rather than fail
+    [ -s "$CLOUD_VMLINUX" ] \
+        || die "cannot resolve linux-image-cloud-amd64 to an installable kernel package (apt-cache depends/policy)"
+    CLOUD_PKG=linux-image-cloud-amd64 CLOUD_VER="version unknown"
+    log "warning: linux-image-cloud-amd64 not resolvable; keeping the existing cloud-vmlinux"
+elif is_fresh "$CLOUD_VMLINUX" "$CLOUD_VMLINUX.stamp" "$CHASH"; then
+    log "cloud-vmlinux up to date ($CLOUD_PKG $CLOUD_VER)"
+else
+    T0=$(now)
+    work=$(mktemp -d "$CACHE/cloud.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    if [ ! -f "$EXTRACT_VMLINUX" ]; then
+        # the kernel tree was removed after vmlinux was built: take the script from the tarball
+        log "extracting scripts/extract-vmlinux from $LINUX_TARBALL"
+        tar -xf "$LINUX_TARBALL" -C "$work" --wildcards '*/scripts/extract-vmlinux' \
+            || die "cannot extract scripts/extract-vmlinux from $LINUX_TARBALL"
+        EXTRACT_VMLINUX=$(find "$work" -path '*/scripts/extract-vmlinux' | head -n1)
+        [ -n "$EXTRACT_VMLINUX" ] || die "no scripts/extract-vmlinux in $LINUX_TARBALL"
+    fi
+    # apt-get download writes to the current directory; its complaint about the _apt sandbox
+    # user (when root downloads into a private directory) is harmless.
+    cloud_download() {
+        log "downloading $CLOUD_PKG $CLOUD_VER (apt-get download)"
+        (cd "$work" && apt-get download -q "$CLOUD_PKG=$CLOUD_VER") >"$work/download.log" 2>&1
+    }
+    if ! cloud_download; then
+        # stale package lists name a version the mirror no longer has: refresh once, re-resolve
+        log "apt-get update (download failed; package lists stale?)"
+        as_root apt-get update -q >/dev/null || die "apt-get update failed"
+        CLOUD_PKG=$(cloud_package)
+        [ -n "$CLOUD_PKG" ] || die "cannot resolve linux-image-cloud-amd64 after apt-get update"
+        CLOUD_VER=$(cloud_version "$CLOUD_PKG")
+        CHASH=$(inputs_hash "recipe=$CLOUD_RECIPE" "$CLOUD_PKG=$CLOUD_VER" "linux-source-6.1=$KVER")
+        cloud_download || { cat "$work/download.log" >&2; die "apt-get download $CLOUD_PKG=$CLOUD_VER failed"; }
+    fi
+    deb=$(find "$work" -maxdepth 1 -name '*.deb' | head -n1)
+    [ -n "$deb" ] || die "apt-get download produced no .deb"
+    dpkg-deb -x "$deb" "$work/root" || die "dpkg-deb -x $deb failed"
+    bzimage=$(find "$work/root/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
+    [ -n "$bzimage" ] || die "$CLOUD_PKG has no /boot/vmlinuz-*"
+    "${NICE[@]}" sh "$EXTRACT_VMLINUX" "$bzimage" > "$CLOUD_VMLINUX.tmp" 2>"$work/extract.log" \
+        || { cat "$work/extract.log" >&2; die "extract-vmlinux failed on $(basename "$bzimage") (decompressor missing?)"; }
+    LC_ALL=C readelf -h "$CLOUD_VMLINUX.tmp" 2>/dev/null | grep -q 'Type:.*EXEC' \
+        || die "extract-vmlinux did not produce an ELF executable"
+    mv "$CLOUD_VMLINUX.tmp" "$CLOUD_VMLINUX"
+    rm -rf "$work"; trap - EXIT
+    echo "$CHASH" > "$CLOUD_VMLINUX.stamp"
+    log "cloud-vmlinux ($CLOUD_PKG $CLOUD_VER) prepared in $(( $(now) - T0 )) s"
+fi
+
 # ---------------------------------------------------------------- summary
 CMDLINE=$(grep -v '^#' "$KIT_SRC/cmdline.txt" | tr -s ' \n' ' ' | sed 's/ *$//')
 [ -n "$CMDLINE" ] || die "kit/cmdline.txt is empty"
-# The guest has no PIT and (with nopv) no kvmclock: unless the VMM reports the TSC frequency
-# in CPUID 0x15, Linux hangs in calibrate_delay(). tsc_early_khz= from the host fixes that.
-host_tsc_khz() {
-    local mhz
-    mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz.*/\1/p' | head -n1 || true)
-    [ -n "$mhz" ] || mhz=$(sed -n 's/^cpu MHz[[:space:]]*: *\([0-9.]*\)/\1/p' /proc/cpuinfo | head -n1)
-    [ -n "$mhz" ] && awk -v m="$mhz" 'BEGIN { printf "%d\n", m * 1000 + 0.5 }'
-}
-TSC_KHZ=$(host_tsc_khz || true)
-[ -n "$TSC_KHZ" ] && CMDLINE="$CMDLINE tsc_early_khz=$TSC_KHZ"
 log "done in $(( $(now) - T_START )) s"
 echo "vmlinux:        $VMLINUX"
 echo "initramfs.cpio: $INITRAMFS"
 echo "rootfs.ext4:    $ROOTFS"
-echo "boot (tsc_early_khz is this host's TSC; drop it once Kestrel reports CPUID 0x15):"
+echo "cloud-vmlinux:  $CLOUD_VMLINUX ($CLOUD_PKG $CLOUD_VER, stock Debian kernel, early-boot check only)"
+echo "boot:"
 echo "  kestrel run --kernel $VMLINUX --initrd $INITRAMFS --memory 256M --cmdline \"$CMDLINE kestrel.run=cat%20/proc/version\""

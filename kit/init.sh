@@ -10,7 +10,8 @@
 #                        from /proc/cmdline, run with `sh -c`).  init's own argv is
 #                        not used: Linux also puts unknown options there (6.1 reports
 #                        "noxsave" as unknown although arch code consumes it).
-#   (neither)            an interactive shell on the console.
+#   (neither)            an interactive shell on the console; `exit` or `poweroff`
+#                        in it powers off, `reboot` reboots.
 # After a command, prints "kestrel-kit: command exited <status>" and powers off.
 #
 # Power-off: this kernel has no ACPI, so `poweroff -f` alone would only halt the
@@ -53,9 +54,17 @@ fi
 echo "kestrel-kit: init started"
 
 if [ -z "$cmd" ]; then
-	echo "kestrel-kit: no command (kestrel.run= or -- ...), starting a shell; exit it to power off"
-	setsid cttyhack sh
+	# busybox `poweroff`/`reboot` (without -f) only signal PID 1, which this script
+	# ignores; in the shell they are functions instead that leave it, and init then
+	# powers off (or reboots) as after a command.
+	cat > /etc/kit-shrc <<-'RC'
+	poweroff() { exit 0; }
+	reboot() { echo reboot > /run/kestrel-exit; exit 0; }
+	RC
+	echo "kestrel-kit: no command (kestrel.run= or -- ...), starting a shell; exit or poweroff powers off"
+	ENV=/etc/kit-shrc setsid cttyhack sh
 	status=$?
+	if [ -s /run/kestrel-exit ]; then exit_mode=$(cat /run/kestrel-exit); fi
 else
 	sh -c "$cmd" </dev/console >/dev/console 2>&1
 	status=$?

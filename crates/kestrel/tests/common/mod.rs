@@ -62,16 +62,35 @@ pub fn run_to_end(mut command: Command, input: &[u8]) -> Output {
     wait_with_limit(child)
 }
 
+/// [`run_to_end`] with a hang limit other than [`HANG_LIMIT`] (for slow guests such as Linux).
+pub fn run_to_end_within(mut command: Command, input: &[u8], limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kestrel");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    wait_within(child, limit)
+}
+
 /// Waits for a child whose stdout/stderr are piped, collecting both; kills it past HANG_LIMIT.
-pub fn wait_with_limit(mut child: Child) -> Output {
+pub fn wait_with_limit(child: Child) -> Output {
+    wait_within(child, HANG_LIMIT)
+}
+
+/// [`wait_with_limit`] with a hang limit other than [`HANG_LIMIT`].
+pub fn wait_within(mut child: Child, limit: Duration) -> Output {
     let stdout = child.stdout.take().map(drain_in_background);
     let stderr = child.stderr.take().map(drain_in_background);
-    let status = match child.wait_timeout(HANG_LIMIT).expect("wait") {
+    let status = match child.wait_timeout(limit).expect("wait") {
         Some(status) => status,
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("kestrel did not exit within {HANG_LIMIT:?}");
+            panic!("kestrel did not exit within {limit:?}");
         }
     };
     let join = |h: Option<std::thread::JoinHandle<Vec<u8>>>| h.map(|h| h.join().unwrap()).unwrap_or_default();
@@ -86,8 +105,9 @@ fn drain_in_background<R: Read + Send + 'static>(mut reader: R) -> std::thread::
     })
 }
 
-/// Kills a child that is still running after [`HANG_LIMIT`], so a test that reads its output line by
-/// line fails (at end of output) instead of hanging. Dropping the watchdog disarms it.
+/// Kills a child that is still running after [`HANG_LIMIT`] (or the limit given to
+/// [`Watchdog::within`]), so a test that reads its output line by line fails (at end of output)
+/// instead of hanging. Dropping the watchdog disarms it.
 pub struct Watchdog {
     disarm: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -95,11 +115,15 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn new(child: &Child) -> Watchdog {
+        Watchdog::within(child, HANG_LIMIT)
+    }
+
+    pub fn within(child: &Child, limit: Duration) -> Watchdog {
         let pid = child.id() as libc::pid_t;
         let (disarm, disarmed) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(HANG_LIMIT) {
-                eprintln!("watchdog: child {pid} still running after {HANG_LIMIT:?}; killing it");
+            if let Err(mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+                eprintln!("watchdog: child {pid} still running after {limit:?}; killing it");
                 // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet
                 // (the test holds it), so the pid cannot have been reused.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
