@@ -1,11 +1,11 @@
 //! Builds the test guests (freestanding C + GNU assembler) with the system C compiler.
 //!
-//! Each program is linked twice: as a plain 64-bit ELF (Linux 64-bit entry at `e_entry`) and,
-//! with `-pvh` appended to its name, with a PVH ELF note (`XEN_ELFNOTE_PHYS32_ENTRY`). The plain
-//! hello build is also packaged as a bzImage, `hello.bzimage`: its image flattened with
-//! `objcopy -O binary` behind a real-mode setup area (boot sector + one setup sector) holding a
-//! boot protocol 2.15 setup header. The paths of the results are exported as
-//! `KESTREL_GUEST_<NAME>` environment variables for `src/lib.rs`.
+//! Each program is linked twice (but those in `PLAIN_ONLY` once): as a plain 64-bit ELF (Linux
+//! 64-bit entry at `e_entry`) and, with `-pvh` appended to its name, with a PVH ELF note
+//! (`XEN_ELFNOTE_PHYS32_ENTRY`). The plain hello build is also packaged as a bzImage,
+//! `hello.bzimage`: its image flattened with `objcopy -O binary` behind a real-mode setup area
+//! (boot sector + one setup sector) holding a boot protocol 2.15 setup header. The paths of the
+//! results are exported as `KESTREL_GUEST_<NAME>` environment variables for `src/lib.rs`.
 
 use std::env;
 use std::fs;
@@ -17,7 +17,12 @@ const COMMON: &[&str] = &["entry.S", "lib.c"];
 /// Headers and templates: not compiled on their own, but the guests depend on them.
 const EXTRA_INPUTS: &[&str] = &["guest.h", "link.ld.in"];
 /// (program name, its own source).
-const PROGRAMS: &[(&str, &str)] = &[("hello", "hello.c"), ("smp", "smp.c")];
+const PROGRAMS: &[(&str, &str)] = &[("hello", "hello.c"), ("smp", "smp.c"), ("virtio", "virtio_main.c")];
+
+/// Programs built as plain ELFs only, without a `-pvh` variant: they test devices, not entry paths.
+const PLAIN_ONLY: &[&str] = &["virtio"];
+/// The virtio guest's driver library, linked into it with its device tests (see `extra_sources`).
+const VIRTIO_LIBRARY: &[&str] = &["virtio.c", "virtio_mmio.c", "virtio_pci.c"];
 
 /// Plain builds also packaged as `<name>.bzimage` (exported as `KESTREL_GUEST_<NAME>_BZIMAGE`).
 const BZIMAGES: &[&str] = &["hello"];
@@ -59,6 +64,9 @@ fn main() {
     for file in inputs {
         println!("cargo:rerun-if-changed={}", src.join(file).display());
     }
+    // The whole directory as well (Cargo then watches every file in it): a new device test,
+    // test_*.c, must rebuild the virtio guest without being listed here.
+    println!("cargo:rerun-if-changed={}", src.display());
 
     let template = fs::read_to_string(src.join("link.ld.in"))
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", src.join("link.ld.in").display()));
@@ -71,9 +79,12 @@ fn main() {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", script_path.display()));
 
         for (name, main_src) in PROGRAMS {
+            if pvh && PLAIN_ONLY.contains(name) {
+                continue;
+            }
             let file_name = if pvh { format!("{name}-pvh") } else { (*name).to_owned() };
             let output = out.join(&file_name);
-            compile(&cc, &src, &script_path, main_src, pvh, &output);
+            compile(&cc, &src, &script_path, main_src, &extra_sources(&src, name), pvh, &output);
             let var = format!("KESTREL_GUEST_{}", file_name.to_uppercase().replace('-', "_"));
             println!("cargo:rustc-env={var}={}", output.display());
             if !pvh && BZIMAGES.contains(name) {
@@ -85,7 +96,15 @@ fn main() {
     }
 }
 
-fn compile(cc: &std::ffi::OsStr, src: &Path, script: &Path, main_src: &str, pvh: bool, output: &Path) {
+fn compile(
+    cc: &std::ffi::OsStr,
+    src: &Path,
+    script: &Path,
+    main_src: &str,
+    extra_sources: &[PathBuf],
+    pvh: bool,
+    output: &Path,
+) {
     let mut cmd = Command::new(cc);
     cmd.args(CFLAGS).arg(format!("-Wl,-T,{}", script.display())).arg("-I").arg(src).arg("-o").arg(output);
     if pvh {
@@ -94,10 +113,30 @@ fn compile(cc: &std::ffi::OsStr, src: &Path, script: &Path, main_src: &str, pvh:
     for file in COMMON.iter().chain([&main_src]) {
         cmd.arg(src.join(file));
     }
+    cmd.args(extra_sources);
     let cannot_run = format!(
         "cannot run the C compiler {cc:?} to build the test guests (install gcc, or set KESTREL_GUEST_CC)"
     );
     run(&mut cmd, output, &cannot_run);
+}
+
+/// Sources of `program` beyond COMMON and its main file. For the virtio guest: the driver library
+/// and every device test, `test_*.c`, found by listing the directory, so that adding a device test
+/// takes its file and its line in `virtio_tests.h`, and no change here.
+fn extra_sources(src: &Path, program: &str) -> Vec<PathBuf> {
+    if program != "virtio" {
+        return Vec::new();
+    }
+    let listing = fs::read_dir(src).unwrap_or_else(|e| panic!("cannot list {}: {e}", src.display()));
+    let mut tests: Vec<PathBuf> = listing
+        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", src.display())).path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            name.starts_with("test_") && name.ends_with(".c")
+        })
+        .collect();
+    tests.sort(); // the same link order on every host
+    VIRTIO_LIBRARY.iter().map(|file| src.join(file)).chain(tests).collect()
 }
 
 /// Runs a build step for `output`, panicking with its output if it fails.

@@ -155,7 +155,8 @@ fi
 
 # ---------------------------------------------------------------- 2. initramfs.cpio
 BBVER=$(pkg_version busybox-static)
-IHASH=$(inputs_hash "recipe=$INITRAMFS_RECIPE" "busybox-static=$BBVER" "$KIT_SRC/init.sh")
+IHASH=$(inputs_hash "recipe=$INITRAMFS_RECIPE" "busybox-static=$BBVER" "$KIT_SRC/init.sh" \
+    "$KIT_SRC/vsock-test.c" "gcc=$(pkg_version gcc)" "libc6-dev=$(pkg_version libc6-dev)")
 INITRAMFS=$CACHE/initramfs.cpio
 if is_fresh "$INITRAMFS" "$INITRAMFS.stamp" "$IHASH"; then
     log "initramfs.cpio up to date (busybox-static $BBVER)"
@@ -170,6 +171,8 @@ else
     done
     [ -e "$root/bin/sh" ] || die "busybox has no sh applet"
     install -m 0755 "$KIT_SRC/init.sh" "$root/init"
+    # the guest side of the vsock tests (busybox has no AF_VSOCK tool)
+    gcc -static -O2 -Wall -o "$root/bin/vsock-test" "$KIT_SRC/vsock-test.c" || die "cannot build vsock-test"
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
     printf 'root:x:0:\n' > "$root/etc/group"
     # the kernel's built-in initramfs already provides /dev/console; add it when we can

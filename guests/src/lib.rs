@@ -65,6 +65,71 @@ pub const SMP: &str = env!("KESTREL_GUEST_SMP");
 /// [`SMP`] with a PVH entry point.
 pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 
+/// Drives virtio devices with its own small virtio 1.x driver (`c/virtio.c`: split queues polled
+/// for completion, interrupts off) and runs device tests on them. Plain ELF only (no PVH build).
+///
+/// Devices come from the `virtio_mmio.device=<size>@<base>:<irq>` words on the command line (a
+/// window without the virtio magic value or with a version other than 2 prints
+/// `virtio: mmio 0x<base>: magic value 0x<value>, skipped` or `...: version 0x<value>, skipped`;
+/// an unparsable word `virtio: cannot parse <word>`). Output, in order:
+/// - `virtio: <N> devices`
+/// - for each device, in command-line order: `virtio: device <index> type <virtio device ID> at mmio
+///   0x<base, 8 hex digits>`, then the output of each test for that device type that `test=` asks
+///   for
+/// - `<name>: FAILED no device of type <id>` for each requested test that found no device, and
+///   `virtio: no test named <name>` for a name that is no test
+/// - `virtio: done`, then a reset.
+///
+/// `test=<name>[,<name>...]` picks the tests (see `c/virtio_tests.h`, one `c/test_<name>.c` each).
+/// A test prints lines starting with `<name>: ` and ends with `<name>: ok` or
+/// `<name>: FAILED <reason>`; the device is reset after it. A wait for the device gives up after a
+/// bounded spin (7-15 s on the nested test host) with the reason
+/// `timeout waiting for the device to use a buffer`. The tests:
+/// - `rng` (device type 4): two separate 64-byte requests on queue 0; each must be used with
+///   length 64, and the buffers must differ and not be all zero. Prints `rng: 2 x 64 bytes`.
+/// - `blk` (device type 2): prints `blk: capacity <N> sectors`. On a writable disk it writes
+///   sectors 2-5 (the byte at disk offset o is `((o / 512) * 31 + (o % 512) * 7 + 3) mod 256`),
+///   reads them back and prints `blk: wrote and read back sectors 2-5`; on a read-only one
+///   (VIRTIO_BLK_F_RO) the same write must fail with IOERR: `blk: read-only, a write fails with
+///   IOERR`. Then `blk: flush ok` (when VIRTIO_BLK_F_FLUSH is offered), `blk: id <GET_ID string>`,
+///   and `blk: past the end IOERR, unknown type UNSUPP` (a read at sector = capacity and request
+///   type 99).
+/// - `balloon` (device type 5): reads the target, `balloon: target <N> pages`; writes every one
+///   of those 4 KiB pages from guest-physical 16 MiB up (so the guest needs 16 MiB + the target of
+///   RAM; more than 128 MiB fails), `balloon: touched <N> pages`; inflates with their PFNs (256
+///   per buffer) and sets `actual` to N, `balloon: inflated <N> pages`; checks they read as zero,
+///   `balloon: inflated pages read as zero`; deflates them and sets `actual` to 0,
+///   `balloon: deflated <N> pages`. After the `touched` and `inflated` lines it waits for one
+///   byte on COM1 (bounded: `no byte from the host on the console`), so the host can measure
+///   its memory use at those points.
+/// - `vsock` (device type 19): prints `vsock: guest cid <CID>` (config space), then speaks the
+///   packet protocol by hand with 4 rx buffers of 300 bytes. Guest port 1000 connects to host
+///   port 1234 (REQUEST, RESPONSE), sends RW `ping from the guest`, expects the same bytes back
+///   (credit updates skipped), shuts down both ways and expects the RST: `vsock: echo from host
+///   port 1234`. Then `vsock: listening on 5678`, waits for a REQUEST to port 5678, answers
+///   RESPONSE, sends back the payload of the first RW it gets, shuts down, expects the RST:
+///   `vsock: echoed <N> bytes to host port <P>`.
+/// - `net` (device type 1): accepts VIRTIO_NET_F_MAC only (no offloads) and prints
+///   `net: mac <config-space MAC>`. It is 10.231.0.2 on a tap whose host side is 10.231.0.1/24:
+///   it sends a hand-built ARP request for 10.231.0.1 and waits for the reply,
+///   `net: arp reply from 10.231.0.1 is <MAC>`, then an ICMP echo request with a 32-byte payload
+///   and waits for the matching reply, `net: echo reply from 10.231.0.1, 32 bytes of payload`.
+///   8 receive buffers of 12 + 1514 bytes; other frames are skipped, at most 64 of them.
+///
+/// Benchmark tests, for `kestrel-bench --virtio` (parameters in `c/test_bench_*.c`; they read the
+/// command line through the zero page at 0x7000, time themselves with `rdtsc` and keep their bulk
+/// buffers in RAM from 64 MiB up, so they need `--memory` of at least 96M):
+/// - `bench_blk` (type 2): `blk.mode=seqread|seqwrite|randread|randwrite blk.bs=<bytes>
+///   blk.qd=<1-64> blk.count=<requests>`, polled, qd requests in flight; prints
+///   `bench_blk: <mode> bs <bs> qd <qd> requests <n> bytes <n> cycles <TSC cycles>`.
+/// - `bench_vsock` (type 19): `vsock.dir=rx|tx vsock.bytes=<n>`; rx prints
+///   `bench_vsock: listening on 5679` and takes a host process's `CONNECT 5679`, tx connects to
+///   host port 1235; prints `bench_vsock: <host-to-guest|guest-to-host> bytes <n> packets <n>
+///   cycles <n>`.
+/// - `bench_net` (type 1): `net.frames=<n> net.len=<60-1514> net.qd=<n>` broadcast frames of
+///   EtherType 0x88B5 onto the tap; prints `bench_net: tx frames <n> bytes <n> cycles <n>`.
+pub const VIRTIO: &str = env!("KESTREL_GUEST_VIRTIO");
+
 /// Every guest, with a short name, for tests that iterate over them.
 pub const ALL: &[(&str, &str)] = &[
     ("hello", HELLO),
@@ -72,6 +137,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("hello-bzimage", HELLO_BZIMAGE),
     ("smp", SMP),
     ("smp-pvh", SMP_PVH),
+    ("virtio", VIRTIO),
 ];
 
 #[cfg(test)]
@@ -250,7 +316,7 @@ mod tests {
 
     #[test]
     fn plain_guests_have_no_pvh_note() {
-        for (name, path) in [("hello", HELLO), ("smp", SMP)] {
+        for (name, path) in [("hello", HELLO), ("smp", SMP), ("virtio", VIRTIO)] {
             let elf = Elf::open(path);
             check_common(name, &elf);
             assert!(elf.pvh_entries().is_empty(), "{name}: unexpected PVH note");
@@ -290,7 +356,7 @@ mod tests {
 
     #[test]
     fn every_entry_is_0x200_into_the_image() {
-        for path in [HELLO, HELLO_PVH, SMP, SMP_PVH] {
+        for path in [HELLO, HELLO_PVH, SMP, SMP_PVH, VIRTIO] {
             let elf = Elf::open(path);
             let start = elf.loads().map(|p| p.paddr).min().unwrap();
             assert_eq!((start, elf.symbol("_start64")), (0x20_0000, Some(0x20_0200)), "{path}");
@@ -345,7 +411,7 @@ mod tests {
 
     #[test]
     fn all_lists_every_guest() {
-        assert_eq!(ALL.len(), 5);
+        assert_eq!(ALL.len(), 6);
         for (_, path) in ALL {
             assert!(std::path::Path::new(path).is_absolute());
         }

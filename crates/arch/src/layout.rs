@@ -21,8 +21,6 @@ pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// 32-bit PCI BARs are allocated from here up to the IOAPIC; `0xD000_0000` stays empty so a
 /// guest can probe a guest-physical address with nothing behind it.
 pub const PCI_MMIO_START: u64 = 0xE000_0000;
-/// First IOAPIC pin free for devices (0-4 are the ISA timer, keyboard, cascade, COM2, COM1).
-pub const FIRST_DEVICE_IRQ: u32 = 5;
 
 /// The (userspace) IOAPIC's MMIO window.
 pub const IOAPIC_START: u64 = 0xFEC0_0000;

@@ -9,6 +9,7 @@ mod floor;
 mod irqchip;
 mod measure;
 mod report;
+mod virtio;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -69,6 +70,13 @@ struct BenchArgs {
     /// Also time creating and tearing down each interrupt-controller option (in this process).
     #[arg(long)]
     irqchip_costs: bool,
+    /// Also measure virtio-blk, -vsock and -net throughput and exits per request from the virtio
+    /// test guest, beside fio on the host (takes a few minutes; virtio-net needs root).
+    #[arg(long)]
+    virtio: bool,
+    /// Only the virtio part (implies --virtio): skip the boot and exit-cost runs.
+    #[arg(long)]
+    virtio_only: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +204,14 @@ fn bench(args: &BenchArgs) -> Result<(), Error> {
             kestrel.display()
         )));
     }
+    if args.virtio_only {
+        let text = virtio_part(&kestrel, args.runs)?;
+        println!("{text}");
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, &text).map_err(|e| Error::Io(path.display().to_string(), e))?;
+        }
+        return Ok(());
+    }
     let targets =
         [Target { vmm: Vmm::Kestrel, program: &kestrel }, Target { vmm: Vmm::Floor, program: &own }];
     let runs = args.runs as usize;
@@ -245,12 +261,21 @@ fn bench(args: &BenchArgs) -> Result<(), Error> {
         "Peak RSS is wait4's ru_maxrss of the VMM process; it cannot be below the anonymous memory \
          the benchmark process had when it forked the VMM ({parent_anon} here)."
     );
-    let text = report::render(args.runs, &rows, &note, irqchip_rows.as_deref());
+    let mut text = report::render(args.runs, &rows, &note, irqchip_rows.as_deref());
+    if args.virtio {
+        text += &virtio_part(&kestrel, args.runs)?;
+    }
     println!("{text}");
     if let Some(path) = &args.markdown {
         std::fs::write(path, &text).map_err(|e| Error::Io(path.display().to_string(), e))?;
     }
     Ok(())
+}
+
+/// The `--virtio` part, rendered.
+fn virtio_part(kestrel: &Path, runs: u32) -> Result<String, Error> {
+    let report = virtio::bench(kestrel, runs as usize)?;
+    Ok(report::render_virtio(runs, &report))
 }
 
 /// `RssAnon` of this process, in KiB.

@@ -78,3 +78,40 @@ pub fn render(runs: u32, rows: &[Row], note: &str, irqchip: Option<&[IrqchipRow]
     }
     out
 }
+
+/// The `--virtio` table: guest figures, the host's fio figures, exits per request.
+pub fn render_virtio(runs: u32, report: &crate::virtio::VirtioReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nvirtio devices, driven by the CPL3 test guest (timed with its TSC, {} kHz); median (min–max) \
+         of {runs} runs; fio runs interleaved with the guest's. Exits: (count with N requests − count \
+         with none) / N, median of 3 pairs.\n",
+        report.tsc_khz
+    );
+    let _ = writeln!(
+        out,
+        "| workload | Kestrel guest | host fio, same file | guest / host | exits to userspace | MMIO + PIO exits (incl. ioeventfd) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for row in &report.rows {
+        let (host, ratio_cell) = match row.host {
+            Some(h) => (cell(h, 1), ratio(row.kestrel.median, h.median)),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        let (user, all) = match row.exits {
+            Some(e) => (format!("{:.3} / {}", e.userspace, row.per), format!("{:.3} / {}", e.io, row.per)),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {host} | {ratio_cell} | {user} | {all} |",
+            row.label,
+            cell(row.kestrel, 1)
+        );
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "\n{note}");
+    }
+    out
+}

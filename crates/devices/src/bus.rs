@@ -109,6 +109,13 @@ impl Bus {
         Ok(())
     }
 
+    /// Takes the device whose range starts at `base` off the bus (a PCI BAR the guest moves).
+    /// An access already resolved keeps its handle and completes on the removed device.
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        devices.remove(&BusRange::starting_at(base))
+    }
+
     /// Reads `data.len()` bytes at `addr`. Returns `false`, leaving `data`
     /// untouched, when no single device owns the whole access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
@@ -249,6 +256,17 @@ mod tests {
         assert!(!bus.write(0x71, &[1, 2]));
         assert_eq!(dev.lock().unwrap().last_write, None);
         assert!(!bus.read(u64::MAX, &mut dword), "address arithmetic overflows");
+    }
+
+    #[test]
+    fn a_removed_device_frees_its_range() {
+        let bus = Bus::new();
+        bus.insert(device(), 0x1000, 0x100).unwrap();
+        assert!(bus.remove(0x1010).is_none(), "only the exact base removes");
+        assert!(bus.remove(0x1000).is_some());
+        assert!(!bus.read(0x1000, &mut [0u8; 4]));
+        assert!(bus.remove(0x1000).is_none());
+        bus.insert(device(), 0x1080, 0x100).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Emulated devices of the Kestrel VMM: the I/O and MMIO bus that routes guest
 //! accesses to them, the legacy PC devices (COM1, i8042, CMOS RTC, power
-//! management) and the userspace IOAPIC of the split irqchip.
+//! management), the userspace IOAPIC of the split irqchip, and PCI (root bus,
+//! configuration mechanisms, MSI-X).
 //!
 //! Every device is driven by guest input, so none of them may panic whatever
 //! offset, access size or value the guest uses.
@@ -15,6 +16,7 @@ pub mod bus;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
+pub mod pci;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use interrupt::InterruptLine;

@@ -4,7 +4,7 @@ mod cli;
 mod exit_status;
 mod size;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -31,14 +31,35 @@ fn run(args: cli::RunArgs) -> ExitCode {
     match outcome {
         Ok(outcome) => {
             if outcome != vmm::outcome::VmOutcome::PowerOff {
-                eprintln!("kestrel: {outcome}");
+                report(format_args!("kestrel: {outcome}"));
             }
             ExitCode::from(exit_status::for_outcome(&outcome))
         }
         Err(e) => {
-            eprintln!("kestrel: error: {e}");
+            report(format_args!("kestrel: error: {e}"));
             ExitCode::from(exit_status::ERROR)
         }
+    }
+}
+
+/// One line on stderr. A closed stderr (the reader went away) must not turn into a panic: the exit
+/// status still tells the outcome.
+fn report(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Stderr for log lines, best effort: a failed write is dropped instead of reported, because
+/// tracing-subscriber reports it with `eprintln!`, which panics when stderr is a closed pipe.
+struct BestEffortStderr;
+
+impl Write for BestEffortStderr {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buffer).unwrap_or(buffer.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -47,7 +68,7 @@ fn init_logging(level: LevelFilter) {
     let level = std::env::var("KESTREL_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(level);
     tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(|| BestEffortStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()

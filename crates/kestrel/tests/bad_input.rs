@@ -148,6 +148,74 @@ fn serial_file_in_a_missing_directory() {
 }
 
 #[test]
+fn missing_disk_file() {
+    let output = run(&["--kernel", guests::HELLO, "--disk", "path=/nonexistent/disk.img"]);
+    assert_clean_failure(&output, ERROR, "cannot open disk /nonexistent/disk.img: No such file");
+}
+
+#[test]
+fn directory_as_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        run(&["--kernel", guests::HELLO, "--disk", &format!("path={},readonly=on", path_str(dir.path()))]);
+    assert_clean_failure(&output, ERROR, "neither a regular file nor a block device");
+}
+
+#[test]
+fn malformed_disk_option() {
+    for (spec, why) in [
+        ("disk.img", "not KEY=VALUE"),
+        ("readonly=on", "path= is missing"),
+        ("path=disk.img,readonly=yes", "must be on or off"),
+        ("path=disk.img,format=qcow2", "unknown key 'format'"),
+        ("path=disk.img,id=an-id-of-more-than-20-bytes", "longer than 20 bytes"),
+    ] {
+        let output = run(&["--kernel", guests::HELLO, "--disk", spec]);
+        assert_clean_failure(&output, USAGE, "--disk");
+        assert!(stderr(&output).contains(why), "{spec}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn vsock_socket_in_a_missing_directory() {
+    let output = run(&["--kernel", guests::HELLO, "--vsock", "cid=3,uds=/nonexistent/dir/v.sock"]);
+    assert_clean_failure(&output, ERROR, "vsock: cannot listen on /nonexistent/dir/v.sock: No such file");
+}
+
+#[test]
+fn vsock_socket_already_in_use_or_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let output = run(&["--kernel", guests::HELLO, "--vsock", &format!("cid=3,uds={}", path_str(&live))]);
+    assert_clean_failure(&output, ERROR, "is in use: something listens on it");
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a socket").unwrap();
+    let output = run(&["--kernel", guests::HELLO, "--vsock", &format!("cid=3,uds={}", path_str(&file))]);
+    assert_clean_failure(&output, ERROR, "exists and is not a socket");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a socket", "the file is left alone");
+}
+
+#[test]
+fn malformed_vsock_option() {
+    for (spec, why) in [
+        ("cid=3", "uds= is missing"),
+        ("uds=/tmp/v.sock", "cid= is missing"),
+        ("cid=2,uds=/tmp/v.sock", "the CID must be 3 to 4294967294"),
+        ("cid=-1,uds=/tmp/v.sock", "the CID must be 3 to 4294967294"),
+        ("cid=3,uds=/tmp/v.sock,port=1", "unknown key 'port'"),
+    ] {
+        let output = run(&["--kernel", guests::HELLO, "--vsock", spec]);
+        assert_clean_failure(&output, USAGE, "--vsock");
+        assert!(stderr(&output).contains(why), "{spec}: {}", stderr(&output));
+    }
+    let output =
+        run(&["--kernel", guests::HELLO, "--vsock", "cid=3,uds=/tmp/a", "--vsock", "cid=4,uds=/tmp/b"]);
+    assert_clean_failure(&output, USAGE, "'--vsock <cid=N,uds=PATH>' cannot be used multiple times");
+}
+
+#[test]
 fn unknown_log_level_is_a_usage_error() {
     let output = run(&["--kernel", guests::HELLO, "--log-level", "loud"]);
     assert_clean_failure(&output, USAGE, "--log-level");
@@ -199,4 +267,36 @@ fn as_nobody(args: &[&str]) -> Output {
     let mut command = Command::new("unshare");
     command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     run_to_end(command, b"")
+}
+
+#[test]
+fn malformed_net_option() {
+    for (spec, why) in [
+        ("tap0", "not KEY=VALUE"),
+        ("mac=52:54:00:12:34:56", "tap= is missing"),
+        ("tap=", "must be 1 to 15 bytes"),
+        ("tap=a/b", "not an interface name"),
+        ("tap=tap0,mac=52:54:00", "not a MAC address"),
+        ("tap=auto,mac=01:00:5e:00:00:01", "multicast"),
+    ] {
+        let output = run(&["--kernel", guests::HELLO, "--net", spec]);
+        assert_clean_failure(&output, USAGE, why);
+    }
+}
+
+#[test]
+fn a_tap_that_cannot_be_created_is_named_with_the_reason() {
+    if !kvm_available() {
+        return;
+    }
+    // In a network namespace of the test's own, as root without CAP_NET_ADMIN: the tap cannot be
+    // created (and, had it been, it would have gone with the namespace).
+    let Some(namespace) = common::netns::NetNamespace::with_tap("ktap-other", "10.231.9.1/24") else {
+        return;
+    };
+    let mut command = Command::new("setpriv");
+    command.args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", env!("CARGO_BIN_EXE_kestrel")]);
+    command.args(["run", "--kernel", guests::HELLO, "--net", "tap=ktap-new"]);
+    let output = run_to_end(namespace.wrap(&command), b"");
+    assert_clean_failure(&output, ERROR, "cannot set up tap ktap-new: not permitted (creating a tap needs");
 }

@@ -233,6 +233,25 @@ fn a_stdin_that_cannot_be_polled_is_no_problem() {
 }
 
 #[test]
+fn output_to_a_closed_pipe_neither_hangs_nor_crashes() {
+    if !kvm_available() {
+        return;
+    }
+    // Like `kestrel run ... 2>&1 | head -1`: the reader goes away, every later write gets EPIPE.
+    let mut child = kestrel()
+        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=reset", "--cpus", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let output = wait_with_limit(child);
+    assert_status(&output, RESET);
+}
+
+#[test]
 fn ctrl_a_x_quits() {
     if !kvm_available() {
         return;

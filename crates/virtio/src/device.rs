@@ -58,6 +58,8 @@ pub enum ActivateError {
     QueueCount { given: usize, expected: usize },
     #[error("cannot start the device's worker thread: {0}")]
     Worker(io::Error),
+    #[error("the device's backend refused its settings: {0}")]
+    Backend(io::Error),
 }
 
 /// A virtio device, independent of the transport that presents it.

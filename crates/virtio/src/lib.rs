@@ -8,10 +8,20 @@
 //! Each device lives in a folder with the same files: `mod.rs` (its public face), `device.rs`
 //! (features, config space, activation) and `handler.rs` (request processing, unit-tested against
 //! hand-built queues in guest memory). The rng device is the template.
+//!
+//! Two transports present the same devices: [`mmio`] and [`pci`] (modern virtio-pci with MSI-X).
+//! What they share (feature negotiation, queue setup, device status, activation, reset) lives in
+//! `transport.rs`; each adds only its register layout and its way of interrupting.
 
+pub mod balloon;
+pub mod block;
 pub mod device;
 pub mod mmio;
+pub mod net;
+pub mod pci;
 pub mod rng;
+mod transport;
+pub mod vsock;
 pub mod worker;
 
 pub use device::{ActivateContext, ActivateError, Interrupt, InterruptCause, VirtioDevice};

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use devices::BusDevice;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device::{ActivateContext, Interrupt, InterruptCause, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::device::{Interrupt, InterruptCause, VirtioDevice};
+use crate::transport::{Ring, TransportState};
 
 /// Size of each device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -49,11 +50,6 @@ const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG_SPACE: u64 = 0x100;
 
-// Device status bits.
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
-
 // Interrupt status bits.
 const INTERRUPT_USED_BUFFER: u32 = 1;
 const INTERRUPT_CONFIG_CHANGE: u32 = 2;
@@ -63,6 +59,9 @@ const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 pub struct MmioInterrupt {
     status: AtomicU32,
     line: EventFd,
+    /// ConfigGeneration: bumped by every configuration-change interrupt (devices raise it after
+    /// changing their configuration space), so a driver reading a multi-word field sees the change.
+    config_generation: AtomicU32,
 }
 
 impl Interrupt for MmioInterrupt {
@@ -71,6 +70,9 @@ impl Interrupt for MmioInterrupt {
             InterruptCause::Queue(_) => INTERRUPT_USED_BUFFER,
             InterruptCause::Config => INTERRUPT_CONFIG_CHANGE,
         };
+        if cause == InterruptCause::Config {
+            self.config_generation.fetch_add(1, Ordering::SeqCst);
+        }
         self.status.fetch_or(bit, Ordering::SeqCst);
         self.line.write(1)
     }
@@ -78,49 +80,24 @@ impl Interrupt for MmioInterrupt {
 
 /// One virtio device behind virtio-mmio registers.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    memory: GuestMemoryMmap,
+    state: TransportState,
     interrupt: Arc<MmioInterrupt>,
-    /// The queues as the driver configures them; copies go to the device on activation.
-    queues: Vec<Queue>,
-    queue_events: Vec<EventFd>,
-    queue_select: u32,
-    device_features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
-    status: u32,
-    active: bool,
 }
 
 impl MmioTransport {
     pub fn new(device: Box<dyn VirtioDevice>, memory: GuestMemoryMmap) -> io::Result<MmioTransport> {
-        let queues = device
-            .queue_max_sizes()
-            .iter()
-            .map(|&size| Queue::new(size).map_err(|e| io::Error::other(format!("queue size {size}: {e:?}"))))
-            .collect::<io::Result<Vec<_>>>()?;
-        let queue_events =
-            queues.iter().map(|_| EventFd::new(EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>()?;
-        let interrupt =
-            Arc::new(MmioInterrupt { status: AtomicU32::new(0), line: EventFd::new(EFD_NONBLOCK)? });
-        Ok(MmioTransport {
-            device,
-            memory,
-            interrupt,
-            queues,
-            queue_events,
-            queue_select: 0,
-            device_features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
-            status: 0,
-            active: false,
-        })
+        let interrupt = Arc::new(MmioInterrupt {
+            status: AtomicU32::new(0),
+            line: EventFd::new(EFD_NONBLOCK)?,
+            config_generation: AtomicU32::new(0),
+        });
+        let state = TransportState::new("virtio-mmio", device, memory, interrupt.clone())?;
+        Ok(MmioTransport { state, interrupt })
     }
 
     /// One event per queue, for the VMM to bind as ioeventfds on QueueNotify.
     pub fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        self.state.queue_events()
     }
 
     /// The interrupt line, for the VMM to bind as an irqfd.
@@ -130,172 +107,59 @@ impl MmioTransport {
 
     /// The device's virtio ID.
     pub fn device_type(&self) -> u32 {
-        self.device.device_type()
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        if self.active {
-            // The driver may not change queues while the device runs (virtio 1.2, 4.2.2.2).
-            return None;
-        }
-        self.queues.get_mut(self.queue_select as usize)
-    }
-
-    fn features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        self.state.device().device_type()
     }
 
     fn read_register(&self, offset: u64) -> u32 {
-        let queue = self.queues.get(self.queue_select as usize);
+        let queue = self.state.selected_queue();
         match offset {
             REG_MAGIC => MAGIC_VALUE,
             REG_VERSION => VERSION,
-            REG_DEVICE_ID => self.device.device_type(),
+            REG_DEVICE_ID => self.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match self.device_features_select {
-                0 => self.features() as u32,
-                1 => (self.features() >> 32) as u32,
-                _ => 0,
-            },
+            REG_DEVICE_FEATURES => self.state.device_features_word(),
             REG_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
-            REG_STATUS => self.status,
-            REG_CONFIG_GENERATION => 0,
+            REG_STATUS => self.state.status(),
+            REG_CONFIG_GENERATION => self.interrupt.config_generation.load(Ordering::SeqCst),
             _ => 0,
         }
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
+        let state = &mut self.state;
         match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_select = value,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            REG_DRIVER_FEATURES => self.set_driver_features(value),
-            REG_QUEUE_SEL => self.queue_select = value,
-            REG_QUEUE_NUM => self.with_queue(|q| q.set_size(value as u16)),
-            REG_QUEUE_READY => self.with_queue(|q| q.set_ready(value == 1)),
-            REG_QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(value), None)),
-            REG_QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(value))),
-            REG_QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(value), None)),
-            REG_QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(value))),
-            REG_QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(value), None)),
-            REG_QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(value))),
-            REG_QUEUE_NOTIFY => self.notify(value),
+            REG_DEVICE_FEATURES_SEL => state.device_features_select = value,
+            REG_DRIVER_FEATURES_SEL => state.driver_features_select = value,
+            REG_DRIVER_FEATURES => state.set_driver_features_word(value),
+            REG_QUEUE_SEL => state.queue_select = value,
+            REG_QUEUE_NUM => state.set_selected_queue_size(value as u16),
+            REG_QUEUE_READY => state.with_selected_queue(|q| q.set_ready(value == 1)),
+            REG_QUEUE_DESC_LOW => state.set_selected_queue_ring(Ring::Descriptors, Some(value), None),
+            REG_QUEUE_DESC_HIGH => state.set_selected_queue_ring(Ring::Descriptors, None, Some(value)),
+            REG_QUEUE_DRIVER_LOW => state.set_selected_queue_ring(Ring::Driver, Some(value), None),
+            REG_QUEUE_DRIVER_HIGH => state.set_selected_queue_ring(Ring::Driver, None, Some(value)),
+            REG_QUEUE_DEVICE_LOW => state.set_selected_queue_ring(Ring::Device, Some(value), None),
+            REG_QUEUE_DEVICE_HIGH => state.set_selected_queue_ring(Ring::Device, None, Some(value)),
+            REG_QUEUE_NOTIFY => state.notify(value),
             REG_INTERRUPT_ACK => {
                 self.interrupt.status.fetch_and(!value, Ordering::SeqCst);
             }
-            REG_STATUS => self.set_status(value),
+            REG_STATUS => {
+                if state.set_status(value) {
+                    self.interrupt.status.store(0, Ordering::SeqCst);
+                }
+            }
             _ => tracing::debug!("virtio-mmio: write to read-only or unknown register {offset:#x}"),
         }
-    }
-
-    fn with_queue(&mut self, change: impl FnOnce(&mut Queue)) {
-        if let Some(queue) = self.selected_queue() {
-            change(queue);
-        }
-    }
-
-    fn set_driver_features(&mut self, value: u32) {
-        if self.status & STATUS_FEATURES_OK != 0 {
-            return;
-        }
-        let (mask, shift) = match self.driver_features_select {
-            0 => (0xffff_ffffu64, 0),
-            1 => (0xffff_ffff_0000_0000u64, 32),
-            _ => return,
-        };
-        self.driver_features = (self.driver_features & !mask) | (u64::from(value) << shift);
-    }
-
-    /// The path taken when no ioeventfd caught the write (KVM binds one per queue in normal runs).
-    fn notify(&mut self, queue: u32) {
-        if let Some(event) = self.queue_events.get(queue as usize) {
-            if let Err(e) = event.write(1) {
-                tracing::error!("virtio-mmio: cannot notify queue {queue}: {e}");
-            }
-        }
-    }
-
-    fn set_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        let mut value = value;
-        let setting = value & !self.status;
-        if setting & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
-            // The driver must read the status back and give up (virtio 1.2, 3.1.1).
-            value &= !STATUS_FEATURES_OK;
-        }
-        self.status = value;
-        if setting & STATUS_DRIVER_OK != 0 && !self.active {
-            self.activate();
-        }
-    }
-
-    fn features_acceptable(&self) -> bool {
-        let offered = self.features();
-        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
-    }
-
-    fn activate(&mut self) {
-        if self.status & STATUS_FEATURES_OK == 0 {
-            return self.fail("the driver set DRIVER_OK without FEATURES_OK");
-        }
-        if let Some(index) = self.queues.iter().position(|q| q.ready() && !q.is_valid(&self.memory)) {
-            return self.fail(&format!("queue {index} lies outside guest memory or is misaligned"));
-        }
-        let queues = self.queues.iter().map(|q| Queue::try_from(q.state()));
-        let queues = match queues.collect::<Result<Vec<_>, _>>() {
-            Ok(queues) => queues,
-            Err(e) => return self.fail(&format!("invalid queue: {e:?}")),
-        };
-        let queue_events =
-            match self.queue_events.iter().map(EventFd::try_clone).collect::<io::Result<Vec<_>>>() {
-                Ok(events) => events,
-                Err(e) => return self.fail(&format!("cannot share the queue events: {e}")),
-            };
-        let context = ActivateContext {
-            memory: self.memory.clone(),
-            queues,
-            queue_events,
-            interrupt: self.interrupt.clone(),
-            acked_features: self.driver_features,
-        };
-        match self.device.activate(context) {
-            Ok(()) => self.active = true,
-            Err(e) => self.fail(&e.to_string()),
-        }
-    }
-
-    /// Tells the driver the device cannot go on until it is reset.
-    fn fail(&mut self, reason: &str) {
-        tracing::warn!("virtio-mmio device {}: {reason}", self.device.device_type());
-        self.status |= STATUS_DEVICE_NEEDS_RESET;
-        if let Err(e) = self.interrupt.trigger(InterruptCause::Config) {
-            tracing::error!("virtio-mmio: cannot interrupt the guest: {e}");
-        }
-    }
-
-    fn reset(&mut self) {
-        self.device.reset();
-        self.active = false;
-        for queue in &mut self.queues {
-            queue.reset();
-        }
-        self.queue_select = 0;
-        self.device_features_select = 0;
-        self.driver_features_select = 0;
-        self.driver_features = 0;
-        self.status = 0;
-        self.interrupt.status.store(0, Ordering::SeqCst);
     }
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
-            self.device.read_config(offset - CONFIG_SPACE, data);
+            self.state.device().read_config(offset - CONFIG_SPACE, data);
         } else if data.len() == 4 {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         } else {
@@ -306,7 +170,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
-            self.device.write_config(offset - CONFIG_SPACE, data);
+            self.state.device_mut().write_config(offset - CONFIG_SPACE, data);
         } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
             self.write_register(offset, u32::from_le_bytes(bytes));
         }
@@ -323,6 +187,7 @@ mod tests {
 
     use super::*;
     use crate::rng::Rng;
+    use crate::transport::{STATUS_DEVICE_NEEDS_RESET, STATUS_FEATURES_OK};
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
@@ -439,16 +304,34 @@ mod tests {
     }
 
     fn driver_init_with_rings(transport: &mut MmioTransport, base: u32) {
+        driver_init_with_queue(transport, 16, base);
+    }
+
+    fn driver_init_with_queue(transport: &mut MmioTransport, size: u32, base: u32) {
         write(transport, REG_STATUS, 1 | 2);
         write(transport, REG_DRIVER_FEATURES_SEL, 1);
         write(transport, REG_DRIVER_FEATURES, 1);
         write(transport, REG_STATUS, 1 | 2 | 8);
-        write(transport, REG_QUEUE_NUM, 16);
+        write(transport, REG_QUEUE_NUM, size);
         write(transport, REG_QUEUE_DESC_LOW, base);
         write(transport, REG_QUEUE_DRIVER_LOW, base + 0x1000);
         write(transport, REG_QUEUE_DEVICE_LOW, base + 0x2000);
         write(transport, REG_QUEUE_READY, 1);
         write(transport, REG_STATUS, 1 | 2 | 8 | 4);
+    }
+
+    #[test]
+    fn a_misaligned_ring_or_a_bad_size_is_refused_not_ignored() {
+        // virtio-queue drops such values silently; the device must not then run on stale rings.
+        for (size, base) in [(16, 0x8008), (3, 0x8000), (512, 0x8000), (0, 0x8000)] {
+            let mut transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
+            driver_init_with_queue(&mut transport, size, base);
+            let status = read(&mut transport, REG_STATUS);
+            assert_ne!(status & STATUS_DEVICE_NEEDS_RESET, 0, "size {size} at {base:#x}: status {status:#x}");
+        }
+        let mut transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
+        driver_init_with_queue(&mut transport, 16, 0x8000);
+        assert_eq!(read(&mut transport, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0, "a valid queue starts");
     }
 
     #[test]
@@ -464,5 +347,19 @@ mod tests {
         write(&mut transport, REG_QUEUE_SEL, 99);
         assert_eq!(read(&mut transport, REG_QUEUE_NUM_MAX), 0);
         write(&mut transport, REG_QUEUE_NOTIFY, 99);
+    }
+
+    #[test]
+    fn a_config_change_bumps_the_generation() {
+        let mut transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
+        assert_eq!(read(&mut transport, REG_CONFIG_GENERATION), 0);
+        transport.interrupt.trigger(InterruptCause::Queue(0)).unwrap();
+        assert_eq!(read(&mut transport, REG_CONFIG_GENERATION), 0, "used buffers change no config");
+        transport.interrupt.trigger(InterruptCause::Config).unwrap();
+        assert_eq!(read(&mut transport, REG_CONFIG_GENERATION), 1);
+        assert_eq!(
+            read(&mut transport, REG_INTERRUPT_STATUS),
+            INTERRUPT_USED_BUFFER | INTERRUPT_CONFIG_CHANGE
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -13,7 +14,8 @@ pub trait QueueHandler: Send + 'static {
     /// The driver notified queue `index`.
     fn process_queue(&mut self, index: usize);
 
-    /// Backend descriptors the worker should also wait on (readable, or hang-up).
+    /// Backend descriptors the worker should also wait on, for what
+    /// [`QueueHandler::backend_interest`] says (and hang-ups).
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
@@ -21,6 +23,66 @@ pub trait QueueHandler: Send + 'static {
     /// Backend descriptor `index` (of [`QueueHandler::backend_fds`]) is ready.
     fn process_backend(&mut self, index: usize) {
         let _ = index;
+    }
+
+    /// What the worker waits for on backend descriptor `index`. Asked again after every call into
+    /// the handler, so a device can stop reading a backend it has no room for (readiness it does
+    /// not consume would wake the loop forever) or wait until a backend can take more writes. An
+    /// empty set stops waiting on the descriptor altogether, hang-ups and errors included (a
+    /// broken backend would otherwise report them forever).
+    fn backend_interest(&self, index: usize) -> EventSet {
+        let _ = index;
+        EventSet::IN
+    }
+
+    /// Called once before the first event, for handlers whose backend descriptors come and go
+    /// while they run (vsock: a socket per connection): they keep `registry` and add and remove
+    /// those descriptors through it.
+    fn attach_backends(&mut self, registry: BackendRegistry) {
+        let _ = registry;
+    }
+}
+
+/// Adds, changes and removes backend descriptors of a running worker. Indices continue after
+/// those of [`QueueHandler::backend_fds`]; an event on a descriptor added as `index` reaches
+/// [`QueueHandler::process_backend`] as `index`. [`QueueHandler::backend_interest`] is not asked
+/// about these: the handler keeps their registrations up to date itself. An event collected
+/// before a removal can still be delivered after it, so a handler should not reuse an index.
+#[derive(Clone)]
+pub struct BackendRegistry {
+    epoll: Arc<Epoll>,
+    first_token: u64,
+}
+
+impl BackendRegistry {
+    /// A registry over `epoll` whose index 0 is token `first_token` (tests that run a handler's
+    /// event loop themselves make their own).
+    pub fn new(epoll: Arc<Epoll>, first_token: u64) -> BackendRegistry {
+        BackendRegistry { epoll, first_token }
+    }
+
+    /// Starts waiting for `interest` on `fd` (hang-ups and errors are always reported).
+    pub fn add(&self, fd: RawFd, index: usize, interest: EventSet) -> io::Result<()> {
+        self.epoll.ctl(ControlOperation::Add, fd, self.event(index, interest))
+    }
+
+    /// Waits for `interest` on an added `fd` instead of what it waited for.
+    pub fn modify(&self, fd: RawFd, index: usize, interest: EventSet) -> io::Result<()> {
+        self.epoll.ctl(ControlOperation::Modify, fd, self.event(index, interest))
+    }
+
+    /// Stops waiting on `fd` (closing it does so as well).
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+
+    /// The backend index of a token this registry's epoll reported, if it is one of its.
+    pub fn index_of(&self, token: u64) -> Option<usize> {
+        token.checked_sub(self.first_token).map(|index| index as usize)
+    }
+
+    fn event(&self, index: usize, interest: EventSet) -> EpollEvent {
+        EpollEvent::new(interest, self.first_token + index as u64)
     }
 }
 
@@ -32,9 +94,13 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `handler` on a thread named `name`, woken by `queue_events`.
-    pub fn spawn<H: QueueHandler>(name: &str, queue_events: Vec<EventFd>, handler: H) -> io::Result<Worker> {
+    pub fn spawn<H: QueueHandler>(
+        name: &str,
+        queue_events: Vec<EventFd>,
+        mut handler: H,
+    ) -> io::Result<Worker> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         let stop_token = queue_events.len() as u64;
         let add = |fd: RawFd, token: u64| {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
@@ -43,12 +109,11 @@ impl Worker {
             add(event.as_raw_fd(), index as u64)?;
         }
         add(stop.as_raw_fd(), stop_token)?;
-        for (index, fd) in handler.backend_fds().into_iter().enumerate() {
-            add(fd, stop_token + 1 + index as u64)?;
-        }
+        let backends = Backends::register(&epoll, &handler, stop_token + 1)?;
+        handler.attach_backends(BackendRegistry::new(epoll.clone(), stop_token + 1));
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(epoll, queue_events, stop_token, handler))?;
+            .spawn(move || run(epoll, queue_events, stop_token, backends, handler))?;
         Ok(Worker { stop, thread: Some(thread) })
     }
 }
@@ -67,7 +132,58 @@ impl Drop for Worker {
     }
 }
 
-fn run<H: QueueHandler>(epoll: Epoll, queue_events: Vec<EventFd>, stop_token: u64, mut handler: H) {
+/// The handler's backend descriptors and the readiness each is currently waited for.
+struct Backends {
+    fds: Vec<RawFd>,
+    interests: Vec<EventSet>,
+    first_token: u64,
+}
+
+impl Backends {
+    fn register<H: QueueHandler>(epoll: &Epoll, handler: &H, first_token: u64) -> io::Result<Backends> {
+        let fds = handler.backend_fds();
+        let interests: Vec<EventSet> = (0..fds.len()).map(|index| handler.backend_interest(index)).collect();
+        for (index, (&fd, &interest)) in fds.iter().zip(&interests).enumerate() {
+            if !interest.is_empty() {
+                epoll.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(interest, first_token + index as u64),
+                )?;
+            }
+        }
+        Ok(Backends { fds, interests, first_token })
+    }
+
+    /// Brings each descriptor's registration in line with what the handler now wants.
+    fn update<H: QueueHandler>(&mut self, epoll: &Epoll, handler: &H) {
+        for (index, (&fd, interest)) in self.fds.iter().zip(&mut self.interests).enumerate() {
+            let wanted = handler.backend_interest(index);
+            if wanted == *interest {
+                continue;
+            }
+            let operation = if wanted.is_empty() {
+                ControlOperation::Delete
+            } else if interest.is_empty() {
+                ControlOperation::Add
+            } else {
+                ControlOperation::Modify
+            };
+            match epoll.ctl(operation, fd, EpollEvent::new(wanted, self.first_token + index as u64)) {
+                Ok(()) => *interest = wanted,
+                Err(e) => tracing::error!("device worker cannot change what it waits for: {e}"),
+            }
+        }
+    }
+}
+
+fn run<H: QueueHandler>(
+    epoll: Arc<Epoll>,
+    queue_events: Vec<EventFd>,
+    stop_token: u64,
+    mut backends: Backends,
+    mut handler: H,
+) {
     let mut events = vec![EpollEvent::default(); queue_events.len() + 8];
     loop {
         let count = match epoll.wait(-1, &mut events) {
@@ -89,8 +205,74 @@ fn run<H: QueueHandler>(epoll: Epoll, queue_events: Vec<EventFd>, stop_token: u6
                 let _ = queue_event.read();
                 handler.process_queue(token as usize);
             } else {
-                handler.process_backend((token - stop_token - 1) as usize);
+                handler.process_backend((token - backends.first_token) as usize);
             }
+            backends.update(&epoll, &handler);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reports each call, and wants what the test script says: writability first, then nothing,
+    /// then (after a queue notification) readability.
+    struct Scripted {
+        socket: UnixDatagram,
+        wants: EventSet,
+        calls: mpsc::Sender<&'static str>,
+    }
+
+    impl QueueHandler for Scripted {
+        fn process_queue(&mut self, _index: usize) {
+            self.wants = EventSet::IN;
+            self.calls.send("queue").unwrap();
+        }
+
+        fn backend_fds(&self) -> Vec<RawFd> {
+            vec![self.socket.as_raw_fd()]
+        }
+
+        fn process_backend(&mut self, _index: usize) {
+            let call = if self.wants == EventSet::OUT {
+                "writable"
+            } else if self.wants == EventSet::IN {
+                let mut byte = [0u8; 1];
+                self.socket.recv(&mut byte).unwrap();
+                "readable"
+            } else {
+                "called while waiting for nothing"
+            };
+            self.wants = EventSet::empty();
+            self.calls.send(call).unwrap();
+        }
+
+        fn backend_interest(&self, _index: usize) -> EventSet {
+            self.wants
+        }
+    }
+
+    #[test]
+    fn backends_are_waited_for_as_the_handler_asks_each_time() {
+        let (socket, peer) = UnixDatagram::pair().unwrap();
+        let (calls, called) = mpsc::channel();
+        let queue_event = EventFd::new(EFD_NONBLOCK).unwrap();
+        let notify = queue_event.try_clone().unwrap();
+        let handler = Scripted { socket, wants: EventSet::OUT, calls };
+        let _worker = Worker::spawn("test-worker", vec![queue_event], handler).unwrap();
+        let next = || called.recv_timeout(Duration::from_secs(10)).expect("no call within 10 s");
+
+        assert_eq!(next(), "writable");
+        // Readable now, but the handler waits for nothing: only the notification reaches it, and
+        // after it the datagram.
+        peer.send(b"x").unwrap();
+        notify.write(1).unwrap();
+        assert_eq!(next(), "queue");
+        assert_eq!(next(), "readable");
     }
 }

@@ -14,8 +14,9 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{SerialConfig, VmConfig};
-use crate::irqchip::{self, KvmMsiSink};
+use crate::config::{SerialConfig, VirtioTransport, VmConfig};
+use crate::irqchip::{self, GsiRouting, KvmMsiSink};
+use crate::pci_devices::PciBus;
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
 use crate::{kernel, kvm_err, memory, virtio_devices, Error, Result};
@@ -37,7 +38,11 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     // problem even on a host without KVM.
     let boot_files = kernel::BootFiles::open(config)?;
     let memory = memory::create_guest_memory(config.memory_bytes)?;
-    let mmio_slots = virtio_devices::mmio_slots(config.virtio.len())?;
+    let mmio_slots = match config.transport {
+        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len())?,
+        // PCI devices are found by probing the bus, not declared on the command line.
+        VirtioTransport::Pci => Vec::new(),
+    };
     let entry =
         kernel::load_boot_image(config, boot_files, &memory, &virtio_devices::mmio_cmdline(&mmio_slots))?;
 
@@ -60,7 +65,23 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     memory::register_with_kvm(&vm, &memory)?;
 
     let devices = LegacyDevices::create(config, &vm)?;
-    virtio_devices::attach_all(&vm, &devices.mmio_bus, &memory, &config.virtio, &mmio_slots)?;
+    let mut pci = PciBus::create(&devices.pio_bus, &devices.mmio_bus)?;
+    let mut controls = virtio_devices::VirtioControls::default();
+    match config.transport {
+        VirtioTransport::Mmio => {
+            virtio_devices::attach_all(
+                &vm,
+                &devices.mmio_bus,
+                &memory,
+                &config.virtio,
+                &mmio_slots,
+                &mut controls,
+            )?;
+        }
+        VirtioTransport::Pci => {
+            pci.attach_virtio(&vm, &devices.routing, &memory, &config.virtio, &mut controls)?
+        }
+    }
     let (ended_sender, ended_receiver) = mpsc::channel();
     let ended_event = new_event_fd("vCPU exit notifier")?;
     let shared = Arc::new(VcpuShared::new(
@@ -71,7 +92,8 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
         clone_event_fd(&ended_event, "vCPU exit notifier")?,
     ));
     let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
-    Ok(Vm::new(vm, memory, vcpus, shared, ended_receiver, ended_event, devices.into_handles(config)))
+    let handles = devices.into_handles(config, controls);
+    Ok(Vm::new(vm, memory, vcpus, shared, ended_receiver, ended_event, handles))
 }
 
 fn check_vcpu_count(vcpus: u8) -> Result<()> {
@@ -130,6 +152,8 @@ struct LegacyDevices {
     pio_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     ioapic: Arc<Mutex<Ioapic>>,
+    /// KVM's GSI routes, shared by the IOAPIC and the MSI-X vectors of PCI devices.
+    routing: Arc<GsiRouting>,
     serial: Arc<Mutex<Serial>>,
     reset: EventFd,
     power_off: EventFd,
@@ -142,13 +166,17 @@ pub struct DeviceHandles {
     pub serial_input: bool,
     pub reset: EventFd,
     pub power_off: EventFd,
+    /// Handles on the virtio devices the VMM drives while the guest runs.
+    pub virtio: virtio_devices::VirtioControls,
 }
 
 impl LegacyDevices {
     fn create(config: &VmConfig, vm: &Arc<VmFd>) -> Result<LegacyDevices> {
         let pio_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
-        let ioapic = Arc::new(Mutex::new(Ioapic::new(Arc::new(KvmMsiSink::new(vm.clone())))));
+        let routing = Arc::new(GsiRouting::new(vm.clone()));
+        let ioapic =
+            Arc::new(Mutex::new(Ioapic::new(Arc::new(KvmMsiSink::new(vm.clone(), routing.clone())))));
         insert(
             &mmio_bus,
             ioapic.clone(),
@@ -175,15 +203,16 @@ impl LegacyDevices {
         let power = PowerManagement::new(clone_event_fd(&power_off, "power-off line")?);
         insert(&pio_bus, Arc::new(Mutex::new(power)), POWER_PORT, 1, "power management")?;
 
-        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, serial, reset, power_off })
+        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, routing, serial, reset, power_off })
     }
 
-    fn into_handles(self, config: &VmConfig) -> DeviceHandles {
+    fn into_handles(self, config: &VmConfig, virtio: virtio_devices::VirtioControls) -> DeviceHandles {
         DeviceHandles {
             serial: self.serial,
             serial_input: config.serial == SerialConfig::Stdio,
             reset: self.reset,
             power_off: self.power_off,
+            virtio,
         }
     }
 }

@@ -6,15 +6,21 @@
 //! it in userspace costs nothing at run time: it turns a pin into an MSI that KVM delivers to the
 //! in-kernel LAPICs. Without a PIT, guests learn the TSC rate from CPUID (see arch::cpuid).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use devices::ioapic::{MsiMessage, MsiSink, NUM_PINS};
+use devices::pci::msix::MsixDelivery;
 use kvm_bindings::{
     kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{kvm_err, Error, Result};
+
+/// GSIs KVM routes (KVM_MAX_IRQ_ROUTES).
+const MAX_GSI_ROUTES: u32 = 4096;
 
 /// Puts the local APICs in KVM and leaves the IOAPIC (and no PIC or PIT) to userspace.
 /// Must be called before any vCPU is created.
@@ -27,18 +33,64 @@ pub fn create_split_irqchip(vm: &VmFd) -> Result<()> {
     vm.enable_cap(&cap).map_err(kvm_err("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))
 }
 
+/// KVM's GSI routing table, which KVM_SET_GSI_ROUTING replaces as a whole: the one owner of every
+/// route, for the IOAPIC's pins (GSIs 0–23) and the MSI-X vectors of PCI devices (GSIs from 24).
+pub struct GsiRouting {
+    vm: Arc<VmFd>,
+    table: Mutex<RoutingTable>,
+}
+
+struct RoutingTable {
+    routes: BTreeMap<u32, MsiMessage>,
+    next_free: u32,
+}
+
+impl GsiRouting {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        GsiRouting {
+            vm,
+            table: Mutex::new(RoutingTable { routes: BTreeMap::new(), next_free: NUM_PINS as u32 }),
+        }
+    }
+
+    /// A GSI above the IOAPIC's, for one MSI-X vector.
+    pub fn allocate(&self) -> std::io::Result<u32> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if table.next_free >= MAX_GSI_ROUTES {
+            return Err(std::io::Error::other(format!("all {MAX_GSI_ROUTES} GSIs are in use")));
+        }
+        table.next_free += 1;
+        Ok(table.next_free - 1)
+    }
+
+    /// Makes `gsi` deliver `route`, or nothing (None), and hands the whole table to KVM.
+    pub fn set(&self, gsi: u32, route: Option<MsiMessage>) -> std::io::Result<()> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        match route {
+            Some(msg) => table.routes.insert(gsi, msg),
+            None => table.routes.remove(&gsi),
+        };
+        let mut kvm_table = KvmIrqRouting::new(0).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        for (&gsi, &msg) in &table.routes {
+            kvm_table.push(msi_route(gsi, msg)).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        }
+        // Set while the lock is held, so two updates cannot reach KVM in the wrong order.
+        self.vm.set_gsi_routing(&kvm_table).map_err(std::io::Error::from)
+    }
+}
+
 /// Delivers the IOAPIC's messages to the in-kernel local APICs, and mirrors its redirection table
 /// into KVM's GSI routes (GSI n = pin n). KVM needs those routes to know which vectors are
 /// level-triggered, so that the guest's EOI for them exits to userspace (KVM_EXIT_IOAPIC_EOI), and
 /// they let an irqfd raise a pin without a trip through userspace.
 pub struct KvmMsiSink {
     vm: Arc<VmFd>,
-    routes: Mutex<[Option<MsiMessage>; NUM_PINS]>,
+    routing: Arc<GsiRouting>,
 }
 
 impl KvmMsiSink {
-    pub fn new(vm: Arc<VmFd>) -> Self {
-        KvmMsiSink { vm, routes: Mutex::new([None; NUM_PINS]) }
+    pub fn new(vm: Arc<VmFd>, routing: Arc<GsiRouting>) -> Self {
+        KvmMsiSink { vm, routing }
     }
 }
 
@@ -54,20 +106,50 @@ impl MsiSink for KvmMsiSink {
     }
 
     fn redirection_changed(&self, pin: usize, route: Option<MsiMessage>) -> std::io::Result<()> {
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let slot =
-            routes.get_mut(pin).ok_or_else(|| std::io::Error::other(format!("no IOAPIC pin {pin}")))?;
-        *slot = route;
-        let entries: Vec<kvm_irq_routing_entry> = routes
-            .iter()
-            .enumerate()
-            .filter_map(|(gsi, msg)| msg.map(|msg| msi_route(gsi as u32, msg)))
-            .collect();
-        let mut table = KvmIrqRouting::new(0).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        for entry in entries {
-            table.push(entry).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        if pin >= NUM_PINS {
+            return Err(std::io::Error::other(format!("no IOAPIC pin {pin}")));
         }
-        self.vm.set_gsi_routing(&table).map_err(std::io::Error::from)
+        self.routing.set(pin as u32, route)
+    }
+}
+
+/// An MSI-X vector in KVM: its own GSI, whose route is the vector's message, and an irqfd on that
+/// GSI, so triggering the vector is one eventfd write and KVM injects the interrupt.
+pub struct KvmMsixVectors {
+    routing: Arc<GsiRouting>,
+    vectors: Vec<(u32, EventFd)>,
+}
+
+impl KvmMsixVectors {
+    /// Allocates `count` GSIs and binds an irqfd to each.
+    pub fn new(vm: &VmFd, routing: Arc<GsiRouting>, count: u16) -> Result<Self> {
+        let vectors = (0..count)
+            .map(|_| {
+                let gsi =
+                    routing.allocate().map_err(|e| Error::Device { name: "MSI-X", reason: e.to_string() })?;
+                let event = EventFd::new(EFD_NONBLOCK)
+                    .map_err(|e| Error::Device { name: "MSI-X", reason: e.to_string() })?;
+                vm.register_irqfd(&event, gsi).map_err(kvm_err("KVM_IRQFD"))?;
+                Ok((gsi, event))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvmMsixVectors { routing, vectors })
+    }
+
+    fn vector(&self, vector: u16) -> std::io::Result<&(u32, EventFd)> {
+        self.vectors
+            .get(usize::from(vector))
+            .ok_or_else(|| std::io::Error::other(format!("no MSI-X vector {vector}")))
+    }
+}
+
+impl MsixDelivery for KvmMsixVectors {
+    fn set_route(&self, vector: u16, message: MsiMessage) -> std::io::Result<()> {
+        self.routing.set(self.vector(vector)?.0, Some(message))
+    }
+
+    fn trigger(&self, vector: u16) -> std::io::Result<()> {
+        self.vector(vector)?.1.write(1)
     }
 }
 

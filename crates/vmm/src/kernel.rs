@@ -510,6 +510,7 @@ mod tests {
             memory_bytes: memory,
             serial: SerialConfig::None,
             virtio: Vec::new(),
+            transport: Default::default(),
         };
         let files = BootFiles::open(&config).unwrap();
         let entry = load_boot_image(&config, files, &mem, "").unwrap();

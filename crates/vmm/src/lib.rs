@@ -10,6 +10,7 @@ mod irqchip;
 mod kernel;
 mod memory;
 pub mod outcome;
+mod pci_devices;
 mod vcpu;
 mod virtio_devices;
 pub mod vm;
@@ -21,12 +22,20 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("cannot set up the boot environment: {0}")]
     Arch(#[from] arch::Error),
+    #[error("cannot set up the balloon: {0}")]
+    Balloon(virtio::balloon::BalloonError),
     #[error("kernel command line is {len} bytes, longer than the {max} bytes the boot protocol allows")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("invalid kernel command line: {0}")]
     CmdlineInvalid(linux_loader::cmdline::Error),
     #[error("cannot set up the device {name}: {reason}")]
     Device { name: &'static str, reason: String },
+    #[error("cannot open disk {path}: {source}")]
+    Disk { path: PathBuf, source: virtio::block::DiskError },
+    #[error("cannot set up tap {tap}: {source}")]
+    Tap { tap: String, source: virtio::net::TapError },
+    #[error("vsock: {0}")]
+    Vsock(virtio::vsock::VsockError),
     #[error("cannot set up the event loop: {0}")]
     EventLoop(std::io::Error),
     #[error("cannot write {what} into guest memory: {reason}")]
@@ -57,7 +66,7 @@ pub enum Error {
     MemoryTooSmall { requested: u64, minimum: u64 },
     #[error("cannot open the serial output file {path}: {source}")]
     SerialOutput { path: PathBuf, source: std::io::Error },
-    #[error("{requested} virtio devices requested but at most {max} fit (one IOAPIC pin each)")]
+    #[error("{requested} virtio-mmio devices requested but at most {max} fit (one ISA interrupt line each); use --transport pci for more")]
     TooManyDevices { requested: usize, max: usize },
     #[error("cannot start vCPU {index}: {source}")]
     VcpuSpawn { index: u8, source: std::io::Error },

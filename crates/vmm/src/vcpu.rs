@@ -146,8 +146,25 @@ pub fn stop_all(shared: &VcpuShared, threads: Vec<VcpuThread>) {
     }
 }
 
+/// Reports a vCPU thread that unwinds (a bug): without the report the VMM would wait forever for
+/// a vCPU that is gone. (Release builds abort on panic instead, which ends the process too.)
+struct ReportIfUnwinding<'a> {
+    index: u8,
+    shared: &'a VcpuShared,
+}
+
+impl Drop for ReportIfUnwinding<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reason = "the vCPU thread panicked".to_owned();
+            self.shared.report(VmOutcome::VcpuFailure { vcpu: self.index, rip: 0, reason });
+        }
+    }
+}
+
 /// The thread body: run until the guest ends the VM or the VMM stops us.
 fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
+    let _report_if_unwinding = ReportIfUnwinding { index, shared };
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
     while !shared.stop.load(Ordering::SeqCst) {
         let step = match vcpu.run() {

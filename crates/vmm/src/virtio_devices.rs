@@ -6,16 +6,23 @@ use std::sync::{Arc, Mutex};
 
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, VmFd};
+use virtio::balloon::{Balloon, BalloonControl, BalloonSettings};
+use virtio::block::Block;
 use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use virtio::net::{MacAddress, Net, Tap};
 use virtio::rng::Rng;
+use virtio::vsock::Vsock;
 use virtio::VirtioDevice;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::config::VirtioConfig;
+use crate::config::{BalloonConfig, NetConfig, VirtioConfig};
 use crate::{kvm_err, Error, Result};
 
-/// IOAPIC pins a device may use: from the first free one to the last of the 24.
-const LAST_IRQ: u32 = 23;
+/// The IOAPIC pins virtio-mmio devices get, in order: ISA lines no emulated device uses. Not 8,
+/// which Linux's rtc-cmos claims without sharing, and not 13 (the legacy FPU error line); not
+/// 16-23, which a guest that learns its interrupts from the MP table cannot route to a platform
+/// device. More devices than this need the PCI transport.
+const DEVICE_IRQS: [u32; 10] = [5, 6, 7, 9, 10, 11, 12, 14, 15, 3];
 
 /// Where one virtio-mmio device sits: its register window and its IOAPIC pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,14 +33,13 @@ pub struct MmioSlot {
 
 /// Assigns windows and pins to `count` devices, in order.
 pub fn mmio_slots(count: usize) -> Result<Vec<MmioSlot>> {
-    let available = (LAST_IRQ - arch::layout::FIRST_DEVICE_IRQ + 1) as usize;
-    if count > available {
-        return Err(Error::TooManyDevices { requested: count, max: available });
+    if count > DEVICE_IRQS.len() {
+        return Err(Error::TooManyDevices { requested: count, max: DEVICE_IRQS.len() });
     }
     Ok((0..count)
         .map(|index| MmioSlot {
             base: arch::layout::VIRTIO_MMIO_START + index as u64 * arch::layout::VIRTIO_MMIO_WINDOW,
-            irq: arch::layout::FIRST_DEVICE_IRQ + index as u32,
+            irq: DEVICE_IRQS[index],
         })
         .collect())
 }
@@ -47,11 +53,63 @@ pub fn mmio_cmdline(slots: &[MmioSlot]) -> String {
         .join(" ")
 }
 
-/// Creates the device a configuration entry describes.
-fn create_device(config: &VirtioConfig) -> Box<dyn VirtioDevice> {
-    match config {
+/// Host-side handles on devices the VMM drives while the guest runs.
+#[derive(Default)]
+pub struct VirtioControls {
+    /// The balloon's target and reports (there is at most one balloon).
+    pub balloon: Option<BalloonControl>,
+}
+
+/// Creates the device a configuration entry describes; devices with a host-side handle leave it
+/// in `controls`.
+pub(crate) fn create_device(
+    config: &VirtioConfig,
+    memory: &GuestMemoryMmap,
+    controls: &mut VirtioControls,
+) -> Result<Box<dyn VirtioDevice>> {
+    Ok(match config {
         VirtioConfig::Rng => Box::new(Rng::new()),
-    }
+        VirtioConfig::Block(disk) => Box::new(
+            Block::open(&disk.path, disk.read_only, disk.id.as_deref())
+                .map_err(|source| Error::Disk { path: disk.path.clone(), source })?,
+        ),
+        VirtioConfig::Net(net) => Box::new(create_net(net)?),
+        VirtioConfig::Balloon(balloon) => {
+            let balloon = create_balloon(balloon, memory)?;
+            controls.balloon = Some(balloon.control());
+            Box::new(balloon)
+        }
+        VirtioConfig::Vsock(vsock) => Box::new(Vsock::new(vsock.cid, &vsock.uds_path).map_err(Error::Vsock)?),
+    })
+}
+
+fn create_balloon(config: &BalloonConfig, memory: &GuestMemoryMmap) -> Result<Balloon> {
+    let settings = BalloonSettings {
+        target_mib: config.target_mib,
+        stats_interval: config.stats_interval,
+        free_page_reporting: config.free_page_reporting,
+        deflate_on_oom: config.deflate_on_oom,
+    };
+    let ram_bytes = memory.iter().map(GuestMemoryRegion::len).sum();
+    Balloon::new(&settings, ram_bytes).map_err(Error::Balloon)
+}
+
+/// Opens the card's tap and gives the card its address (a random one unless the user chose).
+fn create_net(config: &NetConfig) -> Result<Net> {
+    let tap = Tap::open(config.tap.as_deref()).map_err(|source| Error::Tap {
+        tap: config.tap.clone().unwrap_or_else(|| "kestrelN (automatic name)".to_owned()),
+        source,
+    })?;
+    let mac = match config.mac {
+        Some(mac) => mac,
+        None => MacAddress::random_local().map_err(|e| Error::Device {
+            name: "virtio-net",
+            reason: format!("cannot make up a MAC address: {e}"),
+        })?,
+    };
+    // The user needs the name to configure the host side of an automatic tap.
+    tracing::info!("virtio-net: tap {}, MAC {mac}", tap.name());
+    Ok(Net::new(tap, mac))
 }
 
 /// Creates every configured device and attaches it to the MMIO bus at its slot.
@@ -61,11 +119,12 @@ pub fn attach_all(
     memory: &GuestMemoryMmap,
     configs: &[VirtioConfig],
     slots: &[MmioSlot],
+    controls: &mut VirtioControls,
 ) -> Result<Vec<Arc<Mutex<MmioTransport>>>> {
     configs
         .iter()
         .zip(slots)
-        .map(|(config, slot)| attach(vm, mmio_bus, memory, create_device(config), *slot))
+        .map(|(config, slot)| attach(vm, mmio_bus, memory, create_device(config, memory, controls)?, *slot))
         .collect()
 }
 
@@ -109,8 +168,9 @@ mod tests {
             mmio_cmdline(&slots),
             "virtio_mmio.device=4K@0xc0000000:5 virtio_mmio.device=4K@0xc0001000:6"
         );
-        assert_eq!(mmio_slots(19).unwrap().last().unwrap().irq, 23);
-        assert!(matches!(mmio_slots(20), Err(Error::TooManyDevices { requested: 20, max: 19 })));
+        let irqs: Vec<u32> = mmio_slots(10).unwrap().iter().map(|s| s.irq).collect();
+        assert!(!irqs.contains(&8) && irqs.iter().all(|&irq| irq < 16 && irq != 4), "{irqs:?}");
+        assert!(matches!(mmio_slots(11), Err(Error::TooManyDevices { requested: 11, max: 10 })));
         assert_eq!(mmio_cmdline(&[]), "");
     }
 }

@@ -54,6 +54,12 @@ impl Vm {
         Vm { vcpus, shared, ended, ended_event, devices, _vm: vm, _memory: memory }
     }
 
+    /// The balloon's host-side handle, if the VM has a balloon: take it before [`Vm::run`] to set
+    /// the target and read the guest's reports from another thread while the guest runs.
+    pub fn balloon(&self) -> Option<virtio::balloon::BalloonControl> {
+        self.devices.virtio.balloon.clone()
+    }
+
     /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.
     pub fn run(mut self) -> Result<VmOutcome> {
         let signals = TerminationSignals::block()?;

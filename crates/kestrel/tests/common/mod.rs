@@ -1,6 +1,9 @@
 //! Shared test harness: runs the real `kestrel` binary on the test guests.
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
+pub mod kit;
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,322 @@
+//! The balloon as its transport sees it: features, queues, configuration space, activation.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtio_queue::QueueT;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::control::{BalloonControl, BalloonError, Shared};
+use super::handler::{BalloonHandler, QueueRole};
+use crate::device::{
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use crate::worker::Worker;
+
+const QUEUE_SIZE: u16 = 256;
+
+// Feature bits (virtio 1.2, 5.5.3).
+const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
+const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
+const VIRTIO_BALLOON_F_REPORTING: u64 = 1 << 5;
+
+/// `struct virtio_balloon_config` up to `actual`: the later fields belong to features Kestrel does
+/// not offer (free page hinting, page poisoning).
+const CONFIG_BYTES: usize = 8;
+const NUM_PAGES: std::ops::Range<usize> = 0..4;
+const ACTUAL: std::ops::Range<usize> = 4..8;
+
+/// What the balloon offers the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalloonSettings {
+    /// The balloon size the guest is asked for at start, in MiB.
+    pub target_mib: u32,
+    /// With an interval, the stats queue is offered and the device asks the guest for fresh
+    /// statistics that often.
+    pub stats_interval: Option<Duration>,
+    /// Offer free page reporting: the guest reports pages it frees, and the host discards them.
+    pub free_page_reporting: bool,
+    /// Let the guest take pages back from the balloon when it is out of memory, instead of
+    /// invoking its OOM killer.
+    pub deflate_on_oom: bool,
+}
+
+/// A virtio-balloon device: the host asks the guest for memory back, and gets it.
+pub struct Balloon {
+    features: u64,
+    queue_sizes: Vec<u16>,
+    stats_interval: Option<Duration>,
+    shared: Arc<Shared>,
+    worker: Option<Worker>,
+}
+
+impl Balloon {
+    /// A balloon for a guest with `ram_bytes` of RAM; fails if the target is larger than that.
+    pub fn new(settings: &BalloonSettings, ram_bytes: u64) -> Result<Balloon, BalloonError> {
+        let mut features = VIRTIO_F_VERSION_1;
+        if settings.stats_interval.is_some() {
+            features |= VIRTIO_BALLOON_F_STATS_VQ;
+        }
+        if settings.deflate_on_oom {
+            features |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+        }
+        if settings.free_page_reporting {
+            features |= VIRTIO_BALLOON_F_REPORTING;
+        }
+        Ok(Balloon {
+            features,
+            queue_sizes: vec![QUEUE_SIZE; queue_roles(features).len()],
+            stats_interval: settings.stats_interval,
+            shared: Arc::new(Shared::new(settings.target_mib, ram_bytes)?),
+            worker: None,
+        })
+    }
+
+    /// The host's handle on this balloon.
+    pub fn control(&self) -> BalloonControl {
+        BalloonControl::new(self.shared.clone())
+    }
+
+    fn config(&self) -> [u8; CONFIG_BYTES] {
+        let mut config = [0u8; CONFIG_BYTES];
+        config[NUM_PAGES].copy_from_slice(&self.shared.target_pages().to_le_bytes());
+        config[ACTUAL].copy_from_slice(&self.shared.actual_pages().to_le_bytes());
+        config
+    }
+
+    fn stats_timer(&self, acked_features: u64) -> io::Result<Option<TimerFd>> {
+        let Some(interval) = self.stats_interval.filter(|_| acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0)
+        else {
+            return Ok(None);
+        };
+        let mut timer = TimerFd::new()?;
+        timer.reset(interval, Some(interval))?;
+        Ok(Some(timer))
+    }
+}
+
+/// The role of each queue, by transport index. The queues of features that were not negotiated
+/// take no index: Linux numbers only the queues it uses, so with reporting but no stats queue,
+/// queue 2 is the reporting queue.
+fn queue_roles(features: u64) -> Vec<QueueRole> {
+    let mut roles = vec![QueueRole::Inflate, QueueRole::Deflate];
+    if features & VIRTIO_BALLOON_F_STATS_VQ != 0 {
+        roles.push(QueueRole::Stats);
+    }
+    if features & VIRTIO_BALLOON_F_REPORTING != 0 {
+        roles.push(QueueRole::Reporting);
+    }
+    roles
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        device_type::BALLOON
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config(), offset, data);
+    }
+
+    /// Only `actual` is the driver's to write; bytes of `num_pages` and beyond are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let mut config = self.config();
+        for (index, &byte) in data.iter().enumerate() {
+            let position = offset.checked_add(index as u64).and_then(|p| usize::try_from(p).ok());
+            if let Some(position) = position.filter(|p| ACTUAL.contains(p)) {
+                config[position] = byte;
+            }
+        }
+        let mut actual = [0u8; 4];
+        actual.copy_from_slice(&config[ACTUAL]);
+        self.shared.set_actual_pages(u32::from_le_bytes(actual));
+    }
+
+    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let ActivateContext { memory, queues, queue_events, interrupt, acked_features } = context;
+        if queues.len() != self.queue_sizes.len() {
+            return Err(ActivateError::QueueCount { given: queues.len(), expected: self.queue_sizes.len() });
+        }
+        let roles = queue_roles(acked_features);
+        if let Some(index) = queues.iter().take(roles.len()).position(|queue| !queue.ready()) {
+            return Err(ActivateError::QueueNotReady(index));
+        }
+        // Queues past the negotiated ones stay unused (their notifications are ignored).
+        let queues = roles.into_iter().zip(queues).collect();
+        let stats_timer = self.stats_timer(acked_features).map_err(ActivateError::Worker)?;
+        let handler =
+            BalloonHandler::new(memory, interrupt.clone(), self.shared.clone(), queues, stats_timer);
+        self.worker =
+            Some(Worker::spawn("virtio-balloon", queue_events, handler).map_err(ActivateError::Worker)?);
+        self.shared.set_interrupt(Some(interrupt));
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+        self.shared.set_interrupt(None);
+        // The guest's balloon is gone with its driver's state: the pages are its own again.
+        self.shared.set_actual_pages(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::device::{Interrupt, InterruptCause};
+
+    const RAM: u64 = 256 << 20;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<InterruptCause>>);
+    impl Interrupt for Recorder {
+        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
+            self.0.lock().unwrap().push(cause);
+            Ok(())
+        }
+    }
+
+    fn balloon(settings: BalloonSettings) -> Balloon {
+        Balloon::new(&settings, RAM).unwrap()
+    }
+
+    fn read_u32(balloon: &Balloon, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        balloon.read_config(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn features_and_queues_follow_the_settings() {
+        let plain = balloon(BalloonSettings::default());
+        assert_eq!(plain.device_type(), 5);
+        assert_eq!(plain.features(), VIRTIO_F_VERSION_1);
+        assert_eq!(plain.queue_max_sizes(), [256, 256]);
+
+        let full = balloon(BalloonSettings {
+            target_mib: 0,
+            stats_interval: Some(Duration::from_secs(1)),
+            free_page_reporting: true,
+            deflate_on_oom: true,
+        });
+        assert_eq!(full.features(), VIRTIO_F_VERSION_1 | 1 << 1 | 1 << 2 | 1 << 5);
+        assert_eq!(full.queue_max_sizes(), [256; 4]);
+    }
+
+    #[test]
+    fn queues_are_numbered_over_the_negotiated_features_only() {
+        use QueueRole::*;
+        assert_eq!(queue_roles(0), [Inflate, Deflate]);
+        assert_eq!(queue_roles(VIRTIO_BALLOON_F_REPORTING), [Inflate, Deflate, Reporting]);
+        assert_eq!(
+            queue_roles(VIRTIO_BALLOON_F_STATS_VQ | VIRTIO_BALLOON_F_REPORTING),
+            [Inflate, Deflate, Stats, Reporting]
+        );
+    }
+
+    #[test]
+    fn the_guest_reads_the_target_and_writes_actual_only() {
+        let mut balloon = balloon(BalloonSettings { target_mib: 64, ..BalloonSettings::default() });
+        let control = balloon.control();
+        assert_eq!(read_u32(&balloon, 0), 64 * 256);
+        assert_eq!(read_u32(&balloon, 4), 0);
+
+        balloon.write_config(4, &1000u32.to_le_bytes());
+        assert_eq!((read_u32(&balloon, 4), control.actual_pages()), (1000, 1000));
+        // Byte by byte, as a driver may: the fields change only where written.
+        balloon.write_config(5, &[0x01]);
+        assert_eq!(control.actual_pages(), 1000 & 0xff | 0x100);
+        // num_pages is the host's; a write across both fields changes only actual.
+        balloon.write_config(0, &[0xff; 8]);
+        assert_eq!((read_u32(&balloon, 0), control.actual_pages()), (64 * 256, u32::MAX));
+        balloon.write_config(8, &[1; 4]);
+        balloon.write_config(u64::MAX, &[1; 4]);
+        assert_eq!(control.actual_pages(), u32::MAX);
+
+        let mut past_the_end = [0xffu8; 4];
+        balloon.read_config(6, &mut past_the_end);
+        assert_eq!(past_the_end, [0xff, 0xff, 0, 0]);
+
+        control.set_target_mib(16).unwrap();
+        assert_eq!(read_u32(&balloon, 0), 16 * 256);
+    }
+
+    #[test]
+    fn a_target_larger_than_guest_ram_is_refused() {
+        let settings = BalloonSettings { target_mib: 257, ..BalloonSettings::default() };
+        assert!(matches!(Balloon::new(&settings, RAM), Err(BalloonError::TargetTooLarge { .. })));
+    }
+
+    /// Activation inputs for `count` queues, `ready` of them set up by the driver.
+    fn context(
+        memory: &GuestMemoryMmap,
+        count: usize,
+        ready: usize,
+        acked_features: u64,
+        interrupt: Arc<Recorder>,
+    ) -> ActivateContext {
+        let queues = (0..count)
+            .map(|i| {
+                let mock = MockSplitQueue::create(memory, GuestAddress(i as u64 * 0x1000), 16);
+                let mut queue: Queue = mock.create_queue().unwrap();
+                queue.set_ready(i < ready);
+                queue
+            })
+            .collect();
+        ActivateContext {
+            memory: memory.clone(),
+            queues,
+            queue_events: (0..count).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect(),
+            interrupt,
+            acked_features,
+        }
+    }
+
+    #[test]
+    fn activation_checks_the_negotiated_queues_and_wires_the_config_interrupt() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let settings = BalloonSettings { free_page_reporting: true, ..BalloonSettings::default() };
+        let mut balloon = balloon(settings);
+        let control = balloon.control();
+        let interrupt = Arc::new(Recorder::default());
+        let acked = VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING;
+
+        let error = balloon.activate(context(&memory, 2, 2, acked, interrupt.clone())).unwrap_err();
+        assert!(matches!(error, ActivateError::QueueCount { given: 2, expected: 3 }));
+        let error = balloon.activate(context(&memory, 3, 2, acked, interrupt.clone())).unwrap_err();
+        assert!(matches!(error, ActivateError::QueueNotReady(2)));
+        // Without reporting negotiated, its queue may stay down.
+        balloon.activate(context(&memory, 3, 2, VIRTIO_F_VERSION_1, interrupt.clone())).unwrap();
+        let error = balloon.activate(context(&memory, 3, 3, acked, interrupt.clone())).unwrap_err();
+        assert!(matches!(error, ActivateError::AlreadyActive));
+
+        control.set_target_mib(8).unwrap();
+        assert_eq!(*interrupt.0.lock().unwrap(), [InterruptCause::Config]);
+
+        balloon.write_config(4, &5u32.to_le_bytes());
+        balloon.reset();
+        assert_eq!(control.actual_pages(), 0, "a reset driver holds no balloon");
+        control.set_target_mib(4).unwrap();
+        assert_eq!(interrupt.0.lock().unwrap().len(), 1, "no interrupt without a driver");
+        balloon.activate(context(&memory, 3, 3, acked, interrupt.clone())).unwrap();
+    }
+}

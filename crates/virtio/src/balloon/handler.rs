@@ -1,0 +1,488 @@
+//! The balloon's queues, served on the device's worker thread: pages the guest gives up
+//! (inflate, free-page reports) are discarded from the host, pages it takes back (deflate) need
+//! nothing, and its statistics are kept for the host.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::control::Shared;
+use super::pages::{coalesce, discard, GuestRange};
+use super::stats::{BalloonStats, STAT_BYTES};
+use crate::device::{Interrupt, InterruptCause};
+use crate::worker::QueueHandler;
+
+/// PFNs read, sorted and coalesced at a time: Linux sends at most 256 per buffer, and a guest
+/// that sends more is served in bounded steps.
+const PFN_BATCH: usize = 1024;
+
+/// The most statistics read from one buffer (there are 10 tags today; later specifications add a
+/// few). The rest of a larger buffer is ignored.
+const MAX_STATS: usize = 64;
+
+/// What a queue is for. The driver numbers only the queues of negotiated features, so the
+/// transport index of each depends on them (see `device::queue_roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRole {
+    Inflate,
+    Deflate,
+    Stats,
+    Reporting,
+}
+
+pub struct BalloonHandler {
+    memory: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    shared: Arc<Shared>,
+    /// Indexed by the transport's queue index.
+    queues: Vec<(QueueRole, Queue)>,
+    /// The stats buffer the driver handed over, kept until the host wants fresh figures: giving it
+    /// back is how the device asks for them (virtio 1.2, 5.5.6.3).
+    held_stats: Option<u16>,
+    /// Fires every stats interval, when the stats queue is in use.
+    stats_timer: Option<TimerFd>,
+}
+
+impl BalloonHandler {
+    pub fn new(
+        memory: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        shared: Arc<Shared>,
+        queues: Vec<(QueueRole, Queue)>,
+        stats_timer: Option<TimerFd>,
+    ) -> BalloonHandler {
+        BalloonHandler { memory, interrupt, shared, queues, held_stats: None, stats_timer }
+    }
+
+    /// Serves every available buffer of queue `index`, then interrupts the driver once if it
+    /// wants to know.
+    fn serve(&mut self, index: usize) {
+        let Some(&(role, _)) = self.queues.get(index) else {
+            tracing::debug!("virtio-balloon: notification for unused queue {index}");
+            return;
+        };
+        let mut used_any = false;
+        while let Some(chain) = self.queues[index].1.pop_descriptor_chain(&self.memory) {
+            let head = chain.head_index();
+            let done = match role {
+                QueueRole::Inflate => {
+                    inflate(&self.memory, chain);
+                    Some(head)
+                }
+                QueueRole::Deflate => {
+                    // Nothing to do: the host never took the pages away, it only stopped backing
+                    // them, and the guest's next access faults in a zeroed page.
+                    Some(head)
+                }
+                QueueRole::Reporting => {
+                    discard_reported(&self.memory, chain);
+                    Some(head)
+                }
+                QueueRole::Stats => {
+                    self.shared.set_stats(read_stats(&self.memory, chain));
+                    // A driver that sends a second buffer before the first came back gets the
+                    // older one back now, so neither is lost.
+                    self.held_stats.replace(head)
+                }
+            };
+            if let Some(done) = done {
+                used_any |= self.complete(index, done);
+            }
+        }
+        if used_any {
+            self.notify(index);
+        }
+    }
+
+    /// Returns the held stats buffer, which asks the driver for fresh statistics.
+    fn request_stats(&mut self) {
+        let Some(index) = self.queues.iter().position(|(role, _)| *role == QueueRole::Stats) else {
+            return;
+        };
+        if let Some(head) = self.held_stats.take() {
+            if self.complete(index, head) {
+                self.notify(index);
+            }
+        }
+    }
+
+    /// Puts a buffer on the used ring; the device writes nothing into balloon buffers.
+    fn complete(&mut self, index: usize, head: u16) -> bool {
+        match self.queues[index].1.add_used(&self.memory, head, 0) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("virtio-balloon: cannot complete a buffer on queue {index}: {e:?}");
+                false
+            }
+        }
+    }
+
+    fn notify(&mut self, index: usize) {
+        if self.queues[index].1.needs_notification(&self.memory).unwrap_or(true) {
+            if let Err(e) = self.interrupt.trigger(InterruptCause::Queue(index as u16)) {
+                tracing::error!("virtio-balloon: cannot interrupt the guest: {e}");
+            }
+        }
+    }
+}
+
+/// Discards the pages whose PFNs (le32 each) fill the buffer.
+fn inflate(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+    let mut reader = match chain.reader(memory) {
+        Ok(reader) => reader,
+        Err(e) => return tracing::warn!("virtio-balloon: malformed inflate buffer ignored: {e:?}"),
+    };
+    let trailing = reader.available_bytes() % 4;
+    if trailing != 0 {
+        tracing::warn!("virtio-balloon: inflate buffer ends with {trailing} bytes that are no PFN; ignored");
+    }
+    let mut pfns = Vec::with_capacity(PFN_BATCH);
+    let mut outside = 0;
+    while reader.available_bytes() >= 4 {
+        pfns.clear();
+        while pfns.len() < PFN_BATCH && reader.available_bytes() >= 4 {
+            match reader.read_obj::<u32>() {
+                Ok(pfn) => pfns.push(u32::from_le(pfn)),
+                Err(e) => {
+                    tracing::warn!("virtio-balloon: cannot read an inflate buffer: {e}");
+                    return;
+                }
+            }
+        }
+        for range in coalesce(&mut pfns) {
+            outside += discard_range(memory, range);
+        }
+    }
+    warn_outside(outside, "inflated");
+}
+
+/// Discards the whole pages inside each descriptor of a free-page report.
+fn discard_reported(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+    let mut outside = 0;
+    for descriptor in chain {
+        if let Some(range) = GuestRange::whole_pages_within(descriptor.addr().0, u64::from(descriptor.len()))
+        {
+            outside += discard_range(memory, range);
+        }
+    }
+    warn_outside(outside, "reported free");
+}
+
+/// Discards `range`; returns the bytes of it outside guest RAM.
+fn discard_range(memory: &GuestMemoryMmap, range: GuestRange) -> u64 {
+    discard(memory, range).unwrap_or_else(|e| {
+        tracing::error!(
+            "virtio-balloon: cannot discard guest memory {:#x}..{:#x}: {e}",
+            range.start,
+            range.end
+        );
+        0
+    })
+}
+
+fn warn_outside(bytes: u64, what: &str) {
+    if bytes > 0 {
+        tracing::warn!("virtio-balloon: the guest {what} {bytes} bytes outside its RAM; ignored");
+    }
+}
+
+/// The statistics in a stats buffer; a buffer that cannot be read counts as reporting nothing.
+fn read_stats(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> BalloonStats {
+    let mut bytes = Vec::new();
+    let read = chain.reader(memory).map_err(|e| format!("{e:?}")).and_then(|reader| {
+        reader.take((MAX_STATS * STAT_BYTES) as u64).read_to_end(&mut bytes).map_err(|e| e.to_string())
+    });
+    if let Err(e) = read {
+        tracing::warn!("virtio-balloon: malformed stats buffer: {e}");
+        bytes.clear();
+    }
+    BalloonStats::parse(&bytes)
+}
+
+impl QueueHandler for BalloonHandler {
+    fn process_queue(&mut self, index: usize) {
+        self.serve(index);
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        self.stats_timer.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// The stats timer fired (it is the only backend descriptor).
+    fn process_backend(&mut self, _index: usize) {
+        if let Some(timer) = &mut self.stats_timer {
+            // Readable, so this does not block; it clears the expiry count.
+            if let Err(e) = timer.wait() {
+                tracing::error!("virtio-balloon: cannot read the stats timer: {e}");
+            }
+        }
+        self.request_stats();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    use super::*;
+    use crate::balloon::pages::tests::{resident_pages, touch};
+    use crate::balloon::pages::PAGE_SIZE;
+    use crate::balloon::stats::tests::encode;
+
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+    const NEXT: u16 = 1; // VRING_DESC_F_NEXT
+    /// Guest RAM in the tests; rings sit in the first 64 KiB, buffers above, pages from 1 MiB.
+    const RAM: u64 = 0x40_0000;
+    const ROLES: [QueueRole; 4] =
+        [QueueRole::Inflate, QueueRole::Deflate, QueueRole::Stats, QueueRole::Reporting];
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<InterruptCause>>);
+    impl Interrupt for Recorder {
+        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
+            self.0.lock().unwrap().push(cause);
+            Ok(())
+        }
+    }
+
+    fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// A balloon with all four queues (each a mock ring in guest memory) and the driver's side.
+    struct Bench<'a> {
+        memory: &'a GuestMemoryMmap,
+        mocks: Vec<MockSplitQueue<'a, GuestMemoryMmap>>,
+        /// Descriptors used so far in each queue, where the next chain goes.
+        next_descriptor: Vec<u16>,
+        interrupts: Arc<Recorder>,
+        shared: Arc<Shared>,
+        handler: BalloonHandler,
+    }
+
+    impl<'a> Bench<'a> {
+        fn new(memory: &'a GuestMemoryMmap) -> Bench<'a> {
+            let mocks: Vec<_> =
+                (0..4).map(|i| MockSplitQueue::create(memory, GuestAddress(i * 0x1000), 16)).collect();
+            let queues =
+                ROLES.iter().zip(&mocks).map(|(&role, mock)| (role, mock.create_queue().unwrap())).collect();
+            let interrupts = Arc::new(Recorder::default());
+            let shared = Arc::new(Shared::new(0, RAM).unwrap());
+            let handler =
+                BalloonHandler::new(memory.clone(), interrupts.clone(), shared.clone(), queues, None);
+            Bench { memory, mocks, next_descriptor: vec![0; 4], interrupts, shared, handler }
+        }
+
+        /// The driver makes one buffer available on `queue` and notifies it.
+        fn send(&mut self, queue: usize, chain: &[RawDescriptor]) {
+            // Chains link by absolute index: rebase the `next` fields onto where this one goes.
+            let offset = self.next_descriptor[queue];
+            let chain: Vec<_> = chain
+                .iter()
+                .map(|d| {
+                    let d = Descriptor::from(*d);
+                    descriptor(d.addr().0, d.len(), d.flags(), d.next() + offset)
+                })
+                .collect();
+            self.mocks[queue].add_desc_chains(&chain, offset).unwrap();
+            self.next_descriptor[queue] += chain.len() as u16;
+            self.handler.process_queue(queue);
+        }
+
+        /// Sends the PFNs as one readable buffer at `addr`.
+        fn send_pfns(&mut self, queue: usize, addr: u64, pfns: &[u32]) {
+            let bytes: Vec<u8> = pfns.iter().flat_map(|pfn| pfn.to_le_bytes()).collect();
+            self.memory.write_slice(&bytes, GuestAddress(addr)).unwrap();
+            self.send(queue, &[descriptor(addr, bytes.len() as u32, 0, 0)]);
+        }
+
+        /// How many buffers of `queue` the device has used.
+        fn used(&self, queue: usize) -> u16 {
+            self.memory.read_obj(self.mocks[queue].used_addr().unchecked_add(2)).unwrap()
+        }
+
+        fn interrupts(&self) -> Vec<InterruptCause> {
+            std::mem::take(&mut *self.interrupts.0.lock().unwrap())
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+    }
+
+    fn pages(first: u32, count: u64) -> GuestRange {
+        GuestRange::from_pfns(first, count)
+    }
+
+    #[test]
+    fn inflating_frees_the_host_pages_behind_the_pfns() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        let balloon = pages(0x100, 256); // 1 MiB at 1 MiB
+        let kept = pages(0x200, 16);
+        touch(&memory, balloon);
+        touch(&memory, kept);
+
+        // Out of order, with a repeat, as a driver may send them.
+        let mut pfns: Vec<u32> = (0x100..0x200).rev().collect();
+        pfns.push(0x180);
+        bench.send_pfns(0, 0x1_0000, &pfns);
+        assert_eq!(bench.used(0), 1);
+        assert_eq!(bench.interrupts(), [InterruptCause::Queue(0)]);
+        assert_eq!(resident_pages(&memory, balloon), 0, "host pages freed");
+        assert_eq!(resident_pages(&memory, kept), 16, "other pages untouched");
+        for page in (balloon.start..balloon.end).step_by(PAGE_SIZE as usize) {
+            assert_eq!(memory.read_obj::<u8>(GuestAddress(page)).unwrap(), 0, "page {page:#x} reads as zero");
+        }
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(kept.start)).unwrap(), 0xA5);
+    }
+
+    #[test]
+    fn a_pfn_array_may_straddle_descriptors() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        touch(&memory, pages(0x100, 2));
+        // PFN 0x100 whole in the first descriptor, PFN 0x101 split 2 + 2 bytes across both.
+        memory.write_slice(&[0x00, 0x01, 0, 0, 0x01, 0x01], GuestAddress(0x1_0000)).unwrap();
+        memory.write_slice(&[0, 0], GuestAddress(0x1_1000)).unwrap();
+        bench.send(0, &[descriptor(0x1_0000, 6, NEXT, 1), descriptor(0x1_1000, 2, 0, 0)]);
+        assert_eq!(bench.used(0), 1);
+        assert_eq!(resident_pages(&memory, pages(0x100, 2)), 0);
+    }
+
+    #[test]
+    fn pfns_outside_guest_ram_and_odd_lengths_are_ignored() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        let inside = pages(0x100, 1);
+        touch(&memory, inside);
+        let ram_pages = (RAM / PAGE_SIZE) as u32;
+        bench.send_pfns(0, 0x1_0000, &[ram_pages - 1, ram_pages, ram_pages + 1, u32::MAX, 0x100]);
+        assert_eq!(resident_pages(&memory, inside), 0, "the PFN inside RAM is still served");
+        // One PFN and a stray byte; a buffer the device may only write; a buffer outside RAM.
+        memory.write_slice(&[0x00, 0x01, 0, 0, 0xff], GuestAddress(0x1_0000)).unwrap();
+        bench.send(0, &[descriptor(0x1_0000, 5, 0, 0)]);
+        bench.send(0, &[descriptor(0x1_0000, 8, WRITE, 0)]);
+        bench.send(0, &[descriptor(RAM + 0x1000, 8, 0, 0)]);
+        assert_eq!(bench.used(0), 4, "every buffer comes back");
+    }
+
+    #[test]
+    fn deflating_returns_the_buffer_and_leaves_memory_alone() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        let range = pages(0x100, 4);
+        touch(&memory, range);
+        bench.send_pfns(1, 0x1_0000, &[0x100, 0x101, 0x102, 0x103]);
+        assert_eq!(bench.used(1), 1);
+        assert_eq!(bench.interrupts(), [InterruptCause::Queue(1)]);
+        assert_eq!(resident_pages(&memory, range), 4);
+    }
+
+    #[test]
+    fn the_stats_buffer_is_kept_until_the_host_asks_for_fresh_figures() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        let first = encode(&[(4, 100 << 20), (5, 256 << 20)]);
+        memory.write_slice(&first, GuestAddress(0x2_0000)).unwrap();
+        bench.send(2, &[descriptor(0x2_0000, first.len() as u32, 0, 0)]);
+        assert_eq!(bench.used(2), 0, "the device holds the buffer");
+        assert!(bench.interrupts().is_empty());
+        let stats = bench.shared_stats();
+        assert_eq!((stats.free_memory, stats.total_memory), (Some(100 << 20), Some(256 << 20)));
+
+        bench.handler.request_stats();
+        assert_eq!(bench.used(2), 1, "giving the buffer back asks for new figures");
+        assert_eq!(bench.interrupts(), [InterruptCause::Queue(2)]);
+        bench.handler.request_stats();
+        assert_eq!(bench.used(2), 1, "nothing held, nothing to give back");
+
+        let second = encode(&[(4, 50 << 20)]);
+        memory.write_slice(&second, GuestAddress(0x2_0000)).unwrap();
+        bench.send(2, &[descriptor(0x2_0000, second.len() as u32, 0, 0)]);
+        let stats = bench.shared_stats();
+        assert_eq!((stats.free_memory, stats.total_memory), (Some(50 << 20), None));
+
+        // A second buffer while one is held: the older one comes back.
+        bench.send(2, &[descriptor(0x2_0000, second.len() as u32, 0, 0)]);
+        assert_eq!(bench.used(2), 2);
+    }
+
+    #[test]
+    fn a_malformed_stats_buffer_reports_nothing() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        bench.send(2, &[descriptor(RAM - 4, 20, 0, 0)]);
+        assert_eq!(bench.shared_stats(), BalloonStats::default());
+    }
+
+    #[test]
+    fn the_stats_timer_asks_for_fresh_figures() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        let mut timer = TimerFd::new().unwrap();
+        timer.reset(Duration::from_millis(1), None).unwrap();
+        bench.handler.stats_timer = Some(timer);
+        let fds = bench.handler.backend_fds();
+        assert_eq!(fds.len(), 1);
+        bench.send(2, &[descriptor(0x2_0000, 10, 0, 0)]);
+
+        // Wait (bounded) for the timer, as the worker's epoll does.
+        let mut poll = libc::pollfd { fd: fds[0], events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, and its count.
+        assert_eq!(unsafe { libc::poll(&mut poll, 1, 10_000) }, 1, "the timer fires");
+        bench.handler.process_backend(0);
+        assert_eq!(bench.used(2), 1);
+    }
+
+    #[test]
+    fn reported_free_pages_are_discarded() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        let first = pages(0x100, 16);
+        let second = pages(0x200, 16);
+        let kept = pages(0x1ff, 1);
+        touch(&memory, pages(0x100, 0x120));
+        // Linux reports writable descriptors, one per free block; the second one here is
+        // misaligned by a byte at each end, so only its 14 whole pages go.
+        bench.send(
+            3,
+            &[
+                descriptor(first.start, first.len() as u32, WRITE | NEXT, 1),
+                descriptor(second.start + 1, second.len() as u32 - 2, WRITE | NEXT, 2),
+                descriptor(RAM, 0x10_0000, WRITE, 0),
+            ],
+        );
+        assert_eq!(bench.used(3), 1);
+        assert_eq!(bench.interrupts(), [InterruptCause::Queue(3)]);
+        assert_eq!(resident_pages(&memory, first), 0);
+        assert_eq!(resident_pages(&memory, second), 2, "its partial first and last pages stay");
+        assert_eq!(resident_pages(&memory, pages(0x201, 14)), 0);
+        assert_eq!(resident_pages(&memory, kept), 1);
+    }
+
+    #[test]
+    fn a_notification_for_an_unused_queue_is_ignored() {
+        let memory = memory();
+        let mut bench = Bench::new(&memory);
+        bench.handler.process_queue(4);
+        bench.handler.process_queue(usize::MAX);
+        assert!(bench.interrupts().is_empty());
+    }
+
+    impl Bench<'_> {
+        fn shared_stats(&self) -> BalloonStats {
+            crate::balloon::control::BalloonControl::new(self.shared.clone()).stats()
+        }
+    }
+}

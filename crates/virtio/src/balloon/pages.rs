@@ -1,0 +1,175 @@
+//! Guest pages the driver gave up, turned into host memory given back: page frame numbers
+//! coalesced into ranges, and each range discarded with `madvise(MADV_DONTNEED)` on the host
+//! mapping behind it.
+
+use std::io;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+/// The balloon's page size: PFNs always count 4 KiB pages, whatever the guest's own page size
+/// (virtio 1.2, 5.5.6: `VIRTIO_BALLOON_PFN_SHIFT` is 12).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// A run of contiguous guest-physical bytes, page aligned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    pub start: u64,
+    /// One past the last byte; at least `start`.
+    pub end: u64,
+}
+
+impl GuestRange {
+    /// The pages `first_pfn` to `first_pfn + count - 1`.
+    pub fn from_pfns(first_pfn: u32, count: u64) -> GuestRange {
+        // A u32 PFN reaches at most 16 TiB, and `count` at most 2^32 pages: no overflow.
+        let start = u64::from(first_pfn) * PAGE_SIZE;
+        GuestRange { start, end: start + count * PAGE_SIZE }
+    }
+
+    /// The whole pages inside `len` bytes at `addr` (a free-page report), or None if there are
+    /// none. Rounding inwards means a misaligned report never costs the guest a byte it still uses.
+    pub fn whole_pages_within(addr: u64, len: u64) -> Option<GuestRange> {
+        let start = addr.checked_next_multiple_of(PAGE_SIZE)?;
+        let end = addr.saturating_add(len) / PAGE_SIZE * PAGE_SIZE;
+        (start < end).then_some(GuestRange { start, end })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// Sorts `pfns` and merges runs of consecutive page numbers into ranges (duplicates count once):
+/// one `madvise` per range instead of one per page.
+pub fn coalesce(pfns: &mut [u32]) -> Vec<GuestRange> {
+    pfns.sort_unstable();
+    let mut ranges = Vec::new();
+    let mut run: Option<(u32, u64)> = None; // (first PFN, count)
+    for &pfn in pfns.iter() {
+        run = match run {
+            Some((first, count)) if u64::from(first) + count == u64::from(pfn) => Some((first, count + 1)),
+            Some((first, count)) if u64::from(first) + count > u64::from(pfn) => Some((first, count)),
+            Some((first, count)) => {
+                ranges.push(GuestRange::from_pfns(first, count));
+                Some((pfn, 1))
+            }
+            None => Some((pfn, 1)),
+        };
+    }
+    ranges.extend(run.map(|(first, count)| GuestRange::from_pfns(first, count)));
+    ranges
+}
+
+/// Gives the host memory behind `range` back to the host kernel; the guest reads zeros there
+/// afterwards. Returns how many bytes of the range lie outside guest RAM (and were left alone).
+///
+/// Guest RAM is anonymous private memory (`GuestMemoryMmap::from_ranges`), for which
+/// `MADV_DONTNEED` frees the pages at once and the next access faults in a zeroed page.
+pub fn discard(memory: &GuestMemoryMmap, range: GuestRange) -> io::Result<u64> {
+    let mut covered = 0;
+    for region in memory.iter() {
+        let region_start = region.start_addr().0;
+        let start = range.start.max(region_start);
+        let end = range.end.min(region_start + region.len());
+        if start >= end {
+            continue;
+        }
+        let host = region
+            .get_host_address(MemoryRegionAddress(start - region_start))
+            .map_err(|e| io::Error::other(format!("guest address {start:#x} has no host address: {e}")))?;
+        let len = usize::try_from(end - start).map_err(io::Error::other)?;
+        // SAFETY: [host, host + len) lies inside one region's mapping, which `memory` keeps alive
+        // for the duration of the call, and is page aligned (regions and ranges are). Only the
+        // guest uses these bytes (vm-memory never lends out references to them), and the guest
+        // gave the pages up; MADV_DONTNEED replaces them with zero-fill-on-demand pages, which
+        // keeps the mapping valid for KVM and for every later access.
+        if unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        covered += end - start;
+    }
+    Ok(range.len() - covered)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    /// How many of the 4 KiB pages of guest RAM in `range` the host has in memory, by mincore(2):
+    /// exact and immediate, unlike RSS figures from /proc.
+    pub fn resident_pages(memory: &GuestMemoryMmap, range: GuestRange) -> usize {
+        let host = memory.get_host_address(GuestAddress(range.start)).unwrap();
+        let pages = usize::try_from(range.len() / PAGE_SIZE).unwrap();
+        let mut residency = vec![0u8; pages];
+        // SAFETY: the range is inside one mapping of `memory` (the tests use one region), page
+        // aligned, and `residency` has one byte per page.
+        let result = unsafe { libc::mincore(host.cast(), range.len() as usize, residency.as_mut_ptr()) };
+        assert_eq!(result, 0, "mincore: {}", io::Error::last_os_error());
+        residency.iter().filter(|&&byte| byte & 1 != 0).count()
+    }
+
+    /// Writes a non-zero byte into every page of `range`, so the host backs each of them.
+    pub fn touch(memory: &GuestMemoryMmap, range: GuestRange) {
+        for page in (range.start..range.end).step_by(PAGE_SIZE as usize) {
+            memory.write_obj(0xA5u8, GuestAddress(page)).unwrap();
+        }
+    }
+
+    fn pages(first: u32, count: u64) -> GuestRange {
+        GuestRange::from_pfns(first, count)
+    }
+
+    #[test]
+    fn coalescing_sorts_merges_and_drops_duplicates() {
+        assert_eq!(coalesce(&mut []), []);
+        assert_eq!(coalesce(&mut [7]), [pages(7, 1)]);
+        assert_eq!(coalesce(&mut [12, 11, 10, 3, 2, 20]), [pages(2, 2), pages(10, 3), pages(20, 1)]);
+        assert_eq!(coalesce(&mut [5, 5, 6, 5]), [pages(5, 2)]);
+        assert_eq!(coalesce(&mut [u32::MAX, u32::MAX - 1]), [pages(u32::MAX - 1, 2)]);
+    }
+
+    #[test]
+    fn reports_are_rounded_inwards_to_whole_pages() {
+        let range = |start, end| Some(GuestRange { start, end });
+        assert_eq!(GuestRange::whole_pages_within(0x10_0000, 0x20_0000), range(0x10_0000, 0x30_0000));
+        assert_eq!(GuestRange::whole_pages_within(0x1001, 0x2ffe), range(0x2000, 0x3000));
+        assert_eq!(GuestRange::whole_pages_within(0x1001, 0x1000), None);
+        assert_eq!(GuestRange::whole_pages_within(0x1000, 0), None);
+        assert_eq!(GuestRange::whole_pages_within(u64::MAX - 5, 100), None);
+    }
+
+    #[test]
+    fn discarding_frees_the_host_pages_and_zeroes_them() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let range = pages(0x100, 0x100); // 1 MiB at 1 MiB
+        touch(&memory, range);
+        assert_eq!(resident_pages(&memory, range), 0x100);
+        assert_eq!(discard(&memory, range).unwrap(), 0);
+        assert_eq!(resident_pages(&memory, range), 0);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(range.start)).unwrap(), 0);
+    }
+
+    #[test]
+    fn only_the_part_inside_guest_ram_is_discarded() {
+        // Two regions with a hole between them, as around the MMIO gap.
+        let memory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x20_0000), 0x10_0000),
+        ])
+        .unwrap();
+        let low = pages(0xf0, 0x10);
+        let high = pages(0x200, 0x10);
+        touch(&memory, low);
+        touch(&memory, high);
+        // From 16 pages below the hole to 16 pages above it: the hole's 256 pages are not RAM.
+        let across = GuestRange { start: low.start, end: high.end };
+        assert_eq!(discard(&memory, across).unwrap(), 0x10_0000);
+        assert_eq!(resident_pages(&memory, low), 0);
+        assert_eq!(resident_pages(&memory, high), 0);
+        // Entirely outside, and at the very top of the PFN space.
+        assert_eq!(discard(&memory, pages(0x1000, 4)).unwrap(), 4 * PAGE_SIZE);
+        assert_eq!(discard(&memory, pages(u32::MAX, 1)).unwrap(), PAGE_SIZE);
+    }
+}

@@ -1,0 +1,219 @@
+//! The block device as its transport sees it: features, configuration space, activation.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::QueueT;
+
+use super::backend::RawFile;
+use super::handler::{
+    BlockHandler, Disk, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SECTORS,
+    MAX_WRITE_ZEROES_SEGMENTS,
+};
+use super::{ID_BYTES, SECTOR_SIZE};
+use crate::device::{
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use crate::worker::Worker;
+
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+
+// Feature bits (virtio 1.2 section 5.2.3).
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// Data buffers per request: a request also needs a descriptor for its header and one for its
+/// status, and without indirect descriptors the whole chain must fit the queue.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Discards are best aligned to 4 KiB, the block size of common host filesystems: a hole can only
+/// be punched in whole filesystem blocks (partial ones are zeroed instead).
+const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+
+/// Bytes of `struct virtio_blk_config` Kestrel fills in: up to and including the write-zeroes
+/// fields (the secure-erase and zoned fields that follow belong to features it does not offer).
+const CONFIG_BYTES: usize = 60;
+
+/// Why a disk cannot be given to the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{0}")]
+    Open(io::Error),
+    #[error("cannot find its size: {0}")]
+    Size(io::Error),
+    #[error("its id {id:?} is {} bytes, more than the {ID_BYTES} virtio-blk allows", id.len())]
+    IdTooLong { id: String },
+}
+
+/// A virtio-blk device over a raw image file or a host block device.
+pub struct Block {
+    disk: Disk<RawFile>,
+    features: u64,
+    config: [u8; CONFIG_BYTES],
+    worker: Option<Worker>,
+}
+
+impl Block {
+    /// Opens the disk at `path` (read-only with `O_RDONLY` when `read_only`). GET_ID returns `id`,
+    /// or by default the first 20 bytes of the file's name.
+    pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, DiskError> {
+        let id = serial(path, id)?;
+        let backend = RawFile::open(path, read_only).map_err(DiskError::Open)?;
+        let bytes = backend.size().map_err(DiskError::Size)?;
+        if !bytes.is_multiple_of(SECTOR_SIZE) {
+            tracing::warn!(
+                "disk {}: {bytes} bytes is not a whole number of 512-byte sectors; the guest sees \
+                 only the first {} bytes",
+                path.display(),
+                bytes / SECTOR_SIZE * SECTOR_SIZE
+            );
+        }
+        let sectors = bytes / SECTOR_SIZE;
+        let mut features =
+            VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        features |=
+            if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
+        Ok(Block {
+            disk: Disk { backend: Arc::new(backend), sectors, read_only, id },
+            features,
+            config: config_space(sectors),
+            worker: None,
+        })
+    }
+}
+
+/// The serial number: `id` if given, else derived from the file name, NUL-padded to 20 bytes.
+fn serial(path: &Path, id: Option<&str>) -> Result<[u8; ID_BYTES], DiskError> {
+    let bytes = match id {
+        Some(id) if id.len() > ID_BYTES => return Err(DiskError::IdTooLong { id: id.to_owned() }),
+        Some(id) => id.as_bytes(),
+        None => {
+            let name = path.file_name().unwrap_or(path.as_os_str()).as_bytes();
+            &name[..name.len().min(ID_BYTES)]
+        }
+    };
+    let mut serial = [0u8; ID_BYTES];
+    serial[..bytes.len()].copy_from_slice(bytes);
+    Ok(serial)
+}
+
+/// `struct virtio_blk_config` (virtio 1.2 section 5.2.4), little-endian. The discard and
+/// write-zeroes limits are read only when those features are offered, so a read-only disk may
+/// carry them too.
+fn config_space(sectors: u64) -> [u8; CONFIG_BYTES] {
+    let mut config = [0u8; CONFIG_BYTES];
+    let mut put = |offset: usize, bytes: &[u8]| config[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(0, &sectors.to_le_bytes()); // capacity
+    put(12, &SEG_MAX.to_le_bytes()); // seg_max
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+    put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+    put(48, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+    put(52, &MAX_WRITE_ZEROES_SEGMENTS.to_le_bytes());
+    put(56, &[1]); // write_zeroes_may_unmap: the unmap flag is honoured by punching a hole
+    config
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    /// Every field Kestrel offers is read-only (`writeback` needs VIRTIO_BLK_F_CONFIG_WCE).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let ActivateContext { memory, queues, queue_events, interrupt, .. } = context;
+        let [queue]: [_; 1] = queues
+            .try_into()
+            .map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: 1 })?;
+        if !queue.ready() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        let handler = BlockHandler::new(memory, queue, interrupt, self.disk.clone());
+        self.worker =
+            Some(Worker::spawn("virtio-blk", queue_events, handler).map_err(ActivateError::Worker)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_u32(block: &Block, offset: u64) -> u32 {
+        let mut bytes = [0u8; 4];
+        block.read_config(offset, &mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    #[test]
+    fn capacity_rounds_a_partial_last_sector_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.img");
+        std::fs::File::create(&path).unwrap().set_len(10 * 512 + 100).unwrap();
+        let block = Block::open(&path, false, None).unwrap();
+        let mut capacity = [0u8; 8];
+        block.read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 10);
+        assert_eq!(config_u32(&block, 12), SEG_MAX);
+        assert_eq!(config_u32(&block, 20), 512);
+    }
+
+    #[test]
+    fn read_only_disks_offer_ro_and_no_discard() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::File::create(&path).unwrap().set_len(4096).unwrap();
+        let read_only = Block::open(&path, true, None).unwrap().features();
+        assert_ne!(read_only & VIRTIO_BLK_F_RO, 0);
+        assert_eq!(read_only & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES), 0);
+        let writable = Block::open(&path, false, None).unwrap().features();
+        assert_eq!(writable & VIRTIO_BLK_F_RO, 0);
+        assert_ne!(writable & VIRTIO_BLK_F_DISCARD, 0);
+        assert_ne!(writable & VIRTIO_BLK_F_WRITE_ZEROES, 0);
+        assert_ne!(writable & VIRTIO_BLK_F_FLUSH, 0);
+    }
+
+    #[test]
+    fn serial_from_the_id_or_the_file_name() {
+        let path = Path::new("/images/a-rather-long-disk-image-name.raw");
+        assert_eq!(&serial(path, None).unwrap(), b"a-rather-long-disk-i");
+        assert_eq!(&serial(Path::new("/d/root.img"), None).unwrap()[..9], b"root.img\0");
+        assert_eq!(&serial(path, Some("data")).unwrap()[..5], b"data\0");
+        assert!(matches!(serial(path, Some("0123456789abcdefghijk")), Err(DiskError::IdTooLong { .. })));
+    }
+
+    #[test]
+    fn directories_and_missing_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Block::open(dir.path(), true, None), Err(DiskError::Open(_))));
+        assert!(matches!(Block::open(&dir.path().join("absent"), false, None), Err(DiskError::Open(_))));
+    }
+}

@@ -1,0 +1,839 @@
+//! Parsing and executing the guest's block requests (virtio 1.2 section 5.2.6).
+//!
+//! A request is one descriptor chain: a 16-byte header the device reads (type, reserved, sector),
+//! then the data (read by the device for writes, written by it for reads), then one status byte
+//! the device writes. The status byte is the last writable byte of the chain; a chain without one
+//! cannot be answered and is completed with nothing written.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::backend::DiskBackend;
+use super::{ID_BYTES, SECTOR_SIZE};
+use crate::device::{Interrupt, InterruptCause};
+use crate::worker::QueueHandler;
+
+// Request types.
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+const VIRTIO_BLK_T_DISCARD: u32 = 11;
+const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+
+// Status byte values.
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Write-zeroes segment flag: the device may deallocate the range instead of writing zeroes.
+const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+const HEADER_BYTES: usize = 16;
+/// `struct virtio_blk_discard_write_zeroes`: le64 sector, le32 num_sectors, le32 flags.
+const SEGMENT_BYTES: usize = 16;
+
+// Limits on discard and write-zeroes requests, advertised in the configuration space. They bound
+// the work of one request: a discard only punches holes, but write-zeroes may have to write real
+// zeroes on storage that can neither punch holes nor zero ranges.
+pub(super) const MAX_DISCARD_SECTORS: u32 = 1 << 21; // 1 GiB per segment
+pub(super) const MAX_DISCARD_SEGMENTS: u32 = 32;
+pub(super) const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 18; // 128 MiB per segment
+pub(super) const MAX_WRITE_ZEROES_SEGMENTS: u32 = 8;
+
+/// Data moves between the disk and guest memory through a buffer of this size, so a request of
+/// any length costs a bounded amount of host memory.
+const BOUNCE_BYTES: usize = 128 * 1024;
+
+/// The disk as the handler sees it: storage, size and what the guest may do with it.
+pub(super) struct Disk<B> {
+    pub backend: Arc<B>,
+    /// Capacity in 512-byte sectors.
+    pub sectors: u64,
+    pub read_only: bool,
+    /// The serial number GET_ID returns, NUL-padded.
+    pub id: [u8; ID_BYTES],
+}
+
+// Not derived: a derive would require `B: Clone`, but only the `Arc` is cloned.
+impl<B> Clone for Disk<B> {
+    fn clone(&self) -> Self {
+        Disk { backend: self.backend.clone(), sectors: self.sectors, read_only: self.read_only, id: self.id }
+    }
+}
+
+/// Why a request failed; each maps to the status byte the guest gets.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("the request has no 16-byte header in device-readable descriptors")]
+    MissingHeader,
+    #[error("request type {0} is not supported")]
+    UnsupportedType(u32),
+    #[error("segment flags {0:#x} are not supported")]
+    UnsupportedFlags(u32),
+    #[error("the disk is read-only")]
+    ReadOnly,
+    #[error("{0} data bytes are not a whole number of sectors")]
+    PartialSector(usize),
+    #[error("{count} sectors from sector {sector} run past the end of the disk ({capacity} sectors)")]
+    OutOfRange { sector: u64, count: u64, capacity: u64 },
+    #[error("{0} bytes of discard/write-zeroes segments are not a whole, allowed number of segments")]
+    BadSegmentList(usize),
+    #[error("a segment of {count} sectors is over the limit of {max}")]
+    SegmentTooLarge { count: u32, max: u32 },
+    #[error("guest memory: {0}")]
+    GuestMemory(io::Error),
+    #[error("host I/O failed: {0}")]
+    Host(io::Error),
+}
+
+impl RequestError {
+    fn status(&self) -> u8 {
+        match self {
+            RequestError::UnsupportedType(_) | RequestError::UnsupportedFlags(_) => VIRTIO_BLK_S_UNSUPP,
+            _ => VIRTIO_BLK_S_IOERR,
+        }
+    }
+}
+
+/// The block device's request queue and what it needs to serve it.
+pub struct BlockHandler<B> {
+    memory: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<dyn Interrupt>,
+    disk: Disk<B>,
+    bounce: Vec<u8>,
+}
+
+impl<B: DiskBackend> BlockHandler<B> {
+    pub(super) fn new(
+        memory: GuestMemoryMmap,
+        queue: Queue,
+        interrupt: Arc<dyn Interrupt>,
+        disk: Disk<B>,
+    ) -> Self {
+        BlockHandler { memory, queue, interrupt, disk, bounce: vec![0; BOUNCE_BYTES] }
+    }
+
+    /// Serves every available request, then interrupts the driver once if it wants to know.
+    fn process_requests(&mut self) {
+        let mut used_any = false;
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
+            let head = chain.head_index();
+            let used = serve(&self.memory, &self.disk, &mut self.bounce, chain);
+            if let Err(e) = self.queue.add_used(&self.memory, head, used) {
+                tracing::error!("virtio-blk: cannot complete a request: {e:?}");
+                break;
+            }
+            used_any = true;
+        }
+        if used_any && self.queue.needs_notification(&self.memory).unwrap_or(true) {
+            if let Err(e) = self.interrupt.trigger(InterruptCause::Queue(0)) {
+                tracing::error!("virtio-blk: cannot interrupt the guest: {e}");
+            }
+        }
+    }
+}
+
+impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
+    fn process_queue(&mut self, _index: usize) {
+        self.process_requests();
+    }
+}
+
+/// Executes one request and writes its status byte; returns the bytes written to the chain (the
+/// used length).
+fn serve<B: DiskBackend>(
+    memory: &GuestMemoryMmap,
+    disk: &Disk<B>,
+    bounce: &mut [u8],
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> u32 {
+    let reader = Reader::new(memory, chain.clone());
+    let mut data = match Writer::new(memory, chain) {
+        Ok(writer) if writer.available_bytes() > 0 => writer,
+        Ok(_) => {
+            tracing::warn!("virtio-blk: a request has no status byte; completed unanswered");
+            return 0;
+        }
+        Err(e) => {
+            tracing::warn!("virtio-blk: a request's writable buffers are not in guest memory: {e}");
+            return 0;
+        }
+    };
+    let status_offset = data.available_bytes() - 1;
+    let mut status = match data.split_at(status_offset) {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::warn!("virtio-blk: cannot find a request's status byte: {e}");
+            return 0;
+        }
+    };
+    let result = match reader {
+        Ok(mut reader) => execute(disk, bounce, &mut reader, &mut data),
+        Err(e) => Err(RequestError::GuestMemory(io::Error::other(e))),
+    };
+    let status_byte = match result {
+        Ok(()) => VIRTIO_BLK_S_OK,
+        Err(e) => {
+            match e {
+                RequestError::Host(_) => tracing::warn!("virtio-blk: {e}"),
+                _ => tracing::debug!("virtio-blk: request rejected: {e}"),
+            }
+            e.status()
+        }
+    };
+    if let Err(e) = status.write_all(&[status_byte]) {
+        tracing::warn!("virtio-blk: cannot write a status byte: {e}");
+        return 0;
+    }
+    // The driver's writable buffers are a u32 length at most in each of at most 65536 descriptors;
+    // saturate rather than wrap on a chain claiming more than 4 GiB.
+    u32::try_from(data.bytes_written() + 1).unwrap_or(u32::MAX)
+}
+
+/// Carries out the request whose header `reader` starts with. `data` is the chain's writable part
+/// without the status byte.
+fn execute<B: DiskBackend>(
+    disk: &Disk<B>,
+    bounce: &mut [u8],
+    reader: &mut Reader,
+    data: &mut Writer,
+) -> Result<(), RequestError> {
+    let mut header = [0u8; HEADER_BYTES];
+    reader.read_exact(&mut header).map_err(|_| RequestError::MissingHeader)?;
+    let [t0, t1, t2, t3, _, _, _, _, sector @ ..] = header;
+    let request_type = u32::from_le_bytes([t0, t1, t2, t3]);
+    let sector = u64::from_le_bytes(sector);
+    match request_type {
+        VIRTIO_BLK_T_IN => read_sectors(disk, bounce, sector, data),
+        VIRTIO_BLK_T_OUT => write_sectors(disk, bounce, sector, reader),
+        VIRTIO_BLK_T_FLUSH => disk.backend.flush().map_err(RequestError::Host),
+        VIRTIO_BLK_T_GET_ID => {
+            let count = data.available_bytes().min(ID_BYTES);
+            data.write_all(&disk.id[..count]).map_err(RequestError::GuestMemory)
+        }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            let discard = request_type == VIRTIO_BLK_T_DISCARD;
+            zero_segments(disk, reader, discard)
+        }
+        other => Err(RequestError::UnsupportedType(other)),
+    }
+}
+
+/// The byte offset of `bytes` of data starting at `sector`, once they are known to fit the disk.
+fn byte_range<B>(disk: &Disk<B>, sector: u64, bytes: usize) -> Result<u64, RequestError> {
+    if !(bytes as u64).is_multiple_of(SECTOR_SIZE) {
+        return Err(RequestError::PartialSector(bytes));
+    }
+    sector_range(disk, sector, bytes as u64 / SECTOR_SIZE)
+}
+
+/// The byte offset of `count` sectors from `sector`, once they are known to fit the disk.
+fn sector_range<B>(disk: &Disk<B>, sector: u64, count: u64) -> Result<u64, RequestError> {
+    match sector.checked_add(count) {
+        // Cannot overflow: the capacity in bytes is the size of the backing file.
+        Some(end) if end <= disk.sectors => Ok(sector * SECTOR_SIZE),
+        _ => Err(RequestError::OutOfRange { sector, count, capacity: disk.sectors }),
+    }
+}
+
+/// VIRTIO_BLK_T_IN: disk to guest, a bounce buffer at a time.
+fn read_sectors<B: DiskBackend>(
+    disk: &Disk<B>,
+    bounce: &mut [u8],
+    sector: u64,
+    data: &mut Writer,
+) -> Result<(), RequestError> {
+    let mut remaining = data.available_bytes();
+    let mut offset = byte_range(disk, sector, remaining)?;
+    while remaining > 0 {
+        let chunk = &mut bounce[..remaining.min(BOUNCE_BYTES)];
+        disk.backend.read_at(chunk, offset).map_err(RequestError::Host)?;
+        data.write_all(chunk).map_err(RequestError::GuestMemory)?;
+        offset += chunk.len() as u64;
+        remaining -= chunk.len();
+    }
+    Ok(())
+}
+
+/// VIRTIO_BLK_T_OUT: guest to disk, a bounce buffer at a time.
+fn write_sectors<B: DiskBackend>(
+    disk: &Disk<B>,
+    bounce: &mut [u8],
+    sector: u64,
+    data: &mut Reader,
+) -> Result<(), RequestError> {
+    if disk.read_only {
+        return Err(RequestError::ReadOnly);
+    }
+    let mut remaining = data.available_bytes();
+    let mut offset = byte_range(disk, sector, remaining)?;
+    while remaining > 0 {
+        let chunk = &mut bounce[..remaining.min(BOUNCE_BYTES)];
+        data.read_exact(chunk).map_err(RequestError::GuestMemory)?;
+        disk.backend.write_at(chunk, offset).map_err(RequestError::Host)?;
+        offset += chunk.len() as u64;
+        remaining -= chunk.len();
+    }
+    Ok(())
+}
+
+/// One range of a discard or write-zeroes request.
+struct Segment {
+    sector: u64,
+    count: u32,
+    flags: u32,
+}
+
+/// VIRTIO_BLK_T_DISCARD and VIRTIO_BLK_T_WRITE_ZEROES: every segment is checked before any is
+/// carried out, so a bad request changes nothing.
+fn zero_segments<B: DiskBackend>(
+    disk: &Disk<B>,
+    reader: &mut Reader,
+    discard: bool,
+) -> Result<(), RequestError> {
+    if disk.read_only {
+        return Err(RequestError::ReadOnly);
+    }
+    let (max_segments, max_sectors, allowed_flags) = if discard {
+        // A discard's unmap flag is reserved (section 5.2.6.2): the device must refuse it.
+        (MAX_DISCARD_SEGMENTS, MAX_DISCARD_SECTORS, 0)
+    } else {
+        (MAX_WRITE_ZEROES_SEGMENTS, MAX_WRITE_ZEROES_SECTORS, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)
+    };
+    let bytes = reader.available_bytes();
+    let count = bytes / SEGMENT_BYTES;
+    if !bytes.is_multiple_of(SEGMENT_BYTES) || count == 0 || count > max_segments as usize {
+        return Err(RequestError::BadSegmentList(bytes));
+    }
+    let mut segments = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut raw = [0u8; SEGMENT_BYTES];
+        reader.read_exact(&mut raw).map_err(RequestError::GuestMemory)?;
+        let [sector @ .., c0, c1, c2, c3, f0, f1, f2, f3] = raw;
+        let segment = Segment {
+            sector: u64::from_le_bytes(sector),
+            count: u32::from_le_bytes([c0, c1, c2, c3]),
+            flags: u32::from_le_bytes([f0, f1, f2, f3]),
+        };
+        if segment.flags & !allowed_flags != 0 {
+            return Err(RequestError::UnsupportedFlags(segment.flags));
+        }
+        if segment.count > max_sectors {
+            return Err(RequestError::SegmentTooLarge { count: segment.count, max: max_sectors });
+        }
+        sector_range(disk, segment.sector, segment.count.into())?;
+        segments.push(segment);
+    }
+    for segment in segments {
+        let offset = segment.sector * SECTOR_SIZE;
+        let length = u64::from(segment.count) * SECTOR_SIZE;
+        let result = if discard {
+            disk.backend.discard(offset, length)
+        } else {
+            let may_unmap = segment.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+            disk.backend.write_zeroes(offset, length, may_unmap)
+        };
+        result.map_err(RequestError::Host)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::sync::Mutex;
+
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    use super::*;
+    use crate::block::RawFile;
+
+    const NEXT: u16 = 1; // VRING_DESC_F_NEXT
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+
+    const HEADER: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const STATUS: u64 = 0x8_0000;
+    /// Sectors of the test disks (64 KiB).
+    const SECTORS: u64 = 128;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<InterruptCause>>);
+    impl Interrupt for Recorder {
+        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
+            self.0.lock().unwrap().push(cause);
+            Ok(())
+        }
+    }
+
+    /// A backend whose every operation fails, as a disk with I/O errors would.
+    struct Failing;
+    impl DiskBackend for Failing {
+        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&self) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// A sparse temporary file of `SECTORS` sectors whose sector n is filled with the byte n.
+    fn patterned_disk() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let file = File::create(&path).unwrap();
+        for sector in 0..SECTORS {
+            file.write_all_at(&[sector as u8; 512], sector * 512).unwrap();
+        }
+        (dir, path)
+    }
+
+    fn disk_of<B>(backend: B, read_only: bool) -> Disk<B> {
+        let mut id = [0u8; ID_BYTES];
+        id[..9].copy_from_slice(b"test-disk");
+        Disk { backend: Arc::new(backend), sectors: SECTORS, read_only, id }
+    }
+
+    fn raw_disk(path: &std::path::Path, read_only: bool) -> Disk<RawFile> {
+        disk_of(RawFile::open(path, read_only).unwrap(), read_only)
+    }
+
+    /// One buffer of a chain: guest address, length, and whether the device writes it.
+    #[derive(Clone, Copy)]
+    struct Buffer(u64, u32, bool);
+
+    fn header(memory: &GuestMemoryMmap, request_type: u32, sector: u64) -> Buffer {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+        bytes[8..].copy_from_slice(&sector.to_le_bytes());
+        memory.write_slice(&bytes, GuestAddress(HEADER)).unwrap();
+        Buffer(HEADER, 16, false)
+    }
+
+    fn status_buffer(memory: &GuestMemoryMmap) -> Buffer {
+        memory.write_obj(0xFFu8, GuestAddress(STATUS)).unwrap();
+        Buffer(STATUS, 1, true)
+    }
+
+    fn status_byte(memory: &GuestMemoryMmap) -> u8 {
+        memory.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    /// The usual three-descriptor request: header, data (`length` bytes at DATA), status.
+    fn request(
+        memory: &GuestMemoryMmap,
+        request_type: u32,
+        sector: u64,
+        length: u32,
+        device_writes: bool,
+    ) -> Vec<Buffer> {
+        vec![header(memory, request_type, sector), Buffer(DATA, length, device_writes), status_buffer(memory)]
+    }
+
+    /// Runs the handler once over `chains`; returns each chain's used length and the interrupts.
+    fn serve_chains<B: DiskBackend>(
+        memory: &GuestMemoryMmap,
+        disk: Disk<B>,
+        chains: &[Vec<Buffer>],
+    ) -> (Vec<u32>, Vec<InterruptCause>) {
+        let mock = MockSplitQueue::new(memory, 16);
+        let mut offset = 0u16;
+        for chain in chains {
+            let descriptors: Vec<RawDescriptor> = chain
+                .iter()
+                .enumerate()
+                .map(|(i, &Buffer(addr, len, writable))| {
+                    let last = i + 1 == chain.len();
+                    let flags = if writable { WRITE } else { 0 } | if last { 0 } else { NEXT };
+                    RawDescriptor::from(Descriptor::new(addr, len, flags, offset + i as u16 + 1))
+                })
+                .collect();
+            mock.add_desc_chains(&descriptors, offset).unwrap();
+            offset += chain.len() as u16;
+        }
+        let queue: Queue = mock.create_queue().unwrap();
+        let interrupts = Arc::new(Recorder::default());
+        let mut handler = BlockHandler::new(memory.clone(), queue, interrupts.clone(), disk);
+        handler.process_queue(0);
+        let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(usize::from(used_index), chains.len(), "every request is completed");
+        let used = (0..chains.len())
+            .map(|i| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * i as u64 + 4)).unwrap())
+            .collect();
+        let raised = interrupts.0.lock().unwrap().clone();
+        (used, raised)
+    }
+
+    fn serve_one<B: DiskBackend>(memory: &GuestMemoryMmap, disk: Disk<B>, chain: Vec<Buffer>) -> u32 {
+        serve_chains(memory, disk, &[chain]).0[0]
+    }
+
+    fn read_guest(memory: &GuestMemoryMmap, address: u64, length: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; length];
+        memory.read_slice(&mut bytes, GuestAddress(address)).unwrap();
+        bytes
+    }
+
+    fn sector_holds(contents: &[u8], sector: usize, byte: u8) -> bool {
+        contents[sector * 512..(sector + 1) * 512].iter().all(|&b| b == byte)
+    }
+
+    fn segment(memory: &GuestMemoryMmap, at: u64, sector: u64, count: u32, flags: u32) {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&sector.to_le_bytes());
+        bytes[8..12].copy_from_slice(&count.to_le_bytes());
+        bytes[12..].copy_from_slice(&flags.to_le_bytes());
+        memory.write_slice(&bytes, GuestAddress(at)).unwrap();
+    }
+
+    #[test]
+    fn reads_sectors_into_guest_memory() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let used =
+            serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_IN, 3, 1024, true));
+        assert_eq!(used, 1025, "data and status byte");
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        let data = read_guest(&memory, DATA, 1024);
+        assert!(data[..512].iter().all(|&b| b == 3) && data[512..].iter().all(|&b| b == 4));
+    }
+
+    #[test]
+    fn a_read_spread_over_several_buffers_and_bigger_than_the_bounce_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.img");
+        let contents: Vec<u8> = (0..0x6_0000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &contents).unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let mut disk = raw_disk(&path, false);
+        disk.sectors = contents.len() as u64 / 512;
+        let chain = vec![
+            header(&memory, VIRTIO_BLK_T_IN, 2),
+            Buffer(0x10_0000, 0x200, true),
+            Buffer(0x11_0000, 0x5_FA00, true),
+            status_buffer(&memory),
+        ];
+        assert_eq!(serve_one(&memory, disk, chain), 0x6_0000 - 0x400 + 1);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        assert_eq!(read_guest(&memory, 0x10_0000, 0x200), contents[0x400..0x600]);
+        assert_eq!(read_guest(&memory, 0x11_0000, 0x5_FA00), contents[0x600..]);
+    }
+
+    #[test]
+    fn writes_guest_data_to_the_disk() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        memory.write_slice(&[0xAB; 512], GuestAddress(DATA)).unwrap();
+        let used =
+            serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_OUT, 5, 512, false));
+        assert_eq!(used, 1, "only the status byte is written");
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        let contents = std::fs::read(&path).unwrap();
+        assert!(contents[5 * 512..6 * 512].iter().all(|&b| b == 0xAB));
+        assert!(contents[4 * 512..5 * 512].iter().all(|&b| b == 4), "the sector before is untouched");
+        assert!(contents[6 * 512..7 * 512].iter().all(|&b| b == 6), "the sector after is untouched");
+    }
+
+    #[test]
+    fn flush_succeeds() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let chain = vec![header(&memory, VIRTIO_BLK_T_FLUSH, 0), status_buffer(&memory)];
+        assert_eq!(serve_one(&memory, raw_disk(&path, false), chain), 1);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn get_id_returns_the_padded_serial() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        memory.write_slice(&[0xFF; 20], GuestAddress(DATA)).unwrap();
+        let used =
+            serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_GET_ID, 0, 20, true));
+        assert_eq!(used, 21);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        assert_eq!(read_guest(&memory, DATA, 20), b"test-disk\0\0\0\0\0\0\0\0\0\0\0");
+    }
+
+    #[test]
+    fn discard_punches_a_hole_that_reads_back_as_zeroes() {
+        let (_dir, path) = patterned_disk();
+        let blocks_before = std::fs::metadata(&path).unwrap().blocks();
+        let memory = memory();
+        // Sectors 16..80: 32 KiB, whole 4 KiB filesystem blocks.
+        segment(&memory, DATA, 16, 64, 0);
+        let used =
+            serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_DISCARD, 0, 16, false));
+        assert_eq!(used, 1);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        let blocks_after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(blocks_after < blocks_before, "st_blocks {blocks_before} -> {blocks_after}: no hole");
+        let contents = std::fs::read(&path).unwrap();
+        assert_eq!(contents.len() as u64, SECTORS * 512, "the size is kept");
+        assert!(contents[16 * 512..80 * 512].iter().all(|&b| b == 0));
+        assert!(contents[15 * 512..16 * 512].iter().all(|&b| b == 15));
+        assert!(contents[80 * 512..81 * 512].iter().all(|&b| b == 80));
+    }
+
+    #[test]
+    fn write_zeroes_with_and_without_unmap() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        segment(&memory, DATA, 8, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+        segment(&memory, DATA + 16, 40, 3, 0);
+        let chain = request(&memory, VIRTIO_BLK_T_WRITE_ZEROES, 0, 32, false);
+        assert_eq!(serve_one(&memory, raw_disk(&path, false), chain), 1);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        let contents = std::fs::read(&path).unwrap();
+        assert!(contents[8 * 512..16 * 512].iter().all(|&b| b == 0));
+        assert!(contents[40 * 512..43 * 512].iter().all(|&b| b == 0));
+        assert!(contents[16 * 512..17 * 512].iter().all(|&b| b == 16));
+        assert!(contents[43 * 512..44 * 512].iter().all(|&b| b == 43));
+    }
+
+    #[test]
+    fn discard_with_the_unmap_flag_or_unknown_flags_is_unsupported() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        for (request_type, flags) in [(VIRTIO_BLK_T_DISCARD, 1), (VIRTIO_BLK_T_WRITE_ZEROES, 2)] {
+            segment(&memory, DATA, 0, 8, flags);
+            serve_one(&memory, raw_disk(&path, false), request(&memory, request_type, 0, 16, false));
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_UNSUPP, "type {request_type} flags {flags}");
+        }
+        let contents = std::fs::read(&path).unwrap();
+        assert!((1..8).all(|n| sector_holds(&contents, n, n as u8)), "nothing was zeroed");
+    }
+
+    #[test]
+    fn malformed_segment_lists_are_io_errors_and_change_nothing() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        /// (first sector, sector count) of each segment.
+        type Ranges = &'static [(u64, u32)];
+        let huge = 1 << 40;
+        let cases: [(&str, u64, u32, Ranges); 5] = [
+            ("not a whole segment", SECTORS, 15, &[(8, 8)]),
+            ("no segment", SECTORS, 0, &[]),
+            ("second segment past the end", SECTORS, 32, &[(8, 8), (SECTORS - 1, 2)]),
+            ("over the sector limit", huge, 32, &[(8, 8), (0, MAX_WRITE_ZEROES_SECTORS + 1)]),
+            ("over the segment limit", SECTORS, 9 * 16, &[(8, 8); 9]),
+        ];
+        for (what, sectors, length, segments) in cases {
+            for (i, &(sector, count)) in segments.iter().enumerate() {
+                segment(&memory, DATA + 16 * i as u64, sector, count, 0);
+            }
+            let mut disk = raw_disk(&path, false);
+            disk.sectors = sectors;
+            serve_one(&memory, disk, request(&memory, VIRTIO_BLK_T_WRITE_ZEROES, 0, length, false));
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR, "{what}");
+        }
+        let contents = std::fs::read(&path).unwrap();
+        assert!(sector_holds(&contents, 8, 8), "the valid segments of bad requests are not carried out");
+    }
+
+    #[test]
+    fn a_read_only_disk_refuses_every_change_with_an_io_error() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        segment(&memory, DATA, 0, 8, 0);
+        for request_type in [VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+            let used =
+                serve_one(&memory, raw_disk(&path, true), request(&memory, request_type, 0, 512, false));
+            assert_eq!(used, 1);
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR, "request type {request_type}");
+        }
+        assert!(std::fs::read(&path).unwrap()[..512].iter().all(|&b| b == 0), "sector 0 is unchanged");
+        assert!(std::fs::read(&path).unwrap()[512..1024].iter().all(|&b| b == 1), "sector 1 is unchanged");
+        // Reading still works.
+        serve_one(&memory, raw_disk(&path, true), request(&memory, VIRTIO_BLK_T_IN, 1, 512, true));
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+        assert!(read_guest(&memory, DATA, 512).iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn requests_past_the_end_are_io_errors() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        for (request_type, sector, length) in [
+            (VIRTIO_BLK_T_IN, SECTORS, 512),
+            (VIRTIO_BLK_T_IN, SECTORS - 1, 1024),
+            (VIRTIO_BLK_T_OUT, SECTORS - 1, 1024),
+            (VIRTIO_BLK_T_IN, u64::MAX, 512),
+        ] {
+            serve_one(
+                &memory,
+                raw_disk(&path, false),
+                request(&memory, request_type, sector, length, request_type == VIRTIO_BLK_T_IN),
+            );
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR, "type {request_type} sector {sector}");
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SECTORS * 512, "the file did not grow");
+    }
+
+    #[test]
+    fn partial_sectors_are_io_errors() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_IN, 0, 100, true));
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn unknown_request_types_are_unsupported() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        for request_type in [2, 7, 14, u32::MAX] {
+            serve_one(&memory, raw_disk(&path, false), request(&memory, request_type, 0, 512, true));
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_UNSUPP, "request type {request_type}");
+        }
+    }
+
+    #[test]
+    fn host_failures_are_io_errors() {
+        let memory = memory();
+        segment(&memory, DATA, 0, 8, 0);
+        for (request_type, device_writes) in [
+            (VIRTIO_BLK_T_IN, true),
+            (VIRTIO_BLK_T_OUT, false),
+            (VIRTIO_BLK_T_FLUSH, false),
+            (VIRTIO_BLK_T_DISCARD, false),
+            (VIRTIO_BLK_T_WRITE_ZEROES, false),
+        ] {
+            let length = if device_writes { 512 } else { 16 };
+            serve_one(
+                &memory,
+                disk_of(Failing, false),
+                request(&memory, request_type, 0, length, device_writes),
+            );
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR, "request type {request_type}");
+        }
+    }
+
+    #[test]
+    fn a_short_read_from_a_shrunken_image_is_an_io_error() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let disk = raw_disk(&path, false);
+        // Another process truncates the image behind the device's back.
+        File::options().write(true).open(&path).unwrap().set_len(512).unwrap();
+        serve_one(&memory, disk, request(&memory, VIRTIO_BLK_T_IN, 4, 512, true));
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn a_failing_host_write_is_an_io_error() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        // The file is open O_RDONLY, so pwrite fails (EBADF) although the guest sees a writable disk.
+        let disk = disk_of(RawFile::open(&path, true).unwrap(), false);
+        memory.write_slice(&[0xAB; 512], GuestAddress(DATA)).unwrap();
+        serve_one(&memory, disk, request(&memory, VIRTIO_BLK_T_OUT, 0, 512, false));
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn several_requests_complete_with_one_interrupt() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let chains: Vec<Vec<Buffer>> = (0..4u64)
+            .map(|i| vec![header(&memory, VIRTIO_BLK_T_FLUSH, 0), Buffer(STATUS + 0x100 * i, 1, true)])
+            .collect();
+        let (used, interrupts) = serve_chains(&memory, raw_disk(&path, false), &chains);
+        assert_eq!(used, [1, 1, 1, 1]);
+        assert_eq!(interrupts, [InterruptCause::Queue(0)]);
+    }
+
+    #[test]
+    fn a_request_without_a_header_is_an_io_error() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        // Only 8 header bytes.
+        let chain = vec![Buffer(HEADER, 8, false), status_buffer(&memory)];
+        assert_eq!(serve_one(&memory, raw_disk(&path, false), chain), 1);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn a_header_in_a_writable_descriptor_is_an_io_error() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let mut chain = request(&memory, VIRTIO_BLK_T_OUT, 0, 512, true);
+        chain[0].2 = true;
+        serve_one(&memory, raw_disk(&path, false), chain);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR);
+        assert!(std::fs::read(&path).unwrap()[..512].iter().all(|&b| b == 0), "nothing was written");
+    }
+
+    #[test]
+    fn a_request_without_a_status_byte_completes_unanswered() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        memory.write_slice(&[0xAB; 512], GuestAddress(DATA)).unwrap();
+        let chain = vec![header(&memory, VIRTIO_BLK_T_OUT, 0), Buffer(DATA, 512, false)];
+        assert_eq!(serve_one(&memory, raw_disk(&path, false), chain), 0);
+        assert!(std::fs::read(&path).unwrap()[..512].iter().all(|&b| b == 0), "nothing was written");
+    }
+
+    #[test]
+    fn buffers_outside_guest_memory_fail_alone() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        // Readable data outside memory: the status byte still reports the failure.
+        let chain = vec![
+            header(&memory, VIRTIO_BLK_T_OUT, 0),
+            Buffer(0xF000_0000, 512, false),
+            status_buffer(&memory),
+        ];
+        // Status byte outside memory: nothing can be reported.
+        let unanswerable = vec![header(&memory, VIRTIO_BLK_T_FLUSH, 0), Buffer(0xF000_0000, 1, true)];
+        let flush = vec![header(&memory, VIRTIO_BLK_T_FLUSH, 0), Buffer(STATUS + 0x100, 1, true)];
+        let (used, _) = serve_chains(&memory, raw_disk(&path, false), &[chain, unanswerable, flush]);
+        assert_eq!(used, [1, 0, 1]);
+        assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(STATUS + 0x100)).unwrap(), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn a_descriptor_loop_does_not_hang() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let mock = MockSplitQueue::new(&memory, 16);
+        header(&memory, VIRTIO_BLK_T_IN, 0);
+        // Descriptor 0 (the header) chains to descriptor 1, which chains back to itself forever.
+        let descriptors = [
+            RawDescriptor::from(Descriptor::new(HEADER, 16, NEXT, 1)),
+            RawDescriptor::from(Descriptor::new(DATA, 512, WRITE | NEXT, 1)),
+        ];
+        mock.desc_table().store(0, descriptors[0]).unwrap();
+        mock.desc_table().store(1, descriptors[1]).unwrap();
+        memory.write_obj::<u16>(0, mock.avail_addr().unchecked_add(4)).unwrap();
+        memory.write_obj::<u16>(1, mock.avail_addr().unchecked_add(2)).unwrap();
+        let queue: Queue = mock.create_queue().unwrap();
+        let mut handler =
+            BlockHandler::new(memory.clone(), queue, Arc::new(Recorder::default()), raw_disk(&path, false));
+        handler.process_queue(0);
+        let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_index, 1, "the looping request is completed and the queue moves on");
+    }
+}

@@ -1,0 +1,22 @@
+//! virtio-blk (block device, virtio 1.2 section 5.2): one request queue over a raw disk image or a
+//! host block device.
+//!
+//! `backend.rs` is the storage (positional I/O, hole punching), `device.rs` is what the transport
+//! sees (features, configuration space), `handler.rs` parses and executes the guest's requests on
+//! the device's worker thread.
+//!
+//! The disk is addressed in 512-byte sectors. An image whose size is not a multiple of 512 is
+//! rounded down: its last partial sector cannot be reached by the guest (a warning says so).
+
+mod backend;
+mod device;
+mod handler;
+
+pub use backend::{DiskBackend, RawFile};
+pub use device::{Block, DiskError};
+
+/// The unit of the guest's addressing, whatever the host storage's own block size.
+const SECTOR_SIZE: u64 = 512;
+
+/// The serial number GET_ID returns is at most this long (NUL-padded when shorter).
+pub const ID_BYTES: usize = 20;

@@ -1,0 +1,595 @@
+//! Moving frames between the guest's queues and the backend (the tap), with back-pressure both
+//! ways: a frame the backend cannot take yet is held until it becomes writable, and the backend
+//! is not read while the guest has no receive buffer for what it would yield.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use super::{MAX_FRAME_BYTES, VNET_HDR_LEN};
+use crate::device::{Interrupt, InterruptCause};
+use crate::worker::QueueHandler;
+
+/// The receive queue's index (virtio 1.2, 5.1.2).
+pub const RX_QUEUE: usize = 0;
+/// The transmit queue's index.
+pub const TX_QUEUE: usize = 1;
+
+/// At most this many frames are received per wake-up, so a flood from the host cannot keep the
+/// worker from the transmit queue; the backend, still readable, wakes it again at once.
+const RX_FRAMES_PER_WAKE: usize = 256;
+
+/// Offset of `num_buffers` in the header: the backend leaves it alone, the device must set it.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Where frames go to and come from: each read or write is one whole frame, virtio-net header
+/// first, and neither ever blocks.
+pub trait FrameBackend: AsRawFd + Send + 'static {
+    /// Reads one frame into `buffer`; `WouldBlock` when none is waiting.
+    fn receive(&mut self, buffer: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame; `WouldBlock` when the backend cannot take it yet.
+    fn send(&mut self, frame: &[u8]) -> io::Result<usize>;
+}
+
+/// Why a transmit request fails (it is completed without its frame being sent).
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error("malformed descriptor chain: {0}")]
+    Chain(virtio_queue::Error),
+    #[error("{0} bytes is less than the {VNET_HDR_LEN}-byte virtio-net header")]
+    TooShort(usize),
+    #[error("{0} bytes is more than the {MAX_FRAME_BYTES} a frame may have")]
+    TooLong(usize),
+    #[error("cannot read it from guest memory: {0}")]
+    Read(io::Error),
+}
+
+/// A transmit request whose frame the backend could not take yet; the frame waits in `tx_frame`.
+struct HeldTx {
+    head: u16,
+    len: usize,
+}
+
+/// The device's two queues, its backend, and the state of the flow between them.
+pub struct NetHandler<B> {
+    memory: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn Interrupt>,
+    backend: B,
+    /// One byte longer than the largest frame, so that a longer one shows as such instead of
+    /// arriving cut short.
+    rx_frame: Box<[u8]>,
+    tx_frame: Box<[u8]>,
+    held_tx: Option<HeldTx>,
+    /// The guest had no receive buffer left: the backend is not read until it gives some.
+    rx_starved: bool,
+    /// The backend failed for good when read: it is not read again.
+    rx_broken: bool,
+}
+
+impl<B: FrameBackend> NetHandler<B> {
+    pub fn new(
+        memory: GuestMemoryMmap,
+        rx: Queue,
+        tx: Queue,
+        interrupt: Arc<dyn Interrupt>,
+        backend: B,
+    ) -> Self {
+        NetHandler {
+            memory,
+            rx,
+            tx,
+            interrupt,
+            backend,
+            rx_frame: vec![0; MAX_FRAME_BYTES + 1].into_boxed_slice(),
+            tx_frame: vec![0; MAX_FRAME_BYTES].into_boxed_slice(),
+            held_tx: None,
+            rx_starved: false,
+            rx_broken: false,
+        }
+    }
+
+    /// Moves frames from the backend into the guest's receive buffers until either runs out.
+    fn receive_frames(&mut self) {
+        if self.rx_broken {
+            return;
+        }
+        let mut used_any = false;
+        for _ in 0..RX_FRAMES_PER_WAKE {
+            // The buffer is taken first, so that without one no frame is read (and none lost).
+            let Some(chain) = self.rx.pop_descriptor_chain(&self.memory) else {
+                self.rx_starved = true;
+                break;
+            };
+            self.rx_starved = false;
+            let head = chain.head_index();
+            let mut writer = match chain.writer(&self.memory) {
+                Ok(writer) if writer.available_bytes() >= VNET_HDR_LEN => writer,
+                Ok(writer) => {
+                    let bytes = writer.available_bytes();
+                    tracing::warn!("virtio-net: a receive buffer of {bytes} bytes cannot hold the header");
+                    used_any |= complete(&mut self.rx, &self.memory, head, 0);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("virtio-net: malformed receive buffer: {e}");
+                    used_any |= complete(&mut self.rx, &self.memory, head, 0);
+                    continue;
+                }
+            };
+            let len = match self.backend.receive(&mut self.rx_frame) {
+                Ok(len) => len,
+                Err(e) => {
+                    // The buffer goes back to the queue for the next frame.
+                    self.rx.go_to_previous_position();
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => {
+                            tracing::error!("virtio-net: cannot receive from the tap, giving up on it: {e}");
+                            self.rx_broken = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            if !(VNET_HDR_LEN..=MAX_FRAME_BYTES).contains(&len) || len > writer.available_bytes() {
+                // A frame the guest has no room for is dropped, as a NIC would; the buffer waits
+                // for the next frame.
+                tracing::debug!(
+                    "virtio-net: dropping a {len}-byte frame for a {}-byte receive buffer",
+                    writer.available_bytes()
+                );
+                self.rx.go_to_previous_position();
+                continue;
+            }
+            // Each frame fills one buffer chain (no VIRTIO_NET_F_MRG_RXBUF).
+            self.rx_frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+            let written = match writer.write_all(&self.rx_frame[..len]) {
+                Ok(()) => len as u32,
+                Err(e) => {
+                    tracing::warn!("virtio-net: cannot write a frame into guest memory: {e}");
+                    0
+                }
+            };
+            used_any |= complete(&mut self.rx, &self.memory, head, written);
+        }
+        if used_any {
+            signal_used(&mut self.rx, &self.memory, self.interrupt.as_ref(), RX_QUEUE);
+        }
+    }
+
+    /// Sends the held frame, then every transmit request, until the backend stops taking them.
+    fn transmit_frames(&mut self) {
+        let mut used_any = false;
+        if let Some(held) = self.held_tx.take() {
+            if !self.send(held.len) {
+                self.held_tx = Some(held);
+                return;
+            }
+            used_any |= complete(&mut self.tx, &self.memory, held.head, 0);
+        }
+        while let Some(chain) = self.tx.pop_descriptor_chain(&self.memory) {
+            let head = chain.head_index();
+            match gather(chain, &self.memory, &mut self.tx_frame) {
+                Ok(len) if !self.send(len) => {
+                    self.held_tx = Some(HeldTx { head, len });
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("virtio-net: transmit request failed: {e}"),
+            }
+            // The device writes nothing into a transmit request.
+            used_any |= complete(&mut self.tx, &self.memory, head, 0);
+        }
+        if used_any {
+            signal_used(&mut self.tx, &self.memory, self.interrupt.as_ref(), TX_QUEUE);
+        }
+    }
+
+    /// Offers the first `len` bytes of `tx_frame` to the backend: false if it would block (the
+    /// frame must be kept), true once it is sent or refused for good.
+    fn send(&mut self, len: usize) -> bool {
+        loop {
+            match self.backend.send(&self.tx_frame[..len]) {
+                Ok(_) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // A frame the tap refuses (a bad header, the interface gone) is dropped.
+                    tracing::warn!("virtio-net: the tap refused a {len}-byte frame: {e}");
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Copies a transmit request (header and frame) into `frame`; returns its length.
+fn gather(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    memory: &GuestMemoryMmap,
+    frame: &mut [u8],
+) -> Result<usize, TxError> {
+    let mut reader = chain.reader(memory).map_err(TxError::Chain)?;
+    let len = reader.available_bytes();
+    if len < VNET_HDR_LEN {
+        return Err(TxError::TooShort(len));
+    }
+    let destination = frame.get_mut(..len).ok_or(TxError::TooLong(len))?;
+    reader.read_exact(destination).map_err(TxError::Read)?;
+    Ok(len)
+}
+
+/// Puts a request in the used ring; false if the ring cannot be written (nothing was used).
+fn complete(queue: &mut Queue, memory: &GuestMemoryMmap, head: u16, len: u32) -> bool {
+    match queue.add_used(memory, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("virtio-net: cannot complete a request: {e}");
+            false
+        }
+    }
+}
+
+/// Interrupts the driver about `index`'s used buffers, if it wants to know.
+fn signal_used(queue: &mut Queue, memory: &GuestMemoryMmap, interrupt: &dyn Interrupt, index: usize) {
+    if queue.needs_notification(memory).unwrap_or(true) {
+        if let Err(e) = interrupt.trigger(InterruptCause::Queue(index as u16)) {
+            tracing::error!("virtio-net: cannot interrupt the guest: {e}");
+        }
+    }
+}
+
+impl<B: FrameBackend> QueueHandler for NetHandler<B> {
+    fn process_queue(&mut self, index: usize) {
+        match index {
+            RX_QUEUE => self.receive_frames(),
+            TX_QUEUE => self.transmit_frames(),
+            _ => {}
+        }
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        vec![self.backend.as_raw_fd()]
+    }
+
+    fn process_backend(&mut self, _index: usize) {
+        if self.held_tx.is_some() {
+            self.transmit_frames();
+        }
+        self.receive_frames();
+    }
+
+    fn backend_interest(&self, _index: usize) -> EventSet {
+        let mut interest = EventSet::empty();
+        if !self.rx_starved && !self.rx_broken {
+            interest |= EventSet::IN;
+        }
+        if self.held_tx.is_some() {
+            interest |= EventSet::OUT;
+        }
+        interest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::Mutex;
+
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    use super::*;
+
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+    const NEXT: u16 = 1; // VRING_DESC_F_NEXT
+
+    /// A stand-in for the tap: each datagram of a socket pair is one frame.
+    impl FrameBackend for UnixDatagram {
+        fn receive(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            self.recv(buffer)
+        }
+
+        fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
+            UnixDatagram::send(self, frame)
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<InterruptCause>>);
+    impl Interrupt for Recorder {
+        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
+            self.0.lock().unwrap().push(cause);
+            Ok(())
+        }
+    }
+
+    fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// A handler over a socket pair, with its queues in 1 MiB of guest memory (rx at 0, tx at
+    /// 0x4000; buffers from 0x10000 up) and the host's end of the pair.
+    struct Setup<'m> {
+        memory: &'m GuestMemoryMmap,
+        rx: MockSplitQueue<'m, GuestMemoryMmap>,
+        tx: MockSplitQueue<'m, GuestMemoryMmap>,
+        interrupts: Arc<Recorder>,
+        handler: NetHandler<UnixDatagram>,
+        host: UnixDatagram,
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn setup(memory: &GuestMemoryMmap) -> Setup<'_> {
+        let rx = MockSplitQueue::create(memory, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(memory, GuestAddress(0x4000), 16);
+        let (device_end, host) = UnixDatagram::pair().unwrap();
+        device_end.set_nonblocking(true).unwrap();
+        host.set_nonblocking(true).unwrap();
+        let interrupts = Arc::new(Recorder::default());
+        let handler = NetHandler::new(
+            memory.clone(),
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            interrupts.clone(),
+            device_end,
+        );
+        Setup { memory, rx, tx, interrupts, handler, host }
+    }
+
+    impl Setup<'_> {
+        /// (head, length) of each used element of `queue`.
+        fn used(&self, queue: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
+            let used = queue.used_addr();
+            let count = self.memory.read_obj::<u16>(used.unchecked_add(2)).unwrap();
+            (0..u64::from(count))
+                .map(|i| {
+                    let element = used.unchecked_add(4 + 8 * i);
+                    (
+                        self.memory.read_obj(element).unwrap(),
+                        self.memory.read_obj(element.unchecked_add(4)).unwrap(),
+                    )
+                })
+                .collect()
+        }
+
+        fn interrupts(&self) -> Vec<InterruptCause> {
+            self.interrupts.0.lock().unwrap().clone()
+        }
+
+        /// The next frame the host end holds, if any.
+        fn host_frame(&self) -> Option<Vec<u8>> {
+            let mut buffer = vec![0u8; MAX_FRAME_BYTES + 1];
+            match self.host.recv(&mut buffer) {
+                Ok(len) => Some(buffer[..len].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => panic!("host end: {e}"),
+            }
+        }
+
+        fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+            let mut bytes = vec![0u8; len];
+            self.memory.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+            bytes
+        }
+    }
+
+    /// A frame as the tap would carry it: a header (flags 0, no GSO) and `len` bytes of `fill`.
+    fn frame(len: usize, fill: u8) -> Vec<u8> {
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.resize(VNET_HDR_LEN + len, fill);
+        frame
+    }
+
+    #[test]
+    fn transmit_gathers_a_chain_into_one_frame() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        let header = [0x11u8; VNET_HDR_LEN];
+        memory.write_slice(&header, GuestAddress(0x10000)).unwrap();
+        memory.write_slice(&[0x22; 14], GuestAddress(0x11000)).unwrap();
+        memory.write_slice(&[0x33; 50], GuestAddress(0x12000)).unwrap();
+        s.tx.add_desc_chains(
+            &[
+                descriptor(0x10000, 12, NEXT, 1),
+                descriptor(0x11000, 14, NEXT, 2),
+                descriptor(0x12000, 50, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        s.handler.process_queue(TX_QUEUE);
+        let mut expected = header.to_vec();
+        expected.extend([0x22; 14]);
+        expected.extend([0x33; 50]);
+        assert_eq!(s.host_frame(), Some(expected));
+        assert_eq!(s.host_frame(), None, "one chain is one frame");
+        assert_eq!(s.used(&s.tx), [(0, 0)]);
+        assert_eq!(s.interrupts(), [InterruptCause::Queue(TX_QUEUE as u16)]);
+    }
+
+    #[test]
+    fn malformed_transmit_requests_fail_alone() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        s.tx.add_desc_chains(
+            &[
+                // Shorter than the header.
+                descriptor(0x10000, 8, 0, 0),
+                // Outside guest memory.
+                descriptor(0xFFFF_0000, 64, 0, 0),
+                // Longer than any frame.
+                descriptor(0x20000, MAX_FRAME_BYTES as u32 + 1, 0, 0),
+                // Fine.
+                descriptor(0x11000, 60, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        s.handler.process_queue(TX_QUEUE);
+        assert_eq!(s.host_frame().map(|f| f.len()), Some(60));
+        assert_eq!(s.host_frame(), None);
+        assert_eq!(s.used(&s.tx), [(0, 0), (1, 0), (2, 0), (3, 0)]);
+    }
+
+    #[test]
+    fn receive_fills_a_buffer_with_header_and_frame() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        s.rx.add_desc_chains(
+            &[descriptor(0x10000, 12, WRITE | NEXT, 1), descriptor(0x11000, 2048, WRITE, 0)],
+            0,
+        )
+        .unwrap();
+        let mut sent = frame(60, 0x5A);
+        sent[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&[0xEE, 0xEE]);
+        s.host.send(&sent).unwrap();
+        s.handler.process_backend(0);
+        assert_eq!(s.used(&s.rx), [(0, 72)]);
+        let header = s.read(0x10000, VNET_HDR_LEN);
+        assert_eq!(&header[..NUM_BUFFERS_OFFSET], &sent[..NUM_BUFFERS_OFFSET]);
+        assert_eq!(&header[NUM_BUFFERS_OFFSET..], [1, 0], "num_buffers is 1, whatever the tap left there");
+        assert_eq!(s.read(0x11000, 60), [0x5A; 60]);
+        assert_eq!(s.interrupts(), [InterruptCause::Queue(RX_QUEUE as u16)]);
+    }
+
+    #[test]
+    fn without_receive_buffers_the_backend_is_left_alone_until_the_guest_gives_some() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        assert!(s.handler.backend_interest(0).contains(EventSet::IN));
+        s.host.send(&frame(40, 1)).unwrap();
+        s.host.send(&frame(41, 2)).unwrap();
+        s.handler.process_backend(0);
+        assert!(!s.handler.backend_interest(0).contains(EventSet::IN), "it must stop waiting for frames");
+        assert!(s.used(&s.rx).is_empty());
+
+        // One buffer: one frame in, and the reading stops again, the second frame kept.
+        s.rx.add_desc_chains(&[descriptor(0x10000, 1514, WRITE, 0)], 0).unwrap();
+        s.handler.process_queue(RX_QUEUE);
+        assert_eq!(s.used(&s.rx), [(0, 52)]);
+        assert!(!s.handler.backend_interest(0).contains(EventSet::IN));
+
+        s.rx.add_desc_chains(&[descriptor(0x11000, 1514, WRITE, 0), descriptor(0x12000, 1514, WRITE, 0)], 1)
+            .unwrap();
+        s.handler.process_queue(RX_QUEUE);
+        assert_eq!(s.used(&s.rx), [(0, 52), (1, 53)]);
+        assert_eq!(s.read(0x11000 + VNET_HDR_LEN as u64, 41), [2; 41]);
+        assert!(s.handler.backend_interest(0).contains(EventSet::IN), "a buffer is left: wait for frames");
+    }
+
+    #[test]
+    fn a_frame_too_long_for_the_buffer_is_dropped_and_the_buffer_kept() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        s.rx.add_desc_chains(&[descriptor(0x10000, 100, WRITE, 0)], 0).unwrap();
+        s.host.send(&frame(200, 1)).unwrap();
+        s.host.send(&frame(50, 2)).unwrap();
+        s.handler.process_backend(0);
+        assert_eq!(s.used(&s.rx), [(0, 62)]);
+        assert_eq!(s.read(0x10000 + VNET_HDR_LEN as u64, 50), [2; 50]);
+    }
+
+    #[test]
+    fn malformed_receive_buffers_fail_alone_and_lose_no_frame() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        s.rx.add_desc_chains(
+            &[
+                // Read-only: no room at all.
+                descriptor(0x10000, 1514, 0, 0),
+                // Too short for the header.
+                descriptor(0x11000, 8, WRITE, 0),
+                // Outside guest memory.
+                descriptor(0xFFFF_0000, 1514, WRITE, 0),
+                descriptor(0x12000, 1514, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        s.host.send(&frame(30, 7)).unwrap();
+        s.handler.process_backend(0);
+        assert_eq!(s.used(&s.rx), [(0, 0), (1, 0), (2, 0), (3, 42)]);
+        assert_eq!(s.read(0x12000 + VNET_HDR_LEN as u64, 30), [7; 30]);
+    }
+
+    #[test]
+    fn a_frame_the_backend_cannot_take_is_held_until_it_can() {
+        let memory = memory();
+        let mut s = setup(&memory);
+        // Fill the socket pair until the device's end would block, as a congested tap would.
+        let filler = frame(60 * 1024, 0);
+        let mut queued = 0;
+        loop {
+            match FrameBackend::send(&mut s.handler.backend, &filler) {
+                Ok(_) => queued += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the socket: {e}"),
+            }
+            assert!(queued < 10_000, "the socket never filled up");
+        }
+        memory.write_slice(&frame(20, 9), GuestAddress(0x10000)).unwrap();
+        s.tx.add_desc_chains(&[descriptor(0x10000, 32, 0, 0), descriptor(0x11000, 32, 0, 0)], 0).unwrap();
+        s.handler.process_queue(TX_QUEUE);
+        assert!(s.used(&s.tx).is_empty(), "the request is kept, not completed");
+        assert!(s.handler.backend_interest(0).contains(EventSet::OUT));
+        // Another notification while blocked changes nothing.
+        s.handler.process_queue(TX_QUEUE);
+        assert!(s.used(&s.tx).is_empty());
+
+        for _ in 0..queued {
+            assert_eq!(s.host_frame().map(|f| f.len()), Some(filler.len()));
+        }
+        s.handler.process_backend(0);
+        assert_eq!(s.host_frame(), Some(frame(20, 9)), "the held frame goes first, unchanged");
+        assert_eq!(s.host_frame().map(|f| f.len()), Some(32));
+        assert_eq!(s.used(&s.tx), [(0, 0), (1, 0)]);
+        assert!(!s.handler.backend_interest(0).contains(EventSet::OUT), "nothing left to wait for");
+    }
+
+    /// A backend whose reads fail as a tap's do once its interface is gone.
+    struct Detached(UnixDatagram);
+    impl AsRawFd for Detached {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    impl FrameBackend for Detached {
+        fn receive(&mut self, _buffer: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EBADFD))
+        }
+        fn send(&mut self, _frame: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EBADFD))
+        }
+    }
+
+    #[test]
+    fn a_broken_backend_is_no_longer_waited_for() {
+        let memory = memory();
+        let rx = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+        rx.add_desc_chains(&[descriptor(0x10000, 1514, WRITE, 0)], 0).unwrap();
+        let mut handler = NetHandler::new(
+            memory.clone(),
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            Arc::new(Recorder::default()),
+            Detached(UnixDatagram::pair().unwrap().0),
+        );
+        handler.process_backend(0);
+        assert_eq!(handler.backend_interest(0), EventSet::empty());
+        let used_idx = memory.read_obj::<u16>(rx.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 0, "the buffer stays the guest's");
+    }
+}

@@ -1,0 +1,312 @@
+//! What every transport does the same way (virtio 1.2, sections 2 and 3): feature negotiation
+//! through 32-bit windows, the queues as the driver sets them up, the device status with its
+//! FEATURES_OK check, activation on DRIVER_OK, and reset. The MMIO and PCI transports differ only in
+//! where these registers sit and how the device interrupts.
+
+use std::io;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::{ActivateContext, Interrupt, InterruptCause, VirtioDevice, VIRTIO_F_VERSION_1};
+
+// Device status bits.
+const STATUS_DRIVER_OK: u32 = 4;
+pub(crate) const STATUS_FEATURES_OK: u32 = 8;
+pub(crate) const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+
+/// The three rings of a split virtqueue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ring {
+    Descriptors,
+    Driver,
+    Device,
+}
+
+/// What the driver last wrote into one queue's size and ring-address registers, valid or not.
+/// virtio-queue's setters ignore an invalid value (a size that is not a power of two, a misaligned
+/// ring), leaving the old one in place, so the transport keeps the raw values and refuses to start
+/// a device whose queue was set up wrongly instead of letting it read rings at stale addresses.
+#[derive(Clone, Copy, Debug)]
+struct QueueRegisters {
+    size: u16,
+    rings: [u64; 3],
+}
+
+impl QueueRegisters {
+    fn reset(max_size: u16) -> QueueRegisters {
+        QueueRegisters { size: max_size, rings: [0; 3] }
+    }
+}
+
+/// A device and the transport-independent state its driver builds up.
+pub(crate) struct TransportState {
+    /// "virtio-mmio" or "virtio-pci", for log messages.
+    name: &'static str,
+    device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    /// The queues as the driver configures them; copies go to the device on activation.
+    queues: Vec<Queue>,
+    queue_registers: Vec<QueueRegisters>,
+    queue_events: Vec<EventFd>,
+    pub(crate) queue_select: u32,
+    pub(crate) device_features_select: u32,
+    pub(crate) driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    active: bool,
+}
+
+impl TransportState {
+    pub(crate) fn new(
+        name: &'static str,
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> io::Result<TransportState> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&size| Queue::new(size).map_err(|e| io::Error::other(format!("queue size {size}: {e:?}"))))
+            .collect::<io::Result<Vec<_>>>()?;
+        let queue_events =
+            queues.iter().map(|_| EventFd::new(EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>()?;
+        let queue_registers = queues.iter().map(|q| QueueRegisters::reset(q.max_size())).collect();
+        Ok(TransportState {
+            name,
+            device,
+            memory,
+            interrupt,
+            queues,
+            queue_registers,
+            queue_events,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            active: false,
+        })
+    }
+
+    pub(crate) fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    pub(crate) fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    /// One event per queue, signalled when the driver notifies it.
+    pub(crate) fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub(crate) fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    /// The 32 feature bits `device_features_select` picks.
+    pub(crate) fn device_features_word(&self) -> u32 {
+        feature_word(self.features(), self.device_features_select)
+    }
+
+    /// The 32 accepted feature bits `driver_features_select` picks.
+    pub(crate) fn driver_features_word(&self) -> u32 {
+        feature_word(self.driver_features, self.driver_features_select)
+    }
+
+    /// The driver accepts features, 32 bits at a time, until it sets FEATURES_OK.
+    pub(crate) fn set_driver_features_word(&mut self, value: u32) {
+        if self.status & STATUS_FEATURES_OK != 0 {
+            return;
+        }
+        let (mask, shift) = match self.driver_features_select {
+            0 => (0xffff_ffffu64, 0),
+            1 => (0xffff_ffff_0000_0000u64, 32),
+            _ => return,
+        };
+        self.driver_features = (self.driver_features & !mask) | (u64::from(value) << shift);
+    }
+
+    /// The queue `queue_select` picks, if it exists.
+    pub(crate) fn selected_queue(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_select as usize)
+    }
+
+    /// Changes the selected queue, unless the device runs: the driver may not change queues then
+    /// (virtio 1.2, 4.2.2.2 and 4.1.4.3.2).
+    pub(crate) fn with_selected_queue(&mut self, change: impl FnOnce(&mut Queue)) {
+        if let Some((queue, _)) = self.selected_queue_and_registers() {
+            change(queue);
+        }
+    }
+
+    fn selected_queue_and_registers(&mut self) -> Option<(&mut Queue, &mut QueueRegisters)> {
+        if self.active {
+            return None;
+        }
+        let index = self.queue_select as usize;
+        Some((self.queues.get_mut(index)?, self.queue_registers.get_mut(index)?))
+    }
+
+    /// The driver writes the selected queue's size.
+    pub(crate) fn set_selected_queue_size(&mut self, size: u16) {
+        if let Some((queue, registers)) = self.selected_queue_and_registers() {
+            registers.size = size;
+            queue.set_size(size);
+        }
+    }
+
+    /// The driver writes the selected queue's ring address, or one 32-bit half of it.
+    pub(crate) fn set_selected_queue_ring(&mut self, ring: Ring, low: Option<u32>, high: Option<u32>) {
+        if let Some((queue, registers)) = self.selected_queue_and_registers() {
+            let address = &mut registers.rings[ring as usize];
+            if let Some(low) = low {
+                *address = (*address & !0xffff_ffff) | u64::from(low);
+            }
+            if let Some(high) = high {
+                *address = (*address & 0xffff_ffff) | (u64::from(high) << 32);
+            }
+            match ring {
+                Ring::Descriptors => queue.set_desc_table_address(low, high),
+                Ring::Driver => queue.set_avail_ring_address(low, high),
+                Ring::Device => queue.set_used_ring_address(low, high),
+            }
+        }
+    }
+
+    /// The path taken when no ioeventfd caught the driver's notification.
+    pub(crate) fn notify(&self, queue: u32) {
+        if let Some(event) = self.queue_events.get(queue as usize) {
+            if let Err(e) = event.write(1) {
+                tracing::error!("{}: cannot notify queue {queue}: {e}", self.name);
+            }
+        }
+    }
+
+    /// The driver wrote the device status. Returns true when that was a reset (status 0), after
+    /// which the transport resets its own registers too.
+    pub(crate) fn set_status(&mut self, value: u32) -> bool {
+        if value == 0 {
+            self.reset();
+            return true;
+        }
+        let mut value = value;
+        let setting = value & !self.status;
+        if setting & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
+            // The driver must read the status back and give up (virtio 1.2, 3.1.1).
+            value &= !STATUS_FEATURES_OK;
+        }
+        self.status = value;
+        if setting & STATUS_DRIVER_OK != 0 && !self.active {
+            self.activate();
+        }
+        false
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.features();
+        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    fn activate(&mut self) {
+        if self.status & STATUS_FEATURES_OK == 0 {
+            return self.fail("the driver set DRIVER_OK without FEATURES_OK");
+        }
+        let queues = (0..self.queues.len()).map(|index| self.queue_for_device(index));
+        let queues = match queues.collect::<Result<Vec<_>, _>>() {
+            Ok(queues) => queues,
+            Err(reason) => return self.fail(&reason),
+        };
+        let queue_events =
+            match self.queue_events.iter().map(EventFd::try_clone).collect::<io::Result<Vec<_>>>() {
+                Ok(events) => events,
+                Err(e) => return self.fail(&format!("cannot share the queue events: {e}")),
+            };
+        let context = ActivateContext {
+            memory: self.memory.clone(),
+            queues,
+            queue_events,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+        };
+        match self.device.activate(context) {
+            Ok(()) => self.active = true,
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    /// The queue the device gets: built from what the driver wrote, checked against the rules
+    /// (virtio 1.2, 2.7) and guest memory. Unused queues go as they are (not ready).
+    fn queue_for_device(&self, index: usize) -> Result<Queue, String> {
+        let configured = &self.queues[index];
+        let invalid = |what: String| format!("queue {index}: {what}");
+        let mut queue = Queue::new(configured.max_size()).map_err(|e| invalid(format!("{e:?}")))?;
+        if !configured.ready() {
+            return Ok(queue);
+        }
+        let registers = self.queue_registers[index];
+        queue.try_set_size(registers.size).map_err(|_| {
+            invalid(format!("size {} is not a power of two up to {}", registers.size, configured.max_size()))
+        })?;
+        let [descriptors, driver, device] = registers.rings.map(GuestAddress);
+        queue
+            .try_set_desc_table_address(descriptors)
+            .map_err(|_| invalid(format!("descriptor table {:#x} is not 16-byte aligned", descriptors.0)))?;
+        queue
+            .try_set_avail_ring_address(driver)
+            .map_err(|_| invalid(format!("driver ring {:#x} is not 2-byte aligned", driver.0)))?;
+        queue
+            .try_set_used_ring_address(device)
+            .map_err(|_| invalid(format!("device ring {:#x} is not 4-byte aligned", device.0)))?;
+        queue.set_ready(true);
+        if !queue.is_valid(&self.memory) {
+            return Err(invalid("its rings lie outside guest memory".into()));
+        }
+        Ok(queue)
+    }
+
+    /// Tells the driver the device cannot go on until it is reset.
+    fn fail(&mut self, reason: &str) {
+        tracing::warn!("{} device {}: {reason}", self.name, self.device.device_type());
+        self.status |= STATUS_DEVICE_NEEDS_RESET;
+        if let Err(e) = self.interrupt.trigger(InterruptCause::Config) {
+            tracing::error!("{}: cannot interrupt the guest: {e}", self.name);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.active = false;
+        for (queue, registers) in self.queues.iter_mut().zip(&mut self.queue_registers) {
+            queue.reset();
+            *registers = QueueRegisters::reset(queue.max_size());
+        }
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+    }
+}
+
+/// Bits 0–31 (`select` 0) or 32–63 (`select` 1) of `features`; nothing beyond.
+fn feature_word(features: u64, select: u32) -> u32 {
+    match select {
+        0 => features as u32,
+        1 => (features >> 32) as u32,
+        _ => 0,
+    }
+}

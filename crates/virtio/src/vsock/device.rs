@@ -1,0 +1,95 @@
+//! The vsock device as its transport sees it: three queues (rx, tx, event), no features beyond
+//! virtio 1.x (stream sockets only), and the guest's CID in the configuration space.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::QueueT;
+
+use super::handler::VsockHandler;
+use super::host::{self, ListenError};
+use super::packet::{MAX_GUEST_CID, MIN_GUEST_CID};
+use crate::device::{
+    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use crate::worker::Worker;
+
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+
+/// Why the device cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is outside {MIN_GUEST_CID}..={MAX_GUEST_CID}")]
+    InvalidCid(u64),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// A virtio-vsock device whose host side is the Unix socket `uds_path` (see the module docs).
+pub struct Vsock {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    /// Bound when the device is created, so host processes can connect before the guest's driver
+    /// starts (they wait in the backlog), and kept across device resets.
+    listener: UnixListener,
+    worker: Option<Worker>,
+}
+
+impl Vsock {
+    /// Checks the CID and starts listening on `uds_path` (see [`host::listen`] for what may be
+    /// there already).
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Vsock, VsockError> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&guest_cid) {
+            return Err(VsockError::InvalidCid(guest_cid));
+        }
+        let listener = host::listen(uds_path)?;
+        Ok(Vsock { guest_cid, uds_path: uds_path.to_owned(), listener, worker: None })
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_type::VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let ActivateContext { memory, queues, queue_events, interrupt, .. } = context;
+        let [rx, tx, event]: [_; 3] = queues
+            .try_into()
+            .map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: 3 })?;
+        for (index, queue) in [&rx, &tx, &event].into_iter().enumerate() {
+            if !queue.ready() {
+                return Err(ActivateError::QueueNotReady(index));
+            }
+        }
+        let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
+        let handler =
+            VsockHandler::new(memory, rx, tx, interrupt, self.guest_cid, self.uds_path.clone(), listener);
+        self.worker =
+            Some(Worker::spawn("virtio-vsock", queue_events, handler).map_err(ActivateError::Worker)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Stopping the worker drops every connection: host processes see their sockets close.
+        self.worker = None;
+    }
+}

@@ -1,0 +1,161 @@
+//! The host side's Unix sockets, in Firecracker's convention: host processes connect to the
+//! device's listening socket and ask for a guest port with `CONNECT <port>\n`; a guest connecting
+//! to host port P reaches whoever listens on `<path>_P`.
+
+use std::ffi::OsString;
+use std::io;
+use std::mem;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// The longest `CONNECT <port>\n` line a host process may send ("CONNECT 4294967295\n" is 19).
+pub const MAX_CONNECT_LINE: usize = 32;
+
+/// Why the device's listening socket cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    #[error("{0} is in use: something listens on it")]
+    InUse(PathBuf),
+    #[error("cannot remove the stale socket {path}: {source}")]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// Listens on `path`, non-blocking. A socket already there that nobody listens on is what a VMM
+/// that did not exit cleanly leaves behind: it is replaced. Anything else at `path` (a live
+/// socket, a file) is refused, so a second VMM cannot take over the first one's socket.
+pub fn listen(path: &Path) -> Result<UnixListener, ListenError> {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(ListenError::NotASocket(path.to_owned()));
+        }
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(ListenError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)
+                    .map_err(|source| ListenError::RemoveStale { path: path.to_owned(), source })?;
+            }
+            Err(source) => return Err(ListenError::Bind { path: path.to_owned(), source }),
+        }
+    }
+    let bind_error = |source| ListenError::Bind { path: path.to_owned(), source };
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Where a guest connection to host port `port` goes: `<path>_<port>`.
+pub fn port_path(path: &Path, port: u32) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(format!("_{port}"));
+    PathBuf::from(name)
+}
+
+/// Connects to `path` without ever blocking: a listener whose backlog is full refuses (EAGAIN)
+/// instead of stalling the device's worker, as std's blocking connect would.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    // SAFETY: sockaddr_un is plain old data, for which all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    // One byte stays zero: the path must be NUL-terminated.
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+    }
+    for (slot, &byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: socket() takes no pointers; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it on every path below.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let length = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `address` is a valid, initialised sockaddr_un of `length` bytes that outlives the call.
+    let result = unsafe { libc::connect(fd, (&address as *const libc::sockaddr_un).cast(), length) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(socket))
+}
+
+/// The guest port of a complete `CONNECT <port>` line (its `\n` removed), if it is one.
+pub fn parse_connect_line(line: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(line).ok()?;
+    let port = text.strip_prefix("CONNECT ")?;
+    // u32::from_str accepts a leading '+'; the convention is plain digits.
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse().ok()
+}
+
+/// The line the host process gets once the guest accepted: `OK <host port>\n`.
+pub fn ok_line(host_port: u32) -> Vec<u8> {
+    format!("OK {host_port}\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_lines() {
+        assert_eq!(parse_connect_line(b"CONNECT 52"), Some(52));
+        assert_eq!(parse_connect_line(b"CONNECT 4294967295"), Some(u32::MAX));
+        for bad in [
+            &b"CONNECT 4294967296"[..],
+            b"CONNECT",
+            b"CONNECT ",
+            b"CONNECT +5",
+            b"CONNECT 5 ",
+            b"connect 5",
+            b"\xff",
+        ] {
+            assert_eq!(parse_connect_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(ok_line(1073741824), b"OK 1073741824\n");
+    }
+
+    #[test]
+    fn port_paths_append_the_port() {
+        assert_eq!(port_path(Path::new("/run/v.sock"), 52), PathBuf::from("/run/v.sock_52"));
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let live = listen(&path).unwrap();
+        assert!(matches!(listen(&path), Err(ListenError::InUse(_))));
+        drop(live); // the file stays behind: stale
+        let _replaced = listen(&path).unwrap();
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(listen(&file), Err(ListenError::NotASocket(_))));
+        assert!(matches!(listen(&dir.path().join("no/such/dir")), Err(ListenError::Bind { .. })));
+    }
+
+    #[test]
+    fn nonblocking_connects_reach_a_listener_or_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock_52");
+        assert_eq!(connect_nonblocking(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
+        let listener = UnixListener::bind(&path).unwrap();
+        let _stream = connect_nonblocking(&path).unwrap();
+        listener.accept().unwrap();
+        let long = dir.path().join("x".repeat(200));
+        assert_eq!(connect_nonblocking(&long).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+}
