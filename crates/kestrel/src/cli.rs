@@ -1,17 +1,15 @@
 //! Command-line syntax: every flag, its help and its examples.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tracing::level_filters::LevelFilter;
-use vmm::config::BalloonConfig;
 use vmm::config::{
-    BlockConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES,
+    BalloonConfig, BlockConfig, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
+    VsockConfig, DEFAULT_CMDLINE,
 };
-use vmm::config::{MacAddress, NetConfig, TAP_NAME_MAX_BYTES};
-use vmm::config::{VsockConfig, VSOCK_MAX_CID, VSOCK_MIN_CID};
 
+use crate::device_options::{parse_balloon, parse_disk, parse_net, parse_vsock};
 use crate::size::parse_size;
 
 #[derive(Parser, Debug)]
@@ -163,150 +161,6 @@ fn parse_serial(text: &str) -> Result<SerialConfig, String> {
     }
 }
 
-/// `path=PATH[,readonly=on|off][,id=ID]`, keys in any order, each at most once.
-fn parse_disk(text: &str) -> Result<BlockConfig, String> {
-    const FORM: &str = "path=PATH[,readonly=on|off][,id=ID]";
-    let mut path = None;
-    let mut read_only = None;
-    let mut id = None;
-    for item in text.split(',') {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(format!("'{item}' is not KEY=VALUE; the form is {FORM}"));
-        };
-        let repeated = match key {
-            "path" if value.is_empty() => return Err("path= needs a file, as in path=disk.img".into()),
-            "path" => path.replace(PathBuf::from(value)).is_some(),
-            "readonly" => read_only.replace(parse_on_off(key, value)?).is_some(),
-            "id" if value.len() > DISK_ID_MAX_BYTES => {
-                return Err(format!("id '{value}' is longer than {DISK_ID_MAX_BYTES} bytes"))
-            }
-            "id" => id.replace(value.to_owned()).is_some(),
-            _ => return Err(format!("unknown key '{key}'; the form is {FORM}")),
-        };
-        if repeated {
-            return Err(format!("{key}= is given twice"));
-        }
-    }
-    let path = path.ok_or_else(|| format!("path= is missing; the form is {FORM}"))?;
-    Ok(BlockConfig { path, read_only: read_only.unwrap_or(false), id })
-}
-
-fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
-    match value {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("{key}={value}: the value must be on or off")),
-    }
-}
-
-/// `size=MIB[,stats=SECONDS][,reporting=on|off][,deflate_on_oom=on|off]`, keys in any order, each
-/// at most once.
-fn parse_balloon(text: &str) -> Result<BalloonConfig, String> {
-    const FORM: &str = "size=MIB[,stats=SECONDS][,reporting=on|off][,deflate_on_oom=on|off]";
-    let number = |key: &str, value: &str| {
-        value.parse::<u32>().map_err(|_| format!("{key}={value}: the value must be a whole number"))
-    };
-    let mut size = None;
-    let mut stats = None;
-    let mut reporting = None;
-    let mut deflate_on_oom = None;
-    for item in text.split(',') {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(format!("'{item}' is not KEY=VALUE; the form is {FORM}"));
-        };
-        let repeated = match key {
-            "size" => size.replace(number(key, value)?).is_some(),
-            "stats" => stats.replace(number(key, value)?).is_some(),
-            "reporting" => reporting.replace(parse_on_off(key, value)?).is_some(),
-            "deflate_on_oom" => deflate_on_oom.replace(parse_on_off(key, value)?).is_some(),
-            _ => return Err(format!("unknown key '{key}'; the form is {FORM}")),
-        };
-        if repeated {
-            return Err(format!("{key}= is given twice"));
-        }
-    }
-    Ok(BalloonConfig {
-        target_mib: size.ok_or_else(|| format!("size= is missing; the form is {FORM}"))?,
-        stats_interval: stats
-            .filter(|&seconds| seconds > 0)
-            .map(|seconds| Duration::from_secs(seconds.into())),
-        free_page_reporting: reporting.unwrap_or(false),
-        deflate_on_oom: deflate_on_oom.unwrap_or(false),
-    })
-}
-
-/// `tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]`, keys in any order, each at most once.
-fn parse_net(text: &str) -> Result<NetConfig, String> {
-    const FORM: &str = "tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]";
-    let mut tap = None;
-    let mut mac = None;
-    for item in text.split(',') {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(format!("'{item}' is not KEY=VALUE; the form is {FORM}"));
-        };
-        let repeated = match key {
-            "tap" => tap.replace(parse_tap_name(value)?).is_some(),
-            "mac" => mac.replace(value.parse::<MacAddress>()?).is_some(),
-            _ => return Err(format!("unknown key '{key}'; the form is {FORM}")),
-        };
-        if repeated {
-            return Err(format!("{key}= is given twice"));
-        }
-    }
-    let tap = tap.ok_or_else(|| format!("tap= is missing; the form is {FORM}"))?;
-    Ok(NetConfig { tap, mac })
-}
-
-/// An interface name Linux accepts, or `auto` (`None`: the kernel picks one).
-fn parse_tap_name(name: &str) -> Result<Option<String>, String> {
-    if name == "auto" {
-        return Ok(None);
-    }
-    if name.is_empty() || name.len() > TAP_NAME_MAX_BYTES {
-        return Err(format!("tap name '{name}' must be 1 to {TAP_NAME_MAX_BYTES} bytes"));
-    }
-    // '%' would make the kernel number the name itself.
-    let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
-    if name == "." || name == ".." || name.chars().any(forbidden) {
-        return Err(format!("'{name}' is not an interface name (no '/', ':', '%' or spaces)"));
-    }
-    Ok(Some(name.to_owned()))
-}
-
-/// `cid=N,uds=PATH`, keys in any order, each once.
-fn parse_vsock(text: &str) -> Result<VsockConfig, String> {
-    const FORM: &str = "cid=N,uds=PATH";
-    let mut cid = None;
-    let mut uds_path = None;
-    for item in text.split(',') {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(format!("'{item}' is not KEY=VALUE; the form is {FORM}"));
-        };
-        let repeated = match key {
-            "cid" => {
-                let number = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (VSOCK_MIN_CID..=VSOCK_MAX_CID).contains(n))
-                    .ok_or_else(|| {
-                        format!("cid={value}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}")
-                    })?;
-                cid.replace(number).is_some()
-            }
-            "uds" if value.is_empty() => return Err("uds= needs a path, as in uds=/tmp/kestrel.vsock".into()),
-            "uds" => uds_path.replace(PathBuf::from(value)).is_some(),
-            _ => return Err(format!("unknown key '{key}'; the form is {FORM}")),
-        };
-        if repeated {
-            return Err(format!("{key}= is given twice"));
-        }
-    }
-    Ok(VsockConfig {
-        cid: cid.ok_or_else(|| format!("cid= is missing; the form is {FORM}"))?,
-        uds_path: uds_path.ok_or_else(|| format!("uds= is missing; the form is {FORM}"))?,
-    })
-}
-
 fn parse_transport(text: &str) -> Result<VirtioTransport, String> {
     match text {
         "mmio" => Ok(VirtioTransport::Mmio),
@@ -323,111 +177,6 @@ mod tests {
     #[test]
     fn the_command_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn vsock_forms() {
-        let vsock = |cid, path: &str| VsockConfig { cid, uds_path: path.into() };
-        assert_eq!(parse_vsock("cid=3,uds=/tmp/v.sock"), Ok(vsock(3, "/tmp/v.sock")));
-        assert_eq!(parse_vsock("uds=v=1.sock,cid=4294967294"), Ok(vsock(4294967294, "v=1.sock")));
-        for (bad, why) in [
-            ("cid=3", "uds= is missing"),
-            ("uds=/tmp/v", "cid= is missing"),
-            ("cid=2,uds=v", "must be 3 to 4294967294"),
-            ("cid=4294967295,uds=v", "must be 3 to 4294967294"),
-            ("cid=x,uds=v", "must be 3 to"),
-            ("cid=3,uds=", "needs a path"),
-            ("cid=3,cid=4,uds=v", "cid= is given twice"),
-            ("cid=3,uds=v,port=5", "unknown key 'port'"),
-            ("cid=3,uds=a,b", "'b' is not KEY=VALUE"),
-        ] {
-            let error = parse_vsock(bad).unwrap_err();
-            assert!(error.contains(why), "{bad}: {error}");
-        }
-    }
-
-    #[test]
-    fn balloon_forms() {
-        let balloon = |target_mib, stats: Option<u64>, free_page_reporting, deflate_on_oom| BalloonConfig {
-            target_mib,
-            stats_interval: stats.map(Duration::from_secs),
-            free_page_reporting,
-            deflate_on_oom,
-        };
-        assert_eq!(parse_balloon("size=64"), Ok(balloon(64, None, false, false)));
-        assert_eq!(parse_balloon("stats=5,size=0"), Ok(balloon(0, Some(5), false, false)));
-        assert_eq!(parse_balloon("size=1,stats=0,reporting=on"), Ok(balloon(1, None, true, false)));
-        assert_eq!(
-            parse_balloon("size=1,deflate_on_oom=on,reporting=off"),
-            Ok(balloon(1, None, false, true))
-        );
-        for (bad, why) in [
-            ("64", "not KEY=VALUE"),
-            ("stats=5", "size= is missing"),
-            ("size=64M", "must be a whole number"),
-            ("size=-1", "must be a whole number"),
-            ("size=1,stats=1.5", "must be a whole number"),
-            ("size=1,reporting=yes", "must be on or off"),
-            ("size=1,size=2", "size= is given twice"),
-            ("size=1,target=2", "unknown key 'target'"),
-        ] {
-            let error = parse_balloon(bad).unwrap_err();
-            assert!(error.contains(why), "{bad}: {error}");
-        }
-    }
-
-    #[test]
-    fn net_forms() {
-        let mac = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        let net = |tap: Option<&str>, mac| NetConfig { tap: tap.map(str::to_owned), mac };
-        assert_eq!(parse_net("tap=tap0"), Ok(net(Some("tap0"), None)));
-        assert_eq!(parse_net("tap=auto"), Ok(net(None, None)));
-        assert_eq!(
-            parse_net("mac=52:54:00:12:34:56,tap=kt-0123456789ab"),
-            Ok(net(Some("kt-0123456789ab"), Some(mac)))
-        );
-        for (bad, why) in [
-            ("tap0", "not KEY=VALUE"),
-            ("mac=52:54:00:12:34:56", "tap= is missing"),
-            ("tap=", "must be 1 to 15 bytes"),
-            ("tap=a-name-of-16-bytes", "must be 1 to 15 bytes"),
-            ("tap=a/b", "not an interface name"),
-            ("tap=tap%d", "not an interface name"),
-            ("tap=..", "not an interface name"),
-            ("tap=tap0,mac=52:54:00:12:34", "not a MAC address"),
-            ("tap=tap0,mac=01:00:5e:00:00:01", "multicast"),
-            ("tap=tap0,model=e1000", "unknown key 'model'"),
-            ("tap=tap0,tap=tap1", "tap= is given twice"),
-        ] {
-            let error = parse_net(bad).unwrap_err();
-            assert!(error.contains(why), "{bad}: {error}");
-        }
-    }
-
-    #[test]
-    fn disk_forms() {
-        let disk = |path: &str, read_only, id: Option<&str>| BlockConfig {
-            path: path.into(),
-            read_only,
-            id: id.map(str::to_owned),
-        };
-        assert_eq!(parse_disk("path=/d/a.img"), Ok(disk("/d/a.img", false, None)));
-        assert_eq!(parse_disk("readonly=on,path=a.img"), Ok(disk("a.img", true, None)));
-        assert_eq!(parse_disk("path=a.img,readonly=off,id=data"), Ok(disk("a.img", false, Some("data"))));
-        assert_eq!(parse_disk("path=a=b.img"), Ok(disk("a=b.img", false, None)));
-        for (bad, why) in [
-            ("a.img", "not KEY=VALUE"),
-            ("readonly=on", "path= is missing"),
-            ("path=", "needs a file"),
-            ("path=a.img,readonly=yes", "must be on or off"),
-            ("path=a.img,cache=none", "unknown key 'cache'"),
-            ("path=a.img,path=b.img", "path= is given twice"),
-            ("path=a.img,", "'' is not KEY=VALUE"),
-            ("path=a.img,id=0123456789abcdefghijk", "longer than 20 bytes"),
-        ] {
-            let error = parse_disk(bad).unwrap_err();
-            assert!(error.contains(why), "{bad}: {error}");
-        }
     }
 
     #[test]

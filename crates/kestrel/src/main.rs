@@ -1,6 +1,7 @@
 //! The `kestrel` command: one binary, one subcommand per job.
 
 mod cli;
+mod device_options;
 mod exit_status;
 mod size;
 

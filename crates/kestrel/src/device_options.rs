@@ -1,0 +1,251 @@
+//! The values of the virtio device flags (`--disk`, `--net`, `--vsock`, `--balloon`): comma-separated
+//! `key=value` lists, parsed into the VMM's device configurations with one clear message per mistake.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmm::config::{
+    BalloonConfig, BlockConfig, MacAddress, NetConfig, VsockConfig, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES,
+    VSOCK_MAX_CID, VSOCK_MIN_CID,
+};
+
+/// A flag value of the form `key=value[,key=value...]`: every item is `key=value`, every key is one
+/// of the flag's and appears at most once. Values may contain `=` (only the first splits).
+struct OptionList<'a> {
+    form: &'static str,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> OptionList<'a> {
+    /// `form` is the flag's syntax, quoted in messages; `keys` are the keys it accepts.
+    fn parse(text: &'a str, form: &'static str, keys: &[&str]) -> Result<OptionList<'a>, String> {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for item in text.split(',') {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(format!("'{item}' is not KEY=VALUE; the form is {form}"));
+            };
+            if !keys.contains(&key) {
+                return Err(format!("unknown key '{key}'; the form is {form}"));
+            }
+            if pairs.iter().any(|&(seen, _)| seen == key) {
+                return Err(format!("{key}= is given twice"));
+            }
+            pairs.push((key, value));
+        }
+        Ok(OptionList { form, pairs })
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.pairs.iter().find(|&&(k, _)| k == key).map(|&(_, value)| value)
+    }
+
+    fn required(&self, key: &str) -> Result<&'a str, String> {
+        self.get(key).ok_or_else(|| format!("{key}= is missing; the form is {}", self.form))
+    }
+
+    /// An optional `on|off` value, `default` when absent.
+    fn on_off(&self, key: &str, default: bool) -> Result<bool, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(value) => Err(format!("{key}={value}: the value must be on or off")),
+        }
+    }
+
+    /// An optional whole number.
+    fn number(&self, key: &str) -> Result<Option<u32>, String> {
+        self.get(key)
+            .map(|value| {
+                value.parse().map_err(|_| format!("{key}={value}: the value must be a whole number"))
+            })
+            .transpose()
+    }
+}
+
+/// `--disk path=PATH[,readonly=on|off][,id=ID]`
+pub fn parse_disk(text: &str) -> Result<BlockConfig, String> {
+    let options =
+        OptionList::parse(text, "path=PATH[,readonly=on|off][,id=ID]", &["path", "readonly", "id"])?;
+    let path = options.required("path")?;
+    if path.is_empty() {
+        return Err("path= needs a file, as in path=disk.img".into());
+    }
+    let id = options.get("id");
+    if let Some(id) = id.filter(|id| id.len() > DISK_ID_MAX_BYTES) {
+        return Err(format!("id '{id}' is longer than {DISK_ID_MAX_BYTES} bytes"));
+    }
+    Ok(BlockConfig {
+        path: PathBuf::from(path),
+        read_only: options.on_off("readonly", false)?,
+        id: id.map(str::to_owned),
+    })
+}
+
+/// `--balloon size=MIB[,stats=SECONDS][,reporting=on|off][,deflate_on_oom=on|off]`
+pub fn parse_balloon(text: &str) -> Result<BalloonConfig, String> {
+    let options = OptionList::parse(
+        text,
+        "size=MIB[,stats=SECONDS][,reporting=on|off][,deflate_on_oom=on|off]",
+        &["size", "stats", "reporting", "deflate_on_oom"],
+    )?;
+    options.required("size")?;
+    Ok(BalloonConfig {
+        target_mib: options.number("size")?.unwrap_or_default(),
+        // stats=0 means no statistics, like leaving it out.
+        stats_interval: options.number("stats")?.filter(|&s| s > 0).map(|s| Duration::from_secs(s.into())),
+        free_page_reporting: options.on_off("reporting", false)?,
+        deflate_on_oom: options.on_off("deflate_on_oom", false)?,
+    })
+}
+
+/// `--net tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]`
+pub fn parse_net(text: &str) -> Result<NetConfig, String> {
+    let options = OptionList::parse(text, "tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]", &["tap", "mac"])?;
+    Ok(NetConfig {
+        tap: parse_tap_name(options.required("tap")?)?,
+        mac: options.get("mac").map(str::parse::<MacAddress>).transpose()?,
+    })
+}
+
+/// An interface name Linux accepts, or `auto` (`None`: the kernel picks one).
+fn parse_tap_name(name: &str) -> Result<Option<String>, String> {
+    if name == "auto" {
+        return Ok(None);
+    }
+    if name.is_empty() || name.len() > TAP_NAME_MAX_BYTES {
+        return Err(format!("tap name '{name}' must be 1 to {TAP_NAME_MAX_BYTES} bytes"));
+    }
+    // '%' would make the kernel number the name itself.
+    let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
+    if name == "." || name == ".." || name.chars().any(forbidden) {
+        return Err(format!("'{name}' is not an interface name (no '/', ':', '%' or spaces)"));
+    }
+    Ok(Some(name.to_owned()))
+}
+
+/// `--vsock cid=N,uds=PATH`
+pub fn parse_vsock(text: &str) -> Result<VsockConfig, String> {
+    let options = OptionList::parse(text, "cid=N,uds=PATH", &["cid", "uds"])?;
+    let cid_text = options.required("cid")?;
+    let cid = cid_text
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (VSOCK_MIN_CID..=VSOCK_MAX_CID).contains(n))
+        .ok_or_else(|| format!("cid={cid_text}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}"))?;
+    let uds_path = options.required("uds")?;
+    if uds_path.is_empty() {
+        return Err("uds= needs a path, as in uds=/tmp/kestrel.vsock".into());
+    }
+    Ok(VsockConfig { cid, uds_path: PathBuf::from(uds_path) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsock_forms() {
+        let vsock = |cid, path: &str| VsockConfig { cid, uds_path: path.into() };
+        assert_eq!(parse_vsock("cid=3,uds=/tmp/v.sock"), Ok(vsock(3, "/tmp/v.sock")));
+        assert_eq!(parse_vsock("uds=v=1.sock,cid=4294967294"), Ok(vsock(4294967294, "v=1.sock")));
+        for (bad, why) in [
+            ("cid=3", "uds= is missing"),
+            ("uds=/tmp/v", "cid= is missing"),
+            ("cid=2,uds=v", "must be 3 to 4294967294"),
+            ("cid=4294967295,uds=v", "must be 3 to 4294967294"),
+            ("cid=x,uds=v", "must be 3 to"),
+            ("cid=3,uds=", "needs a path"),
+            ("cid=3,cid=4,uds=v", "cid= is given twice"),
+            ("cid=3,uds=v,port=5", "unknown key 'port'"),
+            ("cid=3,uds=a,b", "'b' is not KEY=VALUE"),
+        ] {
+            let error = parse_vsock(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn balloon_forms() {
+        let balloon = |target_mib, stats: Option<u64>, free_page_reporting, deflate_on_oom| BalloonConfig {
+            target_mib,
+            stats_interval: stats.map(Duration::from_secs),
+            free_page_reporting,
+            deflate_on_oom,
+        };
+        assert_eq!(parse_balloon("size=64"), Ok(balloon(64, None, false, false)));
+        assert_eq!(parse_balloon("stats=5,size=0"), Ok(balloon(0, Some(5), false, false)));
+        assert_eq!(parse_balloon("size=1,stats=0,reporting=on"), Ok(balloon(1, None, true, false)));
+        assert_eq!(
+            parse_balloon("size=1,deflate_on_oom=on,reporting=off"),
+            Ok(balloon(1, None, false, true))
+        );
+        for (bad, why) in [
+            ("64", "not KEY=VALUE"),
+            ("stats=5", "size= is missing"),
+            ("size=64M", "must be a whole number"),
+            ("size=-1", "must be a whole number"),
+            ("size=1,stats=1.5", "must be a whole number"),
+            ("size=1,reporting=yes", "must be on or off"),
+            ("size=1,size=2", "size= is given twice"),
+            ("size=1,target=2", "unknown key 'target'"),
+        ] {
+            let error = parse_balloon(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn net_forms() {
+        let mac = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let net = |tap: Option<&str>, mac| NetConfig { tap: tap.map(str::to_owned), mac };
+        assert_eq!(parse_net("tap=tap0"), Ok(net(Some("tap0"), None)));
+        assert_eq!(parse_net("tap=auto"), Ok(net(None, None)));
+        assert_eq!(
+            parse_net("mac=52:54:00:12:34:56,tap=kt-0123456789ab"),
+            Ok(net(Some("kt-0123456789ab"), Some(mac)))
+        );
+        for (bad, why) in [
+            ("tap0", "not KEY=VALUE"),
+            ("mac=52:54:00:12:34:56", "tap= is missing"),
+            ("tap=", "must be 1 to 15 bytes"),
+            ("tap=a-name-of-16-bytes", "must be 1 to 15 bytes"),
+            ("tap=a/b", "not an interface name"),
+            ("tap=tap%d", "not an interface name"),
+            ("tap=..", "not an interface name"),
+            ("tap=tap0,mac=52:54:00:12:34", "not a MAC address"),
+            ("tap=tap0,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=tap0,model=e1000", "unknown key 'model'"),
+            ("tap=tap0,tap=tap1", "tap= is given twice"),
+        ] {
+            let error = parse_net(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn disk_forms() {
+        let disk = |path: &str, read_only, id: Option<&str>| BlockConfig {
+            path: path.into(),
+            read_only,
+            id: id.map(str::to_owned),
+        };
+        assert_eq!(parse_disk("path=/d/a.img"), Ok(disk("/d/a.img", false, None)));
+        assert_eq!(parse_disk("readonly=on,path=a.img"), Ok(disk("a.img", true, None)));
+        assert_eq!(parse_disk("path=a.img,readonly=off,id=data"), Ok(disk("a.img", false, Some("data"))));
+        assert_eq!(parse_disk("path=a=b.img"), Ok(disk("a=b.img", false, None)));
+        for (bad, why) in [
+            ("a.img", "not KEY=VALUE"),
+            ("readonly=on", "path= is missing"),
+            ("path=", "needs a file"),
+            ("path=a.img,readonly=yes", "must be on or off"),
+            ("path=a.img,cache=none", "unknown key 'cache'"),
+            ("path=a.img,path=b.img", "path= is given twice"),
+            ("path=a.img,", "'' is not KEY=VALUE"),
+            ("path=a.img,id=0123456789abcdefghijk", "longer than 20 bytes"),
+        ] {
+            let error = parse_disk(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+}
