@@ -14,10 +14,13 @@
 //! at 0x10-0x3F, two dwords per pin. Entries reset masked.
 //!
 //! # Delivery
-//! * Edge pins deliver on each rising edge. An edge on a masked pin is
-//!   remembered and delivered once when the guest unmasks the pin, so a
-//!   device interrupt raised while the guest briefly masked the line is not
-//!   lost (at worst the guest sees one spurious interrupt).
+//! * Edge pins deliver on each rising edge. An edge raised through
+//!   [`Ioapic::service_pin`] on a masked pin is remembered and delivered once
+//!   when the guest unmasks the pin, so a device interrupt raised while the
+//!   guest briefly masked the line is not lost (at worst the guest sees one
+//!   spurious interrupt). Devices that raise a pin through a KVM irqfd bypass
+//!   this model: KVM drops their signal while the pin has no route, and the
+//!   VMM resends it on unmask (see `redirection_changed`).
 //! * Level pins deliver while asserted, unmasked and with remote IRR clear;
 //!   delivery sets remote IRR, and the guest's EOI for the vector
 //!   ([`Ioapic::end_of_interrupt`]) clears it and delivers again if the pin

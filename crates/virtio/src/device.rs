@@ -1,11 +1,15 @@
 //! What every virtio device provides to its transport.
 
+use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::worker::{QueueHandler, Worker};
 
 /// Device IDs (virtio 1.2, section 5).
 pub mod device_type {
@@ -14,6 +18,18 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     pub const BALLOON: u32 = 5;
     pub const VSOCK: u32 = 19;
+
+    /// The device's name in log messages and thread names ("virtio-rng").
+    pub fn name(device_type: u32) -> String {
+        match device_type {
+            NET => "virtio-net".into(),
+            BLOCK => "virtio-blk".into(),
+            RNG => "virtio-rng".into(),
+            BALLOON => "virtio-balloon".into(),
+            VSOCK => "virtio-vsock".into(),
+            other => format!("virtio device {other}"),
+        }
+    }
 }
 
 /// The device complies with virtio 1.x (transports refuse drivers that do not accept it: Kestrel
@@ -45,6 +61,47 @@ pub struct ActivateContext {
     pub interrupt: Arc<dyn Interrupt>,
     /// The features the driver accepted.
     pub acked_features: u64,
+    /// Where the device reports what the guest does wrong (kept by the transport across resets).
+    pub guest_errors: Arc<GuestErrorLog>,
+}
+
+impl ActivateContext {
+    /// The activation preamble of a device with `N` queues: refuses to start while `worker` (the
+    /// device's running worker) is there, then takes the queues, which must be `N`, all ready.
+    pub fn take_ready_queues<const N: usize>(
+        &mut self,
+        worker: &Option<Worker>,
+    ) -> Result<[Queue; N], ActivateError> {
+        let queues = self.take_queues(worker, N, N)?;
+        queues.try_into().map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: N })
+    }
+
+    /// Like [`ActivateContext::take_ready_queues`] for a device whose queue count is known only
+    /// at run time: `expected` queues, of which the first `ready` must be set up (the rest belong
+    /// to features the driver did not accept).
+    pub fn take_queues(
+        &mut self,
+        worker: &Option<Worker>,
+        expected: usize,
+        ready: usize,
+    ) -> Result<Vec<Queue>, ActivateError> {
+        if worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let given = self.queues.len();
+        if given != expected {
+            return Err(ActivateError::QueueCount { given, expected });
+        }
+        if let Some(index) = self.queues.iter().take(ready).position(|queue| !queue.ready()) {
+            return Err(ActivateError::QueueNotReady(index));
+        }
+        Ok(std::mem::take(&mut self.queues))
+    }
+
+    /// Starts `handler` on a worker thread named `name`, woken by the queue events.
+    pub fn spawn_worker<H: QueueHandler>(&mut self, name: &str, handler: H) -> Result<Worker, ActivateError> {
+        Worker::spawn(name, std::mem::take(&mut self.queue_events), handler).map_err(ActivateError::Worker)
+    }
 }
 
 /// Why a device could not start.
@@ -60,6 +117,71 @@ pub enum ActivateError {
     Worker(io::Error),
     #[error("the device's backend refused its settings: {0}")]
     Backend(io::Error),
+}
+
+impl ActivateError {
+    /// Whether the driver caused the failure (rather than the host).
+    pub fn is_guest_caused(&self) -> bool {
+        matches!(self, ActivateError::QueueNotReady(_) | ActivateError::QueueCount { .. })
+    }
+}
+
+/// How many problems a guest causes one device are logged at `warn`; the rest go to `debug`.
+pub const GUEST_ERRORS_AT_WARN: u32 = 10;
+
+/// Logs the problems a guest causes a device (a malformed buffer or chain, a queue set up
+/// wrongly) without letting it fill the host's log: the first [`GUEST_ERRORS_AT_WARN`] at `warn`,
+/// then a single warning that further ones are not logged at that level, then at `debug`.
+/// Host-side failures (a disk or tap error, an interrupt that cannot be delivered) are not for it.
+///
+/// One per device: the transport keeps it across resets (else a guest could reset the device for
+/// fresh warnings) and hands it to the device's worker in [`ActivateContext`].
+pub struct GuestErrorLog {
+    /// Names the device in every message ("virtio-rng (virtio-mmio)").
+    device: String,
+    logged: AtomicU32,
+}
+
+/// The level [`GuestErrorLog`] logs its next problem at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestErrorLevel {
+    Warn,
+    /// The last at `warn`, followed by the note that the rest go to `debug`.
+    LastWarn,
+    Debug,
+}
+
+impl GuestErrorLog {
+    pub fn new(device: impl Into<String>) -> GuestErrorLog {
+        GuestErrorLog { device: device.into(), logged: AtomicU32::new(0) }
+    }
+
+    /// Logs one problem the guest caused.
+    pub fn log(&self, problem: fmt::Arguments<'_>) {
+        let device = &self.device;
+        match self.next_level() {
+            GuestErrorLevel::Warn => tracing::warn!("{device}: {problem}"),
+            GuestErrorLevel::LastWarn => {
+                tracing::warn!("{device}: {problem}");
+                tracing::warn!(
+                    "{device}: further problems caused by the guest are not logged (only at debug level)"
+                );
+            }
+            GuestErrorLevel::Debug => tracing::debug!("{device}: {problem}"),
+        }
+    }
+
+    fn next_level(&self) -> GuestErrorLevel {
+        let previous = self
+            .logged
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .unwrap_or(u32::MAX);
+        match previous.saturating_add(1) {
+            n if n < GUEST_ERRORS_AT_WARN => GuestErrorLevel::Warn,
+            GUEST_ERRORS_AT_WARN => GuestErrorLevel::LastWarn,
+            _ => GuestErrorLevel::Debug,
+        }
+    }
 }
 
 /// A virtio device, independent of the transport that presents it.
@@ -90,9 +212,59 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// Test doubles the devices' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+
+    use super::{GuestErrorLog, Interrupt, InterruptCause};
+
+    /// An interrupt that records every cause it is triggered with.
+    #[derive(Default)]
+    pub(crate) struct Recorder(pub(crate) Mutex<Vec<InterruptCause>>);
+
+    impl Interrupt for Recorder {
+        fn trigger(&self, cause: InterruptCause) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(cause);
+            Ok(())
+        }
+    }
+
+    /// A guest error log for a handler under test.
+    pub(crate) fn guest_errors() -> Arc<GuestErrorLog> {
+        Arc::new(GuestErrorLog::new("test device"))
+    }
+
+    /// A split-queue descriptor.
+    pub(crate) fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_errors_are_warned_about_a_few_times_then_only_at_debug() {
+        let log = GuestErrorLog::new("test device");
+        let levels: Vec<_> = (0..GUEST_ERRORS_AT_WARN + 3).map(|_| log.next_level()).collect();
+        let warnings = GUEST_ERRORS_AT_WARN as usize - 1;
+        assert!(levels[..warnings].iter().all(|&l| l == GuestErrorLevel::Warn), "{levels:?}");
+        assert_eq!(levels[warnings], GuestErrorLevel::LastWarn, "the last warning says so");
+        assert!(levels[warnings + 1..].iter().all(|&l| l == GuestErrorLevel::Debug), "{levels:?}");
+        // The count saturates instead of wrapping back to warnings.
+        log.logged.store(u32::MAX - 1, Ordering::Relaxed);
+        assert_eq!(log.next_level(), GuestErrorLevel::Debug);
+        assert_eq!(log.next_level(), GuestErrorLevel::Debug);
+        assert_eq!(log.next_level(), GuestErrorLevel::Debug);
+        // Logging itself, at every level, is harmless.
+        for _ in 0..3 {
+            GuestErrorLog::new("another").log(format_args!("problem {}", 1));
+        }
+    }
 
     #[test]
     fn config_reads_past_the_end_are_zero() {

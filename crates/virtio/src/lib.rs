@@ -24,4 +24,4 @@ mod transport;
 pub mod vsock;
 pub mod worker;
 
-pub use device::{ActivateContext, ActivateError, Interrupt, InterruptCause, VirtioDevice};
+pub use device::{ActivateContext, ActivateError, GuestErrorLog, Interrupt, InterruptCause, VirtioDevice};

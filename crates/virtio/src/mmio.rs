@@ -59,9 +59,6 @@ const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 pub struct MmioInterrupt {
     status: AtomicU32,
     line: EventFd,
-    /// ConfigGeneration: bumped by every configuration-change interrupt (devices raise it after
-    /// changing their configuration space), so a driver reading a multi-word field sees the change.
-    config_generation: AtomicU32,
 }
 
 impl Interrupt for MmioInterrupt {
@@ -70,11 +67,20 @@ impl Interrupt for MmioInterrupt {
             InterruptCause::Queue(_) => INTERRUPT_USED_BUFFER,
             InterruptCause::Config => INTERRUPT_CONFIG_CHANGE,
         };
-        if cause == InterruptCause::Config {
-            self.config_generation.fetch_add(1, Ordering::SeqCst);
-        }
         self.status.fetch_or(bit, Ordering::SeqCst);
         self.line.write(1)
+    }
+}
+
+impl MmioInterrupt {
+    /// Raises the line again if the driver has not acknowledged every cause yet. KVM drops an
+    /// irqfd signal while the guest has the IOAPIC pin masked; the VMM calls this when the pin is
+    /// unmasked, so an interrupt raised in between is not lost.
+    pub fn resend_if_pending(&self) -> io::Result<()> {
+        if self.status.load(Ordering::SeqCst) != 0 {
+            self.line.write(1)?;
+        }
+        Ok(())
     }
 }
 
@@ -86,11 +92,8 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     pub fn new(device: Box<dyn VirtioDevice>, memory: GuestMemoryMmap) -> io::Result<MmioTransport> {
-        let interrupt = Arc::new(MmioInterrupt {
-            status: AtomicU32::new(0),
-            line: EventFd::new(EFD_NONBLOCK)?,
-            config_generation: AtomicU32::new(0),
-        });
+        let interrupt =
+            Arc::new(MmioInterrupt { status: AtomicU32::new(0), line: EventFd::new(EFD_NONBLOCK)? });
         let state = TransportState::new("virtio-mmio", device, memory, interrupt.clone())?;
         Ok(MmioTransport { state, interrupt })
     }
@@ -103,6 +106,11 @@ impl MmioTransport {
     /// The interrupt line, for the VMM to bind as an irqfd.
     pub fn interrupt_event(&self) -> &EventFd {
         &self.interrupt.line
+    }
+
+    /// The interrupt itself, for the VMM to resend it when the guest unmasks the pin.
+    pub fn interrupt(&self) -> Arc<MmioInterrupt> {
+        self.interrupt.clone()
     }
 
     /// The device's virtio ID.
@@ -122,7 +130,8 @@ impl MmioTransport {
             REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
             REG_STATUS => self.state.status(),
-            REG_CONFIG_GENERATION => self.interrupt.config_generation.load(Ordering::SeqCst),
+            // Bumped by every configuration-change interrupt (see `CountingInterrupt`).
+            REG_CONFIG_GENERATION => self.state.config_generation(),
             _ => 0,
         }
     }
@@ -134,7 +143,8 @@ impl MmioTransport {
             REG_DRIVER_FEATURES_SEL => state.driver_features_select = value,
             REG_DRIVER_FEATURES => state.set_driver_features_word(value),
             REG_QUEUE_SEL => state.queue_select = value,
-            REG_QUEUE_NUM => state.set_selected_queue_size(value as u16),
+            // A size that does not fit 16 bits is invalid: 0 makes activation refuse the queue.
+            REG_QUEUE_NUM => state.set_selected_queue_size(u16::try_from(value).unwrap_or(0)),
             REG_QUEUE_READY => state.with_selected_queue(|q| q.set_ready(value == 1)),
             REG_QUEUE_DESC_LOW => state.set_selected_queue_ring(Ring::Descriptors, Some(value), None),
             REG_QUEUE_DESC_HIGH => state.set_selected_queue_ring(Ring::Descriptors, None, Some(value)),
@@ -247,6 +257,18 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_interrupt_is_resent_and_an_acknowledged_one_is_not() {
+        let transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
+        let interrupt = transport.interrupt();
+        interrupt.resend_if_pending().unwrap();
+        assert!(transport.interrupt_event().read().is_err(), "nothing pending, nothing sent");
+        interrupt.trigger(InterruptCause::Queue(0)).unwrap();
+        transport.interrupt_event().read().unwrap();
+        interrupt.resend_if_pending().unwrap();
+        assert_eq!(transport.interrupt_event().read().unwrap(), 1, "still pending: sent again");
+    }
+
+    #[test]
     fn identifies_itself() {
         let mut transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
         assert_eq!(read(&mut transport, REG_MAGIC), 0x7472_6976);
@@ -282,6 +304,42 @@ mod tests {
         write(&mut transport, REG_STATUS, 0);
         assert_eq!(read(&mut transport, REG_STATUS), 0, "reset");
         assert_eq!(read(&mut transport, REG_QUEUE_READY), 0);
+    }
+
+    /// The used ring's index of `mock`'s queue.
+    fn used_index(memory: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+        memory.read_obj(mock.used_addr().unchecked_add(2)).unwrap()
+    }
+
+    #[test]
+    fn a_reset_stops_the_worker_and_the_next_activation_serves_the_new_ring() {
+        let memory = memory();
+        let old = MockSplitQueue::create(&memory, GuestAddress(0x1000), 16);
+        let mut transport = MmioTransport::new(Box::new(Rng::new()), memory.clone()).unwrap();
+        driver_init(&mut transport, &old, 1);
+        old.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x8000, 32, 2, 0))], 0).unwrap();
+        write(&mut transport, REG_QUEUE_NOTIFY, 0);
+        wait_for_interrupt(&transport);
+        assert_eq!(used_index(&memory, &old), 1);
+
+        // The reset returns once the worker is joined: a request on the old ring, notified straight
+        // through the queue's event, finds no one to serve it.
+        write(&mut transport, REG_STATUS, 0);
+        old.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x8000, 32, 2, 0))], 1).unwrap();
+        transport.queue_events()[0].write(1).unwrap();
+        assert_eq!(used_index(&memory, &old), 1, "the stopped worker served the old ring");
+
+        // The driver starts over on a new ring that already holds a request: the count the event
+        // kept from before is the only wake-up, and it serves the new ring, not the old one.
+        let new = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+        new.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x9000, 16, 2, 0))], 0).unwrap();
+        driver_init(&mut transport, &new, 1);
+        assert_eq!(read(&mut transport, REG_STATUS), 1 | 2 | 8 | 4);
+        wait_for_interrupt(&transport);
+        assert_eq!(used_index(&memory, &new), 1);
+        let used_len: u32 = memory.read_obj(new.used_addr().unchecked_add(8)).unwrap();
+        assert_eq!(used_len, 16);
+        assert_eq!(used_index(&memory, &old), 1, "the old ring stays unserved");
     }
 
     #[test]
@@ -323,7 +381,7 @@ mod tests {
     #[test]
     fn a_misaligned_ring_or_a_bad_size_is_refused_not_ignored() {
         // virtio-queue drops such values silently; the device must not then run on stale rings.
-        for (size, base) in [(16, 0x8008), (3, 0x8000), (512, 0x8000), (0, 0x8000)] {
+        for (size, base) in [(16, 0x8008), (3, 0x8000), (512, 0x8000), (0, 0x8000), (0x1_0010, 0x8000)] {
             let mut transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
             driver_init_with_queue(&mut transport, size, base);
             let status = read(&mut transport, REG_STATUS);
@@ -353,9 +411,11 @@ mod tests {
     fn a_config_change_bumps_the_generation() {
         let mut transport = MmioTransport::new(Box::new(Rng::new()), memory()).unwrap();
         assert_eq!(read(&mut transport, REG_CONFIG_GENERATION), 0);
-        transport.interrupt.trigger(InterruptCause::Queue(0)).unwrap();
+        // Through the interrupt the device gets.
+        let interrupt = transport.state.interrupt().clone();
+        interrupt.trigger(InterruptCause::Queue(0)).unwrap();
         assert_eq!(read(&mut transport, REG_CONFIG_GENERATION), 0, "used buffers change no config");
-        transport.interrupt.trigger(InterruptCause::Config).unwrap();
+        interrupt.trigger(InterruptCause::Config).unwrap();
         assert_eq!(read(&mut transport, REG_CONFIG_GENERATION), 1);
         assert_eq!(
             read(&mut transport, REG_INTERRUPT_STATUS),

@@ -4,13 +4,16 @@
 //! where these registers sit and how the device interrupts.
 
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device::{ActivateContext, Interrupt, InterruptCause, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::device::{
+    device_type, ActivateContext, GuestErrorLog, Interrupt, InterruptCause, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 
 // Device status bits.
 const STATUS_DRIVER_OK: u32 = 4;
@@ -41,13 +44,32 @@ impl QueueRegisters {
     }
 }
 
+/// The transport's interrupt as the device gets it: counts configuration changes (the driver's
+/// config generation, so that it can tell a multi-word field changed while it read it), then
+/// interrupts the way the transport does.
+pub(crate) struct CountingInterrupt {
+    inner: Arc<dyn Interrupt>,
+    config_generation: AtomicU32,
+}
+
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
+        if cause == InterruptCause::Config {
+            self.config_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.trigger(cause)
+    }
+}
+
 /// A device and the transport-independent state its driver builds up.
 pub(crate) struct TransportState {
     /// "virtio-mmio" or "virtio-pci", for log messages.
     name: &'static str,
     device: Box<dyn VirtioDevice>,
     memory: GuestMemoryMmap,
-    interrupt: Arc<dyn Interrupt>,
+    interrupt: Arc<CountingInterrupt>,
+    /// What the guest does wrong, for this device's transport and worker alike.
+    guest_errors: Arc<GuestErrorLog>,
     /// The queues as the driver configures them; copies go to the device on activation.
     queues: Vec<Queue>,
     queue_registers: Vec<QueueRegisters>,
@@ -75,11 +97,14 @@ impl TransportState {
         let queue_events =
             queues.iter().map(|_| EventFd::new(EFD_NONBLOCK)).collect::<io::Result<Vec<_>>>()?;
         let queue_registers = queues.iter().map(|q| QueueRegisters::reset(q.max_size())).collect();
+        let guest_errors =
+            Arc::new(GuestErrorLog::new(format!("{} ({name})", device_type::name(device.device_type()))));
         Ok(TransportState {
             name,
             device,
             memory,
-            interrupt,
+            interrupt: Arc::new(CountingInterrupt { inner: interrupt, config_generation: AtomicU32::new(0) }),
+            guest_errors,
             queues,
             queue_registers,
             queue_events,
@@ -111,6 +136,17 @@ impl TransportState {
 
     pub(crate) fn status(&self) -> u32 {
         self.status
+    }
+
+    /// The interrupt the device gets, which counts configuration changes.
+    #[cfg(test)]
+    pub(crate) fn interrupt(&self) -> &Arc<CountingInterrupt> {
+        &self.interrupt
+    }
+
+    /// How many configuration changes the device has signalled: the driver's config generation.
+    pub(crate) fn config_generation(&self) -> u32 {
+        self.interrupt.config_generation.load(Ordering::SeqCst)
     }
 
     fn features(&self) -> u64 {
@@ -223,17 +259,17 @@ impl TransportState {
 
     fn activate(&mut self) {
         if self.status & STATUS_FEATURES_OK == 0 {
-            return self.fail("the driver set DRIVER_OK without FEATURES_OK");
+            return self.fail(Cause::Guest, "the driver set DRIVER_OK without FEATURES_OK");
         }
         let queues = (0..self.queues.len()).map(|index| self.queue_for_device(index));
         let queues = match queues.collect::<Result<Vec<_>, _>>() {
             Ok(queues) => queues,
-            Err(reason) => return self.fail(&reason),
+            Err(reason) => return self.fail(Cause::Guest, &reason),
         };
         let queue_events =
             match self.queue_events.iter().map(EventFd::try_clone).collect::<io::Result<Vec<_>>>() {
                 Ok(events) => events,
-                Err(e) => return self.fail(&format!("cannot share the queue events: {e}")),
+                Err(e) => return self.fail(Cause::Host, &format!("cannot share the queue events: {e}")),
             };
         let context = ActivateContext {
             memory: self.memory.clone(),
@@ -241,10 +277,14 @@ impl TransportState {
             queue_events,
             interrupt: self.interrupt.clone(),
             acked_features: self.driver_features,
+            guest_errors: self.guest_errors.clone(),
         };
         match self.device.activate(context) {
             Ok(()) => self.active = true,
-            Err(e) => self.fail(&e.to_string()),
+            Err(e) => {
+                let cause = if e.is_guest_caused() { Cause::Guest } else { Cause::Host };
+                self.fail(cause, &e.to_string());
+            }
         }
     }
 
@@ -279,8 +319,11 @@ impl TransportState {
     }
 
     /// Tells the driver the device cannot go on until it is reset.
-    fn fail(&mut self, reason: &str) {
-        tracing::warn!("{} device {}: {reason}", self.name, self.device.device_type());
+    fn fail(&mut self, cause: Cause, reason: &str) {
+        match cause {
+            Cause::Guest => self.guest_errors.log(format_args!("cannot start: {reason}")),
+            Cause::Host => tracing::warn!("{} device {}: {reason}", self.name, self.device.device_type()),
+        }
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         if let Err(e) = self.interrupt.trigger(InterruptCause::Config) {
             tracing::error!("{}: cannot interrupt the guest: {e}", self.name);
@@ -300,6 +343,13 @@ impl TransportState {
         self.driver_features = 0;
         self.status = 0;
     }
+}
+
+/// Who made a device fail: the guest's problems are logged at a limited rate.
+#[derive(Clone, Copy)]
+enum Cause {
+    Guest,
+    Host,
 }
 
 /// Bits 0–31 (`select` 0) or 32–63 (`select` 1) of `features`; nothing beyond.

@@ -6,8 +6,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::{Interrupt, InterruptCause};
 
 /// A device's request processing, driven by its worker thread.
 pub trait QueueHandler: Send + 'static {
@@ -76,13 +80,64 @@ impl BackendRegistry {
         self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
     }
 
-    /// The backend index of a token this registry's epoll reported, if it is one of its.
-    pub fn index_of(&self, token: u64) -> Option<usize> {
-        token.checked_sub(self.first_token).map(|index| index as usize)
-    }
-
     fn event(&self, index: usize, interest: EventSet) -> EpollEvent {
         EpollEvent::new(interest, self.first_token + index as u64)
+    }
+}
+
+/// Serves every available chain of queue `index` with `serve` (which returns the chain's used
+/// length), then interrupts the driver once if it wants to know. `device` names it in messages.
+pub(crate) fn serve_queue(
+    device: &str,
+    memory: &GuestMemoryMmap,
+    queue: &mut Queue,
+    index: usize,
+    interrupt: &dyn Interrupt,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) {
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(memory) {
+        let head = chain.head_index();
+        let used = serve(chain);
+        if !complete(device, queue, memory, head, used) {
+            break;
+        }
+        used_any = true;
+    }
+    if used_any {
+        signal_used(device, queue, memory, interrupt, index);
+    }
+}
+
+/// Puts a chain on the used ring; false (and logged) if the ring cannot be written.
+pub(crate) fn complete(
+    device: &str,
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+) -> bool {
+    match queue.add_used(memory, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("{device}: cannot complete a request: {e:?}");
+            false
+        }
+    }
+}
+
+/// Interrupts the driver about queue `index`'s used buffers, if it wants to know.
+pub(crate) fn signal_used(
+    device: &str,
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    interrupt: &dyn Interrupt,
+    index: usize,
+) {
+    if queue.needs_notification(memory).unwrap_or(true) {
+        if let Err(e) = interrupt.trigger(InterruptCause::Queue(index as u16)) {
+            tracing::error!("{device}: cannot interrupt the guest: {e}");
+        }
     }
 }
 

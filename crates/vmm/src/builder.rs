@@ -72,6 +72,7 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
             virtio_devices::attach_all(
                 &vm,
                 &devices.mmio_bus,
+                &devices.msi_sink,
                 &memory,
                 &config.virtio,
                 &mmio_slots,
@@ -154,6 +155,8 @@ struct LegacyDevices {
     ioapic: Arc<Mutex<Ioapic>>,
     /// KVM's GSI routes, shared by the IOAPIC and the MSI-X vectors of PCI devices.
     routing: Arc<GsiRouting>,
+    /// The IOAPIC's link to KVM, where irqfd-driven devices hook pin unmasking.
+    msi_sink: Arc<KvmMsiSink>,
     serial: Arc<Mutex<Serial>>,
     reset: EventFd,
     power_off: EventFd,
@@ -175,8 +178,8 @@ impl LegacyDevices {
         let pio_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
         let routing = Arc::new(GsiRouting::new(vm.clone()));
-        let ioapic =
-            Arc::new(Mutex::new(Ioapic::new(Arc::new(KvmMsiSink::new(vm.clone(), routing.clone())))));
+        let msi_sink = Arc::new(KvmMsiSink::new(vm.clone(), routing.clone()));
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(msi_sink.clone())));
         insert(
             &mmio_bus,
             ioapic.clone(),
@@ -203,7 +206,7 @@ impl LegacyDevices {
         let power = PowerManagement::new(clone_event_fd(&power_off, "power-off line")?);
         insert(&pio_bus, Arc::new(Mutex::new(power)), POWER_PORT, 1, "power management")?;
 
-        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, routing, serial, reset, power_off })
+        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, routing, msi_sink, serial, reset, power_off })
     }
 
     fn into_handles(self, config: &VmConfig, virtio: virtio_devices::VirtioControls) -> DeviceHandles {

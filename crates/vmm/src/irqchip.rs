@@ -63,19 +63,23 @@ impl GsiRouting {
         Ok(table.next_free - 1)
     }
 
-    /// Makes `gsi` deliver `route`, or nothing (None), and hands the whole table to KVM.
+    /// Makes `gsi` deliver `route`, or nothing (None), and hands the whole table to KVM. The change
+    /// is kept only if KVM accepts it, so one refused route cannot poison every later update.
     pub fn set(&self, gsi: u32, route: Option<MsiMessage>) -> std::io::Result<()> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = table.routes.clone();
         match route {
-            Some(msg) => table.routes.insert(gsi, msg),
-            None => table.routes.remove(&gsi),
+            Some(msg) => routes.insert(gsi, msg),
+            None => routes.remove(&gsi),
         };
         let mut kvm_table = KvmIrqRouting::new(0).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        for (&gsi, &msg) in &table.routes {
+        for (&gsi, &msg) in &routes {
             kvm_table.push(msi_route(gsi, msg)).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         }
         // Set while the lock is held, so two updates cannot reach KVM in the wrong order.
-        self.vm.set_gsi_routing(&kvm_table).map_err(std::io::Error::from)
+        self.vm.set_gsi_routing(&kvm_table).map_err(std::io::Error::from)?;
+        table.routes = routes;
+        Ok(())
     }
 }
 
@@ -86,11 +90,22 @@ impl GsiRouting {
 pub struct KvmMsiSink {
     vm: Arc<VmFd>,
     routing: Arc<GsiRouting>,
+    unmask_hooks: Mutex<Vec<(usize, UnmaskHook)>>,
 }
+
+/// Run when the guest unmasks a pin: KVM drops irqfd signals while a pin has no route, so a device
+/// behind an irqfd must raise its line again if it still has something to report. Runs with the
+/// IOAPIC locked: it may only signal, never lock a device.
+pub type UnmaskHook = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 impl KvmMsiSink {
     pub fn new(vm: Arc<VmFd>, routing: Arc<GsiRouting>) -> Self {
-        KvmMsiSink { vm, routing }
+        KvmMsiSink { vm, routing, unmask_hooks: Mutex::new(Vec::new()) }
+    }
+
+    /// Runs `hook` each time the guest programs `pin` unmasked.
+    pub fn on_unmask(&self, pin: usize, hook: UnmaskHook) {
+        self.unmask_hooks.lock().unwrap_or_else(|e| e.into_inner()).push((pin, hook));
     }
 }
 
@@ -109,7 +124,14 @@ impl MsiSink for KvmMsiSink {
         if pin >= NUM_PINS {
             return Err(std::io::Error::other(format!("no IOAPIC pin {pin}")));
         }
-        self.routing.set(pin as u32, route)
+        self.routing.set(pin as u32, route)?;
+        if route.is_some() {
+            let hooks = self.unmask_hooks.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, hook) in hooks.iter().filter(|(hooked, _)| *hooked == pin) {
+                hook()?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -160,4 +182,44 @@ fn msi_route(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
     entry.u.msi.address_hi = msg.address_hi;
     entry.u.msi.data = msg.data;
     entry
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A VM with the split irqchip; on CI a missing /dev/kvm fails the test instead of skipping it.
+    fn split_irqchip_vm() -> Option<Arc<VmFd>> {
+        let kvm = match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => kvm,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("/dev/kvm is needed on CI: {e}"),
+            Err(_) => return None,
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        create_split_irqchip(&vm).unwrap();
+        Some(vm)
+    }
+
+    #[test]
+    fn unmasking_a_pin_runs_its_hooks_and_masking_does_not() {
+        let Some(vm) = split_irqchip_vm() else { return };
+        let sink = KvmMsiSink::new(vm.clone(), Arc::new(GsiRouting::new(vm)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        sink.on_unmask(
+            5,
+            Box::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        );
+        let msg = MsiMessage { address_lo: 0xfee0_0000, address_hi: 0, data: 0x31 };
+        sink.redirection_changed(5, None).unwrap();
+        sink.redirection_changed(6, Some(msg)).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "masking pin 5 or unmasking another pin");
+        sink.redirection_changed(5, Some(msg)).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

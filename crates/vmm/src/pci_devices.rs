@@ -33,7 +33,7 @@ impl PciBus {
     pub fn create(pio_bus: &Bus, mmio_bus: &Arc<Bus>) -> Result<PciBus> {
         let device_error =
             |e: devices::BusError| Error::Device { name: "PCI host bridge", reason: e.to_string() };
-        let root = Arc::new(Mutex::new(PciRoot::new(mmio_bus.clone())));
+        let root = Arc::new(Mutex::new(PciRoot::new(mmio_bus)));
         pio_bus
             .insert(
                 Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),

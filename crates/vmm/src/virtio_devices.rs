@@ -16,6 +16,7 @@ use virtio::VirtioDevice;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::config::{BalloonConfig, NetConfig, VirtioConfig};
+use crate::irqchip::KvmMsiSink;
 use crate::{kvm_err, Error, Result};
 
 /// The IOAPIC pins virtio-mmio devices get, in order: ISA lines no emulated device uses. Not 8,
@@ -116,6 +117,7 @@ fn create_net(config: &NetConfig) -> Result<Net> {
 pub fn attach_all(
     vm: &VmFd,
     mmio_bus: &Bus,
+    msi_sink: &KvmMsiSink,
     memory: &GuestMemoryMmap,
     configs: &[VirtioConfig],
     slots: &[MmioSlot],
@@ -124,13 +126,16 @@ pub fn attach_all(
     configs
         .iter()
         .zip(slots)
-        .map(|(config, slot)| attach(vm, mmio_bus, memory, create_device(config, memory, controls)?, *slot))
+        .map(|(config, slot)| {
+            attach(vm, mmio_bus, msi_sink, memory, create_device(config, memory, controls)?, *slot)
+        })
         .collect()
 }
 
 fn attach(
     vm: &VmFd,
     mmio_bus: &Bus,
+    msi_sink: &KvmMsiSink,
     memory: &GuestMemoryMmap,
     device: Box<dyn VirtioDevice>,
     slot: MmioSlot,
@@ -142,6 +147,8 @@ fn attach(
         vm.register_ioevent(event, &address, index as u32).map_err(kvm_err("KVM_IOEVENTFD"))?;
     }
     vm.register_irqfd(transport.interrupt_event(), slot.irq).map_err(kvm_err("KVM_IRQFD"))?;
+    let interrupt = transport.interrupt();
+    msi_sink.on_unmask(slot.irq as usize, Box::new(move || interrupt.resend_if_pending()));
     tracing::debug!(
         "virtio-mmio device {} at {:#x}, IRQ {} (irqfd {})",
         transport.device_type(),

@@ -116,7 +116,7 @@ mod tests {
     use crate::Bus;
 
     fn setup() -> (PciConfigIo, PciConfigMmio) {
-        let mut root = PciRoot::new(Arc::new(Bus::new()));
+        let mut root = PciRoot::new(&Arc::new(Bus::new()));
         root.add_device(Arc::new(Mutex::new(TestDevice::new(0xe000_0000)))).unwrap();
         let root = Arc::new(Mutex::new(root));
         (PciConfigIo::new(root.clone()), PciConfigMmio::new(root))

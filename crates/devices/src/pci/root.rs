@@ -1,7 +1,7 @@
 //! The root bus: which function answers a configuration access, and where each BAR sits on the
 //! MMIO bus.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use super::config_space::{BarMapping, NUM_BARS};
 use super::host_bridge::HostBridge;
@@ -23,13 +23,16 @@ struct Slot {
 /// PCI bus 0: the host bridge in slot 0 and up to 31 devices, function 0 each.
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
-    mmio_bus: Arc<Bus>,
+    /// Weak: the bus holds the ECAM window, which holds this root; a strong reference back would
+    /// keep every device (and its worker thread and file descriptors) alive after the VM is gone.
+    mmio_bus: Weak<Bus>,
 }
 
 impl PciRoot {
     /// A bus with only the host bridge; BARs are mapped on `mmio_bus`.
-    pub fn new(mmio_bus: Arc<Bus>) -> PciRoot {
-        let mut root = PciRoot { slots: (0..SLOTS).map(|_| None).collect(), mmio_bus };
+    pub fn new(mmio_bus: &Arc<Bus>) -> PciRoot {
+        let mut root =
+            PciRoot { slots: (0..SLOTS).map(|_| None).collect(), mmio_bus: Arc::downgrade(mmio_bus) };
         root.slots[0] = Some(Slot::new(Arc::new(Mutex::new(HostBridge::new()))));
         root
     }
@@ -68,6 +71,8 @@ impl PciRoot {
 
     /// Makes the MMIO bus match the BARs of the device in slot `index`.
     fn sync_bars(&mut self, index: usize) {
+        // No bus: the VM is being torn down, and there is nothing left to map BARs on.
+        let Some(mmio_bus) = self.mmio_bus.upgrade() else { return };
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else { return };
         let wanted: [Option<BarMapping>; NUM_BARS] = {
             let device = lock(&slot.device);
@@ -78,12 +83,12 @@ impl PciRoot {
                 continue;
             }
             if let (Some(old), true) = (slot.programmed[bar], slot.on_bus[bar]) {
-                self.mmio_bus.remove(old.address);
+                mmio_bus.remove(old.address);
             }
             slot.on_bus[bar] = false;
             if let Some(new) = wanted {
                 let window = Arc::new(Mutex::new(BarWindow { device: slot.device.clone(), bar }));
-                match self.mmio_bus.insert(window, new.address, new.size) {
+                match mmio_bus.insert(window, new.address, new.size) {
                     Ok(()) => slot.on_bus[bar] = true,
                     Err(e) => tracing::warn!("PCI 00:{index:02x}.0 BAR {bar}: {e}; the BAR stays unmapped"),
                 }
@@ -178,7 +183,7 @@ pub(crate) mod tests {
 
     #[test]
     fn host_bridge_and_absent_functions() {
-        let root = PciRoot::new(Arc::new(Bus::new()));
+        let root = PciRoot::new(&Arc::new(Bus::new()));
         assert_eq!(read32(&root, 0, 0), 0x0d57_8086);
         assert_eq!(read32(&root, 0, 8) >> 8, 0x06_0000, "class: host bridge");
         assert_eq!(read32(&root, 1, 0), 0xffff_ffff);
@@ -194,7 +199,7 @@ pub(crate) mod tests {
     #[test]
     fn a_bar_is_on_the_bus_while_decoded_and_follows_the_guest() {
         let bus = Arc::new(Bus::new());
-        let mut root = PciRoot::new(bus.clone());
+        let mut root = PciRoot::new(&bus);
         let device = Arc::new(Mutex::new(TestDevice::new(0xe000_0000)));
         assert_eq!(root.add_device(device.clone()), Ok(1));
         let mut byte = [0u8];
@@ -229,7 +234,7 @@ pub(crate) mod tests {
     #[test]
     fn a_bar_over_another_device_stays_unmapped() {
         let bus = Arc::new(Bus::new());
-        let mut root = PciRoot::new(bus.clone());
+        let mut root = PciRoot::new(&bus);
         let first = Arc::new(Mutex::new(TestDevice::new(0xe000_0000)));
         let second = Arc::new(Mutex::new(TestDevice::new(0xe000_1000)));
         root.add_device(first.clone()).unwrap();
@@ -245,8 +250,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn devices_are_freed_with_the_bus() {
+        // The bus holds the ECAM window, the window holds the root, the root holds the devices:
+        // dropping the bus must free them all.
+        let bus = Arc::new(Bus::new());
+        let device = Arc::new(Mutex::new(TestDevice::new(0xe000_0000)));
+        let device_alive = Arc::downgrade(&device);
+        let mut root = PciRoot::new(&bus);
+        root.add_device(device).unwrap();
+        write32(&mut root, 1, COMMAND, u32::from(COMMAND_MEMORY_SPACE));
+        let root = Arc::new(Mutex::new(root));
+        bus.insert(Arc::new(Mutex::new(crate::pci::PciConfigMmio::new(root))), 0xc800_0000, 0x10_0000)
+            .unwrap();
+        assert!(device_alive.upgrade().is_some());
+        drop(bus);
+        assert!(device_alive.upgrade().is_none(), "a reference cycle keeps the device alive");
+    }
+
+    #[test]
     fn slots_run_out() {
-        let mut root = PciRoot::new(Arc::new(Bus::new()));
+        let mut root = PciRoot::new(&Arc::new(Bus::new()));
         for slot in 1..32 {
             assert_eq!(root.add_device(Arc::new(Mutex::new(TestDevice::new(0)))), Ok(slot));
         }

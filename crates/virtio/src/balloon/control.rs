@@ -138,15 +138,7 @@ fn pages_to_mib(pages: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptCause>>);
-    impl Interrupt for Recorder {
-        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-            self.0.lock().unwrap().push(cause);
-            Ok(())
-        }
-    }
+    use crate::device::testing::Recorder;
 
     #[test]
     fn the_target_is_bounded_by_guest_ram() {

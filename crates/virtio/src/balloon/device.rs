@@ -4,7 +4,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_queue::QueueT;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::control::{BalloonControl, BalloonError, Shared};
@@ -141,26 +140,22 @@ impl VirtioDevice for Balloon {
         self.shared.set_actual_pages(u32::from_le_bytes(actual));
     }
 
-    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let ActivateContext { memory, queues, queue_events, interrupt, acked_features } = context;
-        if queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount { given: queues.len(), expected: self.queue_sizes.len() });
-        }
-        let roles = queue_roles(acked_features);
-        if let Some(index) = queues.iter().take(roles.len()).position(|queue| !queue.ready()) {
-            return Err(ActivateError::QueueNotReady(index));
-        }
+    fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
+        let roles = queue_roles(context.acked_features);
+        let queues = context.take_queues(&self.worker, self.queue_sizes.len(), roles.len())?;
         // Queues past the negotiated ones stay unused (their notifications are ignored).
         let queues = roles.into_iter().zip(queues).collect();
-        let stats_timer = self.stats_timer(acked_features).map_err(ActivateError::Worker)?;
-        let handler =
-            BalloonHandler::new(memory, interrupt.clone(), self.shared.clone(), queues, stats_timer);
-        self.worker =
-            Some(Worker::spawn("virtio-balloon", queue_events, handler).map_err(ActivateError::Worker)?);
-        self.shared.set_interrupt(Some(interrupt));
+        let stats_timer = self.stats_timer(context.acked_features).map_err(ActivateError::Backend)?;
+        let handler = BalloonHandler::new(
+            context.memory.clone(),
+            context.interrupt.clone(),
+            context.guest_errors.clone(),
+            self.shared.clone(),
+            queues,
+            stats_timer,
+        );
+        self.worker = Some(context.spawn_worker("virtio-balloon", handler)?);
+        self.shared.set_interrupt(Some(context.interrupt));
         Ok(())
     }
 
@@ -174,26 +169,16 @@ impl VirtioDevice for Balloon {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
+    use virtio_queue::{Queue, QueueT};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
-    use crate::device::{Interrupt, InterruptCause};
+    use crate::device::testing::{guest_errors, Recorder};
+    use crate::device::InterruptCause;
 
     const RAM: u64 = 256 << 20;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptCause>>);
-    impl Interrupt for Recorder {
-        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-            self.0.lock().unwrap().push(cause);
-            Ok(())
-        }
-    }
 
     fn balloon(settings: BalloonSettings) -> Balloon {
         Balloon::new(&settings, RAM).unwrap()
@@ -288,6 +273,7 @@ mod tests {
             queue_events: (0..count).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect(),
             interrupt,
             acked_features,
+            guest_errors: guest_errors(),
         }
     }
 

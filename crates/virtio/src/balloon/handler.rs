@@ -13,8 +13,11 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::control::Shared;
 use super::pages::{coalesce, discard, GuestRange};
 use super::stats::{BalloonStats, STAT_BYTES};
-use crate::device::{Interrupt, InterruptCause};
-use crate::worker::QueueHandler;
+use crate::device::{GuestErrorLog, Interrupt};
+use crate::worker::{self, QueueHandler};
+
+/// The device's name in messages.
+const NAME: &str = "virtio-balloon";
 
 /// PFNs read, sorted and coalesced at a time: Linux sends at most 256 per buffer, and a guest
 /// that sends more is served in bounded steps.
@@ -37,6 +40,7 @@ pub enum QueueRole {
 pub struct BalloonHandler {
     memory: GuestMemoryMmap,
     interrupt: Arc<dyn Interrupt>,
+    guest_errors: Arc<GuestErrorLog>,
     shared: Arc<Shared>,
     /// Indexed by the transport's queue index.
     queues: Vec<(QueueRole, Queue)>,
@@ -51,11 +55,12 @@ impl BalloonHandler {
     pub fn new(
         memory: GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
+        guest_errors: Arc<GuestErrorLog>,
         shared: Arc<Shared>,
         queues: Vec<(QueueRole, Queue)>,
         stats_timer: Option<TimerFd>,
     ) -> BalloonHandler {
-        BalloonHandler { memory, interrupt, shared, queues, held_stats: None, stats_timer }
+        BalloonHandler { memory, interrupt, guest_errors, shared, queues, held_stats: None, stats_timer }
     }
 
     /// Serves every available buffer of queue `index`, then interrupts the driver once if it
@@ -70,7 +75,7 @@ impl BalloonHandler {
             let head = chain.head_index();
             let done = match role {
                 QueueRole::Inflate => {
-                    inflate(&self.memory, chain);
+                    inflate(&self.memory, &self.guest_errors, chain);
                     Some(head)
                 }
                 QueueRole::Deflate => {
@@ -79,11 +84,11 @@ impl BalloonHandler {
                     Some(head)
                 }
                 QueueRole::Reporting => {
-                    discard_reported(&self.memory, chain);
+                    discard_reported(&self.memory, &self.guest_errors, chain);
                     Some(head)
                 }
                 QueueRole::Stats => {
-                    self.shared.set_stats(read_stats(&self.memory, chain));
+                    self.shared.set_stats(read_stats(&self.memory, &self.guest_errors, chain));
                     // A driver that sends a second buffer before the first came back gets the
                     // older one back now, so neither is lost.
                     self.held_stats.replace(head)
@@ -112,33 +117,23 @@ impl BalloonHandler {
 
     /// Puts a buffer on the used ring; the device writes nothing into balloon buffers.
     fn complete(&mut self, index: usize, head: u16) -> bool {
-        match self.queues[index].1.add_used(&self.memory, head, 0) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("virtio-balloon: cannot complete a buffer on queue {index}: {e:?}");
-                false
-            }
-        }
+        worker::complete(NAME, &mut self.queues[index].1, &self.memory, head, 0)
     }
 
     fn notify(&mut self, index: usize) {
-        if self.queues[index].1.needs_notification(&self.memory).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptCause::Queue(index as u16)) {
-                tracing::error!("virtio-balloon: cannot interrupt the guest: {e}");
-            }
-        }
+        worker::signal_used(NAME, &mut self.queues[index].1, &self.memory, self.interrupt.as_ref(), index);
     }
 }
 
 /// Discards the pages whose PFNs (le32 each) fill the buffer.
-fn inflate(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+fn inflate(memory: &GuestMemoryMmap, guest_errors: &GuestErrorLog, chain: DescriptorChain<&GuestMemoryMmap>) {
     let mut reader = match chain.reader(memory) {
         Ok(reader) => reader,
-        Err(e) => return tracing::warn!("virtio-balloon: malformed inflate buffer ignored: {e:?}"),
+        Err(e) => return guest_errors.log(format_args!("malformed inflate buffer ignored: {e:?}")),
     };
     let trailing = reader.available_bytes() % 4;
     if trailing != 0 {
-        tracing::warn!("virtio-balloon: inflate buffer ends with {trailing} bytes that are no PFN; ignored");
+        guest_errors.log(format_args!("inflate buffer ends with {trailing} bytes that are no PFN; ignored"));
     }
     let mut pfns = Vec::with_capacity(PFN_BATCH);
     let mut outside = 0;
@@ -148,7 +143,7 @@ fn inflate(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
             match reader.read_obj::<u32>() {
                 Ok(pfn) => pfns.push(u32::from_le(pfn)),
                 Err(e) => {
-                    tracing::warn!("virtio-balloon: cannot read an inflate buffer: {e}");
+                    guest_errors.log(format_args!("cannot read an inflate buffer: {e}"));
                     return;
                 }
             }
@@ -157,11 +152,15 @@ fn inflate(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
             outside += discard_range(memory, range);
         }
     }
-    warn_outside(outside, "inflated");
+    warn_outside(guest_errors, outside, "inflated");
 }
 
 /// Discards the whole pages inside each descriptor of a free-page report.
-fn discard_reported(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+fn discard_reported(
+    memory: &GuestMemoryMmap,
+    guest_errors: &GuestErrorLog,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) {
     let mut outside = 0;
     for descriptor in chain {
         if let Some(range) = GuestRange::whole_pages_within(descriptor.addr().0, u64::from(descriptor.len()))
@@ -169,7 +168,7 @@ fn discard_reported(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemor
             outside += discard_range(memory, range);
         }
     }
-    warn_outside(outside, "reported free");
+    warn_outside(guest_errors, outside, "reported free");
 }
 
 /// Discards `range`; returns the bytes of it outside guest RAM.
@@ -184,20 +183,24 @@ fn discard_range(memory: &GuestMemoryMmap, range: GuestRange) -> u64 {
     })
 }
 
-fn warn_outside(bytes: u64, what: &str) {
+fn warn_outside(guest_errors: &GuestErrorLog, bytes: u64, what: &str) {
     if bytes > 0 {
-        tracing::warn!("virtio-balloon: the guest {what} {bytes} bytes outside its RAM; ignored");
+        guest_errors.log(format_args!("the guest {what} {bytes} bytes outside its RAM; ignored"));
     }
 }
 
 /// The statistics in a stats buffer; a buffer that cannot be read counts as reporting nothing.
-fn read_stats(memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> BalloonStats {
+fn read_stats(
+    memory: &GuestMemoryMmap,
+    guest_errors: &GuestErrorLog,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> BalloonStats {
     let mut bytes = Vec::new();
     let read = chain.reader(memory).map_err(|e| format!("{e:?}")).and_then(|reader| {
         reader.take((MAX_STATS * STAT_BYTES) as u64).read_to_end(&mut bytes).map_err(|e| e.to_string())
     });
     if let Err(e) = read {
-        tracing::warn!("virtio-balloon: malformed stats buffer: {e}");
+        guest_errors.log(format_args!("malformed stats buffer: {e}"));
         bytes.clear();
     }
     BalloonStats::parse(&bytes)
@@ -226,8 +229,6 @@ impl QueueHandler for BalloonHandler {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -238,6 +239,8 @@ mod tests {
     use crate::balloon::pages::tests::{resident_pages, touch};
     use crate::balloon::pages::PAGE_SIZE;
     use crate::balloon::stats::tests::encode;
+    use crate::device::testing::{descriptor, guest_errors, Recorder};
+    use crate::device::InterruptCause;
 
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
@@ -245,19 +248,6 @@ mod tests {
     const RAM: u64 = 0x40_0000;
     const ROLES: [QueueRole; 4] =
         [QueueRole::Inflate, QueueRole::Deflate, QueueRole::Stats, QueueRole::Reporting];
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptCause>>);
-    impl Interrupt for Recorder {
-        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-            self.0.lock().unwrap().push(cause);
-            Ok(())
-        }
-    }
-
-    fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
-    }
 
     /// A balloon with all four queues (each a mock ring in guest memory) and the driver's side.
     struct Bench<'a> {
@@ -278,8 +268,14 @@ mod tests {
                 ROLES.iter().zip(&mocks).map(|(&role, mock)| (role, mock.create_queue().unwrap())).collect();
             let interrupts = Arc::new(Recorder::default());
             let shared = Arc::new(Shared::new(0, RAM).unwrap());
-            let handler =
-                BalloonHandler::new(memory.clone(), interrupts.clone(), shared.clone(), queues, None);
+            let handler = BalloonHandler::new(
+                memory.clone(),
+                interrupts.clone(),
+                guest_errors(),
+                shared.clone(),
+                queues,
+                None,
+            );
             Bench { memory, mocks, next_descriptor: vec![0; 4], interrupts, shared, handler }
         }
 

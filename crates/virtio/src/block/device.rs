@@ -5,12 +5,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
-
 use super::backend::RawFile;
 use super::handler::{
     BlockHandler, Disk, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SECTORS,
-    MAX_WRITE_ZEROES_SEGMENTS,
+    MAX_WRITE_ZEROES_SEGMENTS, SEG_MAX, SIZE_MAX,
 };
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::device::{
@@ -18,10 +16,10 @@ use crate::device::{
 };
 use crate::worker::Worker;
 
-const QUEUE_SIZE: u16 = 256;
-const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+const QUEUE_SIZES: [u16; 1] = [super::QUEUE_SIZE];
 
 // Feature bits (virtio 1.2 section 5.2.3).
+const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
@@ -29,9 +27,6 @@ const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 
-/// Data buffers per request: a request also needs a descriptor for its header and one for its
-/// status, and without indirect descriptors the whole chain must fit the queue.
-const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Discards are best aligned to 4 KiB, the block size of common host filesystems: a hole can only
 /// be punched in whole filesystem blocks (partial ones are zeroed instead).
 const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
@@ -75,8 +70,11 @@ impl Block {
             );
         }
         let sectors = bytes / SECTOR_SIZE;
-        let mut features =
-            VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_BLK_F_SIZE_MAX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_FLUSH;
         features |=
             if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
         Ok(Block {
@@ -110,6 +108,7 @@ fn config_space(sectors: u64) -> [u8; CONFIG_BYTES] {
     let mut config = [0u8; CONFIG_BYTES];
     let mut put = |offset: usize, bytes: &[u8]| config[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(0, &sectors.to_le_bytes()); // capacity
+    put(8, &SIZE_MAX.to_le_bytes()); // size_max
     put(12, &SEG_MAX.to_le_bytes()); // seg_max
     put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
     put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
@@ -141,20 +140,16 @@ impl VirtioDevice for Block {
     /// Every field Kestrel offers is read-only (`writeback` needs VIRTIO_BLK_F_CONFIG_WCE).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let ActivateContext { memory, queues, queue_events, interrupt, .. } = context;
-        let [queue]: [_; 1] = queues
-            .try_into()
-            .map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: 1 })?;
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        let handler = BlockHandler::new(memory, queue, interrupt, self.disk.clone());
-        self.worker =
-            Some(Worker::spawn("virtio-blk", queue_events, handler).map_err(ActivateError::Worker)?);
+    fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
+        let [queue] = context.take_ready_queues(&self.worker)?;
+        let handler = BlockHandler::new(
+            context.memory.clone(),
+            queue,
+            context.interrupt.clone(),
+            context.guest_errors.clone(),
+            self.disk.clone(),
+        );
+        self.worker = Some(context.spawn_worker("virtio-blk", handler)?);
         Ok(())
     }
 
@@ -182,7 +177,10 @@ mod tests {
         let mut capacity = [0u8; 8];
         block.read_config(0, &mut capacity);
         assert_eq!(u64::from_le_bytes(capacity), 10);
+        assert_eq!(config_u32(&block, 8), SIZE_MAX);
         assert_eq!(config_u32(&block, 12), SEG_MAX);
+        assert_ne!(block.features() & VIRTIO_BLK_F_SIZE_MAX, 0);
+        assert_ne!(block.features() & VIRTIO_BLK_F_SEG_MAX, 0);
         assert_eq!(config_u32(&block, 20), 512);
     }
 

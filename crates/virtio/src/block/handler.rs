@@ -8,13 +8,13 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::DiskBackend;
-use super::{ID_BYTES, SECTOR_SIZE};
-use crate::device::{Interrupt, InterruptCause};
-use crate::worker::QueueHandler;
+use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+use crate::device::{GuestErrorLog, Interrupt};
+use crate::worker::{serve_queue, QueueHandler};
 
 // Request types.
 const VIRTIO_BLK_T_IN: u32 = 0;
@@ -43,6 +43,15 @@ pub(super) const MAX_DISCARD_SECTORS: u32 = 1 << 21; // 1 GiB per segment
 pub(super) const MAX_DISCARD_SEGMENTS: u32 = 32;
 pub(super) const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 18; // 128 MiB per segment
 pub(super) const MAX_WRITE_ZEROES_SEGMENTS: u32 = 8;
+
+/// Data buffers per request (`seg_max`): a request also needs a descriptor for its header and one
+/// for its status, and without indirect descriptors the whole chain must fit the queue.
+pub(super) const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// The largest data buffer (`size_max`); Linux wants at least a page.
+pub(super) const SIZE_MAX: u32 = 1 << 20;
+/// The most data one request may carry, as the driver was told: a larger one is refused, so that
+/// a request's work is bounded however long the descriptors the guest makes up.
+const MAX_DATA_BYTES: usize = SEG_MAX as usize * SIZE_MAX as usize;
 
 /// Data moves between the disk and guest memory through a buffer of this size, so a request of
 /// any length costs a bounded amount of host memory.
@@ -76,6 +85,8 @@ enum RequestError {
     UnsupportedFlags(u32),
     #[error("the disk is read-only")]
     ReadOnly,
+    #[error("{0} data bytes are more than the {MAX_DATA_BYTES} a request may carry")]
+    TooLarge(usize),
     #[error("{0} data bytes are not a whole number of sectors")]
     PartialSector(usize),
     #[error("{count} sectors from sector {sector} run past the end of the disk ({capacity} sectors)")]
@@ -104,6 +115,7 @@ pub struct BlockHandler<B> {
     memory: GuestMemoryMmap,
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
+    guest_errors: Arc<GuestErrorLog>,
     disk: Disk<B>,
     bounce: Vec<u8>,
 }
@@ -113,28 +125,19 @@ impl<B: DiskBackend> BlockHandler<B> {
         memory: GuestMemoryMmap,
         queue: Queue,
         interrupt: Arc<dyn Interrupt>,
+        guest_errors: Arc<GuestErrorLog>,
         disk: Disk<B>,
     ) -> Self {
-        BlockHandler { memory, queue, interrupt, disk, bounce: vec![0; BOUNCE_BYTES] }
+        BlockHandler { memory, queue, interrupt, guest_errors, disk, bounce: vec![0; BOUNCE_BYTES] }
     }
 
     /// Serves every available request, then interrupts the driver once if it wants to know.
     fn process_requests(&mut self) {
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
-            let head = chain.head_index();
-            let used = serve(&self.memory, &self.disk, &mut self.bounce, chain);
-            if let Err(e) = self.queue.add_used(&self.memory, head, used) {
-                tracing::error!("virtio-blk: cannot complete a request: {e:?}");
-                break;
-            }
-            used_any = true;
-        }
-        if used_any && self.queue.needs_notification(&self.memory).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptCause::Queue(0)) {
-                tracing::error!("virtio-blk: cannot interrupt the guest: {e}");
-            }
-        }
+        let (memory, disk, bounce, guest_errors) =
+            (&self.memory, &self.disk, &mut self.bounce, &*self.guest_errors);
+        serve_queue("virtio-blk", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
+            serve(memory, disk, bounce, guest_errors, chain)
+        });
     }
 }
 
@@ -150,17 +153,18 @@ fn serve<B: DiskBackend>(
     memory: &GuestMemoryMmap,
     disk: &Disk<B>,
     bounce: &mut [u8],
+    guest_errors: &GuestErrorLog,
     chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> u32 {
     let reader = Reader::new(memory, chain.clone());
     let mut data = match Writer::new(memory, chain) {
         Ok(writer) if writer.available_bytes() > 0 => writer,
         Ok(_) => {
-            tracing::warn!("virtio-blk: a request has no status byte; completed unanswered");
+            guest_errors.log(format_args!("a request has no status byte; completed unanswered"));
             return 0;
         }
         Err(e) => {
-            tracing::warn!("virtio-blk: a request's writable buffers are not in guest memory: {e}");
+            guest_errors.log(format_args!("a request's writable buffers are not in guest memory: {e:?}"));
             return 0;
         }
     };
@@ -168,13 +172,13 @@ fn serve<B: DiskBackend>(
     let mut status = match data.split_at(status_offset) {
         Ok(status) => status,
         Err(e) => {
-            tracing::warn!("virtio-blk: cannot find a request's status byte: {e}");
+            guest_errors.log(format_args!("cannot find a request's status byte: {e:?}"));
             return 0;
         }
     };
     let result = match reader {
         Ok(mut reader) => execute(disk, bounce, &mut reader, &mut data),
-        Err(e) => Err(RequestError::GuestMemory(io::Error::other(e))),
+        Err(e) => Err(RequestError::GuestMemory(io::Error::other(format!("{e:?}")))),
     };
     let status_byte = match result {
         Ok(()) => VIRTIO_BLK_S_OK,
@@ -187,7 +191,7 @@ fn serve<B: DiskBackend>(
         }
     };
     if let Err(e) = status.write_all(&[status_byte]) {
-        tracing::warn!("virtio-blk: cannot write a status byte: {e}");
+        guest_errors.log(format_args!("cannot write a status byte: {e}"));
         return 0;
     }
     // The driver's writable buffers are a u32 length at most in each of at most 65536 descriptors;
@@ -208,6 +212,10 @@ fn execute<B: DiskBackend>(
     let [t0, t1, t2, t3, _, _, _, _, sector @ ..] = header;
     let request_type = u32::from_le_bytes([t0, t1, t2, t3]);
     let sector = u64::from_le_bytes(sector);
+    let data_bytes = reader.available_bytes().saturating_add(data.available_bytes());
+    if data_bytes > MAX_DATA_BYTES {
+        return Err(RequestError::TooLarge(data_bytes));
+    }
     match request_type {
         VIRTIO_BLK_T_IN => read_sectors(disk, bounce, sector, data),
         VIRTIO_BLK_T_OUT => write_sectors(disk, bounce, sector, reader),
@@ -347,7 +355,6 @@ fn zero_segments<B: DiskBackend>(
 mod tests {
     use std::fs::File;
     use std::os::unix::fs::{FileExt, MetadataExt};
-    use std::sync::Mutex;
 
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -355,6 +362,8 @@ mod tests {
 
     use super::*;
     use crate::block::RawFile;
+    use crate::device::testing::{guest_errors, Recorder};
+    use crate::device::InterruptCause;
 
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
@@ -364,15 +373,6 @@ mod tests {
     const STATUS: u64 = 0x8_0000;
     /// Sectors of the test disks (64 KiB).
     const SECTORS: u64 = 128;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptCause>>);
-    impl Interrupt for Recorder {
-        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-            self.0.lock().unwrap().push(cause);
-            Ok(())
-        }
-    }
 
     /// A backend whose every operation fails, as a disk with I/O errors would.
     struct Failing;
@@ -474,7 +474,7 @@ mod tests {
         }
         let queue: Queue = mock.create_queue().unwrap();
         let interrupts = Arc::new(Recorder::default());
-        let mut handler = BlockHandler::new(memory.clone(), queue, interrupts.clone(), disk);
+        let mut handler = BlockHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), disk);
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(usize::from(used_index), chains.len(), "every request is completed");
@@ -692,6 +692,27 @@ mod tests {
     }
 
     #[test]
+    fn requests_carrying_more_data_than_advertised_are_io_errors() {
+        let (_dir, path) = patterned_disk();
+        // Room for the oversized buffers (the mapping is only reserved, never touched).
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2000_0000)]).unwrap();
+        let mut disk = raw_disk(&path, false);
+        disk.sectors = u64::MAX / 512;
+        let too_much = (MAX_DATA_BYTES + 512) as u32;
+        for (request_type, device_writes) in [(VIRTIO_BLK_T_IN, true), (VIRTIO_BLK_T_OUT, false)] {
+            let chain = vec![
+                header(&memory, request_type, 0),
+                Buffer(0x100_0000, too_much, device_writes),
+                status_buffer(&memory),
+            ];
+            assert_eq!(serve_one(&memory, disk.clone(), chain), 1, "only the status byte is written");
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_IOERR, "request type {request_type}");
+        }
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(0x100_0000)).unwrap(), 0, "nothing was read in");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SECTORS * 512, "nothing was written");
+    }
+
+    #[test]
     fn partial_sectors_are_io_errors() {
         let (_dir, path) = patterned_disk();
         let memory = memory();
@@ -830,8 +851,13 @@ mod tests {
         memory.write_obj::<u16>(0, mock.avail_addr().unchecked_add(4)).unwrap();
         memory.write_obj::<u16>(1, mock.avail_addr().unchecked_add(2)).unwrap();
         let queue: Queue = mock.create_queue().unwrap();
-        let mut handler =
-            BlockHandler::new(memory.clone(), queue, Arc::new(Recorder::default()), raw_disk(&path, false));
+        let mut handler = BlockHandler::new(
+            memory.clone(),
+            queue,
+            Arc::new(Recorder::default()),
+            guest_errors(),
+            raw_disk(&path, false),
+        );
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_index, 1, "the looping request is completed and the queue moves on");

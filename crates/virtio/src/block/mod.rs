@@ -15,6 +15,9 @@ mod handler;
 pub use backend::{DiskBackend, RawFile};
 pub use device::{Block, DiskError};
 
+/// The size of the request queue.
+const QUEUE_SIZE: u16 = 256;
+
 /// The unit of the guest's addressing, whatever the host storage's own block size.
 const SECTOR_SIZE: u64 = 512;
 

@@ -1,8 +1,6 @@
 //! The network device as its transport sees it: features, configuration space, activation.
 
-use virtio_queue::QueueT;
-
-use super::handler::{NetHandler, RX_QUEUE, TX_QUEUE};
+use super::handler::NetHandler;
 use super::mac::MacAddress;
 use super::tap::Tap;
 use crate::device::{
@@ -100,24 +98,20 @@ impl VirtioDevice for Net {
     /// Kestrel does not offer), and so is the status.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let ActivateContext { memory, queues, queue_events, interrupt, acked_features } = context;
-        let [rx, tx]: [_; 2] = queues
-            .try_into()
-            .map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: 2 })?;
-        for (index, queue) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !queue.ready() {
-                return Err(ActivateError::QueueNotReady(index));
-            }
-        }
-        self.tap.set_offloads(tap_offloads(acked_features)).map_err(ActivateError::Backend)?;
+    fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
+        // RX_QUEUE and TX_QUEUE, in that order.
+        let [rx, tx] = context.take_ready_queues(&self.worker)?;
+        self.tap.set_offloads(tap_offloads(context.acked_features)).map_err(ActivateError::Backend)?;
         let backend = self.tap.try_clone().map_err(ActivateError::Backend)?;
-        let handler = NetHandler::new(memory, rx, tx, interrupt, backend);
-        self.worker =
-            Some(Worker::spawn("virtio-net", queue_events, handler).map_err(ActivateError::Worker)?);
+        let handler = NetHandler::new(
+            context.memory.clone(),
+            rx,
+            tx,
+            context.interrupt.clone(),
+            context.guest_errors.clone(),
+            backend,
+        );
+        self.worker = Some(context.spawn_worker("virtio-net", handler)?);
         Ok(())
     }
 

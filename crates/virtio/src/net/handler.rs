@@ -11,8 +11,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
 use super::{MAX_FRAME_BYTES, VNET_HDR_LEN};
-use crate::device::{Interrupt, InterruptCause};
-use crate::worker::QueueHandler;
+use crate::device::{GuestErrorLog, Interrupt};
+use crate::worker::{self, QueueHandler};
+
+/// The device's name in messages.
+const NAME: &str = "virtio-net";
 
 /// The receive queue's index (virtio 1.2, 5.1.2).
 pub const RX_QUEUE: usize = 0;
@@ -38,7 +41,7 @@ pub trait FrameBackend: AsRawFd + Send + 'static {
 /// Why a transmit request fails (it is completed without its frame being sent).
 #[derive(Debug, thiserror::Error)]
 enum TxError {
-    #[error("malformed descriptor chain: {0}")]
+    #[error("malformed descriptor chain: {0:?}")]
     Chain(virtio_queue::Error),
     #[error("{0} bytes is less than the {VNET_HDR_LEN}-byte virtio-net header")]
     TooShort(usize),
@@ -60,6 +63,7 @@ pub struct NetHandler<B> {
     rx: Queue,
     tx: Queue,
     interrupt: Arc<dyn Interrupt>,
+    guest_errors: Arc<GuestErrorLog>,
     backend: B,
     /// One byte longer than the largest frame, so that a longer one shows as such instead of
     /// arriving cut short.
@@ -78,6 +82,7 @@ impl<B: FrameBackend> NetHandler<B> {
         rx: Queue,
         tx: Queue,
         interrupt: Arc<dyn Interrupt>,
+        guest_errors: Arc<GuestErrorLog>,
         backend: B,
     ) -> Self {
         NetHandler {
@@ -85,6 +90,7 @@ impl<B: FrameBackend> NetHandler<B> {
             rx,
             tx,
             interrupt,
+            guest_errors,
             backend,
             rx_frame: vec![0; MAX_FRAME_BYTES + 1].into_boxed_slice(),
             tx_frame: vec![0; MAX_FRAME_BYTES].into_boxed_slice(),
@@ -112,13 +118,14 @@ impl<B: FrameBackend> NetHandler<B> {
                 Ok(writer) if writer.available_bytes() >= VNET_HDR_LEN => writer,
                 Ok(writer) => {
                     let bytes = writer.available_bytes();
-                    tracing::warn!("virtio-net: a receive buffer of {bytes} bytes cannot hold the header");
-                    used_any |= complete(&mut self.rx, &self.memory, head, 0);
+                    self.guest_errors
+                        .log(format_args!("a receive buffer of {bytes} bytes cannot hold the header"));
+                    used_any |= worker::complete(NAME, &mut self.rx, &self.memory, head, 0);
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!("virtio-net: malformed receive buffer: {e}");
-                    used_any |= complete(&mut self.rx, &self.memory, head, 0);
+                    self.guest_errors.log(format_args!("malformed receive buffer: {e:?}"));
+                    used_any |= worker::complete(NAME, &mut self.rx, &self.memory, head, 0);
                     continue;
                 }
             };
@@ -153,14 +160,14 @@ impl<B: FrameBackend> NetHandler<B> {
             let written = match writer.write_all(&self.rx_frame[..len]) {
                 Ok(()) => len as u32,
                 Err(e) => {
-                    tracing::warn!("virtio-net: cannot write a frame into guest memory: {e}");
+                    self.guest_errors.log(format_args!("cannot write a frame into guest memory: {e}"));
                     0
                 }
             };
-            used_any |= complete(&mut self.rx, &self.memory, head, written);
+            used_any |= worker::complete(NAME, &mut self.rx, &self.memory, head, written);
         }
         if used_any {
-            signal_used(&mut self.rx, &self.memory, self.interrupt.as_ref(), RX_QUEUE);
+            worker::signal_used(NAME, &mut self.rx, &self.memory, self.interrupt.as_ref(), RX_QUEUE);
         }
     }
 
@@ -172,7 +179,7 @@ impl<B: FrameBackend> NetHandler<B> {
                 self.held_tx = Some(held);
                 return;
             }
-            used_any |= complete(&mut self.tx, &self.memory, held.head, 0);
+            used_any |= worker::complete(NAME, &mut self.tx, &self.memory, held.head, 0);
         }
         while let Some(chain) = self.tx.pop_descriptor_chain(&self.memory) {
             let head = chain.head_index();
@@ -182,13 +189,13 @@ impl<B: FrameBackend> NetHandler<B> {
                     break;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("virtio-net: transmit request failed: {e}"),
+                Err(e) => self.guest_errors.log(format_args!("transmit request failed: {e}")),
             }
             // The device writes nothing into a transmit request.
-            used_any |= complete(&mut self.tx, &self.memory, head, 0);
+            used_any |= worker::complete(NAME, &mut self.tx, &self.memory, head, 0);
         }
         if used_any {
-            signal_used(&mut self.tx, &self.memory, self.interrupt.as_ref(), TX_QUEUE);
+            worker::signal_used(NAME, &mut self.tx, &self.memory, self.interrupt.as_ref(), TX_QUEUE);
         }
     }
 
@@ -201,8 +208,13 @@ impl<B: FrameBackend> NetHandler<B> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // A frame the tap refuses (a bad header, the interface gone) is dropped.
-                    tracing::warn!("virtio-net: the tap refused a {len}-byte frame: {e}");
+                    // A frame the tap refuses (a bad header, the interface gone) is dropped. A bad
+                    // header (EINVAL) is the guest's doing, and it may send many.
+                    if e.kind() == io::ErrorKind::InvalidInput {
+                        self.guest_errors.log(format_args!("the tap refused a {len}-byte frame: {e}"));
+                    } else {
+                        tracing::warn!("virtio-net: the tap refused a {len}-byte frame: {e}");
+                    }
                     return true;
                 }
             }
@@ -224,26 +236,6 @@ fn gather(
     let destination = frame.get_mut(..len).ok_or(TxError::TooLong(len))?;
     reader.read_exact(destination).map_err(TxError::Read)?;
     Ok(len)
-}
-
-/// Puts a request in the used ring; false if the ring cannot be written (nothing was used).
-fn complete(queue: &mut Queue, memory: &GuestMemoryMmap, head: u16, len: u32) -> bool {
-    match queue.add_used(memory, head, len) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!("virtio-net: cannot complete a request: {e}");
-            false
-        }
-    }
-}
-
-/// Interrupts the driver about `index`'s used buffers, if it wants to know.
-fn signal_used(queue: &mut Queue, memory: &GuestMemoryMmap, interrupt: &dyn Interrupt, index: usize) {
-    if queue.needs_notification(memory).unwrap_or(true) {
-        if let Err(e) = interrupt.trigger(InterruptCause::Queue(index as u16)) {
-            tracing::error!("virtio-net: cannot interrupt the guest: {e}");
-        }
-    }
 }
 
 impl<B: FrameBackend> QueueHandler for NetHandler<B> {
@@ -281,13 +273,13 @@ impl<B: FrameBackend> QueueHandler for NetHandler<B> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixDatagram;
-    use std::sync::Mutex;
 
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
     use super::*;
+    use crate::device::testing::{descriptor, guest_errors, Recorder};
+    use crate::device::InterruptCause;
 
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
@@ -301,19 +293,6 @@ mod tests {
         fn send(&mut self, frame: &[u8]) -> io::Result<usize> {
             UnixDatagram::send(self, frame)
         }
-    }
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptCause>>);
-    impl Interrupt for Recorder {
-        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-            self.0.lock().unwrap().push(cause);
-            Ok(())
-        }
-    }
-
-    fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
     }
 
     /// A handler over a socket pair, with its queues in 1 MiB of guest memory (rx at 0, tx at
@@ -343,6 +322,7 @@ mod tests {
             rx.create_queue().unwrap(),
             tx.create_queue().unwrap(),
             interrupts.clone(),
+            guest_errors(),
             device_end,
         );
         Setup { memory, rx, tx, interrupts, handler, host }
@@ -585,6 +565,7 @@ mod tests {
             rx.create_queue().unwrap(),
             tx.create_queue().unwrap(),
             Arc::new(Recorder::default()),
+            guest_errors(),
             Detached(UnixDatagram::pair().unwrap().0),
         );
         handler.process_backend(0);

@@ -8,22 +8,22 @@ use virtio_queue::{Queue, QueueT};
 use super::PciTransport;
 use crate::transport::Ring;
 
-const DEVICE_FEATURE_SELECT: u64 = 0x00;
-const DEVICE_FEATURE: u64 = 0x04;
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0c;
-const CONFIG_MSIX_VECTOR: u64 = 0x10;
-const NUM_QUEUES: u64 = 0x12;
-const DEVICE_STATUS: u64 = 0x14;
-const CONFIG_GENERATION: u64 = 0x15;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-const QUEUE_ENABLE: u64 = 0x1c;
-const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_DRIVER: u64 = 0x28;
-const QUEUE_DEVICE: u64 = 0x30;
+pub(super) const DEVICE_FEATURE_SELECT: u64 = 0x00;
+pub(super) const DEVICE_FEATURE: u64 = 0x04;
+pub(super) const DRIVER_FEATURE_SELECT: u64 = 0x08;
+pub(super) const DRIVER_FEATURE: u64 = 0x0c;
+pub(super) const CONFIG_MSIX_VECTOR: u64 = 0x10;
+pub(super) const NUM_QUEUES: u64 = 0x12;
+pub(super) const DEVICE_STATUS: u64 = 0x14;
+pub(super) const CONFIG_GENERATION: u64 = 0x15;
+pub(super) const QUEUE_SELECT: u64 = 0x16;
+pub(super) const QUEUE_SIZE: u64 = 0x18;
+pub(super) const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+pub(super) const QUEUE_ENABLE: u64 = 0x1c;
+pub(super) const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+pub(super) const QUEUE_DESC: u64 = 0x20;
+pub(super) const QUEUE_DRIVER: u64 = 0x28;
+pub(super) const QUEUE_DEVICE: u64 = 0x30;
 const QUEUE_ADDRESSES_END: u64 = 0x38;
 
 /// Where each ring's 64-bit address field sits.
@@ -73,8 +73,9 @@ impl PciTransport {
             (CONFIG_MSIX_VECTOR, 2) => self.interrupt.config_vector().into(),
             (NUM_QUEUES, 2) => state.queue_count() as u64,
             (DEVICE_STATUS, 1) => state.status().into(),
-            // Configuration fields never change while the driver reads them.
-            (CONFIG_GENERATION, 1) => 0,
+            // Bumped by every configuration-change interrupt (see `CountingInterrupt`); the field
+            // is 8 bits wide, so it wraps.
+            (CONFIG_GENERATION, 1) => u64::from(state.config_generation() as u8),
             (QUEUE_SELECT, 2) => state.queue_select.into(),
             // A queue that does not exist has size 0 (virtio 1.2, 4.1.4.3.1).
             (QUEUE_SIZE, 2) => queue.map_or(0, |q| q.size().into()),

@@ -10,8 +10,14 @@ use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use super::common_config::{
+    CONFIG_GENERATION, CONFIG_MSIX_VECTOR, DEVICE_FEATURE, DEVICE_FEATURE_SELECT, DEVICE_STATUS,
+    DRIVER_FEATURE, DRIVER_FEATURE_SELECT, NUM_QUEUES, QUEUE_DESC, QUEUE_DEVICE, QUEUE_DRIVER, QUEUE_ENABLE,
+    QUEUE_MSIX_VECTOR, QUEUE_NOTIFY_OFF, QUEUE_SELECT, QUEUE_SIZE,
+};
 use super::layout::{COMMON_CONFIG, MSIX_PBA};
 use super::*;
+use crate::device::{Interrupt, InterruptCause};
 use crate::rng::Rng;
 use crate::transport::STATUS_FEATURES_OK;
 
@@ -57,23 +63,6 @@ impl NotifyBinder for Recorder {
         Ok(())
     }
 }
-
-// Common configuration offsets, as the driver sees them.
-const DEVICE_FEATURE_SELECT: u64 = 0x00;
-const DEVICE_FEATURE: u64 = 0x04;
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0c;
-const CONFIG_MSIX_VECTOR: u64 = 0x10;
-const NUM_QUEUES: u64 = 0x12;
-const DEVICE_STATUS: u64 = 0x14;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-const QUEUE_ENABLE: u64 = 0x1c;
-const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_DRIVER: u64 = 0x28;
-const QUEUE_DEVICE: u64 = 0x30;
 
 const MESSAGE: MsiMessage = MsiMessage { address_lo: 0xfee0_0000, address_hi: 0, data: 0x4041 };
 const BAR: u32 = 0xe000_0000;
@@ -313,6 +302,60 @@ fn reset_clears_the_driver_state() {
     let mock = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
     driver_init(&mut t, &mock, 0);
     assert_eq!(read(&mut t, DEVICE_STATUS, 1), 1 | 2 | 8 | 4);
+}
+
+/// The used ring's index of `mock`'s queue.
+fn used_index(memory: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+    memory.read_obj(mock.used_addr().unchecked_add(2)).unwrap()
+}
+
+/// Waits for queue 0's vector to fire, past the routing that may come first.
+fn wait_for_queue_interrupt(events: &Receiver<Event>) {
+    while next_event(events) != Event::Trigger(0) {}
+}
+
+#[test]
+fn a_reset_stops_the_worker_and_the_next_activation_serves_the_new_ring() {
+    let memory = memory();
+    let old = MockSplitQueue::create(&memory, GuestAddress(0x1000), 16);
+    let (mut t, events) = transport(&memory);
+    enable_msix(&mut t, 0);
+    driver_init(&mut t, &old, 0);
+    request_entropy(&mut t, &old);
+    wait_for_queue_interrupt(&events);
+    assert_eq!(used_index(&memory, &old), 1);
+
+    // The reset returns once the worker is joined: a request on the old ring, notified straight
+    // through the queue's event, finds no one to serve it.
+    write(&mut t, DEVICE_STATUS, 1, 0);
+    old.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x8000, 32, 2, 0))], 1).unwrap();
+    t.state.queue_events()[0].write(1).unwrap();
+    assert_eq!(used_index(&memory, &old), 1, "the stopped worker served the old ring");
+
+    // The driver starts over on a new ring that already holds a request: the count the event kept
+    // from before is the only wake-up, and it serves the new ring, not the old one.
+    let new = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+    new.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x9000, 16, 2, 0))], 0).unwrap();
+    driver_init(&mut t, &new, 0);
+    assert_eq!(read(&mut t, DEVICE_STATUS, 1), 1 | 2 | 8 | 4);
+    wait_for_queue_interrupt(&events);
+    assert_eq!(used_index(&memory, &new), 1);
+    let used_len: u32 = memory.read_obj(new.used_addr().unchecked_add(8)).unwrap();
+    assert_eq!(used_len, 16);
+    assert_eq!(used_index(&memory, &old), 1, "the old ring stays unserved");
+}
+
+#[test]
+fn a_config_change_bumps_the_generation() {
+    let (mut t, _) = transport(&memory());
+    assert_eq!(read(&mut t, CONFIG_GENERATION, 1), 0);
+    // Through the interrupt the device gets.
+    let interrupt = t.state.interrupt().clone();
+    interrupt.trigger(InterruptCause::Queue(0)).unwrap();
+    assert_eq!(read(&mut t, CONFIG_GENERATION, 1), 0, "used buffers change no config");
+    interrupt.trigger(InterruptCause::Config).unwrap();
+    assert_eq!(read(&mut t, CONFIG_GENERATION, 1), 1);
+    assert_eq!(read(&mut t, ISR, 1) & 2, 2, "the config-change bit");
 }
 
 #[test]

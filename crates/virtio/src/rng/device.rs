@@ -1,7 +1,5 @@
 //! The rng device as its transport sees it: one queue, no features beyond virtio 1.x, no config.
 
-use virtio_queue::QueueT;
-
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -41,20 +39,16 @@ impl VirtioDevice for Rng {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let ActivateContext { memory, queues, queue_events, interrupt, .. } = context;
-        let [queue]: [_; 1] = queues
-            .try_into()
-            .map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: 1 })?;
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
-        let handler = RngHandler::new(memory, queue, interrupt, HostEntropy);
-        self.worker =
-            Some(Worker::spawn("virtio-rng", queue_events, handler).map_err(ActivateError::Worker)?);
+    fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
+        let [queue] = context.take_ready_queues(&self.worker)?;
+        let handler = RngHandler::new(
+            context.memory.clone(),
+            queue,
+            context.interrupt.clone(),
+            context.guest_errors.clone(),
+            HostEntropy,
+        );
+        self.worker = Some(context.spawn_worker("virtio-rng", handler)?);
         Ok(())
     }
 

@@ -3,11 +3,11 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use crate::device::{Interrupt, InterruptCause};
-use crate::worker::QueueHandler;
+use crate::device::{GuestErrorLog, Interrupt};
+use crate::worker::{serve_queue, QueueHandler};
 
 /// At most this many bytes per request: a guest offering a huge buffer gets it partly filled,
 /// instead of holding the worker (and host entropy) for as long as it likes.
@@ -46,45 +46,41 @@ pub struct RngHandler<E> {
     memory: GuestMemoryMmap,
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
+    guest_errors: Arc<GuestErrorLog>,
     entropy: E,
 }
 
 impl<E: EntropySource> RngHandler<E> {
-    pub fn new(memory: GuestMemoryMmap, queue: Queue, interrupt: Arc<dyn Interrupt>, entropy: E) -> Self {
-        RngHandler { memory, queue, interrupt, entropy }
+    pub fn new(
+        memory: GuestMemoryMmap,
+        queue: Queue,
+        interrupt: Arc<dyn Interrupt>,
+        guest_errors: Arc<GuestErrorLog>,
+        entropy: E,
+    ) -> Self {
+        RngHandler { memory, queue, interrupt, guest_errors, entropy }
     }
 
     /// Serves every available request, then interrupts the driver once if it wants to know.
     fn process_requests(&mut self) {
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
-            let head = chain.head_index();
+        let (memory, entropy, guest_errors) = (&self.memory, &mut self.entropy, &self.guest_errors);
+        serve_queue("virtio-rng", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
             // A malformed request (a buffer outside guest memory, say) is completed with nothing
             // written: it fails alone, and the device keeps serving the others.
-            let written = match chain.writer(&self.memory) {
+            match chain.writer(memory) {
                 Ok(mut writer) => {
                     let wanted = writer.available_bytes().min(MAX_BYTES_PER_REQUEST);
-                    fill(&mut self.entropy, &mut writer, wanted).unwrap_or_else(|e| {
+                    fill(entropy, &mut writer, wanted).unwrap_or_else(|e| {
                         tracing::warn!("virtio-rng: request failed: {e}");
                         0
                     })
                 }
                 Err(e) => {
-                    tracing::warn!("virtio-rng: malformed request: {e:?}");
+                    guest_errors.log(format_args!("malformed request: {e:?}"));
                     0
                 }
-            };
-            if let Err(e) = self.queue.add_used(&self.memory, head, written) {
-                tracing::error!("virtio-rng: cannot complete a request: {e:?}");
-                break;
             }
-            used_any = true;
-        }
-        if used_any && self.queue.needs_notification(&self.memory).unwrap_or(true) {
-            if let Err(e) = self.interrupt.trigger(InterruptCause::Queue(0)) {
-                tracing::error!("virtio-rng: cannot interrupt the guest: {e}");
-            }
-        }
+        });
     }
 }
 
@@ -109,13 +105,13 @@ impl<E: EntropySource> QueueHandler for RngHandler<E> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
     use super::*;
+    use crate::device::testing::{descriptor, guest_errors, Recorder};
+    use crate::device::InterruptCause;
 
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
@@ -129,21 +125,8 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptCause>>);
-    impl Interrupt for Recorder {
-        fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-            self.0.lock().unwrap().push(cause);
-            Ok(())
-        }
-    }
-
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
-    }
-
-    fn descriptor(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
     }
 
     /// Runs the handler over `chains` (each a list of descriptors) and returns the used lengths
@@ -157,7 +140,7 @@ mod tests {
         }
         let queue: Queue = mock.create_queue().unwrap();
         let interrupts = Arc::new(Recorder::default());
-        let mut handler = RngHandler::new(memory.clone(), queue, interrupts.clone(), Pattern);
+        let mut handler = RngHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), Pattern);
         handler.process_queue(0);
         let used: Vec<u32> = (0..chains.len())
             .map(|i| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * i as u64 + 4)).unwrap())
@@ -217,7 +200,8 @@ mod tests {
         memory.write_obj::<u16>(0, mock.avail_addr().unchecked_add(4)).unwrap();
         memory.write_obj::<u16>(1, mock.avail_addr().unchecked_add(2)).unwrap();
         let queue: Queue = mock.create_queue().unwrap();
-        let mut handler = RngHandler::new(memory.clone(), queue, Arc::new(Recorder::default()), Pattern);
+        let mut handler =
+            RngHandler::new(memory.clone(), queue, Arc::new(Recorder::default()), guest_errors(), Pattern);
         handler.process_queue(0);
         let used_idx = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_idx, 1, "the looping request is completed (with what fit) and the queue moves on");

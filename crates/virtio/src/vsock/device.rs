@@ -4,9 +4,7 @@
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::QueueT;
-
-use super::handler::VsockHandler;
+use super::handler::{HostEnd, VsockHandler};
 use super::host::{self, ListenError};
 use super::packet::{MAX_GUEST_CID, MIN_GUEST_CID};
 use crate::device::{
@@ -67,24 +65,20 @@ impl VirtioDevice for Vsock {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let ActivateContext { memory, queues, queue_events, interrupt, .. } = context;
-        let [rx, tx, event]: [_; 3] = queues
-            .try_into()
-            .map_err(|q: Vec<_>| ActivateError::QueueCount { given: q.len(), expected: 3 })?;
-        for (index, queue) in [&rx, &tx, &event].into_iter().enumerate() {
-            if !queue.ready() {
-                return Err(ActivateError::QueueNotReady(index));
-            }
-        }
-        let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
-        let handler =
-            VsockHandler::new(memory, rx, tx, interrupt, self.guest_cid, self.uds_path.clone(), listener);
-        self.worker =
-            Some(Worker::spawn("virtio-vsock", queue_events, handler).map_err(ActivateError::Worker)?);
+    fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
+        // The event queue must be set up too, though the device never uses it.
+        let [rx, tx, _event] = context.take_ready_queues(&self.worker)?;
+        let listener = self.listener.try_clone().map_err(ActivateError::Backend)?;
+        let host = HostEnd { guest_cid: self.guest_cid, uds_path: self.uds_path.clone(), listener };
+        let handler = VsockHandler::new(
+            context.memory.clone(),
+            rx,
+            tx,
+            context.interrupt.clone(),
+            context.guest_errors.clone(),
+            host,
+        );
+        self.worker = Some(context.spawn_worker("virtio-vsock", handler)?);
         Ok(())
     }
 

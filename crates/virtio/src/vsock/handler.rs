@@ -21,8 +21,11 @@ use super::host::{self, MAX_CONNECT_LINE};
 use super::packet::{
     self, Header, Op, PacketError, HEADER_SIZE, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
-use crate::device::{Interrupt, InterruptCause};
-use crate::worker::{BackendRegistry, QueueHandler};
+use crate::device::{GuestErrorLog, Interrupt};
+use crate::worker::{self, BackendRegistry, QueueHandler};
+
+/// The device's name in messages.
+const NAME: &str = "virtio-vsock";
 
 /// Queue indices (virtio 1.2, 5.10.2).
 pub const RX_QUEUE: usize = 0;
@@ -54,9 +57,18 @@ struct RxBuffer {
     room: usize,
 }
 
+/// The host end of the device: the guest's CID, and the Unix sockets host processes reach the
+/// guest through (see the module docs).
+pub struct HostEnd {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+    pub listener: UnixListener,
+}
+
 /// The rx queue: where packets for the guest go.
 struct Rx {
     queue: Queue,
+    guest_errors: Arc<GuestErrorLog>,
     /// Shared so that a taken buffer can hold on to it while the handler goes on.
     memory: Arc<GuestMemoryMmap>,
     /// Buffers were used since the guest was last interrupted.
@@ -78,8 +90,8 @@ impl Rx {
                     let room = (writer.available_bytes() - HEADER_SIZE).min(MAX_PAYLOAD as usize);
                     return Some(RxBuffer { chain, room });
                 }
-                Ok(_) => tracing::warn!("virtio-vsock: rx buffer smaller than a packet header"),
-                Err(e) => tracing::warn!("virtio-vsock: malformed rx buffer: {e:?}"),
+                Ok(_) => self.guest_errors.log(format_args!("rx buffer smaller than a packet header")),
+                Err(e) => self.guest_errors.log(format_args!("malformed rx buffer: {e:?}")),
             }
             self.complete(chain.head_index(), 0);
         }
@@ -95,7 +107,7 @@ impl Rx {
                 Ok(HEADER_SIZE + payload.len())
             });
         let written = written.unwrap_or_else(|e| {
-            tracing::warn!("virtio-vsock: cannot write a packet into an rx buffer: {e}");
+            self.guest_errors.log(format_args!("cannot write a packet into an rx buffer: {e}"));
             0
         });
         self.complete(head, written as u32);
@@ -107,10 +119,7 @@ impl Rx {
     }
 
     fn complete(&mut self, head: u16, len: u32) {
-        match self.queue.add_used(&*self.memory, head, len) {
-            Ok(()) => self.used_any = true,
-            Err(e) => tracing::error!("virtio-vsock: cannot complete an rx buffer: {e:?}"),
-        }
+        self.used_any |= worker::complete(NAME, &mut self.queue, &self.memory, head, len);
     }
 }
 
@@ -120,6 +129,7 @@ pub struct VsockHandler {
     tx: Queue,
     tx_used_any: bool,
     interrupt: Arc<dyn Interrupt>,
+    guest_errors: Arc<GuestErrorLog>,
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
@@ -147,15 +157,22 @@ impl VsockHandler {
         rx: Queue,
         tx: Queue,
         interrupt: Arc<dyn Interrupt>,
-        guest_cid: u64,
-        uds_path: PathBuf,
-        listener: UnixListener,
+        guest_errors: Arc<GuestErrorLog>,
+        host: HostEnd,
     ) -> VsockHandler {
+        let HostEnd { guest_cid, uds_path, listener } = host;
         VsockHandler {
-            rx: Rx { queue: rx, memory: Arc::new(memory), used_any: false, starved: false },
+            rx: Rx {
+                queue: rx,
+                guest_errors: guest_errors.clone(),
+                memory: Arc::new(memory),
+                used_any: false,
+                starved: false,
+            },
             tx,
             tx_used_any: false,
             interrupt,
+            guest_errors,
             guest_cid,
             uds_path,
             listener,
@@ -197,13 +214,10 @@ impl VsockHandler {
                     }
                 }
             }
-            match self.tx.add_used(&*memory, head, 0) {
-                Ok(()) => self.tx_used_any = true,
-                Err(e) => {
-                    tracing::error!("virtio-vsock: cannot complete a tx buffer: {e:?}");
-                    break;
-                }
+            if !worker::complete(NAME, &mut self.tx, &memory, head, 0) {
+                break;
             }
+            self.tx_used_any = true;
         }
     }
 
@@ -286,7 +300,7 @@ impl VsockHandler {
     /// The guest asks for host port P: connect to `<uds>_P`, or refuse.
     fn connect_to_host(&mut self, request: &Header) {
         if self.sockets() >= MAX_CONNECTIONS {
-            tracing::warn!("virtio-vsock: {MAX_CONNECTIONS} connections open, refusing another");
+            self.guest_errors.log(format_args!("{MAX_CONNECTIONS} connections open, refusing another"));
             return self.refuse(request);
         }
         let path = host::port_path(&self.uds_path, request.dst_port);
@@ -564,10 +578,8 @@ impl VsockHandler {
         self.update_interests();
         let memory = &*self.rx.memory;
         let notify = |queue: &mut Queue, used: &mut bool, index: usize| {
-            if std::mem::take(used) && queue.needs_notification(memory).unwrap_or(true) {
-                if let Err(e) = self.interrupt.trigger(InterruptCause::Queue(index as u16)) {
-                    tracing::error!("virtio-vsock: cannot interrupt the guest: {e}");
-                }
+            if std::mem::take(used) {
+                worker::signal_used(NAME, queue, memory, self.interrupt.as_ref(), index);
             }
         };
         notify(&mut self.rx.queue, &mut self.rx.used_any, RX_QUEUE);

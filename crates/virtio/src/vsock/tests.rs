@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -15,12 +15,13 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 
 use super::connection::BUF_ALLOC;
-use super::handler::{VsockHandler, EVENT_QUEUE, MAX_CONNECTIONS, RX_QUEUE, TX_QUEUE};
+use super::handler::{HostEnd, VsockHandler, EVENT_QUEUE, MAX_CONNECTIONS, RX_QUEUE, TX_QUEUE};
 use super::host;
 use super::packet::{
     Header, Op, HEADER_SIZE, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
-use crate::device::{Interrupt, InterruptCause};
+use crate::device::testing::{guest_errors, Recorder};
+use crate::device::InterruptCause;
 use crate::worker::{BackendRegistry, QueueHandler};
 
 const GUEST_CID: u64 = 3;
@@ -34,15 +35,6 @@ const SLOT: u64 = 0x1_1000;
 const FIRST_HOST_PORT: u32 = 1 << 30;
 /// A host socket read that takes this long means the device never wrote: fail, do not hang.
 const HOST_READ_LIMIT: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<InterruptCause>>);
-impl Interrupt for Recorder {
-    fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
-        self.0.lock().unwrap().push(cause);
-        Ok(())
-    }
-}
 
 /// One split queue in guest memory, driver side: descriptors and buffers in fixed slots.
 struct DriverQueue {
@@ -142,9 +134,8 @@ impl Harness {
             rx_queue,
             tx_queue,
             interrupts.clone(),
-            GUEST_CID,
-            uds.clone(),
-            listener,
+            guest_errors(),
+            HostEnd { guest_cid: GUEST_CID, uds_path: uds.clone(), listener },
         );
         // The worker's part: the listener is backend 0, connections come through the registry.
         let epoll = Arc::new(Epoll::new().unwrap());
