@@ -45,14 +45,57 @@ pub enum Command {
         kestrel run --kernel bzImage --serial file:/tmp/console.log\n  \
         kestrel run --kernel vmlinux --disk path=rootfs.ext4 --cmdline \"console=ttyS0 root=/dev/vda rw\"")]
     Run(RunArgs),
+
+    /// Start an unconfigured VMM driven by a Firecracker-compatible REST API on a Unix socket.
+    ///
+    /// Configure the VM with PUT /boot-source, /machine-config, /drives/{id},
+    /// /network-interfaces/{id}, /vsock, /balloon, then PUT /actions {"action_type":
+    /// "InstanceStart"}. The guest's serial console is on stdout; Kestrel exits when the guest
+    /// powers off or resets, with the same exit statuses as `kestrel run`. docs/api.yaml lists
+    /// what the API serves.
+    #[command(after_help = "Examples:\n  \
+        kestrel vmm --api-sock /tmp/kestrel.sock\n  \
+        curl --unix-socket /tmp/kestrel.sock -X PUT http://localhost/boot-source \\\n      \
+        -d '{\"kernel_image_path\": \"vmlinux\", \"boot_args\": \"console=ttyS0\"}'")]
+    Vmm(VmmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VmmArgs {
+    /// The Unix socket the API listens on, created owner-only (0600). A stale socket is
+    /// replaced; a live one, or any other file, is an error. Example: --api-sock /tmp/kestrel.sock
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+
+    /// The instance ID `GET /` reports. Example: --id vm1
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
+
+    /// Where the serial console goes: stdio, file:PATH or none (as for `kestrel run`).
+    #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialConfig,
+
+    /// How virtio devices reach the guest: mmio or pci (as for `kestrel run`).
+    #[arg(long, value_name = "mmio|pci", default_value = "mmio", value_parser = parse_transport)]
+    pub transport: VirtioTransport,
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Kernel to boot: an ELF vmlinux (entered through its PVH note when it has one, else its 64-bit
     /// entry) or a bzImage. Example: --kernel /boot/vmlinux
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
+
+    /// Take the VM's description from a JSON file in the shape of Firecracker's --config-file
+    /// (boot-source, machine-config, drives, network-interfaces, vsock, balloon, entropy) instead
+    /// of the device flags; --serial and --transport still apply. Example: --config vm.json
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "rng", "disks", "nets", "balloon", "vsock"]
+    )]
+    pub config: Option<PathBuf>,
 
     /// Initial ramdisk (cpio archive, optionally compressed), placed at the top of low memory.
     /// Example: --initrd initramfs.cpio
@@ -132,7 +175,8 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn into_config(self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel,
+            // clap requires --kernel unless --config is given, which main handles first.
+            kernel: self.kernel.unwrap_or_default(),
             initrd: self.initrd,
             cmdline: self.cmdline,
             vcpus: self.cpus,

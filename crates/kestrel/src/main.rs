@@ -4,6 +4,7 @@ mod cli;
 mod device_options;
 mod exit_status;
 mod size;
+mod vmm_api;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -23,12 +24,31 @@ fn main() -> ExitCode {
     init_logging(cli.log_level);
     match cli.command {
         cli::Command::Run(args) => run(args),
+        cli::Command::Vmm(args) => vmm_api::run(args),
     }
 }
 
-fn run(args: cli::RunArgs) -> ExitCode {
-    let config = args.into_config();
-    let outcome = vmm::builder::build(&config).and_then(|vm| vm.run());
+fn run(mut args: cli::RunArgs) -> ExitCode {
+    let config = match args.config.take() {
+        Some(path) => match vmm_api::load_config_file(&path, args.serial.clone(), args.transport) {
+            Ok(config) => config,
+            Err(e) => {
+                report(format_args!("kestrel: error: {e}"));
+                return ExitCode::from(exit_status::ERROR);
+            }
+        },
+        None => args.into_config(),
+    };
+    run_config(&config)
+}
+
+/// Builds and runs a VM, and turns how it ended into the process's exit status.
+fn run_config(config: &vmm::config::VmConfig) -> ExitCode {
+    let outcome = vmm::builder::build(config).and_then(|vm| vm.run());
+    exit_for(outcome)
+}
+
+fn exit_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> ExitCode {
     match outcome {
         Ok(outcome) => {
             if outcome != vmm::outcome::VmOutcome::PowerOff {

@@ -1,0 +1,388 @@
+//! A strict HTTP/1.1 subset, enough for Firecracker's clients: `GET`, `PUT` and `PATCH` requests with
+//! `Content-Length` bodies, keep-alive and pipelining, `Expect: 100-continue`. Headers are capped
+//! at [`MAX_HEADER_BYTES`] and bodies at [`MAX_BODY_BYTES`]; anything malformed is an [`HttpError`]
+//! (a 400 response, after which the connection closes because its framing cannot be trusted).
+
+use std::io::{Read, Write};
+
+/// The most bytes the request line and headers may take.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The largest request body accepted: Firecracker's default payload limit.
+pub const MAX_BODY_BYTES: usize = 51_200;
+
+/// A request method the API serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+    Patch,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+/// One parsed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    /// The target's path, without any query string.
+    pub path: String,
+    pub body: Vec<u8>,
+    /// The client asked to close the connection after the response (or spoke HTTP/1.0).
+    pub close: bool,
+}
+
+/// Why a request could not be read. Everything but [`HttpError::Closed`] and [`HttpError::Io`]
+/// is answered with a 400 whose `fault_message` is the error's text.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("the connection closed between requests")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("The request ended before it was complete")]
+    Truncated,
+    #[error("The request line and headers are longer than {MAX_HEADER_BYTES} bytes")]
+    HeadersTooLarge,
+    #[error("The request head is not valid ASCII")]
+    NotAscii,
+    #[error("Invalid request line: {0}")]
+    BadRequestLine(String),
+    #[error("Unsupported HTTP method {0}: the API serves GET, PUT and PATCH")]
+    UnknownMethod(String),
+    #[error("Unsupported HTTP version {0}: the API speaks HTTP/1.1")]
+    BadVersion(String),
+    #[error("Invalid header line: {0}")]
+    BadHeader(String),
+    #[error("Invalid Content-Length: {0}")]
+    BadContentLength(String),
+    #[error("Transfer-Encoding is not supported; send a Content-Length")]
+    TransferEncoding,
+    #[error(
+        "Request payload with size {size} is larger than the limit of {MAX_BODY_BYTES} allowed by server."
+    )]
+    BodyTooLarge { size: u64 },
+}
+
+/// A connection requests are read from.
+pub trait Transport: Read + Write {
+    /// The first byte of a request has arrived: the rest must follow promptly.
+    fn request_started(&mut self) {}
+}
+
+impl Transport for std::os::unix::net::UnixStream {
+    fn request_started(&mut self) {
+        let _ = self.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    }
+}
+
+fn find_head_end(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Reads more bytes into `buffer`; false at end of input.
+fn fill<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Result<bool, HttpError> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                buffer.extend_from_slice(&chunk[..n]);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HttpError::Io(e)),
+        }
+    }
+}
+
+fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Reads one request from `stream`. `buffer` holds bytes read past the previous request (a
+/// pipelining client) and keeps those past this one.
+pub fn read_request<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Result<Request, HttpError> {
+    let mut started = false;
+    let head_end = loop {
+        if !buffer.is_empty() && !started {
+            started = true;
+            stream.request_started();
+        }
+        if let Some(end) = find_head_end(buffer) {
+            break end;
+        }
+        if buffer.len() > MAX_HEADER_BYTES {
+            return Err(HttpError::HeadersTooLarge);
+        }
+        if !fill(stream, buffer)? {
+            return Err(if buffer.is_empty() { HttpError::Closed } else { HttpError::Truncated });
+        }
+    };
+    if head_end > MAX_HEADER_BYTES {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let head = std::str::from_utf8(&buffer[..head_end]).map_err(|_| HttpError::NotAscii)?;
+    if !head.is_ascii() {
+        return Err(HttpError::NotAscii);
+    }
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, version] = parts[..] else {
+        return Err(HttpError::BadRequestLine(request_line.chars().take(200).collect()));
+    };
+    let method = match method {
+        "GET" => Method::Get,
+        "PUT" => Method::Put,
+        "PATCH" => Method::Patch,
+        other if is_token(other) => return Err(HttpError::UnknownMethod(other.chars().take(32).collect())),
+        _ => return Err(HttpError::BadRequestLine(request_line.chars().take(200).collect())),
+    };
+    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
+        return Err(HttpError::BadRequestLine(format!(
+            "the target must be a path, got '{}'",
+            target.chars().take(200).collect::<String>()
+        )));
+    }
+    let mut close = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        other => return Err(HttpError::BadVersion(other.chars().take(32).collect())),
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path).to_owned();
+
+    let mut content_length: Option<u64> = None;
+    let mut expect_continue = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(HttpError::BadHeader(line.chars().take(200).collect()));
+        };
+        if !is_token(name) {
+            return Err(HttpError::BadHeader(line.chars().take(200).collect()));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let length =
+                    (!value.is_empty() && value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| value.parse::<u64>().ok())
+                        .flatten()
+                        .ok_or_else(|| HttpError::BadContentLength(value.chars().take(32).collect()))?;
+                if content_length.is_some_and(|seen| seen != length) {
+                    return Err(HttpError::BadContentLength("two different lengths".into()));
+                }
+                content_length = Some(length);
+            }
+            "transfer-encoding" => return Err(HttpError::TransferEncoding),
+            "connection" => {
+                for option in value.split(',').map(str::trim) {
+                    if option.eq_ignore_ascii_case("close") {
+                        close = true;
+                    } else if option.eq_ignore_ascii_case("keep-alive") {
+                        close = false;
+                    }
+                }
+            }
+            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            _ => {}
+        }
+    }
+    let length = content_length.unwrap_or(0);
+    if length > MAX_BODY_BYTES as u64 {
+        return Err(HttpError::BodyTooLarge { size: length });
+    }
+    // Bounded by MAX_BODY_BYTES just above.
+    let length = length as usize;
+    let body_start = head_end + 4;
+    if expect_continue && buffer.len() < body_start + length {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    while buffer.len() < body_start + length {
+        if !fill(stream, buffer)? {
+            return Err(HttpError::Truncated);
+        }
+    }
+    let body = buffer[body_start..body_start + length].to_vec();
+    buffer.drain(..body_start + length);
+    Ok(Request { method, path, body, close })
+}
+
+/// A response: a status and, for anything but 204, a JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Option<String>,
+}
+
+impl Response {
+    pub fn no_content() -> Response {
+        Response { status: 204, body: None }
+    }
+
+    pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
+        match serde_json::to_string(value) {
+            Ok(body) => Response { status, body: Some(body) },
+            Err(e) => Response::error(500, &format!("cannot encode the response: {e}")),
+        }
+    }
+
+    /// An error response with Firecracker's body, `{"fault_message": "..."}`.
+    pub fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::json!({ "fault_message": message }).to_string();
+        Response { status, body: Some(body) }
+    }
+
+    pub fn bad_request(message: &str) -> Response {
+        Response::error(400, message)
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.status {
+            200 => "OK",
+            204 => "No Content",
+            400 => "Bad Request",
+            404 => "Not Found",
+            500 => "Internal Server Error",
+            _ => "Unknown",
+        }
+    }
+
+    /// The response's bytes on the wire.
+    pub fn to_bytes(&self, close: bool) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\nServer: Kestrel\r\n", self.status, self.reason());
+        if close {
+            out.push_str("Connection: close\r\n");
+        }
+        match &self.body {
+            Some(body) => {
+                out.push_str(&format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ));
+            }
+            None if self.status == 204 => out.push_str("\r\n"),
+            None => out.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        out.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Input from a byte string; what the server writes back is kept.
+    struct Fake {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Fake {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Transport for Fake {}
+
+    fn parse(bytes: &[u8]) -> Result<Request, HttpError> {
+        let mut fake = Fake { input: Cursor::new(bytes.to_vec()), output: Vec::new() };
+        read_request(&mut fake, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_put_with_a_body() {
+        let request =
+            parse(b"PUT /boot-source?x=1 HTTP/1.1\r\nHost: localhost\r\ncontent-length: 2\r\n\r\n{}")
+                .unwrap();
+        assert_eq!(
+            request,
+            Request { method: Method::Put, path: "/boot-source".into(), body: b"{}".to_vec(), close: false }
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_are_read_in_turn() {
+        let bytes =
+            b"GET / HTTP/1.1\r\n\r\nPATCH /vm HTTP/1.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx";
+        let mut fake = Fake { input: Cursor::new(bytes.to_vec()), output: Vec::new() };
+        let mut buffer = Vec::new();
+        assert_eq!(read_request(&mut fake, &mut buffer).unwrap().path, "/");
+        let second = read_request(&mut fake, &mut buffer).unwrap();
+        assert_eq!((second.method, second.body, second.close), (Method::Patch, b"x".to_vec(), true));
+        assert!(matches!(read_request(&mut fake, &mut buffer), Err(HttpError::Closed)));
+    }
+
+    #[test]
+    fn expect_continue_is_answered() {
+        let mut fake = Fake {
+            input: Cursor::new(
+                b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n".to_vec(),
+            ),
+            output: Vec::new(),
+        };
+        let mut buffer = Vec::new();
+        assert!(matches!(read_request(&mut fake, &mut buffer), Err(HttpError::Truncated)));
+        assert_eq!(fake.output, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn malformed_requests_are_errors() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET /\r\n\r\n", "Invalid request line"),
+            (b"GET  / HTTP/1.1\r\n\r\n", "Invalid request line"),
+            (b"DELETE / HTTP/1.1\r\n\r\n", "Unsupported HTTP method DELETE"),
+            (b"G\x01T / HTTP/1.1\r\n\r\n", "Invalid request line"),
+            (b"GET / HTTP/2.0\r\n\r\n", "Unsupported HTTP version"),
+            (b"GET foo HTTP/1.1\r\n\r\n", "the target must be a path"),
+            (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", "Invalid header line"),
+            (b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", "Invalid header line"),
+            (b"PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "Invalid Content-Length"),
+            (b"PUT / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", "Invalid Content-Length"),
+            (b"PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "Invalid Content-Length"),
+            (b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "two different"),
+            (b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding"),
+            (b"PUT / HTTP/1.1\r\nContent-Length: 51201\r\n\r\n", "larger than the limit of 51200"),
+            (b"PUT / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc", "ended before"),
+            (b"GET / HTTP/1.1\r\nHost: x", "ended before"),
+            (b"GET /\xff HTTP/1.1\r\n\r\n", "not valid ASCII"),
+        ];
+        for (bytes, expected) in cases {
+            let error = parse(bytes).expect_err(&String::from_utf8_lossy(bytes));
+            assert!(error.to_string().contains(expected), "{:?}: {error}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_refused_without_reading_forever() {
+        let mut bytes = b"GET / HTTP/1.1\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'a', 2 * MAX_HEADER_BYTES));
+        assert!(matches!(parse(&bytes), Err(HttpError::HeadersTooLarge)));
+    }
+
+    #[test]
+    fn responses_on_the_wire() {
+        let no_content = String::from_utf8(Response::no_content().to_bytes(false)).unwrap();
+        assert_eq!(no_content, "HTTP/1.1 204 No Content\r\nServer: Kestrel\r\n\r\n");
+        let error = String::from_utf8(Response::bad_request("bad \"x\"").to_bytes(true)).unwrap();
+        assert!(error.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(error.contains("Connection: close\r\n"));
+        assert!(error.ends_with("\r\n\r\n{\"fault_message\":\"bad \\\"x\\\"\"}"));
+    }
+}

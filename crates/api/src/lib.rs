@@ -1,0 +1,21 @@
+//! Kestrel's control API, following Firecracker's REST API (same paths, bodies, status codes and
+//! `{"fault_message": "..."}` error body) so that Firecracker's clients can drive Kestrel.
+//!
+//! - [`models`]: the request and response bodies, as Firecracker defines them.
+//! - [`resources`]: the pre-boot configuration the requests build up, validated into a
+//!   [`vmm::config::VmConfig`]; also the `--config` file (Firecracker's `--config-file` shape).
+//! - [`http`]: a strict, size-limited HTTP/1.1 request parser and response writer.
+//! - [`server`]: the Unix socket (owner-only), one thread per connection, and the routing of
+//!   requests to a [`server::Handler`].
+
+pub mod http;
+pub mod models;
+pub mod resources;
+pub mod server;
+
+/// Firecracker's message for a pre-boot-only request made after `InstanceStart`.
+pub const NOT_SUPPORTED_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+/// Firecracker's message for a post-boot-only request made before `InstanceStart`.
+pub const NOT_SUPPORTED_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";

@@ -1,0 +1,501 @@
+//! The configuration a VM's API requests build up before `InstanceStart`, each request validated as
+//! it arrives, and its translation into the engine's [`VmConfig`]. The `--config` file (Firecracker's
+//! `--config-file`) goes through the same checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmm::config::{
+    BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
+    VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
+};
+
+use crate::models::{
+    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages, IoEngine,
+    MachineConfiguration, NetworkInterface, Vsock,
+};
+
+/// The most vCPUs Kestrel gives a guest (Firecracker's limit is 32).
+pub const MAX_VCPUS: u8 = 254;
+/// The least guest memory Kestrel boots with.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// The longest kernel command line the boot protocol allows.
+pub const MAX_CMDLINE_BYTES: usize = 2047;
+/// The longest device ID (drive or interface) accepted in a path or body.
+pub const MAX_ID_BYTES: usize = 64;
+
+/// Why a configuration request was refused; the message is the response's `fault_message`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("The id from the path [{path}] does not match the id from the body [{body}]!")]
+    IdMismatch { path: String, body: String },
+    #[error("Invalid id '{0}': an id is 1 to 64 characters from A-Z, a-z, 0-9 and _")]
+    InvalidId(String),
+    #[error("{field}: the path must not be empty")]
+    EmptyPath { field: &'static str },
+    #[error("The {what} file cannot be opened: {path}: {reason}")]
+    FileOpen { what: &'static str, path: String, reason: String },
+    #[error("The kernel command line is {0} bytes, longer than the 2047 bytes allowed")]
+    CmdlineTooLong(usize),
+    #[error("The kernel command line must not contain NUL or newline characters")]
+    CmdlineInvalid,
+    #[error("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled. (Kestrel allows 1 to {MAX_VCPUS} vCPUs; got {0}.)")]
+    InvalidVcpuCount(u8),
+    #[error("The memory size (MiB) is invalid: {0}; Kestrel needs at least {MIN_MEMORY_MIB} MiB")]
+    InvalidMemorySize(u64),
+    #[error("{0} is not supported by Kestrel yet")]
+    Unsupported(String),
+    #[error("A root block device already exists!")]
+    RootBlockDeviceAlreadyAdded,
+    #[error("is_read_only and path_on_host are required for a virtio-block drive (vhost-user drives are not supported)")]
+    MissingDriveField,
+    #[error("The host device name {0} is already in use by another interface")]
+    HostDeviceNameInUse(String),
+    #[error("The guest MAC address {0} is already in use by another interface")]
+    GuestMacInUse(String),
+    #[error("Invalid host_dev_name '{0}': a tap name is 1 to {TAP_NAME_MAX_BYTES} bytes without '/', ':', '%' or spaces")]
+    InvalidTapName(String),
+    #[error("Invalid guest_mac: {0}")]
+    InvalidMac(String),
+    #[error("Invalid guest_cid {0}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}")]
+    InvalidCid(u32),
+    #[error("The balloon's amount_mib ({amount}) is more than the guest's memory ({memory} MiB)")]
+    BalloonTooLarge { amount: u32, memory: u64 },
+    #[error("Cannot start microvm without kernel configuration.")]
+    MissingKernel,
+}
+
+/// Everything configured so far, as the requests gave it (so `GET /vm/config` returns it as is).
+#[derive(Clone, Debug, Default)]
+pub struct VmResources {
+    boot_source: Option<BootSource>,
+    machine_config: MachineConfiguration,
+    drives: Vec<Drive>,
+    network_interfaces: Vec<NetworkInterface>,
+    vsock: Option<Vsock>,
+    balloon: Option<Balloon>,
+    entropy: Option<EntropyDevice>,
+}
+
+fn check_id(id: &str) -> Result<(), ConfigError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidId(id.chars().take(MAX_ID_BYTES).collect()))
+    }
+}
+
+fn check_path_id(path_id: &str, body_id: &str) -> Result<(), ConfigError> {
+    check_id(path_id)?;
+    if path_id != body_id {
+        return Err(ConfigError::IdMismatch { path: path_id.to_owned(), body: body_id.to_owned() });
+    }
+    Ok(())
+}
+
+fn check_file(what: &'static str, field: &'static str, path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Err(ConfigError::EmptyPath { field });
+    }
+    std::fs::File::open(path).map(drop).map_err(|e| ConfigError::FileOpen {
+        what,
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn reject_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), ConfigError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(_) => Err(ConfigError::Unsupported(field.to_owned())),
+    }
+}
+
+impl VmResources {
+    /// `PUT /boot-source`: the kernel and initrd must be readable now, as Firecracker checks.
+    pub fn set_boot_source(&mut self, boot: BootSource) -> Result<(), ConfigError> {
+        check_file("kernel", "kernel_image_path", &boot.kernel_image_path)?;
+        if let Some(initrd) = &boot.initrd_path {
+            check_file("initrd", "initrd_path", initrd)?;
+        }
+        if let Some(args) = &boot.boot_args {
+            if args.len() > MAX_CMDLINE_BYTES {
+                return Err(ConfigError::CmdlineTooLong(args.len()));
+            }
+            if args.contains(['\0', '\n', '\r']) {
+                return Err(ConfigError::CmdlineInvalid);
+            }
+        }
+        self.boot_source = Some(boot);
+        Ok(())
+    }
+
+    /// `PUT /machine-config`.
+    pub fn set_machine_config(&mut self, config: MachineConfiguration) -> Result<(), ConfigError> {
+        let vcpus = config.vcpu_count;
+        if vcpus == 0 || vcpus > MAX_VCPUS || (config.smt && vcpus > 1 && vcpus & 1 == 1) {
+            return Err(ConfigError::InvalidVcpuCount(vcpus));
+        }
+        if config.mem_size_mib < MIN_MEMORY_MIB || config.mem_size_mib.checked_mul(1 << 20).is_none() {
+            return Err(ConfigError::InvalidMemorySize(config.mem_size_mib));
+        }
+        if config.track_dirty_pages {
+            return Err(ConfigError::Unsupported("track_dirty_pages".into()));
+        }
+        if config.cpu_template.as_deref().is_some_and(|t| t != "None") {
+            return Err(ConfigError::Unsupported("cpu_template".into()));
+        }
+        if config.huge_pages == Some(HugePages::TwoMiB) {
+            return Err(ConfigError::Unsupported("huge_pages 2M".into()));
+        }
+        if let Some(balloon) = &self.balloon {
+            if u64::from(balloon.amount_mib) > config.mem_size_mib {
+                return Err(ConfigError::BalloonTooLarge {
+                    amount: balloon.amount_mib,
+                    memory: config.mem_size_mib,
+                });
+            }
+        }
+        self.machine_config =
+            MachineConfiguration { huge_pages: config.huge_pages.or(Some(HugePages::None)), ..config };
+        Ok(())
+    }
+
+    pub fn machine_config(&self) -> &MachineConfiguration {
+        &self.machine_config
+    }
+
+    /// `PUT /drives/{drive_id}`: adds the drive, or replaces the one with that ID.
+    pub fn put_drive(&mut self, path_id: &str, drive: Drive) -> Result<(), ConfigError> {
+        check_path_id(path_id, &drive.drive_id)?;
+        if drive.socket.is_some() {
+            return Err(ConfigError::Unsupported("vhost-user-block (socket)".into()));
+        }
+        let (Some(_), Some(path)) = (drive.is_read_only, &drive.path_on_host) else {
+            return Err(ConfigError::MissingDriveField);
+        };
+        check_file("drive", "path_on_host", path)?;
+        if drive.cache_type == Some(CacheType::Writeback) {
+            return Err(ConfigError::Unsupported("cache_type Writeback".into()));
+        }
+        if drive.io_engine == Some(IoEngine::Async) {
+            return Err(ConfigError::Unsupported("io_engine Async".into()));
+        }
+        if drive.partuuid.is_some() {
+            return Err(ConfigError::Unsupported("partuuid".into()));
+        }
+        reject_rate_limiter(&drive.rate_limiter, "rate_limiter")?;
+        if drive.is_root_device
+            && self.drives.iter().any(|d| d.is_root_device && d.drive_id != drive.drive_id)
+        {
+            return Err(ConfigError::RootBlockDeviceAlreadyAdded);
+        }
+        match self.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+            Some(existing) => *existing = drive,
+            None => self.drives.push(drive),
+        }
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{iface_id}`: adds the interface, or replaces the one with that ID.
+    pub fn put_network_interface(
+        &mut self,
+        path_id: &str,
+        iface: NetworkInterface,
+    ) -> Result<(), ConfigError> {
+        check_path_id(path_id, &iface.iface_id)?;
+        let name = &iface.host_dev_name;
+        let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
+        if name.is_empty()
+            || name.len() > TAP_NAME_MAX_BYTES
+            || name == "."
+            || name == ".."
+            || name.chars().any(forbidden)
+        {
+            return Err(ConfigError::InvalidTapName(name.chars().take(64).collect()));
+        }
+        if let Some(mac) = &iface.guest_mac {
+            mac.parse::<MacAddress>().map_err(ConfigError::InvalidMac)?;
+        }
+        if iface.mtu.is_some() {
+            return Err(ConfigError::Unsupported("mtu".into()));
+        }
+        reject_rate_limiter(&iface.rx_rate_limiter, "rx_rate_limiter")?;
+        reject_rate_limiter(&iface.tx_rate_limiter, "tx_rate_limiter")?;
+        let others = || self.network_interfaces.iter().filter(|i| i.iface_id != iface.iface_id);
+        if others().any(|i| &i.host_dev_name == name) {
+            return Err(ConfigError::HostDeviceNameInUse(name.clone()));
+        }
+        if let Some(mac) = &iface.guest_mac {
+            if others().any(|i| i.guest_mac.as_ref().is_some_and(|m| m.eq_ignore_ascii_case(mac))) {
+                return Err(ConfigError::GuestMacInUse(mac.clone()));
+            }
+        }
+        match self.network_interfaces.iter_mut().find(|i| i.iface_id == iface.iface_id) {
+            Some(existing) => *existing = iface,
+            None => self.network_interfaces.push(iface),
+        }
+        Ok(())
+    }
+
+    /// `PUT /vsock`.
+    pub fn set_vsock(&mut self, vsock: Vsock) -> Result<(), ConfigError> {
+        if !(VSOCK_MIN_CID..=VSOCK_MAX_CID).contains(&u64::from(vsock.guest_cid)) {
+            return Err(ConfigError::InvalidCid(vsock.guest_cid));
+        }
+        if vsock.uds_path.is_empty() {
+            return Err(ConfigError::EmptyPath { field: "uds_path" });
+        }
+        self.vsock = Some(vsock);
+        Ok(())
+    }
+
+    /// `PUT /balloon`.
+    pub fn set_balloon(&mut self, balloon: Balloon) -> Result<(), ConfigError> {
+        if balloon.free_page_hinting {
+            return Err(ConfigError::Unsupported("free_page_hinting".into()));
+        }
+        let memory = self.machine_config.mem_size_mib;
+        if u64::from(balloon.amount_mib) > memory {
+            return Err(ConfigError::BalloonTooLarge { amount: balloon.amount_mib, memory });
+        }
+        self.balloon = Some(balloon);
+        Ok(())
+    }
+
+    pub fn balloon(&self) -> Option<&Balloon> {
+        self.balloon.as_ref()
+    }
+
+    /// `PUT /entropy`.
+    pub fn set_entropy(&mut self, entropy: EntropyDevice) -> Result<(), ConfigError> {
+        reject_rate_limiter(&entropy.rate_limiter, "rate_limiter")?;
+        self.entropy = Some(entropy);
+        Ok(())
+    }
+
+    /// What `GET /vm/config` returns.
+    pub fn export(&self) -> FullVmConfiguration {
+        FullVmConfiguration {
+            boot_source: self.boot_source.clone(),
+            machine_config: Some(self.machine_config.clone()),
+            drives: self.drives.clone(),
+            network_interfaces: self.network_interfaces.clone(),
+            vsock: self.vsock.clone(),
+            balloon: self.balloon.clone(),
+            entropy: self.entropy.clone(),
+            ..FullVmConfiguration::default()
+        }
+    }
+
+    /// A `--config` file's text (Firecracker's `--config-file` JSON).
+    pub fn from_json(text: &str) -> Result<VmResources, String> {
+        let file: FullVmConfiguration =
+            serde_json::from_str(text).map_err(|e| format!("invalid configuration: {e}"))?;
+        VmResources::from_file(file).map_err(|e| e.to_string())
+    }
+
+    /// A `--config` file's contents, each section checked as its request would be.
+    pub fn from_file(file: FullVmConfiguration) -> Result<VmResources, ConfigError> {
+        for (present, name) in [
+            (file.logger.is_some(), "the logger section"),
+            (file.metrics.is_some(), "the metrics section"),
+            (file.mmds_config.is_some(), "the mmds-config section"),
+            (file.cpu_config.is_some(), "the cpu-config section"),
+        ] {
+            if present {
+                return Err(ConfigError::Unsupported(name.into()));
+            }
+        }
+        let mut resources = VmResources::default();
+        if let Some(machine) = file.machine_config {
+            resources.set_machine_config(machine)?;
+        }
+        if let Some(boot) = file.boot_source {
+            resources.set_boot_source(boot)?;
+        }
+        for drive in file.drives {
+            let id = drive.drive_id.clone();
+            resources.put_drive(&id, drive)?;
+        }
+        for iface in file.network_interfaces {
+            let id = iface.iface_id.clone();
+            resources.put_network_interface(&id, iface)?;
+        }
+        if let Some(vsock) = file.vsock {
+            resources.set_vsock(vsock)?;
+        }
+        if let Some(balloon) = file.balloon {
+            resources.set_balloon(balloon)?;
+        }
+        if let Some(entropy) = file.entropy {
+            resources.set_entropy(entropy)?;
+        }
+        Ok(resources)
+    }
+
+    /// The engine's configuration: the root drive first (`/dev/vda`, named on the command line as
+    /// Firecracker does with `root=/dev/vda ro|rw`), then the other drives in the order they were
+    /// added, then network interfaces, entropy, balloon and vsock.
+    pub fn to_vm_config(
+        &self,
+        serial: SerialConfig,
+        transport: VirtioTransport,
+    ) -> Result<VmConfig, ConfigError> {
+        let boot = self.boot_source.as_ref().ok_or(ConfigError::MissingKernel)?;
+        let mut cmdline = boot.boot_args.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
+        let root = self.drives.iter().find(|d| d.is_root_device);
+        if let Some(root) = root {
+            cmdline.push_str(if root.is_read_only == Some(true) {
+                " root=/dev/vda ro"
+            } else {
+                " root=/dev/vda rw"
+            });
+        }
+        if cmdline.len() > MAX_CMDLINE_BYTES {
+            return Err(ConfigError::CmdlineTooLong(cmdline.len()));
+        }
+        let drives = root.into_iter().chain(self.drives.iter().filter(|d| !d.is_root_device));
+        let mut virtio: Vec<VirtioConfig> = drives
+            .map(|d| {
+                VirtioConfig::Block(BlockConfig {
+                    path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
+                    read_only: d.is_read_only.unwrap_or(false),
+                    // The guest reads the drive ID as the disk's serial, as with Firecracker.
+                    id: Some(truncate(&d.drive_id, DISK_ID_MAX_BYTES)),
+                })
+            })
+            .collect();
+        for iface in &self.network_interfaces {
+            virtio.push(VirtioConfig::Net(NetConfig {
+                tap: Some(iface.host_dev_name.clone()),
+                mac: iface
+                    .guest_mac
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(ConfigError::InvalidMac)?,
+            }));
+        }
+        if self.entropy.is_some() {
+            virtio.push(VirtioConfig::Rng);
+        }
+        if let Some(b) = &self.balloon {
+            virtio.push(VirtioConfig::Balloon(BalloonConfig {
+                target_mib: b.amount_mib,
+                stats_interval: (b.stats_polling_interval_s > 0)
+                    .then(|| Duration::from_secs(b.stats_polling_interval_s.into())),
+                free_page_reporting: b.free_page_reporting,
+                deflate_on_oom: b.deflate_on_oom,
+            }));
+        }
+        if let Some(v) = &self.vsock {
+            virtio.push(VirtioConfig::Vsock(VsockConfig {
+                cid: v.guest_cid.into(),
+                uds_path: PathBuf::from(&v.uds_path),
+            }));
+        }
+        Ok(VmConfig {
+            kernel: PathBuf::from(&boot.kernel_image_path),
+            initrd: boot.initrd_path.as_ref().map(PathBuf::from),
+            cmdline,
+            vcpus: self.machine_config.vcpu_count,
+            memory_bytes: self.machine_config.mem_size_mib << 20,
+            serial,
+            virtio,
+            transport,
+        })
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_firecracker_config_file_maps_to_a_vm_config() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let path = kernel.path().display();
+        let text = format!(
+            r#"{{
+              "boot-source": {{ "kernel_image_path": "{path}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off" }},
+              "drives": [{{ "drive_id": "rootfs", "path_on_host": "{path}", "is_root_device": true, "is_read_only": true }}],
+              "machine-config": {{ "vcpu_count": 2, "mem_size_mib": 1024, "smt": false }},
+              "network-interfaces": [{{ "iface_id": "eth0", "host_dev_name": "tap0" }}],
+              "entropy": {{}}
+            }}"#
+        );
+        let file: FullVmConfiguration = serde_json::from_str(&text).unwrap();
+        let resources = VmResources::from_file(file.clone()).unwrap();
+        let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Pci).unwrap();
+        assert_eq!((config.vcpus, config.memory_bytes, config.transport), (2, 1 << 30, VirtioTransport::Pci));
+        assert!(config.cmdline.ends_with("pci=off root=/dev/vda ro"));
+        assert_eq!(config.virtio.len(), 3);
+        let exported = resources.export();
+        assert_eq!((exported.boot_source, exported.drives), (file.boot_source, file.drives));
+        assert_eq!(exported.machine_config.and_then(|m| m.huge_pages), Some(HugePages::None));
+    }
+
+    #[test]
+    fn config_file_errors() {
+        let unknown = serde_json::from_str::<FullVmConfiguration>(r#"{"boot_source": {}}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `boot_source`"));
+        let logger: FullVmConfiguration = serde_json::from_str(r#"{"logger": {"level": "Info"}}"#).unwrap();
+        assert_eq!(
+            VmResources::from_file(logger).unwrap_err(),
+            ConfigError::Unsupported("the logger section".into())
+        );
+        let empty = VmResources::from_file(FullVmConfiguration::default()).unwrap();
+        assert_eq!(
+            empty.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap_err(),
+            ConfigError::MissingKernel
+        );
+    }
+
+    #[test]
+    fn one_root_drive_and_unique_taps() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let drive = |id: &str, root| Drive {
+            drive_id: id.into(),
+            is_root_device: root,
+            partuuid: None,
+            cache_type: None,
+            is_read_only: Some(false),
+            path_on_host: Some(path.clone()),
+            rate_limiter: None,
+            io_engine: None,
+            socket: None,
+        };
+        let mut resources = VmResources::default();
+        resources.put_drive("a", drive("a", true)).unwrap();
+        resources.put_drive("a", drive("a", true)).unwrap();
+        assert_eq!(resources.put_drive("b", drive("b", true)), Err(ConfigError::RootBlockDeviceAlreadyAdded));
+        let iface = |id: &str| NetworkInterface {
+            iface_id: id.into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: None,
+            mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        resources.put_network_interface("e0", iface("e0")).unwrap();
+        assert_eq!(
+            resources.put_network_interface("e1", iface("e1")),
+            Err(ConfigError::HostDeviceNameInUse("tap0".into()))
+        );
+        assert_eq!(truncate("ééé", 5), "éé");
+    }
+}

@@ -1,0 +1,91 @@
+//! `kestrel vmm --api-sock PATH`: an unconfigured VMM driven by its Firecracker-compatible API, and
+//! `kestrel run --config FILE`, which reads the same descriptions from a file.
+//!
+//! The API serves on its own threads; `InstanceStart` hands the finished configuration to the main
+//! thread, which builds the VM (a failure goes back to the client as a 400) and runs it there, so
+//! the VM's termination-signal handling works as for `kestrel run` while the API keeps answering.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use api::resources::VmResources;
+use api::server::{Api, Starter};
+use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
+
+use crate::{cli, exit_for, exit_status, report};
+
+/// A start request from the API thread, and where to send whether the VM was built.
+type StartRequest = (VmConfig, mpsc::Sender<Result<(), String>>);
+
+/// `kestrel run --config FILE`.
+pub fn load_config_file(
+    path: &Path,
+    serial: SerialConfig,
+    transport: VirtioTransport,
+) -> Result<VmConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let resources = VmResources::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    resources.to_vm_config(serial, transport).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn run(args: cli::VmmArgs) -> ExitCode {
+    // Before any thread exists: binding sets the process umask for a moment.
+    let listener = match api::server::bind(&args.api_sock) {
+        Ok(listener) => listener,
+        Err(e) => {
+            report(format_args!("kestrel: error: {e}"));
+            return ExitCode::from(exit_status::ERROR);
+        }
+    };
+    let (start_tx, start_rx) = mpsc::channel::<StartRequest>();
+    let start_tx = Mutex::new(start_tx);
+    let starter: Starter = Box::new(move |config| {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let sent = start_tx.lock().map_err(|_| "the VMM is gone".to_owned())?.send((config, reply_tx));
+        sent.map_err(|_| "the VMM is gone".to_owned())?;
+        reply_rx.recv().map_err(|_| "the VMM is gone".to_owned())?
+    });
+    let api = Arc::new(Mutex::new(Api::new(args.id, args.serial, args.transport, starter)));
+    let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
+        // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
+        block_termination_signals();
+        api::server::serve(listener, api);
+    });
+    if let Err(e) = spawned {
+        report(format_args!("kestrel: error: cannot start the API thread: {e}"));
+        return ExitCode::from(exit_status::ERROR);
+    }
+    tracing::info!("API listening on {}", args.api_sock.display());
+    while let Ok((config, reply)) = start_rx.recv() {
+        match vmm::builder::build(&config) {
+            Ok(vm) => {
+                let _ = reply.send(Ok(()));
+                return exit_for(vm.run());
+            }
+            Err(e) => {
+                tracing::warn!("InstanceStart failed: {e}");
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+    report(format_args!("kestrel: error: the API thread ended"));
+    ExitCode::from(exit_status::ERROR)
+}
+
+/// Blocks the signals the VM's event loop handles in the calling thread (and the threads it
+/// starts), so the kernel delivers them to the main thread.
+fn block_termination_signals() {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame; these calls only write to it and to
+    // this thread's signal mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
