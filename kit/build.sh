@@ -27,7 +27,7 @@ PACKAGES=(linux-source-6.1 busybox-static bc bison flex libelf-dev libssl-dev cp
 # Options build.sh insists on after olddefconfig, beyond those listed in linux.config.
 REQUIRED_OPTS=(SERIAL_8250_CONSOLE BLK_DEV_INITRD PCI PCI_MSI VIRTIO_PCI VIRTIO_MMIO
                VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK VIRTIO_NET VIRTIO_CONSOLE HW_RANDOM_VIRTIO
-               VSOCKETS VIRTIO_VSOCKETS EXT4_FS PVH SMP KVM_GUEST X86_MPPARSE DEVTMPFS
+               VSOCKETS VIRTIO_VSOCKETS VIRTIO_BALLOON EXT4_FS PVH SMP KVM_GUEST X86_MPPARSE DEVTMPFS
                BINFMT_ELF BINFMT_SCRIPT DEVPORT)
 
 log() { printf 'kestrel-kit: %s\n' "$*" >&2; }

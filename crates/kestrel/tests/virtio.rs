@@ -1,5 +1,8 @@
 //! Tier 2: virtio devices, driven from inside the guest by the `virtio` test guest's own driver
 //! (guests/c/virtio.c) and its device tests (guests/c/test_*.c).
+//!
+//! Every device test runs on both transports: `on_both_transports!` turns a test function taking a
+//! [`Transport`] into the tests `<function>::mmio` and `<function>::pci`.
 
 mod common;
 
@@ -9,54 +12,96 @@ use common::*;
 const RESET: i32 = 3;
 const USAGE_ERROR: i32 = 2;
 
-#[test]
-fn the_guest_finds_the_rng_and_reads_entropy_from_it() {
+/// How the virtio devices reach the guest (`kestrel run --transport`).
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// virtio-mmio: the guest's driver finds the devices in `virtio_mmio.device=` on its command line.
+    Mmio,
+    /// virtio-pci: the guest's driver finds the devices on PCI bus 0 through ports 0xCF8/0xCFC,
+    /// follows their capabilities into BAR 0, and notifies through the ioeventfd.
+    Pci,
+}
+
+impl Transport {
+    /// `--transport <name>`, to put before the devices.
+    fn args(self) -> [&'static str; 2] {
+        match self {
+            Transport::Mmio => ["--transport", "mmio"],
+            Transport::Pci => ["--transport", "pci"],
+        }
+    }
+
+    /// The line in which the guest reports its `index`th device (the VMM places them in
+    /// command-line order: MMIO windows 4 KiB apart from 0xc0000000; PCI slots from 1, after the
+    /// host bridge).
+    fn device_line(self, index: u32, device_type: u32) -> String {
+        let address = match self {
+            Transport::Mmio => format!("mmio {:#x}", 0xc000_0000u32 + index * 0x1000),
+            Transport::Pci => format!("pci 00:{:02x}.0", index + 1),
+        };
+        format!("virtio: device {index} type {device_type} at {address}")
+    }
+}
+
+/// `on_both_transports!(test_fn, ...)`: for each `test_fn(Transport)`, a module of the same name
+/// with the tests `mmio` and `pci`.
+macro_rules! on_both_transports {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn mmio() {
+                super::$test(super::Transport::Mmio)
+            }
+
+            #[test]
+            fn pci() {
+                super::$test(super::Transport::Pci)
+            }
+        }
+    )*};
+}
+
+on_both_transports!(
+    the_guest_finds_the_rng_and_reads_entropy_from_it,
+    without_devices_the_guest_finds_none_and_a_requested_test_fails,
+    the_guest_writes_and_reads_a_disk_and_cannot_write_a_read_only_one,
+    inflating_the_balloon_gives_the_guests_memory_back_to_the_host,
+    the_guest_exchanges_data_with_host_processes_over_vsock_both_ways,
+    the_guest_resolves_and_pings_the_host_through_a_tap,
+);
+
+/// `kestrel run` of the `virtio` guest on `transport` with the given extra arguments, stdin closed.
+fn run_virtio_guest(transport: Transport, args: &[&str]) -> std::process::Output {
+    run_guest(guests::VIRTIO, &[&transport.args()[..], args].concat())
+}
+
+/// Asserts that every line of `expected` is a line of the guest's output.
+#[track_caller]
+fn assert_lines(out: &str, expected: &[&str]) {
+    for line in expected {
+        assert!(out.lines().any(|l| l == *line), "no line {line:?} in:\n{out}");
+    }
+}
+
+fn the_guest_finds_the_rng_and_reads_entropy_from_it(transport: Transport) {
     if !kvm_available() {
         return;
     }
-    let output = run_guest(guests::VIRTIO, &["--rng", "--cmdline", "test=rng"]);
+    let output = run_virtio_guest(transport, &["--rng", "--cmdline", "test=rng"]);
     assert_status(&output, RESET);
     let out = stdout(&output);
-    for line in [
-        "virtio: 1 devices",
-        "virtio: device 0 type 4 at mmio 0xc0000000",
-        "rng: 2 x 64 bytes",
-        "rng: ok",
-        "virtio: done",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &["virtio: 1 devices", &transport.device_line(0, 4), "rng: 2 x 64 bytes", "rng: ok", "virtio: done"],
+    );
     assert!(!out.contains("FAILED"), "{out}");
 }
 
-/// The same test over virtio-pci: the guest's driver finds the device on PCI bus 0 through ports
-/// 0xCF8/0xCFC, follows its capabilities into BAR 0, and notifies through the ioeventfd.
-#[test]
-fn the_guest_finds_the_rng_on_pci_and_reads_entropy_from_it() {
+fn without_devices_the_guest_finds_none_and_a_requested_test_fails(transport: Transport) {
     if !kvm_available() {
         return;
     }
-    let output = run_guest(guests::VIRTIO, &["--rng", "--transport", "pci", "--cmdline", "test=rng"]);
-    assert_status(&output, RESET);
-    let out = stdout(&output);
-    for line in [
-        "virtio: 1 devices",
-        "virtio: device 0 type 4 at pci 00:01.0",
-        "rng: 2 x 64 bytes",
-        "rng: ok",
-        "virtio: done",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
-    }
-    assert!(!out.contains("FAILED"), "{out}");
-}
-
-#[test]
-fn without_devices_the_guest_finds_none_and_a_requested_test_fails() {
-    if !kvm_available() {
-        return;
-    }
-    let output = run_guest(guests::VIRTIO, &["--cmdline", "test=rng"]);
+    let output = run_virtio_guest(transport, &["--cmdline", "test=rng"]);
     assert_status(&output, RESET);
     let out = stdout(&output);
     assert!(out.lines().any(|l| l == "virtio: 0 devices"), "{out}");
@@ -81,14 +126,13 @@ fn rng_given_twice_is_refused_or_gives_two_devices() {
     assert_status(&output, RESET);
     let out = stdout(&output);
     assert!(out.lines().any(|l| l == "virtio: 2 devices"), "{out}");
-    assert!(out.lines().any(|l| l == "virtio: device 1 type 4 at mmio 0xc0001000"), "{out}");
+    assert!(out.lines().any(|l| l == Transport::Mmio.device_line(1, 4)), "{out}");
     assert_eq!(out.lines().filter(|&l| l == "rng: ok").count(), 2, "{out}");
 }
 
 /// The guest's `blk` test on a writable and a read-only disk; the host then finds the guest's
 /// pattern in exactly sectors 2-5 of the first and the second unchanged.
-#[test]
-fn the_guest_writes_and_reads_a_disk_and_cannot_write_a_read_only_one() {
+fn the_guest_writes_and_reads_a_disk_and_cannot_write_a_read_only_one(transport: Transport) {
     if !kvm_available() {
         return;
     }
@@ -99,8 +143,8 @@ fn the_guest_writes_and_reads_a_disk_and_cannot_write_a_read_only_one() {
     let read_only = dir.path().join("ro.img");
     std::fs::write(&writable, vec![FILL; DISK_BYTES]).unwrap();
     std::fs::write(&read_only, vec![FILL; DISK_BYTES]).unwrap();
-    let output = run_guest(
-        guests::VIRTIO,
+    let output = run_virtio_guest(
+        transport,
         &[
             "--disk",
             &format!("path={},id=kestrel-blk-test", path_str(&writable)),
@@ -112,18 +156,20 @@ fn the_guest_writes_and_reads_a_disk_and_cannot_write_a_read_only_one() {
     );
     assert_status(&output, RESET);
     let out = stdout(&output);
-    for line in [
-        "virtio: 2 devices",
-        "virtio: device 0 type 2 at mmio 0xc0000000",
-        "blk: capacity 128 sectors",
-        "blk: wrote and read back sectors 2-5",
-        "blk: id kestrel-blk-test",
-        "blk: read-only, a write fails with IOERR",
-        "blk: id ro.img",
-        "virtio: done",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            "virtio: 2 devices",
+            &transport.device_line(0, 2),
+            "blk: capacity 128 sectors",
+            "blk: wrote and read back sectors 2-5",
+            "blk: id kestrel-blk-test",
+            &transport.device_line(1, 2),
+            "blk: read-only, a write fails with IOERR",
+            "blk: id ro.img",
+            "virtio: done",
+        ],
+    );
     for on_both_disks in ["blk: flush ok", "blk: past the end IOERR, unknown type UNSUPP", "blk: ok"] {
         assert_eq!(out.lines().filter(|&l| l == on_both_disks).count(), 2, "{on_both_disks:?} in:\n{out}");
     }
@@ -153,8 +199,7 @@ fn resident_bytes(pid: u32) -> u64 {
 /// The guest touches 64 MiB, then hands exactly those pages to the balloon: the host's memory use
 /// must fall by about as much. The guest parks after each step until the test sends a byte, so
 /// the samples are taken at the right moments.
-#[test]
-fn inflating_the_balloon_gives_the_guests_memory_back_to_the_host() {
+fn inflating_the_balloon_gives_the_guests_memory_back_to_the_host(transport: Transport) {
     use std::io::{BufReader, Read, Write};
     use std::process::Stdio;
 
@@ -163,7 +208,9 @@ fn inflating_the_balloon_gives_the_guests_memory_back_to_the_host() {
     }
     const MIB: u64 = 1 << 20;
     let mut child = kestrel()
-        .args(["run", "--kernel", guests::VIRTIO, "--memory", "256M", "--balloon", "size=64"])
+        .args(["run", "--kernel", guests::VIRTIO, "--memory", "256M"])
+        .args(transport.args())
+        .args(["--balloon", "size=64"])
         .args(["--cmdline", "test=balloon"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -187,16 +234,18 @@ fn inflating_the_balloon_gives_the_guests_memory_back_to_the_host() {
     let mut stderr = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
     assert_eq!(status.code(), Some(RESET), "stdout:\n{out}\nstderr:\n{stderr}");
-    for line in [
-        "balloon: target 16384 pages",
-        "balloon: touched 16384 pages",
-        "balloon: inflated 16384 pages",
-        "balloon: inflated pages read as zero",
-        "balloon: deflated 16384 pages",
-        "balloon: ok",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            &transport.device_line(0, 5),
+            "balloon: target 16384 pages",
+            "balloon: touched 16384 pages",
+            "balloon: inflated 16384 pages",
+            "balloon: inflated pages read as zero",
+            "balloon: deflated 16384 pages",
+            "balloon: ok",
+        ],
+    );
     assert!(touched >= 64 * MIB, "RSS {} MiB after touching 64 MiB", touched / MIB);
     // Most of the 64 MiB goes; a little slack for whatever else the VMM allocates meanwhile.
     assert!(
@@ -221,8 +270,7 @@ fn a_balloon_larger_than_guest_memory_is_refused() {
 /// The `vsock` device test: the guest connects to host port 1234 (this test listens on
 /// `<uds>_1234` and echoes), then a host process connects to the guest's port 5678 through the
 /// device's socket (`CONNECT 5678`) and gets its bytes echoed.
-#[test]
-fn the_guest_exchanges_data_with_host_processes_over_vsock_both_ways() {
+fn the_guest_exchanges_data_with_host_processes_over_vsock_both_ways(transport: Transport) {
     use std::io::{BufReader, Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
 
@@ -244,6 +292,7 @@ fn the_guest_exchanges_data_with_host_processes_over_vsock_both_ways() {
     });
     let mut child = kestrel()
         .args(["run", "--kernel", guests::VIRTIO, "--cmdline", "test=vsock"])
+        .args(transport.args())
         .args(["--vsock", &format!("cid=42,uds={}", uds.display())])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -269,24 +318,24 @@ fn the_guest_exchanges_data_with_host_processes_over_vsock_both_ways() {
     let status = child.wait().unwrap();
     drop(watchdog);
     assert_eq!(status.code(), Some(RESET), "{out}");
-    for line in [
-        "virtio: device 0 type 19 at mmio 0xc0000000",
-        "vsock: guest cid 42",
-        "vsock: echo from host port 1234",
-        "vsock: echoed 11 bytes to host port 1073741824",
-        "vsock: ok",
-        "virtio: done",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            &transport.device_line(0, 19),
+            "vsock: guest cid 42",
+            "vsock: echo from host port 1234",
+            "vsock: echoed 11 bytes to host port 1073741824",
+            "vsock: ok",
+            "virtio: done",
+        ],
+    );
     echo.join().unwrap();
 }
 
 /// The guest's hand-built ARP request and ICMP echo reach the host kernel through a tap, in a
 /// network namespace of this test's own (the tap is 10.231.0.1/24 there), and the replies come
 /// back to it.
-#[test]
-fn the_guest_resolves_and_pings_the_host_through_a_tap() {
+fn the_guest_resolves_and_pings_the_host_through_a_tap(transport: Transport) {
     if !kvm_available() {
         return;
     }
@@ -296,18 +345,20 @@ fn the_guest_resolves_and_pings_the_host_through_a_tap() {
     namespace.ip(&["link", "set", "ktap-guest", "address", "02:4b:53:00:00:01"]);
     let mut command = kestrel();
     command.args(["run", "--kernel", guests::VIRTIO, "--cmdline", "test=net"]);
+    command.args(transport.args());
     command.args(["--net", "tap=ktap-guest,mac=52:54:00:4b:53:02"]);
     let output = run_to_end(namespace.wrap(&command), b"");
     assert_status(&output, RESET);
     let out = stdout(&output);
-    for line in [
-        "virtio: device 0 type 1 at mmio 0xc0000000",
-        "net: mac 52:54:00:4b:53:02",
-        "net: arp reply from 10.231.0.1 is 02:4b:53:00:00:01",
-        "net: echo reply from 10.231.0.1, 32 bytes of payload",
-        "net: ok",
-        "virtio: done",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            &transport.device_line(0, 1),
+            "net: mac 52:54:00:4b:53:02",
+            "net: arp reply from 10.231.0.1 is 02:4b:53:00:00:01",
+            "net: echo reply from 10.231.0.1, 32 bytes of payload",
+            "net: ok",
+            "virtio: done",
+        ],
+    );
 }

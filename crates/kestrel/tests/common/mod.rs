@@ -5,7 +5,7 @@ pub mod kit;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -188,4 +188,35 @@ pub fn assert_status(output: &Output, expected: i32) {
 
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
+}
+
+/// The host tool `name`, or `None` (the test skips; on CI it fails).
+pub fn host_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain(["/sbin", "/usr/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        let message = format!("{name} is not installed");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{message}; scripts/install-prerequisites installs it");
+        }
+        eprintln!("skipping: {message}");
+    }
+    found
+}
+
+/// Runs a host tool and returns its stdout, failing the test with its output if it fails.
+pub fn run_tool(tool: &Path, args: &[&str]) -> String {
+    let output = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("run {tool:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{tool:?} {args:?} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
 }
