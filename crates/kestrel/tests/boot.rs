@@ -204,14 +204,8 @@ fn console_input_can_come_from_a_file() {
     let input = dir.path().join("keys.txt");
     let line: String = (0..150).map(|i| char::from(b'A' + (i % 26) as u8)).collect();
     std::fs::write(&input, format!("{line}\n")).unwrap();
-    let output = kestrel()
-        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=echo"])
-        .stdin(std::fs::File::open(&input).unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(wait_with_limit)
-        .unwrap();
+    let output =
+        wait_with_limit(spawn_hello(&["--cmdline", "exit=echo"], std::fs::File::open(&input).unwrap()));
     assert_status(&output, RESET);
     assert!(stdout(&output).contains(&format!("echo: {line}\n")), "{}", stdout(&output));
 }
@@ -221,14 +215,7 @@ fn a_stdin_that_cannot_be_polled_is_no_problem() {
     if !kvm_available() {
         return;
     }
-    let output = kestrel()
-        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=reset"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(wait_with_limit)
-        .unwrap();
+    let output = wait_with_limit(spawn_hello(&["--cmdline", "exit=reset"], Stdio::null()));
     assert_status(&output, RESET);
 }
 
@@ -238,13 +225,7 @@ fn output_to_a_closed_pipe_neither_hangs_nor_crashes() {
         return;
     }
     // Like `kestrel run ... 2>&1 | head -1`: the reader goes away, every later write gets EPIPE.
-    let mut child = kestrel()
-        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=reset", "--cpus", "2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_hello(&["--cmdline", "exit=reset", "--cpus", "2"], Stdio::null());
     drop(child.stdout.take());
     drop(child.stderr.take());
     let output = wait_with_limit(child);
@@ -268,13 +249,7 @@ fn sigterm_stops_the_vm_with_128_plus_signal() {
     if !kvm_available() {
         return;
     }
-    let mut child = kestrel()
-        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=hang", "--cpus", "2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_hello(&["--cmdline", "exit=hang", "--cpus", "2"], Stdio::null());
     let watchdog = Watchdog::new(&child);
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     wait_for_line(&mut reader, "exit: hang");
@@ -340,6 +315,18 @@ fn help_explains_every_run_flag() {
     for flag in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--serial", "Ctrl-A", "Example"] {
         assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
     }
+}
+
+/// Starts the hello guest with `args`, stdout and stderr piped.
+fn spawn_hello(args: &[&str], stdin: impl Into<Stdio>) -> std::process::Child {
+    kestrel()
+        .args(["run", "--kernel", guests::HELLO])
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kestrel")
 }
 
 fn fnv1a32(bytes: &[u8]) -> u32 {

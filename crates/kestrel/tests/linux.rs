@@ -9,69 +9,16 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::kit::*;
 use common::*;
 
-/// A kit Linux boot takes ~15–30 s here; past this it has hung.
-const LINUX_LIMIT: Duration = Duration::from_secs(180);
 /// The stock cloud kernel reaches console initialisation in ~37 s here.
 const CLOUD_LIMIT: Duration = Duration::from_secs(120);
 
-/// One Linux boot at a time: each keeps a host core busy emulating guest kernel code, so boots in
-/// parallel on a small host only slow each other towards their hang limits.
-static ONE_BOOT_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_BOOT_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 const POWER_OFF: i32 = 0;
 const RESET: i32 = 3;
-
-/// The kit's cache directory, as `kit/build.sh` chooses it.
-fn kit_dir() -> PathBuf {
-    match std::env::var_os("KESTREL_KIT_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/kestrel-kit"),
-    }
-}
-
-/// The kit artefact `name`, or `None` (the test skips) when it has not been built. On CI (CI=true) a
-/// missing artefact fails the test instead.
-fn kit_path(name: &str) -> Option<PathBuf> {
-    let path = kit_dir().join(name);
-    let built = std::fs::metadata(&path).map(|m| m.is_file() && m.len() > 0).unwrap_or(false);
-    if built {
-        return Some(path);
-    }
-    let message =
-        format!("the Linux guest kit is not built: {} is missing; run kit/build.sh", path.display());
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{message} (scripts/test does so before cargo test)");
-    }
-    eprintln!("skipping: {message}");
-    None
-}
-
-/// The kit's kernel and initramfs, when KVM and the kit are both there.
-fn kit_available() -> Option<(PathBuf, PathBuf)> {
-    if !kvm_available() {
-        return None;
-    }
-    Some((kit_path("vmlinux")?, kit_path("initramfs.cpio")?))
-}
-
-/// `kit/cmdline.txt` without its comment lines: the command line the kit's kernel needs on this host.
-fn kit_cmdline() -> String {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../kit/cmdline.txt");
-    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {file}: {e}"));
-    let words: Vec<&str> =
-        text.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(str::split_whitespace).collect();
-    assert!(!words.is_empty(), "{file} has no command line");
-    words.join(" ")
-}
 
 /// `kestrel run` of the kit's Linux with `extra` appended to the kit command line.
 fn linux_command(kit: &(PathBuf, PathBuf), cpus: u32, memory: &str, extra: &str) -> Command {
