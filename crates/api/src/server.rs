@@ -13,7 +13,7 @@ use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::http::{read_request, HttpError, Method, Request, Response};
 use crate::models::{
     ActionType, Balloon, BootSource, Drive, EntropyDevice, InstanceActionInfo, InstanceInfo, InstanceState,
-    MachineConfiguration, NetworkInterface, VmState, Vsock,
+    MachineConfiguration, NetworkInterface, VmState, VmStateValue, Vsock,
 };
 use crate::resources::VmResources;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
@@ -59,8 +59,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Starts the VM from a complete configuration; an error is reported to the client as a 400.
-pub type Starter = Box<dyn FnMut(VmConfig) -> Result<(), String> + Send>;
+/// Starts the VM from a complete configuration and returns its control; an error is reported to
+/// the client as a 400.
+pub type Starter = Box<dyn FnMut(VmConfig) -> Result<Box<dyn VmControl>, String> + Send>;
+
+/// What the API can do to a running VM: `PATCH /vm`.
+pub trait VmControl: Send {
+    /// Returns once the vCPUs are paused; pausing a paused VM succeeds.
+    fn pause(&self) -> Result<(), String>;
+    /// Resuming a running VM succeeds.
+    fn resume(&self) -> Result<(), String>;
+}
+
+impl VmControl for vmm::vm::VmHandle {
+    fn pause(&self) -> Result<(), String> {
+        vmm::vm::VmHandle::pause(self).map_err(|e| e.to_string())
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        vmm::vm::VmHandle::resume(self);
+        Ok(())
+    }
+}
 
 /// The API's state: the configuration so far, and whether the VM has started.
 pub struct Api {
@@ -70,6 +90,8 @@ pub struct Api {
     serial: SerialConfig,
     transport: VirtioTransport,
     starter: Starter,
+    /// The started VM's control; `None` before `InstanceStart`.
+    vm: Option<Box<dyn VmControl>>,
 }
 
 impl Api {
@@ -83,6 +105,7 @@ impl Api {
             serial,
             transport,
             starter,
+            vm: None,
         }
     }
 
@@ -170,11 +193,22 @@ impl Api {
                 }
             }
             (Patch, ["vm"]) => {
-                let _: VmState = parse_body(body)?;
-                if !self.started() {
+                let VmState { state } = parse_body(body)?;
+                let Some(vm) = &self.vm else {
                     return Err(NOT_SUPPORTED_BEFORE_START.into());
+                };
+                // Like Firecracker, pausing a paused VM and resuming a running one succeed.
+                match state {
+                    VmStateValue::Paused => {
+                        vm.pause().map_err(|e| format!("Cannot pause the microVM: {e}"))?;
+                        self.state = InstanceState::Paused;
+                    }
+                    VmStateValue::Resumed => {
+                        vm.resume().map_err(|e| format!("Cannot resume the microVM: {e}"))?;
+                        self.state = InstanceState::Running;
+                    }
                 }
-                Err(not_yet("Pausing and resuming the microVM (PATCH /vm)"))
+                Ok(Response::no_content())
             }
             (Patch, ["drives", _]) | (Patch, ["network-interfaces", _]) if !self.started() => {
                 Err(NOT_SUPPORTED_BEFORE_START.into())
@@ -211,7 +245,8 @@ impl Api {
         }
         let config =
             self.resources.to_vm_config(self.serial.clone(), self.transport).map_err(|e| e.to_string())?;
-        (self.starter)(config).map_err(|e| format!("Cannot start the microVM: {e}"))?;
+        let vm = (self.starter)(config).map_err(|e| format!("Cannot start the microVM: {e}"))?;
+        self.vm = Some(vm);
         self.state = InstanceState::Running;
         Ok(Response::no_content())
     }
@@ -279,12 +314,31 @@ fn serve_connection(mut stream: UnixStream, api: &Mutex<Api>) {
 mod tests {
     use super::*;
 
+    /// A VM that records the pause and resume calls it gets.
+    struct FakeVm(Arc<Mutex<Vec<&'static str>>>);
+
+    impl VmControl for FakeVm {
+        fn pause(&self) -> Result<(), String> {
+            self.0.lock().unwrap().push("pause");
+            Ok(())
+        }
+
+        fn resume(&self) -> Result<(), String> {
+            self.0.lock().unwrap().push("resume");
+            Ok(())
+        }
+    }
+
     fn api() -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
+        api_with_calls(Arc::default())
+    }
+
+    fn api_with_calls(calls: Arc<Mutex<Vec<&'static str>>>) -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
         let started = Arc::new(Mutex::new(Vec::new()));
         let seen = started.clone();
         let starter: Starter = Box::new(move |config| {
             seen.lock().unwrap().push(config);
-            Ok(())
+            Ok(Box::new(FakeVm(calls.clone())))
         });
         (Api::new("test".into(), SerialConfig::None, VirtioTransport::Mmio, starter), started)
     }
@@ -361,8 +415,33 @@ mod tests {
         }
         let again = fault(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#);
         assert_eq!(again, NOT_SUPPORTED_AFTER_START);
-        assert!(fault(&mut api, Method::Patch, "/vm", r#"{"state": "Paused"}"#)
-            .contains("not supported by Kestrel yet"));
+    }
+
+    #[test]
+    fn patch_vm_pauses_and_resumes_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let kernel = kernel();
+        let paused = r#"{"state": "Paused"}"#;
+        let resumed = r#"{"state": "Resumed"}"#;
+        assert_eq!(fault(&mut api, Method::Patch, "/vm", paused), NOT_SUPPORTED_BEFORE_START);
+        assert_eq!(fault(&mut api, Method::Patch, "/vm", resumed), NOT_SUPPORTED_BEFORE_START);
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert!(fault(&mut api, Method::Patch, "/vm", r#"{"state": "Stopped"}"#).contains("unknown variant"));
+        assert!(fault(&mut api, Method::Patch, "/vm", "{").contains("Invalid request body"));
+        assert!(
+            fault(&mut api, Method::Patch, "/vm", r#"{"state": "Paused", "x": 1}"#).contains("unknown field")
+        );
+        assert!(calls.lock().unwrap().is_empty());
+        assert_eq!(call(&mut api, Method::Patch, "/vm", paused).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Paused");
+        assert_eq!(call(&mut api, Method::Patch, "/vm", paused).0, 204);
+        assert_eq!(call(&mut api, Method::Patch, "/vm", resumed).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Running");
+        assert_eq!(call(&mut api, Method::Patch, "/vm", resumed).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["pause", "pause", "resume", "resume"]);
     }
 
     #[test]

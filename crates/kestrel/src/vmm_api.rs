@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use api::resources::VmResources;
 use api::server::{Api, Starter};
 use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
+use vmm::vm::VmHandle;
 
 use crate::{cli, exit_for, exit_status, report};
 
-/// A start request from the API thread, and where to send whether the VM was built.
-type StartRequest = (VmConfig, mpsc::Sender<Result<(), String>>);
+/// A start request from the API thread, and where to send the built VM's pause/resume handle (or
+/// why it could not be built).
+type StartRequest = (VmConfig, mpsc::Sender<Result<VmHandle, String>>);
 
 /// `kestrel run --config FILE`.
 pub fn load_config_file(
@@ -45,7 +47,8 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
         let (reply_tx, reply_rx) = mpsc::channel();
         let sent = start_tx.lock().map_err(|_| "the VMM is gone".to_owned())?.send((config, reply_tx));
         sent.map_err(|_| "the VMM is gone".to_owned())?;
-        reply_rx.recv().map_err(|_| "the VMM is gone".to_owned())?
+        let handle = reply_rx.recv().map_err(|_| "the VMM is gone".to_owned())??;
+        Ok(Box::new(handle) as Box<dyn api::server::VmControl>)
     });
     let api = Arc::new(Mutex::new(Api::new(args.id, args.serial, args.transport, starter)));
     let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
@@ -61,7 +64,8 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     while let Ok((config, reply)) = start_rx.recv() {
         match vmm::builder::build(&config) {
             Ok(vm) => {
-                let _ = reply.send(Ok(()));
+                // The API pauses and resumes the VM through its handle while this thread runs it.
+                let _ = reply.send(Ok(vm.handle()));
                 return exit_for(vm.run());
             }
             Err(e) => {

@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kestrel, kvm_available, wait_with_limit};
+use common::{kestrel, kvm_available, wait_for_line, wait_with_limit, Watchdog};
 
 /// Sends raw request bytes on a fresh connection; returns the status and body of the response.
 fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
@@ -137,6 +137,82 @@ fn configure_and_boot_the_hello_guest_through_the_socket() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("exit: poweroff"), "{stdout}");
+}
+
+/// The scheduler state (`R`, `S`, ...) of the thread of process `pid` named `name`.
+fn thread_state(pid: u32, name: &str) -> Option<char> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // The state follows the parenthesised name, which may itself hold spaces.
+            return stat.rsplit_once(')')?.1.trim_start().chars().next();
+        }
+    }
+    None
+}
+
+/// Re-reads the thread's state until it is `expected`; panics past a bound.
+fn wait_for_thread_state(pid: u32, name: &str, expected: char) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = thread_state(pid, name);
+        if state == Some(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "thread {name} is in state {state:?}, not {expected}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn patch_vm_pauses_and_resumes_the_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm(&socket);
+    let watchdog = Watchdog::new(&child);
+    let paused = r#"{"state": "Paused"}"#;
+    let resumed = r#"{"state": "Resumed"}"#;
+    assert_fault(request(&socket, "PATCH", "/vm", paused), "not supported before starting the microVM");
+    assert_fault(request(&socket, "PATCH", "/vm", r#"{"state": "Stopped"}"#), "unknown variant");
+    assert_fault(request(&socket, "PATCH", "/vm", "{"), "Invalid request body");
+    // The hello guest spinning at CPL3 keeps its vCPU thread running.
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "exit=hang"}}"#, guests::HELLO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut reader, "exit: hang");
+    let pid = child.id();
+    wait_for_thread_state(pid, "vcpu0", 'R');
+
+    assert_eq!(request(&socket, "PATCH", "/vm", paused).0, 204);
+    wait_for_thread_state(pid, "vcpu0", 'S');
+    assert!(request(&socket, "GET", "/", "").1.contains("\"state\":\"Paused\""));
+    // Like Firecracker: pausing a paused VM is fine.
+    assert_eq!(request(&socket, "PATCH", "/vm", paused).0, 204);
+    assert_fault(request(&socket, "PATCH", "/vm", r#"{"state": "Stopped"}"#), "unknown variant");
+    assert_eq!(request(&socket, "PATCH", "/vm", resumed).0, 204);
+    wait_for_thread_state(pid, "vcpu0", 'R');
+    assert!(request(&socket, "GET", "/", "").1.contains("\"state\":\"Running\""));
+
+    // Stopping a paused VM works: the parked vCPU ends.
+    assert_eq!(request(&socket, "PATCH", "/vm", paused).0, 204);
+    wait_for_thread_state(pid, "vcpu0", 'S');
+    // SAFETY: kill with a valid pid and signal number has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    child.stdout = Some(reader.into_inner());
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]

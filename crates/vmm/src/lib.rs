@@ -1,7 +1,8 @@
 //! Kestrel's VM engine: turns `/dev/kvm` into a running guest.
 //!
 //! [`builder::build`] assembles a VM from a [`config::VmConfig`] (memory, kernel, devices, vCPUs) and
-//! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it.
+//! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it; a
+//! [`vm::VmHandle`] taken before pauses and resumes it from another thread.
 
 pub mod builder;
 pub mod config;
@@ -46,6 +47,10 @@ pub enum Error {
     InitrdRead { path: PathBuf, source: std::io::Error },
     #[error("cannot load kernel {path}: {reason}")]
     KernelLoad { path: PathBuf, reason: String },
+    #[error(
+        "the vCPUs did not pause within {timeout:?} ({parked} of {live} parked); the VM goes on running"
+    )]
+    PauseTimeout { timeout: std::time::Duration, parked: usize, live: usize },
     #[error("cannot read kernel {path}: {source}")]
     KernelRead { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a kernel image (neither an ELF vmlinux nor a bzImage)")]

@@ -4,13 +4,23 @@
 //! power-off system event) or when the VMM kicks it: [`VcpuThread::kick`] sets the shared stop flag,
 //! then signals the thread. The signal handler sets `immediate_exit` in the thread's `kvm_run`, so a
 //! kick that lands just before KVM_RUN is entered is not lost: KVM_RUN returns EINTR at once.
+//!
+//! Pausing uses the same kick. [`VcpuShared::pause`] sets the pause request, then kicks every vCPU
+//! thread. Each one leaves KVM_RUN at a consistent point: when its last KVM_RUN returned an exit
+//! (a port or MMIO access, say), the access is complete only once KVM_RUN is entered again, so the
+//! thread first re-enters it with `immediate_exit` set; KVM finishes the pending operation (a read's
+//! data reaches the guest's register) and returns EINTR without running guest code. Then the thread
+//! parks on a condvar until [`VcpuShared::resume`] or a stop. The requester waits, bounded, until
+//! every live vCPU thread has parked. Device worker threads keep running while the vCPUs are
+//! paused; a snapshot would need them quiesced too (not done yet).
 
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::ioapic::Ioapic;
 use devices::Bus;
@@ -35,6 +45,14 @@ pub struct VcpuShared {
     /// Set by the VMM before kicking the vCPUs: leave the run loop.
     stop: AtomicBool,
     unhandled_mmio: AtomicU32,
+    /// Mirrors `PauseState::requested`, so the run loop checks it without taking the lock.
+    pause_requested: AtomicBool,
+    pause: Mutex<PauseState>,
+    /// Signalled when the pause request is withdrawn or the VMM stops the vCPUs: parked threads
+    /// re-check whether to go on.
+    unparked: Condvar,
+    /// Signalled when a vCPU thread parks or ends: the pause requester re-counts.
+    parked_changed: Condvar,
     /// Where a vCPU reports that its guest ended the VM.
     ended: Mutex<Sender<VmOutcome>>,
     ended_event: EventFd,
@@ -55,9 +73,108 @@ impl VcpuShared {
             ioapic,
             stop: AtomicBool::new(false),
             unhandled_mmio: AtomicU32::new(0),
+            pause_requested: AtomicBool::new(false),
+            pause: Mutex::new(PauseState::default()),
+            unparked: Condvar::new(),
+            parked_changed: Condvar::new(),
             ended: Mutex::new(ended),
             ended_event,
         }
+    }
+
+    fn lock_pause(&self) -> MutexGuard<'_, PauseState> {
+        // The state stays consistent under panics (plain counters), so a poisoned lock is usable.
+        self.pause.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Parks every vCPU: returns once each live vCPU thread has parked, or `timeout` has passed (then
+    /// the request is withdrawn, the vCPUs go on, and the error says so). Pausing a paused VM
+    /// succeeds at once. A vCPU thread that has not started yet parks before it first enters the
+    /// guest, so it is not waited for.
+    pub fn pause(&self, timeout: Duration) -> Result<()> {
+        let mut state = self.lock_pause();
+        if state.requested && state.parked >= state.threads.len() {
+            return Ok(());
+        }
+        state.requested = true;
+        self.pause_requested.store(true, Ordering::SeqCst);
+        for &(index, thread) in &state.threads {
+            // SAFETY: `thread` is registered, so it has not yet run its end-of-thread cleanup (which
+            // unregisters it under this lock, held here): the pthread_t names a live thread.
+            let ret = unsafe { libc::pthread_kill(thread, kick_signal()) };
+            if ret != 0 {
+                tracing::warn!("cannot kick vCPU {index}: {}", std::io::Error::from_raw_os_error(ret));
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while state.parked < state.threads.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                let (parked, live) = (state.parked, state.threads.len());
+                drop(state);
+                self.resume();
+                return Err(Error::PauseTimeout { timeout, parked, live });
+            }
+            state = self
+                .parked_changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Withdraws the pause request: parked vCPUs go back into the guest. Resuming a running VM does
+    /// nothing.
+    pub fn resume(&self) {
+        let mut state = self.lock_pause();
+        state.requested = false;
+        self.pause_requested.store(false, Ordering::SeqCst);
+        drop(state);
+        self.unparked.notify_all();
+    }
+
+    /// Whether a pause is in force (requested and not withdrawn).
+    pub fn is_paused(&self) -> bool {
+        self.lock_pause().requested
+    }
+
+    /// Sets the stop flag and wakes parked vCPUs, which then see it and end.
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Taking the lock after the store orders it against a parking thread's check of the flag:
+        // that thread either sees the flag or is already waiting and gets the notification.
+        drop(self.lock_pause());
+        self.unparked.notify_all();
+    }
+
+    /// Called by a vCPU thread before its run loop, so that [`VcpuShared::pause`] can kick it.
+    fn register_thread(&self, index: u8) {
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        self.lock_pause().threads.push((index, thread));
+    }
+
+    /// Called by a vCPU thread as it ends (also when unwinding).
+    fn unregister_thread(&self, index: u8) {
+        let mut state = self.lock_pause();
+        state.threads.retain(|&(i, _)| i != index);
+        drop(state);
+        self.parked_changed.notify_all();
+    }
+
+    /// Parks the calling vCPU thread while a pause is requested and no stop is.
+    fn park(&self) {
+        let mut state = self.lock_pause();
+        if !state.requested || self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        state.parked += 1;
+        self.parked_changed.notify_all();
+        while state.requested && !self.stop.load(Ordering::SeqCst) {
+            state = self.unparked.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        state.parked -= 1;
     }
 
     fn report(&self, outcome: VmOutcome) {
@@ -69,6 +186,17 @@ impl VcpuShared {
             tracing::error!("cannot wake the VMM event loop: {e}");
         }
     }
+}
+
+/// The pause state machine's shared part, under one lock.
+#[derive(Default)]
+struct PauseState {
+    /// The VMM wants the vCPUs parked.
+    requested: bool,
+    /// How many vCPU threads are parked now.
+    parked: usize,
+    /// The vCPU threads that have started and not ended: their index and pthread, for the kick.
+    threads: Vec<(u8, libc::pthread_t)>,
 }
 
 thread_local! {
@@ -137,7 +265,7 @@ impl VcpuThread {
 
 /// Stops every vCPU and waits for their threads to end.
 pub fn stop_all(shared: &VcpuShared, threads: Vec<VcpuThread>) {
-    shared.stop.store(true, Ordering::SeqCst);
+    shared.request_stop();
     for thread in &threads {
         thread.kick();
     }
@@ -146,8 +274,9 @@ pub fn stop_all(shared: &VcpuShared, threads: Vec<VcpuThread>) {
     }
 }
 
-/// Reports a vCPU thread that unwinds (a bug): without the report the VMM would wait forever for
-/// a vCPU that is gone. (Release builds abort on panic instead, which ends the process too.)
+/// Unregisters the vCPU thread as it ends, so a pause does not wait for it; and reports a vCPU thread
+/// that unwinds (a bug): without the report the VMM would wait forever for a vCPU that is gone.
+/// (Release builds abort on panic instead, which ends the process too.)
 struct ReportIfUnwinding<'a> {
     index: u8,
     shared: &'a VcpuShared,
@@ -155,6 +284,7 @@ struct ReportIfUnwinding<'a> {
 
 impl Drop for ReportIfUnwinding<'_> {
     fn drop(&mut self) {
+        self.shared.unregister_thread(self.index);
         if std::thread::panicking() {
             let reason = "the vCPU thread panicked".to_owned();
             self.shared.report(VmOutcome::VcpuFailure { vcpu: self.index, rip: 0, reason });
@@ -164,13 +294,30 @@ impl Drop for ReportIfUnwinding<'_> {
 
 /// The thread body: run until the guest ends the VM or the VMM stops us.
 fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
+    shared.register_thread(index);
     let _report_if_unwinding = ReportIfUnwinding { index, shared };
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
+    // Whether the last KVM_RUN returned an exit, whose operation KVM completes only on the next
+    // entry: the vCPU must not park (nor its state be read) before that.
+    let mut exit_pending = false;
     while !shared.stop.load(Ordering::SeqCst) {
+        if shared.pause_requested.load(Ordering::SeqCst) {
+            if exit_pending {
+                // KVM finishes the pending operation, then returns EINTR before running guest code.
+                vcpu.set_kvm_immediate_exit(1);
+            } else {
+                shared.park();
+                continue;
+            }
+        }
         let step = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, shared),
+            Ok(exit) => {
+                exit_pending = true;
+                handle_exit(exit, shared)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
+                exit_pending = false;
                 Step::Continue
             }
             Err(e) => Step::Fail(format!("KVM_RUN failed: {e}")),

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -28,6 +29,37 @@ const TOKEN_RESET: u64 = 2;
 const TOKEN_POWER_OFF: u64 = 3;
 const TOKEN_VCPU_ENDED: u64 = 4;
 const TOKEN_SIGNAL: u64 = 5;
+
+/// How long [`VmHandle::pause`] waits for every vCPU to park.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pauses and resumes the VM's vCPUs from another thread (the API's) while [`Vm::run`] runs it.
+///
+/// Only the vCPUs stop: device worker threads (virtio queues, the console) keep running while the
+/// VM is paused. Snapshotting will need them quiesced too; that is not done yet.
+#[derive(Clone)]
+pub struct VmHandle {
+    shared: Arc<VcpuShared>,
+}
+
+impl VmHandle {
+    /// Returns once every vCPU has left the guest at a consistent point (in-flight port and MMIO
+    /// accesses completed) and parked, or fails after [`PAUSE_TIMEOUT`] (the VM then goes on
+    /// running). Pausing a paused VM succeeds. Stopping the VM (a signal, the console escape)
+    /// works while it is paused.
+    pub fn pause(&self) -> Result<()> {
+        self.shared.pause(PAUSE_TIMEOUT)
+    }
+
+    /// Lets the vCPUs go back into the guest. Resuming a running VM does nothing.
+    pub fn resume(&self) {
+        self.shared.resume();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.is_paused()
+    }
+}
 
 /// A VM that is built and ready to run.
 pub struct Vm {
@@ -58,6 +90,13 @@ impl Vm {
     /// the target and read the guest's reports from another thread while the guest runs.
     pub fn balloon(&self) -> Option<virtio::balloon::BalloonControl> {
         self.devices.virtio.balloon.clone()
+    }
+
+    /// The pause/resume handle: take it before [`Vm::run`] to pause and resume the guest from another
+    /// thread. A pause that comes before `run` starts the vCPUs holds them before they first enter
+    /// the guest.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle { shared: self.shared.clone() }
     }
 
     /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.
@@ -316,4 +355,55 @@ fn signal_set() -> libc::sigset_t {
         }
     }
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SerialConfig, VirtioTransport, VmConfig};
+
+    /// Pause/resume cycles while two vCPUs exit to the VMM on every port write: each pause waits
+    /// for both to park, nothing is lost, and the guest runs to its normal end once resumed.
+    #[test]
+    fn pause_and_resume_while_the_guest_does_port_io() {
+        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "this test needs /dev/kvm on CI");
+            eprintln!("skipping: /dev/kvm cannot be opened");
+            return;
+        }
+        let log = std::env::temp_dir().join(format!("kestrel-vmm-pause-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        let config = VmConfig {
+            kernel: guests::HELLO.into(),
+            initrd: None,
+            cmdline: "exit=reset loops=100000".into(),
+            vcpus: 2,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::File(log.clone()),
+            virtio: Vec::new(),
+            transport: VirtioTransport::Mmio,
+        };
+        let vm = crate::builder::build(&config).unwrap();
+        let handle = vm.handle();
+        // A pause before run holds the vCPUs before they first enter the guest.
+        handle.pause().unwrap();
+        assert!(handle.is_paused());
+        let pauser = std::thread::spawn(move || {
+            for _ in 0..200 {
+                handle.resume();
+                assert!(!handle.is_paused());
+                handle.pause().unwrap();
+                // Pausing a paused VM succeeds at once.
+                handle.pause().unwrap();
+                assert!(handle.is_paused());
+            }
+            handle.resume();
+        });
+        let outcome = vm.run().unwrap();
+        pauser.join().unwrap();
+        let output = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        assert_eq!(outcome, VmOutcome::Reset, "{output}");
+        assert!(output.contains("loops: 100000\n") && output.contains("exit: reset"), "{output}");
+    }
 }
