@@ -52,17 +52,8 @@ pub fn run_guest(kernel: &str, args: &[&str]) -> Output {
 }
 
 /// Runs a command with `input` on its stdin and waits for it, failing the test if it hangs.
-pub fn run_to_end(mut command: Command, input: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kestrel");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).expect("write stdin");
-    drop(stdin);
-    wait_with_limit(child)
+pub fn run_to_end(command: Command, input: &[u8]) -> Output {
+    run_to_end_within(command, input, HANG_LIMIT)
 }
 
 /// [`run_to_end`] with a hang limit other than [`HANG_LIMIT`] (for slow guests such as Linux).
