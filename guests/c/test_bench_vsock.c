@@ -20,20 +20,11 @@
  * last RW packet used by the device (tx).
  */
 #include "bench.h"
+#include "vsock_wire.h"
 
-#define HOST_CID 2
 #define LISTEN_PORT 5679
 #define GUEST_PORT 1001
 #define HOST_PORT 1235
-
-#define OP_REQUEST 1
-#define OP_RESPONSE 2
-#define OP_RST 3
-#define OP_SHUTDOWN 4
-#define OP_RW 5
-#define OP_CREDIT_UPDATE 6
-#define SHUTDOWN_BOTH 3
-#define TYPE_STREAM 1
 
 #define RX_BUFFERS 16
 #define TX_SLOTS 8
@@ -41,19 +32,6 @@
 #define GUEST_BUF_ALLOC (4U << 20)
 #define CREDIT_EVERY (1U << 20)
 #define SPINS_WITHOUT_PROGRESS (1UL << 28)
-
-struct vsock_hdr {
-	u64 src_cid;
-	u64 dst_cid;
-	u32 src_port;
-	u32 dst_port;
-	u32 len;
-	u16 type;
-	u16 op;
-	u32 flags;
-	u32 buf_alloc;
-	u32 fwd_cnt;
-} __attribute__((packed));
 
 #define HDR ((u32)sizeof(struct vsock_hdr))
 

@@ -12,37 +12,15 @@
  * host port <port>".
  */
 #include "virtio.h"
+#include "vsock_wire.h"
 
-#define HOST_CID 2
 #define GUEST_PORT 1000
 #define HOST_PORT 1234
 #define LISTEN_PORT 5678
 
-#define OP_REQUEST 1
-#define OP_RESPONSE 2
-#define OP_RST 3
-#define OP_SHUTDOWN 4
-#define OP_RW 5
-#define OP_CREDIT_UPDATE 6
-#define SHUTDOWN_BOTH 3
-#define TYPE_STREAM 1
-
 #define RX_BUFFERS 4
 #define PAYLOAD_MAX 256
 #define BUF_ALLOC 4096
-
-struct vsock_hdr {
-	u64 src_cid;
-	u64 dst_cid;
-	u32 src_port;
-	u32 dst_port;
-	u32 len;
-	u16 type;
-	u16 op;
-	u32 flags;
-	u32 buf_alloc;
-	u32 fwd_cnt;
-} __attribute__((packed));
 
 struct packet {
 	struct vsock_hdr hdr;

@@ -7,8 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kit::*;
@@ -19,20 +18,6 @@ const CLOUD_LIMIT: Duration = Duration::from_secs(120);
 
 const POWER_OFF: i32 = 0;
 const RESET: i32 = 3;
-
-/// `kestrel run` of the kit's Linux with `extra` appended to the kit command line.
-fn linux_command(kit: &(PathBuf, PathBuf), cpus: u32, memory: &str, extra: &str) -> Command {
-    let mut command = kestrel();
-    command
-        .arg("run")
-        .arg("--kernel")
-        .arg(&kit.0)
-        .arg("--initrd")
-        .arg(&kit.1)
-        .args(["--cpus", &cpus.to_string(), "--memory", memory])
-        .args(["--cmdline", &format!("{} {extra}", kit_cmdline())]);
-    command
-}
 
 /// Lines of the guest's console after `/init` started, trimmed (the guest tty ends them with CR LF).
 fn lines_after_init(output: &Output) -> Vec<String> {

@@ -62,10 +62,8 @@ pub fn kit_cmdline() -> String {
     words.join(" ")
 }
 
-/// `kestrel run` of the kit's Linux (1 vCPU, 256M, quiet) running the shell `script` through
-/// `kestrel.run=` (percent-encoded, so a script of any length and punctuation stays one word and
-/// does not count against the kernel's limit on init arguments).
-pub fn linux_script_command(kit: &(PathBuf, PathBuf), script: &str) -> Command {
+/// `kestrel run` of the kit's Linux with `extra` appended to the kit command line.
+pub fn linux_command(kit: &(PathBuf, PathBuf), cpus: u32, memory: &str, extra: &str) -> Command {
     let mut command = kestrel();
     command
         .arg("run")
@@ -73,9 +71,16 @@ pub fn linux_script_command(kit: &(PathBuf, PathBuf), script: &str) -> Command {
         .arg(&kit.0)
         .arg("--initrd")
         .arg(&kit.1)
-        .args(["--memory", "256M"])
-        .args(["--cmdline", &format!("{} quiet kestrel.run={}", kit_cmdline(), percent_encode(script))]);
+        .args(["--cpus", &cpus.to_string(), "--memory", memory])
+        .args(["--cmdline", &format!("{} {extra}", kit_cmdline())]);
     command
+}
+
+/// `kestrel run` of the kit's Linux (1 vCPU, 256M, quiet) running the shell `script` through
+/// `kestrel.run=` (percent-encoded, so a script of any length and punctuation stays one word and
+/// does not count against the kernel's limit on init arguments).
+pub fn linux_script_command(kit: &(PathBuf, PathBuf), script: &str) -> Command {
+    linux_command(kit, 1, "256M", &format!("quiet kestrel.run={}", percent_encode(script)))
 }
 
 /// `text` with every byte that is not plainly safe on the kernel command line as `%XX`, which
