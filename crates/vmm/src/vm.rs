@@ -269,8 +269,8 @@ impl EventLoop {
     fn flush_input(&mut self, vm: &Vm) -> Result<Option<VmOutcome>> {
         loop {
             if !self.pending_input.is_empty() {
-                let bytes: Vec<u8> = self.pending_input.iter().copied().collect();
-                let accepted = vm.devices.serial.lock().map_err(poisoned)?.enqueue_input(&bytes);
+                let bytes = self.pending_input.make_contiguous();
+                let accepted = vm.devices.serial.lock().map_err(poisoned)?.enqueue_input(bytes);
                 self.pending_input.drain(..accepted);
             }
             if !self.pending_input.is_empty() {
