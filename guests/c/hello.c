@@ -69,6 +69,28 @@ static void print_rtc(void)
 	print("\n");
 }
 
+/* Printed every this many counts: about 30 lines a second at native speed. */
+#define COUNT_STEP (1UL << 25)
+
+/*
+ * Counts in memory at user level for ever, printing the count every COUNT_STEP. Snapshot tests
+ * stop the guest anywhere in here and check that the restored one goes on from the same count:
+ * its first line must be the next multiple of COUNT_STEP.
+ */
+static NORETURN void count_forever(void)
+{
+	static volatile u64 count;
+	print("count: start\n");
+	for (;;) {
+		count = count + 1;
+		if ((count & (COUNT_STEP - 1)) == 0) {
+			print("count: ");
+			print_dec(count);
+			print("\n");
+		}
+	}
+}
+
 static void echo_line(void)
 {
 	char line[256];
@@ -161,6 +183,8 @@ void guest_main(const struct bootinfo *info)
 	} else if (str_eq_n(v, len, "hang")) {
 		print("exit: hang\n");
 		halt_forever();
+	} else if (str_eq_n(v, len, "count")) {
+		count_forever();
 	} else {
 		print("exit: unknown value, resetting\n");
 		reset();

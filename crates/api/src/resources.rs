@@ -142,9 +142,6 @@ impl VmResources {
         if config.mem_size_mib < MIN_MEMORY_MIB || config.mem_size_mib.checked_mul(1 << 20).is_none() {
             return Err(ConfigError::InvalidMemorySize(config.mem_size_mib));
         }
-        if config.track_dirty_pages {
-            return Err(ConfigError::Unsupported("track_dirty_pages".into()));
-        }
         if config.cpu_template.as_deref().is_some_and(|t| t != "None") {
             return Err(ConfigError::Unsupported("cpu_template".into()));
         }
@@ -407,6 +404,7 @@ impl VmResources {
             serial,
             virtio,
             transport,
+            track_dirty_pages: self.machine_config.track_dirty_pages,
         })
     }
 }

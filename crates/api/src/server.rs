@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
+use vmm::builder::RestoreOptions;
 use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
+use vmm::snapshot::{SnapshotKind, SnapshotRequest};
 
 use crate::http::{read_request, HttpError, Method, Request, Response};
 use crate::models::{
     ActionType, Balloon, BootSource, Drive, EntropyDevice, InstanceActionInfo, InstanceInfo, InstanceState,
-    MachineConfiguration, NetworkInterface, VmState, VmStateValue, Vsock,
+    MachineConfiguration, MemoryBackendType, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, VmState, VmStateValue, Vsock,
 };
 use crate::resources::VmResources;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
@@ -59,16 +62,26 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Starts the VM from a complete configuration and returns its control; an error is reported to
-/// the client as a 400.
-pub type Starter = Box<dyn FnMut(VmConfig) -> Result<Box<dyn VmControl>, String> + Send>;
+/// What `InstanceStart` or `PUT /snapshot/load` asks the VMM to build and run.
+#[derive(Clone, Debug)]
+pub enum Launch {
+    /// Boot a VM from a complete configuration.
+    Boot(VmConfig),
+    /// Restore a VM from a snapshot; it stays paused unless `resume`.
+    Restore { state_path: PathBuf, memory_path: PathBuf, options: RestoreOptions, resume: bool },
+}
 
-/// What the API can do to a running VM: `PATCH /vm`.
+/// Builds and starts the VM and returns its control; an error is reported to the client as a 400.
+pub type Starter = Box<dyn FnMut(Launch) -> Result<Box<dyn VmControl>, String> + Send>;
+
+/// What the API can do to a running VM: `PATCH /vm`, `PUT /snapshot/create`.
 pub trait VmControl: Send {
     /// Returns once the vCPUs are paused; pausing a paused VM succeeds.
     fn pause(&self) -> Result<(), String>;
     /// Resuming a running VM succeeds.
     fn resume(&self) -> Result<(), String>;
+    /// Writes a snapshot of the paused VM.
+    fn snapshot(&self, request: &SnapshotRequest) -> Result<(), String>;
 }
 
 impl VmControl for vmm::vm::VmHandle {
@@ -78,6 +91,17 @@ impl VmControl for vmm::vm::VmHandle {
 
     fn resume(&self) -> Result<(), String> {
         vmm::vm::VmHandle::resume(self);
+        Ok(())
+    }
+
+    fn snapshot(&self, request: &SnapshotRequest) -> Result<(), String> {
+        let report = vmm::vm::VmHandle::snapshot(self, request).map_err(|e| e.to_string())?;
+        tracing::info!(
+            "snapshot written in {:?}: {} bytes of state, {} bytes of memory",
+            report.duration,
+            report.state_bytes,
+            report.memory_bytes_written
+        );
         Ok(())
     }
 }
@@ -92,6 +116,8 @@ pub struct Api {
     starter: Starter,
     /// The started VM's control; `None` before `InstanceStart`.
     vm: Option<Box<dyn VmControl>>,
+    /// A configuration request succeeded: loading a snapshot is no longer allowed.
+    configured: bool,
 }
 
 impl Api {
@@ -106,6 +132,7 @@ impl Api {
             transport,
             starter,
             vm: None,
+            configured: false,
         }
     }
 
@@ -132,6 +159,7 @@ impl Api {
             return Err(NOT_SUPPORTED_AFTER_START.into());
         }
         apply(&mut self.resources, value).map_err(|e| e.to_string())?;
+        self.configured = true;
         Ok(Response::no_content())
     }
 
@@ -220,7 +248,8 @@ impl Api {
             (Patch, ["balloon"]) | (Get, ["balloon", "statistics"]) | (Patch, ["balloon", "statistics"]) => {
                 Err(not_yet("Balloon updates and statistics through the API"))
             }
-            (Put, ["snapshot", "create"]) | (Put, ["snapshot", "load"]) => Err(not_yet("Snapshots")),
+            (Put, ["snapshot", "create"]) => self.create_snapshot(body),
+            (Put, ["snapshot", "load"]) => self.load_snapshot(body),
             (Put, ["logger"]) => Err(not_yet("The logger endpoint (use --log-level)")),
             (Put, ["metrics"]) => Err(not_yet("Metrics")),
             (Put | Patch | Get, ["mmds"]) | (Put, ["mmds", "config"]) => Err(not_yet("MMDS")),
@@ -245,9 +274,66 @@ impl Api {
         }
         let config =
             self.resources.to_vm_config(self.serial.clone(), self.transport).map_err(|e| e.to_string())?;
-        let vm = (self.starter)(config).map_err(|e| format!("Cannot start the microVM: {e}"))?;
+        let vm =
+            (self.starter)(Launch::Boot(config)).map_err(|e| format!("Cannot start the microVM: {e}"))?;
         self.vm = Some(vm);
         self.state = InstanceState::Running;
+        Ok(Response::no_content())
+    }
+
+    fn create_snapshot(&mut self, body: &[u8]) -> Result<Response, String> {
+        let params: SnapshotCreateParams = parse_body(body)?;
+        let Some(vm) = &self.vm else {
+            return Err(NOT_SUPPORTED_BEFORE_START.into());
+        };
+        if self.state != InstanceState::Paused {
+            return Err("Cannot create a snapshot: the microVM must be paused first.".into());
+        }
+        let request = SnapshotRequest {
+            state_path: params.snapshot_path.into(),
+            memory_path: params.mem_file_path.into(),
+            kind: match params.snapshot_type {
+                SnapshotType::Full => SnapshotKind::Full,
+                SnapshotType::Diff => SnapshotKind::Diff,
+            },
+        };
+        vm.snapshot(&request).map_err(|e| format!("Cannot create the snapshot: {e}"))?;
+        Ok(Response::no_content())
+    }
+
+    /// Firecracker's rule: only into a fresh VMM, before any configuration.
+    fn load_snapshot(&mut self, body: &[u8]) -> Result<Response, String> {
+        let params: SnapshotLoadParams = parse_body(body)?;
+        if self.started() {
+            return Err(NOT_SUPPORTED_AFTER_START.into());
+        }
+        if self.configured {
+            return Err(
+                "Loading a microVM snapshot is not allowed after configuring boot-specific resources.".into(),
+            );
+        }
+        let memory_path = match (params.mem_file_path, params.mem_backend) {
+            (Some(path), None) => path,
+            (None, Some(backend)) if backend.backend_type == MemoryBackendType::File => backend.backend_path,
+            (None, Some(_)) => return Err(not_yet("The Uffd memory backend")),
+            _ => return Err("Exactly one of mem_file_path and mem_backend must be given.".into()),
+        };
+        if !params.network_overrides.is_empty() {
+            return Err(not_yet("network_overrides"));
+        }
+        let launch = Launch::Restore {
+            state_path: params.snapshot_path.into(),
+            memory_path: memory_path.into(),
+            options: RestoreOptions {
+                serial: self.serial.clone(),
+                track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
+                vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
+            },
+            resume: params.resume_vm,
+        };
+        let vm = (self.starter)(launch).map_err(|e| format!("Cannot load the snapshot: {e}"))?;
+        self.vm = Some(vm);
+        self.state = if params.resume_vm { InstanceState::Running } else { InstanceState::Paused };
         Ok(Response::no_content())
     }
 }
@@ -327,6 +413,11 @@ mod tests {
             self.0.lock().unwrap().push("resume");
             Ok(())
         }
+
+        fn snapshot(&self, _request: &SnapshotRequest) -> Result<(), String> {
+            self.0.lock().unwrap().push("snapshot");
+            Ok(())
+        }
     }
 
     fn api() -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
@@ -336,8 +427,11 @@ mod tests {
     fn api_with_calls(calls: Arc<Mutex<Vec<&'static str>>>) -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
         let started = Arc::new(Mutex::new(Vec::new()));
         let seen = started.clone();
-        let starter: Starter = Box::new(move |config| {
-            seen.lock().unwrap().push(config);
+        let starter: Starter = Box::new(move |launch| {
+            match launch {
+                Launch::Boot(config) => seen.lock().unwrap().push(config),
+                Launch::Restore { .. } => calls.lock().unwrap().push("restore"),
+            }
             Ok(Box::new(FakeVm(calls.clone())))
         });
         (Api::new("test".into(), SerialConfig::None, VirtioTransport::Mmio, starter), started)
@@ -445,6 +539,56 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_are_created_only_while_paused() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let create = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m", "snapshot_type": "Diff"}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/snapshot/create", create), NOT_SUPPORTED_BEFORE_START);
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert!(fault(&mut api, Method::Put, "/snapshot/create", create).contains("must be paused"));
+        assert!(fault(&mut api, Method::Put, "/snapshot/create", r#"{"snapshot_path": "/s"}"#)
+            .contains("missing field `mem_file_path`"));
+        let bad_type = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Half"}"#;
+        assert!(fault(&mut api, Method::Put, "/snapshot/create", bad_type).contains("unknown variant"));
+        assert_eq!(call(&mut api, Method::Patch, "/vm", r#"{"state": "Paused"}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/snapshot/create", create).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["pause", "snapshot"]);
+        // A loaded snapshot needs a fresh VMM.
+        let load =
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/snapshot/load", load), NOT_SUPPORTED_AFTER_START);
+    }
+
+    #[test]
+    fn snapshot_loads_need_a_fresh_vmm_and_one_memory_source() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let both = r#"{"snapshot_path": "/s", "mem_file_path": "/m",
+            "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
+        assert!(fault(&mut api, Method::Put, "/snapshot/load", both).contains("Exactly one"));
+        assert!(fault(&mut api, Method::Put, "/snapshot/load", r#"{"snapshot_path": "/s"}"#)
+            .contains("Exactly one"));
+        let uffd =
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#;
+        assert!(fault(&mut api, Method::Put, "/snapshot/load", uffd).contains("not supported by Kestrel yet"));
+        let load = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": false}"#;
+        assert_eq!(call(&mut api, Method::Put, "/snapshot/load", load).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Paused", "loaded without resume_vm");
+        assert_eq!(*calls.lock().unwrap(), ["restore"]);
+
+        let (mut configured, _) = super::tests::api();
+        assert_eq!(
+            call(&mut configured, Method::Put, "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#)
+                .0,
+            204
+        );
+        assert!(fault(&mut configured, Method::Put, "/snapshot/load", load).contains("after configuring"));
+    }
+
+    #[test]
     fn bad_bodies_are_400_with_a_message() {
         let (mut api, started) = api();
         let kernel = kernel();
@@ -480,7 +624,7 @@ mod tests {
             (Method::Put, "/actions", r#"{"action_type": "Reboot"}"#.into(), "unknown variant"),
             (Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#.into(), "without kernel configuration"),
             (Method::Put, "/actions", r#"{"action_type": "SendCtrlAltDel"}"#.into(), "before starting"),
-            (Method::Put, "/snapshot/create", "{}".into(), "Snapshots is not supported by Kestrel yet"),
+            (Method::Put, "/snapshot/create", "{}".into(), "missing field"),
             (Method::Put, "/logger", "{}".into(), "not supported by Kestrel yet"),
             (Method::Put, "/metrics", "{}".into(), "not supported by Kestrel yet"),
             (Method::Get, "/nowhere", "".into(), "Invalid request method and/or path: GET /nowhere."),

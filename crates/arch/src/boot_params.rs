@@ -3,7 +3,7 @@
 use linux_loader::loader::bootparam::{
     boot_e820_entry, boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::e820::{memory_map, MAX_E820_ENTRIES};
 use crate::guest_write::{check_room, write_obj};
@@ -25,7 +25,7 @@ const DEFAULT_KERNEL_ALIGNMENT: u32 = 0x100_0000;
 /// alignment and protocol version) are kept and only the loader-owned ones are filled in.
 /// An initrd, if any, must already be in guest memory.
 pub fn configure_linux_boot(
-    mem: &GuestMemoryMmap,
+    mem: &impl GuestMemoryBackend,
     mem_size: u64,
     cmdline: CmdlineLocation,
     initrd: Option<(GuestAddress, usize)>,
@@ -91,11 +91,12 @@ mod tests {
     use crate::e820::E820_RAM;
     use crate::layout::CMDLINE_START;
     use crate::ram_regions;
+    use vm_memory::GuestMemoryMmap;
 
     const MEM_SIZE: u64 = 64 << 20;
 
     fn guest_memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&ram_regions(MEM_SIZE)).unwrap()
+        GuestMemoryMmap::<()>::from_ranges(&ram_regions(MEM_SIZE)).unwrap()
     }
 
     fn cmdline() -> CmdlineLocation {
@@ -162,7 +163,7 @@ mod tests {
             configure_linux_boot(&mem, MEM_SIZE, cmdline(), outside, None),
             Err(Error::GuestMemoryTooSmall { .. })
         ));
-        let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x7000)]).unwrap();
+        let tiny = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x7000)]).unwrap();
         let tiny_cmdline = CmdlineLocation { addr: GuestAddress(0x1000), size_with_nul: 1 };
         assert!(matches!(
             configure_linux_boot(&tiny, 0x7000, tiny_cmdline, None, None),

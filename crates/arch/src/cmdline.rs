@@ -1,6 +1,6 @@
 //! Where the VMM put the kernel command line, as both boot protocols need to point at it.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::guest_write::check_room;
 use crate::layout::CMDLINE_MAX_SIZE;
@@ -18,7 +18,7 @@ pub struct CmdlineLocation {
 impl CmdlineLocation {
     /// Fails unless the command line has a sane size and lies in guest memory, so the boot
     /// structures never point the guest at something that is not there.
-    pub(crate) fn check(&self, mem: &GuestMemoryMmap) -> Result<()> {
+    pub(crate) fn check(&self, mem: &impl GuestMemoryBackend) -> Result<()> {
         if !(1..=CMDLINE_MAX_SIZE).contains(&self.size_with_nul) {
             return Err(Error::CmdlineSize(self.size_with_nul));
         }

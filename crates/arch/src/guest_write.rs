@@ -1,6 +1,6 @@
 //! Bounds-checked writes of boot structures into guest memory.
 
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::{Error, Result};
 
@@ -9,7 +9,7 @@ use crate::{Error, Result};
 /// Checking first means a structure is either written whole or not at all: a bare
 /// `write_slice` would stop at the end of a region after writing part of it.
 pub(crate) fn check_room(
-    mem: &GuestMemoryMmap,
+    mem: &impl GuestMemoryBackend,
     what: &'static str,
     addr: GuestAddress,
     len: usize,
@@ -24,7 +24,7 @@ pub(crate) fn check_room(
 
 /// Writes `bytes` at `addr`, or fails without writing if they do not fit.
 pub(crate) fn write_bytes(
-    mem: &GuestMemoryMmap,
+    mem: &impl GuestMemoryBackend,
     what: &'static str,
     addr: GuestAddress,
     bytes: &[u8],
@@ -35,7 +35,7 @@ pub(crate) fn write_bytes(
 
 /// Writes a plain-data object at `addr`, or fails without writing if it does not fit.
 pub(crate) fn write_obj<T: ByteValued>(
-    mem: &GuestMemoryMmap,
+    mem: &impl GuestMemoryBackend,
     what: &'static str,
     addr: GuestAddress,
     obj: &T,

@@ -1,6 +1,6 @@
 //! Where guest RAM lives and where the initrd goes in it.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::guest_write::check_room;
 use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
@@ -31,7 +31,7 @@ pub(crate) fn low_ram_end(mem_size: u64) -> u64 {
 /// Fails with [`Error::InitrdTooLarge`] if it would reach down into the kernel, which ends
 /// at `kernel_end`, and with [`Error::GuestMemoryTooSmall`] if `mem` does not back it.
 pub fn initrd_load_address(
-    mem: &GuestMemoryMmap,
+    mem: &impl GuestMemoryBackend,
     mem_size: u64,
     initrd_size: usize,
     kernel_end: u64,
@@ -55,6 +55,7 @@ fn to_usize(size: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::GuestMemoryMmap;
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
@@ -75,14 +76,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_the_top_of_low_ram_page_aligned() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(16 * MIB)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(16 * MIB)).unwrap();
         let addr = initrd_load_address(&mem, 16 * MIB, 0x1234, 2 * MIB).unwrap();
         assert_eq!(addr, GuestAddress(16 * MIB - 0x2000));
     }
 
     #[test]
     fn initrd_overlapping_the_kernel_is_refused() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(16 * MIB)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(16 * MIB)).unwrap();
         let err = initrd_load_address(&mem, 16 * MIB, (15 * MIB) as usize, 2 * MIB);
         assert!(matches!(err, Err(Error::InitrdTooLarge { .. })));
         let err = initrd_load_address(&mem, 16 * MIB, usize::MAX, 0);
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn initrd_outside_guest_memory_is_refused() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(16 * MIB)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(16 * MIB)).unwrap();
         // mem_size claims more RAM than `mem` has.
         let err = initrd_load_address(&mem, 32 * MIB, 0x1000, 2 * MIB);
         assert!(matches!(err, Err(Error::GuestMemoryTooSmall { .. })));

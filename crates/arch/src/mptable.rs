@@ -6,7 +6,7 @@
 //! vCPUs it ends inside the EBDA; with more it runs on into the legacy 0xA0000–0xF0000
 //! hole, which the e820 map does not list as RAM, so the guest still never reuses it.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::guest_write::write_bytes;
 use crate::layout::{EBDA_START, IOAPIC_START, LAPIC_START, MAX_VCPUS};
@@ -59,7 +59,7 @@ const ISA_IRQS: u8 = 16;
 const ISA_CASCADE_IRQ: u8 = 2;
 
 /// Writes the MP floating pointer and configuration table for `num_cpus` vCPUs.
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<()> {
+pub fn setup_mptable(mem: &impl GuestMemoryBackend, num_cpus: u8) -> Result<()> {
     if num_cpus == 0 {
         return Err(Error::NoVcpus);
     }
@@ -176,9 +176,10 @@ mod tests {
     use super::*;
     use crate::layout::LOW_RAM_END;
     use crate::ram_regions;
+    use vm_memory::GuestMemoryMmap;
 
     fn guest_memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&ram_regions(16 << 20)).unwrap()
+        GuestMemoryMmap::<()>::from_ranges(&ram_regions(16 << 20)).unwrap()
     }
 
     fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
@@ -301,7 +302,7 @@ mod tests {
         let mem = guest_memory();
         assert!(matches!(setup_mptable(&mem, 0), Err(Error::NoVcpus)));
         assert!(matches!(setup_mptable(&mem, 255), Err(Error::TooManyCpus(255))));
-        let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x9_0000)]).unwrap();
+        let tiny = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x9_0000)]).unwrap();
         assert!(matches!(setup_mptable(&tiny, 1), Err(Error::GuestMemoryTooSmall { .. })));
     }
 }

@@ -1,7 +1,7 @@
 //! Identity page tables for entering a kernel in long mode: the first 4 GiB mapped with
 //! 2 MiB pages (PML4 -> one PDPT -> four page directories).
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::guest_write::write_bytes;
 use crate::layout::{PDPT_START, PD_START, PML4_START};
@@ -16,7 +16,7 @@ const PAGE_SIZE_2M: u64 = 0x80;
 const MAPPED_GIBS: usize = 4;
 
 /// Writes the tables; CR3 must then point at [`PML4_START`].
-pub(crate) fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
+pub(crate) fn write_identity_page_tables(mem: &impl GuestMemoryBackend) -> Result<()> {
     // Whole pages are written so nothing stale from guest memory can become a mapping.
     let pml4 = table_page(|index| (index == 0).then_some(PDPT_START | PRESENT_WRITABLE));
     write_bytes(mem, "PML4", GuestAddress(PML4_START), &pml4)?;
@@ -48,6 +48,7 @@ mod tests {
 
     use super::*;
     use crate::ram_regions;
+    use vm_memory::GuestMemoryMmap;
 
     const ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -70,7 +71,7 @@ mod tests {
 
     #[test]
     fn walks_resolve_to_identity() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(16 << 20)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(16 << 20)).unwrap();
         write_identity_page_tables(&mem).unwrap();
         for addr in [0, 0x20_0000, 0x12_3456, 0xFEE0_0000, 0xFFFF_FFFF] {
             assert_eq!(translate(&mem, addr), addr);
@@ -79,7 +80,7 @@ mod tests {
 
     #[test]
     fn nothing_is_mapped_beyond_4_gib() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(16 << 20)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(16 << 20)).unwrap();
         write_identity_page_tables(&mem).unwrap();
         let pml4e = read_entry(&mem, PML4_START, 0);
         assert_eq!(read_entry(&mem, pml4e, 4), 0);
@@ -88,7 +89,7 @@ mod tests {
 
     #[test]
     fn memory_without_room_is_an_error() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0xC000)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xC000)]).unwrap();
         assert!(write_identity_page_tables(&mem).is_err());
     }
 }

@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend};
 
 use crate::e820::{memory_map, MAX_E820_ENTRIES};
 use crate::guest_write::{check_room, write_bytes, write_obj};
@@ -28,7 +28,7 @@ const _: () = assert!(
 /// Writes `hvm_start_info` at [`PVH_INFO_START`], its memory map right after it and, with
 /// an initrd (which must already be in guest memory), a one-entry module list after that.
 pub fn configure_pvh_boot(
-    mem: &GuestMemoryMmap,
+    mem: &impl GuestMemoryBackend,
     mem_size: u64,
     cmdline: CmdlineLocation,
     initrd: Option<(GuestAddress, usize)>,
@@ -78,6 +78,7 @@ mod tests {
     use crate::e820::{E820_RAM, E820_RESERVED};
     use crate::layout::CMDLINE_START;
     use crate::{ram_regions, Error};
+    use vm_memory::GuestMemoryMmap;
 
     const MEM_SIZE: u64 = 32 << 20;
 
@@ -94,7 +95,7 @@ mod tests {
 
     #[test]
     fn start_info_memmap_and_modlist_read_back() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(MEM_SIZE)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(MEM_SIZE)).unwrap();
         let initrd = (GuestAddress(0x1F0_0000), 0x8000);
         configure_pvh_boot(&mem, MEM_SIZE, cmdline(), Some(initrd)).unwrap();
 
@@ -120,7 +121,7 @@ mod tests {
 
     #[test]
     fn no_initrd_means_no_modules() {
-        let mem = GuestMemoryMmap::from_ranges(&ram_regions(MEM_SIZE)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_regions(MEM_SIZE)).unwrap();
         configure_pvh_boot(&mem, MEM_SIZE, cmdline(), None).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
@@ -128,7 +129,7 @@ mod tests {
 
     #[test]
     fn memory_too_small_is_an_error() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x6010)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x6010)]).unwrap();
         let cmdline = CmdlineLocation { addr: GuestAddress(0x1000), size_with_nul: 1 };
         assert!(matches!(
             configure_pvh_boot(&mem, 0x6010, cmdline, None),

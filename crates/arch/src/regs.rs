@@ -3,7 +3,7 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::gdt::{gdt_entry, segment_from_gdt};
 use crate::guest_write::write_bytes;
@@ -59,7 +59,7 @@ const PROTECTED_MODE_GDT: [u64; 4] = [
 
 /// Writes the boot GDT (and, for [`BootEntry::Linux64`], the identity page tables) into
 /// guest memory, then loads the vCPU's special, general-purpose and FPU registers.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: BootEntry) -> Result<()> {
+pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &impl GuestMemoryBackend, entry: BootEntry) -> Result<()> {
     let gdt = match entry {
         BootEntry::Linux64(_) => LONG_MODE_GDT,
         BootEntry::Pvh(_) => PROTECTED_MODE_GDT,
@@ -152,6 +152,7 @@ mod tests {
     use super::*;
     use crate::test_support::{guest_memory, register_memory, test_vm, CODE_START};
     use crate::{cpuid, interrupts, msrs};
+    use vm_memory::GuestMemoryMmap;
 
     const MEM_SIZE: u64 = 16 << 20;
     /// Debug port the test guests write to.
@@ -211,7 +212,7 @@ mod tests {
     #[test]
     fn tiny_memory_is_an_error() {
         let Some(t) = test_vm() else { return };
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x9000)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x9000)]).unwrap();
         let err = setup_boot_vcpu(&t.vcpu, &mem, BootEntry::Linux64(CODE_START));
         assert!(matches!(err, Err(Error::GuestMemoryTooSmall { .. })));
     }

@@ -62,7 +62,7 @@ pub(crate) fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) {
 
 /// Guest memory of `size` bytes laid out like Kestrel's.
 pub(crate) fn guest_memory(size: u64) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&crate::ram_regions(size)).unwrap()
+    GuestMemoryMmap::<()>::from_ranges(&crate::ram_regions(size)).unwrap()
 }
 
 /// Unused address in the fixtures' memory, for code under test.

@@ -45,6 +45,8 @@
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{BusDevice, InterruptLine};
 
 /// Guest-physical address of the IOAPIC's registers.
@@ -102,6 +104,17 @@ pub trait MsiSink: Send + Sync {
 pub enum IoapicError {
     #[error("IOAPIC pin {0} does not exist (the IOAPIC has {NUM_PINS} pins)")]
     InvalidPin(usize),
+    #[error("the saved IOAPIC has {0} pins, this one {NUM_PINS}")]
+    SnapshotPins(usize),
+}
+
+/// The IOAPIC's registers and pin states, as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoapicSnapshot {
+    id_register: u32,
+    selected_register: u8,
+    /// Per pin: the redirection entry, the line's level, an edge held while masked.
+    pins: Vec<(u64, bool, bool)>,
 }
 
 /// One 64-bit redirection table entry.
@@ -227,6 +240,33 @@ impl Ioapic {
     /// delivers its interrupts to `msi`.
     pub fn new(msi: Arc<dyn MsiSink>) -> Self {
         Ioapic { id_register: 0, selected_register: 0, pins: [Pin::RESET; NUM_PINS], msi }
+    }
+
+    /// The registers and pin states, for a snapshot.
+    pub fn snapshot(&self) -> IoapicSnapshot {
+        IoapicSnapshot {
+            id_register: self.id_register,
+            selected_register: self.selected_register,
+            pins: self.pins.iter().map(|pin| (pin.entry.0, pin.asserted, pin.pending_edge)).collect(),
+        }
+    }
+
+    /// Takes the registers and pin states a snapshot saved, and tells the sink every pin's route
+    /// again (KVM's GSI routes are not part of the snapshot: they follow from the entries).
+    pub fn restore(&mut self, snapshot: &IoapicSnapshot) -> Result<(), IoapicError> {
+        if snapshot.pins.len() != NUM_PINS {
+            return Err(IoapicError::SnapshotPins(snapshot.pins.len()));
+        }
+        self.id_register = snapshot.id_register;
+        self.selected_register = snapshot.selected_register;
+        for (pin, &(entry, asserted, pending_edge)) in snapshot.pins.iter().enumerate() {
+            self.pins[pin] = Pin { entry: RedirectionEntry(entry), asserted, pending_edge };
+            let route = (!self.pins[pin].entry.is_masked()).then(|| self.pins[pin].entry.msi());
+            if let Err(err) = self.msi.redirection_changed(pin, route) {
+                tracing::warn!("ioapic: cannot restore the route of pin {pin}: {err}");
+            }
+        }
+        Ok(())
     }
 
     /// Sets the input line of `pin` to `asserted`. Edge-triggered pins deliver

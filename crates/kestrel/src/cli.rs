@@ -189,6 +189,7 @@ impl RunArgs {
                 .chain(self.balloon.map(VirtioConfig::Balloon))
                 .chain(self.vsock.map(VirtioConfig::Vsock))
                 .collect(),
+            track_dirty_pages: false,
         }
     }
 }

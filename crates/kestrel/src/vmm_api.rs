@@ -11,15 +11,15 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use api::resources::VmResources;
-use api::server::{Api, Starter};
+use api::server::{Api, Launch, Starter};
 use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
 use vmm::vm::VmHandle;
 
 use crate::{cli, exit_for, exit_status, report};
 
-/// A start request from the API thread, and where to send the built VM's pause/resume handle (or
-/// why it could not be built).
-type StartRequest = (VmConfig, mpsc::Sender<Result<VmHandle, String>>);
+/// A start request from the API thread, and where to send the built VM's handle (or why it could
+/// not be built).
+type StartRequest = (Launch, mpsc::Sender<Result<VmHandle, String>>);
 
 /// `kestrel run --config FILE`.
 pub fn load_config_file(
@@ -43,9 +43,9 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     };
     let (start_tx, start_rx) = mpsc::channel::<StartRequest>();
     let start_tx = Mutex::new(start_tx);
-    let starter: Starter = Box::new(move |config| {
+    let starter: Starter = Box::new(move |launch| {
         let (reply_tx, reply_rx) = mpsc::channel();
-        let sent = start_tx.lock().map_err(|_| "the VMM is gone".to_owned())?.send((config, reply_tx));
+        let sent = start_tx.lock().map_err(|_| "the VMM is gone".to_owned())?.send((launch, reply_tx));
         sent.map_err(|_| "the VMM is gone".to_owned())?;
         let handle = reply_rx.recv().map_err(|_| "the VMM is gone".to_owned())??;
         Ok(Box::new(handle) as Box<dyn api::server::VmControl>)
@@ -61,21 +61,37 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
         return ExitCode::from(exit_status::ERROR);
     }
     tracing::info!("API listening on {}", args.api_sock.display());
-    while let Ok((config, reply)) = start_rx.recv() {
-        match vmm::builder::build(&config) {
+    while let Ok((launch, reply)) = start_rx.recv() {
+        match launch_vm(&launch) {
             Ok(vm) => {
-                // The API pauses and resumes the VM through its handle while this thread runs it.
+                // The API pauses, resumes and snapshots the VM through its handle while this
+                // thread runs it.
                 let _ = reply.send(Ok(vm.handle()));
                 return exit_for(vm.run());
             }
             Err(e) => {
-                tracing::warn!("InstanceStart failed: {e}");
+                tracing::warn!("starting the VM failed: {e}");
                 let _ = reply.send(Err(e.to_string()));
             }
         }
     }
     report(format_args!("kestrel: error: the API thread ended"));
     ExitCode::from(exit_status::ERROR)
+}
+
+/// Builds the VM a launch asks for; a restored VM that is not to resume is paused before it runs.
+fn launch_vm(launch: &Launch) -> vmm::Result<vmm::vm::Vm> {
+    match launch {
+        Launch::Boot(config) => vmm::builder::build(config),
+        Launch::Restore { state_path, memory_path, options, resume } => {
+            let vm = vmm::builder::restore(state_path, memory_path, options)?;
+            if !resume {
+                // Before `run`, a pause holds the vCPUs before they first enter the guest.
+                vm.handle().pause()?;
+            }
+            Ok(vm)
+        }
+    }
 }
 
 /// Blocks the signals the VM's event loop handles in the calling thread (and the threads it

@@ -5,8 +5,8 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::GuestRam;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::worker::{QueueHandler, Worker};
@@ -53,7 +53,7 @@ pub trait Interrupt: Send + Sync {
 
 /// Everything a device needs to start serving its queues.
 pub struct ActivateContext {
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     /// The queues the driver set up, in order; a queue the driver left unused is not ready.
     pub queues: Vec<Queue>,
     /// One event per queue, signalled when the driver notifies that queue.
@@ -63,6 +63,9 @@ pub struct ActivateContext {
     pub acked_features: u64,
     /// Where the device reports what the guest does wrong (kept by the transport across resets).
     pub guest_errors: Arc<GuestErrorLog>,
+    /// The device is being restored from a snapshot: the queues carry their saved positions, and
+    /// host-side state that does not survive a snapshot (vsock connections) is gone.
+    pub restored: bool,
 }
 
 impl ActivateContext {
@@ -200,6 +203,8 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving the queues (the driver reset the device); a later activation starts afresh.
     fn reset(&mut self);
+    /// The worker serving the queues, while the device is active (snapshots hold it).
+    fn worker(&self) -> Option<&Worker>;
 }
 
 /// Copies `data.len()` bytes of `config` from `offset`, zero-filling whatever lies past its end.

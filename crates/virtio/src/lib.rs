@@ -24,4 +24,9 @@ mod transport;
 pub mod vsock;
 pub mod worker;
 
+/// Guest RAM as Kestrel maps it. Every write through it (a device filling a buffer, updating a used
+/// ring) marks its page in a dirty bitmap: KVM's dirty log sees only the vCPUs' writes, and a diff
+/// snapshot needs both.
+pub type GuestRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+
 pub use device::{ActivateContext, ActivateError, GuestErrorLog, Interrupt, InterruptCause, VirtioDevice};

@@ -7,13 +7,14 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::GuestRam;
 use devices::BusDevice;
+use serde::{Deserialize, Serialize};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{Interrupt, InterruptCause, VirtioDevice};
-use crate::transport::{Ring, TransportState};
+use crate::transport::{Ring, TransportSnapshot, TransportState};
 
 /// Size of each device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -84,6 +85,14 @@ impl MmioInterrupt {
     }
 }
 
+/// A virtio-mmio device as a snapshot keeps it: the transport, the device's queues, and the
+/// interrupt causes the driver has not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioSnapshot {
+    transport: TransportSnapshot,
+    interrupt_status: u32,
+}
+
 /// One virtio device behind virtio-mmio registers.
 pub struct MmioTransport {
     state: TransportState,
@@ -91,7 +100,7 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(device: Box<dyn VirtioDevice>, memory: GuestMemoryMmap) -> io::Result<MmioTransport> {
+    pub fn new(device: Box<dyn VirtioDevice>, memory: GuestRam) -> io::Result<MmioTransport> {
         let interrupt =
             Arc::new(MmioInterrupt { status: AtomicU32::new(0), line: EventFd::new(EFD_NONBLOCK)? });
         let state = TransportState::new("virtio-mmio", device, memory, interrupt.clone())?;
@@ -116,6 +125,28 @@ impl MmioTransport {
     /// The device's virtio ID.
     pub fn device_type(&self) -> u32 {
         self.state.device().device_type()
+    }
+
+    /// Holds the device (its worker stops between two requests) and returns its state; it stays
+    /// held until [`MmioTransport::release`].
+    pub fn hold(&mut self) -> io::Result<MmioSnapshot> {
+        let transport = self.state.hold()?;
+        Ok(MmioSnapshot { transport, interrupt_status: self.interrupt.status.load(Ordering::SeqCst) })
+    }
+
+    /// Lets a held device go on.
+    pub fn release(&mut self) {
+        self.state.release();
+    }
+
+    /// Takes a saved state into this freshly built transport: the device starts on its saved queue
+    /// positions if it was running. Pending interrupt causes are raised again when the guest's
+    /// IOAPIC pin is restored (the VMM's unmask hook resends them).
+    pub fn restore(&mut self, saved: &MmioSnapshot) -> Result<(), String> {
+        // First: a device that starts again may raise causes of its own (vsock's transport reset),
+        // which must not be overwritten.
+        self.interrupt.status.store(saved.interrupt_status, Ordering::SeqCst);
+        self.state.restore(&saved.transport)
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -199,8 +230,8 @@ mod tests {
     use crate::rng::Rng;
     use crate::transport::{STATUS_DEVICE_NEEDS_RESET, STATUS_FEATURES_OK};
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn memory() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
     fn read(transport: &mut MmioTransport, offset: u64) -> u32 {
@@ -226,7 +257,7 @@ mod tests {
     /// Brings the device up the way Linux's virtio_mmio driver does.
     fn driver_init(
         transport: &mut MmioTransport,
-        mock: &MockSplitQueue<GuestMemoryMmap>,
+        mock: &MockSplitQueue<GuestRam>,
         features_high: u32,
     ) -> u32 {
         write(transport, REG_STATUS, 1);
@@ -307,7 +338,7 @@ mod tests {
     }
 
     /// The used ring's index of `mock`'s queue.
-    fn used_index(memory: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+    fn used_index(memory: &GuestRam, mock: &MockSplitQueue<GuestRam>) -> u16 {
         memory.read_obj(mock.used_addr().unchecked_add(2)).unwrap()
     }
 

@@ -7,8 +7,10 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use crate::GuestRam;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{
@@ -44,6 +46,68 @@ impl QueueRegisters {
     }
 }
 
+/// A queue as a snapshot keeps it: virtio-queue's `QueueState`, field for field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(q: QueueState) -> SavedQueue {
+        SavedQueue {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<SavedQueue> for QueueState {
+    fn from(q: SavedQueue) -> QueueState {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// What a transport and its running device's queues hold, as a snapshot keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSnapshot {
+    device_type: u32,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+    /// What the driver wrote into each queue's registers: size, ring addresses, ready.
+    queue_registers: Vec<(u16, [u64; 3], bool)>,
+    /// The running device's queues with their positions; empty when the device is not running.
+    device_queues: Vec<SavedQueue>,
+}
+
 /// The transport's interrupt as the device gets it: counts configuration changes (the driver's
 /// config generation, so that it can tell a multi-word field changed while it read it), then
 /// interrupts the way the transport does.
@@ -66,7 +130,7 @@ pub(crate) struct TransportState {
     /// "virtio-mmio" or "virtio-pci", for log messages.
     name: &'static str,
     device: Box<dyn VirtioDevice>,
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     interrupt: Arc<CountingInterrupt>,
     /// What the guest does wrong, for this device's transport and worker alike.
     guest_errors: Arc<GuestErrorLog>,
@@ -86,7 +150,7 @@ impl TransportState {
     pub(crate) fn new(
         name: &'static str,
         device: Box<dyn VirtioDevice>,
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         interrupt: Arc<dyn Interrupt>,
     ) -> io::Result<TransportState> {
         let queues = device
@@ -266,11 +330,19 @@ impl TransportState {
             Ok(queues) => queues,
             Err(reason) => return self.fail(Cause::Guest, &reason),
         };
-        let queue_events =
-            match self.queue_events.iter().map(EventFd::try_clone).collect::<io::Result<Vec<_>>>() {
-                Ok(events) => events,
-                Err(e) => return self.fail(Cause::Host, &format!("cannot share the queue events: {e}")),
-            };
+        if let Err((cause, reason)) = self.start_device(queues, false) {
+            self.fail(cause, &reason);
+        }
+    }
+
+    /// Hands the queues to the device, which starts serving them.
+    fn start_device(&mut self, queues: Vec<Queue>, restored: bool) -> Result<(), (Cause, String)> {
+        let queue_events = self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| (Cause::Host, format!("cannot share the queue events: {e}")))?;
         let context = ActivateContext {
             memory: self.memory.clone(),
             queues,
@@ -278,14 +350,114 @@ impl TransportState {
             interrupt: self.interrupt.clone(),
             acked_features: self.driver_features,
             guest_errors: self.guest_errors.clone(),
+            restored,
         };
-        match self.device.activate(context) {
-            Ok(()) => self.active = true,
-            Err(e) => {
-                let cause = if e.is_guest_caused() { Cause::Guest } else { Cause::Host };
-                self.fail(cause, &e.to_string());
+        self.device.activate(context).map_err(|e| {
+            let cause = if e.is_guest_caused() { Cause::Guest } else { Cause::Host };
+            (cause, e.to_string())
+        })?;
+        self.active = true;
+        Ok(())
+    }
+
+    /// Holds the running device's worker between two requests and returns the transport's and the
+    /// queues' state; the device stays held until [`TransportState::release`].
+    pub(crate) fn hold(&mut self) -> io::Result<TransportSnapshot> {
+        let mut device_queues = Vec::new();
+        if let (true, Some(worker)) = (self.active, self.device.worker()) {
+            // Queues the device does not use keep what the driver configured.
+            device_queues = self.queues.iter().map(|queue| SavedQueue::from(queue.state())).collect();
+            for (index, state) in worker.hold()? {
+                if let Some(saved) = device_queues.get_mut(index) {
+                    *saved = state.into();
+                }
             }
         }
+        Ok(TransportSnapshot {
+            device_type: self.device.device_type(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation(),
+            queue_registers: self
+                .queues
+                .iter()
+                .zip(&self.queue_registers)
+                .map(|(queue, registers)| (registers.size, registers.rings, queue.ready()))
+                .collect(),
+            device_queues,
+        })
+    }
+
+    /// Lets a held device go on.
+    pub(crate) fn release(&mut self) {
+        if let Some(worker) = self.device.worker() {
+            worker.release();
+        }
+    }
+
+    /// Takes a saved state into this freshly built transport, and starts the device on the saved
+    /// queue positions if it was running.
+    pub(crate) fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), String> {
+        let name = device_type::name(self.device.device_type());
+        if saved.device_type != self.device.device_type() {
+            return Err(format!(
+                "the snapshot has {} here, the VM {name}",
+                device_type::name(saved.device_type)
+            ));
+        }
+        if saved.queue_registers.len() != self.queues.len() {
+            return Err(format!(
+                "{name}: the snapshot has {} queues, the device {}",
+                saved.queue_registers.len(),
+                self.queues.len()
+            ));
+        }
+        self.queue_select = saved.queue_select;
+        self.device_features_select = saved.device_features_select;
+        self.driver_features_select = saved.driver_features_select;
+        self.driver_features = saved.driver_features;
+        self.status = saved.status;
+        self.interrupt.config_generation.store(saved.config_generation, Ordering::SeqCst);
+        for ((queue, registers), &(size, rings, ready)) in
+            self.queues.iter_mut().zip(&mut self.queue_registers).zip(&saved.queue_registers)
+        {
+            *registers = QueueRegisters { size, rings };
+            queue.set_size(size);
+            let halves = |address: u64| (Some(address as u32), Some((address >> 32) as u32));
+            let (low, high) = halves(rings[Ring::Descriptors as usize]);
+            queue.set_desc_table_address(low, high);
+            let (low, high) = halves(rings[Ring::Driver as usize]);
+            queue.set_avail_ring_address(low, high);
+            let (low, high) = halves(rings[Ring::Device as usize]);
+            queue.set_used_ring_address(low, high);
+            queue.set_ready(ready);
+        }
+        if saved.device_queues.is_empty() {
+            return Ok(());
+        }
+        if saved.device_queues.len() != self.queues.len() {
+            return Err(format!(
+                "{name}: the snapshot's running device has {} queues",
+                saved.device_queues.len()
+            ));
+        }
+        let queues = saved
+            .device_queues
+            .iter()
+            .enumerate()
+            .map(|(index, &state)| {
+                let queue = Queue::try_from(QueueState::from(state))
+                    .map_err(|e| format!("{name}: saved queue {index} is invalid: {e:?}"))?;
+                if queue.ready() && !queue.is_valid(&self.memory) {
+                    return Err(format!("{name}: saved queue {index} lies outside guest memory"));
+                }
+                Ok(queue)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.start_device(queues, true).map_err(|(_, reason)| format!("{name}: {reason}"))
     }
 
     /// The queue the device gets: built from what the driver wrote, checked against the rules

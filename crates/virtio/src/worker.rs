@@ -3,11 +3,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestRam;
+use virtio_queue::{DescriptorChain, Queue, QueueState, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -17,6 +18,9 @@ use crate::device::{Interrupt, InterruptCause};
 pub trait QueueHandler: Send + 'static {
     /// The driver notified queue `index`.
     fn process_queue(&mut self, index: usize);
+
+    /// The handler's queues with their positions, by the transport's queue index, for a snapshot.
+    fn queue_states(&self) -> Vec<(usize, QueueState)>;
 
     /// Backend descriptors the worker should also wait on, for what
     /// [`QueueHandler::backend_interest`] says (and hang-ups).
@@ -89,11 +93,11 @@ impl BackendRegistry {
 /// length), then interrupts the driver once if it wants to know. `device` names it in messages.
 pub(crate) fn serve_queue(
     device: &str,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     queue: &mut Queue,
     index: usize,
     interrupt: &dyn Interrupt,
-    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+    mut serve: impl FnMut(DescriptorChain<&GuestRam>) -> u32,
 ) {
     let mut used_any = false;
     while let Some(chain) = queue.pop_descriptor_chain(memory) {
@@ -110,13 +114,7 @@ pub(crate) fn serve_queue(
 }
 
 /// Puts a chain on the used ring; false (and logged) if the ring cannot be written.
-pub(crate) fn complete(
-    device: &str,
-    queue: &mut Queue,
-    memory: &GuestMemoryMmap,
-    head: u16,
-    len: u32,
-) -> bool {
+pub(crate) fn complete(device: &str, queue: &mut Queue, memory: &GuestRam, head: u16, len: u32) -> bool {
     match queue.add_used(memory, head, len) {
         Ok(()) => true,
         Err(e) => {
@@ -130,7 +128,7 @@ pub(crate) fn complete(
 pub(crate) fn signal_used(
     device: &str,
     queue: &mut Queue,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     interrupt: &dyn Interrupt,
     index: usize,
 ) {
@@ -141,10 +139,51 @@ pub(crate) fn signal_used(
     }
 }
 
+/// How long [`Worker::hold`] waits for the worker to finish what it is doing.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running worker thread; dropping it stops the thread and waits for it.
 pub struct Worker {
     stop: EventFd,
+    /// Wakes the thread to look at `hold`.
+    hold_event: EventFd,
+    hold: Arc<HoldState>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A snapshot's hold on a worker: the thread stops between events and hands over its queues.
+#[derive(Default)]
+struct HoldState {
+    state: Mutex<Hold>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Hold {
+    requested: bool,
+    /// The held thread's queues, until [`Worker::hold`] takes them.
+    queues: Option<Vec<(usize, QueueState)>>,
+    /// The worker is being dropped: a held thread must end.
+    stopping: bool,
+}
+
+impl HoldState {
+    fn lock(&self) -> MutexGuard<'_, Hold> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// On the worker thread: hand over the queues, then wait until released (or stopped).
+    fn serve<H: QueueHandler>(&self, handler: &H) {
+        let mut hold = self.lock();
+        if !hold.requested {
+            return;
+        }
+        hold.queues = Some(handler.queue_states());
+        self.changed.notify_all();
+        while hold.requested && !hold.stopping {
+            hold = self.changed.wait(hold).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 impl Worker {
@@ -155,6 +194,8 @@ impl Worker {
         mut handler: H,
     ) -> io::Result<Worker> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
+        let hold_event = EventFd::new(EFD_NONBLOCK)?;
+        let hold = Arc::new(HoldState::default());
         let epoll = Arc::new(Epoll::new()?);
         let stop_token = queue_events.len() as u64;
         let add = |fd: RawFd, token: u64| {
@@ -164,17 +205,61 @@ impl Worker {
             add(event.as_raw_fd(), index as u64)?;
         }
         add(stop.as_raw_fd(), stop_token)?;
-        let backends = Backends::register(&epoll, &handler, stop_token + 1)?;
-        handler.attach_backends(BackendRegistry::new(epoll.clone(), stop_token + 1));
+        add(hold_event.as_raw_fd(), stop_token + 1)?;
+        let first_backend = stop_token + 2;
+        let backends = Backends::register(&epoll, &handler, first_backend)?;
+        handler.attach_backends(BackendRegistry::new(epoll.clone(), first_backend));
+        let events = WorkerEvents {
+            queue_events,
+            stop_token,
+            hold_event: hold_event.try_clone()?,
+            hold: hold.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(epoll, queue_events, stop_token, backends, handler))?;
-        Ok(Worker { stop, thread: Some(thread) })
+            .spawn(move || run(epoll, events, backends, handler))?;
+        Ok(Worker { stop, hold_event, hold, thread: Some(thread) })
+    }
+
+    /// Stops the thread between two events, with nothing in progress, and returns its queues (by
+    /// the transport's queue index) as they stand; the thread waits until [`Worker::release`].
+    pub fn hold(&self) -> io::Result<Vec<(usize, QueueState)>> {
+        let mut hold = self.hold.lock();
+        hold.requested = true;
+        hold.queues = None;
+        self.hold_event.write(1)?;
+        let deadline = Instant::now() + HOLD_TIMEOUT;
+        loop {
+            if let Some(queues) = hold.queues.take() {
+                return Ok(queues);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                hold.requested = false;
+                return Err(io::Error::other(format!(
+                    "the device worker did not stop within {HOLD_TIMEOUT:?}"
+                )));
+            }
+            hold = self
+                .hold
+                .changed
+                .wait_timeout(hold, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets a held thread go on.
+    pub fn release(&self) {
+        self.hold.lock().requested = false;
+        self.hold.changed.notify_all();
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        self.hold.lock().stopping = true;
+        self.hold.changed.notify_all();
         if let Err(e) = self.stop.write(1) {
             tracing::error!("cannot stop a device worker: {e}");
             return;
@@ -232,13 +317,16 @@ impl Backends {
     }
 }
 
-fn run<H: QueueHandler>(
-    epoll: Arc<Epoll>,
+/// What the worker thread waits on besides the backends.
+struct WorkerEvents {
     queue_events: Vec<EventFd>,
     stop_token: u64,
-    mut backends: Backends,
-    mut handler: H,
-) {
+    hold_event: EventFd,
+    hold: Arc<HoldState>,
+}
+
+fn run<H: QueueHandler>(epoll: Arc<Epoll>, events: WorkerEvents, mut backends: Backends, mut handler: H) {
+    let WorkerEvents { queue_events, stop_token, hold_event, hold } = events;
     let mut events = vec![EpollEvent::default(); queue_events.len() + 8];
     loop {
         let count = match epoll.wait(-1, &mut events) {
@@ -253,6 +341,11 @@ fn run<H: QueueHandler>(
             let token = event.data();
             if token == stop_token {
                 return;
+            }
+            if token == stop_token + 1 {
+                let _ = hold_event.read();
+                hold.serve(&handler);
+                continue;
             }
             if let Some(queue_event) = queue_events.get(token as usize) {
                 // Clearing the count first means a notification that arrives while the queue is
@@ -284,6 +377,10 @@ mod tests {
     }
 
     impl QueueHandler for Scripted {
+        fn queue_states(&self) -> Vec<(usize, QueueState)> {
+            Vec::new()
+        }
+
         fn process_queue(&mut self, _index: usize) {
             self.wants = EventSet::IN;
             self.calls.send("queue").unwrap();

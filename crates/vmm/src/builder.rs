@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use arch::BootEntry;
@@ -11,12 +11,15 @@ use devices::legacy::{Cmos, PowerManagement, Serial, I8042};
 use devices::{Bus, BusDevice};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::GuestMemoryMmap;
+use virtio::mmio::MmioTransport;
+use virtio::GuestRam;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::irqchip::{self, GsiRouting, KvmMsiSink};
 use crate::pci_devices::PciBus;
+use crate::snapshot::memory_file::FileIdentity;
+use crate::snapshot::{self, vcpu_state, SnapshotError, SnapshotSources, VmState};
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
 use crate::{kernel, kvm_err, memory, virtio_devices, Error, Result};
@@ -46,6 +49,112 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     let entry =
         kernel::load_boot_image(config, boot_files, &memory, &virtio_devices::mmio_cmdline(&mmio_slots))?;
 
+    let (kvm, vm) = create_kvm_vm(config, &memory)?;
+    let devices = LegacyDevices::create(config, &vm, None)?;
+    let mut pci = PciBus::create(&devices.pio_bus, &devices.mmio_bus)?;
+    let mut controls = virtio_devices::VirtioControls::default();
+    let transports = match config.transport {
+        VirtioTransport::Mmio => virtio_devices::attach_all(
+            &vm,
+            &devices.mmio_bus,
+            &devices.msi_sink,
+            &memory,
+            &config.virtio,
+            &mmio_slots,
+            &mut controls,
+        )?,
+        VirtioTransport::Pci => {
+            pci.attach_virtio(&vm, &devices.routing, &memory, &config.virtio, &mut controls)?;
+            Vec::new()
+        }
+    };
+    let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
+    let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file: None };
+    parts.into_vm(config)
+}
+
+/// What [`restore`] takes besides the snapshot: what belongs to the restoring process rather than
+/// to the saved VM.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Where this process sends the guest's console.
+    pub serial: SerialConfig,
+    /// Log the guest's writes from now on, so later diff snapshots are possible.
+    pub track_dirty_pages: bool,
+    /// The vsock device's Unix socket, if it is to differ from the saved one.
+    pub vsock_uds: Option<PathBuf>,
+}
+
+/// Builds a VM from a snapshot's state file and memory file: guest RAM is mapped copy-on-write
+/// from the memory file, devices are built from the saved configuration and take their saved
+/// state, and every vCPU takes its saved registers. Run it (or pause it first) as any VM.
+pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) -> Result<Vm> {
+    let state = snapshot::read_state(state_path)?;
+    let mut config = state.config.clone();
+    config.serial = options.serial.clone();
+    config.track_dirty_pages = options.track_dirty_pages;
+    if let Some(uds) = &options.vsock_uds {
+        for device in &mut config.virtio {
+            if let crate::config::VirtioConfig::Vsock(vsock) = device {
+                vsock.uds_path = uds.clone();
+            }
+        }
+    }
+    check_vcpu_count(config.vcpus)?;
+    if state.vcpus.len() != usize::from(config.vcpus) || config.transport != VirtioTransport::Mmio {
+        return Err(SnapshotError::Invalid("vCPU or device list").into());
+    }
+    let slots = virtio_devices::mmio_slots(config.virtio.len())?;
+    if state.virtio.len() != slots.len() {
+        return Err(SnapshotError::Invalid("virtio device list").into());
+    }
+    let (memory, backing_file) = snapshot::memory_file::map(memory_path, &state.memory)?;
+
+    let (kvm, vm) = create_kvm_vm(&config, &memory)?;
+    let devices = LegacyDevices::create(&config, &vm, Some(&state))?;
+    let mut controls = virtio_devices::VirtioControls::default();
+    let transports = virtio_devices::attach_all(
+        &vm,
+        &devices.mmio_bus,
+        &devices.msi_sink,
+        &memory,
+        &config.virtio,
+        &slots,
+        &mut controls,
+    )?;
+    for (transport, saved) in transports.iter().zip(&state.virtio) {
+        let mut transport = transport.lock().map_err(|_| SnapshotError::Invalid("virtio device lock"))?;
+        transport
+            .restore(saved)
+            .map_err(|reason| SnapshotError::Restore { what: "a virtio device".into(), reason })?;
+    }
+    let vcpus = state
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(index, saved)| {
+            let vcpu = vm.create_vcpu(index as u64).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu_state::restore(&vcpu, saved)?;
+            Ok(vcpu)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // After the devices and the vCPUs: restoring the pins' routes resends the interrupts the
+    // devices still owe, which must land in the restored local APICs (restoring a local APIC
+    // replaces its pending interrupts).
+    devices
+        .ioapic
+        .lock()
+        .map_err(|_| SnapshotError::Invalid("IOAPIC lock"))?
+        .restore(&state.ioapic)
+        .map_err(|e| SnapshotError::Restore { what: "the IOAPIC".into(), reason: e.to_string() })?;
+    snapshot::restore_clock(&vm, &state.clock)?;
+    let parts =
+        VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file: Some(backing_file) };
+    parts.into_vm(&config)
+}
+
+/// Opens KVM and creates the VM with its interrupt controller and guest RAM.
+fn create_kvm_vm(config: &VmConfig, memory: &GuestRam) -> Result<(Kvm, Arc<VmFd>)> {
     let kvm = Kvm::new().map_err(|e| Error::KvmOpen {
         path: PathBuf::from(KVM_PATH),
         source: std::io::Error::from_raw_os_error(e.errno()),
@@ -61,40 +170,53 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
         .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
     vm.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     irqchip::create_split_irqchip(&vm)?;
+    memory::register_with_kvm(&vm, memory, config.track_dirty_pages)?;
+    Ok((kvm, vm))
+}
 
-    memory::register_with_kvm(&vm, &memory)?;
+/// A VM's parts once built or restored, before they become a [`Vm`].
+struct VmParts {
+    kvm: Kvm,
+    vm: Arc<VmFd>,
+    memory: GuestRam,
+    devices: LegacyDevices,
+    controls: virtio_devices::VirtioControls,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    vcpus: Vec<VcpuFd>,
+    backing_file: Option<FileIdentity>,
+}
 
-    let devices = LegacyDevices::create(config, &vm)?;
-    let mut pci = PciBus::create(&devices.pio_bus, &devices.mmio_bus)?;
-    let mut controls = virtio_devices::VirtioControls::default();
-    match config.transport {
-        VirtioTransport::Mmio => {
-            virtio_devices::attach_all(
-                &vm,
-                &devices.mmio_bus,
-                &devices.msi_sink,
-                &memory,
-                &config.virtio,
-                &mmio_slots,
-                &mut controls,
-            )?;
-        }
-        VirtioTransport::Pci => {
-            pci.attach_virtio(&vm, &devices.routing, &memory, &config.virtio, &mut controls)?
-        }
+impl VmParts {
+    fn into_vm(self, config: &VmConfig) -> Result<Vm> {
+        let VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file } = self;
+        let (ended_sender, ended_receiver) = mpsc::channel();
+        let ended_event = new_event_fd("vCPU exit notifier")?;
+        let shared = Arc::new(VcpuShared::new(
+            devices.pio_bus.clone(),
+            devices.mmio_bus.clone(),
+            devices.ioapic.clone(),
+            ended_sender,
+            clone_event_fd(&ended_event, "vCPU exit notifier")?,
+            vcpus.len(),
+        ));
+        let msr_indices =
+            kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
+        let sources = Arc::new(SnapshotSources {
+            vm: vm.clone(),
+            memory: memory.clone(),
+            config: config.clone(),
+            msr_indices,
+            ioapic: devices.ioapic.clone(),
+            serial: devices.serial.clone(),
+            cmos: devices.cmos.clone(),
+            virtio: transports,
+            dirty_tracking: config.track_dirty_pages,
+            backing_file,
+            in_progress: Mutex::new(()),
+        });
+        let handles = devices.into_handles(config, controls);
+        Ok(Vm::new(vcpus, shared, ended_receiver, ended_event, handles, sources))
     }
-    let (ended_sender, ended_receiver) = mpsc::channel();
-    let ended_event = new_event_fd("vCPU exit notifier")?;
-    let shared = Arc::new(VcpuShared::new(
-        devices.pio_bus.clone(),
-        devices.mmio_bus.clone(),
-        devices.ioapic.clone(),
-        ended_sender,
-        clone_event_fd(&ended_event, "vCPU exit notifier")?,
-    ));
-    let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
-    let handles = devices.into_handles(config, controls);
-    Ok(Vm::new(vm, memory, vcpus, shared, ended_receiver, ended_event, handles))
 }
 
 fn check_vcpu_count(vcpus: u8) -> Result<()> {
@@ -107,13 +229,7 @@ fn check_vcpu_count(vcpus: u8) -> Result<()> {
 
 /// Creates every vCPU with its CPUID, MSRs and local APIC set up; only vCPU 0 gets boot registers,
 /// the others wait for the guest's INIT-SIPI-SIPI as on real hardware.
-fn create_vcpus(
-    kvm: &Kvm,
-    vm: &VmFd,
-    memory: &GuestMemoryMmap,
-    count: u8,
-    entry: BootEntry,
-) -> Result<Vec<VcpuFd>> {
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, memory: &GuestRam, count: u8, entry: BootEntry) -> Result<Vec<VcpuFd>> {
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut tsc_khz = None;
@@ -158,6 +274,7 @@ struct LegacyDevices {
     /// The IOAPIC's link to KVM, where irqfd-driven devices hook pin unmasking.
     msi_sink: Arc<KvmMsiSink>,
     serial: Arc<Mutex<Serial>>,
+    cmos: Arc<Mutex<Cmos>>,
     reset: EventFd,
     power_off: EventFd,
 }
@@ -174,7 +291,8 @@ pub struct DeviceHandles {
 }
 
 impl LegacyDevices {
-    fn create(config: &VmConfig, vm: &Arc<VmFd>) -> Result<LegacyDevices> {
+    /// Creates the devices in their power-on state, or in the state `saved` has for them.
+    fn create(config: &VmConfig, vm: &Arc<VmFd>, saved: Option<&VmState>) -> Result<LegacyDevices> {
         let pio_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
         let routing = Arc::new(GsiRouting::new(vm.clone()));
@@ -190,7 +308,8 @@ impl LegacyDevices {
 
         let serial_irq = IoapicPin::new(ioapic.clone(), COM1_IRQ)
             .map_err(|e| Error::Device { name: "serial (COM1)", reason: e.to_string() })?;
-        let serial = Serial::new(Arc::new(serial_irq), serial_output(&config.serial)?)
+        let serial_state = saved.map(|state| state.serial.clone()).unwrap_or_default();
+        let serial = Serial::restore(Arc::new(serial_irq), serial_output(&config.serial)?, &serial_state)
             .map_err(|e| Error::Device { name: "serial (COM1)", reason: e.to_string() })?;
         let serial = Arc::new(Mutex::new(serial));
         insert(&pio_bus, serial.clone(), COM1_PORT, 8, "serial (COM1)")?;
@@ -200,13 +319,18 @@ impl LegacyDevices {
         insert(&pio_bus, i8042, I8042_PORT, 5, "i8042")?;
 
         let (below_4g, above_4g) = split_at_gap(config.memory_bytes);
-        insert(&pio_bus, Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))), CMOS_PORT, 2, "CMOS RTC")?;
+        let mut cmos = Cmos::new(below_4g, above_4g);
+        if let Some(state) = saved {
+            cmos.restore(&state.cmos).map_err(|reason| Error::Device { name: "CMOS RTC", reason })?;
+        }
+        let cmos = Arc::new(Mutex::new(cmos));
+        insert(&pio_bus, cmos.clone(), CMOS_PORT, 2, "CMOS RTC")?;
 
         let power_off = new_event_fd("power-off line")?;
         let power = PowerManagement::new(clone_event_fd(&power_off, "power-off line")?);
         insert(&pio_bus, Arc::new(Mutex::new(power)), POWER_PORT, 1, "power management")?;
 
-        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, routing, msi_sink, serial, reset, power_off })
+        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, routing, msi_sink, serial, cmos, reset, power_off })
     }
 
     fn into_handles(self, config: &VmConfig, virtio: virtio_devices::VirtioControls) -> DeviceHandles {

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// Where the guest's COM1 output goes (and whether the host's stdin feeds its input).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SerialConfig {
     /// Output to stdout; stdin is forwarded to the guest (raw mode when it is a terminal).
     Stdio,
@@ -17,7 +19,7 @@ pub enum SerialConfig {
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
 /// Everything needed to build and boot one VM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmConfig {
     /// Kernel image: ELF vmlinux (64-bit or PVH entry) or bzImage.
     pub kernel: PathBuf,
@@ -35,10 +37,13 @@ pub struct VmConfig {
     pub virtio: Vec<VirtioConfig>,
     /// How the virtio devices reach the guest.
     pub transport: VirtioTransport,
+    /// KVM logs the pages the guest writes, so that diff snapshots are possible (it costs a little
+    /// on every first write to a page after each snapshot).
+    pub track_dirty_pages: bool,
 }
 
 /// How virtio devices reach the guest.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VirtioTransport {
     /// virtio-mmio windows declared on the kernel command line: what microVM kernels expect, and
     /// the cheapest to set up.
@@ -49,7 +54,7 @@ pub enum VirtioTransport {
 }
 
 /// One virtio device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VirtioConfig {
     /// An entropy source fed from the host's getrandom.
     Rng,
@@ -66,7 +71,7 @@ pub enum VirtioConfig {
 pub use virtio::vsock::{MAX_GUEST_CID as VSOCK_MAX_CID, MIN_GUEST_CID as VSOCK_MIN_CID};
 
 /// A virtio-vsock device; host processes reach it through Unix sockets, Firecracker-style.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockConfig {
     /// The guest's context ID, 3 to 4294967294.
     pub cid: u64,
@@ -78,7 +83,7 @@ pub struct VsockConfig {
 pub use virtio::net::{MacAddress, TAP_NAME_MAX_BYTES};
 
 /// A virtio-net card on a tap device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
     /// The tap to create, or to attach to if it exists; `None` creates one with a free
     /// `kestrelN` name.
@@ -91,7 +96,7 @@ pub struct NetConfig {
 pub const DISK_ID_MAX_BYTES: usize = virtio::block::ID_BYTES;
 
 /// A virtio-blk disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockConfig {
     /// Raw image file or host block device.
     pub path: PathBuf,
@@ -102,7 +107,7 @@ pub struct BlockConfig {
 }
 
 /// A virtio-balloon device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonConfig {
     /// The balloon size asked of the guest at boot, in MiB (at most the guest's RAM).
     pub target_mib: u32,

@@ -9,7 +9,8 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::bzimage::{self, BzImage};
 use linux_loader::loader::elf::{self, Elf, PvhBootCapability};
 use linux_loader::loader::{self, KernelLoader, KernelLoaderResult};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio::GuestRam;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::config::VmConfig;
 use crate::{memory, Error, Result};
@@ -74,7 +75,7 @@ impl BootFiles {
 pub fn load_boot_image(
     config: &VmConfig,
     files: BootFiles,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     device_cmdline: &str,
 ) -> Result<BootEntry> {
     let BootFiles { kernel: mut kernel_file, initrd: initrd_file } = files;
@@ -113,7 +114,7 @@ fn with_kernel_params(cmdline: &str, params: &str) -> String {
 }
 
 /// Loads an ELF vmlinux (preferring its PVH entry when it has one) or, failing that, a bzImage.
-fn load_kernel(path: &Path, file: &mut File, mem: &GuestMemoryMmap) -> Result<LoadedKernel> {
+fn load_kernel(path: &Path, file: &mut File, mem: &GuestRam) -> Result<LoadedKernel> {
     let himem = Some(GuestAddress(arch::layout::HIMEM_START));
     let load_error = |e: loader::Error| Error::KernelLoad { path: path.to_owned(), reason: e.to_string() };
 
@@ -167,11 +168,7 @@ fn elf_kernel(result: KernelLoaderResult) -> LoadedKernel {
 }
 
 /// Writes the NUL-terminated command line; a bzImage may allow less than the default maximum.
-fn load_cmdline(
-    text: &str,
-    header: Option<&setup_header>,
-    mem: &GuestMemoryMmap,
-) -> Result<arch::CmdlineLocation> {
+fn load_cmdline(text: &str, header: Option<&setup_header>, mem: &GuestRam) -> Result<arch::CmdlineLocation> {
     let max = header
         .map(|h| h.cmdline_size as usize + 1)
         .filter(|&size| size > 1)
@@ -195,7 +192,7 @@ fn load_initrd(
     path: &Path,
     mut file: File,
     size: u64,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     memory_bytes: u64,
     kernel_end: u64,
 ) -> Result<(GuestAddress, usize)> {
@@ -237,8 +234,8 @@ mod tests {
         assert_eq!(with_kernel_params("", "a=1"), "a=1");
     }
 
-    fn guest_memory(size: u64) -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&arch::ram_regions(size)).unwrap()
+    fn guest_memory(size: u64) -> GuestRam {
+        GuestRam::from_ranges(&arch::ram_regions(size)).unwrap()
     }
 
     /// A file in the temporary directory, removed when dropped.
@@ -264,16 +261,16 @@ mod tests {
         }
     }
 
-    fn load(path: &Path, mem: &GuestMemoryMmap) -> Result<LoadedKernel> {
+    fn load(path: &Path, mem: &GuestRam) -> Result<LoadedKernel> {
         load_kernel(path, &mut File::open(path).unwrap(), mem)
     }
 
-    fn load_bytes(contents: &[u8], mem: &GuestMemoryMmap) -> Result<LoadedKernel> {
+    fn load_bytes(contents: &[u8], mem: &GuestRam) -> Result<LoadedKernel> {
         let file = TempFile::new(contents);
         load(&file.0, mem)
     }
 
-    fn read_guest(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    fn read_guest(mem: &GuestRam, addr: u64, len: usize) -> Vec<u8> {
         let mut bytes = vec![0; len];
         mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
         bytes
@@ -437,7 +434,7 @@ mod tests {
 
     fn load_initrd_bytes(
         contents: &[u8],
-        mem: &GuestMemoryMmap,
+        mem: &GuestRam,
         memory_bytes: u64,
         kernel_end: u64,
     ) -> Result<(GuestAddress, usize)> {
@@ -511,6 +508,7 @@ mod tests {
             serial: SerialConfig::None,
             virtio: Vec::new(),
             transport: Default::default(),
+            track_dirty_pages: false,
         };
         let files = BootFiles::open(&config).unwrap();
         let entry = load_boot_image(&config, files, &mem, "").unwrap();

@@ -12,6 +12,7 @@ mod kernel;
 mod memory;
 pub mod outcome;
 mod pci_devices;
+pub mod snapshot;
 mod vcpu;
 mod virtio_devices;
 pub mod vm;
@@ -51,6 +52,8 @@ pub enum Error {
         "the vCPUs did not pause within {timeout:?} ({parked} of {live} parked); the VM goes on running"
     )]
     PauseTimeout { timeout: std::time::Duration, parked: usize, live: usize },
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
     #[error("cannot read kernel {path}: {source}")]
     KernelRead { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a kernel image (neither an ELF vmlinux nor a bzImage)")]

@@ -1,8 +1,9 @@
 //! Guest RAM: anonymous host memory, laid out around the MMIO gap and registered with KVM.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use virtio::GuestRam;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::{kvm_err, Error, Result};
 
@@ -12,7 +13,7 @@ const PAGE_SIZE: u64 = 4096;
 ///
 /// The host check is against physical RAM rather than what `mmap` would accept: anonymous mappings
 /// are lazily backed, so an oversized guest would otherwise start and be OOM-killed later, mid-run.
-pub fn create_guest_memory(bytes: u64) -> Result<GuestMemoryMmap> {
+pub fn create_guest_memory(bytes: u64) -> Result<GuestRam> {
     if bytes < arch::layout::MIN_MEMORY {
         return Err(Error::MemoryTooSmall { requested: bytes, minimum: arch::layout::MIN_MEMORY });
     }
@@ -24,16 +25,18 @@ pub fn create_guest_memory(bytes: u64) -> Result<GuestMemoryMmap> {
             return Err(Error::MemoryExceedsHost { requested: bytes, host });
         }
     }
-    GuestMemoryMmap::from_ranges(&arch::ram_regions(bytes))
+    GuestRam::from_ranges(&arch::ram_regions(bytes))
         .map_err(|e| Error::MemoryAllocation { bytes, reason: e.to_string() })
 }
 
-/// Makes every region of guest RAM visible to the guest through KVM memory slots.
-pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
+/// Makes every region of guest RAM visible to the guest through KVM memory slots (slot N is
+/// region N), with KVM logging the guest's writes when `log_dirty_pages` is set.
+pub fn register_with_kvm(vm: &VmFd, memory: &GuestRam, log_dirty_pages: bool) -> Result<()> {
+    let flags = if log_dirty_pages { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
     for (slot, region) in memory.iter().enumerate() {
         let kvm_region = kvm_userspace_memory_region {
             slot: u32::try_from(slot).map_err(|_| Error::KvmCapability("memory slots"))?,
-            flags: 0,
+            flags,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
@@ -46,7 +49,7 @@ pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
 }
 
 /// End of the guest RAM that lies below the MMIO gap (where the kernel and initrd must go).
-pub fn low_memory_end(memory: &GuestMemoryMmap) -> GuestAddress {
+pub fn low_memory_end(memory: &GuestRam) -> GuestAddress {
     memory
         .iter()
         .filter(|r| r.start_addr().0 < arch::layout::MMIO_GAP_START)

@@ -14,7 +14,7 @@ use devices::pci::{
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio::pci::{layout, NotifyBinder, PciTransport};
-use vm_memory::GuestMemoryMmap;
+use virtio::GuestRam;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VirtioConfig;
@@ -57,7 +57,7 @@ impl PciBus {
         &mut self,
         vm: &Arc<VmFd>,
         routing: &Arc<GsiRouting>,
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
         configs: &[VirtioConfig],
         controls: &mut VirtioControls,
     ) -> Result<()> {

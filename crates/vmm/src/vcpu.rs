@@ -31,6 +31,8 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::outcome::VmOutcome;
+use crate::snapshot::vcpu_state::{self, VcpuState};
+use crate::snapshot::SnapshotError;
 use crate::{Error, Result};
 
 /// Unhandled MMIO accesses logged per VM before the rest are counted silently: a guest probing an
@@ -55,6 +57,8 @@ pub struct VcpuShared {
     parked_changed: Condvar,
     /// Where a vCPU reports that its guest ended the VM.
     ended: Mutex<Sender<VmOutcome>>,
+    /// How many vCPUs the VM has (threads register as they start).
+    vcpu_count: usize,
     ended_event: EventFd,
 }
 
@@ -66,6 +70,7 @@ impl VcpuShared {
         ioapic: Arc<Mutex<Ioapic>>,
         ended: Sender<VmOutcome>,
         ended_event: EventFd,
+        vcpu_count: usize,
     ) -> Self {
         VcpuShared {
             pio_bus,
@@ -78,6 +83,7 @@ impl VcpuShared {
             unparked: Condvar::new(),
             parked_changed: Condvar::new(),
             ended: Mutex::new(ended),
+            vcpu_count,
             ended_event,
         }
     }
@@ -139,6 +145,47 @@ impl VcpuShared {
         self.lock_pause().requested
     }
 
+    /// Whether every vCPU thread is parked, so their KVM state holds still.
+    pub fn is_fully_paused(&self) -> bool {
+        let state = self.lock_pause();
+        state.requested && state.parked == state.threads.len() && state.threads.len() == self.vcpu_count
+    }
+
+    /// Has every parked vCPU read its own KVM state (the vCPU fds belong to their threads) and
+    /// returns the states in vCPU order. The VM must be fully paused.
+    pub fn save_states(
+        &self,
+        msr_indices: &[u32],
+        timeout: Duration,
+    ) -> std::result::Result<Vec<VcpuState>, SnapshotError> {
+        let mut state = self.lock_pause();
+        state.save = Some(SaveRequest { msr_indices: msr_indices.to_vec(), results: Vec::new() });
+        self.unparked.notify_all();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let request = state.save.as_ref().expect("the save request stays until taken here");
+            if request.results.len() >= self.vcpu_count {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline || !state.requested {
+                let missing = (0..self.vcpu_count as u8)
+                    .find(|i| !request.results.iter().any(|(index, _)| index == i))
+                    .unwrap_or(0);
+                state.save = None;
+                return Err(SnapshotError::VcpuTimeout(missing, timeout));
+            }
+            state = self
+                .parked_changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let mut results = state.save.take().expect("checked above").results;
+        results.sort_by_key(|(index, _)| *index);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+
     /// Sets the stop flag and wakes parked vCPUs, which then see it and end.
     fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -163,8 +210,9 @@ impl VcpuShared {
         self.parked_changed.notify_all();
     }
 
-    /// Parks the calling vCPU thread while a pause is requested and no stop is.
-    fn park(&self) {
+    /// Parks the calling vCPU thread while a pause is requested and no stop is; while parked, it
+    /// saves its state when a snapshot asks.
+    fn park(&self, index: u8, vcpu: &VcpuFd) {
         let mut state = self.lock_pause();
         if !state.requested || self.stop.load(Ordering::SeqCst) {
             return;
@@ -172,6 +220,14 @@ impl VcpuShared {
         state.parked += 1;
         self.parked_changed.notify_all();
         while state.requested && !self.stop.load(Ordering::SeqCst) {
+            if let Some(request) = &mut state.save {
+                if !request.results.iter().any(|(i, _)| *i == index) {
+                    let saved = vcpu_state::save(vcpu, &request.msr_indices);
+                    request.results.push((index, saved));
+                    self.parked_changed.notify_all();
+                    continue;
+                }
+            }
             state = self.unparked.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
         state.parked -= 1;
@@ -197,6 +253,14 @@ struct PauseState {
     parked: usize,
     /// The vCPU threads that have started and not ended: their index and pthread, for the kick.
     threads: Vec<(u8, libc::pthread_t)>,
+    /// A snapshot's request that the parked vCPUs save their state.
+    save: Option<SaveRequest>,
+}
+
+/// What each parked vCPU adds its saved state (or why it could not) to.
+struct SaveRequest {
+    msr_indices: Vec<u32>,
+    results: Vec<(u8, std::result::Result<VcpuState, SnapshotError>)>,
 }
 
 thread_local! {
@@ -306,7 +370,7 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
                 // KVM finishes the pending operation, then returns EINTR before running guest code.
                 vcpu.set_kvm_immediate_exit(1);
             } else {
-                shared.park();
+                shared.park(index, &vcpu);
                 continue;
             }
         }

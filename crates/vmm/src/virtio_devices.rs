@@ -12,8 +12,9 @@ use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use virtio::net::{MacAddress, Net, Tap};
 use virtio::rng::Rng;
 use virtio::vsock::Vsock;
+use virtio::GuestRam;
 use virtio::VirtioDevice;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::{BalloonConfig, NetConfig, VirtioConfig};
 use crate::irqchip::KvmMsiSink;
@@ -65,7 +66,7 @@ pub struct VirtioControls {
 /// in `controls`.
 pub(crate) fn create_device(
     config: &VirtioConfig,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     controls: &mut VirtioControls,
 ) -> Result<Box<dyn VirtioDevice>> {
     Ok(match config {
@@ -84,7 +85,7 @@ pub(crate) fn create_device(
     })
 }
 
-fn create_balloon(config: &BalloonConfig, memory: &GuestMemoryMmap) -> Result<Balloon> {
+fn create_balloon(config: &BalloonConfig, memory: &GuestRam) -> Result<Balloon> {
     let settings = BalloonSettings {
         target_mib: config.target_mib,
         stats_interval: config.stats_interval,
@@ -118,7 +119,7 @@ pub fn attach_all(
     vm: &VmFd,
     mmio_bus: &Bus,
     msi_sink: &KvmMsiSink,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     configs: &[VirtioConfig],
     slots: &[MmioSlot],
     controls: &mut VirtioControls,
@@ -136,7 +137,7 @@ fn attach(
     vm: &VmFd,
     mmio_bus: &Bus,
     msi_sink: &KvmMsiSink,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     device: Box<dyn VirtioDevice>,
     slot: MmioSlot,
 ) -> Result<Arc<Mutex<MmioTransport>>> {

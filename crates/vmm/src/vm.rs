@@ -8,14 +8,14 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvm_ioctls::{VcpuFd, VmFd};
-use vm_memory::GuestMemoryMmap;
+use kvm_ioctls::VcpuFd;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::DeviceHandles;
 use crate::console::{ConsoleInput, EscapeParser, RawTerminal};
 use crate::outcome::VmOutcome;
+use crate::snapshot::{self, SnapshotReport, SnapshotRequest, SnapshotSources};
 use crate::vcpu::{self, VcpuShared, VcpuThread};
 use crate::{Error, Result};
 
@@ -33,13 +33,14 @@ const TOKEN_SIGNAL: u64 = 5;
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pauses and resumes the VM's vCPUs from another thread (the API's) while [`Vm::run`] runs it.
+/// Pauses, resumes and snapshots the VM from another thread (the API's) while [`Vm::run`] runs it.
 ///
-/// Only the vCPUs stop: device worker threads (virtio queues, the console) keep running while the
-/// VM is paused. Snapshotting will need them quiesced too; that is not done yet.
+/// A pause stops the vCPUs; device worker threads (virtio queues, the console) keep serving what
+/// the guest queued before. A snapshot holds the workers too while it reads the devices' state.
 #[derive(Clone)]
 pub struct VmHandle {
     shared: Arc<VcpuShared>,
+    sources: Arc<SnapshotSources>,
 }
 
 impl VmHandle {
@@ -59,6 +60,11 @@ impl VmHandle {
     pub fn is_paused(&self) -> bool {
         self.shared.is_paused()
     }
+
+    /// Writes a snapshot of the paused VM (see [`crate::snapshot`]); the VM stays paused.
+    pub fn snapshot(&self, request: &SnapshotRequest) -> Result<SnapshotReport> {
+        Ok(snapshot::create(&self.sources, &self.shared, request)?)
+    }
 }
 
 /// A VM that is built and ready to run.
@@ -69,21 +75,20 @@ pub struct Vm {
     ended: Receiver<VmOutcome>,
     ended_event: EventFd,
     devices: DeviceHandles,
-    _vm: Arc<VmFd>,
-    _memory: GuestMemoryMmap,
+    /// Holds the VM fd and guest RAM too, so they outlive the vCPU fds above.
+    sources: Arc<SnapshotSources>,
 }
 
 impl Vm {
     pub(crate) fn new(
-        vm: Arc<VmFd>,
-        memory: GuestMemoryMmap,
         vcpus: Vec<VcpuFd>,
         shared: Arc<VcpuShared>,
         ended: Receiver<VmOutcome>,
         ended_event: EventFd,
         devices: DeviceHandles,
+        sources: Arc<SnapshotSources>,
     ) -> Vm {
-        Vm { vcpus, shared, ended, ended_event, devices, _vm: vm, _memory: memory }
+        Vm { vcpus, shared, ended, ended_event, devices, sources }
     }
 
     /// The balloon's host-side handle, if the VM has a balloon: take it before [`Vm::run`] to set
@@ -96,7 +101,7 @@ impl Vm {
     /// thread. A pause that comes before `run` starts the vCPUs holds them before they first enter
     /// the guest.
     pub fn handle(&self) -> VmHandle {
-        VmHandle { shared: self.shared.clone() }
+        VmHandle { shared: self.shared.clone(), sources: self.sources.clone() }
     }
 
     /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.
@@ -382,6 +387,7 @@ mod tests {
             serial: SerialConfig::File(log.clone()),
             virtio: Vec::new(),
             transport: VirtioTransport::Mmio,
+            track_dirty_pages: false,
         };
         let vm = crate::builder::build(&config).unwrap();
         let handle = vm.handle();

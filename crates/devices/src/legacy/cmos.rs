@@ -59,6 +59,13 @@ const SECONDS_PER_DAY: u64 = 24 * 60 * 60;
 const MIB: u64 = 1 << 20;
 const MEM_UNIT: u64 = 64 * 1024;
 
+/// The CMOS's index register and RAM, as a snapshot keeps them (the clock is the host's).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosSnapshot {
+    index: u8,
+    ram: Vec<u8>,
+}
+
 /// The CMOS, placed on the I/O bus at 0x70 with length 2.
 pub struct Cmos {
     index: u8,
@@ -90,6 +97,20 @@ impl Cmos {
         ram[start..start + 3].copy_from_slice(&above_4g[..3]);
 
         Cmos { index: 0, ram, clock }
+    }
+
+    /// The index register and RAM, for a snapshot.
+    pub fn snapshot(&self) -> CmosSnapshot {
+        CmosSnapshot { index: self.index, ram: self.ram.to_vec() }
+    }
+
+    /// Takes the index register and RAM a snapshot saved; a RAM of the wrong size is refused.
+    pub fn restore(&mut self, snapshot: &CmosSnapshot) -> Result<(), String> {
+        self.ram = snapshot.ram.as_slice().try_into().map_err(|_| {
+            format!("the saved CMOS has {} bytes of RAM, this one {CMOS_SIZE}", snapshot.ram.len())
+        })?;
+        self.index = snapshot.index;
+        Ok(())
     }
 
     fn read_data(&self) -> u8 {

@@ -5,10 +5,10 @@ mod i8042;
 mod power;
 mod serial;
 
-pub use cmos::Cmos;
+pub use cmos::{Cmos, CmosSnapshot};
 pub use i8042::I8042;
 pub use power::PowerManagement;
-pub use serial::Serial;
+pub use serial::{Serial, SerialSnapshot};
 
 /// ISA devices have byte-wide registers; a wider port access (`inw`, `inl`)
 /// reaches consecutive ports, so it is served one byte per port. Offsets that

@@ -8,7 +8,8 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use vm_superio::serial::{Error as UartError, SerialEvents};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{Error as UartError, SerialEvents, SerialState};
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,6 +45,26 @@ impl SerialEvents for InputDrainedNotifier {
     }
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot(#[serde(with = "SavedUart")] SerialState);
+
+/// vm_superio's `SerialState`, field for field, for serde.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SavedUart {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
 type Uart = vm_superio::Serial<UartInterrupt, InputDrainedNotifier, Box<dyn Write + Send>>;
 
 /// The COM1 UART, placed on the I/O bus at 0x3F8 with length 8.
@@ -60,11 +81,30 @@ impl Serial {
     ///
     /// Fails only if the `input_drained` eventfd cannot be created.
     pub fn new(interrupt: Arc<dyn InterruptLine>, output: Box<dyn Write + Send>) -> io::Result<Self> {
+        Self::restore(interrupt, output, &SerialSnapshot::default())
+    }
+
+    /// Creates the UART with the registers and pending input a snapshot saved; an interrupt the
+    /// saved state still owes the guest is raised at once.
+    pub fn restore(
+        interrupt: Arc<dyn InterruptLine>,
+        output: Box<dyn Write + Send>,
+        snapshot: &SerialSnapshot,
+    ) -> io::Result<Self> {
         let input_drained = EventFd::new(libc::EFD_NONBLOCK)?;
-        Ok(Serial {
-            uart: Uart::with_events(UartInterrupt(interrupt), InputDrainedNotifier(input_drained), output),
-            output_failure_reported: false,
-        })
+        let uart = Uart::from_state(
+            &snapshot.0,
+            UartInterrupt(interrupt),
+            InputDrainedNotifier(input_drained),
+            output,
+        )
+        .map_err(|e| io::Error::other(format!("the saved UART state is invalid: {e:?}")))?;
+        Ok(Serial { uart, output_failure_reported: false })
+    }
+
+    /// The registers and pending input, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        SerialSnapshot(self.uart.state())
     }
 
     /// Queues host input for the guest and returns how many bytes of `bytes`

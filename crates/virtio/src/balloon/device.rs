@@ -165,13 +165,18 @@ impl VirtioDevice for Balloon {
         // The guest's balloon is gone with its driver's state: the pages are its own again.
         self.shared.set_actual_pages(0);
     }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::GuestRam;
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
@@ -253,7 +258,7 @@ mod tests {
 
     /// Activation inputs for `count` queues, `ready` of them set up by the driver.
     fn context(
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
         count: usize,
         ready: usize,
         acked_features: u64,
@@ -274,12 +279,13 @@ mod tests {
             interrupt,
             acked_features,
             guest_errors: guest_errors(),
+            restored: false,
         }
     }
 
     #[test]
     fn activation_checks_the_negotiated_queues_and_wires_the_config_interrupt() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let settings = BalloonSettings { free_page_reporting: true, ..BalloonSettings::default() };
         let mut balloon = balloon(settings);
         let control = balloon.control();

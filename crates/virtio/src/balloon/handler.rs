@@ -6,8 +6,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestRam;
+use virtio_queue::{DescriptorChain, Queue, QueueState, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::control::Shared;
@@ -38,7 +38,7 @@ pub enum QueueRole {
 }
 
 pub struct BalloonHandler {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
     shared: Arc<Shared>,
@@ -53,7 +53,7 @@ pub struct BalloonHandler {
 
 impl BalloonHandler {
     pub fn new(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
         shared: Arc<Shared>,
@@ -126,7 +126,7 @@ impl BalloonHandler {
 }
 
 /// Discards the pages whose PFNs (le32 each) fill the buffer.
-fn inflate(memory: &GuestMemoryMmap, guest_errors: &GuestErrorLog, chain: DescriptorChain<&GuestMemoryMmap>) {
+fn inflate(memory: &GuestRam, guest_errors: &GuestErrorLog, chain: DescriptorChain<&GuestRam>) {
     let mut reader = match chain.reader(memory) {
         Ok(reader) => reader,
         Err(e) => return guest_errors.log(format_args!("malformed inflate buffer ignored: {e:?}")),
@@ -156,11 +156,7 @@ fn inflate(memory: &GuestMemoryMmap, guest_errors: &GuestErrorLog, chain: Descri
 }
 
 /// Discards the whole pages inside each descriptor of a free-page report.
-fn discard_reported(
-    memory: &GuestMemoryMmap,
-    guest_errors: &GuestErrorLog,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) {
+fn discard_reported(memory: &GuestRam, guest_errors: &GuestErrorLog, chain: DescriptorChain<&GuestRam>) {
     let mut outside = 0;
     for descriptor in chain {
         if let Some(range) = GuestRange::whole_pages_within(descriptor.addr().0, u64::from(descriptor.len()))
@@ -172,7 +168,7 @@ fn discard_reported(
 }
 
 /// Discards `range`; returns the bytes of it outside guest RAM.
-fn discard_range(memory: &GuestMemoryMmap, range: GuestRange) -> u64 {
+fn discard_range(memory: &GuestRam, range: GuestRange) -> u64 {
     discard(memory, range).unwrap_or_else(|e| {
         tracing::error!(
             "virtio-balloon: cannot discard guest memory {:#x}..{:#x}: {e}",
@@ -191,9 +187,9 @@ fn warn_outside(guest_errors: &GuestErrorLog, bytes: u64, what: &str) {
 
 /// The statistics in a stats buffer; a buffer that cannot be read counts as reporting nothing.
 fn read_stats(
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     guest_errors: &GuestErrorLog,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: DescriptorChain<&GuestRam>,
 ) -> BalloonStats {
     let mut bytes = Vec::new();
     let read = chain.reader(memory).map_err(|e| format!("{e:?}")).and_then(|reader| {
@@ -207,6 +203,10 @@ fn read_stats(
 }
 
 impl QueueHandler for BalloonHandler {
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        self.queues.iter().enumerate().map(|(index, (_, queue))| (index, queue.state())).collect()
+    }
+
     fn process_queue(&mut self, index: usize) {
         self.serve(index);
     }
@@ -251,8 +251,8 @@ mod tests {
 
     /// A balloon with all four queues (each a mock ring in guest memory) and the driver's side.
     struct Bench<'a> {
-        memory: &'a GuestMemoryMmap,
-        mocks: Vec<MockSplitQueue<'a, GuestMemoryMmap>>,
+        memory: &'a GuestRam,
+        mocks: Vec<MockSplitQueue<'a, GuestRam>>,
         /// Descriptors used so far in each queue, where the next chain goes.
         next_descriptor: Vec<u16>,
         interrupts: Arc<Recorder>,
@@ -261,7 +261,7 @@ mod tests {
     }
 
     impl<'a> Bench<'a> {
-        fn new(memory: &'a GuestMemoryMmap) -> Bench<'a> {
+        fn new(memory: &'a GuestRam) -> Bench<'a> {
             let mocks: Vec<_> =
                 (0..4).map(|i| MockSplitQueue::create(memory, GuestAddress(i * 0x1000), 16)).collect();
             let queues =
@@ -312,8 +312,8 @@ mod tests {
         }
     }
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
+    fn memory() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap()
     }
 
     fn pages(first: u32, count: u64) -> GuestRange {

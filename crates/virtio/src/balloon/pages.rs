@@ -4,7 +4,8 @@
 
 use std::io;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use crate::GuestRam;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 /// The balloon's page size: PFNs always count 4 KiB pages, whatever the guest's own page size
 /// (virtio 1.2, 5.5.6: `VIRTIO_BALLOON_PFN_SHIFT` is 12).
@@ -63,9 +64,9 @@ pub fn coalesce(pfns: &mut [u32]) -> Vec<GuestRange> {
 /// Gives the host memory behind `range` back to the host kernel; the guest reads zeros there
 /// afterwards. Returns how many bytes of the range lie outside guest RAM (and were left alone).
 ///
-/// Guest RAM is anonymous private memory (`GuestMemoryMmap::from_ranges`), for which
+/// Guest RAM is anonymous private memory (`GuestRam::from_ranges`), for which
 /// `MADV_DONTNEED` frees the pages at once and the next access faults in a zeroed page.
-pub fn discard(memory: &GuestMemoryMmap, range: GuestRange) -> io::Result<u64> {
+pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<u64> {
     let mut covered = 0;
     for region in memory.iter() {
         let region_start = region.start_addr().0;
@@ -99,7 +100,7 @@ pub(super) mod tests {
 
     /// How many of the 4 KiB pages of guest RAM in `range` the host has in memory, by mincore(2):
     /// exact and immediate, unlike RSS figures from /proc.
-    pub fn resident_pages(memory: &GuestMemoryMmap, range: GuestRange) -> usize {
+    pub fn resident_pages(memory: &GuestRam, range: GuestRange) -> usize {
         let host = memory.get_host_address(GuestAddress(range.start)).unwrap();
         let pages = usize::try_from(range.len() / PAGE_SIZE).unwrap();
         let mut residency = vec![0u8; pages];
@@ -111,7 +112,7 @@ pub(super) mod tests {
     }
 
     /// Writes a non-zero byte into every page of `range`, so the host backs each of them.
-    pub fn touch(memory: &GuestMemoryMmap, range: GuestRange) {
+    pub fn touch(memory: &GuestRam, range: GuestRange) {
         for page in (range.start..range.end).step_by(PAGE_SIZE as usize) {
             memory.write_obj(0xA5u8, GuestAddress(page)).unwrap();
         }
@@ -142,7 +143,7 @@ pub(super) mod tests {
 
     #[test]
     fn discarding_frees_the_host_pages_and_zeroes_them() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let range = pages(0x100, 0x100); // 1 MiB at 1 MiB
         touch(&memory, range);
         assert_eq!(resident_pages(&memory, range), 0x100);
@@ -154,11 +155,9 @@ pub(super) mod tests {
     #[test]
     fn only_the_part_inside_guest_ram_is_discarded() {
         // Two regions with a hole between them, as around the MMIO gap.
-        let memory = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x10_0000),
-            (GuestAddress(0x20_0000), 0x10_0000),
-        ])
-        .unwrap();
+        let memory =
+            GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])
+                .unwrap();
         let low = pages(0xf0, 0x10);
         let high = pages(0x200, 0x10);
         touch(&memory, low);

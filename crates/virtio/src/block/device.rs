@@ -156,6 +156,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.worker = None;
     }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,12 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestRam;
+use virtio_queue::{DescriptorChain, Queue, QueueState};
+
+/// A request's buffers as guest RAM hands them out (writes through them mark pages dirty).
+type Reader<'a> = virtio_queue::Reader<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
+type Writer<'a> = virtio_queue::Writer<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 
 use super::backend::DiskBackend;
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
@@ -112,7 +116,7 @@ impl RequestError {
 
 /// The block device's request queue and what it needs to serve it.
 pub struct BlockHandler<B> {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
@@ -122,7 +126,7 @@ pub struct BlockHandler<B> {
 
 impl<B: DiskBackend> BlockHandler<B> {
     pub(super) fn new(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         queue: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
@@ -142,6 +146,10 @@ impl<B: DiskBackend> BlockHandler<B> {
 }
 
 impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        vec![(0, self.queue.state())]
+    }
+
     fn process_queue(&mut self, _index: usize) {
         self.process_requests();
     }
@@ -150,11 +158,11 @@ impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
 /// Executes one request and writes its status byte; returns the bytes written to the chain (the
 /// used length).
 fn serve<B: DiskBackend>(
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     disk: &Disk<B>,
     bounce: &mut [u8],
     guest_errors: &GuestErrorLog,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: DescriptorChain<&GuestRam>,
 ) -> u32 {
     let reader = Reader::new(memory, chain.clone());
     let mut data = match Writer::new(memory, chain) {
@@ -394,8 +402,8 @@ mod tests {
         }
     }
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn memory() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
     /// A sparse temporary file of `SECTORS` sectors whose sector n is filled with the byte n.
@@ -423,7 +431,7 @@ mod tests {
     #[derive(Clone, Copy)]
     struct Buffer(u64, u32, bool);
 
-    fn header(memory: &GuestMemoryMmap, request_type: u32, sector: u64) -> Buffer {
+    fn header(memory: &GuestRam, request_type: u32, sector: u64) -> Buffer {
         let mut bytes = [0u8; 16];
         bytes[..4].copy_from_slice(&request_type.to_le_bytes());
         bytes[8..].copy_from_slice(&sector.to_le_bytes());
@@ -431,18 +439,18 @@ mod tests {
         Buffer(HEADER, 16, false)
     }
 
-    fn status_buffer(memory: &GuestMemoryMmap) -> Buffer {
+    fn status_buffer(memory: &GuestRam) -> Buffer {
         memory.write_obj(0xFFu8, GuestAddress(STATUS)).unwrap();
         Buffer(STATUS, 1, true)
     }
 
-    fn status_byte(memory: &GuestMemoryMmap) -> u8 {
+    fn status_byte(memory: &GuestRam) -> u8 {
         memory.read_obj(GuestAddress(STATUS)).unwrap()
     }
 
     /// The usual three-descriptor request: header, data (`length` bytes at DATA), status.
     fn request(
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
         request_type: u32,
         sector: u64,
         length: u32,
@@ -453,7 +461,7 @@ mod tests {
 
     /// Runs the handler once over `chains`; returns each chain's used length and the interrupts.
     fn serve_chains<B: DiskBackend>(
-        memory: &GuestMemoryMmap,
+        memory: &GuestRam,
         disk: Disk<B>,
         chains: &[Vec<Buffer>],
     ) -> (Vec<u32>, Vec<InterruptCause>) {
@@ -485,11 +493,11 @@ mod tests {
         (used, raised)
     }
 
-    fn serve_one<B: DiskBackend>(memory: &GuestMemoryMmap, disk: Disk<B>, chain: Vec<Buffer>) -> u32 {
+    fn serve_one<B: DiskBackend>(memory: &GuestRam, disk: Disk<B>, chain: Vec<Buffer>) -> u32 {
         serve_chains(memory, disk, &[chain]).0[0]
     }
 
-    fn read_guest(memory: &GuestMemoryMmap, address: u64, length: usize) -> Vec<u8> {
+    fn read_guest(memory: &GuestRam, address: u64, length: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; length];
         memory.read_slice(&mut bytes, GuestAddress(address)).unwrap();
         bytes
@@ -499,7 +507,7 @@ mod tests {
         contents[sector * 512..(sector + 1) * 512].iter().all(|&b| b == byte)
     }
 
-    fn segment(memory: &GuestMemoryMmap, at: u64, sector: u64, count: u32, flags: u32) {
+    fn segment(memory: &GuestRam, at: u64, sector: u64, count: u32, flags: u32) {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&sector.to_le_bytes());
         bytes[8..12].copy_from_slice(&count.to_le_bytes());
@@ -525,7 +533,7 @@ mod tests {
         let path = dir.path().join("big.img");
         let contents: Vec<u8> = (0..0x6_0000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &contents).unwrap();
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
         let mut disk = raw_disk(&path, false);
         disk.sectors = contents.len() as u64 / 512;
         let chain = vec![
@@ -695,7 +703,7 @@ mod tests {
     fn requests_carrying_more_data_than_advertised_are_io_errors() {
         let (_dir, path) = patterned_disk();
         // Room for the oversized buffers (the mapping is only reserved, never touched).
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2000_0000)]).unwrap();
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x2000_0000)]).unwrap();
         let mut disk = raw_disk(&path, false);
         disk.sectors = u64::MAX / 512;
         let too_much = (MAX_DATA_BYTES + 512) as u32;

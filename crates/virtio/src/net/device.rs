@@ -118,6 +118,10 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.worker = None;
     }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
 }
 
 #[cfg(test)]

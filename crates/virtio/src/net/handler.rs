@@ -6,8 +6,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestRam;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::epoll::EventSet;
 
 use super::{MAX_FRAME_BYTES, VNET_HDR_LEN};
@@ -59,7 +59,7 @@ struct HeldTx {
 
 /// The device's two queues, its backend, and the state of the flow between them.
 pub struct NetHandler<B> {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     rx: Queue,
     tx: Queue,
     interrupt: Arc<dyn Interrupt>,
@@ -78,7 +78,7 @@ pub struct NetHandler<B> {
 
 impl<B: FrameBackend> NetHandler<B> {
     pub fn new(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         rx: Queue,
         tx: Queue,
         interrupt: Arc<dyn Interrupt>,
@@ -223,11 +223,7 @@ impl<B: FrameBackend> NetHandler<B> {
 }
 
 /// Copies a transmit request (header and frame) into `frame`; returns its length.
-fn gather(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    memory: &GuestMemoryMmap,
-    frame: &mut [u8],
-) -> Result<usize, TxError> {
+fn gather(chain: DescriptorChain<&GuestRam>, memory: &GuestRam, frame: &mut [u8]) -> Result<usize, TxError> {
     let mut reader = chain.reader(memory).map_err(TxError::Chain)?;
     let len = reader.available_bytes();
     if len < VNET_HDR_LEN {
@@ -239,6 +235,15 @@ fn gather(
 }
 
 impl<B: FrameBackend> QueueHandler for NetHandler<B> {
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        let mut tx = self.tx.state();
+        if self.held_tx.is_some() {
+            // The held frame's chain is taken but not yet sent: a restored device takes it again.
+            tx.next_avail = tx.next_avail.wrapping_sub(1);
+        }
+        vec![(RX_QUEUE, self.rx.state()), (TX_QUEUE, tx)]
+    }
+
     fn process_queue(&mut self, index: usize) {
         match index {
             RX_QUEUE => self.receive_frames(),
@@ -298,19 +303,19 @@ mod tests {
     /// A handler over a socket pair, with its queues in 1 MiB of guest memory (rx at 0, tx at
     /// 0x4000; buffers from 0x10000 up) and the host's end of the pair.
     struct Setup<'m> {
-        memory: &'m GuestMemoryMmap,
-        rx: MockSplitQueue<'m, GuestMemoryMmap>,
-        tx: MockSplitQueue<'m, GuestMemoryMmap>,
+        memory: &'m GuestRam,
+        rx: MockSplitQueue<'m, GuestRam>,
+        tx: MockSplitQueue<'m, GuestRam>,
         interrupts: Arc<Recorder>,
         handler: NetHandler<UnixDatagram>,
         host: UnixDatagram,
     }
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn memory() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn setup(memory: &GuestMemoryMmap) -> Setup<'_> {
+    fn setup(memory: &GuestRam) -> Setup<'_> {
         let rx = MockSplitQueue::create(memory, GuestAddress(0), 16);
         let tx = MockSplitQueue::create(memory, GuestAddress(0x4000), 16);
         let (device_end, host) = UnixDatagram::pair().unwrap();
@@ -330,7 +335,7 @@ mod tests {
 
     impl Setup<'_> {
         /// (head, length) of each used element of `queue`.
-        fn used(&self, queue: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
+        fn used(&self, queue: &MockSplitQueue<GuestRam>) -> Vec<(u32, u32)> {
             let used = queue.used_addr();
             let count = self.memory.read_obj::<u16>(used.unchecked_add(2)).unwrap();
             (0..u64::from(count))

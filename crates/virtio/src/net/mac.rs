@@ -5,7 +5,7 @@ use std::io;
 use std::str::FromStr;
 
 /// An Ethernet (MAC) address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MacAddress(pub [u8; 6]);
 
 /// Bit 0 of the first byte: a group (multicast) address, which no interface may own.

@@ -16,9 +16,9 @@ mod tests;
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use crate::GuestRam;
 use devices::pci::msix::{Msix, MsixDelivery};
 use devices::pci::{ConfigSpace, PciDevice, PciError, PciIds};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{device_type, VirtioDevice};
@@ -76,7 +76,7 @@ impl PciTransport {
     /// guest enables it). `msix_delivery` must serve [`PciTransport::msix_vectors`] vectors.
     pub fn new(
         device: Box<dyn VirtioDevice>,
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         bar_address: u32,
         msix_delivery: Arc<dyn MsixDelivery>,
         notify_binder: Arc<dyn NotifyBinder>,

@@ -67,11 +67,11 @@ impl NotifyBinder for Recorder {
 const MESSAGE: MsiMessage = MsiMessage { address_lo: 0xfee0_0000, address_hi: 0, data: 0x4041 };
 const BAR: u32 = 0xe000_0000;
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+fn memory() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
 }
 
-fn transport(memory: &GuestMemoryMmap) -> (PciTransport, Receiver<Event>) {
+fn transport(memory: &GuestRam) -> (PciTransport, Receiver<Event>) {
     let (sender, receiver) = mpsc::channel();
     let recorder = Arc::new(Recorder(Mutex::new(sender)));
     let transport =
@@ -120,7 +120,7 @@ fn enable_msix(t: &mut PciTransport, vector: u64) {
 }
 
 /// Feature negotiation and queue 0 setup as virtio_pci_modern does it, ending with DRIVER_OK.
-fn driver_init(t: &mut PciTransport, mock: &MockSplitQueue<GuestMemoryMmap>, queue_vector: u16) {
+fn driver_init(t: &mut PciTransport, mock: &MockSplitQueue<GuestRam>, queue_vector: u16) {
     write(t, DEVICE_STATUS, 1, 1);
     write(t, DEVICE_STATUS, 1, 1 | 2);
     write(t, DEVICE_FEATURE_SELECT, 4, 1);
@@ -149,7 +149,7 @@ fn driver_init(t: &mut PciTransport, mock: &MockSplitQueue<GuestMemoryMmap>, que
 }
 
 /// Puts one 32-byte writable buffer on the queue and notifies through BAR 0.
-fn request_entropy(t: &mut PciTransport, mock: &MockSplitQueue<GuestMemoryMmap>) {
+fn request_entropy(t: &mut PciTransport, mock: &MockSplitQueue<GuestRam>) {
     let buffer = RawDescriptor::from(Descriptor::new(0x8000, 32, 2, 0));
     mock.add_desc_chains(&[buffer], 0).unwrap();
     write(t, NOTIFY, 2, 0);
@@ -305,7 +305,7 @@ fn reset_clears_the_driver_state() {
 }
 
 /// The used ring's index of `mock`'s queue.
-fn used_index(memory: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+fn used_index(memory: &GuestRam, mock: &MockSplitQueue<GuestRam>) -> u16 {
     memory.read_obj(mock.used_addr().unchecked_add(2)).unwrap()
 }
 

@@ -55,4 +55,8 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {
         self.worker = None;
     }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
 }

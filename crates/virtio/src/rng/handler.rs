@@ -3,8 +3,8 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use crate::GuestRam;
+use virtio_queue::{Queue, QueueState};
 
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::worker::{serve_queue, QueueHandler};
@@ -43,7 +43,7 @@ impl EntropySource for HostEntropy {
 
 /// The rng's request queue and what it needs to serve it.
 pub struct RngHandler<E> {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
@@ -52,7 +52,7 @@ pub struct RngHandler<E> {
 
 impl<E: EntropySource> RngHandler<E> {
     pub fn new(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         queue: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
@@ -98,6 +98,10 @@ fn fill(entropy: &mut impl EntropySource, writer: &mut impl Write, wanted: usize
 }
 
 impl<E: EntropySource> QueueHandler for RngHandler<E> {
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        vec![(0, self.queue.state())]
+    }
+
     fn process_queue(&mut self, _index: usize) {
         self.process_requests();
     }
@@ -125,13 +129,13 @@ mod tests {
         }
     }
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn memory() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
     /// Runs the handler over `chains` (each a list of descriptors) and returns the used lengths
     /// and the interrupts raised.
-    fn serve(memory: &GuestMemoryMmap, chains: &[&[RawDescriptor]]) -> (Vec<u32>, Vec<InterruptCause>) {
+    fn serve(memory: &GuestRam, chains: &[&[RawDescriptor]]) -> (Vec<u32>, Vec<InterruptCause>) {
         let mock = MockSplitQueue::new(memory, 16);
         let mut offset = 0;
         for chain in chains {
@@ -186,7 +190,7 @@ mod tests {
 
     #[test]
     fn oversized_requests_are_capped() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let (used, _) = serve(&memory, &[&[descriptor(0x10_0000, 0x20_0000, WRITE, 0)]]);
         assert_eq!(used, [MAX_BYTES_PER_REQUEST as u32]);
     }

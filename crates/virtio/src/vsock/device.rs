@@ -66,18 +66,22 @@ impl VirtioDevice for Vsock {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
-        // The event queue must be set up too, though the device never uses it.
-        let [rx, tx, _event] = context.take_ready_queues(&self.worker)?;
+        // The event queue is used only after a restore, to reset the driver's connections.
+        let [rx, tx, event] = context.take_ready_queues(&self.worker)?;
         let listener = self.listener.try_clone().map_err(ActivateError::Backend)?;
         let host = HostEnd { guest_cid: self.guest_cid, uds_path: self.uds_path.clone(), listener };
-        let handler = VsockHandler::new(
+        let mut handler = VsockHandler::new(
             context.memory.clone(),
             rx,
             tx,
+            event,
             context.interrupt.clone(),
             context.guest_errors.clone(),
             host,
         );
+        if context.restored {
+            handler.announce_transport_reset();
+        }
         self.worker = Some(context.spawn_worker("virtio-vsock", handler)?);
         Ok(())
     }
@@ -85,5 +89,9 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         // Stopping the worker drops every connection: host processes see their sockets close.
         self.worker = None;
+    }
+
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 }

@@ -12,8 +12,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestRam;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::epoll::EventSet;
 
 use super::connection::{Connection, ProtocolError, State};
@@ -53,7 +53,7 @@ struct Handshake {
 
 /// An rx buffer taken from the guest, and how much payload fits after the header.
 struct RxBuffer {
-    chain: DescriptorChain<Arc<GuestMemoryMmap>>,
+    chain: DescriptorChain<Arc<GuestRam>>,
     room: usize,
 }
 
@@ -70,7 +70,7 @@ struct Rx {
     queue: Queue,
     guest_errors: Arc<GuestErrorLog>,
     /// Shared so that a taken buffer can hold on to it while the handler goes on.
-    memory: Arc<GuestMemoryMmap>,
+    memory: Arc<GuestRam>,
     /// Buffers were used since the guest was last interrupted.
     used_any: bool,
     /// The guest had no buffer at the last try: host sockets are not read until it notifies.
@@ -128,6 +128,8 @@ pub struct VsockHandler {
     rx: Rx,
     tx: Queue,
     tx_used_any: bool,
+    /// Used only to tell the driver its connections are gone (after a restore).
+    event: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
     guest_cid: u64,
@@ -153,9 +155,10 @@ pub struct VsockHandler {
 
 impl VsockHandler {
     pub fn new(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         rx: Queue,
         tx: Queue,
+        event: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
         host: HostEnd,
@@ -171,6 +174,7 @@ impl VsockHandler {
             },
             tx,
             tx_used_any: false,
+            event,
             interrupt,
             guest_errors,
             guest_cid,
@@ -224,8 +228,8 @@ impl VsockHandler {
     /// Reads a packet's header and (for RW) its payload into `self.payload`.
     fn read_packet(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-        memory: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestRam>,
+        memory: &GuestRam,
     ) -> Result<(Header, Op), (PacketError, Option<Header>)> {
         let mut reader = chain.reader(memory).map_err(|_| (PacketError::ShortHeader(0), None))?;
         let mut bytes = [0u8; HEADER_SIZE];
@@ -571,6 +575,36 @@ impl VsockHandler {
         result.map_err(|e| tracing::error!("virtio-vsock: cannot wait on a host socket: {e}")).is_ok()
     }
 
+    /// Tells the driver that every connection it had is gone (virtio 1.2, 5.10.6.6: the device was
+    /// restored from a snapshot, and host sockets do not survive that); it resets them and
+    /// connects again.
+    pub fn announce_transport_reset(&mut self) {
+        const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+        let memory = self.rx.memory.clone();
+        let Some(chain) = self.event.pop_descriptor_chain(&*memory) else {
+            self.guest_errors.log(format_args!("no event buffer for the transport reset after a restore"));
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain.writable().next().filter(|descriptor| descriptor.len() >= 4).map(|descriptor| {
+            vm_memory::Bytes::write_obj(
+                &*memory,
+                VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(),
+                descriptor.addr(),
+            )
+        });
+        let len = match written {
+            Some(Ok(())) => 4,
+            _ => {
+                self.guest_errors.log(format_args!("the event buffer cannot hold a transport reset"));
+                0
+            }
+        };
+        if worker::complete(NAME, &mut self.event, &memory, head, len) {
+            worker::signal_used(NAME, &mut self.event, &memory, self.interrupt.as_ref(), EVENT_QUEUE);
+        }
+    }
+
     /// Sends what is owed, re-evaluates what to wait for, and interrupts the guest once for each
     /// queue it used: the end of every event.
     fn settle(&mut self) {
@@ -588,6 +622,14 @@ impl VsockHandler {
 }
 
 impl QueueHandler for VsockHandler {
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        vec![
+            (RX_QUEUE, self.rx.queue.state()),
+            (TX_QUEUE, self.tx.state()),
+            (EVENT_QUEUE, self.event.state()),
+        ]
+    }
+
     fn process_queue(&mut self, index: usize) {
         match index {
             RX_QUEUE => {

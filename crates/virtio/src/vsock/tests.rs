@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::GuestRam;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 
 use super::connection::BUF_ALLOC;
@@ -47,7 +48,7 @@ struct DriverQueue {
 }
 
 impl DriverQueue {
-    fn new(memory: &GuestMemoryMmap, rings: u64, buffers: u64) -> (DriverQueue, Queue) {
+    fn new(memory: &GuestRam, rings: u64, buffers: u64) -> (DriverQueue, Queue) {
         let mock = MockSplitQueue::create(memory, GuestAddress(rings), QUEUE_SIZE);
         let queue: Queue = mock.create_queue().unwrap();
         let driver = DriverQueue {
@@ -67,7 +68,7 @@ impl DriverQueue {
 
     /// Offers one single-descriptor buffer holding `bytes` (device-readable) or `len` bytes of
     /// room (device-writable).
-    fn add(&mut self, memory: &GuestMemoryMmap, bytes: &[u8], len: u32, flags: u16) {
+    fn add(&mut self, memory: &GuestRam, bytes: &[u8], len: u32, flags: u16) {
         let head = self.added % QUEUE_SIZE;
         memory.write_slice(bytes, self.slot(head)).unwrap();
         let descriptor = RawDescriptor::from(Descriptor::new(self.slot(head).0, len, flags, 0));
@@ -78,7 +79,7 @@ impl DriverQueue {
     }
 
     /// The buffers the device used since the last call: (head, length written).
-    fn take_used(&mut self, memory: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+    fn take_used(&mut self, memory: &GuestRam) -> Vec<(u16, u32)> {
         let used_idx: u16 = memory.read_obj(self.used.unchecked_add(2)).unwrap();
         let mut taken = Vec::new();
         while self.used_seen != used_idx {
@@ -110,7 +111,7 @@ impl Received {
 }
 
 struct Harness {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     rx: DriverQueue,
     tx: DriverQueue,
     handler: VsockHandler,
@@ -124,7 +125,7 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
         let (rx, rx_queue) = DriverQueue::new(&memory, 0x0, 0x10_0000);
         let (tx, tx_queue) = DriverQueue::new(&memory, 0x1000, 0x60_0000);
         let listener = host::listen(&uds).unwrap();
@@ -133,6 +134,7 @@ impl Harness {
             memory.clone(),
             rx_queue,
             tx_queue,
+            <Queue as virtio_queue::QueueT>::new(256).unwrap(),
             interrupts.clone(),
             guest_errors(),
             HostEnd { guest_cid: GUEST_CID, uds_path: uds.clone(), listener },
