@@ -2,7 +2,9 @@
 //! it goes on: its ext4 disk still mounted (it reads what it wrote before the snapshot and writes
 //! more, which the host finds in the image afterwards), and virtio-vsock, whose connections a
 //! restore resets, connects to the host again and moves data. The guest waits for a line on its
-//! console at the snapshot point, so the host knows where the snapshot falls.
+//! console at the snapshot point, so the host knows where the snapshot falls. Once per transport:
+//! virtio-mmio devices interrupt through the IOAPIC, virtio-pci ones through MSI-X, and the PCI
+//! devices' BARs and MSI-X tables must come back where the guest put them.
 //!
 //! Needs the kit and `debugfs`; without them the test skips, except on CI (CI=true).
 
@@ -36,8 +38,8 @@ vsock-test connect {HOST_PORT} {VSOCK_BYTES}"#
 }
 
 /// Starts `kestrel vmm` with the guest console on its stdin and stdout.
-fn start_vmm(socket: &std::path::Path) -> Child {
-    start_vmm_with(socket, &["--serial", "stdio"])
+fn start_vmm(socket: &std::path::Path, transport: &str) -> Child {
+    start_vmm_with(socket, &["--serial", "stdio", "--transport", transport])
 }
 
 fn ok(socket: &std::path::Path, method: &str, path: &str, body: &str) {
@@ -46,7 +48,16 @@ fn ok(socket: &std::path::Path, method: &str, path: &str, body: &str) {
 }
 
 #[test]
-fn linux_goes_on_after_a_restore_with_its_disk_and_vsock() {
+fn linux_goes_on_after_a_restore_with_its_disk_and_vsock_over_mmio() {
+    linux_goes_on_after_a_restore_with_its_disk_and_vsock("mmio");
+}
+
+#[test]
+fn linux_goes_on_after_a_restore_with_its_disk_and_vsock_over_pci() {
+    linux_goes_on_after_a_restore_with_its_disk_and_vsock("pci");
+}
+
+fn linux_goes_on_after_a_restore_with_its_disk_and_vsock(transport: &str) {
     let Some(kit) = kit_available() else { return };
     let Some(rootfs) = kit_path("rootfs.ext4") else { return };
     let Some(debugfs) = host_tool("debugfs") else { return };
@@ -59,7 +70,7 @@ fn linux_goes_on_after_a_restore_with_its_disk_and_vsock() {
 
     // Boot through the API and run the script up to its snapshot point.
     let socket = dir.path().join("first.sock");
-    let mut first = start_vmm(&socket);
+    let mut first = start_vmm(&socket, transport);
     let _watchdog = Watchdog::within(&first, LINUX_LIMIT);
     let cmdline = format!("{} quiet kestrel.run={}", kit_cmdline(), percent_encode(&script()));
     let boot = format!(
@@ -101,7 +112,7 @@ fn linux_goes_on_after_a_restore_with_its_disk_and_vsock() {
 
     // Restore in a fresh process and let the script go on.
     let socket = dir.path().join("second.sock");
-    let mut second = start_vmm(&socket);
+    let mut second = start_vmm(&socket, transport);
     let watchdog = Watchdog::within(&second, LINUX_LIMIT);
     let load = format!(
         r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}},

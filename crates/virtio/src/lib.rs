@@ -20,6 +20,7 @@ pub mod mmio;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod snapshot;
 mod transport;
 pub mod vsock;
 pub mod worker;

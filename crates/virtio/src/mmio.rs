@@ -14,6 +14,7 @@ use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{Interrupt, InterruptCause, VirtioDevice};
+use crate::snapshot::{SnapshotTransport, VirtioSnapshot};
 use crate::transport::{Ring, TransportSnapshot, TransportState};
 
 /// Size of each device's register window.
@@ -127,28 +128,6 @@ impl MmioTransport {
         self.state.device().device_type()
     }
 
-    /// Holds the device (its worker stops between two requests) and returns its state; it stays
-    /// held until [`MmioTransport::release`].
-    pub fn hold(&mut self) -> io::Result<MmioSnapshot> {
-        let transport = self.state.hold()?;
-        Ok(MmioSnapshot { transport, interrupt_status: self.interrupt.status.load(Ordering::SeqCst) })
-    }
-
-    /// Lets a held device go on.
-    pub fn release(&mut self) {
-        self.state.release();
-    }
-
-    /// Takes a saved state into this freshly built transport: the device starts on its saved queue
-    /// positions if it was running. Pending interrupt causes are raised again when the guest's
-    /// IOAPIC pin is restored (the VMM's unmask hook resends them).
-    pub fn restore(&mut self, saved: &MmioSnapshot) -> Result<(), String> {
-        // First: a device that starts again may raise causes of its own (vsock's transport reset),
-        // which must not be overwritten.
-        self.interrupt.status.store(saved.interrupt_status, Ordering::SeqCst);
-        self.state.restore(&saved.transport)
-    }
-
     fn read_register(&self, offset: u64) -> u32 {
         let queue = self.state.selected_queue();
         match offset {
@@ -194,6 +173,30 @@ impl MmioTransport {
             }
             _ => tracing::debug!("virtio-mmio: write to read-only or unknown register {offset:#x}"),
         }
+    }
+}
+
+impl SnapshotTransport for MmioTransport {
+    fn hold(&mut self) -> io::Result<VirtioSnapshot> {
+        let transport = self.state.hold()?;
+        let interrupt_status = self.interrupt.status.load(Ordering::SeqCst);
+        Ok(VirtioSnapshot::Mmio(MmioSnapshot { transport, interrupt_status }))
+    }
+
+    fn release(&mut self) {
+        self.state.release();
+    }
+
+    /// Pending interrupt causes are raised again when the guest's IOAPIC pin is restored (the
+    /// VMM's unmask hook resends them).
+    fn restore(&mut self, saved: &VirtioSnapshot) -> Result<(), String> {
+        let VirtioSnapshot::Mmio(saved) = saved else {
+            return Err("the snapshot has a virtio-pci device where this VM has a virtio-mmio one".into());
+        };
+        // First: a device that starts again may raise causes of its own (vsock's transport reset),
+        // which must not be overwritten.
+        self.interrupt.status.store(saved.interrupt_status, Ordering::SeqCst);
+        self.state.restore(&saved.transport)
     }
 }
 

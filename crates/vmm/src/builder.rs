@@ -11,7 +11,7 @@ use devices::legacy::{Cmos, PowerManagement, Serial, I8042};
 use devices::{Bus, BusDevice};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use virtio::mmio::MmioTransport;
+use virtio::snapshot::SnapshotTransport;
 use virtio::GuestRam;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -51,23 +51,8 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
 
     let (kvm, vm) = create_kvm_vm(config, &memory)?;
     let devices = LegacyDevices::create(config, &vm, None)?;
-    let mut pci = PciBus::create(&devices.pio_bus, &devices.mmio_bus)?;
     let mut controls = virtio_devices::VirtioControls::default();
-    let transports = match config.transport {
-        VirtioTransport::Mmio => virtio_devices::attach_all(
-            &vm,
-            &devices.mmio_bus,
-            &devices.msi_sink,
-            &memory,
-            &config.virtio,
-            &mmio_slots,
-            &mut controls,
-        )?,
-        VirtioTransport::Pci => {
-            pci.attach_virtio(&vm, &devices.routing, &memory, &config.virtio, &mut controls)?;
-            Vec::new()
-        }
-    };
+    let (transports, _pci) = attach_virtio(config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
     let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file: None };
     parts.into_vm(config)
@@ -101,33 +86,21 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
         }
     }
     check_vcpu_count(config.vcpus)?;
-    if state.vcpus.len() != usize::from(config.vcpus) || config.transport != VirtioTransport::Mmio {
+    if state.vcpus.len() != usize::from(config.vcpus) || state.virtio.len() != config.virtio.len() {
         return Err(SnapshotError::Invalid("vCPU or device list").into());
     }
-    let slots = virtio_devices::mmio_slots(config.virtio.len())?;
-    if state.virtio.len() != slots.len() {
-        return Err(SnapshotError::Invalid("virtio device list").into());
-    }
+    let mmio_slots = match config.transport {
+        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len())?,
+        VirtioTransport::Pci => Vec::new(),
+    };
     let (memory, backing_file) = snapshot::memory_file::map(memory_path, &state.memory)?;
 
     let (kvm, vm) = create_kvm_vm(&config, &memory)?;
     let devices = LegacyDevices::create(&config, &vm, Some(&state))?;
     let mut controls = virtio_devices::VirtioControls::default();
-    let transports = virtio_devices::attach_all(
-        &vm,
-        &devices.mmio_bus,
-        &devices.msi_sink,
-        &memory,
-        &config.virtio,
-        &slots,
-        &mut controls,
-    )?;
-    for (transport, saved) in transports.iter().zip(&state.virtio) {
-        let mut transport = transport.lock().map_err(|_| SnapshotError::Invalid("virtio device lock"))?;
-        transport
-            .restore(saved)
-            .map_err(|reason| SnapshotError::Restore { what: "a virtio device".into(), reason })?;
-    }
+    let (transports, pci) = attach_virtio(&config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
+    // The vCPUs first: restoring a local APIC replaces its pending interrupts, and the devices
+    // below raise the interrupts they still owe (or new ones, such as vsock's transport reset).
     let vcpus = state
         .vcpus
         .iter()
@@ -138,9 +111,14 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
             Ok(vcpu)
         })
         .collect::<Result<Vec<_>>>()?;
-    // After the devices and the vCPUs: restoring the pins' routes resends the interrupts the
-    // devices still owe, which must land in the restored local APICs (restoring a local APIC
-    // replaces its pending interrupts).
+    for (transport, saved) in transports.iter().zip(&state.virtio) {
+        let mut transport = transport.lock().map_err(|_| SnapshotError::Invalid("virtio device lock"))?;
+        transport
+            .restore(saved)
+            .map_err(|reason| SnapshotError::Restore { what: "a virtio device".into(), reason })?;
+    }
+    pci.sync_all_bars();
+    // Restoring the pins' routes resends what virtio-mmio devices owe (their unmask hooks).
     devices
         .ioapic
         .lock()
@@ -151,6 +129,42 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
     let parts =
         VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file: Some(backing_file) };
     parts.into_vm(&config)
+}
+
+/// A virtio device's transport, shared by the bus that presents it and the snapshot that holds it.
+type SharedTransport = Arc<Mutex<dyn SnapshotTransport>>;
+
+/// Creates the configured virtio devices on their transport; returns them (in the configuration's
+/// order) and the PCI bus, which every VM has.
+fn attach_virtio(
+    config: &VmConfig,
+    vm: &Arc<VmFd>,
+    memory: &GuestRam,
+    devices: &LegacyDevices,
+    mmio_slots: &[virtio_devices::MmioSlot],
+    controls: &mut virtio_devices::VirtioControls,
+) -> Result<(Vec<SharedTransport>, PciBus)> {
+    let mut pci = PciBus::create(&devices.pio_bus, &devices.mmio_bus)?;
+    let transports: Vec<SharedTransport> = match config.transport {
+        VirtioTransport::Mmio => virtio_devices::attach_all(
+            vm,
+            &devices.mmio_bus,
+            &devices.msi_sink,
+            memory,
+            &config.virtio,
+            mmio_slots,
+            controls,
+        )?
+        .into_iter()
+        .map(|t| t as SharedTransport)
+        .collect(),
+        VirtioTransport::Pci => pci
+            .attach_virtio(vm, &devices.routing, memory, &config.virtio, controls)?
+            .into_iter()
+            .map(|t| t as SharedTransport)
+            .collect(),
+    };
+    Ok((transports, pci))
 }
 
 /// Opens KVM and creates the VM with its interrupt controller and guest RAM.
@@ -181,7 +195,7 @@ struct VmParts {
     memory: GuestRam,
     devices: LegacyDevices,
     controls: virtio_devices::VirtioControls,
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    transports: Vec<SharedTransport>,
     vcpus: Vec<VcpuFd>,
     backing_file: Option<FileIdentity>,
 }

@@ -60,9 +60,10 @@ impl PciBus {
         memory: &GuestRam,
         configs: &[VirtioConfig],
         controls: &mut VirtioControls,
-    ) -> Result<()> {
+    ) -> Result<Vec<Arc<Mutex<PciTransport>>>> {
         let device_error = |reason: String| Error::Device { name: "virtio-pci", reason };
         let notify_binder: Arc<dyn NotifyBinder> = Arc::new(KvmNotifyBinder(vm.clone()));
+        let mut transports = Vec::with_capacity(configs.len());
         for config in configs {
             let device = create_device(config, memory, controls)?;
             let vectors = Arc::new(KvmMsixVectors::new(
@@ -78,15 +79,22 @@ impl PciBus {
                 PciTransport::new(device, memory.clone(), bar as u32, vectors, notify_binder.clone())
                     .map_err(|e| device_error(e.to_string()))?;
             let device_type = transport.device_type();
+            let transport = Arc::new(Mutex::new(transport));
             let slot = self
                 .root
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .add_device(Arc::new(Mutex::new(transport)))
+                .add_device(transport.clone())
                 .map_err(|e| device_error(e.to_string()))?;
             tracing::debug!("virtio-pci device {device_type} at 00:{slot:02x}.0, BAR 0 at {bar:#x}");
+            transports.push(transport);
         }
-        Ok(())
+        Ok(transports)
+    }
+
+    /// Maps every device's BARs where its configuration space says, after a restore.
+    pub fn sync_all_bars(&self) {
+        self.root.lock().unwrap_or_else(|e| e.into_inner()).sync_all_bars();
     }
 }
 

@@ -114,6 +114,18 @@ impl ConfigSpace {
         }
     }
 
+    /// The registers as they stand, for a snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.registers.to_vec()
+    }
+
+    /// Takes the registers a snapshot saved from a function built the same way (same BARs and
+    /// capabilities, so the write masks agree with them).
+    pub fn restore(&mut self, registers: &[u8]) -> Result<(), PciError> {
+        self.registers = registers.try_into().map_err(|_| PciError::SnapshotSize(registers.len()))?;
+        Ok(())
+    }
+
     /// The 16-bit register at `offset` (within the conventional space).
     pub fn u16_at(&self, offset: usize) -> u16 {
         let mut bytes = [0u8; 2];

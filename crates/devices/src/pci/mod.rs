@@ -41,6 +41,8 @@ pub enum PciError {
     CapabilitySpace { id: u8, size: usize },
     #[error("every slot of PCI bus 0 is taken")]
     NoFreeSlot,
+    #[error("a saved configuration space of {0} bytes does not fit this function's")]
+    SnapshotSize(usize),
 }
 
 /// A PCI function as the root bus sees it: its configuration space and its BARs.

@@ -53,6 +53,15 @@ impl Vector {
     };
 }
 
+/// One function's MSI-X state as a snapshot keeps it: per vector its message (address low and
+/// high, data), mask and pending bits; and the function's enable and mask bits.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixSnapshot {
+    vectors: Vec<(u32, u32, u32, bool, bool)>,
+    enabled: bool,
+    function_masked: bool,
+}
+
 /// The MSI-X state of one function.
 pub struct Msix {
     vectors: Vec<Vector>,
@@ -71,6 +80,45 @@ impl Msix {
             function_masked: false,
             delivery,
         }
+    }
+
+    /// The table and control bits, for a snapshot.
+    pub fn snapshot(&self) -> MsixSnapshot {
+        MsixSnapshot {
+            vectors: self
+                .vectors
+                .iter()
+                .map(|v| (v.message.address_lo, v.message.address_hi, v.message.data, v.masked, v.pending))
+                .collect(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Takes a saved table and control bits. Routes are set again lazily, on each vector's next
+    /// delivery; vectors pending and deliverable now are delivered.
+    pub fn restore(&mut self, saved: &MsixSnapshot) -> Result<(), String> {
+        if saved.vectors.len() != self.vectors.len() {
+            return Err(format!(
+                "{} saved MSI-X vectors, {} in the table",
+                saved.vectors.len(),
+                self.vectors.len()
+            ));
+        }
+        for (vector, &(address_lo, address_hi, data, masked, pending)) in
+            self.vectors.iter_mut().zip(&saved.vectors)
+        {
+            *vector = Vector {
+                message: MsiMessage { address_lo, address_hi, data },
+                masked,
+                pending,
+                routed: None,
+            };
+        }
+        self.enabled = saved.enabled;
+        self.function_masked = saved.function_masked;
+        self.deliver_pending();
+        Ok(())
     }
 
     /// Number of vectors in the table.

@@ -62,6 +62,14 @@ impl PciRoot {
         self.sync_bars(usize::from(device));
     }
 
+    /// Makes the MMIO bus match every device's BARs, after their configuration spaces were
+    /// restored from a snapshot.
+    pub fn sync_all_bars(&mut self) {
+        for index in 0..self.slots.len() {
+            self.sync_bars(index);
+        }
+    }
+
     fn slot(&self, bus: u8, device: u8, function: u8) -> Option<&Slot> {
         if bus != 0 || function != 0 {
             return None;

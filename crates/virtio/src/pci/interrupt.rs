@@ -71,6 +71,29 @@ impl PciInterrupt {
         self.isr.swap(0, Ordering::SeqCst)
     }
 
+    /// The vectors the driver chose (configuration, then per queue) and the ISR, for a snapshot.
+    pub(crate) fn snapshot(&self) -> (u16, Vec<u16>, u8) {
+        let queues = self.queue_vectors.iter().map(|v| v.load(Ordering::SeqCst)).collect();
+        (self.config_vector(), queues, self.isr.load(Ordering::SeqCst))
+    }
+
+    /// Takes saved vectors and ISR (checked against the table like the driver's writes).
+    pub(crate) fn restore(&self, config_vector: u16, queue_vectors: &[u16], isr: u8) -> Result<(), String> {
+        if queue_vectors.len() != self.queue_vectors.len() {
+            return Err(format!(
+                "{} saved queue vectors for {} queues",
+                queue_vectors.len(),
+                self.queue_vectors.len()
+            ));
+        }
+        self.set_config_vector(config_vector);
+        for (queue, &vector) in queue_vectors.iter().enumerate() {
+            self.set_queue_vector(queue, vector);
+        }
+        self.isr.store(isr, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// The device was reset: no vectors chosen, nothing to report.
     pub(crate) fn reset(&self) {
         self.config_vector.store(NO_VECTOR, Ordering::SeqCst);

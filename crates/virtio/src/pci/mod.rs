@@ -17,12 +17,13 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use crate::GuestRam;
-use devices::pci::msix::{Msix, MsixDelivery};
+use devices::pci::msix::{Msix, MsixDelivery, MsixSnapshot};
 use devices::pci::{ConfigSpace, PciDevice, PciError, PciIds};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{device_type, VirtioDevice};
-use crate::transport::TransportState;
+use crate::snapshot::{SnapshotTransport, VirtioSnapshot};
+use crate::transport::{TransportSnapshot, TransportState};
 use interrupt::PciInterrupt;
 pub use interrupt::NO_VECTOR;
 use layout::{BAR_INDEX, DEVICE_CONFIG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_OFF_MULTIPLIER};
@@ -51,6 +52,19 @@ pub enum PciTransportError {
     Config(#[from] PciError),
     #[error("cannot create the queue events: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A virtio-pci device as a snapshot keeps it: the transport and queues, the configuration space
+/// (BAR addresses, command register, capabilities' writable parts), the MSI-X table and the
+/// vectors the driver chose.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciSnapshot {
+    transport: TransportSnapshot,
+    config_space: Vec<u8>,
+    msix: MsixSnapshot,
+    config_vector: u16,
+    queue_vectors: Vec<u16>,
+    isr: u8,
 }
 
 /// One virtio device behind virtio-pci.
@@ -167,6 +181,36 @@ fn region(offset: u64) -> Option<(Region, u64)> {
         _ => return None,
     };
     Some((region, offset - base))
+}
+
+impl SnapshotTransport for PciTransport {
+    fn hold(&mut self) -> io::Result<VirtioSnapshot> {
+        let transport = self.state.hold()?;
+        let (config_vector, queue_vectors, isr) = self.interrupt.snapshot();
+        Ok(VirtioSnapshot::Pci(PciSnapshot {
+            transport,
+            config_space: self.config.snapshot(),
+            msix: self.interrupt.msix().snapshot(),
+            config_vector,
+            queue_vectors,
+            isr,
+        }))
+    }
+
+    fn release(&mut self) {
+        self.state.release();
+    }
+
+    /// The BARs move to their saved addresses when the VMM has the PCI root sync them after this.
+    fn restore(&mut self, saved: &VirtioSnapshot) -> Result<(), String> {
+        let VirtioSnapshot::Pci(saved) = saved else {
+            return Err("the snapshot has a virtio-mmio device where this VM has a virtio-pci one".into());
+        };
+        self.config.restore(&saved.config_space).map_err(|e| e.to_string())?;
+        self.interrupt.msix().restore(&saved.msix)?;
+        self.interrupt.restore(saved.config_vector, &saved.queue_vectors, saved.isr)?;
+        self.state.restore(&saved.transport)
+    }
 }
 
 impl PciDevice for PciTransport {

@@ -16,7 +16,7 @@ use devices::legacy::{Cmos, CmosSnapshot, Serial, SerialSnapshot};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
-use virtio::mmio::{MmioSnapshot, MmioTransport};
+use virtio::snapshot::{SnapshotTransport, VirtioSnapshot};
 use virtio::GuestRam;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -62,8 +62,6 @@ pub enum SnapshotError {
     TooManyMsrs(usize),
     #[error("the snapshot file is truncated: {found} bytes, {expected} expected")]
     Truncated { expected: u64, found: u64 },
-    #[error("snapshots of VMs on the PCI transport are not supported yet (use --transport mmio)")]
-    UnsupportedTransport,
     #[error("vCPU {0} did not save its state within {1:?}")]
     VcpuTimeout(u8, Duration),
     #[error("the snapshot file has format version {found}; this Kestrel reads version {supported}")]
@@ -82,7 +80,7 @@ pub struct VmState {
     pub serial: SerialSnapshot,
     pub cmos: CmosSnapshot,
     /// The virtio devices' transport and queue states, in the configuration's order.
-    pub virtio: Vec<MmioSnapshot>,
+    pub virtio: Vec<VirtioSnapshot>,
 }
 
 /// Reads and checks a state file.
@@ -123,7 +121,8 @@ pub(crate) struct SnapshotSources {
     pub ioapic: Arc<Mutex<Ioapic>>,
     pub serial: Arc<Mutex<Serial>>,
     pub cmos: Arc<Mutex<Cmos>>,
-    pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The virtio devices' transports, in the configuration's order.
+    pub virtio: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
     /// KVM logs the vCPUs' writes (KVM_MEM_LOG_DIRTY_PAGES), so diff snapshots are possible.
     pub dirty_tracking: bool,
     /// The memory file guest RAM is mapped from, for a restored VM.
@@ -145,9 +144,6 @@ pub(crate) fn create(
 ) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let _one_at_a_time = sources.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
-    if sources.config.transport != crate::config::VirtioTransport::Mmio {
-        return Err(SnapshotError::UnsupportedTransport);
-    }
     if request.kind == SnapshotKind::Diff && !sources.dirty_tracking {
         return Err(SnapshotError::DiffWithoutTracking);
     }
@@ -173,7 +169,7 @@ fn write_snapshot(
     sources: &SnapshotSources,
     vcpus: &VcpuShared,
     request: &SnapshotRequest,
-    virtio: Vec<MmioSnapshot>,
+    virtio: Vec<VirtioSnapshot>,
 ) -> Result<(u64, u64), SnapshotError> {
     let vcpu_states = vcpus.save_states(&sources.msr_indices, VCPU_SAVE_TIMEOUT)?;
     let clock =
