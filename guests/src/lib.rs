@@ -30,6 +30,14 @@
 ///     there, `exit: reset`, reset
 ///   - `crash`: `exit: crash`, jump to 0xD0001000 (no memory there)
 ///   - `echo`: `echo: ready`, reads COM1 until `\n` or `\r`, `echo: <line>`, reset
+///   - `ctrl-alt-del`: routes IOAPIC pin 1 (edge, vector 0x31) to its local APIC (software-enabled),
+///     prints `keyboard: waiting`, then polls the i8042 status (port 0x64) until its output buffer
+///     holds a byte (bounded: `keyboard: no key from the host`, reset). Then `keyboard: irq 1
+///     pending` if vector 0x31 is pending in the local APIC's IRR (interrupts are off, so it stays
+///     there), else `keyboard: no irq 1`; `keyboard: scan codes` followed by ` <2 hex digits>` for
+///     each byte read from port 0x60 while the status says there is one (at most 16);
+///     `keyboard: ctrl-alt-del, rebooting` if they were 14 11 e0 71 (Ctrl, Alt, Delete in scan code
+///     set 2), else `keyboard: not ctrl-alt-del, resetting`; then a reset, as Linux reboots
 ///   - `hang`: `exit: hang`, spins forever
 ///   - anything else: `exit: unknown value, resetting`, reset
 pub const HELLO: &str = env!("KESTREL_GUEST_HELLO");

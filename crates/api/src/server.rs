@@ -63,12 +63,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 /// the client as a 400.
 pub type Starter = Box<dyn FnMut(VmConfig) -> Result<Box<dyn VmControl>, String> + Send>;
 
-/// What the API can do to a running VM: `PATCH /vm`.
+/// What the API can do to a running VM: `PATCH /vm`, and the post-boot device actions.
 pub trait VmControl: Send {
     /// Returns once the vCPUs are paused; pausing a paused VM succeeds.
     fn pause(&self) -> Result<(), String>;
     /// Resuming a running VM succeeds.
     fn resume(&self) -> Result<(), String>;
+    /// `SendCtrlAltDel`: types Ctrl+Alt+Del on the guest's keyboard.
+    fn send_ctrl_alt_del(&self) -> Result<(), String>;
 }
 
 impl VmControl for vmm::vm::VmHandle {
@@ -79,6 +81,10 @@ impl VmControl for vmm::vm::VmHandle {
     fn resume(&self) -> Result<(), String> {
         vmm::vm::VmHandle::resume(self);
         Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        self.devices().send_ctrl_alt_del().map_err(|e| e.to_string())
     }
 }
 
@@ -119,6 +125,11 @@ impl Api {
 
     fn started(&self) -> bool {
         self.state != InstanceState::NotStarted
+    }
+
+    /// The running VM, for a post-boot-only request.
+    fn vm(&self) -> Result<&dyn VmControl, String> {
+        self.vm.as_deref().ok_or_else(|| NOT_SUPPORTED_BEFORE_START.into())
     }
 
     /// A pre-boot-only configuration request.
@@ -187,16 +198,16 @@ impl Api {
                 let action: InstanceActionInfo = parse_body(body)?;
                 match action.action_type {
                     ActionType::InstanceStart => self.start(),
-                    ActionType::SendCtrlAltDel if !self.started() => Err(NOT_SUPPORTED_BEFORE_START.into()),
-                    ActionType::SendCtrlAltDel => Err(not_yet("SendCtrlAltDel")),
+                    ActionType::SendCtrlAltDel => {
+                        self.vm()?.send_ctrl_alt_del()?;
+                        Ok(Response::no_content())
+                    }
                     ActionType::FlushMetrics => Err(not_yet("FlushMetrics (metrics)")),
                 }
             }
             (Patch, ["vm"]) => {
                 let VmState { state } = parse_body(body)?;
-                let Some(vm) = &self.vm else {
-                    return Err(NOT_SUPPORTED_BEFORE_START.into());
-                };
+                let vm = self.vm()?;
                 // Like Firecracker, pausing a paused VM and resuming a running one succeed.
                 match state {
                     VmStateValue::Paused => {
@@ -314,7 +325,7 @@ fn serve_connection(mut stream: UnixStream, api: &Mutex<Api>) {
 mod tests {
     use super::*;
 
-    /// A VM that records the pause and resume calls it gets.
+    /// A VM that records the calls it gets.
     struct FakeVm(Arc<Mutex<Vec<&'static str>>>);
 
     impl VmControl for FakeVm {
@@ -325,6 +336,11 @@ mod tests {
 
         fn resume(&self) -> Result<(), String> {
             self.0.lock().unwrap().push("resume");
+            Ok(())
+        }
+
+        fn send_ctrl_alt_del(&self) -> Result<(), String> {
+            self.0.lock().unwrap().push("ctrl-alt-del");
             Ok(())
         }
     }
@@ -442,6 +458,27 @@ mod tests {
         assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Running");
         assert_eq!(call(&mut api, Method::Patch, "/vm", resumed).0, 204);
         assert_eq!(*calls.lock().unwrap(), ["pause", "pause", "resume", "resume"]);
+    }
+
+    /// Starts the API's VM on a kernel file that only has to exist.
+    fn start(api: &mut Api) -> tempfile::NamedTempFile {
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        kernel
+    }
+
+    #[test]
+    fn send_ctrl_alt_del_reaches_the_running_vm() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let action = r#"{"action_type": "SendCtrlAltDel"}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/actions", action), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["ctrl-alt-del", "ctrl-alt-del"]);
     }
 
     #[test]

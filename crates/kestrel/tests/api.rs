@@ -300,3 +300,41 @@ fn run_with_a_firecracker_config_file() {
     command.arg("run").arg("--config").arg(&file).arg("--kernel").arg(guests::HELLO);
     assert_eq!(common::run_to_end(command, b"").status.code(), Some(2));
 }
+
+/// `SendCtrlAltDel`: the hello guest, waiting on the i8042 with IRQ 1 routed to its local APIC,
+/// finds the interrupt pending and reads Ctrl, Alt, Delete in scan code set 2; then it resets, as
+/// Linux reboots on Ctrl+Alt+Del, and the VMM ends with the reset status.
+#[test]
+fn send_ctrl_alt_del_types_the_keys_and_raises_irq_1() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm(&socket);
+    let watchdog = Watchdog::new(&child);
+    let action = r#"{"action_type": "SendCtrlAltDel"}"#;
+    assert_fault(request(&socket, "PUT", "/actions", action), "not supported before starting the microVM");
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "exit=ctrl-alt-del"}}"#, guests::HELLO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut out = wait_for_line(&mut reader, "keyboard: waiting");
+
+    assert_eq!(request(&socket, "PUT", "/actions", action).0, 204);
+    reader.read_to_string(&mut out).unwrap();
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in
+        ["keyboard: irq 1 pending", "keyboard: scan codes 14 11 e0 71", "keyboard: ctrl-alt-del, rebooting"]
+    {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+}

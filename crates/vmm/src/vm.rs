@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::DeviceHandles;
 use crate::console::{ConsoleInput, EscapeParser, RawTerminal};
+use crate::controls::DeviceControls;
 use crate::outcome::VmOutcome;
 use crate::vcpu::{self, VcpuShared, VcpuThread};
 use crate::{Error, Result};
@@ -33,13 +34,15 @@ const TOKEN_SIGNAL: u64 = 5;
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pauses and resumes the VM's vCPUs from another thread (the API's) while [`Vm::run`] runs it.
+/// Pauses and resumes the VM's vCPUs from another thread (the API's) while [`Vm::run`] runs it,
+/// and reaches its devices.
 ///
 /// Only the vCPUs stop: device worker threads (virtio queues, the console) keep running while the
 /// VM is paused. Snapshotting will need them quiesced too; that is not done yet.
 #[derive(Clone)]
 pub struct VmHandle {
     shared: Arc<VcpuShared>,
+    devices: DeviceControls,
 }
 
 impl VmHandle {
@@ -58,6 +61,11 @@ impl VmHandle {
 
     pub fn is_paused(&self) -> bool {
         self.shared.is_paused()
+    }
+
+    /// The devices the API changes while the guest runs (or is paused).
+    pub fn devices(&self) -> &DeviceControls {
+        &self.devices
     }
 }
 
@@ -92,11 +100,11 @@ impl Vm {
         self.devices.virtio.balloon.clone()
     }
 
-    /// The pause/resume handle: take it before [`Vm::run`] to pause and resume the guest from another
-    /// thread. A pause that comes before `run` starts the vCPUs holds them before they first enter
-    /// the guest.
+    /// The pause/resume handle: take it before [`Vm::run`] to pause and resume the guest, and change
+    /// its devices, from another thread. A pause that comes before `run` starts the vCPUs holds
+    /// them before they first enter the guest.
     pub fn handle(&self) -> VmHandle {
-        VmHandle { shared: self.shared.clone() }
+        VmHandle { shared: self.shared.clone(), devices: DeviceControls::new(&self.devices) }
     }
 
     /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.

@@ -1,0 +1,38 @@
+//! What the control API changes in a running VM's devices: the keyboard types Ctrl+Alt+Del.
+//!
+//! Each call reaches the device through the handle the VMM kept when it built it, from the API's
+//! thread while the guest runs, and returns once the device has taken the change; the guest
+//! follows at its own pace, told by an interrupt.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use devices::legacy::{I8042Error, I8042};
+
+use crate::builder::DeviceHandles;
+
+/// Why a device could not take a change.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot type Ctrl+Alt+Del: {0}")]
+    Keyboard(I8042Error),
+}
+
+/// Handles on the devices the API changes; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct DeviceControls {
+    i8042: Arc<Mutex<I8042>>,
+}
+
+impl DeviceControls {
+    pub(crate) fn new(devices: &DeviceHandles) -> DeviceControls {
+        DeviceControls { i8042: devices.i8042.clone() }
+    }
+
+    /// Types Ctrl+Alt+Del on the guest's keyboard (the i8042's output buffer, IRQ 1). A Linux
+    /// guest with the i8042 and atkbd drivers reboots; the VM then ends as a reset.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), ControlError> {
+        // A poisoned lock means a vCPU thread panicked mid-access; the registers are still whole.
+        let mut i8042 = self.i8042.lock().unwrap_or_else(PoisonError::into_inner);
+        i8042.send_ctrl_alt_del().map_err(ControlError::Keyboard)
+    }
+}
