@@ -110,6 +110,14 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 ///   `balloon: deflated <N> pages`. After the `touched` and `inflated` lines it waits for one
 ///   byte on COM1 (bounded: `no byte from the host on the console`), so the host can measure
 ///   its memory use at those points.
+/// - `balloon_update` (device type 5): follows a host that changes the running balloon through
+///   the API, one step per line, each waited for with a bound: negotiates the stats queue,
+///   `balloon_update: target <N> pages`; sends a stats buffer with swap_in = 1 and free memory =
+///   1 MiB, `balloon_update: statistics round 1 sent`; waits for the device to give it back (the
+///   host asked for fresh figures) and sends swap_in = 2, free memory = 2 MiB,
+///   `balloon_update: statistics round 2 sent`; waits for a configuration change (generation),
+///   writes the new target to `actual` (without inflating), `balloon_update: target <N> pages,
+///   actual set`; waits for one more change, `balloon_update: target <N> pages, done`.
 /// - `vsock` (device type 19): prints `vsock: guest cid <CID>` (config space), then speaks the
 ///   packet protocol by hand with 4 rx buffers of 300 bytes. Guest port 1000 connects to host
 ///   port 1234 (REQUEST, RESPONSE), sends RW `ping from the guest`, expects the same bytes back

@@ -270,6 +270,20 @@ impl VmResources {
         self.balloon.as_ref()
     }
 
+    /// Records the target a running VM's balloon took (`PATCH /balloon`), for `GET /balloon`.
+    pub fn record_balloon_target(&mut self, amount_mib: u32) {
+        if let Some(balloon) = &mut self.balloon {
+            balloon.amount_mib = amount_mib;
+        }
+    }
+
+    /// Records the statistics interval a running VM's balloon took (`PATCH /balloon/statistics`).
+    pub fn record_balloon_stats_interval(&mut self, seconds: u16) {
+        if let Some(balloon) = &mut self.balloon {
+            balloon.stats_polling_interval_s = seconds;
+        }
+    }
+
     /// `PUT /entropy`.
     pub fn set_entropy(&mut self, entropy: EntropyDevice) -> Result<(), ConfigError> {
         reject_rate_limiter(&entropy.rate_limiter, "rate_limiter")?;

@@ -52,10 +52,16 @@ fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String)
 
 /// Starts `kestrel vmm` and waits for its socket.
 fn start_vmm(socket: &Path) -> Child {
+    start_vmm_with(socket, &[])
+}
+
+/// [`start_vmm`] with more arguments.
+fn start_vmm_with(socket: &Path, args: &[&str]) -> Child {
     let child = kestrel()
         .arg("vmm")
         .arg("--api-sock")
         .arg(socket)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -67,6 +73,27 @@ fn start_vmm(socket: &Path) -> Child {
         std::thread::sleep(Duration::from_millis(10));
     }
     child
+}
+
+/// A number field of a JSON body as the API writes it (`"name":123`, no spaces).
+fn number(body: &str, name: &str) -> Option<u64> {
+    let start = body.find(&format!("\"{name}\":"))? + name.len() + 3;
+    body[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Repeats `GET path` until its body satisfies `done` (the guest's device has caught up); panics
+/// past a bound.
+fn get_until(socket: &Path, path: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = request(socket, "GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "GET {path} did not reach the expected state: {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn assert_fault(response: (u16, String), expected: &str) {
@@ -337,4 +364,91 @@ fn send_ctrl_alt_del_types_the_keys_and_raises_irq_1() {
     {
         assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
     }
+}
+
+/// `PATCH /balloon`, `PATCH /balloon/statistics` and `GET /balloon/statistics` with the virtio
+/// guest's `balloon_update` test on the other side: the statistics it sends come back through the
+/// API, a new interval asks for fresh ones at once, a new target reaches its driver as a
+/// configuration change, and `actual` comes back.
+fn the_running_balloon_follows_the_api(transport: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm_with(&socket, &["--transport", transport]);
+    let watchdog = Watchdog::new(&child);
+    let boot =
+        format!(r#"{{"kernel_image_path": "{}", "boot_args": "test=balloon_update"}}"#, guests::VIRTIO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    // An interval the test never waits out: the guest gets a request only when the API asks.
+    let balloon = r#"{"amount_mib": 16, "deflate_on_oom": false, "stats_polling_interval_s": 3600}"#;
+    assert_eq!(request(&socket, "PUT", "/balloon", balloon).0, 204);
+    assert_fault(request(&socket, "GET", "/balloon/statistics", ""), "not supported before starting");
+    assert_fault(
+        request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 8}"#),
+        "not supported before starting",
+    );
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+
+    let mut out = wait_for_line(&mut reader, "balloon_update: statistics round 1 sent");
+    assert!(out.contains("balloon_update: target 4096 pages\n"), "{out}");
+    let stats = get_until(&socket, "/balloon/statistics", |b| number(b, "swap_in") == Some(1));
+    assert_eq!(number(&stats, "free_memory"), Some(1 << 20), "{stats}");
+    assert_eq!((number(&stats, "target_pages"), number(&stats, "target_mib")), (Some(4096), Some(16)));
+    assert_eq!(number(&stats, "actual_pages"), Some(0), "{stats}");
+    assert!(!stats.contains("total_memory"), "statistics the guest did not send are left out: {stats}");
+
+    let interval = r#"{"stats_polling_interval_s": 1800}"#;
+    assert_eq!(request(&socket, "PATCH", "/balloon/statistics", interval).0, 204);
+    out += &wait_for_line(&mut reader, "balloon_update: statistics round 2 sent");
+    let stats = get_until(&socket, "/balloon/statistics", |b| number(b, "swap_in") == Some(2));
+    assert_eq!(number(&stats, "free_memory"), Some(2 << 20), "{stats}");
+
+    assert_eq!(request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 32}"#).0, 204);
+    out += &wait_for_line(&mut reader, "balloon_update: target 8192 pages, actual set");
+    let (status, stats) = request(&socket, "GET", "/balloon/statistics", "");
+    assert_eq!(status, 200);
+    assert_eq!((number(&stats, "target_mib"), number(&stats, "actual_mib")), (Some(32), Some(32)), "{stats}");
+    assert_eq!(number(&stats, "actual_pages"), Some(8192), "{stats}");
+    let (status, config) = request(&socket, "GET", "/balloon", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        (number(&config, "amount_mib"), number(&config, "stats_polling_interval_s")),
+        (Some(32), Some(1800))
+    );
+
+    assert_fault(
+        request(&socket, "PATCH", "/balloon/statistics", r#"{"stats_polling_interval_s": 0}"#),
+        "cannot be turned on or off",
+    );
+    assert_fault(
+        request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 65}"#),
+        "larger than the guest's 64 MiB",
+    );
+    assert_eq!(request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 0}"#).0, 204);
+    reader.read_to_string(&mut out).unwrap();
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in ["balloon_update: target 0 pages, done", "balloon_update: ok"] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn the_running_balloon_follows_the_api_on_mmio() {
+    the_running_balloon_follows_the_api("mmio");
+}
+
+#[test]
+fn the_running_balloon_follows_the_api_on_pci() {
+    the_running_balloon_follows_the_api("pci");
 }

@@ -1,4 +1,5 @@
-//! What the control API changes in a running VM's devices: the keyboard types Ctrl+Alt+Del.
+//! What the control API changes in a running VM's devices: the keyboard types Ctrl+Alt+Del, the
+//! balloon takes a new target or statistics interval and reports.
 //!
 //! Each call reaches the device through the handle the VMM kept when it built it, from the API's
 //! thread while the guest runs, and returns once the device has taken the change; the guest
@@ -7,6 +8,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::legacy::{I8042Error, I8042};
+use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 
 use crate::builder::DeviceHandles;
 
@@ -15,17 +17,42 @@ use crate::builder::DeviceHandles;
 pub enum ControlError {
     #[error("cannot type Ctrl+Alt+Del: {0}")]
     Keyboard(I8042Error),
+    #[error("the VM has no balloon device")]
+    NoBalloon,
+    #[error("{0}")]
+    Balloon(BalloonError),
 }
 
 /// Handles on the devices the API changes; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct DeviceControls {
     i8042: Arc<Mutex<I8042>>,
+    balloon: Option<BalloonControl>,
 }
 
 impl DeviceControls {
     pub(crate) fn new(devices: &DeviceHandles) -> DeviceControls {
-        DeviceControls { i8042: devices.i8042.clone() }
+        DeviceControls { i8042: devices.i8042.clone(), balloon: devices.virtio.balloon.clone() }
+    }
+
+    fn balloon(&self) -> Result<&BalloonControl, ControlError> {
+        self.balloon.as_ref().ok_or(ControlError::NoBalloon)
+    }
+
+    /// Asks the guest's balloon driver to grow or shrink the balloon to `target_mib`.
+    pub fn set_balloon_target(&self, target_mib: u32) -> Result<(), ControlError> {
+        self.balloon()?.set_target_mib(target_mib).map_err(ControlError::Balloon)
+    }
+
+    /// Asks the guest for memory statistics every `seconds` from now on (statistics cannot be
+    /// turned on or off while it runs).
+    pub fn set_balloon_stats_interval(&self, seconds: u16) -> Result<(), ControlError> {
+        self.balloon()?.set_stats_interval(seconds).map_err(ControlError::Balloon)
+    }
+
+    /// The balloon's sizes and the guest's latest statistics (fails without statistics).
+    pub fn balloon_report(&self) -> Result<BalloonReport, ControlError> {
+        self.balloon()?.report().map_err(ControlError::Balloon)
     }
 
     /// Types Ctrl+Alt+Del on the guest's keyboard (the i8042's output buffer, IRQ 1). A Linux
