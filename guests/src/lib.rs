@@ -102,6 +102,12 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 ///   IOERR`. Then `blk: flush ok` (when VIRTIO_BLK_F_FLUSH is offered), `blk: id <GET_ID string>`,
 ///   and `blk: past the end IOERR, unknown type UNSUPP` (a read at sector = capacity and request
 ///   type 99).
+/// - `blk_swap` (device type 2): follows a host that gives the running disk a new backing file:
+///   `blk_swap: capacity <N> sectors, sector 0 says <text>` (the printable bytes sector 0 starts
+///   with, at most 32), `blk_swap: waiting for a new disk`, then waits (bounded) for a
+///   configuration change (generation), prints the same line for the new disk, reads its last
+///   sector and the one after (IOERR expected): `blk_swap: last sector <N - 1> read, the one after
+///   IOERR`.
 /// - `balloon` (device type 5): reads the target, `balloon: target <N> pages`; writes every one
 ///   of those 4 KiB pages from guest-physical 16 MiB up (so the guest needs 16 MiB + the target of
 ///   RAM; more than 128 MiB fails), `balloon: touched <N> pages`; inflates with their PFNs (256

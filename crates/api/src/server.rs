@@ -13,8 +13,8 @@ use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::http::{read_request, HttpError, Method, Request, Response};
 use crate::models::{
     ActionType, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, EntropyDevice,
-    InstanceActionInfo, InstanceInfo, InstanceState, MachineConfiguration, NetworkInterface, VmState,
-    VmStateValue, Vsock,
+    InstanceActionInfo, InstanceInfo, InstanceState, MachineConfiguration, NetworkInterface, PartialDrive,
+    VmState, VmStateValue, Vsock,
 };
 use crate::resources::VmResources;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
@@ -78,6 +78,9 @@ pub trait VmControl: Send {
     fn balloon_statistics(&self) -> Result<BalloonStats, String>;
     /// `PATCH /balloon/statistics`: a new interval (statistics cannot be turned on or off).
     fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), String>;
+    /// `PATCH /drives/{drive_id}`: disk `index` (in the order of the VM configuration's disks)
+    /// is the file at `path` from now on.
+    fn update_drive(&self, index: usize, path: &Path) -> Result<(), String>;
 }
 
 impl VmControl for vmm::vm::VmHandle {
@@ -127,6 +130,10 @@ impl VmControl for vmm::vm::VmHandle {
 
     fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), String> {
         self.devices().set_balloon_stats_interval(seconds).map_err(|e| e.to_string())
+    }
+
+    fn update_drive(&self, index: usize, path: &Path) -> Result<(), String> {
+        self.devices().replace_disk(index, path).map_err(|e| e.to_string())
     }
 }
 
@@ -292,10 +299,16 @@ impl Api {
                 }
                 Ok(Response::no_content())
             }
-            (Patch, ["drives", _]) | (Patch, ["network-interfaces", _]) if !self.started() => {
-                Err(NOT_SUPPORTED_BEFORE_START.into())
+            (Patch, ["drives", id]) => {
+                let update: PartialDrive = parse_body(body)?;
+                let vm = self.vm()?;
+                let (index, path) =
+                    self.resources.check_drive_update(id, &update).map_err(|e| e.to_string())?;
+                vm.update_drive(index, &path).map_err(|e| format!("Cannot update the drive: {e}"))?;
+                self.resources.record_drive_path(id, &path.to_string_lossy());
+                Ok(Response::no_content())
             }
-            (Patch, ["drives", _]) => Err(not_yet("Updating a drive after start (PATCH /drives)")),
+            (Patch, ["network-interfaces", _]) if !self.started() => Err(NOT_SUPPORTED_BEFORE_START.into()),
             (Patch, ["network-interfaces", _]) => {
                 Err(not_yet("Updating rate limiters (PATCH /network-interfaces)"))
             }
@@ -438,6 +451,15 @@ mod tests {
                 return Err("cannot turn them off".into());
             }
             self.record(format!("interval {seconds}"));
+            Ok(())
+        }
+
+        /// Refuses directories, as a disk does.
+        fn update_drive(&self, index: usize, path: &Path) -> Result<(), String> {
+            if path.is_dir() {
+                return Err("not a disk".into());
+            }
+            self.record(format!("drive {index} {}", path.display()));
             Ok(())
         }
     }
@@ -628,6 +650,47 @@ mod tests {
         assert!(fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": -1}"#).contains("invalid value"));
         assert!(fault(&mut api, Method::Patch, "/balloon/statistics", "{}").contains("missing field"));
         assert_eq!(*calls.lock().unwrap(), ["balloon 64", "interval 2", "statistics"]);
+    }
+
+    #[test]
+    fn a_drive_gets_a_new_file_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let (old, new) = (kernel(), kernel());
+        let (old, new) = (old.path().to_str().unwrap(), new.path().to_str().unwrap());
+        for (id, root) in [("data", false), ("rootfs", true)] {
+            let drive = format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "{old}", "is_root_device": {root}, "is_read_only": false}}"#
+            );
+            assert_eq!(call(&mut api, Method::Put, &format!("/drives/{id}"), &drive).0, 204);
+        }
+        let update = format!(r#"{{"drive_id": "data", "path_on_host": "{new}"}}"#);
+        assert_eq!(fault(&mut api, Method::Patch, "/drives/data", &update), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+
+        assert_eq!(call(&mut api, Method::Patch, "/drives/data", &update).0, 204);
+        let config = call(&mut api, Method::Get, "/vm/config", "").1;
+        let paths: Vec<_> =
+            config["drives"].as_array().unwrap().iter().map(|d| d["path_on_host"].clone()).collect();
+        assert_eq!(paths, [new, old], "the configuration follows the change");
+
+        let directory = tempfile::tempdir().unwrap();
+        let refused =
+            format!(r#"{{"drive_id": "rootfs", "path_on_host": "{}"}}"#, directory.path().display());
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/drives/rootfs", &refused),
+            "Cannot update the drive: not a disk"
+        );
+        assert!(fault(
+            &mut api,
+            Method::Patch,
+            "/drives/other",
+            r#"{"drive_id": "other", "path_on_host": "/x"}"#
+        )
+        .contains("no drive other is configured"));
+        assert!(fault(&mut api, Method::Patch, "/drives/data", r#"{"drive_id": "data", "x": 1}"#)
+            .contains("unknown field"));
+        assert_eq!(*calls.lock().unwrap(), [format!("drive 1 {new}")], "the root drive is the VM's disk 0");
     }
 
     #[test]

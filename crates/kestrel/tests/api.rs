@@ -452,3 +452,70 @@ fn the_running_balloon_follows_the_api_on_mmio() {
 fn the_running_balloon_follows_the_api_on_pci() {
     the_running_balloon_follows_the_api("pci");
 }
+
+/// `PATCH /drives/{id}` with the virtio guest's `blk_swap` test on the other side: the running
+/// disk's new file, of another size, reaches the guest as a configuration change, and the guest
+/// reads the new contents up to the new end.
+fn a_running_disk_gets_a_new_backing_file(transport: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str, text: &str, sectors: usize| {
+        let path = dir.path().join(name);
+        let mut bytes = vec![0u8; sectors * 512];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (first, second) =
+        (image("first.img", "the first disk", 128), image("second.img", "the second disk", 256));
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm_with(&socket, &["--transport", transport]);
+    let watchdog = Watchdog::new(&child);
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "test=blk_swap"}}"#, guests::VIRTIO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{first}", "is_root_device": false, "is_read_only": false}}"#
+    );
+    assert_eq!(request(&socket, "PUT", "/drives/data", &drive).0, 204);
+    let update = format!(r#"{{"drive_id": "data", "path_on_host": "{second}"}}"#);
+    assert_fault(request(&socket, "PATCH", "/drives/data", &update), "not supported before starting");
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut out = wait_for_line(&mut reader, "blk_swap: waiting for a new disk");
+    assert!(out.contains("blk_swap: capacity 128 sectors, sector 0 says the first disk\n"), "{out}");
+
+    let missing = r#"{"drive_id": "data", "path_on_host": "/nonexistent/disk.img"}"#;
+    assert_fault(request(&socket, "PATCH", "/drives/data", missing), "cannot be opened");
+    let limited = format!(r#"{{"drive_id": "data", "path_on_host": "{second}", "rate_limiter": {{}}}}"#);
+    assert_fault(request(&socket, "PATCH", "/drives/data", &limited), "rate_limiter is not supported");
+    assert_eq!(request(&socket, "PATCH", "/drives/data", &update).0, 204);
+    reader.read_to_string(&mut out).unwrap();
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "blk_swap: capacity 256 sectors, sector 0 says the second disk",
+        "blk_swap: last sector 255 read, the one after IOERR",
+        "blk_swap: ok",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_running_disk_gets_a_new_backing_file_on_mmio() {
+    a_running_disk_gets_a_new_backing_file("mmio");
+}
+
+#[test]
+fn a_running_disk_gets_a_new_backing_file_on_pci() {
+    a_running_disk_gets_a_new_backing_file("pci");
+}
