@@ -10,6 +10,12 @@
  * far beyond the microseconds a device takes, and well inside the test harness's hang limit.
  */
 #define USED_WAIT_SPINS (1UL << 28)
+/*
+ * Generation reads before a wait for a configuration change gives up: each read is a VM exit, 30
+ * to 120 us on the nested test host depending on its load, so 4-16 s: far more than a host's
+ * API request takes, and well inside the test harness's hang limit.
+ */
+#define CONFIG_WAIT_READS (1UL << 17)
 
 /* Status reads before a reset counts as failed (each read is a VM exit, tens of microseconds). */
 #define RESET_READS 100000
@@ -111,6 +117,21 @@ u64 virtio_config_read64(struct virtio_dev *dev, u32 offset)
 		high = dev->transport->config_read(dev, offset + 4, 4);
 	} while (generation != dev->transport->config_generation(dev));
 	return low | (u64)high << 32;
+}
+
+u32 virtio_config_generation(struct virtio_dev *dev)
+{
+	return dev->transport->config_generation(dev);
+}
+
+const char *virtio_wait_config_change(struct virtio_dev *dev, u32 generation)
+{
+	for (u64 reads = 0; virtio_config_generation(dev) == generation; reads++) {
+		if (reads == CONFIG_WAIT_READS)
+			return "timeout waiting for the device to change its configuration";
+		cpu_relax();
+	}
+	return NULL;
 }
 
 void virtio_config_write(struct virtio_dev *dev, u32 offset, u32 width, u32 value)

@@ -10,6 +10,7 @@
  *   virtio_driver_ok(dev)            DRIVER_OK, and check the device did not give up
  *   virtq_transfer(&vq, bufs, n, &len)  one request: add a chain, notify, poll for completion
  *   virtio_config_read(dev, off, width), virtio_config_read64, virtio_config_write
+ *   virtio_config_generation(dev), virtio_wait_config_change(dev, generation)
  *
  * Completion is found by polling the used ring with a bounded spin; nothing here uses interrupts.
  * Every step that can fail returns NULL on success or a short reason for `<test>: FAILED <reason>`.
@@ -163,6 +164,10 @@ const char *virtio_reset(struct virtio_dev *dev);
 u32 virtio_config_read(struct virtio_dev *dev, u32 offset, u32 width);
 u64 virtio_config_read64(struct virtio_dev *dev, u32 offset);
 void virtio_config_write(struct virtio_dev *dev, u32 offset, u32 width, u32 value);
+/* The configuration generation: it changes each time the device signals a configuration change. */
+u32 virtio_config_generation(struct virtio_dev *dev);
+/* Polls (bounded) until the generation is no longer `generation`: the device changed something. */
+const char *virtio_wait_config_change(struct virtio_dev *dev, u32 generation);
 
 /*
  * Memory the device may access: static, zeroed, never freed (each guest run is short). For

@@ -30,6 +30,14 @@
 ///     there, `exit: reset`, reset
 ///   - `crash`: `exit: crash`, jump to 0xD0001000 (no memory there)
 ///   - `echo`: `echo: ready`, reads COM1 until `\n` or `\r`, `echo: <line>`, reset
+///   - `ctrl-alt-del`: routes IOAPIC pin 1 (edge, vector 0x31) to its local APIC (software-enabled),
+///     prints `keyboard: waiting`, then polls the i8042 status (port 0x64) until its output buffer
+///     holds a byte (bounded: `keyboard: no key from the host`, reset). Then `keyboard: irq 1
+///     pending` if vector 0x31 is pending in the local APIC's IRR (interrupts are off, so it stays
+///     there), else `keyboard: no irq 1`; `keyboard: scan codes` followed by ` <2 hex digits>` for
+///     each byte read from port 0x60 while the status says there is one (at most 16);
+///     `keyboard: ctrl-alt-del, rebooting` if they were 14 11 e0 71 (Ctrl, Alt, Delete in scan code
+///     set 2), else `keyboard: not ctrl-alt-del, resetting`; then a reset, as Linux reboots
 ///   - `hang`: `exit: hang`, spins forever
 ///   - anything else: `exit: unknown value, resetting`, reset
 pub const HELLO: &str = env!("KESTREL_GUEST_HELLO");
@@ -94,6 +102,12 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 ///   IOERR`. Then `blk: flush ok` (when VIRTIO_BLK_F_FLUSH is offered), `blk: id <GET_ID string>`,
 ///   and `blk: past the end IOERR, unknown type UNSUPP` (a read at sector = capacity and request
 ///   type 99).
+/// - `blk_swap` (device type 2): follows a host that gives the running disk a new backing file:
+///   `blk_swap: capacity <N> sectors, sector 0 says <text>` (the printable bytes sector 0 starts
+///   with, at most 32), `blk_swap: waiting for a new disk`, then waits (bounded) for a
+///   configuration change (generation), prints the same line for the new disk, reads its last
+///   sector and the one after (IOERR expected): `blk_swap: last sector <N - 1> read, the one after
+///   IOERR`.
 /// - `balloon` (device type 5): reads the target, `balloon: target <N> pages`; writes every one
 ///   of those 4 KiB pages from guest-physical 16 MiB up (so the guest needs 16 MiB + the target of
 ///   RAM; more than 128 MiB fails), `balloon: touched <N> pages`; inflates with their PFNs (256
@@ -102,6 +116,14 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 ///   `balloon: deflated <N> pages`. After the `touched` and `inflated` lines it waits for one
 ///   byte on COM1 (bounded: `no byte from the host on the console`), so the host can measure
 ///   its memory use at those points.
+/// - `balloon_update` (device type 5): follows a host that changes the running balloon through
+///   the API, one step per line, each waited for with a bound: negotiates the stats queue,
+///   `balloon_update: target <N> pages`; sends a stats buffer with swap_in = 1 and free memory =
+///   1 MiB, `balloon_update: statistics round 1 sent`; waits for the device to give it back (the
+///   host asked for fresh figures) and sends swap_in = 2, free memory = 2 MiB,
+///   `balloon_update: statistics round 2 sent`; waits for a configuration change (generation),
+///   writes the new target to `actual` (without inflating), `balloon_update: target <N> pages,
+///   actual set`; waits for one more change, `balloon_update: target <N> pages, done`.
 /// - `vsock` (device type 19): prints `vsock: guest cid <CID>` (config space), then speaks the
 ///   packet protocol by hand with 4 rx buffers of 300 bytes. Guest port 1000 connects to host
 ///   port 1234 (REQUEST, RESPONSE), sends RW `ping from the guest`, expects the same bytes back

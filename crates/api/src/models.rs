@@ -75,6 +75,17 @@ pub struct Drive {
     pub socket: Option<String>,
 }
 
+/// `PATCH /drives/{drive_id}`, after `InstanceStart`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialDrive {
+    pub drive_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
 /// A drive's caching strategy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum CacheType {
@@ -128,6 +139,62 @@ pub struct Balloon {
     pub free_page_hinting: bool,
     #[serde(default)]
     pub free_page_reporting: bool,
+}
+
+/// `PATCH /balloon`: a new target, after `InstanceStart`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`: a new statistics interval, after `InstanceStart`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    pub stats_polling_interval_s: u16,
+}
+
+/// `GET /balloon/statistics`: the balloon's sizes, then the guest's latest statistics (bytes for
+/// amounts of memory, counts for the rest; a statistic the guest has not reported is left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct BalloonStats {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub target_mib: u32,
+    pub actual_mib: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_faults: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_caches: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_allocations: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_failures: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_stall: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_scan: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_scan: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_reclaim: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_reclaim: Option<u64>,
 }
 
 /// `PUT /entropy`.

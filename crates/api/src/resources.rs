@@ -12,7 +12,7 @@ use vmm::config::{
 
 use crate::models::{
     Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages, IoEngine,
-    MachineConfiguration, NetworkInterface, Vsock,
+    MachineConfiguration, NetworkInterface, PartialDrive, Vsock,
 };
 
 /// The most vCPUs Kestrel gives a guest (Firecracker's limit is 32).
@@ -63,6 +63,10 @@ pub enum ConfigError {
     BalloonTooLarge { amount: u32, memory: u64 },
     #[error("Cannot start microvm without kernel configuration.")]
     MissingKernel,
+    #[error("Invalid drive_id: no drive {0} is configured")]
+    UnknownDrive(String),
+    #[error("path_on_host is required: it is what Kestrel updates in a drive after start")]
+    MissingPath,
 }
 
 /// Everything configured so far, as the requests gave it (so `GET /vm/config` returns it as is).
@@ -197,6 +201,38 @@ impl VmResources {
         Ok(())
     }
 
+    /// The drives in the order the VM gets them: the root drive first, then the others in the
+    /// order they were added.
+    fn drives_in_vm_order(&self) -> impl Iterator<Item = &Drive> {
+        let root = self.drives.iter().find(|d| d.is_root_device);
+        root.into_iter().chain(self.drives.iter().filter(|d| !d.is_root_device))
+    }
+
+    /// Checks a `PATCH /drives/{drive_id}` (after start) and says which of the VM's disks it is
+    /// (counted in the VM's order) and the file it is to use now.
+    pub fn check_drive_update(
+        &self,
+        path_id: &str,
+        update: &PartialDrive,
+    ) -> Result<(usize, PathBuf), ConfigError> {
+        check_path_id(path_id, &update.drive_id)?;
+        reject_rate_limiter(&update.rate_limiter, "rate_limiter")?;
+        let path = update.path_on_host.as_deref().ok_or(ConfigError::MissingPath)?;
+        let index = self
+            .drives_in_vm_order()
+            .position(|d| d.drive_id == update.drive_id)
+            .ok_or_else(|| ConfigError::UnknownDrive(update.drive_id.clone()))?;
+        check_file("drive", "path_on_host", path)?;
+        Ok((index, PathBuf::from(path)))
+    }
+
+    /// Records the file a running VM's drive now uses, for `GET /vm/config`.
+    pub fn record_drive_path(&mut self, drive_id: &str, path: &str) {
+        if let Some(drive) = self.drives.iter_mut().find(|d| d.drive_id == drive_id) {
+            drive.path_on_host = Some(path.to_owned());
+        }
+    }
+
     /// `PUT /network-interfaces/{iface_id}`: adds the interface, or replaces the one with that ID.
     pub fn put_network_interface(
         &mut self,
@@ -265,6 +301,20 @@ impl VmResources {
 
     pub fn balloon(&self) -> Option<&Balloon> {
         self.balloon.as_ref()
+    }
+
+    /// Records the target a running VM's balloon took (`PATCH /balloon`), for `GET /balloon`.
+    pub fn record_balloon_target(&mut self, amount_mib: u32) {
+        if let Some(balloon) = &mut self.balloon {
+            balloon.amount_mib = amount_mib;
+        }
+    }
+
+    /// Records the statistics interval a running VM's balloon took (`PATCH /balloon/statistics`).
+    pub fn record_balloon_stats_interval(&mut self, seconds: u16) {
+        if let Some(balloon) = &mut self.balloon {
+            balloon.stats_polling_interval_s = seconds;
+        }
     }
 
     /// `PUT /entropy`.
@@ -355,8 +405,8 @@ impl VmResources {
         if cmdline.len() > MAX_CMDLINE_BYTES {
             return Err(ConfigError::CmdlineTooLong(cmdline.len()));
         }
-        let drives = root.into_iter().chain(self.drives.iter().filter(|d| !d.is_root_device));
-        let mut virtio: Vec<VirtioConfig> = drives
+        let mut virtio: Vec<VirtioConfig> = self
+            .drives_in_vm_order()
             .map(|d| {
                 VirtioConfig::Block(BlockConfig {
                     path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
@@ -460,6 +510,53 @@ mod tests {
             empty.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap_err(),
             ConfigError::MissingKernel
         );
+    }
+
+    #[test]
+    fn a_drive_update_names_the_vms_disk_in_its_order() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let mut resources = VmResources::default();
+        for (id, root) in [("data", false), ("rootfs", true), ("logs", false)] {
+            let drive = format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "{path}", "is_root_device": {root}, "is_read_only": false}}"#
+            );
+            resources.put_drive(id, serde_json::from_str(&drive).unwrap()).unwrap();
+        }
+        let update = |id: &str, body: &str| {
+            resources.check_drive_update(id, &serde_json::from_str::<PartialDrive>(body).unwrap())
+        };
+        let new_path = format!(r#", "path_on_host": "{path}""#);
+        for (id, index) in [("rootfs", 0), ("data", 1), ("logs", 2)] {
+            let body = format!(r#"{{"drive_id": "{id}"{new_path}}}"#);
+            assert_eq!(update(id, &body), Ok((index, PathBuf::from(&path))), "{id}");
+        }
+        let errors = [
+            ("data", r#"{"drive_id": "logs"}"#.to_owned(), "does not match"),
+            ("data", r#"{"drive_id": "data"}"#.to_owned(), "path_on_host is required"),
+            (
+                "data",
+                format!(r#"{{"drive_id": "data"{new_path}, "rate_limiter": {{}}}}"#),
+                "rate_limiter is not supported",
+            ),
+            ("nope", format!(r#"{{"drive_id": "nope"{new_path}}}"#), "no drive nope is configured"),
+            (
+                "data",
+                r#"{"drive_id": "data", "path_on_host": "/nonexistent"}"#.to_owned(),
+                "cannot be opened",
+            ),
+        ];
+        for (id, body, expected) in errors {
+            let message = update(id, &body).unwrap_err().to_string();
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        // A null rate limiter is no rate limiter.
+        let body = format!(r#"{{"drive_id": "data"{new_path}, "rate_limiter": null}}"#);
+        assert!(update("data", &body).is_ok());
+
+        resources.record_drive_path("logs", "/elsewhere");
+        let exported = resources.export();
+        assert_eq!(exported.drives[2].path_on_host.as_deref(), Some("/elsewhere"));
     }
 
     #[test]

@@ -14,9 +14,10 @@ use vmm::snapshot::{SnapshotKind, SnapshotRequest};
 
 use crate::http::{read_request, HttpError, Method, Request, Response};
 use crate::models::{
-    ActionType, Balloon, BootSource, Drive, EntropyDevice, InstanceActionInfo, InstanceInfo, InstanceState,
-    MachineConfiguration, MemoryBackendType, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams,
-    SnapshotType, VmState, VmStateValue, Vsock,
+    ActionType, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, EntropyDevice,
+    InstanceActionInfo, InstanceInfo, InstanceState, MachineConfiguration, MemoryBackendType,
+    NetworkInterface, PartialDrive, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState,
+    VmStateValue, Vsock,
 };
 use crate::resources::VmResources;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
@@ -74,7 +75,8 @@ pub enum Launch {
 /// Builds and starts the VM and returns its control; an error is reported to the client as a 400.
 pub type Starter = Box<dyn FnMut(Launch) -> Result<Box<dyn VmControl>, String> + Send>;
 
-/// What the API can do to a running VM: `PATCH /vm`, `PUT /snapshot/create`.
+/// What the API can do to a running VM: `PATCH /vm`, `PUT /snapshot/create`, and the post-boot
+/// device actions.
 pub trait VmControl: Send {
     /// Returns once the vCPUs are paused; pausing a paused VM succeeds.
     fn pause(&self) -> Result<(), String>;
@@ -82,6 +84,17 @@ pub trait VmControl: Send {
     fn resume(&self) -> Result<(), String>;
     /// Writes a snapshot of the paused VM.
     fn snapshot(&self, request: &SnapshotRequest) -> Result<(), String>;
+    /// `SendCtrlAltDel`: types Ctrl+Alt+Del on the guest's keyboard.
+    fn send_ctrl_alt_del(&self) -> Result<(), String>;
+    /// `PATCH /balloon`: gives the balloon a new target.
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), String>;
+    /// `GET /balloon/statistics`: fails if the balloon has no statistics.
+    fn balloon_statistics(&self) -> Result<BalloonStats, String>;
+    /// `PATCH /balloon/statistics`: a new interval (statistics cannot be turned on or off).
+    fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), String>;
+    /// `PATCH /drives/{drive_id}`: disk `index` (in the order of the VM configuration's disks)
+    /// is the file at `path` from now on.
+    fn update_drive(&self, index: usize, path: &Path) -> Result<(), String>;
 }
 
 impl VmControl for vmm::vm::VmHandle {
@@ -103,6 +116,49 @@ impl VmControl for vmm::vm::VmHandle {
             report.memory_bytes_written
         );
         Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        self.devices().send_ctrl_alt_del().map_err(|e| e.to_string())
+    }
+
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
+        self.devices().set_balloon_target(amount_mib).map_err(|e| e.to_string())
+    }
+
+    fn balloon_statistics(&self) -> Result<BalloonStats, String> {
+        let report = self.devices().balloon_report().map_err(|e| e.to_string())?;
+        let stats = report.stats;
+        Ok(BalloonStats {
+            target_pages: report.target_pages,
+            actual_pages: report.actual_pages,
+            target_mib: report.target_mib,
+            actual_mib: report.actual_mib,
+            swap_in: stats.swap_in,
+            swap_out: stats.swap_out,
+            major_faults: stats.major_faults,
+            minor_faults: stats.minor_faults,
+            free_memory: stats.free_memory,
+            total_memory: stats.total_memory,
+            available_memory: stats.available_memory,
+            disk_caches: stats.disk_caches,
+            hugetlb_allocations: stats.hugetlb_allocations,
+            hugetlb_failures: stats.hugetlb_failures,
+            oom_kill: stats.oom_kills,
+            alloc_stall: stats.alloc_stalls,
+            async_scan: stats.async_scan,
+            direct_scan: stats.direct_scan,
+            async_reclaim: stats.async_reclaim,
+            direct_reclaim: stats.direct_reclaim,
+        })
+    }
+
+    fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), String> {
+        self.devices().set_balloon_stats_interval(seconds).map_err(|e| e.to_string())
+    }
+
+    fn update_drive(&self, index: usize, path: &Path) -> Result<(), String> {
+        self.devices().replace_disk(index, path).map_err(|e| e.to_string())
     }
 }
 
@@ -146,6 +202,16 @@ impl Api {
 
     fn started(&self) -> bool {
         self.state != InstanceState::NotStarted
+    }
+
+    /// The configured balloon.
+    fn balloon(&self) -> Result<&Balloon, String> {
+        self.resources.balloon().ok_or_else(|| "Invalid request: no balloon device is configured".into())
+    }
+
+    /// The running VM, for a post-boot-only request.
+    fn vm(&self) -> Result<&dyn VmControl, String> {
+        self.vm.as_deref().ok_or_else(|| NOT_SUPPORTED_BEFORE_START.into())
     }
 
     /// A pre-boot-only configuration request.
@@ -205,26 +271,50 @@ impl Api {
             }
             (Put, ["vsock"]) => self.configure(body, |r, v: Vsock| r.set_vsock(v)),
             (Put, ["balloon"]) => self.configure(body, |r, v: Balloon| r.set_balloon(v)),
-            (Get, ["balloon"]) => match self.resources.balloon() {
-                Some(balloon) => Ok(Response::json(200, balloon)),
-                None => Err("Invalid request: no balloon device is configured".into()),
-            },
+            // After the start, the configuration follows every change made through PATCH: the
+            // target and interval are what the running device has.
+            (Get, ["balloon"]) => Ok(Response::json(200, self.balloon()?)),
+            (Patch, ["balloon"]) => {
+                let BalloonUpdate { amount_mib } = parse_body(body)?;
+                let vm = self.vm()?;
+                self.balloon()?;
+                vm.update_balloon(amount_mib).map_err(|e| format!("Cannot update the balloon: {e}"))?;
+                self.resources.record_balloon_target(amount_mib);
+                Ok(Response::no_content())
+            }
+            (Get, ["balloon", "statistics"]) => {
+                let vm = self.vm()?;
+                self.balloon()?;
+                let stats = vm
+                    .balloon_statistics()
+                    .map_err(|e| format!("Cannot read the balloon statistics: {e}"))?;
+                Ok(Response::json(200, &stats))
+            }
+            (Patch, ["balloon", "statistics"]) => {
+                let BalloonStatsUpdate { stats_polling_interval_s } = parse_body(body)?;
+                let vm = self.vm()?;
+                self.balloon()?;
+                vm.update_balloon_stats_interval(stats_polling_interval_s)
+                    .map_err(|e| format!("Cannot update the balloon statistics: {e}"))?;
+                self.resources.record_balloon_stats_interval(stats_polling_interval_s);
+                Ok(Response::no_content())
+            }
             (Put, ["entropy"]) => self.configure(body, |r, v: EntropyDevice| r.set_entropy(v)),
             (Get, ["vm", "config"]) => Ok(Response::json(200, &self.resources.export())),
             (Put, ["actions"]) => {
                 let action: InstanceActionInfo = parse_body(body)?;
                 match action.action_type {
                     ActionType::InstanceStart => self.start(),
-                    ActionType::SendCtrlAltDel if !self.started() => Err(NOT_SUPPORTED_BEFORE_START.into()),
-                    ActionType::SendCtrlAltDel => Err(not_yet("SendCtrlAltDel")),
+                    ActionType::SendCtrlAltDel => {
+                        self.vm()?.send_ctrl_alt_del()?;
+                        Ok(Response::no_content())
+                    }
                     ActionType::FlushMetrics => Err(not_yet("FlushMetrics (metrics)")),
                 }
             }
             (Patch, ["vm"]) => {
                 let VmState { state } = parse_body(body)?;
-                let Some(vm) = &self.vm else {
-                    return Err(NOT_SUPPORTED_BEFORE_START.into());
-                };
+                let vm = self.vm()?;
                 // Like Firecracker, pausing a paused VM and resuming a running one succeed.
                 match state {
                     VmStateValue::Paused => {
@@ -238,15 +328,18 @@ impl Api {
                 }
                 Ok(Response::no_content())
             }
-            (Patch, ["drives", _]) | (Patch, ["network-interfaces", _]) if !self.started() => {
-                Err(NOT_SUPPORTED_BEFORE_START.into())
+            (Patch, ["drives", id]) => {
+                let update: PartialDrive = parse_body(body)?;
+                let vm = self.vm()?;
+                let (index, path) =
+                    self.resources.check_drive_update(id, &update).map_err(|e| e.to_string())?;
+                vm.update_drive(index, &path).map_err(|e| format!("Cannot update the drive: {e}"))?;
+                self.resources.record_drive_path(id, &path.to_string_lossy());
+                Ok(Response::no_content())
             }
-            (Patch, ["drives", _]) => Err(not_yet("Updating a drive after start (PATCH /drives)")),
+            (Patch, ["network-interfaces", _]) if !self.started() => Err(NOT_SUPPORTED_BEFORE_START.into()),
             (Patch, ["network-interfaces", _]) => {
                 Err(not_yet("Updating rate limiters (PATCH /network-interfaces)"))
-            }
-            (Patch, ["balloon"]) | (Get, ["balloon", "statistics"]) | (Patch, ["balloon", "statistics"]) => {
-                Err(not_yet("Balloon updates and statistics through the API"))
             }
             (Put, ["snapshot", "create"]) => self.create_snapshot(body),
             (Put, ["snapshot", "load"]) => self.load_snapshot(body),
@@ -400,22 +493,65 @@ fn serve_connection(mut stream: UnixStream, api: &Mutex<Api>) {
 mod tests {
     use super::*;
 
-    /// A VM that records the pause and resume calls it gets.
-    struct FakeVm(Arc<Mutex<Vec<&'static str>>>);
+    /// A VM that records the calls it gets.
+    struct FakeVm(Arc<Mutex<Vec<String>>>);
+
+    impl FakeVm {
+        fn record(&self, call: String) {
+            self.0.lock().unwrap().push(call);
+        }
+    }
 
     impl VmControl for FakeVm {
         fn pause(&self) -> Result<(), String> {
-            self.0.lock().unwrap().push("pause");
+            self.record("pause".into());
             Ok(())
         }
 
         fn resume(&self) -> Result<(), String> {
-            self.0.lock().unwrap().push("resume");
+            self.record("resume".into());
+            Ok(())
+        }
+
+        fn send_ctrl_alt_del(&self) -> Result<(), String> {
+            self.record("ctrl-alt-del".into());
+            Ok(())
+        }
+
+        /// Refuses more than 1 GiB, as a device in a 1 GiB guest would.
+        fn update_balloon(&self, amount_mib: u32) -> Result<(), String> {
+            if amount_mib > 1024 {
+                return Err("too large".into());
+            }
+            self.record(format!("balloon {amount_mib}"));
+            Ok(())
+        }
+
+        fn balloon_statistics(&self) -> Result<BalloonStats, String> {
+            self.record("statistics".into());
+            Ok(BalloonStats { target_mib: 64, free_memory: Some(1 << 20), ..BalloonStats::default() })
+        }
+
+        /// Refuses 0, as a device with statistics does.
+        fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), String> {
+            if seconds == 0 {
+                return Err("cannot turn them off".into());
+            }
+            self.record(format!("interval {seconds}"));
+            Ok(())
+        }
+
+        /// Refuses directories, as a disk does.
+        fn update_drive(&self, index: usize, path: &Path) -> Result<(), String> {
+            if path.is_dir() {
+                return Err("not a disk".into());
+            }
+            self.record(format!("drive {index} {}", path.display()));
             Ok(())
         }
 
         fn snapshot(&self, _request: &SnapshotRequest) -> Result<(), String> {
-            self.0.lock().unwrap().push("snapshot");
+            self.record("snapshot".into());
             Ok(())
         }
     }
@@ -424,13 +560,13 @@ mod tests {
         api_with_calls(Arc::default())
     }
 
-    fn api_with_calls(calls: Arc<Mutex<Vec<&'static str>>>) -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
+    fn api_with_calls(calls: Arc<Mutex<Vec<String>>>) -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
         let started = Arc::new(Mutex::new(Vec::new()));
         let seen = started.clone();
         let starter: Starter = Box::new(move |launch| {
             match launch {
                 Launch::Boot(config) => seen.lock().unwrap().push(config),
-                Launch::Restore { .. } => calls.lock().unwrap().push("restore"),
+                Launch::Restore { .. } => calls.lock().unwrap().push("restore".into()),
             }
             Ok(Box::new(FakeVm(calls.clone())))
         });
@@ -536,6 +672,139 @@ mod tests {
         assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Running");
         assert_eq!(call(&mut api, Method::Patch, "/vm", resumed).0, 204);
         assert_eq!(*calls.lock().unwrap(), ["pause", "pause", "resume", "resume"]);
+    }
+
+    /// Starts the API's VM on a kernel file that only has to exist.
+    fn start(api: &mut Api) -> tempfile::NamedTempFile {
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        kernel
+    }
+
+    #[test]
+    fn send_ctrl_alt_del_reaches_the_running_vm() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let action = r#"{"action_type": "SendCtrlAltDel"}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/actions", action), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["ctrl-alt-del", "ctrl-alt-del"]);
+    }
+
+    #[test]
+    fn the_balloon_takes_a_new_target_and_interval_and_reports_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let balloon = r#"{"amount_mib": 16, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#;
+        assert_eq!(call(&mut api, Method::Put, "/balloon", balloon).0, 204);
+        for (method, path, body) in [
+            (Method::Patch, "/balloon", r#"{"amount_mib": 64}"#),
+            (Method::Get, "/balloon/statistics", ""),
+            (Method::Patch, "/balloon/statistics", r#"{"stats_polling_interval_s": 1}"#),
+        ] {
+            assert_eq!(fault(&mut api, method, path, body), NOT_SUPPORTED_BEFORE_START, "{path}");
+        }
+        let _kernel = start(&mut api);
+
+        assert_eq!(call(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": 64}"#).0, 204);
+        assert_eq!(
+            call(&mut api, Method::Patch, "/balloon/statistics", r#"{"stats_polling_interval_s": 2}"#).0,
+            204
+        );
+        let (status, config) = call(&mut api, Method::Get, "/balloon", "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            (config["amount_mib"].as_u64(), config["stats_polling_interval_s"].as_u64()),
+            (Some(64), Some(2))
+        );
+        assert_eq!(call(&mut api, Method::Get, "/vm/config", "").1["balloon"]["amount_mib"], 64);
+        let (status, stats) = call(&mut api, Method::Get, "/balloon/statistics", "");
+        assert_eq!(status, 200);
+        assert_eq!((stats["target_mib"].as_u64(), stats["free_memory"].as_u64()), (Some(64), Some(1 << 20)));
+        assert!(stats.get("swap_in").is_none(), "statistics the guest did not report are left out: {stats}");
+
+        // The device's refusals are 400s, and the configuration keeps what the device has.
+        let message = fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": 2048}"#);
+        assert_eq!(message, "Cannot update the balloon: too large");
+        let off = r#"{"stats_polling_interval_s": 0}"#;
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/balloon/statistics", off),
+            "Cannot update the balloon statistics: cannot turn them off"
+        );
+        let config = call(&mut api, Method::Get, "/balloon", "").1;
+        assert_eq!(
+            (config["amount_mib"].as_u64(), config["stats_polling_interval_s"].as_u64()),
+            (Some(64), Some(2))
+        );
+        assert!(fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": 1, "x": 2}"#)
+            .contains("unknown field"));
+        assert!(fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": -1}"#).contains("invalid value"));
+        assert!(fault(&mut api, Method::Patch, "/balloon/statistics", "{}").contains("missing field"));
+        assert_eq!(*calls.lock().unwrap(), ["balloon 64", "interval 2", "statistics"]);
+    }
+
+    #[test]
+    fn a_drive_gets_a_new_file_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let (old, new) = (kernel(), kernel());
+        let (old, new) = (old.path().to_str().unwrap(), new.path().to_str().unwrap());
+        for (id, root) in [("data", false), ("rootfs", true)] {
+            let drive = format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "{old}", "is_root_device": {root}, "is_read_only": false}}"#
+            );
+            assert_eq!(call(&mut api, Method::Put, &format!("/drives/{id}"), &drive).0, 204);
+        }
+        let update = format!(r#"{{"drive_id": "data", "path_on_host": "{new}"}}"#);
+        assert_eq!(fault(&mut api, Method::Patch, "/drives/data", &update), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+
+        assert_eq!(call(&mut api, Method::Patch, "/drives/data", &update).0, 204);
+        let config = call(&mut api, Method::Get, "/vm/config", "").1;
+        let paths: Vec<_> =
+            config["drives"].as_array().unwrap().iter().map(|d| d["path_on_host"].clone()).collect();
+        assert_eq!(paths, [new, old], "the configuration follows the change");
+
+        let directory = tempfile::tempdir().unwrap();
+        let refused =
+            format!(r#"{{"drive_id": "rootfs", "path_on_host": "{}"}}"#, directory.path().display());
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/drives/rootfs", &refused),
+            "Cannot update the drive: not a disk"
+        );
+        assert!(fault(
+            &mut api,
+            Method::Patch,
+            "/drives/other",
+            r#"{"drive_id": "other", "path_on_host": "/x"}"#
+        )
+        .contains("no drive other is configured"));
+        assert!(fault(&mut api, Method::Patch, "/drives/data", r#"{"drive_id": "data", "x": 1}"#)
+            .contains("unknown field"));
+        assert_eq!(*calls.lock().unwrap(), [format!("drive 1 {new}")], "the root drive is the VM's disk 0");
+    }
+
+    #[test]
+    fn balloon_requests_without_a_balloon_are_refused() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let _kernel = start(&mut api);
+        for (method, path, body) in [
+            (Method::Get, "/balloon", ""),
+            (Method::Patch, "/balloon", r#"{"amount_mib": 64}"#),
+            (Method::Get, "/balloon/statistics", ""),
+            (Method::Patch, "/balloon/statistics", r#"{"stats_polling_interval_s": 1}"#),
+        ] {
+            assert!(
+                fault(&mut api, method, path, body).contains("no balloon device is configured"),
+                "{path}"
+            );
+        }
+        assert!(calls.lock().unwrap().is_empty());
     }
 
     #[test]

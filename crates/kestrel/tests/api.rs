@@ -6,11 +6,33 @@ mod common;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::api_client::{assert_fault, raw, request, start_vmm};
+use common::api_client::{assert_fault, raw, request, start_vmm, start_vmm_with};
 use common::{kestrel, kvm_available, wait_for_line, wait_with_limit, Watchdog};
+
+/// A number field of a JSON body as the API writes it (`"name":123`, no spaces).
+fn number(body: &str, name: &str) -> Option<u64> {
+    let start = body.find(&format!("\"{name}\":"))? + name.len() + 3;
+    body[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Repeats `GET path` until its body satisfies `done` (the guest's device has caught up); panics
+/// past a bound.
+fn get_until(socket: &Path, path: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = request(socket, "GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "GET {path} did not reach the expected state: {body}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 #[test]
 fn configure_and_boot_the_hello_guest_through_the_socket() {
@@ -231,4 +253,196 @@ fn run_with_a_firecracker_config_file() {
     let mut command = kestrel();
     command.arg("run").arg("--config").arg(&file).arg("--kernel").arg(guests::HELLO);
     assert_eq!(common::run_to_end(command, b"").status.code(), Some(2));
+}
+
+/// `SendCtrlAltDel`: the hello guest, waiting on the i8042 with IRQ 1 routed to its local APIC,
+/// finds the interrupt pending and reads Ctrl, Alt, Delete in scan code set 2; then it resets, as
+/// Linux reboots on Ctrl+Alt+Del, and the VMM ends with the reset status.
+#[test]
+fn send_ctrl_alt_del_types_the_keys_and_raises_irq_1() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm(&socket);
+    let watchdog = Watchdog::new(&child);
+    let action = r#"{"action_type": "SendCtrlAltDel"}"#;
+    assert_fault(request(&socket, "PUT", "/actions", action), "not supported before starting the microVM");
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "exit=ctrl-alt-del"}}"#, guests::HELLO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut out = wait_for_line(&mut reader, "keyboard: waiting");
+
+    assert_eq!(request(&socket, "PUT", "/actions", action).0, 204);
+    reader.read_to_string(&mut out).unwrap();
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in
+        ["keyboard: irq 1 pending", "keyboard: scan codes 14 11 e0 71", "keyboard: ctrl-alt-del, rebooting"]
+    {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+}
+
+/// `PATCH /balloon`, `PATCH /balloon/statistics` and `GET /balloon/statistics` with the virtio
+/// guest's `balloon_update` test on the other side: the statistics it sends come back through the
+/// API, a new interval asks for fresh ones at once, a new target reaches its driver as a
+/// configuration change, and `actual` comes back.
+fn the_running_balloon_follows_the_api(transport: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm_with(&socket, &["--transport", transport]);
+    let watchdog = Watchdog::new(&child);
+    let boot =
+        format!(r#"{{"kernel_image_path": "{}", "boot_args": "test=balloon_update"}}"#, guests::VIRTIO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    // An interval the test never waits out: the guest gets a request only when the API asks.
+    let balloon = r#"{"amount_mib": 16, "deflate_on_oom": false, "stats_polling_interval_s": 3600}"#;
+    assert_eq!(request(&socket, "PUT", "/balloon", balloon).0, 204);
+    assert_fault(request(&socket, "GET", "/balloon/statistics", ""), "not supported before starting");
+    assert_fault(
+        request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 8}"#),
+        "not supported before starting",
+    );
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+
+    let mut out = wait_for_line(&mut reader, "balloon_update: statistics round 1 sent");
+    assert!(out.contains("balloon_update: target 4096 pages\n"), "{out}");
+    let stats = get_until(&socket, "/balloon/statistics", |b| number(b, "swap_in") == Some(1));
+    assert_eq!(number(&stats, "free_memory"), Some(1 << 20), "{stats}");
+    assert_eq!((number(&stats, "target_pages"), number(&stats, "target_mib")), (Some(4096), Some(16)));
+    assert_eq!(number(&stats, "actual_pages"), Some(0), "{stats}");
+    assert!(!stats.contains("total_memory"), "statistics the guest did not send are left out: {stats}");
+
+    let interval = r#"{"stats_polling_interval_s": 1800}"#;
+    assert_eq!(request(&socket, "PATCH", "/balloon/statistics", interval).0, 204);
+    out += &wait_for_line(&mut reader, "balloon_update: statistics round 2 sent");
+    let stats = get_until(&socket, "/balloon/statistics", |b| number(b, "swap_in") == Some(2));
+    assert_eq!(number(&stats, "free_memory"), Some(2 << 20), "{stats}");
+
+    assert_eq!(request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 32}"#).0, 204);
+    out += &wait_for_line(&mut reader, "balloon_update: target 8192 pages, actual set");
+    let (status, stats) = request(&socket, "GET", "/balloon/statistics", "");
+    assert_eq!(status, 200);
+    assert_eq!((number(&stats, "target_mib"), number(&stats, "actual_mib")), (Some(32), Some(32)), "{stats}");
+    assert_eq!(number(&stats, "actual_pages"), Some(8192), "{stats}");
+    let (status, config) = request(&socket, "GET", "/balloon", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        (number(&config, "amount_mib"), number(&config, "stats_polling_interval_s")),
+        (Some(32), Some(1800))
+    );
+
+    assert_fault(
+        request(&socket, "PATCH", "/balloon/statistics", r#"{"stats_polling_interval_s": 0}"#),
+        "cannot be turned on or off",
+    );
+    assert_fault(
+        request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 65}"#),
+        "larger than the guest's 64 MiB",
+    );
+    assert_eq!(request(&socket, "PATCH", "/balloon", r#"{"amount_mib": 0}"#).0, 204);
+    reader.read_to_string(&mut out).unwrap();
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in ["balloon_update: target 0 pages, done", "balloon_update: ok"] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn the_running_balloon_follows_the_api_on_mmio() {
+    the_running_balloon_follows_the_api("mmio");
+}
+
+#[test]
+fn the_running_balloon_follows_the_api_on_pci() {
+    the_running_balloon_follows_the_api("pci");
+}
+
+/// `PATCH /drives/{id}` with the virtio guest's `blk_swap` test on the other side: the running
+/// disk's new file, of another size, reaches the guest as a configuration change, and the guest
+/// reads the new contents up to the new end.
+fn a_running_disk_gets_a_new_backing_file(transport: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str, text: &str, sectors: usize| {
+        let path = dir.path().join(name);
+        let mut bytes = vec![0u8; sectors * 512];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (first, second) =
+        (image("first.img", "the first disk", 128), image("second.img", "the second disk", 256));
+    let socket = dir.path().join("api.sock");
+    let mut child = start_vmm_with(&socket, &["--transport", transport]);
+    let watchdog = Watchdog::new(&child);
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "test=blk_swap"}}"#, guests::VIRTIO);
+    assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#).0, 204);
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{first}", "is_root_device": false, "is_read_only": false}}"#
+    );
+    assert_eq!(request(&socket, "PUT", "/drives/data", &drive).0, 204);
+    let update = format!(r#"{{"drive_id": "data", "path_on_host": "{second}"}}"#);
+    assert_fault(request(&socket, "PATCH", "/drives/data", &update), "not supported before starting");
+    assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut out = wait_for_line(&mut reader, "blk_swap: waiting for a new disk");
+    assert!(out.contains("blk_swap: capacity 128 sectors, sector 0 says the first disk\n"), "{out}");
+
+    let missing = r#"{"drive_id": "data", "path_on_host": "/nonexistent/disk.img"}"#;
+    assert_fault(request(&socket, "PATCH", "/drives/data", missing), "cannot be opened");
+    let limited = format!(r#"{{"drive_id": "data", "path_on_host": "{second}", "rate_limiter": {{}}}}"#);
+    assert_fault(request(&socket, "PATCH", "/drives/data", &limited), "rate_limiter is not supported");
+    assert_eq!(request(&socket, "PATCH", "/drives/data", &update).0, 204);
+    reader.read_to_string(&mut out).unwrap();
+    drop(watchdog);
+    let output = wait_with_limit(child);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "stdout: {out}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "blk_swap: capacity 256 sectors, sector 0 says the second disk",
+        "blk_swap: last sector 255 read, the one after IOERR",
+        "blk_swap: ok",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_running_disk_gets_a_new_backing_file_on_mmio() {
+    a_running_disk_gets_a_new_backing_file("mmio");
+}
+
+#[test]
+fn a_running_disk_gets_a_new_backing_file_on_pci() {
+    a_running_disk_gets_a_new_backing_file("pci");
 }

@@ -31,6 +31,7 @@ const KVM_PATH: &str = "/dev/kvm";
 const COM1_PORT: u64 = 0x3f8;
 const COM1_IRQ: usize = 4;
 const I8042_PORT: u64 = 0x60;
+const KEYBOARD_IRQ: usize = 1;
 const CMOS_PORT: u64 = 0x70;
 const POWER_PORT: u64 = 0x600;
 
@@ -289,6 +290,7 @@ struct LegacyDevices {
     msi_sink: Arc<KvmMsiSink>,
     serial: Arc<Mutex<Serial>>,
     cmos: Arc<Mutex<Cmos>>,
+    i8042: Arc<Mutex<I8042>>,
     reset: EventFd,
     power_off: EventFd,
 }
@@ -298,6 +300,8 @@ pub struct DeviceHandles {
     pub serial: Arc<Mutex<Serial>>,
     /// Whether the host's stdin feeds the guest's serial input.
     pub serial_input: bool,
+    /// The keyboard controller, where the host types Ctrl+Alt+Del.
+    pub i8042: Arc<Mutex<I8042>>,
     pub reset: EventFd,
     pub power_off: EventFd,
     /// Handles on the virtio devices the VMM drives while the guest runs.
@@ -329,8 +333,11 @@ impl LegacyDevices {
         insert(&pio_bus, serial.clone(), COM1_PORT, 8, "serial (COM1)")?;
 
         let reset = new_event_fd("i8042 reset line")?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(clone_event_fd(&reset, "i8042 reset line")?)));
-        insert(&pio_bus, i8042, I8042_PORT, 5, "i8042")?;
+        let keyboard_irq = IoapicPin::new(ioapic.clone(), KEYBOARD_IRQ)
+            .map_err(|e| Error::Device { name: "i8042", reason: e.to_string() })?;
+        let i8042 = I8042::new(clone_event_fd(&reset, "i8042 reset line")?, Arc::new(keyboard_irq));
+        let i8042 = Arc::new(Mutex::new(i8042));
+        insert(&pio_bus, i8042.clone(), I8042_PORT, 5, "i8042")?;
 
         let (below_4g, above_4g) = split_at_gap(config.memory_bytes);
         let mut cmos = Cmos::new(below_4g, above_4g);
@@ -344,13 +351,25 @@ impl LegacyDevices {
         let power = PowerManagement::new(clone_event_fd(&power_off, "power-off line")?);
         insert(&pio_bus, Arc::new(Mutex::new(power)), POWER_PORT, 1, "power management")?;
 
-        Ok(LegacyDevices { pio_bus, mmio_bus, ioapic, routing, msi_sink, serial, cmos, reset, power_off })
+        Ok(LegacyDevices {
+            pio_bus,
+            mmio_bus,
+            ioapic,
+            routing,
+            msi_sink,
+            serial,
+            cmos,
+            i8042,
+            reset,
+            power_off,
+        })
     }
 
     fn into_handles(self, config: &VmConfig, virtio: virtio_devices::VirtioControls) -> DeviceHandles {
         DeviceHandles {
             serial: self.serial,
             serial_input: config.serial == SerialConfig::Stdio,
+            i8042: self.i8042,
             reset: self.reset,
             power_off: self.power_off,
             virtio,

@@ -2,11 +2,13 @@
 //!
 //! [`builder::build`] assembles a VM from a [`config::VmConfig`] (memory, kernel, devices, vCPUs) and
 //! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it; a
-//! [`vm::VmHandle`] taken before pauses and resumes it from another thread.
+//! [`vm::VmHandle`] taken before pauses and resumes it from another thread, and reaches its devices
+//! ([`controls::DeviceControls`]).
 
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod controls;
 mod irqchip;
 mod kernel;
 mod memory;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio::balloon::{Balloon, BalloonControl, BalloonSettings};
-use virtio::block::Block;
+use virtio::block::{Block, BlockControl};
 use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use virtio::net::{MacAddress, Net, Tap};
 use virtio::rng::Rng;
@@ -60,6 +60,8 @@ pub fn mmio_cmdline(slots: &[MmioSlot]) -> String {
 pub struct VirtioControls {
     /// The balloon's target and reports (there is at most one balloon).
     pub balloon: Option<BalloonControl>,
+    /// Each disk's backing file, in the order of the configuration's disks.
+    pub disks: Vec<BlockControl>,
 }
 
 /// Creates the device a configuration entry describes; devices with a host-side handle leave it
@@ -71,10 +73,12 @@ pub(crate) fn create_device(
 ) -> Result<Box<dyn VirtioDevice>> {
     Ok(match config {
         VirtioConfig::Rng => Box::new(Rng::new()),
-        VirtioConfig::Block(disk) => Box::new(
-            Block::open(&disk.path, disk.read_only, disk.id.as_deref())
-                .map_err(|source| Error::Disk { path: disk.path.clone(), source })?,
-        ),
+        VirtioConfig::Block(disk) => {
+            let block = Block::open(&disk.path, disk.read_only, disk.id.as_deref())
+                .map_err(|source| Error::Disk { path: disk.path.clone(), source })?;
+            controls.disks.push(block.control());
+            Box::new(block)
+        }
         VirtioConfig::Net(net) => Box::new(create_net(net)?),
         VirtioConfig::Balloon(balloon) => {
             let balloon = create_balloon(balloon, memory)?;

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::DeviceHandles;
 use crate::console::{ConsoleInput, EscapeParser, RawTerminal};
+use crate::controls::DeviceControls;
 use crate::outcome::VmOutcome;
 use crate::snapshot::{self, SnapshotReport, SnapshotRequest, SnapshotSources};
 use crate::vcpu::{self, VcpuShared, VcpuThread};
@@ -33,7 +34,8 @@ const TOKEN_SIGNAL: u64 = 5;
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pauses, resumes and snapshots the VM from another thread (the API's) while [`Vm::run`] runs it.
+/// Pauses, resumes and snapshots the VM from another thread (the API's) while [`Vm::run`] runs
+/// it, and reaches its devices.
 ///
 /// A pause stops the vCPUs; device worker threads (virtio queues, the console) keep serving what
 /// the guest queued before. A snapshot holds the workers too while it reads the devices' state.
@@ -41,6 +43,7 @@ pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct VmHandle {
     shared: Arc<VcpuShared>,
     sources: Arc<SnapshotSources>,
+    devices: DeviceControls,
 }
 
 impl VmHandle {
@@ -64,6 +67,11 @@ impl VmHandle {
     /// Writes a snapshot of the paused VM (see [`crate::snapshot`]); the VM stays paused.
     pub fn snapshot(&self, request: &SnapshotRequest) -> Result<SnapshotReport> {
         Ok(snapshot::create(&self.sources, &self.shared, request)?)
+    }
+
+    /// The devices the API changes while the guest runs (or is paused).
+    pub fn devices(&self) -> &DeviceControls {
+        &self.devices
     }
 }
 
@@ -97,11 +105,15 @@ impl Vm {
         self.devices.virtio.balloon.clone()
     }
 
-    /// The pause/resume handle: take it before [`Vm::run`] to pause and resume the guest from another
-    /// thread. A pause that comes before `run` starts the vCPUs holds them before they first enter
-    /// the guest.
+    /// The pause/resume handle: take it before [`Vm::run`] to pause and resume the guest, and change
+    /// its devices, from another thread. A pause that comes before `run` starts the vCPUs holds
+    /// them before they first enter the guest.
     pub fn handle(&self) -> VmHandle {
-        VmHandle { shared: self.shared.clone(), sources: self.sources.clone() }
+        VmHandle {
+            shared: self.shared.clone(),
+            sources: self.sources.clone(),
+            devices: DeviceControls::new(&self.devices),
+        }
     }
 
     /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.

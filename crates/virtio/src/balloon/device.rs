@@ -45,7 +45,6 @@ pub struct BalloonSettings {
 pub struct Balloon {
     features: u64,
     queue_sizes: Vec<u16>,
-    stats_interval: Option<Duration>,
     shared: Arc<Shared>,
     worker: Option<Worker>,
 }
@@ -66,8 +65,7 @@ impl Balloon {
         Ok(Balloon {
             features,
             queue_sizes: vec![QUEUE_SIZE; queue_roles(features).len()],
-            stats_interval: settings.stats_interval,
-            shared: Arc::new(Shared::new(settings.target_mib, ram_bytes)?),
+            shared: Arc::new(Shared::new(settings.target_mib, ram_bytes, settings.stats_interval)?),
             worker: None,
         })
     }
@@ -84,9 +82,10 @@ impl Balloon {
         config
     }
 
+    /// The timer that asks for statistics, at the interval the host last set.
     fn stats_timer(&self, acked_features: u64) -> io::Result<Option<TimerFd>> {
-        let Some(interval) = self.stats_interval.filter(|_| acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0)
-        else {
+        let interval = self.shared.stats_interval();
+        let Some(interval) = interval.filter(|_| acked_features & VIRTIO_BALLOON_F_STATS_VQ != 0) else {
             return Ok(None);
         };
         let mut timer = TimerFd::new()?;

@@ -10,8 +10,8 @@
 //! `device.rs` is what the transport sees (features, configuration space: `num_pages`, the target,
 //! and `actual`, the driver's count), `handler.rs` serves the queues on the worker thread,
 //! `pages.rs` turns PFNs into discarded host memory, `stats.rs` parses statistics, and `control.rs`
-//! is [`BalloonControl`], the handle the VMM keeps to set the target and read what the guest
-//! reports.
+//! is [`BalloonControl`], the handle the VMM keeps to set the target and the statistics interval
+//! and read what the guest reports.
 
 mod control;
 mod device;
@@ -19,6 +19,6 @@ mod handler;
 mod pages;
 mod stats;
 
-pub use control::{BalloonControl, BalloonError};
+pub use control::{BalloonControl, BalloonError, BalloonReport};
 pub use device::{Balloon, BalloonSettings};
 pub use stats::BalloonStats;

@@ -1,10 +1,10 @@
-//! The guest's memory statistics (virtio 1.2, 5.5.6.3): a buffer of `struct virtio_balloon_stat
+//! The guest's memory statistics (virtio 1.3, 5.5.6.3): a buffer of `struct virtio_balloon_stat
 //! { le16 tag; le64 val; }`, packed, 10 bytes each.
 
 /// Bytes of one tag/value pair.
 pub const STAT_BYTES: usize = 10;
 
-// Tags (virtio 1.2, 5.5.6.3).
+// Tags (virtio 1.3, 5.5.6.3; 10 and later are the memory-pressure counters Linux 6.12 added).
 const TAG_SWAP_IN: u16 = 0;
 const TAG_SWAP_OUT: u16 = 1;
 const TAG_MAJOR_FAULTS: u16 = 2;
@@ -15,6 +15,12 @@ const TAG_AVAILABLE_MEMORY: u16 = 6;
 const TAG_DISK_CACHES: u16 = 7;
 const TAG_HUGETLB_ALLOCATIONS: u16 = 8;
 const TAG_HUGETLB_FAILURES: u16 = 9;
+const TAG_OOM_KILLS: u16 = 10;
+const TAG_ALLOC_STALLS: u16 = 11;
+const TAG_ASYNC_SCAN: u16 = 12;
+const TAG_DIRECT_SCAN: u16 = 13;
+const TAG_ASYNC_RECLAIM: u16 = 14;
+const TAG_DIRECT_RECLAIM: u16 = 15;
 
 /// The latest statistics the guest reported; a field is None until the guest reports it. Units
 /// are the specification's: bytes for amounts of memory, counts for the rest.
@@ -40,6 +46,18 @@ pub struct BalloonStats {
     pub hugetlb_allocations: Option<u64>,
     /// Failed huge page allocations.
     pub hugetlb_failures: Option<u64>,
+    /// OOM killer invocations.
+    pub oom_kills: Option<u64>,
+    /// Allocations that stalled to reclaim memory.
+    pub alloc_stalls: Option<u64>,
+    /// Pages scanned by background reclaim (kswapd).
+    pub async_scan: Option<u64>,
+    /// Pages scanned by allocations reclaiming directly.
+    pub direct_scan: Option<u64>,
+    /// Pages reclaimed in the background.
+    pub async_reclaim: Option<u64>,
+    /// Pages reclaimed directly by allocations.
+    pub direct_reclaim: Option<u64>,
 }
 
 impl BalloonStats {
@@ -73,6 +91,12 @@ impl BalloonStats {
             TAG_DISK_CACHES => &mut self.disk_caches,
             TAG_HUGETLB_ALLOCATIONS => &mut self.hugetlb_allocations,
             TAG_HUGETLB_FAILURES => &mut self.hugetlb_failures,
+            TAG_OOM_KILLS => &mut self.oom_kills,
+            TAG_ALLOC_STALLS => &mut self.alloc_stalls,
+            TAG_ASYNC_SCAN => &mut self.async_scan,
+            TAG_DIRECT_SCAN => &mut self.direct_scan,
+            TAG_ASYNC_RECLAIM => &mut self.async_reclaim,
+            TAG_DIRECT_RECLAIM => &mut self.direct_reclaim,
             _ => return None,
         })
     }
@@ -92,7 +116,7 @@ pub(super) mod tests {
 
     #[test]
     fn every_known_tag_lands_in_its_field() {
-        let buffer = encode(&(0..10).map(|tag| (tag, 1000 + u64::from(tag))).collect::<Vec<_>>());
+        let buffer = encode(&(0..16).map(|tag| (tag, 1000 + u64::from(tag))).collect::<Vec<_>>());
         let stats = BalloonStats::parse(&buffer);
         assert_eq!(
             stats,
@@ -107,6 +131,12 @@ pub(super) mod tests {
                 disk_caches: Some(1007),
                 hugetlb_allocations: Some(1008),
                 hugetlb_failures: Some(1009),
+                oom_kills: Some(1010),
+                alloc_stalls: Some(1011),
+                async_scan: Some(1012),
+                direct_scan: Some(1013),
+                async_reclaim: Some(1014),
+                direct_reclaim: Some(1015),
             }
         );
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::backend::RawFile;
+use super::control::{BlockControl, SharedDisk};
 use super::handler::{
     BlockHandler, Disk, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEGMENTS, SEG_MAX, SIZE_MAX,
@@ -44,14 +45,30 @@ pub enum DiskError {
     Size(io::Error),
     #[error("its id {id:?} is {} bytes, more than the {ID_BYTES} virtio-blk allows", id.len())]
     IdTooLong { id: String },
+    #[error("the disk was replaced, but the guest could not be told: {0}")]
+    Notify(io::Error),
 }
 
 /// A virtio-blk device over a raw image file or a host block device.
 pub struct Block {
-    disk: Disk<RawFile>,
+    disk: Arc<SharedDisk<RawFile>>,
     features: u64,
-    config: [u8; CONFIG_BYTES],
     worker: Option<Worker>,
+}
+
+/// Opens a disk image or block device and finds its capacity in sectors.
+pub(super) fn open_raw(path: &Path, read_only: bool) -> Result<(RawFile, u64), DiskError> {
+    let backend = RawFile::open(path, read_only).map_err(DiskError::Open)?;
+    let bytes = backend.size().map_err(DiskError::Size)?;
+    if !bytes.is_multiple_of(SECTOR_SIZE) {
+        tracing::warn!(
+            "disk {}: {bytes} bytes is not a whole number of 512-byte sectors; the guest sees only \
+             the first {} bytes",
+            path.display(),
+            bytes / SECTOR_SIZE * SECTOR_SIZE
+        );
+    }
+    Ok((backend, bytes / SECTOR_SIZE))
 }
 
 impl Block {
@@ -59,17 +76,7 @@ impl Block {
     /// or by default the first 20 bytes of the file's name.
     pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, DiskError> {
         let id = serial(path, id)?;
-        let backend = RawFile::open(path, read_only).map_err(DiskError::Open)?;
-        let bytes = backend.size().map_err(DiskError::Size)?;
-        if !bytes.is_multiple_of(SECTOR_SIZE) {
-            tracing::warn!(
-                "disk {}: {bytes} bytes is not a whole number of 512-byte sectors; the guest sees \
-                 only the first {} bytes",
-                path.display(),
-                bytes / SECTOR_SIZE * SECTOR_SIZE
-            );
-        }
-        let sectors = bytes / SECTOR_SIZE;
+        let (backend, sectors) = open_raw(path, read_only)?;
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
@@ -77,12 +84,13 @@ impl Block {
             | VIRTIO_BLK_F_FLUSH;
         features |=
             if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
-        Ok(Block {
-            disk: Disk { backend: Arc::new(backend), sectors, read_only, id },
-            features,
-            config: config_space(sectors),
-            worker: None,
-        })
+        let disk = Disk { backend: Arc::new(backend), sectors, read_only, id };
+        Ok(Block { disk: Arc::new(SharedDisk::new(disk)), features, worker: None })
+    }
+
+    /// The host's handle on this disk, to replace its backing file while the guest runs.
+    pub fn control(&self) -> BlockControl {
+        BlockControl::new(self.disk.clone())
     }
 }
 
@@ -133,8 +141,10 @@ impl VirtioDevice for Block {
         self.features
     }
 
+    /// The capacity is the current disk's (see `SharedDisk::replace` on reading it while it
+    /// changes).
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        read_config_bytes(&config_space(self.disk.sectors()), offset, data);
     }
 
     /// Every field Kestrel offers is read-only (`writeback` needs VIRTIO_BLK_F_CONFIG_WCE).
@@ -150,11 +160,13 @@ impl VirtioDevice for Block {
             self.disk.clone(),
         );
         self.worker = Some(context.spawn_worker("virtio-blk", handler)?);
+        self.disk.set_interrupt(Some(context.interrupt));
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+        self.disk.set_interrupt(None);
     }
 
     fn worker(&self) -> Option<&Worker> {
@@ -210,6 +222,20 @@ mod tests {
         assert_eq!(&serial(Path::new("/d/root.img"), None).unwrap()[..9], b"root.img\0");
         assert_eq!(&serial(path, Some("data")).unwrap()[..5], b"data\0");
         assert!(matches!(serial(path, Some("0123456789abcdefghijk")), Err(DiskError::IdTooLong { .. })));
+    }
+
+    #[test]
+    fn the_capacity_follows_a_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first.img"), dir.path().join("second.img"));
+        std::fs::File::create(&first).unwrap().set_len(4096).unwrap();
+        std::fs::File::create(&second).unwrap().set_len(1 << 20).unwrap();
+        let block = Block::open(&first, false, None).unwrap();
+        block.control().replace_file(&second).unwrap();
+        let mut capacity = [0u8; 8];
+        block.read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 2048);
+        assert_eq!(config_u32(&block, 20), 512, "the rest of the configuration stays");
     }
 
     #[test]

@@ -16,6 +16,7 @@ type Reader<'a> = virtio_queue::Reader<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 type Writer<'a> = virtio_queue::Writer<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 
 use super::backend::DiskBackend;
+use super::control::SharedDisk;
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::worker::{serve_queue, QueueHandler};
@@ -120,7 +121,7 @@ pub struct BlockHandler<B> {
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
-    disk: Disk<B>,
+    disk: Arc<SharedDisk<B>>,
     bounce: Vec<u8>,
 }
 
@@ -130,7 +131,7 @@ impl<B: DiskBackend> BlockHandler<B> {
         queue: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
-        disk: Disk<B>,
+        disk: Arc<SharedDisk<B>>,
     ) -> Self {
         BlockHandler { memory, queue, interrupt, guest_errors, disk, bounce: vec![0; BOUNCE_BYTES] }
     }
@@ -140,7 +141,7 @@ impl<B: DiskBackend> BlockHandler<B> {
         let (memory, disk, bounce, guest_errors) =
             (&self.memory, &self.disk, &mut self.bounce, &*self.guest_errors);
         serve_queue("virtio-blk", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
-            serve(memory, disk, bounce, guest_errors, chain)
+            serve(memory, &disk.current(), bounce, guest_errors, chain)
         });
     }
 }
@@ -482,6 +483,7 @@ mod tests {
         }
         let queue: Queue = mock.create_queue().unwrap();
         let interrupts = Arc::new(Recorder::default());
+        let disk = Arc::new(SharedDisk::new(disk));
         let mut handler = BlockHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), disk);
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
@@ -864,7 +866,7 @@ mod tests {
             queue,
             Arc::new(Recorder::default()),
             guest_errors(),
-            raw_disk(&path, false),
+            Arc::new(SharedDisk::new(raw_disk(&path, false))),
         );
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();

@@ -3,16 +3,19 @@
 //!
 //! `backend.rs` is the storage (positional I/O, hole punching), `device.rs` is what the transport
 //! sees (features, configuration space), `handler.rs` parses and executes the guest's requests on
-//! the device's worker thread.
+//! the device's worker thread, and `control.rs` holds the current disk, which [`BlockControl`]
+//! replaces while the guest runs.
 //!
 //! The disk is addressed in 512-byte sectors. An image whose size is not a multiple of 512 is
 //! rounded down: its last partial sector cannot be reached by the guest (a warning says so).
 
 mod backend;
+mod control;
 mod device;
 mod handler;
 
 pub use backend::{DiskBackend, RawFile};
+pub use control::BlockControl;
 pub use device::{Block, DiskError};
 
 /// The size of the request queue.

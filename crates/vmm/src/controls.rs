@@ -1,0 +1,84 @@
+//! What the control API changes in a running VM's devices: the keyboard types Ctrl+Alt+Del, the
+//! balloon takes a new target or statistics interval and reports, a disk gets a new backing file.
+//!
+//! Each call reaches the device through the handle the VMM kept when it built it, from the API's
+//! thread while the guest runs, and returns once the device has taken the change; the guest
+//! follows at its own pace, told by an interrupt.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use devices::legacy::{I8042Error, I8042};
+use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
+use virtio::block::{BlockControl, DiskError};
+
+use crate::builder::DeviceHandles;
+
+/// Why a device could not take a change.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot type Ctrl+Alt+Del: {0}")]
+    Keyboard(I8042Error),
+    #[error("the VM has no balloon device")]
+    NoBalloon,
+    #[error("{0}")]
+    Balloon(BalloonError),
+    #[error("the VM has no disk {index} (it has {count})")]
+    NoDisk { index: usize, count: usize },
+    #[error("cannot use {path} as the disk: {source}")]
+    Disk { path: PathBuf, source: DiskError },
+}
+
+/// Handles on the devices the API changes; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct DeviceControls {
+    i8042: Arc<Mutex<I8042>>,
+    balloon: Option<BalloonControl>,
+    disks: Vec<BlockControl>,
+}
+
+impl DeviceControls {
+    pub(crate) fn new(devices: &DeviceHandles) -> DeviceControls {
+        DeviceControls {
+            i8042: devices.i8042.clone(),
+            balloon: devices.virtio.balloon.clone(),
+            disks: devices.virtio.disks.clone(),
+        }
+    }
+
+    fn balloon(&self) -> Result<&BalloonControl, ControlError> {
+        self.balloon.as_ref().ok_or(ControlError::NoBalloon)
+    }
+
+    /// Asks the guest's balloon driver to grow or shrink the balloon to `target_mib`.
+    pub fn set_balloon_target(&self, target_mib: u32) -> Result<(), ControlError> {
+        self.balloon()?.set_target_mib(target_mib).map_err(ControlError::Balloon)
+    }
+
+    /// Asks the guest for memory statistics every `seconds` from now on (statistics cannot be
+    /// turned on or off while it runs).
+    pub fn set_balloon_stats_interval(&self, seconds: u16) -> Result<(), ControlError> {
+        self.balloon()?.set_stats_interval(seconds).map_err(ControlError::Balloon)
+    }
+
+    /// The balloon's sizes and the guest's latest statistics (fails without statistics).
+    pub fn balloon_report(&self) -> Result<BalloonReport, ControlError> {
+        self.balloon()?.report().map_err(ControlError::Balloon)
+    }
+
+    /// Types Ctrl+Alt+Del on the guest's keyboard (the i8042's output buffer, IRQ 1). A Linux
+    /// guest with the i8042 and atkbd drivers reboots; the VM then ends as a reset.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), ControlError> {
+        // A poisoned lock means a vCPU thread panicked mid-access; the registers are still whole.
+        let mut i8042 = self.i8042.lock().unwrap_or_else(PoisonError::into_inner);
+        i8042.send_ctrl_alt_del().map_err(ControlError::Keyboard)
+    }
+
+    /// Makes the file or block device at `path` disk `index` (counted in the configuration's
+    /// order of disks), opened as the disk was (read-only or not). The guest's driver is told its
+    /// capacity changed; requests under way finish on the old file.
+    pub fn replace_disk(&self, index: usize, path: &Path) -> Result<(), ControlError> {
+        let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
+        disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.to_owned(), source })
+    }
+}
