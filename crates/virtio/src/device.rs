@@ -200,6 +200,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError>;
     /// Stops serving the queues (the driver reset the device); a later activation starts afresh.
     fn reset(&mut self);
+    /// The transport could not start the device (the driver set it up wrongly, or
+    /// [`VirtioDevice::activate`] failed): counted in the device's `activate_fails`.
+    fn activation_failed(&self);
 }
 
 /// Copies `data.len()` bytes of `config` from `offset`, zero-filling whatever lies past its end.

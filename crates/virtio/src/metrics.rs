@@ -245,7 +245,9 @@ mod tests {
         block.write_bytes.add(512);
         let json = serde_json::to_string(&block.take()).unwrap();
         assert!(
-            json.starts_with(r#"{"activate_fails":0,"queue_event_count":0,"read_count":1,"read_bytes":4096,"#),
+            json.starts_with(
+                r#"{"activate_fails":0,"queue_event_count":0,"read_count":1,"read_bytes":4096,"#
+            ),
             "{json}"
         );
         assert!(json.contains(r#""write_bytes":512,"#), "{json}");

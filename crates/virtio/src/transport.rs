@@ -258,19 +258,27 @@ impl TransportState {
     }
 
     fn activate(&mut self) {
+        match self.try_activate() {
+            Ok(()) => self.active = true,
+            Err((cause, reason)) => {
+                self.device.activation_failed();
+                self.fail(cause, &reason);
+            }
+        }
+    }
+
+    fn try_activate(&mut self) -> Result<(), (Cause, String)> {
         if self.status & STATUS_FEATURES_OK == 0 {
-            return self.fail(Cause::Guest, "the driver set DRIVER_OK without FEATURES_OK");
+            return Err((Cause::Guest, "the driver set DRIVER_OK without FEATURES_OK".into()));
         }
         let queues = (0..self.queues.len()).map(|index| self.queue_for_device(index));
-        let queues = match queues.collect::<Result<Vec<_>, _>>() {
-            Ok(queues) => queues,
-            Err(reason) => return self.fail(Cause::Guest, &reason),
-        };
-        let queue_events =
-            match self.queue_events.iter().map(EventFd::try_clone).collect::<io::Result<Vec<_>>>() {
-                Ok(events) => events,
-                Err(e) => return self.fail(Cause::Host, &format!("cannot share the queue events: {e}")),
-            };
+        let queues = queues.collect::<Result<Vec<_>, _>>().map_err(|reason| (Cause::Guest, reason))?;
+        let queue_events = self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| (Cause::Host, format!("cannot share the queue events: {e}")))?;
         let context = ActivateContext {
             memory: self.memory.clone(),
             queues,
@@ -279,13 +287,10 @@ impl TransportState {
             acked_features: self.driver_features,
             guest_errors: self.guest_errors.clone(),
         };
-        match self.device.activate(context) {
-            Ok(()) => self.active = true,
-            Err(e) => {
-                let cause = if e.is_guest_caused() { Cause::Guest } else { Cause::Host };
-                self.fail(cause, &e.to_string());
-            }
-        }
+        self.device.activate(context).map_err(|e| {
+            let cause = if e.is_guest_caused() { Cause::Guest } else { Cause::Host };
+            (cause, e.to_string())
+        })
     }
 
     /// The queue the device gets: built from what the driver wrote, checked against the rules

@@ -11,6 +11,7 @@ use super::handler::{BalloonHandler, QueueRole};
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::metrics::BalloonMetrics;
 use crate::worker::Worker;
 
 const QUEUE_SIZE: u16 = 256;
@@ -47,6 +48,7 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     stats_interval: Option<Duration>,
     shared: Arc<Shared>,
+    metrics: Arc<BalloonMetrics>,
     worker: Option<Worker>,
 }
 
@@ -68,8 +70,14 @@ impl Balloon {
             queue_sizes: vec![QUEUE_SIZE; queue_roles(features).len()],
             stats_interval: settings.stats_interval,
             shared: Arc::new(Shared::new(settings.target_mib, ram_bytes)?),
+            metrics: Arc::default(),
             worker: None,
         })
+    }
+
+    /// What the balloon counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<BalloonMetrics> {
+        self.metrics.clone()
     }
 
     /// The host's handle on this balloon.
@@ -150,6 +158,7 @@ impl VirtioDevice for Balloon {
             context.memory.clone(),
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             self.shared.clone(),
             queues,
             stats_timer,
@@ -164,6 +173,10 @@ impl VirtioDevice for Balloon {
         self.shared.set_interrupt(None);
         // The guest's balloon is gone with its driver's state: the pages are its own again.
         self.shared.set_actual_pages(0);
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }
 

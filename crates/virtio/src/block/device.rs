@@ -14,6 +14,7 @@ use super::{ID_BYTES, SECTOR_SIZE};
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::metrics::BlockMetrics;
 use crate::worker::Worker;
 
 const QUEUE_SIZES: [u16; 1] = [super::QUEUE_SIZE];
@@ -51,6 +52,7 @@ pub struct Block {
     disk: Disk<RawFile>,
     features: u64,
     config: [u8; CONFIG_BYTES],
+    metrics: Arc<BlockMetrics>,
     worker: Option<Worker>,
 }
 
@@ -81,8 +83,14 @@ impl Block {
             disk: Disk { backend: Arc::new(backend), sectors, read_only, id },
             features,
             config: config_space(sectors),
+            metrics: Arc::default(),
             worker: None,
         })
+    }
+
+    /// What the disk counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -147,6 +155,7 @@ impl VirtioDevice for Block {
             queue,
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             self.disk.clone(),
         );
         self.worker = Some(context.spawn_worker("virtio-blk", handler)?);
@@ -155,6 +164,10 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }
 
