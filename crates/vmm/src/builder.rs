@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::irqchip::{self, GsiRouting, KvmMsiSink};
+use crate::metrics::VcpuMetrics;
 use crate::pci_devices::PciBus;
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
@@ -85,13 +86,17 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     }
     let (ended_sender, ended_receiver) = mpsc::channel();
     let ended_event = new_event_fd("vCPU exit notifier")?;
-    let shared = Arc::new(VcpuShared::new(
-        devices.pio_bus.clone(),
-        devices.mmio_bus.clone(),
-        devices.ioapic.clone(),
-        ended_sender,
-        clone_event_fd(&ended_event, "vCPU exit notifier")?,
-    ));
+    let vcpu_metrics: Arc<[VcpuMetrics]> = (0..config.vcpus).map(|_| VcpuMetrics::default()).collect();
+    let shared = Arc::new(
+        VcpuShared::new(
+            devices.pio_bus.clone(),
+            devices.mmio_bus.clone(),
+            devices.ioapic.clone(),
+            ended_sender,
+            clone_event_fd(&ended_event, "vCPU exit notifier")?,
+        )
+        .with_metrics(vcpu_metrics),
+    );
     let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
     let handles = devices.into_handles(config, controls);
     Ok(Vm::new(vm, memory, vcpus, shared, ended_receiver, ended_event, handles))

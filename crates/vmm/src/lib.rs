@@ -2,7 +2,8 @@
 //!
 //! [`builder::build`] assembles a VM from a [`config::VmConfig`] (memory, kernel, devices, vCPUs) and
 //! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it; a
-//! [`vm::VmHandle`] taken before pauses and resumes it from another thread.
+//! [`vm::VmHandle`] taken before pauses and resumes it from another thread. [`vm::Vm::metrics`]
+//! shares what the VM counts ([`metrics`]) with a metrics writer.
 
 pub mod builder;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod console;
 mod irqchip;
 mod kernel;
 mod memory;
+pub mod metrics;
 pub mod outcome;
 mod pci_devices;
 mod vcpu;

@@ -30,6 +30,7 @@ use libc::{c_int, c_void, siginfo_t};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::metrics::VcpuMetrics;
 use crate::outcome::VmOutcome;
 use crate::{Error, Result};
 
@@ -56,6 +57,8 @@ pub struct VcpuShared {
     /// Where a vCPU reports that its guest ended the VM.
     ended: Mutex<Sender<VmOutcome>>,
     ended_event: EventFd,
+    /// Each vCPU's counters, by index (none until [`VcpuShared::with_metrics`]).
+    metrics: Arc<[VcpuMetrics]>,
 }
 
 impl VcpuShared {
@@ -79,7 +82,17 @@ impl VcpuShared {
             parked_changed: Condvar::new(),
             ended: Mutex::new(ended),
             ended_event,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Gives vCPU N the counters `metrics[N]`.
+    pub fn with_metrics(self, metrics: Arc<[VcpuMetrics]>) -> Self {
+        VcpuShared { metrics, ..self }
+    }
+
+    pub fn metrics(&self) -> Arc<[VcpuMetrics]> {
+        self.metrics.clone()
     }
 
     fn lock_pause(&self) -> MutexGuard<'_, PauseState> {
@@ -297,6 +310,7 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
     shared.register_thread(index);
     let _report_if_unwinding = ReportIfUnwinding { index, shared };
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
+    let metrics = shared.metrics.get(usize::from(index));
     // Whether the last KVM_RUN returned an exit, whose operation KVM completes only on the next
     // entry: the vCPU must not park (nor its state be read) before that.
     let mut exit_pending = false;
@@ -313,6 +327,9 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
         let step = match vcpu.run() {
             Ok(exit) => {
                 exit_pending = true;
+                if let Some(metrics) = metrics {
+                    metrics.count_exit(&exit);
+                }
                 handle_exit(exit, shared)
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -332,6 +349,9 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
             }
             Step::Fail(reason) => VmOutcome::VcpuFailure { vcpu: index, rip: rip(&vcpu), reason },
         };
+        if let Some(metrics) = metrics {
+            metrics.count_end(&outcome);
+        }
         shared.report(outcome);
         break;
     }
