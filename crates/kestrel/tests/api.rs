@@ -6,79 +6,11 @@ mod common;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::api::{assert_fault, raw, request, start_vmm};
 use common::{kestrel, kvm_available, wait_for_line, wait_with_limit, Watchdog};
-
-/// Sends raw request bytes on a fresh connection; returns the status and body of the response.
-fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
-    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.write_all(request).expect("send request");
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // Read until the whole response (head + Content-Length bytes) is in.
-    loop {
-        let n = stream.read(&mut chunk).expect("read response");
-        response.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&response).into_owned();
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let length = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if response.len() >= head_end + 4 + length {
-                let status = text[9..12].parse().unwrap();
-                return (status, text[head_end + 4..head_end + 4 + length].to_owned());
-            }
-        }
-        assert!(n > 0, "connection closed mid-response: {text:?}");
-    }
-}
-
-fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    raw(socket, request.as_bytes())
-}
-
-/// Starts `kestrel vmm` and waits for its socket.
-fn start_vmm(socket: &Path) -> Child {
-    let child = kestrel()
-        .arg("vmm")
-        .arg("--api-sock")
-        .arg(socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kestrel vmm");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(socket).is_err() {
-        assert!(Instant::now() < deadline, "the API socket did not appear");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
-fn assert_fault(response: (u16, String), expected: &str) {
-    assert_eq!(response.0, 400, "{}", response.1);
-    let fault: String = response
-        .1
-        .split("\"fault_message\":\"")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no fault_message: {}", response.1))
-        .into();
-    assert!(fault.contains(expected), "{fault:?} does not contain {expected:?}");
-}
 
 #[test]
 fn configure_and_boot_the_hello_guest_through_the_socket() {

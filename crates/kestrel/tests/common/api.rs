@@ -1,0 +1,85 @@
+//! A tiny std-only HTTP client for `kestrel vmm`'s API socket, and the VMM's start.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::kestrel;
+
+/// Sends raw request bytes on a fresh connection; returns the status and body of the response.
+pub fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
+    let mut stream = UnixStream::connect(socket).expect("connect to the API socket");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request).expect("send request");
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read until the whole response (head + Content-Length bytes) is in.
+    loop {
+        let n = stream.read(&mut chunk).expect("read response");
+        response.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if response.len() >= head_end + 4 + length {
+                let status = text[9..12].parse().unwrap();
+                return (status, text[head_end + 4..head_end + 4 + length].to_owned());
+            }
+        }
+        assert!(n > 0, "connection closed mid-response: {text:?}");
+    }
+}
+
+pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(socket, request.as_bytes())
+}
+
+/// `kestrel vmm --api-sock socket` with stdin closed and stdout and stderr piped.
+pub fn vmm_command(socket: &Path) -> Command {
+    let mut command = kestrel();
+    command
+        .arg("vmm")
+        .arg("--api-sock")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts `command` (a `kestrel vmm`) and waits for its socket.
+pub fn spawn_vmm(mut command: Command, socket: &Path) -> Child {
+    let child = command.spawn().expect("start kestrel vmm");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).is_err() {
+        assert!(Instant::now() < deadline, "the API socket did not appear");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Starts `kestrel vmm` and waits for its socket.
+pub fn start_vmm(socket: &Path) -> Child {
+    spawn_vmm(vmm_command(socket), socket)
+}
+
+/// Asserts a 400 whose `fault_message` contains `expected`.
+#[track_caller]
+pub fn assert_fault(response: (u16, String), expected: &str) {
+    assert_eq!(response.0, 400, "{}", response.1);
+    let body: serde_json::Value = serde_json::from_str(&response.1).expect("a JSON error body");
+    let fault = body["fault_message"].as_str().unwrap_or_else(|| panic!("no fault_message: {}", response.1));
+    assert!(fault.contains(expected), "{fault:?} does not contain {expected:?}");
+}
