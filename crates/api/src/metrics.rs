@@ -169,7 +169,7 @@ pub struct MetricsWriter {
     destination: OnceLock<Mutex<File>>,
     /// Held so that the periodic writer ends when this writer is dropped (its receiver then
     /// reports the sender gone).
-    _stop_periodic: OnceLock<mpsc::Sender<()>>,
+    periodic_stop: OnceLock<mpsc::Sender<()>>,
 }
 
 impl MetricsWriter {
@@ -207,7 +207,7 @@ impl MetricsWriter {
         // and the set; should one, it loses cleanly.
         self.destination.set(Mutex::new(file)).map_err(|_| MetricsError::AlreadyInitialized)?;
         let (stop, stopped) = mpsc::channel();
-        let _ = self._stop_periodic.set(stop);
+        let _ = self.periodic_stop.set(stop);
         let writer = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("kestrel-metrics".into())
@@ -307,7 +307,10 @@ fn wait_writable(file: &File, deadline: Instant) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+    use crate::sink::testing::make_fifo;
 
     fn request(method: Method, path: &str) -> Request {
         Request { method, path: path.into(), body: Vec::new(), close: false }
@@ -404,14 +407,31 @@ mod tests {
     fn a_full_pipe_loses_the_line_and_counts_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fifo");
-        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path; mkfifo only creates the file.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        make_fifo(&path);
         let writer = MetricsWriter::new();
         writer.init(&path).unwrap();
         // Nobody reads: the pipe fills, and then a whole line is refused.
         let error = (0..1000).find_map(|_| writer.flush().err()).expect("the pipe never filled");
         assert!(matches!(error, MetricsError::Write(_)), "{error}");
         assert_eq!(writer.health.take().get("missed_metrics_count"), Some(1));
+    }
+
+    #[test]
+    fn a_line_longer_than_the_pipe_is_finished_as_the_reader_drains_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        make_fifo(&path);
+        let mut pipe = crate::sink::open_for_append(&path).unwrap();
+        let line: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reader = File::open(&path).unwrap();
+        let expected = line.len();
+        let drained = std::thread::spawn(move || {
+            let mut bytes = vec![0u8; expected];
+            reader.read_exact(&mut bytes).unwrap();
+            bytes
+        });
+        // The empty pipe takes a first part at once; the rest waits for the reader.
+        write_line(&mut pipe, &line).unwrap();
+        assert!(drained.join().unwrap() == line, "the line arrives whole and in order");
     }
 }

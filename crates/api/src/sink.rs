@@ -14,10 +14,24 @@ pub fn open_for_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).append(true).create(true).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
+/// Helpers the crate's tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    /// Makes a named pipe at `path`.
+    pub(crate) fn make_fifo(path: &Path) {
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
 
+    use super::testing::make_fifo;
     use super::*;
 
     #[test]
@@ -36,9 +50,7 @@ mod tests {
     fn a_named_pipe_opens_without_a_reader_and_never_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fifo");
-        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path; mkfifo only creates the file.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        make_fifo(&path);
         let mut pipe = open_for_append(&path).unwrap();
         pipe.write_all(b"line\n").unwrap();
         let mut reader = File::open(&path).unwrap();

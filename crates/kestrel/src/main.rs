@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use api::metrics::MetricsWriter;
-
 use clap::Parser;
 
 fn main() -> ExitCode {
