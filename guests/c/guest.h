@@ -67,6 +67,12 @@ void print(const char *s);  /* no newline added */
 void print_dec(u64 v);
 void print_hex(u64 v, int digits);        /* lowercase, zero-padded to `digits` */
 void print_dec2(u64 v);                   /* two digits, zero-padded */
+/*
+ * Waits for one byte on the console (its value does not matter), so a host test can act at a
+ * known moment; returns NULL, or a failure once it has waited too long (tens of seconds on the
+ * nested test host), so a host that never answers gets a failure, not a hang.
+ */
+const char *wait_for_console_byte(void);
 
 /*
  * Command line: finds the first `key=value` word; returns the value (not NUL-terminated, ends at

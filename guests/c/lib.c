@@ -50,6 +50,24 @@ size_t strlen(const char *s)
 
 void print_char(char c) { outb(COM1, (u8)c); }
 
+/* COM1's line status register and its data-ready bit. */
+#define COM1_LSR (COM1 + 5)
+#define LSR_DATA_READY 0x01
+/* Status reads before wait_for_console_byte gives up: each read is a VM exit. */
+#define CONSOLE_WAIT_READS (1UL << 20)
+
+const char *wait_for_console_byte(void)
+{
+	for (u64 reads = 0; reads < CONSOLE_WAIT_READS; reads++) {
+		if (inb(COM1_LSR) & LSR_DATA_READY) {
+			(void)inb(COM1);
+			return NULL;
+		}
+		cpu_relax();
+	}
+	return "no byte from the host on the console";
+}
+
 void print(const char *s)
 {
 	while (*s)

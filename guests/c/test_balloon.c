@@ -26,16 +26,6 @@
 #define WINDOW_START (16UL << 20)
 #define WINDOW_MAX_PAGES ((128UL << 20) / BALLOON_PAGE)
 
-/* COM1 line status register and its data-ready bit. */
-#define COM1_DATA 0x3F8
-#define COM1_LSR 0x3FD
-#define LSR_DATA_READY 0x01
-/*
- * Status reads before a wait for the host's byte gives up: each read is a VM exit, so this is
- * tens of seconds on the nested test host. A host that never answers gets a failure, not a hang.
- */
-#define CONSOLE_WAIT_READS (1UL << 20)
-
 static volatile u64 *page_at(u32 index) { return (volatile u64 *)(WINDOW_START + index * BALLOON_PAGE); }
 
 static void print_pages(const char *what, u32 pages)
@@ -45,19 +35,6 @@ static void print_pages(const char *what, u32 pages)
 	print(" ");
 	print_dec(pages);
 	print(" pages\n");
-}
-
-/* Waits for one byte on the console (its value does not matter). */
-static const char *wait_for_host(void)
-{
-	for (u64 reads = 0; reads < CONSOLE_WAIT_READS; reads++) {
-		if (inb(COM1_LSR) & LSR_DATA_READY) {
-			(void)inb(COM1_DATA);
-			return NULL;
-		}
-		cpu_relax();
-	}
-	return "no byte from the host on the console";
 }
 
 /* Hands pages 0..pages-1 of the window to the device on `vq`, PFNS_PER_BUFFER at a time. */
@@ -109,13 +86,13 @@ const char *test_balloon(struct virtio_dev *dev)
 	for (u32 i = 0; i < pages; i++)
 		*page_at(i) = WINDOW_START + i * BALLOON_PAGE + 1; /* never zero */
 	print_pages("touched", pages);
-	if ((failure = wait_for_host()))
+	if ((failure = wait_for_console_byte()))
 		return failure;
 
 	if ((failure = send_pfns(&inflate, pages)) || (failure = set_actual(dev, pages)))
 		return failure;
 	print_pages("inflated", pages);
-	if ((failure = wait_for_host()))
+	if ((failure = wait_for_console_byte()))
 		return failure;
 
 	for (u32 i = 0; i < pages; i++) {

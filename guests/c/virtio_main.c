@@ -1,7 +1,9 @@
 /*
  * virtio: lists the virtio devices it finds on every transport, and runs on them the device tests
  * the command line asks for with test=<name>[,<name>...] (the tests are listed in
- * virtio_tests.h). Then it prints "virtio: done" and resets the machine.
+ * virtio_tests.h). Then it prints "virtio: done" and resets the machine; with hold=1 it first
+ * prints "virtio: holding" and waits for a byte on the console, so a host test can look at the
+ * VMM (its metrics, say) while the guest is still there.
  */
 #include "virtio.h"
 
@@ -134,5 +136,16 @@ void guest_main(const struct bootinfo *info)
 	}
 	report_tests_not_run(info->cmdline, runs);
 	print("virtio: done\n");
+	size_t len;
+	const char *hold = cmdline_get(info->cmdline, "hold", &len);
+	if (hold && str_eq_n(hold, len, "1")) {
+		print("virtio: holding\n");
+		const char *failure = wait_for_console_byte();
+		if (failure) {
+			print("virtio: FAILED ");
+			print(failure);
+			print("\n");
+		}
+	}
 	reset();
 }

@@ -39,6 +39,14 @@ pub struct Request {
     pub close: bool,
 }
 
+impl Request {
+    /// The path's segments after the leading `/`, a trailing `/` ignored: `/drives/a` is
+    /// `["drives", "a"]`, `/` is `[]`.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.trim_end_matches('/').split('/').skip(1).collect()
+    }
+}
+
 /// Why a request could not be read. Everything but [`HttpError::Closed`] and [`HttpError::Io`]
 /// is answered with a 400 whose `fault_message` is the error's text.
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,16 @@
 //! - [`http`]: a strict, size-limited HTTP/1.1 request parser and response writer.
 //! - [`server`]: the Unix socket (owner-only), one thread per connection, and the routing of
 //!   requests to a [`server::Handler`].
+//! - [`metrics`]: the metrics lines (`PUT /metrics`, `FlushMetrics`) and what the API counts;
+//!   [`logger`]: `PUT /logger`, for the binary to apply; [`sink`]: the files both write to.
 
 pub mod http;
+pub mod logger;
+pub mod metrics;
 pub mod models;
 pub mod resources;
 pub mod server;
+pub mod sink;
 
 /// Firecracker's message for a pre-boot-only request made after `InstanceStart`.
 pub const NOT_SUPPORTED_AFTER_START: &str =

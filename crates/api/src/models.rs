@@ -220,6 +220,62 @@ pub enum ActionType {
     SendCtrlAltDel,
 }
 
+/// `PUT /metrics`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub metrics_path: String,
+}
+
+/// `PUT /logger`. Each field left out takes the specification's default, except `log_path`:
+/// without it the log stays where it goes now.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// The logger's level. Firecracker reads it in any case (`"debug"`, `"Debug"`, `"DEBUG"`), and
+/// Kestrel takes `Warn` for `Warning` too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LogLevel {
+    Error,
+    Warning,
+    Info,
+    Debug,
+    Trace,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warning" | "warn" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            "off" => LogLevel::Off,
+            _ => {
+                return Err(serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Str(&text),
+                    &"one of Error, Warning, Info, Debug, Trace, Off (in any case)",
+                ))
+            }
+        })
+    }
+}
+
 /// `PATCH /vm`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

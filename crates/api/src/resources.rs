@@ -425,6 +425,7 @@ impl VmResources {
                     .map(str::parse)
                     .transpose()
                     .map_err(ConfigError::InvalidMac)?,
+                id: Some(iface.iface_id.clone()),
             }));
         }
         if self.entropy.is_some() {

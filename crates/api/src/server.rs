@@ -13,10 +13,12 @@ use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
 use vmm::snapshot::{SnapshotKind, SnapshotRequest};
 
 use crate::http::{read_request, HttpError, Method, Request, Response};
+use crate::logger::{LoggerControl, LoggerSettings};
+use crate::metrics::MetricsWriter;
 use crate::models::{
     ActionType, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, EntropyDevice,
-    InstanceActionInfo, InstanceInfo, InstanceState, MachineConfiguration, MemoryBackendType,
-    NetworkInterface, PartialDrive, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState,
+    InstanceActionInfo, InstanceInfo, InstanceState, Logger, MachineConfiguration, MemoryBackendType,
+    Metrics, NetworkInterface, PartialDrive, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState,
     VmStateValue, Vsock,
 };
 use crate::resources::VmResources;
@@ -174,6 +176,9 @@ pub struct Api {
     vm: Option<Box<dyn VmControl>>,
     /// A configuration request succeeded: loading a snapshot is no longer allowed.
     configured: bool,
+    metrics: Arc<MetricsWriter>,
+    /// Applies `PUT /logger`; without it the endpoint is not served.
+    logger: Option<LoggerControl>,
 }
 
 impl Api {
@@ -189,15 +194,30 @@ impl Api {
             starter,
             vm: None,
             configured: false,
+            metrics: MetricsWriter::new(),
+            logger: None,
         }
+    }
+
+    /// The metrics `PUT /metrics` and `FlushMetrics` write: the runner attaches the VM's counters
+    /// once it has built the VM, and writes a last line when it ends.
+    pub fn metrics(&self) -> Arc<MetricsWriter> {
+        self.metrics.clone()
+    }
+
+    /// Serves `PUT /logger` through `control`.
+    pub fn set_logger_control(&mut self, control: LoggerControl) {
+        self.logger = Some(control);
     }
 
     /// Answers one request. Never panics on client input.
     pub fn handle(&mut self, request: &Request) -> Response {
-        match self.route(request) {
+        let response = match self.route(request) {
             Ok(response) => response,
             Err(message) => Response::bad_request(&message),
-        }
+        };
+        self.metrics.api().count(request, response.status);
+        response
     }
 
     fn started(&self) -> bool {
@@ -230,7 +250,7 @@ impl Api {
     }
 
     fn route(&mut self, request: &Request) -> Result<Response, String> {
-        let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').skip(1).collect();
+        let segments = request.segments();
         let body = &request.body[..];
         use Method::{Get, Patch, Put};
         match (request.method, &segments[..]) {
@@ -309,7 +329,12 @@ impl Api {
                         self.vm()?.send_ctrl_alt_del()?;
                         Ok(Response::no_content())
                     }
-                    ActionType::FlushMetrics => Err(not_yet("FlushMetrics (metrics)")),
+                    // Like Firecracker: before the start there is nothing to flush.
+                    ActionType::FlushMetrics if !self.started() => Err(NOT_SUPPORTED_BEFORE_START.into()),
+                    ActionType::FlushMetrics => {
+                        self.metrics.flush().map_err(|e| e.to_string())?;
+                        Ok(Response::no_content())
+                    }
                 }
             }
             (Patch, ["vm"]) => {
@@ -343,8 +368,8 @@ impl Api {
             }
             (Put, ["snapshot", "create"]) => self.create_snapshot(body),
             (Put, ["snapshot", "load"]) => self.load_snapshot(body),
-            (Put, ["logger"]) => Err(not_yet("The logger endpoint (use --log-level)")),
-            (Put, ["metrics"]) => Err(not_yet("Metrics")),
+            (Put, ["logger"]) => self.put_logger(body),
+            (Put, ["metrics"]) => self.put_metrics(body),
             (Put | Patch | Get, ["mmds"]) | (Put, ["mmds", "config"]) => Err(not_yet("MMDS")),
             (Put, ["cpu-config"]) => Err(not_yet("CPU configuration")),
             (Put, ["serial"]) => Err(not_yet("The serial endpoint (use --serial)")),
@@ -359,6 +384,27 @@ impl Api {
                 request.path.chars().take(200).collect::<String>()
             )),
         }
+    }
+
+    /// `PUT /logger`: before the start, as often as asked (Firecracker's rules).
+    fn put_logger(&mut self, body: &[u8]) -> Result<Response, String> {
+        let request: Logger = parse_body(body)?;
+        if self.started() {
+            return Err(NOT_SUPPORTED_AFTER_START.into());
+        }
+        let control = self.logger.as_mut().ok_or_else(|| not_yet("The logger endpoint (use --log-level)"))?;
+        control(LoggerSettings::open(request).map_err(|e| e.to_string())?)?;
+        Ok(Response::no_content())
+    }
+
+    /// `PUT /metrics`: before the start, once (Firecracker's rules).
+    fn put_metrics(&mut self, body: &[u8]) -> Result<Response, String> {
+        let Metrics { metrics_path } = parse_body(body)?;
+        if self.started() {
+            return Err(NOT_SUPPORTED_AFTER_START.into());
+        }
+        self.metrics.init(Path::new(&metrics_path)).map_err(|e| e.to_string())?;
+        Ok(Response::no_content())
     }
 
     fn start(&mut self) -> Result<Response, String> {
@@ -895,7 +941,12 @@ mod tests {
             (Method::Put, "/actions", r#"{"action_type": "SendCtrlAltDel"}"#.into(), "before starting"),
             (Method::Put, "/snapshot/create", "{}".into(), "missing field"),
             (Method::Put, "/logger", "{}".into(), "not supported by Kestrel yet"),
-            (Method::Put, "/metrics", "{}".into(), "not supported by Kestrel yet"),
+            (Method::Put, "/logger", r#"{"level": "loud"}"#.into(), "one of Error, Warning, Info, Debug, Trace, Off"),
+            (Method::Put, "/logger", r#"{"log_path": "/tmp/l", "colour": true}"#.into(), "unknown field `colour`"),
+            (Method::Put, "/metrics", "{}".into(), "missing field `metrics_path`"),
+            (Method::Put, "/metrics", r#"{"metrics_path": "/tmp/m", "x": 1}"#.into(), "unknown field `x`"),
+            (Method::Put, "/metrics", r#"{"metrics_path": "/nonexistent/dir/m"}"#.into(), "Cannot open the metrics file"),
+            (Method::Put, "/actions", r#"{"action_type": "FlushMetrics"}"#.into(), "before starting"),
             (Method::Get, "/nowhere", "".into(), "Invalid request method and/or path: GET /nowhere."),
             (Method::Patch, "/boot-source", "{}".into(), "Invalid request method and/or path"),
         ];
@@ -905,6 +956,77 @@ mod tests {
         }
         assert!(started.lock().unwrap().is_empty());
         assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Not started");
+    }
+
+    #[test]
+    fn metrics_are_set_up_once_before_the_start_and_flushed_after_it() {
+        let (mut api, _) = api();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        let put = format!(r#"{{"metrics_path": "{}"}}"#, path.display());
+        let flush = r#"{"action_type": "FlushMetrics"}"#;
+        assert_eq!(call(&mut api, Method::Put, "/metrics", &put).0, 204);
+        let again = fault(&mut api, Method::Put, "/metrics", &put);
+        assert_eq!(again, "Reinitialization of metrics not allowed.");
+        assert_eq!(fault(&mut api, Method::Put, "/actions", flush), NOT_SUPPORTED_BEFORE_START);
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", flush).0, 204);
+        assert_eq!(fault(&mut api, Method::Put, "/metrics", &put), NOT_SUPPORTED_AFTER_START);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let put_requests = &lines[0]["put_api_requests"];
+        assert_eq!((&put_requests["metrics_count"], &put_requests["metrics_fails"]), (&2.into(), &1.into()));
+        // The flush counts itself once answered: in the next line.
+        assert_eq!((&put_requests["actions_count"], &put_requests["actions_fails"]), (&2.into(), &1.into()));
+        assert_eq!(lines[0]["api_server"]["request_count"], 5);
+        api.metrics().flush().unwrap();
+        let last = std::fs::read_to_string(&path).unwrap().lines().nth(1).map(str::to_owned).unwrap();
+        let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(last["put_api_requests"]["actions_count"], 1);
+        assert_eq!(last["put_api_requests"]["metrics_fails"], 1);
+    }
+
+    #[test]
+    fn the_logger_is_configured_through_its_control_before_the_start() {
+        let (mut api, _) = api();
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let seen = applied.clone();
+        api.set_logger_control(Box::new(move |settings| {
+            if settings.module.as_deref() == Some("refused") {
+                return Err("the control refused".into());
+            }
+            seen.lock().unwrap().push((settings.level, settings.show_level, settings.file.is_some()));
+            Ok(())
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("kestrel.log");
+        let with_file =
+            format!(r#"{{"log_path": "{}", "level": "debug", "show_level": true}}"#, log.display());
+        assert_eq!(call(&mut api, Method::Put, "/logger", &with_file).0, 204);
+        assert!(log.exists());
+        // Firecracker lets the logger be changed again before the start.
+        assert_eq!(call(&mut api, Method::Put, "/logger", r#"{"level": "Error"}"#).0, 204);
+        let refused = fault(&mut api, Method::Put, "/logger", r#"{"module": "refused"}"#);
+        assert_eq!(refused, "the control refused");
+        let missing = format!(r#"{{"log_path": "{}/no/such/dir/log"}}"#, dir.path().display());
+        assert!(fault(&mut api, Method::Put, "/logger", &missing).starts_with("Cannot open the log file"));
+        use tracing::level_filters::LevelFilter;
+        assert_eq!(
+            *applied.lock().unwrap(),
+            [(LevelFilter::DEBUG, true, true), (LevelFilter::ERROR, false, false)]
+        );
+
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert_eq!(fault(&mut api, Method::Put, "/logger", "{}"), NOT_SUPPORTED_AFTER_START);
+        assert_eq!(applied.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -170,6 +170,12 @@ pub struct RunArgs {
     /// Example: --vsock cid=3,uds=/tmp/kestrel.vsock
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
+
+    /// Append the VM's metrics to a file or named pipe, one JSON line in Firecracker's format
+    /// every 60 seconds and when the VM ends (see docs/api.yaml, PUT /metrics). A missing file is
+    /// created; an existing one is appended to. Example: --metrics-path /tmp/kestrel-metrics.json
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
 }
 
 impl RunArgs {

@@ -105,6 +105,7 @@ pub fn parse_net(text: &str) -> Result<NetConfig, String> {
     Ok(NetConfig {
         tap: parse_tap_name(options.required("tap")?)?,
         mac: options.get("mac").map(str::parse::<MacAddress>).transpose()?,
+        id: None,
     })
 }
 
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn net_forms() {
         let mac = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        let net = |tap: Option<&str>, mac| NetConfig { tap: tap.map(str::to_owned), mac };
+        let net = |tap: Option<&str>, mac| NetConfig { tap: tap.map(str::to_owned), mac, id: None };
         assert_eq!(parse_net("tap=tap0"), Ok(net(Some("tap0"), None)));
         assert_eq!(parse_net("tap=auto"), Ok(net(None, None)));
         assert_eq!(

@@ -3,14 +3,16 @@
 mod cli;
 mod device_options;
 mod exit_status;
+mod logging;
 mod size;
 mod vmm_api;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
+use api::metrics::MetricsWriter;
 use clap::Parser;
-use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
     // No exit path may leave the user's terminal in raw mode, not even a bug.
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
     }));
 
     let cli = cli::Cli::parse();
-    init_logging(cli.log_level);
+    logging::init(cli.log_level);
     match cli.command {
         cli::Command::Run(args) => run(args),
         cli::Command::Vmm(args) => vmm_api::run(args),
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
 }
 
 fn run(mut args: cli::RunArgs) -> ExitCode {
+    let metrics_path = args.metrics_path.take();
     let config = match args.config.take() {
         Some(path) => match vmm_api::load_config_file(&path, args.serial.clone(), args.transport) {
             Ok(config) => config,
@@ -39,13 +42,32 @@ fn run(mut args: cli::RunArgs) -> ExitCode {
         },
         None => args.into_config(),
     };
-    run_config(&config)
+    run_config(&config, metrics_path.as_deref())
 }
 
-/// Builds and runs a VM, and turns how it ended into the process's exit status.
-fn run_config(config: &vmm::config::VmConfig) -> ExitCode {
-    let outcome = vmm::builder::build(config).and_then(|vm| vm.run());
+/// Builds and runs a VM, and turns how it ended into the process's exit status. With a metrics
+/// path, the VM's metrics go there periodically and once more at the end.
+fn run_config(config: &vmm::config::VmConfig, metrics_path: Option<&Path>) -> ExitCode {
+    let metrics = MetricsWriter::new();
+    if let Some(path) = metrics_path {
+        if let Err(e) = metrics.init(path) {
+            report(format_args!("kestrel: error: {e}"));
+            return ExitCode::from(exit_status::ERROR);
+        }
+    }
+    let outcome = vmm::builder::build(config).and_then(|vm| {
+        metrics.attach_vm(vm.metrics());
+        vm.run()
+    });
+    write_last_metrics(&metrics);
     exit_for(outcome)
+}
+
+/// The metrics line written as the VMM exits, with the counts since the previous one.
+fn write_last_metrics(metrics: &MetricsWriter) {
+    if let Err(e) = metrics.flush() {
+        tracing::warn!("{e}");
+    }
 }
 
 fn exit_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> ExitCode {
@@ -67,31 +89,4 @@ fn exit_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> ExitCode {
 /// status still tells the outcome.
 fn report(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// Stderr for log lines, best effort: a failed write is dropped instead of reported, because
-/// tracing-subscriber reports it with `eprintln!`, which panics when stderr is a closed pipe.
-struct BestEffortStderr;
-
-impl Write for BestEffortStderr {
-    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
-        Ok(std::io::stderr().write(buffer).unwrap_or(buffer.len()))
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
-        Ok(())
-    }
-}
-
-fn init_logging(level: LevelFilter) {
-    // KESTREL_LOG (a level name) overrides the flag, for runs started by other programs.
-    let level = std::env::var("KESTREL_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(level);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(|| BestEffortStderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
-        .init();
 }

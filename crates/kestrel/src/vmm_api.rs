@@ -15,7 +15,7 @@ use api::server::{Api, Launch, Starter};
 use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
 use vmm::vm::VmHandle;
 
-use crate::{cli, exit_for, exit_status, report};
+use crate::{cli, exit_for, exit_status, logging, report, write_last_metrics};
 
 /// A start request from the API thread, and where to send the built VM's handle (or why it could
 /// not be built).
@@ -50,7 +50,10 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
         let handle = reply_rx.recv().map_err(|_| "the VMM is gone".to_owned())??;
         Ok(Box::new(handle) as Box<dyn api::server::VmControl>)
     });
-    let api = Arc::new(Mutex::new(Api::new(args.id, args.serial, args.transport, starter)));
+    let mut api = Api::new(args.id, args.serial, args.transport, starter);
+    api.set_logger_control(Box::new(logging::apply));
+    let metrics = api.metrics();
+    let api = Arc::new(Mutex::new(api));
     let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
         block_termination_signals();
@@ -64,10 +67,13 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     while let Ok((launch, reply)) = start_rx.recv() {
         match launch_vm(&launch) {
             Ok(vm) => {
+                metrics.attach_vm(vm.metrics());
                 // The API pauses, resumes and snapshots the VM through its handle while this
                 // thread runs it.
                 let _ = reply.send(Ok(vm.handle()));
-                return exit_for(vm.run());
+                let outcome = vm.run();
+                write_last_metrics(&metrics);
+                return exit_for(outcome);
             }
             Err(e) => {
                 tracing::warn!("starting the VM failed: {e}");

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::api_client::{assert_fault, raw, request, start_vmm, start_vmm_with};
+use common::api::{assert_fault, raw, request, start_vmm, start_vmm_with};
 use common::{kestrel, kvm_available, wait_for_line, wait_with_limit, Watchdog};
 
 /// A number field of a JSON body as the API writes it (`"name":123`, no spaces).

@@ -15,7 +15,7 @@ use std::os::unix::net::UnixListener;
 use std::process::Child;
 use std::thread;
 
-use common::api_client::{request, start_vmm_with};
+use common::api::{request, start_vmm_with};
 use common::kit::*;
 use common::*;
 

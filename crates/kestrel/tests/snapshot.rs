@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::api_client::{assert_fault, request, start_vmm_with};
+use common::api::{assert_fault, request, start_vmm_with};
 use common::{kvm_available, Watchdog, HANG_LIMIT};
 
 /// hello.c's COUNT_STEP.

@@ -205,6 +205,9 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The worker serving the queues, while the device is active (snapshots hold it).
     fn worker(&self) -> Option<&Worker>;
+    /// The transport could not start the device (the driver set it up wrongly, or
+    /// [`VirtioDevice::activate`] failed): counted in the device's `activate_fails`.
+    fn activation_failed(&self);
 }
 
 /// Copies `data.len()` bytes of `config` from `offset`, zero-filling whatever lies past its end.

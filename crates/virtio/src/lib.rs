@@ -12,10 +12,14 @@
 //! Two transports present the same devices: [`mmio`] and [`pci`] (modern virtio-pci with MSI-X).
 //! What they share (feature negotiation, queue setup, device status, activation, reset) lives in
 //! `transport.rs`; each adds only its register layout and its way of interrupting.
+//!
+//! Each device counts what it does in its group of [`metrics`] (Firecracker's names), which it
+//! shares with the VMM's metrics writer.
 
 pub mod balloon;
 pub mod block;
 pub mod device;
+pub mod metrics;
 pub mod mmio;
 pub mod net;
 pub mod pci;

@@ -388,11 +388,14 @@ mod tests {
     #[test]
     fn a_queue_outside_memory_marks_the_device_broken() {
         let memory = memory();
-        let mut transport = MmioTransport::new(Box::new(Rng::new()), memory.clone()).unwrap();
+        let rng = Rng::new();
+        let metrics = rng.metrics();
+        let mut transport = MmioTransport::new(Box::new(rng), memory.clone()).unwrap();
         // Rings placed past the end of guest memory.
         driver_init_with_rings(&mut transport, 0xF000_0000);
         assert_ne!(read(&mut transport, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
         assert_eq!(read(&mut transport, REG_INTERRUPT_STATUS), INTERRUPT_CONFIG_CHANGE);
+        assert_eq!(metrics.take().get("activate_fails"), Some(1), "the device counts the failure");
     }
 
     fn driver_init_with_rings(transport: &mut MmioTransport, base: u32) {

@@ -322,17 +322,19 @@ impl TransportState {
     }
 
     fn activate(&mut self) {
-        if self.status & STATUS_FEATURES_OK == 0 {
-            return self.fail(Cause::Guest, "the driver set DRIVER_OK without FEATURES_OK");
-        }
-        let queues = (0..self.queues.len()).map(|index| self.queue_for_device(index));
-        let queues = match queues.collect::<Result<Vec<_>, _>>() {
-            Ok(queues) => queues,
-            Err(reason) => return self.fail(Cause::Guest, &reason),
-        };
-        if let Err((cause, reason)) = self.start_device(queues, false) {
+        if let Err((cause, reason)) = self.try_activate() {
+            self.device.activation_failed();
             self.fail(cause, &reason);
         }
+    }
+
+    fn try_activate(&mut self) -> Result<(), (Cause, String)> {
+        if self.status & STATUS_FEATURES_OK == 0 {
+            return Err((Cause::Guest, "the driver set DRIVER_OK without FEATURES_OK".into()));
+        }
+        let queues = (0..self.queues.len()).map(|index| self.queue_for_device(index));
+        let queues = queues.collect::<Result<Vec<_>, _>>().map_err(|reason| (Cause::Guest, reason))?;
+        self.start_device(queues, false)
     }
 
     /// Hands the queues to the device, which starts serving them.

@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::irqchip::{self, GsiRouting, KvmMsiSink};
+use crate::metrics::VcpuMetrics;
 use crate::pci_devices::PciBus;
 use crate::snapshot::memory_file::FileIdentity;
 use crate::snapshot::{self, vcpu_state, SnapshotError, SnapshotSources, VmState};
@@ -206,14 +207,18 @@ impl VmParts {
         let VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file } = self;
         let (ended_sender, ended_receiver) = mpsc::channel();
         let ended_event = new_event_fd("vCPU exit notifier")?;
-        let shared = Arc::new(VcpuShared::new(
-            devices.pio_bus.clone(),
-            devices.mmio_bus.clone(),
-            devices.ioapic.clone(),
-            ended_sender,
-            clone_event_fd(&ended_event, "vCPU exit notifier")?,
-            vcpus.len(),
-        ));
+        let vcpu_metrics: Arc<[VcpuMetrics]> = (0..vcpus.len()).map(|_| VcpuMetrics::default()).collect();
+        let shared = Arc::new(
+            VcpuShared::new(
+                devices.pio_bus.clone(),
+                devices.mmio_bus.clone(),
+                devices.ioapic.clone(),
+                ended_sender,
+                clone_event_fd(&ended_event, "vCPU exit notifier")?,
+                vcpus.len(),
+            )
+            .with_metrics(vcpu_metrics),
+        );
         let msr_indices =
             kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
         let sources = Arc::new(SnapshotSources {

@@ -90,6 +90,9 @@ pub struct NetConfig {
     pub tap: Option<String>,
     /// The card's address; by default a random locally administered one.
     pub mac: Option<MacAddress>,
+    /// The card's name in the metrics (`net_<id>`; the API's interface ID); by default the tap's
+    /// name.
+    pub id: Option<String>,
 }
 
 /// The longest serial number a disk can have.

@@ -2,8 +2,9 @@
 //!
 //! [`builder::build`] assembles a VM from a [`config::VmConfig`] (memory, kernel, devices, vCPUs) and
 //! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it; a
-//! [`vm::VmHandle`] taken before pauses and resumes it from another thread, and reaches its devices
-//! ([`controls::DeviceControls`]).
+//! [`vm::VmHandle`] taken before pauses, resumes and snapshots it from another thread, and reaches
+//! its devices ([`controls::DeviceControls`]). [`vm::Vm::metrics`] shares what the VM counts
+//! ([`metrics`]) with a metrics writer.
 
 pub mod builder;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod controls;
 mod irqchip;
 mod kernel;
 mod memory;
+pub mod metrics;
 pub mod outcome;
 mod pci_devices;
 pub mod snapshot;

@@ -30,6 +30,7 @@ use libc::{c_int, c_void, siginfo_t};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::metrics::VcpuMetrics;
 use crate::outcome::VmOutcome;
 use crate::snapshot::vcpu_state::{self, VcpuState};
 use crate::snapshot::SnapshotError;
@@ -60,6 +61,8 @@ pub struct VcpuShared {
     /// How many vCPUs the VM has (threads register as they start).
     vcpu_count: usize,
     ended_event: EventFd,
+    /// Each vCPU's counters, by index (none until [`VcpuShared::with_metrics`]).
+    metrics: Arc<[VcpuMetrics]>,
 }
 
 impl VcpuShared {
@@ -85,7 +88,17 @@ impl VcpuShared {
             ended: Mutex::new(ended),
             vcpu_count,
             ended_event,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Gives vCPU N the counters `metrics[N]`.
+    pub fn with_metrics(self, metrics: Arc<[VcpuMetrics]>) -> Self {
+        VcpuShared { metrics, ..self }
+    }
+
+    pub fn metrics(&self) -> Arc<[VcpuMetrics]> {
+        self.metrics.clone()
     }
 
     fn lock_pause(&self) -> MutexGuard<'_, PauseState> {
@@ -361,6 +374,7 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
     shared.register_thread(index);
     let _report_if_unwinding = ReportIfUnwinding { index, shared };
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
+    let metrics = shared.metrics.get(usize::from(index));
     // Whether the last KVM_RUN returned an exit, whose operation KVM completes only on the next
     // entry: the vCPU must not park (nor its state be read) before that.
     let mut exit_pending = false;
@@ -377,6 +391,9 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
         let step = match vcpu.run() {
             Ok(exit) => {
                 exit_pending = true;
+                if let Some(metrics) = metrics {
+                    metrics.count_exit(&exit);
+                }
                 handle_exit(exit, shared)
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -396,6 +413,9 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
             }
             Step::Fail(reason) => VmOutcome::VcpuFailure { vcpu: index, rip: rip(&vcpu), reason },
         };
+        if let Some(metrics) = metrics {
+            metrics.count_end(&outcome);
+        }
         shared.report(outcome);
         break;
     }

@@ -16,8 +16,9 @@ use virtio::GuestRam;
 use virtio::VirtioDevice;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::config::{BalloonConfig, NetConfig, VirtioConfig};
+use crate::config::{BalloonConfig, BlockConfig, NetConfig, VirtioConfig};
 use crate::irqchip::KvmMsiSink;
+use crate::metrics::DeviceMetrics;
 use crate::{kvm_err, Error, Result};
 
 /// The IOAPIC pins virtio-mmio devices get, in order: ISA lines no emulated device uses. Not 8,
@@ -62,6 +63,8 @@ pub struct VirtioControls {
     pub balloon: Option<BalloonControl>,
     /// Each disk's backing file, in the order of the configuration's disks.
     pub disks: Vec<BlockControl>,
+    /// What each device counts.
+    pub metrics: DeviceMetrics,
 }
 
 /// Creates the device a configuration entry describes; devices with a host-side handle leave it
@@ -72,20 +75,42 @@ pub(crate) fn create_device(
     controls: &mut VirtioControls,
 ) -> Result<Box<dyn VirtioDevice>> {
     Ok(match config {
-        VirtioConfig::Rng => Box::new(Rng::new()),
+        VirtioConfig::Rng => {
+            let rng = Rng::new();
+            controls.metrics.add_entropy(rng.metrics());
+            Box::new(rng)
+        }
         VirtioConfig::Block(disk) => {
             let block = Block::open(&disk.path, disk.read_only, disk.id.as_deref())
                 .map_err(|source| Error::Disk { path: disk.path.clone(), source })?;
+            controls.metrics.add_block(&disk_key(disk), block.metrics());
             controls.disks.push(block.control());
             Box::new(block)
         }
-        VirtioConfig::Net(net) => Box::new(create_net(net)?),
+        VirtioConfig::Net(config) => {
+            let (net, tap_name) = create_net(config)?;
+            controls.metrics.add_net(config.id.as_deref().unwrap_or(&tap_name), net.metrics());
+            Box::new(net)
+        }
         VirtioConfig::Balloon(balloon) => {
             let balloon = create_balloon(balloon, memory)?;
             controls.balloon = Some(balloon.control());
+            controls.metrics.add_balloon(balloon.metrics());
             Box::new(balloon)
         }
-        VirtioConfig::Vsock(vsock) => Box::new(Vsock::new(vsock.cid, &vsock.uds_path).map_err(Error::Vsock)?),
+        VirtioConfig::Vsock(vsock) => {
+            let vsock = Vsock::new(vsock.cid, &vsock.uds_path).map_err(Error::Vsock)?;
+            controls.metrics.add_vsock(vsock.metrics());
+            Box::new(vsock)
+        }
+    })
+}
+
+/// A disk's name in the metrics: its ID (the API's drive ID), else its file's name.
+fn disk_key(disk: &BlockConfig) -> String {
+    disk.id.clone().unwrap_or_else(|| {
+        let name = disk.path.file_name().unwrap_or(disk.path.as_os_str());
+        name.to_string_lossy().into_owned()
     })
 }
 
@@ -100,8 +125,9 @@ fn create_balloon(config: &BalloonConfig, memory: &GuestRam) -> Result<Balloon> 
     Balloon::new(&settings, ram_bytes).map_err(Error::Balloon)
 }
 
-/// Opens the card's tap and gives the card its address (a random one unless the user chose).
-fn create_net(config: &NetConfig) -> Result<Net> {
+/// Opens the card's tap and gives the card its address (a random one unless the user chose);
+/// returns the card and the tap's name.
+fn create_net(config: &NetConfig) -> Result<(Net, String)> {
     let tap = Tap::open(config.tap.as_deref()).map_err(|source| Error::Tap {
         tap: config.tap.clone().unwrap_or_else(|| "kestrelN (automatic name)".to_owned()),
         source,
@@ -115,7 +141,8 @@ fn create_net(config: &NetConfig) -> Result<Net> {
     };
     // The user needs the name to configure the host side of an automatic tap.
     tracing::info!("virtio-net: tap {}, MAC {mac}", tap.name());
-    Ok(Net::new(tap, mac))
+    let tap_name = tap.name().to_owned();
+    Ok((Net::new(tap, mac), tap_name))
 }
 
 /// Creates every configured device and attaches it to the MMIO bus at its slot.

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::builder::DeviceHandles;
 use crate::console::{ConsoleInput, EscapeParser, RawTerminal};
 use crate::controls::DeviceControls;
+use crate::metrics::VmMetrics;
 use crate::outcome::VmOutcome;
 use crate::snapshot::{self, SnapshotReport, SnapshotRequest, SnapshotSources};
 use crate::vcpu::{self, VcpuShared, VcpuThread};
@@ -83,6 +84,7 @@ pub struct Vm {
     ended: Receiver<VmOutcome>,
     ended_event: EventFd,
     devices: DeviceHandles,
+    metrics: Arc<VmMetrics>,
     /// Holds the VM fd and guest RAM too, so they outlive the vCPU fds above.
     sources: Arc<SnapshotSources>,
 }
@@ -93,16 +95,24 @@ impl Vm {
         shared: Arc<VcpuShared>,
         ended: Receiver<VmOutcome>,
         ended_event: EventFd,
-        devices: DeviceHandles,
+        mut devices: DeviceHandles,
         sources: Arc<SnapshotSources>,
     ) -> Vm {
-        Vm { vcpus, shared, ended, ended_event, devices, sources }
+        let device_metrics = std::mem::take(&mut devices.virtio.metrics);
+        let metrics = Arc::new(VmMetrics::new(shared.metrics(), device_metrics));
+        Vm { vcpus, shared, ended, ended_event, devices, metrics, sources }
     }
 
     /// The balloon's host-side handle, if the VM has a balloon: take it before [`Vm::run`] to set
     /// the target and read the guest's reports from another thread while the guest runs.
     pub fn balloon(&self) -> Option<virtio::balloon::BalloonControl> {
         self.devices.virtio.balloon.clone()
+    }
+
+    /// What the VM's vCPUs and devices count: take it before [`Vm::run`] to write metrics from
+    /// another thread while the guest runs (and after, the counters outlive the VM).
+    pub fn metrics(&self) -> Arc<VmMetrics> {
+        self.metrics.clone()
     }
 
     /// The pause/resume handle: take it before [`Vm::run`] to pause and resume the guest, and change
@@ -403,6 +413,7 @@ mod tests {
         };
         let vm = crate::builder::build(&config).unwrap();
         let handle = vm.handle();
+        let metrics = vm.metrics();
         // A pause before run holds the vCPUs before they first enter the guest.
         handle.pause().unwrap();
         assert!(handle.is_paused());
@@ -423,5 +434,10 @@ mod tests {
         let _ = std::fs::remove_file(&log);
         assert_eq!(outcome, VmOutcome::Reset, "{output}");
         assert!(output.contains("loops: 100000\n") && output.contains("exit: reset"), "{output}");
+        // Every one of the loop's port writes was counted, none lost to the pauses.
+        let groups = metrics.take();
+        let exits = |group: &str| groups.iter().find(|(name, _)| name == group).unwrap().1.get("exit_io_out");
+        assert!(exits("vcpu_0").unwrap() > 100_000, "{groups:?}");
+        assert_eq!(exits("vcpu"), Some(exits("vcpu_0").unwrap() + exits("vcpu_1").unwrap()));
     }
 }

@@ -1,7 +1,7 @@
 //! Shared test harness: runs the real `kestrel` binary on the test guests.
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
-pub mod api_client;
+pub mod api;
 pub mod kit;
 pub mod netns;
 

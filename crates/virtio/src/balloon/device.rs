@@ -11,6 +11,7 @@ use super::handler::{BalloonHandler, QueueRole};
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::metrics::BalloonMetrics;
 use crate::worker::Worker;
 
 const QUEUE_SIZE: u16 = 256;
@@ -46,6 +47,7 @@ pub struct Balloon {
     features: u64,
     queue_sizes: Vec<u16>,
     shared: Arc<Shared>,
+    metrics: Arc<BalloonMetrics>,
     worker: Option<Worker>,
 }
 
@@ -66,8 +68,14 @@ impl Balloon {
             features,
             queue_sizes: vec![QUEUE_SIZE; queue_roles(features).len()],
             shared: Arc::new(Shared::new(settings.target_mib, ram_bytes, settings.stats_interval)?),
+            metrics: Arc::default(),
             worker: None,
         })
+    }
+
+    /// What the balloon counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<BalloonMetrics> {
+        self.metrics.clone()
     }
 
     /// The host's handle on this balloon.
@@ -149,6 +157,7 @@ impl VirtioDevice for Balloon {
             context.memory.clone(),
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             self.shared.clone(),
             queues,
             stats_timer,
@@ -167,6 +176,10 @@ impl VirtioDevice for Balloon {
 
     fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }
 

@@ -14,6 +14,7 @@ use super::control::Shared;
 use super::pages::{coalesce, discard, GuestRange};
 use super::stats::{BalloonStats, STAT_BYTES};
 use crate::device::{GuestErrorLog, Interrupt};
+use crate::metrics::BalloonMetrics;
 use crate::worker::{self, QueueHandler};
 
 /// The device's name in messages.
@@ -41,6 +42,7 @@ pub struct BalloonHandler {
     memory: GuestRam,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<BalloonMetrics>,
     shared: Arc<Shared>,
     /// Indexed by the transport's queue index.
     queues: Vec<(QueueRole, Queue)>,
@@ -56,11 +58,21 @@ impl BalloonHandler {
         memory: GuestRam,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
+        metrics: Arc<BalloonMetrics>,
         shared: Arc<Shared>,
         queues: Vec<(QueueRole, Queue)>,
         stats_timer: Option<TimerFd>,
     ) -> BalloonHandler {
-        BalloonHandler { memory, interrupt, guest_errors, shared, queues, held_stats: None, stats_timer }
+        BalloonHandler {
+            memory,
+            interrupt,
+            guest_errors,
+            metrics,
+            shared,
+            queues,
+            held_stats: None,
+            stats_timer,
+        }
     }
 
     /// Serves every available buffer of queue `index`, then interrupts the driver once if it
@@ -75,20 +87,28 @@ impl BalloonHandler {
             let head = chain.head_index();
             let done = match role {
                 QueueRole::Inflate => {
+                    self.metrics.inflate_count.inc();
                     inflate(&self.memory, &self.guest_errors, chain);
                     Some(head)
                 }
                 QueueRole::Deflate => {
+                    self.metrics.deflate_count.inc();
                     // Nothing to do: the host never took the pages away, it only stopped backing
                     // them, and the guest's next access faults in a zeroed page.
                     Some(head)
                 }
                 QueueRole::Reporting => {
-                    discard_reported(&self.memory, &self.guest_errors, chain);
+                    self.metrics.free_page_report_count.inc();
+                    discard_reported(&self.memory, &self.guest_errors, &self.metrics, chain);
                     Some(head)
                 }
                 QueueRole::Stats => {
-                    self.shared.set_stats(read_stats(&self.memory, &self.guest_errors, chain));
+                    self.metrics.stats_updates_count.inc();
+                    let stats = read_stats(&self.memory, &self.guest_errors, chain).unwrap_or_else(|| {
+                        self.metrics.stats_update_fails.inc();
+                        BalloonStats::default()
+                    });
+                    self.shared.set_stats(stats);
                     // A driver that sends a second buffer before the first came back gets the
                     // older one back now, so neither is lost.
                     self.held_stats.replace(head)
@@ -149,34 +169,47 @@ fn inflate(memory: &GuestRam, guest_errors: &GuestErrorLog, chain: DescriptorCha
             }
         }
         for range in coalesce(&mut pfns) {
-            outside += discard_range(memory, range);
+            outside += discard_range(memory, range).unwrap_or(0);
         }
     }
     warn_outside(guest_errors, outside, "inflated");
 }
 
 /// Discards the whole pages inside each descriptor of a free-page report.
-fn discard_reported(memory: &GuestRam, guest_errors: &GuestErrorLog, chain: DescriptorChain<&GuestRam>) {
+fn discard_reported(
+    memory: &GuestRam,
+    guest_errors: &GuestErrorLog,
+    metrics: &BalloonMetrics,
+    chain: DescriptorChain<&GuestRam>,
+) {
     let mut outside = 0;
     for descriptor in chain {
         if let Some(range) = GuestRange::whole_pages_within(descriptor.addr().0, u64::from(descriptor.len()))
         {
-            outside += discard_range(memory, range);
+            match discard_range(memory, range) {
+                Some(bytes_outside) => {
+                    outside += bytes_outside;
+                    metrics.free_page_report_freed.add(range.end - range.start - bytes_outside);
+                }
+                None => metrics.free_page_report_fails.inc(),
+            }
         }
     }
     warn_outside(guest_errors, outside, "reported free");
 }
 
-/// Discards `range`; returns the bytes of it outside guest RAM.
-fn discard_range(memory: &GuestRam, range: GuestRange) -> u64 {
-    discard(memory, range).unwrap_or_else(|e| {
-        tracing::error!(
-            "virtio-balloon: cannot discard guest memory {:#x}..{:#x}: {e}",
-            range.start,
-            range.end
-        );
-        0
-    })
+/// Discards `range`; returns the bytes of it outside guest RAM, or `None` (logged) if the host
+/// refused.
+fn discard_range(memory: &GuestRam, range: GuestRange) -> Option<u64> {
+    discard(memory, range)
+        .map_err(|e| {
+            tracing::error!(
+                "virtio-balloon: cannot discard guest memory {:#x}..{:#x}: {e}",
+                range.start,
+                range.end
+            )
+        })
+        .ok()
 }
 
 fn warn_outside(guest_errors: &GuestErrorLog, bytes: u64, what: &str) {
@@ -185,21 +218,23 @@ fn warn_outside(guest_errors: &GuestErrorLog, bytes: u64, what: &str) {
     }
 }
 
-/// The statistics in a stats buffer; a buffer that cannot be read counts as reporting nothing.
+/// The statistics in a stats buffer, or `None` (logged) for a buffer that cannot be read.
 fn read_stats(
     memory: &GuestRam,
     guest_errors: &GuestErrorLog,
     chain: DescriptorChain<&GuestRam>,
-) -> BalloonStats {
+) -> Option<BalloonStats> {
     let mut bytes = Vec::new();
     let read = chain.reader(memory).map_err(|e| format!("{e:?}")).and_then(|reader| {
         reader.take((MAX_STATS * STAT_BYTES) as u64).read_to_end(&mut bytes).map_err(|e| e.to_string())
     });
-    if let Err(e) = read {
-        guest_errors.log(format_args!("malformed stats buffer: {e}"));
-        bytes.clear();
+    match read {
+        Ok(_) => Some(BalloonStats::parse(&bytes)),
+        Err(e) => {
+            guest_errors.log(format_args!("malformed stats buffer: {e}"));
+            None
+        }
     }
-    BalloonStats::parse(&bytes)
 }
 
 /// Backend descriptors, when the stats queue is in use.
@@ -275,6 +310,7 @@ mod tests {
         next_descriptor: Vec<u16>,
         interrupts: Arc<Recorder>,
         shared: Arc<Shared>,
+        metrics: Arc<BalloonMetrics>,
         handler: BalloonHandler,
     }
 
@@ -286,15 +322,17 @@ mod tests {
                 ROLES.iter().zip(&mocks).map(|(&role, mock)| (role, mock.create_queue().unwrap())).collect();
             let interrupts = Arc::new(Recorder::default());
             let shared = Arc::new(Shared::new(0, RAM, Some(Duration::from_secs(3600))).unwrap());
+            let metrics = Arc::new(BalloonMetrics::default());
             let handler = BalloonHandler::new(
                 memory.clone(),
                 interrupts.clone(),
                 guest_errors(),
+                metrics.clone(),
                 shared.clone(),
                 queues,
                 None,
             );
-            Bench { memory, mocks, next_descriptor: vec![0; 4], interrupts, shared, handler }
+            Bench { memory, mocks, next_descriptor: vec![0; 4], interrupts, shared, metrics, handler }
         }
 
         /// The driver makes one buffer available on `queue` and notifies it.
@@ -438,6 +476,8 @@ mod tests {
         let mut bench = Bench::new(&memory);
         bench.send(2, &[descriptor(RAM - 4, 20, 0, 0)]);
         assert_eq!(bench.shared_stats(), BalloonStats::default());
+        let counts = bench.metrics.take();
+        assert_eq!((counts.get("stats_updates_count"), counts.get("stats_update_fails")), (Some(1), Some(1)));
     }
 
     #[test]
@@ -511,6 +551,9 @@ mod tests {
         assert_eq!(resident_pages(&memory, second), 2, "its partial first and last pages stay");
         assert_eq!(resident_pages(&memory, pages(0x201, 14)), 0);
         assert_eq!(resident_pages(&memory, kept), 1);
+        let counts = bench.metrics.take();
+        assert_eq!(counts.get("free_page_report_count"), Some(1));
+        assert_eq!(counts.get("free_page_report_freed"), Some(30 * PAGE_SIZE), "whole pages inside RAM");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::{ID_BYTES, SECTOR_SIZE};
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::metrics::BlockMetrics;
 use crate::worker::Worker;
 
 const QUEUE_SIZES: [u16; 1] = [super::QUEUE_SIZE];
@@ -53,6 +54,7 @@ pub enum DiskError {
 pub struct Block {
     disk: Arc<SharedDisk<RawFile>>,
     features: u64,
+    metrics: Arc<BlockMetrics>,
     worker: Option<Worker>,
 }
 
@@ -85,12 +87,17 @@ impl Block {
         features |=
             if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
         let disk = Disk { backend: Arc::new(backend), sectors, read_only, id };
-        Ok(Block { disk: Arc::new(SharedDisk::new(disk)), features, worker: None })
+        Ok(Block { disk: Arc::new(SharedDisk::new(disk)), features, metrics: Arc::default(), worker: None })
     }
 
     /// The host's handle on this disk, to replace its backing file while the guest runs.
     pub fn control(&self) -> BlockControl {
         BlockControl::new(self.disk.clone())
+    }
+
+    /// What the disk counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -157,6 +164,7 @@ impl VirtioDevice for Block {
             queue,
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             self.disk.clone(),
         );
         self.worker = Some(context.spawn_worker("virtio-blk", handler)?);
@@ -171,6 +179,10 @@ impl VirtioDevice for Block {
 
     fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }
 

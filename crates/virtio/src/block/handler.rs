@@ -19,6 +19,7 @@ use super::backend::DiskBackend;
 use super::control::SharedDisk;
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::device::{GuestErrorLog, Interrupt};
+use crate::metrics::BlockMetrics;
 use crate::worker::{serve_queue, QueueHandler};
 
 // Request types.
@@ -106,6 +107,38 @@ enum RequestError {
     Host(io::Error),
 }
 
+/// A request carried out, for the device's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Done {
+    /// Bytes moved from the disk to the guest.
+    Read(usize),
+    /// Bytes moved from the guest to the disk.
+    Write(usize),
+    Flush,
+    GetId,
+    Discard,
+    WriteZeroes,
+}
+
+impl Done {
+    fn count(self, metrics: &BlockMetrics) {
+        match self {
+            Done::Read(bytes) => {
+                metrics.read_count.inc();
+                metrics.read_bytes.add(bytes as u64);
+            }
+            Done::Write(bytes) => {
+                metrics.write_count.inc();
+                metrics.write_bytes.add(bytes as u64);
+            }
+            Done::Flush => metrics.flush_count.inc(),
+            Done::GetId => {}
+            Done::Discard => metrics.discard_count.inc(),
+            Done::WriteZeroes => metrics.write_zeroes_count.inc(),
+        }
+    }
+}
+
 impl RequestError {
     fn status(&self) -> u8 {
         match self {
@@ -121,6 +154,7 @@ pub struct BlockHandler<B> {
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<BlockMetrics>,
     disk: Arc<SharedDisk<B>>,
     bounce: Vec<u8>,
 }
@@ -131,17 +165,18 @@ impl<B: DiskBackend> BlockHandler<B> {
         queue: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
+        metrics: Arc<BlockMetrics>,
         disk: Arc<SharedDisk<B>>,
     ) -> Self {
-        BlockHandler { memory, queue, interrupt, guest_errors, disk, bounce: vec![0; BOUNCE_BYTES] }
+        BlockHandler { memory, queue, interrupt, guest_errors, metrics, disk, bounce: vec![0; BOUNCE_BYTES] }
     }
 
     /// Serves every available request, then interrupts the driver once if it wants to know.
     fn process_requests(&mut self) {
-        let (memory, disk, bounce, guest_errors) =
-            (&self.memory, &self.disk, &mut self.bounce, &*self.guest_errors);
+        let (memory, disk, bounce, guest_errors, metrics) =
+            (&self.memory, &self.disk, &mut self.bounce, &*self.guest_errors, &*self.metrics);
         serve_queue("virtio-blk", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
-            serve(memory, &disk.current(), bounce, guest_errors, chain)
+            serve(memory, &disk.current(), bounce, guest_errors, metrics, chain)
         });
     }
 }
@@ -152,6 +187,7 @@ impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
     }
 
     fn process_queue(&mut self, _index: usize) {
+        self.metrics.queue_event_count.inc();
         self.process_requests();
     }
 }
@@ -163,16 +199,19 @@ fn serve<B: DiskBackend>(
     disk: &Disk<B>,
     bounce: &mut [u8],
     guest_errors: &GuestErrorLog,
+    metrics: &BlockMetrics,
     chain: DescriptorChain<&GuestRam>,
 ) -> u32 {
     let reader = Reader::new(memory, chain.clone());
     let mut data = match Writer::new(memory, chain) {
         Ok(writer) if writer.available_bytes() > 0 => writer,
         Ok(_) => {
+            metrics.invalid_reqs_count.inc();
             guest_errors.log(format_args!("a request has no status byte; completed unanswered"));
             return 0;
         }
         Err(e) => {
+            metrics.invalid_reqs_count.inc();
             guest_errors.log(format_args!("a request's writable buffers are not in guest memory: {e:?}"));
             return 0;
         }
@@ -181,6 +220,7 @@ fn serve<B: DiskBackend>(
     let mut status = match data.split_at(status_offset) {
         Ok(status) => status,
         Err(e) => {
+            metrics.invalid_reqs_count.inc();
             guest_errors.log(format_args!("cannot find a request's status byte: {e:?}"));
             return 0;
         }
@@ -190,11 +230,20 @@ fn serve<B: DiskBackend>(
         Err(e) => Err(RequestError::GuestMemory(io::Error::other(format!("{e:?}")))),
     };
     let status_byte = match result {
-        Ok(()) => VIRTIO_BLK_S_OK,
+        Ok(done) => {
+            done.count(metrics);
+            VIRTIO_BLK_S_OK
+        }
         Err(e) => {
             match e {
-                RequestError::Host(_) => tracing::warn!("virtio-blk: {e}"),
-                _ => tracing::debug!("virtio-blk: request rejected: {e}"),
+                RequestError::Host(_) => {
+                    metrics.execute_fails.inc();
+                    tracing::warn!("virtio-blk: {e}");
+                }
+                _ => {
+                    metrics.invalid_reqs_count.inc();
+                    tracing::debug!("virtio-blk: request rejected: {e}");
+                }
             }
             e.status()
         }
@@ -215,7 +264,7 @@ fn execute<B: DiskBackend>(
     bounce: &mut [u8],
     reader: &mut Reader,
     data: &mut Writer,
-) -> Result<(), RequestError> {
+) -> Result<Done, RequestError> {
     let mut header = [0u8; HEADER_BYTES];
     reader.read_exact(&mut header).map_err(|_| RequestError::MissingHeader)?;
     let [t0, t1, t2, t3, _, _, _, _, sector @ ..] = header;
@@ -226,17 +275,15 @@ fn execute<B: DiskBackend>(
         return Err(RequestError::TooLarge(data_bytes));
     }
     match request_type {
-        VIRTIO_BLK_T_IN => read_sectors(disk, bounce, sector, data),
-        VIRTIO_BLK_T_OUT => write_sectors(disk, bounce, sector, reader),
-        VIRTIO_BLK_T_FLUSH => disk.backend.flush().map_err(RequestError::Host),
+        VIRTIO_BLK_T_IN => read_sectors(disk, bounce, sector, data).map(Done::Read),
+        VIRTIO_BLK_T_OUT => write_sectors(disk, bounce, sector, reader).map(Done::Write),
+        VIRTIO_BLK_T_FLUSH => disk.backend.flush().map(|()| Done::Flush).map_err(RequestError::Host),
         VIRTIO_BLK_T_GET_ID => {
             let count = data.available_bytes().min(ID_BYTES);
-            data.write_all(&disk.id[..count]).map_err(RequestError::GuestMemory)
+            data.write_all(&disk.id[..count]).map(|()| Done::GetId).map_err(RequestError::GuestMemory)
         }
-        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            let discard = request_type == VIRTIO_BLK_T_DISCARD;
-            zero_segments(disk, reader, discard)
-        }
+        VIRTIO_BLK_T_DISCARD => zero_segments(disk, reader, true).map(|()| Done::Discard),
+        VIRTIO_BLK_T_WRITE_ZEROES => zero_segments(disk, reader, false).map(|()| Done::WriteZeroes),
         other => Err(RequestError::UnsupportedType(other)),
     }
 }
@@ -258,14 +305,15 @@ fn sector_range<B>(disk: &Disk<B>, sector: u64, count: u64) -> Result<u64, Reque
     }
 }
 
-/// VIRTIO_BLK_T_IN: disk to guest, a bounce buffer at a time.
+/// VIRTIO_BLK_T_IN: disk to guest, a bounce buffer at a time; returns the bytes read.
 fn read_sectors<B: DiskBackend>(
     disk: &Disk<B>,
     bounce: &mut [u8],
     sector: u64,
     data: &mut Writer,
-) -> Result<(), RequestError> {
-    let mut remaining = data.available_bytes();
+) -> Result<usize, RequestError> {
+    let bytes = data.available_bytes();
+    let mut remaining = bytes;
     let mut offset = byte_range(disk, sector, remaining)?;
     while remaining > 0 {
         let chunk = &mut bounce[..remaining.min(BOUNCE_BYTES)];
@@ -274,20 +322,21 @@ fn read_sectors<B: DiskBackend>(
         offset += chunk.len() as u64;
         remaining -= chunk.len();
     }
-    Ok(())
+    Ok(bytes)
 }
 
-/// VIRTIO_BLK_T_OUT: guest to disk, a bounce buffer at a time.
+/// VIRTIO_BLK_T_OUT: guest to disk, a bounce buffer at a time; returns the bytes written.
 fn write_sectors<B: DiskBackend>(
     disk: &Disk<B>,
     bounce: &mut [u8],
     sector: u64,
     data: &mut Reader,
-) -> Result<(), RequestError> {
+) -> Result<usize, RequestError> {
     if disk.read_only {
         return Err(RequestError::ReadOnly);
     }
-    let mut remaining = data.available_bytes();
+    let bytes = data.available_bytes();
+    let mut remaining = bytes;
     let mut offset = byte_range(disk, sector, remaining)?;
     while remaining > 0 {
         let chunk = &mut bounce[..remaining.min(BOUNCE_BYTES)];
@@ -296,7 +345,7 @@ fn write_sectors<B: DiskBackend>(
         offset += chunk.len() as u64;
         remaining -= chunk.len();
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// One range of a discard or write-zeroes request.
@@ -466,6 +515,16 @@ mod tests {
         disk: Disk<B>,
         chains: &[Vec<Buffer>],
     ) -> (Vec<u32>, Vec<InterruptCause>) {
+        serve_counted(memory, disk, chains, Arc::default())
+    }
+
+    /// [`serve_chains`], counting into `metrics`.
+    fn serve_counted<B: DiskBackend>(
+        memory: &GuestRam,
+        disk: Disk<B>,
+        chains: &[Vec<Buffer>],
+        metrics: Arc<BlockMetrics>,
+    ) -> (Vec<u32>, Vec<InterruptCause>) {
         let mock = MockSplitQueue::new(memory, 16);
         let mut offset = 0u16;
         for chain in chains {
@@ -484,7 +543,8 @@ mod tests {
         let queue: Queue = mock.create_queue().unwrap();
         let interrupts = Arc::new(Recorder::default());
         let disk = Arc::new(SharedDisk::new(disk));
-        let mut handler = BlockHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), disk);
+        let mut handler =
+            BlockHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), metrics, disk);
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(usize::from(used_index), chains.len(), "every request is completed");
@@ -846,6 +906,42 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_counted_by_kind_and_outcome() {
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let status = |i: u64| Buffer(STATUS + 0x100 * i, 1, true);
+        let header_at = |i: u64, request_type: u32, sector: u64| {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+            bytes[8..].copy_from_slice(&sector.to_le_bytes());
+            memory.write_slice(&bytes, GuestAddress(HEADER + 0x100 * i)).unwrap();
+            Buffer(HEADER + 0x100 * i, 16, false)
+        };
+        let chains = vec![
+            vec![header_at(0, VIRTIO_BLK_T_IN, 0), Buffer(DATA, 1024, true), status(0)],
+            vec![header_at(1, VIRTIO_BLK_T_OUT, 8), Buffer(DATA, 2048, false), status(1)],
+            vec![header_at(2, VIRTIO_BLK_T_FLUSH, 0), status(2)],
+            vec![header_at(3, VIRTIO_BLK_T_IN, SECTORS), Buffer(DATA, 512, true), status(3)],
+            vec![header_at(4, 99, 0), status(4)],
+            vec![header_at(5, VIRTIO_BLK_T_FLUSH, 0)],
+        ];
+        let metrics = Arc::new(BlockMetrics::default());
+        serve_counted(&memory, raw_disk(&path, false), &chains, metrics.clone());
+        let counts = metrics.take();
+        let count = |name| counts.get(name).unwrap();
+        assert_eq!((count("read_count"), count("read_bytes")), (1, 1024));
+        assert_eq!((count("write_count"), count("write_bytes")), (1, 2048));
+        assert_eq!(count("flush_count"), 1);
+        assert_eq!(count("invalid_reqs_count"), 3, "past the end, unknown type, no status byte");
+        assert_eq!(count("queue_event_count"), 1);
+        assert_eq!(count("execute_fails"), 0);
+
+        serve_counted(&memory, disk_of(Failing, false), &chains[..1], metrics.clone());
+        let counts = metrics.take();
+        assert_eq!((counts.get("execute_fails"), counts.get("read_count")), (Some(1), Some(0)));
+    }
+
+    #[test]
     fn a_descriptor_loop_does_not_hang() {
         let (_dir, path) = patterned_disk();
         let memory = memory();
@@ -866,6 +962,7 @@ mod tests {
             queue,
             Arc::new(Recorder::default()),
             guest_errors(),
+            Arc::default(),
             Arc::new(SharedDisk::new(raw_disk(&path, false))),
         );
         handler.process_queue(0);

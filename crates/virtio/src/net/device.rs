@@ -1,11 +1,14 @@
 //! The network device as its transport sees it: features, configuration space, activation.
 
+use std::sync::Arc;
+
 use super::handler::NetHandler;
 use super::mac::MacAddress;
 use super::tap::Tap;
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::metrics::NetMetrics;
 use crate::worker::Worker;
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
@@ -49,6 +52,7 @@ const CONFIG_BYTES: usize = 8;
 pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_BYTES],
+    metrics: Arc<NetMetrics>,
     worker: Option<Worker>,
 }
 
@@ -57,7 +61,12 @@ impl Net {
         let mut config = [0u8; CONFIG_BYTES];
         config[..6].copy_from_slice(&mac.0);
         config[6..].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        Net { tap, config, worker: None }
+        Net { tap, config, metrics: Arc::default(), worker: None }
+    }
+
+    /// What the card counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -109,6 +118,7 @@ impl VirtioDevice for Net {
             tx,
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             backend,
         );
         self.worker = Some(context.spawn_worker("virtio-net", handler)?);
@@ -121,6 +131,10 @@ impl VirtioDevice for Net {
 
     fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }
 

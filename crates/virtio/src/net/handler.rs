@@ -12,6 +12,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::{MAX_FRAME_BYTES, VNET_HDR_LEN};
 use crate::device::{GuestErrorLog, Interrupt};
+use crate::metrics::NetMetrics;
 use crate::worker::{self, QueueHandler};
 
 /// The device's name in messages.
@@ -64,6 +65,7 @@ pub struct NetHandler<B> {
     tx: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<NetMetrics>,
     backend: B,
     /// One byte longer than the largest frame, so that a longer one shows as such instead of
     /// arriving cut short.
@@ -83,6 +85,7 @@ impl<B: FrameBackend> NetHandler<B> {
         tx: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
+        metrics: Arc<NetMetrics>,
         backend: B,
     ) -> Self {
         NetHandler {
@@ -91,6 +94,7 @@ impl<B: FrameBackend> NetHandler<B> {
             tx,
             interrupt,
             guest_errors,
+            metrics,
             backend,
             rx_frame: vec![0; MAX_FRAME_BYTES + 1].into_boxed_slice(),
             tx_frame: vec![0; MAX_FRAME_BYTES].into_boxed_slice(),
@@ -109,6 +113,7 @@ impl<B: FrameBackend> NetHandler<B> {
         for _ in 0..RX_FRAMES_PER_WAKE {
             // The buffer is taken first, so that without one no frame is read (and none lost).
             let Some(chain) = self.rx.pop_descriptor_chain(&self.memory) else {
+                self.metrics.no_rx_avail_buffer.inc();
                 self.rx_starved = true;
                 break;
             };
@@ -117,6 +122,7 @@ impl<B: FrameBackend> NetHandler<B> {
             let mut writer = match chain.writer(&self.memory) {
                 Ok(writer) if writer.available_bytes() >= VNET_HDR_LEN => writer,
                 Ok(writer) => {
+                    self.metrics.rx_fails.inc();
                     let bytes = writer.available_bytes();
                     self.guest_errors
                         .log(format_args!("a receive buffer of {bytes} bytes cannot hold the header"));
@@ -124,6 +130,7 @@ impl<B: FrameBackend> NetHandler<B> {
                     continue;
                 }
                 Err(e) => {
+                    self.metrics.rx_fails.inc();
                     self.guest_errors.log(format_args!("malformed receive buffer: {e:?}"));
                     used_any |= worker::complete(NAME, &mut self.rx, &self.memory, head, 0);
                     continue;
@@ -138,6 +145,7 @@ impl<B: FrameBackend> NetHandler<B> {
                         io::ErrorKind::WouldBlock => break,
                         io::ErrorKind::Interrupted => continue,
                         _ => {
+                            self.metrics.tap_read_fails.inc();
                             tracing::error!("virtio-net: cannot receive from the tap, giving up on it: {e}");
                             self.rx_broken = true;
                             break;
@@ -148,6 +156,7 @@ impl<B: FrameBackend> NetHandler<B> {
             if !(VNET_HDR_LEN..=MAX_FRAME_BYTES).contains(&len) || len > writer.available_bytes() {
                 // A frame the guest has no room for is dropped, as a NIC would; the buffer waits
                 // for the next frame.
+                self.metrics.rx_fails.inc();
                 tracing::debug!(
                     "virtio-net: dropping a {len}-byte frame for a {}-byte receive buffer",
                     writer.available_bytes()
@@ -158,8 +167,13 @@ impl<B: FrameBackend> NetHandler<B> {
             // Each frame fills one buffer chain (no VIRTIO_NET_F_MRG_RXBUF).
             self.rx_frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
             let written = match writer.write_all(&self.rx_frame[..len]) {
-                Ok(()) => len as u32,
+                Ok(()) => {
+                    self.metrics.rx_packets_count.inc();
+                    self.metrics.rx_bytes_count.add((len - VNET_HDR_LEN) as u64);
+                    len as u32
+                }
                 Err(e) => {
+                    self.metrics.rx_fails.inc();
                     self.guest_errors.log(format_args!("cannot write a frame into guest memory: {e}"));
                     0
                 }
@@ -189,7 +203,10 @@ impl<B: FrameBackend> NetHandler<B> {
                     break;
                 }
                 Ok(_) => {}
-                Err(e) => self.guest_errors.log(format_args!("transmit request failed: {e}")),
+                Err(e) => {
+                    self.metrics.tx_malformed_frames.inc();
+                    self.guest_errors.log(format_args!("transmit request failed: {e}"));
+                }
             }
             // The device writes nothing into a transmit request.
             used_any |= worker::complete(NAME, &mut self.tx, &self.memory, head, 0);
@@ -204,12 +221,17 @@ impl<B: FrameBackend> NetHandler<B> {
     fn send(&mut self, len: usize) -> bool {
         loop {
             match self.backend.send(&self.tx_frame[..len]) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.metrics.tx_packets_count.inc();
+                    self.metrics.tx_bytes_count.add((len - VNET_HDR_LEN) as u64);
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // A frame the tap refuses (a bad header, the interface gone) is dropped. A bad
                     // header (EINVAL) is the guest's doing, and it may send many.
+                    self.metrics.tap_write_fails.inc();
                     if e.kind() == io::ErrorKind::InvalidInput {
                         self.guest_errors.log(format_args!("the tap refused a {len}-byte frame: {e}"));
                     } else {
@@ -246,8 +268,14 @@ impl<B: FrameBackend> QueueHandler for NetHandler<B> {
 
     fn process_queue(&mut self, index: usize) {
         match index {
-            RX_QUEUE => self.receive_frames(),
-            TX_QUEUE => self.transmit_frames(),
+            RX_QUEUE => {
+                self.metrics.rx_queue_event_count.inc();
+                self.receive_frames();
+            }
+            TX_QUEUE => {
+                self.metrics.tx_queue_event_count.inc();
+                self.transmit_frames();
+            }
             _ => {}
         }
     }
@@ -257,6 +285,7 @@ impl<B: FrameBackend> QueueHandler for NetHandler<B> {
     }
 
     fn process_backend(&mut self, _index: usize) {
+        self.metrics.rx_tap_event_count.inc();
         if self.held_tx.is_some() {
             self.transmit_frames();
         }
@@ -307,6 +336,7 @@ mod tests {
         rx: MockSplitQueue<'m, GuestRam>,
         tx: MockSplitQueue<'m, GuestRam>,
         interrupts: Arc<Recorder>,
+        metrics: Arc<NetMetrics>,
         handler: NetHandler<UnixDatagram>,
         host: UnixDatagram,
     }
@@ -322,15 +352,17 @@ mod tests {
         device_end.set_nonblocking(true).unwrap();
         host.set_nonblocking(true).unwrap();
         let interrupts = Arc::new(Recorder::default());
+        let metrics = Arc::new(NetMetrics::default());
         let handler = NetHandler::new(
             memory.clone(),
             rx.create_queue().unwrap(),
             tx.create_queue().unwrap(),
             interrupts.clone(),
             guest_errors(),
+            metrics.clone(),
             device_end,
         );
-        Setup { memory, rx, tx, interrupts, handler, host }
+        Setup { memory, rx, tx, interrupts, metrics, handler, host }
     }
 
     impl Setup<'_> {
@@ -351,6 +383,12 @@ mod tests {
 
         fn interrupts(&self) -> Vec<InterruptCause> {
             self.interrupts.0.lock().unwrap().clone()
+        }
+
+        /// The named counts since the last call.
+        fn counts<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
+            let counts = self.metrics.take();
+            names.map(|name| counts.get(name).unwrap())
         }
 
         /// The next frame the host end holds, if any.
@@ -402,6 +440,8 @@ mod tests {
         assert_eq!(s.host_frame(), None, "one chain is one frame");
         assert_eq!(s.used(&s.tx), [(0, 0)]);
         assert_eq!(s.interrupts(), [InterruptCause::Queue(TX_QUEUE as u16)]);
+        let counts = s.counts(["tx_queue_event_count", "tx_packets_count", "tx_bytes_count"]);
+        assert_eq!(counts, [1, 1, 64], "the header is not counted");
     }
 
     #[test]
@@ -426,6 +466,7 @@ mod tests {
         assert_eq!(s.host_frame().map(|f| f.len()), Some(60));
         assert_eq!(s.host_frame(), None);
         assert_eq!(s.used(&s.tx), [(0, 0), (1, 0), (2, 0), (3, 0)]);
+        assert_eq!(s.counts(["tx_malformed_frames", "tx_packets_count", "tx_bytes_count"]), [3, 1, 48]);
     }
 
     #[test]
@@ -442,6 +483,8 @@ mod tests {
         s.host.send(&sent).unwrap();
         s.handler.process_backend(0);
         assert_eq!(s.used(&s.rx), [(0, 72)]);
+        let counts = s.counts(["rx_tap_event_count", "rx_packets_count", "rx_bytes_count", "rx_fails"]);
+        assert_eq!(counts, [1, 1, 60, 0]);
         let header = s.read(0x10000, VNET_HDR_LEN);
         assert_eq!(&header[..NUM_BUFFERS_OFFSET], &sent[..NUM_BUFFERS_OFFSET]);
         assert_eq!(&header[NUM_BUFFERS_OFFSET..], [1, 0], "num_buffers is 1, whatever the tap left there");
@@ -571,6 +614,7 @@ mod tests {
             tx.create_queue().unwrap(),
             Arc::new(Recorder::default()),
             guest_errors(),
+            Arc::default(),
             Detached(UnixDatagram::pair().unwrap().0),
         );
         handler.process_backend(0);

@@ -3,6 +3,9 @@
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use std::sync::Arc;
+
+use crate::metrics::EntropyMetrics;
 use crate::rng::handler::{HostEntropy, RngHandler};
 use crate::worker::Worker;
 
@@ -11,12 +14,18 @@ const QUEUE_SIZES: [u16; 1] = [256];
 /// A virtio-rng device fed from the host's `getrandom`.
 #[derive(Default)]
 pub struct Rng {
+    metrics: Arc<EntropyMetrics>,
     worker: Option<Worker>,
 }
 
 impl Rng {
     pub fn new() -> Rng {
         Rng::default()
+    }
+
+    /// What the device counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<EntropyMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -46,6 +55,7 @@ impl VirtioDevice for Rng {
             queue,
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             HostEntropy,
         );
         self.worker = Some(context.spawn_worker("virtio-rng", handler)?);
@@ -58,5 +68,9 @@ impl VirtioDevice for Rng {
 
     fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }

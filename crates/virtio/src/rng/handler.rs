@@ -7,6 +7,7 @@ use crate::GuestRam;
 use virtio_queue::{Queue, QueueState};
 
 use crate::device::{GuestErrorLog, Interrupt};
+use crate::metrics::EntropyMetrics;
 use crate::worker::{serve_queue, QueueHandler};
 
 /// At most this many bytes per request: a guest offering a huge buffer gets it partly filled,
@@ -47,6 +48,7 @@ pub struct RngHandler<E> {
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<EntropyMetrics>,
     entropy: E,
 }
 
@@ -56,26 +58,32 @@ impl<E: EntropySource> RngHandler<E> {
         queue: Queue,
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
+        metrics: Arc<EntropyMetrics>,
         entropy: E,
     ) -> Self {
-        RngHandler { memory, queue, interrupt, guest_errors, entropy }
+        RngHandler { memory, queue, interrupt, guest_errors, metrics, entropy }
     }
 
     /// Serves every available request, then interrupts the driver once if it wants to know.
     fn process_requests(&mut self) {
-        let (memory, entropy, guest_errors) = (&self.memory, &mut self.entropy, &self.guest_errors);
+        let (memory, entropy, guest_errors, metrics) =
+            (&self.memory, &mut self.entropy, &self.guest_errors, &self.metrics);
         serve_queue("virtio-rng", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
             // A malformed request (a buffer outside guest memory, say) is completed with nothing
             // written: it fails alone, and the device keeps serving the others.
             match chain.writer(memory) {
                 Ok(mut writer) => {
                     let wanted = writer.available_bytes().min(MAX_BYTES_PER_REQUEST);
-                    fill(entropy, &mut writer, wanted).unwrap_or_else(|e| {
+                    let written = fill(entropy, &mut writer, wanted).unwrap_or_else(|e| {
+                        metrics.host_rng_fails.inc();
                         tracing::warn!("virtio-rng: request failed: {e}");
                         0
-                    })
+                    });
+                    metrics.entropy_bytes.add(written.into());
+                    written
                 }
                 Err(e) => {
+                    metrics.entropy_event_fails.inc();
                     guest_errors.log(format_args!("malformed request: {e:?}"));
                     0
                 }
@@ -103,6 +111,7 @@ impl<E: EntropySource> QueueHandler for RngHandler<E> {
     }
 
     fn process_queue(&mut self, _index: usize) {
+        self.metrics.entropy_event_count.inc();
         self.process_requests();
     }
 }
@@ -116,6 +125,7 @@ mod tests {
     use super::*;
     use crate::device::testing::{descriptor, guest_errors, Recorder};
     use crate::device::InterruptCause;
+    use crate::metrics::Counts;
 
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
@@ -133,9 +143,9 @@ mod tests {
         GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    /// Runs the handler over `chains` (each a list of descriptors) and returns the used lengths
-    /// and the interrupts raised.
-    fn serve(memory: &GuestRam, chains: &[&[RawDescriptor]]) -> (Vec<u32>, Vec<InterruptCause>) {
+    /// Runs the handler over `chains` (each a list of descriptors) and returns the used lengths,
+    /// the interrupts raised and what it counted.
+    fn serve(memory: &GuestRam, chains: &[&[RawDescriptor]]) -> (Vec<u32>, Vec<InterruptCause>, Counts) {
         let mock = MockSplitQueue::new(memory, 16);
         let mut offset = 0;
         for chain in chains {
@@ -144,19 +154,27 @@ mod tests {
         }
         let queue: Queue = mock.create_queue().unwrap();
         let interrupts = Arc::new(Recorder::default());
-        let mut handler = RngHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), Pattern);
+        let metrics = Arc::new(EntropyMetrics::default());
+        let mut handler = RngHandler::new(
+            memory.clone(),
+            queue,
+            interrupts.clone(),
+            guest_errors(),
+            metrics.clone(),
+            Pattern,
+        );
         handler.process_queue(0);
         let used: Vec<u32> = (0..chains.len())
             .map(|i| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * i as u64 + 4)).unwrap())
             .collect();
         let raised = interrupts.0.lock().unwrap().clone();
-        (used, raised)
+        (used, raised, metrics.take())
     }
 
     #[test]
     fn fills_writable_buffers_and_interrupts_once() {
         let memory = memory();
-        let (used, interrupts) = serve(
+        let (used, interrupts, counts) = serve(
             &memory,
             &[
                 &[descriptor(0x8000, 64, WRITE, 0)],
@@ -165,6 +183,7 @@ mod tests {
         );
         assert_eq!(used, [64, 32]);
         assert_eq!(interrupts, [InterruptCause::Queue(0)]);
+        assert_eq!((counts.get("entropy_bytes"), counts.get("entropy_event_count")), (Some(96), Some(1)));
         let mut bytes = [0u8; 64];
         memory.read_slice(&mut bytes, GuestAddress(0x8000)).unwrap();
         assert!(bytes.iter().all(|&b| b == 0xA5));
@@ -175,15 +194,16 @@ mod tests {
     #[test]
     fn a_buffer_outside_guest_memory_fails_alone() {
         let memory = memory();
-        let (used, _) =
+        let (used, _, counts) =
             serve(&memory, &[&[descriptor(0xFFFF_0000, 64, WRITE, 0)], &[descriptor(0x8000, 8, WRITE, 0)]]);
         assert_eq!(used, [0, 8]);
+        assert_eq!((counts.get("entropy_event_fails"), counts.get("entropy_bytes")), (Some(1), Some(8)));
     }
 
     #[test]
     fn read_only_buffers_get_nothing() {
         let memory = memory();
-        let (used, _) = serve(&memory, &[&[descriptor(0x8000, 64, 0, 0)]]);
+        let (used, _, _) = serve(&memory, &[&[descriptor(0x8000, 64, 0, 0)]]);
         assert_eq!(used, [0]);
         assert_eq!(memory.read_obj::<u8>(GuestAddress(0x8000)).unwrap(), 0);
     }
@@ -191,7 +211,7 @@ mod tests {
     #[test]
     fn oversized_requests_are_capped() {
         let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let (used, _) = serve(&memory, &[&[descriptor(0x10_0000, 0x20_0000, WRITE, 0)]]);
+        let (used, _, _) = serve(&memory, &[&[descriptor(0x10_0000, 0x20_0000, WRITE, 0)]]);
         assert_eq!(used, [MAX_BYTES_PER_REQUEST as u32]);
     }
 
@@ -204,8 +224,9 @@ mod tests {
         memory.write_obj::<u16>(0, mock.avail_addr().unchecked_add(4)).unwrap();
         memory.write_obj::<u16>(1, mock.avail_addr().unchecked_add(2)).unwrap();
         let queue: Queue = mock.create_queue().unwrap();
+        let recorder = Arc::new(Recorder::default());
         let mut handler =
-            RngHandler::new(memory.clone(), queue, Arc::new(Recorder::default()), guest_errors(), Pattern);
+            RngHandler::new(memory.clone(), queue, recorder, guest_errors(), Arc::default(), Pattern);
         handler.process_queue(0);
         let used_idx = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_idx, 1, "the looping request is completed (with what fit) and the queue moves on");

@@ -3,6 +3,7 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::handler::{HostEnd, VsockHandler};
 use super::host::{self, ListenError};
@@ -10,6 +11,7 @@ use super::packet::{MAX_GUEST_CID, MIN_GUEST_CID};
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::metrics::VsockMetrics;
 use crate::worker::Worker;
 
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
@@ -30,6 +32,7 @@ pub struct Vsock {
     /// Bound when the device is created, so host processes can connect before the guest's driver
     /// starts (they wait in the backlog), and kept across device resets.
     listener: UnixListener,
+    metrics: Arc<VsockMetrics>,
     worker: Option<Worker>,
 }
 
@@ -41,7 +44,18 @@ impl Vsock {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         let listener = host::listen(uds_path)?;
-        Ok(Vsock { guest_cid, uds_path: uds_path.to_owned(), listener, worker: None })
+        Ok(Vsock {
+            guest_cid,
+            uds_path: uds_path.to_owned(),
+            listener,
+            metrics: Arc::default(),
+            worker: None,
+        })
+    }
+
+    /// What the device counts, for the VMM's metrics.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -67,16 +81,15 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
         // The event queue is used only after a restore, to reset the driver's connections.
-        let [rx, tx, event] = context.take_ready_queues(&self.worker)?;
+        let queues = context.take_ready_queues(&self.worker)?;
         let listener = self.listener.try_clone().map_err(ActivateError::Backend)?;
         let host = HostEnd { guest_cid: self.guest_cid, uds_path: self.uds_path.clone(), listener };
         let mut handler = VsockHandler::new(
             context.memory.clone(),
-            rx,
-            tx,
-            event,
+            queues,
             context.interrupt.clone(),
             context.guest_errors.clone(),
+            self.metrics.clone(),
             host,
         );
         if context.restored {
@@ -93,5 +106,9 @@ impl VirtioDevice for Vsock {
 
     fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    fn activation_failed(&self) {
+        self.metrics.activate_fails.inc();
     }
 }

@@ -22,6 +22,7 @@ use super::packet::{
     self, Header, Op, PacketError, HEADER_SIZE, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
 use crate::device::{GuestErrorLog, Interrupt};
+use crate::metrics::VsockMetrics;
 use crate::worker::{self, BackendRegistry, QueueHandler};
 
 /// The device's name in messages.
@@ -69,6 +70,7 @@ pub struct HostEnd {
 struct Rx {
     queue: Queue,
     guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<VsockMetrics>,
     /// Shared so that a taken buffer can hold on to it while the handler goes on.
     memory: Arc<GuestRam>,
     /// Buffers were used since the guest was last interrupted.
@@ -106,10 +108,17 @@ impl Rx {
                 writer.write_all(payload).map_err(|e| e.to_string())?;
                 Ok(HEADER_SIZE + payload.len())
             });
-        let written = written.unwrap_or_else(|e| {
-            self.guest_errors.log(format_args!("cannot write a packet into an rx buffer: {e}"));
-            0
-        });
+        let written = written.map_or_else(
+            |e| {
+                self.guest_errors.log(format_args!("cannot write a packet into an rx buffer: {e}"));
+                0
+            },
+            |written| {
+                self.metrics.rx_packets_count.inc();
+                self.metrics.rx_bytes_count.add(payload.len() as u64);
+                written
+            },
+        );
         self.complete(head, written as u32);
     }
 
@@ -132,6 +141,7 @@ pub struct VsockHandler {
     event: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<VsockMetrics>,
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
@@ -154,20 +164,22 @@ pub struct VsockHandler {
 }
 
 impl VsockHandler {
+    /// `queues` are the receive, transmit and event queues, in the transport's order.
     pub fn new(
         memory: GuestRam,
-        rx: Queue,
-        tx: Queue,
-        event: Queue,
+        queues: [Queue; 3],
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
+        metrics: Arc<VsockMetrics>,
         host: HostEnd,
     ) -> VsockHandler {
         let HostEnd { guest_cid, uds_path, listener } = host;
+        let [rx, tx, event] = queues;
         VsockHandler {
             rx: Rx {
                 queue: rx,
                 guest_errors: guest_errors.clone(),
+                metrics: metrics.clone(),
                 memory: Arc::new(memory),
                 used_any: false,
                 starved: false,
@@ -177,6 +189,7 @@ impl VsockHandler {
             event,
             interrupt,
             guest_errors,
+            metrics,
             guest_cid,
             uds_path,
             listener,
@@ -210,7 +223,11 @@ impl VsockHandler {
         while let Some(chain) = self.tx.pop_descriptor_chain(&*memory) {
             let head = chain.head_index();
             match self.read_packet(chain, &memory) {
-                Ok((header, op)) => self.handle_packet(&header, op),
+                Ok((header, op)) => {
+                    self.metrics.tx_packets_count.inc();
+                    self.metrics.tx_bytes_count.add(self.payload.len() as u64);
+                    self.handle_packet(&header, op);
+                }
                 Err((error, header)) => {
                     tracing::debug!("virtio-vsock: refused a guest packet: {error}");
                     if let Some(header) = header.filter(|_| error.deserves_reset()) {
@@ -313,6 +330,7 @@ impl VsockHandler {
                 let index = self.new_index();
                 self.by_ports.insert((request.dst_port, request.src_port), index);
                 self.connections.insert(index, Connection::accepted(stream, request));
+                self.metrics.conns_added.inc();
                 self.service(index);
             }
             Err(e) => {
@@ -399,6 +417,7 @@ impl VsockHandler {
         connection.registered = Some(EventSet::IN);
         self.by_ports.insert((host_port, guest_port), index);
         self.connections.insert(index, connection);
+        self.metrics.conns_added.inc();
         self.service(index);
     }
 
@@ -461,6 +480,7 @@ impl VsockHandler {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => self.rx.give_back(buffer),
                 Err(e) => {
                     self.rx.give_back(buffer);
+                    self.metrics.rx_read_fails.inc();
                     tracing::debug!("virtio-vsock: host socket failed: {e}");
                     return self.reset(index);
                 }
@@ -475,6 +495,7 @@ impl VsockHandler {
         let Some(connection) = self.connections.get_mut(&index) else { return };
         if connection.state == State::Established {
             if let Err(e) = connection.flush_to_host() {
+                self.metrics.tx_write_fails.inc();
                 tracing::debug!("virtio-vsock: cannot write to a host process: {e}");
                 return self.reset(index);
             }
@@ -506,6 +527,7 @@ impl VsockHandler {
         if let Some(connection) = self.connections.get_mut(&index) {
             let header = connection.header(Op::Rst, 0);
             self.push_orphan(header);
+            self.metrics.conns_killed.inc();
         }
         self.close(index);
     }
@@ -513,6 +535,7 @@ impl VsockHandler {
     /// Drops a connection: its host socket closes, the host process sees end-of-file.
     fn close(&mut self, index: usize) {
         if let Some(connection) = self.connections.remove(&index) {
+            self.metrics.conns_removed.inc();
             self.by_ports.remove(&(connection.host_port, connection.guest_port));
             self.register(connection.stream.as_raw_fd(), index, connection.registered, None);
             self.accept_paused = false;
@@ -633,10 +656,14 @@ impl QueueHandler for VsockHandler {
     fn process_queue(&mut self, index: usize) {
         match index {
             RX_QUEUE => {
+                self.metrics.rx_queue_event_count.inc();
                 // New rx buffers: reading host sockets resumes (update_interests re-adds them).
                 self.rx.starved = false;
             }
-            TX_QUEUE => self.process_tx(),
+            TX_QUEUE => {
+                self.metrics.tx_queue_event_count.inc();
+                self.process_tx();
+            }
             // The event queue only carries transport resets after a migration: nothing to do.
             EVENT_QUEUE => {}
             _ => tracing::warn!("virtio-vsock: notification for unknown queue {index}"),

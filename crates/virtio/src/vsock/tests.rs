@@ -23,6 +23,7 @@ use super::packet::{
 };
 use crate::device::testing::{guest_errors, Recorder};
 use crate::device::InterruptCause;
+use crate::metrics::VsockMetrics;
 use crate::worker::{BackendRegistry, QueueHandler};
 
 const GUEST_CID: u64 = 3;
@@ -117,6 +118,7 @@ struct Harness {
     handler: VsockHandler,
     epoll: Arc<Epoll>,
     interrupts: Arc<Recorder>,
+    metrics: Arc<VsockMetrics>,
     uds: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -130,13 +132,13 @@ impl Harness {
         let (tx, tx_queue) = DriverQueue::new(&memory, 0x1000, 0x60_0000);
         let listener = host::listen(&uds).unwrap();
         let interrupts = Arc::new(Recorder::default());
+        let metrics = Arc::new(VsockMetrics::default());
         let mut handler = VsockHandler::new(
             memory.clone(),
-            rx_queue,
-            tx_queue,
-            <Queue as virtio_queue::QueueT>::new(256).unwrap(),
+            [rx_queue, tx_queue, <Queue as virtio_queue::QueueT>::new(256).unwrap()],
             interrupts.clone(),
             guest_errors(),
+            metrics.clone(),
             HostEnd { guest_cid: GUEST_CID, uds_path: uds.clone(), listener },
         );
         // The worker's part: the listener is backend 0, connections come through the registry.
@@ -144,7 +146,7 @@ impl Harness {
         let fds = handler.backend_fds();
         epoll.ctl(ControlOperation::Add, fds[0], EpollEvent::new(handler.backend_interest(0), 0)).unwrap();
         handler.attach_backends(BackendRegistry::new(epoll.clone(), 0));
-        Harness { memory, rx, tx, handler, epoll, interrupts, uds, _dir: dir }
+        Harness { memory, rx, tx, handler, epoll, interrupts, metrics, uds, _dir: dir }
     }
 
     /// Runs the worker's loop until nothing is ready. A handler that leaves readiness it does not
@@ -319,6 +321,7 @@ fn bytes_flow_both_ways_once_established() {
     let mut h = Harness::new();
     h.give_rx(8);
     let (mut host, port) = h.established_from_host(52);
+    assert_eq!(h.metrics.take().get("conns_added"), Some(1));
 
     h.send(rw(52, port, b"ping from the guest"), b"ping from the guest");
     assert_eq!(read_exactly(&mut host, 19), b"ping from the guest");
@@ -330,6 +333,10 @@ fn bytes_flow_both_ways_once_established() {
     assert_eq!(packet.payload, b"pong from the host");
     assert_eq!((packet.header.src_port, packet.header.dst_port), (port, 52));
     assert_eq!(packet.header.fwd_cnt, 19, "the device says how much of the guest's data it forwarded");
+    let counts = h.metrics.take();
+    let count = |name| counts.get(name).unwrap();
+    assert_eq!((count("tx_packets_count"), count("tx_bytes_count")), (1, 19));
+    assert_eq!((count("rx_packets_count"), count("rx_bytes_count")), (1, 18));
 }
 
 #[test]
@@ -611,6 +618,8 @@ fn a_guest_reset_closes_the_host_socket() {
     h.send(guest_packet(Op::Rst, 52, port), &[]);
     assert_closed(&mut host);
     assert!(h.received().is_empty());
+    let counts = h.metrics.take();
+    assert_eq!((counts.get("conns_removed"), counts.get("conns_killed")), (Some(1), Some(0)));
 }
 
 #[test]

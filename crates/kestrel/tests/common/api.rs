@@ -1,9 +1,9 @@
-//! A tiny std-only HTTP/1.1 client for the API socket of `kestrel vmm`, and starting the VMM.
+//! A tiny std-only HTTP client for `kestrel vmm`'s API socket, and the VMM's start.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::kestrel;
@@ -46,24 +46,22 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Str
     raw(socket, request.as_bytes())
 }
 
-/// Starts `kestrel vmm` and waits for its socket.
-pub fn start_vmm(socket: &Path) -> Child {
-    start_vmm_with(socket, &[])
-}
-
-/// Starts `kestrel vmm` with more arguments (`--serial file:PATH`, say) and waits for its socket.
-/// Its stdin is a pipe: with `--serial stdio` the test types into the guest console.
-pub fn start_vmm_with(socket: &Path, args: &[&str]) -> Child {
-    let child = kestrel()
+/// `kestrel vmm --api-sock socket` with stdin closed and stdout and stderr piped.
+pub fn vmm_command(socket: &Path) -> Command {
+    let mut command = kestrel();
+    command
         .arg("vmm")
         .arg("--api-sock")
         .arg(socket)
-        .args(args)
-        .stdin(Stdio::piped())
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kestrel vmm");
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts `command` (a `kestrel vmm`) and waits for its socket.
+pub fn spawn_vmm(mut command: Command, socket: &Path) -> Child {
+    let child = command.spawn().expect("start kestrel vmm");
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(socket).is_err() {
         assert!(Instant::now() < deadline, "the API socket did not appear");
@@ -72,13 +70,24 @@ pub fn start_vmm_with(socket: &Path, args: &[&str]) -> Child {
     child
 }
 
+/// Starts `kestrel vmm` and waits for its socket.
+pub fn start_vmm(socket: &Path) -> Child {
+    spawn_vmm(vmm_command(socket), socket)
+}
+
+/// Starts `kestrel vmm` with more arguments (`--serial file:PATH`, say) and waits for its socket.
+/// Its stdin is a pipe: with `--serial stdio` the test types into the guest console.
+pub fn start_vmm_with(socket: &Path, args: &[&str]) -> Child {
+    let mut command = vmm_command(socket);
+    command.args(args).stdin(Stdio::piped());
+    spawn_vmm(command, socket)
+}
+
+/// Asserts a 400 whose `fault_message` contains `expected`.
+#[track_caller]
 pub fn assert_fault(response: (u16, String), expected: &str) {
     assert_eq!(response.0, 400, "{}", response.1);
-    let fault: String = response
-        .1
-        .split("\"fault_message\":\"")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no fault_message: {}", response.1))
-        .into();
+    let body: serde_json::Value = serde_json::from_str(&response.1).expect("a JSON error body");
+    let fault = body["fault_message"].as_str().unwrap_or_else(|| panic!("no fault_message: {}", response.1));
     assert!(fault.contains(expected), "{fault:?} does not contain {expected:?}");
 }

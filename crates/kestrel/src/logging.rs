@@ -1,0 +1,174 @@
+//! Kestrel's own log: tracing's text lines on stderr at `--log-level`, until `PUT /logger` sends
+//! them to a file or named pipe, at another level, with or without each line's level and origin,
+//! or for one module only.
+//!
+//! The subscriber is a filter layer and an output layer, each behind a reload handle, so that
+//! `PUT /logger` swaps them in place: log calls made meanwhile go to the old or the new output,
+//! none is lost to the swap.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use api::logger::LoggerSettings;
+use tracing::level_filters::LevelFilter;
+use tracing::Subscriber;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, Layer, Registry};
+
+/// The registry under its filter, which the output layer sits on.
+type Filtered = Layered<reload::Layer<Targets, Registry>, Registry>;
+type Output = Box<dyn Layer<Filtered> + Send + Sync>;
+
+/// The installed subscriber's reload handles, for `PUT /logger`.
+static CONTROL: OnceLock<LogControl> = OnceLock::new();
+
+/// Installs the process's subscriber: stderr at `level`, unless the KESTREL_LOG environment
+/// variable (a level name) says otherwise, for runs started by other programs.
+pub fn init(level: LevelFilter) {
+    let level = std::env::var("KESTREL_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(level);
+    let (subscriber, control) = build(level);
+    if subscriber.try_init().is_ok() {
+        let _ = CONTROL.set(control);
+    }
+}
+
+/// Applies `PUT /logger` to the installed subscriber.
+pub fn apply(settings: LoggerSettings) -> Result<(), String> {
+    CONTROL.get().ok_or("the log subscriber is not installed")?.apply(settings);
+    Ok(())
+}
+
+/// A subscriber writing to stderr at `level`, and its control.
+fn build(level: LevelFilter) -> (impl Subscriber + Send + Sync, LogControl) {
+    let (filter, filter_handle) = reload::Layer::new(Targets::new().with_default(level));
+    let (output, output_handle) = reload::Layer::new(stderr_output());
+    let control = LogControl {
+        filter: filter_handle,
+        output: output_handle,
+        destination: Mutex::new(Destination::Stderr),
+    };
+    (tracing_subscriber::registry().with(filter).with(output), control)
+}
+
+/// Where log lines go.
+#[derive(Clone)]
+enum Destination {
+    Stderr,
+    File(Arc<std::fs::File>),
+}
+
+/// Reconfigures a subscriber made by [`build`].
+struct LogControl {
+    filter: reload::Handle<Targets, Registry>,
+    output: reload::Handle<Output, Filtered>,
+    /// Kept for a `PUT /logger` that changes the format but names no file.
+    destination: Mutex<Destination>,
+}
+
+impl LogControl {
+    fn apply(&self, settings: LoggerSettings) {
+        let targets = match &settings.module {
+            Some(module) => Targets::new().with_target(module.clone(), settings.level),
+            None => Targets::new().with_default(settings.level),
+        };
+        let mut destination = self.destination.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = settings.file {
+            *destination = Destination::File(Arc::new(file));
+        }
+        let output = configured_output(&destination, settings.show_level, settings.show_log_origin);
+        // The handles fail only when the subscriber is gone, and then nothing logs anyway.
+        let _ = self.output.reload(output);
+        let _ = self.filter.reload(targets);
+    }
+}
+
+/// The output before any `PUT /logger`: terse lines (level and message) on stderr.
+fn stderr_output() -> Output {
+    fmt::layer()
+        .with_writer(|| BestEffortStderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .boxed()
+}
+
+/// The output `PUT /logger` asks for: each line with its time and thread (as Firecracker's),
+/// then its level and origin if asked.
+fn configured_output(destination: &Destination, show_level: bool, show_log_origin: bool) -> Output {
+    let layer = fmt::layer()
+        .with_target(false)
+        .with_thread_names(true)
+        .with_level(show_level)
+        .with_file(show_log_origin)
+        .with_line_number(show_log_origin);
+    match destination {
+        Destination::Stderr => {
+            layer.with_writer(|| BestEffortStderr).with_ansi(std::io::stderr().is_terminal()).boxed()
+        }
+        // A line that cannot be written (a full pipe) is dropped, never reported on stderr.
+        Destination::File(file) => {
+            layer.with_writer(file.clone()).with_ansi(false).log_internal_errors(false).boxed()
+        }
+    }
+}
+
+/// Stderr for log lines, best effort: a failed write is dropped instead of reported, because
+/// tracing-subscriber reports it with `eprintln!`, which panics when stderr is a closed pipe.
+struct BestEffortStderr;
+
+impl Write for BestEffortStderr {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buffer).unwrap_or(buffer.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(file: &std::path::Path, level: LevelFilter, module: Option<&str>) -> LoggerSettings {
+        LoggerSettings {
+            file: Some(api::sink::open_for_append(file).unwrap()),
+            level,
+            show_level: false,
+            show_log_origin: false,
+            module: module.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn put_logger_moves_the_log_and_changes_its_level_format_and_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kestrel.log");
+        let (subscriber, control) = build(LevelFilter::WARN);
+        tracing::subscriber::with_default(subscriber, || {
+            control.apply(settings(&path, LevelFilter::DEBUG, None));
+            tracing::debug!("plain debug line");
+            tracing::trace!("too detailed");
+            control.apply(LoggerSettings {
+                show_level: true,
+                show_log_origin: true,
+                file: None,
+                ..settings(&path, LevelFilter::INFO, None)
+            });
+            tracing::info!("with level and origin");
+            control.apply(settings(&path, LevelFilter::TRACE, Some("kestrel::elsewhere")));
+            tracing::error!("from another module");
+            tracing::info!(target: "kestrel::elsewhere::inner", "from the module");
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].ends_with("plain debug line") && !lines[0].contains("DEBUG"), "{text}");
+        assert!(lines[0].contains("T") && lines[0].contains('Z'), "a timestamp: {text}");
+        assert!(lines[1].contains("INFO") && lines[1].contains("logging.rs:"), "{text}");
+        assert!(lines[2].ends_with("from the module"), "{text}");
+    }
+}
