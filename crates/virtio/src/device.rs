@@ -205,6 +205,19 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The worker serving the queues, while the device is active (snapshots hold it).
     fn worker(&self) -> Option<&Worker>;
+    /// What a snapshot keeps of the device beyond its queues: state the host or the driver changed
+    /// after the device was built (the balloon's target and size). Empty for most devices.
+    fn snapshot_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Takes what [`VirtioDevice::snapshot_state`] saved, before the restored device starts.
+    fn restore_state(&mut self, saved: &[u8]) -> Result<(), String> {
+        if saved.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} bytes of saved state for a device that keeps none", saved.len()))
+        }
+    }
     /// The transport could not start the device (the driver set it up wrongly, or
     /// [`VirtioDevice::activate`] failed): counted in the device's `activate_fails`.
     fn activation_failed(&self);

@@ -106,6 +106,8 @@ pub struct TransportSnapshot {
     queue_registers: Vec<(u16, [u64; 3], bool)>,
     /// The running device's queues with their positions; empty when the device is not running.
     device_queues: Vec<SavedQueue>,
+    /// The device's own state ([`VirtioDevice::snapshot_state`]).
+    device_state: Vec<u8>,
 }
 
 /// The transport's interrupt as the device gets it: counts configuration changes (the driver's
@@ -390,6 +392,7 @@ impl TransportState {
                 .map(|(queue, registers)| (registers.size, registers.rings, queue.ready()))
                 .collect(),
             device_queues,
+            device_state: self.device.snapshot_state(),
         })
     }
 
@@ -423,6 +426,7 @@ impl TransportState {
         self.driver_features = saved.driver_features;
         self.status = saved.status;
         self.interrupt.config_generation.store(saved.config_generation, Ordering::SeqCst);
+        self.device.restore_state(&saved.device_state).map_err(|e| format!("{name}: {e}"))?;
         for ((queue, registers), &(size, rings, ready)) in
             self.queues.iter_mut().zip(&mut self.queue_registers).zip(&saved.queue_registers)
         {

@@ -224,11 +224,12 @@ impl VmParts {
         let sources = Arc::new(SnapshotSources {
             vm: vm.clone(),
             memory: memory.clone(),
-            config: config.clone(),
+            config: Arc::new(Mutex::new(config.clone())),
             msr_indices,
             ioapic: devices.ioapic.clone(),
             serial: devices.serial.clone(),
             cmos: devices.cmos.clone(),
+            i8042: devices.i8042.clone(),
             virtio: transports,
             dirty_tracking: config.track_dirty_pages,
             backing_file,
@@ -340,7 +341,10 @@ impl LegacyDevices {
         let reset = new_event_fd("i8042 reset line")?;
         let keyboard_irq = IoapicPin::new(ioapic.clone(), KEYBOARD_IRQ)
             .map_err(|e| Error::Device { name: "i8042", reason: e.to_string() })?;
-        let i8042 = I8042::new(clone_event_fd(&reset, "i8042 reset line")?, Arc::new(keyboard_irq));
+        let mut i8042 = I8042::new(clone_event_fd(&reset, "i8042 reset line")?, Arc::new(keyboard_irq));
+        if let Some(state) = saved {
+            i8042.restore(&state.i8042).map_err(|reason| Error::Device { name: "i8042", reason })?;
+        }
         let i8042 = Arc::new(Mutex::new(i8042));
         insert(&pio_bus, i8042.clone(), I8042_PORT, 5, "i8042")?;
 

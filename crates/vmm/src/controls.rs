@@ -13,6 +13,7 @@ use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 use virtio::block::{BlockControl, DiskError};
 
 use crate::builder::DeviceHandles;
+use crate::config::{VirtioConfig, VmConfig};
 
 /// Why a device could not take a change.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +36,17 @@ pub struct DeviceControls {
     i8042: Arc<Mutex<I8042>>,
     balloon: Option<BalloonControl>,
     disks: Vec<BlockControl>,
+    /// The VM's configuration, which a snapshot saves: a disk's new file goes into it.
+    config: Arc<Mutex<VmConfig>>,
 }
 
 impl DeviceControls {
-    pub(crate) fn new(devices: &DeviceHandles) -> DeviceControls {
+    pub(crate) fn new(devices: &DeviceHandles, config: Arc<Mutex<VmConfig>>) -> DeviceControls {
         DeviceControls {
             i8042: devices.i8042.clone(),
             balloon: devices.virtio.balloon.clone(),
             disks: devices.virtio.disks.clone(),
+            config,
         }
     }
 
@@ -79,6 +83,15 @@ impl DeviceControls {
     /// capacity changed; requests under way finish on the old file.
     pub fn replace_disk(&self, index: usize, path: &Path) -> Result<(), ControlError> {
         let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
-        disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.to_owned(), source })
+        disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.to_owned(), source })?;
+        let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut disks = config.virtio.iter_mut().filter_map(|device| match device {
+            VirtioConfig::Block(block) => Some(block),
+            _ => None,
+        });
+        if let Some(block) = disks.nth(index) {
+            block.path = path.to_owned();
+        }
+        Ok(())
     }
 }

@@ -122,7 +122,7 @@ impl Vm {
         VmHandle {
             shared: self.shared.clone(),
             sources: self.sources.clone(),
-            devices: DeviceControls::new(&self.devices),
+            devices: DeviceControls::new(&self.devices, self.sources.config.clone()),
         }
     }
 

@@ -88,6 +88,15 @@ pub enum I8042Error {
 
 /// The i8042, placed on the I/O bus at 0x60 with length 5 (offset 0 is the data port 0x60,
 /// offset 4 the status and command port 0x64).
+/// The controller's registers and unread keyboard bytes, as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    output: Vec<u8>,
+    command_byte: u8,
+    output_port: u8,
+    awaiting_value: Option<u8>,
+}
+
 pub struct I8042 {
     reset: EventFd,
     /// IRQ 1.
@@ -110,6 +119,28 @@ impl I8042 {
             output_port: INITIAL_OUTPUT_PORT,
             awaiting_value: None,
         }
+    }
+
+    /// The registers and unread bytes, for a snapshot.
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            output: self.output.iter().copied().collect(),
+            command_byte: self.command_byte,
+            output_port: self.output_port,
+            awaiting_value: self.awaiting_value,
+        }
+    }
+
+    /// Takes saved registers and unread bytes (at most the buffer's size).
+    pub fn restore(&mut self, saved: &I8042Snapshot) -> Result<(), String> {
+        if saved.output.len() > OUTPUT_BUFFER_BYTES {
+            return Err(format!("{} saved keyboard bytes overflow the i8042's buffer", saved.output.len()));
+        }
+        self.output = saved.output.iter().copied().collect();
+        self.command_byte = saved.command_byte;
+        self.output_port = saved.output_port;
+        self.awaiting_value = saved.awaiting_value;
+        Ok(())
     }
 
     /// Types Ctrl+Alt+Del: the keys' scan codes go into the output buffer, whole or not at all.
@@ -273,6 +304,19 @@ mod tests {
         fn interrupts(&self) -> usize {
             self.irq.0.swap(0, Ordering::SeqCst)
         }
+    }
+
+    #[test]
+    fn a_snapshot_keeps_unread_keys_and_registers() {
+        let mut original = Bench::new();
+        original.i8042.send_ctrl_alt_del().unwrap();
+        let saved = original.i8042.snapshot();
+        let mut restored = Bench::new();
+        restored.i8042.restore(&saved).unwrap();
+        assert_eq!(restored.drain(), [0x14, 0x11, 0xe0, 0x71], "the keys the guest had not read yet");
+        let mut overfull = saved;
+        overfull.output = vec![0; OUTPUT_BUFFER_BYTES + 1];
+        assert!(Bench::new().i8042.restore(&overfull).is_err());
     }
 
     #[test]

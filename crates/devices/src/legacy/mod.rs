@@ -6,7 +6,7 @@ mod power;
 mod serial;
 
 pub use cmos::{Cmos, CmosSnapshot};
-pub use i8042::{I8042Error, I8042};
+pub use i8042::{I8042Error, I8042Snapshot, I8042};
 pub use power::PowerManagement;
 pub use serial::{Serial, SerialSnapshot};
 

@@ -98,6 +98,26 @@ impl Shared {
         &self.stats_interval_changed
     }
 
+    /// Takes the target, size and statistics interval a snapshot saved.
+    pub fn restore(
+        &self,
+        target_pages: u32,
+        actual_pages: u32,
+        stats_interval: Option<Duration>,
+    ) -> Result<(), String> {
+        let ram_pages = self.ram_bytes / PAGE_SIZE;
+        if u64::from(target_pages) > ram_pages {
+            return Err(format!("a saved target of {target_pages} pages exceeds the guest's {ram_pages}"));
+        }
+        if stats_interval.is_some() != self.stats_interval().is_some() {
+            return Err("the saved balloon and this one differ in offering statistics".into());
+        }
+        self.target_pages.store(target_pages, Ordering::SeqCst);
+        self.actual_pages.store(actual_pages, Ordering::SeqCst);
+        *lock(&self.stats_interval) = stats_interval;
+        Ok(())
+    }
+
     fn set_target_pages(&self, target_mib: u32) -> Result<(), BalloonError> {
         let pages = u64::from(target_mib) * PAGES_PER_MIB;
         let ram_pages = self.ram_bytes / PAGE_SIZE;

@@ -178,6 +178,28 @@ impl VirtioDevice for Balloon {
         self.worker.as_ref()
     }
 
+    /// The target (which the API may have changed), the size the driver reported, and the
+    /// statistics interval: target and actual pages as u32, the interval in seconds as u64
+    /// (u64::MAX for none), little-endian.
+    fn snapshot_state(&self) -> Vec<u8> {
+        let interval = self.shared.stats_interval().map_or(u64::MAX, |i| i.as_secs());
+        let mut state = Vec::with_capacity(16);
+        state.extend_from_slice(&self.shared.target_pages().to_le_bytes());
+        state.extend_from_slice(&self.shared.actual_pages().to_le_bytes());
+        state.extend_from_slice(&interval.to_le_bytes());
+        state
+    }
+
+    fn restore_state(&mut self, saved: &[u8]) -> Result<(), String> {
+        let field =
+            |range: std::ops::Range<usize>| saved.get(range).ok_or("the saved balloon state is short");
+        let target = u32::from_le_bytes(field(0..4)?.try_into().expect("4 bytes"));
+        let actual = u32::from_le_bytes(field(4..8)?.try_into().expect("4 bytes"));
+        let interval = u64::from_le_bytes(field(8..16)?.try_into().expect("8 bytes"));
+        let interval = (interval != u64::MAX).then(|| Duration::from_secs(interval));
+        self.shared.restore(target, actual, interval)
+    }
+
     fn activation_failed(&self) {
         self.metrics.activate_fails.inc();
     }
@@ -233,6 +255,28 @@ mod tests {
             queue_roles(VIRTIO_BALLOON_F_STATS_VQ | VIRTIO_BALLOON_F_REPORTING),
             [Inflate, Deflate, Stats, Reporting]
         );
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_target_the_size_and_the_interval() {
+        let settings = BalloonSettings {
+            target_mib: 16,
+            stats_interval: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        let mut original = balloon(settings.clone());
+        original.control().set_target_mib(48).unwrap();
+        original.write_config(4, &777u32.to_le_bytes());
+        original.control().set_stats_interval(9).unwrap();
+        let saved = original.snapshot_state();
+
+        let mut restored = balloon(settings);
+        restored.restore_state(&saved).unwrap();
+        assert_eq!((read_u32(&restored, 0), read_u32(&restored, 4)), (48 * 256, 777));
+        assert_eq!(restored.control().stats_interval(), Some(Duration::from_secs(9)));
+        // A balloon built without statistics cannot take a state with them, nor a short one.
+        assert!(balloon(BalloonSettings::default()).restore_state(&saved).is_err());
+        assert!(balloon(BalloonSettings::default()).restore_state(&saved[..8]).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use devices::ioapic::{Ioapic, IoapicSnapshot};
-use devices::legacy::{Cmos, CmosSnapshot, Serial, SerialSnapshot};
+use devices::legacy::{Cmos, CmosSnapshot, I8042Snapshot, Serial, SerialSnapshot, I8042};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,7 @@ pub struct VmState {
     pub ioapic: IoapicSnapshot,
     pub serial: SerialSnapshot,
     pub cmos: CmosSnapshot,
+    pub i8042: I8042Snapshot,
     /// The virtio devices' transport and queue states, in the configuration's order.
     pub virtio: Vec<VirtioSnapshot>,
 }
@@ -115,12 +116,14 @@ pub struct SnapshotReport {
 pub(crate) struct SnapshotSources {
     pub vm: Arc<VmFd>,
     pub memory: GuestRam,
-    pub config: VmConfig,
+    /// What the VM was built from, as the API has changed it since (a disk's new file).
+    pub config: Arc<Mutex<VmConfig>>,
     /// The MSRs to save (KVM_GET_MSR_INDEX_LIST).
     pub msr_indices: Vec<u32>,
     pub ioapic: Arc<Mutex<Ioapic>>,
     pub serial: Arc<Mutex<Serial>>,
     pub cmos: Arc<Mutex<Cmos>>,
+    pub i8042: Arc<Mutex<I8042>>,
     /// The virtio devices' transports, in the configuration's order.
     pub virtio: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
     /// KVM logs the vCPUs' writes (KVM_MEM_LOG_DIRTY_PAGES), so diff snapshots are possible.
@@ -177,13 +180,14 @@ fn write_snapshot(
     let lock_error =
         |what: &str| SnapshotError::Save { what: what.into(), reason: "its lock is poisoned".into() };
     let state = VmState {
-        config: sources.config.clone(),
+        config: sources.config.lock().map_err(|_| lock_error("the configuration"))?.clone(),
         memory: memory_file::layout(&sources.memory),
         clock,
         vcpus: vcpu_states,
         ioapic: sources.ioapic.lock().map_err(|_| lock_error("the IOAPIC"))?.snapshot(),
         serial: sources.serial.lock().map_err(|_| lock_error("the serial port"))?.snapshot(),
         cmos: sources.cmos.lock().map_err(|_| lock_error("the CMOS"))?.snapshot(),
+        i8042: sources.i8042.lock().map_err(|_| lock_error("the i8042"))?.snapshot(),
         virtio,
     };
     // Reading the dirty pages also clears them: the next diff starts from this snapshot.
