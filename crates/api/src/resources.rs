@@ -2,6 +2,7 @@
 //! it arrives, and its translation into the engine's [`VmConfig`]. The `--config` file (Firecracker's
 //! `--config-file`) goes through the same checks.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,11 +105,12 @@ fn check_file(what: &'static str, field: &'static str, path: &str) -> Result<(),
     if path.is_empty() {
         return Err(ConfigError::EmptyPath { field });
     }
-    std::fs::File::open(path).map(drop).map_err(|e| ConfigError::FileOpen {
-        what,
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+    let error = |reason: String| ConfigError::FileOpen { what, path: path.to_owned(), reason };
+    // Opening a FIFO waits for a writer, and every other API request would wait behind it.
+    if std::fs::metadata(path).map_err(|e| error(e.to_string()))?.file_type().is_fifo() {
+        return Err(error("it is a FIFO".into()));
+    }
+    std::fs::File::open(path).map(drop).map_err(|e| error(e.to_string()))
 }
 
 fn reject_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), ConfigError> {
@@ -558,6 +560,20 @@ mod tests {
         resources.record_drive_path("logs", "/elsewhere");
         let exported = resources.export();
         assert_eq!(exported.drives[2].path_on_host.as_deref(), Some("/elsewhere"));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let boot = BootSource {
+            kernel_image_path: fifo.to_str().unwrap().into(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        let error = VmResources::default().set_boot_source(boot).unwrap_err();
+        assert!(error.to_string().ends_with("fifo: it is a FIFO"), "{error}");
     }
 
     #[test]

@@ -486,6 +486,11 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     if body.is_empty() {
         return Err("The request needs a JSON body".into());
     }
+    // Every body is an object; serde would also read a struct from an array of its fields in
+    // order, so `[3, "v.sock"]` would configure a vsock.
+    if body.iter().find(|b| !b" \t\r\n".contains(b)) != Some(&b'{') {
+        return Err("Invalid request body: expected a JSON object".into());
+    }
     serde_json::from_slice(body).map_err(|e| format!("Invalid request body: {e}"))
 }
 
@@ -912,6 +917,9 @@ mod tests {
             (Method::Put, "/boot-source", "{".into(), "Invalid request body"),
             (Method::Put, "/boot-source", "".into(), "needs a JSON body"),
             (Method::Put, "/boot-source", "[]".into(), "Invalid request body"),
+            (Method::Put, "/entropy", "[]".into(), "expected a JSON object"),
+            (Method::Put, "/vsock", r#" [3, "v.sock"]"#.into(), "expected a JSON object"),
+            (Method::Patch, "/machine-config", "[2, 256]".into(), "expected a JSON object"),
             (Method::Put, "/boot-source", r#"{"kernel_image_path": 3}"#.into(), "invalid type"),
             (Method::Put, "/boot-source", format!(r#"{{"kernel_image_path": "{path}", "x": 1}}"#), "unknown field `x`"),
             (Method::Put, "/boot-source", r#"{"kernel_image_path": "/nonexistent/k"}"#.into(), "kernel file cannot be opened"),

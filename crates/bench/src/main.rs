@@ -3,8 +3,10 @@
 //! Each metric is measured over N runs for two VMM processes booting the same test guest
 //! (`guests::HELLO`, 128 MiB): Kestrel, and the floor, a bare KVM runner built into this binary
 //! (hidden subcommand `floor`) that does only what the guest needs. Kestrel and floor runs are
-//! interleaved so that machine noise hits both alike. See `docs/benchmarks.md`.
+//! interleaved so that machine noise hits both alike. `kestrel-bench api` times control API
+//! requests instead (`api.rs`). See `docs/benchmarks.md`.
 
+mod api;
 mod floor;
 mod irqchip;
 mod measure;
@@ -92,6 +94,9 @@ enum Sub {
         #[arg(long, value_name = "SIZE", default_value = MEMORY)]
         memory: String,
     },
+    /// Times control API requests to `kestrel vmm` (and to Firecracker, given its binary):
+    /// median and 99th percentile round trips over the Unix socket.
+    Api(api::ApiArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
             }
             floor::run(&kernel, &cmdline, MEMORY_BYTES)
         }
+        Some(Sub::Api(args)) => api::bench(&args),
         None => bench(&cli.bench),
     };
     match result {
@@ -192,11 +198,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn bench(args: &BenchArgs) -> Result<(), Error> {
-    let own = std::env::current_exe().map_err(|e| Error::Io("locating this binary".into(), e))?;
-    let kestrel = match &args.kestrel {
-        Some(path) => path.clone(),
-        None => own.with_file_name("kestrel"),
+/// `--kestrel`, or else `kestrel` next to this binary; it must exist.
+fn kestrel_binary(arg: Option<&Path>) -> Result<PathBuf, Error> {
+    let kestrel = match arg {
+        Some(path) => path.to_owned(),
+        None => own_binary()?.with_file_name("kestrel"),
     };
     if !kestrel.is_file() {
         return Err(Error::Bench(format!(
@@ -204,6 +210,16 @@ fn bench(args: &BenchArgs) -> Result<(), Error> {
             kestrel.display()
         )));
     }
+    Ok(kestrel)
+}
+
+fn own_binary() -> Result<PathBuf, Error> {
+    std::env::current_exe().map_err(|e| Error::Io("locating this binary".into(), e))
+}
+
+fn bench(args: &BenchArgs) -> Result<(), Error> {
+    let own = own_binary()?;
+    let kestrel = kestrel_binary(args.kestrel.as_deref())?;
     if args.virtio_only {
         let text = virtio_part(&kestrel, args.runs)?;
         println!("{text}");

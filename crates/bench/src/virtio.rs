@@ -138,10 +138,10 @@ fn have(program: &str) -> bool {
 }
 
 /// A scratch directory, removed on drop.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
 
 impl ScratchDir {
-    fn new() -> Result<ScratchDir, Error> {
+    pub(crate) fn new() -> Result<ScratchDir, Error> {
         let path = std::env::temp_dir().join(format!("kestrel-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path).map_err(|e| Error::Io(path.display().to_string(), e))?;

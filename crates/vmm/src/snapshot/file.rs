@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::SnapshotError;
+use super::{check_regular_file, SnapshotError};
 
 /// The first bytes of every Kestrel snapshot state file.
 const MAGIC: [u8; 8] = *b"KSTLSNAP";
@@ -25,6 +25,7 @@ const MAX_PAYLOAD_LEN: u64 = 256 << 20;
 
 /// Encodes `state` into `path` (created or replaced), synced to disk.
 pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<u64, SnapshotError> {
+    check_regular_file(path, false)?;
     let payload = postcard::to_allocvec(state).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);
@@ -42,8 +43,11 @@ pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<u64, SnapshotError>
 /// Reads and checks `path`, then decodes the state in it.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, SnapshotError> {
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
+    check_regular_file(path, true)?;
     let mut bytes = Vec::new();
-    File::open(path).map_err(io_error)?.read_to_end(&mut bytes).map_err(io_error)?;
+    // At most one byte more than the largest valid file: enough to tell it is too long.
+    let limit = HEADER_LEN as u64 + MAX_PAYLOAD_LEN + 1;
+    File::open(path).map_err(io_error)?.take(limit).read_to_end(&mut bytes).map_err(io_error)?;
     decode(&bytes)
 }
 
@@ -136,5 +140,8 @@ mod tests {
         let mut huge = bytes;
         huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(decode::<Sample>(&huge), Err(SnapshotError::Corrupt(_))));
+        // A device that never ends is refused before it is read.
+        let endless = read::<Sample>(Path::new("/dev/zero"));
+        assert!(matches!(endless, Err(SnapshotError::NotARegularFile(_))));
     }
 }

@@ -17,7 +17,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
-use super::SnapshotError;
+use super::{check_regular_file, SnapshotError};
 
 pub const PAGE_SIZE: usize = 4096;
 
@@ -87,6 +87,7 @@ pub fn write(
 ) -> Result<u64, SnapshotError> {
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
     let full = matches!(pages, Pages::All);
+    check_regular_file(path, false)?;
     if full && backing.is_some() && FileIdentity::of_path(path) == backing {
         return Err(SnapshotError::MemoryFileInUse(path.to_owned()));
     }
@@ -142,6 +143,7 @@ fn is_zero(page: &[u8]) -> bool {
 /// identity (later full snapshots must not truncate it).
 pub fn map(path: &Path, layout: &[SavedRegion]) -> Result<(GuestRam, FileIdentity), SnapshotError> {
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
+    check_regular_file(path, true)?;
     let file = File::open(path).map_err(io_error)?;
     let identity = FileIdentity::of(&file).map_err(io_error)?;
     let found = file.metadata().map_err(io_error)?.len();
@@ -238,6 +240,14 @@ mod tests {
         std::fs::write(&path, vec![0u8; PAGE_SIZE]).unwrap();
         let result = map(&path, &layout(&ram()));
         assert!(matches!(result, Err(SnapshotError::MemoryFileTooShort { .. })));
+        // Devices and FIFOs are refused before they are opened (a FIFO would block the open).
+        let result = map(Path::new("/dev/zero"), &layout(&ram()));
+        assert!(matches!(result, Err(SnapshotError::NotARegularFile(_))));
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(matches!(map(&fifo, &layout(&ram())), Err(SnapshotError::NotARegularFile(_))));
+        let written = write(&ram(), &fifo, Pages::All, None);
+        assert!(matches!(written, Err(SnapshotError::NotARegularFile(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -52,6 +52,8 @@ pub enum SnapshotError {
     MsrRefused(u32),
     #[error("not a Kestrel snapshot state file")]
     NotASnapshot,
+    #[error("{0} is not a regular file")]
+    NotARegularFile(PathBuf),
     #[error("the VM must be paused first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,
     #[error("cannot restore {what}: {reason}")]
@@ -87,6 +89,17 @@ pub struct VmState {
 /// Reads and checks a state file.
 pub fn read_state(path: &Path) -> Result<VmState, SnapshotError> {
     file::read(path)
+}
+
+/// Refuses a path that exists and is not a regular file: a FIFO would block the open (and the API
+/// with it), a device such as /dev/zero would never end.
+fn check_regular_file(path: &Path, must_exist: bool) -> Result<(), SnapshotError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(SnapshotError::NotARegularFile(path.to_owned())),
+        Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SnapshotError::Io { path: path.to_owned(), source }),
+    }
 }
 
 /// Full (every page) or diff (the pages written since the last snapshot, or since boot).
