@@ -19,6 +19,11 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001D;
 const LEAF_AMD_PROCESSOR_TOPOLOGY: u32 = 0x8000_001E;
 
+/// Leaf 1 ECX: VMX (Intel hardware virtualization).
+const FEATURES_ECX_VMX: u32 = 1 << 5;
+/// Extended features: leaf 0x8000_0001, whose ECX bit 2 is SVM (AMD hardware virtualization).
+const LEAF_EXTENDED_FEATURES: u32 = 0x8000_0001;
+const EXTENDED_FEATURES_ECX_SVM: u32 = 1 << 2;
 /// Leaf 1 EDX: the logical-processor count in EBX[23:16] is valid.
 const FEATURES_EDX_HTT: u32 = 1 << 28;
 /// Leaf 1 ECX: running under a hypervisor.
@@ -168,6 +173,8 @@ fn is_topology_leaf(function: u32) -> bool {
 fn adjust(mut entry: kvm_cpuid_entry2, vendor: Vendor, topology: Topology) -> kvm_cpuid_entry2 {
     match (entry.function, vendor) {
         (LEAF_FEATURES, _) => adjust_features(&mut entry, topology),
+        // No nested virtualization: a guest hypervisor's state (VMCS/VMCB) is not in a snapshot.
+        (LEAF_EXTENDED_FEATURES, _) => entry.ecx &= !EXTENDED_FEATURES_ECX_SVM,
         (LEAF_CACHE_PARAMETERS, Vendor::Intel) if !is_end_of_caches(&entry) => {
             adjust_cache_sharing(&mut entry, topology);
             // Cores per package - 1, six bits wide.
@@ -208,6 +215,8 @@ fn adjust_features(entry: &mut kvm_cpuid_entry2, topology: Topology) {
     // TSC-deadline (ECX bit 24) is left as KVM reports it: it is emulated by the in-kernel
     // local APIC whenever KVM says it is supported.
     entry.ecx |= FEATURES_ECX_HYPERVISOR;
+    // No nested virtualization (see LEAF_EXTENDED_FEATURES in `adjust`).
+    entry.ecx &= !FEATURES_ECX_VMX;
 }
 
 /// Leaf 4 (Intel) and 0x8000_001D (AMD) share the layout: cache type in EAX[4:0], level
@@ -274,7 +283,7 @@ mod tests {
             [0x1F, u32::from_le_bytes(*b"Genu"), u32::from_le_bytes(*b"ntel"), u32::from_le_bytes(*b"ineI")];
         CpuId::from_entries(&[
             entry(0, 0, genuine_intel),
-            entry(1, 0, [0x906EA, 0xFF00_0800, 1 << 24, 0]),
+            entry(1, 0, [0x906EA, 0xFF00_0800, 1 << 24 | FEATURES_ECX_VMX, 0]),
             entry(4, 0, [0x0000_0121, 0, 0, 0]),
             entry(4, 1, [0x0000_0163, 0, 0, 0]),
             entry(4, 2, [0, 0, 0, 0]),
@@ -283,6 +292,7 @@ mod tests {
             entry(0xB, 0, [1, 2, 0x100, 7]),
             entry(0x1F, 0, [0, 0, 0, 0]),
             entry(0x4000_0000, 0, [0x4000_0001, 0x4B4D_564B, 0x564B_4D56, 0x4D]),
+            entry(LEAF_EXTENDED_FEATURES, 0, [0, 0, 0x121 | EXTENDED_FEATURES_ECX_SVM, 0x2C10_0800]),
         ])
         .unwrap()
     }
@@ -305,6 +315,9 @@ mod tests {
         assert_ne!(leaf.edx & FEATURES_EDX_HTT, 0);
         assert_ne!(leaf.ecx & FEATURES_ECX_HYPERVISOR, 0);
         assert_ne!(leaf.ecx & (1 << 24), 0, "TSC deadline kept");
+        assert_eq!(leaf.ecx & FEATURES_ECX_VMX, 0, "no nested virtualization");
+        let extended = find(&cpuid, LEAF_EXTENDED_FEATURES, 0);
+        assert_eq!(extended.ecx, 0x121, "SVM cleared, the rest kept");
 
         let single = filter_for_vcpu(&synthetic_intel(), 0, 1, None).unwrap();
         assert_eq!(find(&single, 1, 0).edx & FEATURES_EDX_HTT, 0);

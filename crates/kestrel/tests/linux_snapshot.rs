@@ -79,7 +79,8 @@ fn linux_goes_on_after_a_restore_with_its_disk_and_vsock(transport: &str) {
         kit.1.display()
     );
     ok(&socket, "PUT", "/boot-source", &boot);
-    ok(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 256}"#);
+    // Two vCPUs: the second one's state (an AP, its own local APIC and TSC) must come back too.
+    ok(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 256}"#);
     let drive = format!(
         r#"{{"drive_id": "root", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
         disk.display()

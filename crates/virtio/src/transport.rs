@@ -453,8 +453,12 @@ impl TransportState {
         let queues = saved
             .device_queues
             .iter()
+            .zip(&self.queues)
             .enumerate()
-            .map(|(index, &state)| {
+            .map(|(index, (&state, configured))| {
+                if state.max_size != configured.max_size() {
+                    return Err(format!("{name}: saved queue {index} has another maximum size"));
+                }
                 let queue = Queue::try_from(QueueState::from(state))
                     .map_err(|e| format!("{name}: saved queue {index} is invalid: {e:?}"))?;
                 if queue.ready() && !queue.is_valid(&self.memory) {
@@ -463,7 +467,14 @@ impl TransportState {
                 Ok(queue)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.start_device(queues, true).map_err(|(_, reason)| format!("{name}: {reason}"))
+        self.start_device(queues, true).map_err(|(_, reason)| format!("{name}: {reason}"))?;
+        // A notification the held worker had not read yet is not in the snapshot; with
+        // VIRTIO_F_EVENT_IDX the driver would not send another, and the queue would stall. A
+        // spurious one costs a look at an empty ring.
+        for event in &self.queue_events {
+            event.write(1).map_err(|e| format!("{name}: cannot notify the restored queues: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The queue the device gets: built from what the driver wrote, checked against the rules

@@ -19,7 +19,6 @@ use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::irqchip::{self, GsiRouting, KvmMsiSink};
 use crate::metrics::VcpuMetrics;
 use crate::pci_devices::PciBus;
-use crate::snapshot::memory_file::FileIdentity;
 use crate::snapshot::{self, vcpu_state, SnapshotError, SnapshotSources, VmState};
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
@@ -56,7 +55,7 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     let mut controls = virtio_devices::VirtioControls::default();
     let (transports, _pci) = attach_virtio(config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
     let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
-    let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file: None };
+    let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(config)
 }
 
@@ -95,7 +94,17 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
         VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len())?,
         VirtioTransport::Pci => Vec::new(),
     };
-    let (memory, backing_file) = snapshot::memory_file::map(memory_path, &state.memory)?;
+    // The saved regions must be the ones this memory size has: a state file names where guest RAM
+    // goes, and a forged one (its checksum recomputed) must not map it over the MMIO gap, nor
+    // make the VMM allocate for terabytes of regions.
+    memory::check_size(config.memory_bytes)?;
+    let expected = snapshot::memory_file::layout_of(
+        arch::ram_regions(config.memory_bytes).iter().map(|&(start, size)| (start.0, size as u64)),
+    );
+    if state.memory != expected {
+        return Err(SnapshotError::Invalid("memory layout (it does not match the memory size)").into());
+    }
+    let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
 
     let (kvm, vm) = create_kvm_vm(&config, &memory)?;
     let devices = LegacyDevices::create(&config, &vm, Some(&state))?;
@@ -128,8 +137,7 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
         .restore(&state.ioapic)
         .map_err(|e| SnapshotError::Restore { what: "the IOAPIC".into(), reason: e.to_string() })?;
     snapshot::restore_clock(&vm, &state.clock)?;
-    let parts =
-        VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file: Some(backing_file) };
+    let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(&config)
 }
 
@@ -199,12 +207,11 @@ struct VmParts {
     controls: virtio_devices::VirtioControls,
     transports: Vec<SharedTransport>,
     vcpus: Vec<VcpuFd>,
-    backing_file: Option<FileIdentity>,
 }
 
 impl VmParts {
     fn into_vm(self, config: &VmConfig) -> Result<Vm> {
-        let VmParts { kvm, vm, memory, devices, controls, transports, vcpus, backing_file } = self;
+        let VmParts { kvm, vm, memory, devices, controls, transports, vcpus } = self;
         let (ended_sender, ended_receiver) = mpsc::channel();
         let ended_event = new_event_fd("vCPU exit notifier")?;
         let vcpu_metrics: Arc<[VcpuMetrics]> = (0..vcpus.len()).map(|_| VcpuMetrics::default()).collect();
@@ -232,7 +239,7 @@ impl VmParts {
             i8042: devices.i8042.clone(),
             virtio: transports,
             dirty_tracking: config.track_dirty_pages,
-            backing_file,
+            unsaved_dirty_pages: Mutex::new(None),
             in_progress: Mutex::new(()),
         });
         let handles = devices.into_handles(config, controls);

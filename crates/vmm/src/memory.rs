@@ -14,6 +14,13 @@ const PAGE_SIZE: u64 = 4096;
 /// The host check is against physical RAM rather than what `mmap` would accept: anonymous mappings
 /// are lazily backed, so an oversized guest would otherwise start and be OOM-killed later, mid-run.
 pub fn create_guest_memory(bytes: u64) -> Result<GuestRam> {
+    check_size(bytes)?;
+    GuestRam::from_ranges(&arch::ram_regions(bytes))
+        .map_err(|e| Error::MemoryAllocation { bytes, reason: e.to_string() })
+}
+
+/// Checks a guest RAM size against the boot layout and the host (see [`create_guest_memory`]).
+pub fn check_size(bytes: u64) -> Result<()> {
     if bytes < arch::layout::MIN_MEMORY {
         return Err(Error::MemoryTooSmall { requested: bytes, minimum: arch::layout::MIN_MEMORY });
     }
@@ -25,8 +32,7 @@ pub fn create_guest_memory(bytes: u64) -> Result<GuestRam> {
             return Err(Error::MemoryExceedsHost { requested: bytes, host });
         }
     }
-    GuestRam::from_ranges(&arch::ram_regions(bytes))
-        .map_err(|e| Error::MemoryAllocation { bytes, reason: e.to_string() })
+    Ok(())
 }
 
 /// Makes every region of guest RAM visible to the guest through KVM memory slots (slot N is

@@ -158,10 +158,29 @@ impl VcpuShared {
         self.lock_pause().requested
     }
 
-    /// Whether every vCPU thread is parked, so their KVM state holds still.
-    pub fn is_fully_paused(&self) -> bool {
-        let state = self.lock_pause();
-        state.requested && state.parked == state.threads.len() && state.threads.len() == self.vcpu_count
+    /// Waits until every vCPU thread has started and parked, so their KVM state holds still (a VM
+    /// paused before it ran parks its threads as they start). Fails at once if no pause is in
+    /// force, and after `timeout`.
+    pub fn wait_fully_paused(&self, timeout: Duration) -> std::result::Result<(), SnapshotError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock_pause();
+        loop {
+            if !state.requested || self.stop.load(Ordering::SeqCst) {
+                return Err(SnapshotError::NotPaused);
+            }
+            if state.parked == state.threads.len() && state.threads.len() == self.vcpu_count {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(SnapshotError::NotParked(timeout));
+            }
+            state = self
+                .parked_changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Has every parked vCPU read its own KVM state (the vCPU fds belong to their threads) and
@@ -181,7 +200,7 @@ impl VcpuShared {
                 break;
             }
             let now = Instant::now();
-            if now >= deadline || !state.requested {
+            if now >= deadline || !state.requested || self.stop.load(Ordering::SeqCst) {
                 let missing = (0..self.vcpu_count as u8)
                     .find(|i| !request.results.iter().any(|(index, _)| index == i))
                     .unwrap_or(0);

@@ -84,8 +84,9 @@ impl Serial {
         Self::restore(interrupt, output, &SerialSnapshot::default())
     }
 
-    /// Creates the UART with the registers and pending input a snapshot saved; an interrupt the
-    /// saved state still owes the guest is raised at once.
+    /// Creates the UART with the registers and pending input a snapshot saved. vm-superio raises
+    /// the interrupt the saved registers imply; on a restore it reaches a fresh IOAPIC whose saved
+    /// state then replaces it (the saved IOAPIC and local APICs hold what was delivered).
     pub fn restore(
         interrupt: Arc<dyn InterruptLine>,
         output: Box<dyn Write + Send>,

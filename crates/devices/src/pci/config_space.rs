@@ -119,10 +119,20 @@ impl ConfigSpace {
         self.registers.to_vec()
     }
 
-    /// Takes the registers a snapshot saved from a function built the same way (same BARs and
-    /// capabilities, so the write masks agree with them).
+    /// Takes the writable bits of registers a snapshot saved from a function built the same way;
+    /// the read-only ones (IDs, BAR types, capabilities) must be what this function has.
     pub fn restore(&mut self, registers: &[u8]) -> Result<(), PciError> {
-        self.registers = registers.try_into().map_err(|_| PciError::SnapshotSize(registers.len()))?;
+        let saved: &[u8; CONFIG_SPACE_SIZE] =
+            registers.try_into().map_err(|_| PciError::SnapshotSize(registers.len()))?;
+        let differs =
+            (0..CONFIG_SPACE_SIZE).find(|&at| (saved[at] ^ self.registers[at]) & !self.writable[at] != 0);
+        if let Some(offset) = differs {
+            return Err(PciError::SnapshotReadOnly(offset));
+        }
+        for (at, &byte) in saved.iter().enumerate() {
+            let mask = self.writable[at];
+            self.registers[at] = (self.registers[at] & !mask) | (byte & mask);
+        }
         Ok(())
     }
 
@@ -294,6 +304,27 @@ pub(crate) mod tests {
         assert_eq!(read32(&space, 0x30), 0, "no expansion ROM");
         write32(&mut space, BAR0, 0);
         assert_eq!(space.bar_mapping(0), None, "address zero is unassigned");
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_writable_bits_and_refuses_other_read_only_ones() {
+        let built = || {
+            let mut space = ConfigSpace::new(IDS);
+            space.add_memory_bar(0, 0x4000).unwrap();
+            space
+        };
+        let mut original = built();
+        original.set_bar_address(0, 0xe000_8000);
+        original.write(COMMAND, &COMMAND_MEMORY_SPACE.to_le_bytes());
+        let saved = original.snapshot();
+        let mut restored = built();
+        restored.restore(&saved).unwrap();
+        assert_eq!(restored.bar_mapping(0), Some(BarMapping { address: 0xe000_8000, size: 0x4000 }));
+
+        let mut foreign = saved.clone();
+        foreign[DEVICE_ID] ^= 1;
+        assert!(matches!(built().restore(&foreign), Err(PciError::SnapshotReadOnly(DEVICE_ID))));
+        assert!(matches!(built().restore(&saved[..64]), Err(PciError::SnapshotSize(64))));
     }
 
     #[test]

@@ -243,7 +243,16 @@ const BACKEND_INTERVAL_CHANGED: usize = 1;
 
 impl QueueHandler for BalloonHandler {
     fn queue_states(&self) -> Vec<(usize, QueueState)> {
-        self.queues.iter().enumerate().map(|(index, (_, queue))| (index, queue.state())).collect()
+        let state = |role: &QueueRole, queue: &Queue| {
+            let mut state = queue.state();
+            if *role == QueueRole::Stats && self.held_stats.is_some() {
+                // The held stats buffer is the last one taken and is not used yet: a restored
+                // device takes it again (else the driver, waiting for it, never reports again).
+                state.next_avail = state.next_avail.wrapping_sub(1);
+            }
+            state
+        };
+        self.queues.iter().enumerate().map(|(index, (role, queue))| (index, state(role, queue))).collect()
     }
 
     fn process_queue(&mut self, index: usize) {

@@ -3,14 +3,13 @@
 //! another format version, is cut short or has any byte changed is refused before anything is
 //! decoded from it.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{check_regular_file, SnapshotError};
+use super::{open_regular, write_atomically, SnapshotError};
 
 /// The first bytes of every Kestrel snapshot state file.
 const MAGIC: [u8; 8] = *b"KSTLSNAP";
@@ -23,9 +22,8 @@ const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// field above it is corruption, and refusing it keeps a damaged file from causing a huge read.
 const MAX_PAYLOAD_LEN: u64 = 256 << 20;
 
-/// Encodes `state` into `path` (created or replaced), synced to disk.
+/// Encodes `state` into `path` (created or replaced atomically), synced to disk.
 pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<u64, SnapshotError> {
-    check_regular_file(path, false)?;
     let payload = postcard::to_allocvec(state).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);
@@ -33,21 +31,19 @@ pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<u64, SnapshotError>
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
-    let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    let mut file = File::create(path).map_err(io_error)?;
-    file.write_all(&bytes).map_err(io_error)?;
-    file.sync_all().map_err(io_error)?;
-    Ok(bytes.len() as u64)
+    write_atomically(path, |mut file| {
+        file.write_all(&bytes)?;
+        Ok(bytes.len() as u64)
+    })
 }
 
 /// Reads and checks `path`, then decodes the state in it.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, SnapshotError> {
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    check_regular_file(path, true)?;
     let mut bytes = Vec::new();
     // At most one byte more than the largest valid file: enough to tell it is too long.
     let limit = HEADER_LEN as u64 + MAX_PAYLOAD_LEN + 1;
-    File::open(path).map_err(io_error)?.take(limit).read_to_end(&mut bytes).map_err(io_error)?;
+    open_regular(path)?.take(limit).read_to_end(&mut bytes).map_err(io_error)?;
     decode(&bytes)
 }
 

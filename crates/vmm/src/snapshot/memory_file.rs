@@ -7,8 +7,8 @@
 //! brings that file up to date. A restore maps the file copy-on-write (MAP_PRIVATE), so nothing is
 //! read up front and the file never changes under the guest.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
-use super::{check_regular_file, SnapshotError};
+use super::{open_regular, SnapshotError};
 
 pub const PAGE_SIZE: usize = 4096;
 
@@ -31,41 +31,25 @@ pub struct SavedRegion {
 
 /// The file layout of `memory`: its regions back to back.
 pub fn layout(memory: &GuestRam) -> Vec<SavedRegion> {
+    layout_of(memory.iter().map(|region| (region.start_addr().0, region.len())))
+}
+
+/// The file layout of regions given as (guest address, size): back to back from offset 0.
+pub fn layout_of(regions: impl IntoIterator<Item = (u64, u64)>) -> Vec<SavedRegion> {
     let mut offset = 0;
-    memory
-        .iter()
-        .map(|region| {
-            let saved =
-                SavedRegion { guest_address: region.start_addr().0, size: region.len(), file_offset: offset };
-            offset += region.len();
+    regions
+        .into_iter()
+        .map(|(guest_address, size)| {
+            let saved = SavedRegion { guest_address, size, file_offset: offset };
+            offset += size;
             saved
         })
         .collect()
 }
 
-/// The file a region list needs: the end of its last region.
-fn file_len(layout: &[SavedRegion]) -> u64 {
-    layout.iter().map(|r| r.file_offset + r.size).max().unwrap_or(0)
-}
-
-/// Identifies a file across paths (device and inode), so a snapshot never truncates the file the
-/// running guest's memory is mapped from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileIdentity {
-    device: u64,
-    inode: u64,
-}
-
-impl FileIdentity {
-    pub fn of(file: &File) -> std::io::Result<FileIdentity> {
-        let meta = file.metadata()?;
-        Ok(FileIdentity { device: meta.dev(), inode: meta.ino() })
-    }
-
-    fn of_path(path: &Path) -> Option<FileIdentity> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileIdentity { device: meta.dev(), inode: meta.ino() })
-    }
+/// The file a region list needs: the end of its last region (None if that overflows).
+fn file_len(layout: &[SavedRegion]) -> Option<u64> {
+    layout.iter().try_fold(0, |end: u64, r| Some(end.max(r.file_offset.checked_add(r.size)?)))
 }
 
 /// Which pages of each region to write: all of them, or those a dirty bitmap (one bit per page,
@@ -75,58 +59,67 @@ pub enum Pages<'a> {
     Dirty(&'a [Vec<u64>]),
 }
 
-/// Writes guest RAM into `path`. A full write replaces the file (refused when it is `backing`, the
-/// file the guest's memory is mapped from); a dirty-page write updates it in place. Returns the
-/// number of bytes written. The guest must be paused and the devices quiesced: nothing may write
-/// guest RAM meanwhile.
-pub fn write(
-    memory: &GuestRam,
-    path: &Path,
-    pages: Pages<'_>,
-    backing: Option<FileIdentity>,
-) -> Result<u64, SnapshotError> {
-    let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    let full = matches!(pages, Pages::All);
-    check_regular_file(path, false)?;
-    if full && backing.is_some() && FileIdentity::of_path(path) == backing {
-        return Err(SnapshotError::MemoryFileInUse(path.to_owned()));
-    }
-    let file = OpenOptions::new().create(true).write(true).truncate(full).open(path).map_err(io_error)?;
+/// Writes guest RAM into `path` and returns the number of bytes written. A full write makes a new
+/// file and renames it over `path` (a VM restored from the file there keeps its memory); a
+/// dirty-page write updates `path` in place, which is safe for the VM whose memory is mapped
+/// from it (it has its own copy of every page it wrote) but not for other VMs restored from the
+/// same file. The guest must be paused and the devices held: nothing may write guest RAM
+/// meanwhile.
+pub fn write(memory: &GuestRam, path: &Path, pages: Pages<'_>) -> Result<u64, SnapshotError> {
     let layout = layout(memory);
-    let needed = file_len(&layout);
-    if file.metadata().map_err(io_error)?.len() < needed {
-        file.set_len(needed).map_err(io_error)?;
+    let needed = file_len(&layout).ok_or(SnapshotError::Invalid("memory layout"))?;
+    match pages {
+        Pages::All => super::write_atomically(path, |file| {
+            file.set_len(needed)?;
+            write_pages(memory, &layout, file, |_, bytes| !is_zero(bytes))
+        }),
+        Pages::Dirty(bitmaps) => {
+            let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
+            let file = super::open_regular_to_write(path)?;
+            if file.metadata().map_err(io_error)?.len() < needed {
+                file.set_len(needed).map_err(io_error)?;
+            }
+            let is_dirty = |(region, page): (usize, usize), _: &[u8]| {
+                let word = bitmaps.get(region).and_then(|words| words.get(page / 64));
+                word.is_some_and(|w| w >> (page % 64) & 1 == 1)
+            };
+            let written = write_pages(memory, &layout, &file, is_dirty).map_err(io_error)?;
+            file.sync_all().map_err(io_error)?;
+            Ok(written)
+        }
     }
+}
+
+/// Writes each page `wanted` picks (by region and page index, and its bytes) at its place in
+/// `file`, contiguous pages in one write.
+fn write_pages(
+    memory: &GuestRam,
+    layout: &[SavedRegion],
+    file: &File,
+    wanted: impl Fn((usize, usize), &[u8]) -> bool,
+) -> std::io::Result<u64> {
     let mut written = 0;
-    for (index, (region, saved)) in memory.iter().zip(&layout).enumerate() {
+    for (index, (region, saved)) in memory.iter().zip(layout).enumerate() {
         // SAFETY: the region is a live mapping of `region.len()` bytes owned by `memory`, which
         // outlives this borrow; the caller guarantees nothing writes guest RAM meanwhile.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), region.len() as usize) };
-        let wanted = |page: usize| match &pages {
-            // Zero pages are left as holes: a fresh file reads them as zeros.
-            Pages::All => !is_zero(&bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE]),
-            Pages::Dirty(bitmaps) => bitmaps
-                .get(index)
-                .and_then(|words| words.get(page / 64))
-                .is_some_and(|w| w >> (page % 64) & 1 == 1),
-        };
+        let page_bytes = |page: usize| &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE];
         let page_count = bytes.len() / PAGE_SIZE;
         let mut page = 0;
         while page < page_count {
-            if !wanted(page) {
+            if !wanted((index, page), page_bytes(page)) {
                 page += 1;
                 continue;
             }
             let start = page;
-            while page < page_count && wanted(page) {
+            while page < page_count && wanted((index, page), page_bytes(page)) {
                 page += 1;
             }
             let run = &bytes[start * PAGE_SIZE..page * PAGE_SIZE];
-            file.write_all_at(run, saved.file_offset + (start * PAGE_SIZE) as u64).map_err(io_error)?;
+            file.write_all_at(run, saved.file_offset + (start * PAGE_SIZE) as u64)?;
             written += run.len() as u64;
         }
     }
-    file.sync_all().map_err(io_error)?;
     Ok(written)
 }
 
@@ -139,15 +132,13 @@ fn is_zero(page: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// Maps the memory file copy-on-write at the saved layout. Returns the memory and the file's
-/// identity (later full snapshots must not truncate it).
-pub fn map(path: &Path, layout: &[SavedRegion]) -> Result<(GuestRam, FileIdentity), SnapshotError> {
+/// Maps the memory file copy-on-write at the saved layout (which the caller has checked against
+/// the VM's memory size).
+pub fn map(path: &Path, layout: &[SavedRegion]) -> Result<GuestRam, SnapshotError> {
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    check_regular_file(path, true)?;
-    let file = File::open(path).map_err(io_error)?;
-    let identity = FileIdentity::of(&file).map_err(io_error)?;
+    let file = open_regular(path)?;
     let found = file.metadata().map_err(io_error)?.len();
-    let expected = file_len(layout);
+    let expected = file_len(layout).ok_or(SnapshotError::Invalid("memory layout"))?;
     if found < expected {
         // Mapping past the end would kill the VMM with SIGBUS when the guest touches those pages.
         return Err(SnapshotError::MemoryFileTooShort { path: path.to_owned(), found, expected });
@@ -171,8 +162,7 @@ pub fn map(path: &Path, layout: &[SavedRegion]) -> Result<(GuestRam, FileIdentit
                 .ok_or(SnapshotError::Invalid("memory region address"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let memory = GuestRam::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))?;
-    Ok((memory, identity))
+    GuestRam::from_regions(regions).map_err(|e| SnapshotError::Map(e.to_string()))
 }
 
 #[cfg(test)]
@@ -199,18 +189,30 @@ mod tests {
         memory.write_obj(0x1234_5678u32, GuestAddress(3 * PAGE_SIZE as u64 + 8)).unwrap();
         memory.write_obj(0xabcdu16, GuestAddress((1 << 20) + 5 * PAGE_SIZE as u64)).unwrap();
         let path = dir.join("mem");
-        let written = write(&memory, &path, Pages::All, None).unwrap();
+        let written = write(&memory, &path, Pages::All).unwrap();
         assert_eq!(written, 2 * PAGE_SIZE as u64, "only the two non-zero pages");
 
-        let (restored, identity) = map(&path, &layout(&memory)).unwrap();
+        let restored = map(&path, &layout(&memory)).unwrap();
         assert_eq!(restored.read_obj::<u32>(GuestAddress(3 * PAGE_SIZE as u64 + 8)).unwrap(), 0x1234_5678);
         assert_eq!(restored.read_obj::<u16>(GuestAddress((1 << 20) + 5 * PAGE_SIZE as u64)).unwrap(), 0xabcd);
         // Copy-on-write: the guest's writes stay out of the file.
         restored.write_obj(7u8, GuestAddress(0)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap()[0], 0);
-        // A full snapshot into the file the memory is mapped from is refused, not truncated.
-        let refused = write(&restored, &path, Pages::All, Some(identity));
-        assert!(matches!(refused, Err(SnapshotError::MemoryFileInUse(_))));
+        // A full snapshot into the file the memory is mapped from replaces the file, not the
+        // pages under the mapping: the restored memory keeps what it had.
+        let other = ram();
+        other.write_obj(0x5555_5555u32, GuestAddress(3 * PAGE_SIZE as u64 + 8)).unwrap();
+        write(&other, &path, Pages::All).unwrap();
+        assert_eq!(restored.read_obj::<u32>(GuestAddress(3 * PAGE_SIZE as u64 + 8)).unwrap(), 0x1234_5678);
+        assert_eq!(
+            map(&path, &layout(&other))
+                .unwrap()
+                .read_obj::<u32>(GuestAddress(3 * PAGE_SIZE as u64 + 8))
+                .unwrap(),
+            0x5555_5555
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, ["mem"], "no temporary file is left behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -220,12 +222,12 @@ mod tests {
         let memory = ram();
         memory.write_obj(1u8, GuestAddress(0)).unwrap();
         let path = dir.join("mem");
-        write(&memory, &path, Pages::All, None).unwrap();
+        write(&memory, &path, Pages::All).unwrap();
         memory.write_obj(2u8, GuestAddress(0)).unwrap();
         memory.write_obj(3u8, GuestAddress(PAGE_SIZE as u64)).unwrap();
         // Only page 1 of region 0 is marked: page 0's change must not reach the file.
         let bitmaps = vec![vec![0b10u64], vec![0u64]];
-        let written = write(&memory, &path, Pages::Dirty(&bitmaps), None).unwrap();
+        let written = write(&memory, &path, Pages::Dirty(&bitmaps)).unwrap();
         assert_eq!(written, PAGE_SIZE as u64);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!((bytes[0], bytes[PAGE_SIZE]), (1, 3));
@@ -246,8 +248,11 @@ mod tests {
         let fifo = dir.join("fifo");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         assert!(matches!(map(&fifo, &layout(&ram())), Err(SnapshotError::NotARegularFile(_))));
-        let written = write(&ram(), &fifo, Pages::All, None);
+        let written = write(&ram(), &fifo, Pages::All);
         assert!(matches!(written, Err(SnapshotError::NotARegularFile(_))));
+        // Without a reader the non-blocking open fails at once (ENXIO) instead of waiting for one.
+        let written = write(&ram(), &fifo, Pages::Dirty(&[]));
+        assert!(matches!(written, Err(SnapshotError::Io { .. })), "{written:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,7 +21,7 @@ use virtio::GuestRam;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 pub use file::FORMAT_VERSION;
-use memory_file::{FileIdentity, Pages, SavedRegion};
+use memory_file::{Pages, SavedRegion};
 use vcpu_state::VcpuState;
 
 use crate::config::VmConfig;
@@ -46,8 +46,6 @@ pub enum SnapshotError {
     Map(String),
     #[error("the memory file {path} is {found} bytes, the snapshot needs {expected}")]
     MemoryFileTooShort { path: PathBuf, found: u64, expected: u64 },
-    #[error("{0} is the file this VM's memory is mapped from; write a full snapshot to another file (a diff snapshot may update it)")]
-    MemoryFileInUse(PathBuf),
     #[error("KVM refused to restore MSR {0:#x}")]
     MsrRefused(u32),
     #[error("not a Kestrel snapshot state file")]
@@ -56,6 +54,8 @@ pub enum SnapshotError {
     NotARegularFile(PathBuf),
     #[error("the VM must be paused first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,
+    #[error("the vCPUs did not all park within {0:?}")]
+    NotParked(Duration),
     #[error("cannot restore {what}: {reason}")]
     Restore { what: String, reason: String },
     #[error("cannot save {what}: {reason}")]
@@ -91,15 +91,68 @@ pub fn read_state(path: &Path) -> Result<VmState, SnapshotError> {
     file::read(path)
 }
 
-/// Refuses a path that exists and is not a regular file: a FIFO would block the open (and the API
-/// with it), a device such as /dev/zero would never end.
-fn check_regular_file(path: &Path, must_exist: bool) -> Result<(), SnapshotError> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(SnapshotError::NotARegularFile(path.to_owned())),
-        Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SnapshotError::Io { path: path.to_owned(), source }),
+/// Opens a snapshot file to read, refusing anything but a regular file: a FIFO would block (the
+/// open is non-blocking, so it cannot), a device such as /dev/zero would never end.
+fn open_regular(path: &Path) -> Result<std::fs::File, SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io_error)?;
+    // Checked on the open file, so the path cannot be swapped in between.
+    if !file.metadata().map_err(io_error)?.is_file() {
+        return Err(SnapshotError::NotARegularFile(path.to_owned()));
     }
+    Ok(file)
+}
+
+/// Opens an existing memory file to update it in place (a diff snapshot), or creates it; anything
+/// but a regular file is refused (opening a FIFO does not block: it is non-blocking).
+fn open_regular_to_write(path: &Path) -> Result<std::fs::File, SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_error)?;
+    if !file.metadata().map_err(io_error)?.is_file() {
+        return Err(SnapshotError::NotARegularFile(path.to_owned()));
+    }
+    Ok(file)
+}
+
+/// Writes a new snapshot file at `path` atomically: into a temporary file beside it, synced, then
+/// renamed over `path`. Whatever was at `path` stays whole for whoever has it open or mapped (a
+/// VM restored from an earlier memory file there keeps its memory), and a failed write leaves it
+/// as it was. `path` may not be something other than a regular file (a FIFO, a device).
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&std::fs::File) -> std::io::Result<u64>,
+) -> Result<u64, SnapshotError> {
+    let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(SnapshotError::NotARegularFile(path.to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(io_error(source)),
+    }
+    let name = path.file_name().ok_or_else(|| SnapshotError::NotARegularFile(path.to_owned()))?;
+    let mut temporary_name = std::ffi::OsString::from(".");
+    temporary_name.push(name);
+    temporary_name.push(format!(".kestrel-{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary_name);
+    let result = std::fs::File::create(&temporary).and_then(|file| {
+        let written = write(&file)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        Ok(written)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(io_error)
 }
 
 /// Full (every page) or diff (the pages written since the last snapshot, or since boot).
@@ -141,8 +194,8 @@ pub(crate) struct SnapshotSources {
     pub virtio: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
     /// KVM logs the vCPUs' writes (KVM_MEM_LOG_DIRTY_PAGES), so diff snapshots are possible.
     pub dirty_tracking: bool,
-    /// The memory file guest RAM is mapped from, for a restored VM.
-    pub backing_file: Option<FileIdentity>,
+    /// Dirty pages a failed snapshot took from the logs, for the next snapshot.
+    pub unsaved_dirty_pages: Mutex<Option<Vec<Vec<u64>>>>,
     /// One snapshot at a time.
     pub in_progress: Mutex<()>,
 }
@@ -163,9 +216,9 @@ pub(crate) fn create(
     if request.kind == SnapshotKind::Diff && !sources.dirty_tracking {
         return Err(SnapshotError::DiffWithoutTracking);
     }
-    if !vcpus.is_fully_paused() {
-        return Err(SnapshotError::NotPaused);
-    }
+    // A VM paused before it ran (a snapshot loaded without resume_vm) parks its vCPU threads as
+    // they start: wait for them.
+    vcpus.wait_fully_paused(VCPU_SAVE_TIMEOUT)?;
     // Hold every device (its worker parked, its queues' positions handed over) before reading
     // anything else: a device interrupt would change the local APICs' state.
     let mut transports: Vec<_> =
@@ -187,53 +240,84 @@ fn write_snapshot(
     request: &SnapshotRequest,
     virtio: Vec<VirtioSnapshot>,
 ) -> Result<(u64, u64), SnapshotError> {
+    // The legacy devices are locked from before the local APICs are read until they are saved:
+    // console input or a key arriving in between would raise an interrupt that neither the saved
+    // APICs nor the saved devices show. Devices first, the IOAPIC second, as everywhere.
+    let lock = |what: &str| SnapshotError::Save { what: what.into(), reason: "its lock is poisoned".into() };
+    let serial = sources.serial.lock().map_err(|_| lock("the serial port"))?;
+    let i8042 = sources.i8042.lock().map_err(|_| lock("the i8042"))?;
+    let cmos = sources.cmos.lock().map_err(|_| lock("the CMOS"))?;
+    let ioapic = sources.ioapic.lock().map_err(|_| lock("the IOAPIC"))?;
     let vcpu_states = vcpus.save_states(&sources.msr_indices, VCPU_SAVE_TIMEOUT)?;
     let clock =
         sources.vm.get_clock().map_err(|source| SnapshotError::Kvm { call: "KVM_GET_CLOCK", source })?;
-    let lock_error =
-        |what: &str| SnapshotError::Save { what: what.into(), reason: "its lock is poisoned".into() };
     let state = VmState {
-        config: sources.config.lock().map_err(|_| lock_error("the configuration"))?.clone(),
+        config: sources.config.lock().map_err(|_| lock("the configuration"))?.clone(),
         memory: memory_file::layout(&sources.memory),
         clock,
         vcpus: vcpu_states,
-        ioapic: sources.ioapic.lock().map_err(|_| lock_error("the IOAPIC"))?.snapshot(),
-        serial: sources.serial.lock().map_err(|_| lock_error("the serial port"))?.snapshot(),
-        cmos: sources.cmos.lock().map_err(|_| lock_error("the CMOS"))?.snapshot(),
-        i8042: sources.i8042.lock().map_err(|_| lock_error("the i8042"))?.snapshot(),
+        ioapic: ioapic.snapshot(),
+        serial: serial.snapshot(),
+        cmos: cmos.snapshot(),
+        i8042: i8042.snapshot(),
         virtio,
     };
-    // Reading the dirty pages also clears them: the next diff starts from this snapshot.
-    let dirty =
-        if sources.dirty_tracking { Some(take_dirty_pages(&sources.vm, &sources.memory)?) } else { None };
+    drop((serial, i8042, cmos, ioapic));
+    // Reading the dirty pages also clears them, so the next diff starts from this snapshot; if
+    // this one fails they go back, or the next diff would silently miss them.
+    let dirty = if sources.dirty_tracking { Some(sources.take_dirty_pages()?) } else { None };
     let pages = match (request.kind, &dirty) {
         (SnapshotKind::Diff, Some(bitmaps)) => Pages::Dirty(bitmaps),
         _ => Pages::All,
     };
-    let memory_bytes =
-        memory_file::write(&sources.memory, &request.memory_path, pages, sources.backing_file)?;
-    let state_bytes = file::write(&request.state_path, &state)?;
-    Ok((state_bytes, memory_bytes))
+    let written = memory_file::write(&sources.memory, &request.memory_path, pages)
+        .and_then(|memory_bytes| Ok((file::write(&request.state_path, &state)?, memory_bytes)));
+    if let (Err(_), Some(bitmaps)) = (&written, dirty) {
+        sources.keep_dirty_pages(bitmaps);
+    }
+    written
 }
 
-/// The pages written since the last call, per region: KVM's log of the vCPUs' writes merged with
-/// guest RAM's own bitmap of the VMM's (device) writes. Both are cleared.
-fn take_dirty_pages(vm: &VmFd, memory: &GuestRam) -> Result<Vec<Vec<u64>>, SnapshotError> {
-    memory
-        .iter()
-        .enumerate()
-        .map(|(slot, region)| {
-            let size = region.len() as usize;
-            let mut pages = vm
-                .get_dirty_log(slot as u32, size)
-                .map_err(|source| SnapshotError::Kvm { call: "KVM_GET_DIRTY_LOG", source })?;
-            let by_devices = vm_memory::mmap::MmapRegion::bitmap(region).get_and_reset();
-            for (word, device_word) in pages.iter_mut().zip(by_devices) {
-                *word |= device_word;
+impl SnapshotSources {
+    /// The pages written since the last snapshot, per region: KVM's log of the vCPUs' writes,
+    /// guest RAM's own bitmap of the VMM's (device) writes, and what a failed snapshot gave back.
+    /// All three are cleared.
+    fn take_dirty_pages(&self) -> Result<Vec<Vec<u64>>, SnapshotError> {
+        let kept = self.unsaved_dirty_pages.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.memory
+            .iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let size = region.len() as usize;
+                let mut pages = self
+                    .vm
+                    .get_dirty_log(slot as u32, size)
+                    .map_err(|source| SnapshotError::Kvm { call: "KVM_GET_DIRTY_LOG", source })?;
+                let by_devices = vm_memory::mmap::MmapRegion::bitmap(region).get_and_reset();
+                let unsaved = kept.as_ref().and_then(|k| k.get(slot));
+                for (index, word) in pages.iter_mut().enumerate() {
+                    let earlier = unsaved.and_then(|words| words.get(index)).copied().unwrap_or(0);
+                    *word |= by_devices.get(index).copied().unwrap_or(0) | earlier;
+                }
+                Ok(pages)
+            })
+            .collect()
+    }
+
+    /// Gives back dirty pages a failed snapshot took, for the next one.
+    fn keep_dirty_pages(&self, bitmaps: Vec<Vec<u64>>) {
+        let mut kept = self.unsaved_dirty_pages.lock().unwrap_or_else(PoisonError::into_inner);
+        match kept.as_mut() {
+            Some(old) => {
+                for (old_region, region) in old.iter_mut().zip(bitmaps) {
+                    for (old_word, word) in old_region.iter_mut().zip(region) {
+                        *old_word |= word;
+                    }
+                }
             }
-            Ok(pages)
-        })
-        .collect()
+            None => *kept = Some(bitmaps),
+        }
+    }
 }
 
 /// Restores the VM-wide KVM clock (kvmclock's base), so guest time continues from the snapshot.

@@ -69,6 +69,26 @@ fn save_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, Snaps
     Ok(saved)
 }
 
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The saved MSRs in the order and form KVM takes them back: the TSC-deadline MSR after the TSC
+/// (KVM checks a deadline against the TSC as set), and a deadline of 0 (timer disarmed, or
+/// saved just as it fired) replaced by the saved TSC, so that a guest waiting for a timer
+/// interrupt gets one at once instead of never (Firecracker found the same).
+fn msrs_to_restore(saved: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
+    let tsc = saved.iter().find(|msr| msr.index == MSR_IA32_TSC).map(|msr| msr.data);
+    let mut entries: Vec<kvm_msr_entry> =
+        saved.iter().copied().filter(|msr| msr.index != MSR_IA32_TSC_DEADLINE).collect();
+    if let Some(mut deadline) = saved.iter().copied().find(|msr| msr.index == MSR_IA32_TSC_DEADLINE) {
+        if deadline.data == 0 {
+            deadline.data = tsc.unwrap_or(0);
+        }
+        entries.push(deadline);
+    }
+    entries
+}
+
 /// Writes a saved state into a vCPU that has not run yet, in the order KVM needs: CPUID before the
 /// MSRs it gates, the local APIC before the MSRs and events that refer to it (TSC deadline, a
 /// pending interrupt).
@@ -89,12 +109,33 @@ pub fn restore(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), SnapshotError> {
     vcpu.set_xcrs(&state.xcrs).map_err(kvm_failed("KVM_SET_XCRS"))?;
     vcpu.set_debug_regs(&state.debug_regs).map_err(kvm_failed("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&state.lapic).map_err(kvm_failed("KVM_SET_LAPIC"))?;
-    let msrs = Msrs::from_entries(&state.msrs).map_err(|_| SnapshotError::TooManyMsrs(state.msrs.len()))?;
+    let entries = msrs_to_restore(&state.msrs);
+    let msrs = Msrs::from_entries(&entries).map_err(|_| SnapshotError::TooManyMsrs(entries.len()))?;
     let written = vcpu.set_msrs(&msrs).map_err(kvm_failed("KVM_SET_MSRS"))?;
-    if written != state.msrs.len() {
-        let refused = state.msrs.get(written).map_or(0, |msr| msr.index);
+    if written != entries.len() {
+        let refused = entries.get(written).map_or(0, |msr| msr.index);
         return Err(SnapshotError::MsrRefused(refused));
     }
     vcpu.set_vcpu_events(&state.events).map_err(kvm_failed("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msr(index: u32, data: u64) -> kvm_msr_entry {
+        kvm_msr_entry { index, data, ..Default::default() }
+    }
+
+    #[test]
+    fn a_zero_tsc_deadline_becomes_the_tsc_and_goes_after_it() {
+        let saved = [msr(MSR_IA32_TSC_DEADLINE, 0), msr(0x174, 8), msr(MSR_IA32_TSC, 12345)];
+        let restored = msrs_to_restore(&saved);
+        let order: Vec<(u32, u64)> = restored.iter().map(|m| (m.index, m.data)).collect();
+        assert_eq!(order, [(0x174, 8), (MSR_IA32_TSC, 12345), (MSR_IA32_TSC_DEADLINE, 12345)]);
+        // An armed deadline is kept as it was.
+        let armed = msrs_to_restore(&[msr(MSR_IA32_TSC_DEADLINE, 999), msr(MSR_IA32_TSC, 5)]);
+        assert_eq!(armed[1].data, 999);
+    }
 }
