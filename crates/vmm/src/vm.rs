@@ -43,7 +43,7 @@ pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct VmHandle {
     shared: Arc<VcpuShared>,
-    sources: Arc<SnapshotSources>,
+    pub(crate) sources: Arc<SnapshotSources>,
     devices: DeviceControls,
 }
 

@@ -326,3 +326,51 @@ pub(crate) fn restore_clock(vm: &VmFd, saved: &kvm_clock_data) -> Result<(), Sna
     let clock = kvm_clock_data { clock: saved.clock, ..Default::default() };
     vm.set_clock(&clock).map_err(|source| SnapshotError::Kvm { call: "KVM_SET_CLOCK", source })
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use crate::config::{SerialConfig, VirtioTransport, VmConfig};
+
+    fn page_bit(bitmaps: &[Vec<u64>], page: usize) -> bool {
+        bitmaps[0][page / 64] >> (page % 64) & 1 == 1
+    }
+
+    /// The dirty set a diff writes includes what the VMM's devices wrote into guest RAM (which
+    /// KVM's log never sees), is cleared by being taken, and gets back what a failed snapshot
+    /// took.
+    #[test]
+    fn device_writes_are_dirty_and_a_failed_snapshot_gives_its_pages_back() {
+        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "this test needs /dev/kvm on CI");
+            eprintln!("skipping: /dev/kvm cannot be opened");
+            return;
+        }
+        let config = VmConfig {
+            kernel: guests::HELLO.into(),
+            initrd: None,
+            cmdline: "exit=poweroff".into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::None,
+            virtio: Vec::new(),
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: true,
+        };
+        let vm = crate::builder::build(&config).unwrap();
+        let handle = vm.handle();
+        let sources = &handle.sources;
+        // Loading the kernel wrote guest RAM through the same bitmap: start from a clean slate.
+        sources.take_dirty_pages().unwrap();
+        const PAGE: usize = 1000;
+        sources.memory.write_obj(0xabu8, GuestAddress((PAGE * 4096) as u64)).unwrap();
+        let taken = sources.take_dirty_pages().unwrap();
+        assert!(page_bit(&taken, PAGE), "a device's write is in the dirty set");
+        assert!(!page_bit(&taken, PAGE + 1));
+        assert!(!page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "taking clears it");
+        sources.keep_dirty_pages(taken);
+        assert!(page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "given back after a failure");
+        assert!(!page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "and only once");
+    }
+}
