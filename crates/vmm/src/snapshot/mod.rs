@@ -66,6 +66,8 @@ pub enum SnapshotError {
     Truncated { expected: u64, found: u64 },
     #[error("vCPU {0} did not save its state within {1:?}")]
     VcpuTimeout(u8, Duration),
+    #[error("this host's XSAVE state is {0} bytes (AMX?), more than the 4096 Kestrel saves; snapshots are not supported here yet")]
+    XsaveTooLarge(i32),
     #[error("the snapshot file has format version {found}; this Kestrel reads version {supported}")]
     Version { found: u32, supported: u32 },
 }
@@ -200,6 +202,9 @@ pub(crate) struct SnapshotSources {
     pub in_progress: Mutex<()>,
 }
 
+/// The size of KVM_GET_XSAVE's area.
+const XSAVE_LEGACY_SIZE: i32 = 4096;
+
 /// How long a snapshot waits for the parked vCPUs to hand over their state.
 const VCPU_SAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -215,6 +220,12 @@ pub(crate) fn create(
     let _one_at_a_time = sources.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
     if request.kind == SnapshotKind::Diff && !sources.dirty_tracking {
         return Err(SnapshotError::DiffWithoutTracking);
+    }
+    // KVM_GET_XSAVE returns the legacy 4 KiB area; on hosts whose XSAVE state is larger (AMX
+    // tiles), the rest would be lost without a word.
+    let xsave_size = sources.vm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+    if xsave_size > XSAVE_LEGACY_SIZE {
+        return Err(SnapshotError::XsaveTooLarge(xsave_size));
     }
     // A VM paused before it ran (a snapshot loaded without resume_vm) parks its vCPU threads as
     // they start: wait for them.

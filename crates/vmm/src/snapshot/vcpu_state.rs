@@ -117,6 +117,11 @@ pub fn restore(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), SnapshotError> {
         return Err(SnapshotError::MsrRefused(refused));
     }
     vcpu.set_vcpu_events(&state.events).map_err(kvm_failed("KVM_SET_VCPU_EVENTS"))?;
+    // Tells a kvmclock guest that it was stopped, so its watchdogs do not report the time the
+    // snapshot sat on disk as a soft lockup. Fails (harmlessly) for a guest without kvmclock.
+    if let Err(e) = vcpu.kvmclock_ctrl() {
+        tracing::debug!("KVM_KVMCLOCK_CTRL: {e} (the guest does not use kvmclock)");
+    }
     Ok(())
 }
 
