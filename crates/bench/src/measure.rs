@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,24 @@ pub fn launch(mut command: Command) -> Result<Launch, Error> {
         stdout,
         stderr,
     })
+}
+
+/// A scratch directory in `$TMPDIR`, removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new() -> Result<ScratchDir, Error> {
+        let path = std::env::temp_dir().join(format!("kestrel-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).map_err(|e| Error::Io(path.display().to_string(), e))?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Median, minimum and maximum of some samples.
