@@ -124,6 +124,16 @@ impl Summary {
     }
 }
 
+/// The `p`th percentile (0 < p ≤ 100) of some samples, by nearest rank: the smallest sample with at
+/// least p % of the samples at or below it. Panics on no samples.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    assert!(!samples.is_empty(), "no samples");
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len() as f64 / 100.0).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +144,14 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]);
         assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let samples: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        assert_eq!(percentile(&samples, 90.0), 9.0);
+        assert_eq!(percentile(&samples, 99.0), 10.0);
+        assert_eq!(percentile(&samples, 50.0), 5.0);
+        assert_eq!(percentile(&[7.0], 90.0), 7.0);
     }
 }
