@@ -71,19 +71,42 @@ static void print_rtc(void)
 
 /* Printed every this many counts: about 30 lines a second at native speed. */
 #define COUNT_STEP (1UL << 25)
+/* Where `touch_mib=N` starts writing: above the guest's image, below any guest's RAM top. */
+#define TOUCH_BASE (32UL << 20)
+#define PAGE_SIZE 4096UL
+
+/*
+ * The bytes `touch_mib=N` may write from TOUCH_BASE: N MiB, clipped to the end of the usable
+ * memory map entry TOUCH_BASE lies in (0 when it lies in none).
+ */
+static u64 touch_bytes(const struct bootinfo *info, u64 mib)
+{
+	for (u32 i = 0; i < info->nr_memmap; i++) {
+		const struct memmap_entry *e = &info->memmap[i];
+		if (e->type == 1 && e->addr <= TOUCH_BASE && TOUCH_BASE < e->addr + e->size) {
+			u64 room = (e->addr + e->size - TOUCH_BASE) & ~(PAGE_SIZE - 1);
+			return mib <= room >> 20 ? mib << 20 : room;
+		}
+	}
+	return 0;
+}
 
 /*
  * Counts in memory at user level for ever, printing the count every COUNT_STEP. Snapshot tests
  * stop the guest anywhere in here and check that the restored one goes on from the same count:
- * its first line must be the next multiple of COUNT_STEP.
+ * its first line must be the next multiple of COUNT_STEP. Before each line it writes one byte into
+ * each page of `touch` bytes from TOUCH_BASE (for kestrel-bench's diff snapshots): once a restored
+ * guest has printed two lines, every one of those pages was written since the restore.
  */
-static NORETURN void count_forever(void)
+static NORETURN void count_forever(u64 touch)
 {
 	static volatile u64 count;
 	print("count: start\n");
 	for (;;) {
 		count = count + 1;
 		if ((count & (COUNT_STEP - 1)) == 0) {
+			for (u64 offset = 0; offset < touch; offset += PAGE_SIZE)
+				*(volatile u8 *)(TOUCH_BASE + offset) = (u8)(count >> 25);
 			print("count: ");
 			print_dec(count);
 			print("\n");
@@ -257,7 +280,17 @@ void guest_main(const struct bootinfo *info)
 		print("exit: hang\n");
 		halt_forever();
 	} else if (str_eq_n(v, len, "count")) {
-		count_forever();
+		u64 touch = 0;
+		v = cmdline_get(info->cmdline, "touch_mib", &len);
+		if (v) {
+			touch = touch_bytes(info, parse_dec(v, len));
+			print("count: touching ");
+			print_dec(touch >> 10);
+			print(" KiB from ");
+			print_dec(TOUCH_BASE >> 20);
+			print(" MiB\n");
+		}
+		count_forever(touch);
 	} else {
 		print("exit: unknown value, resetting\n");
 		reset();

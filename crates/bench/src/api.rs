@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::measure::ScratchDir;
 use crate::measure::Summary;
-use crate::virtio::ScratchDir;
 use crate::Error;
 
 /// Untimed requests of each kind first, so that caches and allocators are warm.

@@ -3,14 +3,16 @@
 //! Each metric is measured over N runs for two VMM processes booting the same test guest
 //! (`guests::HELLO`, 128 MiB): Kestrel, and the floor, a bare KVM runner built into this binary
 //! (hidden subcommand `floor`) that does only what the guest needs. Kestrel and floor runs are
-//! interleaved so that machine noise hits both alike. `kestrel-bench api` times control API
-//! requests instead (`api.rs`). See `docs/benchmarks.md`.
+//! interleaved so that machine noise hits both alike. Optional parts: virtio device throughput
+//! (`--virtio`, `virtio.rs`) and snapshot and restore latencies (`--snapshot`, `snapshot.rs`).
+//! `kestrel-bench api` times control API requests instead (`api.rs`). See `docs/benchmarks.md`.
 
 mod api;
 mod floor;
 mod irqchip;
 mod measure;
 mod report;
+mod snapshot;
 mod virtio;
 
 use std::path::{Path, PathBuf};
@@ -48,7 +50,7 @@ pub enum Error {
 #[command(
     name = "kestrel-bench",
     about = "Times Kestrel against a bare-KVM floor: launch to first serial byte, launch to exit, \
-             cost of one port-I/O exit, peak RSS.",
+             cost of one port-I/O exit, peak RSS; optionally virtio throughput and snapshot latencies.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -79,6 +81,13 @@ struct BenchArgs {
     /// Only the virtio part (implies --virtio): skip the boot and exit-cost runs.
     #[arg(long)]
     virtio_only: bool,
+    /// Also time full and diff snapshots and restores into a fresh `kestrel vmm`, driven through
+    /// the API socket.
+    #[arg(long)]
+    snapshot: bool,
+    /// Only the snapshot part (implies --snapshot): skip the boot and exit-cost runs.
+    #[arg(long)]
+    snapshot_only: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,16 +229,26 @@ fn own_binary() -> Result<PathBuf, Error> {
 fn bench(args: &BenchArgs) -> Result<(), Error> {
     let own = own_binary()?;
     let kestrel = kestrel_binary(args.kestrel.as_deref())?;
-    if args.virtio_only {
-        let text = virtio_part(&kestrel, args.runs)?;
-        println!("{text}");
-        if let Some(path) = &args.markdown {
-            std::fs::write(path, &text).map_err(|e| Error::Io(path.display().to_string(), e))?;
-        }
-        return Ok(());
+    let mut text =
+        if args.virtio_only || args.snapshot_only { String::new() } else { boot_part(args, &kestrel, &own)? };
+    if args.virtio || args.virtio_only {
+        let report = virtio::bench(&kestrel, args.runs as usize)?;
+        text += &report::render_virtio(args.runs, &report);
     }
-    let targets =
-        [Target { vmm: Vmm::Kestrel, program: &kestrel }, Target { vmm: Vmm::Floor, program: &own }];
+    if args.snapshot || args.snapshot_only {
+        let report = snapshot::bench(&kestrel, args.runs as usize)?;
+        text += &report::render_snapshot(args.runs, &report);
+    }
+    println!("{text}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &text).map_err(|e| Error::Io(path.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// The boot and exit-cost runs against the floor (and the irqchip costs), rendered.
+fn boot_part(args: &BenchArgs, kestrel: &Path, own: &Path) -> Result<String, Error> {
+    let targets = [Target { vmm: Vmm::Kestrel, program: kestrel }, Target { vmm: Vmm::Floor, program: own }];
     let runs = args.runs as usize;
     let cmd_plain = "exit=reset";
     let cmd_zero = "exit=reset loops=0";
@@ -277,21 +296,7 @@ fn bench(args: &BenchArgs) -> Result<(), Error> {
         "Peak RSS is wait4's ru_maxrss of the VMM process; it cannot be below the anonymous memory \
          the benchmark process had when it forked the VMM ({parent_anon} here)."
     );
-    let mut text = report::render(args.runs, &rows, &note, irqchip_rows.as_deref());
-    if args.virtio {
-        text += &virtio_part(&kestrel, args.runs)?;
-    }
-    println!("{text}");
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, &text).map_err(|e| Error::Io(path.display().to_string(), e))?;
-    }
-    Ok(())
-}
-
-/// The `--virtio` part, rendered.
-fn virtio_part(kestrel: &Path, runs: u32) -> Result<String, Error> {
-    let report = virtio::bench(kestrel, runs as usize)?;
-    Ok(report::render_virtio(runs, &report))
+    Ok(report::render(args.runs, &rows, &note, irqchip_rows.as_deref()))
 }
 
 /// `RssAnon` of this process, in KiB.

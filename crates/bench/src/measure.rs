@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,24 @@ pub fn launch(mut command: Command) -> Result<Launch, Error> {
     })
 }
 
+/// A scratch directory in `$TMPDIR`, removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new() -> Result<ScratchDir, Error> {
+        let path = std::env::temp_dir().join(format!("kestrel-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).map_err(|e| Error::Io(path.display().to_string(), e))?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Median, minimum and maximum of some samples.
 #[derive(Clone, Copy, Debug)]
 pub struct Summary {
@@ -105,6 +124,16 @@ impl Summary {
     }
 }
 
+/// The `p`th percentile (0 < p ≤ 100) of some samples, by nearest rank: the smallest sample with at
+/// least p % of the samples at or below it. Panics on no samples.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    assert!(!samples.is_empty(), "no samples");
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len() as f64 / 100.0).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +144,14 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]);
         assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let samples: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        assert_eq!(percentile(&samples, 90.0), 9.0);
+        assert_eq!(percentile(&samples, 99.0), 10.0);
+        assert_eq!(percentile(&samples, 50.0), 5.0);
+        assert_eq!(percentile(&[7.0], 90.0), 7.0);
     }
 }

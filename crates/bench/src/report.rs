@@ -115,3 +115,50 @@ pub fn render_virtio(runs: u32, report: &crate::virtio::VirtioReport) -> String 
     }
     out
 }
+
+/// The `--snapshot` table: one column per guest size.
+pub fn render_snapshot(runs: u32, report: &crate::snapshot::SnapshotReport) -> String {
+    use crate::measure::percentile;
+    use crate::snapshot::SizeSamples;
+
+    /// A row: its label, its samples, and whether they are file sizes (bytes) or times (ms).
+    type Metric = (&'static str, fn(&SizeSamples) -> &[f64], bool);
+    const METRICS: [Metric; 8] = [
+        ("full create: PUT /snapshot/create, request → response", |s| &s.full_create_ms, false),
+        ("full memory file, allocated", |s| &s.full_bytes, true),
+        ("restore: spawn → API socket accepts", |s| &s.socket_ms, false),
+        ("restore: PUT /snapshot/load with resume_vm, request → response", |s| &s.load_ms, false),
+        ("restore: spawn → load answered (vCPU resumes)", |s| &s.loaded_ms, false),
+        ("restore: spawn → first new count line (upper bound)", |s| &s.first_line_ms, false),
+        ("diff create after the guest wrote touch_mib: request → response", |s| &s.diff_create_ms, false),
+        ("diff memory file, allocated", |s| &s.diff_bytes, true),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nSnapshots through the API of `kestrel vmm`, counting guest (hello `exit=count touch_mib=N`, \
+         1 vCPU); times in ms, median / p90 of {runs} runs; files: blocks allocated (median) and their \
+         share of guest RAM.\n"
+    );
+    let mut header = "| metric |".to_owned();
+    for s in &report.sizes {
+        let size = if s.mib % 1024 == 0 { format!("{} GiB", s.mib / 1024) } else { format!("{} MiB", s.mib) };
+        let _ = write!(header, " {size} guest, touch_mib={} |", s.touch_mib);
+    }
+    let _ = writeln!(out, "{header}\n|---|{}", "---:|".repeat(report.sizes.len()));
+    for (label, samples, is_size) in METRICS {
+        let _ = write!(out, "| {label} |");
+        for s in &report.sizes {
+            let values = samples(s);
+            if is_size {
+                let bytes = Summary::of(values).median;
+                let share = bytes / (s.mib << 20) as f64 * 100.0;
+                let _ = write!(out, " {:.0} KiB ({share:.2} %) |", bytes / 1024.0);
+            } else {
+                let _ = write!(out, " {:.2} / {:.2} |", Summary::of(values).median, percentile(values, 90.0));
+            }
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
