@@ -64,9 +64,14 @@ impl GsiRouting {
     }
 
     /// Makes `gsi` deliver `route`, or nothing (None), and hands the whole table to KVM. The change
-    /// is kept only if KVM accepts it, so one refused route cannot poison every later update.
+    /// is kept only if KVM accepts it, so one refused route cannot poison every later update. A
+    /// route that is already there is not handed over again: each KVM_SET_GSI_ROUTING waits for
+    /// an RCU grace period (a restore re-sends all 24 IOAPIC pins, most of them still masked).
     pub fn set(&self, gsi: u32, route: Option<MsiMessage>) -> std::io::Result<()> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if table.routes.get(&gsi) == route.as_ref() {
+            return Ok(());
+        }
         let mut routes = table.routes.clone();
         match route {
             Some(msg) => routes.insert(gsi, msg),
