@@ -95,3 +95,20 @@ pub type Result<T> = std::result::Result<T, Error>;
 fn kvm_err(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { call, source }
 }
+
+/// What the crate's unit tests share.
+#[cfg(test)]
+mod testing {
+    /// Whether /dev/kvm can be used, for the tests that need it; on CI (CI=true) its absence fails
+    /// the test instead of skipping it.
+    pub(crate) fn kvm_available() -> bool {
+        match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+            Ok(_) => true,
+            Err(e) => {
+                assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "this test needs /dev/kvm on CI: {e}");
+                eprintln!("skipping: /dev/kvm cannot be opened: {e}");
+                false
+            }
+        }
+    }
+}

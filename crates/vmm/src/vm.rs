@@ -393,9 +393,7 @@ mod tests {
     /// for both to park, nothing is lost, and the guest runs to its normal end once resumed.
     #[test]
     fn pause_and_resume_while_the_guest_does_port_io() {
-        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "this test needs /dev/kvm on CI");
-            eprintln!("skipping: /dev/kvm cannot be opened");
+        if !crate::testing::kvm_available() {
             return;
         }
         let log = std::env::temp_dir().join(format!("kestrel-vmm-pause-{}.log", std::process::id()));

@@ -43,7 +43,10 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, SnapshotError> {
     let mut bytes = Vec::new();
     // At most one byte more than the largest valid file: enough to tell it is too long.
     let limit = HEADER_LEN as u64 + MAX_PAYLOAD_LEN + 1;
-    open_regular(path)?.take(limit).read_to_end(&mut bytes).map_err(io_error)?;
+    open_regular(path, std::fs::OpenOptions::new().read(true))?
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
     decode(&bytes)
 }
 

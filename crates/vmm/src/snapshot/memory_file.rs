@@ -7,7 +7,7 @@
 //! brings that file up to date. A restore maps the file copy-on-write (MAP_PRIVATE), so nothing is
 //! read up front and the file never changes under the guest.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -75,7 +75,8 @@ pub fn write(memory: &GuestRam, path: &Path, pages: Pages<'_>) -> Result<u64, Sn
         }),
         Pages::Dirty(bitmaps) => {
             let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-            let file = super::open_regular_to_write(path)?;
+            // An existing file is updated in place, not truncated.
+            let file = open_regular(path, OpenOptions::new().write(true).create(true).truncate(false))?;
             if file.metadata().map_err(io_error)?.len() < needed {
                 file.set_len(needed).map_err(io_error)?;
             }
@@ -136,7 +137,7 @@ fn is_zero(page: &[u8]) -> bool {
 /// the VM's memory size).
 pub fn map(path: &Path, layout: &[SavedRegion]) -> Result<GuestRam, SnapshotError> {
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    let file = open_regular(path)?;
+    let file = open_regular(path, OpenOptions::new().read(true))?;
     let found = file.metadata().map_err(io_error)?.len();
     let expected = file_len(layout).ok_or(SnapshotError::Invalid("memory layout"))?;
     if found < expected {

@@ -93,32 +93,13 @@ pub fn read_state(path: &Path) -> Result<VmState, SnapshotError> {
     file::read(path)
 }
 
-/// Opens a snapshot file to read, refusing anything but a regular file: a FIFO would block (the
-/// open is non-blocking, so it cannot), a device such as /dev/zero would never end.
-fn open_regular(path: &Path) -> Result<std::fs::File, SnapshotError> {
+/// Opens a snapshot file with `options`, refusing anything but a regular file: the open is
+/// non-blocking, so a FIFO cannot stall it (and the API with it), and the type is checked on the
+/// open file, so the path cannot be swapped in between; a device such as /dev/zero never ends.
+fn open_regular(path: &Path, options: &mut std::fs::OpenOptions) -> Result<std::fs::File, SnapshotError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io_error)?;
-    // Checked on the open file, so the path cannot be swapped in between.
-    if !file.metadata().map_err(io_error)?.is_file() {
-        return Err(SnapshotError::NotARegularFile(path.to_owned()));
-    }
-    Ok(file)
-}
-
-/// Opens an existing memory file to update it in place (a diff snapshot), or creates it; anything
-/// but a regular file is refused (opening a FIFO does not block: it is non-blocking).
-fn open_regular_to_write(path: &Path) -> Result<std::fs::File, SnapshotError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_error)?;
+    let file = options.custom_flags(libc::O_NONBLOCK).open(path).map_err(io_error)?;
     if !file.metadata().map_err(io_error)?.is_file() {
         return Err(SnapshotError::NotARegularFile(path.to_owned()));
     }
@@ -353,9 +334,7 @@ mod tests {
     /// took.
     #[test]
     fn device_writes_are_dirty_and_a_failed_snapshot_gives_its_pages_back() {
-        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "this test needs /dev/kvm on CI");
-            eprintln!("skipping: /dev/kvm cannot be opened");
+        if !crate::testing::kvm_available() {
             return;
         }
         let config = VmConfig {
