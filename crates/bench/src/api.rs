@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::http::parse_response;
 use crate::measure::ScratchDir;
 use crate::measure::Summary;
 use crate::Error;
@@ -157,17 +158,8 @@ fn round_trip(stream: &mut UnixStream, request: &[u8], buffer: &mut Vec<u8>) -> 
             )));
         }
         buffer.extend_from_slice(&chunk[..n]);
-        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-        let head = String::from_utf8_lossy(&buffer[..head_end]);
-        let malformed = || Error::Bench(format!("a malformed response: {head}"));
-        let length = head
-            .lines()
-            .find_map(|line| {
-                line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-            })
-            .map_or(Ok(0), |v| v.parse::<usize>().map_err(|_| malformed()))?;
-        if buffer.len() >= head_end + 4 + length {
-            return head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(malformed);
+        if let Some((status, _, _)) = parse_response(buffer)? {
+            return Ok(status);
         }
     }
 }
