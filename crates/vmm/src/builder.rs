@@ -42,11 +42,7 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     // problem even on a host without KVM.
     let boot_files = kernel::BootFiles::open(config)?;
     let memory = memory::create_guest_memory(config.memory_bytes)?;
-    let mmio_slots = match config.transport {
-        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len())?,
-        // PCI devices are found by probing the bus, not declared on the command line.
-        VirtioTransport::Pci => Vec::new(),
-    };
+    let mmio_slots = mmio_slots(config)?;
     let entry =
         kernel::load_boot_image(config, boot_files, &memory, &virtio_devices::mmio_cmdline(&mmio_slots))?;
 
@@ -90,10 +86,7 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
     if state.vcpus.len() != usize::from(config.vcpus) || state.virtio.len() != config.virtio.len() {
         return Err(SnapshotError::Invalid("vCPU or device list").into());
     }
-    let mmio_slots = match config.transport {
-        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len())?,
-        VirtioTransport::Pci => Vec::new(),
-    };
+    let mmio_slots = mmio_slots(&config)?;
     // The saved regions must be the ones this memory size has: a state file names where guest RAM
     // goes, and a forged one (its checksum recomputed) must not map it over the MMIO gap, nor
     // make the VMM allocate for terabytes of regions.
@@ -139,6 +132,15 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
     snapshot::restore_clock(&vm, &state.clock)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(&config)
+}
+
+/// Where the virtio-mmio devices sit; none on the PCI transport, whose devices are found by
+/// probing the bus, not declared on the command line.
+fn mmio_slots(config: &VmConfig) -> Result<Vec<virtio_devices::MmioSlot>> {
+    match config.transport {
+        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len()),
+        VirtioTransport::Pci => Ok(Vec::new()),
+    }
 }
 
 /// A virtio device's transport, shared by the bus that presents it and the snapshot that holds it.
