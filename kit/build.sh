@@ -5,11 +5,20 @@
 # fragment, patches, init script, recipe) change.
 #
 #   kit/build.sh            build what is missing or stale, print the artefact paths
+#   kit/build.sh --boot-only  only what booting Linux needs (vmlinux, initramfs.cpio): what
+#                           scripts/demo uses; the test artefacts (rootfs.ext4, cloud-vmlinux) are skipped
 #   KESTREL_KIT_DIR=/path   cache directory (default: $HOME/.cache/kestrel-kit)
 #   KESTREL_KIT_JOBS=N      make -j (default: 2)
 #
 # See kit/README.md.
 set -euo pipefail
+
+BOOT_ONLY=false
+case "${1:-}" in
+    --boot-only) BOOT_ONLY=true ;;
+    "") ;;
+    *) printf 'usage: kit/build.sh [--boot-only]\n' >&2; exit 2 ;;
+esac
 
 KIT_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${KESTREL_KIT_DIR:-$HOME/.cache/kestrel-kit}
@@ -141,7 +150,7 @@ else
         if ! grep -qx "CONFIG_$opt=y" "$SRCDIR/.config"; then bad+=("CONFIG_$opt=y"); fi
     done
     [ ${#bad[@]} -eq 0 ] || die "kernel .config lacks: ${bad[*]} (dependency missing in linux.config?)"
-    log "building vmlinux with make -j$JOBS (about 5 minutes on 2 idle cores)"
+    log "building vmlinux with make -j$JOBS (3.5-7 minutes on 2 cores, depending on what else runs)"
     "${NICE[@]}" make -C "$SRCDIR" -j"$JOBS" vmlinux >"$SRCDIR/kit-build.log" 2>&1 \
         || { tail -n 20 "$SRCDIR/kit-build.log" >&2; die "kernel build failed, see $SRCDIR/kit-build.log"; }
     [ -s "$SRCDIR/vmlinux" ] || die "kernel build produced no vmlinux"
@@ -183,6 +192,13 @@ else
     rm -rf "$root"; trap - EXIT
     echo "$IHASH" > "$INITRAMFS.stamp"
     log "initramfs.cpio built in $(( $(now) - T0 )) s"
+fi
+
+if $BOOT_ONLY; then
+    log "done in $(( $(now) - T_START )) s (--boot-only: rootfs.ext4 and cloud-vmlinux not prepared)"
+    echo "vmlinux:        $VMLINUX"
+    echo "initramfs.cpio: $INITRAMFS"
+    exit 0
 fi
 
 # ---------------------------------------------------------------- 3. rootfs.ext4
