@@ -27,13 +27,12 @@ impl LogLimiter {
         LogLimiter { burst, interval, window: Mutex::new(Window { start: None, emitted: 0, suppressed: 0 }) }
     }
 
-    /// Whether a line may be logged now: `Some(n)` with the number of lines suppressed since the
-    /// last one let through (to be mentioned in this one), or `None` to drop this line.
-    pub fn admit(&self) -> Option<u64> {
+    /// Whether a line may be logged now, and what it should add; `None` to drop it.
+    pub fn admit(&self) -> Option<Admitted> {
         self.admit_at(Instant::now())
     }
 
-    fn admit_at(&self, now: Instant) -> Option<u64> {
+    fn admit_at(&self, now: Instant) -> Option<Admitted> {
         // The counters stay consistent under any panic elsewhere: keep counting after a poison.
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         if window.start.is_none_or(|start| now.saturating_duration_since(start) >= self.interval) {
@@ -45,20 +44,46 @@ impl LogLimiter {
             return None;
         }
         window.emitted += 1;
-        Some(std::mem::take(&mut window.suppressed))
+        Some(Admitted {
+            suppressed: std::mem::take(&mut window.suppressed),
+            last: (window.emitted == self.burst).then_some(self.interval),
+        })
     }
 }
 
-/// Logs a WARN line through `$limiter` ([`LogLimiter`]), adding how many were suppressed before it.
+/// A line let through by [`LogLimiter::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// Lines dropped since the last one let through.
+    pub suppressed: u64,
+    /// This is the interval's last line: more are dropped for up to this long.
+    pub last: Option<Duration>,
+}
+
+impl std::fmt::Display for Admitted {
+    /// What the line should add: nothing, or how many lines it follows and whether more are
+    /// held back, e.g. ` (12 similar lines suppressed; more suppressed for up to 10 s)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut notes = Vec::new();
+        if self.suppressed > 0 {
+            notes.push(format!("{} similar lines suppressed", self.suppressed));
+        }
+        if let Some(interval) = self.last {
+            notes.push(format!("more suppressed for up to {} s", interval.as_secs_f64()));
+        }
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Logs a WARN line through `$limiter` ([`LogLimiter`]), noting what was or will be suppressed.
 /// A macro so that the line keeps its caller's module as its target.
 macro_rules! limited_warn {
     ($limiter:expr, $($arg:tt)+) => {
-        if let Some(suppressed) = $limiter.admit() {
-            if suppressed == 0 {
-                tracing::warn!($($arg)+);
-            } else {
-                tracing::warn!("{} ({suppressed} similar lines suppressed)", format_args!($($arg)+));
-            }
+        if let Some(admitted) = $limiter.admit() {
+            tracing::warn!("{}{admitted}", format_args!($($arg)+));
         }
     };
 }
@@ -74,11 +99,17 @@ mod tests {
         let t0 = Instant::now();
         let admitted: Vec<_> = (0..1000).map(|_| limiter.admit_at(t0)).collect();
         assert_eq!(admitted.iter().filter(|a| a.is_some()).count(), 3);
-        assert_eq!(&admitted[..4], &[Some(0), Some(0), Some(0), None]);
+        let notes: Vec<_> = admitted[..4].iter().map(|a| a.map(|a| a.to_string())).collect();
+        assert_eq!(
+            notes,
+            [Some(""), Some(""), Some(" (more suppressed for up to 10 s)"), None]
+                .map(|n| n.map(String::from))
+        );
         // Still inside the interval: nothing more.
         assert_eq!(limiter.admit_at(t0 + Duration::from_secs(9)), None);
         // The next interval's first line carries the count of everything dropped.
-        assert_eq!(limiter.admit_at(t0 + Duration::from_secs(10)), Some(998));
-        assert_eq!(limiter.admit_at(t0 + Duration::from_secs(10)), Some(0));
+        let next = limiter.admit_at(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(next.to_string(), " (998 similar lines suppressed)");
+        assert_eq!(limiter.admit_at(t0 + Duration::from_secs(10)).unwrap().suppressed, 0);
     }
 }
