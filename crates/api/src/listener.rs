@@ -526,8 +526,8 @@ mod tests {
 
     #[test]
     fn a_slowloris_client_is_dropped_at_the_deadline_while_another_client_is_served() {
-        let deadline = Duration::from_millis(600);
-        let server = Server::start(limits(8, 600, 30_000));
+        let deadline = Duration::from_millis(1000);
+        let server = Server::start(limits(8, 1000, 30_000));
         let mut slow = server.connect();
         let (started_tx, started) = mpsc::channel();
         let slowloris = std::thread::spawn(move || {
@@ -540,16 +540,15 @@ mod tests {
             )
         });
         started.recv().unwrap();
-        let before = Instant::now();
         assert_eq!(get(&mut server.connect(), "/machine-config").unwrap().0, 200);
-        assert!(before.elapsed() < deadline, "the other client waited for the slow one");
+        assert!(!slowloris.is_finished(), "the other client was served only once the slow one was gone");
 
         let (response, closed_after) = slowloris.join().unwrap();
         let (status, body) = response.expect("a 408 before the close");
         assert_eq!(status, 408, "{body}");
-        assert!(body.contains("did not arrive within 0.6 s"), "{body}");
+        assert!(body.contains("did not arrive within 1 s"), "{body}");
         assert!(closed_after >= deadline, "closed after {closed_after:?}, before the deadline");
-        assert!(closed_after < deadline + Duration::from_millis(500), "closed only after {closed_after:?}");
+        assert!(closed_after < deadline + Duration::from_millis(1500), "closed only after {closed_after:?}");
     }
 
     #[test]
@@ -563,7 +562,7 @@ mod tests {
         let (response, closed_after) = trickle(&mut stream, head, b'x', Duration::from_millis(40), None);
         assert_eq!(response.expect("a 408").0, 408);
         assert!(
-            closed_after >= deadline && closed_after < deadline + Duration::from_millis(500),
+            closed_after >= deadline && closed_after < deadline + Duration::from_millis(1500),
             "{closed_after:?}"
         );
         assert!(is_closed(&mut stream));
