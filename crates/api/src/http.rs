@@ -81,14 +81,9 @@ pub enum HttpError {
 
 /// A connection requests are read from.
 pub trait Transport: Read + Write {
-    /// The first byte of a request has arrived: the rest must follow promptly.
+    /// The first byte of a request has arrived: the rest must follow promptly (the listener
+    /// starts the request's deadline here).
     fn request_started(&mut self) {}
-}
-
-impl Transport for std::os::unix::net::UnixStream {
-    fn request_started(&mut self) {
-        let _ = self.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    }
 }
 
 fn find_head_end(buffer: &[u8]) -> Option<usize> {
@@ -115,9 +110,29 @@ fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// The first `n` characters of client-supplied text, for an error message.
+fn excerpt(text: &str, n: usize) -> String {
+    text.chars().take(n).collect()
+}
+
 /// Reads one request from `stream`. `buffer` holds bytes read past the previous request (a
 /// pipelining client) and keeps those past this one.
 pub fn read_request<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Result<Request, HttpError> {
+    let head_end = read_head(stream, buffer)?;
+    let head = std::str::from_utf8(&buffer[..head_end]).map_err(|_| HttpError::NotAscii)?;
+    if !head.is_ascii() {
+        return Err(HttpError::NotAscii);
+    }
+    let mut lines = head.split("\r\n");
+    let RequestLine { method, path, mut close } = parse_request_line(lines.next().unwrap_or_default())?;
+    let headers = parse_headers(lines)?;
+    close = headers.close.unwrap_or(close);
+    let body = read_body(stream, buffer, head_end + 4, &headers)?;
+    Ok(Request { method, path, body, close })
+}
+
+/// Reads until `buffer` holds a whole request head; returns where its blank line starts.
+fn read_head<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Result<usize, HttpError> {
     let mut started = false;
     let head_end = loop {
         if !buffer.is_empty() && !started {
@@ -137,80 +152,110 @@ pub fn read_request<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Resul
     if head_end > MAX_HEADER_BYTES {
         return Err(HttpError::HeadersTooLarge);
     }
-    let head = std::str::from_utf8(&buffer[..head_end]).map_err(|_| HttpError::NotAscii)?;
-    if !head.is_ascii() {
-        return Err(HttpError::NotAscii);
-    }
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
+    Ok(head_end)
+}
+
+/// What the request line says.
+struct RequestLine {
+    method: Method,
+    path: String,
+    /// HTTP/1.0: close after the response unless a header says otherwise.
+    close: bool,
+}
+
+fn parse_request_line(request_line: &str) -> Result<RequestLine, HttpError> {
     let parts: Vec<&str> = request_line.split(' ').collect();
     let [method, target, version] = parts[..] else {
-        return Err(HttpError::BadRequestLine(request_line.chars().take(200).collect()));
+        return Err(HttpError::BadRequestLine(excerpt(request_line, 200)));
     };
     let method = match method {
         "GET" => Method::Get,
         "PUT" => Method::Put,
         "PATCH" => Method::Patch,
-        other if is_token(other) => return Err(HttpError::UnknownMethod(other.chars().take(32).collect())),
-        _ => return Err(HttpError::BadRequestLine(request_line.chars().take(200).collect())),
+        other if is_token(other) => return Err(HttpError::UnknownMethod(excerpt(other, 32))),
+        _ => return Err(HttpError::BadRequestLine(excerpt(request_line, 200))),
     };
     if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
         return Err(HttpError::BadRequestLine(format!(
             "the target must be a path, got '{}'",
-            target.chars().take(200).collect::<String>()
+            excerpt(target, 200)
         )));
     }
-    let mut close = match version {
+    let close = match version {
         "HTTP/1.1" => false,
         "HTTP/1.0" => true,
-        other => return Err(HttpError::BadVersion(other.chars().take(32).collect())),
+        other => return Err(HttpError::BadVersion(excerpt(other, 32))),
     };
     let path = target.split_once('?').map_or(target, |(path, _)| path).to_owned();
+    Ok(RequestLine { method, path, close })
+}
 
-    let mut content_length: Option<u64> = None;
-    let mut expect_continue = false;
+/// The header fields the server acts on.
+#[derive(Default)]
+struct Headers {
+    content_length: Option<u64>,
+    expect_continue: bool,
+    /// What the last `Connection` option said, if any: close or keep-alive.
+    close: Option<bool>,
+}
+
+fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, HttpError> {
+    let mut headers = Headers::default();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
-            return Err(HttpError::BadHeader(line.chars().take(200).collect()));
+            return Err(HttpError::BadHeader(excerpt(line, 200)));
         };
         if !is_token(name) {
-            return Err(HttpError::BadHeader(line.chars().take(200).collect()));
+            return Err(HttpError::BadHeader(excerpt(line, 200)));
         }
         let value = value.trim_matches([' ', '\t']);
         match name.to_ascii_lowercase().as_str() {
             "content-length" => {
-                let length =
-                    (!value.is_empty() && value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit()))
-                        .then(|| value.parse::<u64>().ok())
-                        .flatten()
-                        .ok_or_else(|| HttpError::BadContentLength(value.chars().take(32).collect()))?;
-                if content_length.is_some_and(|seen| seen != length) {
+                let length = parse_content_length(value)?;
+                if headers.content_length.is_some_and(|seen| seen != length) {
                     return Err(HttpError::BadContentLength("two different lengths".into()));
                 }
-                content_length = Some(length);
+                headers.content_length = Some(length);
             }
             "transfer-encoding" => return Err(HttpError::TransferEncoding),
             "connection" => {
                 for option in value.split(',').map(str::trim) {
                     if option.eq_ignore_ascii_case("close") {
-                        close = true;
+                        headers.close = Some(true);
                     } else if option.eq_ignore_ascii_case("keep-alive") {
-                        close = false;
+                        headers.close = Some(false);
                     }
                 }
             }
-            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            "expect" => headers.expect_continue = value.eq_ignore_ascii_case("100-continue"),
             _ => {}
         }
     }
-    let length = content_length.unwrap_or(0);
+    Ok(headers)
+}
+
+/// Digits only (no sign, no spaces inside), at most 19 of them so that the value fits a u64.
+fn parse_content_length(value: &str) -> Result<u64, HttpError> {
+    (!value.is_empty() && value.len() <= 19 && value.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| value.parse::<u64>().ok())
+        .flatten()
+        .ok_or_else(|| HttpError::BadContentLength(excerpt(value, 32)))
+}
+
+/// Reads the body that starts at `body_start` in `buffer` and removes the request from `buffer`.
+fn read_body<T: Transport>(
+    stream: &mut T,
+    buffer: &mut Vec<u8>,
+    body_start: usize,
+    headers: &Headers,
+) -> Result<Vec<u8>, HttpError> {
+    let length = headers.content_length.unwrap_or(0);
     if length > MAX_BODY_BYTES as u64 {
         return Err(HttpError::BodyTooLarge { size: length });
     }
     // Bounded by MAX_BODY_BYTES just above.
     let length = length as usize;
-    let body_start = head_end + 4;
-    if expect_continue && buffer.len() < body_start + length {
+    if headers.expect_continue && buffer.len() < body_start + length {
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
     while buffer.len() < body_start + length {
@@ -220,7 +265,7 @@ pub fn read_request<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Resul
     }
     let body = buffer[body_start..body_start + length].to_vec();
     buffer.drain(..body_start + length);
-    Ok(Request { method, path, body, close })
+    Ok(body)
 }
 
 /// A response: a status and, for anything but 204, a JSON body.
@@ -258,7 +303,9 @@ impl Response {
             204 => "No Content",
             400 => "Bad Request",
             404 => "Not Found",
+            408 => "Request Timeout",
             500 => "Internal Server Error",
+            503 => "Service Unavailable",
             _ => "Unknown",
         }
     }
@@ -335,6 +382,15 @@ mod tests {
         let second = read_request(&mut fake, &mut buffer).unwrap();
         assert_eq!((second.method, second.body, second.close), (Method::Patch, b"x".to_vec(), true));
         assert!(matches!(read_request(&mut fake, &mut buffer), Err(HttpError::Closed)));
+    }
+
+    #[test]
+    fn the_last_connection_option_decides_over_the_version() {
+        let close = |bytes: &[u8]| parse(bytes).unwrap().close;
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(!close(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n"));
+        assert!(!close(b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: Keep-Alive\r\n\r\n"));
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! - [`resources`]: the pre-boot configuration the requests build up, validated into a
 //!   [`vmm::config::VmConfig`]; also the `--config` file (Firecracker's `--config-file` shape).
 //! - [`http`]: a strict, size-limited HTTP/1.1 request parser and response writer.
-//! - [`server`]: the Unix socket (owner-only), one thread per connection, and the routing of
-//!   requests to a [`server::Handler`].
+//! - [`server`]: the Unix socket (owner-only) and the routing of requests.
+//! - [`listener`]: the socket's connections, one thread each, under a per-request deadline, an
+//!   idle timeout and a connection cap idle clients cannot exhaust; requests go to a
+//!   [`listener::Handler`]. [`log_limit`]: the rate limiter of its log lines.
 //! - [`metrics`]: the metrics lines (`PUT /metrics`, `FlushMetrics`) and what the API counts;
 //!   [`logger`]: `PUT /logger`, for the binary to apply; [`sink`]: the files both write to.
 
 pub mod http;
+pub mod listener;
+pub mod log_limit;
 pub mod logger;
 pub mod metrics;
 pub mod models;

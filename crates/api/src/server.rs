@@ -1,18 +1,16 @@
 //! The API socket and the requests' routing: Firecracker's paths, bodies and status codes.
 
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use vmm::builder::RestoreOptions;
 use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
 use vmm::snapshot::{SnapshotKind, SnapshotRequest};
 
-use crate::http::{read_request, HttpError, Method, Request, Response};
+use crate::http::{Method, Request, Response};
 use crate::logger::{LoggerControl, LoggerSettings};
 use crate::metrics::MetricsWriter;
 use crate::models::{
@@ -23,9 +21,6 @@ use crate::models::{
 };
 use crate::resources::VmResources;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
-
-/// At most this many connections are served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
 
 /// Why the API socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -494,55 +489,10 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("Invalid request body: {e}"))
 }
 
-/// Serves the API on `listener` until the process exits: one thread per connection (at most
-/// [`MAX_CONNECTIONS`]), requests answered in order, the state shared under a lock.
-pub fn serve(listener: UnixListener, api: Arc<Mutex<Api>>) {
-    let connections = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            connections.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!("API: too many connections; closing a new one");
-            continue;
-        }
-        let (api, connections) = (api.clone(), connections.clone());
-        let spawned = std::thread::Builder::new().name("kestrel-api-conn".into()).spawn(move || {
-            serve_connection(stream, &api);
-            connections.fetch_sub(1, Ordering::SeqCst);
-        });
-        if spawned.is_err() {
-            tracing::warn!("API: cannot start a connection thread");
-        }
-    }
-}
-
-fn serve_connection(mut stream: UnixStream, api: &Mutex<Api>) {
-    let mut buffer = Vec::new();
-    loop {
-        // Waiting for a request has no time limit (clients keep connections open); once it has
-        // started, the rest must arrive within the transport's timeout.
-        let _ = stream.set_read_timeout(None);
-        let (response, close) = match read_request(&mut stream, &mut buffer) {
-            Ok(request) => {
-                tracing::debug!("API: {} {}", request.method.as_str(), request.path);
-                let response = match api.lock() {
-                    Ok(mut api) => api.handle(&request),
-                    Err(_) => Response::error(500, "the API state is unavailable"),
-                };
-                (response, request.close)
-            }
-            Err(HttpError::Closed | HttpError::Io(_)) => return,
-            Err(e) => (Response::bad_request(&e.to_string()), true),
-        };
-        if stream.write_all(&response.to_bytes(close)).is_err() || close {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     /// A VM that records the calls it gets.
     struct FakeVm(Arc<Mutex<Vec<String>>>);

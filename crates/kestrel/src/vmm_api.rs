@@ -57,7 +57,7 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
         block_termination_signals();
-        api::server::serve(listener, api);
+        api::listener::serve(listener, api);
     });
     if let Err(e) = spawned {
         report(format_args!("kestrel: error: cannot start the API thread: {e}"));

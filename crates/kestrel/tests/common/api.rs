@@ -17,7 +17,11 @@ pub fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
     let mut chunk = [0u8; 4096];
     // Read until the whole response (head + Content-Length bytes) is in.
     loop {
-        let n = stream.read(&mut chunk).expect("read response");
+        // A child's exit interrupts the read: wait-timeout catches SIGCHLD in the test process.
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.expect("read response"),
+        };
         response.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&response).into_owned();
         if let Some(head_end) = text.find("\r\n\r\n") {
