@@ -8,7 +8,7 @@
 //! read up front and the file never changes under the guest.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -75,8 +75,9 @@ pub fn write(memory: &GuestRam, path: &Path, pages: Pages<'_>) -> Result<u64, Sn
         }),
         Pages::Dirty(bitmaps) => {
             let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-            // An existing file is updated in place, not truncated.
-            let file = open_regular(path, OpenOptions::new().write(true).create(true).truncate(false))?;
+            // An existing file is updated in place, not truncated; a new one is the user's alone.
+            let file =
+                open_regular(path, OpenOptions::new().write(true).create(true).truncate(false).mode(0o600))?;
             if file.metadata().map_err(io_error)?.len() < needed {
                 file.set_len(needed).map_err(io_error)?;
             }
@@ -124,7 +125,7 @@ fn write_pages(
     Ok(written)
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     // Word-sized compares: scanning a gigabyte of idle guest RAM stays well under a second.
     let (head, words, tail) = {
         // SAFETY: any initialised bytes are valid u64s; align_to only reinterprets the middle.

@@ -3,9 +3,20 @@
 //! the VM was built from) and a memory file (guest RAM). [`create`] writes both; `builder::restore`
 //! builds a VM from them in a fresh process, its RAM mapped copy-on-write from the memory file.
 
+mod components;
+mod container;
 mod file;
 pub(crate) mod memory_file;
+pub mod memory_stream;
+pub(crate) mod restore_checks;
 pub(crate) mod vcpu_state;
+
+#[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,12 +26,13 @@ use devices::ioapic::{Ioapic, IoapicSnapshot};
 use devices::legacy::{Cmos, CmosSnapshot, I8042Snapshot, Serial, SerialSnapshot, I8042};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
-use serde::{Deserialize, Serialize};
+use virtio::block::BlockControl;
 use virtio::snapshot::{SnapshotTransport, VirtioSnapshot};
 use virtio::GuestRam;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-pub use file::FORMAT_VERSION;
+pub use components::{read_state, write_state};
+pub use container::FORMAT_VERSION;
 use memory_file::{Pages, SavedRegion};
 use vcpu_state::VcpuState;
 
@@ -70,16 +82,38 @@ pub enum SnapshotError {
     XsaveTooLarge(i32),
     #[error("the snapshot file has format version {found}; this Kestrel reads version {supported}")]
     Version { found: u32, supported: u32 },
+    #[error("the state's {component} section has version {found}; this Kestrel reads {component} versions 1 to {supported}")]
+    ComponentVersion { component: String, found: u32, supported: u32 },
+    #[error("the state has a section {0:?} this Kestrel does not know (written by a newer Kestrel?)")]
+    UnknownComponent(String),
+    #[error("the state has no {0} section")]
+    MissingComponent(&'static str),
+    #[error("cannot read or write the state stream: {0}")]
+    Stream(std::io::Error),
+    #[error("drive {drive:?}: {path}: {problem}")]
+    Disk { drive: String, path: PathBuf, problem: restore_checks::DiskProblem },
+    #[error("the snapshot has no drive {0:?} to override")]
+    UnknownDrive(String),
+    #[error("the memory stream has a run of {bytes} bytes at {address:#x}, outside the saved memory layout")]
+    MemoryRun { address: u64, bytes: u64 },
 }
 
-/// Everything the state file holds.
-#[derive(Serialize, Deserialize)]
+/// Everything the state file holds; each field is one component (or a list of them) with its own
+/// versioned section (see `components.rs`).
 pub struct VmState {
     /// What the VM was built from: devices are built again from it on restore.
     pub config: VmConfig,
+    /// Each disk's capacity (512-byte sectors) as the guest saw it, in the order of the
+    /// configuration's disks: a restore refuses a file of another size. Empty in a state from
+    /// before it was recorded.
+    pub disk_sectors: Vec<u64>,
+    /// Where each region of guest RAM lies in the memory file.
     pub memory: Vec<SavedRegion>,
+    /// The KVM clock.
     pub clock: kvm_clock_data,
+    /// Each vCPU's KVM state, by index.
     pub vcpus: Vec<VcpuState>,
+    /// The IOAPIC and the legacy devices.
     pub ioapic: IoapicSnapshot,
     pub serial: SerialSnapshot,
     pub cmos: CmosSnapshot,
@@ -89,8 +123,13 @@ pub struct VmState {
 }
 
 /// Reads and checks a state file.
-pub fn read_state(path: &Path) -> Result<VmState, SnapshotError> {
+pub fn read_state_file(path: &Path) -> Result<VmState, SnapshotError> {
     file::read(path)
+}
+
+/// Writes a state file (atomically, mode 0600) and returns its size.
+pub fn write_state_file(path: &Path, state: &VmState) -> Result<u64, SnapshotError> {
+    file::write(path, state)
 }
 
 /// Opens a snapshot file with `options`, refusing anything but a regular file: the open is
@@ -126,7 +165,7 @@ fn write_atomically(
     temporary_name.push(name);
     temporary_name.push(format!(".kestrel-{}.tmp", std::process::id()));
     let temporary = path.with_file_name(temporary_name);
-    let result = std::fs::File::create(&temporary).and_then(|file| {
+    let result = create_private(&temporary).and_then(|file| {
         let written = write(&file)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
@@ -136,6 +175,16 @@ fn write_atomically(
         let _ = std::fs::remove_file(&temporary);
     }
     result.map_err(io_error)
+}
+
+/// Creates a new file that only its owner may read or write (0600, whatever the umask): snapshot
+/// files hold the guest's memory and registers. The mode is set on the open file too, since the
+/// umask could only have taken bits away.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Full (every page) or diff (the pages written since the last snapshot, or since boot).
@@ -175,6 +224,8 @@ pub(crate) struct SnapshotSources {
     pub i8042: Arc<Mutex<I8042>>,
     /// The virtio devices' transports, in the configuration's order.
     pub virtio: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
+    /// The disks, in the configuration's order: their capacities go into the state.
+    pub disks: Vec<BlockControl>,
     /// KVM logs the vCPUs' writes (KVM_MEM_LOG_DIRTY_PAGES), so diff snapshots are possible.
     pub dirty_tracking: bool,
     /// Dirty pages a failed snapshot took from the logs, for the next snapshot.
@@ -245,6 +296,7 @@ fn write_snapshot(
         sources.vm.get_clock().map_err(|source| SnapshotError::Kvm { call: "KVM_GET_CLOCK", source })?;
     let state = VmState {
         config: sources.config.lock().map_err(|_| lock("the configuration"))?.clone(),
+        disk_sectors: sources.disks.iter().map(BlockControl::sectors).collect(),
         memory: memory_file::layout(&sources.memory),
         clock,
         vcpus: vcpu_states,
