@@ -125,7 +125,7 @@ fn put<T: Component>(writer: &mut SectionWriter, component: &T) -> Result<(), Sn
 
 /// Writes `state` to `output` (a file, a socket, a `Vec`): one section per component, in a fixed
 /// order. Returns the number of bytes written.
-pub fn write_state(state: &VmState, output: &mut impl Write) -> Result<u64, SnapshotError> {
+pub fn write_state(state: &VmState, output: &mut (impl Write + ?Sized)) -> Result<u64, SnapshotError> {
     let mut writer = SectionWriter::default();
     let config = ConfigSection { config: state.config.clone(), disk_sectors: state.disk_sectors.clone() };
     put(&mut writer, &config)?;
@@ -146,7 +146,7 @@ pub fn write_state(state: &VmState, output: &mut impl Write) -> Result<u64, Snap
 
 /// Reads one state from `input`, bounded (see [`container`]): exactly the container's bytes are
 /// read, so a stream may carry more after it.
-pub fn read_state(input: &mut impl Read) -> Result<VmState, SnapshotError> {
+pub fn read_state(input: &mut (impl Read + ?Sized)) -> Result<VmState, SnapshotError> {
     decode_payload(&container::read_payload(input)?)
 }
 

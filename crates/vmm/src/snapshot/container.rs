@@ -56,7 +56,7 @@ impl SectionWriter {
     }
 
     /// Writes the header and the sections to `output`; returns the number of bytes written.
-    pub fn finish(self, output: &mut impl Write) -> Result<u64, SnapshotError> {
+    pub fn finish(self, output: &mut (impl Write + ?Sized)) -> Result<u64, SnapshotError> {
         let payload = self.payload;
         if payload.len() as u64 > MAX_PAYLOAD_LEN {
             return Err(SnapshotError::Encode(format!(
@@ -79,7 +79,7 @@ impl SectionWriter {
 /// Reads one container from `input`: checks the header, reads exactly the payload it announces
 /// (growing the buffer as bytes arrive, never by the announced length up front) and checks its
 /// CRC. Nothing after the payload is read: on a stream, whatever follows is the caller's.
-pub fn read_payload(input: &mut impl Read) -> Result<Vec<u8>, SnapshotError> {
+pub fn read_payload(input: &mut (impl Read + ?Sized)) -> Result<Vec<u8>, SnapshotError> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     input.take(HEADER_LEN as u64).read_to_end(&mut header).map_err(SnapshotError::Stream)?;
     if header.len() < MAGIC.len() || header[..MAGIC.len()] != MAGIC {

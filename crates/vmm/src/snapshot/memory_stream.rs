@@ -36,7 +36,7 @@ const ZERO: u8 = 2;
 /// number of bytes written. The guest must be paused and the devices held, as for the file.
 pub fn write_memory(
     memory: &GuestRam,
-    output: &mut impl Write,
+    output: &mut (impl Write + ?Sized),
     pages: Pages<'_>,
 ) -> Result<u64, SnapshotError> {
     let layout = layout(memory);
@@ -94,12 +94,12 @@ pub fn write_memory(
     Ok(writer.written)
 }
 
-struct Counting<'a, W> {
+struct Counting<'a, W: ?Sized> {
     output: &'a mut W,
     written: u64,
 }
 
-impl<W: Write> Counting<'_, W> {
+impl<W: Write + ?Sized> Counting<'_, W> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
         self.output.write_all(bytes).map_err(SnapshotError::Stream)?;
         self.written += bytes.len() as u64;
@@ -107,24 +107,24 @@ impl<W: Write> Counting<'_, W> {
     }
 }
 
-fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N], SnapshotError> {
+fn read_array<const N: usize>(input: &mut (impl Read + ?Sized)) -> Result<[u8; N], SnapshotError> {
     let mut bytes = [0u8; N];
     input.read_exact(&mut bytes).map_err(SnapshotError::Stream)?;
     Ok(bytes)
 }
 
-fn read_u32(input: &mut impl Read) -> Result<u32, SnapshotError> {
+fn read_u32(input: &mut (impl Read + ?Sized)) -> Result<u32, SnapshotError> {
     read_array(input).map(u32::from_le_bytes)
 }
 
-fn read_u64(input: &mut impl Read) -> Result<u64, SnapshotError> {
+fn read_u64(input: &mut (impl Read + ?Sized)) -> Result<u64, SnapshotError> {
     read_array(input).map(u64::from_le_bytes)
 }
 
 /// Reads a memory stream into `memory`, whose layout must be the stream's; returns the number of
 /// pages the stream set (data and zero). Pages the stream does not name keep what they had, so a
 /// diff stream applies over the memory of the snapshot it follows.
-pub fn read_memory(memory: &GuestRam, input: &mut impl Read) -> Result<u64, SnapshotError> {
+pub fn read_memory(memory: &GuestRam, input: &mut (impl Read + ?Sized)) -> Result<u64, SnapshotError> {
     if read_array::<8>(input)? != MAGIC {
         return Err(SnapshotError::NotASnapshot);
     }

@@ -202,6 +202,15 @@ pub struct SnapshotRequest {
     pub kind: SnapshotKind,
 }
 
+/// Where a snapshot goes: the files a [`SnapshotRequest`] names, or two streams (a socket to
+/// another host, a pipe) that take the state, then guest RAM as [`memory_stream`] frames it.
+/// The two streams may be one and the same: `builder::restore_from_streams` reads them in that
+/// order.
+pub enum SnapshotTarget<'a> {
+    Files { state: &'a Path, memory: &'a Path },
+    Streams { state: &'a mut dyn std::io::Write, memory: &'a mut dyn std::io::Write },
+}
+
 /// What a snapshot wrote, for the caller to report.
 #[derive(Clone, Debug)]
 pub struct SnapshotReport {
@@ -248,9 +257,20 @@ pub(crate) fn create(
     vcpus: &VcpuShared,
     request: &SnapshotRequest,
 ) -> Result<SnapshotReport, SnapshotError> {
+    let target = SnapshotTarget::Files { state: &request.state_path, memory: &request.memory_path };
+    create_into(sources, vcpus, request.kind, target)
+}
+
+/// [`create`] into files or streams.
+pub(crate) fn create_into(
+    sources: &SnapshotSources,
+    vcpus: &VcpuShared,
+    kind: SnapshotKind,
+    target: SnapshotTarget<'_>,
+) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let _one_at_a_time = sources.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
-    if request.kind == SnapshotKind::Diff && !sources.dirty_tracking {
+    if kind == SnapshotKind::Diff && !sources.dirty_tracking {
         return Err(SnapshotError::DiffWithoutTracking);
     }
     // KVM_GET_XSAVE returns the legacy 4 KiB area; on hosts whose XSAVE state is larger (AMX
@@ -269,7 +289,7 @@ pub(crate) fn create(
     let held = transports.iter_mut().map(|t| t.hold()).collect::<Result<Vec<_>, _>>();
     let result = held
         .map_err(|e| SnapshotError::Save { what: "a virtio device".into(), reason: e.to_string() })
-        .and_then(|virtio| write_snapshot(sources, vcpus, request, virtio));
+        .and_then(|virtio| write_snapshot(sources, vcpus, kind, target, virtio));
     for transport in &mut transports {
         transport.release();
     }
@@ -280,7 +300,8 @@ pub(crate) fn create(
 fn write_snapshot(
     sources: &SnapshotSources,
     vcpus: &VcpuShared,
-    request: &SnapshotRequest,
+    kind: SnapshotKind,
+    target: SnapshotTarget<'_>,
     virtio: Vec<VirtioSnapshot>,
 ) -> Result<(u64, u64), SnapshotError> {
     // The legacy devices are locked from before the local APICs are read until they are saved:
@@ -310,12 +331,23 @@ fn write_snapshot(
     // Reading the dirty pages also clears them, so the next diff starts from this snapshot; if
     // this one fails they go back, or the next diff would silently miss them.
     let dirty = if sources.dirty_tracking { Some(sources.take_dirty_pages()?) } else { None };
-    let pages = match (request.kind, &dirty) {
+    let pages = match (kind, &dirty) {
         (SnapshotKind::Diff, Some(bitmaps)) => Pages::Dirty(bitmaps),
         _ => Pages::All,
     };
-    let written = memory_file::write(&sources.memory, &request.memory_path, pages)
-        .and_then(|memory_bytes| Ok((file::write(&request.state_path, &state)?, memory_bytes)));
+    let written = match target {
+        // The memory file first: the state file names a complete snapshot only once it is there.
+        SnapshotTarget::Files { state: state_path, memory: memory_path } => {
+            memory_file::write(&sources.memory, memory_path, pages)
+                .and_then(|memory_bytes| Ok((file::write(state_path, &state)?, memory_bytes)))
+        }
+        // The state first: the reader needs it to size guest RAM before the pages come.
+        SnapshotTarget::Streams { state: state_output, memory: memory_output } => {
+            write_state(&state, state_output).and_then(|state_bytes| {
+                Ok((state_bytes, memory_stream::write_memory(&sources.memory, memory_output, pages)?))
+            })
+        }
+    };
     if let (Err(_), Some(bitmaps)) = (&written, dirty) {
         sources.keep_dirty_pages(bitmaps);
     }
@@ -414,5 +446,58 @@ mod tests {
         sources.keep_dirty_pages(taken);
         assert!(page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "given back after a failure");
         assert!(!page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "and only once");
+    }
+
+    /// A VM snapshotted into streams (paused before its first instruction) and restored from
+    /// them into a fresh VM runs its guest from the start to the end: the state and every page
+    /// the guest needs went through the streams, zero pages as markers.
+    #[test]
+    fn a_vm_snapshotted_into_streams_restores_from_them() {
+        if !crate::testing::kvm_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = VmConfig {
+            kernel: guests::HELLO.into(),
+            initrd: None,
+            cmdline: "exit=poweroff".into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::None,
+            virtio: Vec::new(),
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: false,
+        };
+        let vm = crate::builder::build(&config).unwrap();
+        let handle = vm.handle();
+        handle.pause().unwrap();
+        let snapshotter = std::thread::spawn(move || {
+            let (mut state, mut memory) = (Vec::new(), Vec::new());
+            let report = handle.snapshot_to_streams(super::SnapshotKind::Full, &mut state, &mut memory);
+            handle.resume();
+            (state, memory, report.unwrap())
+        });
+        assert_eq!(vm.run().unwrap(), crate::outcome::VmOutcome::PowerOff);
+        let (state, memory, report) = snapshotter.join().unwrap();
+        assert_eq!(report.state_bytes, state.len() as u64);
+        assert_eq!(report.memory_bytes_written, memory.len() as u64);
+        assert!(memory.len() < 4 << 20, "{} bytes: zero pages are markers", memory.len());
+
+        let log = dir.path().join("serial.log");
+        let options = crate::builder::RestoreOptions {
+            serial: SerialConfig::File(log.clone()),
+            track_dirty_pages: false,
+            vsock_uds: None,
+            drive_paths: Default::default(),
+        };
+        let restored =
+            crate::builder::restore_from_streams(&mut state.as_slice(), &mut memory.as_slice(), &options)
+                .unwrap();
+        assert_eq!(restored.run().unwrap(), crate::outcome::VmOutcome::PowerOff);
+        let output = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            output.starts_with("Hello from the Kestrel test guest") && output.contains("exit: poweroff"),
+            "{output}"
+        );
     }
 }
