@@ -99,7 +99,7 @@ pub fn restore_from_streams(
 
 /// The configuration a restore builds from: the saved one with this process's options, every
 /// part of the state checked against it before anything reaches a device or KVM.
-fn restored_config(state: &VmState, options: &RestoreOptions) -> Result<VmConfig> {
+pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Result<VmConfig> {
     let mut config = state.config.clone();
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;

@@ -12,9 +12,10 @@ use devices::legacy::{Cmos, Serial, I8042};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::container::{self, SectionWriter, FORMAT_VERSION, HEADER_LEN};
-use super::restore_checks::{apply_drive_paths, check_devices, check_memory_layout};
 use super::testing::{sample_state, NoInterrupts};
 use super::{read_state, write_state, VmState};
+use crate::builder::{restored_config, RestoreOptions};
+use crate::config::SerialConfig;
 
 /// xorshift64*: small, seeded, good enough to pick mutations.
 struct Rng(u64);
@@ -92,12 +93,16 @@ fn mutated(valid: &[u8], rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
-/// What a restore does with a decoded state short of KVM: its checks, then the legacy devices.
+/// What a restore does with a decoded state short of KVM: every check of the state against its
+/// configuration (as `builder::restore` makes them), then the legacy devices' restores.
 fn restore_without_kvm(state: &VmState) {
-    let mut config = state.config.clone();
-    let _ = check_devices(state, &config);
-    let _ = check_memory_layout(state, &config);
-    let _ = apply_drive_paths(&mut config, &state.disk_sectors, &BTreeMap::new());
+    let options = RestoreOptions {
+        serial: SerialConfig::None,
+        track_dirty_pages: false,
+        vsock_uds: None,
+        drive_paths: BTreeMap::new(),
+    };
+    let _ = restored_config(state, &options);
     let _ = Cmos::new(1 << 30, 0).restore(&state.cmos);
     let mut i8042 = I8042::new(EventFd::new(EFD_NONBLOCK).unwrap(), Arc::new(NoInterrupts));
     let _ = i8042.restore(&state.i8042);

@@ -218,6 +218,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Memory files hold the guest's secrets: new ones are 0600 whatever the umask, full (a new
+    /// file renamed into place) or diff (a file created in place).
+    #[test]
+    fn new_memory_files_are_0600_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("mode");
+        let _umask = crate::snapshot::testing::Umask::set(0o022);
+        let (full, diff) = (dir.join("full"), dir.join("diff"));
+        write(&ram(), &full, Pages::All).unwrap();
+        write(&ram(), &diff, Pages::Dirty(&[])).unwrap();
+        for path in [full, diff] {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_dirty_write_updates_only_the_marked_pages() {
         let dir = temp_dir("diff");

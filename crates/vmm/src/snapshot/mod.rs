@@ -1,7 +1,13 @@
-//! Snapshots of a paused VM: a state file (every vCPU's KVM state, the clock, the interrupt
+//! Snapshots of a paused VM: a state (every vCPU's KVM state, the clock, the interrupt
 //! controller, the legacy devices and each virtio device with its queues, and the configuration
-//! the VM was built from) and a memory file (guest RAM). [`create`] writes both; `builder::restore`
-//! builds a VM from them in a fresh process, its RAM mapped copy-on-write from the memory file.
+//! the VM was built from) and guest RAM. [`create`] writes both, to files or to streams;
+//! `builder::restore` builds a VM from the files in a fresh process, its RAM mapped copy-on-write
+//! from the memory file, and `builder::restore_from_streams` from streams.
+//!
+//! The state is a container (`container.rs`: header, CRC, sections) of per-component sections,
+//! each with its own version (`components.rs`); `testdata/` holds the golden state its tests
+//! compare the encoder with. A state is hostile input: `restore_checks.rs` and each device's own
+//! restore check what it holds before it reaches a device or KVM.
 
 mod components;
 mod container;
