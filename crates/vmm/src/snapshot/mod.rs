@@ -210,8 +210,8 @@ pub struct SnapshotRequest {
 
 /// Where a snapshot goes: the files a [`SnapshotRequest`] names, or two streams (a socket to
 /// another host, a pipe) that take the state, then guest RAM as [`memory_stream`] frames it.
-/// The two streams may be one and the same: `builder::restore_from_streams` reads them in that
-/// order.
+/// They may go over one socket (two `&UnixStream` handles on it): the state is written first,
+/// and `builder::restore_from_streams` reads it first.
 pub enum SnapshotTarget<'a> {
     Files { state: &'a Path, memory: &'a Path },
     Streams { state: &'a mut dyn std::io::Write, memory: &'a mut dyn std::io::Write },
