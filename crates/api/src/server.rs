@@ -462,6 +462,7 @@ impl Api {
                 serial: self.serial.clone(),
                 track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
+                drive_paths: Default::default(),
             },
             resume: params.resume_vm,
         };

@@ -1,7 +1,8 @@
 //! The one place that assembles a VM: KVM, memory, boot image, devices, vCPUs.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -19,7 +20,7 @@ use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 use crate::irqchip::{self, GsiRouting, KvmMsiSink};
 use crate::metrics::VcpuMetrics;
 use crate::pci_devices::PciBus;
-use crate::snapshot::{self, vcpu_state, SnapshotError, SnapshotSources, VmState};
+use crate::snapshot::{self, restore_checks, vcpu_state, SnapshotError, SnapshotSources, VmState};
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
 use crate::{kernel, kvm_err, memory, virtio_devices, Error, Result};
@@ -65,13 +66,40 @@ pub struct RestoreOptions {
     pub track_dirty_pages: bool,
     /// The vsock device's Unix socket, if it is to differ from the saved one.
     pub vsock_uds: Option<PathBuf>,
+    /// Host files for the snapshot's disks, by drive ID, in place of the paths the state file
+    /// names (which may not be this host's, and are not to be trusted blindly). Either way the
+    /// file must be a regular file or a block device of the capacity the guest saw.
+    pub drive_paths: BTreeMap<String, PathBuf>,
 }
 
 /// Builds a VM from a snapshot's state file and memory file: guest RAM is mapped copy-on-write
 /// from the memory file, devices are built from the saved configuration and take their saved
 /// state, and every vCPU takes its saved registers. Run it (or pause it first) as any VM.
 pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) -> Result<Vm> {
-    let state = snapshot::read_state(state_path)?;
+    let state = snapshot::read_state_file(state_path)?;
+    let config = restored_config(&state, options)?;
+    let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
+    restore_into(&state, &config, memory)
+}
+
+/// [`restore`] from streams (a socket, a pipe) instead of files: the state as
+/// `snapshot::write_state` wrote it, then guest RAM as `snapshot::memory_stream::write_memory`
+/// wrote it (a full stream: this VM's RAM starts as zeroes), read into fresh anonymous memory.
+pub fn restore_from_streams(
+    state: &mut impl Read,
+    memory: &mut impl Read,
+    options: &RestoreOptions,
+) -> Result<Vm> {
+    let state = snapshot::read_state(state)?;
+    let config = restored_config(&state, options)?;
+    let ram = memory::create_guest_memory(config.memory_bytes)?;
+    snapshot::memory_stream::read_memory(&ram, memory)?;
+    restore_into(&state, &config, ram)
+}
+
+/// The configuration a restore builds from: the saved one with this process's options, every
+/// part of the state checked against it before anything reaches a device or KVM.
+pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Result<VmConfig> {
     let mut config = state.config.clone();
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;
@@ -83,26 +111,25 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
         }
     }
     check_vcpu_count(config.vcpus)?;
-    if state.vcpus.len() != usize::from(config.vcpus) || state.virtio.len() != config.virtio.len() {
-        return Err(SnapshotError::Invalid("vCPU or device list").into());
+    if state.vcpus.len() != usize::from(config.vcpus) {
+        return Err(SnapshotError::Invalid("vCPU list (it does not match the vCPU count)").into());
     }
-    let mmio_slots = mmio_slots(&config)?;
-    // The saved regions must be the ones this memory size has: a state file names where guest RAM
-    // goes, and a forged one (its checksum recomputed) must not map it over the MMIO gap, nor
-    // make the VMM allocate for terabytes of regions.
+    restore_checks::check_devices(state, &config)?;
+    mmio_slots(&config)?;
     memory::check_size(config.memory_bytes)?;
-    let expected = snapshot::memory_file::layout_of(
-        arch::ram_regions(config.memory_bytes).iter().map(|&(start, size)| (start.0, size as u64)),
-    );
-    if state.memory != expected {
-        return Err(SnapshotError::Invalid("memory layout (it does not match the memory size)").into());
-    }
-    let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
+    restore_checks::check_memory_layout(state, &config)?;
+    // Last: it opens host files.
+    restore_checks::apply_drive_paths(&mut config, &state.disk_sectors, &options.drive_paths)?;
+    Ok(config)
+}
 
-    let (kvm, vm) = create_kvm_vm(&config, &memory)?;
-    let devices = LegacyDevices::create(&config, &vm, Some(&state))?;
+/// Builds the VM of a checked state over its guest RAM.
+fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<Vm> {
+    let mmio_slots = mmio_slots(config)?;
+    let (kvm, vm) = create_kvm_vm(config, &memory)?;
+    let devices = LegacyDevices::create(config, &vm, Some(state))?;
     let mut controls = virtio_devices::VirtioControls::default();
-    let (transports, pci) = attach_virtio(&config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
+    let (transports, pci) = attach_virtio(config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
     // The vCPUs first: restoring a local APIC replaces its pending interrupts, and the devices
     // below raise the interrupts they still owe (or new ones, such as vsock's transport reset).
     let vcpus = state
@@ -115,11 +142,12 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
             Ok(vcpu)
         })
         .collect::<Result<Vec<_>>>()?;
-    for (transport, saved) in transports.iter().zip(&state.virtio) {
+    for (index, (transport, saved)) in transports.iter().zip(&state.virtio).enumerate() {
         let mut transport = transport.lock().map_err(|_| SnapshotError::Invalid("virtio device lock"))?;
-        transport
-            .restore(saved)
-            .map_err(|reason| SnapshotError::Restore { what: "a virtio device".into(), reason })?;
+        transport.restore(saved).map_err(|reason| SnapshotError::Restore {
+            what: format!("virtio device {index}"),
+            reason: reason.to_string(),
+        })?;
     }
     pci.sync_all_bars();
     // Restoring the pins' routes resends what virtio-mmio devices owe (their unmask hooks).
@@ -131,7 +159,7 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
         .map_err(|e| SnapshotError::Restore { what: "the IOAPIC".into(), reason: e.to_string() })?;
     snapshot::restore_clock(&vm, &state.clock)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
-    parts.into_vm(&config)
+    parts.into_vm(config)
 }
 
 /// Where the virtio-mmio devices sit; none on the PCI transport, whose devices are found by
@@ -240,6 +268,7 @@ impl VmParts {
             cmos: devices.cmos.clone(),
             i8042: devices.i8042.clone(),
             virtio: transports,
+            disks: controls.disks.clone(),
             dirty_tracking: config.track_dirty_pages,
             unsaved_dirty_pages: Mutex::new(None),
             in_progress: Mutex::new(()),

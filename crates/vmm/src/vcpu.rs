@@ -12,7 +12,8 @@
 //! data reaches the guest's register) and returns EINTR without running guest code. Then the thread
 //! parks on a condvar until [`VcpuShared::resume`] or a stop. The requester waits, bounded, until
 //! every live vCPU thread has parked. Device worker threads keep running while the vCPUs are
-//! paused; a snapshot would need them quiesced too (not done yet).
+//! paused; a snapshot holds them as well (each worker stops between two requests, see
+//! `snapshot::create`) while it reads the devices' state and guest RAM.
 
 use std::cell::Cell;
 use std::ptr;

@@ -70,6 +70,19 @@ impl VmHandle {
         Ok(snapshot::create(&self.sources, &self.shared, request)?)
     }
 
+    /// Writes a snapshot of the paused VM to streams instead of files (a socket to another host,
+    /// a pipe): the state, then guest RAM, for `builder::restore_from_streams`. The VM stays
+    /// paused.
+    pub fn snapshot_to_streams(
+        &self,
+        kind: snapshot::SnapshotKind,
+        state: &mut dyn std::io::Write,
+        memory: &mut dyn std::io::Write,
+    ) -> Result<SnapshotReport> {
+        let target = snapshot::SnapshotTarget::Streams { state, memory };
+        Ok(snapshot::create_into(&self.sources, &self.shared, kind, target)?)
+    }
+
     /// The devices the API changes while the guest runs (or is paused).
     pub fn devices(&self) -> &DeviceControls {
         &self.devices

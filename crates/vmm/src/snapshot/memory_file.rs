@@ -8,7 +8,7 @@
 //! read up front and the file never changes under the guest.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -75,8 +75,9 @@ pub fn write(memory: &GuestRam, path: &Path, pages: Pages<'_>) -> Result<u64, Sn
         }),
         Pages::Dirty(bitmaps) => {
             let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
-            // An existing file is updated in place, not truncated.
-            let file = open_regular(path, OpenOptions::new().write(true).create(true).truncate(false))?;
+            // An existing file is updated in place, not truncated; a new one is the user's alone.
+            let file =
+                open_regular(path, OpenOptions::new().write(true).create(true).truncate(false).mode(0o600))?;
             if file.metadata().map_err(io_error)?.len() < needed {
                 file.set_len(needed).map_err(io_error)?;
             }
@@ -124,7 +125,7 @@ fn write_pages(
     Ok(written)
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     // Word-sized compares: scanning a gigabyte of idle guest RAM stays well under a second.
     let (head, words, tail) = {
         // SAFETY: any initialised bytes are valid u64s; align_to only reinterprets the middle.
@@ -214,6 +215,23 @@ mod tests {
         );
         let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, ["mem"], "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Memory files hold the guest's secrets: new ones are 0600 whatever the umask, full (a new
+    /// file renamed into place) or diff (a file created in place).
+    #[test]
+    fn new_memory_files_are_0600_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("mode");
+        let _umask = crate::snapshot::testing::Umask::set(0o022);
+        let (full, diff) = (dir.join("full"), dir.join("diff"));
+        write(&ram(), &full, Pages::All).unwrap();
+        write(&ram(), &diff, Pages::Dirty(&[])).unwrap();
+        for path in [full, diff] {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

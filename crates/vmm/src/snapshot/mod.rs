@@ -1,11 +1,28 @@
-//! Snapshots of a paused VM: a state file (every vCPU's KVM state, the clock, the interrupt
+//! Snapshots of a paused VM: a state (every vCPU's KVM state, the clock, the interrupt
 //! controller, the legacy devices and each virtio device with its queues, and the configuration
-//! the VM was built from) and a memory file (guest RAM). [`create`] writes both; `builder::restore`
-//! builds a VM from them in a fresh process, its RAM mapped copy-on-write from the memory file.
+//! the VM was built from) and guest RAM. [`create`] writes both, to files or to streams;
+//! `builder::restore` builds a VM from the files in a fresh process, its RAM mapped copy-on-write
+//! from the memory file, and `builder::restore_from_streams` from streams.
+//!
+//! The state is a container (`container.rs`: header, CRC, sections) of per-component sections,
+//! each with its own version (`components.rs`); `testdata/` holds the golden state its tests
+//! compare the encoder with. A state is hostile input: `restore_checks.rs` and each device's own
+//! restore check what it holds before it reaches a device or KVM.
 
+mod components;
+mod container;
 mod file;
 pub(crate) mod memory_file;
+pub mod memory_stream;
+pub(crate) mod restore_checks;
 pub(crate) mod vcpu_state;
+
+#[cfg(test)]
+mod golden_tests;
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,12 +32,13 @@ use devices::ioapic::{Ioapic, IoapicSnapshot};
 use devices::legacy::{Cmos, CmosSnapshot, I8042Snapshot, Serial, SerialSnapshot, I8042};
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
-use serde::{Deserialize, Serialize};
+use virtio::block::BlockControl;
 use virtio::snapshot::{SnapshotTransport, VirtioSnapshot};
 use virtio::GuestRam;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-pub use file::FORMAT_VERSION;
+pub use components::{read_state, write_state};
+pub use container::FORMAT_VERSION;
 use memory_file::{Pages, SavedRegion};
 use vcpu_state::VcpuState;
 
@@ -70,16 +88,38 @@ pub enum SnapshotError {
     XsaveTooLarge(i32),
     #[error("the snapshot file has format version {found}; this Kestrel reads version {supported}")]
     Version { found: u32, supported: u32 },
+    #[error("the state's {component} section has version {found}; this Kestrel reads {component} versions 1 to {supported}")]
+    ComponentVersion { component: String, found: u32, supported: u32 },
+    #[error("the state has a section {0:?} this Kestrel does not know (written by a newer Kestrel?)")]
+    UnknownComponent(String),
+    #[error("the state has no {0} section")]
+    MissingComponent(&'static str),
+    #[error("cannot read or write the state stream: {0}")]
+    Stream(std::io::Error),
+    #[error("drive {drive:?}: {path}: {problem}")]
+    Disk { drive: String, path: PathBuf, problem: restore_checks::DiskProblem },
+    #[error("the snapshot has no drive {0:?} to override")]
+    UnknownDrive(String),
+    #[error("the memory stream has a run of {bytes} bytes at {address:#x}, outside the saved memory layout")]
+    MemoryRun { address: u64, bytes: u64 },
 }
 
-/// Everything the state file holds.
-#[derive(Serialize, Deserialize)]
+/// Everything the state file holds; each field is one component (or a list of them) with its own
+/// versioned section (see `components.rs`).
 pub struct VmState {
     /// What the VM was built from: devices are built again from it on restore.
     pub config: VmConfig,
+    /// Each disk's capacity (512-byte sectors) as the guest saw it, in the order of the
+    /// configuration's disks: a restore refuses a file of another size. Empty in a state from
+    /// before it was recorded.
+    pub disk_sectors: Vec<u64>,
+    /// Where each region of guest RAM lies in the memory file.
     pub memory: Vec<SavedRegion>,
+    /// The KVM clock.
     pub clock: kvm_clock_data,
+    /// Each vCPU's KVM state, by index.
     pub vcpus: Vec<VcpuState>,
+    /// The IOAPIC and the legacy devices.
     pub ioapic: IoapicSnapshot,
     pub serial: SerialSnapshot,
     pub cmos: CmosSnapshot,
@@ -89,8 +129,13 @@ pub struct VmState {
 }
 
 /// Reads and checks a state file.
-pub fn read_state(path: &Path) -> Result<VmState, SnapshotError> {
+pub fn read_state_file(path: &Path) -> Result<VmState, SnapshotError> {
     file::read(path)
+}
+
+/// Writes a state file (atomically, mode 0600) and returns its size.
+pub fn write_state_file(path: &Path, state: &VmState) -> Result<u64, SnapshotError> {
+    file::write(path, state)
 }
 
 /// Opens a snapshot file with `options`, refusing anything but a regular file: the open is
@@ -126,7 +171,7 @@ fn write_atomically(
     temporary_name.push(name);
     temporary_name.push(format!(".kestrel-{}.tmp", std::process::id()));
     let temporary = path.with_file_name(temporary_name);
-    let result = std::fs::File::create(&temporary).and_then(|file| {
+    let result = create_private(&temporary).and_then(|file| {
         let written = write(&file)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
@@ -136,6 +181,16 @@ fn write_atomically(
         let _ = std::fs::remove_file(&temporary);
     }
     result.map_err(io_error)
+}
+
+/// Creates a new file that only its owner may read or write (0600, whatever the umask): snapshot
+/// files hold the guest's memory and registers. The mode is set on the open file too, since the
+/// umask could only have taken bits away.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Full (every page) or diff (the pages written since the last snapshot, or since boot).
@@ -151,6 +206,15 @@ pub struct SnapshotRequest {
     pub state_path: PathBuf,
     pub memory_path: PathBuf,
     pub kind: SnapshotKind,
+}
+
+/// Where a snapshot goes: the files a [`SnapshotRequest`] names, or two streams (a socket to
+/// another host, a pipe) that take the state, then guest RAM as [`memory_stream`] frames it.
+/// They may go over one socket (two `&UnixStream` handles on it): the state is written first,
+/// and `builder::restore_from_streams` reads it first.
+pub enum SnapshotTarget<'a> {
+    Files { state: &'a Path, memory: &'a Path },
+    Streams { state: &'a mut dyn std::io::Write, memory: &'a mut dyn std::io::Write },
 }
 
 /// What a snapshot wrote, for the caller to report.
@@ -175,6 +239,8 @@ pub(crate) struct SnapshotSources {
     pub i8042: Arc<Mutex<I8042>>,
     /// The virtio devices' transports, in the configuration's order.
     pub virtio: Vec<Arc<Mutex<dyn SnapshotTransport>>>,
+    /// The disks, in the configuration's order: their capacities go into the state.
+    pub disks: Vec<BlockControl>,
     /// KVM logs the vCPUs' writes (KVM_MEM_LOG_DIRTY_PAGES), so diff snapshots are possible.
     pub dirty_tracking: bool,
     /// Dirty pages a failed snapshot took from the logs, for the next snapshot.
@@ -197,9 +263,20 @@ pub(crate) fn create(
     vcpus: &VcpuShared,
     request: &SnapshotRequest,
 ) -> Result<SnapshotReport, SnapshotError> {
+    let target = SnapshotTarget::Files { state: &request.state_path, memory: &request.memory_path };
+    create_into(sources, vcpus, request.kind, target)
+}
+
+/// [`create`] into files or streams.
+pub(crate) fn create_into(
+    sources: &SnapshotSources,
+    vcpus: &VcpuShared,
+    kind: SnapshotKind,
+    target: SnapshotTarget<'_>,
+) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let _one_at_a_time = sources.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
-    if request.kind == SnapshotKind::Diff && !sources.dirty_tracking {
+    if kind == SnapshotKind::Diff && !sources.dirty_tracking {
         return Err(SnapshotError::DiffWithoutTracking);
     }
     // KVM_GET_XSAVE returns the legacy 4 KiB area; on hosts whose XSAVE state is larger (AMX
@@ -218,7 +295,7 @@ pub(crate) fn create(
     let held = transports.iter_mut().map(|t| t.hold()).collect::<Result<Vec<_>, _>>();
     let result = held
         .map_err(|e| SnapshotError::Save { what: "a virtio device".into(), reason: e.to_string() })
-        .and_then(|virtio| write_snapshot(sources, vcpus, request, virtio));
+        .and_then(|virtio| write_snapshot(sources, vcpus, kind, target, virtio));
     for transport in &mut transports {
         transport.release();
     }
@@ -229,7 +306,8 @@ pub(crate) fn create(
 fn write_snapshot(
     sources: &SnapshotSources,
     vcpus: &VcpuShared,
-    request: &SnapshotRequest,
+    kind: SnapshotKind,
+    target: SnapshotTarget<'_>,
     virtio: Vec<VirtioSnapshot>,
 ) -> Result<(u64, u64), SnapshotError> {
     // The legacy devices are locked from before the local APICs are read until they are saved:
@@ -245,6 +323,7 @@ fn write_snapshot(
         sources.vm.get_clock().map_err(|source| SnapshotError::Kvm { call: "KVM_GET_CLOCK", source })?;
     let state = VmState {
         config: sources.config.lock().map_err(|_| lock("the configuration"))?.clone(),
+        disk_sectors: sources.disks.iter().map(BlockControl::sectors).collect(),
         memory: memory_file::layout(&sources.memory),
         clock,
         vcpus: vcpu_states,
@@ -258,12 +337,23 @@ fn write_snapshot(
     // Reading the dirty pages also clears them, so the next diff starts from this snapshot; if
     // this one fails they go back, or the next diff would silently miss them.
     let dirty = if sources.dirty_tracking { Some(sources.take_dirty_pages()?) } else { None };
-    let pages = match (request.kind, &dirty) {
+    let pages = match (kind, &dirty) {
         (SnapshotKind::Diff, Some(bitmaps)) => Pages::Dirty(bitmaps),
         _ => Pages::All,
     };
-    let written = memory_file::write(&sources.memory, &request.memory_path, pages)
-        .and_then(|memory_bytes| Ok((file::write(&request.state_path, &state)?, memory_bytes)));
+    let written = match target {
+        // The memory file first: the state file names a complete snapshot only once it is there.
+        SnapshotTarget::Files { state: state_path, memory: memory_path } => {
+            memory_file::write(&sources.memory, memory_path, pages)
+                .and_then(|memory_bytes| Ok((file::write(state_path, &state)?, memory_bytes)))
+        }
+        // The state first: the reader needs it to size guest RAM before the pages come.
+        SnapshotTarget::Streams { state: state_output, memory: memory_output } => {
+            write_state(&state, state_output).and_then(|state_bytes| {
+                Ok((state_bytes, memory_stream::write_memory(&sources.memory, memory_output, pages)?))
+            })
+        }
+    };
     if let (Err(_), Some(bitmaps)) = (&written, dirty) {
         sources.keep_dirty_pages(bitmaps);
     }
@@ -362,5 +452,58 @@ mod tests {
         sources.keep_dirty_pages(taken);
         assert!(page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "given back after a failure");
         assert!(!page_bit(&sources.take_dirty_pages().unwrap(), PAGE), "and only once");
+    }
+
+    /// A VM snapshotted into streams (paused before its first instruction) and restored from
+    /// them into a fresh VM runs its guest from the start to the end: the state and every page
+    /// the guest needs went through the streams, zero pages as markers.
+    #[test]
+    fn a_vm_snapshotted_into_streams_restores_from_them() {
+        if !crate::testing::kvm_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = VmConfig {
+            kernel: guests::HELLO.into(),
+            initrd: None,
+            cmdline: "exit=poweroff".into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::None,
+            virtio: Vec::new(),
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: false,
+        };
+        let vm = crate::builder::build(&config).unwrap();
+        let handle = vm.handle();
+        handle.pause().unwrap();
+        let snapshotter = std::thread::spawn(move || {
+            let (mut state, mut memory) = (Vec::new(), Vec::new());
+            let report = handle.snapshot_to_streams(super::SnapshotKind::Full, &mut state, &mut memory);
+            handle.resume();
+            (state, memory, report.unwrap())
+        });
+        assert_eq!(vm.run().unwrap(), crate::outcome::VmOutcome::PowerOff);
+        let (state, memory, report) = snapshotter.join().unwrap();
+        assert_eq!(report.state_bytes, state.len() as u64);
+        assert_eq!(report.memory_bytes_written, memory.len() as u64);
+        assert!(memory.len() < 4 << 20, "{} bytes: zero pages are markers", memory.len());
+
+        let log = dir.path().join("serial.log");
+        let options = crate::builder::RestoreOptions {
+            serial: SerialConfig::File(log.clone()),
+            track_dirty_pages: false,
+            vsock_uds: None,
+            drive_paths: Default::default(),
+        };
+        let restored =
+            crate::builder::restore_from_streams(&mut state.as_slice(), &mut memory.as_slice(), &options)
+                .unwrap();
+        assert_eq!(restored.run().unwrap(), crate::outcome::VmOutcome::PowerOff);
+        let output = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            output.starts_with("Hello from the Kestrel test guest") && output.contains("exit: poweroff"),
+            "{output}"
+        );
     }
 }

@@ -1,0 +1,201 @@
+//! What a restore checks of a decoded state before any of it reaches a device or KVM, beyond
+//! what each device's own restore checks: the host files it names (disks) and that its parts
+//! agree with each other. A state file is hostile input: its CRC can be recomputed by whoever
+//! edits it.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use virtio::snapshot::VirtioSnapshot;
+
+use super::memory_file::layout_of;
+use super::{SnapshotError, VmState};
+use crate::config::{VirtioConfig, VirtioTransport, VmConfig};
+
+/// Why a disk named by a snapshot (or by an override of it) cannot be the guest's disk.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskProblem {
+    #[error("cannot open it: {0}")]
+    Open(std::io::Error),
+    #[error("it is neither a regular file nor a block device")]
+    NotAFileOrBlockDevice,
+    #[error("cannot find its size: {0}")]
+    Size(std::io::Error),
+    #[error(
+        "it has {found} sectors of 512 bytes; the guest's disk had {expected} when the snapshot was taken"
+    )]
+    WrongSize { found: u64, expected: u64 },
+}
+
+/// Checks that `path` can serve as a disk of `expected` sectors (when known): opened
+/// non-blocking, so a FIFO cannot stall the restore (and the API with it); a regular file or a
+/// block device, checked on the open file; of the capacity the guest saw, so that a mistaken
+/// path (`/etc/passwd`) does not become its disk.
+pub fn check_disk(path: &Path, expected: Option<u64>) -> Result<(), DiskProblem> {
+    let mut file =
+        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(DiskProblem::Open)?;
+    let file_type = file.metadata().map_err(DiskProblem::Open)?.file_type();
+    if !file_type.is_file() && !file_type.is_block_device() {
+        return Err(DiskProblem::NotAFileOrBlockDevice);
+    }
+    // Seeking to the end works for block devices too, whose metadata says 0.
+    let found = file.seek(SeekFrom::End(0)).map_err(DiskProblem::Size)? / 512;
+    match expected {
+        Some(expected) if expected != found => Err(DiskProblem::WrongSize { found, expected }),
+        _ => Ok(()),
+    }
+}
+
+/// A disk's name in errors: its drive ID, else its file's name.
+fn drive_name(id: Option<&str>, path: &Path) -> String {
+    id.map(str::to_owned)
+        .unwrap_or_else(|| path.file_name().unwrap_or(path.as_os_str()).to_string_lossy().into_owned())
+}
+
+/// Puts the client's paths (drive ID → host path) in place of the saved ones, then checks every
+/// disk's file against the capacity the state recorded. An override naming no disk of the
+/// snapshot is an error: the client meant some disk, and it would silently keep its saved path.
+pub fn apply_drive_paths(
+    config: &mut VmConfig,
+    disk_sectors: &[u64],
+    overrides: &BTreeMap<String, PathBuf>,
+) -> Result<(), SnapshotError> {
+    let mut disks: Vec<_> = config
+        .virtio
+        .iter_mut()
+        .filter_map(|device| match device {
+            VirtioConfig::Block(disk) => Some(disk),
+            _ => None,
+        })
+        .collect();
+    for id in overrides.keys() {
+        if !disks.iter().any(|disk| disk.id.as_deref() == Some(id.as_str())) {
+            return Err(SnapshotError::UnknownDrive(id.clone()));
+        }
+    }
+    if !disk_sectors.is_empty() && disk_sectors.len() != disks.len() {
+        return Err(SnapshotError::Invalid("disk capacities (not one per disk)"));
+    }
+    for (index, disk) in disks.iter_mut().enumerate() {
+        if let Some(path) = disk.id.as_ref().and_then(|id| overrides.get(id)) {
+            disk.path = path.clone();
+        }
+        check_disk(&disk.path, disk_sectors.get(index).copied()).map_err(|problem| SnapshotError::Disk {
+            drive: drive_name(disk.id.as_deref(), &disk.path),
+            path: disk.path.clone(),
+            problem,
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks that the state's devices are the configuration's, on its transport: a device list
+/// that disagrees would hand one device's state to another.
+pub fn check_devices(state: &VmState, config: &VmConfig) -> Result<(), SnapshotError> {
+    if state.virtio.len() != config.virtio.len() {
+        return Err(SnapshotError::Invalid("device list (it does not match the configuration)"));
+    }
+    let on_transport = |saved: &VirtioSnapshot| {
+        matches!(
+            (saved, config.transport),
+            (VirtioSnapshot::Mmio(_), VirtioTransport::Mmio) | (VirtioSnapshot::Pci(_), VirtioTransport::Pci)
+        )
+    };
+    if !state.virtio.iter().all(on_transport) {
+        return Err(SnapshotError::Invalid("device list (a device is not on the configuration's transport)"));
+    }
+    Ok(())
+}
+
+/// Checks that the saved regions are the ones the configuration's memory size has: a state file
+/// names where guest RAM goes, and a forged one must not map it over the MMIO gap, nor make the
+/// VMM allocate for terabytes of regions.
+pub fn check_memory_layout(state: &VmState, config: &VmConfig) -> Result<(), SnapshotError> {
+    let expected =
+        layout_of(arch::ram_regions(config.memory_bytes).iter().map(|&(start, size)| (start.0, size as u64)));
+    if state.memory != expected {
+        return Err(SnapshotError::Invalid("memory layout (it does not match the memory size)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::BlockConfig;
+    use crate::snapshot::testing::{sample_config, sample_state};
+
+    fn image(dir: &Path, name: &str, sectors: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; (sectors * 512) as usize]).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_and_a_wrong_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let started = Instant::now();
+        // Without the non-blocking open this would wait for a writer for ever.
+        assert!(matches!(check_disk(&fifo, Some(8)), Err(DiskProblem::NotAFileOrBlockDevice)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(check_disk(dir.path(), None), Err(DiskProblem::NotAFileOrBlockDevice)));
+        assert!(matches!(check_disk(Path::new("/dev/null"), None), Err(DiskProblem::NotAFileOrBlockDevice)));
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        assert!(matches!(
+            check_disk(&passwd, Some(2048)),
+            Err(DiskProblem::WrongSize { found: 0, expected: 2048 })
+        ));
+        let disk = image(dir.path(), "disk", 2048);
+        assert!(check_disk(&disk, Some(2048)).is_ok());
+        assert!(matches!(check_disk(&disk, Some(2047)), Err(DiskProblem::WrongSize { .. })));
+        assert!(matches!(check_disk(&dir.path().join("none"), None), Err(DiskProblem::Open(_))));
+    }
+
+    #[test]
+    fn overrides_replace_saved_paths_and_unknown_drives_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = image(dir.path(), "disk", 2048);
+        let mut config = sample_config();
+        let overrides = BTreeMap::from([("rootfs".to_owned(), disk.clone())]);
+        apply_drive_paths(&mut config, &[2048], &overrides).unwrap();
+        assert!(matches!(&config.virtio[1], VirtioConfig::Block(BlockConfig { path, .. }) if *path == disk));
+
+        // The saved path (which does not exist here) is checked when there is no override.
+        let error = apply_drive_paths(&mut sample_config(), &[2048], &BTreeMap::new()).unwrap_err();
+        assert!(
+            matches!(&error, SnapshotError::Disk { drive, problem: DiskProblem::Open(_), .. } if drive == "rootfs")
+        );
+
+        let unknown = BTreeMap::from([("data".to_owned(), disk.clone())]);
+        let error = apply_drive_paths(&mut sample_config(), &[2048], &unknown).unwrap_err();
+        assert!(matches!(&error, SnapshotError::UnknownDrive(id) if id == "data"), "{error}");
+
+        let error = apply_drive_paths(&mut sample_config(), &[2048, 1], &overrides).unwrap_err();
+        assert!(matches!(error, SnapshotError::Invalid(_)), "{error}");
+        let small = image(dir.path(), "small", 4);
+        let error =
+            apply_drive_paths(&mut sample_config(), &[2048], &BTreeMap::from([("rootfs".to_owned(), small)]))
+                .unwrap_err();
+        assert!(error.to_string().contains("4 sectors"), "{error}");
+    }
+
+    #[test]
+    fn devices_must_be_the_configurations() {
+        let state = sample_state();
+        check_devices(&state, &state.config).unwrap();
+        let mut pci = state.config.clone();
+        pci.transport = VirtioTransport::Pci;
+        assert!(check_devices(&state, &pci).is_err());
+        let mut fewer = state.config.clone();
+        fewer.virtio.pop();
+        assert!(check_devices(&state, &fewer).is_err());
+    }
+}

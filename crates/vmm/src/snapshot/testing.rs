@@ -1,0 +1,138 @@
+//! A deterministic [`VmState`] built without KVM, for the golden file, the stream round trips and
+//! the mutation test.
+
+use std::sync::Arc;
+
+use devices::ioapic::{Ioapic, MsiMessage, MsiSink};
+use devices::legacy::{Cmos, SerialSnapshot, I8042};
+use devices::InterruptLine;
+use kvm_bindings::{kvm_clock_data, kvm_cpuid_entry2, kvm_msr_entry};
+use virtio::mmio::MmioTransport;
+use virtio::snapshot::SnapshotTransport;
+use virtio::GuestRam;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::memory_file::layout_of;
+use super::vcpu_state::VcpuState;
+use super::VmState;
+use crate::config::{BlockConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig};
+
+/// An interrupt sink that drops everything: restores in tests reach no KVM.
+pub struct NoInterrupts;
+
+impl MsiSink for NoInterrupts {
+    fn send_msi(&self, _: MsiMessage) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl InterruptLine for NoInterrupts {
+    fn trigger(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub const MEMORY_BYTES: u64 = 128 << 20;
+
+pub fn sample_config() -> VmConfig {
+    VmConfig {
+        kernel: "/kernels/vmlinux".into(),
+        initrd: None,
+        cmdline: "console=ttyS0 reboot=k panic=1".into(),
+        vcpus: 2,
+        memory_bytes: MEMORY_BYTES,
+        serial: SerialConfig::None,
+        virtio: vec![
+            VirtioConfig::Rng,
+            VirtioConfig::Block(BlockConfig {
+                path: "/images/rootfs.ext4".into(),
+                read_only: false,
+                id: Some("rootfs".into()),
+            }),
+        ],
+        transport: VirtioTransport::Mmio,
+        track_dirty_pages: false,
+    }
+}
+
+fn vcpu(index: u8) -> VcpuState {
+    let mut state = VcpuState {
+        cpuid: vec![kvm_cpuid_entry2 {
+            function: 1,
+            eax: 0x806f8,
+            ebx: u32::from(index) << 24,
+            ..Default::default()
+        }],
+        msrs: vec![
+            kvm_msr_entry { index: 0x10, data: 123_456_789, ..Default::default() },
+            kvm_msr_entry { index: 0x6e0, data: 0, ..Default::default() },
+        ],
+        regs: Default::default(),
+        sregs: Default::default(),
+        xsave: Default::default(),
+        xcrs: Default::default(),
+        debug_regs: Default::default(),
+        lapic: Default::default(),
+        mp_state: Default::default(),
+        events: Default::default(),
+        tsc_khz: Some(2_000_000),
+    };
+    state.regs.rip = 0x20_0200;
+    state.regs.rflags = 0x3202;
+    state.sregs.cr0 = 0x8005_0033;
+    state.xsave.region[0] = 0x37f;
+    state.lapic.regs[0x20] = index as _;
+    state
+}
+
+/// A virtio-mmio transport's state as a fresh (not yet driven) device has it.
+fn fresh_mmio_device() -> virtio::snapshot::VirtioSnapshot {
+    let memory = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("1 MiB of guest RAM");
+    let mut transport =
+        MmioTransport::new(Box::new(virtio::rng::Rng::new()), memory).expect("a virtio-mmio transport");
+    let saved = transport.hold().expect("an idle device holds");
+    transport.release();
+    saved
+}
+
+/// The same state every time: no clocks, no random numbers, no KVM.
+pub fn sample_state() -> VmState {
+    let ioapic = Ioapic::new(Arc::new(NoInterrupts));
+    let reset = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
+    let i8042 = I8042::new(reset, Arc::new(NoInterrupts));
+    let regions = arch::ram_regions(MEMORY_BYTES)
+        .iter()
+        .map(|&(start, size)| (start.0, size as u64))
+        .collect::<Vec<_>>();
+    VmState {
+        config: sample_config(),
+        disk_sectors: vec![2048],
+        memory: layout_of(regions),
+        clock: kvm_clock_data { clock: 987_654_321, ..Default::default() },
+        vcpus: vec![vcpu(0), vcpu(1)],
+        ioapic: ioapic.snapshot(),
+        serial: SerialSnapshot::default(),
+        cmos: Cmos::new(MEMORY_BYTES, 0).snapshot(),
+        i8042: i8042.snapshot(),
+        virtio: vec![fresh_mmio_device(), fresh_mmio_device()],
+    }
+}
+
+/// Sets the process's umask for as long as it lives (the umask is process-wide: use a value the
+/// other tests do not mind, such as the usual 022).
+pub struct Umask(libc::mode_t);
+
+impl Umask {
+    pub fn set(mask: libc::mode_t) -> Umask {
+        // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+        Umask(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::umask(self.0) };
+    }
+}
