@@ -14,7 +14,11 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_byte_registers, write_byte_registers};
-use crate::{BusDevice, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine};
+
+/// UART register writes that fail (an interrupt that cannot be raised): once per byte the guest
+/// writes, so limited.
+static REGISTER_ERRORS: GuestErrorLog = GuestErrorLog::site("serial registers");
 
 /// Adapts an [`InterruptLine`] to the trigger type `vm_superio` raises.
 struct UartInterrupt(Arc<dyn InterruptLine>);
@@ -143,7 +147,7 @@ impl Serial {
                     self.output_failure_reported = true;
                 }
             }
-            Err(err) => tracing::warn!("serial: register write failed: {err:?}"),
+            Err(err) => REGISTER_ERRORS.log(format_args!("serial: register write failed: {err:?}")),
         }
     }
 }

@@ -18,6 +18,10 @@ use crate::worker::{self, QueueHandler};
 /// The device's name in messages.
 const NAME: &str = "virtio-net";
 
+/// Frames the tap refuses for the host's reasons (the interface gone): one line per frame the
+/// guest sends, so limited like the guest's own problems.
+static TAP_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-net tap errors");
+
 /// The receive queue's index (virtio 1.2, 5.1.2).
 pub const RX_QUEUE: usize = 0;
 /// The transmit queue's index.
@@ -235,7 +239,7 @@ impl<B: FrameBackend> NetHandler<B> {
                     if e.kind() == io::ErrorKind::InvalidInput {
                         self.guest_errors.log(format_args!("the tap refused a {len}-byte frame: {e}"));
                     } else {
-                        tracing::warn!("virtio-net: the tap refused a {len}-byte frame: {e}");
+                        TAP_ERRORS.log(format_args!("virtio-net: the tap refused a {len}-byte frame: {e}"));
                     }
                     return true;
                 }

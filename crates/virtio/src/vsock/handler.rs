@@ -666,7 +666,7 @@ impl QueueHandler for VsockHandler {
             }
             // The event queue only carries transport resets after a migration: nothing to do.
             EVENT_QUEUE => {}
-            _ => tracing::warn!("virtio-vsock: notification for unknown queue {index}"),
+            _ => self.guest_errors.log(format_args!("notification for unknown queue {index}")),
         }
         self.settle();
     }

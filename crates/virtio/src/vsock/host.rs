@@ -5,11 +5,14 @@
 use std::ffi::OsString;
 use std::io;
 use std::mem;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+/// How many connections the listening socket queues before the device accepts them.
+const BACKLOG: libc::c_int = 128;
 
 /// The longest `CONNECT <port>\n` line a host process may send ("CONNECT 4294967295\n" is 19).
 pub const MAX_CONNECT_LINE: usize = 32;
@@ -44,10 +47,58 @@ pub fn listen(path: &Path) -> Result<UnixListener, ListenError> {
             Err(source) => return Err(ListenError::Bind { path: path.to_owned(), source }),
         }
     }
-    let bind_error = |source| ListenError::Bind { path: path.to_owned(), source };
-    let listener = UnixListener::bind(path).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    Ok(listener)
+    listen_owner_only(path).map_err(|source| ListenError::Bind { path: path.to_owned(), source })
+}
+
+/// Binds a non-blocking listening socket at `path` that only its owner may connect to (mode
+/// 0600, whatever the umask: the guest's services are behind it). The mode is set between bind
+/// and listen, when the socket exists but nobody can connect yet, so there is no moment at which
+/// another user could get in; changing the process-wide umask instead would race other threads.
+pub fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
+    let address = socket_address(path)?;
+    // SAFETY: socket() takes no pointers; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it on every path below.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let length = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `address` is a valid, initialised sockaddr_un of `length` bytes that outlives the call.
+    if unsafe { libc::bind(socket.as_raw_fd(), (&address as *const libc::sockaddr_un).cast(), length) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).and_then(|()| {
+        // SAFETY: listen() takes no pointers; the descriptor is our bound socket.
+        match unsafe { libc::listen(socket.as_raw_fd(), BACKLOG) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    });
+    if let Err(e) = listening {
+        // The file bind made would be a stale socket in the way of the next attempt.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(UnixListener::from(socket))
+}
+
+/// `path` as a Unix socket address.
+fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
+    // SAFETY: sockaddr_un is plain old data, for which all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    // One byte stays zero: the path must be NUL-terminated.
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+    }
+    for (slot, &byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = byte as libc::c_char;
+    }
+    Ok(address)
 }
 
 /// Where a guest connection to host port `port` goes: `<path>_<port>`.
@@ -60,17 +111,7 @@ pub fn port_path(path: &Path, port: u32) -> PathBuf {
 /// Connects to `path` without ever blocking: a listener whose backlog is full refuses (EAGAIN)
 /// instead of stalling the device's worker, as std's blocking connect would.
 pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    // SAFETY: sockaddr_un is plain old data, for which all zeroes is a valid value.
-    let mut address: libc::sockaddr_un = unsafe { mem::zeroed() };
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    // One byte stays zero: the path must be NUL-terminated.
-    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
-    }
-    for (slot, &byte) in address.sun_path.iter_mut().zip(bytes) {
-        *slot = byte as libc::c_char;
-    }
+    let address = socket_address(path)?;
     // SAFETY: socket() takes no pointers; the result is checked before use.
     let fd = unsafe {
         libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
@@ -157,5 +198,24 @@ mod tests {
         listener.accept().unwrap();
         let long = dir.path().join("x".repeat(200));
         assert_eq!(connect_nonblocking(&long).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_listening_socket_is_the_owners_alone_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        // SAFETY: umask only swaps the process's file mode mask; restored below. 022 is the
+        // usual default, under which bind alone gives 0755.
+        let old = unsafe { libc::umask(0o022) };
+        let listener = listen(&path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = listener.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // It listens, non-blocking.
+        let _client = UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        assert_eq!(listener.accept().unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 }
