@@ -16,8 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{read_byte_registers, write_byte_registers};
 use crate::{BusDevice, GuestErrorLog, InterruptLine};
 
-/// UART register writes that fail (an interrupt that cannot be raised): once per byte the guest
-/// writes, so limited.
+/// UART register accesses that fail (an interrupt or event that cannot be signalled): once per
+/// byte the guest reads or writes, so limited.
 static REGISTER_ERRORS: GuestErrorLog = GuestErrorLog::site("serial registers");
 
 /// Adapts an [`InterruptLine`] to the trigger type `vm_superio` raises.
@@ -44,7 +44,7 @@ impl SerialEvents for InputDrainedNotifier {
 
     fn in_buffer_empty(&self) {
         if let Err(err) = self.0.write(1) {
-            tracing::warn!("serial: cannot signal that the input FIFO drained: {err}");
+            REGISTER_ERRORS.log(format_args!("serial: cannot signal that the input FIFO drained: {err}"));
         }
     }
 }
