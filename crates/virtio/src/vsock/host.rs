@@ -51,9 +51,12 @@ pub fn listen(path: &Path) -> Result<UnixListener, ListenError> {
 }
 
 /// Binds a non-blocking listening socket at `path` that only its owner may connect to (mode
-/// 0600, whatever the umask: the guest's services are behind it). The mode is set between bind
-/// and listen, when the socket exists but nobody can connect yet, so there is no moment at which
-/// another user could get in; changing the process-wide umask instead would race other threads.
+/// 0600, whatever the umask: the guest's services are behind it). Linux creates the socket file
+/// with the socket's own mode less the umask, so the socket is made 0600 before bind: the file
+/// is never wider than that, and no path is looked up again (a path-based chmod after bind
+/// would follow a symlink swapped in meanwhile). Only a umask that takes the owner's bits away
+/// leaves a chmod by path to do, before listen, while nobody can connect yet. The process-wide
+/// umask is not touched: that would race other threads creating files.
 pub fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
     let address = socket_address(path)?;
     // SAFETY: socket() takes no pointers; the result is checked before use.
@@ -65,12 +68,16 @@ pub fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
     }
     // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it on every path below.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fchmod takes no pointers; the descriptor is our socket.
+    if unsafe { libc::fchmod(socket.as_raw_fd(), OWNER_ONLY) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let length = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `address` is a valid, initialised sockaddr_un of `length` bytes that outlives the call.
     if unsafe { libc::bind(socket.as_raw_fd(), (&address as *const libc::sockaddr_un).cast(), length) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let listening = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).and_then(|()| {
+    let listening = owner_can_connect(path).and_then(|()| {
         // SAFETY: listen() takes no pointers; the descriptor is our bound socket.
         match unsafe { libc::listen(socket.as_raw_fd(), BACKLOG) } {
             0 => Ok(()),
@@ -83,6 +90,18 @@ pub fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
         return Err(e);
     }
     Ok(UnixListener::from(socket))
+}
+
+/// The mode of the sockets Kestrel listens on.
+const OWNER_ONLY: libc::mode_t = 0o600;
+
+/// Gives the freshly bound socket at `path` its full 0600 if the umask took owner bits away.
+fn owner_can_connect(path: &Path) -> io::Result<()> {
+    let metadata = std::fs::symlink_metadata(path)?;
+    if metadata.file_type().is_socket() && metadata.permissions().mode() & 0o777 == OWNER_ONLY {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(OWNER_ONLY))
 }
 
 /// `path` as a Unix socket address.
@@ -217,5 +236,15 @@ mod tests {
         let _client = UnixStream::connect(&path).unwrap();
         listener.accept().unwrap();
         assert_eq!(listener.accept().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+
+        // A socket whose mode the umask cut (here: one bound as std does, the umask's mode) is
+        // set right by path. (Setting a umask that strips the owner's bits would break the
+        // other tests running in this process.)
+        let path = dir.path().join("w.sock");
+        let _other = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        owner_can_connect(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 }
