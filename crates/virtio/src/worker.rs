@@ -158,6 +158,11 @@ pub(crate) fn signal_used(
 /// How long [`Worker::hold`] waits for the worker to finish what it is doing.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Worker::hold`] then waits for the handler to quiesce: flushing a disk the guest
+/// just wrote a lot to can take far longer than finishing a request, and is no sign of a stuck
+/// worker.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A running worker thread; dropping it stops the thread and waits for it.
 pub struct Worker {
     stop: EventFd,
@@ -177,6 +182,8 @@ struct HoldState {
 #[derive(Default)]
 struct Hold {
     requested: bool,
+    /// The thread stopped and is quiescing its handler.
+    quiescing: bool,
     /// The held thread's queues (or why it could not quiesce), until [`Worker::hold`] takes them.
     queues: Option<io::Result<Vec<(usize, QueueState)>>>,
     /// The worker is being dropped: a held thread must end.
@@ -191,12 +198,18 @@ impl HoldState {
     /// On the worker thread: quiesce the handler and hand over the queues, then wait until
     /// released (or stopped). A handler that cannot quiesce hands over the error and goes on.
     fn serve<H: QueueHandler>(&self, handler: &mut H) {
-        if !self.lock().requested {
-            return;
+        {
+            let mut hold = self.lock();
+            if !hold.requested {
+                return;
+            }
+            hold.quiescing = true;
+            self.changed.notify_all();
         }
         // Outside the lock: a flush can take long, and the holder's timeout must still work.
         let quiesced = handler.quiesce();
         let mut hold = self.lock();
+        hold.quiescing = false;
         if !hold.requested {
             return; // The holder gave up meanwhile.
         }
@@ -256,17 +269,25 @@ impl Worker {
         hold.requested = true;
         hold.queues = None;
         self.hold_event.write(1)?;
-        let deadline = Instant::now() + HOLD_TIMEOUT;
+        let mut deadline = Instant::now() + HOLD_TIMEOUT;
+        let mut quiescing = false;
         loop {
             if let Some(queues) = hold.queues.take() {
                 return queues;
             }
             let now = Instant::now();
+            if hold.quiescing && !quiescing {
+                // Stopped in time; the flush gets its own, longer limit.
+                quiescing = true;
+                deadline = now + QUIESCE_TIMEOUT;
+            }
             if now >= deadline {
                 hold.requested = false;
-                return Err(io::Error::other(format!(
-                    "the device worker did not stop within {HOLD_TIMEOUT:?}"
-                )));
+                let (what, limit) = match quiescing {
+                    false => ("stop", HOLD_TIMEOUT),
+                    true => ("flush its backend", QUIESCE_TIMEOUT),
+                };
+                return Err(io::Error::other(format!("the device worker did not {what} within {limit:?}")));
             }
             hold = self
                 .hold
