@@ -164,7 +164,9 @@ pub mod capture {
     /// One logged event: its level and message.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct Line {
+        /// The event's level.
         pub level: Level,
+        /// Its `message` field, formatted.
         pub message: String,
     }
 

@@ -626,4 +626,41 @@ mod tests {
         let used_idx = memory.read_obj::<u16>(rx.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_idx, 0, "the buffer stays the guest's");
     }
+
+    #[test]
+    fn a_tap_that_refuses_every_frame_logs_a_few_lines_and_a_count() {
+        use devices::guest_log::{capture, LINES_PER_INTERVAL};
+
+        let memory = memory();
+        let ((), lines) = capture::lines(|| {
+            for _ in 0..600 {
+                let rx = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+                let tx = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+                for head in 0..8u16 {
+                    tx.add_desc_chains(&[descriptor(0x10000, 60, 0, 0)], head).unwrap();
+                }
+                let mut handler = NetHandler::new(
+                    memory.clone(),
+                    rx.create_queue().unwrap(),
+                    tx.create_queue().unwrap(),
+                    Arc::new(Recorder::default()),
+                    guest_errors(),
+                    Arc::default(),
+                    Detached(UnixDatagram::pair().unwrap().0),
+                );
+                handler.process_queue(TX_QUEUE);
+            }
+            TAP_ERRORS.flush();
+        });
+        let warned = capture::warnings(&lines);
+        let refused = warned.iter().filter(|l| l.starts_with("virtio-net: the tap refused")).count();
+        assert!((1..=LINES_PER_INTERVAL as usize).contains(&refused), "{warned:?}");
+        let summary = warned.last().unwrap();
+        let suppressed: u64 = summary
+            .strip_prefix("virtio-net tap errors: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        assert!(suppressed >= 4800 - u64::from(LINES_PER_INTERVAL), "{summary}");
+    }
 }
