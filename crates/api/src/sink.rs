@@ -6,12 +6,19 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Opens `path` for appending, creating a missing regular file; an existing file is never
-/// truncated. Writes never block: a named pipe whose reader falls behind makes a write fail with
+/// Opens `path` for appending, creating a missing regular file readable and writable by its
+/// owner only (0600, whatever the umask: logs and metrics say what the VM does); an existing
+/// file is never truncated, nor its mode changed. Writes never block: a named pipe whose reader falls behind makes a write fail with
 /// `WouldBlock` rather than stall the VMM (the line is lost and counted). The pipe is opened
 /// read-write, as Firecracker does, so that opening it neither waits for nor needs a reader.
 pub fn open_for_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).append(true).create(true).custom_flags(libc::O_NONBLOCK).open(path)
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Helpers the crate's tests share.
@@ -44,6 +51,22 @@ mod tests {
         let new = dir.path().join("new");
         open_for_append(&new).unwrap().write_all(b"x").unwrap();
         assert_eq!(std::fs::read(&new).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_created_file_is_the_owners_alone_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics");
+        // SAFETY: umask only swaps the process's file mode mask; restored below. Under 022, the
+        // usual default, a file created 0666 would be 0644: readable by everyone.
+        let old = unsafe { libc::umask(0o022) };
+        let file = open_for_append(&path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        file.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

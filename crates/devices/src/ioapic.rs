@@ -47,7 +47,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BusDevice, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine};
+
+/// Routes and MSIs that KVM refuses: the guest writes the redirection entries they come from,
+/// and can make one fail per interrupt, so the lines are limited.
+static DELIVERY_ERRORS: GuestErrorLog = GuestErrorLog::site("ioapic deliveries");
 
 /// Guest-physical address of the IOAPIC's registers.
 pub const IOAPIC_BASE: u64 = 0xfec0_0000;
@@ -318,7 +322,7 @@ impl Ioapic {
         match self.msi.send_msi(self.pins[pin].entry.msi()) {
             Ok(()) => true,
             Err(err) => {
-                tracing::warn!("ioapic: cannot deliver pin {pin}: {err}");
+                DELIVERY_ERRORS.log(format_args!("ioapic: cannot deliver pin {pin}: {err}"));
                 false
             }
         }
@@ -368,7 +372,7 @@ impl Ioapic {
         let entry = self.pins[pin].entry;
         let route = (!entry.is_masked()).then(|| entry.msi());
         if let Err(err) = self.msi.redirection_changed(pin, route) {
-            tracing::warn!("ioapic: cannot update the route of pin {pin}: {err}");
+            DELIVERY_ERRORS.log(format_args!("ioapic: cannot update the route of pin {pin}: {err}"));
         }
     }
 }
@@ -494,6 +498,45 @@ mod tests {
     fn program(ioapic: &mut Ioapic, pin: u8, low: u32, destination: u8) {
         write_register(ioapic, 0x10 + 2 * pin + 1, u32::from(destination) << 24);
         write_register(ioapic, 0x10 + 2 * pin, low);
+    }
+
+    /// A sink KVM refuses everything of.
+    struct RefusingSink;
+
+    impl MsiSink for RefusingSink {
+        fn send_msi(&self, _: MsiMessage) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
+
+        fn redirection_changed(&self, _: usize, _: Option<MsiMessage>) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
+    }
+
+    #[test]
+    fn refused_routes_and_deliveries_log_a_few_lines_and_a_count() {
+        use crate::guest_log::{capture, LINES_PER_INTERVAL};
+
+        let mut ioapic = Ioapic::new(Arc::new(RefusingSink));
+        let ((), lines) = capture::lines(|| {
+            for _ in 0..2500 {
+                // Two route updates (one per dword), then an edge the sink refuses.
+                program(&mut ioapic, 4, 0x30 | FIXED, 0);
+                ioapic.service_pin(4, true);
+                ioapic.service_pin(4, false);
+            }
+            DELIVERY_ERRORS.flush();
+        });
+        let warned = capture::warnings(&lines);
+        let refused = warned.iter().filter(|l| l.starts_with("ioapic: cannot")).count();
+        assert!((1..=LINES_PER_INTERVAL as usize).contains(&refused), "{warned:?}");
+        let summary = warned.last().unwrap();
+        let suppressed: u64 = summary
+            .strip_prefix("ioapic deliveries: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        assert!(suppressed >= 3 * 2500 - u64::from(LINES_PER_INTERVAL), "{summary}");
     }
 
     #[test]

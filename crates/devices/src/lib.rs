@@ -13,10 +13,12 @@
 //! order is always "device, then IOAPIC" and cannot deadlock.
 
 pub mod bus;
+pub mod guest_log;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
 pub mod pci;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use guest_log::GuestErrorLog;
 pub use interrupt::InterruptLine;

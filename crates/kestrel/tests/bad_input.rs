@@ -158,7 +158,19 @@ fn directory_as_disk() {
     let dir = tempfile::tempdir().unwrap();
     let output =
         run(&["--kernel", guests::HELLO, "--disk", &format!("path={},readonly=on", path_str(dir.path()))]);
-    assert_clean_failure(&output, ERROR, "neither a regular file nor a block device");
+    assert_clean_failure(&output, ERROR, "not a regular file or block device (it is a directory)");
+}
+
+/// A FIFO as a disk is refused at once: opening it as usual would wait forever for a writer.
+#[test]
+fn fifo_as_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("disk.fifo");
+    let name = std::ffi::CString::new(path_str(&fifo)).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path, which lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let output = run(&["--kernel", guests::HELLO, "--disk", &format!("path={}", path_str(&fifo))]);
+    assert_clean_failure(&output, ERROR, "not a regular file or block device (it is a FIFO)");
 }
 
 #[test]

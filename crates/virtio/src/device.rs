@@ -1,8 +1,6 @@
 //! What every virtio device provides to its transport.
 
-use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::GuestRam;
@@ -129,63 +127,12 @@ impl ActivateError {
     }
 }
 
-/// How many problems a guest causes one device are logged at `warn`; the rest go to `debug`.
-pub const GUEST_ERRORS_AT_WARN: u32 = 10;
-
 /// Logs the problems a guest causes a device (a malformed buffer or chain, a queue set up
-/// wrongly) without letting it fill the host's log: the first [`GUEST_ERRORS_AT_WARN`] at `warn`,
-/// then a single warning that further ones are not logged at that level, then at `debug`.
-/// Host-side failures (a disk or tap error, an interrupt that cannot be delivered) are not for it.
-///
-/// One per device: the transport keeps it across resets (else a guest could reset the device for
-/// fresh warnings) and hands it to the device's worker in [`ActivateContext`].
-pub struct GuestErrorLog {
-    /// Names the device in every message ("virtio-rng (virtio-mmio)").
-    device: String,
-    logged: AtomicU32,
-}
-
-/// The level [`GuestErrorLog`] logs its next problem at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GuestErrorLevel {
-    Warn,
-    /// The last at `warn`, followed by the note that the rest go to `debug`.
-    LastWarn,
-    Debug,
-}
-
-impl GuestErrorLog {
-    pub fn new(device: impl Into<String>) -> GuestErrorLog {
-        GuestErrorLog { device: device.into(), logged: AtomicU32::new(0) }
-    }
-
-    /// Logs one problem the guest caused.
-    pub fn log(&self, problem: fmt::Arguments<'_>) {
-        let device = &self.device;
-        match self.next_level() {
-            GuestErrorLevel::Warn => tracing::warn!("{device}: {problem}"),
-            GuestErrorLevel::LastWarn => {
-                tracing::warn!("{device}: {problem}");
-                tracing::warn!(
-                    "{device}: further problems caused by the guest are not logged (only at debug level)"
-                );
-            }
-            GuestErrorLevel::Debug => tracing::debug!("{device}: {problem}"),
-        }
-    }
-
-    fn next_level(&self) -> GuestErrorLevel {
-        let previous = self
-            .logged
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
-            .unwrap_or(u32::MAX);
-        match previous.saturating_add(1) {
-            n if n < GUEST_ERRORS_AT_WARN => GuestErrorLevel::Warn,
-            GUEST_ERRORS_AT_WARN => GuestErrorLevel::LastWarn,
-            _ => GuestErrorLevel::Debug,
-        }
-    }
-}
+/// wrongly), rate-limited; host-side failures (a disk or tap error) are not for it. One per
+/// device: the transport keeps it across resets (else a guest could reset the device for fresh
+/// lines) and hands it to the device's worker in [`ActivateContext`]. The mechanism lives in
+/// `devices`, so the PCI root and the legacy devices share it.
+pub use devices::guest_log::GuestErrorLog;
 
 /// A virtio device, independent of the transport that presents it.
 pub trait VirtioDevice: Send {
@@ -267,25 +214,6 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn guest_errors_are_warned_about_a_few_times_then_only_at_debug() {
-        let log = GuestErrorLog::new("test device");
-        let levels: Vec<_> = (0..GUEST_ERRORS_AT_WARN + 3).map(|_| log.next_level()).collect();
-        let warnings = GUEST_ERRORS_AT_WARN as usize - 1;
-        assert!(levels[..warnings].iter().all(|&l| l == GuestErrorLevel::Warn), "{levels:?}");
-        assert_eq!(levels[warnings], GuestErrorLevel::LastWarn, "the last warning says so");
-        assert!(levels[warnings + 1..].iter().all(|&l| l == GuestErrorLevel::Debug), "{levels:?}");
-        // The count saturates instead of wrapping back to warnings.
-        log.logged.store(u32::MAX - 1, Ordering::Relaxed);
-        assert_eq!(log.next_level(), GuestErrorLevel::Debug);
-        assert_eq!(log.next_level(), GuestErrorLevel::Debug);
-        assert_eq!(log.next_level(), GuestErrorLevel::Debug);
-        // Logging itself, at every level, is harmless.
-        for _ in 0..3 {
-            GuestErrorLog::new("another").log(format_args!("problem {}", 1));
-        }
-    }
 
     #[test]
     fn config_reads_past_the_end_are_zero() {

@@ -129,8 +129,6 @@ impl Interrupt for CountingInterrupt {
 
 /// A device and the transport-independent state its driver builds up.
 pub(crate) struct TransportState {
-    /// "virtio-mmio" or "virtio-pci", for log messages.
-    name: &'static str,
     device: Box<dyn VirtioDevice>,
     memory: GuestRam,
     interrupt: Arc<CountingInterrupt>,
@@ -149,6 +147,7 @@ pub(crate) struct TransportState {
 }
 
 impl TransportState {
+    /// `name` ("virtio-mmio" or "virtio-pci") goes into the device's log lines.
     pub(crate) fn new(
         name: &'static str,
         device: Box<dyn VirtioDevice>,
@@ -166,7 +165,6 @@ impl TransportState {
         let guest_errors =
             Arc::new(GuestErrorLog::new(format!("{} ({name})", device_type::name(device.device_type()))));
         Ok(TransportState {
-            name,
             device,
             memory,
             interrupt: Arc::new(CountingInterrupt { inner: interrupt, config_generation: AtomicU32::new(0) }),
@@ -293,7 +291,8 @@ impl TransportState {
     pub(crate) fn notify(&self, queue: u32) {
         if let Some(event) = self.queue_events.get(queue as usize) {
             if let Err(e) = event.write(1) {
-                tracing::error!("{}: cannot notify queue {queue}: {e}", self.name);
+                // Once per guest notification: limited, whoever's fault it is.
+                self.guest_errors.log(format_args!("cannot notify queue {queue}: {e}"));
             }
         }
     }
@@ -511,11 +510,12 @@ impl TransportState {
     fn fail(&mut self, cause: Cause, reason: &str) {
         match cause {
             Cause::Guest => self.guest_errors.log(format_args!("cannot start: {reason}")),
-            Cause::Host => tracing::warn!("{} device {}: {reason}", self.name, self.device.device_type()),
+            // The host's fault, but the guest can reset and restart the device in a loop.
+            Cause::Host => self.guest_errors.log(format_args!("cannot start (host): {reason}")),
         }
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         if let Err(e) = self.interrupt.trigger(InterruptCause::Config) {
-            tracing::error!("{}: cannot interrupt the guest: {e}", self.name);
+            self.guest_errors.log(format_args!("cannot interrupt the guest: {e}"));
         }
     }
 

@@ -12,7 +12,15 @@ use virtio_queue::{DescriptorChain, Queue, QueueState, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device::{Interrupt, InterruptCause};
+use crate::device::{GuestErrorLog, Interrupt, InterruptCause};
+
+/// Used-ring writes the guest made fail (a head past the queue, a ring outside its memory), for
+/// every device: one budget for the site, as any device's failures are the same guest's doing.
+static COMPLETE_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio used rings");
+
+/// Interrupts that could not be delivered. The host's doing as far as is known (an eventfd or
+/// KVM route failing), but it fails once per request, so it is limited like a guest's problem.
+static INTERRUPT_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio interrupts");
 
 /// A device's request processing, driven by its worker thread.
 pub trait QueueHandler: Send + 'static {
@@ -21,6 +29,14 @@ pub trait QueueHandler: Send + 'static {
 
     /// The handler's queues with their positions, by the transport's queue index, for a snapshot.
     fn queue_states(&self) -> Vec<(usize, QueueState)>;
+
+    /// Called on the worker thread when a snapshot holds it, before [`QueueHandler::queue_states`]:
+    /// makes what the device has completed durable (a disk's writes), so the snapshot does not
+    /// show the guest requests as done whose data a host crash could still lose. An error fails
+    /// the hold.
+    fn quiesce(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Backend descriptors the worker should also wait on, for what
     /// [`QueueHandler::backend_interest`] says (and hang-ups).
@@ -118,7 +134,7 @@ pub(crate) fn complete(device: &str, queue: &mut Queue, memory: &GuestRam, head:
     match queue.add_used(memory, head, len) {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!("{device}: cannot complete a request: {e:?}");
+            COMPLETE_ERRORS.log(format_args!("{device}: cannot complete a request: {e:?}"));
             false
         }
     }
@@ -134,13 +150,18 @@ pub(crate) fn signal_used(
 ) {
     if queue.needs_notification(memory).unwrap_or(true) {
         if let Err(e) = interrupt.trigger(InterruptCause::Queue(index as u16)) {
-            tracing::error!("{device}: cannot interrupt the guest: {e}");
+            INTERRUPT_ERRORS.log(format_args!("{device}: cannot interrupt the guest: {e}"));
         }
     }
 }
 
 /// How long [`Worker::hold`] waits for the worker to finish what it is doing.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`Worker::hold`] then waits for the handler to quiesce: flushing a disk the guest
+/// just wrote a lot to can take far longer than finishing a request, and is no sign of a stuck
+/// worker.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running worker thread; dropping it stops the thread and waits for it.
 pub struct Worker {
@@ -161,8 +182,10 @@ struct HoldState {
 #[derive(Default)]
 struct Hold {
     requested: bool,
-    /// The held thread's queues, until [`Worker::hold`] takes them.
-    queues: Option<Vec<(usize, QueueState)>>,
+    /// The thread stopped and is quiescing its handler.
+    quiescing: bool,
+    /// The held thread's queues (or why it could not quiesce), until [`Worker::hold`] takes them.
+    queues: Option<io::Result<Vec<(usize, QueueState)>>>,
     /// The worker is being dropped: a held thread must end.
     stopping: bool,
 }
@@ -172,14 +195,31 @@ impl HoldState {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// On the worker thread: hand over the queues, then wait until released (or stopped).
-    fn serve<H: QueueHandler>(&self, handler: &H) {
+    /// On the worker thread: quiesce the handler and hand over the queues, then wait until
+    /// released (or stopped). A handler that cannot quiesce hands over the error and goes on.
+    fn serve<H: QueueHandler>(&self, handler: &mut H) {
+        {
+            let mut hold = self.lock();
+            if !hold.requested {
+                return;
+            }
+            hold.quiescing = true;
+            self.changed.notify_all();
+        }
+        // Outside the lock: a flush can take long, and the holder's timeout must still work.
+        let quiesced = handler.quiesce();
         let mut hold = self.lock();
+        hold.quiescing = false;
         if !hold.requested {
+            return; // The holder gave up meanwhile.
+        }
+        let failed = quiesced.is_err();
+        hold.queues = Some(quiesced.map(|()| handler.queue_states()));
+        self.changed.notify_all();
+        if failed {
+            hold.requested = false;
             return;
         }
-        hold.queues = Some(handler.queue_states());
-        self.changed.notify_all();
         while hold.requested && !hold.stopping {
             hold = self.changed.wait(hold).unwrap_or_else(PoisonError::into_inner);
         }
@@ -221,24 +261,33 @@ impl Worker {
         Ok(Worker { stop, hold_event, hold, thread: Some(thread) })
     }
 
-    /// Stops the thread between two events, with nothing in progress, and returns its queues (by
-    /// the transport's queue index) as they stand; the thread waits until [`Worker::release`].
+    /// Stops the thread between two events, with nothing in progress, has the handler quiesce
+    /// (see [`QueueHandler::quiesce`]) and returns its queues (by the transport's queue index) as
+    /// they stand; the thread waits until [`Worker::release`].
     pub fn hold(&self) -> io::Result<Vec<(usize, QueueState)>> {
         let mut hold = self.hold.lock();
         hold.requested = true;
         hold.queues = None;
         self.hold_event.write(1)?;
-        let deadline = Instant::now() + HOLD_TIMEOUT;
+        let mut deadline = Instant::now() + HOLD_TIMEOUT;
+        let mut quiescing = false;
         loop {
             if let Some(queues) = hold.queues.take() {
-                return Ok(queues);
+                return queues;
             }
             let now = Instant::now();
+            if hold.quiescing && !quiescing {
+                // Stopped in time; the flush gets its own, longer limit.
+                quiescing = true;
+                deadline = now + QUIESCE_TIMEOUT;
+            }
             if now >= deadline {
                 hold.requested = false;
-                return Err(io::Error::other(format!(
-                    "the device worker did not stop within {HOLD_TIMEOUT:?}"
-                )));
+                let (what, limit) = match quiescing {
+                    false => ("stop", HOLD_TIMEOUT),
+                    true => ("flush its backend", QUIESCE_TIMEOUT),
+                };
+                return Err(io::Error::other(format!("the device worker did not {what} within {limit:?}")));
             }
             hold = self
                 .hold
@@ -344,7 +393,7 @@ fn run<H: QueueHandler>(epoll: Arc<Epoll>, events: WorkerEvents, mut backends: B
             }
             if token == stop_token + 1 {
                 let _ = hold_event.read();
-                hold.serve(&handler);
+                hold.serve(&mut handler);
                 continue;
             }
             if let Some(queue_event) = queue_events.get(token as usize) {
@@ -471,5 +520,32 @@ mod tests {
         // Dropping a held worker ends its thread (the drop would hang otherwise).
         worker.hold().unwrap();
         drop(worker);
+    }
+
+    #[test]
+    fn bad_heads_from_a_guest_log_a_few_lines_and_a_count() {
+        use devices::guest_log::{capture, LINES_PER_INTERVAL};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::GuestAddress;
+
+        let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut queue: Queue = MockSplitQueue::new(&memory, 16).create_queue().unwrap();
+        let ((), lines) = capture::lines(|| {
+            for head in 0..10_000u16 {
+                // Heads past the queue's 16 entries, as a guest's avail ring can name.
+                assert!(!complete("virtio-test", &mut queue, &memory, 16 + head % 1000, 0));
+            }
+            COMPLETE_ERRORS.flush();
+        });
+        let warned = capture::warnings(&lines);
+        let errors = warned.iter().filter(|l| l.starts_with("virtio-test: cannot complete")).count();
+        assert!((1..=LINES_PER_INTERVAL as usize).contains(&errors), "{warned:?}");
+        let summary = warned.last().unwrap();
+        let suppressed: u64 = summary
+            .strip_prefix("virtio used rings: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        assert!(suppressed >= 10_000 - u64::from(LINES_PER_INTERVAL), "{summary}");
     }
 }

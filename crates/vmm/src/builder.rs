@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -434,6 +435,8 @@ fn insert(
     bus.insert(device, base, len).map_err(|e| Error::Device { name, reason: e.to_string() })
 }
 
+/// Where the guest's serial output goes. A file Kestrel creates is its owner's alone (0600,
+/// whatever the umask): the console shows what the guest prints, passwords and keys included.
 fn serial_output(config: &SerialConfig) -> Result<Box<dyn Write + Send>> {
     Ok(match config {
         SerialConfig::Stdio => Box::new(std::io::stdout()),
@@ -442,6 +445,7 @@ fn serial_output(config: &SerialConfig) -> Result<Box<dyn Write + Send>> {
             OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(|source| Error::SerialOutput { path: path.clone(), source })?,
         ),
@@ -460,4 +464,29 @@ fn new_event_fd(name: &'static str) -> Result<EventFd> {
 
 fn clone_event_fd(fd: &EventFd, name: &'static str) -> Result<EventFd> {
     fd.try_clone().map_err(|e| Error::Device { name, reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_serial_output_file_is_the_owners_alone_whatever_the_umask() {
+        let dir = std::env::temp_dir().join(format!("kestrel-serial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("serial.log");
+        let _ = std::fs::remove_file(&path);
+        // SAFETY: umask only swaps the process's file mode mask; restored below. Under 022, the
+        // usual default, a file created 0666 would be 0644: readable by everyone.
+        let old = unsafe { libc::umask(0o022) };
+        let output = serial_output(&SerialConfig::File(path.clone()));
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        output.unwrap().write_all(b"login: ").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
 }

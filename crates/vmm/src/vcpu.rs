@@ -17,14 +17,14 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::ioapic::Ioapic;
-use devices::Bus;
+use devices::{Bus, GuestErrorLog};
 use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use libc::{c_int, c_void, siginfo_t};
@@ -37,10 +37,6 @@ use crate::snapshot::vcpu_state::{self, VcpuState};
 use crate::snapshot::SnapshotError;
 use crate::{Error, Result};
 
-/// Unhandled MMIO accesses logged per VM before the rest are counted silently: a guest probing an
-/// empty range must not flood the log.
-const UNHANDLED_MMIO_LOG_LIMIT: u32 = 10;
-
 /// What every vCPU thread of a VM shares.
 pub struct VcpuShared {
     pub pio_bus: Arc<Bus>,
@@ -48,7 +44,9 @@ pub struct VcpuShared {
     pub ioapic: Arc<Mutex<Ioapic>>,
     /// Set by the VMM before kicking the vCPUs: leave the run loop.
     stop: AtomicBool,
-    unhandled_mmio: AtomicU32,
+    /// Unhandled MMIO accesses, rate-limited: a guest probing an empty range must not flood
+    /// the log.
+    unhandled_mmio: GuestErrorLog,
     /// Mirrors `PauseState::requested`, so the run loop checks it without taking the lock.
     pause_requested: AtomicBool,
     pause: Mutex<PauseState>,
@@ -81,7 +79,7 @@ impl VcpuShared {
             mmio_bus,
             ioapic,
             stop: AtomicBool::new(false),
-            unhandled_mmio: AtomicU32::new(0),
+            unhandled_mmio: GuestErrorLog::new("vCPUs"),
             pause_requested: AtomicBool::new(false),
             pause: Mutex::new(PauseState::default()),
             unparked: Condvar::new(),
@@ -500,12 +498,9 @@ fn handle_exit(exit: VcpuExit<'_>, shared: &VcpuShared) -> Step {
 }
 
 fn log_unhandled_mmio(shared: &VcpuShared, access: &str, address: u64, len: usize) {
-    let seen = shared.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
-    if seen < UNHANDLED_MMIO_LOG_LIMIT {
-        tracing::warn!("unhandled MMIO {access} of {len} bytes at {address:#x}: no device there");
-    } else if seen == UNHANDLED_MMIO_LOG_LIMIT {
-        tracing::warn!("further unhandled MMIO accesses are not logged");
-    }
+    shared
+        .unhandled_mmio
+        .log(format_args!("unhandled MMIO {access} of {len} bytes at {address:#x}: no device there"));
 }
 
 fn rip(vcpu: &VcpuFd) -> u64 {

@@ -35,7 +35,10 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_byte_registers, write_byte_registers};
-use crate::{BusDevice, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine};
+
+/// Interrupts and signals that cannot be raised, once per byte the guest reads or writes: limited.
+static SIGNAL_ERRORS: GuestErrorLog = GuestErrorLog::site("i8042 signals");
 
 /// Port offsets from 0x60.
 const DATA: u8 = 0;
@@ -184,7 +187,7 @@ impl I8042 {
         let byte = self.output.pop_front().unwrap_or(0);
         if !self.output.is_empty() {
             if let Err(e) = self.raise_keyboard_irq() {
-                tracing::error!("i8042: cannot raise the keyboard interrupt: {e}");
+                SIGNAL_ERRORS.log(format_args!("i8042: cannot raise the keyboard interrupt: {e}"));
             }
         }
         byte
@@ -198,7 +201,7 @@ impl I8042 {
             CMD_WRITE_COMMAND_BYTE | CMD_WRITE_OUTPUT_PORT => self.awaiting_value = Some(command),
             CMD_PULSE_RESET => {
                 if let Err(e) = self.reset.write(1) {
-                    tracing::error!("i8042: cannot signal the guest's reset request: {e}");
+                    SIGNAL_ERRORS.log(format_args!("i8042: cannot signal the guest's reset request: {e}"));
                 }
             }
             other => tracing::debug!("i8042: ignoring controller command {other:#04x}"),
@@ -223,7 +226,7 @@ impl I8042 {
             _ => self.send_keyboard_bytes(&[KBD_ACK]),
         };
         if let Err(e) = result {
-            tracing::error!("i8042: cannot answer a keyboard command: {e}");
+            SIGNAL_ERRORS.log(format_args!("i8042: cannot answer a keyboard command: {e}"));
         }
     }
 }

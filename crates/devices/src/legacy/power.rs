@@ -4,7 +4,10 @@
 use vmm_sys_util::eventfd::EventFd;
 
 use super::write_byte_registers;
-use crate::BusDevice;
+use crate::{BusDevice, GuestErrorLog};
+
+/// A power-off that cannot be signalled, once per guest write: limited.
+static SIGNAL_ERRORS: GuestErrorLog = GuestErrorLog::site("power management signals");
 
 /// SLP_TYPx field of the sleep control register (bits 2-4).
 const SLEEP_TYPE_SHIFT: u8 = 2;
@@ -31,7 +34,8 @@ impl PowerManagement {
         let sleep_type = (value >> SLEEP_TYPE_SHIFT) & SLEEP_TYPE_MASK;
         if value & SLEEP_ENABLE != 0 && sleep_type == SLEEP_TYPE_SOFT_OFF {
             if let Err(err) = self.power_off.write(1) {
-                tracing::error!("power management: cannot signal the guest's power-off: {err}");
+                SIGNAL_ERRORS
+                    .log(format_args!("power management: cannot signal the guest's power-off: {err}"));
             }
         }
     }

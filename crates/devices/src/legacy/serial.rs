@@ -14,7 +14,11 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_byte_registers, write_byte_registers};
-use crate::{BusDevice, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine};
+
+/// UART register accesses that fail (an interrupt or event that cannot be signalled): once per
+/// byte the guest reads or writes, so limited.
+static REGISTER_ERRORS: GuestErrorLog = GuestErrorLog::site("serial registers");
 
 /// Adapts an [`InterruptLine`] to the trigger type `vm_superio` raises.
 struct UartInterrupt(Arc<dyn InterruptLine>);
@@ -40,7 +44,7 @@ impl SerialEvents for InputDrainedNotifier {
 
     fn in_buffer_empty(&self) {
         if let Err(err) = self.0.write(1) {
-            tracing::warn!("serial: cannot signal that the input FIFO drained: {err}");
+            REGISTER_ERRORS.log(format_args!("serial: cannot signal that the input FIFO drained: {err}"));
         }
     }
 }
@@ -143,7 +147,7 @@ impl Serial {
                     self.output_failure_reported = true;
                 }
             }
-            Err(err) => tracing::warn!("serial: register write failed: {err:?}"),
+            Err(err) => REGISTER_ERRORS.log(format_args!("serial: register write failed: {err:?}")),
         }
     }
 }

@@ -11,6 +11,11 @@ use std::io;
 use std::sync::Arc;
 
 use crate::ioapic::MsiMessage;
+use crate::GuestErrorLog;
+
+/// Pending vectors that cannot be delivered when the guest unmasks them: the guest can toggle
+/// masks as fast as it likes, so the lines are limited.
+static PENDING_ERRORS: GuestErrorLog = GuestErrorLog::site("MSI-X pending deliveries");
 
 /// Bytes per table entry: message address low and high, message data, vector control.
 pub const TABLE_ENTRY_SIZE: u64 = 16;
@@ -242,7 +247,7 @@ impl Msix {
             if vector.pending && !vector.masked {
                 vector.pending = false;
                 if let Err(e) = deliver(self.delivery.as_ref(), index as u16, vector) {
-                    tracing::error!("MSI-X: cannot deliver pending vector {index}: {e}");
+                    PENDING_ERRORS.log(format_args!("MSI-X: cannot deliver pending vector {index}: {e}"));
                 }
             }
         }

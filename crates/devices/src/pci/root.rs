@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use super::config_space::{BarMapping, NUM_BARS};
 use super::host_bridge::HostBridge;
 use super::{PciDevice, PciError};
-use crate::{Bus, BusDevice};
+use crate::{Bus, BusDevice, GuestErrorLog};
 
 /// Device numbers on a bus.
 const SLOTS: usize = 32;
@@ -26,13 +26,18 @@ pub struct PciRoot {
     /// Weak: the bus holds the ECAM window, which holds this root; a strong reference back would
     /// keep every device (and its worker thread and file descriptors) alive after the VM is gone.
     mmio_bus: Weak<Bus>,
+    /// The guest places the BARs, so a BAR it moves over another device's is its doing.
+    guest_errors: GuestErrorLog,
 }
 
 impl PciRoot {
     /// A bus with only the host bridge; BARs are mapped on `mmio_bus`.
     pub fn new(mmio_bus: &Arc<Bus>) -> PciRoot {
-        let mut root =
-            PciRoot { slots: (0..SLOTS).map(|_| None).collect(), mmio_bus: Arc::downgrade(mmio_bus) };
+        let mut root = PciRoot {
+            slots: (0..SLOTS).map(|_| None).collect(),
+            mmio_bus: Arc::downgrade(mmio_bus),
+            guest_errors: GuestErrorLog::new("PCI root"),
+        };
         root.slots[0] = Some(Slot::new(Arc::new(Mutex::new(HostBridge::new()))));
         root
     }
@@ -98,7 +103,9 @@ impl PciRoot {
                 let window = Arc::new(Mutex::new(BarWindow { device: slot.device.clone(), bar }));
                 match mmio_bus.insert(window, new.address, new.size) {
                     Ok(()) => slot.on_bus[bar] = true,
-                    Err(e) => tracing::warn!("PCI 00:{index:02x}.0 BAR {bar}: {e}; the BAR stays unmapped"),
+                    Err(e) => self
+                        .guest_errors
+                        .log(format_args!("00:{index:02x}.0 BAR {bar}: {e}; the BAR stays unmapped")),
                 }
             }
             slot.programmed[bar] = wanted;
@@ -255,6 +262,29 @@ pub(crate) mod tests {
         write32(&mut root, 2, BAR0, 0xe000_2000);
         assert!(bus.read(0xe000_2000, &mut [0u8]));
         assert!(bus.read(0xe000_0000, &mut [0u8]), "the first device kept its window");
+    }
+
+    #[test]
+    fn a_guest_that_keeps_overlapping_bars_gets_a_few_lines_and_a_count() {
+        use crate::guest_log::{capture, LINES_PER_INTERVAL};
+
+        let bus = Arc::new(Bus::new());
+        let mut root = PciRoot::new(&bus);
+        root.add_device(Arc::new(Mutex::new(TestDevice::new(0xe000_0000)))).unwrap();
+        root.add_device(Arc::new(Mutex::new(TestDevice::new(0xe000_0000)))).unwrap();
+        write32(&mut root, 1, COMMAND, u32::from(COMMAND_MEMORY_SPACE));
+        let ((), lines) = capture::lines(|| {
+            // Each enable maps the second BAR over the first again.
+            for _ in 0..5000 {
+                write32(&mut root, 2, COMMAND, u32::from(COMMAND_MEMORY_SPACE));
+                write32(&mut root, 2, COMMAND, 0);
+            }
+            root.guest_errors.flush();
+        });
+        let warned = capture::warnings(&lines);
+        assert_eq!(warned.len(), LINES_PER_INTERVAL as usize + 1, "{warned:?}");
+        assert!(warned[0].starts_with("PCI root: 00:02.0 BAR 0"), "{warned:?}");
+        assert!(warned.last().unwrap().contains("4990 more problems"), "{warned:?}");
     }
 
     #[test]

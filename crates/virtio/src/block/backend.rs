@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The storage behind a virtio-blk device: a raw file here, a failing double in tests.
@@ -27,19 +27,48 @@ pub struct RawFile {
     file: File,
 }
 
+/// Why a path cannot be a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("not a regular file or block device (it is a {0})")]
+    NotADisk(&'static str),
+}
+
 impl RawFile {
     /// Opens `path` read-only (`O_RDONLY`, so even a file the user may not write works) or
     /// read-write. Anything other than a regular file or a block device is refused: a directory
-    /// opens read-only but is no disk.
-    pub fn open(path: &Path, read_only: bool) -> io::Result<RawFile> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let file_type = file.metadata()?.file_type();
-        if !file_type.is_file() && !file_type.is_block_device() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "neither a regular file nor a block device",
-            ));
+    /// opens read-only but is no disk, `/dev/zero` would be an endless one, and a FIFO would
+    /// block the opening thread (the API's, or a restore's) until someone opened its other end.
+    /// So the open does not block (`O_NONBLOCK`), and the type is checked on the open file, not
+    /// on the path, which could be swapped in between.
+    pub fn open(path: &Path, read_only: bool) -> Result<RawFile, OpenError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            // O_NOCTTY: a terminal named as a disk must not become the VMM's controlling one.
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(OpenError::Io)?;
+        let file_type = file.metadata().map_err(OpenError::Io)?.file_type();
+        let kind = if file_type.is_file() || file_type.is_block_device() {
+            None
+        } else if file_type.is_dir() {
+            Some("directory")
+        } else if file_type.is_char_device() {
+            Some("character device")
+        } else if file_type.is_fifo() {
+            Some("FIFO")
+        } else if file_type.is_socket() {
+            Some("socket")
+        } else {
+            Some("special file")
+        };
+        if let Some(kind) = kind {
+            return Err(OpenError::NotADisk(kind));
         }
+        clear_nonblocking(&file).map_err(OpenError::Io)?;
         Ok(RawFile { file })
     }
 
@@ -80,6 +109,22 @@ impl RawFile {
     }
 }
 
+/// Disk I/O is meant to block: O_NONBLOCK was for the open only (it has no effect on regular
+/// files and block devices today, but clearing it keeps a future one from returning EAGAIN).
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL only reads the flags of a descriptor we own and keep open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL only changes the status flags of the same open descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The filesystem (tmpfs cannot zero ranges, for instance) or the device does not do this mode.
 fn unsupported(error: &io::Error) -> bool {
     error.raw_os_error() == Some(libc::EOPNOTSUPP)
@@ -118,5 +163,53 @@ impl DiskBackend for RawFile {
             Err(e) if unsupported(&e) => self.write_zeroes_slowly(offset, length),
             result => result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    fn refused(path: &Path, read_only: bool) -> String {
+        match RawFile::open(path, read_only) {
+            Err(e @ OpenError::NotADisk(_)) => e.to_string(),
+            Err(e) => panic!("{} refused for another reason: {e}", path.display()),
+            Ok(_) => panic!("{} opened as a disk", path.display()),
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let name = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        // Without O_NONBLOCK either open would block here forever: nobody opens the other end.
+        assert_eq!(refused(&fifo, true), "not a regular file or block device (it is a FIFO)");
+        assert_eq!(refused(&fifo, false), "not a regular file or block device (it is a FIFO)");
+    }
+
+    #[test]
+    fn character_devices_and_directories_are_refused() {
+        assert!(refused(Path::new("/dev/null"), true).contains("character device"));
+        assert!(refused(Path::new("/dev/zero"), true).contains("character device"));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(refused(dir.path(), true).contains("directory"));
+    }
+
+    #[test]
+    fn a_regular_file_opens_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, [0u8; 1024]).unwrap();
+        let disk = RawFile::open(&path, false).unwrap();
+        assert_eq!(disk.size().unwrap(), 1024);
+        // SAFETY: F_GETFL only reads the flags of the open descriptor.
+        let flags = unsafe { libc::fcntl(disk.file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "O_NONBLOCK was for the open only");
     }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::backend::RawFile;
+use super::backend::{DiskBackend, RawFile};
 use super::device::{open_raw, DiskError};
 use super::handler::Disk;
 use crate::device::{Interrupt, InterruptCause};
@@ -42,10 +42,18 @@ impl<B> SharedDisk<B> {
     pub fn set_interrupt(&self, interrupt: Option<Arc<dyn Interrupt>>) {
         *lock(&self.interrupt) = interrupt;
     }
+}
 
-    /// Serves `backend` of `sectors` from now on, and tells a running driver.
-    fn replace(&self, backend: Arc<B>, sectors: u64) -> std::io::Result<()> {
+impl<B: DiskBackend> SharedDisk<B> {
+    /// Serves `backend` of `sectors` from now on, and tells a running driver. The old disk is
+    /// flushed first: what the guest wrote to it and was told is done must be durable before
+    /// the host takes the file away (Firecracker's PATCH /drives is often followed by copying
+    /// or deleting the old image). If it cannot be flushed nothing changes.
+    fn replace(&self, backend: Arc<B>, sectors: u64) -> Result<(), DiskError> {
         let mut disk = lock(&self.disk);
+        // Under the lock, so no request starts on the old disk after the flush (one already
+        // running keeps its own reference and is the guest's to flush, like on real hardware).
+        disk.backend.flush().map_err(DiskError::Sync)?;
         disk.backend = backend;
         disk.sectors = sectors;
         // Signalled with the disk still locked, so the configuration generation changes in the
@@ -54,7 +62,7 @@ impl<B> SharedDisk<B> {
         // move and reads again. Before the driver has started the device there is no interrupt
         // (nor generation change); it reads the capacity when it starts.
         match lock(&self.interrupt).as_ref() {
-            Some(interrupt) => interrupt.trigger(InterruptCause::Config),
+            Some(interrupt) => interrupt.trigger(InterruptCause::Config).map_err(DiskError::Notify),
             None => Ok(()),
         }
     }
@@ -75,11 +83,11 @@ impl BlockControl {
     /// or not): requests from now on go to it, the configuration space shows its capacity, and a
     /// running driver gets a configuration-change interrupt to read it. Requests being served
     /// finish on the old file. The disk's ID (GET_ID) stays. Nothing changes if `path` cannot be
-    /// opened.
+    /// opened or the old file cannot be flushed ([`DiskError::Sync`]).
     pub fn replace_file(&self, path: &Path) -> Result<(), DiskError> {
         let read_only = self.shared.current().read_only;
         let (backend, sectors) = open_raw(path, read_only)?;
-        self.shared.replace(Arc::new(backend), sectors).map_err(DiskError::Notify)
+        self.shared.replace(Arc::new(backend), sectors)
     }
 
     /// The disk's capacity in 512-byte sectors.
@@ -152,5 +160,78 @@ mod tests {
         let disk = shared.current();
         assert!(disk.read_only);
         assert!(disk.backend.write_at(&[9], 0).is_err(), "opened O_RDONLY");
+    }
+
+    /// A backend that counts its flushes, or fails them.
+    #[derive(Default)]
+    struct Flushes {
+        count: std::sync::atomic::AtomicUsize,
+        fail: bool,
+    }
+
+    impl DiskBackend for Flushes {
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.fail {
+                true => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                false => Ok(()),
+            }
+        }
+        fn discard(&self, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn shared_over(backend: Flushes) -> (Arc<Flushes>, SharedDisk<Flushes>) {
+        let backend = Arc::new(backend);
+        let disk = Disk { backend: backend.clone(), sectors: 8, read_only: false, id: [0; ID_BYTES] };
+        (backend, SharedDisk::new(disk))
+    }
+
+    #[test]
+    fn the_old_disk_is_flushed_before_the_swap() {
+        let (old, shared) = shared_over(Flushes::default());
+        let new = Arc::new(Flushes::default());
+        shared.replace(new.clone(), 16).unwrap();
+        assert_eq!(old.count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(new.count.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(shared.sectors(), 16);
+    }
+
+    #[test]
+    fn an_old_disk_that_cannot_be_flushed_is_kept_and_the_failure_reported() {
+        let (old, shared) = shared_over(Flushes { fail: true, ..Flushes::default() });
+        let interrupt = Arc::new(Recorder::default());
+        shared.set_interrupt(Some(interrupt.clone()));
+        let result = shared.replace(Arc::new(Flushes::default()), 16);
+        assert!(
+            matches!(result, Err(DiskError::Sync(ref e)) if e.raw_os_error() == Some(libc::EIO)),
+            "{result:?}"
+        );
+        assert_eq!(shared.sectors(), 8);
+        assert!(Arc::ptr_eq(&shared.current().backend, &old), "the old disk stays");
+        assert!(interrupt.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (control, _) = control_over(&image(dir.path(), "one.img", 8, 1), false);
+        let fifo = dir.path().join("fifo");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let error = control.replace_file(&fifo).unwrap_err();
+        assert_eq!(error.to_string(), "not a regular file or block device (it is a FIFO)");
+        assert_eq!(control.sectors(), 8);
     }
 }

@@ -41,11 +41,13 @@ const CONFIG_BYTES: usize = 60;
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("{0}")]
-    Open(io::Error),
+    Open(#[from] super::backend::OpenError),
     #[error("cannot find its size: {0}")]
     Size(io::Error),
     #[error("its id {id:?} is {} bytes, more than the {ID_BYTES} virtio-blk allows", id.len())]
     IdTooLong { id: String },
+    #[error("cannot flush the disk being replaced, so it stays: {0}")]
+    Sync(io::Error),
     #[error("the disk was replaced, but the guest could not be told: {0}")]
     Notify(io::Error),
 }
@@ -60,7 +62,7 @@ pub struct Block {
 
 /// Opens a disk image or block device and finds its capacity in sectors.
 pub(super) fn open_raw(path: &Path, read_only: bool) -> Result<(RawFile, u64), DiskError> {
-    let backend = RawFile::open(path, read_only).map_err(DiskError::Open)?;
+    let backend = RawFile::open(path, read_only)?;
     let bytes = backend.size().map_err(DiskError::Size)?;
     if !bytes.is_multiple_of(SECTOR_SIZE) {
         tracing::warn!(

@@ -35,6 +35,10 @@ const VIRTIO_BLK_S_OK: u8 = 0;
 const VIRTIO_BLK_S_IOERR: u8 = 1;
 const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
+/// Disk errors: the host's, but the guest sends the requests that meet them, as fast as it
+/// likes, so they are limited like its own problems (one budget for every disk).
+static IO_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-blk disk errors");
+
 /// Write-zeroes segment flag: the device may deallocate the range instead of writing zeroes.
 const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
 
@@ -190,6 +194,11 @@ impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
         self.metrics.queue_event_count.inc();
         self.process_requests();
     }
+
+    /// A snapshot shows the completed writes as done: they must be on the disk.
+    fn quiesce(&mut self) -> io::Result<()> {
+        self.disk.current().backend.flush()
+    }
 }
 
 /// Executes one request and writes its status byte; returns the bytes written to the chain (the
@@ -238,7 +247,7 @@ fn serve<B: DiskBackend>(
             match e {
                 RequestError::Host(_) => {
                     metrics.execute_fails.inc();
-                    tracing::warn!("virtio-blk: {e}");
+                    IO_ERRORS.log(format_args!("virtio-blk: {e}"));
                 }
                 _ => {
                     metrics.invalid_reqs_count.inc();
@@ -968,5 +977,94 @@ mod tests {
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_index, 1, "the looping request is completed and the queue moves on");
+    }
+
+    #[test]
+    fn a_disk_that_fails_every_request_logs_a_few_lines_and_a_count() {
+        use devices::guest_log::{capture, LINES_PER_INTERVAL};
+
+        let memory = memory();
+        let chains: Vec<_> = (0..5).map(|_| request(&memory, VIRTIO_BLK_T_IN, 0, 512, true)).collect();
+        let ((), lines) = capture::lines(|| {
+            for _ in 0..1000 {
+                serve_chains(&memory, disk_of(Failing, false), &chains);
+            }
+            IO_ERRORS.flush();
+        });
+        let warned = capture::warnings(&lines);
+        let errors = warned.iter().filter(|l| l.starts_with("virtio-blk: ")).count();
+        assert!((1..=LINES_PER_INTERVAL as usize).contains(&errors), "{warned:?}");
+        let summary = warned.last().unwrap();
+        let suppressed: u64 = summary
+            .strip_prefix("virtio-blk disk errors: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        // Other tests may share the budget; this one's 5000 failures are counted either way.
+        assert!(suppressed >= 5000 - LINES_PER_INTERVAL as u64, "{summary}");
+    }
+
+    /// A backend that only counts its flushes, or fails them.
+    #[derive(Default)]
+    struct Flushes {
+        count: std::sync::atomic::AtomicUsize,
+        fail: bool,
+    }
+    impl DiskBackend for Arc<Flushes> {
+        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.fail {
+                true => Err(io::Error::from_raw_os_error(libc::EIO)),
+                false => Ok(()),
+            }
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn held_worker(backend: Arc<Flushes>) -> crate::worker::Worker {
+        let memory = memory();
+        let queue: Queue = MockSplitQueue::new(&memory, 16).create_queue().unwrap();
+        let handler = BlockHandler::new(
+            memory.clone(),
+            queue,
+            Arc::new(Recorder::default()),
+            guest_errors(),
+            Arc::default(),
+            Arc::new(SharedDisk::new(disk_of(backend, false))),
+        );
+        let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        crate::worker::Worker::spawn("test-blk-hold", vec![event], handler).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_hold_flushes_the_disk_first() {
+        let backend = Arc::new(Flushes::default());
+        let worker = held_worker(backend.clone());
+        let queues = worker.hold().unwrap();
+        assert_eq!(queues.len(), 1);
+        assert_eq!(backend.count.load(std::sync::atomic::Ordering::SeqCst), 1, "flushed once, while held");
+        worker.release();
+    }
+
+    #[test]
+    fn a_disk_that_cannot_flush_fails_the_hold() {
+        let backend = Arc::new(Flushes { fail: true, ..Flushes::default() });
+        let worker = held_worker(backend.clone());
+        let error = worker.hold().unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EIO));
+        // The worker goes on serving: a second hold asks again.
+        assert!(worker.hold().is_err());
+        assert_eq!(backend.count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

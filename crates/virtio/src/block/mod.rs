@@ -14,7 +14,7 @@ mod control;
 mod device;
 mod handler;
 
-pub use backend::{DiskBackend, RawFile};
+pub use backend::{DiskBackend, OpenError, RawFile};
 pub use control::BlockControl;
 pub use device::{Block, DiskError};
 

@@ -18,6 +18,10 @@ use crate::worker::{self, QueueHandler};
 /// The device's name in messages.
 const NAME: &str = "virtio-net";
 
+/// Frames the tap refuses for the host's reasons (the interface gone): one line per frame the
+/// guest sends, so limited like the guest's own problems.
+static TAP_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-net tap errors");
+
 /// The receive queue's index (virtio 1.2, 5.1.2).
 pub const RX_QUEUE: usize = 0;
 /// The transmit queue's index.
@@ -235,7 +239,7 @@ impl<B: FrameBackend> NetHandler<B> {
                     if e.kind() == io::ErrorKind::InvalidInput {
                         self.guest_errors.log(format_args!("the tap refused a {len}-byte frame: {e}"));
                     } else {
-                        tracing::warn!("virtio-net: the tap refused a {len}-byte frame: {e}");
+                        TAP_ERRORS.log(format_args!("virtio-net: the tap refused a {len}-byte frame: {e}"));
                     }
                     return true;
                 }
@@ -621,5 +625,42 @@ mod tests {
         assert_eq!(handler.backend_interest(0), EventSet::empty());
         let used_idx = memory.read_obj::<u16>(rx.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_idx, 0, "the buffer stays the guest's");
+    }
+
+    #[test]
+    fn a_tap_that_refuses_every_frame_logs_a_few_lines_and_a_count() {
+        use devices::guest_log::{capture, LINES_PER_INTERVAL};
+
+        let memory = memory();
+        let ((), lines) = capture::lines(|| {
+            for _ in 0..600 {
+                let rx = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+                let tx = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+                for head in 0..8u16 {
+                    tx.add_desc_chains(&[descriptor(0x10000, 60, 0, 0)], head).unwrap();
+                }
+                let mut handler = NetHandler::new(
+                    memory.clone(),
+                    rx.create_queue().unwrap(),
+                    tx.create_queue().unwrap(),
+                    Arc::new(Recorder::default()),
+                    guest_errors(),
+                    Arc::default(),
+                    Detached(UnixDatagram::pair().unwrap().0),
+                );
+                handler.process_queue(TX_QUEUE);
+            }
+            TAP_ERRORS.flush();
+        });
+        let warned = capture::warnings(&lines);
+        let refused = warned.iter().filter(|l| l.starts_with("virtio-net: the tap refused")).count();
+        assert!((1..=LINES_PER_INTERVAL as usize).contains(&refused), "{warned:?}");
+        let summary = warned.last().unwrap();
+        let suppressed: u64 = summary
+            .strip_prefix("virtio-net tap errors: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        assert!(suppressed >= 4800 - u64::from(LINES_PER_INTERVAL), "{summary}");
     }
 }

@@ -21,12 +21,16 @@ use devices::pci::msix::{Msix, MsixDelivery, MsixSnapshot};
 use devices::pci::{ConfigSpace, PciDevice, PciError, PciIds};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::{device_type, VirtioDevice};
+use crate::device::{device_type, GuestErrorLog, VirtioDevice};
 use crate::snapshot::{SnapshotTransport, VirtioSnapshot};
 use crate::transport::{TransportSnapshot, TransportState};
 use interrupt::PciInterrupt;
 pub use interrupt::NO_VECTOR;
 use layout::{BAR_INDEX, DEVICE_CONFIG, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY, NOTIFY_OFF_MULTIPLIER};
+
+/// The guest places BAR 0, and with it the notification addresses KVM may refuse (one already
+/// taken): once per queue per BAR move, so limited.
+static NOTIFY_BIND_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-pci notification bindings");
 
 const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 /// Modern devices are 0x1040 + their virtio device type.
@@ -127,13 +131,15 @@ impl PciTransport {
         for (queue, event) in self.state.queue_events().iter().enumerate() {
             if let Some(old) = self.bound_at {
                 if let Err(e) = self.notify_binder.unbind(event, notify_address(old, queue)) {
-                    tracing::error!("virtio-pci: cannot unbind queue {queue}'s notification: {e}");
+                    NOTIFY_BIND_ERRORS
+                        .log(format_args!("virtio-pci: cannot unbind queue {queue}'s notification: {e}"));
                 }
             }
             if let Some(new) = bar_address {
                 // Without the binding, notifications still arrive through write_bar.
                 if let Err(e) = self.notify_binder.bind(event, notify_address(new, queue)) {
-                    tracing::error!("virtio-pci: cannot bind queue {queue}'s notification: {e}");
+                    NOTIFY_BIND_ERRORS
+                        .log(format_args!("virtio-pci: cannot bind queue {queue}'s notification: {e}"));
                 }
             }
         }

@@ -14,6 +14,10 @@ use crate::worker::{serve_queue, QueueHandler};
 /// instead of holding the worker (and host entropy) for as long as it likes.
 const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 
+/// The host's entropy source failing: once per request the guest sends, so limited like the
+/// guest's own problems.
+static ENTROPY_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-rng entropy errors");
+
 /// Where random bytes come from (the host's getrandom, or a fixed pattern in tests).
 pub trait EntropySource: Send + 'static {
     fn fill(&mut self, buffer: &mut [u8]) -> io::Result<()>;
@@ -76,7 +80,7 @@ impl<E: EntropySource> RngHandler<E> {
                     let wanted = writer.available_bytes().min(MAX_BYTES_PER_REQUEST);
                     let written = fill(entropy, &mut writer, wanted).unwrap_or_else(|e| {
                         metrics.host_rng_fails.inc();
-                        tracing::warn!("virtio-rng: request failed: {e}");
+                        ENTROPY_ERRORS.log(format_args!("virtio-rng: request failed: {e}"));
                         0
                     });
                     metrics.entropy_bytes.add(written.into());
@@ -239,5 +243,44 @@ mod tests {
         HostEntropy.fill(&mut a).unwrap();
         HostEntropy.fill(&mut b).unwrap();
         assert_ne!(a, b);
+    }
+
+    /// A host entropy source that always fails.
+    struct Broken;
+    impl EntropySource for Broken {
+        fn fill(&mut self, _: &mut [u8]) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+    }
+
+    #[test]
+    fn a_failing_entropy_source_logs_a_few_lines_and_a_count() {
+        use devices::guest_log::{capture, LINES_PER_INTERVAL};
+
+        let memory = memory();
+        let ((), lines) = capture::lines(|| {
+            for _ in 0..1000 {
+                let mock = MockSplitQueue::new(&memory, 16);
+                for head in 0..8u16 {
+                    mock.add_desc_chains(&[descriptor(0x8000, 16, WRITE, 0)], head).unwrap();
+                }
+                let queue: Queue = mock.create_queue().unwrap();
+                let recorder = Arc::new(Recorder::default());
+                let mut handler =
+                    RngHandler::new(memory.clone(), queue, recorder, guest_errors(), Arc::default(), Broken);
+                handler.process_queue(0);
+            }
+            ENTROPY_ERRORS.flush();
+        });
+        let warned = capture::warnings(&lines);
+        let failures = warned.iter().filter(|l| l.starts_with("virtio-rng: request failed")).count();
+        assert!((1..=LINES_PER_INTERVAL as usize).contains(&failures), "{warned:?}");
+        let summary = warned.last().unwrap();
+        let suppressed: u64 = summary
+            .strip_prefix("virtio-rng entropy errors: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        assert!(suppressed >= 8000 - u64::from(LINES_PER_INTERVAL), "{summary}");
     }
 }

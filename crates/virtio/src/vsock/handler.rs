@@ -28,6 +28,9 @@ use crate::worker::{self, BackendRegistry, QueueHandler};
 /// The device's name in messages.
 const NAME: &str = "virtio-vsock";
 
+/// Host sockets the worker cannot wait on (epoll refusing): see `register`.
+static REGISTER_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-vsock socket registrations");
+
 /// Queue indices (virtio 1.2, 5.10.2).
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -595,7 +598,10 @@ impl VsockHandler {
             (Some(_), None) => registry.remove(fd),
             (None, None) => Ok(()),
         };
-        result.map_err(|e| tracing::error!("virtio-vsock: cannot wait on a host socket: {e}")).is_ok()
+        // Once per connection the guest opens, as fast as it likes: limited.
+        result
+            .map_err(|e| REGISTER_ERRORS.log(format_args!("virtio-vsock: cannot wait on a host socket: {e}")))
+            .is_ok()
     }
 
     /// Tells the driver that every connection it had is gone (virtio 1.2, 5.10.6.6: the device was
@@ -666,7 +672,7 @@ impl QueueHandler for VsockHandler {
             }
             // The event queue only carries transport resets after a migration: nothing to do.
             EVENT_QUEUE => {}
-            _ => tracing::warn!("virtio-vsock: notification for unknown queue {index}"),
+            _ => self.guest_errors.log(format_args!("notification for unknown queue {index}")),
         }
         self.settle();
     }

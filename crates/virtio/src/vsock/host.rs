@@ -5,11 +5,14 @@
 use std::ffi::OsString;
 use std::io;
 use std::mem;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+/// How many connections the listening socket queues before the device accepts them.
+const BACKLOG: libc::c_int = 128;
 
 /// The longest `CONNECT <port>\n` line a host process may send ("CONNECT 4294967295\n" is 19).
 pub const MAX_CONNECT_LINE: usize = 32;
@@ -44,10 +47,77 @@ pub fn listen(path: &Path) -> Result<UnixListener, ListenError> {
             Err(source) => return Err(ListenError::Bind { path: path.to_owned(), source }),
         }
     }
-    let bind_error = |source| ListenError::Bind { path: path.to_owned(), source };
-    let listener = UnixListener::bind(path).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    Ok(listener)
+    listen_owner_only(path).map_err(|source| ListenError::Bind { path: path.to_owned(), source })
+}
+
+/// Binds a non-blocking listening socket at `path` that only its owner may connect to (mode
+/// 0600, whatever the umask: the guest's services are behind it). Linux creates the socket file
+/// with the socket's own mode less the umask, so the socket is made 0600 before bind: the file
+/// is never wider than that, and no path is looked up again (a path-based chmod after bind
+/// would follow a symlink swapped in meanwhile). Only a umask that takes the owner's bits away
+/// leaves a chmod by path to do, before listen, while nobody can connect yet. The process-wide
+/// umask is not touched: that would race other threads creating files.
+pub fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
+    let address = socket_address(path)?;
+    // SAFETY: socket() takes no pointers; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it on every path below.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fchmod takes no pointers; the descriptor is our socket.
+    if unsafe { libc::fchmod(socket.as_raw_fd(), OWNER_ONLY) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let length = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `address` is a valid, initialised sockaddr_un of `length` bytes that outlives the call.
+    if unsafe { libc::bind(socket.as_raw_fd(), (&address as *const libc::sockaddr_un).cast(), length) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let listening = owner_can_connect(path).and_then(|()| {
+        // SAFETY: listen() takes no pointers; the descriptor is our bound socket.
+        match unsafe { libc::listen(socket.as_raw_fd(), BACKLOG) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    });
+    if let Err(e) = listening {
+        // The file bind made would be a stale socket in the way of the next attempt.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(UnixListener::from(socket))
+}
+
+/// The mode of the sockets Kestrel listens on.
+const OWNER_ONLY: libc::mode_t = 0o600;
+
+/// Gives the freshly bound socket at `path` its full 0600 if the umask took owner bits away.
+fn owner_can_connect(path: &Path) -> io::Result<()> {
+    let metadata = std::fs::symlink_metadata(path)?;
+    if metadata.file_type().is_socket() && metadata.permissions().mode() & 0o777 == OWNER_ONLY {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(OWNER_ONLY))
+}
+
+/// `path` as a Unix socket address.
+fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
+    // SAFETY: sockaddr_un is plain old data, for which all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    // One byte stays zero: the path must be NUL-terminated.
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+    }
+    for (slot, &byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = byte as libc::c_char;
+    }
+    Ok(address)
 }
 
 /// Where a guest connection to host port `port` goes: `<path>_<port>`.
@@ -60,17 +130,7 @@ pub fn port_path(path: &Path, port: u32) -> PathBuf {
 /// Connects to `path` without ever blocking: a listener whose backlog is full refuses (EAGAIN)
 /// instead of stalling the device's worker, as std's blocking connect would.
 pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    // SAFETY: sockaddr_un is plain old data, for which all zeroes is a valid value.
-    let mut address: libc::sockaddr_un = unsafe { mem::zeroed() };
-    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    // One byte stays zero: the path must be NUL-terminated.
-    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
-    }
-    for (slot, &byte) in address.sun_path.iter_mut().zip(bytes) {
-        *slot = byte as libc::c_char;
-    }
+    let address = socket_address(path)?;
     // SAFETY: socket() takes no pointers; the result is checked before use.
     let fd = unsafe {
         libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
@@ -157,5 +217,34 @@ mod tests {
         listener.accept().unwrap();
         let long = dir.path().join("x".repeat(200));
         assert_eq!(connect_nonblocking(&long).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_listening_socket_is_the_owners_alone_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        // SAFETY: umask only swaps the process's file mode mask; restored below. 022 is the
+        // usual default, under which bind alone gives 0755.
+        let old = unsafe { libc::umask(0o022) };
+        let listener = listen(&path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = listener.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // It listens, non-blocking.
+        let _client = UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        assert_eq!(listener.accept().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+
+        // A socket whose mode the umask cut (here: one bound as std does, the umask's mode) is
+        // set right by path. (Setting a umask that strips the owner's bits would break the
+        // other tests running in this process.)
+        let path = dir.path().join("w.sock");
+        let _other = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        owner_can_connect(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 }

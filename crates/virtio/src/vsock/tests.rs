@@ -711,3 +711,21 @@ fn the_event_queue_and_unknown_queues_are_ignored() {
     h.handler.process_backend(12345); // an event for a socket long gone
     assert!(h.received().is_empty());
 }
+
+#[test]
+fn notifications_for_unknown_queues_log_a_few_lines_and_a_count() {
+    use devices::guest_log::{capture, LINES_PER_INTERVAL};
+
+    let ((), lines) = capture::lines(|| {
+        let mut harness = Harness::new();
+        for _ in 0..5000 {
+            harness.handler.process_queue(7);
+        }
+        // The device's log goes with its handler, saying what it left out.
+        drop(harness);
+    });
+    let warned = capture::warnings(&lines);
+    let unknown = warned.iter().filter(|l| l.ends_with("notification for unknown queue 7")).count();
+    assert_eq!(unknown, LINES_PER_INTERVAL as usize, "{warned:?}");
+    assert!(warned.last().unwrap().contains("4990 more problems"), "{warned:?}");
+}
