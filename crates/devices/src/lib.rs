@@ -17,6 +17,10 @@ pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
 pub mod pci;
+pub mod restore;
+#[cfg(test)]
+mod restore_proptest;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use interrupt::InterruptLine;
+pub use restore::RestoreError;

@@ -207,7 +207,7 @@ impl SnapshotTransport for PciTransport {
             return Err("the snapshot has a virtio-mmio device where this VM has a virtio-pci one".into());
         };
         self.config.restore(&saved.config_space).map_err(|e| e.to_string())?;
-        self.interrupt.msix().restore(&saved.msix)?;
+        self.interrupt.msix().restore(&saved.msix).map_err(|e| e.to_string())?;
         self.interrupt.restore(saved.config_vector, &saved.queue_vectors, saved.isr)?;
         self.state.restore(&saved.transport)
     }
