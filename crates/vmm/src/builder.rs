@@ -119,7 +119,7 @@ pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) 
         let mut transport = transport.lock().map_err(|_| SnapshotError::Invalid("virtio device lock"))?;
         transport
             .restore(saved)
-            .map_err(|reason| SnapshotError::Restore { what: "a virtio device".into(), reason })?;
+            .map_err(|e| SnapshotError::Restore { what: "a virtio device".into(), reason: e.to_string() })?;
     }
     pci.sync_all_bars();
     // Restoring the pins' routes resends what virtio-mmio devices owe (their unmask hooks).

@@ -142,6 +142,11 @@ impl Msix {
         self.enabled
     }
 
+    /// Whether the guest masked every vector with the function mask.
+    pub fn function_masked(&self) -> bool {
+        self.function_masked
+    }
+
     /// The guest wrote the capability's message control register.
     pub fn set_control(&mut self, control: u16) {
         self.enabled = control & CONTROL_ENABLE != 0;
