@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BusDevice, GuestErrorLog, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine, RestoreError};
 
 /// Routes and MSIs that KVM refuses: the guest writes the redirection entries they come from,
 /// and can make one fail per interrupt, so the lines are limited.
@@ -108,17 +108,15 @@ pub trait MsiSink: Send + Sync {
 pub enum IoapicError {
     #[error("IOAPIC pin {0} does not exist (the IOAPIC has {NUM_PINS} pins)")]
     InvalidPin(usize),
-    #[error("the saved IOAPIC has {0} pins, this one {NUM_PINS}")]
-    SnapshotPins(usize),
 }
 
 /// The IOAPIC's registers and pin states, as a snapshot keeps them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoapicSnapshot {
-    id_register: u32,
-    selected_register: u8,
+    pub(crate) id_register: u32,
+    pub(crate) selected_register: u8,
     /// Per pin: the redirection entry, the line's level, an edge held while masked.
-    pins: Vec<(u64, bool, bool)>,
+    pub(crate) pins: Vec<(u64, bool, bool)>,
 }
 
 /// One 64-bit redirection table entry.
@@ -255,12 +253,11 @@ impl Ioapic {
         }
     }
 
-    /// Takes the registers and pin states a snapshot saved, and tells the sink every pin's route
-    /// again (KVM's GSI routes are not part of the snapshot: they follow from the entries).
-    pub fn restore(&mut self, snapshot: &IoapicSnapshot) -> Result<(), IoapicError> {
-        if snapshot.pins.len() != NUM_PINS {
-            return Err(IoapicError::SnapshotPins(snapshot.pins.len()));
-        }
+    /// Takes the registers and pin states a snapshot saved, once checked against what the model
+    /// ever holds, and tells the sink every pin's route again (KVM's GSI routes are not part of the
+    /// snapshot: they follow from the entries). Any IOREGSEL value is one the guest can write.
+    pub fn restore(&mut self, snapshot: &IoapicSnapshot) -> Result<(), RestoreError> {
+        validate(snapshot)?;
         self.id_register = snapshot.id_register;
         self.selected_register = snapshot.selected_register;
         for (pin, &(entry, asserted, pending_edge)) in snapshot.pins.iter().enumerate() {
@@ -375,6 +372,43 @@ impl Ioapic {
             DELIVERY_ERRORS.log(format_args!("ioapic: cannot update the route of pin {pin}: {err}"));
         }
     }
+}
+
+/// Checks a saved IOAPIC against what the model ever holds: 24 pins, an ID in bits 24-27 only,
+/// no delivery status (never set here), remote IRR only on level-triggered pins and a held edge
+/// only on edge-triggered ones (a guest write clears the other).
+fn validate(snapshot: &IoapicSnapshot) -> Result<(), RestoreError> {
+    const COMPONENT: &str = "IOAPIC";
+    if snapshot.pins.len() != NUM_PINS {
+        return Err(RestoreError::Length {
+            component: COMPONENT,
+            field: "pins",
+            saved: snapshot.pins.len(),
+            expected: NUM_PINS,
+        });
+    }
+    if snapshot.id_register & !ID_MASK != 0 {
+        return Err(RestoreError::value(
+            COMPONENT,
+            "ID register",
+            snapshot.id_register,
+            "has bits outside 24-27",
+        ));
+    }
+    for (pin, &(entry, _, pending_edge)) in snapshot.pins.iter().enumerate() {
+        let entry = RedirectionEntry(entry);
+        let field = || format!("redirection entry {pin}");
+        if entry.0 & RedirectionEntry::DELIVERY_STATUS != 0 {
+            return Err(RestoreError::value(COMPONENT, field(), entry.0, "has delivery status set"));
+        }
+        if entry.remote_irr() && !entry.is_level_triggered() {
+            return Err(RestoreError::value(COMPONENT, field(), entry.0, "has remote IRR on an edge pin"));
+        }
+        if pending_edge && entry.is_level_triggered() {
+            return Err(RestoreError::value(COMPONENT, field(), entry.0, "holds an edge on a level pin"));
+        }
+    }
+    Ok(())
 }
 
 /// Maps an IOREGSEL value to the pin and dword (high or low) of the
@@ -687,5 +721,37 @@ mod tests {
             ioapic.end_of_interrupt(vector);
         }
         sink.take_sent();
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_values_the_model_never_holds_are_refused() {
+        let (mut original, _) = ioapic();
+        program(&mut original, 3, 0x8000 | 0x41, 1);
+        write_register(&mut original, REG_ID, 0x0500_0000);
+        let saved = original.snapshot();
+        let (mut restored, sink) = ioapic();
+        restored.restore(&saved).unwrap();
+        assert_eq!(read_register(&mut restored, REG_ID), 0x0500_0000);
+        assert_eq!(read_register(&mut restored, REG_REDIRECTION_TABLE + 6), 0x8000 | 0x41);
+        assert!(sink.routes.lock().unwrap().iter().any(|&(pin, route)| pin == 3 && route.is_some()));
+
+        let refused = |change: &dyn Fn(&mut IoapicSnapshot)| {
+            let mut bad = saved.clone();
+            change(&mut bad);
+            ioapic().0.restore(&bad).unwrap_err()
+        };
+        assert!(matches!(
+            refused(&|s| s.pins.pop().map(drop).unwrap()),
+            RestoreError::Length { saved: 23, .. }
+        ));
+        assert!(matches!(refused(&|s| s.id_register = 0xff), RestoreError::Value { value: 0xff, .. }));
+        let delivery_status = RedirectionEntry::MASKED | RedirectionEntry::DELIVERY_STATUS;
+        assert!(matches!(refused(&|s| s.pins[0].0 = delivery_status), RestoreError::Value { .. }));
+        let edge_with_irr = RedirectionEntry::REMOTE_IRR;
+        assert!(matches!(refused(&|s| s.pins[1].0 = edge_with_irr), RestoreError::Value { .. }));
+        assert!(
+            matches!(refused(&|s| s.pins[3].2 = true), RestoreError::Value { .. }),
+            "edge held on a level pin"
+        );
     }
 }

@@ -18,7 +18,11 @@ pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
 pub mod pci;
+pub mod restore;
+#[cfg(test)]
+mod restore_proptest;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use guest_log::GuestErrorLog;
 pub use interrupt::InterruptLine;
+pub use restore::RestoreError;

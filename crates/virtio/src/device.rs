@@ -7,6 +7,7 @@ use crate::GuestRam;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::snapshot::DeviceState;
 use crate::worker::{QueueHandler, Worker};
 
 /// Device IDs (virtio 1.2, section 5).
@@ -153,16 +154,22 @@ pub trait VirtioDevice: Send {
     /// The worker serving the queues, while the device is active (snapshots hold it).
     fn worker(&self) -> Option<&Worker>;
     /// What a snapshot keeps of the device beyond its queues: state the host or the driver changed
-    /// after the device was built (the balloon's target and size). Empty for most devices.
-    fn snapshot_state(&self) -> Vec<u8> {
-        Vec::new()
+    /// after the device was built (the balloon's target and size). [`DeviceState::None`] for most
+    /// devices.
+    fn save_state(&self) -> DeviceState {
+        DeviceState::None
     }
-    /// Takes what [`VirtioDevice::snapshot_state`] saved, before the restored device starts.
-    fn restore_state(&mut self, saved: &[u8]) -> Result<(), String> {
-        if saved.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} bytes of saved state for a device that keeps none", saved.len()))
+    /// Takes what [`VirtioDevice::save_state`] saved, before the restored device starts; a state
+    /// of another kind of device, or a value this device never holds, is refused.
+    fn restore_state(&mut self, saved: &DeviceState) -> Result<(), devices::RestoreError> {
+        match saved {
+            DeviceState::None => Ok(()),
+            DeviceState::Balloon(_) => Err(devices::RestoreError::value(
+                "virtio device",
+                "device state",
+                self.device_type(),
+                "is a balloon's, for a device that keeps none",
+            )),
         }
     }
     /// The transport could not start the device (the driver set it up wrongly, or

@@ -35,3 +35,4 @@ pub mod worker;
 pub type GuestRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 pub use device::{ActivateContext, ActivateError, GuestErrorLog, Interrupt, InterruptCause, VirtioDevice};
+pub use snapshot::{DeviceState, RestoreError};

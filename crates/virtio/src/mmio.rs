@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::device::{Interrupt, InterruptCause, VirtioDevice};
-use crate::snapshot::{SnapshotTransport, VirtioSnapshot};
+use crate::device::{device_type, Interrupt, InterruptCause, VirtioDevice};
+use crate::snapshot::{RestoreError, SnapshotTransport, VirtioSnapshot};
 use crate::transport::{Ring, TransportSnapshot, TransportState};
 
 /// Size of each device's register window.
@@ -90,8 +90,8 @@ impl MmioInterrupt {
 /// interrupt causes the driver has not acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioSnapshot {
-    transport: TransportSnapshot,
-    interrupt_status: u32,
+    pub(crate) transport: TransportSnapshot,
+    pub(crate) interrupt_status: u32,
 }
 
 /// One virtio device behind virtio-mmio registers.
@@ -187,12 +187,23 @@ impl SnapshotTransport for MmioTransport {
         self.state.release();
     }
 
-    /// Pending interrupt causes are raised again when the guest's IOAPIC pin is restored (the
-    /// VMM's unmask hook resends them).
-    fn restore(&mut self, saved: &VirtioSnapshot) -> Result<(), String> {
+    /// Pending interrupt causes (used buffer, configuration change: no other bits) are raised
+    /// again when the guest's IOAPIC pin is restored (the VMM's unmask hook resends them).
+    fn restore(&mut self, saved: &VirtioSnapshot) -> Result<(), RestoreError> {
         let VirtioSnapshot::Mmio(saved) = saved else {
-            return Err("the snapshot has a virtio-pci device where this VM has a virtio-mmio one".into());
+            return Err(RestoreError::Transport { saved: "virtio-pci", expected: "virtio-mmio" });
         };
+        if saved.interrupt_status & !(INTERRUPT_USED_BUFFER | INTERRUPT_CONFIG_CHANGE) != 0 {
+            return Err(RestoreError::Value {
+                device: device_type::name(self.device_type()),
+                source: devices::RestoreError::value(
+                    "virtio-mmio",
+                    "interrupt status",
+                    saved.interrupt_status,
+                    "has bits other than used buffer and configuration change",
+                ),
+            });
+        }
         // First: a device that starts again may raise causes of its own (vsock's transport reset),
         // which must not be overwritten.
         self.interrupt.status.store(saved.interrupt_status, Ordering::SeqCst);
@@ -222,6 +233,10 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
+#[path = "mmio_restore_tests.rs"]
+mod restore_tests;
+
+#[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
 
@@ -233,22 +248,22 @@ mod tests {
     use crate::rng::Rng;
     use crate::transport::{STATUS_DEVICE_NEEDS_RESET, STATUS_FEATURES_OK};
 
-    fn memory() -> GuestRam {
+    pub(super) fn memory() -> GuestRam {
         GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn read(transport: &mut MmioTransport, offset: u64) -> u32 {
+    pub(super) fn read(transport: &mut MmioTransport, offset: u64) -> u32 {
         let mut data = [0u8; 4];
         transport.read(offset, &mut data);
         u32::from_le_bytes(data)
     }
 
-    fn write(transport: &mut MmioTransport, offset: u64, value: u32) {
+    pub(super) fn write(transport: &mut MmioTransport, offset: u64, value: u32) {
         transport.write(offset, &value.to_le_bytes());
     }
 
     /// Waits (bounded) for the interrupt line, as the guest would for its IRQ.
-    fn wait_for_interrupt(transport: &MmioTransport) {
+    pub(super) fn wait_for_interrupt(transport: &MmioTransport) {
         let mut poll =
             libc::pollfd { fd: transport.interrupt_event().as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, and its count.
@@ -258,7 +273,7 @@ mod tests {
     }
 
     /// Brings the device up the way Linux's virtio_mmio driver does.
-    fn driver_init(
+    pub(super) fn driver_init(
         transport: &mut MmioTransport,
         mock: &MockSplitQueue<GuestRam>,
         features_high: u32,
@@ -341,7 +356,7 @@ mod tests {
     }
 
     /// The used ring's index of `mock`'s queue.
-    fn used_index(memory: &GuestRam, mock: &MockSplitQueue<GuestRam>) -> u16 {
+    pub(super) fn used_index(memory: &GuestRam, mock: &MockSplitQueue<GuestRam>) -> u16 {
         memory.read_obj(mock.used_addr().unchecked_add(2)).unwrap()
     }
 
@@ -398,7 +413,7 @@ mod tests {
         assert_eq!(metrics.take().get("activate_fails"), Some(1), "the device counts the failure");
     }
 
-    fn driver_init_with_rings(transport: &mut MmioTransport, base: u32) {
+    pub(super) fn driver_init_with_rings(transport: &mut MmioTransport, base: u32) {
         driver_init_with_queue(transport, 16, base);
     }
 

@@ -16,11 +16,27 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::device::{
     device_type, ActivateContext, GuestErrorLog, Interrupt, InterruptCause, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::snapshot::{DeviceState, RestoreError};
+use devices::RestoreError as ValueError;
 
 // Device status bits.
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 pub(crate) const STATUS_FEATURES_OK: u32 = 8;
 pub(crate) const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+const STATUS_FAILED: u32 = 0x80;
+/// Every status bit virtio 1.2 (2.1) defines; a saved status with others is refused.
+const STATUS_KNOWN: u32 = STATUS_ACKNOWLEDGE
+    | STATUS_DRIVER
+    | STATUS_DRIVER_OK
+    | STATUS_FEATURES_OK
+    | STATUS_DEVICE_NEEDS_RESET
+    | STATUS_FAILED;
+/// VIRTIO_F_EVENT_IDX: the only feature that lets a queue use event indices.
+const VIRTIO_F_EVENT_IDX: u64 = 1 << 29;
+/// What restore errors name the transport's own registers as.
+const COMPONENT: &str = "virtio transport";
 
 /// The three rings of a split virtqueue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,15 +65,15 @@ impl QueueRegisters {
 /// A queue as a snapshot keeps it: virtio-queue's `QueueState`, field for field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedQueue {
-    max_size: u16,
-    next_avail: u16,
-    next_used: u16,
-    event_idx_enabled: bool,
-    size: u16,
-    ready: bool,
-    desc_table: u64,
-    avail_ring: u64,
-    used_ring: u64,
+    pub(crate) max_size: u16,
+    pub(crate) next_avail: u16,
+    pub(crate) next_used: u16,
+    pub(crate) event_idx_enabled: bool,
+    pub(crate) size: u16,
+    pub(crate) ready: bool,
+    pub(crate) desc_table: u64,
+    pub(crate) avail_ring: u64,
+    pub(crate) used_ring: u64,
 }
 
 impl From<QueueState> for SavedQueue {
@@ -95,19 +111,19 @@ impl From<SavedQueue> for QueueState {
 /// What a transport and its running device's queues hold, as a snapshot keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransportSnapshot {
-    device_type: u32,
-    queue_select: u32,
-    device_features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
-    status: u32,
-    config_generation: u32,
+    pub(crate) device_type: u32,
+    pub(crate) queue_select: u32,
+    pub(crate) device_features_select: u32,
+    pub(crate) driver_features_select: u32,
+    pub(crate) driver_features: u64,
+    pub(crate) status: u32,
+    pub(crate) config_generation: u32,
     /// What the driver wrote into each queue's registers: size, ring addresses, ready.
-    queue_registers: Vec<(u16, [u64; 3], bool)>,
+    pub(crate) queue_registers: Vec<(u16, [u64; 3], bool)>,
     /// The running device's queues with their positions; empty when the device is not running.
-    device_queues: Vec<SavedQueue>,
-    /// The device's own state ([`VirtioDevice::snapshot_state`]).
-    device_state: Vec<u8>,
+    pub(crate) device_queues: Vec<SavedQueue>,
+    /// The device's own state ([`VirtioDevice::save_state`]).
+    pub(crate) device_state: DeviceState,
 }
 
 /// The transport's interrupt as the device gets it: counts configuration changes (the driver's
@@ -391,7 +407,7 @@ impl TransportState {
                 .map(|(queue, registers)| (registers.size, registers.rings, queue.ready()))
                 .collect(),
             device_queues,
-            device_state: self.device.snapshot_state(),
+            device_state: self.device.save_state(),
         })
     }
 
@@ -403,29 +419,27 @@ impl TransportState {
     }
 
     /// Takes a saved state into this freshly built transport, and starts the device on the saved
-    /// queue positions if it was running.
-    pub(crate) fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), String> {
-        let name = device_type::name(self.device.device_type());
+    /// queue positions if it was running. Every value is checked first (see
+    /// [`TransportState::check_registers`] and [`TransportState::check_device_queues`]).
+    pub(crate) fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), RestoreError> {
+        let device = device_type::name(self.device.device_type());
         if saved.device_type != self.device.device_type() {
-            return Err(format!(
-                "the snapshot has {} here, the VM {name}",
-                device_type::name(saved.device_type)
-            ));
+            return Err(RestoreError::DeviceType {
+                saved: device_type::name(saved.device_type),
+                expected: device,
+            });
         }
-        if saved.queue_registers.len() != self.queues.len() {
-            return Err(format!(
-                "{name}: the snapshot has {} queues, the device {}",
-                saved.queue_registers.len(),
-                self.queues.len()
-            ));
-        }
+        let invalid = |source| RestoreError::Value { device: device.clone(), source };
+        self.check_registers(saved).map_err(invalid)?;
+        let device_queues = self.check_device_queues(saved).map_err(invalid)?;
+        self.device.restore_state(&saved.device_state).map_err(invalid)?;
+
         self.queue_select = saved.queue_select;
         self.device_features_select = saved.device_features_select;
         self.driver_features_select = saved.driver_features_select;
         self.driver_features = saved.driver_features;
         self.status = saved.status;
         self.interrupt.config_generation.store(saved.config_generation, Ordering::SeqCst);
-        self.device.restore_state(&saved.device_state).map_err(|e| format!("{name}: {e}"))?;
         for ((queue, registers), &(size, rings, ready)) in
             self.queues.iter_mut().zip(&mut self.queue_registers).zip(&saved.queue_registers)
         {
@@ -440,70 +454,163 @@ impl TransportState {
             queue.set_used_ring_address(low, high);
             queue.set_ready(ready);
         }
-        if saved.device_queues.is_empty() {
+        if device_queues.is_empty() {
             return Ok(());
         }
-        if saved.device_queues.len() != self.queues.len() {
-            return Err(format!(
-                "{name}: the snapshot's running device has {} queues",
-                saved.device_queues.len()
-            ));
-        }
-        let queues = saved
-            .device_queues
-            .iter()
-            .zip(&self.queues)
-            .enumerate()
-            .map(|(index, (&state, configured))| {
-                if state.max_size != configured.max_size() {
-                    return Err(format!("{name}: saved queue {index} has another maximum size"));
-                }
-                let queue = Queue::try_from(QueueState::from(state))
-                    .map_err(|e| format!("{name}: saved queue {index} is invalid: {e:?}"))?;
-                if queue.ready() && !queue.is_valid(&self.memory) {
-                    return Err(format!("{name}: saved queue {index} lies outside guest memory"));
-                }
-                Ok(queue)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.start_device(queues, true).map_err(|(_, reason)| format!("{name}: {reason}"))?;
+        self.start_device(device_queues, true)
+            .map_err(|(_, reason)| RestoreError::Start { device: device.clone(), reason })?;
         // A notification the held worker had not read yet is not in the snapshot; with
         // VIRTIO_F_EVENT_IDX the driver would not send another, and the queue would stall. A
         // spurious one costs a look at an empty ring.
         for event in &self.queue_events {
-            event.write(1).map_err(|e| format!("{name}: cannot notify the restored queues: {e}"))?;
+            event.write(1).map_err(|source| RestoreError::Notify { device: device.clone(), source })?;
         }
         Ok(())
+    }
+
+    /// Checks the saved registers against what a driver can leave in them: a selected queue that
+    /// exists, features the device offers (VERSION_1 among them once FEATURES_OK is set), status
+    /// bits virtio defines, and per queue a size that is a power of two up to its maximum; a ready
+    /// queue's rings are aligned and inside guest memory (unless the device waits for a reset, when
+    /// they are what the transport refused to start). The feature select registers may hold
+    /// anything: words past the second read as zero and take no writes.
+    fn check_registers(&self, saved: &TransportSnapshot) -> Result<(), ValueError> {
+        if saved.queue_registers.len() != self.queues.len() {
+            return Err(ValueError::Length {
+                component: COMPONENT,
+                field: "queues",
+                saved: saved.queue_registers.len(),
+                expected: self.queues.len(),
+            });
+        }
+        if saved.queue_select as usize >= self.queues.len().max(1) {
+            return Err(ValueError::value(COMPONENT, "queue select", saved.queue_select, "names no queue"));
+        }
+        if saved.driver_features & !self.features() != 0 {
+            return Err(ValueError::value(
+                COMPONENT,
+                "driver features",
+                saved.driver_features,
+                "include features the device does not offer",
+            ));
+        }
+        if saved.status & !STATUS_KNOWN != 0 {
+            return Err(ValueError::value(COMPONENT, "device status", saved.status, "has undefined bits"));
+        }
+        if saved.status & STATUS_FEATURES_OK != 0 && saved.driver_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(ValueError::value(
+                COMPONENT,
+                "device status",
+                saved.status,
+                "has FEATURES_OK without VIRTIO_F_VERSION_1 accepted",
+            ));
+        }
+        let running = STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        if !saved.device_queues.is_empty() && saved.status & running != running {
+            return Err(ValueError::value(
+                COMPONENT,
+                "device status",
+                saved.status,
+                "lacks FEATURES_OK or DRIVER_OK for a running device",
+            ));
+        }
+        if saved.status & STATUS_DEVICE_NEEDS_RESET != 0 {
+            // The transport refused these registers already (or the device failed); they reach no
+            // device before the driver resets them and sets them up again, checked then.
+            return Ok(());
+        }
+        for (index, (configured, &(size, rings, ready))) in
+            self.queues.iter().zip(&saved.queue_registers).enumerate()
+        {
+            let max_size = configured.max_size();
+            if !size.is_power_of_two() || size > max_size {
+                return Err(ValueError::value(
+                    COMPONENT,
+                    format!("queue {index} size"),
+                    size,
+                    "is not a power of two up to the queue's maximum",
+                ));
+            }
+            if ready {
+                ready_queue(max_size, QueueRegisters { size, rings }, &self.memory)
+                    .map_err(|problem| problem.restore_error(index))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the running device's saved queues (none if it was not running) and builds them: the
+    /// same maximum sizes as this device's, sizes and rings as [`Self::check_registers`] wants, at
+    /// most a queue's worth of buffers between the next available and next used entries (the
+    /// driver never has more outstanding), and event indices only with VIRTIO_F_EVENT_IDX.
+    fn check_device_queues(&self, saved: &TransportSnapshot) -> Result<Vec<Queue>, ValueError> {
+        if saved.device_queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        if saved.device_queues.len() != self.queues.len() {
+            return Err(ValueError::Length {
+                component: COMPONENT,
+                field: "running device's queues",
+                saved: saved.device_queues.len(),
+                expected: self.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (index, (saved_queue, configured)) in saved.device_queues.iter().zip(&self.queues).enumerate() {
+            let max_size = configured.max_size();
+            let field = |name: &str| format!("running queue {index} {name}");
+            if saved_queue.max_size != max_size {
+                return Err(ValueError::value(
+                    COMPONENT,
+                    field("maximum size"),
+                    saved_queue.max_size,
+                    "is not this device's",
+                ));
+            }
+            let registers = QueueRegisters {
+                size: saved_queue.size,
+                rings: [saved_queue.desc_table, saved_queue.avail_ring, saved_queue.used_ring],
+            };
+            let checked = if saved_queue.ready {
+                ready_queue(max_size, registers, &self.memory)
+            } else {
+                unready_queue(max_size, registers)
+            };
+            checked.map_err(|problem| problem.restore_error(index))?;
+            if saved_queue.next_avail.wrapping_sub(saved_queue.next_used) > saved_queue.size {
+                return Err(ValueError::value(
+                    COMPONENT,
+                    field("next available entry"),
+                    saved_queue.next_avail,
+                    "is more than the queue's size ahead of the next used entry",
+                ));
+            }
+            if saved_queue.event_idx_enabled && saved.driver_features & VIRTIO_F_EVENT_IDX == 0 {
+                return Err(ValueError::value(
+                    COMPONENT,
+                    field("event index"),
+                    1u8,
+                    "is enabled without VIRTIO_F_EVENT_IDX",
+                ));
+            }
+            let queue = Queue::try_from(QueueState::from(*saved_queue)).map_err(|_| {
+                ValueError::value(COMPONENT, field("state"), saved_queue.size, "is refused by virtio-queue")
+            })?;
+            queues.push(queue);
+        }
+        Ok(queues)
     }
 
     /// The queue the device gets: built from what the driver wrote, checked against the rules
     /// (virtio 1.2, 2.7) and guest memory. Unused queues go as they are (not ready).
     fn queue_for_device(&self, index: usize) -> Result<Queue, String> {
         let configured = &self.queues[index];
-        let invalid = |what: String| format!("queue {index}: {what}");
-        let mut queue = Queue::new(configured.max_size()).map_err(|e| invalid(format!("{e:?}")))?;
+        let max_size = configured.max_size();
         if !configured.ready() {
-            return Ok(queue);
+            return Queue::new(max_size).map_err(|e| format!("queue {index}: {e:?}"));
         }
-        let registers = self.queue_registers[index];
-        queue.try_set_size(registers.size).map_err(|_| {
-            invalid(format!("size {} is not a power of two up to {}", registers.size, configured.max_size()))
-        })?;
-        let [descriptors, driver, device] = registers.rings.map(GuestAddress);
-        queue
-            .try_set_desc_table_address(descriptors)
-            .map_err(|_| invalid(format!("descriptor table {:#x} is not 16-byte aligned", descriptors.0)))?;
-        queue
-            .try_set_avail_ring_address(driver)
-            .map_err(|_| invalid(format!("driver ring {:#x} is not 2-byte aligned", driver.0)))?;
-        queue
-            .try_set_used_ring_address(device)
-            .map_err(|_| invalid(format!("device ring {:#x} is not 4-byte aligned", device.0)))?;
-        queue.set_ready(true);
-        if !queue.is_valid(&self.memory) {
-            return Err(invalid("its rings lie outside guest memory".into()));
-        }
-        Ok(queue)
+        ready_queue(max_size, self.queue_registers[index], &self.memory)
+            .map_err(|problem| format!("queue {index}: {}", problem.describe(max_size)))
     }
 
     /// Tells the driver the device cannot go on until it is reset.
@@ -532,6 +639,94 @@ impl TransportState {
         self.driver_features = 0;
         self.status = 0;
     }
+}
+
+/// What is wrong with a queue's size or rings.
+#[derive(Clone, Copy, Debug)]
+enum QueueProblem {
+    Size(u16),
+    Ring(Ring, u64),
+    OutsideMemory(u64),
+}
+
+impl QueueProblem {
+    /// For the guest error log.
+    fn describe(self, max_size: u16) -> String {
+        match self {
+            QueueProblem::Size(size) => format!("size {size} is not a power of two up to {max_size}"),
+            QueueProblem::Ring(ring, address) => {
+                format!("{} {address:#x} is not {}", ring.name(), ring.alignment())
+            }
+            QueueProblem::OutsideMemory(_) => "its rings lie outside guest memory".into(),
+        }
+    }
+
+    /// For a refused restore of queue `index`.
+    fn restore_error(self, index: usize) -> ValueError {
+        match self {
+            QueueProblem::Size(size) => ValueError::value(
+                COMPONENT,
+                format!("queue {index} size"),
+                size,
+                "is not a power of two up to the queue's maximum",
+            ),
+            QueueProblem::Ring(ring, address) => ValueError::value(
+                COMPONENT,
+                format!("queue {index} {}", ring.name()),
+                address,
+                ring.alignment(),
+            ),
+            QueueProblem::OutsideMemory(address) => ValueError::value(
+                COMPONENT,
+                format!("queue {index} descriptor table"),
+                address,
+                "or another of its rings lies outside guest memory",
+            ),
+        }
+    }
+}
+
+impl Ring {
+    fn name(self) -> &'static str {
+        match self {
+            Ring::Descriptors => "descriptor table",
+            Ring::Driver => "driver ring",
+            Ring::Device => "device ring",
+        }
+    }
+
+    fn alignment(self) -> &'static str {
+        match self {
+            Ring::Descriptors => "16-byte aligned",
+            Ring::Driver => "2-byte aligned",
+            Ring::Device => "4-byte aligned",
+        }
+    }
+}
+
+/// A queue built from registers that must hold a valid size and aligned rings (a queue that is
+/// not ready yet need not be in guest memory).
+fn unready_queue(max_size: u16, registers: QueueRegisters) -> Result<Queue, QueueProblem> {
+    let mut queue = Queue::new(max_size).map_err(|_| QueueProblem::Size(max_size))?;
+    queue.try_set_size(registers.size).map_err(|_| QueueProblem::Size(registers.size))?;
+    let [descriptors, driver, device] = registers.rings.map(GuestAddress);
+    queue
+        .try_set_desc_table_address(descriptors)
+        .map_err(|_| QueueProblem::Ring(Ring::Descriptors, descriptors.0))?;
+    queue.try_set_avail_ring_address(driver).map_err(|_| QueueProblem::Ring(Ring::Driver, driver.0))?;
+    queue.try_set_used_ring_address(device).map_err(|_| QueueProblem::Ring(Ring::Device, device.0))?;
+    Ok(queue)
+}
+
+/// A ready queue built from registers: as [`unready_queue`], and every ring, at its full size,
+/// inside guest memory.
+fn ready_queue(max_size: u16, registers: QueueRegisters, memory: &GuestRam) -> Result<Queue, QueueProblem> {
+    let mut queue = unready_queue(max_size, registers)?;
+    queue.set_ready(true);
+    if !queue.is_valid(memory) {
+        return Err(QueueProblem::OutsideMemory(registers.rings[Ring::Descriptors as usize]));
+    }
+    Ok(queue)
 }
 
 /// Who made a device fail: the guest's problems are logged at a limited rate.

@@ -382,7 +382,9 @@ impl LegacyDevices {
             .map_err(|e| Error::Device { name: "i8042", reason: e.to_string() })?;
         let mut i8042 = I8042::new(clone_event_fd(&reset, "i8042 reset line")?, Arc::new(keyboard_irq));
         if let Some(state) = saved {
-            i8042.restore(&state.i8042).map_err(|reason| Error::Device { name: "i8042", reason })?;
+            i8042
+                .restore(&state.i8042)
+                .map_err(|e| Error::Device { name: "i8042", reason: e.to_string() })?;
         }
         let i8042 = Arc::new(Mutex::new(i8042));
         insert(&pio_bus, i8042.clone(), I8042_PORT, 5, "i8042")?;
@@ -390,7 +392,8 @@ impl LegacyDevices {
         let (below_4g, above_4g) = split_at_gap(config.memory_bytes);
         let mut cmos = Cmos::new(below_4g, above_4g);
         if let Some(state) = saved {
-            cmos.restore(&state.cmos).map_err(|reason| Error::Device { name: "CMOS RTC", reason })?;
+            cmos.restore(&state.cmos)
+                .map_err(|e| Error::Device { name: "CMOS RTC", reason: e.to_string() })?;
         }
         let cmos = Arc::new(Mutex::new(cmos));
         insert(&pio_bus, cmos.clone(), CMOS_PORT, 2, "CMOS RTC")?;

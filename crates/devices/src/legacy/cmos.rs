@@ -9,7 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{read_byte_registers, write_byte_registers};
-use crate::BusDevice;
+use crate::{BusDevice, RestoreError};
 
 const INDEX_PORT: u8 = 0;
 const DATA_PORT: u8 = 1;
@@ -62,8 +62,8 @@ const MEM_UNIT: u64 = 64 * 1024;
 /// The CMOS's index register and RAM, as a snapshot keeps them (the clock is the host's).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CmosSnapshot {
-    index: u8,
-    ram: Vec<u8>,
+    pub(crate) index: u8,
+    pub(crate) ram: Vec<u8>,
 }
 
 /// The CMOS, placed on the I/O bus at 0x70 with length 2.
@@ -104,12 +104,17 @@ impl Cmos {
         CmosSnapshot { index: self.index, ram: self.ram.to_vec() }
     }
 
-    /// Takes the index register and RAM a snapshot saved; a RAM of the wrong size is refused.
-    pub fn restore(&mut self, snapshot: &CmosSnapshot) -> Result<(), String> {
-        self.ram = snapshot.ram.as_slice().try_into().map_err(|_| {
-            format!("the saved CMOS has {} bytes of RAM, this one {CMOS_SIZE}", snapshot.ram.len())
+    /// Takes the index register and RAM a snapshot saved; a RAM of the wrong size is refused. The
+    /// index is masked to its seven bits, as the chip does with a write to port 0x70 (bit 7 is the
+    /// NMI-disable flag, not part of the index), so no saved index can reach past the 128 bytes.
+    pub fn restore(&mut self, snapshot: &CmosSnapshot) -> Result<(), RestoreError> {
+        self.ram = snapshot.ram.as_slice().try_into().map_err(|_| RestoreError::Length {
+            component: "CMOS",
+            field: "RAM",
+            saved: snapshot.ram.len(),
+            expected: CMOS_SIZE,
         })?;
-        self.index = snapshot.index;
+        self.index = snapshot.index & INDEX_MASK;
         Ok(())
     }
 
@@ -437,5 +442,31 @@ mod tests {
         let mut index_port = [0];
         cmos.read(u64::from(INDEX_PORT), &mut index_port);
         assert_eq!(index_port, [FLOATING_BUS]);
+    }
+
+    #[test]
+    fn a_saved_index_past_the_ram_is_masked_and_a_short_ram_refused() {
+        let mut original = Cmos::with_clock(GIB, 0, || UNIX_EPOCH);
+        original.write(u64::from(INDEX_PORT), &[0x7f, 0x5a]);
+        let mut saved = original.snapshot();
+        // The reproduction: an index of 0xFF used to load and then abort the VMM on the next read.
+        saved.index = 0xff;
+        let mut restored = Cmos::with_clock(GIB, 0, || UNIX_EPOCH);
+        restored.restore(&saved).unwrap();
+        let mut data = [0];
+        restored.read(u64::from(DATA_PORT), &mut data);
+        assert_eq!(data, [0x5a], "index 0xff selects byte 0x7f, as on the chip");
+
+        saved.ram.pop();
+        let error = restored.restore(&saved).unwrap_err();
+        assert_eq!(
+            error,
+            RestoreError::Length {
+                component: "CMOS",
+                field: "RAM",
+                saved: CMOS_SIZE - 1,
+                expected: CMOS_SIZE
+            }
+        );
     }
 }

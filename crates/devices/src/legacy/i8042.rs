@@ -35,7 +35,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_byte_registers, write_byte_registers};
-use crate::{BusDevice, GuestErrorLog, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine, RestoreError};
 
 /// Interrupts and signals that cannot be raised, once per byte the guest reads or writes: limited.
 static SIGNAL_ERRORS: GuestErrorLog = GuestErrorLog::site("i8042 signals");
@@ -94,10 +94,10 @@ pub enum I8042Error {
 /// The controller's registers and unread keyboard bytes, as a snapshot keeps them.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct I8042Snapshot {
-    output: Vec<u8>,
-    command_byte: u8,
-    output_port: u8,
-    awaiting_value: Option<u8>,
+    pub(crate) output: Vec<u8>,
+    pub(crate) command_byte: u8,
+    pub(crate) output_port: u8,
+    pub(crate) awaiting_value: Option<u8>,
 }
 
 pub struct I8042 {
@@ -134,10 +134,26 @@ impl I8042 {
         }
     }
 
-    /// Takes saved registers and unread bytes (at most the buffer's size).
-    pub fn restore(&mut self, saved: &I8042Snapshot) -> Result<(), String> {
+    /// Takes saved registers and unread bytes: at most the buffer's size, and a command waiting
+    /// for its value only if it is one of the two that take one.
+    pub fn restore(&mut self, saved: &I8042Snapshot) -> Result<(), RestoreError> {
         if saved.output.len() > OUTPUT_BUFFER_BYTES {
-            return Err(format!("{} saved keyboard bytes overflow the i8042's buffer", saved.output.len()));
+            return Err(RestoreError::TooLong {
+                component: "i8042",
+                field: "output buffer",
+                saved: saved.output.len(),
+                max: OUTPUT_BUFFER_BYTES,
+            });
+        }
+        if let Some(command) = saved.awaiting_value {
+            if !matches!(command, CMD_WRITE_COMMAND_BYTE | CMD_WRITE_OUTPUT_PORT) {
+                return Err(RestoreError::value(
+                    "i8042",
+                    "command awaiting a value",
+                    command,
+                    "is not a command that takes a value",
+                ));
+            }
         }
         self.output = saved.output.iter().copied().collect();
         self.command_byte = saved.command_byte;
@@ -319,7 +335,17 @@ mod tests {
         assert_eq!(restored.drain(), [0x14, 0x11, 0xe0, 0x71], "the keys the guest had not read yet");
         let mut overfull = saved;
         overfull.output = vec![0; OUTPUT_BUFFER_BYTES + 1];
-        assert!(Bench::new().i8042.restore(&overfull).is_err());
+        assert!(matches!(
+            Bench::new().i8042.restore(&overfull),
+            Err(RestoreError::TooLong { field: "output buffer", saved: 17, .. })
+        ));
+        let mut awaiting_reset = overfull;
+        awaiting_reset.output.clear();
+        awaiting_reset.awaiting_value = Some(CMD_PULSE_RESET);
+        assert!(matches!(
+            Bench::new().i8042.restore(&awaiting_reset),
+            Err(RestoreError::Value { value: 0xfe, .. })
+        ));
     }
 
     #[test]

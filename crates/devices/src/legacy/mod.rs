@@ -8,7 +8,7 @@ mod serial;
 pub use cmos::{Cmos, CmosSnapshot};
 pub use i8042::{I8042Error, I8042Snapshot, I8042};
 pub use power::PowerManagement;
-pub use serial::{Serial, SerialSnapshot};
+pub use serial::{Serial, SerialError, SerialSnapshot};
 
 /// ISA devices have byte-wide registers; a wider port access (`inw`, `inl`)
 /// reaches consecutive ports, so it is served one byte per port. Offsets that

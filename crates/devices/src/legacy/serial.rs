@@ -14,7 +14,7 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{read_byte_registers, write_byte_registers};
-use crate::{BusDevice, GuestErrorLog, InterruptLine};
+use crate::{BusDevice, GuestErrorLog, InterruptLine, RestoreError};
 
 /// UART register accesses that fail (an interrupt or event that cannot be signalled): once per
 /// byte the guest reads or writes, so limited.
@@ -51,7 +51,7 @@ impl SerialEvents for InputDrainedNotifier {
 
 /// The UART's registers and receive FIFO, as a snapshot keeps them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialSnapshot(#[serde(with = "SavedUart")] SerialState);
+pub struct SerialSnapshot(#[serde(with = "SavedUart")] pub(crate) SerialState);
 
 /// vm_superio's `SerialState`, field for field, for serde.
 #[derive(Serialize, Deserialize)]
@@ -67,6 +67,64 @@ struct SavedUart {
     modem_status: u8,
     scratch: u8,
     in_buffer: Vec<u8>,
+}
+
+/// Bytes of the receive FIFO (vm-superio's 16550A).
+const FIFO_BYTES: usize = 64;
+/// IER bits a 16550A has (the guest's writes are masked to them).
+const IER_VALID: u8 = 0x0f;
+/// IIR bits the model sets: "no interrupt", THR empty, received data.
+const IIR_VALID: u8 = 0x07;
+/// LSR: received data is ready.
+const LSR_DATA_READY: u8 = 0x01;
+/// LSR: the transmitter is empty and idle, always so in this model (output never waits).
+const LSR_TRANSMITTER_EMPTY: u8 = 0x60;
+
+/// Why the UART could not be created from a saved state.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error(transparent)]
+    State(#[from] RestoreError),
+    #[error("cannot create the serial input-drained event: {0}")]
+    Event(io::Error),
+    #[error("the saved UART state is invalid: {0}")]
+    Uart(String),
+}
+
+/// Checks a saved UART against what the 16550A model ever holds.
+fn validate(state: &SerialState) -> Result<(), RestoreError> {
+    const COMPONENT: &str = "serial (COM1)";
+    if state.in_buffer.len() > FIFO_BYTES {
+        return Err(RestoreError::TooLong {
+            component: COMPONENT,
+            field: "receive FIFO",
+            saved: state.in_buffer.len(),
+            max: FIFO_BYTES,
+        });
+    }
+    if state.interrupt_enable & !IER_VALID != 0 {
+        return Err(RestoreError::value(COMPONENT, "IER", state.interrupt_enable, "has bits a 16550A lacks"));
+    }
+    if state.interrupt_identification & !IIR_VALID != 0 {
+        return Err(RestoreError::value(
+            COMPONENT,
+            "IIR",
+            state.interrupt_identification,
+            "has bits the model never sets",
+        ));
+    }
+    let data_ready = state.line_status & LSR_DATA_READY != 0;
+    if state.line_status & LSR_TRANSMITTER_EMPTY != LSR_TRANSMITTER_EMPTY
+        || data_ready == state.in_buffer.is_empty()
+    {
+        return Err(RestoreError::value(
+            COMPONENT,
+            "LSR",
+            state.line_status,
+            "disagrees with the FIFO or an always-empty transmitter",
+        ));
+    }
+    Ok(())
 }
 
 type Uart = vm_superio::Serial<UartInterrupt, InputDrainedNotifier, Box<dyn Write + Send>>;
@@ -85,25 +143,30 @@ impl Serial {
     ///
     /// Fails only if the `input_drained` eventfd cannot be created.
     pub fn new(interrupt: Arc<dyn InterruptLine>, output: Box<dyn Write + Send>) -> io::Result<Self> {
-        Self::restore(interrupt, output, &SerialSnapshot::default())
+        Self::restore(interrupt, output, &SerialSnapshot::default()).map_err(|e| match e {
+            SerialError::Event(e) => e,
+            other => io::Error::other(other),
+        })
     }
 
-    /// Creates the UART with the registers and pending input a snapshot saved. vm-superio raises
-    /// the interrupt the saved registers imply; on a restore it reaches a fresh IOAPIC whose saved
-    /// state then replaces it (the saved IOAPIC and local APICs hold what was delivered).
+    /// Creates the UART with the registers and pending input a snapshot saved, once they are
+    /// checked against what the model ever holds. vm-superio raises the interrupt the saved
+    /// registers imply; on a restore it reaches a fresh IOAPIC whose saved state then replaces it
+    /// (the saved IOAPIC and local APICs hold what was delivered).
     pub fn restore(
         interrupt: Arc<dyn InterruptLine>,
         output: Box<dyn Write + Send>,
         snapshot: &SerialSnapshot,
-    ) -> io::Result<Self> {
-        let input_drained = EventFd::new(libc::EFD_NONBLOCK)?;
+    ) -> Result<Self, SerialError> {
+        validate(&snapshot.0)?;
+        let input_drained = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::Event)?;
         let uart = Uart::from_state(
             &snapshot.0,
             UartInterrupt(interrupt),
             InputDrainedNotifier(input_drained),
             output,
         )
-        .map_err(|e| io::Error::other(format!("the saved UART state is invalid: {e:?}")))?;
+        .map_err(|e| SerialError::Uart(format!("{e:?}")))?;
         Ok(Serial { uart, output_failure_reported: false })
     }
 
@@ -294,5 +357,34 @@ mod tests {
                 serial.write(offset, &data);
             }
         }
+    }
+
+    #[test]
+    fn a_saved_state_the_uart_never_holds_is_refused() {
+        let (mut serial, _, _) = serial_with_output();
+        serial.enqueue_input(b"hi");
+        let saved = serial.snapshot();
+        let restore = |state: SerialState| {
+            let interrupt = Arc::new(CountingInterrupt::default());
+            Serial::restore(interrupt, Box::new(io::sink()), &SerialSnapshot(state))
+        };
+        let mut restored = restore(saved.0.clone()).unwrap();
+        assert_eq!(read_port(&mut restored, DATA), b'h');
+
+        let mut overfull = saved.0.clone();
+        overfull.in_buffer = vec![0; FIFO_BYTES + 1];
+        assert!(matches!(
+            restore(overfull),
+            Err(SerialError::State(RestoreError::TooLong { saved: 65, .. }))
+        ));
+        let mut ier = saved.0.clone();
+        ier.interrupt_enable = 0xf0;
+        assert!(matches!(restore(ier), Err(SerialError::State(RestoreError::Value { value: 0xf0, .. }))));
+        let mut iir = saved.0.clone();
+        iir.interrupt_identification = 0x80;
+        assert!(matches!(restore(iir), Err(SerialError::State(RestoreError::Value { value: 0x80, .. }))));
+        let mut not_ready = saved.0;
+        not_ready.line_status &= !LSR_DATA_READY;
+        assert!(matches!(restore(not_ready), Err(SerialError::State(RestoreError::Value { .. }))));
     }
 }

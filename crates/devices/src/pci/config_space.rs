@@ -6,6 +6,7 @@
 //! with the read-only type bits below.
 
 use super::PciError;
+use crate::RestoreError;
 
 /// Conventional configuration space: what the 0xCF8/0xCFC mechanism reaches.
 pub const CONFIG_SPACE_SIZE: usize = 256;
@@ -121,13 +122,20 @@ impl ConfigSpace {
 
     /// Takes the writable bits of registers a snapshot saved from a function built the same way;
     /// the read-only ones (IDs, BAR types, capabilities) must be what this function has.
-    pub fn restore(&mut self, registers: &[u8]) -> Result<(), PciError> {
-        let saved: &[u8; CONFIG_SPACE_SIZE] =
-            registers.try_into().map_err(|_| PciError::SnapshotSize(registers.len()))?;
+    /// BAR addresses are whatever the guest could have written (the write mask keeps the size's
+    /// alignment); the PCI root places them.
+    pub fn restore(&mut self, registers: &[u8]) -> Result<(), RestoreError> {
+        const COMPONENT: &str = "PCI configuration space";
+        let saved: &[u8; CONFIG_SPACE_SIZE] = registers.try_into().map_err(|_| RestoreError::Length {
+            component: COMPONENT,
+            field: "registers",
+            saved: registers.len(),
+            expected: CONFIG_SPACE_SIZE,
+        })?;
         let differs =
             (0..CONFIG_SPACE_SIZE).find(|&at| (saved[at] ^ self.registers[at]) & !self.writable[at] != 0);
         if let Some(offset) = differs {
-            return Err(PciError::SnapshotReadOnly(offset));
+            return Err(RestoreError::ReadOnly { component: COMPONENT, offset });
         }
         for (at, &byte) in saved.iter().enumerate() {
             let mask = self.writable[at];
@@ -323,8 +331,14 @@ pub(crate) mod tests {
 
         let mut foreign = saved.clone();
         foreign[DEVICE_ID] ^= 1;
-        assert!(matches!(built().restore(&foreign), Err(PciError::SnapshotReadOnly(DEVICE_ID))));
-        assert!(matches!(built().restore(&saved[..64]), Err(PciError::SnapshotSize(64))));
+        assert!(matches!(built().restore(&foreign), Err(RestoreError::ReadOnly { offset: DEVICE_ID, .. })));
+        assert!(matches!(built().restore(&saved[..64]), Err(RestoreError::Length { saved: 64, .. })));
+        let mut moved_capabilities = saved.clone();
+        moved_capabilities[CAPABILITIES_POINTER] = 0xfc;
+        assert!(matches!(
+            built().restore(&moved_capabilities),
+            Err(RestoreError::ReadOnly { offset: CAPABILITIES_POINTER, .. })
+        ));
     }
 
     #[test]

@@ -41,10 +41,6 @@ pub enum PciError {
     CapabilitySpace { id: u8, size: usize },
     #[error("every slot of PCI bus 0 is taken")]
     NoFreeSlot,
-    #[error("a saved configuration space of {0} bytes does not fit this function's")]
-    SnapshotSize(usize),
-    #[error("the saved configuration space differs from this function's in read-only byte {0:#x}")]
-    SnapshotReadOnly(usize),
 }
 
 /// A PCI function as the root bus sees it: its configuration space and its BARs.

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::ioapic::MsiMessage;
-use crate::GuestErrorLog;
+use crate::{GuestErrorLog, RestoreError};
 
 /// Pending vectors that cannot be delivered when the guest unmasks them: the guest can toggle
 /// masks as fast as it likes, so the lines are limited.
@@ -62,9 +62,9 @@ impl Vector {
 /// high, data), mask and pending bits; and the function's enable and mask bits.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MsixSnapshot {
-    vectors: Vec<(u32, u32, u32, bool, bool)>,
-    enabled: bool,
-    function_masked: bool,
+    pub(crate) vectors: Vec<(u32, u32, u32, bool, bool)>,
+    pub(crate) enabled: bool,
+    pub(crate) function_masked: bool,
 }
 
 /// The MSI-X state of one function.
@@ -100,15 +100,17 @@ impl Msix {
         }
     }
 
-    /// Takes a saved table and control bits. Routes are set again lazily, on each vector's next
-    /// delivery; vectors pending and deliverable now are delivered.
-    pub fn restore(&mut self, saved: &MsixSnapshot) -> Result<(), String> {
+    /// Takes a saved table and control bits: exactly as many vectors as this table has (none past
+    /// it); their messages are any the guest could have written. Routes are set again lazily, on
+    /// each vector's next delivery; vectors pending and deliverable now are delivered.
+    pub fn restore(&mut self, saved: &MsixSnapshot) -> Result<(), RestoreError> {
         if saved.vectors.len() != self.vectors.len() {
-            return Err(format!(
-                "{} saved MSI-X vectors, {} in the table",
-                saved.vectors.len(),
-                self.vectors.len()
-            ));
+            return Err(RestoreError::Length {
+                component: "MSI-X",
+                field: "vector table",
+                saved: saved.vectors.len(),
+                expected: self.vectors.len(),
+            });
         }
         for (vector, &(address_lo, address_hi, data, masked, pending)) in
             self.vectors.iter_mut().zip(&saved.vectors)
@@ -142,6 +144,11 @@ impl Msix {
     /// Whether the guest enabled MSI-X.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Whether the guest masked every vector with the function mask.
+    pub fn function_masked(&self) -> bool {
+        self.function_masked
     }
 
     /// The guest wrote the capability's message control register.
@@ -445,5 +452,26 @@ pub(crate) mod tests {
                 msix.write_table(offset, &vec![0u8; len]);
             }
         }
+    }
+
+    #[test]
+    fn a_saved_table_of_another_size_is_refused() {
+        let (mut original, _) = msix(2);
+        program(&mut original, 1);
+        original.set_control(CONTROL_ENABLE);
+        let saved = original.snapshot();
+        let (mut restored, _) = msix(2);
+        restored.restore(&saved).unwrap();
+        assert_eq!(read32(&restored, 16), MESSAGE.address_lo);
+        assert!(restored.enabled());
+
+        let mut beyond = saved.clone();
+        beyond.vectors.push((MESSAGE.address_lo, 0, MESSAGE.data, false, true));
+        let error = msix(2).0.restore(&beyond).unwrap_err();
+        assert_eq!(
+            error,
+            RestoreError::Length { component: "MSI-X", field: "vector table", saved: 3, expected: 2 }
+        );
+        assert!(matches!(msix(3).0.restore(&saved), Err(RestoreError::Length { saved: 2, expected: 3, .. })));
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use devices::RestoreError;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::pages::PAGE_SIZE;
@@ -98,19 +99,39 @@ impl Shared {
         &self.stats_interval_changed
     }
 
-    /// Takes the target, size and statistics interval a snapshot saved.
+    /// Takes the target, size and statistics interval a snapshot saved: a target the guest's RAM
+    /// holds, and an interval the API could have set (1 s to u16::MAX s) on a balloon that offers
+    /// statistics too. The size is the driver's to write, any value (it is only reported).
     pub fn restore(
         &self,
         target_pages: u32,
         actual_pages: u32,
         stats_interval: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RestoreError> {
+        const COMPONENT: &str = "virtio-balloon";
         let ram_pages = self.ram_bytes / PAGE_SIZE;
         if u64::from(target_pages) > ram_pages {
-            return Err(format!("a saved target of {target_pages} pages exceeds the guest's {ram_pages}"));
+            return Err(RestoreError::value(COMPONENT, "target", target_pages, "exceeds the guest's RAM"));
         }
         if stats_interval.is_some() != self.stats_interval().is_some() {
-            return Err("the saved balloon and this one differ in offering statistics".into());
+            let offered = u64::from(stats_interval.is_some());
+            return Err(RestoreError::value(
+                COMPONENT,
+                "statistics offered",
+                offered,
+                "differs from this balloon's",
+            ));
+        }
+        if let Some(interval) = stats_interval {
+            let seconds = interval.as_secs();
+            if seconds == 0 || seconds > u64::from(u16::MAX) || interval.subsec_nanos() != 0 {
+                return Err(RestoreError::value(
+                    COMPONENT,
+                    "statistics interval (s)",
+                    seconds,
+                    "is not a whole number of seconds from 1 to 65535",
+                ));
+            }
         }
         self.target_pages.store(target_pages, Ordering::SeqCst);
         self.actual_pages.store(actual_pages, Ordering::SeqCst);

@@ -12,7 +12,9 @@ use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::BalloonMetrics;
+use crate::snapshot::DeviceState;
 use crate::worker::Worker;
+use devices::RestoreError;
 
 const QUEUE_SIZE: u16 = 256;
 
@@ -40,6 +42,16 @@ pub struct BalloonSettings {
     /// Let the guest take pages back from the balloon when it is out of memory, instead of
     /// invoking its OOM killer.
     pub deflate_on_oom: bool,
+}
+
+/// What a snapshot keeps of a balloon: the target (which the API may have changed), the size the
+/// driver reported, both in 4 KiB pages, and the statistics interval in seconds (None: no
+/// statistics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalloonState {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub stats_interval_secs: Option<u64>,
 }
 
 /// A virtio-balloon device: the host asks the guest for memory back, and gets it.
@@ -178,26 +190,25 @@ impl VirtioDevice for Balloon {
         self.worker.as_ref()
     }
 
-    /// The target (which the API may have changed), the size the driver reported, and the
-    /// statistics interval: target and actual pages as u32, the interval in seconds as u64
-    /// (u64::MAX for none), little-endian.
-    fn snapshot_state(&self) -> Vec<u8> {
-        let interval = self.shared.stats_interval().map_or(u64::MAX, |i| i.as_secs());
-        let mut state = Vec::with_capacity(16);
-        state.extend_from_slice(&self.shared.target_pages().to_le_bytes());
-        state.extend_from_slice(&self.shared.actual_pages().to_le_bytes());
-        state.extend_from_slice(&interval.to_le_bytes());
-        state
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Balloon(BalloonState {
+            target_pages: self.shared.target_pages(),
+            actual_pages: self.shared.actual_pages(),
+            stats_interval_secs: self.shared.stats_interval().map(|i| i.as_secs()),
+        })
     }
 
-    fn restore_state(&mut self, saved: &[u8]) -> Result<(), String> {
-        let field =
-            |range: std::ops::Range<usize>| saved.get(range).ok_or("the saved balloon state is short");
-        let target = u32::from_le_bytes(field(0..4)?.try_into().expect("4 bytes"));
-        let actual = u32::from_le_bytes(field(4..8)?.try_into().expect("4 bytes"));
-        let interval = u64::from_le_bytes(field(8..16)?.try_into().expect("8 bytes"));
-        let interval = (interval != u64::MAX).then(|| Duration::from_secs(interval));
-        self.shared.restore(target, actual, interval)
+    fn restore_state(&mut self, saved: &DeviceState) -> Result<(), RestoreError> {
+        let DeviceState::Balloon(saved) = saved else {
+            return Err(RestoreError::value(
+                "virtio-balloon",
+                "device state",
+                0u8,
+                "is not a balloon's (it keeps its target, size and interval)",
+            ));
+        };
+        let interval = saved.stats_interval_secs.map(Duration::from_secs);
+        self.shared.restore(saved.target_pages, saved.actual_pages, interval)
     }
 
     fn activation_failed(&self) {
@@ -268,15 +279,45 @@ mod tests {
         original.control().set_target_mib(48).unwrap();
         original.write_config(4, &777u32.to_le_bytes());
         original.control().set_stats_interval(9).unwrap();
-        let saved = original.snapshot_state();
+        let saved = original.save_state();
 
         let mut restored = balloon(settings);
         restored.restore_state(&saved).unwrap();
         assert_eq!((read_u32(&restored, 0), read_u32(&restored, 4)), (48 * 256, 777));
         assert_eq!(restored.control().stats_interval(), Some(Duration::from_secs(9)));
-        // A balloon built without statistics cannot take a state with them, nor a short one.
+        // A balloon built without statistics cannot take a state with them, nor a state of
+        // another kind, a target beyond the guest's RAM or an interval the API never sets.
         assert!(balloon(BalloonSettings::default()).restore_state(&saved).is_err());
-        assert!(balloon(BalloonSettings::default()).restore_state(&saved[..8]).is_err());
+        let DeviceState::Balloon(state) = saved else { panic!("a balloon's state: {saved:?}") };
+        let with_stats = || {
+            balloon(BalloonSettings { stats_interval: Some(Duration::from_secs(1)), ..Default::default() })
+        };
+        assert!(matches!(
+            with_stats().restore_state(&DeviceState::None),
+            Err(RestoreError::Value { field, .. }) if field == "device state"
+        ));
+        let refused = |change: &dyn Fn(&mut BalloonState)| {
+            let mut bad = state.clone();
+            change(&mut bad);
+            with_stats().restore_state(&DeviceState::Balloon(bad)).unwrap_err()
+        };
+        let ram_pages = (RAM / 4096) as u32;
+        assert!(
+            matches!(refused(&|s| s.target_pages = ram_pages + 1), RestoreError::Value { field, .. } if field == "target")
+        );
+        with_stats()
+            .restore_state(&DeviceState::Balloon(BalloonState { target_pages: ram_pages, ..state.clone() }))
+            .unwrap();
+        for seconds in [0, 65536, u64::MAX] {
+            assert!(matches!(
+                refused(&|s| s.stats_interval_secs = Some(seconds)),
+                RestoreError::Value { value, .. } if value == seconds
+            ));
+        }
+        // Any size the driver could write is taken: it is only reported.
+        with_stats()
+            .restore_state(&DeviceState::Balloon(BalloonState { actual_pages: u32::MAX, ..state }))
+            .unwrap();
     }
 
     #[test]

@@ -20,5 +20,5 @@ mod pages;
 mod stats;
 
 pub use control::{BalloonControl, BalloonError, BalloonReport};
-pub use device::{Balloon, BalloonSettings};
+pub use device::{Balloon, BalloonSettings, BalloonState};
 pub use stats::BalloonStats;

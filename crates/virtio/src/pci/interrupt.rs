@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use devices::pci::msix::Msix;
+use devices::RestoreError;
 
 use crate::device::{Interrupt, InterruptCause};
 
@@ -77,13 +78,41 @@ impl PciInterrupt {
         (self.config_vector(), queues, self.isr.load(Ordering::SeqCst))
     }
 
-    /// Takes saved vectors and ISR (checked against the table like the driver's writes).
-    pub(crate) fn restore(&self, config_vector: u16, queue_vectors: &[u16], isr: u8) -> Result<(), String> {
+    /// Takes saved vectors and ISR: one vector per queue, each in the MSI-X table or
+    /// [`NO_VECTOR`] (the driver's writes of others read back as `NO_VECTOR`), and only the ISR's
+    /// queue and configuration bits.
+    pub(crate) fn restore(
+        &self,
+        config_vector: u16,
+        queue_vectors: &[u16],
+        isr: u8,
+    ) -> Result<(), RestoreError> {
+        const COMPONENT: &str = "virtio-pci interrupt";
         if queue_vectors.len() != self.queue_vectors.len() {
-            return Err(format!(
-                "{} saved queue vectors for {} queues",
-                queue_vectors.len(),
-                self.queue_vectors.len()
+            return Err(RestoreError::Length {
+                component: COMPONENT,
+                field: "queue vectors",
+                saved: queue_vectors.len(),
+                expected: self.queue_vectors.len(),
+            });
+        }
+        let check = |field: String, vector: u16| {
+            if vector == NO_VECTOR || vector == self.valid_vector(vector) {
+                Ok(())
+            } else {
+                Err(RestoreError::value(COMPONENT, field, vector, "is past the MSI-X table"))
+            }
+        };
+        check("configuration vector".into(), config_vector)?;
+        for (queue, &vector) in queue_vectors.iter().enumerate() {
+            check(format!("queue {queue} vector"), vector)?;
+        }
+        if isr & !(ISR_QUEUE | ISR_CONFIG) != 0 {
+            return Err(RestoreError::value(
+                COMPONENT,
+                "ISR",
+                isr,
+                "has bits other than queue and configuration",
             ));
         }
         self.set_config_vector(config_vector);

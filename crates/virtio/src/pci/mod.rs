@@ -22,7 +22,7 @@ use devices::pci::{ConfigSpace, PciDevice, PciError, PciIds};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{device_type, GuestErrorLog, VirtioDevice};
-use crate::snapshot::{SnapshotTransport, VirtioSnapshot};
+use crate::snapshot::{RestoreError, SnapshotTransport, VirtioSnapshot};
 use crate::transport::{TransportSnapshot, TransportState};
 use interrupt::PciInterrupt;
 pub use interrupt::NO_VECTOR;
@@ -35,6 +35,9 @@ static NOTIFY_BIND_ERRORS: GuestErrorLog = GuestErrorLog::site("virtio-pci notif
 const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 /// Modern devices are 0x1040 + their virtio device type.
 const MODERN_DEVICE_ID_BASE: u16 = 0x1040;
+/// MSI-X message control: enable and function mask (PCI 3.0, 6.8.2.3).
+const MSIX_CONTROL_ENABLE: u16 = 1 << 15;
+const MSIX_CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 /// Device types a modern PCI device ID can express (0x1040–0x107F).
 const MAX_DEVICE_TYPE: u32 = 0x3f;
 
@@ -63,12 +66,12 @@ pub enum PciTransportError {
 /// vectors the driver chose.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PciSnapshot {
-    transport: TransportSnapshot,
-    config_space: Vec<u8>,
-    msix: MsixSnapshot,
-    config_vector: u16,
-    queue_vectors: Vec<u16>,
-    isr: u8,
+    pub(crate) transport: TransportSnapshot,
+    pub(crate) config_space: Vec<u8>,
+    pub(crate) msix: MsixSnapshot,
+    pub(crate) config_vector: u16,
+    pub(crate) queue_vectors: Vec<u16>,
+    pub(crate) isr: u8,
 }
 
 /// One virtio device behind virtio-pci.
@@ -208,13 +211,29 @@ impl SnapshotTransport for PciTransport {
     }
 
     /// The BARs move to their saved addresses when the VMM has the PCI root sync them after this.
-    fn restore(&mut self, saved: &VirtioSnapshot) -> Result<(), String> {
+    /// The MSI-X enable and function-mask bits must agree with the saved capability's message
+    /// control register, which is where the guest wrote them.
+    fn restore(&mut self, saved: &VirtioSnapshot) -> Result<(), RestoreError> {
         let VirtioSnapshot::Pci(saved) = saved else {
-            return Err("the snapshot has a virtio-mmio device where this VM has a virtio-pci one".into());
+            return Err(RestoreError::Transport { saved: "virtio-mmio", expected: "virtio-pci" });
         };
-        self.config.restore(&saved.config_space).map_err(|e| e.to_string())?;
-        self.interrupt.msix().restore(&saved.msix)?;
-        self.interrupt.restore(saved.config_vector, &saved.queue_vectors, saved.isr)?;
+        let device = device_type::name(self.device_type());
+        let invalid = |source| RestoreError::Value { device: device.clone(), source };
+        self.config.restore(&saved.config_space).map_err(invalid)?;
+        self.interrupt.msix().restore(&saved.msix).map_err(invalid)?;
+        let control = self.config.u16_at(self.msix_capability + 2);
+        let msix = self.interrupt.msix();
+        let expected = (msix.enabled(), msix.function_masked());
+        drop(msix);
+        if (control & MSIX_CONTROL_ENABLE != 0, control & MSIX_CONTROL_FUNCTION_MASK != 0) != expected {
+            return Err(invalid(devices::RestoreError::value(
+                "MSI-X",
+                "message control",
+                control,
+                "disagrees with the saved enable and function-mask bits",
+            )));
+        }
+        self.interrupt.restore(saved.config_vector, &saved.queue_vectors, saved.isr).map_err(invalid)?;
         self.state.restore(&saved.transport)
     }
 }

@@ -409,3 +409,91 @@ fn any_access_is_harmless() {
         }
     }
 }
+
+/// A running rng behind virtio-pci with MSI-X on and one request served, as a snapshot saves it.
+fn running_snapshot() -> PciSnapshot {
+    let memory = memory();
+    let mock = MockSplitQueue::create(&memory, GuestAddress(0x1000), 16);
+    let (mut t, events) = transport(&memory);
+    enable_msix(&mut t, 0);
+    driver_init(&mut t, &mock, 0);
+    request_entropy(&mut t, &mock);
+    assert_eq!(next_event(&events), Event::Route(0, MESSAGE));
+    assert_eq!(next_event(&events), Event::Trigger(0));
+    let VirtioSnapshot::Pci(saved) = t.hold().unwrap() else { unreachable!("a PCI transport") };
+    t.release();
+    write(&mut t, DEVICE_STATUS, 1, 0);
+    saved
+}
+
+fn restore(saved: &PciSnapshot) -> Result<PciTransport, RestoreError> {
+    let (mut t, _) = transport(&memory());
+    t.restore(&VirtioSnapshot::Pci(saved.clone())).map(|()| t)
+}
+
+/// The field a refused restore names.
+fn refused_field(result: Result<PciTransport, RestoreError>) -> String {
+    match result {
+        Err(RestoreError::Value { source, .. }) => match source {
+            devices::RestoreError::Value { field, .. } => field,
+            devices::RestoreError::Length { field, .. } | devices::RestoreError::TooLong { field, .. } => {
+                field.into()
+            }
+            devices::RestoreError::ReadOnly { offset, .. } => format!("read-only byte {offset:#x}"),
+        },
+        other => panic!("expected a refused value, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_restore_takes_the_saved_vectors_and_refuses_ones_past_the_table() {
+    let saved = running_snapshot();
+    let mut t = restore(&saved).unwrap();
+    assert_eq!(read(&mut t, DEVICE_STATUS, 1), 1 | 2 | 8 | 4);
+    assert_eq!(read(&mut t, QUEUE_MSIX_VECTOR, 2), 0);
+    write(&mut t, DEVICE_STATUS, 1, 0);
+
+    // Two vectors: 0 and 1. NO_VECTOR is what a driver leaves when it wants none.
+    let mut none = saved.clone();
+    none.config_vector = NO_VECTOR;
+    write(&mut restore(&none).unwrap(), DEVICE_STATUS, 1, 0);
+    let change = |edit: &dyn Fn(&mut PciSnapshot)| {
+        let mut bad = saved.clone();
+        edit(&mut bad);
+        refused_field(restore(&bad))
+    };
+    assert_eq!(change(&|s| s.queue_vectors[0] = 2), "queue 0 vector");
+    assert_eq!(change(&|s| s.config_vector = 0x7ff), "configuration vector");
+    assert_eq!(change(&|s| s.queue_vectors.push(0)), "queue vectors");
+    assert_eq!(change(&|s| s.isr = 4), "ISR");
+    assert_eq!(change(&|s| s.config_space[0] ^= 1), "read-only byte 0x0");
+    assert_eq!(change(&|s| s.config_space.truncate(64)), "registers");
+}
+
+#[test]
+fn a_restore_refuses_msix_entries_beyond_the_table_and_a_disagreeing_control() {
+    let saved = running_snapshot();
+    let (mut t, _) = transport(&memory());
+    let control = msix_capability(&mut t) + 2;
+    // MSI-X enabled in the saved state, but not in the capability the guest wrote it to.
+    let mut disabled = saved.clone();
+    disabled.config_space[control + 1] &= !0x80;
+    assert_eq!(refused_field(restore(&disabled)), "message control");
+
+    // One entry more than the table's two, as a state file could decode to.
+    let mut msix = serde_json::to_value(&saved.msix).unwrap();
+    let vectors = msix["vectors"].as_array_mut().unwrap();
+    vectors.push(vectors[0].clone());
+    let mut beyond = saved.clone();
+    beyond.msix = serde_json::from_value(msix).unwrap();
+    assert_eq!(refused_field(restore(&beyond)), "vector table");
+}
+
+#[test]
+fn a_restore_refuses_the_other_transport() {
+    let saved = running_snapshot();
+    let mmio = crate::mmio::MmioSnapshot { transport: saved.transport, interrupt_status: 0 };
+    let (mut t, _) = transport(&memory());
+    let result = t.restore(&VirtioSnapshot::Mmio(mmio));
+    assert!(matches!(result, Err(RestoreError::Transport { saved: "virtio-mmio", expected: "virtio-pci" })));
+}
