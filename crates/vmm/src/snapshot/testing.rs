@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::memory_file::layout_of;
 use super::vcpu_state::VcpuState;
 use super::VmState;
-use crate::config::{BlockConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig};
+use crate::config::{BalloonConfig, BlockConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig};
 
 /// An interrupt sink that drops everything: restores in tests reach no KVM.
 pub struct NoInterrupts;
@@ -50,11 +50,20 @@ pub fn sample_config() -> VmConfig {
                 read_only: false,
                 id: Some("rootfs".into()),
             }),
+            VirtioConfig::Balloon(BALLOON),
         ],
         transport: VirtioTransport::Mmio,
         track_dirty_pages: false,
     }
 }
+
+/// A balloon, so the golden file covers a device with state of its own.
+const BALLOON: BalloonConfig = BalloonConfig {
+    target_mib: 16,
+    stats_interval: Some(std::time::Duration::from_secs(5)),
+    free_page_reporting: false,
+    deflate_on_oom: true,
+};
 
 fn vcpu(index: u8) -> VcpuState {
     let mut state = VcpuState {
@@ -87,13 +96,22 @@ fn vcpu(index: u8) -> VcpuState {
 }
 
 /// A virtio-mmio transport's state as a fresh (not yet driven) device has it.
-fn fresh_mmio_device() -> virtio::snapshot::VirtioSnapshot {
+fn fresh_mmio_device(device: Box<dyn virtio::VirtioDevice>) -> virtio::snapshot::VirtioSnapshot {
     let memory = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("1 MiB of guest RAM");
-    let mut transport =
-        MmioTransport::new(Box::new(virtio::rng::Rng::new()), memory).expect("a virtio-mmio transport");
+    let mut transport = MmioTransport::new(device, memory).expect("a virtio-mmio transport");
     let saved = transport.hold().expect("an idle device holds");
     transport.release();
     saved
+}
+
+fn balloon() -> virtio::balloon::Balloon {
+    let settings = virtio::balloon::BalloonSettings {
+        target_mib: BALLOON.target_mib,
+        stats_interval: BALLOON.stats_interval,
+        free_page_reporting: BALLOON.free_page_reporting,
+        deflate_on_oom: BALLOON.deflate_on_oom,
+    };
+    virtio::balloon::Balloon::new(&settings, MEMORY_BYTES).expect("a 16 MiB balloon in 128 MiB")
 }
 
 /// The same state every time: no clocks, no random numbers, no KVM.
@@ -115,7 +133,11 @@ pub fn sample_state() -> VmState {
         serial: SerialSnapshot::default(),
         cmos: Cmos::new(MEMORY_BYTES, 0).snapshot(),
         i8042: i8042.snapshot(),
-        virtio: vec![fresh_mmio_device(), fresh_mmio_device()],
+        virtio: vec![
+            fresh_mmio_device(Box::new(virtio::rng::Rng::new())),
+            fresh_mmio_device(Box::new(virtio::rng::Rng::new())),
+            fresh_mmio_device(Box::new(balloon())),
+        ],
     }
 }
 
