@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tracing::level_filters::LevelFilter;
 
-use crate::models::{LogLevel, Logger};
+use model::api::{LogLevel, Logger};
 
 /// Applies [`LoggerSettings`] to the process's log output; an error goes back to the client as a
 /// 400.

@@ -104,7 +104,7 @@ pub fn parse_net(text: &str) -> Result<NetConfig, String> {
     let options = OptionList::parse(text, "tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]", &["tap", "mac"])?;
     Ok(NetConfig {
         tap: parse_tap_name(options.required("tap")?)?,
-        mac: options.get("mac").map(str::parse::<MacAddress>).transpose()?,
+        mac: options.get("mac").map(str::parse::<MacAddress>).transpose().map_err(|e| e.to_string())?,
         id: None,
     })
 }

@@ -65,6 +65,9 @@ pub struct RestoreOptions {
     pub track_dirty_pages: bool,
     /// The vsock device's Unix socket, if it is to differ from the saved one.
     pub vsock_uds: Option<PathBuf>,
+    /// The host file of each of the snapshot's drives, by drive ID (`PUT /snapshot/load`'s
+    /// `drive_overrides`), so that restore need not open the paths the state file names.
+    pub drive_paths: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Builds a VM from a snapshot's state file and memory file: guest RAM is mapped copy-on-write
@@ -72,6 +75,8 @@ pub struct RestoreOptions {
 /// state, and every vCPU takes its saved registers. Run it (or pause it first) as any VM.
 pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) -> Result<Vm> {
     let state = snapshot::read_state(state_path)?;
+    // The state file is hostile input: its configuration passes the checks any other does.
+    state.config.validate()?;
     let mut config = state.config.clone();
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;

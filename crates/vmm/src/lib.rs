@@ -9,6 +9,7 @@
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod controls;
 mod irqchip;
 mod kernel;
@@ -34,6 +35,8 @@ pub enum Error {
     CmdlineTooLong { len: usize, max: usize },
     #[error("invalid kernel command line: {0}")]
     CmdlineInvalid(linux_loader::cmdline::Error),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] model::config::ConfigError),
     #[error("cannot set up the device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error("cannot open disk {path}: {source}")]
