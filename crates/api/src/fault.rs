@@ -7,13 +7,9 @@ use crate::http::Response;
 
 /// The response for `error`.
 pub fn error_response(error: &ControlError) -> Response {
-    // Firecracker answers every refusal with 400, even its internal errors; its clients check for
-    // that. Only a VMM that is gone is the server's own failure.
-    let status = match error {
-        ControlError::VmmGone => 500,
-        _ => 400,
-    };
-    Response::error(status, &error.to_string())
+    // Firecracker answers every refusal with 400, even its internal errors (a VMM that is gone
+    // included); its clients check for that, and the API description promises no 5xx.
+    Response::bad_request(&error.to_string())
 }
 
 #[cfg(test)]
@@ -39,6 +35,6 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
             assert_eq!(body["fault_message"], message);
         }
-        assert_eq!(error_response(&ControlError::VmmGone).status, 500);
+        assert_eq!(error_response(&ControlError::VmmGone).status, 400);
     }
 }
