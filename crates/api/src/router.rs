@@ -225,3 +225,70 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
     }
     serde_json::from_slice(body).map_err(|e| ControlError::InvalidBody(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use model::api::{ActionType, InstanceInfo, InstanceState, KestrelInstanceInfo};
+
+    use super::*;
+
+    /// Records what reaches the VMM and answers `GET /` (and 204 to the rest).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<VmmRequest>>);
+
+    impl Dispatch for Recorder {
+        fn dispatch(&self, request: VmmRequest) -> Result<VmmResponse, ControlError> {
+            let answer = match request {
+                VmmRequest::GetInstanceInfo => VmmResponse::InstanceInfo(InstanceInfo {
+                    app_name: "Kestrel".into(),
+                    id: "t".into(),
+                    state: InstanceState::Running,
+                    vmm_version: "0".into(),
+                    kestrel: KestrelInstanceInfo::default(),
+                }),
+                _ => VmmResponse::NoContent,
+            };
+            self.0.lock().unwrap().push(request);
+            Ok(answer)
+        }
+    }
+
+    fn handle(router: &Router, method: Method, path: &str, body: &str) -> Response {
+        router.handle(&Request { method, path: path.into(), body: body.as_bytes().to_vec(), close: false })
+    }
+
+    #[test]
+    fn requests_reach_the_vmm_typed_and_refusals_do_not() {
+        let recorder = Arc::new(Recorder::default());
+        let router = Router::new(recorder.clone(), None);
+        let info = handle(&router, Method::Get, "/", "");
+        assert_eq!(info.status, 200);
+        assert!(!info.body.unwrap().contains("x-kestrel\":{\"operation"), "no operation, no field");
+        assert_eq!(
+            handle(&router, Method::Put, "/actions", r#"{"action_type": "FlushMetrics"}"#).status,
+            204
+        );
+        assert_eq!(handle(&router, Method::Patch, "/network-interfaces/eth0", "").status, 204);
+        // Answered by the router alone: the version, bad bodies, unknown paths, endpoints not served.
+        assert_eq!(handle(&router, Method::Get, "/version", "").status, 200);
+        for (method, path, body) in [
+            (Method::Put, "/actions", "[]"),
+            (Method::Put, "/actions", ""),
+            (Method::Get, "/actions", ""),
+            (Method::Put, "/mmds", "{}"),
+            (Method::Get, "/drives/a", ""),
+        ] {
+            assert_eq!(handle(&router, method, path, body).status, 400, "{path}");
+        }
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                VmmRequest::GetInstanceInfo,
+                VmmRequest::Action(ActionType::FlushMetrics),
+                VmmRequest::PatchNetworkInterface { id: "eth0".into() },
+            ]
+        );
+    }
+}

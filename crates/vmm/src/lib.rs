@@ -4,7 +4,8 @@
 //! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it; a
 //! [`vm::VmHandle`] taken before pauses, resumes and snapshots it from another thread, and reaches
 //! its devices ([`controls::DeviceControls`]). [`vm::Vm::metrics`] shares what the VM counts
-//! ([`metrics`]) with a metrics writer.
+//! ([`metrics`]) with a metrics writer. [`control`] is the VMM's control thread: the API's typed
+//! requests, answered on the main thread beside the VM's event loop.
 
 pub mod builder;
 pub mod config;

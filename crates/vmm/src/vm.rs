@@ -1,5 +1,5 @@
 //! A built VM and its event loop: the main thread waits for the guest or the user to end the run,
-//! and feeds the serial console meanwhile.
+//! and feeds the serial console and serves the VMM's controller ([`LoopClient`]) meanwhile.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -45,8 +45,8 @@ pub trait LoopClient {
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pauses, resumes and snapshots the VM from another thread (the API's) while [`Vm::run`] runs
-/// it, and reaches its devices.
+/// Pauses, resumes and snapshots the VM from another thread (the controller's snapshot thread,
+/// or any other) while [`Vm::run`] runs it, and reaches its devices.
 ///
 /// A pause stops the vCPUs; device worker threads (virtio queues, the console) keep serving what
 /// the guest queued before. A snapshot holds the workers too while it reads the devices' state.

@@ -128,6 +128,16 @@ fn other_requests_are_answered_while_a_snapshot_runs_and_conflicting_ones_refuse
         VmmRequest::PatchVm(VmStateValue::Resumed),
         VmmRequest::PatchVm(VmStateValue::Paused),
         VmmRequest::Action(ActionType::SendCtrlAltDel),
+        VmmRequest::PatchBalloon(model::api::BalloonUpdate { amount_mib: 1 }),
+        VmmRequest::PatchBalloonStats(model::api::BalloonStatsUpdate { stats_polling_interval_s: 1 }),
+        VmmRequest::PatchDrive {
+            id: "rootfs".into(),
+            update: model::api::PartialDrive {
+                drive_id: "rootfs".into(),
+                path_on_host: Some("/d".into()),
+                rate_limiter: None,
+            },
+        },
     ] {
         let error = answer_now(&mut controller, conflicting).unwrap_err();
         assert!(matches!(error, ControlError::Busy { operation: Operation::SnapshotCreate }), "{error}");
