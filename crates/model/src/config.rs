@@ -275,7 +275,7 @@ mod tests {
                         deflate_on_oom: false,
                     }))
                 }),
-                "more than the guest's 64 MiB",
+                "larger than the guest's 64 MiB of RAM",
             ),
         ];
         for (change, expected) in cases {

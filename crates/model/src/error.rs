@@ -63,6 +63,6 @@ pub enum ConfigError {
     EmptyKernelPath,
     #[error("disk id '{0}' is longer than {max} bytes", max = crate::config::DISK_ID_MAX_BYTES)]
     DiskIdTooLong(String),
-    #[error("the balloon's target of {target_mib} MiB is more than the guest's {memory_mib} MiB")]
+    #[error("a balloon of {target_mib} MiB is larger than the guest's {memory_mib} MiB of RAM")]
     BalloonTargetTooLarge { target_mib: u32, memory_mib: u64 },
 }
