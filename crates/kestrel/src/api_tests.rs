@@ -13,8 +13,8 @@ mod tests {
     use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
     use model::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
     use vmm::control::{
-        channel, ControlMessage, Controller, ControllerSettings, EngineError, Launch, Launcher, LoggerHook,
-        MetricsControl, VmControl,
+        channel, ControlMessage, ControlSender, Controller, ControllerSettings, EngineError, Launch,
+        Launcher, LoggerHook, MetricsControl, VmControl,
     };
     use vmm::snapshot::SnapshotRequest;
 
@@ -110,11 +110,15 @@ mod tests {
     }
 
     /// The controller called directly on the test's thread; a snapshot's report is waited for.
-    struct Direct(Mutex<Controller<FakeLauncher>>);
+    /// Holds the channel's API side, as the API thread does, so the controller sees it open.
+    struct Direct {
+        controller: Mutex<Controller<FakeLauncher>>,
+        _api_side: ControlSender,
+    }
 
     impl Dispatch for Direct {
         fn dispatch(&self, request: VmmRequest) -> Result<VmmResponse, ControlError> {
-            let mut controller = self.0.lock().unwrap();
+            let mut controller = self.controller.lock().unwrap();
             let (reply, answer) = mpsc::channel();
             controller.handle_message(ControlMessage::Request(request, reply));
             loop {
@@ -152,10 +156,10 @@ mod tests {
             metrics: Some(Arc::new(MetricsHandle(metrics.clone())) as Arc<dyn MetricsControl>),
             logger,
         };
-        let (_sender, receiver) = channel().unwrap();
+        let (sender, receiver) = channel().unwrap();
         let controller = Controller::new(settings, launcher, receiver);
         let router = Router::new(
-            Arc::new(Direct(Mutex::new(controller))),
+            Arc::new(Direct { controller: Mutex::new(controller), _api_side: sender }),
             Some(metrics.clone() as Arc<dyn RequestCounter>),
         );
         Api { router, metrics }

@@ -14,7 +14,7 @@ use model::config::{SerialConfig, VirtioTransport};
 use model::control::{ControlError, VmmRequest, VmmResponse};
 use model::resources::VmResources;
 
-use super::channel::{ControlMessage, ControlReceiver, Reply};
+use super::channel::{ControlMessage, ControlReceiver, Received, Reply};
 use super::{EngineError, Launch, Launcher, LoggerHook, MetricsControl, VmControl};
 use crate::builder::RestoreOptions;
 use crate::snapshot::{SnapshotKind, SnapshotRequest};
@@ -34,6 +34,17 @@ pub struct ControllerSettings {
 }
 
 type Answer = Result<VmmResponse, ControlError>;
+
+/// What [`Controller::handle_pending`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// It handled at least one message.
+    Handled,
+    /// Nothing was queued.
+    Nothing,
+    /// Nothing was queued, and no request can come any more (the API is gone).
+    Closed,
+}
 
 /// The VMM's control state, answering one request at a time on the VMM thread.
 pub struct Controller<L: Launcher> {
@@ -74,22 +85,38 @@ impl<L: Launcher> Controller<L> {
         &mut self.launcher
     }
 
-    /// Waits for one message and handles it; `false` once no sender is left.
+    /// Waits until there is at least one message and handles every queued one (before the VM
+    /// runs, when nothing else needs the thread); `false` once the API is gone and nothing is left
+    /// to handle, or the wait fails.
     pub fn wait_and_handle(&mut self) -> bool {
-        match self.receiver.recv() {
-            Some(message) => {
-                self.handle_message(message);
-                true
+        loop {
+            match self.handle_pending() {
+                Pending::Handled => return true,
+                Pending::Closed => return false,
+                Pending::Nothing => {
+                    if let Err(e) = self.receiver.wait() {
+                        tracing::error!("the control channel cannot be waited on: {e}");
+                        return false;
+                    }
+                }
             }
-            None => false,
         }
     }
 
     /// Handles every queued message (the event loop calls this when the wake-up fd is readable).
-    pub fn handle_pending(&mut self) {
+    pub fn handle_pending(&mut self) -> Pending {
         self.receiver.clear_wake();
-        while let Some(message) = self.receiver.try_recv() {
-            self.handle_message(message);
+        let mut handled = false;
+        loop {
+            match self.receiver.try_recv() {
+                Received::Message(message) => {
+                    self.handle_message(message);
+                    handled = true;
+                }
+                Received::Empty if handled => return Pending::Handled,
+                Received::Empty => return Pending::Nothing,
+                Received::Closed => return Pending::Closed,
+            }
         }
     }
 
@@ -357,7 +384,7 @@ impl<L: Launcher> Controller<L> {
                 SnapshotType::Diff => SnapshotKind::Diff,
             },
         };
-        let report = self.receiver.sender();
+        let report = self.receiver.report_sender();
         std::thread::Builder::new()
             .name("kestrel-snapshot".into())
             .spawn(move || {
@@ -416,6 +443,7 @@ impl<L: Launcher> crate::vm::LoopClient for Controller<L> {
     }
 
     fn ready(&mut self) {
+        // A closed channel leaves the VM running, as the API thread's end always has.
         self.handle_pending();
     }
 }

@@ -17,8 +17,8 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Reply};
-pub use controller::{Controller, ControllerSettings};
+pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Received, Reply};
+pub use controller::{Controller, ControllerSettings, Pending};
 pub use engine::KvmLauncher;
 use model::api::BalloonStats;
 use model::config::VmConfig;

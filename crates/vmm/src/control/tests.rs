@@ -178,7 +178,7 @@ fn the_event_loop_side_drains_every_queued_request_on_one_wake_up() {
     let mut poll = libc::pollfd { fd: controller.wake_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd and its count; poll only writes `revents`.
     assert_eq!(unsafe { libc::poll(&mut poll, 1, 0) }, 1);
-    controller.handle_pending();
+    assert_eq!(controller.handle_pending(), Pending::Handled);
     for answer in answers {
         assert!(matches!(answer.try_recv(), Ok(Ok(VmmResponse::InstanceInfo(_)))));
     }
@@ -192,4 +192,15 @@ fn a_gone_controller_is_a_clear_error() {
     let (controller, sender, _open) = paused_vm();
     drop(controller);
     assert!(matches!(sender.dispatch(VmmRequest::GetInstanceInfo), Err(ControlError::VmmGone)));
+}
+
+#[test]
+fn the_controller_sees_when_the_api_is_gone() {
+    let (mut controller, sender, _open) = paused_vm();
+    let client = sender.clone();
+    let asked = std::thread::spawn(move || client.dispatch(VmmRequest::GetMachineConfig));
+    assert!(controller.wait_and_handle(), "a request came");
+    assert!(asked.join().unwrap().is_ok());
+    drop(sender);
+    assert!(!controller.wait_and_handle(), "no request can come any more");
 }
