@@ -59,6 +59,7 @@ pub struct Api {
 }
 
 impl Api {
+    /// `router` served through [`serve`].
     pub fn new(router: Router) -> Api {
         Api { router }
     }

@@ -113,7 +113,8 @@ impl<L: Launcher> Controller<L> {
                     self.handle_message(message);
                     handled = true;
                 }
-                Received::Empty if handled => return Pending::Handled,
+                // What was handled counts first (a start the API asked for before it ended).
+                Received::Empty | Received::Closed if handled => return Pending::Handled,
                 Received::Empty => return Pending::Nothing,
                 Received::Closed => return Pending::Closed,
             }
