@@ -1,30 +1,25 @@
-//! Kestrel's control API, following Firecracker's REST API (same paths, bodies, status codes and
-//! `{"fault_message": "..."}` error body) so that Firecracker's clients can drive Kestrel.
+//! Kestrel's control API over HTTP, following Firecracker's REST API (same paths, bodies, status
+//! codes and `{"fault_message": "..."}` error body) so that Firecracker's clients can drive
+//! Kestrel. This crate is HTTP and routing only: requests become the `model` crate's typed
+//! [`model::control::VmmRequest`]s, handed to a [`model::control::Dispatch`] (the VMM's control
+//! thread); it does not link the engine.
 //!
-//! - [`models`]: the request and response bodies, as Firecracker defines them.
-//! - [`resources`]: the pre-boot configuration the requests build up, validated into a
-//!   [`vmm::config::VmConfig`]; also the `--config` file (Firecracker's `--config-file` shape).
 //! - [`http`]: a strict, size-limited HTTP/1.1 request parser and response writer.
-//! - [`server`]: the Unix socket (owner-only) and the routing of requests.
+//! - [`router`]: method and path to a typed request, by resource; [`fault`]: the one mapping of
+//!   errors to status and `fault_message`.
+//! - [`server`]: the Unix socket (owner-only).
 //! - [`listener`]: the socket's connections, one thread each, under a per-request deadline, an
 //!   idle timeout and a connection cap idle clients cannot exhaust; requests go to a
-//!   [`listener::Handler`]. [`log_limit`]: the rate limiter of its log lines.
-//! - [`metrics`]: the metrics lines (`PUT /metrics`, `FlushMetrics`) and what the API counts;
-//!   [`logger`]: `PUT /logger`, for the binary to apply; [`sink`]: the files both write to.
+//!   [`listener::Handler`] (the [`router::Router`]). [`log_limit`]: the rate limiter of its log lines.
+//! - [`logger`]: `PUT /logger`, for the binary to apply; [`sink`]: the files logs and metrics go to.
 
+pub mod fault;
 pub mod http;
 pub mod listener;
 pub mod log_limit;
 pub mod logger;
-pub mod metrics;
-pub mod models;
-pub mod resources;
+pub mod router;
 pub mod server;
 pub mod sink;
 
-/// Firecracker's message for a pre-boot-only request made after `InstanceStart`.
-pub const NOT_SUPPORTED_AFTER_START: &str =
-    "The requested operation is not supported after starting the microVM.";
-/// Firecracker's message for a post-boot-only request made before `InstanceStart`.
-pub const NOT_SUPPORTED_BEFORE_START: &str =
-    "The requested operation is not supported before starting the microVM.";
+pub use model::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};

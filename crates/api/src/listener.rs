@@ -29,12 +29,9 @@ pub trait Handler: Send + Sync {
     fn handle(&self, request: &Request) -> Response;
 }
 
-impl Handler for Mutex<crate::server::Api> {
+impl Handler for crate::router::Router {
     fn handle(&self, request: &Request) -> Response {
-        match self.lock() {
-            Ok(mut api) => api.handle(request),
-            Err(_) => Response::error(500, "the API state is unavailable"),
-        }
+        crate::router::Router::handle(self, request)
     }
 }
 

@@ -6,11 +6,7 @@ use std::path::Path;
 
 use tracing::level_filters::LevelFilter;
 
-use crate::models::{LogLevel, Logger};
-
-/// Applies [`LoggerSettings`] to the process's log output; an error goes back to the client as a
-/// 400.
-pub type LoggerControl = Box<dyn FnMut(LoggerSettings) -> Result<(), String> + Send>;
+use model::api::{LogLevel, Logger};
 
 /// What the log output should be after a `PUT /logger`.
 #[derive(Debug)]

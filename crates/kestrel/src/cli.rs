@@ -200,23 +200,34 @@ impl RunArgs {
     }
 }
 
-fn parse_serial(text: &str) -> Result<SerialConfig, String> {
+/// What is wrong with a `--serial` or `--transport` value (clap prints it after the flag).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChoiceError {
+    #[error("file: needs a path, like file:/tmp/console.log")]
+    SerialFileWithoutPath,
+    #[error("'{0}' is not stdio, none or file:PATH")]
+    Serial(String),
+    #[error("'{0}' is not mmio or pci")]
+    Transport(String),
+}
+
+fn parse_serial(text: &str) -> Result<SerialConfig, ChoiceError> {
     match text {
         "stdio" => Ok(SerialConfig::Stdio),
         "none" => Ok(SerialConfig::None),
         _ => match text.strip_prefix("file:") {
-            Some("") => Err("file: needs a path, like file:/tmp/console.log".into()),
+            Some("") => Err(ChoiceError::SerialFileWithoutPath),
             Some(path) => Ok(SerialConfig::File(PathBuf::from(path))),
-            None => Err(format!("'{text}' is not stdio, none or file:PATH")),
+            None => Err(ChoiceError::Serial(text.to_owned())),
         },
     }
 }
 
-fn parse_transport(text: &str) -> Result<VirtioTransport, String> {
+fn parse_transport(text: &str) -> Result<VirtioTransport, ChoiceError> {
     match text {
         "mmio" => Ok(VirtioTransport::Mmio),
         "pci" => Ok(VirtioTransport::Pci),
-        _ => Err(format!("'{text}' is not mmio or pci")),
+        _ => Err(ChoiceError::Transport(text.to_owned())),
     }
 }
 

@@ -4,10 +4,41 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmm::config::{
-    BalloonConfig, BlockConfig, MacAddress, NetConfig, VsockConfig, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES,
-    VSOCK_MAX_CID, VSOCK_MIN_CID,
+use model::config::{
+    BalloonConfig, BlockConfig, MacAddress, MacError, NetConfig, VsockConfig, DISK_ID_MAX_BYTES,
+    TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
+
+/// What is wrong with a device flag's value (clap prints it after the flag's name).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("'{item}' is not KEY=VALUE; the form is {form}")]
+    NotKeyValue { item: String, form: &'static str },
+    #[error("unknown key '{key}'; the form is {form}")]
+    UnknownKey { key: String, form: &'static str },
+    #[error("{0}= is given twice")]
+    Repeated(String),
+    #[error("{key}= is missing; the form is {form}")]
+    Missing { key: String, form: &'static str },
+    #[error("{key}={value}: the value must be on or off")]
+    NotOnOff { key: String, value: String },
+    #[error("{key}={value}: the value must be a whole number")]
+    NotNumber { key: String, value: String },
+    #[error("path= needs a file, as in path=disk.img")]
+    EmptyDiskPath,
+    #[error("id '{0}' is longer than {DISK_ID_MAX_BYTES} bytes")]
+    DiskIdTooLong(String),
+    #[error("tap name '{0}' must be 1 to {TAP_NAME_MAX_BYTES} bytes")]
+    TapNameLength(String),
+    #[error("'{0}' is not an interface name (no '/', ':', '%' or spaces)")]
+    TapNameCharacters(String),
+    #[error(transparent)]
+    Mac(#[from] MacError),
+    #[error("cid={0}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}")]
+    Cid(String),
+    #[error("uds= needs a path, as in uds=/tmp/kestrel.vsock")]
+    EmptySocketPath,
+}
 
 /// A flag value of the form `key=value[,key=value...]`: every item is `key=value`, every key is one
 /// of the flag's and appears at most once. Values may contain `=` (only the first splits).
@@ -18,17 +49,17 @@ struct OptionList<'a> {
 
 impl<'a> OptionList<'a> {
     /// `form` is the flag's syntax, quoted in messages; `keys` are the keys it accepts.
-    fn parse(text: &'a str, form: &'static str, keys: &[&str]) -> Result<OptionList<'a>, String> {
+    fn parse(text: &'a str, form: &'static str, keys: &[&str]) -> Result<OptionList<'a>, OptionError> {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for item in text.split(',') {
             let Some((key, value)) = item.split_once('=') else {
-                return Err(format!("'{item}' is not KEY=VALUE; the form is {form}"));
+                return Err(OptionError::NotKeyValue { item: item.to_owned(), form });
             };
             if !keys.contains(&key) {
-                return Err(format!("unknown key '{key}'; the form is {form}"));
+                return Err(OptionError::UnknownKey { key: key.to_owned(), form });
             }
             if pairs.iter().any(|&(seen, _)| seen == key) {
-                return Err(format!("{key}= is given twice"));
+                return Err(OptionError::Repeated(key.to_owned()));
             }
             pairs.push((key, value));
         }
@@ -39,41 +70,43 @@ impl<'a> OptionList<'a> {
         self.pairs.iter().find(|&&(k, _)| k == key).map(|&(_, value)| value)
     }
 
-    fn required(&self, key: &str) -> Result<&'a str, String> {
-        self.get(key).ok_or_else(|| format!("{key}= is missing; the form is {}", self.form))
+    fn required(&self, key: &str) -> Result<&'a str, OptionError> {
+        self.get(key).ok_or_else(|| OptionError::Missing { key: key.to_owned(), form: self.form })
     }
 
     /// An optional `on|off` value, `default` when absent.
-    fn on_off(&self, key: &str, default: bool) -> Result<bool, String> {
+    fn on_off(&self, key: &str, default: bool) -> Result<bool, OptionError> {
         match self.get(key) {
             None => Ok(default),
             Some("on") => Ok(true),
             Some("off") => Ok(false),
-            Some(value) => Err(format!("{key}={value}: the value must be on or off")),
+            Some(value) => Err(OptionError::NotOnOff { key: key.to_owned(), value: value.to_owned() }),
         }
     }
 
     /// An optional whole number.
-    fn number(&self, key: &str) -> Result<Option<u32>, String> {
+    fn number(&self, key: &str) -> Result<Option<u32>, OptionError> {
         self.get(key)
             .map(|value| {
-                value.parse().map_err(|_| format!("{key}={value}: the value must be a whole number"))
+                value
+                    .parse()
+                    .map_err(|_| OptionError::NotNumber { key: key.to_owned(), value: value.to_owned() })
             })
             .transpose()
     }
 }
 
 /// `--disk path=PATH[,readonly=on|off][,id=ID]`
-pub fn parse_disk(text: &str) -> Result<BlockConfig, String> {
+pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
     let options =
         OptionList::parse(text, "path=PATH[,readonly=on|off][,id=ID]", &["path", "readonly", "id"])?;
     let path = options.required("path")?;
     if path.is_empty() {
-        return Err("path= needs a file, as in path=disk.img".into());
+        return Err(OptionError::EmptyDiskPath);
     }
     let id = options.get("id");
     if let Some(id) = id.filter(|id| id.len() > DISK_ID_MAX_BYTES) {
-        return Err(format!("id '{id}' is longer than {DISK_ID_MAX_BYTES} bytes"));
+        return Err(OptionError::DiskIdTooLong(id.to_owned()));
     }
     Ok(BlockConfig {
         path: PathBuf::from(path),
@@ -83,7 +116,7 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, String> {
 }
 
 /// `--balloon size=MIB[,stats=SECONDS][,reporting=on|off][,deflate_on_oom=on|off]`
-pub fn parse_balloon(text: &str) -> Result<BalloonConfig, String> {
+pub fn parse_balloon(text: &str) -> Result<BalloonConfig, OptionError> {
     let options = OptionList::parse(
         text,
         "size=MIB[,stats=SECONDS][,reporting=on|off][,deflate_on_oom=on|off]",
@@ -100,7 +133,7 @@ pub fn parse_balloon(text: &str) -> Result<BalloonConfig, String> {
 }
 
 /// `--net tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]`
-pub fn parse_net(text: &str) -> Result<NetConfig, String> {
+pub fn parse_net(text: &str) -> Result<NetConfig, OptionError> {
     let options = OptionList::parse(text, "tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]", &["tap", "mac"])?;
     Ok(NetConfig {
         tap: parse_tap_name(options.required("tap")?)?,
@@ -110,33 +143,33 @@ pub fn parse_net(text: &str) -> Result<NetConfig, String> {
 }
 
 /// An interface name Linux accepts, or `auto` (`None`: the kernel picks one).
-fn parse_tap_name(name: &str) -> Result<Option<String>, String> {
+fn parse_tap_name(name: &str) -> Result<Option<String>, OptionError> {
     if name == "auto" {
         return Ok(None);
     }
     if name.is_empty() || name.len() > TAP_NAME_MAX_BYTES {
-        return Err(format!("tap name '{name}' must be 1 to {TAP_NAME_MAX_BYTES} bytes"));
+        return Err(OptionError::TapNameLength(name.to_owned()));
     }
     // '%' would make the kernel number the name itself.
     let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
     if name == "." || name == ".." || name.chars().any(forbidden) {
-        return Err(format!("'{name}' is not an interface name (no '/', ':', '%' or spaces)"));
+        return Err(OptionError::TapNameCharacters(name.to_owned()));
     }
     Ok(Some(name.to_owned()))
 }
 
 /// `--vsock cid=N,uds=PATH`
-pub fn parse_vsock(text: &str) -> Result<VsockConfig, String> {
+pub fn parse_vsock(text: &str) -> Result<VsockConfig, OptionError> {
     let options = OptionList::parse(text, "cid=N,uds=PATH", &["cid", "uds"])?;
     let cid_text = options.required("cid")?;
     let cid = cid_text
         .parse::<u64>()
         .ok()
         .filter(|n| (VSOCK_MIN_CID..=VSOCK_MAX_CID).contains(n))
-        .ok_or_else(|| format!("cid={cid_text}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}"))?;
+        .ok_or_else(|| OptionError::Cid(cid_text.to_owned()))?;
     let uds_path = options.required("uds")?;
     if uds_path.is_empty() {
-        return Err("uds= needs a path, as in uds=/tmp/kestrel.vsock".into());
+        return Err(OptionError::EmptySocketPath);
     }
     Ok(VsockConfig { cid, uds_path: PathBuf::from(uds_path) })
 }
@@ -161,7 +194,7 @@ mod tests {
             ("cid=3,uds=v,port=5", "unknown key 'port'"),
             ("cid=3,uds=a,b", "'b' is not KEY=VALUE"),
         ] {
-            let error = parse_vsock(bad).unwrap_err();
+            let error = parse_vsock(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
     }
@@ -191,7 +224,7 @@ mod tests {
             ("size=1,size=2", "size= is given twice"),
             ("size=1,target=2", "unknown key 'target'"),
         ] {
-            let error = parse_balloon(bad).unwrap_err();
+            let error = parse_balloon(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
     }
@@ -219,7 +252,7 @@ mod tests {
             ("tap=tap0,model=e1000", "unknown key 'model'"),
             ("tap=tap0,tap=tap1", "tap= is given twice"),
         ] {
-            let error = parse_net(bad).unwrap_err();
+            let error = parse_net(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
     }
@@ -245,7 +278,7 @@ mod tests {
             ("path=a.img,", "'' is not KEY=VALUE"),
             ("path=a.img,id=0123456789abcdefghijk", "longer than 20 bytes"),
         ] {
-            let error = parse_disk(bad).unwrap_err();
+            let error = parse_disk(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
     }

@@ -34,9 +34,16 @@ pub fn init(level: LevelFilter) {
     }
 }
 
+/// Why `PUT /logger` cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("the log subscriber is not installed")]
+    NotInstalled,
+}
+
 /// Applies `PUT /logger` to the installed subscriber.
-pub fn apply(settings: LoggerSettings) -> Result<(), String> {
-    CONTROL.get().ok_or("the log subscriber is not installed")?.apply(settings);
+pub fn apply(settings: LoggerSettings) -> Result<(), LoggingError> {
+    CONTROL.get().ok_or(LoggingError::NotInstalled)?.apply(settings);
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! The `kestrel` command: one binary, one subcommand per job.
 
+#[cfg(test)]
+mod api_tests;
 mod cli;
 mod device_options;
 mod exit_status;
 mod logging;
+mod metrics;
 mod size;
 mod vmm_api;
 
@@ -11,8 +14,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use api::metrics::MetricsWriter;
 use clap::Parser;
+use metrics::MetricsWriter;
 
 fn main() -> ExitCode {
     // No exit path may leave the user's terminal in raw mode, not even a bug.
@@ -42,6 +45,10 @@ fn run(mut args: cli::RunArgs) -> ExitCode {
         },
         None => args.into_config(),
     };
+    if let Err(e) = config.validate() {
+        report(format_args!("kestrel: error: {e}"));
+        return ExitCode::from(exit_status::ERROR);
+    }
     run_config(&config, metrics_path.as_deref())
 }
 

@@ -1,35 +1,43 @@
 //! `kestrel vmm --api-sock PATH`: an unconfigured VMM driven by its Firecracker-compatible API, and
 //! `kestrel run --config FILE`, which reads the same descriptions from a file.
 //!
-//! The API serves on its own threads; `InstanceStart` hands the finished configuration to the main
-//! thread, which builds the VM (a failure goes back to the client as a 400) and runs it there, so
-//! the VM's termination-signal handling works as for `kestrel run` while the API keeps answering.
+//! The API serves on its own threads and turns each request into a typed request for the VMM's
+//! controller, which runs on the main thread: before the start it waits for requests; once a VM is
+//! built (a failure goes back to the client as a 400) the main thread runs it, and the VM's event
+//! loop serves the controller beside the VM's own events (signals, console, vCPU ends).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use api::resources::VmResources;
-use api::server::{Api, Launch, Starter};
-use vmm::config::{SerialConfig, VirtioTransport, VmConfig};
-use vmm::vm::VmHandle;
+use api::router::{RequestCounter, Router};
+use model::config::{SerialConfig, VirtioTransport, VmConfig};
+use model::resources::{ConfigFileError, VmResources};
+use vmm::control::{Controller, ControllerSettings, EngineError, KvmLauncher, MetricsControl};
 
+use crate::metrics::{MetricsHandle, MetricsWriter};
 use crate::{cli, exit_for, exit_status, logging, report, write_last_metrics};
 
-/// A start request from the API thread, and where to send the built VM's handle (or why it could
-/// not be built).
-type StartRequest = (Launch, mpsc::Sender<Result<VmHandle, String>>);
+/// Why a `--config` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileReadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Invalid { path: PathBuf, source: ConfigFileError },
+}
 
 /// `kestrel run --config FILE`.
 pub fn load_config_file(
     path: &Path,
     serial: SerialConfig,
     transport: VirtioTransport,
-) -> Result<VmConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let resources = VmResources::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    resources.to_vm_config(serial, transport).map_err(|e| format!("{}: {e}", path.display()))
+) -> Result<VmConfig, ConfigFileReadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigFileReadError::Read { path: path.to_owned(), source })?;
+    let invalid = |source| ConfigFileReadError::Invalid { path: path.to_owned(), source };
+    let resources = VmResources::from_json(&text).map_err(invalid)?;
+    resources.to_vm_config(serial, transport).map_err(|e| invalid(e.into()))
 }
 
 pub fn run(args: cli::VmmArgs) -> ExitCode {
@@ -41,63 +49,46 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
             return ExitCode::from(exit_status::ERROR);
         }
     };
-    let (start_tx, start_rx) = mpsc::channel::<StartRequest>();
-    let start_tx = Mutex::new(start_tx);
-    let starter: Starter = Box::new(move |launch| {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        let sent = start_tx.lock().map_err(|_| "the VMM is gone".to_owned())?.send((launch, reply_tx));
-        sent.map_err(|_| "the VMM is gone".to_owned())?;
-        let handle = reply_rx.recv().map_err(|_| "the VMM is gone".to_owned())??;
-        Ok(Box::new(handle) as Box<dyn api::server::VmControl>)
-    });
-    let mut api = Api::new(args.id, args.serial, args.transport, starter);
-    api.set_logger_control(Box::new(logging::apply));
-    let metrics = api.metrics();
-    let api = Arc::new(Mutex::new(api));
+    let (sender, receiver) = match vmm::control::channel() {
+        Ok(channel) => channel,
+        Err(e) => {
+            report(format_args!("kestrel: error: cannot set up the control channel: {e}"));
+            return ExitCode::from(exit_status::ERROR);
+        }
+    };
+    let metrics = MetricsWriter::new();
+    let settings = ControllerSettings {
+        id: args.id,
+        serial: args.serial,
+        transport: args.transport,
+        metrics: Some(Arc::new(MetricsHandle(metrics.clone())) as Arc<dyn MetricsControl>),
+        logger: Some(Box::new(|request| -> Result<(), EngineError> {
+            let settings = api::logger::LoggerSettings::open(request)?;
+            Ok(logging::apply(settings)?)
+        })),
+    };
+    let mut controller = Controller::new(settings, KvmLauncher::default(), receiver);
+    let router = Router::new(Arc::new(sender), Some(metrics.clone() as Arc<dyn RequestCounter>));
     let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
         block_termination_signals();
-        api::listener::serve(listener, api);
+        api::listener::serve(listener, Arc::new(router));
     });
     if let Err(e) = spawned {
         report(format_args!("kestrel: error: cannot start the API thread: {e}"));
         return ExitCode::from(exit_status::ERROR);
     }
     tracing::info!("API listening on {}", args.api_sock.display());
-    while let Ok((launch, reply)) = start_rx.recv() {
-        match launch_vm(&launch) {
-            Ok(vm) => {
-                metrics.attach_vm(vm.metrics());
-                // The API pauses, resumes and snapshots the VM through its handle while this
-                // thread runs it.
-                let _ = reply.send(Ok(vm.handle()));
-                let outcome = vm.run();
-                write_last_metrics(&metrics);
-                return exit_for(outcome);
-            }
-            Err(e) => {
-                tracing::warn!("starting the VM failed: {e}");
-                let _ = reply.send(Err(e.to_string()));
-            }
+    while controller.wait_and_handle() {
+        if let Some(vm) = controller.launcher_mut().take_built() {
+            metrics.attach_vm(vm.metrics());
+            let outcome = vm.run_with(Some(&mut controller));
+            write_last_metrics(&metrics);
+            return exit_for(outcome);
         }
     }
     report(format_args!("kestrel: error: the API thread ended"));
     ExitCode::from(exit_status::ERROR)
-}
-
-/// Builds the VM a launch asks for; a restored VM that is not to resume is paused before it runs.
-fn launch_vm(launch: &Launch) -> vmm::Result<vmm::vm::Vm> {
-    match launch {
-        Launch::Boot(config) => vmm::builder::build(config),
-        Launch::Restore { state_path, memory_path, options, resume } => {
-            let vm = vmm::builder::restore(state_path, memory_path, options)?;
-            if !resume {
-                // Before `run`, a pause holds the vCPUs before they first enter the guest.
-                vm.handle().pause()?;
-            }
-            Ok(vm)
-        }
-    }
 }
 
 /// Blocks the signals the VM's event loop handles in the calling thread (and the threads it

@@ -359,9 +359,8 @@ fn a_restored_disk_must_be_a_file_of_the_size_the_guest_saw() {
 }
 
 /// `drive_overrides` (an `x-kestrel` extension of `PUT /snapshot/load`) names each disk's host
-/// file instead of the state file. Needs the API's `drive_overrides` field (the model crate).
+/// file instead of the state file.
 #[test]
-#[ignore = "needs PUT /snapshot/load drive_overrides in the API"]
 fn drive_overrides_are_checked_like_saved_paths() {
     if !kvm_available() {
         return;

@@ -101,6 +101,8 @@ pub fn restore_from_streams(
 /// The configuration a restore builds from: the saved one with this process's options, every
 /// part of the state checked against it before anything reaches a device or KVM.
 pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Result<VmConfig> {
+    // The state file is hostile input: its configuration passes the checks any other does.
+    state.config.validate()?;
     let mut config = state.config.clone();
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;

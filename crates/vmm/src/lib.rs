@@ -4,11 +4,13 @@
 //! [`vm::Vm::run`] runs it until the guest powers off, resets, fails, or the user stops it; a
 //! [`vm::VmHandle`] taken before pauses, resumes and snapshots it from another thread, and reaches
 //! its devices ([`controls::DeviceControls`]). [`vm::Vm::metrics`] shares what the VM counts
-//! ([`metrics`]) with a metrics writer.
+//! ([`metrics`]) with a metrics writer. [`control`] is the VMM's control thread: the API's typed
+//! requests, answered on the main thread beside the VM's event loop.
 
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod controls;
 mod irqchip;
 mod kernel;
@@ -34,6 +36,8 @@ pub enum Error {
     CmdlineTooLong { len: usize, max: usize },
     #[error("invalid kernel command line: {0}")]
     CmdlineInvalid(linux_loader::cmdline::Error),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] model::config::ConfigError),
     #[error("cannot set up the device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error("cannot open disk {path}: {source}")]

@@ -133,7 +133,7 @@ fn create_net(config: &NetConfig) -> Result<(Net, String)> {
         source,
     })?;
     let mac = match config.mac {
-        Some(mac) => mac,
+        Some(mac) => MacAddress(mac.0),
         None => MacAddress::random_local().map_err(|e| Error::Device {
             name: "virtio-net",
             reason: format!("cannot make up a MAC address: {e}"),

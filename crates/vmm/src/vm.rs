@@ -1,5 +1,5 @@
 //! A built VM and its event loop: the main thread waits for the guest or the user to end the run,
-//! and feeds the serial console meanwhile.
+//! and feeds the serial console and serves the VMM's controller ([`LoopClient`]) meanwhile.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -31,12 +31,22 @@ const TOKEN_RESET: u64 = 2;
 const TOKEN_POWER_OFF: u64 = 3;
 const TOKEN_VCPU_ENDED: u64 = 4;
 const TOKEN_SIGNAL: u64 = 5;
+const TOKEN_CONTROL: u64 = 6;
+
+/// Something else the VM's event loop serves on the main thread (the control thread's requests):
+/// its fd becomes readable when it has work.
+pub trait LoopClient {
+    /// The fd the loop watches for readability.
+    fn fd(&self) -> RawFd;
+    /// The fd is readable: do the work (without blocking: the loop serves the VM meanwhile).
+    fn ready(&mut self);
+}
 
 /// How long [`VmHandle::pause`] waits for every vCPU to park.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pauses, resumes and snapshots the VM from another thread (the API's) while [`Vm::run`] runs
-/// it, and reaches its devices.
+/// Pauses, resumes and snapshots the VM from another thread (the controller's snapshot thread,
+/// or any other) while [`Vm::run`] runs it, and reaches its devices.
 ///
 /// A pause stops the vCPUs; device worker threads (virtio queues, the console) keep serving what
 /// the guest queued before. A snapshot holds the workers too while it reads the devices' state.
@@ -140,7 +150,13 @@ impl Vm {
     }
 
     /// Runs the guest in the foreground until it powers off, resets or fails, or the user stops it.
-    pub fn run(mut self) -> Result<VmOutcome> {
+    pub fn run(self) -> Result<VmOutcome> {
+        self.run_with(None)
+    }
+
+    /// [`Vm::run`], with the event loop also serving `client` (the VMM's controller) between the
+    /// VM's own events.
+    pub fn run_with(mut self, client: Option<&mut dyn LoopClient>) -> Result<VmOutcome> {
         let signals = TerminationSignals::block()?;
         let _raw_terminal = if self.devices.serial_input {
             Some(RawTerminal::enter().map_err(Error::EventLoop)?)
@@ -159,7 +175,9 @@ impl Vm {
                 }
             }
         }
-        let outcome = EventLoop::new(&self, &signals).and_then(|mut event_loop| event_loop.run(&self));
+        let client_fd = client.as_ref().map(|c| c.fd());
+        let outcome = EventLoop::new(&self, &signals, client_fd)
+            .and_then(|mut event_loop| event_loop.run(&self, client));
         vcpu::stop_all(&self.shared, threads);
         outcome
     }
@@ -188,7 +206,7 @@ enum StdinState {
 }
 
 impl EventLoop {
-    fn new(vm: &Vm, signals: &TerminationSignals) -> Result<EventLoop> {
+    fn new(vm: &Vm, signals: &TerminationSignals, client_fd: Option<RawFd>) -> Result<EventLoop> {
         let epoll = Epoll::new().map_err(Error::EventLoop)?;
         let mut event_loop = EventLoop {
             epoll,
@@ -200,6 +218,9 @@ impl EventLoop {
         event_loop.watch(vm.devices.power_off.as_raw_fd(), TOKEN_POWER_OFF)?;
         event_loop.watch(vm.ended_event.as_raw_fd(), TOKEN_VCPU_ENDED)?;
         event_loop.watch(signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+        if let Some(fd) = client_fd {
+            event_loop.watch(fd, TOKEN_CONTROL)?;
+        }
         if vm.devices.serial_input {
             let drained = vm.devices.serial.lock().map_err(poisoned)?.input_drained().as_raw_fd();
             event_loop.watch(drained, TOKEN_SERIAL_DRAINED)?;
@@ -240,7 +261,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn run(&mut self, vm: &Vm) -> Result<VmOutcome> {
+    fn run(&mut self, vm: &Vm, mut client: Option<&mut dyn LoopClient>) -> Result<VmOutcome> {
         if let Some(outcome) = self.flush_input(vm)? {
             return Ok(outcome);
         }
@@ -252,6 +273,12 @@ impl EventLoop {
                 Err(e) => return Err(Error::EventLoop(e)),
             };
             for event in &events[..count] {
+                if event.data() == TOKEN_CONTROL {
+                    if let Some(client) = client.as_deref_mut() {
+                        client.ready();
+                    }
+                    continue;
+                }
                 if let Some(outcome) = self.handle(event.data(), vm)? {
                     return Ok(outcome);
                 }

@@ -11,7 +11,9 @@
 //!  "entropy":{...},"balloon":{...}}
 //! ```
 //!
-//! The API's own groups are here; the VM's come from [`vmm::metrics::VmMetrics`].
+//! The API's own groups are here (the router counts each answered request through
+//! [`RequestCounter`]); the VM's come from [`vmm::metrics::VmMetrics`]. The writer lives with the
+//! binary: it joins the API's counters and the engine's, which know nothing of each other.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -27,7 +29,9 @@ use virtio::counter_group;
 use virtio::metrics::{Counter, Counts};
 use vmm::metrics::VmMetrics;
 
-use crate::http::{Method, Request};
+use api::http::{Method, Request};
+use api::router::RequestCounter;
+use vmm::control::{EngineError, MetricsControl};
 
 /// How often the metrics are written without being asked, as Firecracker does.
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
@@ -177,16 +181,12 @@ impl MetricsWriter {
         Arc::default()
     }
 
-    pub fn api(&self) -> &ApiMetrics {
-        &self.api
-    }
-
     /// Writes the VM's counters from now on.
     pub fn attach_vm(&self, vm: Arc<VmMetrics>) {
         *self.vm.lock().unwrap_or_else(PoisonError::into_inner) = vm;
     }
 
-    /// Sends the metrics to `path` (see [`crate::sink::open_for_append`]) and starts writing
+    /// Sends the metrics to `path` (see [`api::sink::open_for_append`]) and starts writing
     /// them every [`FLUSH_PERIOD`]. Only once per process, as with Firecracker.
     pub fn init(self: &Arc<Self>, path: &Path) -> Result<(), MetricsError> {
         self.init_with_period(path, FLUSH_PERIOD).map(drop)
@@ -201,7 +201,7 @@ impl MetricsWriter {
         if self.destination.get().is_some() {
             return Err(MetricsError::AlreadyInitialized);
         }
-        let file = crate::sink::open_for_append(path)
+        let file = api::sink::open_for_append(path)
             .map_err(|source| MetricsError::Open { path: path.display().to_string(), source })?;
         // The API handles requests one at a time, so no other init can come between the check
         // and the set; should one, it loses cleanly.
@@ -274,6 +274,25 @@ impl Serialize for Line {
     }
 }
 
+impl RequestCounter for MetricsWriter {
+    fn count(&self, request: &Request, status: u16) {
+        self.api.count(request, status);
+    }
+}
+
+/// The writer as the VMM's controller reaches it (`PUT /metrics`, `FlushMetrics`).
+pub struct MetricsHandle(pub Arc<MetricsWriter>);
+
+impl MetricsControl for MetricsHandle {
+    fn init(&self, path: &Path) -> Result<(), EngineError> {
+        Ok(self.0.init(path)?)
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        Ok(self.0.flush()?)
+    }
+}
+
 /// Writes a whole line to a non-blocking destination. A line that finds no room is dropped (an
 /// error); one that found room for a part waits, bounded, for room for the rest, so that a slow
 /// reader of a pipe gets whole lines.
@@ -310,7 +329,13 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-    use crate::sink::testing::make_fifo;
+
+    /// Makes a named pipe at `path`.
+    fn make_fifo(path: &Path) {
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    }
 
     fn request(method: Method, path: &str) -> Request {
         Request { method, path: path.into(), body: Vec::new(), close: false }
@@ -324,7 +349,7 @@ mod tests {
     #[test]
     fn nothing_is_written_or_taken_before_a_destination_is_set() {
         let writer = MetricsWriter::new();
-        writer.api().count(&request(Method::Get, "/"), 200);
+        writer.api.count(&request(Method::Get, "/"), 200);
         writer.flush().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.json");
@@ -342,7 +367,7 @@ mod tests {
         let path = dir.path().join("metrics.json");
         std::fs::write(&path, "").unwrap();
         writer.init(&path).unwrap();
-        let api = writer.api();
+        let api = &writer.api;
         api.count(&request(Method::Put, "/drives/rootfs"), 204);
         api.count(&request(Method::Put, "/drives/data"), 400);
         api.count(&request(Method::Patch, "/machine-config/"), 204);
@@ -421,7 +446,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fifo");
         make_fifo(&path);
-        let mut pipe = crate::sink::open_for_append(&path).unwrap();
+        let mut pipe = api::sink::open_for_append(&path).unwrap();
         let line: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut reader = File::open(&path).unwrap();
         let expected = line.len();

@@ -1,4 +1,5 @@
-//! Request and response bodies, field for field as Firecracker's API defines them. Bodies that
+//! Request and response bodies, field for field as Firecracker's API defines them (Kestrel's
+//! additions are marked `x-kestrel` in docs/api.yaml). Bodies that
 //! Firecracker parses strictly reject unknown fields here too, so a typo is a 400, not a no-op.
 
 use serde::{Deserialize, Serialize};
@@ -297,6 +298,34 @@ pub struct InstanceInfo {
     pub id: String,
     pub state: InstanceState,
     pub vmm_version: String,
+    /// Kestrel's additions (`x-kestrel` in the API description).
+    #[serde(rename = "x-kestrel", default)]
+    pub kestrel: KestrelInstanceInfo,
+}
+
+/// What `GET /` tells besides Firecracker's fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct KestrelInstanceInfo {
+    /// A long operation the VMM is carrying out (other requests are answered meanwhile; those that
+    /// would conflict with it are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_in_progress: Option<Operation>,
+}
+
+/// A long operation the VMM carries out off its event loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Operation {
+    /// `PUT /snapshot/create`.
+    SnapshotCreate,
+}
+
+impl Operation {
+    /// The operation as a client asked for it.
+    pub fn request(self) -> &'static str {
+        match self {
+            Operation::SnapshotCreate => "PUT /snapshot/create",
+        }
+    }
 }
 
 /// The instance's state as `GET /` reports it.
@@ -382,6 +411,18 @@ pub struct SnapshotLoadParams {
     pub network_overrides: Vec<NetworkOverride>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_override: Option<VsockOverride>,
+    /// Kestrel's extension: the host file each of the snapshot's drives is to use, so that the
+    /// paths a state file names are not opened on its word.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drive_overrides: Vec<DriveOverride>,
+}
+
+/// A drive's host file, named by the client on restore.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    pub drive_id: String,
+    pub path_on_host: String,
 }
 
 /// Where a loaded snapshot's guest memory comes from.

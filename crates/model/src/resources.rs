@@ -6,18 +6,18 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmm::config::{
-    BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
-    VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
-};
-
-use crate::models::{
+use crate::api::{
     Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages, IoEngine,
     MachineConfiguration, NetworkInterface, PartialDrive, Vsock,
 };
+use crate::config::{
+    BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
+    VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
+};
+pub use crate::error::ConfigError;
 
 /// The most vCPUs Kestrel gives a guest (Firecracker's limit is 32).
-pub const MAX_VCPUS: u8 = 254;
+pub const MAX_VCPUS: u8 = crate::config::MAX_VCPUS;
 /// The least guest memory Kestrel boots with.
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// The longest kernel command line the boot protocol allows.
@@ -25,49 +25,13 @@ pub const MAX_CMDLINE_BYTES: usize = 2047;
 /// The longest device ID (drive or interface) accepted in a path or body.
 pub const MAX_ID_BYTES: usize = 64;
 
-/// Why a configuration request was refused; the message is the response's `fault_message`.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("The id from the path [{path}] does not match the id from the body [{body}]!")]
-    IdMismatch { path: String, body: String },
-    #[error("Invalid id '{0}': an id is 1 to 64 characters from A-Z, a-z, 0-9 and _")]
-    InvalidId(String),
-    #[error("{field}: the path must not be empty")]
-    EmptyPath { field: &'static str },
-    #[error("The {what} file cannot be opened: {path}: {reason}")]
-    FileOpen { what: &'static str, path: String, reason: String },
-    #[error("The kernel command line is {0} bytes, longer than the 2047 bytes allowed")]
-    CmdlineTooLong(usize),
-    #[error("The kernel command line must not contain NUL or newline characters")]
-    CmdlineInvalid,
-    #[error("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled. (Kestrel allows 1 to {MAX_VCPUS} vCPUs; got {0}.)")]
-    InvalidVcpuCount(u8),
-    #[error("The memory size (MiB) is invalid: {0}; Kestrel needs at least {MIN_MEMORY_MIB} MiB")]
-    InvalidMemorySize(u64),
-    #[error("{0} is not supported by Kestrel yet")]
-    Unsupported(String),
-    #[error("A root block device already exists!")]
-    RootBlockDeviceAlreadyAdded,
-    #[error("is_read_only and path_on_host are required for a virtio-block drive (vhost-user drives are not supported)")]
-    MissingDriveField,
-    #[error("The host device name {0} is already in use by another interface")]
-    HostDeviceNameInUse(String),
-    #[error("The guest MAC address {0} is already in use by another interface")]
-    GuestMacInUse(String),
-    #[error("Invalid host_dev_name '{0}': a tap name is 1 to {TAP_NAME_MAX_BYTES} bytes without '/', ':', '%' or spaces")]
-    InvalidTapName(String),
-    #[error("Invalid guest_mac: {0}")]
-    InvalidMac(String),
-    #[error("Invalid guest_cid {0}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}")]
-    InvalidCid(u32),
-    #[error("The balloon's amount_mib ({amount}) is more than the guest's memory ({memory} MiB)")]
-    BalloonTooLarge { amount: u32, memory: u64 },
-    #[error("Cannot start microvm without kernel configuration.")]
-    MissingKernel,
-    #[error("Invalid drive_id: no drive {0} is configured")]
-    UnknownDrive(String),
-    #[error("path_on_host is required: it is what Kestrel updates in a drive after start")]
-    MissingPath,
+/// Why a `--config` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("invalid configuration: {0}")]
+    Json(serde_json::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Everything configured so far, as the requests gave it (so `GET /vm/config` returns it as is).
@@ -279,7 +243,7 @@ impl VmResources {
     /// `PUT /vsock`.
     pub fn set_vsock(&mut self, vsock: Vsock) -> Result<(), ConfigError> {
         if !(VSOCK_MIN_CID..=VSOCK_MAX_CID).contains(&u64::from(vsock.guest_cid)) {
-            return Err(ConfigError::InvalidCid(vsock.guest_cid));
+            return Err(ConfigError::InvalidCid(vsock.guest_cid.into()));
         }
         if vsock.uds_path.is_empty() {
             return Err(ConfigError::EmptyPath { field: "uds_path" });
@@ -341,10 +305,9 @@ impl VmResources {
     }
 
     /// A `--config` file's text (Firecracker's `--config-file` JSON).
-    pub fn from_json(text: &str) -> Result<VmResources, String> {
-        let file: FullVmConfiguration =
-            serde_json::from_str(text).map_err(|e| format!("invalid configuration: {e}"))?;
-        VmResources::from_file(file).map_err(|e| e.to_string())
+    pub fn from_json(text: &str) -> Result<VmResources, ConfigFileError> {
+        let file: FullVmConfiguration = serde_json::from_str(text).map_err(ConfigFileError::Json)?;
+        Ok(VmResources::from_file(file)?)
     }
 
     /// A `--config` file's contents, each section checked as its request would be.
@@ -448,7 +411,7 @@ impl VmResources {
                 uds_path: PathBuf::from(&v.uds_path),
             }));
         }
-        Ok(VmConfig {
+        let config = VmConfig {
             kernel: PathBuf::from(&boot.kernel_image_path),
             initrd: boot.initrd_path.as_ref().map(PathBuf::from),
             cmdline,
@@ -458,7 +421,9 @@ impl VmResources {
             virtio,
             transport,
             track_dirty_pages: self.machine_config.track_dirty_pages,
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 

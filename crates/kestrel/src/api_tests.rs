@@ -1,0 +1,621 @@
+//! The API end to end without KVM: the router, the controller and the metrics writer wired as
+//! `kestrel vmm` wires them, with a fake engine behind the controller.
+
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::{self, TryRecvError};
+    use std::sync::{Arc, Mutex};
+
+    use api::http::{Method, Request, Response};
+    use api::router::{RequestCounter, Router};
+    use model::api::BalloonStats;
+    use model::config::{SerialConfig, VirtioTransport, VmConfig};
+    use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
+    use model::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
+    use vmm::control::{
+        channel, ControlMessage, ControlSender, Controller, ControllerSettings, EngineError, Launch,
+        Launcher, LoggerHook, MetricsControl, VmControl,
+    };
+    use vmm::snapshot::SnapshotRequest;
+
+    use crate::metrics::{MetricsHandle, MetricsWriter};
+
+    /// A VM that records the calls it gets.
+    struct FakeVm(Arc<Mutex<Vec<String>>>);
+
+    impl FakeVm {
+        fn record(&self, call: String) {
+            self.0.lock().unwrap().push(call);
+        }
+    }
+
+    impl VmControl for FakeVm {
+        fn pause(&self) -> Result<(), EngineError> {
+            self.record("pause".into());
+            Ok(())
+        }
+
+        fn resume(&self) -> Result<(), EngineError> {
+            self.record("resume".into());
+            Ok(())
+        }
+
+        fn send_ctrl_alt_del(&self) -> Result<(), EngineError> {
+            self.record("ctrl-alt-del".into());
+            Ok(())
+        }
+
+        /// Refuses more than 1 GiB, as a device in a 1 GiB guest would.
+        fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError> {
+            if amount_mib > 1024 {
+                return Err("too large".into());
+            }
+            self.record(format!("balloon {amount_mib}"));
+            Ok(())
+        }
+
+        fn balloon_statistics(&self) -> Result<BalloonStats, EngineError> {
+            self.record("statistics".into());
+            Ok(BalloonStats { target_mib: 64, free_memory: Some(1 << 20), ..BalloonStats::default() })
+        }
+
+        /// Refuses 0, as a device with statistics does.
+        fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), EngineError> {
+            if seconds == 0 {
+                return Err("cannot turn them off".into());
+            }
+            self.record(format!("interval {seconds}"));
+            Ok(())
+        }
+
+        /// Refuses directories, as a disk does.
+        fn update_drive(&self, index: usize, path: &Path) -> Result<(), EngineError> {
+            if path.is_dir() {
+                return Err("not a disk".into());
+            }
+            self.record(format!("drive {index} {}", path.display()));
+            Ok(())
+        }
+
+        fn snapshot(&self, _request: &SnapshotRequest) -> Result<(), EngineError> {
+            self.record("snapshot".into());
+            Ok(())
+        }
+    }
+
+    /// Builds fake VMs, recording the configurations booted and the restores; or fails.
+    struct FakeLauncher {
+        calls: Arc<Mutex<Vec<String>>>,
+        started: Arc<Mutex<Vec<VmConfig>>>,
+        fail: bool,
+    }
+
+    impl Launcher for FakeLauncher {
+        fn launch(&mut self, launch: Launch) -> Result<Arc<dyn VmControl>, EngineError> {
+            if self.fail {
+                return Err("no KVM".into());
+            }
+            match launch {
+                Launch::Boot(config) => self.started.lock().unwrap().push(config),
+                Launch::Restore { options, .. } => {
+                    let mut calls = self.calls.lock().unwrap();
+                    calls.push("restore".into());
+                    for (id, path) in &options.drive_paths {
+                        calls.push(format!("drive {id} from {}", path.display()));
+                    }
+                }
+            }
+            Ok(Arc::new(FakeVm(self.calls.clone())))
+        }
+    }
+
+    /// The controller called directly on the test's thread; a snapshot's report is waited for.
+    /// Holds the channel's API side, as the API thread does, so the controller sees it open.
+    struct Direct {
+        controller: Mutex<Controller<FakeLauncher>>,
+        _api_side: ControlSender,
+    }
+
+    impl Dispatch for Direct {
+        fn dispatch(&self, request: VmmRequest) -> Result<VmmResponse, ControlError> {
+            let mut controller = self.controller.lock().unwrap();
+            let (reply, answer) = mpsc::channel();
+            controller.handle_message(ControlMessage::Request(request, reply));
+            loop {
+                match answer.try_recv() {
+                    Ok(answer) => return answer,
+                    Err(TryRecvError::Empty) if controller.wait_and_handle() => {}
+                    Err(_) => return Err(ControlError::VmmGone),
+                }
+            }
+        }
+    }
+
+    /// The router over a controller over a fake engine, and the metrics both count into.
+    struct Api {
+        router: Router,
+        metrics: Arc<MetricsWriter>,
+    }
+
+    impl Api {
+        fn handle(&mut self, request: &Request) -> Response {
+            self.router.handle(request)
+        }
+
+        fn metrics(&self) -> Arc<MetricsWriter> {
+            self.metrics.clone()
+        }
+    }
+
+    fn build(launcher: FakeLauncher, logger: Option<LoggerHook>) -> Api {
+        let metrics = MetricsWriter::new();
+        let settings = ControllerSettings {
+            id: "test".into(),
+            serial: SerialConfig::None,
+            transport: VirtioTransport::Mmio,
+            metrics: Some(Arc::new(MetricsHandle(metrics.clone())) as Arc<dyn MetricsControl>),
+            logger,
+        };
+        let (sender, receiver) = channel().unwrap();
+        let controller = Controller::new(settings, launcher, receiver);
+        let router = Router::new(
+            Arc::new(Direct { controller: Mutex::new(controller), _api_side: sender }),
+            Some(metrics.clone() as Arc<dyn RequestCounter>),
+        );
+        Api { router, metrics }
+    }
+
+    fn api() -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
+        api_with_calls(Arc::default())
+    }
+
+    fn api_with_calls(calls: Arc<Mutex<Vec<String>>>) -> (Api, Arc<Mutex<Vec<VmConfig>>>) {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let launcher = FakeLauncher { calls, started: started.clone(), fail: false };
+        (build(launcher, None), started)
+    }
+
+    fn call(api: &mut Api, method: Method, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let response =
+            api.handle(&Request { method, path: path.into(), body: body.as_bytes().to_vec(), close: false });
+        let body =
+            response.body.map(|b| serde_json::from_str(&b).unwrap()).unwrap_or(serde_json::Value::Null);
+        (response.status, body)
+    }
+
+    fn fault(api: &mut Api, method: Method, path: &str, body: &str) -> String {
+        let (status, body) = call(api, method, path, body);
+        assert_eq!(status, 400, "{path} {body}");
+        body["fault_message"].as_str().unwrap().to_owned()
+    }
+
+    fn kernel() -> tempfile::NamedTempFile {
+        tempfile::NamedTempFile::new().unwrap()
+    }
+
+    #[test]
+    fn configure_then_start() {
+        let (mut api, started) = api();
+        let kernel = kernel();
+        let disk = kernel.path().to_str().unwrap();
+        let (status, info) = call(&mut api, Method::Get, "/", "");
+        assert_eq!((status, info["state"].as_str()), (200, Some("Not started")));
+        let boot = format!(
+            r#"{{"kernel_image_path": "{disk}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}}"#
+        );
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        let machine = r#"{"vcpu_count": 2, "mem_size_mib": 1024, "smt": false, "track_dirty_pages": false}"#;
+        assert_eq!(call(&mut api, Method::Put, "/machine-config", machine).0, 204);
+        assert_eq!(call(&mut api, Method::Patch, "/machine-config", r#"{"vcpu_count": 4}"#).0, 204);
+        let (_, current) = call(&mut api, Method::Get, "/machine-config", "");
+        assert_eq!((current["vcpu_count"].as_u64(), current["mem_size_mib"].as_u64()), (Some(4), Some(1024)));
+        let data = format!(
+            r#"{{"drive_id": "data", "path_on_host": "{disk}", "is_root_device": false, "is_read_only": true}}"#
+        );
+        assert_eq!(call(&mut api, Method::Put, "/drives/data", &data).0, 204);
+        let root = format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": "{disk}", "is_root_device": true, "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Sync"}}"#
+        );
+        assert_eq!(call(&mut api, Method::Put, "/drives/rootfs", &root).0, 204);
+        let net = r#"{"iface_id": "eth0", "guest_mac": "AA:FC:00:00:00:01", "host_dev_name": "tap0"}"#;
+        assert_eq!(call(&mut api, Method::Put, "/network-interfaces/eth0", net).0, 204);
+        let vsock = r#"{"guest_cid": 3, "uds_path": "./v.sock"}"#;
+        assert_eq!(call(&mut api, Method::Put, "/vsock", vsock).0, 204);
+        let balloon = r#"{"amount_mib": 100, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#;
+        assert_eq!(call(&mut api, Method::Put, "/balloon", balloon).0, 204);
+        let (status, config) = call(&mut api, Method::Get, "/vm/config", "");
+        assert_eq!(status, 200);
+        assert_eq!(config["drives"].as_array().map(Vec::len), Some(2));
+        assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap0");
+
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        let configs = started.lock().unwrap();
+        let config = &configs[0];
+        assert_eq!((config.vcpus, config.memory_bytes), (4, 1024 << 20));
+        assert!(config.cmdline.ends_with("pci=off root=/dev/vda rw"));
+        use model::config::VirtioConfig;
+        let VirtioConfig::Block(first) = &config.virtio[0] else { panic!("{:?}", config.virtio) };
+        assert_eq!((first.id.as_deref(), first.read_only), (Some("rootfs"), false));
+        assert_eq!(config.virtio.len(), 5);
+        drop(configs);
+
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Running");
+        for (path, body) in
+            [("/boot-source", boot.as_str()), ("/machine-config", machine), ("/drives/rootfs", &root)]
+        {
+            assert_eq!(fault(&mut api, Method::Put, path, body), NOT_SUPPORTED_AFTER_START);
+        }
+        let again = fault(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#);
+        assert_eq!(again, NOT_SUPPORTED_AFTER_START);
+    }
+
+    #[test]
+    fn patch_vm_pauses_and_resumes_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let kernel = kernel();
+        let paused = r#"{"state": "Paused"}"#;
+        let resumed = r#"{"state": "Resumed"}"#;
+        assert_eq!(fault(&mut api, Method::Patch, "/vm", paused), NOT_SUPPORTED_BEFORE_START);
+        assert_eq!(fault(&mut api, Method::Patch, "/vm", resumed), NOT_SUPPORTED_BEFORE_START);
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert!(fault(&mut api, Method::Patch, "/vm", r#"{"state": "Stopped"}"#).contains("unknown variant"));
+        assert!(fault(&mut api, Method::Patch, "/vm", "{").contains("Invalid request body"));
+        assert!(
+            fault(&mut api, Method::Patch, "/vm", r#"{"state": "Paused", "x": 1}"#).contains("unknown field")
+        );
+        assert!(calls.lock().unwrap().is_empty());
+        assert_eq!(call(&mut api, Method::Patch, "/vm", paused).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Paused");
+        assert_eq!(call(&mut api, Method::Patch, "/vm", paused).0, 204);
+        assert_eq!(call(&mut api, Method::Patch, "/vm", resumed).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Running");
+        assert_eq!(call(&mut api, Method::Patch, "/vm", resumed).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["pause", "pause", "resume", "resume"]);
+    }
+
+    /// Starts the API's VM on a kernel file that only has to exist.
+    fn start(api: &mut Api) -> tempfile::NamedTempFile {
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        kernel
+    }
+
+    #[test]
+    fn send_ctrl_alt_del_reaches_the_running_vm() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let action = r#"{"action_type": "SendCtrlAltDel"}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/actions", action), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["ctrl-alt-del", "ctrl-alt-del"]);
+    }
+
+    #[test]
+    fn the_balloon_takes_a_new_target_and_interval_and_reports_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let balloon = r#"{"amount_mib": 16, "deflate_on_oom": false, "stats_polling_interval_s": 5}"#;
+        assert_eq!(call(&mut api, Method::Put, "/balloon", balloon).0, 204);
+        for (method, path, body) in [
+            (Method::Patch, "/balloon", r#"{"amount_mib": 64}"#),
+            (Method::Get, "/balloon/statistics", ""),
+            (Method::Patch, "/balloon/statistics", r#"{"stats_polling_interval_s": 1}"#),
+        ] {
+            assert_eq!(fault(&mut api, method, path, body), NOT_SUPPORTED_BEFORE_START, "{path}");
+        }
+        let _kernel = start(&mut api);
+
+        assert_eq!(call(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": 64}"#).0, 204);
+        assert_eq!(
+            call(&mut api, Method::Patch, "/balloon/statistics", r#"{"stats_polling_interval_s": 2}"#).0,
+            204
+        );
+        let (status, config) = call(&mut api, Method::Get, "/balloon", "");
+        assert_eq!(status, 200);
+        assert_eq!(
+            (config["amount_mib"].as_u64(), config["stats_polling_interval_s"].as_u64()),
+            (Some(64), Some(2))
+        );
+        assert_eq!(call(&mut api, Method::Get, "/vm/config", "").1["balloon"]["amount_mib"], 64);
+        let (status, stats) = call(&mut api, Method::Get, "/balloon/statistics", "");
+        assert_eq!(status, 200);
+        assert_eq!((stats["target_mib"].as_u64(), stats["free_memory"].as_u64()), (Some(64), Some(1 << 20)));
+        assert!(stats.get("swap_in").is_none(), "statistics the guest did not report are left out: {stats}");
+
+        // The device's refusals are 400s, and the configuration keeps what the device has.
+        let message = fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": 2048}"#);
+        assert_eq!(message, "Cannot update the balloon: too large");
+        let off = r#"{"stats_polling_interval_s": 0}"#;
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/balloon/statistics", off),
+            "Cannot update the balloon statistics: cannot turn them off"
+        );
+        let config = call(&mut api, Method::Get, "/balloon", "").1;
+        assert_eq!(
+            (config["amount_mib"].as_u64(), config["stats_polling_interval_s"].as_u64()),
+            (Some(64), Some(2))
+        );
+        assert!(fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": 1, "x": 2}"#)
+            .contains("unknown field"));
+        assert!(fault(&mut api, Method::Patch, "/balloon", r#"{"amount_mib": -1}"#).contains("invalid value"));
+        assert!(fault(&mut api, Method::Patch, "/balloon/statistics", "{}").contains("missing field"));
+        assert_eq!(*calls.lock().unwrap(), ["balloon 64", "interval 2", "statistics"]);
+    }
+
+    #[test]
+    fn a_drive_gets_a_new_file_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let (old, new) = (kernel(), kernel());
+        let (old, new) = (old.path().to_str().unwrap(), new.path().to_str().unwrap());
+        for (id, root) in [("data", false), ("rootfs", true)] {
+            let drive = format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "{old}", "is_root_device": {root}, "is_read_only": false}}"#
+            );
+            assert_eq!(call(&mut api, Method::Put, &format!("/drives/{id}"), &drive).0, 204);
+        }
+        let update = format!(r#"{{"drive_id": "data", "path_on_host": "{new}"}}"#);
+        assert_eq!(fault(&mut api, Method::Patch, "/drives/data", &update), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+
+        assert_eq!(call(&mut api, Method::Patch, "/drives/data", &update).0, 204);
+        let config = call(&mut api, Method::Get, "/vm/config", "").1;
+        let paths: Vec<_> =
+            config["drives"].as_array().unwrap().iter().map(|d| d["path_on_host"].clone()).collect();
+        assert_eq!(paths, [new, old], "the configuration follows the change");
+
+        let directory = tempfile::tempdir().unwrap();
+        let refused =
+            format!(r#"{{"drive_id": "rootfs", "path_on_host": "{}"}}"#, directory.path().display());
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/drives/rootfs", &refused),
+            "Cannot update the drive: not a disk"
+        );
+        assert!(fault(
+            &mut api,
+            Method::Patch,
+            "/drives/other",
+            r#"{"drive_id": "other", "path_on_host": "/x"}"#
+        )
+        .contains("no drive other is configured"));
+        assert!(fault(&mut api, Method::Patch, "/drives/data", r#"{"drive_id": "data", "x": 1}"#)
+            .contains("unknown field"));
+        assert_eq!(*calls.lock().unwrap(), [format!("drive 1 {new}")], "the root drive is the VM's disk 0");
+    }
+
+    #[test]
+    fn balloon_requests_without_a_balloon_are_refused() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let _kernel = start(&mut api);
+        for (method, path, body) in [
+            (Method::Get, "/balloon", ""),
+            (Method::Patch, "/balloon", r#"{"amount_mib": 64}"#),
+            (Method::Get, "/balloon/statistics", ""),
+            (Method::Patch, "/balloon/statistics", r#"{"stats_polling_interval_s": 1}"#),
+        ] {
+            assert!(
+                fault(&mut api, method, path, body).contains("no balloon device is configured"),
+                "{path}"
+            );
+        }
+        assert!(calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn snapshots_are_created_only_while_paused() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let create = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m", "snapshot_type": "Diff"}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/snapshot/create", create), NOT_SUPPORTED_BEFORE_START);
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert!(fault(&mut api, Method::Put, "/snapshot/create", create).contains("must be paused"));
+        assert!(fault(&mut api, Method::Put, "/snapshot/create", r#"{"snapshot_path": "/s"}"#)
+            .contains("missing field `mem_file_path`"));
+        let bad_type = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Half"}"#;
+        assert!(fault(&mut api, Method::Put, "/snapshot/create", bad_type).contains("unknown variant"));
+        assert_eq!(call(&mut api, Method::Patch, "/vm", r#"{"state": "Paused"}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/snapshot/create", create).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["pause", "snapshot"]);
+        // A loaded snapshot needs a fresh VMM.
+        let load =
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/snapshot/load", load), NOT_SUPPORTED_AFTER_START);
+    }
+
+    #[test]
+    fn snapshot_loads_need_a_fresh_vmm_and_one_memory_source() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let both = r#"{"snapshot_path": "/s", "mem_file_path": "/m",
+            "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#;
+        assert!(fault(&mut api, Method::Put, "/snapshot/load", both).contains("Exactly one"));
+        assert!(fault(&mut api, Method::Put, "/snapshot/load", r#"{"snapshot_path": "/s"}"#)
+            .contains("Exactly one"));
+        let uffd =
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#;
+        assert!(fault(&mut api, Method::Put, "/snapshot/load", uffd).contains("not supported by Kestrel yet"));
+        let load = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": false}"#;
+        assert_eq!(call(&mut api, Method::Put, "/snapshot/load", load).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Paused", "loaded without resume_vm");
+        assert_eq!(*calls.lock().unwrap(), ["restore"]);
+
+        let (mut configured, _) = super::tests::api();
+        assert_eq!(
+            call(&mut configured, Method::Put, "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#)
+                .0,
+            204
+        );
+        assert!(fault(&mut configured, Method::Put, "/snapshot/load", load).contains("after configuring"));
+    }
+
+    #[test]
+    fn a_snapshot_load_hands_the_clients_drive_paths_to_the_restore() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let load = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [
+            {"drive_id": "rootfs", "path_on_host": "/images/root.img"},
+            {"drive_id": "data", "path_on_host": "/images/data.img"}]}"#;
+        assert_eq!(call(&mut api, Method::Put, "/snapshot/load", load).0, 204);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["restore", "drive data from /images/data.img", "drive rootfs from /images/root.img"]
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_a_message() {
+        let (mut api, started) = api();
+        let kernel = kernel();
+        let path = kernel.path().to_str().unwrap();
+        let cases: Vec<(Method, &str, String, &str)> = vec![
+            (Method::Put, "/boot-source", "{".into(), "Invalid request body"),
+            (Method::Put, "/boot-source", "".into(), "needs a JSON body"),
+            (Method::Put, "/boot-source", "[]".into(), "Invalid request body"),
+            (Method::Put, "/entropy", "[]".into(), "expected a JSON object"),
+            (Method::Put, "/vsock", r#" [3, "v.sock"]"#.into(), "expected a JSON object"),
+            (Method::Patch, "/machine-config", "[2, 256]".into(), "expected a JSON object"),
+            (Method::Put, "/boot-source", r#"{"kernel_image_path": 3}"#.into(), "invalid type"),
+            (Method::Put, "/boot-source", format!(r#"{{"kernel_image_path": "{path}", "x": 1}}"#), "unknown field `x`"),
+            (Method::Put, "/boot-source", r#"{"kernel_image_path": "/nonexistent/k"}"#.into(), "kernel file cannot be opened"),
+            (Method::Put, "/boot-source", r#"{"kernel_image_path": ""}"#.into(), "must not be empty"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 0, "mem_size_mib": 128}"#.into(), "vCPU number is invalid"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 255, "mem_size_mib": 128}"#.into(), "vCPU number is invalid"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 256, "mem_size_mib": 128}"#.into(), "invalid value"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": -1, "mem_size_mib": 128}"#.into(), "invalid value"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 3, "mem_size_mib": 128, "smt": true}"#.into(), "vCPU number is invalid"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 0}"#.into(), "memory size"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 18446744073709551615}"#.into(), "memory size"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 1}"#.into(), "missing field `mem_size_mib`"),
+            (Method::Put, "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}"#.into(), "unknown variant"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "b", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false}}"#), "does not match"),
+            (Method::Put, "/drives/a-b", format!(r#"{{"drive_id": "a-b", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false}}"#), "Invalid id"),
+            (Method::Put, "/drives/a", r#"{"drive_id": "a", "is_root_device": false}"#.into(), "required"),
+            (Method::Put, "/drives/a", r#"{"drive_id": "a", "path_on_host": "/nonexistent", "is_root_device": false, "is_read_only": false}"#.into(), "cannot be opened"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "io_engine": "Async"}}"#), "not supported by Kestrel yet"),
+            (Method::Put, "/network-interfaces/e", r#"{"iface_id": "e", "host_dev_name": "tap0", "guest_mac": "zz"}"#.into(), "Invalid guest_mac"),
+            (Method::Put, "/network-interfaces/e", r#"{"iface_id": "e", "host_dev_name": "a/b"}"#.into(), "Invalid host_dev_name"),
+            (Method::Put, "/vsock", r#"{"guest_cid": 2, "uds_path": "/tmp/v"}"#.into(), "Invalid guest_cid"),
+            (Method::Put, "/vsock", r#"{"guest_cid": 4294967296, "uds_path": "/tmp/v"}"#.into(), "invalid value"),
+            (Method::Put, "/balloon", r#"{"amount_mib": 129, "deflate_on_oom": false}"#.into(), "more than the guest's memory"),
+            (Method::Put, "/balloon", r#"{"amount_mib": 1}"#.into(), "missing field `deflate_on_oom`"),
+            (Method::Put, "/actions", r#"{"action_type": "Reboot"}"#.into(), "unknown variant"),
+            (Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#.into(), "without kernel configuration"),
+            (Method::Put, "/actions", r#"{"action_type": "SendCtrlAltDel"}"#.into(), "before starting"),
+            (Method::Put, "/snapshot/create", "{}".into(), "missing field"),
+            (Method::Put, "/logger", "{}".into(), "not supported by Kestrel yet"),
+            (Method::Put, "/logger", r#"{"level": "loud"}"#.into(), "one of Error, Warning, Info, Debug, Trace, Off"),
+            (Method::Put, "/logger", r#"{"log_path": "/tmp/l", "colour": true}"#.into(), "unknown field `colour`"),
+            (Method::Put, "/metrics", "{}".into(), "missing field `metrics_path`"),
+            (Method::Put, "/metrics", r#"{"metrics_path": "/tmp/m", "x": 1}"#.into(), "unknown field `x`"),
+            (Method::Put, "/metrics", r#"{"metrics_path": "/nonexistent/dir/m"}"#.into(), "Cannot open the metrics file"),
+            (Method::Put, "/actions", r#"{"action_type": "FlushMetrics"}"#.into(), "before starting"),
+            (Method::Get, "/nowhere", "".into(), "Invalid request method and/or path: GET /nowhere."),
+            (Method::Patch, "/boot-source", "{}".into(), "Invalid request method and/or path"),
+            (Method::Put, "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "a"}]}"#.into(), "missing field `path_on_host`"),
+            (Method::Put, "/snapshot/load", r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "a", "path_on_host": "/d", "x": 1}]}"#.into(), "unknown field `x`"),
+        ];
+        for (method, path, body, expected) in cases {
+            let message = fault(&mut api, method, path, &body);
+            assert!(message.contains(expected), "{path} {body}: {message}");
+        }
+        assert!(started.lock().unwrap().is_empty());
+        assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Not started");
+    }
+
+    #[test]
+    fn metrics_are_set_up_once_before_the_start_and_flushed_after_it() {
+        let (mut api, _) = api();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        let put = format!(r#"{{"metrics_path": "{}"}}"#, path.display());
+        let flush = r#"{"action_type": "FlushMetrics"}"#;
+        assert_eq!(call(&mut api, Method::Put, "/metrics", &put).0, 204);
+        let again = fault(&mut api, Method::Put, "/metrics", &put);
+        assert_eq!(again, "Reinitialization of metrics not allowed.");
+        assert_eq!(fault(&mut api, Method::Put, "/actions", flush), NOT_SUPPORTED_BEFORE_START);
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", flush).0, 204);
+        assert_eq!(fault(&mut api, Method::Put, "/metrics", &put), NOT_SUPPORTED_AFTER_START);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let put_requests = &lines[0]["put_api_requests"];
+        assert_eq!((&put_requests["metrics_count"], &put_requests["metrics_fails"]), (&2.into(), &1.into()));
+        // The flush counts itself once answered: in the next line.
+        assert_eq!((&put_requests["actions_count"], &put_requests["actions_fails"]), (&2.into(), &1.into()));
+        assert_eq!(lines[0]["api_server"]["request_count"], 5);
+        api.metrics().flush().unwrap();
+        let last = std::fs::read_to_string(&path).unwrap().lines().nth(1).map(str::to_owned).unwrap();
+        let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(last["put_api_requests"]["actions_count"], 1);
+        assert_eq!(last["put_api_requests"]["metrics_fails"], 1);
+    }
+
+    #[test]
+    fn the_logger_is_configured_through_its_control_before_the_start() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let seen = applied.clone();
+        // As `kestrel vmm`'s hook: the request's file opened, then the settings applied.
+        let hook: LoggerHook = Box::new(move |request| {
+            let settings = api::logger::LoggerSettings::open(request)?;
+            if settings.module.as_deref() == Some("refused") {
+                return Err("the control refused".into());
+            }
+            seen.lock().unwrap().push((settings.level, settings.show_level, settings.file.is_some()));
+            Ok(())
+        });
+        let launcher = FakeLauncher { calls: Arc::default(), started: Arc::default(), fail: false };
+        let mut api = build(launcher, Some(hook));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("kestrel.log");
+        let with_file =
+            format!(r#"{{"log_path": "{}", "level": "debug", "show_level": true}}"#, log.display());
+        assert_eq!(call(&mut api, Method::Put, "/logger", &with_file).0, 204);
+        assert!(log.exists());
+        // Firecracker lets the logger be changed again before the start.
+        assert_eq!(call(&mut api, Method::Put, "/logger", r#"{"level": "Error"}"#).0, 204);
+        let refused = fault(&mut api, Method::Put, "/logger", r#"{"module": "refused"}"#);
+        assert_eq!(refused, "the control refused");
+        let missing = format!(r#"{{"log_path": "{}/no/such/dir/log"}}"#, dir.path().display());
+        assert!(fault(&mut api, Method::Put, "/logger", &missing).starts_with("Cannot open the log file"));
+        use tracing::level_filters::LevelFilter;
+        assert_eq!(
+            *applied.lock().unwrap(),
+            [(LevelFilter::DEBUG, true, true), (LevelFilter::ERROR, false, false)]
+        );
+
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
+        assert_eq!(fault(&mut api, Method::Put, "/logger", "{}"), NOT_SUPPORTED_AFTER_START);
+        assert_eq!(applied.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_start_leaves_the_vm_configurable() {
+        let launcher = FakeLauncher { calls: Arc::default(), started: Arc::default(), fail: true };
+        let mut api = build(launcher, None);
+        let kernel = kernel();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+        let message = fault(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#);
+        assert_eq!(message, "Cannot start the microVM: no KVM");
+        assert_eq!(call(&mut api, Method::Put, "/boot-source", &boot).0, 204);
+    }
+}

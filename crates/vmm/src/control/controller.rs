@@ -1,0 +1,450 @@
+//! The controller: Firecracker's pre-boot configuration state machine, `InstanceStart` and
+//! snapshot load, and the requests to a running VM. It lives on the VMM thread and owns all of
+//! the VMM's control state, so requests need no lock; a snapshot runs on a thread of its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use model::api::{
+    ActionType, Balloon, BalloonStatsUpdate, BalloonUpdate, InstanceInfo, InstanceState, KestrelInstanceInfo,
+    MachineConfiguration, MemoryBackendType, Operation, PartialDrive, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType, VmStateValue,
+};
+use model::config::{SerialConfig, VirtioTransport};
+use model::control::{ControlError, VmmRequest, VmmResponse};
+use model::resources::VmResources;
+
+use super::channel::{ControlMessage, ControlReceiver, Received, Reply};
+use super::{EngineError, Launch, Launcher, LoggerHook, MetricsControl, VmControl};
+use crate::builder::RestoreOptions;
+use crate::snapshot::{SnapshotKind, SnapshotRequest};
+
+/// What the controller is given besides its requests.
+pub struct ControllerSettings {
+    /// The instance ID `GET /` reports.
+    pub id: String,
+    /// Not part of Firecracker's API: from the command line.
+    pub serial: SerialConfig,
+    /// Not part of Firecracker's API: from the command line.
+    pub transport: VirtioTransport,
+    /// Serves `PUT /metrics` and `FlushMetrics`; without it both are refused as not supported.
+    pub metrics: Option<Arc<dyn MetricsControl>>,
+    /// Serves `PUT /logger`; without it the endpoint is not supported.
+    pub logger: Option<LoggerHook>,
+}
+
+type Answer = Result<VmmResponse, ControlError>;
+
+/// What [`Controller::handle_pending`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// It handled at least one message.
+    Handled,
+    /// Nothing was queued.
+    Nothing,
+    /// Nothing was queued, and no request can come any more (the API is gone).
+    Closed,
+}
+
+/// The VMM's control state, answering one request at a time on the VMM thread.
+pub struct Controller<L: Launcher> {
+    settings: ControllerSettings,
+    resources: VmResources,
+    state: InstanceState,
+    launcher: L,
+    /// The started VM's control; `None` before `InstanceStart` or a snapshot load.
+    vm: Option<Arc<dyn VmControl>>,
+    /// A configuration request succeeded: loading a snapshot is no longer allowed.
+    configured: bool,
+    /// The client waiting for the snapshot under way, if one is.
+    snapshot: Option<Reply>,
+    receiver: ControlReceiver,
+}
+
+fn vm_error(context: &'static str) -> impl FnOnce(EngineError) -> ControlError {
+    move |e| ControlError::Vm { context, message: e.to_string() }
+}
+
+impl<L: Launcher> Controller<L> {
+    /// A controller answering the messages `receiver` gets.
+    pub fn new(settings: ControllerSettings, launcher: L, receiver: ControlReceiver) -> Controller<L> {
+        Controller {
+            settings,
+            resources: VmResources::default(),
+            state: InstanceState::NotStarted,
+            launcher,
+            vm: None,
+            configured: false,
+            snapshot: None,
+            receiver,
+        }
+    }
+
+    /// The launcher, to take what it built.
+    pub fn launcher_mut(&mut self) -> &mut L {
+        &mut self.launcher
+    }
+
+    /// Waits until there is at least one message and handles every queued one (before the VM
+    /// runs, when nothing else needs the thread); `false` once the API is gone and nothing is left
+    /// to handle, or the wait fails.
+    pub fn wait_and_handle(&mut self) -> bool {
+        loop {
+            match self.handle_pending() {
+                Pending::Handled => return true,
+                Pending::Closed => return false,
+                Pending::Nothing => {
+                    if let Err(e) = self.receiver.wait() {
+                        tracing::error!("the control channel cannot be waited on: {e}");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every queued message (the event loop calls this when the wake-up fd is readable).
+    pub fn handle_pending(&mut self) -> Pending {
+        self.receiver.clear_wake();
+        let mut handled = false;
+        loop {
+            match self.receiver.try_recv() {
+                Received::Message(message) => {
+                    self.handle_message(message);
+                    handled = true;
+                }
+                // What was handled counts first (a start the API asked for before it ended).
+                Received::Empty | Received::Closed if handled => return Pending::Handled,
+                Received::Empty => return Pending::Nothing,
+                Received::Closed => return Pending::Closed,
+            }
+        }
+    }
+
+    /// The fd that becomes readable when messages are queued.
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.receiver.wake_fd()
+    }
+
+    /// Handles one message: answers a request (or, for a snapshot, starts it and answers when it
+    /// reports back), or takes a worker's report.
+    pub fn handle_message(&mut self, message: ControlMessage) {
+        match message {
+            ControlMessage::Request(VmmRequest::CreateSnapshot(params), reply) => {
+                if let Err(e) = self.start_snapshot(params, &reply) {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            ControlMessage::Request(request, reply) => {
+                // A client that went away does not mind the lost answer.
+                let _ = reply.send(self.answer(request));
+            }
+            ControlMessage::SnapshotDone(result) => {
+                let answer =
+                    result.map(|()| VmmResponse::NoContent).map_err(vm_error("Cannot create the snapshot"));
+                if let Some(reply) = self.snapshot.take() {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.state != InstanceState::NotStarted
+    }
+
+    /// The long operation under way, if any.
+    fn operation(&self) -> Option<Operation> {
+        self.snapshot.as_ref().map(|_| Operation::SnapshotCreate)
+    }
+
+    /// Requests that change the running VM cannot run beside a snapshot; the others (reads,
+    /// and configuration requests, which are refused after the start anyway) go on.
+    fn conflicts(request: &VmmRequest) -> bool {
+        matches!(
+            request,
+            VmmRequest::PatchVm(_)
+                | VmmRequest::CreateSnapshot(_)
+                | VmmRequest::PatchDrive { .. }
+                | VmmRequest::PatchBalloon(_)
+                | VmmRequest::PatchBalloonStats(_)
+                | VmmRequest::Action(ActionType::SendCtrlAltDel)
+        )
+    }
+
+    /// Answers one request (all but snapshot creation, which [`Self::handle_message`] starts and
+    /// answers later).
+    fn answer(&mut self, request: VmmRequest) -> Answer {
+        if let Some(operation) = self.operation().filter(|_| Self::conflicts(&request)) {
+            return Err(ControlError::Busy { operation });
+        }
+        match request {
+            VmmRequest::GetInstanceInfo => Ok(VmmResponse::InstanceInfo(self.instance_info())),
+            VmmRequest::GetMachineConfig => {
+                Ok(VmmResponse::MachineConfiguration(self.resources.machine_config().clone()))
+            }
+            VmmRequest::GetVmConfig => Ok(VmmResponse::FullConfig(Box::new(self.resources.export()))),
+            VmmRequest::GetBalloon => Ok(VmmResponse::Balloon(self.balloon()?.clone())),
+            VmmRequest::PutBootSource(boot) => self.configure(|r| r.set_boot_source(boot)),
+            VmmRequest::PutMachineConfig(machine) => self.configure(|r| r.set_machine_config(machine)),
+            VmmRequest::PatchMachineConfig(fields) => {
+                let machine = self.patched_machine_config(fields)?;
+                self.configure(|r| r.set_machine_config(machine))
+            }
+            VmmRequest::PutDrive { id, drive } => self.configure(|r| r.put_drive(&id, drive)),
+            VmmRequest::PutNetworkInterface { id, interface } => {
+                self.configure(|r| r.put_network_interface(&id, interface))
+            }
+            VmmRequest::PutVsock(vsock) => self.configure(|r| r.set_vsock(vsock)),
+            VmmRequest::PutBalloon(balloon) => self.configure(|r| r.set_balloon(balloon)),
+            VmmRequest::PutEntropy(entropy) => self.configure(|r| r.set_entropy(entropy)),
+            VmmRequest::PatchBalloon(update) => self.patch_balloon(update),
+            VmmRequest::GetBalloonStats => self.balloon_statistics(),
+            VmmRequest::PatchBalloonStats(update) => self.patch_balloon_stats(update),
+            VmmRequest::PatchDrive { id, update } => self.patch_drive(&id, &update),
+            VmmRequest::PatchNetworkInterface { .. } if !self.started() => {
+                Err(ControlError::NotSupportedBeforeStart)
+            }
+            VmmRequest::PatchNetworkInterface { .. } => {
+                Err(ControlError::NotYet("Updating rate limiters (PATCH /network-interfaces)"))
+            }
+            VmmRequest::Action(action) => self.action(action),
+            VmmRequest::PatchVm(state) => self.patch_vm(state),
+            // Taken by `handle_message` before it gets here.
+            VmmRequest::CreateSnapshot(_) => Err(ControlError::NotYet("A snapshot answered at once")),
+            VmmRequest::LoadSnapshot(params) => self.load_snapshot(params),
+            VmmRequest::PutLogger(logger) => self.put_logger(logger),
+            VmmRequest::PutMetrics(metrics) => self.put_metrics(Path::new(&metrics.metrics_path)),
+        }
+    }
+
+    fn instance_info(&self) -> InstanceInfo {
+        InstanceInfo {
+            app_name: "Kestrel".into(),
+            id: self.settings.id.clone(),
+            state: self.state,
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+            kestrel: KestrelInstanceInfo { operation_in_progress: self.operation() },
+        }
+    }
+
+    /// The configured balloon.
+    fn balloon(&self) -> Result<&Balloon, ControlError> {
+        self.resources.balloon().ok_or(ControlError::NoBalloon)
+    }
+
+    /// The running VM, for a post-boot-only request.
+    fn vm(&self) -> Result<Arc<dyn VmControl>, ControlError> {
+        self.vm.clone().ok_or(ControlError::NotSupportedBeforeStart)
+    }
+
+    /// A pre-boot-only configuration request.
+    fn configure(
+        &mut self,
+        apply: impl FnOnce(&mut VmResources) -> Result<(), model::error::ConfigError>,
+    ) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        apply(&mut self.resources)?;
+        self.configured = true;
+        Ok(VmmResponse::NoContent)
+    }
+
+    /// `PATCH /machine-config`: the current configuration with the given fields replaced.
+    fn patched_machine_config(
+        &self,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<MachineConfiguration, ControlError> {
+        let invalid = |e: serde_json::Error| ControlError::InvalidBody(e.to_string());
+        let mut merged = serde_json::to_value(self.resources.machine_config()).map_err(invalid)?;
+        let Some(target) = merged.as_object_mut() else {
+            return Err(ControlError::InvalidBody("expected a JSON object".into()));
+        };
+        target.extend(fields);
+        serde_json::from_value(merged).map_err(invalid)
+    }
+
+    fn patch_balloon(&mut self, BalloonUpdate { amount_mib }: BalloonUpdate) -> Answer {
+        let vm = self.vm()?;
+        self.balloon()?;
+        vm.update_balloon(amount_mib).map_err(vm_error("Cannot update the balloon"))?;
+        self.resources.record_balloon_target(amount_mib);
+        Ok(VmmResponse::NoContent)
+    }
+
+    fn balloon_statistics(&self) -> Answer {
+        let vm = self.vm()?;
+        self.balloon()?;
+        let stats = vm.balloon_statistics().map_err(vm_error("Cannot read the balloon statistics"))?;
+        Ok(VmmResponse::BalloonStats(stats))
+    }
+
+    fn patch_balloon_stats(&mut self, update: BalloonStatsUpdate) -> Answer {
+        let seconds = update.stats_polling_interval_s;
+        let vm = self.vm()?;
+        self.balloon()?;
+        vm.update_balloon_stats_interval(seconds)
+            .map_err(vm_error("Cannot update the balloon statistics"))?;
+        self.resources.record_balloon_stats_interval(seconds);
+        Ok(VmmResponse::NoContent)
+    }
+
+    fn patch_drive(&mut self, id: &str, update: &PartialDrive) -> Answer {
+        let vm = self.vm()?;
+        let (index, path) = self.resources.check_drive_update(id, update)?;
+        vm.update_drive(index, &path).map_err(vm_error("Cannot update the drive"))?;
+        self.resources.record_drive_path(id, &path.to_string_lossy());
+        Ok(VmmResponse::NoContent)
+    }
+
+    fn action(&mut self, action: ActionType) -> Answer {
+        match action {
+            ActionType::InstanceStart => self.start(),
+            ActionType::SendCtrlAltDel => {
+                self.vm()?.send_ctrl_alt_del().map_err(vm_error("Cannot send Ctrl+Alt+Del"))?;
+                Ok(VmmResponse::NoContent)
+            }
+            // Like Firecracker: before the start there is nothing to flush.
+            ActionType::FlushMetrics if !self.started() => Err(ControlError::NotSupportedBeforeStart),
+            ActionType::FlushMetrics => {
+                if let Some(metrics) = &self.settings.metrics {
+                    metrics.flush().map_err(|e| ControlError::Metrics(e.to_string()))?;
+                }
+                Ok(VmmResponse::NoContent)
+            }
+        }
+    }
+
+    /// `PATCH /vm`. Like Firecracker, pausing a paused VM and resuming a running one succeed.
+    fn patch_vm(&mut self, state: VmStateValue) -> Answer {
+        let vm = self.vm()?;
+        match state {
+            VmStateValue::Paused => {
+                vm.pause().map_err(vm_error("Cannot pause the microVM"))?;
+                self.state = InstanceState::Paused;
+            }
+            VmStateValue::Resumed => {
+                vm.resume().map_err(vm_error("Cannot resume the microVM"))?;
+                self.state = InstanceState::Running;
+            }
+        }
+        Ok(VmmResponse::NoContent)
+    }
+
+    /// `PUT /logger`: before the start, as often as asked (Firecracker's rules).
+    fn put_logger(&mut self, logger: model::api::Logger) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        let hook = self
+            .settings
+            .logger
+            .as_mut()
+            .ok_or(ControlError::NotYet("The logger endpoint (use --log-level)"))?;
+        hook(logger).map_err(|e| ControlError::Logger(e.to_string()))?;
+        Ok(VmmResponse::NoContent)
+    }
+
+    /// `PUT /metrics`: before the start, once (Firecracker's rules; the writer enforces "once").
+    fn put_metrics(&mut self, path: &Path) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        let metrics = self.settings.metrics.as_ref().ok_or(ControlError::NotYet("The metrics endpoint"))?;
+        metrics.init(path).map_err(|e| ControlError::Metrics(e.to_string()))?;
+        Ok(VmmResponse::NoContent)
+    }
+
+    fn start(&mut self) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        let config = self.resources.to_vm_config(self.settings.serial.clone(), self.settings.transport)?;
+        let vm = self.launcher.launch(Launch::Boot(config)).map_err(vm_error("Cannot start the microVM"))?;
+        self.vm = Some(vm);
+        self.state = InstanceState::Running;
+        Ok(VmmResponse::NoContent)
+    }
+
+    /// Checks a snapshot request and starts it on a thread of its own; the answer goes to `reply`
+    /// when the thread reports back. Meanwhile the controller answers other requests.
+    fn start_snapshot(&mut self, params: SnapshotCreateParams, reply: &Reply) -> Result<(), ControlError> {
+        if let Some(operation) = self.operation() {
+            return Err(ControlError::Busy { operation });
+        }
+        let vm = self.vm()?;
+        if self.state != InstanceState::Paused {
+            return Err(ControlError::NotPaused);
+        }
+        let request = SnapshotRequest {
+            state_path: params.snapshot_path.into(),
+            memory_path: params.mem_file_path.into(),
+            kind: match params.snapshot_type {
+                SnapshotType::Full => SnapshotKind::Full,
+                SnapshotType::Diff => SnapshotKind::Diff,
+            },
+        };
+        let report = self.receiver.report_sender();
+        std::thread::Builder::new()
+            .name("kestrel-snapshot".into())
+            .spawn(move || {
+                let result = vm.snapshot(&request);
+                // The controller may be gone (the VM ended): nobody is left to tell.
+                let _ = report.send(ControlMessage::SnapshotDone(result));
+            })
+            .map_err(|e| ControlError::Vm {
+                context: "Cannot create the snapshot",
+                message: e.to_string(),
+            })?;
+        self.snapshot = Some(reply.clone());
+        Ok(())
+    }
+
+    /// Firecracker's rule: only into a fresh VMM, before any configuration.
+    fn load_snapshot(&mut self, params: SnapshotLoadParams) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        if self.configured {
+            return Err(ControlError::ConfiguredBeforeLoad);
+        }
+        let memory_path = match (params.mem_file_path, params.mem_backend) {
+            (Some(path), None) => path,
+            (None, Some(backend)) if backend.backend_type == MemoryBackendType::File => backend.backend_path,
+            (None, Some(_)) => return Err(ControlError::NotYet("The Uffd memory backend")),
+            _ => return Err(ControlError::MemorySource),
+        };
+        if !params.network_overrides.is_empty() {
+            return Err(ControlError::NotYet("network_overrides"));
+        }
+        let drive_paths =
+            params.drive_overrides.into_iter().map(|o| (o.drive_id, PathBuf::from(o.path_on_host))).collect();
+        let launch = Launch::Restore {
+            state_path: params.snapshot_path.into(),
+            memory_path: memory_path.into(),
+            options: RestoreOptions {
+                serial: self.settings.serial.clone(),
+                track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
+                vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
+                drive_paths,
+            },
+            resume: params.resume_vm,
+        };
+        let vm = self.launcher.launch(launch).map_err(vm_error("Cannot load the snapshot"))?;
+        self.vm = Some(vm);
+        self.state = if params.resume_vm { InstanceState::Running } else { InstanceState::Paused };
+        Ok(VmmResponse::NoContent)
+    }
+}
+
+impl<L: Launcher> crate::vm::LoopClient for Controller<L> {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.wake_fd()
+    }
+
+    fn ready(&mut self) {
+        // A closed channel leaves the VM running, as the API thread's end always has.
+        self.handle_pending();
+    }
+}

@@ -1,0 +1,110 @@
+//! The real engine behind the controller: [`KvmLauncher`] builds or restores a VM with the
+//! [`crate::builder`] and keeps it for the main thread to run; [`VmHandle`] is the running VM's
+//! [`VmControl`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use model::api::BalloonStats;
+
+use super::{EngineError, Launch, Launcher, VmControl};
+use crate::snapshot::SnapshotRequest;
+use crate::vm::{Vm, VmHandle};
+
+/// Builds VMs on `/dev/kvm`. The VM it built waits in [`KvmLauncher::take_built`] for the main
+/// thread, which runs it (its event loop then serves the controller).
+#[derive(Default)]
+pub struct KvmLauncher {
+    built: Option<Vm>,
+}
+
+impl KvmLauncher {
+    /// The VM the last successful launch built, once.
+    pub fn take_built(&mut self) -> Option<Vm> {
+        self.built.take()
+    }
+}
+
+impl Launcher for KvmLauncher {
+    fn launch(&mut self, launch: Launch) -> Result<Arc<dyn VmControl>, EngineError> {
+        let vm = match launch {
+            Launch::Boot(config) => crate::builder::build(&config)?,
+            Launch::Restore { state_path, memory_path, options, resume } => {
+                let vm = crate::builder::restore(&state_path, &memory_path, &options)?;
+                if !resume {
+                    // Before `run`, a pause holds the vCPUs before they first enter the guest.
+                    vm.handle().pause()?;
+                }
+                vm
+            }
+        };
+        let handle = vm.handle();
+        self.built = Some(vm);
+        Ok(Arc::new(handle))
+    }
+}
+
+impl VmControl for VmHandle {
+    fn pause(&self) -> Result<(), EngineError> {
+        Ok(VmHandle::pause(self)?)
+    }
+
+    fn resume(&self) -> Result<(), EngineError> {
+        VmHandle::resume(self);
+        Ok(())
+    }
+
+    fn snapshot(&self, request: &SnapshotRequest) -> Result<(), EngineError> {
+        let report = VmHandle::snapshot(self, request)?;
+        tracing::info!(
+            "snapshot written in {:?}: {} bytes of state, {} bytes of memory",
+            report.duration,
+            report.state_bytes,
+            report.memory_bytes_written
+        );
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), EngineError> {
+        Ok(self.devices().send_ctrl_alt_del()?)
+    }
+
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError> {
+        Ok(self.devices().set_balloon_target(amount_mib)?)
+    }
+
+    fn balloon_statistics(&self) -> Result<BalloonStats, EngineError> {
+        let report = self.devices().balloon_report()?;
+        let stats = report.stats;
+        Ok(BalloonStats {
+            target_pages: report.target_pages,
+            actual_pages: report.actual_pages,
+            target_mib: report.target_mib,
+            actual_mib: report.actual_mib,
+            swap_in: stats.swap_in,
+            swap_out: stats.swap_out,
+            major_faults: stats.major_faults,
+            minor_faults: stats.minor_faults,
+            free_memory: stats.free_memory,
+            total_memory: stats.total_memory,
+            available_memory: stats.available_memory,
+            disk_caches: stats.disk_caches,
+            hugetlb_allocations: stats.hugetlb_allocations,
+            hugetlb_failures: stats.hugetlb_failures,
+            oom_kill: stats.oom_kills,
+            alloc_stall: stats.alloc_stalls,
+            async_scan: stats.async_scan,
+            direct_scan: stats.direct_scan,
+            async_reclaim: stats.async_reclaim,
+            direct_reclaim: stats.direct_reclaim,
+        })
+    }
+
+    fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), EngineError> {
+        Ok(self.devices().set_balloon_stats_interval(seconds)?)
+    }
+
+    fn update_drive(&self, index: usize, path: &Path) -> Result<(), EngineError> {
+        Ok(self.devices().replace_disk(index, path)?)
+    }
+}

@@ -1,0 +1,79 @@
+//! The VMM's control thread: the API's requests, typed ([`model::control::VmmRequest`]), arrive
+//! over a channel plus an eventfd ([`channel`]) and are answered by the [`Controller`], which owns
+//! the pre-boot configuration, builds or restores the VM through a [`Launcher`], and drives the
+//! running VM through [`VmControl`].
+//!
+//! The controller runs on the process's main thread: before the start it waits on the channel;
+//! once the VM runs, the VM's event loop watches the channel's eventfd beside its own events
+//! (signals, stdin, vCPU ends). Long operations (a snapshot) run on a thread of their own and
+//! report back through the same channel, so the loop keeps answering other clients meanwhile.
+
+mod channel;
+mod controller;
+mod engine;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Received, Reply};
+pub use controller::{Controller, ControllerSettings, Pending};
+pub use engine::KvmLauncher;
+use model::api::BalloonStats;
+use model::config::VmConfig;
+
+use crate::builder::RestoreOptions;
+use crate::snapshot::SnapshotRequest;
+
+/// An engine failure, kept as an error value up to the control plane's edge (where it becomes
+/// the client's `fault_message`).
+pub type EngineError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `InstanceStart` or `PUT /snapshot/load` asks the engine to build.
+#[derive(Clone, Debug)]
+pub enum Launch {
+    /// Boot a VM from a complete configuration.
+    Boot(VmConfig),
+    /// Restore a VM from a snapshot; it stays paused unless `resume`.
+    Restore { state_path: PathBuf, memory_path: PathBuf, options: RestoreOptions, resume: bool },
+}
+
+/// Builds VMs for the controller: the real one ([`KvmLauncher`]) hands the built VM to the main
+/// thread to run; test doubles record what they were asked.
+pub trait Launcher {
+    /// Builds (and, for a restore, pauses or not) the VM; returns its control.
+    fn launch(&mut self, launch: Launch) -> Result<Arc<dyn VmControl>, EngineError>;
+}
+
+/// What the controller does to a running VM. Shared with the snapshot thread, hence `Sync`.
+pub trait VmControl: Send + Sync {
+    /// Returns once the vCPUs are paused; pausing a paused VM succeeds.
+    fn pause(&self) -> Result<(), EngineError>;
+    /// Resuming a running VM succeeds.
+    fn resume(&self) -> Result<(), EngineError>;
+    /// Writes a snapshot of the paused VM (called off the event loop).
+    fn snapshot(&self, request: &SnapshotRequest) -> Result<(), EngineError>;
+    /// `SendCtrlAltDel`: types Ctrl+Alt+Del on the guest's keyboard.
+    fn send_ctrl_alt_del(&self) -> Result<(), EngineError>;
+    /// `PATCH /balloon`: gives the balloon a new target.
+    fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError>;
+    /// `GET /balloon/statistics`: fails if the balloon has no statistics.
+    fn balloon_statistics(&self) -> Result<BalloonStats, EngineError>;
+    /// `PATCH /balloon/statistics`: a new interval (statistics cannot be turned on or off).
+    fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), EngineError>;
+    /// `PATCH /drives/{drive_id}`: disk `index` (in the order of the VM configuration's disks)
+    /// is the file at `path` from now on.
+    fn update_drive(&self, index: usize, path: &Path) -> Result<(), EngineError>;
+}
+
+/// `PUT /metrics` and `FlushMetrics`: the process's metrics writer, which lives with the binary.
+pub trait MetricsControl: Send + Sync {
+    /// Sends the metrics to `path` from now on (once per process).
+    fn init(&self, path: &Path) -> Result<(), EngineError>;
+    /// Writes one line now.
+    fn flush(&self) -> Result<(), EngineError>;
+}
+
+/// Applies `PUT /logger` to the process's log output; the binary owns the log subscriber.
+pub type LoggerHook = Box<dyn FnMut(model::api::Logger) -> Result<(), EngineError> + Send>;

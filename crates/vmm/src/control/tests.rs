@@ -1,0 +1,206 @@
+//! The controller with a fake engine: snapshots run off the loop while other requests are
+//! answered, and conflicting requests are refused until the snapshot reports back.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+
+use model::api::{
+    ActionType, BalloonStats, BootSource, InstanceState, Operation, SnapshotCreateParams, SnapshotType,
+    VmStateValue,
+};
+use model::config::{SerialConfig, VirtioTransport};
+use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
+
+use super::*;
+
+/// A VM whose snapshot waits for the test's word and then succeeds or fails as told.
+struct GatedVm {
+    gate: Mutex<Receiver<Result<(), String>>>,
+}
+
+impl VmControl for GatedVm {
+    fn pause(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn snapshot(&self, _request: &SnapshotRequest) -> Result<(), EngineError> {
+        let gate = self.gate.lock().unwrap();
+        Ok(gate.recv().map_err(|_| "the test ended")??)
+    }
+    fn send_ctrl_alt_del(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn update_balloon(&self, _amount_mib: u32) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn balloon_statistics(&self) -> Result<BalloonStats, EngineError> {
+        Ok(BalloonStats::default())
+    }
+    fn update_balloon_stats_interval(&self, _seconds: u16) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn update_drive(&self, _index: usize, _path: &Path) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+struct GatedLauncher(Option<Arc<GatedVm>>);
+
+impl Launcher for GatedLauncher {
+    fn launch(&mut self, _launch: Launch) -> Result<Arc<dyn VmControl>, EngineError> {
+        Ok(self.0.take().ok_or("launched twice")?)
+    }
+}
+
+/// A started, paused VM's controller, its sender, and the gate its snapshots wait on.
+fn paused_vm() -> (Controller<GatedLauncher>, ControlSender, mpsc::Sender<Result<(), String>>) {
+    let (open, gate) = mpsc::channel();
+    let vm = Arc::new(GatedVm { gate: Mutex::new(gate) });
+    let (sender, receiver) = channel().unwrap();
+    let settings = ControllerSettings {
+        id: "t".into(),
+        serial: SerialConfig::None,
+        transport: VirtioTransport::Mmio,
+        metrics: None,
+        logger: None,
+    };
+    let mut controller = Controller::new(settings, GatedLauncher(Some(vm)), receiver);
+    let kernel = tempfile_path();
+    let boot = BootSource { kernel_image_path: kernel, initrd_path: None, boot_args: None };
+    for request in [
+        VmmRequest::PutBootSource(boot),
+        VmmRequest::Action(ActionType::InstanceStart),
+        VmmRequest::PatchVm(VmStateValue::Paused),
+    ] {
+        assert!(matches!(answer_now(&mut controller, request), Ok(VmmResponse::NoContent)));
+    }
+    (controller, sender, open)
+}
+
+/// A file that exists for the whole test run (the kernel only has to be readable).
+fn tempfile_path() -> String {
+    std::env::current_exe().unwrap().to_str().unwrap().to_owned()
+}
+
+/// Hands `request` to the controller and takes its answer, which must come at once.
+fn answer_now(
+    controller: &mut Controller<GatedLauncher>,
+    request: VmmRequest,
+) -> Result<VmmResponse, ControlError> {
+    let (reply, answer) = mpsc::channel();
+    controller.handle_message(ControlMessage::Request(request, reply));
+    answer.try_recv().expect("answered at once")
+}
+
+fn snapshot_request() -> VmmRequest {
+    VmmRequest::CreateSnapshot(SnapshotCreateParams {
+        mem_file_path: "/m".into(),
+        snapshot_path: "/s".into(),
+        snapshot_type: SnapshotType::Full,
+    })
+}
+
+fn operation(controller: &mut Controller<GatedLauncher>) -> Option<Operation> {
+    match answer_now(controller, VmmRequest::GetInstanceInfo) {
+        Ok(VmmResponse::InstanceInfo(info)) => {
+            assert_eq!(info.state, InstanceState::Paused);
+            info.kestrel.operation_in_progress
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn other_requests_are_answered_while_a_snapshot_runs_and_conflicting_ones_refused() {
+    let (mut controller, sender, open) = paused_vm();
+    let client = sender.clone();
+    let snapshot = std::thread::spawn(move || client.dispatch(snapshot_request()));
+    // The snapshot request arrives and its thread starts (and waits at the gate).
+    assert!(controller.wait_and_handle());
+    assert_eq!(operation(&mut controller), Some(Operation::SnapshotCreate));
+    assert!(answer_now(&mut controller, VmmRequest::GetMachineConfig).is_ok());
+    assert!(answer_now(&mut controller, VmmRequest::GetVmConfig).is_ok());
+    for conflicting in [
+        snapshot_request(),
+        VmmRequest::PatchVm(VmStateValue::Resumed),
+        VmmRequest::PatchVm(VmStateValue::Paused),
+        VmmRequest::Action(ActionType::SendCtrlAltDel),
+        VmmRequest::PatchBalloon(model::api::BalloonUpdate { amount_mib: 1 }),
+        VmmRequest::PatchBalloonStats(model::api::BalloonStatsUpdate { stats_polling_interval_s: 1 }),
+        VmmRequest::PatchDrive {
+            id: "rootfs".into(),
+            update: model::api::PartialDrive {
+                drive_id: "rootfs".into(),
+                path_on_host: Some("/d".into()),
+                rate_limiter: None,
+            },
+        },
+    ] {
+        let error = answer_now(&mut controller, conflicting).unwrap_err();
+        assert!(matches!(error, ControlError::Busy { operation: Operation::SnapshotCreate }), "{error}");
+    }
+    assert!(!snapshot.is_finished(), "the client waits for its snapshot");
+
+    open.send(Ok(())).unwrap();
+    // The snapshot thread's report arrives through the channel, and the client gets its answer.
+    assert!(controller.wait_and_handle());
+    assert!(matches!(snapshot.join().unwrap(), Ok(VmmResponse::NoContent)));
+    assert_eq!(operation(&mut controller), None);
+    assert!(answer_now(&mut controller, VmmRequest::PatchVm(VmStateValue::Resumed)).is_ok());
+}
+
+#[test]
+fn a_failed_snapshot_is_reported_and_ends_the_busy_state() {
+    let (mut controller, sender, open) = paused_vm();
+    let snapshot = std::thread::spawn(move || sender.dispatch(snapshot_request()));
+    assert!(controller.wait_and_handle());
+    open.send(Err("disk full".into())).unwrap();
+    assert!(controller.wait_and_handle());
+    let error = snapshot.join().unwrap().unwrap_err();
+    assert_eq!(error.to_string(), "Cannot create the snapshot: disk full");
+    assert_eq!(operation(&mut controller), None);
+}
+
+#[test]
+fn the_event_loop_side_drains_every_queued_request_on_one_wake_up() {
+    let (mut controller, sender, _open) = paused_vm();
+    let answers: Vec<_> = (0..3)
+        .map(|_| {
+            let (reply, answer) = mpsc::channel();
+            sender.send(ControlMessage::Request(VmmRequest::GetInstanceInfo, reply)).unwrap();
+            answer
+        })
+        .collect();
+    // The wake-up fd is readable, as the event loop's epoll sees it.
+    let mut poll = libc::pollfd { fd: controller.wake_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd and its count; poll only writes `revents`.
+    assert_eq!(unsafe { libc::poll(&mut poll, 1, 0) }, 1);
+    assert_eq!(controller.handle_pending(), Pending::Handled);
+    for answer in answers {
+        assert!(matches!(answer.try_recv(), Ok(Ok(VmmResponse::InstanceInfo(_)))));
+    }
+    // And once drained, it is not readable until the next request.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::poll(&mut poll, 1, 0) }, 0);
+}
+
+#[test]
+fn a_gone_controller_is_a_clear_error() {
+    let (controller, sender, _open) = paused_vm();
+    drop(controller);
+    assert!(matches!(sender.dispatch(VmmRequest::GetInstanceInfo), Err(ControlError::VmmGone)));
+}
+
+#[test]
+fn the_controller_sees_when_the_api_is_gone() {
+    let (mut controller, sender, _open) = paused_vm();
+    let client = sender.clone();
+    let asked = std::thread::spawn(move || client.dispatch(VmmRequest::GetMachineConfig));
+    assert!(controller.wait_and_handle(), "a request came");
+    assert!(asked.join().unwrap().is_ok());
+    drop(sender);
+    assert!(!controller.wait_and_handle(), "no request can come any more");
+}
