@@ -40,7 +40,7 @@ fn missing_kernel() {
 fn directory_as_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let output = run(&["--kernel", path_str(dir.path())]);
-    assert_clean_failure(&output, ERROR, "is not a kernel image");
+    assert_clean_failure(&output, ERROR, "not a regular file");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! it arrives, and its translation into the engine's [`VmConfig`]. The `--config` file (Firecracker's
 //! `--config-file`) goes through the same checks.
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -70,11 +70,32 @@ fn check_file(what: &'static str, field: &'static str, path: &str) -> Result<(),
         return Err(ConfigError::EmptyPath { field });
     }
     let error = |reason: String| ConfigError::FileOpen { what, path: path.to_owned(), reason };
-    // Opening a FIFO waits for a writer, and every other API request would wait behind it.
-    if std::fs::metadata(path).map_err(|e| error(e.to_string()))?.file_type().is_fifo() {
-        return Err(error("it is a FIFO".into()));
+    // Opening a FIFO waits for a writer, and every other API request would wait behind it: the
+    // open does not block, and the type is checked on the open file, so the path cannot be
+    // swapped for a FIFO in between.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| error(e.to_string()))?;
+    let file_type = file.metadata().map_err(|e| error(e.to_string()))?.file_type();
+    let disk = what == "drive";
+    if file_type.is_file() || (disk && file_type.is_block_device()) {
+        return Ok(());
     }
-    std::fs::File::open(path).map(drop).map_err(|e| error(e.to_string()))
+    let kind = if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a block device"
+    };
+    let expected = if disk { "a regular file or a block device" } else { "a regular file" };
+    Err(error(format!("it is {kind}, not {expected}")))
 }
 
 fn reject_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), ConfigError> {
@@ -439,6 +460,39 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Host files named by a client are opened without blocking and checked on the open file:
+    /// a FIFO (which would block the open), a directory or a character device is refused with a
+    /// message naming what it is; a disk may also be a block device, a kernel may not.
+    #[test]
+    fn host_files_must_be_regular_files_or_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let regular = dir.path().join("regular");
+        std::fs::write(&regular, b"x").unwrap();
+        let cases = [
+            ("kernel", fifo.to_str().unwrap(), Some("it is a FIFO, not a regular file")),
+            ("drive", fifo.to_str().unwrap(), Some("it is a FIFO, not a regular file or a block device")),
+            ("kernel", dir.path().to_str().unwrap(), Some("it is a directory")),
+            ("drive", "/dev/null", Some("it is a character device")),
+            ("kernel", "/nonexistent/k", Some("No such file")),
+            ("kernel", regular.to_str().unwrap(), None),
+            ("drive", regular.to_str().unwrap(), None),
+        ];
+        for (what, path, expected) in cases {
+            let result = check_file(what, "field", path);
+            match expected {
+                None => assert!(result.is_ok(), "{what} {path}: {result:?}"),
+                Some(text) => {
+                    let message = result.expect_err(path).to_string();
+                    assert!(message.contains(text), "{what} {path}: {message}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_firecracker_config_file_maps_to_a_vm_config() {

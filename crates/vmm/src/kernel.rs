@@ -40,17 +40,26 @@ pub struct BootFiles {
     initrd: Option<(File, u64)>,
 }
 
+/// Opens a kernel or initrd: without blocking (a FIFO would stall the VMM thread, and with it the
+/// API), and only if the open file is a regular file.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
 impl BootFiles {
     pub fn open(config: &VmConfig) -> Result<BootFiles> {
         let kernel_error = |source| Error::KernelRead { path: config.kernel.clone(), source };
-        let kernel = File::open(&config.kernel).map_err(kernel_error)?;
-        if kernel.metadata().map_err(kernel_error)?.is_dir() {
-            return Err(Error::KernelNotRecognised { path: config.kernel.clone() });
-        }
+        let kernel = open_regular(&config.kernel).map_err(kernel_error)?;
         let initrd = match &config.initrd {
             Some(path) => {
                 let initrd_error = |source| Error::InitrdRead { path: path.clone(), source };
-                let file = File::open(path).map_err(initrd_error)?;
+                let file = open_regular(path).map_err(initrd_error)?;
                 let size = file.metadata().map_err(initrd_error)?.len();
                 if size >= config.memory_bytes {
                     return Err(Error::InitrdTooLarge {
