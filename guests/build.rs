@@ -24,6 +24,10 @@ const PLAIN_ONLY: &[&str] = &["virtio"];
 /// The virtio guest's driver library, linked into it with its device tests (see `extra_sources`).
 const VIRTIO_LIBRARY: &[&str] = &["virtio.c", "virtio_mmio.c", "virtio_pci.c"];
 
+/// Programs built with `-DCPL0_CPUID` (plain and `-pvh`): entry.S records CPUID at CPL0 for them,
+/// since CPUID at CPL3 is not intercepted on some nested hosts (see `guests/c/smp.c`).
+const CPL0_CPUID: &[&str] = &["smp"];
+
 /// Plain builds also packaged as `<name>.bzimage` (exported as `KESTREL_GUEST_<NAME>_BZIMAGE`).
 const BZIMAGES: &[&str] = &["hello"];
 
@@ -84,7 +88,11 @@ fn main() {
             }
             let file_name = if pvh { format!("{name}-pvh") } else { (*name).to_owned() };
             let output = out.join(&file_name);
-            compile(&cc, &src, &script_path, main_src, &extra_sources(&src, name), pvh, &output);
+            let defines: Vec<&str> = [(pvh, "-DPVH_NOTE"), (CPL0_CPUID.contains(name), "-DCPL0_CPUID")]
+                .into_iter()
+                .filter_map(|(wanted, define)| wanted.then_some(define))
+                .collect();
+            compile(&cc, &src, &script_path, main_src, &extra_sources(&src, name), &defines, &output);
             let var = format!("KESTREL_GUEST_{}", file_name.to_uppercase().replace('-', "_"));
             println!("cargo:rustc-env={var}={}", output.display());
             if !pvh && BZIMAGES.contains(name) {
@@ -102,14 +110,12 @@ fn compile(
     script: &Path,
     main_src: &str,
     extra_sources: &[PathBuf],
-    pvh: bool,
+    defines: &[&str],
     output: &Path,
 ) {
     let mut cmd = Command::new(cc);
     cmd.args(CFLAGS).arg(format!("-Wl,-T,{}", script.display())).arg("-I").arg(src).arg("-o").arg(output);
-    if pvh {
-        cmd.arg("-DPVH_NOTE");
-    }
+    cmd.args(defines);
     for file in COMMON.iter().chain([&main_src]) {
         cmd.arg(src.join(file));
     }

@@ -55,6 +55,35 @@
 	ljmp	$SEL_KCODE64, $\target
 .endm
 
+/*
+ * With -DCPL0_CPUID (the smp guest only): record, at CPL0, what CPUID reports on this CPU, in
+ * cpl0_cpuid[local APIC ID]. On some nested hosts (kvm_pvm) CPUID executed at CPL3 is not
+ * intercepted and returns the physical CPU's values, not the per-vCPU table the VMM gave KVM;
+ * at CPL0, where a kernel reads it, KVM applies that table. Each entry, 16 bytes: max basic
+ * leaf (leaf 0 EAX), leaf 1 EBX, leaf 0xB subleaf 0 EDX (read unconditionally, meaningful only
+ * when the max basic leaf reaches 0xB), and 1 once recorded. Clobbers RAX, RBX, RCX, RDX, R8.
+ * Every CPL0 instruction is emulated on the test host, so this is kept short.
+ */
+.macro RECORD_CPL0_CPUID
+#ifdef CPL0_CPUID
+	movl	$0xFEE00020, %r8d               /* LAPIC ID register, zero-extended */
+	movl	(%r8), %r8d
+	shrl	$24, %r8d                       /* APIC ID: bits 31:24 */
+	shll	$4, %r8d                        /* 16-byte entries */
+	xorl	%eax, %eax
+	cpuid
+	movl	%eax, cpl0_cpuid(%r8)
+	movl	$1, %eax
+	cpuid
+	movl	%ebx, cpl0_cpuid + 4(%r8)
+	movl	$0xB, %eax
+	xorl	%ecx, %ecx
+	cpuid
+	movl	%edx, cpl0_cpuid + 8(%r8)
+	movl	$1, cpl0_cpuid + 12(%r8)
+#endif
+.endm
+
 	.section .text.entry, "ax"
 
 /* ---- PVH entry: 32-bit protected mode, EBX = hvm_start_info ---- */
@@ -94,6 +123,7 @@ _start64:
 	movl	$pml4, %eax
 	movq	%rax, %cr3
 common64:
+	RECORD_CPL0_CPUID                       /* keeps RDI, RSI */
 	lgdt	gdt_ptr(%rip)
 	movw	$SEL_TSS, %ax
 	ltr	%ax
@@ -108,6 +138,7 @@ ap_start64:
 	andb	$0xFD, gdt + SEL_TSS + 5(%rip)  /* clear the TSS busy bit set by the last ltr */
 	movw	$SEL_TSS, %ax
 	ltr	%ax
+	RECORD_CPL0_CPUID
 	movq	ap_boot_rsp(%rip), %rsp         /* per-AP stack, chosen by the BSP */
 	movq	%rsp, %rax
 	pushq	$(SEL_UDATA | 3)
@@ -245,6 +276,14 @@ tss:
 	.word	TSS_SIZE                        /* I/O permission bitmap offset */
 	.fill	IOBITMAP_SIZE, 1, 0x00          /* every port allowed */
 	.byte	0xFF                            /* terminator */
+
+#ifdef CPL0_CPUID
+/* In .data, not .bss: the BSP zeroes .bss after it has recorded its own entry. */
+	.balign	16
+	.globl	cpl0_cpuid
+cpl0_cpuid:
+	.fill	256 * 4, 4, 0
+#endif
 
 	.bss
 	.balign	16

@@ -1,7 +1,7 @@
 /*
  * smp: reads the MP table, starts every application processor with INIT-SIPI-SIPI through the
- * xAPIC (one at a time), lets each report itself (and check the APIC IDs CPUID gives it), then
- * resets.
+ * xAPIC (one at a time), lets each report itself (and check the APIC IDs CPUID gave it at CPL0),
+ * then resets.
  */
 #include "guest.h"
 
@@ -61,26 +61,36 @@ static void send_ipi(u32 apic_id, u32 icr_lo)
 		cpu_relax();
 }
 
-static void cpuid(u32 leaf, u32 subleaf, u32 *eax, u32 *ebx, u32 *ecx, u32 *edx)
-{
-	__asm__ volatile("cpuid" : "=a"(*eax), "=b"(*ebx), "=c"(*ecx), "=d"(*edx) : "a"(leaf), "c"(subleaf));
-}
+/*
+ * What CPUID reported on each CPU at CPL0, indexed by local APIC ID: recorded by entry.S (built
+ * with -DCPL0_CPUID) before the CPU drops to CPL3. The check cannot execute CPUID here: on some
+ * nested hosts (kvm_pvm) CPUID at CPL3 is not intercepted and returns the physical host CPU's
+ * values, not the per-vCPU table Kestrel gave KVM; at CPL0, where Linux reads it, KVM applies it.
+ */
+struct cpl0_cpuid {
+	u32 max_leaf;  /* leaf 0 EAX */
+	u32 leaf1_ebx; /* leaf 1 EBX: initial APIC ID in bits 31:24 */
+	u32 leafb_edx; /* leaf 0xB subleaf 0 EDX: x2APIC ID (if max_leaf >= 0xB) */
+	u32 recorded;  /* 1 once entry.S has filled the entry */
+};
+extern const volatile struct cpl0_cpuid cpl0_cpuid[256];
 
 /*
- * Prints " cpuid ok" when the APIC IDs CPUID reports for this CPU (leaf 1 EBX[31:24], and leaf
- * 0xB subleaf 0 EDX when the maximum basic leaf reaches 0xB) equal its local APIC ID, else
- * " cpuid mismatch <leaf 1 id> <leaf 0xB id>" ("none" for a missing leaf 0xB). No newline.
+ * Prints " cpuid ok" when the APIC IDs CPUID reported (at CPL0) for this CPU (leaf 1
+ * EBX[31:24], and leaf 0xB subleaf 0 EDX when the maximum basic leaf reaches 0xB) equal its
+ * local APIC ID, else " cpuid mismatch <leaf 1 id> <leaf 0xB id>" ("none" for a missing leaf
+ * 0xB; "none none" if nothing was recorded for this APIC ID). No newline.
  */
 static void print_cpuid_check(u32 apic_id)
 {
-	u32 max_leaf, leaf1_ebx, leafb_edx, unused;
-	cpuid(0, 0, &max_leaf, &unused, &unused, &unused);
-	cpuid(1, 0, &unused, &leaf1_ebx, &unused, &unused);
-	u32 leaf1_id = leaf1_ebx >> 24;
-	int has_leafb = max_leaf >= 0xB;
-	leafb_edx = 0;
-	if (has_leafb)
-		cpuid(0xB, 0, &unused, &unused, &unused, &leafb_edx);
+	const volatile struct cpl0_cpuid *c = &cpl0_cpuid[apic_id & 0xFF];
+	if (!c->recorded) {
+		print(" cpuid mismatch none none");
+		return;
+	}
+	u32 leaf1_id = c->leaf1_ebx >> 24;
+	int has_leafb = c->max_leaf >= 0xB;
+	u32 leafb_edx = c->leafb_edx;
 	if (leaf1_id == apic_id && (!has_leafb || leafb_edx == apic_id)) {
 		print(" cpuid ok");
 		return;
