@@ -59,7 +59,27 @@ pub fn kit_cmdline() -> String {
     let words: Vec<&str> =
         text.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(str::split_whitespace).collect();
     assert!(!words.is_empty(), "{file} has no command line");
-    words.join(" ")
+    let mut cmdline = words.join(" ");
+    if let Some(khz) = tsc_khz_for_non_intel_host() {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    cmdline
+}
+
+/// The guest TSC rate (KVM_GET_TSC_KHZ, the rate Kestrel also reports in CPUID 0x15) on a host whose
+/// CPU is not Intel's, else `None`. Linux takes the TSC rate from CPUID 0x15 only on Intel CPUs,
+/// and the kit's `nopv` turns kvmclock off, so on an AMD host the kit's kernel has no way to learn
+/// it (no PIT, no HPET), marks the TSC unstable, gets no timer and hangs before init: the kit's
+/// host workarounds then need `tsc_early_khz=`, as `scripts/demo` adds too.
+fn tsc_khz_for_non_intel_host() -> Option<u32> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    if cpuinfo.lines().any(|line| line.starts_with("vendor_id") && line.ends_with("GenuineIntel")) {
+        return None;
+    }
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let vcpu = vm.create_vcpu(0).ok()?;
+    vcpu.get_tsc_khz().ok().filter(|&khz| khz > 0)
 }
 
 /// `kestrel run` of the kit's Linux with `extra` appended to the kit command line.
