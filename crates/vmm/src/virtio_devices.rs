@@ -9,7 +9,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio::balloon::{Balloon, BalloonControl, BalloonSettings};
 use virtio::block::{Block, BlockControl};
 use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use virtio::net::{MacAddress, Net, Tap};
+use virtio::net::{Net, Tap};
 use virtio::rng::Rng;
 use virtio::vsock::Vsock;
 use virtio::GuestRam;
@@ -133,8 +133,8 @@ fn create_net(config: &NetConfig) -> Result<(Net, String)> {
         source,
     })?;
     let mac = match config.mac {
-        Some(mac) => MacAddress(mac.0),
-        None => MacAddress::random_local().map_err(|e| Error::Device {
+        Some(mac) => mac,
+        None => virtio::net::random_local_mac().map_err(|e| Error::Device {
             name: "virtio-net",
             reason: format!("cannot make up a MAC address: {e}"),
         })?,

@@ -18,7 +18,7 @@ mod tap;
 
 pub use device::Net;
 pub use handler::FrameBackend;
-pub use mac::MacAddress;
+pub use mac::{random_local_mac, MacAddress};
 pub use tap::{Tap, TapError, TAP_NAME_MAX_BYTES};
 
 /// Size of `struct virtio_net_hdr_v1` (flags, gso_type, hdr_len, gso_size, csum_start,
