@@ -59,15 +59,7 @@ pub fn listen(path: &Path) -> Result<UnixListener, ListenError> {
 /// umask is not touched: that would race other threads creating files.
 pub fn listen_owner_only(path: &Path) -> io::Result<UnixListener> {
     let address = socket_address(path)?;
-    // SAFETY: socket() takes no pointers; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it on every path below.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = new_stream_socket()?;
     // SAFETY: fchmod takes no pointers; the descriptor is our socket.
     if unsafe { libc::fchmod(socket.as_raw_fd(), OWNER_ONLY) } < 0 {
         return Err(io::Error::last_os_error());
@@ -127,10 +119,8 @@ pub fn port_path(path: &Path, port: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Connects to `path` without ever blocking: a listener whose backlog is full refuses (EAGAIN)
-/// instead of stalling the device's worker, as std's blocking connect would.
-pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let address = socket_address(path)?;
+/// A new non-blocking, close-on-exec Unix stream socket.
+fn new_stream_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() takes no pointers; the result is checked before use.
     let fd = unsafe {
         libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
@@ -138,11 +128,19 @@ pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it on every path below.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `fd` is a socket we just created and own; OwnedFd closes it when dropped.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Connects to `path` without ever blocking: a listener whose backlog is full refuses (EAGAIN)
+/// instead of stalling the device's worker, as std's blocking connect would.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let address = socket_address(path)?;
+    let socket = new_stream_socket()?;
     let length = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `address` is a valid, initialised sockaddr_un of `length` bytes that outlives the call.
-    let result = unsafe { libc::connect(fd, (&address as *const libc::sockaddr_un).cast(), length) };
+    let result =
+        unsafe { libc::connect(socket.as_raw_fd(), (&address as *const libc::sockaddr_un).cast(), length) };
     if result < 0 {
         return Err(io::Error::last_os_error());
     }
