@@ -592,7 +592,7 @@ mod tests {
             boot_args: None,
         };
         let error = VmResources::default().set_boot_source(boot).unwrap_err();
-        assert!(error.to_string().ends_with("fifo: it is a FIFO"), "{error}");
+        assert!(error.to_string().ends_with("fifo: it is a FIFO, not a regular file"), "{error}");
     }
 
     #[test]

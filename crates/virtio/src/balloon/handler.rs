@@ -169,7 +169,7 @@ fn inflate(memory: &GuestRam, guest_errors: &GuestErrorLog, chain: DescriptorCha
             }
         }
         for range in coalesce(&mut pfns) {
-            outside += discard_range(memory, range).unwrap_or(0);
+            outside += discard_range(memory, guest_errors, range).unwrap_or(0);
         }
     }
     warn_outside(guest_errors, outside, "inflated");
@@ -186,7 +186,7 @@ fn discard_reported(
     for descriptor in chain {
         if let Some(range) = GuestRange::whole_pages_within(descriptor.addr().0, u64::from(descriptor.len()))
         {
-            match discard_range(memory, range) {
+            match discard_range(memory, guest_errors, range) {
                 Some(bytes_outside) => {
                     outside += bytes_outside;
                     metrics.free_page_report_freed.add(range.end - range.start - bytes_outside);
@@ -199,15 +199,12 @@ fn discard_reported(
 }
 
 /// Discards `range`; returns the bytes of it outside guest RAM, or `None` (logged) if the host
-/// refused.
-fn discard_range(memory: &GuestRam, range: GuestRange) -> Option<u64> {
+/// refused. The guest chooses the ranges and how often, so the line goes through its limiter.
+fn discard_range(memory: &GuestRam, guest_errors: &GuestErrorLog, range: GuestRange) -> Option<u64> {
     discard(memory, range)
         .map_err(|e| {
-            tracing::error!(
-                "virtio-balloon: cannot discard guest memory {:#x}..{:#x}: {e}",
-                range.start,
-                range.end
-            )
+            guest_errors
+                .log(format_args!("cannot discard guest memory {:#x}..{:#x}: {e}", range.start, range.end))
         })
         .ok()
 }
