@@ -317,6 +317,9 @@ pub struct KestrelInstanceInfo {
 pub enum Operation {
     /// `PUT /snapshot/create`.
     SnapshotCreate,
+    /// `PATCH /drives/{id}`: the old file is synced to disk before the new one takes over, which
+    /// takes as long as the guest's unsynced writes.
+    DriveUpdate,
 }
 
 impl Operation {
@@ -324,6 +327,7 @@ impl Operation {
     pub fn request(self) -> &'static str {
         match self {
             Operation::SnapshotCreate => "PUT /snapshot/create",
+            Operation::DriveUpdate => "PATCH /drives",
         }
     }
 }

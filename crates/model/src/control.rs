@@ -113,6 +113,10 @@ pub enum ControlError {
     /// `PUT /snapshot/create` on a running VM.
     #[error("Cannot create a snapshot: the microVM must be paused first.")]
     NotPaused,
+    /// `PUT /snapshot/create` whose state and memory files are one path: the second written would
+    /// replace the first, and the snapshot could never be loaded.
+    #[error("Cannot create a snapshot: snapshot_path and mem_file_path must be different files.")]
+    SamePaths,
     /// `PUT /snapshot/load` after a configuration request (Firecracker's rule).
     #[error("Loading a microVM snapshot is not allowed after configuring boot-specific resources.")]
     ConfiguredBeforeLoad,

@@ -50,9 +50,13 @@ impl<B: DiskBackend> SharedDisk<B> {
     /// the host takes the file away (Firecracker's PATCH /drives is often followed by copying
     /// or deleting the old image). If it cannot be flushed nothing changes.
     fn replace(&self, backend: Arc<B>, sectors: u64) -> Result<(), DiskError> {
+        // The long flush first, without the lock, so the device's requests and the guest's
+        // capacity reads go on meanwhile; then a second one under the lock, so no request starts
+        // on the old disk after the last flush (one already running keeps its own reference and
+        // is the guest's to flush, like on real hardware). Little is left for the second.
+        let old = lock(&self.disk).backend.clone();
+        old.flush().map_err(DiskError::Sync)?;
         let mut disk = lock(&self.disk);
-        // Under the lock, so no request starts on the old disk after the flush (one already
-        // running keeps its own reference and is the guest's to flush, like on real hardware).
         disk.backend.flush().map_err(DiskError::Sync)?;
         disk.backend = backend;
         disk.sectors = sectors;
@@ -202,7 +206,8 @@ mod tests {
         let (old, shared) = shared_over(Flushes::default());
         let new = Arc::new(Flushes::default());
         shared.replace(new.clone(), 16).unwrap();
-        assert_eq!(old.count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Once without the disk's lock (the long one), once under it (what came in meanwhile).
+        assert_eq!(old.count.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(new.count.load(std::sync::atomic::Ordering::SeqCst), 0);
         assert_eq!(shared.sectors(), 16);
     }

@@ -38,8 +38,14 @@ pub fn listen(path: &Path) -> Result<UnixListener, ListenError> {
         if !metadata.file_type().is_socket() {
             return Err(ListenError::NotASocket(path.to_owned()));
         }
-        match UnixStream::connect(path) {
+        // A non-blocking connect: a live listener whose backlog is full would block a plain
+        // one for ever (and with it the VMM thread building the device); it answers EAGAIN here,
+        // which says just as well that something listens.
+        match connect_nonblocking(path) {
             Ok(_) => return Err(ListenError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(ListenError::InUse(path.to_owned()))
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 std::fs::remove_file(path)
                     .map_err(|source| ListenError::RemoveStale { path: path.to_owned(), source })?;
@@ -188,6 +194,29 @@ mod tests {
     #[test]
     fn port_paths_append_the_port() {
         assert_eq!(port_path(Path::new("/run/v.sock"), 52), PathBuf::from("/run/v.sock_52"));
+    }
+
+    /// A live listener whose backlog is full (it never accepts) would block a plain connect for
+    /// ever, and with it the VMM thread building the device: it is refused as in use at once.
+    #[test]
+    fn a_listener_with_a_full_backlog_is_in_use_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let address = socket_address(&path).unwrap();
+        let socket = new_stream_socket().unwrap();
+        let length = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let address_ptr = (&address as *const libc::sockaddr_un).cast();
+        // SAFETY: a valid sockaddr_un of `length` bytes that outlives the call; our socket.
+        let bound = unsafe { libc::bind(socket.as_raw_fd(), address_ptr, length) };
+        assert_eq!(bound, 0);
+        // SAFETY: listen() takes no pointers. A backlog of 0 holds one pending connection.
+        assert_eq!(unsafe { libc::listen(socket.as_raw_fd(), 0) }, 0);
+        let mut pending = Vec::new();
+        while let Ok(stream) = connect_nonblocking(&path) {
+            pending.push(stream);
+            assert!(pending.len() < 1000, "the backlog never filled");
+        }
+        assert!(matches!(listen(&path), Err(ListenError::InUse(_))));
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub type Reply = Sender<Result<VmmResponse, ControlError>>;
 pub enum ControlMessage {
     /// A client's request and where to answer it.
     Request(VmmRequest, Reply),
-    /// The snapshot thread has finished.
-    SnapshotDone(Result<(), EngineError>),
+    /// The thread of the long operation under way (a snapshot, a drive update) has finished.
+    OperationDone(Result<(), EngineError>),
 }
 
 /// The sending side, for the API (and, on their own channel, the controller's worker threads).

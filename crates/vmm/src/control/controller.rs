@@ -56,9 +56,38 @@ pub struct Controller<L: Launcher> {
     vm: Option<Arc<dyn VmControl>>,
     /// A configuration request succeeded: loading a snapshot is no longer allowed.
     configured: bool,
-    /// The client waiting for the snapshot under way, if one is.
-    snapshot: Option<Reply>,
+    /// The long operation under way on a thread of its own, if one is.
+    in_flight: Option<InFlight>,
     receiver: ControlReceiver,
+}
+
+/// A long operation running off the VMM thread: its client waits for the answer meanwhile.
+struct InFlight {
+    operation: Operation,
+    reply: Reply,
+    /// A drive update's drive ID and new path, recorded in the configuration once it succeeded.
+    drive_update: Option<(String, String)>,
+}
+
+/// Reports a panicked operation thread to the controller, so that its client gets an answer and
+/// the VMM does not stay busy for ever (with `panic = "abort"` a panic ends the process instead).
+struct ReportOnUnwind(Option<super::ControlSender>);
+
+impl ReportOnUnwind {
+    fn report(mut self, result: Result<(), EngineError>) {
+        if let Some(sender) = self.0.take() {
+            // The controller may be gone (the VM ended): nobody is left to tell.
+            let _ = sender.send(ControlMessage::OperationDone(result));
+        }
+    }
+}
+
+impl Drop for ReportOnUnwind {
+    fn drop(&mut self) {
+        if let Some(sender) = self.0.take() {
+            let _ = sender.send(ControlMessage::OperationDone(Err("the operation's thread panicked".into())));
+        }
+    }
 }
 
 fn vm_error(context: &'static str) -> impl FnOnce(EngineError) -> ControlError {
@@ -75,7 +104,7 @@ impl<L: Launcher> Controller<L> {
             launcher,
             vm: None,
             configured: false,
-            snapshot: None,
+            in_flight: None,
             receiver,
         }
     }
@@ -135,17 +164,16 @@ impl<L: Launcher> Controller<L> {
                     let _ = reply.send(Err(e));
                 }
             }
+            ControlMessage::Request(VmmRequest::PatchDrive { id, update }, reply) => {
+                if let Err(e) = self.start_drive_update(&id, &update, &reply) {
+                    let _ = reply.send(Err(e));
+                }
+            }
             ControlMessage::Request(request, reply) => {
                 // A client that went away does not mind the lost answer.
                 let _ = reply.send(self.answer(request));
             }
-            ControlMessage::SnapshotDone(result) => {
-                let answer =
-                    result.map(|()| VmmResponse::NoContent).map_err(vm_error("Cannot create the snapshot"));
-                if let Some(reply) = self.snapshot.take() {
-                    let _ = reply.send(answer);
-                }
-            }
+            ControlMessage::OperationDone(result) => self.finish_operation(result),
         }
     }
 
@@ -155,7 +183,45 @@ impl<L: Launcher> Controller<L> {
 
     /// The long operation under way, if any.
     fn operation(&self) -> Option<Operation> {
-        self.snapshot.as_ref().map(|_| Operation::SnapshotCreate)
+        self.in_flight.as_ref().map(|in_flight| in_flight.operation)
+    }
+
+    /// Runs `work` on a thread of its own as the one long operation; its client (`reply`) gets
+    /// the answer when the thread reports back. Meanwhile the controller answers other requests
+    /// and refuses conflicting ones.
+    fn start_operation(
+        &mut self,
+        operation: Operation,
+        reply: &Reply,
+        drive_update: Option<(String, String)>,
+        work: impl FnOnce() -> Result<(), EngineError> + Send + 'static,
+    ) -> Result<(), ControlError> {
+        if let Some(operation) = self.operation() {
+            return Err(ControlError::Busy { operation });
+        }
+        let report = ReportOnUnwind(Some(self.receiver.report_sender()));
+        std::thread::Builder::new()
+            .name("kestrel-operation".into())
+            .spawn(move || report.report(work()))
+            .map_err(|e| ControlError::Vm { context: operation.request(), message: e.to_string() })?;
+        self.in_flight = Some(InFlight { operation, reply: reply.clone(), drive_update });
+        Ok(())
+    }
+
+    /// The long operation's thread reported: answer its client.
+    fn finish_operation(&mut self, result: Result<(), EngineError>) {
+        let Some(InFlight { operation, reply, drive_update }) = self.in_flight.take() else {
+            return;
+        };
+        let context = match operation {
+            Operation::SnapshotCreate => "Cannot create the snapshot",
+            Operation::DriveUpdate => "Cannot update the drive",
+        };
+        let answer = result.map(|()| VmmResponse::NoContent).map_err(vm_error(context));
+        if let (Ok(_), Some((id, path))) = (&answer, drive_update) {
+            self.resources.record_drive_path(&id, &path);
+        }
+        let _ = reply.send(answer);
     }
 
     /// Requests that change the running VM cannot run beside a snapshot; the others (reads,
@@ -201,7 +267,8 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::PatchBalloon(update) => self.patch_balloon(update),
             VmmRequest::GetBalloonStats => self.balloon_statistics(),
             VmmRequest::PatchBalloonStats(update) => self.patch_balloon_stats(update),
-            VmmRequest::PatchDrive { id, update } => self.patch_drive(&id, &update),
+            // Taken by `handle_message` before it gets here.
+            VmmRequest::PatchDrive { .. } => Err(ControlError::NotYet("A drive update answered at once")),
             VmmRequest::PatchNetworkInterface { .. } if !self.started() => {
                 Err(ControlError::NotSupportedBeforeStart)
             }
@@ -290,12 +357,23 @@ impl<L: Launcher> Controller<L> {
         Ok(VmmResponse::NoContent)
     }
 
-    fn patch_drive(&mut self, id: &str, update: &PartialDrive) -> Answer {
+    /// `PATCH /drives/{id}`, off the loop: syncing the old file can take as long as the guest's
+    /// unsynced writes.
+    fn start_drive_update(
+        &mut self,
+        id: &str,
+        update: &PartialDrive,
+        reply: &Reply,
+    ) -> Result<(), ControlError> {
+        if let Some(operation) = self.operation() {
+            return Err(ControlError::Busy { operation });
+        }
         let vm = self.vm()?;
         let (index, path) = self.resources.check_drive_update(id, update)?;
-        vm.update_drive(index, &path).map_err(vm_error("Cannot update the drive"))?;
-        self.resources.record_drive_path(id, &path.to_string_lossy());
-        Ok(VmmResponse::NoContent)
+        let recorded = (id.to_owned(), path.to_string_lossy().into_owned());
+        self.start_operation(Operation::DriveUpdate, reply, Some(recorded), move || {
+            vm.update_drive(index, &path)
+        })
     }
 
     fn action(&mut self, action: ActionType) -> Answer {
@@ -385,20 +463,10 @@ impl<L: Launcher> Controller<L> {
                 SnapshotType::Diff => SnapshotKind::Diff,
             },
         };
-        let report = self.receiver.report_sender();
-        std::thread::Builder::new()
-            .name("kestrel-snapshot".into())
-            .spawn(move || {
-                let result = vm.snapshot(&request);
-                // The controller may be gone (the VM ended): nobody is left to tell.
-                let _ = report.send(ControlMessage::SnapshotDone(result));
-            })
-            .map_err(|e| ControlError::Vm {
-                context: "Cannot create the snapshot",
-                message: e.to_string(),
-            })?;
-        self.snapshot = Some(reply.clone());
-        Ok(())
+        if request.state_path == request.memory_path {
+            return Err(ControlError::SamePaths);
+        }
+        self.start_operation(Operation::SnapshotCreate, reply, None, move || vm.snapshot(&request))
     }
 
     /// Firecracker's rule: only into a fresh VMM, before any configuration.

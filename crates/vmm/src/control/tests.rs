@@ -1,5 +1,5 @@
-//! The controller with a fake engine: snapshots run off the loop while other requests are
-//! answered, and conflicting requests are refused until the snapshot reports back.
+//! The controller with a fake engine: snapshots and drive updates run off the loop while other
+//! requests are answered, and conflicting requests are refused until they report back.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
@@ -14,7 +14,11 @@ use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
 
 use super::*;
 
-/// A VM whose snapshot waits for the test's word and then succeeds or fails as told.
+/// What the gate says to panic instead of answering.
+const PANIC: &str = "panic";
+
+/// A VM whose snapshots and drive updates wait for the test's word and then succeed or fail as
+/// told (or panic, told [`PANIC`]).
 struct GatedVm {
     gate: Mutex<Receiver<Result<(), String>>>,
 }
@@ -27,8 +31,7 @@ impl VmControl for GatedVm {
         Ok(())
     }
     fn snapshot(&self, _request: &SnapshotRequest) -> Result<(), EngineError> {
-        let gate = self.gate.lock().unwrap();
-        Ok(gate.recv().map_err(|_| "the test ended")??)
+        self.wait_at_gate()
     }
     fn send_ctrl_alt_del(&self) -> Result<(), EngineError> {
         Ok(())
@@ -43,7 +46,17 @@ impl VmControl for GatedVm {
         Ok(())
     }
     fn update_drive(&self, _index: usize, _path: &Path) -> Result<(), EngineError> {
-        Ok(())
+        self.wait_at_gate()
+    }
+}
+
+impl GatedVm {
+    fn wait_at_gate(&self) -> Result<(), EngineError> {
+        let word = self.gate.lock().unwrap().recv().map_err(|_| "the test ended")?;
+        if word.as_ref().err().map(String::as_str) == Some(PANIC) {
+            panic!("the gate said so");
+        }
+        Ok(word?)
     }
 }
 
@@ -69,9 +82,21 @@ fn paused_vm() -> (Controller<GatedLauncher>, ControlSender, mpsc::Sender<Result
     };
     let mut controller = Controller::new(settings, GatedLauncher(Some(vm)), receiver);
     let kernel = tempfile_path();
-    let boot = BootSource { kernel_image_path: kernel, initrd_path: None, boot_args: None };
+    let boot = BootSource { kernel_image_path: kernel.clone(), initrd_path: None, boot_args: None };
+    let drive = model::api::Drive {
+        drive_id: "rootfs".into(),
+        is_root_device: true,
+        partuuid: None,
+        cache_type: None,
+        is_read_only: Some(false),
+        path_on_host: Some(kernel),
+        rate_limiter: None,
+        io_engine: None,
+        socket: None,
+    };
     for request in [
         VmmRequest::PutBootSource(boot),
+        VmmRequest::PutDrive { id: "rootfs".into(), drive },
         VmmRequest::Action(ActionType::InstanceStart),
         VmmRequest::PatchVm(VmStateValue::Paused),
     ] {
@@ -203,4 +228,85 @@ fn the_controller_sees_when_the_api_is_gone() {
     assert!(asked.join().unwrap().is_ok());
     drop(sender);
     assert!(!controller.wait_and_handle(), "no request can come any more");
+}
+
+fn drive_update(path: &str) -> VmmRequest {
+    VmmRequest::PatchDrive {
+        id: "rootfs".into(),
+        update: model::api::PartialDrive {
+            drive_id: "rootfs".into(),
+            path_on_host: Some(path.into()),
+            rate_limiter: None,
+        },
+    }
+}
+
+fn drive_path(controller: &mut Controller<GatedLauncher>) -> serde_json::Value {
+    match answer_now(controller, VmmRequest::GetVmConfig) {
+        Ok(VmmResponse::FullConfig(config)) => {
+            serde_json::to_value(&config).unwrap()["drives"][0]["path_on_host"].clone()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// PATCH /drives syncs the old file before the swap, which takes as long as the guest's unsynced
+/// writes: it runs off the loop like a snapshot, and the configuration shows the new path only
+/// once it succeeded.
+#[test]
+fn a_drive_update_runs_off_the_loop_and_is_recorded_when_it_succeeds() {
+    let (mut controller, sender, open) = paused_vm();
+    let old = drive_path(&mut controller);
+    let new = std::env::temp_dir().to_str().unwrap().to_owned() + "/kestrel-control-test-disk";
+    std::fs::write(&new, b"disk").unwrap();
+    let client = sender.clone();
+    let update = drive_update(&new);
+    let patch = std::thread::spawn(move || client.dispatch(update));
+    assert!(controller.wait_and_handle());
+    assert_eq!(operation(&mut controller), Some(Operation::DriveUpdate));
+    assert_eq!(drive_path(&mut controller), old, "not recorded before it is done");
+    let error = answer_now(&mut controller, snapshot_request()).unwrap_err();
+    assert!(matches!(error, ControlError::Busy { operation: Operation::DriveUpdate }), "{error}");
+    open.send(Ok(())).unwrap();
+    assert!(controller.wait_and_handle());
+    assert!(matches!(patch.join().unwrap(), Ok(VmmResponse::NoContent)));
+    assert_eq!(drive_path(&mut controller), serde_json::Value::from(new.clone()));
+
+    // A failed update leaves the configuration as it was.
+    let client = sender.clone();
+    let update = drive_update(old.as_str().unwrap());
+    let patch = std::thread::spawn(move || client.dispatch(update));
+    assert!(controller.wait_and_handle());
+    open.send(Err("cannot sync".into())).unwrap();
+    assert!(controller.wait_and_handle());
+    assert_eq!(patch.join().unwrap().unwrap_err().to_string(), "Cannot update the drive: cannot sync");
+    assert_eq!(drive_path(&mut controller), serde_json::Value::from(new.clone()));
+    let _ = std::fs::remove_file(&new);
+}
+
+/// A panic on an operation's thread still answers its client and ends the busy state.
+#[test]
+fn a_panicked_operation_is_answered_and_the_vmm_is_not_left_busy() {
+    let (mut controller, sender, open) = paused_vm();
+    let snapshot = std::thread::spawn(move || sender.dispatch(snapshot_request()));
+    assert!(controller.wait_and_handle());
+    open.send(Err(PANIC.into())).unwrap();
+    assert!(controller.wait_and_handle());
+    let error = snapshot.join().unwrap().unwrap_err();
+    assert!(error.to_string().contains("panicked"), "{error}");
+    assert_eq!(operation(&mut controller), None);
+}
+
+/// A snapshot whose state and memory paths are one file is refused: the second file written
+/// would replace the first.
+#[test]
+fn a_snapshot_into_one_file_for_both_is_refused() {
+    let (mut controller, _sender, _open) = paused_vm();
+    let same = VmmRequest::CreateSnapshot(SnapshotCreateParams {
+        mem_file_path: "/tmp/x".into(),
+        snapshot_path: "/tmp/x".into(),
+        snapshot_type: SnapshotType::Full,
+    });
+    assert!(matches!(answer_now(&mut controller, same), Err(ControlError::SamePaths)));
+    assert_eq!(operation(&mut controller), None);
 }

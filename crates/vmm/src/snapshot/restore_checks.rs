@@ -28,6 +28,8 @@ pub enum DiskProblem {
         "it has {found} sectors of 512 bytes; the guest's disk had {expected} when the snapshot was taken"
     )]
     WrongSize { found: u64, expected: u64 },
+    #[error("the snapshot does not record its size (an older state), so the path it names is not trusted: name the file with drive_overrides")]
+    Unconfirmed,
 }
 
 /// Checks that `path` can serve as a disk of `expected` sectors (when known): opened
@@ -80,10 +82,19 @@ pub fn apply_drive_paths(
         return Err(SnapshotError::Invalid("disk capacities (not one per disk)"));
     }
     for (index, disk) in disks.iter_mut().enumerate() {
-        if let Some(path) = disk.id.as_ref().and_then(|id| overrides.get(id)) {
+        let overridden = disk.id.as_ref().and_then(|id| overrides.get(id));
+        if let Some(path) = overridden {
             disk.path = path.clone();
         }
-        check_disk(&disk.path, disk_sectors.get(index).copied()).map_err(|problem| SnapshotError::Disk {
+        let expected = disk_sectors.get(index).copied();
+        // Without a recorded size nothing vouches for a path the state file names: only the
+        // client's own path is taken then.
+        let checked = if expected.is_none() && overridden.is_none() {
+            Err(DiskProblem::Unconfirmed)
+        } else {
+            check_disk(&disk.path, expected)
+        };
+        checked.map_err(|problem| SnapshotError::Disk {
             drive: drive_name(disk.id.as_deref(), &disk.path),
             path: disk.path.clone(),
             problem,
@@ -185,6 +196,12 @@ mod tests {
             apply_drive_paths(&mut sample_config(), &[2048], &BTreeMap::from([("rootfs".to_owned(), small)]))
                 .unwrap_err();
         assert!(error.to_string().contains("4 sectors"), "{error}");
+
+        // An older state records no sizes: a path it names is not taken on its word (a forged
+        // one could name any host file), the client's override is.
+        let error = apply_drive_paths(&mut sample_config(), &[], &BTreeMap::new()).unwrap_err();
+        assert!(matches!(&error, SnapshotError::Disk { problem: DiskProblem::Unconfirmed, .. }), "{error}");
+        apply_drive_paths(&mut sample_config(), &[], &overrides).unwrap();
     }
 
     #[test]
