@@ -330,6 +330,25 @@ fn a_forged_cmos_index_does_not_abort_the_vmm_and_snapshot_files_are_0600() {
     }
 }
 
+/// A counting guest with a 1 MiB disk (`rootfs.img`, drive ID `rootfs`), snapshotted into `dir`
+/// and its VMM gone.
+struct SnapshotWithDisk {
+    disk: PathBuf,
+    state: PathBuf,
+    memory: PathBuf,
+    /// The last count the guest printed before the snapshot.
+    last: u64,
+}
+
+fn snapshot_with_a_disk(dir: &Path) -> SnapshotWithDisk {
+    let disk = dir.join("rootfs.img");
+    std::fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
+    let (state, memory) = (dir.join("state"), dir.join("memory"));
+    let (first, last) = counting_snapshot(dir, "first", Some(&disk), &state, &memory);
+    drop(first);
+    SnapshotWithDisk { disk, state, memory, last }
+}
+
 /// The disks a state file names are checked before they are opened for the guest: a FIFO is
 /// refused at once (it would hang the open, and the API with it), a file of another size than
 /// the guest's disk (an `/etc/passwd`) is refused, the right file restores.
@@ -339,11 +358,7 @@ fn a_restored_disk_must_be_a_file_of_the_size_the_guest_saw() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("rootfs.img");
-    std::fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
-    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
-    let (first, last) = counting_snapshot(dir.path(), "first", Some(&disk), &state, &memory);
-    drop(first);
+    let SnapshotWithDisk { disk, state, memory, last } = snapshot_with_a_disk(dir.path());
     let saved = dir.path().join("saved.img");
     std::fs::rename(&disk, &saved).unwrap();
 
@@ -373,11 +388,7 @@ fn drive_overrides_are_checked_like_saved_paths() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("rootfs.img");
-    std::fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
-    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
-    let (first, last) = counting_snapshot(dir.path(), "first", Some(&disk), &state, &memory);
-    drop(first);
+    let SnapshotWithDisk { disk, state, memory, last } = snapshot_with_a_disk(dir.path());
     let load = |drive_id: &str, path: &Path| {
         let mut body: serde_json::Value = serde_json::from_str(&Vmm::load_body(&state, &memory)).unwrap();
         body["drive_overrides"] = serde_json::json!([{"drive_id": drive_id, "path_on_host": path}]);

@@ -415,6 +415,21 @@ mod tests {
 
     use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 
+    /// The hello guest powering off at once, 64 MiB, no devices.
+    fn hello_config(track_dirty_pages: bool) -> VmConfig {
+        VmConfig {
+            kernel: guests::HELLO.into(),
+            initrd: None,
+            cmdline: "exit=poweroff".into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::None,
+            virtio: Vec::new(),
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages,
+        }
+    }
+
     fn page_bit(bitmaps: &[Vec<u64>], page: usize) -> bool {
         bitmaps[0][page / 64] >> (page % 64) & 1 == 1
     }
@@ -427,17 +442,7 @@ mod tests {
         if !crate::testing::kvm_available() {
             return;
         }
-        let config = VmConfig {
-            kernel: guests::HELLO.into(),
-            initrd: None,
-            cmdline: "exit=poweroff".into(),
-            vcpus: 1,
-            memory_bytes: 64 << 20,
-            serial: SerialConfig::None,
-            virtio: Vec::new(),
-            transport: VirtioTransport::Mmio,
-            track_dirty_pages: true,
-        };
+        let config = hello_config(true);
         let vm = crate::builder::build(&config).unwrap();
         let handle = vm.handle();
         let sources = &handle.sources;
@@ -463,17 +468,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let config = VmConfig {
-            kernel: guests::HELLO.into(),
-            initrd: None,
-            cmdline: "exit=poweroff".into(),
-            vcpus: 1,
-            memory_bytes: 64 << 20,
-            serial: SerialConfig::None,
-            virtio: Vec::new(),
-            transport: VirtioTransport::Mmio,
-            track_dirty_pages: false,
-        };
+        let config = hello_config(false);
         let vm = crate::builder::build(&config).unwrap();
         let handle = vm.handle();
         handle.pause().unwrap();
