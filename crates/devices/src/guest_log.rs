@@ -184,6 +184,23 @@ pub mod capture {
         lines.iter().filter(|l| l.level <= Level::WARN).map(|l| l.message.as_str()).collect()
     }
 
+    /// Asserts what a flood of one site's problems left in `lines`: between one and
+    /// [`super::LINES_PER_INTERVAL`] warnings starting with `line_prefix`, and last the summary
+    /// of the limiter named `site`, counting at least `suppressed_at_least` problems left out.
+    pub fn assert_limited(lines: &[Line], line_prefix: &str, site: &str, suppressed_at_least: u64) {
+        let warned = warnings(lines);
+        let logged = warned.iter().filter(|l| l.starts_with(line_prefix)).count();
+        assert!((1..=super::LINES_PER_INTERVAL as usize).contains(&logged), "{warned:?}");
+        let summary = warned.last().unwrap_or_else(|| panic!("nothing logged"));
+        let suppressed: u64 = summary
+            .strip_prefix(site)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary of {site}: {warned:?}"));
+        assert!(suppressed >= suppressed_at_least, "{summary}");
+    }
+
     #[derive(Default)]
     struct Recorder(Arc<Mutex<Vec<Line>>>);
 
