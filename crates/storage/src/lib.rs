@@ -1,0 +1,50 @@
+//! Disk images for Kestrel: where a virtio-blk device's bytes live.
+//!
+//! A VM's disk is a [`DiskBackend`]: positional, vectored I/O on `&self`, so any number of
+//! requests can run at once from any thread, with no shared file offset to keep consistent.
+//! The device model (`virtio::block`) holds an `Arc<dyn DiskBackend>` and knows nothing of files
+//! or formats.
+//!
+//! - `buffer.rs`: [`IoBuf`], a piece of guest memory a request reads into or writes from.
+//! - `lock.rs`: image locking as QEMU does it (OFD locks on fixed bytes), so Kestrel and QEMU
+//!   processes keep each other from writing an image another one uses.
+
+mod buffer;
+pub mod lock;
+
+pub use buffer::{total_len, IoBuf};
+
+use std::io;
+
+/// The storage behind a virtio-blk device: a raw file, a qcow2 image (and its backing chain), or a
+/// test double. Offsets and lengths are in bytes of the guest's view of the disk.
+pub trait DiskBackend: Send + Sync + 'static {
+    /// The disk's size as the guest sees it, in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buffers`, in order, from `offset`; reading past the end is an error.
+    fn read_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()>;
+    /// Writes all of `buffers`, in order, at `offset`.
+    fn write_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Gives back the storage of a range, which then reads as zeroes. Storage that cannot
+    /// deallocate keeps the data, which a discard allows.
+    fn discard(&self, offset: u64, length: u64) -> io::Result<()>;
+    /// Makes a range read as zeroes, deallocating its storage when `may_unmap`.
+    fn write_zeroes(&self, offset: u64, length: u64, may_unmap: bool) -> io::Result<()>;
+}
+
+/// Plain-slice convenience over [`DiskBackend`], for tools and tests (the device uses guest memory
+/// directly).
+pub trait DiskBackendExt: DiskBackend {
+    /// Fills `buffer` from `offset`.
+    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_vectored_at(&[IoBuf::from_mut_slice(buffer)], offset)
+    }
+    /// Writes all of `buffer` at `offset`.
+    fn write_at(&self, buffer: &[u8], offset: u64) -> io::Result<()> {
+        self.write_vectored_at(&[IoBuf::from_slice(buffer)], offset)
+    }
+}
+
+impl<T: DiskBackend + ?Sized> DiskBackendExt for T {}
