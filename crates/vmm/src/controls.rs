@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
-use virtio::block::{BlockControl, DiskError};
+use virtio::block::BlockControl;
+
+use crate::disks::{open_backend, DiskOpenError};
 
 use crate::builder::DeviceHandles;
 use crate::config::{VirtioConfig, VmConfig};
@@ -27,7 +29,7 @@ pub enum ControlError {
     #[error("the VM has no disk {index} (it has {count})")]
     NoDisk { index: usize, count: usize },
     #[error("cannot use {path} as the disk: {source}")]
-    Disk { path: PathBuf, source: DiskError },
+    Disk { path: PathBuf, source: DiskOpenError },
 }
 
 /// Handles on the devices the API changes; cheap to clone, usable from any thread.
@@ -83,7 +85,9 @@ impl DeviceControls {
     /// capacity changed; requests under way finish on the old file.
     pub fn replace_disk(&self, index: usize, path: &Path) -> Result<(), ControlError> {
         let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
-        disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.to_owned(), source })?;
+        let failed = |source| ControlError::Disk { path: path.to_owned(), source };
+        let backend = open_backend(path, disk.read_only()).map_err(failed)?;
+        disk.replace(backend).map_err(|e| failed(e.into()))?;
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let mut disks = config.virtio.iter_mut().filter_map(|device| match device {
             VirtioConfig::Block(block) => Some(block),
