@@ -8,10 +8,13 @@
 //! - `buffer.rs`: [`IoBuf`], a piece of guest memory a request reads into or writes from.
 //! - `raw.rs`: [`RawFile`], a raw image or host block device, with `preadv`/`pwritev` straight
 //!   into the request's buffers (`vectored.rs`).
+//! - `direct.rs`: `O_DIRECT` (`cache=none`) for [`RawFile`]: the file's alignment, and a bounce
+//!   buffer for the requests that do not meet it.
 //! - `lock.rs`: image locking as QEMU does it (OFD locks on fixed bytes), so Kestrel and QEMU
 //!   processes keep each other from writing an image another one uses.
 
 mod buffer;
+pub mod direct;
 pub mod lock;
 pub mod raw;
 mod vectored;
