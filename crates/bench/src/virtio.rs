@@ -5,6 +5,9 @@
 //!   against a 64 MiB image, interleaved with fio doing the same access pattern on the same file
 //!   with the same kind of I/O as Kestrel's backend (buffered `pread`/`pwrite`, page cache warm,
 //!   no fsync), so the ratio shows what the virtio path costs over the host's own I/O.
+//! - storage formats (`formats.rs`), in the same loop: the blk workloads on qcow2 (fully allocated
+//!   and a fresh thin overlay), `qemu-img bench` on the same qcow2 file, a GET_ID floor (a request
+//!   with no disk I/O) and the time to make 100 thin clones.
 //! - virtio-vsock: 64 MiB host → guest and guest → host through the device's Unix socket.
 //! - virtio-net: 1514- and 60-byte frames sent by the guest onto a tap inside a network namespace
 //!   of this run's own (root only; nothing in it routes anywhere); the host checks that the tap
