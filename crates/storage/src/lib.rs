@@ -11,6 +11,7 @@
 
 mod buffer;
 pub mod lock;
+pub mod qcow2;
 
 pub use buffer::{total_len, IoBuf};
 
