@@ -2,6 +2,7 @@
 //! sees an image: every size and offset is checked against the file's length and QEMU's limits,
 //! so nothing later allocates in proportion to a header field it has not checked.
 
+use super::metaio::{AlignedBuf, ALIGN};
 use super::Qcow2Error;
 
 /// "QFI\xfb".
@@ -368,32 +369,7 @@ pub fn has_magic(file: &std::fs::File) -> std::io::Result<bool> {
     Ok(got >= 8 && be32(bytes, 0) == MAGIC && matches!(be32(bytes, 4), 2 | 3))
 }
 
-const ALIGN: usize = 4096;
-
-#[derive(Clone, Copy)]
-#[repr(C, align(4096))]
-struct Block([u8; ALIGN]);
-
-/// A zeroed buffer whose address and length are multiples of 4 KiB, as O_DIRECT wants.
-struct AlignedBuf {
-    blocks: Vec<Block>,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        AlignedBuf { blocks: vec![Block([0; ALIGN]); len.div_ceil(ALIGN)] }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.blocks.len() * ALIGN;
-        // SAFETY: `Block` is plain bytes with no padding (repr(C), one byte array of its
-        // alignment's size), so the vector's storage is `len` initialised bytes, borrowed
-        // mutably through `self` for the slice's lifetime.
-        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast::<u8>(), len) }
-    }
-}
-
-fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> Result<usize, Qcow2Error> {
+pub(super) fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> Result<usize, Qcow2Error> {
     use std::os::unix::fs::FileExt;
     let mut done = 0;
     while done < buffer.len() {

@@ -5,9 +5,11 @@
 //! - `gate.rs`: how backing files are opened (or refused).
 //! - `disk.rs`: [`Qcow2Disk`], the [`crate::DiskBackend`] over an opened chain.
 
+pub mod check;
 mod disk;
 mod gate;
 pub mod header;
+mod metaio;
 
 pub use disk::Qcow2Disk;
 pub use gate::MAX_DEPTH;
@@ -90,8 +92,8 @@ pub enum Qcow2Error {
         #[source]
         source: LockError,
     },
-    #[error("the image is not writable")]
-    ReadOnly,
+    #[error("repairing the dirty image: {0}")]
+    Repair(#[source] Box<check::CheckError>),
     #[error("qcow2: {0}")]
     Imago(#[source] io::Error),
 }
@@ -110,13 +112,21 @@ impl Qcow2Error {
 /// when `options.allow_backing`, read-only and read-locked, and must be regular files or block
 /// devices, no deeper than [`MAX_DEPTH`], without cycles.
 pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<Qcow2Disk, Qcow2Error> {
-    let header = header::read(&file)?;
+    let mut header = header::read(&file)?;
     if header.corrupt() {
         return Err(Qcow2Error::Corrupt);
     }
     if header.dirty() {
-        // imago cannot open a dirty image; QEMU repairs the refcounts first when it may write.
-        return Err(Qcow2Error::Dirty);
+        // imago cannot open a dirty image. QEMU, when it may write, repairs the refcounts (which
+        // a crash with lazy refcounts may have left stale) and clears the bit; so does Kestrel.
+        if !options.writable {
+            return Err(Qcow2Error::Dirty);
+        }
+        let report = check::repair(&file).map_err(|e| Qcow2Error::Repair(Box::new(e)))?;
+        if report.corruptions > 0 {
+            return Err(Qcow2Error::Corrupt);
+        }
+        header = header::read(&file)?;
     }
     let gate = gate::BackingGate::new(&file, &header, options.allow_backing, options.direct)?;
     let storage = ImagoFile::from_open_file(
