@@ -10,6 +10,7 @@
 //!   processes keep each other from writing an image another one uses.
 
 mod buffer;
+pub mod image;
 pub mod lock;
 pub mod qcow2;
 

@@ -82,6 +82,15 @@ impl Qcow2Disk {
         Ok((own, len.max(1).min(length.max(1))))
     }
 
+    /// Drops this layer's data in a range so that the backing file shows through (the image
+    /// tool's commit, once the data is in the backing file).
+    pub(crate) fn discard_to_backing(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, length)?;
+        let mut image = self.image.write().unwrap_or_else(|e| e.into_inner());
+        image.discard_to_backing(offset, length)
+    }
+
     fn check_writable(&self) -> io::Result<()> {
         if self.writable {
             Ok(())

@@ -33,6 +33,8 @@ struct State {
     chain: Vec<PathBuf>,
     /// The format the last image's header names for its backing file (`None`: probe it).
     next_format: Option<String>,
+    /// Whether imago probes that backing file's format (v2 images, or no format named).
+    imago_probes: bool,
     /// The first refusal, kept typed (imago only carries an `io::Error` back).
     refusal: Option<Qcow2Error>,
 }
@@ -63,6 +65,7 @@ impl BackingGate {
                 direct,
                 seen,
                 next_format: top_header.backing_format.clone(),
+                imago_probes: top_header.imago_backing_format().is_none(),
                 ..State::default()
             })),
         })
@@ -142,12 +145,28 @@ impl BackingGate {
     /// the one its parent's header names, or (none named) probed from the magic, as imago and
     /// QEMU decide it.
     fn check_qcow2_header(&self, file: &File, path: &Path) -> Result<(), Qcow2Error> {
-        let format = self.state.borrow_mut().next_format.take();
-        let is_qcow2 = match format.as_deref() {
-            Some("qcow2") => true,
-            Some(_) => false,
-            None => header::has_magic(file)
-                .map_err(|source| Qcow2Error::Backing { path: path.to_owned(), source })?,
+        let (format, probes) = {
+            let mut state = self.state.borrow_mut();
+            (state.next_format.take(), state.imago_probes)
+        };
+        let is_qcow2 = if probes {
+            let magic = header::has_magic(file)
+                .map_err(|source| Qcow2Error::Backing { path: path.to_owned(), source })?;
+            // imago ignores a v2 image's backing format and probes: a raw backing file a guest
+            // wrote a qcow2 header into must not become a qcow2 image (with a backing file of
+            // the guest's choice).
+            if magic && format.as_deref().is_some_and(|f| f != "qcow2") {
+                return Err(Qcow2Error::BackingImage {
+                    path: path.to_owned(),
+                    source: Box::new(Qcow2Error::Invalid(format!(
+                        "it has a qcow2 header but the image names its format {}",
+                        format.unwrap_or_default()
+                    ))),
+                });
+            }
+            magic
+        } else {
+            format.as_deref() == Some("qcow2")
         };
         if !is_qcow2 {
             return Ok(());
@@ -158,7 +177,9 @@ impl BackingGate {
             let e = if header.dirty() { Qcow2Error::Dirty } else { Qcow2Error::Corrupt };
             return Err(Qcow2Error::BackingImage { path: path.to_owned(), source: Box::new(e) });
         }
-        self.state.borrow_mut().next_format = header.backing_format;
+        let mut state = self.state.borrow_mut();
+        state.imago_probes = header.imago_backing_format().is_none();
+        state.next_format = header.backing_format;
         Ok(())
     }
 }

@@ -55,7 +55,10 @@ pub struct Header {
     /// 0 = zlib, 1 = zstd.
     pub compression_type: u8,
     pub backing_file: Option<String>,
+    /// The backing format header extension (imago reads it only in v3 images).
     pub backing_format: Option<String>,
+    /// The other header extensions, (type, data), kept to rewrite the header.
+    pub other_extensions: Vec<(u32, Vec<u8>)>,
 }
 
 impl Header {
@@ -72,6 +75,57 @@ impl Header {
     /// Whether QEMU found the image corrupt and marked it so.
     pub fn corrupt(&self) -> bool {
         self.incompatible_features & INCOMPAT_CORRUPT != 0
+    }
+
+    /// The backing file's format as imago will decide it: the one the header names (v3 only),
+    /// or `None` when imago probes it.
+    pub fn imago_backing_format(&self) -> Option<&str> {
+        if self.version >= 3 {
+            self.backing_format.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// The header (its fixed part as it is in `first`, the file's first bytes), followed by
+    /// the extensions, a backing format extension for `backing_format`, the end marker and
+    /// `backing_file`: what `rebase` writes at offset 0. Errors when it does not fit in the
+    /// first cluster.
+    pub fn with_backing(
+        &self,
+        first: &[u8],
+        backing_file: Option<&str>,
+        backing_format: Option<&str>,
+    ) -> Result<Vec<u8>, Qcow2Error> {
+        let fixed = self.header_length as usize;
+        let mut out = first[..fixed].to_vec();
+        let push_extension = |out: &mut Vec<u8>, kind: u32, data: &[u8]| {
+            out.extend_from_slice(&kind.to_be_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(8), 0);
+        };
+        if let (Some(format), Some(_)) = (backing_format, backing_file) {
+            push_extension(&mut out, EXT_BACKING_FORMAT, format.as_bytes());
+        }
+        for (kind, data) in &self.other_extensions {
+            push_extension(&mut out, *kind, data);
+        }
+        out.extend_from_slice(&[0u8; 8]);
+        let (offset, len) = match backing_file {
+            Some(name) if !name.is_empty() => {
+                let offset = out.len() as u64;
+                out.extend_from_slice(name.as_bytes());
+                (offset, name.len() as u32)
+            }
+            _ => (0, 0),
+        };
+        out[8..16].copy_from_slice(&offset.to_be_bytes());
+        out[16..20].copy_from_slice(&len.to_be_bytes());
+        if out.len() as u64 > self.cluster_size() || len > 1023 {
+            return Err(Qcow2Error::Invalid("the new header does not fit in the first cluster".into()));
+        }
+        Ok(out)
     }
 
     /// How many L1 entries the virtual size needs.
@@ -123,6 +177,7 @@ impl Header {
             compression_type: 0,
             backing_file: None,
             backing_format: None,
+            other_extensions: Vec::new(),
         };
         if be32(bytes, 32) != 0 {
             return Err(Qcow2Error::Unsupported("encrypted images".into()));
@@ -160,9 +215,7 @@ impl Header {
         }
         header.check_tables(file_len)?;
         header.parse_backing_name(bytes, file_len)?;
-        if version == 3 {
-            header.parse_extensions(bytes, file_len)?;
-        }
+        header.parse_extensions(bytes, file_len)?;
         Ok(header)
     }
 
@@ -307,7 +360,7 @@ impl Header {
                     self.backing_format = Some(format.to_owned());
                 }
                 EXT_DATA_FILE => return Err(Qcow2Error::Unsupported("external data files".into())),
-                _ => {}
+                _ => self.other_extensions.push((kind, data.to_vec())),
             }
             offset = end.next_multiple_of(8);
         }

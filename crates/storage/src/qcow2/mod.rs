@@ -9,7 +9,8 @@ pub mod check;
 mod disk;
 mod gate;
 pub mod header;
-mod metaio;
+pub(crate) mod metaio;
+pub mod writer;
 
 pub use disk::Qcow2Disk;
 pub use gate::MAX_DEPTH;
@@ -141,4 +142,23 @@ pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<
     };
     let access = FormatAccess::new(qcow2);
     Ok(Qcow2Disk::new(access, header, gate.chain(), options.writable))
+}
+
+/// Opens one qcow2 layer without its backing file (unallocated ranges read as zeroes and
+/// [`Qcow2Disk::allocated`] tells them apart): for the image tool's commit and rebase, which
+/// handle the backing files themselves. `file` is opened and locked by the caller.
+pub(crate) fn open_layer(file: std::fs::File, path: &Path, writable: bool) -> Result<Qcow2Disk, Qcow2Error> {
+    let header = header::read(&file)?;
+    if header.corrupt() {
+        return Err(Qcow2Error::Corrupt);
+    }
+    if header.dirty() {
+        return Err(Qcow2Error::Dirty);
+    }
+    let gate = gate::BackingGate::new(&file, &header, false, false)?;
+    let storage = ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(writable))
+        .map_err(|e| Qcow2Error::io("opening the image", e))?;
+    let opened = Qcow2::<ImagoFile>::builder(storage).write(writable).backing(None).open(gate.clone());
+    let qcow2 = opened.map_err(|e| gate.take_refusal().unwrap_or(Qcow2Error::Imago(e)))?;
+    Ok(Qcow2Disk::new(FormatAccess::new(qcow2), header, Vec::new(), writable))
 }
