@@ -251,6 +251,17 @@ fn a_running_vms_image_is_refused_to_writers_and_lock_taking_readers() {
         assert!(matches!(error, ImageError::Lock { .. }), "{error}");
         assert!(error.to_string().contains("the image is in use"), "{error}");
     }
+    // Creating or converting over it is refused before anything is truncated.
+    let before = std::fs::read(&path).unwrap();
+    let create = CreateOptions {
+        format: Format::Raw,
+        size: Some(4096),
+        backing: None,
+        cluster_size: None,
+        preallocation: Preallocation::Off,
+    };
+    assert!(matches!(image::create(&path, &create), Err(ImageError::Lock { .. })));
+    assert!(std::fs::read(&path).unwrap() == before);
     // -U reads without the lock.
     assert_eq!(image::info(&path, None, true, false).unwrap()[0].virtual_size, 1 << 20);
     assert_eq!(image::check(&path, false, true).unwrap().exit_code(), 0);

@@ -1,7 +1,6 @@
 //! `convert`: copies an image into a new raw or qcow2 image (qcow2 optionally compressed).
 
 use super::{create_file, open_disk, probe, Format, ImageError, Progress};
-use crate::lock::{self, Access};
 use crate::qcow2::writer::{self, WriterOptions};
 use crate::DiskBackendExt;
 use std::os::unix::fs::FileExt;
@@ -41,8 +40,6 @@ pub fn convert(
     let disk = open_disk(source, format, false, options.force_share)?;
     let disk = disk.backend();
     let file = create_file(target)?;
-    lock::lock(&file, Access::Write)
-        .map_err(|source| ImageError::Lock { path: target.to_owned(), source })?;
     let size = disk.size();
     progress.set_length(size);
     match options.target_format {

@@ -181,14 +181,23 @@ fn open_disk(path: &Path, format: Format, write: bool, force_share: bool) -> Res
     })
 }
 
-/// Creates `path` (0600), replacing what was there, for a new image.
+/// Creates `path` (0600) for a new image, replacing what was there — but only once it is locked
+/// for writing, so that the image of a running VM is refused, not truncated under it.
 fn create_file(path: &Path) -> Result<File, ImageError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .map_err(ImageError::io(path))
+        .map_err(ImageError::io(path))?;
+    let kind = file.metadata().map_err(ImageError::io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(ImageError::Unsupported(format!("{}: not a regular file", path.display())));
+    }
+    lock::lock(&file, Access::Write).map_err(|source| ImageError::Lock { path: path.to_owned(), source })?;
+    file.set_len(0).map_err(ImageError::io(path))?;
+    Ok(file)
 }

@@ -440,3 +440,75 @@ pub(super) fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid v3 header for a 1 MiB disk with 64 KiB clusters in a 5-cluster file.
+    fn valid() -> Vec<u8> {
+        let mut h = vec![0u8; 65536];
+        h[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[20..24].copy_from_slice(&16u32.to_be_bytes());
+        h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        h[36..40].copy_from_slice(&1u32.to_be_bytes());
+        h[40..48].copy_from_slice(&(3u64 << 16).to_be_bytes());
+        h[48..56].copy_from_slice(&(1u64 << 16).to_be_bytes());
+        h[56..60].copy_from_slice(&1u32.to_be_bytes());
+        h[96..100].copy_from_slice(&4u32.to_be_bytes());
+        h[100..104].copy_from_slice(&104u32.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn a_valid_header_parses() {
+        let header = Header::parse(&valid(), 5 << 16).unwrap();
+        assert_eq!((header.version, header.cluster_size(), header.size), (3, 65536, 1 << 20));
+        assert_eq!(header.backing_file, None);
+        assert!(!header.dirty());
+    }
+
+    #[test]
+    fn backing_name_and_format_are_read() {
+        let mut h = valid();
+        // Backing format extension, end marker, then the name.
+        h[104..108].copy_from_slice(&0xe279_2acau32.to_be_bytes());
+        h[108..112].copy_from_slice(&3u32.to_be_bytes());
+        h[112..115].copy_from_slice(b"raw");
+        h[128..133].copy_from_slice(b"b.img");
+        h[8..16].copy_from_slice(&128u64.to_be_bytes());
+        h[16..20].copy_from_slice(&5u32.to_be_bytes());
+        let header = Header::parse(&h, 5 << 16).unwrap();
+        assert_eq!(header.backing_file.as_deref(), Some("b.img"));
+        assert_eq!(header.backing_format.as_deref(), Some("raw"));
+        let rewritten = header.with_backing(&h, Some("other.qcow2"), Some("qcow2")).unwrap();
+        let mut again = rewritten.clone();
+        again.resize(65536, 0);
+        let header = Header::parse(&again, 5 << 16).unwrap();
+        assert_eq!(header.backing_file.as_deref(), Some("other.qcow2"));
+        assert_eq!(header.backing_format.as_deref(), Some("qcow2"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes over a valid header, any file length: a result, never a panic.
+        #[test]
+        fn parse_never_panics(
+            changes in prop::collection::vec((0usize..200, any::<u8>()), 0..12),
+            truncate in prop::option::of(0usize..65536),
+            file_len in any::<u64>(),
+        ) {
+            let mut h = valid();
+            for (at, value) in changes {
+                h[at] = value;
+            }
+            if let Some(len) = truncate {
+                h.truncate(len);
+            }
+            let _ = Header::parse(&h, file_len);
+        }
+    }
+}
