@@ -135,7 +135,7 @@ pub enum ImageCommand {
 /// Runs one `kestrel image` command.
 pub fn run(args: ImageArgs) -> ExitCode {
     match execute(args.command) {
-        Ok(code) => code,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("kestrel image: {error}");
             ExitCode::from(1)
@@ -159,7 +159,8 @@ fn json_output(output: &str) -> Result<bool, ImageError> {
     }
 }
 
-fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
+/// Runs `command`; the exit status on success (check's findings are not errors).
+fn execute(command: ImageCommand) -> Result<u8, ImageError> {
     match command {
         ImageCommand::Create { format: f, backing, backing_format, options, path, size } => {
             let (cluster_size, preallocation) =
@@ -176,7 +177,7 @@ fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
             let options =
                 image::CreateOptions { format: format(&f)?, size, backing, cluster_size, preallocation };
             image::create(&path, &options)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         ImageCommand::Info { format: f, output, force_share, backing_chain, path } => {
             let json = json_output(&output)?;
@@ -195,7 +196,7 @@ fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
                 let texts: Vec<String> = infos.iter().map(|i| i.to_text()).collect();
                 print!("{}", texts.join("\n"));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         ImageCommand::Convert {
             format: f,
@@ -221,12 +222,12 @@ fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
             };
             let bar = Progress::new(0, progress);
             image::convert(&source, &target, &options, &bar)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         ImageCommand::Resize { format: f, shrink, path, size } => {
             image::resize(&path, format(&f)?, &size, shrink)?;
             println!("Image resized.");
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         ImageCommand::Check { repair, output, force_share, path } => {
             let json = json_output(&output)?;
@@ -234,7 +235,7 @@ fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
                 Ok(report) => report,
                 Err(error) => {
                     eprintln!("kestrel image: {error}");
-                    return Ok(ExitCode::from(1));
+                    return Ok(1);
                 }
             };
             for message in &report.messages {
@@ -246,13 +247,13 @@ fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
             } else {
                 print!("{}", image::check_report_text(&report));
             }
-            Ok(ExitCode::from(report.exit_code() as u8))
+            Ok(report.exit_code() as u8)
         }
         ImageCommand::Commit { progress, path } => {
             let bar = Progress::new(100, progress);
             image::commit(&path, &bar)?;
             println!("Image committed.");
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         ImageCommand::Rebase { backing, backing_format, unsafe_header_only, progress, path } => {
             let options = image::RebaseOptions {
@@ -262,7 +263,78 @@ fn execute(command: ImageCommand) -> Result<ExitCode, ImageError> {
             };
             let bar = Progress::new(100, progress);
             image::rebase(&path, &options, &bar)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::os::unix::fs::FileExt;
+
+    fn command(args: &[&str]) -> ImageCommand {
+        let mut argv = vec!["kestrel", "image"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Image(image) => image.command,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn path(dir: &tempfile::TempDir, name: &str) -> String {
+        dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn create_check_resize_and_their_exit_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = path(&dir, "disk.qcow2");
+        assert_eq!(
+            execute(command(&["create", "-f", "qcow2", "-o", "cluster_size=4K", &image, "1M"])).unwrap(),
+            0
+        );
+        assert_eq!(execute(command(&["check", &image])).unwrap(), 0);
+        assert_eq!(execute(command(&["resize", "-f", "qcow2", &image, "+1M"])).unwrap(), 0);
+        assert_eq!(
+            image::info(std::path::Path::new(&image), None, false, false).unwrap()[0].virtual_size,
+            2 << 20
+        );
+        // A leaked cluster: its refcount set past the end of the file → status 3, as qemu-img.
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap();
+        let mut header = [0u8; 64];
+        file.read_exact_at(&mut header, 0).unwrap();
+        let reftable = u64::from_be_bytes(header[48..56].try_into().unwrap());
+        let mut entry = [0u8; 8];
+        file.read_exact_at(&mut entry, reftable).unwrap();
+        let refblock = u64::from_be_bytes(entry);
+        let len = file.metadata().unwrap().len();
+        file.write_all_at(&[0, 1], refblock + (len / 4096 + 2) * 2).unwrap();
+        drop(file);
+        assert_eq!(execute(command(&["check", "--output", "json", &image])).unwrap(), 3);
+        assert_eq!(execute(command(&["check", "-r", &image])).unwrap(), 0);
+        assert_eq!(execute(command(&["check", &image])).unwrap(), 0);
+    }
+
+    #[test]
+    fn errors_are_errors_not_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = path(&dir, "missing.qcow2");
+        assert!(execute(command(&["info", &missing])).is_err());
+        let raw = path(&dir, "disk.raw");
+        assert_eq!(execute(command(&["create", "-f", "raw", &raw, "64K"])).unwrap(), 0);
+        // A raw image cannot be checked: status 1, as qemu-img's "not completed".
+        assert_eq!(execute(command(&["check", &raw])).unwrap(), 1);
+        let error = execute(command(&["create", "-f", "qcow2", "-b", "disk.raw", &path(&dir, "o.qcow2")]))
+            .unwrap_err();
+        assert!(error.to_string().contains("-F"), "{error}");
+        let error = execute(command(&["create", "-f", "vmdk", &raw, "1M"])).unwrap_err();
+        assert!(error.to_string().contains("unknown image format"), "{error}");
+        let error = execute(command(&["resize", "-f", "raw", &raw, "-1K"])).unwrap_err();
+        assert!(error.to_string().contains("--shrink"), "{error}");
+        let error = execute(command(&["convert", "-O", "raw", "-c", &raw, &path(&dir, "x")])).unwrap_err();
+        assert!(error.to_string().contains("-O qcow2"), "{error}");
     }
 }
