@@ -128,7 +128,21 @@ fn a_dirty_image_opened_writable_is_repaired_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = valid_image(false);
     put64(&mut bytes, 72, 1);
-    // Stale refcounts, as a crash with lazy refcounts leaves them: a leaked cluster.
+    // Stale refcounts, as a crash with lazy refcounts leaves them: a leaked cluster (refcount
+    // 1, used by nothing) just past the end of the file.
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let refblock = be64(&bytes, be64(&bytes, 48) as usize) as usize;
+    let leaked = bytes.len() / 512 + 2;
+    assert!(leaked < 256, "the first refcount block covers it");
+    bytes[refblock + leaked * 2 + 1] = 1;
+    {
+        let path = dir.path().join("image.qcow2");
+        std::fs::write(&path, &bytes).unwrap();
+        let report = check::check(&std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(report.leaks, 1, "{:?}", report.messages);
+    }
+    let error = open_bytes(dir.path(), &bytes, false).err().unwrap();
+    assert!(matches!(error, Qcow2Error::Dirty), "{error}");
     let disk = open_bytes(dir.path(), &bytes, true).unwrap();
     disk.write_at(&[7u8; 512], 8192 + 512).unwrap();
     disk.flush().unwrap();
