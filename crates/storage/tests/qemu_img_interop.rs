@@ -319,3 +319,29 @@ fn a_chain_deeper_than_the_limit_is_refused() {
     assert_eq!(disk.backing_chain().len(), qcow2::MAX_DEPTH);
     let _ = File::open(dir.path("0")).unwrap();
 }
+
+#[test]
+fn o_direct_images_and_backing_files_read_and_write_unaligned_requests() {
+    if !have_qemu_img() {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = Dir::new();
+    let (top, mut expected) = chain_without_dd(&dir);
+    let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&top).unwrap();
+    lock::lock(&file, Access::Write).unwrap();
+    let options = Qcow2Options { writable: true, direct: true, allow_backing: true };
+    let disk = qcow2::open(file, &top, &options).unwrap();
+    // Buffers and offsets that are not sector-aligned: imago bounces them.
+    let piece = pattern(10_001, 42);
+    disk.write_at(&piece, 12_345).unwrap();
+    expected[12_345..12_345 + piece.len()].copy_from_slice(&piece);
+    disk.flush().unwrap();
+    let mut odd = vec![0u8; 33_333];
+    disk.read_at(&mut odd[..], 7).unwrap();
+    assert!(odd[..] == expected[7..7 + 33_333]);
+    assert!(read_all(&disk) == expected);
+    drop(disk);
+    let (status, out) = qemu_img_check(&top);
+    assert_eq!(status, 0, "{out}");
+}

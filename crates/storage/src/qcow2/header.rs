@@ -220,16 +220,19 @@ impl Header {
     }
 
     fn check_features(&self) -> Result<(), Qcow2Error> {
+        if self.incompatible_features & INCOMPAT_EXTL2 != 0 {
+            return Err(Qcow2Error::Unsupported("extended L2 entries (subclusters)".into()));
+        }
         let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(Qcow2Error::Unsupported(format!("incompatible feature bits {unknown:#x}")));
+            return Err(Qcow2Error::Unsupported(format!("unknown incompatible feature bits {unknown:#x}")));
         }
         if self.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             return Err(Qcow2Error::Unsupported("external data files".into()));
         }
         if self.incompatible_features & INCOMPAT_COMPRESSION != 0 && self.compression_type != 0 {
             return Err(Qcow2Error::Unsupported(format!(
-                "compression type {} (only zlib is supported)",
+                "compression type {} (only zlib)",
                 self.compression_type
             )));
         }

@@ -52,7 +52,7 @@ pub enum Qcow2Error {
     UnsupportedVersion(u32),
     #[error("invalid qcow2 image: {0}")]
     Invalid(String),
-    #[error("qcow2 {0} are not supported")]
+    #[error("unsupported qcow2 feature: {0}")]
     Unsupported(String),
     #[error("invalid qcow2 image: its {what} ({value}) is above the limit of {limit}")]
     TooLarge { what: &'static str, value: u64, limit: u64 },
