@@ -105,6 +105,9 @@ pub enum ImageCommand {
         /// Check the image even if a VM has it open (no lock; the result may be stale).
         #[arg(short = 'U', long)]
         force_share: bool,
+        /// Show progress even when stderr is not a terminal.
+        #[arg(short = 'p')]
+        progress: bool,
         path: PathBuf,
     },
     /// Write a qcow2 overlay's data into its backing file and empty the overlay.
@@ -229,9 +232,10 @@ fn execute(command: ImageCommand) -> Result<u8, ImageError> {
             println!("Image resized.");
             Ok(0)
         }
-        ImageCommand::Check { repair, output, force_share, path } => {
+        ImageCommand::Check { repair, output, force_share, progress, path } => {
             let json = json_output(&output)?;
-            let report = match image::check(&path, repair, force_share) {
+            let bar = Progress::new(0, progress);
+            let report = match image::check(&path, repair, force_share, &bar) {
                 Ok(report) => report,
                 Err(error) => {
                     eprintln!("kestrel image: {error}");

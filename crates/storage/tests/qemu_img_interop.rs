@@ -12,6 +12,15 @@ use storage::{DiskBackend, DiskBackendExt};
 const QEMU_IMG: &str = "/usr/bin/qemu-img";
 
 /// Whether qemu-img is there; under CI its absence is a failure, not a skip.
+/// Tests here run one at a time: a qemu-img another test spawns holds copies of this process's
+/// descriptors between its fork and exec, and with them the OFD image locks of files a test has
+/// just closed, which would make the test's next lock of that file fail now and then.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn have_qemu_img() -> bool {
     if Path::new(QEMU_IMG).exists() {
         return true;
@@ -98,6 +107,7 @@ impl Dir {
 
 #[test]
 fn compressed_images_of_every_cluster_size_and_version_read_byte_exact() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -122,6 +132,7 @@ fn compressed_images_of_every_cluster_size_and_version_read_byte_exact() {
 
 #[test]
 fn a_four_deep_chain_of_raw_and_qcow2_reads_byte_exact() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -174,6 +185,7 @@ fn chain_without_dd(dir: &Dir) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn writes_through_qcow2disk_pass_qemu_img_check_and_compare() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -208,6 +220,7 @@ fn writes_through_qcow2disk_pass_qemu_img_check_and_compare() {
 
 #[test]
 fn concurrent_writers_from_several_threads_keep_the_image_consistent() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -244,6 +257,7 @@ fn concurrent_writers_from_several_threads_keep_the_image_consistent() {
 
 #[test]
 fn backing_files_are_refused_when_not_allowed_naming_the_path() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -258,6 +272,7 @@ fn backing_files_are_refused_when_not_allowed_naming_the_path() {
 
 #[test]
 fn a_cyclic_chain_is_refused() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -276,6 +291,7 @@ fn a_cyclic_chain_is_refused() {
 
 #[test]
 fn a_fifo_backing_file_is_refused_without_blocking() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -292,6 +308,7 @@ fn a_fifo_backing_file_is_refused_without_blocking() {
 
 #[test]
 fn a_chain_deeper_than_the_limit_is_refused() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -322,6 +339,7 @@ fn a_chain_deeper_than_the_limit_is_refused() {
 
 #[test]
 fn o_direct_images_and_backing_files_read_and_write_unaligned_requests() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }

@@ -14,6 +14,15 @@ use storage::{DiskBackend, DiskBackendExt};
 
 const QEMU_IMG: &str = "/usr/bin/qemu-img";
 
+/// Tests here run one at a time: a qemu-img another test spawns holds copies of this process's
+/// descriptors between its fork and exec, and with them the OFD image locks of files a test has
+/// just closed, which would make the test's next lock of that file fail now and then.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn have_qemu_img() -> bool {
     if Path::new(QEMU_IMG).exists() {
         return true;
@@ -80,6 +89,7 @@ fn write_through_kestrel(path: &Path, data: &[u8], offset: u64) {
 
 #[test]
 fn convert_c_output_is_clean_compressed_and_equal_at_every_cluster_size() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -116,6 +126,7 @@ fn convert_c_output_is_clean_compressed_and_equal_at_every_cluster_size() {
 
 #[test]
 fn created_images_are_what_qemu_img_info_says() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -199,6 +210,7 @@ fn assert_content(path: &Path, expected: &[u8], dir: &Path) {
 
 #[test]
 fn rebase_keeps_the_content_and_commit_moves_it_down() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -235,6 +247,7 @@ fn rebase_keeps_the_content_and_commit_moves_it_down() {
 
 #[test]
 fn a_running_vms_image_is_refused_to_writers_and_lock_taking_readers() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }
@@ -244,7 +257,7 @@ fn a_running_vms_image_is_refused_to_writers_and_lock_taking_readers() {
     let vm = OpenOptions::new().read(true).write(true).open(&path).unwrap();
     lock::lock(&vm, Access::Write).unwrap();
     for error in [
-        image::check(&path, true, false).err().unwrap(),
+        image::check(&path, true, false, &hidden()).err().unwrap(),
         image::resize(&path, Format::Qcow2, "2M", false).err().unwrap(),
         image::info(&path, None, false, false).err().unwrap(),
     ] {
@@ -264,13 +277,14 @@ fn a_running_vms_image_is_refused_to_writers_and_lock_taking_readers() {
     assert!(std::fs::read(&path).unwrap() == before);
     // -U reads without the lock.
     assert_eq!(image::info(&path, None, true, false).unwrap()[0].virtual_size, 1 << 20);
-    assert_eq!(image::check(&path, false, true).unwrap().exit_code(), 0);
+    assert_eq!(image::check(&path, false, true, &hidden()).unwrap().exit_code(), 0);
     drop(vm);
     image::resize(&path, Format::Qcow2, "2M", false).unwrap();
 }
 
 #[test]
 fn a_raw_backing_file_with_a_qcow2_header_is_not_opened_as_qcow2() {
+    let _serial = serial();
     if !have_qemu_img() {
         return;
     }

@@ -1,13 +1,18 @@
 //! `check`: the qcow2 consistency check and repair, reported as qemu-img reports them.
 
-use super::{open_locked, ImageError};
+use super::{open_locked, ImageError, Progress};
 use crate::qcow2::check::{self, CheckReport};
 use crate::qcow2::{header, Qcow2Error};
 use std::path::Path;
 
 /// Checks (or with `repair`, repairs) the qcow2 image at `path`. A raw image has nothing to
 /// check (an error, as qemu-img's).
-pub fn check(path: &Path, repair: bool, force_share: bool) -> Result<CheckReport, ImageError> {
+pub fn check(
+    path: &Path,
+    repair: bool,
+    force_share: bool,
+    progress: &Progress,
+) -> Result<CheckReport, ImageError> {
     let file = open_locked(path, repair, force_share && !repair)?;
     match header::read(&file) {
         Err(Qcow2Error::BadMagic) => {
@@ -19,7 +24,16 @@ pub fn check(path: &Path, repair: bool, force_share: bool) -> Result<CheckReport
         Err(e) => return Err(ImageError::Qcow2 { path: path.to_owned(), source: e }),
         Ok(_) => {}
     }
-    let result = if repair { check::repair(&file) } else { check::check(&file) };
+    let mut report = |done: u64, total: u64| {
+        progress.set_length(total);
+        progress.set(done);
+    };
+    let result = if repair {
+        check::repair_with_progress(&file, &mut report)
+    } else {
+        check::check_with_progress(&file, &mut report)
+    };
+    progress.finish();
     result.map_err(|source| ImageError::Check { path: path.to_owned(), source })
 }
 

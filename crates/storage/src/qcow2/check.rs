@@ -81,9 +81,17 @@ impl CheckReport {
 
 /// Checks the qcow2 image in `file`, read-only.
 pub fn check(file: &File) -> Result<CheckReport, CheckError> {
+    check_with_progress(file, &mut |_, _| {})
+}
+
+/// [`check`], calling `progress(done, total)` as the L1 table is walked.
+pub fn check_with_progress(
+    file: &File,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CheckReport, CheckError> {
     let image = Image::new(file)?;
     let mut walk = Walk::new(&image, true);
-    walk.run()?;
+    walk.run(progress)?;
     walk.compare()
 }
 
@@ -91,7 +99,15 @@ pub fn check(file: &File) -> Result<CheckReport, CheckError> {
 /// and COPIED flags, drops table entries that point outside the file, and clears the dirty bit.
 /// The report is the check after the repair, with [`CheckReport::repaired`] set.
 pub fn repair(file: &File) -> Result<CheckReport, CheckError> {
-    let before = check(file)?;
+    repair_with_progress(file, &mut |_, _| {})
+}
+
+/// [`repair`], calling `progress(done, total)` during the first check.
+pub fn repair_with_progress(
+    file: &File,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CheckReport, CheckError> {
+    let before = check_with_progress(file, progress)?;
     let image = Image::new(file)?;
     if before.corruptions == 0 && before.leaks == 0 {
         if image.header.dirty() {
@@ -272,7 +288,7 @@ impl<'a> Walk<'a> {
         true
     }
 
-    fn run(&mut self) -> Result<(), CheckError> {
+    fn run(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), CheckError> {
         let image = self.image;
         let cs = image.cluster_size;
         self.on_disk = OnDisk::new(image)?;
@@ -283,6 +299,7 @@ impl<'a> Walk<'a> {
         let mut walked = HashSet::new();
         let mut next_contiguous = 0u64;
         for (l1_index, entry) in l1.iter().enumerate() {
+            progress(l1_index as u64, l1.len() as u64);
             let l2_offset = entry & OFFSET_MASK;
             if l2_offset == 0 {
                 continue;
@@ -431,7 +448,7 @@ fn rebuild(image: &Image<'_>) -> Result<(), CheckError> {
     let cs = image.cluster_size;
     // 1. Entries that point outside the file or are misaligned go (as zero clusters in v3).
     let mut walk = Walk::new(image, false);
-    walk.run()?;
+    walk.run(&mut |_, _| {})?;
     if !walk.bad_l1.is_empty() {
         let mut l1 = image.l1()?;
         for i in &walk.bad_l1 {
@@ -450,7 +467,7 @@ fn rebuild(image: &Image<'_>) -> Result<(), CheckError> {
     }
     // 2. The references as they now are, without the old refcount structures.
     let mut walk = Walk::new(image, false);
-    walk.run()?;
+    walk.run(&mut |_, _| {})?;
     let mut refs = walk.refs;
     // 3. COPIED flags from the real counts.
     let mut l1 = image.l1()?;
