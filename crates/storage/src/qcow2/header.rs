@@ -328,21 +328,23 @@ impl Header {
     /// Walks the header extensions (v3: right after the header, up to the end of the first
     /// cluster). Each step advances at least 8 bytes, so the walk is bounded by the cluster size.
     fn parse_extensions(&mut self, bytes: &[u8], file_len: u64) -> Result<(), Qcow2Error> {
-        let limit = (bytes.len() as u64).min(self.cluster_size());
+        // As QEMU: the extensions end at the end marker, the backing file name or the end of
+        // the first cluster, whichever comes first (old v2 images have no end marker).
+        let cluster_size = self.cluster_size();
         let mut offset = u64::from(self.header_length);
-        loop {
-            if offset + 8 > limit {
-                if limit < self.cluster_size()
-                    && limit == bytes.len() as u64
-                    && file_len < self.cluster_size()
-                {
-                    return Err(Qcow2Error::Truncated {
-                        what: "header extensions",
-                        needed: offset + 8,
-                        len: file_len,
-                    });
-                }
-                return Err(Qcow2Error::Invalid("the header extensions run past the first cluster".into()));
+        let backing_offset = be64(bytes, 8);
+        let end_offset = if backing_offset != 0 && backing_offset >= offset {
+            backing_offset.min(cluster_size)
+        } else {
+            cluster_size
+        };
+        let truncated = |needed| Qcow2Error::Truncated { what: "header extensions", needed, len: file_len };
+        while offset < end_offset {
+            if offset + 8 > end_offset {
+                return Err(Qcow2Error::Invalid("a header extension runs past the first cluster".into()));
+            }
+            if offset + 8 > bytes.len() as u64 {
+                return Err(truncated(offset + 8));
             }
             let kind = be32(bytes, offset as usize);
             let len = u64::from(be32(bytes, offset as usize + 4));
@@ -351,8 +353,11 @@ impl Header {
                 return Ok(());
             }
             let end = offset + len;
-            if end > limit {
+            if end > end_offset {
                 return Err(Qcow2Error::Invalid("a header extension runs past the first cluster".into()));
+            }
+            if end > bytes.len() as u64 {
+                return Err(truncated(end));
             }
             let data = &bytes[offset as usize..end as usize];
             match kind {
@@ -367,6 +372,7 @@ impl Header {
             }
             offset = end.next_multiple_of(8);
         }
+        Ok(())
     }
 }
 
@@ -492,6 +498,19 @@ mod tests {
         let header = Header::parse(&again, 5 << 16).unwrap();
         assert_eq!(header.backing_file.as_deref(), Some("other.qcow2"));
         assert_eq!(header.backing_format.as_deref(), Some("qcow2"));
+    }
+
+    #[test]
+    fn an_old_v2_header_with_the_backing_name_right_after_it_parses() {
+        let mut h = valid();
+        h[4..8].copy_from_slice(&2u32.to_be_bytes());
+        h[72..112].fill(0);
+        h[72..80].copy_from_slice(b"base.img");
+        h[8..16].copy_from_slice(&72u64.to_be_bytes());
+        h[16..20].copy_from_slice(&8u32.to_be_bytes());
+        let header = Header::parse(&h, 5 << 16).unwrap();
+        assert_eq!((header.version, header.backing_file.as_deref()), (2, Some("base.img")));
+        assert_eq!(header.backing_format, None);
     }
 
     proptest! {
