@@ -177,8 +177,16 @@ fn human(bytes: u64) -> String {
     if unit == 0 {
         return format!("{bytes} B");
     }
-    let text = format!("{value:.3}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
+    // Three significant digits, as qemu-img's "%0.3g".
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{value:.decimals$}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
     format!("{text} {}", UNITS[unit])
 }
 
@@ -189,5 +197,7 @@ mod tests {
         assert_eq!(super::human(512), "512 B");
         assert_eq!(super::human(65536), "64 KiB");
         assert_eq!(super::human(3 << 29), "1.5 GiB");
+        assert_eq!(super::human(1221), "1.19 KiB");
+        assert_eq!(super::human(200_704), "196 KiB");
     }
 }
