@@ -139,3 +139,20 @@ fn a_leaked_cluster_is_a_leak() {
     patch(&path, refblock + (len / 4096 + 3) * 2, &[0, 1]);
     agree_and_repair(&path, (3, 0, 1));
 }
+
+#[test]
+fn an_unaligned_l2_entry_and_reserved_bits_are_corruptions() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, l2, data) = image(dir.path(), "unaligned.qcow2");
+    patch(&path, l2, &((1u64 << 63) | (data + 0x200)).to_be_bytes());
+    // The misaligned entry, and the next cluster counted twice through it.
+    agree_and_repair(&path, (2, 2, 0));
+    let (path, _, l2, _) = image(dir.path(), "reserved.qcow2");
+    let bytes = std::fs::read(&path).unwrap();
+    let l1 = be64(&bytes, 40);
+    patch(&path, l1, &((1u64 << 63) | l2 | 0x10).to_be_bytes());
+    agree_and_repair(&path, (2, 1, 0));
+}

@@ -23,6 +23,9 @@ const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 const OFLAG_COPIED: u64 = 1 << 63;
 const OFLAG_COMPRESSED: u64 = 1 << 62;
 const OFLAG_ZERO: u64 = 1;
+/// Bits an L1 entry, or an uncompressed L2 entry, must leave clear.
+const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
+const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 
 /// Why an image could not be checked (a finding is not an error: see [`CheckReport`]).
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +303,9 @@ impl<'a> Walk<'a> {
         let mut next_contiguous = 0u64;
         for (l1_index, entry) in l1.iter().enumerate() {
             progress(l1_index as u64, l1.len() as u64);
+            if entry & L1_RESERVED != 0 {
+                self.error(format!("ERROR found L1 entry with reserved bits set: {entry:x}"));
+            }
             let l2_offset = entry & OFFSET_MASK;
             if l2_offset == 0 {
                 continue;
@@ -371,15 +377,20 @@ impl<'a> Walk<'a> {
                 }
                 continue;
             }
+            if entry & L2_RESERVED != 0 {
+                self.error(format!("ERROR found L2 entry with reserved bits set: {entry:x}"));
+            }
             let offset = entry & OFFSET_MASK;
             if offset == 0 {
                 continue;
             }
             if !offset.is_multiple_of(cs) {
+                // QEMU still counts the cluster-sized range it points at.
                 self.error(format!(
                     "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
                 ));
                 self.bad_l2.push((l2_offset, index));
+                self.count(offset, cs);
                 continue;
             }
             self.report.allocated_clusters += 1;
@@ -478,7 +489,8 @@ fn rebuild(image: &Image<'_>) -> Result<(), CheckError> {
             continue;
         }
         let copied = refs.get(&(offset / cs)) == Some(&1);
-        let fixed = if copied { *entry | OFLAG_COPIED } else { *entry & !OFLAG_COPIED };
+        let entry_clean = *entry & !L1_RESERVED;
+        let fixed = if copied { entry_clean | OFLAG_COPIED } else { entry_clean & !OFLAG_COPIED };
         l1_changed |= fixed != *entry;
         *entry = fixed;
     }
@@ -492,13 +504,14 @@ fn rebuild(image: &Image<'_>) -> Result<(), CheckError> {
             let fixed = if *entry & OFLAG_COMPRESSED != 0 {
                 *entry & !OFLAG_COPIED
             } else if *entry & OFFSET_MASK != 0 {
+                let clean = *entry & !L2_RESERVED;
                 if refs.get(&((*entry & OFFSET_MASK) / cs)) == Some(&1) {
-                    *entry | OFLAG_COPIED
+                    clean | OFLAG_COPIED
                 } else {
-                    *entry & !OFLAG_COPIED
+                    clean & !OFLAG_COPIED
                 }
             } else {
-                *entry
+                *entry & !L2_RESERVED
             };
             changed |= fixed != *entry;
             *entry = fixed;
