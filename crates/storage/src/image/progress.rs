@@ -12,11 +12,15 @@ pub struct Progress {
 impl Progress {
     /// A bar for an operation of `total` units; visible if `force` or stderr is a terminal.
     pub fn new(total: u64, force: bool) -> Progress {
-        let visible = force || std::io::stderr().is_terminal();
-        let bar = ProgressBar::with_draw_target(
-            Some(total),
-            if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
-        );
+        // indicatif hides itself when stderr is not a terminal; forced, it draws there anyway.
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else if force {
+            ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::stderr()), 4)
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
         if let Ok(style) = ProgressStyle::with_template("    ({percent:>3}.00/100%) [{bar:40}] {eta}") {
             bar.set_style(style.progress_chars("=> "));
         }
