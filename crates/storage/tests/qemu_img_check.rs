@@ -156,3 +156,15 @@ fn an_unaligned_l2_entry_and_reserved_bits_are_corruptions() {
     patch(&path, l1, &((1u64 << 63) | l2 | 0x10).to_be_bytes());
     agree_and_repair(&path, (2, 1, 0));
 }
+
+#[test]
+fn two_entries_sharing_a_cluster_are_a_corruption_and_a_leak() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, l2, data) = image(dir.path(), "overlap.qcow2");
+    // The second guest cluster now maps onto the first's host cluster; its own leaks.
+    patch(&path, l2 + 8, &((1u64 << 63) | data).to_be_bytes());
+    agree_and_repair(&path, (2, 1, 1));
+}
