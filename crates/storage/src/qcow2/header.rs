@@ -384,7 +384,10 @@ fn check_region(
     cluster_size: u64,
     file_len: u64,
 ) -> Result<(), Qcow2Error> {
-    if !offset.is_multiple_of(cluster_size) || offset == 0 {
+    if offset == 0 {
+        return Err(Qcow2Error::Invalid(format!("its {what} is at offset 0, over the header")));
+    }
+    if !offset.is_multiple_of(cluster_size) {
         return Err(Qcow2Error::Unaligned { what, offset });
     }
     match offset.checked_add(len) {
