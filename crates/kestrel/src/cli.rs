@@ -58,6 +58,9 @@ pub enum Command {
         curl --unix-socket /tmp/kestrel.sock -X PUT http://localhost/boot-source \\\n      \
         -d '{\"kernel_image_path\": \"vmlinux\", \"boot_args\": \"console=ttyS0\"}'")]
     Vmm(VmmArgs),
+
+    /// Create, inspect, convert, resize, check, commit and rebase raw and qcow2 disk images.
+    Image(crate::image_cli::ImageArgs),
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@ mod api_tests;
 mod cli;
 mod device_options;
 mod exit_status;
+mod image_cli;
 mod logging;
 mod metrics;
 mod size;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Run(args) => run(args),
         cli::Command::Vmm(args) => vmm_api::run(args),
+        cli::Command::Image(args) => image_cli::run(args),
     }
 }
 

@@ -15,7 +15,9 @@
 
 mod buffer;
 pub mod direct;
+pub mod image;
 pub mod lock;
+pub mod qcow2;
 pub mod raw;
 mod vectored;
 

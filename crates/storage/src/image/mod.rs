@@ -1,0 +1,203 @@
+//! The image tool's operations (`kestrel image …`): create, info, convert, resize, check, commit
+//! and rebase, on raw and qcow2 images. The command line is a thin layer over these.
+//!
+//! Probing an image's format happens only here, in `info` and for `convert`'s source when no
+//! format is given: never when a VM opens a disk. Writers lock the images they change
+//! `Access::Write` (a running VM's image is refused), readers `Access::Read` unless told to
+//! share. Files created are 0600.
+
+mod check;
+mod convert;
+mod create;
+mod info;
+mod ops;
+mod progress;
+mod raw;
+mod size;
+
+pub use check::{check, check_report_json, check_report_text};
+pub use convert::{convert, ConvertOptions};
+pub use create::{create, parse_create_options, CreateOptions, Preallocation};
+pub use info::{info, ImageInfo};
+pub use ops::{commit, rebase, resize, RebaseOptions};
+pub use progress::Progress;
+pub use size::parse_size;
+
+use crate::lock::{self, Access, LockError};
+use crate::qcow2::{self, Qcow2Error, Qcow2Options};
+use crate::DiskBackend;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// An image format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+impl Format {
+    /// The name qemu-img uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl FromStr for Format {
+    type Err = ImageError;
+    fn from_str(text: &str) -> Result<Format, ImageError> {
+        match text {
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            other => Err(ImageError::Usage(format!("unknown image format '{other}': use raw or qcow2"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why an image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: LockError,
+    },
+    #[error("{path}: {source}")]
+    Qcow2 {
+        path: PathBuf,
+        #[source]
+        source: Qcow2Error,
+    },
+    #[error("{path}: {source}")]
+    Check {
+        path: PathBuf,
+        #[source]
+        source: qcow2::check::CheckError,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ImageError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+        move |source| ImageError::Io { path: path.to_owned(), source }
+    }
+    fn qcow2(path: &Path) -> impl FnOnce(Qcow2Error) -> ImageError + '_ {
+        move |source| ImageError::Qcow2 { path: path.to_owned(), source }
+    }
+}
+
+/// The format of the image at `path`: qcow2 if it starts with the qcow2 magic, raw otherwise.
+/// Only `info` and `convert`'s source probe.
+pub fn probe(path: &Path) -> Result<Format, ImageError> {
+    let file = open_file(path, false)?;
+    let magic = qcow2::header::has_magic(&file).map_err(ImageError::io(path))?;
+    Ok(if magic { Format::Qcow2 } else { Format::Raw })
+}
+
+/// Opens `path` for reading (or writing), refusing what is not a regular file or block device
+/// without blocking on a FIFO.
+fn open_file(path: &Path, write: bool) -> Result<File, ImageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(ImageError::io(path))?;
+    let kind = file.metadata().map_err(ImageError::io(path))?.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(ImageError::Unsupported(format!(
+            "{}: not a regular file or block device",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Opens and locks the image at `path` in `format`: `Access::Write` when `write`, else
+/// `Access::Read` unless `force_share`.
+fn open_locked(path: &Path, write: bool, force_share: bool) -> Result<File, ImageError> {
+    let file = open_file(path, write)?;
+    if write || !force_share {
+        let access = if write { Access::Write } else { Access::Read };
+        lock::lock(&file, access).map_err(|source| ImageError::Lock { path: path.to_owned(), source })?;
+    }
+    Ok(file)
+}
+
+/// An open image of either format.
+enum Disk {
+    Raw(raw::RawFile),
+    Qcow2(Box<qcow2::Qcow2Disk>),
+}
+
+impl Disk {
+    fn backend(&self) -> &dyn DiskBackend {
+        match self {
+            Disk::Raw(raw) => raw,
+            Disk::Qcow2(qcow2) => qcow2.as_ref(),
+        }
+    }
+
+    fn resize(&self, size: u64) -> io::Result<()> {
+        match self {
+            Disk::Raw(raw) => raw.set_size(size),
+            Disk::Qcow2(qcow2) => qcow2.resize(size),
+        }
+    }
+}
+
+/// The image at `path` as a disk, with its backing chain.
+fn open_disk(path: &Path, format: Format, write: bool, force_share: bool) -> Result<Disk, ImageError> {
+    let file = open_locked(path, write, force_share)?;
+    Ok(match format {
+        Format::Raw => Disk::Raw(raw::RawFile::new(file, write).map_err(ImageError::io(path))?),
+        Format::Qcow2 => {
+            let options = Qcow2Options { writable: write, direct: false, allow_backing: true };
+            Disk::Qcow2(Box::new(qcow2::open(file, path, &options).map_err(ImageError::qcow2(path))?))
+        }
+    })
+}
+
+/// Creates `path` (0600) for a new image, replacing what was there — but only once it is locked
+/// for writing, so that the image of a running VM is refused, not truncated under it.
+fn create_file(path: &Path) -> Result<File, ImageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(ImageError::io(path))?;
+    let kind = file.metadata().map_err(ImageError::io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(ImageError::Unsupported(format!("{}: not a regular file", path.display())));
+    }
+    lock::lock(&file, Access::Write).map_err(|source| ImageError::Lock { path: path.to_owned(), source })?;
+    file.set_len(0).map_err(ImageError::io(path))?;
+    Ok(file)
+}
