@@ -165,6 +165,10 @@ impl DiskBackend for RawFile {
             result => result,
         }
     }
+
+    fn direct_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
+    }
 }
 
 #[cfg(test)]
