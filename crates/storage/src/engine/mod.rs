@@ -114,6 +114,12 @@ impl<B: DiskBackend + ?Sized> IoEngine<B> {
         self.event.as_raw_fd()
     }
 
+    /// Makes [`IoEngine::event_fd`] readable, so its owner looks at the engine again (after
+    /// draining it outside its event loop, with work left that waits for room).
+    pub fn wake(&self) {
+        self.event.signal();
+    }
+
     /// Operations submitted and not yet reaped.
     pub fn in_flight(&self) -> usize {
         self.in_flight
