@@ -63,10 +63,10 @@ pub enum Engine {
     /// One request at a time, on the device's worker thread. Backends without a direct file
     /// descriptor (qcow2) are still served asynchronously, through a thread pool: their work per
     /// request is too long to hold up the queue.
-    #[default]
     Sync,
     /// Many requests in flight per queue: io_uring on a raw file (a thread pool where io_uring
     /// is unavailable, and for other backends).
+    #[default]
     Async,
 }
 
