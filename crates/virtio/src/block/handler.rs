@@ -1278,5 +1278,6 @@ mod tests {
         assert_eq!(backend.count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    mod hostile;
     mod in_flight;
 }
