@@ -432,3 +432,54 @@ fn header_at(memory: &GuestRam, slot: u64, request_type: u32, sector: u64) -> Bu
     memory.write_slice(&bytes, GuestAddress(HEADER + 0x100 * slot)).unwrap();
     Buffer(HEADER + 0x100 * slot, 16, false)
 }
+
+/// Interrupts, sent to the test as they come.
+struct Signals(Mutex<std::sync::mpsc::Sender<InterruptCause>>);
+
+impl crate::device::Interrupt for Signals {
+    fn trigger(&self, cause: InterruptCause) -> io::Result<()> {
+        let _ = self.0.lock().unwrap().send(cause);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_activated_device_serves_each_queue_on_its_worker_with_the_features_acked() {
+    use crate::device::{ActivateContext, VIRTIO_F_VERSION_1};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let (_dir, path) = patterned_disk();
+    let memory = memory();
+    let first = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    let second = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+    add_chains(&second, &[read_at(&memory, HEADER, 7, DATA, STATUS)], 0);
+    // A third queue offered, left unused by the driver.
+    let queues = vec![queue_of(&first), queue_of(&second), Queue::new(QUEUE_SIZE).unwrap()];
+    let events: Vec<EventFd> = (0..3).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
+    let notify_second = events[1].try_clone().unwrap();
+    let (sender, interrupts) = std::sync::mpsc::channel();
+    let options = BlockOptions { num_queues: 3, engine: Engine::Async, flush: true };
+    let mut block = Block::new(Arc::new(RawFile::open(&path, false).unwrap()), false, [0; ID_BYTES], options);
+    block
+        .activate(ActivateContext {
+            memory: memory.clone(),
+            queues,
+            queue_events: events,
+            interrupt: Arc::new(Signals(Mutex::new(sender))),
+            acked_features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | (1 << 12),
+            guest_errors: guest_errors(),
+            restored: false,
+        })
+        .unwrap();
+    notify_second.write(1).unwrap();
+    let interrupt =
+        interrupts.recv_timeout(std::time::Duration::from_secs(10)).expect("no interrupt within 10 s");
+    assert_eq!(interrupt, InterruptCause::Queue(1));
+    assert_eq!(used_entries(&memory, &second, 16), [(0, 513)]);
+    assert!(read_guest(&memory, DATA, 512).iter().all(|&b| b == 7));
+    let states = block.worker().unwrap().hold().unwrap();
+    assert_eq!(states.len(), 3);
+    assert!(states[..2].iter().all(|(_, state)| state.event_idx_enabled), "EVENT_IDX was acked");
+    assert_eq!((states[0].1.next_used, states[1].1.next_used), (0, 1));
+    block.worker().unwrap().release();
+}
