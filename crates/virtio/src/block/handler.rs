@@ -451,8 +451,10 @@ impl Request<'_> {
                 if direction == Direction::DeviceWrites {
                     slice.bitmap().mark_dirty(0, slice.len());
                 }
-                // SAFETY: guest memory stays mapped for the VM's life, and this handler holds a
-                // reference to it (`memory`), so it outlives the request; the guest may change it
+                // SAFETY: guest memory stays mapped for the VM's life, and the device's handler
+                // holds a reference to it, so it outlives the request: one carried out on the
+                // spot ends in this call, and one in an engine ends before the handler lets go
+                // (dropping an engine waits for its operations). The guest may change the memory
                 // meanwhile, which only garbles its own data.
                 buffers.push(unsafe { IoBuf::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
             }
