@@ -10,12 +10,15 @@
 //!   into the request's buffers (`vectored.rs`).
 //! - `direct.rs`: `O_DIRECT` (`cache=none`) for [`RawFile`]: the file's alignment, and a bounce
 //!   buffer for the requests that do not meet it.
+//! - `engine/`: asynchronous I/O for a device queue ([`engine::IoEngine`]): io_uring on a direct
+//!   descriptor, a thread pool otherwise.
 //! - `lock.rs`: image locking as QEMU does it (OFD locks on fixed bytes), so Kestrel and QEMU
 //!   processes keep each other from writing an image another one uses.
 
 mod buffer;
 pub mod direct;
 pub mod image;
+pub mod engine;
 pub mod lock;
 pub mod qcow2;
 pub mod raw;
@@ -25,6 +28,7 @@ pub use buffer::{total_len, IoBuf};
 pub use raw::{OpenError, RawFile};
 
 use std::io;
+use std::os::fd::RawFd;
 
 /// The storage behind a virtio-blk device: a raw file, a qcow2 image (and its backing chain), or a
 /// test double. Offsets and lengths are in bytes of the guest's view of the disk.
@@ -42,6 +46,12 @@ pub trait DiskBackend: Send + Sync + 'static {
     fn discard(&self, offset: u64, length: u64) -> io::Result<()>;
     /// Makes a range read as zeroes, deallocating its storage when `may_unmap`.
     fn write_zeroes(&self, offset: u64, length: u64, may_unmap: bool) -> io::Result<()>;
+    /// A descriptor whose byte N is the guest's byte N (a raw file), so an engine may submit I/O
+    /// to it directly (io_uring) instead of calling this backend's methods. None for formats that
+    /// map the guest's bytes themselves (qcow2) and for test doubles.
+    fn direct_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// Plain-slice convenience over [`DiskBackend`], for tools and tests (the device uses guest memory

@@ -196,6 +196,16 @@ impl DiskBackend for RawFile {
             result => result,
         }
     }
+
+    /// None under `O_DIRECT`: the guest picks its buffers, and the unaligned ones must go through
+    /// this file's bounce path (`direct.rs`) rather than straight to io_uring, which would fail
+    /// them with EINVAL. Such a disk's requests run on the engine's thread pool.
+    fn direct_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self.direct {
+            Some(_) => None,
+            None => Some(self.file.as_raw_fd()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,5 +27,5 @@ pub fn open_backend(path: &Path, read_only: bool) -> Result<Arc<dyn DiskBackend>
 pub fn open_block(config: &BlockConfig) -> Result<Block, DiskOpenError> {
     let id = disk_id(&config.path, config.id.as_deref())?;
     let backend = open_backend(&config.path, config.read_only)?;
-    Ok(Block::new(backend, config.read_only, id))
+    Ok(Block::new(backend, config.read_only, id, virtio::block::BlockOptions::default()))
 }

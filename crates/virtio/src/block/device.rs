@@ -9,17 +9,17 @@ use storage::DiskBackend;
 
 use super::control::{BlockControl, SharedDisk};
 use super::handler::{
-    BlockHandler, Disk, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SECTORS,
+    Disk, Mode, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEGMENTS, SEG_MAX, SIZE_MAX,
 };
+use super::server::BlockHandler;
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::BlockMetrics;
 use crate::worker::Worker;
-
-const QUEUE_SIZES: [u16; 1] = [super::QUEUE_SIZE];
+use virtio_queue::QueueT;
 
 // Feature bits (virtio 1.2 section 5.2.3).
 const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
@@ -27,8 +27,16 @@ const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
 const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// VIRTIO_RING_F_EVENT_IDX (virtio 1.2 section 6): the driver and device say up to which
+/// request they want to be told of, which saves interrupts and notifications under load.
+pub(super) const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// The most request queues a disk may have: one per vCPU is the point, and no VM has more.
+pub const MAX_QUEUES: u16 = 64;
 
 /// Discards are best aligned to 4 KiB, the block size of common host filesystems: a hole can only
 /// be punched in whole filesystem blocks (partial ones are zeroed instead).
@@ -49,10 +57,42 @@ pub enum DiskError {
     Notify(io::Error),
 }
 
+/// How the device carries out requests (Firecracker's `io_engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// One request at a time, on the device's worker thread. Backends without a direct file
+    /// descriptor (qcow2) are still served asynchronously, through a thread pool: their work per
+    /// request is too long to hold up the queue.
+    Sync,
+    /// Many requests in flight per queue: io_uring on a raw file (a thread pool where io_uring
+    /// is unavailable, and for other backends).
+    #[default]
+    Async,
+}
+
+/// The device's settings beside its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Request queues (VIRTIO_BLK_F_MQ when more than one), clamped to 1..=[`MAX_QUEUES`].
+    pub num_queues: u16,
+    pub engine: Engine,
+    /// Offer VIRTIO_BLK_F_FLUSH, so the guest's flushes reach the disk. False for
+    /// `cache=unsafe`: the guest is told the disk has no write cache (Firecracker's `Unsafe`).
+    pub flush: bool,
+}
+
+impl Default for BlockOptions {
+    fn default() -> BlockOptions {
+        BlockOptions { num_queues: 1, engine: Engine::default(), flush: true }
+    }
+}
+
 /// A virtio-blk device over any disk backend.
 pub struct Block {
     disk: Arc<SharedDisk<dyn DiskBackend>>,
     features: u64,
+    queue_sizes: Vec<u16>,
+    engine: Engine,
     metrics: Arc<BlockMetrics>,
     worker: Option<Worker>,
 }
@@ -74,17 +114,36 @@ pub(super) fn sectors_of(bytes: u64, id: &[u8; ID_BYTES]) -> u64 {
 impl Block {
     /// A disk over `backend`, which the VMM opened (read-only if `read_only`: the guest is then
     /// offered a read-only disk). GET_ID returns `id` (see [`disk_id`]).
-    pub fn new(backend: Arc<dyn DiskBackend>, read_only: bool, id: [u8; ID_BYTES]) -> Block {
+    pub fn new(
+        backend: Arc<dyn DiskBackend>,
+        read_only: bool,
+        id: [u8; ID_BYTES],
+        options: BlockOptions,
+    ) -> Block {
         let sectors = sectors_of(backend.size(), &id);
+        let num_queues = options.num_queues.clamp(1, MAX_QUEUES);
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
-            | VIRTIO_BLK_F_FLUSH;
+            | VIRTIO_RING_F_EVENT_IDX;
+        if options.flush {
+            features |= VIRTIO_BLK_F_FLUSH;
+        }
+        if num_queues > 1 {
+            features |= VIRTIO_BLK_F_MQ;
+        }
         features |=
             if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
         let disk = Disk { backend, sectors, read_only, id };
-        Block { disk: Arc::new(SharedDisk::new(disk)), features, metrics: Arc::default(), worker: None }
+        Block {
+            disk: Arc::new(SharedDisk::new(disk)),
+            features,
+            queue_sizes: vec![super::QUEUE_SIZE; usize::from(num_queues)],
+            engine: options.engine,
+            metrics: Arc::default(),
+            worker: None,
+        }
     }
 
     /// The host's handle on this disk, to replace its backing file while the guest runs.
@@ -117,13 +176,14 @@ pub fn disk_id(path: &Path, id: Option<&str>) -> Result<[u8; ID_BYTES], DiskErro
 /// `struct virtio_blk_config` (virtio 1.2 section 5.2.4), little-endian. The discard and
 /// write-zeroes limits are read only when those features are offered, so a read-only disk may
 /// carry them too.
-fn config_space(sectors: u64) -> [u8; CONFIG_BYTES] {
+fn config_space(sectors: u64, num_queues: u16) -> [u8; CONFIG_BYTES] {
     let mut config = [0u8; CONFIG_BYTES];
     let mut put = |offset: usize, bytes: &[u8]| config[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(0, &sectors.to_le_bytes()); // capacity
     put(8, &SIZE_MAX.to_le_bytes()); // size_max
     put(12, &SEG_MAX.to_le_bytes()); // seg_max
     put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+    put(34, &num_queues.to_le_bytes()); // num_queues, read with VIRTIO_BLK_F_MQ
     put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
     put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
     put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
@@ -139,7 +199,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        &self.queue_sizes
     }
 
     fn features(&self) -> u64 {
@@ -149,22 +209,36 @@ impl VirtioDevice for Block {
     /// The capacity is the current disk's (see `SharedDisk::replace` on reading it while it
     /// changes).
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&config_space(self.disk.sectors()), offset, data);
+        read_config_bytes(&config_space(self.disk.sectors(), self.queue_sizes.len() as u16), offset, data);
     }
 
     /// Every field Kestrel offers is read-only (`writeback` needs VIRTIO_BLK_F_CONFIG_WCE).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, mut context: ActivateContext) -> Result<(), ActivateError> {
-        let [queue] = context.take_ready_queues(&self.worker)?;
+        // A driver without VIRTIO_BLK_F_MQ uses the first queue only; one with it may use fewer
+        // than offered (Linux: one per vCPU).
+        let mut queues = context.take_queues(&self.worker, self.queue_sizes.len(), 1)?;
+        let event_idx = context.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for queue in &mut queues {
+            queue.set_event_idx(event_idx);
+        }
+        // Backends that map the guest's bytes themselves are never served on the worker thread.
+        let direct = self.disk.current().backend.direct_fd().is_some();
+        let mode = Mode {
+            defer: self.engine == Engine::Async || !direct,
+            flush: self.features & VIRTIO_BLK_F_FLUSH != 0,
+        };
         let handler = BlockHandler::new(
             context.memory.clone(),
-            queue,
+            queues,
             context.interrupt.clone(),
             context.guest_errors.clone(),
             self.metrics.clone(),
             self.disk.clone(),
-        );
+            mode,
+        )
+        .map_err(ActivateError::Backend)?;
         self.worker = Some(context.spawn_worker("virtio-blk", handler)?);
         self.disk.set_interrupt(Some(context.interrupt));
         Ok(())
@@ -190,7 +264,7 @@ mod tests {
 
     fn open(path: &Path, read_only: bool) -> Block {
         let backend = Arc::new(storage::RawFile::open(path, read_only).unwrap());
-        Block::new(backend, read_only, disk_id(path, None).unwrap())
+        Block::new(backend, read_only, disk_id(path, None).unwrap(), BlockOptions::default())
     }
 
     fn config_u32(block: &Block, offset: u64) -> u32 {

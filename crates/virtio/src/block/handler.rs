@@ -10,19 +10,18 @@ use std::sync::Arc;
 
 use crate::GuestRam;
 use storage::IoBuf;
-use virtio_queue::{DescriptorChain, Queue, QueueState};
+use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{Address, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// A request's buffers as guest RAM hands them out (writes through them mark pages dirty).
 type Reader<'a> = virtio_queue::Reader<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 type Writer<'a> = virtio_queue::Writer<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 
-use super::control::SharedDisk;
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
-use crate::device::{GuestErrorLog, Interrupt};
+use crate::device::GuestErrorLog;
 use crate::metrics::BlockMetrics;
-use crate::worker::{serve_queue, QueueHandler};
+use storage::engine::Op;
 use storage::DiskBackend;
 
 // Request types.
@@ -112,7 +111,7 @@ enum RequestError {
 
 /// A request carried out, for the device's metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Done {
+pub(super) enum Done {
     /// Bytes moved from the disk to the guest.
     Read(usize),
     /// Bytes moved from the guest to the disk.
@@ -151,63 +150,41 @@ impl RequestError {
     }
 }
 
-/// The block device's request queue and what it needs to serve it.
-pub struct BlockHandler<B: ?Sized> {
-    memory: GuestRam,
-    queue: Queue,
-    interrupt: Arc<dyn Interrupt>,
-    guest_errors: Arc<GuestErrorLog>,
-    metrics: Arc<BlockMetrics>,
-    disk: Arc<SharedDisk<B>>,
+/// What became of a request the handler took from the queue.
+pub(super) enum Served {
+    /// It is done and its status byte written: complete it with this used length.
+    Used(u32),
+    /// It is valid and its data transfer (or flush) is for an engine to carry out; when that
+    /// ends, [`finish`] writes the status byte at `status`.
+    Pending { op: Op, done: Done, status: GuestAddress },
 }
 
-impl<B: DiskBackend + ?Sized> BlockHandler<B> {
-    pub(super) fn new(
-        memory: GuestRam,
-        queue: Queue,
-        interrupt: Arc<dyn Interrupt>,
-        guest_errors: Arc<GuestErrorLog>,
-        metrics: Arc<BlockMetrics>,
-        disk: Arc<SharedDisk<B>>,
-    ) -> Self {
-        BlockHandler { memory, queue, interrupt, guest_errors, metrics, disk }
-    }
-
-    /// Serves every available request, then interrupts the driver once if it wants to know.
-    fn process_requests(&mut self) {
-        let (memory, disk, guest_errors, metrics) =
-            (&self.memory, &self.disk, &*self.guest_errors, &*self.metrics);
-        serve_queue("virtio-blk", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
-            serve(memory, &disk.current(), guest_errors, metrics, chain)
-        });
-    }
+/// Where the request's status byte is: the last byte of its last device-writable descriptor.
+fn status_address(chain: &DescriptorChain<&GuestRam>) -> Option<GuestAddress> {
+    let last = chain.clone().filter(|d| d.is_write_only() && d.len() > 0).last()?;
+    last.addr().checked_add(u64::from(last.len()) - 1)
 }
 
-impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
-    fn queue_states(&self) -> Vec<(usize, QueueState)> {
-        vec![(0, self.queue.state())]
-    }
-
-    fn process_queue(&mut self, _index: usize) {
-        self.metrics.queue_event_count.inc();
-        self.process_requests();
-    }
-
-    /// A snapshot shows the completed writes as done: they must be on the disk.
-    fn quiesce(&mut self) -> io::Result<()> {
-        self.disk.current().backend.flush()
-    }
+/// How requests are carried out, the same for every queue of a device.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Mode {
+    /// Reads, writes and flushes go to an engine ([`Served::Pending`]) instead of being done on
+    /// the spot.
+    pub defer: bool,
+    /// VIRTIO_BLK_F_FLUSH is offered; without it (cache=unsafe) a flush is answered at once.
+    pub flush: bool,
 }
 
-/// Executes one request and writes its status byte; returns the bytes written to the chain (the
-/// used length).
-fn serve<B: DiskBackend + ?Sized>(
+/// Validates one request and either carries it out and writes its status byte, or hands back
+/// the transfer for an engine (`mode.defer`). Returns the used length of a finished request.
+pub(super) fn serve<B: DiskBackend + ?Sized>(
     memory: &GuestRam,
     disk: &Disk<B>,
     guest_errors: &GuestErrorLog,
     metrics: &BlockMetrics,
     chain: DescriptorChain<&GuestRam>,
-) -> u32 {
+    mode: Mode,
+) -> Served {
     let descriptors = chain.clone();
     let reader = Reader::new(memory, chain.clone());
     let mut data = match Writer::new(memory, chain) {
@@ -215,12 +192,12 @@ fn serve<B: DiskBackend + ?Sized>(
         Ok(_) => {
             metrics.invalid_reqs_count.inc();
             guest_errors.log(format_args!("a request has no status byte; completed unanswered"));
-            return 0;
+            return Served::Used(0);
         }
         Err(e) => {
             metrics.invalid_reqs_count.inc();
             guest_errors.log(format_args!("a request's writable buffers are not in guest memory: {e:?}"));
-            return 0;
+            return Served::Used(0);
         }
     };
     let status_offset = data.available_bytes() - 1;
@@ -229,13 +206,23 @@ fn serve<B: DiskBackend + ?Sized>(
         Err(e) => {
             metrics.invalid_reqs_count.inc();
             guest_errors.log(format_args!("cannot find a request's status byte: {e:?}"));
-            return 0;
+            return Served::Used(0);
         }
+    };
+    let Some(status_at) = status_address(&descriptors) else {
+        metrics.invalid_reqs_count.inc();
+        guest_errors.log(format_args!("cannot find a request's status byte"));
+        return Served::Used(0);
     };
     let request = Request { memory, descriptors };
     let result = match reader {
-        Ok(mut reader) => execute(disk, &request, &mut reader, &mut data),
+        Ok(mut reader) => execute(disk, &request, &mut reader, &mut data, mode),
         Err(e) => Err(RequestError::GuestMemory(io::Error::other(format!("{e:?}")))),
+    };
+    let result = match result {
+        Ok(Action::Submit(op, done)) => return Served::Pending { op, done, status: status_at },
+        Ok(Action::Done(done)) => Ok(done),
+        Err(e) => Err(e),
     };
     // Reads fill guest memory directly, past the writer; the rest of the chain's writable bytes
     // (GET_ID) went through it.
@@ -243,7 +230,24 @@ fn serve<B: DiskBackend + ?Sized>(
         Ok(Done::Read(bytes)) => bytes,
         _ => data.bytes_written(),
     };
-    let status_byte = match result {
+    let status_byte = outcome(result, metrics);
+    if let Err(e) = status.write_all(&[status_byte]) {
+        guest_errors.log(format_args!("cannot write a status byte: {e}"));
+        return Served::Used(0);
+    }
+    Served::Used(used_length(written))
+}
+
+/// The used length of a request that wrote `written` bytes of data and its status byte. The
+/// driver's writable buffers are a u32 length at most in each of at most 65536 descriptors;
+/// saturate rather than wrap on a chain claiming more than 4 GiB.
+fn used_length(written: usize) -> u32 {
+    u32::try_from(written.saturating_add(1)).unwrap_or(u32::MAX)
+}
+
+/// Counts a request's outcome and returns its status byte.
+fn outcome(result: Result<Done, RequestError>, metrics: &BlockMetrics) -> u8 {
+    match result {
         Ok(done) => {
             done.count(metrics);
             VIRTIO_BLK_S_OK
@@ -261,24 +265,52 @@ fn serve<B: DiskBackend + ?Sized>(
             }
             e.status()
         }
+    }
+}
+
+/// Ends a request an engine carried out (`done` is what it was, `result` the engine's): writes
+/// its status byte at `status` and returns its used length.
+pub(super) fn finish(
+    memory: &GuestRam,
+    guest_errors: &GuestErrorLog,
+    metrics: &BlockMetrics,
+    done: Done,
+    status: GuestAddress,
+    result: io::Result<usize>,
+) -> u32 {
+    let result = result.map(|_| done).map_err(RequestError::Host);
+    let written = match result {
+        Ok(Done::Read(bytes)) => bytes,
+        _ => 0,
     };
-    if let Err(e) = status.write_all(&[status_byte]) {
+    let status_byte = outcome(result, metrics);
+    // The address was in a writable descriptor when the request was parsed, and guest memory
+    // does not shrink while the device runs; a failure is still reported rather than assumed.
+    if let Err(e) = memory.write_obj(status_byte, status) {
         guest_errors.log(format_args!("cannot write a status byte: {e}"));
         return 0;
     }
-    // The driver's writable buffers are a u32 length at most in each of at most 65536 descriptors;
-    // saturate rather than wrap on a chain claiming more than 4 GiB.
-    u32::try_from(written + 1).unwrap_or(u32::MAX)
+    used_length(written)
 }
 
-/// Carries out the request whose header `reader` starts with. `data` is the chain's writable part
-/// without the status byte.
+/// What to do with a valid request.
+enum Action {
+    /// It is done.
+    Done(Done),
+    /// The engine is to carry out the operation; the request is `Done` when it succeeds.
+    Submit(Op, Done),
+}
+
+/// Carries out the request whose header `reader` starts with, or (`mode.defer`) returns its
+/// read, write or flush for an engine. `data` is the chain's writable part without the status
+/// byte.
 fn execute<B: DiskBackend + ?Sized>(
     disk: &Disk<B>,
     request: &Request,
     reader: &mut Reader,
     data: &mut Writer,
-) -> Result<Done, RequestError> {
+    mode: Mode,
+) -> Result<Action, RequestError> {
     let mut header = [0u8; HEADER_BYTES];
     reader.read_exact(&mut header).map_err(|_| RequestError::MissingHeader)?;
     let [t0, t1, t2, t3, _, _, _, _, sector @ ..] = header;
@@ -288,18 +320,40 @@ fn execute<B: DiskBackend + ?Sized>(
     if data_bytes > MAX_DATA_BYTES {
         return Err(RequestError::TooLarge(data_bytes));
     }
-    match request_type {
-        VIRTIO_BLK_T_IN => read_sectors(disk, request, sector, data.available_bytes()).map(Done::Read),
-        VIRTIO_BLK_T_OUT => write_sectors(disk, request, sector, reader.available_bytes()).map(Done::Write),
-        VIRTIO_BLK_T_FLUSH => disk.backend.flush().map(|()| Done::Flush).map_err(RequestError::Host),
+    let done = match request_type {
+        VIRTIO_BLK_T_IN => {
+            let bytes = data.available_bytes();
+            let (offset, buffers) = read_buffers(disk, request, sector, bytes)?;
+            if mode.defer {
+                return Ok(Action::Submit(Op::Read { buffers, offset }, Done::Read(bytes)));
+            }
+            disk.backend.read_vectored_at(&buffers, offset).map_err(RequestError::Host)?;
+            Done::Read(bytes)
+        }
+        VIRTIO_BLK_T_OUT => {
+            let bytes = reader.available_bytes();
+            let (offset, buffers) = write_buffers(disk, request, sector, bytes)?;
+            if mode.defer {
+                return Ok(Action::Submit(Op::Write { buffers, offset }, Done::Write(bytes)));
+            }
+            disk.backend.write_vectored_at(&buffers, offset).map_err(RequestError::Host)?;
+            Done::Write(bytes)
+        }
+        // Without VIRTIO_BLK_F_FLUSH (cache=unsafe) a driver should send none; one that does is
+        // told it is done, as the host promised no durability.
+        VIRTIO_BLK_T_FLUSH if !mode.flush => Done::Flush,
+        VIRTIO_BLK_T_FLUSH if mode.defer => return Ok(Action::Submit(Op::Flush, Done::Flush)),
+        VIRTIO_BLK_T_FLUSH => disk.backend.flush().map(|()| Done::Flush).map_err(RequestError::Host)?,
         VIRTIO_BLK_T_GET_ID => {
             let count = data.available_bytes().min(ID_BYTES);
-            data.write_all(&disk.id[..count]).map(|()| Done::GetId).map_err(RequestError::GuestMemory)
+            data.write_all(&disk.id[..count]).map(|()| Done::GetId).map_err(RequestError::GuestMemory)?
         }
-        VIRTIO_BLK_T_DISCARD => zero_segments(disk, reader, true).map(|()| Done::Discard),
-        VIRTIO_BLK_T_WRITE_ZEROES => zero_segments(disk, reader, false).map(|()| Done::WriteZeroes),
-        other => Err(RequestError::UnsupportedType(other)),
-    }
+        // Rare, and bounded by the advertised limits: done on the spot in either mode.
+        VIRTIO_BLK_T_DISCARD => zero_segments(disk, reader, true).map(|()| Done::Discard)?,
+        VIRTIO_BLK_T_WRITE_ZEROES => zero_segments(disk, reader, false).map(|()| Done::WriteZeroes)?,
+        other => return Err(RequestError::UnsupportedType(other)),
+    };
+    Ok(Action::Done(done))
 }
 
 /// The byte offset of `bytes` of data starting at `sector`, once they are known to fit the disk.
@@ -319,35 +373,31 @@ fn sector_range<B: ?Sized>(disk: &Disk<B>, sector: u64, count: u64) -> Result<u6
     }
 }
 
-/// VIRTIO_BLK_T_IN: disk to guest, straight into the request's buffers; returns the bytes read.
-/// `bytes` is the chain's writable length without the status byte.
-fn read_sectors<B: DiskBackend + ?Sized>(
+/// VIRTIO_BLK_T_IN: the disk offset and the guest buffers (the chain's writable ones, without
+/// the status byte: `bytes`) a read fills, straight from the disk.
+fn read_buffers<B: ?Sized>(
     disk: &Disk<B>,
     request: &Request,
     sector: u64,
     bytes: usize,
-) -> Result<usize, RequestError> {
+) -> Result<(u64, Vec<IoBuf>), RequestError> {
     let offset = byte_range(disk, sector, bytes)?;
-    let buffers = request.guest_buffers(Direction::DeviceWrites, 0, bytes)?;
-    disk.backend.read_vectored_at(&buffers, offset).map_err(RequestError::Host)?;
-    Ok(bytes)
+    Ok((offset, request.guest_buffers(Direction::DeviceWrites, 0, bytes)?))
 }
 
-/// VIRTIO_BLK_T_OUT: guest to disk, straight from the request's buffers; returns the bytes
-/// written. `bytes` is the chain's readable length after the header.
-fn write_sectors<B: DiskBackend + ?Sized>(
+/// VIRTIO_BLK_T_OUT: the disk offset and the guest buffers (the chain's readable ones after the
+/// header: `bytes`) a write takes its data from, straight to the disk.
+fn write_buffers<B: ?Sized>(
     disk: &Disk<B>,
     request: &Request,
     sector: u64,
     bytes: usize,
-) -> Result<usize, RequestError> {
+) -> Result<(u64, Vec<IoBuf>), RequestError> {
     if disk.read_only {
         return Err(RequestError::ReadOnly);
     }
     let offset = byte_range(disk, sector, bytes)?;
-    let buffers = request.guest_buffers(Direction::DeviceReads, HEADER_BYTES, bytes)?;
-    disk.backend.write_vectored_at(&buffers, offset).map_err(RequestError::Host)?;
-    Ok(bytes)
+    Ok((offset, request.guest_buffers(Direction::DeviceReads, HEADER_BYTES, bytes)?))
 }
 
 /// Which of a chain's buffers: those the driver wrote (the device reads them) or those the
@@ -401,8 +451,10 @@ impl Request<'_> {
                 if direction == Direction::DeviceWrites {
                     slice.bitmap().mark_dirty(0, slice.len());
                 }
-                // SAFETY: guest memory stays mapped for the VM's life, and this handler holds a
-                // reference to it (`memory`), so it outlives the request; the guest may change it
+                // SAFETY: guest memory stays mapped for the VM's life, and the device's handler
+                // holds a reference to it, so it outlives the request: one carried out on the
+                // spot ends in this call, and one in an engine ends before the handler lets go
+                // (dropping an engine waits for its operations). The guest may change the memory
                 // meanwhile, which only garbles its own data.
                 buffers.push(unsafe { IoBuf::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
             }
@@ -487,9 +539,13 @@ mod tests {
     use vm_memory::{Address, Bytes, GuestAddress};
 
     use super::*;
+    use crate::block::control::SharedDisk;
+    use crate::block::server::BlockHandler;
     use crate::device::testing::{guest_errors, Recorder};
     use crate::device::InterruptCause;
+    use crate::worker::QueueHandler;
     use storage::RawFile;
+    use virtio_queue::{Queue, QueueT};
 
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
@@ -593,6 +649,12 @@ mod tests {
         serve_counted(memory, disk, chains, Arc::default())
     }
 
+    /// Requests through the engine, as Engine::Async serves them (and every disk without a
+    /// direct descriptor).
+    const DEFERRED: Mode = Mode { defer: true, flush: true };
+    /// Requests carried out on the spot, as Engine::Sync serves a raw file.
+    const ON_THE_SPOT: Mode = Mode { defer: false, flush: true };
+
     /// [`serve_chains`], counting into `metrics`.
     fn serve_counted<B: DiskBackend + ?Sized>(
         memory: &GuestRam,
@@ -600,8 +662,82 @@ mod tests {
         chains: &[Vec<Buffer>],
         metrics: Arc<BlockMetrics>,
     ) -> (Vec<u32>, Vec<InterruptCause>) {
-        let mock = MockSplitQueue::new(memory, 16);
-        let mut offset = 0u16;
+        serve_in(DEFERRED, memory, disk, chains, metrics)
+    }
+
+    /// Runs a handler in `mode` once over `chains` and waits for them to complete; returns each
+    /// chain's used length and the interrupts.
+    fn serve_in<B: DiskBackend + ?Sized>(
+        mode: Mode,
+        memory: &GuestRam,
+        disk: Disk<B>,
+        chains: &[Vec<Buffer>],
+        metrics: Arc<BlockMetrics>,
+    ) -> (Vec<u32>, Vec<InterruptCause>) {
+        let mock = MockSplitQueue::new(memory, 64);
+        add_chains(&mock, chains, 0);
+        let queue = queue_of(&mock);
+        let interrupts = Arc::new(Recorder::default());
+        let disk = Arc::new(SharedDisk::new(disk));
+        let mut handler = BlockHandler::new(
+            memory.clone(),
+            vec![queue],
+            interrupts.clone(),
+            guest_errors(),
+            metrics,
+            disk,
+            mode,
+        )
+        .unwrap();
+        handler.process_queue(0);
+        handler.drain();
+        let completed = used_entries(memory, &mock, 64);
+        assert_eq!(completed.len(), chains.len(), "every request is completed");
+        // By chain, whatever order they completed in.
+        let mut heads = Vec::new();
+        let mut head = 0u32;
+        for chain in chains {
+            heads.push(head);
+            head += chain.len() as u32;
+        }
+        let used = heads
+            .iter()
+            .map(|head| completed.iter().find(|(id, _)| id == head).expect("a chain completed").1)
+            .collect();
+        let raised = interrupts.0.lock().unwrap().clone();
+        (used, raised)
+    }
+
+    /// Where a mock queue's used ring is: virtio-queue's mock puts it over the second half of
+    /// the available ring (and its `used_event`), so the tests move it out of the way.
+    fn used_ring_of(mock: &MockSplitQueue<GuestRam>) -> GuestAddress {
+        mock.desc_table_addr().unchecked_add(0x2000)
+    }
+
+    /// The mock's queue, with its used ring where [`used_ring_of`] says.
+    fn queue_of(mock: &MockSplitQueue<GuestRam>) -> Queue {
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let used = used_ring_of(mock).raw_value();
+        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        queue
+    }
+
+    /// The used ring's entries so far: (head, length), for a queue of `size`.
+    fn used_entries(memory: &GuestRam, mock: &MockSplitQueue<GuestRam>, size: u16) -> Vec<(u32, u32)> {
+        let used = used_ring_of(mock);
+        let count = memory.read_obj::<u16>(used.unchecked_add(2)).unwrap();
+        (0..count)
+            .map(|i| {
+                let entry = used.unchecked_add(4 + 8 * u64::from(i % size));
+                let id = memory.read_obj::<u32>(entry).unwrap();
+                let len = memory.read_obj::<u32>(entry.unchecked_add(4)).unwrap();
+                (id, len)
+            })
+            .collect()
+    }
+
+    /// Puts `chains` in `mock`'s descriptor table from entry `offset` on, and makes them available.
+    fn add_chains(mock: &MockSplitQueue<GuestRam>, chains: &[Vec<Buffer>], mut offset: u16) {
         for chain in chains {
             let descriptors: Vec<RawDescriptor> = chain
                 .iter()
@@ -615,19 +751,6 @@ mod tests {
             mock.add_desc_chains(&descriptors, offset).unwrap();
             offset += chain.len() as u16;
         }
-        let queue: Queue = mock.create_queue().unwrap();
-        let interrupts = Arc::new(Recorder::default());
-        let disk = Arc::new(SharedDisk::new(disk));
-        let mut handler =
-            BlockHandler::new(memory.clone(), queue, interrupts.clone(), guest_errors(), metrics, disk);
-        handler.process_queue(0);
-        let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
-        assert_eq!(usize::from(used_index), chains.len(), "every request is completed");
-        let used = (0..chains.len())
-            .map(|i| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * i as u64 + 4)).unwrap())
-            .collect();
-        let raised = interrupts.0.lock().unwrap().clone();
-        (used, raised)
     }
 
     fn serve_one<B: DiskBackend + ?Sized>(memory: &GuestRam, disk: Disk<B>, chain: Vec<Buffer>) -> u32 {
@@ -944,7 +1067,8 @@ mod tests {
         let chains: Vec<Vec<Buffer>> = (0..4u64)
             .map(|i| vec![header(&memory, VIRTIO_BLK_T_FLUSH, 0), Buffer(STATUS + 0x100 * i, 1, true)])
             .collect();
-        let (used, interrupts) = serve_chains(&memory, raw_disk(&path, false), &chains);
+        let (used, interrupts) =
+            serve_in(ON_THE_SPOT, &memory, raw_disk(&path, false), &chains, Arc::default());
         assert_eq!(used, [1, 1, 1, 1]);
         assert_eq!(interrupts, [InterruptCause::Queue(0)]);
     }
@@ -1053,12 +1177,14 @@ mod tests {
         let queue: Queue = mock.create_queue().unwrap();
         let mut handler = BlockHandler::new(
             memory.clone(),
-            queue,
+            vec![queue],
             Arc::new(Recorder::default()),
             guest_errors(),
             Arc::default(),
             Arc::new(SharedDisk::new(raw_disk(&path, false))),
-        );
+            DEFERRED,
+        )
+        .unwrap();
         handler.process_queue(0);
         let used_index = memory.read_obj::<u16>(mock.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_index, 1, "the looping request is completed and the queue moves on");
@@ -1072,7 +1198,7 @@ mod tests {
         let chains: Vec<_> = (0..5).map(|_| request(&memory, VIRTIO_BLK_T_IN, 0, 512, true)).collect();
         let ((), lines) = capture::lines(|| {
             for _ in 0..1000 {
-                serve_chains(&memory, disk_of(Failing, false), &chains);
+                serve_in(ON_THE_SPOT, &memory, disk_of(Failing, false), &chains, Arc::default());
             }
             IO_ERRORS.flush();
         });
@@ -1121,12 +1247,14 @@ mod tests {
         let queue: Queue = MockSplitQueue::new(&memory, 16).create_queue().unwrap();
         let handler = BlockHandler::new(
             memory.clone(),
-            queue,
+            vec![queue],
             Arc::new(Recorder::default()),
             guest_errors(),
             Arc::default(),
             Arc::new(SharedDisk::new(shared_disk_of(backend, false))),
-        );
+            DEFERRED,
+        )
+        .unwrap();
         let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
         crate::worker::Worker::spawn("test-blk-hold", vec![event], handler).unwrap()
     }
@@ -1151,4 +1279,7 @@ mod tests {
         assert!(worker.hold().is_err());
         assert_eq!(backend.count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
+
+    mod hostile;
+    mod in_flight;
 }

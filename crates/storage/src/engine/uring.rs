@@ -1,0 +1,290 @@
+//! io_uring on a backend's direct descriptor: `readv`/`writev` from and into the request's own
+//! buffers, `fsync(DATASYNC)` for a flush. The kernel may move fewer bytes than asked (a signal,
+//! a filesystem splitting a large request); the rest is submitted again from where it stopped.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{Completion, EventFd, Op};
+use crate::{DiskBackend, IoBuf};
+
+/// The most iovecs one `readv` takes (`IOV_MAX` on Linux); a longer list goes in parts.
+const IOV_MAX: usize = 1024;
+
+/// How often one operation may come back with EAGAIN or EINTR before it is failed: the kernel
+/// returns those for passing conditions, and a descriptor that returns them forever must not
+/// keep a request (and a snapshot waiting for it) going forever.
+const MAX_RETRIES: u32 = 1000;
+
+pub(super) struct Uring<B: ?Sized> {
+    ring: IoUring,
+    /// The operations in flight, by their io_uring user data.
+    slots: Vec<Option<Slot<B>>>,
+    free: Vec<usize>,
+    /// Operations that completed without reaching the kernel (nothing to move, no room).
+    ready: Vec<Completion>,
+    event: Arc<EventFd>,
+    /// Entries pushed since the last submission to the kernel.
+    queued: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+}
+
+struct Slot<B: ?Sized> {
+    token: u64,
+    /// Kept so `fd` stays open until the operation ends, even if the disk is replaced.
+    _backend: Arc<B>,
+    fd: RawFd,
+    kind: Kind,
+    /// Where the kernel reads from or writes to; the first `next` are done, and the one at `next`
+    /// is shortened by what was done of it. Its heap buffer does not move while in flight.
+    iovecs: Vec<libc::iovec>,
+    next: usize,
+    offset: u64,
+    moved: usize,
+    retries: u32,
+}
+
+// SAFETY: the iovecs point into buffers whose maker promised (`IoBuf::new`) they stay valid for
+// the operation from any thread; nothing in a slot is tied to the thread that made it.
+unsafe impl<B: ?Sized + Send + Sync> Send for Slot<B> {}
+
+impl<B: DiskBackend + ?Sized> Uring<B> {
+    pub fn new(entries: u32, event: &Arc<EventFd>) -> io::Result<Uring<B>> {
+        let ring = IoUring::new(entries)?;
+        ring.submitter().register_eventfd(event.as_raw_fd())?;
+        Ok(Uring {
+            ring,
+            slots: Vec::new(),
+            free: Vec::new(),
+            ready: Vec::new(),
+            event: event.clone(),
+            queued: false,
+        })
+    }
+
+    pub fn submit(&mut self, backend: Arc<B>, fd: RawFd, op: Op, token: u64) {
+        let (kind, buffers, offset) = match op {
+            Op::Read { buffers, offset } => (Kind::Read, buffers, offset),
+            Op::Write { buffers, offset } => (Kind::Write, buffers, offset),
+            Op::Flush => (Kind::Flush, Vec::new(), 0),
+        };
+        let iovecs: Vec<libc::iovec> = buffers.iter().filter(|b| !b.is_empty()).map(IoBuf::iovec).collect();
+        if kind != Kind::Flush && iovecs.is_empty() {
+            self.complete_early(token, Ok(0));
+            return;
+        }
+        let slot = Slot { token, _backend: backend, fd, kind, iovecs, next: 0, offset, moved: 0, retries: 0 };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.push(index);
+    }
+
+    /// An operation that ends without the kernel: reported at the next reap.
+    fn complete_early(&mut self, token: u64, result: io::Result<usize>) {
+        self.ready.push(Completion { token, result });
+        self.event.signal();
+    }
+
+    /// Queues the submission for what is left of slot `index`.
+    fn push(&mut self, index: usize) {
+        let Some(slot) = &self.slots[index] else { return };
+        let entry = match slot.kind {
+            Kind::Flush => opcode::Fsync::new(types::Fd(slot.fd)).flags(types::FsyncFlags::DATASYNC).build(),
+            Kind::Read | Kind::Write => {
+                let rest = &slot.iovecs[slot.next..];
+                let count = rest.len().min(IOV_MAX) as u32;
+                if slot.kind == Kind::Read {
+                    opcode::Readv::new(types::Fd(slot.fd), rest.as_ptr(), count).offset(slot.offset).build()
+                } else {
+                    opcode::Writev::new(types::Fd(slot.fd), rest.as_ptr(), count).offset(slot.offset).build()
+                }
+            }
+        }
+        .user_data(index as u64);
+        if self.push_entry(&entry).is_err() {
+            // Room for one more failed even after handing the queued ones to the kernel.
+            self.commit();
+            if self.push_entry(&entry).is_err() {
+                let error =
+                    io::Error::new(io::ErrorKind::WouldBlock, "the io_uring submission queue is full");
+                self.finish_early(index, Err(error));
+                return;
+            }
+        }
+        self.queued = true;
+    }
+
+    fn push_entry(&mut self, entry: &squeue::Entry) -> Result<(), squeue::PushError> {
+        // SAFETY: the entry's iovec array is its slot's, whose heap buffer stays in place until
+        // the completion is reaped (slots are only taken out then), and the iovecs name buffers
+        // valid until then by `IoBuf::new`'s contract; the descriptor is kept open by the slot's
+        // backend.
+        unsafe { self.ring.submission().push(entry) }
+    }
+
+    fn finish_early(&mut self, index: usize, result: io::Result<usize>) {
+        if let Some(slot) = self.slots[index].take() {
+            self.free.push(index);
+            self.complete_early(slot.token, result);
+        }
+    }
+
+    /// Hands the queued submissions to the kernel. On a failure other than a signal they stay
+    /// queued, and the next commit tries again.
+    pub fn commit(&mut self) {
+        if !self.queued {
+            return;
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(_) => {
+                    self.queued = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("cannot submit disk I/O to io_uring (will retry): {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.ready);
+        let finished: Vec<(u64, i32)> =
+            self.ring.completion().map(|entry| (entry.user_data(), entry.result())).collect();
+        for (index, result) in finished {
+            let index = index as usize;
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                tracing::error!("io_uring completed an operation it was not given ({index})");
+                continue;
+            };
+            match progress(slot, result) {
+                Progress::Again => self.push(index),
+                Progress::Done(result) => {
+                    if let Some(slot) = self.slots[index].take() {
+                        self.free.push(index);
+                        out.push(Completion { token: slot.token, result });
+                    }
+                }
+            }
+        }
+        out.append(&mut self.ready);
+        self.commit();
+    }
+}
+
+enum Progress {
+    /// Submit what is left.
+    Again,
+    Done(io::Result<usize>),
+}
+
+/// What a completion with `result` (bytes moved, or a negated errno) means for `slot`.
+fn progress<B: ?Sized>(slot: &mut Slot<B>, result: i32) -> Progress {
+    if result < 0 {
+        let errno = -result;
+        if (errno == libc::EAGAIN || errno == libc::EINTR) && slot.retries < MAX_RETRIES {
+            slot.retries += 1;
+            return Progress::Again;
+        }
+        return Progress::Done(Err(io::Error::from_raw_os_error(errno)));
+    }
+    if slot.kind == Kind::Flush {
+        return Progress::Done(Ok(0));
+    }
+    if result == 0 {
+        return Progress::Done(Err(match slot.kind {
+            Kind::Read => io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the image"),
+            _ => io::Error::new(io::ErrorKind::WriteZero, "the image took no more bytes"),
+        }));
+    }
+    let mut moved = result as usize;
+    slot.moved += moved;
+    slot.offset += moved as u64;
+    // Skip the iovecs done, and shorten the one the transfer stopped in.
+    while moved > 0 && slot.next < slot.iovecs.len() {
+        let current = &mut slot.iovecs[slot.next];
+        if moved >= current.iov_len {
+            moved -= current.iov_len;
+            slot.next += 1;
+        } else {
+            // SAFETY: `moved` is less than the iovec's length, so the pointer stays inside it.
+            current.iov_base = unsafe { current.iov_base.cast::<u8>().add(moved) }.cast();
+            current.iov_len -= moved;
+            moved = 0;
+        }
+    }
+    match slot.next == slot.iovecs.len() {
+        true => Progress::Done(Ok(slot.moved)),
+        false => Progress::Again,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(buffers: &mut [Vec<u8>], kind: Kind) -> Slot<()> {
+        let iovecs = buffers.iter_mut().map(|b| IoBuf::from_mut_slice(b).iovec()).collect();
+        Slot {
+            token: 0,
+            _backend: Arc::new(()),
+            fd: -1,
+            kind,
+            iovecs,
+            next: 0,
+            offset: 100,
+            moved: 0,
+            retries: 0,
+        }
+    }
+
+    #[test]
+    fn a_short_transfer_resumes_inside_the_iovec_it_stopped_in() {
+        let mut buffers = vec![vec![0u8; 3], vec![0u8; 5000]];
+        let start = buffers[1].as_ptr() as usize;
+        let mut slot = slot(&mut buffers, Kind::Read);
+        assert!(matches!(progress(&mut slot, 1000), Progress::Again));
+        assert_eq!((slot.next, slot.offset, slot.moved), (1, 1100, 1000));
+        assert_eq!(slot.iovecs[1].iov_base as usize, start + 997);
+        assert_eq!(slot.iovecs[1].iov_len, 4003);
+        assert!(matches!(progress(&mut slot, 4003), Progress::Done(Ok(5003))));
+    }
+
+    #[test]
+    fn no_progress_and_lasting_retries_are_errors() {
+        let mut buffers = vec![vec![0u8; 512]];
+        let mut read = slot(&mut buffers, Kind::Read);
+        assert!(
+            matches!(progress(&mut read, 0), Progress::Done(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof)
+        );
+        let mut write = slot(&mut buffers, Kind::Write);
+        for _ in 0..MAX_RETRIES {
+            assert!(matches!(progress(&mut write, -libc::EAGAIN), Progress::Again));
+        }
+        assert!(matches!(progress(&mut write, -libc::EINTR), Progress::Done(Err(_))));
+        let mut flush = slot(&mut [], Kind::Flush);
+        assert!(
+            matches!(progress(&mut flush, -libc::EIO), Progress::Done(Err(e)) if e.raw_os_error() == Some(libc::EIO))
+        );
+    }
+}

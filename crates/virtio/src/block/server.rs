@@ -1,0 +1,327 @@
+//! Serving the device's queues on its worker thread: taking requests off each queue, carrying
+//! them out on the spot (the synchronous mode) or through the queue's [`IoEngine`] with many in
+//! flight, and completing them on the used ring.
+//!
+//! Every queue is served by the device's one worker thread: its queue notifications and its
+//! engine's completion eventfd (a backend descriptor of the worker) wake it. One thread keeps
+//! the worker's model (a snapshot holds one thread, which drains and hands over every queue);
+//! the disk work itself runs in the kernel (io_uring) or the engine's threads, so the worker only
+//! parses and completes.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use storage::engine::{Completion, EngineKind, IoEngine};
+use storage::DiskBackend;
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::GuestAddress;
+
+use super::control::SharedDisk;
+use super::handler::{finish, serve, Done, Mode, Served};
+use crate::device::{GuestErrorLog, Interrupt};
+use crate::metrics::BlockMetrics;
+use crate::worker::{complete, signal_used, QueueHandler};
+use crate::GuestRam;
+
+/// What every queue's serving shares.
+struct Context<B: ?Sized> {
+    memory: GuestRam,
+    interrupt: Arc<dyn Interrupt>,
+    guest_errors: Arc<GuestErrorLog>,
+    metrics: Arc<BlockMetrics>,
+    disk: Arc<SharedDisk<B>>,
+    mode: Mode,
+}
+
+/// A request an engine is carrying out.
+struct InFlight<B: ?Sized> {
+    head: u16,
+    status: GuestAddress,
+    done: Done,
+    /// The disk it started on: it finishes there even if the disk is replaced meanwhile, and a
+    /// snapshot flushes it.
+    backend: Arc<B>,
+}
+
+/// One queue, its engine (None in the synchronous mode and for queues the driver left unused),
+/// and its requests in flight, by the token their engine knows them by.
+struct QueueServer<B: DiskBackend + ?Sized> {
+    queue: Queue,
+    engine: Option<IoEngine<B>>,
+    in_flight: Vec<Option<InFlight<B>>>,
+    free: Vec<usize>,
+    /// Requests wait on the ring because the engine was full: look again when some complete
+    /// (the driver is not asked to notify meanwhile).
+    stalled: bool,
+}
+
+impl<B: DiskBackend + ?Sized> QueueServer<B> {
+    fn insert(&mut self, request: InFlight<B>) -> usize {
+        match self.free.pop() {
+            Some(token) => {
+                self.in_flight[token] = Some(request);
+                token
+            }
+            None => {
+                self.in_flight.push(Some(request));
+                self.in_flight.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, token: u64) -> Option<InFlight<B>> {
+        let request = self.in_flight.get_mut(usize::try_from(token).ok()?)?.take()?;
+        self.free.push(token as usize);
+        Some(request)
+    }
+}
+
+/// The block device's queues and what it needs to serve them.
+pub struct BlockHandler<B: DiskBackend + ?Sized> {
+    // Before `context`: dropping a queue's engine waits for its operations, which use the guest
+    // memory the context holds.
+    queues: Vec<QueueServer<B>>,
+    context: Context<B>,
+    /// The queue of each backend descriptor (engine eventfd) the worker waits on.
+    engine_queues: Vec<usize>,
+}
+
+impl<B: DiskBackend + ?Sized> BlockHandler<B> {
+    /// A handler for `queues` (by transport index; those not ready stay unserved). With
+    /// `mode.defer`, every ready queue gets an [`IoEngine`] of its size (io_uring where the
+    /// kernel allows, else a thread pool) and reads, writes and flushes run in it.
+    pub(super) fn new(
+        memory: GuestRam,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn Interrupt>,
+        guest_errors: Arc<GuestErrorLog>,
+        metrics: Arc<BlockMetrics>,
+        disk: Arc<SharedDisk<B>>,
+        mode: Mode,
+    ) -> io::Result<Self> {
+        let mut servers = Vec::with_capacity(queues.len());
+        let mut engine_queues = Vec::new();
+        for (index, queue) in queues.into_iter().enumerate() {
+            let engine = match mode.defer && queue.ready() {
+                true => {
+                    engine_queues.push(index);
+                    Some(IoEngine::new(queue.size(), EngineKind::IoUring)?)
+                }
+                false => None,
+            };
+            servers.push(QueueServer {
+                queue,
+                engine,
+                in_flight: Vec::new(),
+                free: Vec::new(),
+                stalled: false,
+            });
+        }
+        let context = Context { memory, interrupt, guest_errors, metrics, disk, mode };
+        Ok(BlockHandler { queues: servers, context, engine_queues })
+    }
+
+    /// Takes every available request of queue `index` (while its engine has room), then
+    /// interrupts the driver once if it wants to know.
+    fn process_requests(&mut self, index: usize) {
+        let context = &self.context;
+        let Some(server) = self.queues.get_mut(index) else { return };
+        let memory = &context.memory;
+        let mut used_any = false;
+        'serve: loop {
+            // No notifications while the ring is being emptied: they would only wake the worker
+            // for requests it is about to see anyway. (With EVENT_IDX this does nothing.)
+            let _ = server.queue.disable_notification(memory);
+            while server.engine.as_ref().is_none_or(|engine| !engine.is_full()) {
+                // The rate limiter's seam: asked here, before a chain is taken, it would stop
+                // the loop and wake the worker when the budget refills.
+                let Some(chain) = server.queue.pop_descriptor_chain(memory) else { break };
+                let head = chain.head_index();
+                let disk = context.disk.current();
+                match serve(memory, &disk, &context.guest_errors, &context.metrics, chain, context.mode) {
+                    Served::Used(used) => {
+                        if !complete("virtio-blk", &mut server.queue, memory, head, used) {
+                            break 'serve;
+                        }
+                        used_any = true;
+                    }
+                    Served::Pending { op, done, status } => {
+                        let backend = disk.backend;
+                        let token = server.insert(InFlight { head, status, done, backend: backend.clone() });
+                        // Room was checked before the chain was taken, and only queues with an
+                        // engine defer requests.
+                        let submitted = match server.engine.as_mut() {
+                            Some(engine) => engine.submit(&backend, op, token as u64).is_ok(),
+                            None => false,
+                        };
+                        if !submitted {
+                            server.remove(token as u64);
+                            let error = io::Error::other("the engine is full");
+                            let used = finish(
+                                memory,
+                                &context.guest_errors,
+                                &context.metrics,
+                                done,
+                                status,
+                                Err(error),
+                            );
+                            used_any |= complete("virtio-blk", &mut server.queue, memory, head, used);
+                        }
+                    }
+                }
+            }
+            if let Some(engine) = &mut server.engine {
+                engine.commit();
+                // Reads from the page cache complete while they are submitted: answering them
+                // now saves the worker a wake-up and the driver an interrupt.
+                let mut done = Vec::new();
+                engine.reap(&mut done);
+                used_any |= complete_all(context, server, done);
+                let Some(engine) = &mut server.engine else { break };
+                if engine.is_full() {
+                    // Picked up again when requests complete; notifications stay off meanwhile.
+                    server.stalled = true;
+                    break;
+                }
+            }
+            // Back on, then one more look: a request made available just before would otherwise
+            // wait for the next notification, which the driver need not send.
+            match server.queue.enable_notification(memory) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        if used_any {
+            signal_used("virtio-blk", &mut server.queue, memory, context.interrupt.as_ref(), index);
+        }
+    }
+
+    /// Completes queue `index`'s requests in `done`, then interrupts the driver once.
+    fn complete_requests(&mut self, index: usize, done: Vec<Completion>) {
+        let context = &self.context;
+        let server = &mut self.queues[index];
+        if complete_all(context, server, done) {
+            signal_used("virtio-blk", &mut server.queue, &context.memory, context.interrupt.as_ref(), index);
+        }
+    }
+
+    /// Collects queue `index`'s completed requests without waiting.
+    fn reap(&mut self, index: usize) -> Vec<Completion> {
+        let mut done = Vec::new();
+        if let Some(engine) = self.queues.get_mut(index).and_then(|server| server.engine.as_mut()) {
+            engine.reap(&mut done);
+        }
+        done
+    }
+}
+
+/// Completes `server`'s requests in `done` on its used ring; whether any was.
+fn complete_all<B: DiskBackend + ?Sized>(
+    context: &Context<B>,
+    server: &mut QueueServer<B>,
+    done: Vec<Completion>,
+) -> bool {
+    let memory = &context.memory;
+    let mut used_any = false;
+    for Completion { token, result } in done {
+        let Some(request) = server.remove(token) else {
+            tracing::error!("virtio-blk: the engine completed an unknown request ({token})");
+            continue;
+        };
+        let used =
+            finish(memory, &context.guest_errors, &context.metrics, request.done, request.status, result);
+        used_any |= complete("virtio-blk", &mut server.queue, memory, request.head, used);
+    }
+    used_any
+}
+
+impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        self.queues.iter().enumerate().map(|(index, server)| (index, server.queue.state())).collect()
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        self.context.metrics.queue_event_count.inc();
+        self.process_requests(index);
+    }
+
+    fn backend_fds(&self) -> Vec<RawFd> {
+        self.engine_queues
+            .iter()
+            .filter_map(|&index| self.queues[index].engine.as_ref().map(IoEngine::event_fd))
+            .collect()
+    }
+
+    /// Queue `index`'s engine completed requests.
+    fn process_backend(&mut self, index: usize) {
+        let Some(&queue) = self.engine_queues.get(index) else { return };
+        let done = self.reap(queue);
+        self.complete_requests(queue, done);
+        if std::mem::take(&mut self.queues[queue].stalled) {
+            self.process_requests(queue);
+        }
+    }
+
+    /// A snapshot shows the completed writes as done: every request in flight is completed first
+    /// (the snapshot's queues show no request half done), then the disks they ran on and the
+    /// current one are flushed. Queues are not served meanwhile: requests still on the rings stay
+    /// there for the restored device.
+    fn quiesce(&mut self) -> io::Result<()> {
+        let mut disks: Vec<Arc<B>> = vec![self.context.disk.current().backend];
+        for index in 0..self.queues.len() {
+            for request in self.queues[index].in_flight.iter().flatten() {
+                if !disks.iter().any(|disk| Arc::ptr_eq(disk, &request.backend)) {
+                    disks.push(request.backend.clone());
+                }
+            }
+            let mut done = Vec::new();
+            let stalled = self.queues[index].stalled;
+            while let Some(engine) = self.queues[index].engine.as_mut() {
+                if engine.in_flight() == 0 {
+                    // A stalled queue is looked at again once the worker goes on.
+                    if stalled {
+                        engine.wake();
+                    }
+                    break;
+                }
+                engine.wait(&mut done)?;
+                self.complete_requests(index, std::mem::take(&mut done));
+            }
+        }
+        for disk in disks {
+            disk.flush()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl<B: DiskBackend + ?Sized> BlockHandler<B> {
+    /// Waits until at least one of queue `index`'s requests completes, and completes those done.
+    pub(super) fn step(&mut self, index: usize) {
+        let mut done = Vec::new();
+        if let Some(engine) = self.queues[index].engine.as_mut() {
+            engine.wait(&mut done).unwrap();
+        }
+        self.complete_requests(index, done);
+    }
+
+    /// Waits until every request taken off the queues has completed, serving the ones a full
+    /// engine left on the rings meanwhile, as the worker would.
+    pub(super) fn drain(&mut self) {
+        for index in 0..self.queues.len() {
+            while let Some(engine) = self.queues[index].engine.as_mut() {
+                if engine.in_flight() == 0 {
+                    break;
+                }
+                let mut done = Vec::new();
+                engine.wait(&mut done).unwrap();
+                self.complete_requests(index, done);
+                if std::mem::take(&mut self.queues[index].stalled) {
+                    self.process_requests(index);
+                }
+            }
+        }
+    }
+}
