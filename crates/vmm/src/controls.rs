@@ -5,7 +5,7 @@
 //! thread while the guest runs, and returns once the device has taken the change; the guest
 //! follows at its own pace, told by an interrupt.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::legacy::{I8042Error, I8042};
@@ -14,6 +14,7 @@ use virtio::block::{BlockControl, DiskError};
 
 use crate::builder::DeviceHandles;
 use crate::config::{VirtioConfig, VmConfig};
+use crate::control::DriveUpdate;
 
 /// Why a device could not take a change.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum ControlError {
     NoDisk { index: usize, count: usize },
     #[error("cannot use {path} as the disk: {source}")]
     Disk { path: PathBuf, source: DiskError },
+    #[error("this build's disks cannot change their rate limiter while the VM runs")]
+    RateLimiterUnavailable,
 }
 
 /// Handles on the devices the API changes; cheap to clone, usable from any thread.
@@ -78,19 +81,27 @@ impl DeviceControls {
         i8042.send_ctrl_alt_del().map_err(ControlError::Keyboard)
     }
 
-    /// Makes the file or block device at `path` disk `index` (counted in the configuration's
-    /// order of disks), opened as the disk was (read-only or not). The guest's driver is told its
-    /// capacity changed; requests under way finish on the old file.
-    pub fn replace_disk(&self, index: usize, path: &Path) -> Result<(), ControlError> {
+    /// `PATCH /drives`: gives disk `update.index` (counted in the configuration's order of disks)
+    /// its new file, opened as the disk was (format, read-only or not, cache mode), and its new
+    /// rate limiter. The guest's driver is told its capacity changed; requests under way finish
+    /// on the old file.
+    pub fn update_disk(&self, update: &DriveUpdate) -> Result<(), ControlError> {
+        let index = update.index;
         let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
-        disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.to_owned(), source })?;
+        if update.rate_limiter.is_some() {
+            // TODO(virtio-blk rate limiter): hand the limiter to the device once it has one.
+            return Err(ControlError::RateLimiterUnavailable);
+        }
+        if let Some(path) = &update.path {
+            disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.clone(), source })?;
+        }
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let mut disks = config.virtio.iter_mut().filter_map(|device| match device {
             VirtioConfig::Block(block) => Some(block),
             _ => None,
         });
         if let Some(block) = disks.nth(index) {
-            block.path = path.to_owned();
+            *block = update.disk.clone();
         }
         Ok(())
     }

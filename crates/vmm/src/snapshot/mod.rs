@@ -12,6 +12,7 @@
 mod components;
 mod container;
 mod file;
+mod legacy_config;
 pub(crate) mod memory_file;
 pub mod memory_stream;
 pub(crate) mod restore_checks;
