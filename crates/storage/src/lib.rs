@@ -6,13 +6,21 @@
 //! or formats.
 //!
 //! - `buffer.rs`: [`IoBuf`], a piece of guest memory a request reads into or writes from.
+//! - `raw.rs`: [`RawFile`], a raw image or host block device, with `preadv`/`pwritev` straight
+//!   into the request's buffers (`vectored.rs`).
+//! - `open.rs`: the disk factory, [`open::open_disk`]: checks, locks and opens an image as the
+//!   format the user gave.
 //! - `lock.rs`: image locking as QEMU does it (OFD locks on fixed bytes), so Kestrel and QEMU
 //!   processes keep each other from writing an image another one uses.
 
 mod buffer;
 pub mod lock;
+pub mod open;
+pub mod raw;
+mod vectored;
 
 pub use buffer::{total_len, IoBuf};
+pub use raw::{OpenError, RawFile};
 
 use std::io;
 

@@ -10,7 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
-use virtio::block::{BlockControl, DiskError};
+use virtio::block::BlockControl;
+
+use storage::open::DiskSpec;
+
+use crate::disks::{open_backend, DiskOpenError};
 
 use crate::builder::DeviceHandles;
 use crate::config::{VirtioConfig, VmConfig};
@@ -28,7 +32,7 @@ pub enum ControlError {
     #[error("the VM has no disk {index} (it has {count})")]
     NoDisk { index: usize, count: usize },
     #[error("cannot use {path} as the disk: {source}")]
-    Disk { path: PathBuf, source: DiskError },
+    Disk { path: PathBuf, source: DiskOpenError },
     #[error("this build's disks cannot change their rate limiter while the VM runs")]
     RateLimiterUnavailable,
 }
@@ -93,7 +97,12 @@ impl DeviceControls {
             return Err(ControlError::RateLimiterUnavailable);
         }
         if let Some(path) = &update.path {
-            disk.replace_file(path).map_err(|source| ControlError::Disk { path: path.clone(), source })?;
+            let failed = |source| ControlError::Disk { path: path.clone(), source };
+            // Opened as the disk is: its format, cache mode and backing rule, and read-only as
+            // the device is (the guest was told so when it started).
+            let spec = DiskSpec { read_only: disk.read_only(), ..DiskSpec::of(&update.disk) };
+            let backend = open_backend(path, &spec).map_err(failed)?;
+            disk.replace(backend).map_err(|e| failed(e.into()))?;
         }
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let mut disks = config.virtio.iter_mut().filter_map(|device| match device {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod controls;
+pub mod disks;
 mod irqchip;
 mod kernel;
 mod memory;
@@ -41,7 +42,7 @@ pub enum Error {
     #[error("cannot set up the device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error("cannot open disk {path}: {source}")]
-    Disk { path: PathBuf, source: virtio::block::DiskError },
+    Disk { path: PathBuf, source: crate::disks::DiskOpenError },
     #[error("cannot set up tap {tap}: {source}")]
     Tap { tap: String, source: virtio::net::TapError },
     #[error("vsock: {0}")]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use virtio::balloon::{Balloon, BalloonControl, BalloonSettings};
-use virtio::block::{Block, BlockControl};
+use virtio::block::BlockControl;
 use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use virtio::net::{Net, Tap};
 use virtio::rng::Rng;
@@ -81,7 +81,7 @@ pub(crate) fn create_device(
             Box::new(rng)
         }
         VirtioConfig::Block(disk) => {
-            let block = Block::open(&disk.path, disk.read_only, disk.id.as_deref())
+            let block = crate::disks::open_block(disk)
                 .map_err(|source| Error::Disk { path: disk.path.clone(), source })?;
             controls.metrics.add_block(&disk_key(disk), block.metrics());
             controls.disks.push(block.control());

@@ -1,17 +1,17 @@
 //! The disk a block device serves, shared by the device (its configuration space), its worker
-//! (requests) and the host's [`BlockControl`], which replaces the backing file while the guest
-//! runs (Firecracker's `PATCH /drives/{id}`).
+//! (requests) and the host's [`BlockControl`], which replaces the disk while the guest runs
+//! (Firecracker's `PATCH /drives/{id}`).
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::backend::{DiskBackend, RawFile};
-use super::device::{open_raw, DiskError};
+use storage::DiskBackend;
+
+use super::device::{sectors_of, DiskError};
 use super::handler::Disk;
 use crate::device::{Interrupt, InterruptCause};
 
 /// The current disk, and the running driver's interrupt to tell it the disk changed.
-pub(super) struct SharedDisk<B> {
+pub(super) struct SharedDisk<B: ?Sized> {
     disk: Mutex<Disk<B>>,
     /// None until the driver starts the device, and after a reset.
     interrupt: Mutex<Option<Arc<dyn Interrupt>>>,
@@ -23,7 +23,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<B> SharedDisk<B> {
+impl<B: ?Sized> SharedDisk<B> {
     pub fn new(disk: Disk<B>) -> SharedDisk<B> {
         SharedDisk { disk: Mutex::new(disk), interrupt: Mutex::new(None) }
     }
@@ -44,7 +44,7 @@ impl<B> SharedDisk<B> {
     }
 }
 
-impl<B: DiskBackend> SharedDisk<B> {
+impl<B: DiskBackend + ?Sized> SharedDisk<B> {
     /// Serves `backend` of `sectors` from now on, and tells a running driver. The old disk is
     /// flushed first: what the guest wrote to it and was told is done must be durable before
     /// the host takes the file away (Firecracker's PATCH /drives is often followed by copying
@@ -75,23 +75,27 @@ impl<B: DiskBackend> SharedDisk<B> {
 /// The host's handle on a block device: cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct BlockControl {
-    shared: Arc<SharedDisk<RawFile>>,
+    shared: Arc<SharedDisk<dyn DiskBackend>>,
 }
 
 impl BlockControl {
-    pub(super) fn new(shared: Arc<SharedDisk<RawFile>>) -> BlockControl {
+    pub(super) fn new(shared: Arc<SharedDisk<dyn DiskBackend>>) -> BlockControl {
         BlockControl { shared }
     }
 
-    /// Makes the image or block device at `path` the disk, opened as the first one was (read-only
-    /// or not): requests from now on go to it, the configuration space shows its capacity, and a
-    /// running driver gets a configuration-change interrupt to read it. Requests being served
-    /// finish on the old file. The disk's ID (GET_ID) stays. Nothing changes if `path` cannot be
-    /// opened or the old file cannot be flushed ([`DiskError::Sync`]).
-    pub fn replace_file(&self, path: &Path) -> Result<(), DiskError> {
-        let read_only = self.shared.current().read_only;
-        let (backend, sectors) = open_raw(path, read_only)?;
-        self.shared.replace(Arc::new(backend), sectors)
+    /// Whether the disk is read-only: a replacement must be opened the same way.
+    pub fn read_only(&self) -> bool {
+        self.shared.current().read_only
+    }
+
+    /// Makes `backend` (opened as [`BlockControl::read_only`] says) the disk: requests from now on
+    /// go to it, the configuration space shows its capacity, and a running driver gets a
+    /// configuration-change interrupt to read it. Requests being served finish on the old disk.
+    /// The disk's ID (GET_ID) stays. Nothing changes if the old disk cannot be flushed
+    /// ([`DiskError::Sync`]).
+    pub fn replace(&self, backend: Arc<dyn DiskBackend>) -> Result<(), DiskError> {
+        let sectors = sectors_of(backend.size(), &self.shared.current().id);
+        self.shared.replace(backend, sectors)
     }
 
     /// The disk's capacity in 512-byte sectors.
@@ -102,9 +106,13 @@ impl BlockControl {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
-    use crate::block::{DiskBackend, ID_BYTES};
+    use crate::block::ID_BYTES;
     use crate::device::testing::Recorder;
+    use crate::device::InterruptCause;
+    use storage::{DiskBackendExt, IoBuf, RawFile};
 
     fn image(dir: &Path, name: &str, sectors: u64, byte: u8) -> std::path::PathBuf {
         let path = dir.join(name);
@@ -112,14 +120,19 @@ mod tests {
         path
     }
 
-    fn control_over(path: &Path, read_only: bool) -> (BlockControl, Arc<SharedDisk<RawFile>>) {
-        let (backend, sectors) = open_raw(path, read_only).unwrap();
-        let disk = Disk { backend: Arc::new(backend), sectors, read_only, id: [7; ID_BYTES] };
-        let shared = Arc::new(SharedDisk::new(disk));
+    fn raw(path: &Path, read_only: bool) -> Arc<dyn DiskBackend> {
+        Arc::new(RawFile::open(path, read_only).unwrap())
+    }
+
+    fn control_over(path: &Path, read_only: bool) -> (BlockControl, Arc<SharedDisk<dyn DiskBackend>>) {
+        let backend = raw(path, read_only);
+        let sectors = backend.size() / 512;
+        let disk = Disk { backend, sectors, read_only, id: [7; ID_BYTES] };
+        let shared: Arc<SharedDisk<dyn DiskBackend>> = Arc::new(SharedDisk::new(disk));
         (BlockControl::new(shared.clone()), shared)
     }
 
-    fn first_byte(disk: &Disk<RawFile>) -> u8 {
+    fn first_byte(disk: &Disk<dyn DiskBackend>) -> u8 {
         let mut byte = [0u8];
         disk.backend.read_at(&mut byte, 0).unwrap();
         byte[0]
@@ -131,36 +144,25 @@ mod tests {
         let (control, shared) = control_over(&image(dir.path(), "one.img", 8, 1), false);
         let before = shared.current();
 
-        control.replace_file(&image(dir.path(), "two.img", 32, 2)).unwrap();
+        control.replace(raw(&image(dir.path(), "two.img", 32, 2), false)).unwrap();
         assert_eq!((control.sectors(), first_byte(&shared.current())), (32, 2));
         assert_eq!(first_byte(&before), 1, "a request under way keeps its disk");
         assert_eq!(shared.current().id, [7; ID_BYTES], "the ID stays");
 
         let interrupt = Arc::new(Recorder::default());
         shared.set_interrupt(Some(interrupt.clone()));
-        control.replace_file(&image(dir.path(), "three.img", 16, 3)).unwrap();
+        control.replace(raw(&image(dir.path(), "three.img", 16, 3), false)).unwrap();
         assert_eq!(*interrupt.0.lock().unwrap(), [InterruptCause::Config]);
         assert_eq!(control.sectors(), 16);
-    }
-
-    #[test]
-    fn a_file_that_cannot_be_opened_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (control, shared) = control_over(&image(dir.path(), "one.img", 8, 1), false);
-        let interrupt = Arc::new(Recorder::default());
-        shared.set_interrupt(Some(interrupt.clone()));
-        assert!(matches!(control.replace_file(&dir.path().join("absent")), Err(DiskError::Open(_))));
-        assert!(matches!(control.replace_file(dir.path()), Err(DiskError::Open(_))));
-        assert_eq!((control.sectors(), first_byte(&shared.current())), (8, 1));
-        assert!(interrupt.0.lock().unwrap().is_empty());
     }
 
     #[test]
     fn a_read_only_disk_is_replaced_read_only() {
         let dir = tempfile::tempdir().unwrap();
         let (control, shared) = control_over(&image(dir.path(), "one.img", 8, 1), true);
+        assert!(control.read_only(), "a replacement is opened as the disk was");
         let two = image(dir.path(), "two.img", 8, 2);
-        control.replace_file(&two).unwrap();
+        control.replace(raw(&two, true)).unwrap();
         let disk = shared.current();
         assert!(disk.read_only);
         assert!(disk.backend.write_at(&[9], 0).is_err(), "opened O_RDONLY");
@@ -174,10 +176,13 @@ mod tests {
     }
 
     impl DiskBackend for Flushes {
-        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        fn size(&self) -> u64 {
+            8 * 512
+        }
+        fn read_vectored_at(&self, _: &[IoBuf], _: u64) -> std::io::Result<()> {
             Ok(())
         }
-        fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        fn write_vectored_at(&self, _: &[IoBuf], _: u64) -> std::io::Result<()> {
             Ok(())
         }
         fn flush(&self) -> std::io::Result<()> {
@@ -225,18 +230,5 @@ mod tests {
         assert_eq!(shared.sectors(), 8);
         assert!(Arc::ptr_eq(&shared.current().backend, &old), "the old disk stays");
         assert!(interrupt.0.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_fifo_is_refused_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (control, _) = control_over(&image(dir.path(), "one.img", 8, 1), false);
-        let fifo = dir.path().join("fifo");
-        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo reads the NUL-terminated path, which lives across the call.
-        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-        let error = control.replace_file(&fifo).unwrap_err();
-        assert_eq!(error.to_string(), "not a regular file or block device (it is a FIFO)");
-        assert_eq!(control.sectors(), 8);
     }
 }

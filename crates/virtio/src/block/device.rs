@@ -5,7 +5,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::backend::RawFile;
+use storage::DiskBackend;
+
 use super::control::{BlockControl, SharedDisk};
 use super::handler::{
     BlockHandler, Disk, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, MAX_WRITE_ZEROES_SECTORS,
@@ -40,10 +41,6 @@ const CONFIG_BYTES: usize = 60;
 /// Why a disk cannot be given to the guest.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("{0}")]
-    Open(#[from] super::backend::OpenError),
-    #[error("cannot find its size: {0}")]
-    Size(io::Error),
     #[error("its id {id:?} is {} bytes, more than the {ID_BYTES} virtio-blk allows", id.len())]
     IdTooLong { id: String },
     #[error("cannot flush the disk being replaced, so it stays: {0}")]
@@ -52,35 +49,33 @@ pub enum DiskError {
     Notify(io::Error),
 }
 
-/// A virtio-blk device over a raw image file or a host block device.
+/// A virtio-blk device over any disk backend.
 pub struct Block {
-    disk: Arc<SharedDisk<RawFile>>,
+    disk: Arc<SharedDisk<dyn DiskBackend>>,
     features: u64,
     metrics: Arc<BlockMetrics>,
     worker: Option<Worker>,
 }
 
-/// Opens a disk image or block device and finds its capacity in sectors.
-pub(super) fn open_raw(path: &Path, read_only: bool) -> Result<(RawFile, u64), DiskError> {
-    let backend = RawFile::open(path, read_only)?;
-    let bytes = backend.size().map_err(DiskError::Size)?;
+/// The capacity in sectors of a disk of `bytes`: a partial last sector cannot be reached.
+pub(super) fn sectors_of(bytes: u64, id: &[u8; ID_BYTES]) -> u64 {
     if !bytes.is_multiple_of(SECTOR_SIZE) {
+        let name = String::from_utf8_lossy(id);
         tracing::warn!(
             "disk {}: {bytes} bytes is not a whole number of 512-byte sectors; the guest sees only \
              the first {} bytes",
-            path.display(),
+            name.trim_end_matches('\0'),
             bytes / SECTOR_SIZE * SECTOR_SIZE
         );
     }
-    Ok((backend, bytes / SECTOR_SIZE))
+    bytes / SECTOR_SIZE
 }
 
 impl Block {
-    /// Opens the disk at `path` (read-only with `O_RDONLY` when `read_only`). GET_ID returns `id`,
-    /// or by default the first 20 bytes of the file's name.
-    pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, DiskError> {
-        let id = serial(path, id)?;
-        let (backend, sectors) = open_raw(path, read_only)?;
+    /// A disk over `backend`, which the VMM opened (read-only if `read_only`: the guest is then
+    /// offered a read-only disk). GET_ID returns `id` (see [`disk_id`]).
+    pub fn new(backend: Arc<dyn DiskBackend>, read_only: bool, id: [u8; ID_BYTES]) -> Block {
+        let sectors = sectors_of(backend.size(), &id);
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
@@ -88,8 +83,8 @@ impl Block {
             | VIRTIO_BLK_F_FLUSH;
         features |=
             if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
-        let disk = Disk { backend: Arc::new(backend), sectors, read_only, id };
-        Ok(Block { disk: Arc::new(SharedDisk::new(disk)), features, metrics: Arc::default(), worker: None })
+        let disk = Disk { backend, sectors, read_only, id };
+        Block { disk: Arc::new(SharedDisk::new(disk)), features, metrics: Arc::default(), worker: None }
     }
 
     /// The host's handle on this disk, to replace its backing file while the guest runs.
@@ -103,8 +98,9 @@ impl Block {
     }
 }
 
-/// The serial number: `id` if given, else derived from the file name, NUL-padded to 20 bytes.
-fn serial(path: &Path, id: Option<&str>) -> Result<[u8; ID_BYTES], DiskError> {
+/// The serial number GET_ID returns: `id` if given, else derived from the file name, NUL-padded
+/// to 20 bytes.
+pub fn disk_id(path: &Path, id: Option<&str>) -> Result<[u8; ID_BYTES], DiskError> {
     let bytes = match id {
         Some(id) if id.len() > ID_BYTES => return Err(DiskError::IdTooLong { id: id.to_owned() }),
         Some(id) => id.as_bytes(),
@@ -192,6 +188,11 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
 
+    fn open(path: &Path, read_only: bool) -> Block {
+        let backend = Arc::new(storage::RawFile::open(path, read_only).unwrap());
+        Block::new(backend, read_only, disk_id(path, None).unwrap())
+    }
+
     fn config_u32(block: &Block, offset: u64) -> u32 {
         let mut bytes = [0u8; 4];
         block.read_config(offset, &mut bytes);
@@ -203,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("odd.img");
         std::fs::File::create(&path).unwrap().set_len(10 * 512 + 100).unwrap();
-        let block = Block::open(&path, false, None).unwrap();
+        let block = open(&path, false);
         let mut capacity = [0u8; 8];
         block.read_config(0, &mut capacity);
         assert_eq!(u64::from_le_bytes(capacity), 10);
@@ -219,10 +220,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::File::create(&path).unwrap().set_len(4096).unwrap();
-        let read_only = Block::open(&path, true, None).unwrap().features();
+        let read_only = open(&path, true).features();
         assert_ne!(read_only & VIRTIO_BLK_F_RO, 0);
         assert_eq!(read_only & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES), 0);
-        let writable = Block::open(&path, false, None).unwrap().features();
+        let writable = open(&path, false).features();
         assert_eq!(writable & VIRTIO_BLK_F_RO, 0);
         assert_ne!(writable & VIRTIO_BLK_F_DISCARD, 0);
         assert_ne!(writable & VIRTIO_BLK_F_WRITE_ZEROES, 0);
@@ -232,10 +233,10 @@ mod tests {
     #[test]
     fn serial_from_the_id_or_the_file_name() {
         let path = Path::new("/images/a-rather-long-disk-image-name.raw");
-        assert_eq!(&serial(path, None).unwrap(), b"a-rather-long-disk-i");
-        assert_eq!(&serial(Path::new("/d/root.img"), None).unwrap()[..9], b"root.img\0");
-        assert_eq!(&serial(path, Some("data")).unwrap()[..5], b"data\0");
-        assert!(matches!(serial(path, Some("0123456789abcdefghijk")), Err(DiskError::IdTooLong { .. })));
+        assert_eq!(&disk_id(path, None).unwrap(), b"a-rather-long-disk-i");
+        assert_eq!(&disk_id(Path::new("/d/root.img"), None).unwrap()[..9], b"root.img\0");
+        assert_eq!(&disk_id(path, Some("data")).unwrap()[..5], b"data\0");
+        assert!(matches!(disk_id(path, Some("0123456789abcdefghijk")), Err(DiskError::IdTooLong { .. })));
     }
 
     #[test]
@@ -244,18 +245,11 @@ mod tests {
         let (first, second) = (dir.path().join("first.img"), dir.path().join("second.img"));
         std::fs::File::create(&first).unwrap().set_len(4096).unwrap();
         std::fs::File::create(&second).unwrap().set_len(1 << 20).unwrap();
-        let block = Block::open(&first, false, None).unwrap();
-        block.control().replace_file(&second).unwrap();
+        let block = open(&first, false);
+        block.control().replace(Arc::new(storage::RawFile::open(&second, false).unwrap())).unwrap();
         let mut capacity = [0u8; 8];
         block.read_config(0, &mut capacity);
         assert_eq!(u64::from_le_bytes(capacity), 2048);
         assert_eq!(config_u32(&block, 20), 512, "the rest of the configuration stays");
-    }
-
-    #[test]
-    fn directories_and_missing_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Block::open(dir.path(), true, None), Err(DiskError::Open(_))));
-        assert!(matches!(Block::open(&dir.path().join("absent"), false, None), Err(DiskError::Open(_))));
     }
 }

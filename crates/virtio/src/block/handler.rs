@@ -9,18 +9,21 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use crate::GuestRam;
+use storage::IoBuf;
 use virtio_queue::{DescriptorChain, Queue, QueueState};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, GuestMemoryBackend};
 
 /// A request's buffers as guest RAM hands them out (writes through them mark pages dirty).
 type Reader<'a> = virtio_queue::Reader<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 type Writer<'a> = virtio_queue::Writer<'a, vm_memory::bitmap::MS<'a, GuestRam>>;
 
-use super::backend::DiskBackend;
 use super::control::SharedDisk;
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::metrics::BlockMetrics;
 use crate::worker::{serve_queue, QueueHandler};
+use storage::DiskBackend;
 
 // Request types.
 const VIRTIO_BLK_T_IN: u32 = 0;
@@ -63,12 +66,8 @@ pub(super) const SIZE_MAX: u32 = 1 << 20;
 /// a request's work is bounded however long the descriptors the guest makes up.
 const MAX_DATA_BYTES: usize = SEG_MAX as usize * SIZE_MAX as usize;
 
-/// Data moves between the disk and guest memory through a buffer of this size, so a request of
-/// any length costs a bounded amount of host memory.
-const BOUNCE_BYTES: usize = 128 * 1024;
-
 /// The disk as the handler sees it: storage, size and what the guest may do with it.
-pub(super) struct Disk<B> {
+pub(super) struct Disk<B: ?Sized> {
     pub backend: Arc<B>,
     /// Capacity in 512-byte sectors.
     pub sectors: u64,
@@ -78,7 +77,7 @@ pub(super) struct Disk<B> {
 }
 
 // Not derived: a derive would require `B: Clone`, but only the `Arc` is cloned.
-impl<B> Clone for Disk<B> {
+impl<B: ?Sized> Clone for Disk<B> {
     fn clone(&self) -> Self {
         Disk { backend: self.backend.clone(), sectors: self.sectors, read_only: self.read_only, id: self.id }
     }
@@ -153,17 +152,16 @@ impl RequestError {
 }
 
 /// The block device's request queue and what it needs to serve it.
-pub struct BlockHandler<B> {
+pub struct BlockHandler<B: ?Sized> {
     memory: GuestRam,
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     guest_errors: Arc<GuestErrorLog>,
     metrics: Arc<BlockMetrics>,
     disk: Arc<SharedDisk<B>>,
-    bounce: Vec<u8>,
 }
 
-impl<B: DiskBackend> BlockHandler<B> {
+impl<B: DiskBackend + ?Sized> BlockHandler<B> {
     pub(super) fn new(
         memory: GuestRam,
         queue: Queue,
@@ -172,20 +170,20 @@ impl<B: DiskBackend> BlockHandler<B> {
         metrics: Arc<BlockMetrics>,
         disk: Arc<SharedDisk<B>>,
     ) -> Self {
-        BlockHandler { memory, queue, interrupt, guest_errors, metrics, disk, bounce: vec![0; BOUNCE_BYTES] }
+        BlockHandler { memory, queue, interrupt, guest_errors, metrics, disk }
     }
 
     /// Serves every available request, then interrupts the driver once if it wants to know.
     fn process_requests(&mut self) {
-        let (memory, disk, bounce, guest_errors, metrics) =
-            (&self.memory, &self.disk, &mut self.bounce, &*self.guest_errors, &*self.metrics);
+        let (memory, disk, guest_errors, metrics) =
+            (&self.memory, &self.disk, &*self.guest_errors, &*self.metrics);
         serve_queue("virtio-blk", memory, &mut self.queue, 0, self.interrupt.as_ref(), |chain| {
-            serve(memory, &disk.current(), bounce, guest_errors, metrics, chain)
+            serve(memory, &disk.current(), guest_errors, metrics, chain)
         });
     }
 }
 
-impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
+impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
     fn queue_states(&self) -> Vec<(usize, QueueState)> {
         vec![(0, self.queue.state())]
     }
@@ -203,14 +201,14 @@ impl<B: DiskBackend> QueueHandler for BlockHandler<B> {
 
 /// Executes one request and writes its status byte; returns the bytes written to the chain (the
 /// used length).
-fn serve<B: DiskBackend>(
+fn serve<B: DiskBackend + ?Sized>(
     memory: &GuestRam,
     disk: &Disk<B>,
-    bounce: &mut [u8],
     guest_errors: &GuestErrorLog,
     metrics: &BlockMetrics,
     chain: DescriptorChain<&GuestRam>,
 ) -> u32 {
+    let descriptors = chain.clone();
     let reader = Reader::new(memory, chain.clone());
     let mut data = match Writer::new(memory, chain) {
         Ok(writer) if writer.available_bytes() > 0 => writer,
@@ -234,9 +232,16 @@ fn serve<B: DiskBackend>(
             return 0;
         }
     };
+    let request = Request { memory, descriptors };
     let result = match reader {
-        Ok(mut reader) => execute(disk, bounce, &mut reader, &mut data),
+        Ok(mut reader) => execute(disk, &request, &mut reader, &mut data),
         Err(e) => Err(RequestError::GuestMemory(io::Error::other(format!("{e:?}")))),
+    };
+    // Reads fill guest memory directly, past the writer; the rest of the chain's writable bytes
+    // (GET_ID) went through it.
+    let written = match result {
+        Ok(Done::Read(bytes)) => bytes,
+        _ => data.bytes_written(),
     };
     let status_byte = match result {
         Ok(done) => {
@@ -263,14 +268,14 @@ fn serve<B: DiskBackend>(
     }
     // The driver's writable buffers are a u32 length at most in each of at most 65536 descriptors;
     // saturate rather than wrap on a chain claiming more than 4 GiB.
-    u32::try_from(data.bytes_written() + 1).unwrap_or(u32::MAX)
+    u32::try_from(written + 1).unwrap_or(u32::MAX)
 }
 
 /// Carries out the request whose header `reader` starts with. `data` is the chain's writable part
 /// without the status byte.
-fn execute<B: DiskBackend>(
+fn execute<B: DiskBackend + ?Sized>(
     disk: &Disk<B>,
-    bounce: &mut [u8],
+    request: &Request,
     reader: &mut Reader,
     data: &mut Writer,
 ) -> Result<Done, RequestError> {
@@ -284,8 +289,8 @@ fn execute<B: DiskBackend>(
         return Err(RequestError::TooLarge(data_bytes));
     }
     match request_type {
-        VIRTIO_BLK_T_IN => read_sectors(disk, bounce, sector, data).map(Done::Read),
-        VIRTIO_BLK_T_OUT => write_sectors(disk, bounce, sector, reader).map(Done::Write),
+        VIRTIO_BLK_T_IN => read_sectors(disk, request, sector, data.available_bytes()).map(Done::Read),
+        VIRTIO_BLK_T_OUT => write_sectors(disk, request, sector, reader.available_bytes()).map(Done::Write),
         VIRTIO_BLK_T_FLUSH => disk.backend.flush().map(|()| Done::Flush).map_err(RequestError::Host),
         VIRTIO_BLK_T_GET_ID => {
             let count = data.available_bytes().min(ID_BYTES);
@@ -298,7 +303,7 @@ fn execute<B: DiskBackend>(
 }
 
 /// The byte offset of `bytes` of data starting at `sector`, once they are known to fit the disk.
-fn byte_range<B>(disk: &Disk<B>, sector: u64, bytes: usize) -> Result<u64, RequestError> {
+fn byte_range<B: ?Sized>(disk: &Disk<B>, sector: u64, bytes: usize) -> Result<u64, RequestError> {
     if !(bytes as u64).is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::PartialSector(bytes));
     }
@@ -306,7 +311,7 @@ fn byte_range<B>(disk: &Disk<B>, sector: u64, bytes: usize) -> Result<u64, Reque
 }
 
 /// The byte offset of `count` sectors from `sector`, once they are known to fit the disk.
-fn sector_range<B>(disk: &Disk<B>, sector: u64, count: u64) -> Result<u64, RequestError> {
+fn sector_range<B: ?Sized>(disk: &Disk<B>, sector: u64, count: u64) -> Result<u64, RequestError> {
     match sector.checked_add(count) {
         // Cannot overflow: the capacity in bytes is the size of the backing file.
         Some(end) if end <= disk.sectors => Ok(sector * SECTOR_SIZE),
@@ -314,47 +319,101 @@ fn sector_range<B>(disk: &Disk<B>, sector: u64, count: u64) -> Result<u64, Reque
     }
 }
 
-/// VIRTIO_BLK_T_IN: disk to guest, a bounce buffer at a time; returns the bytes read.
-fn read_sectors<B: DiskBackend>(
+/// VIRTIO_BLK_T_IN: disk to guest, straight into the request's buffers; returns the bytes read.
+/// `bytes` is the chain's writable length without the status byte.
+fn read_sectors<B: DiskBackend + ?Sized>(
     disk: &Disk<B>,
-    bounce: &mut [u8],
+    request: &Request,
     sector: u64,
-    data: &mut Writer,
+    bytes: usize,
 ) -> Result<usize, RequestError> {
-    let bytes = data.available_bytes();
-    let mut remaining = bytes;
-    let mut offset = byte_range(disk, sector, remaining)?;
-    while remaining > 0 {
-        let chunk = &mut bounce[..remaining.min(BOUNCE_BYTES)];
-        disk.backend.read_at(chunk, offset).map_err(RequestError::Host)?;
-        data.write_all(chunk).map_err(RequestError::GuestMemory)?;
-        offset += chunk.len() as u64;
-        remaining -= chunk.len();
-    }
+    let offset = byte_range(disk, sector, bytes)?;
+    let buffers = request.guest_buffers(Direction::DeviceWrites, 0, bytes)?;
+    disk.backend.read_vectored_at(&buffers, offset).map_err(RequestError::Host)?;
     Ok(bytes)
 }
 
-/// VIRTIO_BLK_T_OUT: guest to disk, a bounce buffer at a time; returns the bytes written.
-fn write_sectors<B: DiskBackend>(
+/// VIRTIO_BLK_T_OUT: guest to disk, straight from the request's buffers; returns the bytes
+/// written. `bytes` is the chain's readable length after the header.
+fn write_sectors<B: DiskBackend + ?Sized>(
     disk: &Disk<B>,
-    bounce: &mut [u8],
+    request: &Request,
     sector: u64,
-    data: &mut Reader,
+    bytes: usize,
 ) -> Result<usize, RequestError> {
     if disk.read_only {
         return Err(RequestError::ReadOnly);
     }
-    let bytes = data.available_bytes();
-    let mut remaining = bytes;
-    let mut offset = byte_range(disk, sector, remaining)?;
-    while remaining > 0 {
-        let chunk = &mut bounce[..remaining.min(BOUNCE_BYTES)];
-        data.read_exact(chunk).map_err(RequestError::GuestMemory)?;
-        disk.backend.write_at(chunk, offset).map_err(RequestError::Host)?;
-        offset += chunk.len() as u64;
-        remaining -= chunk.len();
-    }
+    let offset = byte_range(disk, sector, bytes)?;
+    let buffers = request.guest_buffers(Direction::DeviceReads, HEADER_BYTES, bytes)?;
+    disk.backend.write_vectored_at(&buffers, offset).map_err(RequestError::Host)?;
     Ok(bytes)
+}
+
+/// Which of a chain's buffers: those the driver wrote (the device reads them) or those the
+/// device writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    DeviceReads,
+    DeviceWrites,
+}
+
+/// A request's chain, for handing its data buffers to the disk without a copy.
+struct Request<'a> {
+    memory: &'a GuestRam,
+    descriptors: DescriptorChain<&'a GuestRam>,
+}
+
+impl Request<'_> {
+    /// `length` bytes of the chain's buffers of one direction, from byte `skip` of them on, as
+    /// the guest memory they are. Buffers the device writes are marked dirty now: the writes
+    /// land before the request completes, and a snapshot waits for requests to complete.
+    /// The caller checked the chain (a [`Reader`]/[`Writer`] over it was made), so its buffers
+    /// are in guest memory; a buffer split across memory regions becomes one piece per region.
+    fn guest_buffers(
+        &self,
+        direction: Direction,
+        mut skip: usize,
+        length: usize,
+    ) -> Result<Vec<IoBuf>, RequestError> {
+        let mut buffers = Vec::new();
+        let mut remaining = length;
+        for descriptor in self.descriptors.clone() {
+            if remaining == 0 {
+                break;
+            }
+            if descriptor.is_write_only() != (direction == Direction::DeviceWrites) {
+                continue;
+            }
+            let mut len = descriptor.len() as usize;
+            let mut addr = descriptor.addr();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            addr = addr.unchecked_add(skip as u64);
+            len -= skip;
+            skip = 0;
+            let len = len.min(remaining);
+            remaining -= len;
+            for slice in self.memory.get_slices(addr, len) {
+                let slice = slice.map_err(|e| RequestError::GuestMemory(io::Error::other(e.to_string())))?;
+                if direction == Direction::DeviceWrites {
+                    slice.bitmap().mark_dirty(0, slice.len());
+                }
+                // SAFETY: guest memory stays mapped for the VM's life, and this handler holds a
+                // reference to it (`memory`), so it outlives the request; the guest may change it
+                // meanwhile, which only garbles its own data.
+                buffers.push(unsafe { IoBuf::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
+            }
+        }
+        if remaining > 0 {
+            return Err(RequestError::GuestMemory(io::Error::other(
+                "the chain is shorter than its buffers said",
+            )));
+        }
+        Ok(buffers)
+    }
 }
 
 /// One range of a discard or write-zeroes request.
@@ -366,7 +425,7 @@ struct Segment {
 
 /// VIRTIO_BLK_T_DISCARD and VIRTIO_BLK_T_WRITE_ZEROES: every segment is checked before any is
 /// carried out, so a bad request changes nothing.
-fn zero_segments<B: DiskBackend>(
+fn zero_segments<B: DiskBackend + ?Sized>(
     disk: &Disk<B>,
     reader: &mut Reader,
     discard: bool,
@@ -428,9 +487,9 @@ mod tests {
     use vm_memory::{Address, Bytes, GuestAddress};
 
     use super::*;
-    use crate::block::RawFile;
     use crate::device::testing::{guest_errors, Recorder};
     use crate::device::InterruptCause;
+    use storage::RawFile;
 
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
@@ -444,10 +503,13 @@ mod tests {
     /// A backend whose every operation fails, as a disk with I/O errors would.
     struct Failing;
     impl DiskBackend for Failing {
-        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+        fn size(&self) -> u64 {
+            SECTORS * 512
+        }
+        fn read_vectored_at(&self, _: &[IoBuf], _: u64) -> io::Result<()> {
             Err(io::Error::from_raw_os_error(libc::EIO))
         }
-        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        fn write_vectored_at(&self, _: &[IoBuf], _: u64) -> io::Result<()> {
             Err(io::Error::from_raw_os_error(libc::ENOSPC))
         }
         fn flush(&self) -> io::Result<()> {
@@ -477,9 +539,13 @@ mod tests {
     }
 
     fn disk_of<B>(backend: B, read_only: bool) -> Disk<B> {
+        shared_disk_of(Arc::new(backend), read_only)
+    }
+
+    fn shared_disk_of<B>(backend: Arc<B>, read_only: bool) -> Disk<B> {
         let mut id = [0u8; ID_BYTES];
         id[..9].copy_from_slice(b"test-disk");
-        Disk { backend: Arc::new(backend), sectors: SECTORS, read_only, id }
+        Disk { backend, sectors: SECTORS, read_only, id }
     }
 
     fn raw_disk(path: &std::path::Path, read_only: bool) -> Disk<RawFile> {
@@ -519,7 +585,7 @@ mod tests {
     }
 
     /// Runs the handler once over `chains`; returns each chain's used length and the interrupts.
-    fn serve_chains<B: DiskBackend>(
+    fn serve_chains<B: DiskBackend + ?Sized>(
         memory: &GuestRam,
         disk: Disk<B>,
         chains: &[Vec<Buffer>],
@@ -528,7 +594,7 @@ mod tests {
     }
 
     /// [`serve_chains`], counting into `metrics`.
-    fn serve_counted<B: DiskBackend>(
+    fn serve_counted<B: DiskBackend + ?Sized>(
         memory: &GuestRam,
         disk: Disk<B>,
         chains: &[Vec<Buffer>],
@@ -564,7 +630,7 @@ mod tests {
         (used, raised)
     }
 
-    fn serve_one<B: DiskBackend>(memory: &GuestRam, disk: Disk<B>, chain: Vec<Buffer>) -> u32 {
+    fn serve_one<B: DiskBackend + ?Sized>(memory: &GuestRam, disk: Disk<B>, chain: Vec<Buffer>) -> u32 {
         serve_chains(memory, disk, &[chain]).0[0]
     }
 
@@ -599,7 +665,26 @@ mod tests {
     }
 
     #[test]
-    fn a_read_spread_over_several_buffers_and_bigger_than_the_bounce_buffer() {
+    fn a_read_marks_the_guest_pages_it_fills_dirty_and_a_write_does_not() {
+        use vm_memory::bitmap::Bitmap;
+        use vm_memory::GuestMemoryRegion;
+        let (_dir, path) = patterned_disk();
+        let memory = memory();
+        let dirty = |memory: &GuestRam, address: u64| {
+            let region = memory.find_region(GuestAddress(address)).unwrap();
+            region.bitmap().dirty_at(address as usize)
+        };
+        // The request's header and status were written by the test through `memory`: look at
+        // pages only the data touches.
+        serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_OUT, 0, 8192, false));
+        assert!(!dirty(&memory, DATA) && !dirty(&memory, DATA + 4096), "a write only reads guest memory");
+        serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_IN, 0, 8192, true));
+        assert!(dirty(&memory, DATA) && dirty(&memory, DATA + 4096), "the disk filled these pages");
+        assert!(!dirty(&memory, DATA + 8192), "past the request");
+    }
+
+    #[test]
+    fn a_read_spread_over_several_buffers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.img");
         let contents: Vec<u8> = (0..0x6_0000u32).map(|i| (i % 251) as u8).collect();
@@ -1006,11 +1091,14 @@ mod tests {
         count: std::sync::atomic::AtomicUsize,
         fail: bool,
     }
-    impl DiskBackend for Arc<Flushes> {
-        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+    impl DiskBackend for Flushes {
+        fn size(&self) -> u64 {
+            SECTORS * 512
+        }
+        fn read_vectored_at(&self, _: &[IoBuf], _: u64) -> io::Result<()> {
             Ok(())
         }
-        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        fn write_vectored_at(&self, _: &[IoBuf], _: u64) -> io::Result<()> {
             Ok(())
         }
         fn flush(&self) -> io::Result<()> {
@@ -1037,7 +1125,7 @@ mod tests {
             Arc::new(Recorder::default()),
             guest_errors(),
             Arc::default(),
-            Arc::new(SharedDisk::new(disk_of(backend, false))),
+            Arc::new(SharedDisk::new(shared_disk_of(backend, false))),
         );
         let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
         crate::worker::Worker::spawn("test-blk-hold", vec![event], handler).unwrap()

@@ -1,22 +1,22 @@
-//! virtio-blk (block device, virtio 1.2 section 5.2): one request queue over a raw disk image or a
-//! host block device.
+//! virtio-blk (block device, virtio 1.2 section 5.2): one request queue over a
+//! [`storage::DiskBackend`] — a raw file, a qcow2 image, whatever the VMM opened. This module
+//! knows nothing of files or formats.
 //!
-//! `backend.rs` is the storage (positional I/O, hole punching), `device.rs` is what the transport
-//! sees (features, configuration space), `handler.rs` parses and executes the guest's requests on
-//! the device's worker thread, and `control.rs` holds the current disk, which [`BlockControl`]
-//! replaces while the guest runs.
+//! `device.rs` is what the transport sees (features, configuration space), `handler.rs` parses and
+//! executes the guest's requests on the device's worker thread, handing the request's guest
+//! memory to the disk without a copy, and `control.rs` holds the current disk, which
+//! [`BlockControl`] replaces while the guest runs.
 //!
 //! The disk is addressed in 512-byte sectors. An image whose size is not a multiple of 512 is
 //! rounded down: its last partial sector cannot be reached by the guest (a warning says so).
 
-mod backend;
 mod control;
 mod device;
 mod handler;
 
-pub use backend::{DiskBackend, OpenError, RawFile};
 pub use control::BlockControl;
-pub use device::{Block, DiskError};
+pub use device::{disk_id, Block, DiskError};
+pub use storage::DiskBackend;
 
 /// The size of the request queue.
 const QUEUE_SIZE: u16 = 256;

@@ -50,7 +50,8 @@ pub fn sample_config() -> VmConfig {
             VirtioConfig::Rng,
             VirtioConfig::Block(BlockConfig {
                 id: Some("rootfs".into()),
-                format: ImageFormat::Qcow2,
+                // Raw, so the restore checks' tests can use a plain file in its place.
+                format: ImageFormat::Raw,
                 cache: CacheMode::None,
                 allow_backing: false,
                 num_queues: 2,
@@ -63,7 +64,7 @@ pub fn sample_config() -> VmConfig {
                     }),
                     ops: None,
                 }),
-                ..BlockConfig::new("/images/rootfs.qcow2")
+                ..BlockConfig::new("/images/rootfs.img")
             }),
             VirtioConfig::Balloon(BALLOON),
         ],

@@ -1,5 +1,4 @@
-//! Where a disk's bytes live. Everything is positional I/O on `&self`, so no shared file offset
-//! has to be kept consistent between requests.
+//! A raw disk image or host block device: the guest's byte N is the file's byte N.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -7,24 +6,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-/// The storage behind a virtio-blk device: a raw file here, a failing double in tests.
-pub trait DiskBackend: Send + Sync + 'static {
-    /// Fills `buffer` from `offset`; a short read (the image shrank under us) is an error.
-    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Writes all of `buffer` at `offset`.
-    fn write_at(&self, buffer: &[u8], offset: u64) -> io::Result<()>;
-    /// Makes every completed write durable.
-    fn flush(&self) -> io::Result<()>;
-    /// Gives back the storage of a range, which then reads as zeroes. Storage that cannot
-    /// deallocate keeps the data, which a discard allows.
-    fn discard(&self, offset: u64, length: u64) -> io::Result<()>;
-    /// Makes a range read as zeroes, deallocating its storage when `may_unmap`.
-    fn write_zeroes(&self, offset: u64, length: u64, may_unmap: bool) -> io::Result<()>;
-}
+use crate::{vectored, DiskBackend, IoBuf};
 
 /// A raw disk image (a regular file, sparse or not) or a host block device.
 pub struct RawFile {
     file: File,
+    /// The size when opened: the guest's disk does not grow or shrink with the file.
+    size: u64,
 }
 
 /// Why a path cannot be a disk.
@@ -32,6 +20,8 @@ pub struct RawFile {
 pub enum OpenError {
     #[error("{0}")]
     Io(io::Error),
+    #[error("cannot find its size: {0}")]
+    Size(io::Error),
     #[error("not a regular file or block device (it is a {0})")]
     NotADisk(&'static str),
 }
@@ -69,12 +59,19 @@ impl RawFile {
             return Err(OpenError::NotADisk(kind));
         }
         clear_nonblocking(&file).map_err(OpenError::Io)?;
-        Ok(RawFile { file })
+        RawFile::from_file(file)
     }
 
-    /// The size in bytes. Seeking to the end works for block devices too, whose metadata says 0.
-    pub fn size(&self) -> io::Result<u64> {
-        (&self.file).seek(SeekFrom::End(0))
+    /// A raw disk over an open file the caller has checked (and locked). Its size is taken now:
+    /// seeking to the end works for block devices too, whose metadata says 0.
+    pub fn from_file(file: File) -> Result<RawFile, OpenError> {
+        let size = (&file).seek(SeekFrom::End(0)).map_err(OpenError::Size)?;
+        Ok(RawFile { file, size })
+    }
+
+    /// The open file, for locking and for engines that submit I/O to it themselves.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, length: u64) -> io::Result<()> {
@@ -131,12 +128,16 @@ fn unsupported(error: &io::Error) -> bool {
 }
 
 impl DiskBackend for RawFile {
-    fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buffer, offset)
+    fn size(&self) -> u64 {
+        self.size
     }
 
-    fn write_at(&self, buffer: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buffer, offset)
+    fn read_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()> {
+        vectored::read_all(self.file.as_raw_fd(), buffers, offset)
+    }
+
+    fn write_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()> {
+        vectored::write_all(self.file.as_raw_fd(), buffers, offset)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -207,7 +208,7 @@ mod tests {
         let path = dir.path().join("disk.img");
         std::fs::write(&path, [0u8; 1024]).unwrap();
         let disk = RawFile::open(&path, false).unwrap();
-        assert_eq!(disk.size().unwrap(), 1024);
+        assert_eq!(disk.size(), 1024);
         // SAFETY: F_GETFL only reads the flags of the open descriptor.
         let flags = unsafe { libc::fcntl(disk.file.as_raw_fd(), libc::F_GETFL) };
         assert_eq!(flags & libc::O_NONBLOCK, 0, "O_NONBLOCK was for the open only");
