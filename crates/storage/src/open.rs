@@ -52,12 +52,34 @@ pub struct OpenedDisk {
     pub backend: Arc<dyn DiskBackend>,
     /// The disk's size as the guest sees it, in bytes.
     pub size: u64,
+    /// The image's lock, for [`reopen_disk`] when the disk is given a new file.
+    pub lock: ImageLock,
+}
+
+/// The lock an open image holds: a descriptor of the locked open file, so the lock lasts as long
+/// as this (or the disk) lives.
+#[derive(Clone)]
+pub struct ImageLock {
+    file: Arc<File>,
+    access: Access,
+}
+
+impl ImageLock {
+    /// Whether `file` is the locked image itself (the same inode), and this lock allows `access`.
+    fn covers(&self, file: &File, access: Access) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(held), Ok(other)) = (self.file.metadata(), file.metadata()) else {
+            return false;
+        };
+        let same = held.dev() == other.dev() && held.ino() == other.ino();
+        same && (self.access == Access::Write || access == Access::Read)
+    }
 }
 
 /// Why a disk image cannot be opened. Each message names the image's path.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open disk {}: {source}", path.display())]
     Open { path: PathBuf, source: io::Error },
     #[error(
         "cannot open {} with cache=none: its filesystem does not support O_DIRECT (tmpfs does not); \
@@ -77,11 +99,43 @@ pub enum OpenError {
 
 /// Opens the image at `path` as `spec` says: checked, locked, then read as its format.
 pub fn open_disk(path: &Path, spec: &DiskSpec) -> Result<OpenedDisk, OpenError> {
+    reopen_disk(path, spec, None)
+}
+
+/// Opens the image at `path` for a disk that holds `held` now (`PATCH /drives`): if `path` is
+/// the image `held` locks (a new look at the same file, after the host resized it, say), the
+/// new disk keeps that lock, which its own open could not take beside it; any other image is
+/// locked as [`open_disk`] locks it.
+pub fn reopen_disk(path: &Path, spec: &DiskSpec, held: Option<&ImageLock>) -> Result<OpenedDisk, OpenError> {
     let file = open_file(path, spec)?;
     let access = if spec.read_only { Access::Read } else { Access::Write };
-    // Before anything reads the image: another writer's half-written header is not ours to read.
-    lock::lock(&file, access).map_err(|source| OpenError::Locked { path: path.to_owned(), source })?;
-    let backend: Arc<dyn DiskBackend> = match spec.format {
+    let kept = held.filter(|held| held.covers(&file, access)).cloned();
+    let lock = match kept.clone() {
+        Some(held) => held,
+        None => {
+            // Before anything reads the image: another writer's half-written header is not ours
+            // to read.
+            lock::lock(&file, access)
+                .map_err(|source| OpenError::Locked { path: path.to_owned(), source })?;
+            let locked =
+                file.try_clone().map_err(|source| OpenError::Open { path: path.to_owned(), source })?;
+            ImageLock { file: Arc::new(locked), access }
+        }
+    };
+    let backend = open_format(path, spec, file)?;
+    let size = backend.size();
+    // A disk on a kept lock keeps it alive itself: the old disk, and the open file that holds the
+    // lock with it, go away once the requests under way on it end.
+    let backend: Arc<dyn DiskBackend> = match kept {
+        Some(held) => Arc::new(KeepsLock { disk: backend, _lock: held }),
+        None => backend,
+    };
+    Ok(OpenedDisk { backend, size, lock })
+}
+
+/// Reads the open, locked image as its format.
+fn open_format(path: &Path, spec: &DiskSpec, file: File) -> Result<Arc<dyn DiskBackend>, OpenError> {
+    Ok(match spec.format {
         ImageFormat::Raw => {
             let raw = RawFile::from_file(file)
                 .map_err(|source| OpenError::Raw { path: path.to_owned(), source })?;
@@ -94,9 +148,7 @@ pub fn open_disk(path: &Path, spec: &DiskSpec) -> Result<OpenedDisk, OpenError> 
         ImageFormat::Qcow2 => {
             return Err(OpenError::Unsupported { path: path.to_owned(), format: "qcow2" });
         }
-    };
-    let size = backend.size();
-    Ok(OpenedDisk { backend, size })
+    })
 }
 
 /// Opens `path` without blocking and checks that the open file is a disk.
@@ -148,6 +200,38 @@ fn clear_nonblocking(file: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A disk that keeps alive the lock an earlier disk on the same image took.
+struct KeepsLock {
+    disk: Arc<dyn DiskBackend>,
+    _lock: ImageLock,
+}
+
+impl DiskBackend for KeepsLock {
+    fn size(&self) -> u64 {
+        self.disk.size()
+    }
+
+    fn read_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()> {
+        self.disk.read_vectored_at(buffers, offset)
+    }
+
+    fn write_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()> {
+        self.disk.write_vectored_at(buffers, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.disk.flush()
+    }
+
+    fn discard(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.disk.discard(offset, length)
+    }
+
+    fn write_zeroes(&self, offset: u64, length: u64, may_unmap: bool) -> io::Result<()> {
+        self.disk.write_zeroes(offset, length, may_unmap)
+    }
 }
 
 /// `cache=unsafe`: a disk whose flushes do nothing (what the guest wrote reaches the file when
@@ -248,6 +332,37 @@ mod tests {
         open_disk(&path, &raw(false)).unwrap();
     }
 
+    /// A disk given a new look at its own image (PATCH /drives with the same path) keeps its
+    /// lock, past the old disk's end; another process still cannot write the image, and a new
+    /// image is locked afresh.
+    #[test]
+    fn a_reopened_image_keeps_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = image(dir.path(), &[0u8; 4096]);
+        let first = open_disk(&path, &raw(false)).unwrap();
+        assert!(refused(&path, &raw(false)).contains("in use"), "a fresh open is a second writer");
+        std::fs::write(&path, [1u8; 8192]).unwrap();
+        let second = reopen_disk(&path, &raw(false), Some(&first.lock)).unwrap();
+        assert_eq!(second.size, 8192);
+        drop(first);
+        assert!(refused(&path, &raw(true)).contains("in use"), "the lock outlives the old disk");
+        second.backend.write_at(&[5], 0).unwrap();
+
+        let other = dir.path().join("other.img");
+        std::fs::write(&other, [0u8; 512]).unwrap();
+        let third = reopen_disk(&other, &raw(false), Some(&second.lock)).unwrap();
+        assert!(refused(&other, &raw(true)).contains("in use"));
+        drop(second);
+        drop(third.lock);
+        open_disk(&path, &raw(false)).unwrap();
+        // A read lock does not let the same image be reopened writable.
+        let reader = open_disk(&other, &raw(true));
+        assert!(reader.is_err(), "the third disk still writes it");
+        drop(third.backend);
+        let reader = open_disk(&other, &raw(true)).unwrap();
+        assert!(reopen_disk(&other, &raw(false), Some(&reader.lock)).is_err());
+    }
+
     #[test]
     fn what_is_not_a_disk_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
@@ -266,7 +381,9 @@ mod tests {
         assert!(refused(dir.path(), &raw(true)).contains("(it is a directory)"));
         assert!(refused(Path::new("/dev/null"), &raw(true)).contains("(it is a character device)"));
         let missing = dir.path().join("missing.img");
-        assert!(refused(&missing, &raw(true)).starts_with(&format!("cannot open {}: ", missing.display())));
+        assert!(
+            refused(&missing, &raw(true)).starts_with(&format!("cannot open disk {}: ", missing.display()))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 use virtio::block::BlockControl;
 
-use storage::open::DiskSpec;
+use storage::open::{DiskSpec, ImageLock};
 
 use crate::disks::{open_backend, DiskOpenError};
 
@@ -31,7 +31,7 @@ pub enum ControlError {
     Balloon(BalloonError),
     #[error("the VM has no disk {index} (it has {count})")]
     NoDisk { index: usize, count: usize },
-    #[error("cannot use {path} as the disk: {source}")]
+    #[error("{}", source.describe(path))]
     Disk { path: PathBuf, source: DiskOpenError },
     #[error("this build's disks cannot change their rate limiter while the VM runs")]
     RateLimiterUnavailable,
@@ -43,6 +43,8 @@ pub struct DeviceControls {
     i8042: Arc<Mutex<I8042>>,
     balloon: Option<BalloonControl>,
     disks: Vec<BlockControl>,
+    /// Each disk's image lock, replaced with the disk's file.
+    disk_locks: Arc<Mutex<Vec<ImageLock>>>,
     /// The VM's configuration, which a snapshot saves: a disk's new file goes into it.
     config: Arc<Mutex<VmConfig>>,
 }
@@ -53,6 +55,7 @@ impl DeviceControls {
             i8042: devices.i8042.clone(),
             balloon: devices.virtio.balloon.clone(),
             disks: devices.virtio.disks.clone(),
+            disk_locks: Arc::new(Mutex::new(devices.virtio.disk_locks.clone())),
             config,
         }
     }
@@ -101,8 +104,14 @@ impl DeviceControls {
             // Opened as the disk is: its format, cache mode and backing rule, and read-only as
             // the device is (the guest was told so when it started).
             let spec = DiskSpec { read_only: disk.read_only(), ..DiskSpec::of(&update.disk) };
-            let backend = open_backend(path, &spec).map_err(failed)?;
-            disk.replace(backend).map_err(|e| failed(e.into()))?;
+            // One update at a time (the controller runs one long operation at once); the lock on
+            // the list is held across the open so the held image lock cannot change meanwhile.
+            let mut locks = self.disk_locks.lock().unwrap_or_else(PoisonError::into_inner);
+            let opened = open_backend(path, &spec, locks.get(index)).map_err(failed)?;
+            disk.replace(opened.backend).map_err(|e| failed(e.into()))?;
+            if let Some(held) = locks.get_mut(index) {
+                *held = opened.lock;
+            }
         }
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let mut disks = config.virtio.iter_mut().filter_map(|device| match device {

@@ -2,10 +2,8 @@
 //! virtio-blk (which itself knows nothing of files or formats).
 
 use std::path::Path;
-use std::sync::Arc;
 
-use storage::open::{open_disk, DiskSpec};
-use storage::DiskBackend;
+use storage::open::{reopen_disk, DiskSpec, ImageLock, OpenedDisk};
 use virtio::block::{disk_id, Block, DiskError};
 
 use crate::config::BlockConfig;
@@ -19,15 +17,30 @@ pub enum DiskOpenError {
     Device(#[from] DiskError),
 }
 
-/// Opens `path` as a disk the way `spec` says (format, read-only, cache mode, backing files),
-/// locked against other writers, through the storage crate's one factory.
-pub fn open_backend(path: &Path, spec: &DiskSpec) -> Result<Arc<dyn DiskBackend>, DiskOpenError> {
-    Ok(open_disk(path, spec)?.backend)
+impl DiskOpenError {
+    /// The message, naming the disk at `path` once: the storage crate's errors name it already.
+    pub fn describe(&self, path: &Path) -> String {
+        match self {
+            DiskOpenError::Open(error) => error.to_string(),
+            DiskOpenError::Device(error) => format!("disk {}: {error}", path.display()),
+        }
+    }
 }
 
-/// The virtio-blk device for `config`.
-pub fn open_block(config: &BlockConfig) -> Result<Block, DiskOpenError> {
+/// Opens `path` as a disk the way `spec` says (format, read-only, cache mode, backing files),
+/// locked against other writers, through the storage crate's one factory. A disk that holds
+/// `held` now may be given its own image again (see [`storage::open::reopen_disk`]).
+pub fn open_backend(
+    path: &Path,
+    spec: &DiskSpec,
+    held: Option<&ImageLock>,
+) -> Result<OpenedDisk, DiskOpenError> {
+    Ok(reopen_disk(path, spec, held)?)
+}
+
+/// The virtio-blk device for `config`, and its image's lock.
+pub fn open_block(config: &BlockConfig) -> Result<(Block, ImageLock), DiskOpenError> {
     let id = disk_id(&config.path, config.id.as_deref())?;
-    let backend = open_backend(&config.path, &DiskSpec::of(config))?;
-    Ok(Block::new(backend, config.read_only, id))
+    let opened = open_backend(&config.path, &DiskSpec::of(config), None)?;
+    Ok((Block::new(opened.backend, config.read_only, id), opened.lock))
 }
