@@ -833,4 +833,36 @@ mod tests {
         let disk = only_disk(&resources);
         assert_eq!(disk, BlockConfig { id: Some("rootfs".into()), ..BlockConfig::new(kernel.path()) });
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever disk options a client sends, the drive is taken or refused with an error (no
+        /// panic), and a drive taken makes a configuration the engine's checks accept.
+        #[test]
+        fn any_drive_options_are_taken_or_refused(
+            cache_type in "(null|\"Unsafe\"|\"Writeback\"|\"None\"|1)",
+            io_engine in "(null|\"Sync\"|\"Async\"|\"x\")",
+            size in proptest::prelude::any::<u64>(),
+            refill_time in proptest::prelude::prop_oneof![proptest::prelude::Just(0u64), 0u64..100_000_000, proptest::prelude::any::<u64>()],
+            burst in proptest::option::of(proptest::prelude::any::<u64>()),
+            format in "(null|\"raw\"|\"qcow2\"|\"vmdk\")",
+            cache in "(null|\"writeback\"|\"none\"|\"unsafe\"|\"\")",
+            queues in proptest::prelude::any::<i32>(),
+            backing in "(null|true|false|0)",
+        ) {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let path = file.path().to_str().unwrap();
+            let burst = burst.map_or("null".to_owned(), |b| b.to_string());
+            let extra = format!(
+                r#", "cache_type": {cache_type}, "io_engine": {io_engine},
+                "rate_limiter": {{"bandwidth": {{"size": {size}, "one_time_burst": {burst}, "refill_time": {refill_time}}}}},
+                "x-kestrel": {{"format": {format}, "cache": {cache}, "num_queues": {queues}, "allow_backing": {backing}}}"#
+            );
+            let mut resources = VmResources::default();
+            boot(&mut resources, path);
+            if put(&mut resources, path, &extra).is_ok() {
+                only_disk(&resources);
+            }
+        }
+    }
 }
