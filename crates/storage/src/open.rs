@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use model::config::{BlockConfig, CacheMode, ImageFormat};
 
+use crate::direct::DirectRaw;
 use crate::lock::{self, Access, LockError};
 use crate::{DiskBackend, IoBuf, RawFile};
 
@@ -137,11 +138,11 @@ pub fn reopen_disk(path: &Path, spec: &DiskSpec, held: Option<&ImageLock>) -> Re
 fn open_format(path: &Path, spec: &DiskSpec, file: File) -> Result<Arc<dyn DiskBackend>, OpenError> {
     Ok(match spec.format {
         ImageFormat::Raw => {
-            let raw = RawFile::from_file(file)
-                .map_err(|source| OpenError::Raw { path: path.to_owned(), source })?;
+            let raw_error = |source| OpenError::Raw { path: path.to_owned(), source };
             match spec.cache {
-                CacheMode::Unsafe => Arc::new(NoFlush(raw)),
-                CacheMode::Writeback | CacheMode::None => Arc::new(raw),
+                CacheMode::Writeback => Arc::new(RawFile::from_file(file).map_err(raw_error)?),
+                CacheMode::Unsafe => Arc::new(NoFlush(RawFile::from_file(file).map_err(raw_error)?)),
+                CacheMode::None => Arc::new(DirectRaw::new(file, spec.read_only).map_err(raw_error)?),
             }
         }
         // QCOW2 STUB: replaced by `qcow2::open` when the qcow2 backend is merged.
