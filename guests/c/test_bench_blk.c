@@ -1,6 +1,6 @@
 /*
  * bench_blk: virtio-blk throughput for kestrel-bench --virtio. Parameters on the command line:
- *   blk.mode=seqread|seqwrite|randread|randwrite   (default seqread)
+ *   blk.mode=seqread|seqwrite|randread|randwrite|getid   (default seqread)
  *   blk.bs=<bytes>     request size, a multiple of 512 up to 1 MiB (default 131072)
  *   blk.qd=<n>         requests kept in flight, 1-64 (default 1)
  *   blk.count=<n>      requests (default 1024; 0 sets the device up and does no I/O)
@@ -8,6 +8,8 @@
  * bs-aligned offsets drawn from a fixed xorshift sequence. With qd > 1 the guest adds qd requests,
  * notifies once, then polls the used ring and refills every completed slot, notifying once per
  * refill batch. Every request must complete with status OK and the full used length.
+ * getid sends GET_ID requests (the device writes its 20-byte serial, touching no disk; blk.bs is
+ * ignored): the notify → device → used-ring round trip with no I/O, the floor of a request.
  *
  * Prints "bench_blk: <mode> bs <bs> qd <qd> requests <n> bytes <n> cycles <TSC cycles>", the
  * cycles from before the first request was added to after the last one completed.
@@ -16,6 +18,8 @@
 
 #define VIRTIO_BLK_T_IN 0
 #define VIRTIO_BLK_T_OUT 1
+#define VIRTIO_BLK_T_GET_ID 8
+#define ID_BYTES 20
 #define SECTOR 512
 #define MAX_QD 64
 #define MAX_BS (1UL << 20)
@@ -51,13 +55,16 @@ const char *test_bench_blk(struct virtio_dev *dev)
 {
 	int write = bench_param_is("blk.mode", "seqwrite", 0) || bench_param_is("blk.mode", "randwrite", 0);
 	int random = bench_param_is("blk.mode", "randread", 0) || bench_param_is("blk.mode", "randwrite", 0);
+	int getid = bench_param_is("blk.mode", "getid", 0);
 	const char *mode = random ? (write ? "randwrite" : "randread") : (write ? "seqwrite" : "seqread");
-	if (!random && !write && !bench_param_is("blk.mode", "seqread", 1))
-		return "blk.mode must be seqread, seqwrite, randread or randwrite";
-	u64 bs = bench_param("blk.bs", 131072);
+	if (getid)
+		mode = "getid";
+	else if (!random && !write && !bench_param_is("blk.mode", "seqread", 1))
+		return "blk.mode must be seqread, seqwrite, randread, randwrite or getid";
+	u64 bs = getid ? ID_BYTES : bench_param("blk.bs", 131072);
 	u64 qd = bench_param("blk.qd", 1);
 	u64 count = bench_param("blk.count", 1024);
-	if (bs == 0 || bs % SECTOR || bs > MAX_BS)
+	if (!getid && (bs == 0 || bs % SECTOR || bs > MAX_BS))
 		return "blk.bs must be a multiple of 512 up to 1 MiB";
 	if (qd == 0 || qd > MAX_QD)
 		return "blk.qd must be 1-64";
@@ -72,7 +79,7 @@ const char *test_bench_blk(struct virtio_dev *dev)
 		return failure;
 	if (vq.size < 3 * qd)
 		return "the queue is too small for blk.qd";
-	u64 blocks = virtio_config_read64(dev, 0) * SECTOR / bs;
+	u64 blocks = getid ? 1 : virtio_config_read64(dev, 0) * SECTOR / bs;
 	if (blocks == 0)
 		return "the disk is smaller than blk.bs";
 
@@ -92,8 +99,9 @@ const char *test_bench_blk(struct virtio_dev *dev)
 #define ISSUE(s)                                                                                   \
 	do {                                                                                       \
 		u64 block = random ? xorshift() % blocks : next_block++ % blocks;                  \
-		slots[s].header = (struct blk_header){ .type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, \
-						       .sector = block * (bs / SECTOR) };          \
+		u32 type = getid ? VIRTIO_BLK_T_GET_ID : write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;    \
+		slots[s].header = (struct blk_header){ .type = type,                               \
+						       .sector = getid ? 0 : block * (bs / SECTOR) }; \
 		slots[s].status = 0xFF;                                                            \
 		struct virtq_buf bufs[3] = {                                                       \
 			{ .addr = &slots[s].header, .len = sizeof(struct blk_header) },            \

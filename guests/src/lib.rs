@@ -141,8 +141,9 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 /// Benchmark tests, for `kestrel-bench --virtio` (parameters in `c/test_bench_*.c`; they read the
 /// command line through the zero page at 0x7000, time themselves with `rdtsc` and keep their bulk
 /// buffers in RAM from 64 MiB up, so they need `--memory` of at least 96M):
-/// - `bench_blk` (type 2): `blk.mode=seqread|seqwrite|randread|randwrite blk.bs=<bytes>
-///   blk.qd=<1-64> blk.count=<requests>`, polled, qd requests in flight; prints
+/// - `bench_blk` (type 2): `blk.mode=seqread|seqwrite|randread|randwrite|getid blk.bs=<bytes>
+///   blk.qd=<1-64> blk.count=<requests>` (getid: GET_ID requests, no disk I/O, blk.bs ignored),
+///   polled, qd requests in flight; prints
 ///   `bench_blk: <mode> bs <bs> qd <qd> requests <n> bytes <n> cycles <TSC cycles>`.
 /// - `bench_vsock` (type 19): `vsock.dir=rx|tx vsock.bytes=<n>`; rx prints
 ///   `bench_vsock: listening on 5679` and takes a host process's `CONNECT 5679`, tx connects to

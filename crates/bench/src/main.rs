@@ -9,6 +9,7 @@
 
 mod api;
 mod floor;
+mod formats;
 mod http;
 mod irqchip;
 mod measure;

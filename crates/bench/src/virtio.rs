@@ -5,6 +5,9 @@
 //!   against a 64 MiB image, interleaved with fio doing the same access pattern on the same file
 //!   with the same kind of I/O as Kestrel's backend (buffered `pread`/`pwrite`, page cache warm,
 //!   no fsync), so the ratio shows what the virtio path costs over the host's own I/O.
+//! - storage formats (`formats.rs`), in the same loop: the blk workloads on qcow2 (fully allocated
+//!   and a fresh thin overlay), `qemu-img bench` on the same qcow2 file, a GET_ID floor (a request
+//!   with no disk I/O) and the time to make 100 thin clones.
 //! - virtio-vsock: 64 MiB host → guest and guest → host through the device's Unix socket.
 //! - virtio-net: 1514- and 60-byte frames sent by the guest onto a tap inside a network namespace
 //!   of this run's own (root only; nothing in it routes anywhere); the host checks that the tap
@@ -25,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::formats::{Formats, FormatsReport};
 use crate::measure::{ScratchDir, Summary};
 use crate::Error;
 
@@ -44,22 +48,22 @@ const PERF_EVENTS: &str = "kvm:kvm_userspace_exit,kvm:kvm_mmio,kvm:kvm_fast_mmio
 
 /// One virtio-blk workload.
 #[derive(Clone, Copy)]
-struct BlkWorkload {
-    mode: &'static str,
-    bs: u64,
-    qd: u64,
+pub(crate) struct BlkWorkload {
+    pub mode: &'static str,
+    pub bs: u64,
+    pub qd: u64,
     /// Requests in the guest's run.
-    count: u64,
+    pub count: u64,
     /// Bytes fio moves (more than the guest: fio's runtime has millisecond resolution).
-    host_bytes: u64,
+    pub host_bytes: u64,
 }
 
 impl BlkWorkload {
-    fn sequential(&self) -> bool {
+    pub fn sequential(&self) -> bool {
         self.mode.starts_with("seq")
     }
 
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         let size = if self.bs >= 1024 { format!("{} KiB", self.bs / 1024) } else { format!("{} B", self.bs) };
         let unit = if self.sequential() { "MB/s" } else { "kIOPS" };
         format!("blk {} {size} qd{} ({unit})", self.mode, self.qd)
@@ -73,7 +77,7 @@ impl BlkWorkload {
     }
 
     /// MB/s for sequential workloads, thousands of requests per second for random ones.
-    fn figure(&self, bytes: u64, seconds: f64) -> f64 {
+    pub fn figure(&self, bytes: u64, seconds: f64) -> f64 {
         if self.sequential() {
             bytes as f64 / seconds / 1e6
         } else {
@@ -82,7 +86,7 @@ impl BlkWorkload {
     }
 }
 
-const BLK: &[BlkWorkload] = &[
+pub(crate) const BLK: &[BlkWorkload] = &[
     BlkWorkload { mode: "seqread", bs: 128 << 10, qd: 1, count: 512, host_bytes: 1 << 30 },
     BlkWorkload { mode: "seqread", bs: 128 << 10, qd: 32, count: 512, host_bytes: 1 << 30 },
     BlkWorkload { mode: "seqwrite", bs: 128 << 10, qd: 1, count: 512, host_bytes: 1 << 30 },
@@ -118,6 +122,8 @@ pub struct VirtioReport {
     pub rows: Vec<VirtioRow>,
     pub tsc_khz: u32,
     pub notes: Vec<String>,
+    /// Raw against qcow2, QEMU and the floor (see `formats.rs`).
+    pub formats: FormatsReport,
 }
 
 /// The rate of the guest's TSC: what KVM gives a new vCPU.
@@ -128,7 +134,7 @@ fn tsc_khz() -> Result<u32, Error> {
     vcpu.get_tsc_khz().map_err(|e| Error::Kvm("KVM_GET_TSC_KHZ", e))
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
@@ -522,11 +528,17 @@ pub fn bench(kestrel: &Path, runs: usize) -> Result<VirtioReport, Error> {
     let blk_run = |w: &BlkWorkload, count: u64, perf_out: Option<&Path>| -> Result<String, Error> {
         run_guest(launcher.command(&disk_arg, &w.cmdline(count), perf_out), "bench_blk", |_, _| Ok(()))
     };
-    let blk_guest = |w: &BlkWorkload| -> Result<f64, Error> {
-        let out = blk_run(w, w.count, None)?;
+    // The guest's figure for `w` on the disk `--disk <disk>`.
+    let blk_guest_on = |disk: &str, w: &BlkWorkload| -> Result<f64, Error> {
+        let devices = ["--disk".to_owned(), disk.to_owned()];
+        let out =
+            run_guest(launcher.command(&devices, &w.cmdline(w.count), None), "bench_blk", |_, _| Ok(()))?;
         let bytes = field(&out, "bench_blk:", "bytes")?;
         Ok(w.figure(bytes, seconds(field(&out, "bench_blk:", "cycles")?, tsc_khz)))
     };
+    let raw_disk = disk_arg[1].clone();
+    let blk_guest = |w: &BlkWorkload| blk_guest_on(&raw_disk, w);
+    let mut formats = Formats::prepare(kestrel, &scratch.0, &disk, BLK.len(), &blk_guest_on)?;
     let vsock_guest = |to_host: bool| -> Result<f64, Error> {
         let out = vsock_run(&launcher, &scratch.0, to_host, VSOCK_BYTES, None)?;
         let bytes = field(&out, "bench_vsock:", "bytes")?;
@@ -557,7 +569,9 @@ pub fn bench(kestrel: &Path, runs: usize) -> Result<VirtioReport, Error> {
                 host[i].push(fio(&disk, w)?);
                 guest[i].push(blk_guest(w)?);
             }
+            formats.sample(i, w, &blk_guest_on)?;
         }
+        formats.sample_floor_and_clones(&raw_disk, &blk_guest_on)?;
         for (i, to_host) in [false, true].into_iter().enumerate() {
             vsock[i].push(vsock_guest(to_host)?);
         }
@@ -608,7 +622,8 @@ pub fn bench(kestrel: &Path, runs: usize) -> Result<VirtioReport, Error> {
         Some(reason) => notes.push(reason),
         None => rows.extend(net_rows(kestrel, runs, tsc_khz, have_perf, &scratch.0)?),
     }
-    Ok(VirtioReport { rows, tsc_khz, notes })
+    let formats = formats.report(BLK, &guest, &host);
+    Ok(VirtioReport { rows, tsc_khz, notes, formats })
 }
 
 /// virtio-net transmit: 1514- and 60-byte frames, in a network namespace of this run's own.

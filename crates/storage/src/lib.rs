@@ -8,15 +8,15 @@
 //! - `buffer.rs`: [`IoBuf`], a piece of guest memory a request reads into or writes from.
 //! - `raw.rs`: [`RawFile`], a raw image or host block device, with `preadv`/`pwritev` straight
 //!   into the request's buffers (`vectored.rs`).
-//! - `direct.rs`: `cache=none` on a raw image (`O_DIRECT`, unaligned requests through the page
-//!   cache).
+//! - `direct.rs`: `O_DIRECT` (`cache=none`) for [`RawFile`]: the file's alignment, and a bounce
+//!   buffer for the requests that do not meet it.
 //! - `open.rs`: the disk factory, [`open::open_disk`]: checks, locks and opens an image as the
 //!   format the user gave.
 //! - `lock.rs`: image locking as QEMU does it (OFD locks on fixed bytes), so Kestrel and QEMU
 //!   processes keep each other from writing an image another one uses.
 
 mod buffer;
-mod direct;
+pub mod direct;
 pub mod lock;
 pub mod open;
 pub mod raw;

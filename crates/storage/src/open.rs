@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use model::config::{BlockConfig, CacheMode, ImageFormat};
 
-use crate::direct::DirectRaw;
 use crate::lock::{self, Access, LockError};
 use crate::{DiskBackend, IoBuf, RawFile};
 
@@ -139,10 +138,11 @@ fn open_format(path: &Path, spec: &DiskSpec, file: File) -> Result<Arc<dyn DiskB
     Ok(match spec.format {
         ImageFormat::Raw => {
             let raw_error = |source| OpenError::Raw { path: path.to_owned(), source };
+            // RawFile sees the O_DIRECT of cache=none and bounces the requests it cannot take.
+            let raw = RawFile::from_file(file).map_err(raw_error)?;
             match spec.cache {
-                CacheMode::Writeback => Arc::new(RawFile::from_file(file).map_err(raw_error)?),
-                CacheMode::Unsafe => Arc::new(NoFlush(RawFile::from_file(file).map_err(raw_error)?)),
-                CacheMode::None => Arc::new(DirectRaw::new(file, spec.read_only).map_err(raw_error)?),
+                CacheMode::Writeback | CacheMode::None => Arc::new(raw),
+                CacheMode::Unsafe => Arc::new(NoFlush(raw)),
             }
         }
         // QCOW2 STUB: replaced by `qcow2::open` when the qcow2 backend is merged.

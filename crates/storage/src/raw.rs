@@ -3,9 +3,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::direct::{Alignment, Direct};
 use crate::{vectored, DiskBackend, IoBuf};
 
 /// A raw disk image (a regular file, sparse or not) or a host block device.
@@ -13,6 +14,11 @@ pub struct RawFile {
     file: File,
     /// The size when opened: the guest's disk does not grow or shrink with the file.
     size: u64,
+    /// Set when the file was opened with `O_DIRECT` (`cache=none`): requests the storage cannot
+    /// take as they are go through an aligned bounce buffer.
+    pub(crate) direct: Option<Direct>,
+    /// A regular file (not a block device), whose length a bounced write may have to restore.
+    regular: bool,
 }
 
 /// Why a path cannot be a disk.
@@ -63,10 +69,23 @@ impl RawFile {
     }
 
     /// A raw disk over an open file the caller has checked (and locked). Its size is taken now:
-    /// seeking to the end works for block devices too, whose metadata says 0.
+    /// seeking to the end works for block devices too, whose metadata says 0. A file opened
+    /// with `O_DIRECT` has its alignment found now (see `direct.rs`).
     pub fn from_file(file: File) -> Result<RawFile, OpenError> {
         let size = (&file).seek(SeekFrom::End(0)).map_err(OpenError::Size)?;
-        Ok(RawFile { file, size })
+        // SAFETY: F_GETFL only reads the flags of the open descriptor the caller handed over.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(OpenError::Io(io::Error::last_os_error()));
+        }
+        let direct = (flags & libc::O_DIRECT != 0).then(|| Direct::new(Alignment::of(&file)));
+        let regular = file.metadata().map_err(OpenError::Io)?.file_type().is_file();
+        Ok(RawFile { file, size, direct, regular })
+    }
+
+    /// The alignment direct I/O needs, when the file was opened with `O_DIRECT`.
+    pub fn direct_alignment(&self) -> Option<Alignment> {
+        self.direct.as_ref().map(Direct::alignment)
     }
 
     /// The open file, for locking and for engines that submit I/O to it themselves.
@@ -96,10 +115,13 @@ impl RawFile {
     fn write_zeroes_slowly(&self, mut offset: u64, length: u64) -> io::Result<()> {
         const CHUNK: u64 = 64 * 1024;
         let zeroes = vec![0u8; CHUNK.min(length) as usize];
-        let end = offset + length;
+        let end = offset.checked_add(length).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "range beyond the largest file offset")
+        })?;
         while offset < end {
             let count = (end - offset).min(CHUNK) as usize;
-            self.file.write_all_at(&zeroes[..count], offset)?;
+            // Through the request path, so that O_DIRECT gets aligned buffers.
+            self.write_vectored_at(&[IoBuf::from_slice(&zeroes[..count])], offset)?;
             offset += count as u64;
         }
         Ok(())
@@ -133,11 +155,20 @@ impl DiskBackend for RawFile {
     }
 
     fn read_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()> {
-        vectored::read_all(self.file.as_raw_fd(), buffers, offset)
+        match &self.direct {
+            Some(direct) => direct.read(self.file.as_raw_fd(), buffers, offset),
+            None => vectored::read_all(self.file.as_raw_fd(), buffers, offset),
+        }
     }
 
     fn write_vectored_at(&self, buffers: &[IoBuf], offset: u64) -> io::Result<()> {
-        vectored::write_all(self.file.as_raw_fd(), buffers, offset)
+        match &self.direct {
+            Some(direct) => {
+                let size = self.regular.then_some(self.size);
+                direct.write(self.file.as_raw_fd(), buffers, offset, size)
+            }
+            None => vectored::write_all(self.file.as_raw_fd(), buffers, offset),
+        }
     }
 
     fn flush(&self) -> io::Result<()> {

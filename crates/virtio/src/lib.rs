@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mmio;
 pub mod net;
 pub mod pci;
+pub mod rate_limiter;
 pub mod rng;
 pub mod snapshot;
 mod transport;

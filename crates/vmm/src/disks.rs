@@ -5,8 +5,9 @@ use std::path::Path;
 
 use storage::open::{reopen_disk, DiskSpec, ImageLock, OpenedDisk};
 use virtio::block::{disk_id, Block, DiskError};
+use virtio::rate_limiter::{Bucket, RateLimit};
 
-use crate::config::BlockConfig;
+use crate::config::{BlockConfig, RateLimiterConfig, TokenBucket};
 
 /// Why a configured disk cannot be given to the guest.
 #[derive(Debug, thiserror::Error)]
@@ -43,4 +44,32 @@ pub fn open_block(config: &BlockConfig) -> Result<(Block, ImageLock), DiskOpenEr
     let id = disk_id(&config.path, config.id.as_deref())?;
     let opened = open_backend(&config.path, &DiskSpec::of(config), None)?;
     Ok((Block::new(opened.backend, config.read_only, id), opened.lock))
+}
+
+/// A configured rate limiter as the device's limiter takes it (the same buckets; a missing burst
+/// is none).
+pub fn rate_limit(config: &RateLimiterConfig) -> RateLimit {
+    let bucket = |b: &TokenBucket| Bucket {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time: b.refill_time,
+    };
+    RateLimit { bandwidth: config.bandwidth.as_ref().map(bucket), ops: config.ops.as_ref().map(bucket) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_rate_limiter_keeps_its_buckets() {
+        let config = RateLimiterConfig {
+            bandwidth: Some(TokenBucket { size: 1 << 20, one_time_burst: Some(4096), refill_time: 100 }),
+            ops: Some(TokenBucket::per_second(500)),
+        };
+        let limit = rate_limit(&config);
+        assert_eq!(limit.bandwidth, Some(Bucket { size: 1 << 20, one_time_burst: 4096, refill_time: 100 }));
+        assert_eq!(limit.ops, Some(Bucket { size: 500, one_time_burst: 0, refill_time: 1000 }));
+        assert_eq!(rate_limit(&RateLimiterConfig::default()), RateLimit::default());
+    }
 }
