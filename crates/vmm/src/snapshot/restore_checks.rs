@@ -26,6 +26,17 @@ pub enum DiskProblem {
     Unconfirmed,
 }
 
+impl DiskProblem {
+    /// The problem with the disk at `path`, naming the path once (the storage crate's errors
+    /// name it already).
+    pub fn describe(&self, path: &Path) -> String {
+        match self {
+            DiskProblem::Open(error) => error.to_string(),
+            other => format!("{}: {other}", path.display()),
+        }
+    }
+}
+
 /// Checks that `disk` can serve as the guest's disk of `expected` sectors (when known): opened
 /// as the disk will be (its format: a qcow2 image's capacity is not its file's length), through
 /// the storage crate's factory, so a FIFO cannot stall the restore (and the API with it), only a
