@@ -145,7 +145,7 @@ fn machine_config(method: Method, body: &[u8]) -> MaybeRoute {
 fn drives(method: Method, id: &str, body: &[u8]) -> MaybeRoute {
     let id = id.to_owned();
     match method {
-        Method::Put => parsed(body, |drive: Drive| VmmRequest::PutDrive { id, drive }),
+        Method::Put => parsed(body, |drive: Drive| VmmRequest::PutDrive { id, drive: Box::new(drive) }),
         Method::Patch => parsed(body, |update: PartialDrive| VmmRequest::PatchDrive { id, update }),
         Method::Get => None,
     }

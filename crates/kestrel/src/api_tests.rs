@@ -2,7 +2,6 @@
 //! `kestrel vmm` wires them, with a fake engine behind the controller.
 
 mod tests {
-    use std::path::Path;
     use std::sync::mpsc::{self, TryRecvError};
     use std::sync::{Arc, Mutex};
 
@@ -11,6 +10,7 @@ mod tests {
     use model::api::BalloonStats;
     use model::config::{SerialConfig, VirtioTransport, VmConfig};
     use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
+    use model::resources::DriveUpdate;
     use model::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
     use vmm::control::{
         channel, ControlMessage, ControlSender, Controller, ControllerSettings, EngineError, Launch,
@@ -69,11 +69,17 @@ mod tests {
         }
 
         /// Refuses directories, as a disk does.
-        fn update_drive(&self, index: usize, path: &Path) -> Result<(), EngineError> {
-            if path.is_dir() {
+        fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError> {
+            if update.path.as_ref().is_some_and(|p| p.is_dir()) {
                 return Err("not a disk".into());
             }
-            self.record(format!("drive {index} {}", path.display()));
+            let path = update.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            let limit = update
+                .rate_limiter
+                .and_then(|l| l.ops)
+                .map(|o| format!(" ops {}", o.size))
+                .unwrap_or_default();
+            self.record(format!("drive {} {path}{limit} {:?}", update.index, update.disk.format));
             Ok(())
         }
 
@@ -214,7 +220,9 @@ mod tests {
         );
         assert_eq!(call(&mut api, Method::Put, "/drives/data", &data).0, 204);
         let root = format!(
-            r#"{{"drive_id": "rootfs", "path_on_host": "{disk}", "is_root_device": true, "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Sync"}}"#
+            r#"{{"drive_id": "rootfs", "path_on_host": "{disk}", "is_root_device": true, "is_read_only": false, "cache_type": "Writeback", "io_engine": "Async",
+                "rate_limiter": {{"bandwidth": {{"size": 1048576, "refill_time": 100}}, "ops": {{"size": 1000, "one_time_burst": 100, "refill_time": 1000}}}},
+                "x-kestrel": {{"format": "qcow2", "cache": "none", "allow_backing": false, "num_queues": 2}}}}"#
         );
         assert_eq!(call(&mut api, Method::Put, "/drives/rootfs", &root).0, 204);
         let net = r#"{"iface_id": "eth0", "guest_mac": "AA:FC:00:00:00:01", "host_dev_name": "tap0"}"#;
@@ -226,6 +234,14 @@ mod tests {
         let (status, config) = call(&mut api, Method::Get, "/vm/config", "");
         assert_eq!(status, 200);
         assert_eq!(config["drives"].as_array().map(Vec::len), Some(2));
+        // Firecracker's GET /vm/config shows the drive's cache type and engine even when the
+        // request left them out; Kestrel's additions come back as given.
+        assert_eq!(
+            (&config["drives"][0]["cache_type"], &config["drives"][0]["io_engine"]),
+            (&"Writeback".into(), &"Async".into())
+        );
+        assert_eq!(config["drives"][1]["x-kestrel"]["format"], "qcow2");
+        assert_eq!(config["drives"][1]["rate_limiter"]["ops"]["one_time_burst"], 100);
         assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap0");
 
         assert_eq!(call(&mut api, Method::Put, "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
@@ -234,8 +250,14 @@ mod tests {
         assert_eq!((config.vcpus, config.memory_bytes), (4, 1024 << 20));
         assert!(config.cmdline.ends_with("pci=off root=/dev/vda rw"));
         use model::config::VirtioConfig;
+        use model::config::{CacheMode, ImageFormat, IoEngine};
         let VirtioConfig::Block(first) = &config.virtio[0] else { panic!("{:?}", config.virtio) };
         assert_eq!((first.id.as_deref(), first.read_only), (Some("rootfs"), false));
+        assert_eq!(
+            (first.format, first.cache, first.allow_backing, first.num_queues, first.io_engine),
+            (ImageFormat::Qcow2, CacheMode::None, false, 2, IoEngine::Async)
+        );
+        assert_eq!(first.rate_limiter.and_then(|l| l.bandwidth).map(|b| b.size), Some(1 << 20));
         assert_eq!(config.virtio.len(), 5);
         drop(configs);
 
@@ -357,7 +379,7 @@ mod tests {
         let (old, new) = (old.path().to_str().unwrap(), new.path().to_str().unwrap());
         for (id, root) in [("data", false), ("rootfs", true)] {
             let drive = format!(
-                r#"{{"drive_id": "{id}", "path_on_host": "{old}", "is_root_device": {root}, "is_read_only": false}}"#
+                r#"{{"drive_id": "{id}", "path_on_host": "{old}", "is_root_device": {root}, "is_read_only": false, "x-kestrel": {{"format": "qcow2"}}}}"#
             );
             assert_eq!(call(&mut api, Method::Put, &format!("/drives/{id}"), &drive).0, 204);
         }
@@ -385,7 +407,21 @@ mod tests {
         .contains("no drive other is configured"));
         assert!(fault(&mut api, Method::Patch, "/drives/data", r#"{"drive_id": "data", "x": 1}"#)
             .contains("unknown field"));
-        assert_eq!(*calls.lock().unwrap(), [format!("drive 1 {new}")], "the root drive is the VM's disk 0");
+        // A rate limiter alone changes the limiter; the configuration shows it.
+        let limit = r#"{"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 50, "refill_time": 1000}}}"#;
+        assert_eq!(call(&mut api, Method::Patch, "/drives/rootfs", limit).0, 204);
+        let config = call(&mut api, Method::Get, "/vm/config", "").1;
+        assert_eq!(config["drives"][1]["rate_limiter"]["ops"]["size"], 50);
+        let bad_limit = r#"{"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 50, "refill_time": 0}}}"#;
+        assert!(
+            fault(&mut api, Method::Patch, "/drives/rootfs", bad_limit).contains("refill_time must not be 0")
+        );
+        // The drive keeps its format: the new file is opened as qcow2.
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [format!("drive 1 {new} Qcow2"), "drive 0  ops 50 Qcow2".to_owned()],
+            "the root drive is the VM's disk 0"
+        );
     }
 
     #[test]
@@ -500,7 +536,12 @@ mod tests {
             (Method::Put, "/drives/a-b", format!(r#"{{"drive_id": "a-b", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false}}"#), "Invalid id"),
             (Method::Put, "/drives/a", r#"{"drive_id": "a", "is_root_device": false}"#.into(), "required"),
             (Method::Put, "/drives/a", r#"{"drive_id": "a", "path_on_host": "/nonexistent", "is_root_device": false, "is_read_only": false}"#.into(), "cannot be opened"),
-            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "io_engine": "Async"}}"#), "not supported by Kestrel yet"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "io_engine": "Uring"}}"#), "unknown variant `Uring`, expected `Sync` or `Async`"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "cache_type": "Unsafe", "x-kestrel": {{"cache": "none"}}}}"#), "disagree"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "x-kestrel": {{"format": "vmdk"}}}}"#), "unknown variant `vmdk`, expected `raw` or `qcow2`"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "x-kestrel": {{"num_queues": 17}}}}"#), "num_queues must be 1 to 16, got 17"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "rate_limiter": {{"ops": {{"size": 5, "refill_time": 0}}}}}}"#), "Invalid rate_limiter.ops: refill_time must not be 0"),
+            (Method::Put, "/drives/a", format!(r#"{{"drive_id": "a", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false, "rate_limiter": {{"bandwidth": {{"size": 5}}}}}}"#), "missing field `refill_time`"),
             (Method::Put, "/network-interfaces/e", r#"{"iface_id": "e", "host_dev_name": "tap0", "guest_mac": "zz"}"#.into(), "Invalid guest_mac"),
             (Method::Put, "/network-interfaces/e", r#"{"iface_id": "e", "host_dev_name": "a/b"}"#.into(), "Invalid host_dev_name"),
             (Method::Put, "/vsock", r#"{"guest_cid": 2, "uds_path": "/tmp/v"}"#.into(), "Invalid guest_cid"),

@@ -134,12 +134,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub rng: bool,
 
-    /// Give the guest a virtio-blk disk over a raw image file or a host block device; repeat for
-    /// more disks (Linux names them /dev/vda, /dev/vdb, ... in order). readonly=on opens the file
-    /// read-only and the guest's writes fail; id= is the serial number the guest reads (at most 20
-    /// bytes, by default the file name). A path cannot contain a comma.
-    /// Example: --disk path=rootfs.ext4 --disk path=data.img,readonly=on,id=data
-    #[arg(long = "disk", value_name = "path=PATH[,readonly=on|off][,id=ID]", value_parser = parse_disk)]
+    /// Give the guest a virtio-blk disk over an image file or a host block device; repeat for more
+    /// disks (Linux names them /dev/vda, /dev/vdb, ... in order). format= is raw (the default) or
+    /// qcow2; it is never guessed from the file, so name qcow2 images as such. readonly=on opens
+    /// the image read-only and the guest's writes fail; id= is the serial number the guest reads
+    /// (at most 20 bytes, by default the file name). cache=writeback (default: a guest's flush is
+    /// an fdatasync), none (O_DIRECT, around the host's page cache) or unsafe (flushes do nothing).
+    /// backing=off refuses a qcow2 image that has a backing file. queues=N gives 1 to 16 request
+    /// queues; engine=sync (a worker thread, default) or async (io_uring). bw= limits the bytes
+    /// per second (256M, 1G), iops= the requests per second. A path cannot contain a comma. The
+    /// image is locked as QEMU locks it: one writer, or any number of readers.
+    /// Example: --disk path=rootfs.ext4 --disk path=vm.qcow2,format=qcow2,cache=none,queues=2
+    #[arg(long = "disk", value_name = "path=PATH[,format=raw|qcow2][,...]", value_parser = parse_disk)]
     pub disks: Vec<BlockConfig>,
 
     /// Give the guest a virtio-net card on a host tap device; repeat for more cards (Linux: eth0,

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use model::config::{
-    BalloonConfig, BlockConfig, MacAddress, MacError, NetConfig, VsockConfig, DISK_ID_MAX_BYTES,
-    TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
+    BalloonConfig, BlockConfig, CacheMode, ImageFormat, IoEngine, MacAddress, MacError, NetConfig,
+    RateLimiterConfig, TokenBucket, VsockConfig, DISK_ID_MAX_BYTES, MAX_DISK_QUEUES, TAP_NAME_MAX_BYTES,
+    VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
+
+use crate::size::{parse_size, SizeError};
 
 /// What is wrong with a device flag's value (clap prints it after the flag's name).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +41,14 @@ pub enum OptionError {
     Cid(String),
     #[error("uds= needs a path, as in uds=/tmp/kestrel.vsock")]
     EmptySocketPath,
+    #[error("{key}={value}: the value must be one of {choices}")]
+    NotAChoice { key: String, value: String, choices: &'static str },
+    #[error("queues={0}: a disk has 1 to {MAX_DISK_QUEUES} queues")]
+    QueueCount(String),
+    #[error("bw={value}: {source}")]
+    Bandwidth { value: String, source: SizeError },
+    #[error("{0}=0 limits nothing; leave it out")]
+    ZeroLimit(&'static str),
 }
 
 /// A flag value of the form `key=value[,key=value...]`: every item is `key=value`, every key is one
@@ -84,6 +95,35 @@ impl<'a> OptionList<'a> {
         }
     }
 
+    /// An optional value among fixed words: `parse` maps each word it knows.
+    fn choice<T>(
+        &self,
+        key: &str,
+        choices: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, OptionError> {
+        self.get(key)
+            .map(|value| {
+                parse(value).ok_or_else(|| OptionError::NotAChoice {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                    choices,
+                })
+            })
+            .transpose()
+    }
+
+    /// An optional whole number up to `u64::MAX`.
+    fn number_u64(&self, key: &str) -> Result<Option<u64>, OptionError> {
+        self.get(key)
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|_| OptionError::NotNumber { key: key.to_owned(), value: value.to_owned() })
+            })
+            .transpose()
+    }
+
     /// An optional whole number.
     fn number(&self, key: &str) -> Result<Option<u32>, OptionError> {
         self.get(key)
@@ -96,10 +136,20 @@ impl<'a> OptionList<'a> {
     }
 }
 
-/// `--disk path=PATH[,readonly=on|off][,id=ID]`
+/// The syntax of `--disk`, as messages and the help quote it.
+pub const DISK_FORM: &str =
+    "path=PATH[,format=raw|qcow2][,readonly=on|off][,id=ID][,cache=writeback|none|unsafe]\
+[,backing=on|off][,queues=N][,engine=sync|async][,bw=BYTES][,iops=N]";
+
+/// `--disk path=PATH[,format=raw|qcow2][,readonly=on|off][,id=ID][,cache=...][,backing=on|off]
+/// [,queues=N][,engine=sync|async][,bw=BYTES][,iops=N]`: the format is raw unless given (never
+/// guessed from the file).
 pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
-    let options =
-        OptionList::parse(text, "path=PATH[,readonly=on|off][,id=ID]", &["path", "readonly", "id"])?;
+    let options = OptionList::parse(
+        text,
+        DISK_FORM,
+        &["path", "format", "readonly", "id", "cache", "backing", "queues", "engine", "bw", "iops"],
+    )?;
     let path = options.required("path")?;
     if path.is_empty() {
         return Err(OptionError::EmptyDiskPath);
@@ -108,10 +158,59 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
     if let Some(id) = id.filter(|id| id.len() > DISK_ID_MAX_BYTES) {
         return Err(OptionError::DiskIdTooLong(id.to_owned()));
     }
+    let defaults = BlockConfig::new(path);
+    let format = options.choice("format", "raw, qcow2", |v| match v {
+        "raw" => Some(ImageFormat::Raw),
+        "qcow2" => Some(ImageFormat::Qcow2),
+        _ => None,
+    })?;
+    let cache = options.choice("cache", "writeback, none, unsafe", |v| match v {
+        "writeback" => Some(CacheMode::Writeback),
+        "none" => Some(CacheMode::None),
+        "unsafe" => Some(CacheMode::Unsafe),
+        _ => None,
+    })?;
+    let io_engine = options.choice("engine", "sync, async", |v| match v {
+        "sync" => Some(IoEngine::Sync),
+        "async" => Some(IoEngine::Async),
+        _ => None,
+    })?;
+    let num_queues = match options.get("queues") {
+        None => defaults.num_queues,
+        Some(text) => text
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (1..=MAX_DISK_QUEUES).contains(n))
+            .ok_or_else(|| OptionError::QueueCount(text.to_owned()))?,
+    };
+    let bandwidth = options
+        .get("bw")
+        .map(|value| {
+            // "100M" and "100M/s" both mean bytes per second.
+            let size = value.strip_suffix("/s").unwrap_or(value);
+            parse_size(size).map_err(|source| OptionError::Bandwidth { value: value.to_owned(), source })
+        })
+        .transpose()?;
+    let ops = options.number_u64("iops")?;
+    for (key, limit) in [("bw", bandwidth), ("iops", ops)] {
+        if limit == Some(0) {
+            return Err(OptionError::ZeroLimit(key));
+        }
+    }
+    let rate_limiter = (bandwidth.is_some() || ops.is_some()).then(|| RateLimiterConfig {
+        bandwidth: bandwidth.map(TokenBucket::per_second),
+        ops: ops.map(TokenBucket::per_second),
+    });
     Ok(BlockConfig {
-        path: PathBuf::from(path),
         read_only: options.on_off("readonly", false)?,
         id: id.map(str::to_owned),
+        format: format.unwrap_or(defaults.format),
+        cache: cache.unwrap_or(defaults.cache),
+        allow_backing: options.on_off("backing", defaults.allow_backing)?,
+        num_queues,
+        io_engine: io_engine.unwrap_or(defaults.io_engine),
+        rate_limiter,
+        ..defaults
     })
 }
 
@@ -260,26 +359,86 @@ mod tests {
     #[test]
     fn disk_forms() {
         let disk = |path: &str, read_only, id: Option<&str>| BlockConfig {
-            path: path.into(),
             read_only,
             id: id.map(str::to_owned),
+            ..BlockConfig::new(path)
         };
         assert_eq!(parse_disk("path=/d/a.img"), Ok(disk("/d/a.img", false, None)));
         assert_eq!(parse_disk("readonly=on,path=a.img"), Ok(disk("a.img", true, None)));
         assert_eq!(parse_disk("path=a.img,readonly=off,id=data"), Ok(disk("a.img", false, Some("data"))));
         assert_eq!(parse_disk("path=a=b.img"), Ok(disk("a=b.img", false, None)));
+        let everything =
+            "path=a.qcow2,format=qcow2,cache=none,backing=off,queues=4,engine=async,bw=100M/s,iops=5000";
+        assert_eq!(
+            parse_disk(everything),
+            Ok(BlockConfig {
+                format: ImageFormat::Qcow2,
+                cache: CacheMode::None,
+                allow_backing: false,
+                num_queues: 4,
+                io_engine: IoEngine::Async,
+                rate_limiter: Some(RateLimiterConfig {
+                    bandwidth: Some(TokenBucket::per_second(100 << 20)),
+                    ops: Some(TokenBucket::per_second(5000)),
+                }),
+                ..BlockConfig::new("a.qcow2")
+            })
+        );
+        let parsed = |text| parse_disk(text).unwrap();
+        assert_eq!(parsed("path=a,cache=unsafe,format=raw").cache, CacheMode::Unsafe);
+        assert_eq!(parsed("path=a,cache=writeback,engine=sync").io_engine, IoEngine::Sync);
+        assert_eq!(
+            parsed("path=a,bw=4096").rate_limiter.and_then(|l| l.bandwidth).map(|b| b.size),
+            Some(4096)
+        );
+        assert_eq!(parsed("path=a,queues=16").num_queues, 16);
+        // Every form parses to a configuration the VMM's checks accept.
+        parsed(everything).validate().unwrap();
         for (bad, why) in [
             ("a.img", "not KEY=VALUE"),
             ("readonly=on", "path= is missing"),
             ("path=", "needs a file"),
             ("path=a.img,readonly=yes", "must be on or off"),
-            ("path=a.img,cache=none", "unknown key 'cache'"),
             ("path=a.img,path=b.img", "path= is given twice"),
             ("path=a.img,", "'' is not KEY=VALUE"),
             ("path=a.img,id=0123456789abcdefghijk", "longer than 20 bytes"),
+            ("path=a.img,format=vmdk", "format=vmdk: the value must be one of raw, qcow2"),
+            ("path=a.img,format=QCOW2", "must be one of raw, qcow2"),
+            ("path=a.img,cache=directsync", "must be one of writeback, none, unsafe"),
+            ("path=a.img,engine=io_uring", "must be one of sync, async"),
+            ("path=a.img,backing=no", "backing=no: the value must be on or off"),
+            ("path=a.img,queues=0", "1 to 16 queues"),
+            ("path=a.img,queues=17", "1 to 16 queues"),
+            ("path=a.img,queues=x", "1 to 16 queues"),
+            ("path=a.img,bw=fast", "bw=fast: 'fast' is not a size"),
+            ("path=a.img,bw=1X", "unknown unit"),
+            ("path=a.img,bw=0", "bw=0 limits nothing"),
+            ("path=a.img,iops=0", "iops=0 limits nothing"),
+            ("path=a.img,iops=1.5", "must be a whole number"),
+            ("path=a.img,aio=native", "unknown key 'aio'"),
         ] {
             let error = parse_disk(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, the parser answers (no panic), and what it accepts passes the
+        /// VMM's checks.
+        #[test]
+        fn any_disk_text_is_parsed_or_refused(
+            items in proptest::collection::vec(
+                (
+                    "(path|format|readonly|id|cache|backing|queues|engine|bw|iops|x)",
+                    "(raw|qcow2|on|off|none|unsafe|writeback|sync|async|[0-9]{1,22}[KMGT]?(/s)?|[a-z.=]{0,8})",
+                ),
+                0..8,
+            )
+        ) {
+            let text = items.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            if let Ok(disk) = parse_disk(&text) {
+                proptest::prop_assert!(disk.validate().is_ok(), "{text}: {disk:?}");
+            }
         }
     }
 }

@@ -179,7 +179,8 @@ fn malformed_disk_option() {
         ("disk.img", "not KEY=VALUE"),
         ("readonly=on", "path= is missing"),
         ("path=disk.img,readonly=yes", "must be on or off"),
-        ("path=disk.img,format=qcow2", "unknown key 'format'"),
+        ("path=disk.img,format=vmdk", "format=vmdk: the value must be one of raw, qcow2"),
+        ("path=disk.img,aio=native", "unknown key 'aio'"),
         ("path=disk.img,id=an-id-of-more-than-20-bytes", "longer than 20 bytes"),
     ] {
         let output = run(&["--kernel", guests::HELLO, "--disk", spec]);

@@ -365,7 +365,10 @@ fn a_restored_disk_must_be_a_file_of_the_size_the_guest_saw() {
     let third = Vmm::start(dir.path(), "third");
     assert!(std::process::Command::new("mkfifo").arg(&disk).status().unwrap().success());
     let started = Instant::now();
-    assert_fault(third.put("/snapshot/load", &Vmm::load_body(&state, &memory)), "neither a regular file");
+    assert_fault(
+        third.put("/snapshot/load", &Vmm::load_body(&state, &memory)),
+        "not a regular file or block device (it is a FIFO)",
+    );
     assert!(started.elapsed() < Duration::from_secs(5), "the FIFO took {:?}", started.elapsed());
     std::fs::remove_file(&disk).unwrap();
 
@@ -398,7 +401,10 @@ fn drive_overrides_are_checked_like_saved_paths() {
     let fifo = dir.path().join("fifo");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let started = Instant::now();
-    assert_fault(second.put("/snapshot/load", &load("rootfs", &fifo)), "neither a regular file");
+    assert_fault(
+        second.put("/snapshot/load", &load("rootfs", &fifo)),
+        "not a regular file or block device (it is a FIFO)",
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     let passwd = dir.path().join("passwd");
     std::fs::copy("/etc/passwd", &passwd).unwrap();

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::disk::{CacheMode, ImageFormat, IoEngine, RateLimiterConfig, TokenBucket};
+
 /// `PUT /boot-source`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -69,11 +71,35 @@ pub struct Drive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_on_host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// Kestrel's additions (`x-kestrel` in the API description): the image format, the `none`
+    /// cache mode, backing files, queues.
+    #[serde(rename = "x-kestrel", default, skip_serializing_if = "Option::is_none")]
+    pub kestrel: Option<KestrelDrive>,
+}
+
+/// A drive's options that Firecracker's body has no field for. Each one left out takes its
+/// default: a raw image, the cache mode `cache_type` says, backing files allowed, one queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KestrelDrive {
+    /// The image's format (`"raw"` or `"qcow2"`); never guessed from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+    /// `"writeback"`, `"none"` (`O_DIRECT`) or `"unsafe"`; if `cache_type` is given too, the two
+    /// must agree (`none` goes with `Writeback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheMode>,
+    /// Whether a qcow2 image may open the backing file its header names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_backing: Option<bool>,
+    /// Request queues, 1 to 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_queues: Option<u16>,
 }
 
 /// `PATCH /drives/{drive_id}`, after `InstanceStart`.
@@ -84,21 +110,15 @@ pub struct PartialDrive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_on_host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
-/// A drive's caching strategy.
+/// A drive's caching strategy, Firecracker's: `Unsafe` advertises no flush to the guest,
+/// `Writeback` makes a guest's flush an `fdatasync`. (Kestrel's `none` is in `x-kestrel`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum CacheType {
     Unsafe,
     Writeback,
-}
-
-/// A drive's I/O engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-pub enum IoEngine {
-    Sync,
-    Async,
 }
 
 /// `PUT /network-interfaces/{iface_id}`.

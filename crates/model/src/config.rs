@@ -89,14 +89,7 @@ impl VirtioConfig {
     fn validate(&self, memory_bytes: u64) -> Result<(), ConfigError> {
         match self {
             VirtioConfig::Rng => {}
-            VirtioConfig::Block(disk) => {
-                if disk.path.as_os_str().is_empty() {
-                    return Err(ConfigError::EmptyPath { field: "disk path" });
-                }
-                if let Some(id) = disk.id.as_ref().filter(|id| id.len() > DISK_ID_MAX_BYTES) {
-                    return Err(ConfigError::DiskIdTooLong(id.chars().take(64).collect()));
-                }
-            }
+            VirtioConfig::Block(disk) => disk.validate()?,
             VirtioConfig::Net(net) => {
                 if let Some(tap) = net.tap.as_ref().filter(|t| t.is_empty() || t.len() > TAP_NAME_MAX_BYTES) {
                     return Err(ConfigError::InvalidTapName(tap.chars().take(64).collect()));
@@ -140,7 +133,7 @@ pub enum VirtioTransport {
 pub enum VirtioConfig {
     /// An entropy source fed from the host's getrandom.
     Rng,
-    /// A disk (virtio-blk) over a raw image file or a host block device.
+    /// A disk (virtio-blk) over an image file (raw or qcow2) or a host block device.
     Block(BlockConfig),
     /// A network card (virtio-net) on a host tap device.
     Net(NetConfig),
@@ -183,19 +176,10 @@ pub struct NetConfig {
     pub id: Option<String>,
 }
 
-/// The longest serial number a disk can have.
-pub const DISK_ID_MAX_BYTES: usize = 20;
-
-/// A virtio-blk disk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockConfig {
-    /// Raw image file or host block device.
-    pub path: PathBuf,
-    /// Opened `O_RDONLY`; the guest sees a read-only disk and every write fails.
-    pub read_only: bool,
-    /// Serial number the guest reads (at most 20 bytes); by default the file name.
-    pub id: Option<String>,
-}
+pub use crate::disk::{
+    BlockConfig, CacheMode, ImageFormat, IoEngine, RateLimiterConfig, TokenBucket, DISK_ID_MAX_BYTES,
+    MAX_DISK_QUEUES,
+};
 
 /// A virtio-balloon device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,9 +233,8 @@ mod tests {
             (
                 Box::new(|c| {
                     c.virtio.push(VirtioConfig::Block(BlockConfig {
-                        path: "/d".into(),
-                        read_only: false,
                         id: Some("x".repeat(21)),
+                        ..BlockConfig::new("/d")
                     }))
                 }),
                 "longer than 20 bytes",

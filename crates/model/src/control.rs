@@ -25,7 +25,7 @@ pub enum VmmRequest {
     /// `PATCH /machine-config`: the fields to change, merged into the current configuration.
     PatchMachineConfig(serde_json::Map<String, serde_json::Value>),
     /// `PUT /drives/{id}`.
-    PutDrive { id: String, drive: Drive },
+    PutDrive { id: String, drive: Box<Drive> },
     /// `PATCH /drives/{id}`.
     PatchDrive { id: String, update: PartialDrive },
     /// `PUT /network-interfaces/{id}`.

@@ -46,7 +46,7 @@ pub enum ConfigError {
     MissingKernel,
     #[error("Invalid drive_id: no drive {0} is configured")]
     UnknownDrive(String),
-    #[error("path_on_host is required: it is what Kestrel updates in a drive after start")]
+    #[error("path_on_host or rate_limiter is required: they are what a drive update can change")]
     MissingPath,
     /// [`crate::config::VmConfig::validate`]: a whole configuration's checks.
     #[error("the number of vCPUs must be between 1 and {max}, got {requested}")]
@@ -63,6 +63,12 @@ pub enum ConfigError {
     EmptyKernelPath,
     #[error("disk id '{0}' is longer than {max} bytes", max = crate::config::DISK_ID_MAX_BYTES)]
     DiskIdTooLong(String),
+    #[error("num_queues must be 1 to {max}, got {requested}")]
+    InvalidQueueCount { requested: u16, max: u16 },
+    #[error("Invalid {field}: {reason}")]
+    InvalidRateLimiter { field: &'static str, reason: &'static str },
+    #[error("cache_type {cache_type} and x-kestrel cache {cache} disagree (cache none is Writeback with O_DIRECT)")]
+    ConflictingCache { cache_type: &'static str, cache: &'static str },
     #[error("a balloon of {target_mib} MiB is larger than the guest's {memory_mib} MiB of RAM")]
     BalloonTargetTooLarge { target_mib: u32, memory_mib: u64 },
 }

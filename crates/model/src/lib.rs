@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod disk;
 pub mod error;
 mod mac;
 pub mod resources;

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::{
-    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages, IoEngine,
+    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages,
     MachineConfiguration, NetworkInterface, PartialDrive, Vsock,
 };
 use crate::config::{
     BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
     VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
+use crate::disk::{CacheMode, RateLimiterConfig};
 pub use crate::error::ConfigError;
 
 /// The most vCPUs Kestrel gives a guest (Firecracker's limit is 32).
@@ -105,6 +106,65 @@ fn reject_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result
     }
 }
 
+/// A drive's cache mode from Firecracker's `cache_type` and Kestrel's `x-kestrel` `cache`: either
+/// alone says it, both must agree, neither is Kestrel's default (see [`CacheMode`]).
+fn cache_mode(cache_type: Option<CacheType>, cache: Option<CacheMode>) -> Result<CacheMode, ConfigError> {
+    let name = |c: CacheType| match c {
+        CacheType::Unsafe => "Unsafe",
+        CacheType::Writeback => "Writeback",
+    };
+    let mode_name = |m: CacheMode| match m {
+        CacheMode::Writeback => "writeback",
+        CacheMode::None => "none",
+        CacheMode::Unsafe => "unsafe",
+    };
+    match (cache_type, cache) {
+        (None, None) => Ok(CacheMode::default()),
+        (Some(CacheType::Unsafe), None) => Ok(CacheMode::Unsafe),
+        (Some(CacheType::Writeback), None) => Ok(CacheMode::Writeback),
+        (None, Some(mode)) => Ok(mode),
+        (Some(CacheType::Unsafe), Some(CacheMode::Unsafe)) => Ok(CacheMode::Unsafe),
+        (Some(CacheType::Writeback), Some(mode @ (CacheMode::Writeback | CacheMode::None))) => Ok(mode),
+        (Some(given), Some(mode)) => {
+            Err(ConfigError::ConflictingCache { cache_type: name(given), cache: mode_name(mode) })
+        }
+    }
+}
+
+/// The engine's disk for an API drive, checked; the drive ID is the serial the guest reads, as
+/// with Firecracker.
+fn drive_config(drive: &Drive) -> Result<BlockConfig, ConfigError> {
+    let kestrel = drive.kestrel.clone().unwrap_or_default();
+    let defaults = BlockConfig::new(drive.path_on_host.clone().unwrap_or_default());
+    let config = BlockConfig {
+        read_only: drive.is_read_only.unwrap_or(false),
+        id: Some(truncate(&drive.drive_id, DISK_ID_MAX_BYTES)),
+        format: kestrel.format.unwrap_or(defaults.format),
+        cache: cache_mode(drive.cache_type, kestrel.cache)?,
+        allow_backing: kestrel.allow_backing.unwrap_or(defaults.allow_backing),
+        num_queues: kestrel.num_queues.unwrap_or(defaults.num_queues),
+        io_engine: drive.io_engine.unwrap_or(defaults.io_engine),
+        rate_limiter: drive.rate_limiter,
+        ..defaults
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// A checked `PATCH /drives/{drive_id}`: which of the VM's disks, and what changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveUpdate {
+    /// The disk, counted in the VM's order of disks.
+    pub index: usize,
+    /// The file the disk is to use now, opened as `disk` says (the drive keeps its format, cache
+    /// mode and backing-file rule); `None` keeps the file.
+    pub path: Option<PathBuf>,
+    /// The disk's new rate limiter; `None` keeps the current one.
+    pub rate_limiter: Option<RateLimiterConfig>,
+    /// The disk as it is configured after the update.
+    pub disk: BlockConfig,
+}
+
 impl VmResources {
     /// `PUT /boot-source`: the kernel and initrd must be readable now, as Firecracker checks.
     pub fn set_boot_source(&mut self, boot: BootSource) -> Result<(), ConfigError> {
@@ -166,16 +226,10 @@ impl VmResources {
             return Err(ConfigError::MissingDriveField);
         };
         check_file("drive", "path_on_host", path)?;
-        if drive.cache_type == Some(CacheType::Writeback) {
-            return Err(ConfigError::Unsupported("cache_type Writeback".into()));
-        }
-        if drive.io_engine == Some(IoEngine::Async) {
-            return Err(ConfigError::Unsupported("io_engine Async".into()));
-        }
         if drive.partuuid.is_some() {
             return Err(ConfigError::Unsupported("partuuid".into()));
         }
-        reject_rate_limiter(&drive.rate_limiter, "rate_limiter")?;
+        drive_config(&drive)?;
         if drive.is_root_device
             && self.drives.iter().any(|d| d.is_root_device && d.drive_id != drive.drive_id)
         {
@@ -195,28 +249,40 @@ impl VmResources {
         root.into_iter().chain(self.drives.iter().filter(|d| !d.is_root_device))
     }
 
-    /// Checks a `PATCH /drives/{drive_id}` (after start) and says which of the VM's disks it is
-    /// (counted in the VM's order) and the file it is to use now.
+    /// Checks a `PATCH /drives/{drive_id}` (after start): which of the VM's disks it is, the file
+    /// it is to use now and its rate limiter. The drive keeps its format: a qcow2 drive's new file
+    /// is opened as qcow2.
     pub fn check_drive_update(
         &self,
         path_id: &str,
         update: &PartialDrive,
-    ) -> Result<(usize, PathBuf), ConfigError> {
+    ) -> Result<DriveUpdate, ConfigError> {
         check_path_id(path_id, &update.drive_id)?;
-        reject_rate_limiter(&update.rate_limiter, "rate_limiter")?;
-        let path = update.path_on_host.as_deref().ok_or(ConfigError::MissingPath)?;
-        let index = self
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+            return Err(ConfigError::MissingPath);
+        }
+        let (index, drive) = self
             .drives_in_vm_order()
-            .position(|d| d.drive_id == update.drive_id)
+            .enumerate()
+            .find(|(_, d)| d.drive_id == update.drive_id)
             .ok_or_else(|| ConfigError::UnknownDrive(update.drive_id.clone()))?;
-        check_file("drive", "path_on_host", path)?;
-        Ok((index, PathBuf::from(path)))
+        if let Some(path) = &update.path_on_host {
+            check_file("drive", "path_on_host", path)?;
+        }
+        let mut updated = drive.clone();
+        apply_drive_update(&mut updated, update);
+        Ok(DriveUpdate {
+            index,
+            path: update.path_on_host.as_ref().map(PathBuf::from),
+            rate_limiter: update.rate_limiter,
+            disk: drive_config(&updated)?,
+        })
     }
 
-    /// Records the file a running VM's drive now uses, for `GET /vm/config`.
-    pub fn record_drive_path(&mut self, drive_id: &str, path: &str) {
-        if let Some(drive) = self.drives.iter_mut().find(|d| d.drive_id == drive_id) {
-            drive.path_on_host = Some(path.to_owned());
+    /// Records what a running VM's drive took from a `PATCH /drives`, for `GET /vm/config`.
+    pub fn record_drive_update(&mut self, update: &PartialDrive) {
+        if let Some(drive) = self.drives.iter_mut().find(|d| d.drive_id == update.drive_id) {
+            apply_drive_update(drive, update);
         }
     }
 
@@ -311,12 +377,13 @@ impl VmResources {
         Ok(())
     }
 
-    /// What `GET /vm/config` returns.
+    /// What `GET /vm/config` returns. Each drive shows the cache type and I/O engine it has, as
+    /// Firecracker's does, also where the request left them out.
     pub fn export(&self) -> FullVmConfiguration {
         FullVmConfiguration {
             boot_source: self.boot_source.clone(),
             machine_config: Some(self.machine_config.clone()),
-            drives: self.drives.clone(),
+            drives: self.drives.iter().map(exported_drive).collect(),
             network_interfaces: self.network_interfaces.clone(),
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
@@ -393,15 +460,8 @@ impl VmResources {
         }
         let mut virtio: Vec<VirtioConfig> = self
             .drives_in_vm_order()
-            .map(|d| {
-                VirtioConfig::Block(BlockConfig {
-                    path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
-                    read_only: d.is_read_only.unwrap_or(false),
-                    // The guest reads the drive ID as the disk's serial, as with Firecracker.
-                    id: Some(truncate(&d.drive_id, DISK_ID_MAX_BYTES)),
-                })
-            })
-            .collect();
+            .map(|d| drive_config(d).map(VirtioConfig::Block))
+            .collect::<Result<_, _>>()?;
         for iface in &self.network_interfaces {
             virtio.push(VirtioConfig::Net(NetConfig {
                 tap: Some(iface.host_dev_name.clone()),
@@ -448,6 +508,28 @@ impl VmResources {
     }
 }
 
+fn apply_drive_update(drive: &mut Drive, update: &PartialDrive) {
+    if let Some(path) = &update.path_on_host {
+        drive.path_on_host = Some(path.clone());
+    }
+    if let Some(limiter) = update.rate_limiter {
+        drive.rate_limiter = Some(limiter);
+    }
+}
+
+/// A drive as `GET /vm/config` shows it: Firecracker's fields filled in with what the drive has.
+fn exported_drive(drive: &Drive) -> Drive {
+    let mut shown = drive.clone();
+    if let Ok(config) = drive_config(drive) {
+        shown.cache_type = Some(match config.cache {
+            CacheMode::Unsafe => CacheType::Unsafe,
+            CacheMode::Writeback | CacheMode::None => CacheType::Writeback,
+        });
+        shown.io_engine = Some(config.io_engine);
+    }
+    shown
+}
+
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
 fn truncate(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
@@ -460,6 +542,8 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::IoEngine;
+    use crate::disk::ImageFormat;
 
     /// Host files named by a client are opened without blocking and checked on the open file:
     /// a FIFO (which would block the open), a directory or a character device is refused with a
@@ -514,7 +598,15 @@ mod tests {
         assert!(config.cmdline.ends_with("pci=off root=/dev/vda ro"));
         assert_eq!(config.virtio.len(), 3);
         let exported = resources.export();
-        assert_eq!((exported.boot_source, exported.drives), (file.boot_source, file.drives));
+        assert_eq!(exported.boot_source, file.boot_source);
+        // Firecracker's GET /vm/config shows each drive's cache type and engine, given or not
+        // (Kestrel's default engine is Async).
+        let shown = Drive {
+            cache_type: Some(CacheType::Writeback),
+            io_engine: Some(IoEngine::Async),
+            ..file.drives[0].clone()
+        };
+        assert_eq!(exported.drives, [shown]);
         assert_eq!(exported.machine_config.and_then(|m| m.huge_pages), Some(HugePages::None));
     }
 
@@ -551,15 +643,21 @@ mod tests {
         let new_path = format!(r#", "path_on_host": "{path}""#);
         for (id, index) in [("rootfs", 0), ("data", 1), ("logs", 2)] {
             let body = format!(r#"{{"drive_id": "{id}"{new_path}}}"#);
-            assert_eq!(update(id, &body), Ok((index, PathBuf::from(&path))), "{id}");
+            let checked = update(id, &body).unwrap();
+            assert_eq!(
+                (checked.index, checked.path, checked.rate_limiter),
+                (index, Some(PathBuf::from(&path)), None)
+            );
         }
         let errors = [
             ("data", r#"{"drive_id": "logs"}"#.to_owned(), "does not match"),
-            ("data", r#"{"drive_id": "data"}"#.to_owned(), "path_on_host is required"),
+            ("data", r#"{"drive_id": "data"}"#.to_owned(), "path_on_host or rate_limiter is required"),
             (
                 "data",
-                format!(r#"{{"drive_id": "data"{new_path}, "rate_limiter": {{}}}}"#),
-                "rate_limiter is not supported",
+                format!(
+                    r#"{{"drive_id": "data"{new_path}, "rate_limiter": {{"ops": {{"size": 1, "refill_time": 0}}}}}}"#
+                ),
+                "Invalid rate_limiter.ops: refill_time must not be 0",
             ),
             ("nope", format!(r#"{{"drive_id": "nope"{new_path}}}"#), "no drive nope is configured"),
             (
@@ -575,8 +673,16 @@ mod tests {
         // A null rate limiter is no rate limiter.
         let body = format!(r#"{{"drive_id": "data"{new_path}, "rate_limiter": null}}"#);
         assert!(update("data", &body).is_ok());
+        // A rate limiter alone changes only the limiter.
+        let body =
+            r#"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#;
+        let checked = update("data", body).unwrap();
+        assert_eq!(checked.path, None);
+        assert_eq!(checked.disk.rate_limiter.and_then(|l| l.bandwidth).map(|b| b.size), Some(1000));
 
-        resources.record_drive_path("logs", "/elsewhere");
+        let patch: PartialDrive =
+            serde_json::from_str(r#"{"drive_id": "logs", "path_on_host": "/elsewhere"}"#).unwrap();
+        resources.record_drive_update(&patch);
         let exported = resources.export();
         assert_eq!(exported.drives[2].path_on_host.as_deref(), Some("/elsewhere"));
     }
@@ -609,6 +715,7 @@ mod tests {
             rate_limiter: None,
             io_engine: None,
             socket: None,
+            kestrel: None,
         };
         let mut resources = VmResources::default();
         resources.put_drive("a", drive("a", true)).unwrap();
@@ -628,5 +735,135 @@ mod tests {
             Err(ConfigError::HostDeviceNameInUse("tap0".into()))
         );
         assert_eq!(truncate("ééé", 5), "éé");
+    }
+
+    fn put(resources: &mut VmResources, path: &str, extra: &str) -> Result<(), ConfigError> {
+        let body = format!(
+            r#"{{"drive_id": "d", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false{extra}}}"#
+        );
+        let drive: Drive =
+            serde_json::from_str(&body).map_err(|e| ConfigError::Unsupported(e.to_string()))?;
+        resources.put_drive("d", drive)
+    }
+
+    fn boot(resources: &mut VmResources, path: &str) {
+        let boot = BootSource { kernel_image_path: path.into(), initrd_path: None, boot_args: None };
+        resources.set_boot_source(boot).unwrap();
+    }
+
+    fn only_disk(resources: &VmResources) -> BlockConfig {
+        let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        match &config.virtio[..] {
+            [VirtioConfig::Block(disk)] => disk.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Firecracker's drive fields and Kestrel's `x-kestrel` ones reach the engine's disk; a drive
+    /// that gives none of them gets the defaults.
+    #[test]
+    fn a_drives_options_reach_the_vms_disk() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let mut resources = VmResources::default();
+        boot(&mut resources, path);
+        put(&mut resources, path, "").unwrap();
+        assert_eq!(only_disk(&resources), BlockConfig { id: Some("d".into()), ..BlockConfig::new(path) });
+
+        let extra = r#", "cache_type": "Writeback", "io_engine": "Async",
+            "rate_limiter": {"bandwidth": {"size": 1048576, "one_time_burst": 0, "refill_time": 1000}, "ops": null},
+            "x-kestrel": {"format": "qcow2", "cache": "none", "allow_backing": false, "num_queues": 4}"#;
+        put(&mut resources, path, extra).unwrap();
+        let disk = only_disk(&resources);
+        assert_eq!(
+            (disk.format, disk.cache, disk.allow_backing, disk.num_queues, disk.io_engine),
+            (ImageFormat::Qcow2, CacheMode::None, false, 4, IoEngine::Async)
+        );
+        let bandwidth = disk.rate_limiter.and_then(|l| l.bandwidth).unwrap();
+        assert_eq!((bandwidth.size, bandwidth.refill_time), (1 << 20, 1000));
+        // GET /vm/config gives the body back, x-kestrel included.
+        let exported = serde_json::to_value(&resources.export().drives[0]).unwrap();
+        assert_eq!(exported["x-kestrel"]["format"], "qcow2");
+        assert_eq!(exported["rate_limiter"]["bandwidth"]["size"], 1048576);
+
+        put(&mut resources, path, r#", "cache_type": "Unsafe""#).unwrap();
+        assert_eq!(only_disk(&resources).cache, CacheMode::Unsafe);
+    }
+
+    #[test]
+    fn bad_drive_options_are_refused_with_their_names() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let mut resources = VmResources::default();
+        for (extra, expected) in [
+            (
+                r#", "cache_type": "Unsafe", "x-kestrel": {"cache": "none"}"#,
+                "cache_type Unsafe and x-kestrel cache none disagree",
+            ),
+            (r#", "cache_type": "Writeback", "x-kestrel": {"cache": "unsafe"}"#, "disagree"),
+            (r#", "x-kestrel": {"num_queues": 0}"#, "num_queues must be 1 to 16, got 0"),
+            (r#", "x-kestrel": {"num_queues": 65536}"#, "invalid value"),
+            (r#", "x-kestrel": {"format": "vmdk"}"#, "unknown variant `vmdk`"),
+            (r#", "x-kestrel": {"cache": "directsync"}"#, "unknown variant `directsync`"),
+            (r#", "x-kestrel": {"formats": "raw"}"#, "unknown field `formats`"),
+            (r#", "io_engine": "Uring""#, "unknown variant `Uring`"),
+            (r#", "cache_type": "None""#, "unknown variant `None`"),
+            (
+                r#", "rate_limiter": {"bandwidth": {"size": 10, "refill_time": 0}}"#,
+                "refill_time must not be 0",
+            ),
+            (r#", "rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1}}"#, "invalid value"),
+            (r#", "rate_limiter": {"iops": {}}"#, "unknown field `iops`"),
+        ] {
+            let message = put(&mut resources, path, extra).unwrap_err().to_string();
+            assert!(message.contains(expected), "{extra}: {message}");
+        }
+        assert!(resources.export().drives.is_empty(), "a refused drive is not kept");
+    }
+
+    /// A `--config` file from before the disk options still loads, with the defaults.
+    #[test]
+    fn an_older_config_file_loads_with_the_defaults() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let path = kernel.path().display();
+        let text = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{path}"}},
+                "drives": [{{"drive_id": "rootfs", "path_on_host": "{path}", "is_root_device": true, "is_read_only": false}}]}}"#
+        );
+        let resources = VmResources::from_json(&text).unwrap();
+        let disk = only_disk(&resources);
+        assert_eq!(disk, BlockConfig { id: Some("rootfs".into()), ..BlockConfig::new(kernel.path()) });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever disk options a client sends, the drive is taken or refused with an error (no
+        /// panic), and a drive taken makes a configuration the engine's checks accept.
+        #[test]
+        fn any_drive_options_are_taken_or_refused(
+            cache_type in "(null|\"Unsafe\"|\"Writeback\"|\"None\"|1)",
+            io_engine in "(null|\"Sync\"|\"Async\"|\"x\")",
+            size in proptest::prelude::any::<u64>(),
+            refill_time in proptest::prelude::prop_oneof![proptest::prelude::Just(0u64), 0u64..100_000_000, proptest::prelude::any::<u64>()],
+            burst in proptest::option::of(proptest::prelude::any::<u64>()),
+            format in "(null|\"raw\"|\"qcow2\"|\"vmdk\")",
+            cache in "(null|\"writeback\"|\"none\"|\"unsafe\"|\"\")",
+            queues in proptest::prelude::any::<i32>(),
+            backing in "(null|true|false|0)",
+        ) {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let path = file.path().to_str().unwrap();
+            let burst = burst.map_or("null".to_owned(), |b| b.to_string());
+            let extra = format!(
+                r#", "cache_type": {cache_type}, "io_engine": {io_engine},
+                "rate_limiter": {{"bandwidth": {{"size": {size}, "one_time_burst": {burst}, "refill_time": {refill_time}}}}},
+                "x-kestrel": {{"format": {format}, "cache": {cache}, "num_queues": {queues}, "allow_backing": {backing}}}"#
+            );
+            let mut resources = VmResources::default();
+            boot(&mut resources, path);
+            if put(&mut resources, path, &extra).is_ok() {
+                only_disk(&resources);
+            }
+        }
     }
 }

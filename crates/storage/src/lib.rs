@@ -12,14 +12,17 @@
 //!   buffer for the requests that do not meet it.
 //! - `engine/`: asynchronous I/O for a device queue ([`engine::IoEngine`]): io_uring on a direct
 //!   descriptor, a thread pool otherwise.
+//! - `open.rs`: the disk factory, [`open::open_disk`]: checks, locks and opens an image as the
+//!   format the user gave.
 //! - `lock.rs`: image locking as QEMU does it (OFD locks on fixed bytes), so Kestrel and QEMU
 //!   processes keep each other from writing an image another one uses.
 
 mod buffer;
 pub mod direct;
-pub mod image;
 pub mod engine;
+pub mod image;
 pub mod lock;
+pub mod open;
 pub mod qcow2;
 pub mod raw;
 mod vectored;

@@ -5,17 +5,20 @@
 //! thread while the guest runs, and returns once the device has taken the change; the guest
 //! follows at its own pace, told by an interrupt.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 use virtio::block::BlockControl;
 
+use storage::open::{DiskSpec, ImageLock};
+
 use crate::disks::{open_backend, DiskOpenError};
 
 use crate::builder::DeviceHandles;
 use crate::config::{VirtioConfig, VmConfig};
+use crate::control::DriveUpdate;
 
 /// Why a device could not take a change.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +31,10 @@ pub enum ControlError {
     Balloon(BalloonError),
     #[error("the VM has no disk {index} (it has {count})")]
     NoDisk { index: usize, count: usize },
-    #[error("cannot use {path} as the disk: {source}")]
+    #[error("{}", source.describe(path))]
     Disk { path: PathBuf, source: DiskOpenError },
+    #[error("this build's disks cannot change their rate limiter while the VM runs")]
+    RateLimiterUnavailable,
 }
 
 /// Handles on the devices the API changes; cheap to clone, usable from any thread.
@@ -38,6 +43,8 @@ pub struct DeviceControls {
     i8042: Arc<Mutex<I8042>>,
     balloon: Option<BalloonControl>,
     disks: Vec<BlockControl>,
+    /// Each disk's image lock, replaced with the disk's file.
+    disk_locks: Arc<Mutex<Vec<ImageLock>>>,
     /// The VM's configuration, which a snapshot saves: a disk's new file goes into it.
     config: Arc<Mutex<VmConfig>>,
 }
@@ -48,6 +55,7 @@ impl DeviceControls {
             i8042: devices.i8042.clone(),
             balloon: devices.virtio.balloon.clone(),
             disks: devices.virtio.disks.clone(),
+            disk_locks: Arc::new(Mutex::new(devices.virtio.disk_locks.clone())),
             config,
         }
     }
@@ -80,21 +88,38 @@ impl DeviceControls {
         i8042.send_ctrl_alt_del().map_err(ControlError::Keyboard)
     }
 
-    /// Makes the file or block device at `path` disk `index` (counted in the configuration's
-    /// order of disks), opened as the disk was (read-only or not). The guest's driver is told its
-    /// capacity changed; requests under way finish on the old file.
-    pub fn replace_disk(&self, index: usize, path: &Path) -> Result<(), ControlError> {
+    /// `PATCH /drives`: gives disk `update.index` (counted in the configuration's order of disks)
+    /// its new file, opened as the disk was (format, read-only or not, cache mode), and its new
+    /// rate limiter. The guest's driver is told its capacity changed; requests under way finish
+    /// on the old file.
+    pub fn update_disk(&self, update: &DriveUpdate) -> Result<(), ControlError> {
+        let index = update.index;
         let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
-        let failed = |source| ControlError::Disk { path: path.to_owned(), source };
-        let backend = open_backend(path, disk.read_only()).map_err(failed)?;
-        disk.replace(backend).map_err(|e| failed(e.into()))?;
+        if update.rate_limiter.is_some() {
+            // TODO(virtio-blk rate limiter): hand the limiter to the device once it has one.
+            return Err(ControlError::RateLimiterUnavailable);
+        }
+        if let Some(path) = &update.path {
+            let failed = |source| ControlError::Disk { path: path.clone(), source };
+            // Opened as the disk is: its format, cache mode and backing rule, and read-only as
+            // the device is (the guest was told so when it started).
+            let spec = DiskSpec { read_only: disk.read_only(), ..DiskSpec::of(&update.disk) };
+            // One update at a time (the controller runs one long operation at once); the lock on
+            // the list is held across the open so the held image lock cannot change meanwhile.
+            let mut locks = self.disk_locks.lock().unwrap_or_else(PoisonError::into_inner);
+            let opened = open_backend(path, &spec, locks.get(index)).map_err(failed)?;
+            disk.replace(opened.backend).map_err(|e| failed(e.into()))?;
+            if let Some(held) = locks.get_mut(index) {
+                *held = opened.lock;
+            }
+        }
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let mut disks = config.virtio.iter_mut().filter_map(|device| match device {
             VirtioConfig::Block(block) => Some(block),
             _ => None,
         });
         if let Some(block) = disks.nth(index) {
-            block.path = path.to_owned();
+            *block = update.disk.clone();
         }
         Ok(())
     }

@@ -2,30 +2,87 @@
 //! virtio-blk (which itself knows nothing of files or formats).
 
 use std::path::Path;
-use std::sync::Arc;
 
-use storage::DiskBackend;
-use virtio::block::{disk_id, Block, DiskError};
+use storage::open::{reopen_disk, DiskSpec, ImageLock, OpenedDisk};
+use virtio::block::{disk_id, Block, BlockOptions, DiskError, Engine};
+use virtio::rate_limiter::{Bucket, RateLimit};
 
-use crate::config::BlockConfig;
+use crate::config::{BlockConfig, CacheMode, IoEngine, RateLimiterConfig, TokenBucket};
 
 /// Why a configured disk cannot be given to the guest.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskOpenError {
     #[error("{0}")]
-    Open(#[from] storage::OpenError),
+    Open(#[from] storage::open::OpenError),
     #[error("{0}")]
     Device(#[from] DiskError),
 }
 
-/// Opens `path` as a disk, read-only (`O_RDONLY`) if asked.
-pub fn open_backend(path: &Path, read_only: bool) -> Result<Arc<dyn DiskBackend>, DiskOpenError> {
-    Ok(Arc::new(storage::RawFile::open(path, read_only)?))
+impl DiskOpenError {
+    /// The message, naming the disk at `path` once: the storage crate's errors name it already.
+    pub fn describe(&self, path: &Path) -> String {
+        match self {
+            DiskOpenError::Open(error) => error.to_string(),
+            DiskOpenError::Device(error) => format!("disk {}: {error}", path.display()),
+        }
+    }
 }
 
-/// The virtio-blk device for `config`.
-pub fn open_block(config: &BlockConfig) -> Result<Block, DiskOpenError> {
+/// Opens `path` as a disk the way `spec` says (format, read-only, cache mode, backing files),
+/// locked against other writers, through the storage crate's one factory. A disk that holds
+/// `held` now may be given its own image again (see [`storage::open::reopen_disk`]).
+pub fn open_backend(
+    path: &Path,
+    spec: &DiskSpec,
+    held: Option<&ImageLock>,
+) -> Result<OpenedDisk, DiskOpenError> {
+    Ok(reopen_disk(path, spec, held)?)
+}
+
+/// The virtio-blk device for `config`, and its image's lock.
+pub fn open_block(config: &BlockConfig) -> Result<(Block, ImageLock), DiskOpenError> {
     let id = disk_id(&config.path, config.id.as_deref())?;
-    let backend = open_backend(&config.path, config.read_only)?;
-    Ok(Block::new(backend, config.read_only, id, virtio::block::BlockOptions::default()))
+    let opened = open_backend(&config.path, &DiskSpec::of(config), None)?;
+    Ok((Block::new(opened.backend, config.read_only, id, block_options(config)), opened.lock))
+}
+
+/// How the device serves the disk: its queues, its engine, and whether it offers a flush
+/// (`cache=unsafe` does not: Firecracker's `Unsafe`).
+pub fn block_options(config: &BlockConfig) -> BlockOptions {
+    BlockOptions {
+        num_queues: config.num_queues,
+        engine: match config.io_engine {
+            IoEngine::Sync => Engine::Sync,
+            IoEngine::Async => Engine::Async,
+        },
+        flush: config.cache != CacheMode::Unsafe,
+    }
+}
+
+/// A configured rate limiter as the device's limiter takes it (the same buckets; a missing burst
+/// is none).
+pub fn rate_limit(config: &RateLimiterConfig) -> RateLimit {
+    let bucket = |b: &TokenBucket| Bucket {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time: b.refill_time,
+    };
+    RateLimit { bandwidth: config.bandwidth.as_ref().map(bucket), ops: config.ops.as_ref().map(bucket) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_rate_limiter_keeps_its_buckets() {
+        let config = RateLimiterConfig {
+            bandwidth: Some(TokenBucket { size: 1 << 20, one_time_burst: Some(4096), refill_time: 100 }),
+            ops: Some(TokenBucket::per_second(500)),
+        };
+        let limit = rate_limit(&config);
+        assert_eq!(limit.bandwidth, Some(Bucket { size: 1 << 20, one_time_burst: 4096, refill_time: 100 }));
+        assert_eq!(limit.ops, Some(Bucket { size: 500, one_time_burst: 0, refill_time: 1000 }));
+        assert_eq!(rate_limit(&RateLimiterConfig::default()), RateLimit::default());
+    }
 }

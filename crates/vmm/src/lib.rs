@@ -41,7 +41,7 @@ pub enum Error {
     Config(#[from] model::config::ConfigError),
     #[error("cannot set up the device {name}: {reason}")]
     Device { name: &'static str, reason: String },
-    #[error("cannot open disk {path}: {source}")]
+    #[error("{}", source.describe(path))]
     Disk { path: PathBuf, source: crate::disks::DiskOpenError },
     #[error("cannot set up tap {tap}: {source}")]
     Tap { tap: String, source: virtio::net::TapError },

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, VmFd};
+use storage::open::ImageLock;
 use virtio::balloon::{Balloon, BalloonControl, BalloonSettings};
 use virtio::block::BlockControl;
 use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
@@ -63,6 +64,8 @@ pub struct VirtioControls {
     pub balloon: Option<BalloonControl>,
     /// Each disk's backing file, in the order of the configuration's disks.
     pub disks: Vec<BlockControl>,
+    /// Each disk's image lock, in the same order (a disk given its own image again keeps it).
+    pub disk_locks: Vec<ImageLock>,
     /// What each device counts.
     pub metrics: DeviceMetrics,
 }
@@ -81,10 +84,11 @@ pub(crate) fn create_device(
             Box::new(rng)
         }
         VirtioConfig::Block(disk) => {
-            let block = crate::disks::open_block(disk)
+            let (block, lock) = crate::disks::open_block(disk)
                 .map_err(|source| Error::Disk { path: disk.path.clone(), source })?;
             controls.metrics.add_block(&disk_key(disk), block.metrics());
             controls.disks.push(block.control());
+            controls.disk_locks.push(lock);
             Box::new(block)
         }
         VirtioConfig::Net(config) => {

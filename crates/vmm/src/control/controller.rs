@@ -66,7 +66,7 @@ struct InFlight {
     operation: Operation,
     reply: Reply,
     /// A drive update's drive ID and new path, recorded in the configuration once it succeeded.
-    drive_update: Option<(String, String)>,
+    drive_update: Option<PartialDrive>,
 }
 
 /// Reports a panicked operation thread to the controller, so that its client gets an answer and
@@ -193,7 +193,7 @@ impl<L: Launcher> Controller<L> {
         &mut self,
         operation: Operation,
         reply: &Reply,
-        drive_update: Option<(String, String)>,
+        drive_update: Option<PartialDrive>,
         work: impl FnOnce() -> Result<(), EngineError> + Send + 'static,
     ) -> Result<(), ControlError> {
         if let Some(operation) = self.operation() {
@@ -218,8 +218,8 @@ impl<L: Launcher> Controller<L> {
             Operation::DriveUpdate => "Cannot update the drive",
         };
         let answer = result.map(|()| VmmResponse::NoContent).map_err(vm_error(context));
-        if let (Ok(_), Some((id, path))) = (&answer, drive_update) {
-            self.resources.record_drive_path(&id, &path);
+        if let (Ok(_), Some(update)) = (&answer, drive_update) {
+            self.resources.record_drive_update(&update);
         }
         let _ = reply.send(answer);
     }
@@ -257,7 +257,7 @@ impl<L: Launcher> Controller<L> {
                 let machine = self.patched_machine_config(fields)?;
                 self.configure(|r| r.set_machine_config(machine))
             }
-            VmmRequest::PutDrive { id, drive } => self.configure(|r| r.put_drive(&id, drive)),
+            VmmRequest::PutDrive { id, drive } => self.configure(|r| r.put_drive(&id, *drive)),
             VmmRequest::PutNetworkInterface { id, interface } => {
                 self.configure(|r| r.put_network_interface(&id, interface))
             }
@@ -369,10 +369,9 @@ impl<L: Launcher> Controller<L> {
             return Err(ControlError::Busy { operation });
         }
         let vm = self.vm()?;
-        let (index, path) = self.resources.check_drive_update(id, update)?;
-        let recorded = (id.to_owned(), path.to_string_lossy().into_owned());
-        self.start_operation(Operation::DriveUpdate, reply, Some(recorded), move || {
-            vm.update_drive(index, &path)
+        let checked = self.resources.check_drive_update(id, update)?;
+        self.start_operation(Operation::DriveUpdate, reply, Some(update.clone()), move || {
+            vm.update_drive(&checked)
         })
     }
 

@@ -2,12 +2,11 @@
 //! [`crate::builder`] and keeps it for the main thread to run; [`VmHandle`] is the running VM's
 //! [`VmControl`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use model::api::BalloonStats;
 
-use super::{EngineError, Launch, Launcher, VmControl};
+use super::{DriveUpdate, EngineError, Launch, Launcher, VmControl};
 use crate::snapshot::SnapshotRequest;
 use crate::vm::{Vm, VmHandle};
 
@@ -104,7 +103,7 @@ impl VmControl for VmHandle {
         Ok(self.devices().set_balloon_stats_interval(seconds)?)
     }
 
-    fn update_drive(&self, index: usize, path: &Path) -> Result<(), EngineError> {
-        Ok(self.devices().replace_disk(index, path)?)
+    fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError> {
+        Ok(self.devices().update_disk(update)?)
     }
 }

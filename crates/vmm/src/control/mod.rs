@@ -22,6 +22,7 @@ pub use controller::{Controller, ControllerSettings, Pending};
 pub use engine::KvmLauncher;
 use model::api::BalloonStats;
 use model::config::VmConfig;
+pub use model::resources::DriveUpdate;
 
 use crate::builder::RestoreOptions;
 use crate::snapshot::SnapshotRequest;
@@ -62,9 +63,9 @@ pub trait VmControl: Send + Sync {
     fn balloon_statistics(&self) -> Result<BalloonStats, EngineError>;
     /// `PATCH /balloon/statistics`: a new interval (statistics cannot be turned on or off).
     fn update_balloon_stats_interval(&self, seconds: u16) -> Result<(), EngineError>;
-    /// `PATCH /drives/{drive_id}`: disk `index` (in the order of the VM configuration's disks)
-    /// is the file at `path` from now on.
-    fn update_drive(&self, index: usize, path: &Path) -> Result<(), EngineError>;
+    /// `PATCH /drives/{drive_id}`: disk `update.index` (in the order of the VM configuration's
+    /// disks) takes the new file (opened as `update.disk` says) and rate limiter it names.
+    fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError>;
 }
 
 /// `PUT /metrics` and `FlushMetrics`: the process's metrics writer, which lives with the binary.

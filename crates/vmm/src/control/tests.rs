@@ -1,7 +1,6 @@
 //! The controller with a fake engine: snapshots and drive updates run off the loop while other
 //! requests are answered, and conflicting requests are refused until they report back.
 
-use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
@@ -45,7 +44,7 @@ impl VmControl for GatedVm {
     fn update_balloon_stats_interval(&self, _seconds: u16) -> Result<(), EngineError> {
         Ok(())
     }
-    fn update_drive(&self, _index: usize, _path: &Path) -> Result<(), EngineError> {
+    fn update_drive(&self, _update: &DriveUpdate) -> Result<(), EngineError> {
         self.wait_at_gate()
     }
 }
@@ -93,10 +92,11 @@ fn paused_vm() -> (Controller<GatedLauncher>, ControlSender, mpsc::Sender<Result
         rate_limiter: None,
         io_engine: None,
         socket: None,
+        kestrel: None,
     };
     for request in [
         VmmRequest::PutBootSource(boot),
-        VmmRequest::PutDrive { id: "rootfs".into(), drive },
+        VmmRequest::PutDrive { id: "rootfs".into(), drive: Box::new(drive) },
         VmmRequest::Action(ActionType::InstanceStart),
         VmmRequest::PatchVm(VmStateValue::Paused),
     ] {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use virtio::snapshot::VirtioSnapshot;
 
 use super::container::{self, Section, SectionWriter};
+use super::legacy_config::VmConfigV2;
 use super::memory_file::SavedRegion;
 use super::vcpu_state::VcpuState;
 use super::{SnapshotError, VmState};
@@ -103,8 +104,9 @@ pub(crate) struct ConfigSection {
 
 impl Component for ConfigSection {
     const NAME: &'static str = "config";
-    /// 1: the configuration alone. 2: and the disks' capacities.
-    const VERSION: u32 = 2;
+    /// 1: the configuration alone. 2: and the disks' capacities. 3: disks have a format, a cache
+    /// mode, a backing-file rule, queues, an I/O engine and a rate limiter.
+    const VERSION: u32 = 3;
 
     fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         encode(Self::NAME, self)
@@ -112,8 +114,15 @@ impl Component for ConfigSection {
 
     fn decode(version: u32, payload: &[u8]) -> Result<Self, SnapshotError> {
         match version {
-            1 => Ok(ConfigSection { config: decode_exact(Self::NAME, payload)?, disk_sectors: Vec::new() }),
-            2 => decode_exact(Self::NAME, payload),
+            1 => {
+                let config: VmConfigV2 = decode_exact(Self::NAME, payload)?;
+                Ok(ConfigSection { config: config.into(), disk_sectors: Vec::new() })
+            }
+            2 => {
+                let (config, disk_sectors): (VmConfigV2, Vec<u64>) = decode_exact(Self::NAME, payload)?;
+                Ok(ConfigSection { config: config.into(), disk_sectors })
+            }
+            3 => decode_exact(Self::NAME, payload),
             found => Err(unsupported(Self::NAME, found, Self::VERSION)),
         }
     }
@@ -218,6 +227,7 @@ fn decode_payload(payload: &[u8]) -> Result<VmState, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BlockConfig, VirtioConfig};
     use crate::snapshot::testing::sample_state;
 
     fn encoded() -> Vec<u8> {
@@ -254,23 +264,47 @@ mod tests {
         assert_eq!(again, bytes, "what is read writes back the same bytes");
     }
 
-    /// A version 1 config section (no disk capacities) from an older Kestrel still reads, with
-    /// the capacities left unknown; a version 3 one is refused by name.
+    /// Version 1 and 2 config sections (disks without options; v1 without disk capacities) from
+    /// an older Kestrel still read, each disk a writeback raw image; a version 2 cmos section is
+    /// refused by name.
     #[test]
-    fn an_older_config_section_is_upgraded_and_a_newer_one_refused() {
+    fn older_config_sections_are_upgraded_and_a_newer_section_refused() {
         let bytes = encoded();
-        let older = reframed(&bytes, |section, writer| {
-            if section.name == "config" {
-                let current: ConfigSection = decode_exact("config", section.payload).unwrap();
-                let v1 = postcard::to_allocvec(&current.config).unwrap();
-                writer.section("config", 1, &v1).unwrap();
-            } else {
-                writer.section(section.name, section.version, section.payload).unwrap();
-            }
-        });
-        let state = read_state(&mut older.as_slice()).unwrap();
-        assert!(state.disk_sectors.is_empty());
-        assert_eq!(state.config.vcpus, 2);
+        for version in [1, 2] {
+            let older = reframed(&bytes, |section, writer| {
+                if section.name == "config" {
+                    let current: ConfigSection = decode_exact("config", section.payload).unwrap();
+                    let old = super::super::legacy_config::downgrade(&current.config);
+                    let payload = match version {
+                        1 => postcard::to_allocvec(&old).unwrap(),
+                        _ => postcard::to_allocvec(&(old, &current.disk_sectors)).unwrap(),
+                    };
+                    writer.section("config", version, &payload).unwrap();
+                } else {
+                    writer.section(section.name, section.version, section.payload).unwrap();
+                }
+            });
+            let state = read_state(&mut older.as_slice()).unwrap();
+            assert_eq!(state.disk_sectors.is_empty(), version == 1);
+            assert_eq!(state.config.vcpus, 2);
+            let sample = sample_state().config.virtio;
+            let disks: Vec<_> = state
+                .config
+                .virtio
+                .iter()
+                .zip(&sample)
+                .filter_map(|pair| match pair {
+                    (VirtioConfig::Block(old), VirtioConfig::Block(now)) => Some((old.clone(), now.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(disks.len(), 1);
+            let (old, now) = &disks[0];
+            assert_eq!(
+                *old,
+                BlockConfig { read_only: now.read_only, id: now.id.clone(), ..BlockConfig::new(&now.path) }
+            );
+        }
 
         let newer = reframed(&bytes, |section, writer| {
             let version = if section.name == "cmos" { 2 } else { section.version };

@@ -60,3 +60,26 @@ fn every_older_golden_state_still_decodes() {
     }
     assert!(checked >= 1, "no golden state in {}", testdata().display());
 }
+
+/// The state Kestrel wrote before disks had options restores them as they were: a writeback raw
+/// image with one queue.
+#[test]
+fn a_state_from_before_disk_options_restores_a_raw_writeback_disk() {
+    let bytes = std::fs::read(testdata().join("state-v2-2026-12-03.bin")).unwrap();
+    let state = read_state(&mut bytes.as_slice()).unwrap();
+    let disks: Vec<_> = state
+        .config
+        .virtio
+        .iter()
+        .filter_map(|device| match device {
+            crate::config::VirtioConfig::Block(disk) => Some(disk.clone()),
+            _ => None,
+        })
+        .collect();
+    let expected = crate::config::BlockConfig {
+        id: Some("rootfs".into()),
+        ..crate::config::BlockConfig::new("/images/rootfs.ext4")
+    };
+    assert_eq!(disks, [expected]);
+    assert_eq!(state.disk_sectors, [2048]);
+}

@@ -12,6 +12,7 @@
 mod components;
 mod container;
 mod file;
+mod legacy_config;
 pub(crate) mod memory_file;
 pub mod memory_stream;
 pub(crate) mod restore_checks;
@@ -96,7 +97,7 @@ pub enum SnapshotError {
     MissingComponent(&'static str),
     #[error("cannot read or write the state stream: {0}")]
     Stream(std::io::Error),
-    #[error("drive {drive:?}: {path}: {problem}")]
+    #[error("drive {drive:?}: {}", problem.describe(path))]
     Disk { drive: String, path: PathBuf, problem: restore_checks::DiskProblem },
     #[error("the snapshot has no drive {0:?} to override")]
     UnknownDrive(String),

@@ -4,26 +4,20 @@
 //! edits it.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use storage::open::{open_disk, DiskSpec, OpenError};
 use virtio::snapshot::VirtioSnapshot;
 
 use super::memory_file::layout_of;
 use super::{SnapshotError, VmState};
-use crate::config::{VirtioConfig, VirtioTransport, VmConfig};
+use crate::config::{BlockConfig, CacheMode, VirtioConfig, VirtioTransport, VmConfig};
 
 /// Why a disk named by a snapshot (or by an override of it) cannot be the guest's disk.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskProblem {
-    #[error("cannot open it: {0}")]
-    Open(std::io::Error),
-    #[error("it is neither a regular file nor a block device")]
-    NotAFileOrBlockDevice,
-    #[error("cannot find its size: {0}")]
-    Size(std::io::Error),
+    #[error("{0}")]
+    Open(OpenError),
     #[error(
         "it has {found} sectors of 512 bytes; the guest's disk had {expected} when the snapshot was taken"
     )]
@@ -32,19 +26,27 @@ pub enum DiskProblem {
     Unconfirmed,
 }
 
-/// Checks that `path` can serve as a disk of `expected` sectors (when known): opened
-/// non-blocking, so a FIFO cannot stall the restore (and the API with it); a regular file or a
-/// block device, checked on the open file; of the capacity the guest saw, so that a mistaken
-/// path (`/etc/passwd`) does not become its disk.
-pub fn check_disk(path: &Path, expected: Option<u64>) -> Result<(), DiskProblem> {
-    let mut file =
-        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(DiskProblem::Open)?;
-    let file_type = file.metadata().map_err(DiskProblem::Open)?.file_type();
-    if !file_type.is_file() && !file_type.is_block_device() {
-        return Err(DiskProblem::NotAFileOrBlockDevice);
+impl DiskProblem {
+    /// The problem with the disk at `path`, naming the path once (the storage crate's errors
+    /// name it already).
+    pub fn describe(&self, path: &Path) -> String {
+        match self {
+            DiskProblem::Open(error) => error.to_string(),
+            other => format!("{}: {other}", path.display()),
+        }
     }
-    // Seeking to the end works for block devices too, whose metadata says 0.
-    let found = file.seek(SeekFrom::End(0)).map_err(DiskProblem::Size)? / 512;
+}
+
+/// Checks that `disk` can serve as the guest's disk of `expected` sectors (when known): opened
+/// as the disk will be (its format: a qcow2 image's capacity is not its file's length), through
+/// the storage crate's factory, so a FIFO cannot stall the restore (and the API with it), only a
+/// regular file or a block device is taken, and an image another VM writes is refused; of the
+/// capacity the guest saw, so that a mistaken path (`/etc/passwd`) does not become its disk.
+pub fn check_disk(disk: &BlockConfig, expected: Option<u64>) -> Result<(), DiskProblem> {
+    // Read-only, through the page cache: only the capacity is read here, and the lock is let go
+    // before the device opens the image as the configuration says.
+    let spec = DiskSpec { read_only: true, cache: CacheMode::Writeback, ..DiskSpec::of(disk) };
+    let found = open_disk(&disk.path, &spec).map_err(DiskProblem::Open)?.size / 512;
     match expected {
         Some(expected) if expected != found => Err(DiskProblem::WrongSize { found, expected }),
         _ => Ok(()),
@@ -92,7 +94,7 @@ pub fn apply_drive_paths(
         let checked = if expected.is_none() && overridden.is_none() {
             Err(DiskProblem::Unconfirmed)
         } else {
-            check_disk(&disk.path, expected)
+            check_disk(disk, expected)
         };
         checked.map_err(|problem| SnapshotError::Disk {
             drive: drive_name(disk.id.as_deref(), &disk.path),
@@ -153,21 +155,33 @@ mod tests {
         let fifo = dir.path().join("fifo");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         let started = Instant::now();
+        let check = |path: &Path, expected| check_disk(&BlockConfig::new(path), expected);
+        let not_a_disk = |result: Result<(), DiskProblem>| {
+            matches!(result, Err(DiskProblem::Open(OpenError::NotADisk { .. })))
+        };
         // Without the non-blocking open this would wait for a writer for ever.
-        assert!(matches!(check_disk(&fifo, Some(8)), Err(DiskProblem::NotAFileOrBlockDevice)));
+        assert!(not_a_disk(check(&fifo, Some(8))));
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(matches!(check_disk(dir.path(), None), Err(DiskProblem::NotAFileOrBlockDevice)));
-        assert!(matches!(check_disk(Path::new("/dev/null"), None), Err(DiskProblem::NotAFileOrBlockDevice)));
+        assert!(not_a_disk(check(dir.path(), None)));
+        assert!(not_a_disk(check(Path::new("/dev/null"), None)));
         let passwd = dir.path().join("passwd");
         std::fs::write(&passwd, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
         assert!(matches!(
-            check_disk(&passwd, Some(2048)),
+            check(&passwd, Some(2048)),
             Err(DiskProblem::WrongSize { found: 0, expected: 2048 })
         ));
         let disk = image(dir.path(), "disk", 2048);
-        assert!(check_disk(&disk, Some(2048)).is_ok());
-        assert!(matches!(check_disk(&disk, Some(2047)), Err(DiskProblem::WrongSize { .. })));
-        assert!(matches!(check_disk(&dir.path().join("none"), None), Err(DiskProblem::Open(_))));
+        assert!(check(&disk, Some(2048)).is_ok());
+        assert!(matches!(check(&disk, Some(2047)), Err(DiskProblem::WrongSize { .. })));
+        assert!(matches!(
+            check(&dir.path().join("none"), None),
+            Err(DiskProblem::Open(OpenError::Open { .. }))
+        ));
+        // An image another VM writes is refused, with the lock's message.
+        let writer = open_disk(&disk, &DiskSpec::of(&BlockConfig::new(&disk))).unwrap();
+        let error = check(&disk, Some(2048)).unwrap_err().to_string();
+        assert!(error.contains("the image is in use"), "{error}");
+        drop(writer);
     }
 
     #[test]

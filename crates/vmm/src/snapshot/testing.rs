@@ -16,7 +16,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::memory_file::layout_of;
 use super::vcpu_state::VcpuState;
 use super::VmState;
-use crate::config::{BalloonConfig, BlockConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig};
+use crate::config::{
+    BalloonConfig, BlockConfig, CacheMode, ImageFormat, IoEngine, RateLimiterConfig, SerialConfig,
+    TokenBucket, VirtioConfig, VirtioTransport, VmConfig,
+};
 
 /// An interrupt sink that drops everything: restores in tests reach no KVM.
 pub struct NoInterrupts;
@@ -46,9 +49,22 @@ pub fn sample_config() -> VmConfig {
         virtio: vec![
             VirtioConfig::Rng,
             VirtioConfig::Block(BlockConfig {
-                path: "/images/rootfs.ext4".into(),
-                read_only: false,
                 id: Some("rootfs".into()),
+                // Raw, so the restore checks' tests can use a plain file in its place.
+                format: ImageFormat::Raw,
+                cache: CacheMode::None,
+                allow_backing: false,
+                num_queues: 2,
+                io_engine: IoEngine::Async,
+                rate_limiter: Some(RateLimiterConfig {
+                    bandwidth: Some(TokenBucket {
+                        size: 1 << 20,
+                        one_time_burst: Some(4096),
+                        refill_time: 100,
+                    }),
+                    ops: None,
+                }),
+                ..BlockConfig::new("/images/rootfs.img")
             }),
             VirtioConfig::Balloon(BALLOON),
         ],

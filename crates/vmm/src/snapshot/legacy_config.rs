@@ -1,0 +1,108 @@
+//! The configuration as older `config` sections encoded it, read and brought up to today's
+//! [`VmConfig`]. Postcard is not self-describing, so each old shape is spelled out here, field
+//! for field and variant for variant in the order it had.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::{
+    BalloonConfig, BlockConfig, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig, VsockConfig,
+};
+
+/// `VmConfig` in `config` sections 1 and 2: its disks had no options.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct VmConfigV2 {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    vcpus: u8,
+    memory_bytes: u64,
+    serial: SerialConfig,
+    virtio: Vec<VirtioConfigV2>,
+    transport: VirtioTransport,
+    track_dirty_pages: bool,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+enum VirtioConfigV2 {
+    Rng,
+    Block(BlockConfigV2),
+    Net(NetConfig),
+    Balloon(BalloonConfig),
+    Vsock(VsockConfig),
+}
+
+/// A disk before formats, cache modes, queues and rate limiters: a writeback raw image.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct BlockConfigV2 {
+    path: PathBuf,
+    read_only: bool,
+    id: Option<String>,
+}
+
+impl From<VmConfigV2> for VmConfig {
+    fn from(old: VmConfigV2) -> VmConfig {
+        let virtio = old
+            .virtio
+            .into_iter()
+            .map(|device| match device {
+                VirtioConfigV2::Rng => VirtioConfig::Rng,
+                VirtioConfigV2::Block(disk) => VirtioConfig::Block(BlockConfig {
+                    read_only: disk.read_only,
+                    id: disk.id,
+                    ..BlockConfig::new(disk.path)
+                }),
+                VirtioConfigV2::Net(net) => VirtioConfig::Net(net),
+                VirtioConfigV2::Balloon(balloon) => VirtioConfig::Balloon(balloon),
+                VirtioConfigV2::Vsock(vsock) => VirtioConfig::Vsock(vsock),
+            })
+            .collect();
+        VmConfig {
+            kernel: old.kernel,
+            initrd: old.initrd,
+            cmdline: old.cmdline,
+            vcpus: old.vcpus,
+            memory_bytes: old.memory_bytes,
+            serial: old.serial,
+            virtio,
+            transport: old.transport,
+            track_dirty_pages: old.track_dirty_pages,
+        }
+    }
+}
+
+/// Today's configuration in the old shape (the disks' options dropped), to make old sections in
+/// tests.
+#[cfg(test)]
+pub(super) fn downgrade(config: &VmConfig) -> VmConfigV2 {
+    let virtio = config
+        .virtio
+        .iter()
+        .map(|device| match device.clone() {
+            VirtioConfig::Rng => VirtioConfigV2::Rng,
+            VirtioConfig::Block(disk) => VirtioConfigV2::Block(BlockConfigV2 {
+                path: disk.path,
+                read_only: disk.read_only,
+                id: disk.id,
+            }),
+            VirtioConfig::Net(net) => VirtioConfigV2::Net(net),
+            VirtioConfig::Balloon(balloon) => VirtioConfigV2::Balloon(balloon),
+            VirtioConfig::Vsock(vsock) => VirtioConfigV2::Vsock(vsock),
+        })
+        .collect();
+    VmConfigV2 {
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        cmdline: config.cmdline.clone(),
+        vcpus: config.vcpus,
+        memory_bytes: config.memory_bytes,
+        serial: config.serial.clone(),
+        virtio,
+        transport: config.transport,
+        track_dirty_pages: config.track_dirty_pages,
+    }
+}
