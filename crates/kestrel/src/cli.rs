@@ -139,9 +139,10 @@ pub struct RunArgs {
     /// qcow2; it is never guessed from the file, so name qcow2 images as such. readonly=on opens
     /// the image read-only and the guest's writes fail; id= is the serial number the guest reads
     /// (at most 20 bytes, by default the file name). cache=writeback (default: a guest's flush is
-    /// an fdatasync), none (O_DIRECT, around the host's page cache) or unsafe (flushes do nothing).
-    /// backing=off refuses a qcow2 image that has a backing file. queues=N gives 1 to 16 request
-    /// queues; engine=sync (a worker thread, default) or async (io_uring). bw= limits the bytes
+    /// an fdatasync), none (O_DIRECT, around the host's page cache) or unsafe (the guest is offered
+    /// no flush: for scratch disks). backing=off refuses a qcow2 image that has a backing file.
+    /// queues=N gives 1 to 16 request queues; engine=async (default: many requests in flight,
+    /// io_uring for raw images, a thread pool for qcow2) or sync (one at a time). bw= limits the bytes
     /// per second (256M, 1G), iops= the requests per second. A path cannot contain a comma. The
     /// image is locked as QEMU locks it: one writer, or any number of readers.
     /// Example: --disk path=rootfs.ext4 --disk path=vm.qcow2,format=qcow2,cache=none,queues=2

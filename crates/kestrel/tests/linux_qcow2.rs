@@ -59,13 +59,18 @@ fn linux_on_qcow2_leaves_images_qemu_img_finds_clean_even_after_a_crash() {
         return;
     };
     let _serial = one_boot_at_a_time();
-    eprintln!("tier 3: Linux writes ext4 into a qcow2 overlay, then is killed while writing a second qcow2 disk");
+    eprintln!(
+        "tier 3: Linux writes ext4 into a qcow2 overlay, then is killed while writing a second qcow2 disk"
+    );
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
     std::fs::copy(&rootfs, &base).unwrap();
     let base_before = std::fs::read(&base).unwrap();
     let overlay = dir.path().join("overlay.qcow2");
-    run_tool(&qemu_img, &["create", "-q", "-f", "qcow2", "-b", path_str(&base), "-F", "raw", path_str(&overlay)]);
+    run_tool(
+        &qemu_img,
+        &["create", "-q", "-f", "qcow2", "-b", path_str(&base), "-F", "raw", path_str(&overlay)],
+    );
     let crash = dir.path().join("crash.qcow2");
     run_tool(&qemu_img, &["create", "-q", "-f", "qcow2", path_str(&crash), "128M"]);
 
