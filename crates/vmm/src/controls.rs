@@ -135,3 +135,72 @@ impl DeviceControls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::config::{BlockConfig, RateLimiterConfig, TokenBucket};
+    use crate::disks::open_block;
+    use crate::snapshot::testing::{sample_config, NoInterrupts};
+
+    /// Controls over the one disk `disk` configures, and its device.
+    fn controls_over(disk: &BlockConfig) -> (DeviceControls, virtio::block::Block) {
+        let (block, lock) = open_block(disk).unwrap();
+        let i8042 = I8042::new(EventFd::new(EFD_NONBLOCK).unwrap(), Arc::new(NoInterrupts));
+        let config = VmConfig { virtio: vec![VirtioConfig::Block(disk.clone())], ..sample_config() };
+        let controls = DeviceControls {
+            i8042: Arc::new(Mutex::new(i8042)),
+            balloon: None,
+            disks: vec![block.control()],
+            disk_locks: Arc::new(Mutex::new(vec![lock])),
+            config: Arc::new(Mutex::new(config)),
+        };
+        (controls, block)
+    }
+
+    fn configured_disk(controls: &DeviceControls) -> BlockConfig {
+        match &controls.config.lock().unwrap().virtio[0] {
+            VirtioConfig::Block(block) => block.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn image(dir: &Path) -> BlockConfig {
+        let path = dir.join("disk.img");
+        std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+        BlockConfig::new(path)
+    }
+
+    #[test]
+    fn a_patched_limiter_reaches_the_device_and_the_vm_config_even_if_the_new_file_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = image(dir.path());
+        let (controls, block) = controls_over(&disk);
+        assert_eq!(block.control().rate_limit(), Default::default(), "no limit configured");
+
+        let limiter = RateLimiterConfig { bandwidth: None, ops: Some(TokenBucket::per_second(200)) };
+        let limited = BlockConfig { rate_limiter: Some(limiter), ..disk.clone() };
+        let update = DriveUpdate { index: 0, path: None, rate_limiter: Some(limiter), disk: limited.clone() };
+        controls.update_disk(&update).unwrap();
+        assert_eq!(block.control().rate_limit(), rate_limit(&limiter));
+        assert_eq!(configured_disk(&controls), limited);
+
+        // Lifted (a limiter without buckets), with a new file that cannot be opened: the limiter
+        // is changed and recorded, the file is not.
+        let missing = dir.path().join("missing.img");
+        let lifted = RateLimiterConfig::default();
+        let update = DriveUpdate {
+            index: 0,
+            path: Some(missing.clone()),
+            rate_limiter: Some(lifted),
+            disk: BlockConfig { path: missing, rate_limiter: Some(lifted), ..disk.clone() },
+        };
+        assert!(matches!(controls.update_disk(&update), Err(ControlError::Disk { .. })));
+        assert_eq!(block.control().rate_limit(), Default::default());
+        assert_eq!(configured_disk(&controls), BlockConfig { rate_limiter: Some(lifted), ..disk });
+    }
+}
