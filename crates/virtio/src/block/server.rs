@@ -104,6 +104,9 @@ pub struct BlockHandler<B: DiskBackend + ?Sized> {
     context: Context<B>,
     /// The queue of each backend descriptor (engine eventfd) the worker waits on.
     engine_queues: Vec<usize>,
+    /// The queue served first when the limiter's timer fires, turn by turn: the first takes the
+    /// budget that came back, so a fixed order would starve the last queues of a busy device.
+    first_throttled: usize,
 }
 
 impl<B: DiskBackend + ?Sized> BlockHandler<B> {
@@ -143,7 +146,7 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
             });
         }
         let context = Context { memory, interrupt, guest_errors, metrics, disk, limiter, mode };
-        Ok(BlockHandler { queues: servers, context, engine_queues })
+        Ok(BlockHandler { queues: servers, context, engine_queues, first_throttled: 0 })
     }
 
     /// Takes every available request of queue `index` (while its engine has room), then
@@ -250,7 +253,10 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
             // refused again re-arms the timer).
             Err(e) => tracing::error!("virtio-blk: cannot read the rate limiter's timer: {e}"),
         }
-        for index in 0..self.queues.len() {
+        let count = self.queues.len();
+        let first = self.first_throttled % count.max(1);
+        self.first_throttled = first + 1;
+        for index in (first..count).chain(0..first) {
             if std::mem::take(&mut self.queues[index].throttled) {
                 self.process_requests(index);
             }

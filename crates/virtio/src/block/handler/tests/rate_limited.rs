@@ -223,6 +223,32 @@ fn one_limiter_covers_every_queue() {
     assert!(read_guest(&memory, DATA + 0x3000, 512).iter().all(|&b| b == 3));
 }
 
+#[test]
+fn throttled_queues_take_turns_at_the_budget_that_comes_back() {
+    let (_dir, path) = patterned_disk();
+    let memory = memory();
+    let first = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+    let second = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+    add_chains(&first, &reads(&memory, 0, 4), 0);
+    add_chains(&second, &reads(&memory, 4, 4), 0);
+    let queues = vec![queue_of(&first), queue_of(&second)];
+    // One request at a time, one per 20 ms: each timer lets exactly one through.
+    let (mut handler, _) = limited_handler(&memory, queues, &path, ON_THE_SPOT, limiter(ops(1, 20)));
+    handler.process_queue(0);
+    handler.process_queue(1);
+    let done = |mock| used_entries(&memory, mock, 16).len();
+    assert_eq!((done(&first), done(&second)), (1, 0));
+    for _ in 0..50 {
+        if done(&first) + done(&second) == 8 {
+            return;
+        }
+        timer_fires(&mut handler);
+        // Served in a fixed order, the first queue would take every request before the second.
+        assert!(done(&first) <= done(&second) + 2, "{} against {}", done(&first), done(&second));
+    }
+    panic!("not every request was served: {} and {}", done(&first), done(&second));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
