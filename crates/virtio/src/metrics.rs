@@ -116,6 +116,9 @@ counter_group! {
         invalid_reqs_count,
         /// Requests the host's storage failed.
         execute_fails,
+        /// Times a queue stopped taking requests because the disk's rate limiter had no budget
+        /// left for the next one (Firecracker's name).
+        rate_limiter_throttled_events,
     }
 }
 

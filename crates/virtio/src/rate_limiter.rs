@@ -182,7 +182,8 @@ impl RateLimiter {
     }
 
     /// Replaces both buckets (a PATCH): each starts full, with its one-time burst, as a new
-    /// limiter's would. A pending timer stays armed; the worker retries when it fires.
+    /// limiter's would. The timer is armed to fire at once: a worker waiting for the old buckets
+    /// (perhaps for a long time, or for a limit now removed) looks again now.
     pub fn update(&mut self, config: RateLimit) -> Result<(), RateLimitError> {
         self.update_at(config, Instant::now())
     }
@@ -191,6 +192,11 @@ impl RateLimiter {
         let bandwidth = bucket(config.bandwidth, "bandwidth", now)?;
         let ops = bucket(config.ops, "ops", now)?;
         (self.config, self.bandwidth, self.ops) = (config, bandwidth, ops);
+        // A zero duration would disarm it; if arming fails (it cannot with a valid timerfd), the
+        // worker still looks again at its next queue notification or pending timer.
+        if let Err(e) = self.timer.reset(Duration::from_nanos(1), None) {
+            tracing::error!("cannot arm the rate limiter's timer: {e}");
+        }
         Ok(())
     }
 
@@ -420,6 +426,12 @@ mod tests {
         assert_eq!(limiter.config(), ops_only);
         assert_eq!(limiter.consume_at(1 << 30, start), Ok(()));
         assert_eq!(limiter.consume_at(1, start), Err(Duration::from_secs(1)));
+
+        // The worker is woken to look at the new buckets.
+        let mut poll = libc::pollfd { fd: limiter.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes the one pollfd, which lives across the call.
+        assert_eq!(unsafe { libc::poll(&mut poll, 1, 10_000) }, 1, "the update did not wake the worker");
+        assert!(limiter.event_handler().unwrap());
 
         let absurd = bandwidth(1, 0, u64::MAX);
         let error = limiter.update_at(absurd, start).unwrap_err();

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 use virtio::block::BlockControl;
+use virtio::rate_limiter::RateLimitError;
 
 use storage::open::{DiskSpec, ImageLock};
 
-use crate::disks::{open_backend, DiskOpenError};
+use crate::disks::{open_backend, rate_limit, DiskOpenError};
 
 use crate::builder::DeviceHandles;
-use crate::config::{VirtioConfig, VmConfig};
+use crate::config::{BlockConfig, VirtioConfig, VmConfig};
 use crate::control::DriveUpdate;
 
 /// Why a device could not take a change.
@@ -33,8 +34,8 @@ pub enum ControlError {
     NoDisk { index: usize, count: usize },
     #[error("{}", source.describe(path))]
     Disk { path: PathBuf, source: DiskOpenError },
-    #[error("this build's disks cannot change their rate limiter while the VM runs")]
-    RateLimiterUnavailable,
+    #[error("cannot change the disk's rate limiter: {0}")]
+    RateLimiter(#[from] RateLimitError),
 }
 
 /// Handles on the devices the API changes; cheap to clone, usable from any thread.
@@ -89,15 +90,20 @@ impl DeviceControls {
     }
 
     /// `PATCH /drives`: gives disk `update.index` (counted in the configuration's order of disks)
-    /// its new file, opened as the disk was (format, read-only or not, cache mode), and its new
-    /// rate limiter. The guest's driver is told its capacity changed; requests under way finish
-    /// on the old file.
+    /// its new rate limiter, then its new file, opened as the disk was (format, read-only or not,
+    /// cache mode). The guest's driver is told its capacity changed; requests under way finish
+    /// on the old file. The VM's configuration records what the disk took, for a snapshot and
+    /// `GET /vm/config`.
     pub fn update_disk(&self, update: &DriveUpdate) -> Result<(), ControlError> {
         let index = update.index;
         let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
         if update.rate_limiter.is_some() {
-            // TODO(virtio-blk rate limiter): hand the limiter to the device once it has one.
-            return Err(ControlError::RateLimiterUnavailable);
+            // The limiter as the disk is configured after the update (a PATCH's limiter replaces
+            // the whole limiter: a bucket it leaves out limits nothing).
+            let limiter = update.disk.rate_limiter;
+            disk.update_rate_limiter(limiter.as_ref().map(rate_limit))?;
+            // Recorded now: if the new file below cannot be opened, the disk keeps this limiter.
+            self.record(index, |block| block.rate_limiter = limiter);
         }
         if let Some(path) = &update.path {
             let failed = |source| ControlError::Disk { path: path.clone(), source };
@@ -113,14 +119,88 @@ impl DeviceControls {
                 *held = opened.lock;
             }
         }
+        self.record(index, |block| *block = update.disk.clone());
+        Ok(())
+    }
+
+    /// Changes disk `index` in the VM's configuration with `change`.
+    fn record(&self, index: usize, change: impl FnOnce(&mut BlockConfig)) {
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         let mut disks = config.virtio.iter_mut().filter_map(|device| match device {
             VirtioConfig::Block(block) => Some(block),
             _ => None,
         });
         if let Some(block) = disks.nth(index) {
-            *block = update.disk.clone();
+            change(block);
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::config::{BlockConfig, RateLimiterConfig, TokenBucket};
+    use crate::disks::open_block;
+    use crate::snapshot::testing::{sample_config, NoInterrupts};
+
+    /// Controls over the one disk `disk` configures, and its device.
+    fn controls_over(disk: &BlockConfig) -> (DeviceControls, virtio::block::Block) {
+        let (block, lock) = open_block(disk).unwrap();
+        let i8042 = I8042::new(EventFd::new(EFD_NONBLOCK).unwrap(), Arc::new(NoInterrupts));
+        let config = VmConfig { virtio: vec![VirtioConfig::Block(disk.clone())], ..sample_config() };
+        let controls = DeviceControls {
+            i8042: Arc::new(Mutex::new(i8042)),
+            balloon: None,
+            disks: vec![block.control()],
+            disk_locks: Arc::new(Mutex::new(vec![lock])),
+            config: Arc::new(Mutex::new(config)),
+        };
+        (controls, block)
+    }
+
+    fn configured_disk(controls: &DeviceControls) -> BlockConfig {
+        match &controls.config.lock().unwrap().virtio[0] {
+            VirtioConfig::Block(block) => block.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn image(dir: &Path) -> BlockConfig {
+        let path = dir.join("disk.img");
+        std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+        BlockConfig::new(path)
+    }
+
+    #[test]
+    fn a_patched_limiter_reaches_the_device_and_the_vm_config_even_if_the_new_file_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = image(dir.path());
+        let (controls, block) = controls_over(&disk);
+        assert_eq!(block.control().rate_limit(), Default::default(), "no limit configured");
+
+        let limiter = RateLimiterConfig { bandwidth: None, ops: Some(TokenBucket::per_second(200)) };
+        let limited = BlockConfig { rate_limiter: Some(limiter), ..disk.clone() };
+        let update = DriveUpdate { index: 0, path: None, rate_limiter: Some(limiter), disk: limited.clone() };
+        controls.update_disk(&update).unwrap();
+        assert_eq!(block.control().rate_limit(), rate_limit(&limiter));
+        assert_eq!(configured_disk(&controls), limited);
+
+        // Lifted (a limiter without buckets), with a new file that cannot be opened: the limiter
+        // is changed and recorded, the file is not.
+        let missing = dir.path().join("missing.img");
+        let lifted = RateLimiterConfig::default();
+        let update = DriveUpdate {
+            index: 0,
+            path: Some(missing.clone()),
+            rate_limiter: Some(lifted),
+            disk: BlockConfig { path: missing, rate_limiter: Some(lifted), ..disk.clone() },
+        };
+        assert!(matches!(controls.update_disk(&update), Err(ControlError::Disk { .. })));
+        assert_eq!(block.control().rate_limit(), Default::default());
+        assert_eq!(configured_disk(&controls), BlockConfig { rate_limiter: Some(lifted), ..disk });
     }
 }

@@ -43,11 +43,12 @@ pub fn open_backend(
 pub fn open_block(config: &BlockConfig) -> Result<(Block, ImageLock), DiskOpenError> {
     let id = disk_id(&config.path, config.id.as_deref())?;
     let opened = open_backend(&config.path, &DiskSpec::of(config), None)?;
-    Ok((Block::new(opened.backend, config.read_only, id, block_options(config)), opened.lock))
+    let block = Block::new(opened.backend, config.read_only, id, block_options(config))?;
+    Ok((block, opened.lock))
 }
 
-/// How the device serves the disk: its queues, its engine, and whether it offers a flush
-/// (`cache=unsafe` does not: Firecracker's `Unsafe`).
+/// How the device serves the disk: its queues, its engine, whether it offers a flush
+/// (`cache=unsafe` does not: Firecracker's `Unsafe`), and its rate limiter.
 pub fn block_options(config: &BlockConfig) -> BlockOptions {
     BlockOptions {
         num_queues: config.num_queues,
@@ -56,6 +57,7 @@ pub fn block_options(config: &BlockConfig) -> BlockOptions {
             IoEngine::Async => Engine::Async,
         },
         flush: config.cache != CacheMode::Unsafe,
+        rate_limit: config.rate_limiter.as_ref().map(rate_limit),
     }
 }
 
@@ -84,5 +86,15 @@ mod tests {
         assert_eq!(limit.bandwidth, Some(Bucket { size: 1 << 20, one_time_burst: 4096, refill_time: 100 }));
         assert_eq!(limit.ops, Some(Bucket { size: 500, one_time_burst: 0, refill_time: 1000 }));
         assert_eq!(rate_limit(&RateLimiterConfig::default()), RateLimit::default());
+    }
+
+    #[test]
+    fn the_device_gets_the_configured_limiter_or_none() {
+        let mut config = BlockConfig::new("disk.img");
+        assert_eq!(block_options(&config).rate_limit, None);
+        config.rate_limiter =
+            Some(RateLimiterConfig { bandwidth: None, ops: Some(TokenBucket::per_second(200)) });
+        let ops = Bucket { size: 200, one_time_burst: 0, refill_time: 1000 };
+        assert_eq!(block_options(&config).rate_limit, Some(RateLimit { bandwidth: None, ops: Some(ops) }));
     }
 }

@@ -1,6 +1,6 @@
 //! The disk a block device serves, shared by the device (its configuration space), its worker
-//! (requests) and the host's [`BlockControl`], which replaces the disk while the guest runs
-//! (Firecracker's `PATCH /drives/{id}`).
+//! (requests) and the host's [`BlockControl`], which replaces the disk or changes its rate
+//! limiter while the guest runs (Firecracker's `PATCH /drives/{id}`).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -9,6 +9,7 @@ use storage::DiskBackend;
 use super::device::{sectors_of, DiskError};
 use super::handler::Disk;
 use crate::device::{Interrupt, InterruptCause};
+use crate::rate_limiter::{RateLimit, RateLimitError, RateLimiter};
 
 /// The current disk, and the running driver's interrupt to tell it the disk changed.
 pub(super) struct SharedDisk<B: ?Sized> {
@@ -19,7 +20,7 @@ pub(super) struct SharedDisk<B: ?Sized> {
 
 /// A poisoned lock only means another thread panicked between plain assignments; the values are
 /// whole, so carry on with them rather than spread the panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -76,11 +77,28 @@ impl<B: DiskBackend + ?Sized> SharedDisk<B> {
 #[derive(Clone)]
 pub struct BlockControl {
     shared: Arc<SharedDisk<dyn DiskBackend>>,
+    /// The device's one limiter, which its worker asks before each request.
+    limiter: Arc<Mutex<RateLimiter>>,
 }
 
 impl BlockControl {
-    pub(super) fn new(shared: Arc<SharedDisk<dyn DiskBackend>>) -> BlockControl {
-        BlockControl { shared }
+    pub(super) fn new(
+        shared: Arc<SharedDisk<dyn DiskBackend>>,
+        limiter: Arc<Mutex<RateLimiter>>,
+    ) -> BlockControl {
+        BlockControl { shared, limiter }
+    }
+
+    /// Limits the guest's requests to `limit` from now on (`None`: no limit), on every queue;
+    /// the buckets start full. A worker holding requests back for the old limit looks again at
+    /// once. Nothing changes if the limit is refused ([`RateLimitError::RefillTimeTooLong`]).
+    pub fn update_rate_limiter(&self, limit: Option<RateLimit>) -> Result<(), RateLimitError> {
+        lock(&self.limiter).update(limit.unwrap_or_default())
+    }
+
+    /// The rate limit in force (no buckets when there is none).
+    pub fn rate_limit(&self) -> RateLimit {
+        lock(&self.limiter).config()
     }
 
     /// Whether the disk is read-only: a replacement must be opened the same way.
@@ -129,7 +147,8 @@ mod tests {
         let sectors = backend.size() / 512;
         let disk = Disk { backend, sectors, read_only, id: [7; ID_BYTES] };
         let shared: Arc<SharedDisk<dyn DiskBackend>> = Arc::new(SharedDisk::new(disk));
-        (BlockControl::new(shared.clone()), shared)
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default()).unwrap()));
+        (BlockControl::new(shared.clone(), limiter), shared)
     }
 
     fn first_byte(disk: &Disk<dyn DiskBackend>) -> u8 {

@@ -3,7 +3,7 @@
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use storage::DiskBackend;
 
@@ -18,6 +18,7 @@ use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::BlockMetrics;
+use crate::rate_limiter::{RateLimit, RateLimitError, RateLimiter};
 use crate::worker::Worker;
 use virtio_queue::QueueT;
 
@@ -55,6 +56,8 @@ pub enum DiskError {
     Sync(io::Error),
     #[error("the disk was replaced, but the guest could not be told: {0}")]
     Notify(io::Error),
+    #[error("its rate limiter: {0}")]
+    RateLimiter(#[from] RateLimitError),
 }
 
 /// How the device carries out requests (Firecracker's `io_engine`).
@@ -79,11 +82,15 @@ pub struct BlockOptions {
     /// Offer VIRTIO_BLK_F_FLUSH, so the guest's flushes reach the disk. False for
     /// `cache=unsafe`: the guest is told the disk has no write cache (Firecracker's `Unsafe`).
     pub flush: bool,
+    /// Token buckets for the guest's bandwidth and requests, shared by all the disk's queues;
+    /// `None` limits nothing (one can still be set while the guest runs, through
+    /// [`BlockControl::update_rate_limiter`]).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for BlockOptions {
     fn default() -> BlockOptions {
-        BlockOptions { num_queues: 1, engine: Engine::default(), flush: true }
+        BlockOptions { num_queues: 1, engine: Engine::default(), flush: true, rate_limit: None }
     }
 }
 
@@ -93,6 +100,10 @@ pub struct Block {
     features: u64,
     queue_sizes: Vec<u16>,
     engine: Engine,
+    /// Every disk has one, limiting nothing unless configured, so that a limit can be set while
+    /// the guest runs: its timer is among the worker's descriptors from the start. It outlives
+    /// the worker, so a reset does not refill the buckets.
+    limiter: Arc<Mutex<RateLimiter>>,
     metrics: Arc<BlockMetrics>,
     worker: Option<Worker>,
 }
@@ -113,13 +124,15 @@ pub(super) fn sectors_of(bytes: u64, id: &[u8; ID_BYTES]) -> u64 {
 
 impl Block {
     /// A disk over `backend`, which the VMM opened (read-only if `read_only`: the guest is then
-    /// offered a read-only disk). GET_ID returns `id` (see [`disk_id`]).
+    /// offered a read-only disk). GET_ID returns `id` (see [`disk_id`]). Fails only when the rate
+    /// limiter cannot be made ([`DiskError::RateLimiter`]: an absurd refill time, no timerfd).
     pub fn new(
         backend: Arc<dyn DiskBackend>,
         read_only: bool,
         id: [u8; ID_BYTES],
         options: BlockOptions,
-    ) -> Block {
+    ) -> Result<Block, DiskError> {
+        let limiter = RateLimiter::new(options.rate_limit.unwrap_or_default())?;
         let sectors = sectors_of(backend.size(), &id);
         let num_queues = options.num_queues.clamp(1, MAX_QUEUES);
         let mut features = VIRTIO_F_VERSION_1
@@ -136,19 +149,21 @@ impl Block {
         features |=
             if read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES };
         let disk = Disk { backend, sectors, read_only, id };
-        Block {
+        Ok(Block {
             disk: Arc::new(SharedDisk::new(disk)),
             features,
             queue_sizes: vec![super::QUEUE_SIZE; usize::from(num_queues)],
             engine: options.engine,
+            limiter: Arc::new(Mutex::new(limiter)),
             metrics: Arc::default(),
             worker: None,
-        }
+        })
     }
 
-    /// The host's handle on this disk, to replace its backing file while the guest runs.
+    /// The host's handle on this disk, to replace its backing file or change its rate limiter
+    /// while the guest runs.
     pub fn control(&self) -> BlockControl {
-        BlockControl::new(self.disk.clone())
+        BlockControl::new(self.disk.clone(), self.limiter.clone())
     }
 
     /// What the disk counts, for the VMM's metrics.
@@ -236,6 +251,7 @@ impl VirtioDevice for Block {
             context.guest_errors.clone(),
             self.metrics.clone(),
             self.disk.clone(),
+            self.limiter.clone(),
             mode,
         )
         .map_err(ActivateError::Backend)?;
@@ -264,7 +280,7 @@ mod tests {
 
     fn open(path: &Path, read_only: bool) -> Block {
         let backend = Arc::new(storage::RawFile::open(path, read_only).unwrap());
-        Block::new(backend, read_only, disk_id(path, None).unwrap(), BlockOptions::default())
+        Block::new(backend, read_only, disk_id(path, None).unwrap(), BlockOptions::default()).unwrap()
     }
 
     fn config_u32(block: &Block, offset: u64) -> u32 {

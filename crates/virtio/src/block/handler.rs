@@ -175,6 +175,33 @@ pub(super) struct Mode {
     pub flush: bool,
 }
 
+/// The data bytes a request moves, for the rate limiter's bandwidth bucket, read from its chain
+/// without taking it: a read's writable bytes (less the status byte), a write's readable bytes
+/// after the header. Flushes, GET_ID, discard and write-zeroes move no guest data and cost 0
+/// (they still count as an operation), and so does a malformed request or one larger than a
+/// request may be: it is refused without touching the disk, and charging its claimed size would
+/// let a guest run up an unbounded debt.
+pub(super) fn data_bytes(memory: &GuestRam, chain: &DescriptorChain<&GuestRam>) -> u64 {
+    let Ok(mut reader) = Reader::new(memory, chain.clone()) else { return 0 };
+    let mut header = [0u8; HEADER_BYTES];
+    if reader.read_exact(&mut header).is_err() {
+        return 0;
+    }
+    let request_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let bytes = match request_type {
+        VIRTIO_BLK_T_IN => match Writer::new(memory, chain.clone()) {
+            Ok(writer) => writer.available_bytes().saturating_sub(1),
+            Err(_) => 0,
+        },
+        VIRTIO_BLK_T_OUT => reader.available_bytes(),
+        _ => 0,
+    };
+    match bytes {
+        0..=MAX_DATA_BYTES => bytes as u64,
+        _ => 0,
+    }
+}
+
 /// Validates one request and either carries it out and writes its status byte, or hands back
 /// the transfer for an engine (`mode.defer`). Returns the used length of a finished request.
 pub(super) fn serve<B: DiskBackend + ?Sized>(
@@ -583,6 +610,12 @@ mod tests {
         GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
+    /// A rate limiter that limits nothing.
+    fn unlimited() -> Arc<std::sync::Mutex<crate::rate_limiter::RateLimiter>> {
+        let limiter = crate::rate_limiter::RateLimiter::new(Default::default()).unwrap();
+        Arc::new(std::sync::Mutex::new(limiter))
+    }
+
     /// A sparse temporary file of `SECTORS` sectors whose sector n is filled with the byte n.
     fn patterned_disk() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -598,7 +631,7 @@ mod tests {
         shared_disk_of(Arc::new(backend), read_only)
     }
 
-    fn shared_disk_of<B>(backend: Arc<B>, read_only: bool) -> Disk<B> {
+    fn shared_disk_of<B: ?Sized>(backend: Arc<B>, read_only: bool) -> Disk<B> {
         let mut id = [0u8; ID_BYTES];
         id[..9].copy_from_slice(b"test-disk");
         Disk { backend, sectors: SECTORS, read_only, id }
@@ -686,6 +719,7 @@ mod tests {
             guest_errors(),
             metrics,
             disk,
+            unlimited(),
             mode,
         )
         .unwrap();
@@ -1182,6 +1216,7 @@ mod tests {
             guest_errors(),
             Arc::default(),
             Arc::new(SharedDisk::new(raw_disk(&path, false))),
+            unlimited(),
             DEFERRED,
         )
         .unwrap();
@@ -1252,6 +1287,7 @@ mod tests {
             guest_errors(),
             Arc::default(),
             Arc::new(SharedDisk::new(shared_disk_of(backend, false))),
+            unlimited(),
             DEFERRED,
         )
         .unwrap();
@@ -1282,4 +1318,5 @@ mod tests {
 
     mod hostile;
     mod in_flight;
+    mod rate_limited;
 }

@@ -7,20 +7,25 @@
 //! the worker's model (a snapshot holds one thread, which drains and hands over every queue);
 //! the disk work itself runs in the kernel (io_uring) or the engine's threads, so the worker only
 //! parses and completes.
+//!
+//! The device's one [`RateLimiter`] (shared by every queue) is asked before each request is taken:
+//! when it has no budget left the request stays on the ring, the queue is "throttled" and served
+//! no more until the limiter's timer (another backend descriptor) fires.
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use storage::engine::{Completion, EngineKind, IoEngine};
 use storage::DiskBackend;
-use virtio_queue::{Queue, QueueState, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestAddress;
 
-use super::control::SharedDisk;
-use super::handler::{finish, serve, Done, Mode, Served};
+use super::control::{lock, SharedDisk};
+use super::handler::{data_bytes, finish, serve, Done, Mode, Served};
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::metrics::BlockMetrics;
+use crate::rate_limiter::RateLimiter;
 use crate::worker::{complete, signal_used, QueueHandler};
 use crate::GuestRam;
 
@@ -31,7 +36,18 @@ struct Context<B: ?Sized> {
     guest_errors: Arc<GuestErrorLog>,
     metrics: Arc<BlockMetrics>,
     disk: Arc<SharedDisk<B>>,
+    /// The device's limiter: the host changes it while the worker asks it.
+    limiter: Arc<Mutex<RateLimiter>>,
     mode: Mode,
+}
+
+impl<B: ?Sized> Context<B> {
+    /// Whether the rate limiter lets `chain` through now (taking its budget if so).
+    fn admit(&self, chain: &DescriptorChain<&GuestRam>) -> bool {
+        let mut limiter = lock(&self.limiter);
+        // Unlimited disks skip the parse for the request's size.
+        !limiter.is_limiting() || limiter.consume(data_bytes(&self.memory, chain))
+    }
 }
 
 /// A request an engine is carrying out.
@@ -54,6 +70,9 @@ struct QueueServer<B: DiskBackend + ?Sized> {
     /// Requests wait on the ring because the engine was full: look again when some complete
     /// (the driver is not asked to notify meanwhile).
     stalled: bool,
+    /// The rate limiter refused the request at the head of the ring: the queue is served again
+    /// when the limiter's timer fires (notifications stay off meanwhile).
+    throttled: bool,
 }
 
 impl<B: DiskBackend + ?Sized> QueueServer<B> {
@@ -85,12 +104,18 @@ pub struct BlockHandler<B: DiskBackend + ?Sized> {
     context: Context<B>,
     /// The queue of each backend descriptor (engine eventfd) the worker waits on.
     engine_queues: Vec<usize>,
+    /// The queue served first when the limiter's timer fires, turn by turn: the first takes the
+    /// budget that came back, so a fixed order would starve the last queues of a busy device.
+    first_throttled: usize,
 }
 
 impl<B: DiskBackend + ?Sized> BlockHandler<B> {
     /// A handler for `queues` (by transport index; those not ready stay unserved). With
     /// `mode.defer`, every ready queue gets an [`IoEngine`] of its size (io_uring where the
     /// kernel allows, else a thread pool) and reads, writes and flushes run in it.
+    // Each is a separate thing the device hands its worker; a struct of them would only repeat
+    // this list.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         memory: GuestRam,
         queues: Vec<Queue>,
@@ -98,6 +123,7 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
         guest_errors: Arc<GuestErrorLog>,
         metrics: Arc<BlockMetrics>,
         disk: Arc<SharedDisk<B>>,
+        limiter: Arc<Mutex<RateLimiter>>,
         mode: Mode,
     ) -> io::Result<Self> {
         let mut servers = Vec::with_capacity(queues.len());
@@ -116,10 +142,11 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                 in_flight: Vec::new(),
                 free: Vec::new(),
                 stalled: false,
+                throttled: false,
             });
         }
-        let context = Context { memory, interrupt, guest_errors, metrics, disk, mode };
-        Ok(BlockHandler { queues: servers, context, engine_queues })
+        let context = Context { memory, interrupt, guest_errors, metrics, disk, limiter, mode };
+        Ok(BlockHandler { queues: servers, context, engine_queues, first_throttled: 0 })
     }
 
     /// Takes every available request of queue `index` (while its engine has room), then
@@ -127,6 +154,9 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
     fn process_requests(&mut self, index: usize) {
         let context = &self.context;
         let Some(server) = self.queues.get_mut(index) else { return };
+        if server.throttled {
+            return; // The limiter's timer serves it again.
+        }
         let memory = &context.memory;
         let mut used_any = false;
         'serve: loop {
@@ -134,9 +164,14 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
             // for requests it is about to see anyway. (With EVENT_IDX this does nothing.)
             let _ = server.queue.disable_notification(memory);
             while server.engine.as_ref().is_none_or(|engine| !engine.is_full()) {
-                // The rate limiter's seam: asked here, before a chain is taken, it would stop
-                // the loop and wake the worker when the budget refills.
                 let Some(chain) = server.queue.pop_descriptor_chain(memory) else { break };
+                if !context.admit(&chain) {
+                    // Back on the ring, untouched, for when the budget has refilled.
+                    server.queue.go_to_previous_position();
+                    server.throttled = true;
+                    context.metrics.rate_limiter_throttled_events.inc();
+                    break;
+                }
                 let head = chain.head_index();
                 let disk = context.disk.current();
                 match serve(memory, &disk, &context.guest_errors, &context.metrics, chain, context.mode) {
@@ -185,6 +220,9 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                     break;
                 }
             }
+            if server.throttled {
+                break;
+            }
             // Back on, then one more look: a request made available just before would otherwise
             // wait for the next notification, which the driver need not send.
             match server.queue.enable_notification(memory) {
@@ -203,6 +241,25 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
         let server = &mut self.queues[index];
         if complete_all(context, server, done) {
             signal_used("virtio-blk", &mut server.queue, &context.memory, context.interrupt.as_ref(), index);
+        }
+    }
+
+    /// The rate limiter's timer fired: serves again the queues it held back.
+    fn limiter_fired(&mut self) {
+        match lock(&self.context.limiter).event_handler() {
+            Ok(true) => {}
+            Ok(false) => return, // A spurious wake-up: the timer is still pending.
+            // Cannot happen with a valid timerfd; serving again is the safe side (a queue
+            // refused again re-arms the timer).
+            Err(e) => tracing::error!("virtio-blk: cannot read the rate limiter's timer: {e}"),
+        }
+        let count = self.queues.len();
+        let first = self.first_throttled % count.max(1);
+        self.first_throttled = first + 1;
+        for index in (first..count).chain(0..first) {
+            if std::mem::take(&mut self.queues[index].throttled) {
+                self.process_requests(index);
+            }
         }
     }
 
@@ -246,15 +303,22 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
         self.process_requests(index);
     }
 
+    /// Each engine's eventfd (by `engine_queues`), then the rate limiter's timer.
     fn backend_fds(&self) -> Vec<RawFd> {
-        self.engine_queues
+        let engines = self
+            .engine_queues
             .iter()
-            .filter_map(|&index| self.queues[index].engine.as_ref().map(IoEngine::event_fd))
-            .collect()
+            .filter_map(|&index| self.queues[index].engine.as_ref().map(IoEngine::event_fd));
+        engines.chain([lock(&self.context.limiter).fd()]).collect()
     }
 
-    /// Queue `index`'s engine completed requests.
+    /// Queue `index`'s engine completed requests, or (after the engines) the rate limiter's timer
+    /// fired.
     fn process_backend(&mut self, index: usize) {
+        if index == self.engine_queues.len() {
+            self.limiter_fired();
+            return;
+        }
         let Some(&queue) = self.engine_queues.get(index) else { return };
         let done = self.reap(queue);
         self.complete_requests(queue, done);

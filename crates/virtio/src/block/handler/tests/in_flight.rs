@@ -84,7 +84,7 @@ impl DiskBackend for Gated {
 }
 
 /// A read of `sector` into `data` with its status byte at `status`, its header at `at`.
-fn read_at(memory: &GuestRam, at: u64, sector: u64, data: u64, status: u64) -> Vec<Buffer> {
+pub(super) fn read_at(memory: &GuestRam, at: u64, sector: u64, data: u64, status: u64) -> Vec<Buffer> {
     let mut bytes = [0u8; 16];
     bytes[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
     bytes[8..].copy_from_slice(&sector.to_le_bytes());
@@ -108,6 +108,7 @@ fn handler_over<B: DiskBackend + ?Sized>(
         guest_errors(),
         Arc::default(),
         shared,
+        unlimited(),
         mode,
     )
     .unwrap();
@@ -269,12 +270,13 @@ fn a_replaced_disk_keeps_the_requests_that_started_on_it() {
         guest_errors(),
         Arc::default(),
         shared.clone(),
+        unlimited(),
         DEFERRED,
     )
     .unwrap();
     handler.process_queue(0);
     old.wait_for_arrivals(1);
-    let control = crate::block::BlockControl::new(shared);
+    let control = crate::block::BlockControl::new(shared, unlimited());
     // The replacement flushes the old disk, which waits at the gate too: open it from here.
     let opener = {
         let old = old.clone();
@@ -303,7 +305,7 @@ fn each_queue_is_served_on_its_own_notification() {
     add_chains(&second, &[read_at(&memory, HEADER + 0x100, 2, DATA + 0x1000, STATUS + 0x100)], 0);
     let queues = vec![queue_of(&first), queue_of(&second)];
     let (mut handler, interrupts) = handler_over(&memory, queues, disk_of(Gated::default(), false), DEFERRED);
-    assert_eq!(handler.backend_fds().len(), 2, "an engine per queue");
+    assert_eq!(handler.backend_fds().len(), 3, "an engine per queue and the rate limiter's timer");
     handler.process_queue(1);
     handler.drain();
     assert_eq!(used_entries(&memory, &second, 16), [(0, 513)]);
@@ -322,8 +324,8 @@ fn the_device_offers_several_queues_and_says_how_many() {
     File::create(&path).unwrap().set_len(4096).unwrap();
     let open = |num_queues, flush| {
         let backend = Arc::new(RawFile::open(&path, false).unwrap());
-        let options = BlockOptions { num_queues, engine: Engine::Async, flush };
-        Block::new(backend, false, [0; ID_BYTES], options)
+        let options = BlockOptions { num_queues, engine: Engine::Async, flush, rate_limit: None };
+        Block::new(backend, false, [0; ID_BYTES], options).unwrap()
     };
     const MQ: u64 = 1 << 12;
     const FLUSH: u64 = 1 << 9;
@@ -425,7 +427,7 @@ fn the_synchronous_and_deferred_modes_give_the_same_answers() {
     assert_eq!(answers[0].3, b"test-disk");
 }
 
-fn header_at(memory: &GuestRam, slot: u64, request_type: u32, sector: u64) -> Buffer {
+pub(super) fn header_at(memory: &GuestRam, slot: u64, request_type: u32, sector: u64) -> Buffer {
     let mut bytes = [0u8; 16];
     bytes[..4].copy_from_slice(&request_type.to_le_bytes());
     bytes[8..].copy_from_slice(&sector.to_le_bytes());
@@ -458,8 +460,9 @@ fn an_activated_device_serves_each_queue_on_its_worker_with_the_features_acked()
     let events: Vec<EventFd> = (0..3).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
     let notify_second = events[1].try_clone().unwrap();
     let (sender, interrupts) = std::sync::mpsc::channel();
-    let options = BlockOptions { num_queues: 3, engine: Engine::Async, flush: true };
-    let mut block = Block::new(Arc::new(RawFile::open(&path, false).unwrap()), false, [0; ID_BYTES], options);
+    let options = BlockOptions { num_queues: 3, engine: Engine::Async, flush: true, rate_limit: None };
+    let backend = Arc::new(RawFile::open(&path, false).unwrap());
+    let mut block = Block::new(backend, false, [0; ID_BYTES], options).unwrap();
     block
         .activate(ActivateContext {
             memory: memory.clone(),
