@@ -274,7 +274,7 @@ impl VmResources {
         Ok(DriveUpdate {
             index,
             path: update.path_on_host.as_ref().map(PathBuf::from),
-            rate_limiter: update.rate_limiter,
+            rate_limiter: update.rate_limiter.and(updated.rate_limiter),
             disk: drive_config(&updated)?,
         })
     }
@@ -508,12 +508,17 @@ impl VmResources {
     }
 }
 
+/// A `PATCH /drives` applied to a drive. As in Firecracker, a rate limiter's bucket the patch
+/// leaves out keeps its setting (a bucket of size 0 is how a client removes one).
 fn apply_drive_update(drive: &mut Drive, update: &PartialDrive) {
     if let Some(path) = &update.path_on_host {
         drive.path_on_host = Some(path.clone());
     }
     if let Some(limiter) = update.rate_limiter {
-        drive.rate_limiter = Some(limiter);
+        let mut merged = drive.rate_limiter.unwrap_or_default();
+        merged.bandwidth = limiter.bandwidth.or(merged.bandwidth);
+        merged.ops = limiter.ops.or(merged.ops);
+        drive.rate_limiter = Some(merged);
     }
 }
 
@@ -624,6 +629,30 @@ mod tests {
             empty.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap_err(),
             ConfigError::MissingKernel
         );
+    }
+
+    /// As in Firecracker, a PATCH that names one bucket keeps the other.
+    #[test]
+    fn a_rate_limiter_patch_keeps_the_buckets_it_leaves_out() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let mut resources = VmResources::default();
+        let drive = format!(
+            r#"{{"drive_id": "d", "path_on_host": "{path}", "is_root_device": false, "is_read_only": false,
+                "rate_limiter": {{"bandwidth": {{"size": 1000, "refill_time": 100}}, "ops": {{"size": 10, "refill_time": 1000}}}}}}"#
+        );
+        resources.put_drive("d", serde_json::from_str(&drive).unwrap()).unwrap();
+        let patch: PartialDrive = serde_json::from_str(
+            r#"{"drive_id": "d", "rate_limiter": {"ops": {"size": 50, "refill_time": 1000}}}"#,
+        )
+        .unwrap();
+        let checked = resources.check_drive_update("d", &patch).unwrap();
+        let limiter = checked.rate_limiter.unwrap();
+        assert_eq!(limiter.bandwidth.map(|b| (b.size, b.refill_time)), Some((1000, 100)), "kept");
+        assert_eq!(limiter.ops.map(|b| (b.size, b.refill_time)), Some((50, 1000)), "replaced");
+        assert_eq!(checked.disk.rate_limiter, Some(limiter));
+        resources.record_drive_update(&patch);
+        assert_eq!(resources.export().drives[0].rate_limiter, Some(limiter));
     }
 
     #[test]

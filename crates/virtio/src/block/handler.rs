@@ -1231,19 +1231,26 @@ mod tests {
 
         let memory = memory();
         let chains: Vec<_> = (0..5).map(|_| request(&memory, VIRTIO_BLK_T_IN, 0, 512, true)).collect();
+        // The site is a static: tests on other threads log into the same budget (and their lines
+        // are not captured here). A flush first starts a fresh window; whatever others take of it,
+        // at most the budget's lines are logged here and this test's failures are all counted.
         let ((), lines) = capture::lines(|| {
+            IO_ERRORS.flush();
             for _ in 0..1000 {
                 serve_in(ON_THE_SPOT, &memory, disk_of(Failing, false), &chains, Arc::default());
             }
             IO_ERRORS.flush();
         });
-        // Other tests may share the budget; this one's 5000 failures are counted either way.
-        capture::assert_limited(
-            &lines,
-            "virtio-blk: ",
-            "virtio-blk disk errors",
-            5000 - LINES_PER_INTERVAL as u64,
-        );
+        let warned = capture::warnings(&lines);
+        let logged = warned.iter().filter(|l| l.starts_with("virtio-blk: ")).count();
+        assert!(logged <= LINES_PER_INTERVAL as usize, "{warned:?}");
+        let summary = warned.last().unwrap_or_else(|| panic!("no summary: {warned:?}"));
+        let suppressed: u64 = summary
+            .strip_prefix("virtio-blk disk errors: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary of the site: {warned:?}"));
+        assert!(suppressed >= 5000 - LINES_PER_INTERVAL as u64, "{summary}");
     }
 
     /// A backend that only counts its flushes, or fails them.
