@@ -8,10 +8,8 @@
 //! - the format is the user's, never guessed from the file's contents: a guest that writes a
 //!   qcow2 header onto its raw disk cannot make the host open a backing file of its choice.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -160,55 +158,19 @@ fn open_format(path: &Path, spec: &DiskSpec, file: File) -> Result<Arc<dyn DiskB
     })
 }
 
-/// Opens `path` without blocking and checks that the open file is a disk.
+/// Opens `path` as [`crate::raw::open_checked`] does, `O_DIRECT` for cache=none.
 fn open_file(path: &Path, spec: &DiskSpec) -> Result<File, OpenError> {
-    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    if spec.cache == CacheMode::None {
-        flags |= libc::O_DIRECT;
-    }
-    let file = OpenOptions::new().read(true).write(!spec.read_only).custom_flags(flags).open(path).map_err(
-        |source| match source.raw_os_error() {
-            Some(libc::EINVAL) if spec.cache == CacheMode::None => {
-                OpenError::DirectUnsupported { path: path.to_owned() }
-            }
-            _ => OpenError::Open { path: path.to_owned(), source },
-        },
-    )?;
-    let io_error = |source| OpenError::Open { path: path.to_owned(), source };
-    let file_type = file.metadata().map_err(io_error)?.file_type();
-    let kind = if file_type.is_file() || file_type.is_block_device() {
-        None
-    } else if file_type.is_dir() {
-        Some("directory")
-    } else if file_type.is_char_device() {
-        Some("character device")
-    } else if file_type.is_fifo() {
-        Some("FIFO")
-    } else if file_type.is_socket() {
-        Some("socket")
-    } else {
-        Some("special file")
-    };
-    if let Some(kind) = kind {
-        return Err(OpenError::NotADisk { path: path.to_owned(), kind });
-    }
-    clear_nonblocking(&file).map_err(io_error)?;
-    Ok(file)
-}
-
-/// Disk I/O is meant to block: O_NONBLOCK was for the open only.
-fn clear_nonblocking(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL only reads the flags of a descriptor we own and keep open.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL only changes the status flags of the same open descriptor.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let direct = spec.cache == CacheMode::None;
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    crate::raw::open_checked(path, spec.read_only, flags).map_err(|error| match error {
+        crate::raw::OpenError::Io(source) if direct && source.raw_os_error() == Some(libc::EINVAL) => {
+            OpenError::DirectUnsupported { path: path.to_owned() }
+        }
+        crate::raw::OpenError::NotADisk(kind) => OpenError::NotADisk { path: path.to_owned(), kind },
+        crate::raw::OpenError::Io(source) | crate::raw::OpenError::Size(source) => {
+            OpenError::Open { path: path.to_owned(), source }
+        }
+    })
 }
 
 /// A disk that keeps alive the lock an earlier disk on the same image took.

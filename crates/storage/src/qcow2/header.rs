@@ -434,23 +434,8 @@ pub fn has_magic(file: &std::fs::File) -> std::io::Result<bool> {
     Ok(got >= 8 && be32(bytes, 0) == MAGIC && matches!(be32(bytes, 4), 2 | 3))
 }
 
-pub(super) fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> Result<usize, Qcow2Error> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buffer.len() {
-        match file.read_at(&mut buffer[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                if !done.is_multiple_of(ALIGN) {
-                    break; // a short read of a regular file is its end (and O_DIRECT wants aligned offsets)
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Qcow2Error::io("reading the qcow2 header", e)),
-        }
-    }
-    Ok(done)
+fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> Result<usize, Qcow2Error> {
+    super::metaio::read_up_to(file, buffer, offset).map_err(|e| Qcow2Error::io("reading the qcow2 header", e))
 }
 
 #[cfg(test)]

@@ -65,6 +65,14 @@ pub(crate) fn write_at(file: &File, offset: u64, data: &[u8]) -> io::Result<()> 
 
 /// Fills `buffer` from `offset`, zeroes past the end of the file.
 fn read_aligned(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    let done = read_up_to(file, buffer, offset)?;
+    buffer[done..].fill(0);
+    Ok(())
+}
+
+/// Reads into `buffer` (aligned, at an aligned `offset`) until it is full or the file ends;
+/// returns how many bytes were read.
+pub(crate) fn read_up_to(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buffer.len() {
         match file.read_at(&mut buffer[done..], offset + done as u64) {
@@ -72,13 +80,12 @@ fn read_aligned(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
             Ok(n) => {
                 done += n;
                 if !done.is_multiple_of(ALIGN) {
-                    break; // the end of the file
+                    break; // a short read of a regular file is its end (and O_DIRECT wants aligned offsets)
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    buffer[done..].fill(0);
-    Ok(())
+    Ok(done)
 }

@@ -73,7 +73,7 @@ pub enum Qcow2Error {
     BackingCycle { path: PathBuf },
     #[error("the backing chain is deeper than {limit} images, at {path}")]
     BackingTooDeep { path: PathBuf, limit: usize },
-    #[error("backing file {path} is {kind}, not a regular file or block device")]
+    #[error("backing file {path} is a {kind}, not a regular file or block device")]
     BackingNotFile { path: PathBuf, kind: &'static str },
     #[error("backing file {path}: {source}")]
     Backing {
