@@ -138,7 +138,7 @@ impl<'a> Image<'a> {
         if header.nb_snapshots > 0 {
             return Err(CheckError::Snapshots);
         }
-        Ok(Image { file, file_len: file.metadata()?.len(), cluster_size: header.cluster_size(), header })
+        Ok(Image { file, file_len: metaio::file_len(file)?, cluster_size: header.cluster_size(), header })
     }
 
     fn read_table(&self, offset: u64, entries: u64) -> io::Result<Vec<u64>> {

@@ -409,7 +409,8 @@ pub fn be64(bytes: &[u8], at: usize) -> u64 {
 /// Reads the first cluster (at most 2 MiB, or the whole file when shorter) of `file` and parses
 /// the header in it. The reads use 4 KiB-aligned buffers and offsets, so an O_DIRECT file works.
 pub fn read(file: &std::fs::File) -> Result<Header, Qcow2Error> {
-    let file_len = file.metadata().map_err(|e| Qcow2Error::io("reading the image's size", e))?.len();
+    let file_len =
+        super::metaio::file_len(file).map_err(|e| Qcow2Error::io("reading the image's size", e))?;
     let mut first = AlignedBuf::new(ALIGN);
     let got = read_up_to(file, first.as_mut_slice(), 0)?;
     // The cluster size decides how much more to read: the header, extensions and backing name
