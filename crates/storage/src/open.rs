@@ -409,6 +409,8 @@ mod tests {
         disk.backend.read_at(&mut bytes, 4095).unwrap();
         assert_eq!(bytes, [1, 2]);
         drop(disk);
+        // The overlay gone, nothing holds its backing file's lock any more.
+        drop(open_disk(&base, &raw(false)).unwrap());
 
         let message = refused(&overlay, &qcow2(true, false));
         assert!(message.starts_with(&format!("cannot open {overlay_text} as qcow2: ")), "{message}");

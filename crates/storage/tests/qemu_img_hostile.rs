@@ -200,8 +200,17 @@ proptest! {
                 }
             }
         }
-        let file = std::fs::File::open(dir.path().join("image.qcow2")).unwrap();
+        let path = dir.path().join("image.qcow2");
+        let file = std::fs::File::open(&path).unwrap();
         let _ = check::check(&file);
+        // A repair either refuses the image or leaves it clean, and grows it by no more than
+        // its new refcount structures.
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        if let Ok(report) = check::repair(&file) {
+            prop_assert_eq!((report.corruptions, report.leaks), (0, 0), "{:?}", report.messages);
+            let grown = file.metadata().unwrap().len().saturating_sub(len as u64);
+            prop_assert!(grown <= 1 << 20, "the repair grew the image by {} bytes", grown);
+        }
     }
 }
 
