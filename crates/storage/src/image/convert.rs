@@ -1,6 +1,8 @@
 //! `convert`: copies an image into a new raw or qcow2 image (qcow2 optionally compressed).
 
-use super::{create_file, open_disk, probe, refuse_overwriting, Disk, Format, ImageError, Progress};
+use super::{
+    create_file, open_disk, probe, refuse_overwriting, removed_on_error, Disk, Format, ImageError, Progress,
+};
 use crate::qcow2::writer::{self, WriterOptions};
 use crate::DiskBackendExt;
 use std::os::unix::fs::FileExt;
@@ -44,7 +46,17 @@ pub fn convert(
             refuse_overwriting(target, backing, "source's backing file")?;
         }
     }
-    let disk = opened.backend();
+    removed_on_error(target, || write_target(opened.backend(), source, target, options, progress))
+}
+
+/// Writes the new image at `target` from `disk` (the opened `source`).
+fn write_target(
+    disk: &dyn crate::DiskBackend,
+    source: &Path,
+    target: &Path,
+    options: &ConvertOptions,
+    progress: &Progress,
+) -> Result<(), ImageError> {
     let file = create_file(target)?;
     let size = disk.size();
     progress.set_length(size);

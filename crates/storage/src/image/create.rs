@@ -1,6 +1,6 @@
 //! `create`: a new raw or qcow2 image, empty or over a backing file.
 
-use super::{create_file, open_disk, parse_size, refuse_overwriting, Format, ImageError};
+use super::{create_file, open_disk, parse_size, refuse_overwriting, removed_on_error, Format, ImageError};
 use imago::file::File as ImagoFile;
 use imago::format::PreallocateMode;
 use imago::qcow2::Qcow2;
@@ -75,11 +75,16 @@ pub fn parse_create_options(text: &str) -> Result<(Option<u64>, Preallocation), 
     Ok((cluster_size, preallocation))
 }
 
-/// Creates the image at `path` (0600; an existing file is replaced).
+/// Creates the image at `path` (0600; an existing file is replaced, a new one removed again if
+/// the image cannot be made).
 pub fn create(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
     if let Some((name, _)) = &options.backing {
         refuse_overwriting(path, &backing_path(path, name), "backing file")?;
     }
+    removed_on_error(path, || create_image(path, options))
+}
+
+fn create_image(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
     let size = match (options.size, &options.backing) {
         (Some(size), _) => size,
         (None, Some((name, format))) => backing_size(path, name, *format)?,

@@ -193,6 +193,20 @@ fn open_disk(path: &Path, format: Format, write: bool, force_share: bool) -> Res
     })
 }
 
+/// Runs `make`, which creates the image at `path`: when it fails (a size the format cannot hold,
+/// a source that cannot be read), a file that was not there before is removed rather than left
+/// half-made. One another process holds locked is not ours to remove.
+fn removed_on_error(path: &Path, make: impl FnOnce() -> Result<(), ImageError>) -> Result<(), ImageError> {
+    let existed = path.symlink_metadata().is_ok();
+    let result = make();
+    if let Err(error) = &result {
+        if !existed && !matches!(error, ImageError::Lock { .. }) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
 /// Creates `path` (0600) for a new image, replacing what was there — but only once it is locked
 /// for writing, so that the image of a running VM is refused, not truncated under it.
 fn create_file(path: &Path) -> Result<File, ImageError> {
@@ -264,5 +278,15 @@ mod tests {
         let message = refused(convert(&overlay, &image, &options, &Progress::hidden()));
         assert!(message.contains("would replace its own source's backing file"), "{message}");
         assert_eq!(std::fs::read(&image).unwrap(), before);
+    }
+
+    /// An image that cannot be made (a size beyond qcow2's tables) leaves no file behind.
+    #[test]
+    fn a_failed_create_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("huge.qcow2");
+        let message = refused(create(&image, &qcow2(Some(1 << 52), None)));
+        assert!(message.contains("too big"), "{message}");
+        assert!(!image.exists(), "a half-made image was left");
     }
 }
