@@ -72,6 +72,8 @@ impl RawFile {
         let too_far = || io::Error::new(io::ErrorKind::InvalidInput, "range beyond the largest file offset");
         let offset = libc::off_t::try_from(offset).map_err(|_| too_far())?;
         let length = libc::off_t::try_from(length).map_err(|_| too_far())?;
+        // Not beside a bounced write, which would put the range's old bytes back (direct.rs).
+        let _no_bounced_writes = self.direct.as_ref().map(Direct::exclude_bounced_writes);
         loop {
             // SAFETY: fallocate only reads its integer arguments; the descriptor is ours and open.
             let result = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset, length) };
