@@ -280,6 +280,43 @@ mod tests {
         assert_eq!(std::fs::read(&image).unwrap(), before);
     }
 
+    /// commit into a backing file another VM reads, and rebase onto an image another VM
+    /// writes, are refused before either image changes.
+    #[test]
+    fn commit_and_rebase_leave_images_in_use_alone() {
+        use crate::DiskBackendExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (base, overlay, new) =
+            (dir.path().join("base.qcow2"), dir.path().join("overlay.qcow2"), dir.path().join("new.qcow2"));
+        create(&base, &qcow2(Some(1 << 20), None)).unwrap();
+        create(&new, &qcow2(Some(1 << 20), None)).unwrap();
+        create(&overlay, &qcow2(None, Some("base.qcow2"))).unwrap();
+        open_disk(&overlay, Format::Qcow2, true, false).unwrap().backend().write_at(&[9u8; 512], 0).unwrap();
+        let files = || [&base, &overlay, &new].map(|path| std::fs::read(path).unwrap());
+        let before = files();
+
+        let reader = File::open(&base).unwrap();
+        lock::lock(&reader, Access::Read).unwrap();
+        let error = commit(&overlay, &Progress::hidden()).unwrap_err();
+        assert!(matches!(error, ImageError::Lock { .. }), "{error}");
+        let writer = OpenOptions::new().read(true).write(true).open(&new).unwrap();
+        lock::lock(&writer, Access::Write).unwrap();
+        let options = RebaseOptions {
+            backing: Some("new.qcow2".into()),
+            backing_format: Some(Format::Qcow2),
+            unsafe_header_only: false,
+        };
+        let error = rebase(&overlay, &options, &Progress::hidden()).unwrap_err();
+        assert!(matches!(error, ImageError::Lock { .. }), "{error}");
+        assert!(files() == before, "an image changed");
+
+        drop((reader, writer));
+        commit(&overlay, &Progress::hidden()).unwrap();
+        let mut byte = [0u8];
+        open_disk(&base, Format::Qcow2, false, false).unwrap().backend().read_at(&mut byte, 0).unwrap();
+        assert_eq!(byte, [9]);
+    }
+
     /// An image that cannot be made (a size beyond qcow2's tables) leaves no file behind.
     #[test]
     fn a_failed_create_leaves_no_file() {
