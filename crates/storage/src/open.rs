@@ -378,6 +378,21 @@ mod tests {
         Some(())
     }
 
+    /// The status flags of this process's descriptors open on `path` (/proc/self/fdinfo).
+    fn open_flags(path: &Path) -> Vec<i32> {
+        let mut flags = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if std::fs::read_link(entry.path()).ok().as_deref() != Some(path) {
+                continue;
+            }
+            let info = std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name()));
+            let Ok(info) = info else { continue };
+            let field = info.lines().find_map(|line| line.strip_prefix("flags:")).unwrap();
+            flags.push(i32::from_str_radix(field.trim(), 8).unwrap());
+        }
+        flags
+    }
+
     fn qcow2(read_only: bool, allow_backing: bool) -> DiskSpec {
         DiskSpec { format: ImageFormat::Qcow2, read_only, cache: CacheMode::Writeback, allow_backing }
     }
@@ -402,6 +417,12 @@ mod tests {
         disk.backend.write_at(&[1, 2], 4095).unwrap();
         disk.backend.flush().unwrap();
         assert!(refused(&base, &raw(false)).contains("the image is in use"), "the base is read-locked");
+        // A child the VMM starts (a helper, a hook) inherits none of them, nor their locks.
+        for path in [&overlay, &base] {
+            let flags = open_flags(path);
+            assert!(!flags.is_empty(), "{} is open", path.display());
+            assert!(flags.iter().all(|f| f & libc::O_CLOEXEC != 0), "{}: {flags:?}", path.display());
+        }
         open_disk(&base, &raw(true)).unwrap();
         assert!(refused(&overlay, &qcow2(true, true)).contains("the image is in use"));
         drop(disk);
