@@ -440,6 +440,72 @@ mod tests {
     }
 }
 
+/// The backing file names an image header may give, and what the gate makes of them.
+#[cfg(test)]
+mod backing_name_tests {
+    use super::*;
+    use crate::image::{create, CreateOptions, Format, Preallocation};
+    use crate::qcow2::Qcow2Error;
+
+    /// A qcow2 image at `path` whose header names `backing` (not opened when it is made).
+    fn overlay(path: &Path, backing: &str) {
+        let options = CreateOptions {
+            format: Format::Qcow2,
+            size: Some(1 << 20),
+            backing: Some((backing.to_owned(), Format::Qcow2)),
+            cluster_size: None,
+            preallocation: Preallocation::Off,
+        };
+        create(path, &options).unwrap();
+    }
+
+    fn refusal(path: &Path) -> Qcow2Error {
+        let spec = DiskSpec {
+            format: ImageFormat::Qcow2,
+            read_only: true,
+            cache: CacheMode::Writeback,
+            allow_backing: true,
+        };
+        match open_disk(path, &spec) {
+            Err(OpenError::Qcow2 { source, .. }) => source,
+            Err(other) => panic!("{} refused for another reason: {other}", path.display()),
+            Ok(_) => panic!("{} opened", path.display()),
+        }
+    }
+
+    /// A directory, the image itself under another name (a symlink, a `..` detour), and a
+    /// symlink loop are all refused with the reason, never opened or followed forever.
+    #[test]
+    fn odd_backing_names_are_refused_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+
+        let image = sub.join("dir.qcow2");
+        overlay(&image, ".");
+        assert!(matches!(refusal(&image), Qcow2Error::BackingNotFile { kind: "directory", .. }));
+
+        let image = sub.join("self.qcow2");
+        std::os::unix::fs::symlink("self.qcow2", sub.join("alias")).unwrap();
+        overlay(&image, "alias");
+        assert!(matches!(refusal(&image), Qcow2Error::BackingCycle { .. }));
+
+        let image = sub.join("detour.qcow2");
+        overlay(&image, "../sub/detour.qcow2");
+        assert!(matches!(refusal(&image), Qcow2Error::BackingCycle { .. }));
+
+        let image = sub.join("loop.qcow2");
+        std::os::unix::fs::symlink("loop-b", sub.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", sub.join("loop-b")).unwrap();
+        overlay(&image, "loop-a");
+        let error = refusal(&image);
+        assert!(
+            matches!(&error, Qcow2Error::Backing { source, .. } if source.raw_os_error() == Some(libc::ELOOP)),
+            "{error}"
+        );
+    }
+}
+
 /// qcow2 on a host block device (an LVM volume, say), through a loop device where the test may
 /// make one (root); elsewhere it has nothing to test and returns.
 #[cfg(test)]
