@@ -125,6 +125,43 @@ pub fn repair_with_progress(
     Ok(after)
 }
 
+/// The first cluster of the image's active metadata — the header, the L1 and refcount tables,
+/// the refcount blocks and L2 tables they name — whose refcount on disk is 0, if one is. imago's
+/// allocator hands such a cluster out again (it has no overlap check, unlike QEMU), so the first
+/// write would put a new table or the guest's data over the header or a table. Cheap enough for
+/// every writable open: it reads the L1 and refcount tables and the refcount blocks that cover
+/// the clusters found, each once, never an L2 table.
+pub(crate) fn unreferenced_metadata(file: &File) -> Result<Option<u64>, CheckError> {
+    let image = Image::read(file)?;
+    let cs = image.cluster_size;
+    let mut on_disk = OnDisk::new(&image)?;
+    let span = |offset: u64, len: u64| offset / cs..(offset + len).div_ceil(cs);
+    let mut clusters = vec![0];
+    clusters.extend(span(image.header.l1_table_offset, u64::from(image.header.l1_size) * 8));
+    clusters.extend(span(
+        image.header.refcount_table_offset,
+        u64::from(image.header.refcount_table_clusters) * cs,
+    ));
+    let tables = |entries: &[u64], mask: u64| -> Vec<u64> {
+        entries
+            .iter()
+            .map(|entry| entry & mask)
+            .filter(|offset| *offset != 0)
+            .map(|offset| offset / cs)
+            .collect()
+    };
+    clusters.extend(tables(&on_disk.reftable, REFT_OFFSET_MASK));
+    clusters.extend(tables(&image.l1()?, OFFSET_MASK));
+    clusters.sort_unstable();
+    clusters.dedup();
+    for cluster in clusters {
+        if on_disk.get(cluster)? == 0 {
+            return Ok(Some(cluster));
+        }
+    }
+    Ok(None)
+}
+
 struct Image<'a> {
     file: &'a File,
     header: Header,
@@ -133,11 +170,17 @@ struct Image<'a> {
 }
 
 impl<'a> Image<'a> {
+    /// The image, for a check (which does not handle internal snapshots).
     fn new(file: &'a File) -> Result<Image<'a>, CheckError> {
-        let header = header::read(file)?;
-        if header.nb_snapshots > 0 {
+        let image = Image::read(file)?;
+        if image.header.nb_snapshots > 0 {
             return Err(CheckError::Snapshots);
         }
+        Ok(image)
+    }
+
+    fn read(file: &'a File) -> Result<Image<'a>, CheckError> {
+        let header = header::read(file)?;
         Ok(Image { file, file_len: metaio::file_len(file)?, cluster_size: header.cluster_size(), header })
     }
 
