@@ -113,19 +113,9 @@ impl<'a> OptionList<'a> {
             .transpose()
     }
 
-    /// An optional whole number up to `u64::MAX`.
-    fn number_u64(&self, key: &str) -> Result<Option<u64>, OptionError> {
-        self.get(key)
-            .map(|value| {
-                value
-                    .parse()
-                    .map_err(|_| OptionError::NotNumber { key: key.to_owned(), value: value.to_owned() })
-            })
-            .transpose()
-    }
-
-    /// An optional whole number.
-    fn number(&self, key: &str) -> Result<Option<u32>, OptionError> {
+    /// An optional whole number of any type `FromStr` parses (`u32`, `u64`: their range is
+    /// checked by the parse).
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, OptionError> {
         self.get(key)
             .map(|value| {
                 value
@@ -191,7 +181,7 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
             parse_size(size).map_err(|source| OptionError::Bandwidth { value: value.to_owned(), source })
         })
         .transpose()?;
-    let ops = options.number_u64("iops")?;
+    let ops = options.number::<u64>("iops")?;
     for (key, limit) in [("bw", bandwidth), ("iops", ops)] {
         if limit == Some(0) {
             return Err(OptionError::ZeroLimit(key));
@@ -225,7 +215,10 @@ pub fn parse_balloon(text: &str) -> Result<BalloonConfig, OptionError> {
     Ok(BalloonConfig {
         target_mib: options.number("size")?.unwrap_or_default(),
         // stats=0 means no statistics, like leaving it out.
-        stats_interval: options.number("stats")?.filter(|&s| s > 0).map(|s| Duration::from_secs(s.into())),
+        stats_interval: options
+            .number::<u32>("stats")?
+            .filter(|&s| s > 0)
+            .map(|s| Duration::from_secs(s.into())),
         free_page_reporting: options.on_off("reporting", false)?,
         deflate_on_oom: options.on_off("deflate_on_oom", false)?,
     })

@@ -48,18 +48,30 @@ fn qemu_img() -> Option<std::path::PathBuf> {
     host_tool("qemu-img")
 }
 
+/// A raw base of [`FILL`] bytes and a qcow2 overlay over it, made by qemu-img in `dir`: (qemu-img,
+/// base, overlay). `None` (the test skips) without KVM or qemu-img.
+fn base_and_overlay(
+    dir: &std::path::Path,
+) -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    if !kvm_available() {
+        return None;
+    }
+    let qemu_img = qemu_img()?;
+    let base = dir.join("base.img");
+    std::fs::write(&base, vec![FILL; DISK_BYTES]).unwrap();
+    let overlay = dir.join("overlay.qcow2");
+    run_tool(
+        &qemu_img,
+        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", path_str(&base), path_str(&overlay)],
+    );
+    Some((qemu_img, base, overlay))
+}
+
 #[test]
 fn a_guest_writes_a_qcow2_overlay_that_qemu_img_finds_clean() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(qemu_img) = qemu_img() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    std::fs::write(&base, vec![FILL; DISK_BYTES]).unwrap();
-    let overlay = dir.path().join("overlay.qcow2");
-    let (base_text, overlay_text) = (path_str(&base), path_str(&overlay));
-    run_tool(&qemu_img, &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", base_text, overlay_text]);
+    let Some((qemu_img, base, overlay)) = base_and_overlay(dir.path()) else { return };
+    let overlay_text = path_str(&overlay);
 
     blk_test_passes(&format!("path={overlay_text},format=qcow2,cache=none"));
 
@@ -83,18 +95,8 @@ fn a_guest_writes_a_qcow2_overlay_that_qemu_img_finds_clean() {
 /// is never opened.
 #[test]
 fn a_qcow2_file_named_raw_is_a_raw_disk() {
-    if !kvm_available() {
-        return;
-    }
-    let Some(qemu_img) = qemu_img() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    std::fs::write(&base, vec![FILL; DISK_BYTES]).unwrap();
-    let overlay = dir.path().join("overlay.qcow2");
-    run_tool(
-        &qemu_img,
-        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", path_str(&base), path_str(&overlay)],
-    );
+    let Some((_, _, overlay)) = base_and_overlay(dir.path()) else { return };
     let before = std::fs::read(&overlay).unwrap();
     let output = run_guest(
         guests::VIRTIO,

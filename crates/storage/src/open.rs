@@ -8,10 +8,8 @@
 //! - the format is the user's, never guessed from the file's contents: a guest that writes a
 //!   qcow2 header onto its raw disk cannot make the host open a backing file of its choice.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -160,55 +158,19 @@ fn open_format(path: &Path, spec: &DiskSpec, file: File) -> Result<Arc<dyn DiskB
     })
 }
 
-/// Opens `path` without blocking and checks that the open file is a disk.
+/// Opens `path` as [`crate::raw::open_checked`] does, `O_DIRECT` for cache=none.
 fn open_file(path: &Path, spec: &DiskSpec) -> Result<File, OpenError> {
-    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    if spec.cache == CacheMode::None {
-        flags |= libc::O_DIRECT;
-    }
-    let file = OpenOptions::new().read(true).write(!spec.read_only).custom_flags(flags).open(path).map_err(
-        |source| match source.raw_os_error() {
-            Some(libc::EINVAL) if spec.cache == CacheMode::None => {
-                OpenError::DirectUnsupported { path: path.to_owned() }
-            }
-            _ => OpenError::Open { path: path.to_owned(), source },
-        },
-    )?;
-    let io_error = |source| OpenError::Open { path: path.to_owned(), source };
-    let file_type = file.metadata().map_err(io_error)?.file_type();
-    let kind = if file_type.is_file() || file_type.is_block_device() {
-        None
-    } else if file_type.is_dir() {
-        Some("directory")
-    } else if file_type.is_char_device() {
-        Some("character device")
-    } else if file_type.is_fifo() {
-        Some("FIFO")
-    } else if file_type.is_socket() {
-        Some("socket")
-    } else {
-        Some("special file")
-    };
-    if let Some(kind) = kind {
-        return Err(OpenError::NotADisk { path: path.to_owned(), kind });
-    }
-    clear_nonblocking(&file).map_err(io_error)?;
-    Ok(file)
-}
-
-/// Disk I/O is meant to block: O_NONBLOCK was for the open only.
-fn clear_nonblocking(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL only reads the flags of a descriptor we own and keep open.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL only changes the status flags of the same open descriptor.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let direct = spec.cache == CacheMode::None;
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    crate::raw::open_checked(path, spec.read_only, flags).map_err(|error| match error {
+        crate::raw::OpenError::Io(source) if direct && source.raw_os_error() == Some(libc::EINVAL) => {
+            OpenError::DirectUnsupported { path: path.to_owned() }
+        }
+        crate::raw::OpenError::NotADisk(kind) => OpenError::NotADisk { path: path.to_owned(), kind },
+        crate::raw::OpenError::Io(source) | crate::raw::OpenError::Size(source) => {
+            OpenError::Open { path: path.to_owned(), source }
+        }
+    })
 }
 
 /// A disk that keeps alive the lock an earlier disk on the same image took.
@@ -416,6 +378,21 @@ mod tests {
         Some(())
     }
 
+    /// The status flags of this process's descriptors open on `path` (/proc/self/fdinfo).
+    fn open_flags(path: &Path) -> Vec<i32> {
+        let mut flags = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if std::fs::read_link(entry.path()).ok().as_deref() != Some(path) {
+                continue;
+            }
+            let info = std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name()));
+            let Ok(info) = info else { continue };
+            let field = info.lines().find_map(|line| line.strip_prefix("flags:")).unwrap();
+            flags.push(i32::from_str_radix(field.trim(), 8).unwrap());
+        }
+        flags
+    }
+
     fn qcow2(read_only: bool, allow_backing: bool) -> DiskSpec {
         DiskSpec { format: ImageFormat::Qcow2, read_only, cache: CacheMode::Writeback, allow_backing }
     }
@@ -440,6 +417,12 @@ mod tests {
         disk.backend.write_at(&[1, 2], 4095).unwrap();
         disk.backend.flush().unwrap();
         assert!(refused(&base, &raw(false)).contains("the image is in use"), "the base is read-locked");
+        // A child the VMM starts (a helper, a hook) inherits none of them, nor their locks.
+        for path in [&overlay, &base] {
+            let flags = open_flags(path);
+            assert!(!flags.is_empty(), "{} is open", path.display());
+            assert!(flags.iter().all(|f| f & libc::O_CLOEXEC != 0), "{}: {flags:?}", path.display());
+        }
         open_disk(&base, &raw(true)).unwrap();
         assert!(refused(&overlay, &qcow2(true, true)).contains("the image is in use"));
         drop(disk);
@@ -447,10 +430,142 @@ mod tests {
         disk.backend.read_at(&mut bytes, 4095).unwrap();
         assert_eq!(bytes, [1, 2]);
         drop(disk);
+        // The overlay gone, nothing holds its backing file's lock any more.
+        drop(open_disk(&base, &raw(false)).unwrap());
 
         let message = refused(&overlay, &qcow2(true, false));
         assert!(message.starts_with(&format!("cannot open {overlay_text} as qcow2: ")), "{message}");
         let message = refused(&base, &qcow2(true, true));
         assert!(message.starts_with(&format!("cannot open {base_text} as qcow2: ")), "{message}");
+    }
+}
+
+/// The backing file names an image header may give, and what the gate makes of them.
+#[cfg(test)]
+mod backing_name_tests {
+    use super::*;
+    use crate::image::{create, CreateOptions, Format, Preallocation};
+    use crate::qcow2::Qcow2Error;
+
+    /// A qcow2 image at `path` whose header names `backing` (not opened when it is made).
+    fn overlay(path: &Path, backing: &str) {
+        let options = CreateOptions {
+            format: Format::Qcow2,
+            size: Some(1 << 20),
+            backing: Some((backing.to_owned(), Format::Qcow2)),
+            cluster_size: None,
+            preallocation: Preallocation::Off,
+        };
+        create(path, &options).unwrap();
+    }
+
+    fn refusal(path: &Path) -> Qcow2Error {
+        let spec = DiskSpec {
+            format: ImageFormat::Qcow2,
+            read_only: true,
+            cache: CacheMode::Writeback,
+            allow_backing: true,
+        };
+        match open_disk(path, &spec) {
+            Err(OpenError::Qcow2 { source, .. }) => source,
+            Err(other) => panic!("{} refused for another reason: {other}", path.display()),
+            Ok(_) => panic!("{} opened", path.display()),
+        }
+    }
+
+    /// A directory, the image itself under another name (a symlink, a `..` detour), and a
+    /// symlink loop are all refused with the reason, never opened or followed forever.
+    #[test]
+    fn odd_backing_names_are_refused_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+
+        let image = sub.join("dir.qcow2");
+        overlay(&image, ".");
+        assert!(matches!(refusal(&image), Qcow2Error::BackingNotFile { kind: "directory", .. }));
+
+        let image = sub.join("self.qcow2");
+        std::os::unix::fs::symlink("self.qcow2", sub.join("alias")).unwrap();
+        overlay(&image, "alias");
+        assert!(matches!(refusal(&image), Qcow2Error::BackingCycle { .. }));
+
+        let image = sub.join("detour.qcow2");
+        overlay(&image, "../sub/detour.qcow2");
+        assert!(matches!(refusal(&image), Qcow2Error::BackingCycle { .. }));
+
+        let image = sub.join("loop.qcow2");
+        std::os::unix::fs::symlink("loop-b", sub.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", sub.join("loop-b")).unwrap();
+        overlay(&image, "loop-a");
+        let error = refusal(&image);
+        assert!(
+            matches!(&error, Qcow2Error::Backing { source, .. } if source.raw_os_error() == Some(libc::ELOOP)),
+            "{error}"
+        );
+    }
+}
+
+/// qcow2 on a host block device (an LVM volume, say), through a loop device where the test may
+/// make one (root); elsewhere it has nothing to test and returns.
+#[cfg(test)]
+mod block_device_tests {
+    use super::*;
+    use crate::image::{create, CreateOptions, Format, Preallocation};
+    use crate::DiskBackendExt;
+
+    /// A loop device over a file, detached when dropped.
+    struct Loop(PathBuf);
+
+    impl Loop {
+        fn attach(file: &Path) -> Option<Loop> {
+            let output =
+                std::process::Command::new("losetup").args(["--find", "--show"]).arg(file).output().ok()?;
+            let name = String::from_utf8(output.stdout).ok()?;
+            (output.status.success() && !name.trim().is_empty()).then(|| Loop(PathBuf::from(name.trim())))
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").arg("--detach").arg(&self.0).status();
+        }
+    }
+
+    /// A block device's metadata gives its length as 0: the header checks and the image check
+    /// must take the device's real length, or every table would lie "past the end".
+    #[test]
+    fn a_qcow2_image_on_a_block_device_opens_and_checks_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.qcow2");
+        let options = CreateOptions {
+            format: Format::Qcow2,
+            size: Some(4 << 20),
+            backing: None,
+            cluster_size: None,
+            preallocation: Preallocation::Off,
+        };
+        create(&path, &options).unwrap();
+        // Loop devices are whole 512-byte sectors; the image file is cluster-sized anyway.
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len + (1 << 20)).unwrap();
+        let Some(device) = Loop::attach(&path) else { return };
+        let spec = DiskSpec {
+            format: ImageFormat::Qcow2,
+            read_only: false,
+            cache: CacheMode::Writeback,
+            allow_backing: false,
+        };
+        let disk = open_disk(&device.0, &spec).unwrap();
+        assert_eq!(disk.size, 4 << 20);
+        disk.backend.write_at(&[7u8; 4096], 1 << 20).unwrap();
+        disk.backend.flush().unwrap();
+        let mut back = [0u8; 4096];
+        disk.backend.read_at(&mut back, 1 << 20).unwrap();
+        assert_eq!(back, [7u8; 4096]);
+        drop(disk);
+        let file = std::fs::File::open(&device.0).unwrap();
+        let report = crate::qcow2::check::check(&file).unwrap();
+        assert_eq!(report.corruptions, 0, "{:?}", report.messages);
     }
 }

@@ -40,32 +40,7 @@ impl RawFile {
     /// So the open does not block (`O_NONBLOCK`), and the type is checked on the open file, not
     /// on the path, which could be swapped in between.
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile, OpenError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            // O_NOCTTY: a terminal named as a disk must not become the VMM's controlling one.
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(OpenError::Io)?;
-        let file_type = file.metadata().map_err(OpenError::Io)?.file_type();
-        let kind = if file_type.is_file() || file_type.is_block_device() {
-            None
-        } else if file_type.is_dir() {
-            Some("directory")
-        } else if file_type.is_char_device() {
-            Some("character device")
-        } else if file_type.is_fifo() {
-            Some("FIFO")
-        } else if file_type.is_socket() {
-            Some("socket")
-        } else {
-            Some("special file")
-        };
-        if let Some(kind) = kind {
-            return Err(OpenError::NotADisk(kind));
-        }
-        clear_nonblocking(&file).map_err(OpenError::Io)?;
-        RawFile::from_file(file)
+        RawFile::from_file(open_checked(path, read_only, 0)?)
     }
 
     /// A raw disk over an open file the caller has checked (and locked). Its size is taken now:
@@ -97,6 +72,8 @@ impl RawFile {
         let too_far = || io::Error::new(io::ErrorKind::InvalidInput, "range beyond the largest file offset");
         let offset = libc::off_t::try_from(offset).map_err(|_| too_far())?;
         let length = libc::off_t::try_from(length).map_err(|_| too_far())?;
+        // Not beside a bounced write, which would put the range's old bytes back (direct.rs).
+        let _no_bounced_writes = self.direct.as_ref().map(Direct::exclude_bounced_writes);
         loop {
             // SAFETY: fallocate only reads its integer arguments; the descriptor is ours and open.
             let result = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset, length) };
@@ -125,6 +102,47 @@ impl RawFile {
             offset += count as u64;
         }
         Ok(())
+    }
+}
+
+/// Opens `path` as a disk file, read-only or read-write, with `extra_flags` (`O_DIRECT`) added:
+/// without blocking (`O_NONBLOCK`, so a FIFO cannot wait for a writer) and without making a
+/// terminal the VMM's controlling one (`O_NOCTTY`); the type is checked on the open file, which
+/// cannot be swapped, and must be a regular file or a block device. The returned file blocks.
+/// (`std` adds `O_CLOEXEC` to every open.)
+pub(crate) fn open_checked(
+    path: &Path,
+    read_only: bool,
+    extra_flags: libc::c_int,
+) -> Result<File, OpenError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | extra_flags)
+        .open(path)
+        .map_err(OpenError::Io)?;
+    let file_type = file.metadata().map_err(OpenError::Io)?.file_type();
+    if let Some(kind) = not_a_disk(file_type) {
+        return Err(OpenError::NotADisk(kind));
+    }
+    clear_nonblocking(&file).map_err(OpenError::Io)?;
+    Ok(file)
+}
+
+/// What a file of this type is, when it is not a regular file or block device.
+fn not_a_disk(file_type: std::fs::FileType) -> Option<&'static str> {
+    if file_type.is_file() || file_type.is_block_device() {
+        None
+    } else if file_type.is_dir() {
+        Some("directory")
+    } else if file_type.is_char_device() {
+        Some("character device")
+    } else if file_type.is_fifo() {
+        Some("FIFO")
+    } else if file_type.is_socket() {
+        Some("socket")
+    } else {
+        Some("special file")
     }
 }
 

@@ -3,32 +3,17 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use storage::qcow2::check::{self, CheckReport};
 
-const QEMU_IMG: &str = "/usr/bin/qemu-img";
-
-fn have_qemu_img() -> bool {
-    if Path::new(QEMU_IMG).exists() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{QEMU_IMG} is missing (install qemu-utils)");
-    eprintln!("skipped: {QEMU_IMG} is missing");
-    false
-}
-
-fn qemu_img(args: &[&str]) {
-    let output = Command::new(QEMU_IMG).args(args).output().unwrap();
-    assert!(output.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-}
+mod common;
+use common::{have_qemu_img, qemu_img, qemu_img_status, s};
 
 /// qemu-img check's (exit status, corruptions, leaks).
 fn qemu_check(path: &Path) -> (i32, u64, u64) {
-    let output =
-        Command::new(QEMU_IMG).args(["check", "--output", "json", path.to_str().unwrap()]).output().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (status, output) = qemu_img_status(&["check", "--output", "json", s(path)]);
+    let json: serde_json::Value = serde_json::from_str(&output).unwrap();
     let get = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-    (output.status.code().unwrap(), get("corruptions"), get("leaks"))
+    (status, get("corruptions"), get("leaks"))
 }
 
 fn kestrel_check(path: &Path) -> CheckReport {

@@ -161,6 +161,37 @@ fn a_dirty_image_opened_writable_is_repaired_first() {
     assert_eq!((report.corruptions, report.leaks), (0, 0), "{:?}", report.messages);
 }
 
+/// Metadata with a refcount of 0 is free to imago's allocator, which would put the first write's
+/// new table (or data) over it — the header itself, without this refusal. Read-only opens still
+/// work, and the repair makes the image writable again.
+#[test]
+fn an_image_whose_metadata_looks_free_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = valid_image(false);
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let refblock = be64(&valid, be64(&valid, 48) as usize) as usize;
+    let l2 = be64(&valid, be64(&valid, 40) as usize) & 0x00ff_ffff_ffff_fe00;
+    for cluster in [0, l2 / 512] {
+        let mut bytes = valid.clone();
+        bytes[refblock + cluster as usize * 2..][..2].copy_from_slice(&[0, 0]);
+        let error = open_bytes(dir.path(), &bytes, true).err().expect("opened writable");
+        assert!(matches!(error, Qcow2Error::MetadataUnreferenced { cluster: c } if c == cluster), "{error}");
+        assert!(error.to_string().contains("check --repair"), "{error}");
+        open_bytes(dir.path(), &bytes, false).unwrap();
+
+        let path = dir.path().join("image.qcow2");
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        check::repair(&file).unwrap();
+        let disk = qcow2::open(file, &path, &options(true)).unwrap();
+        disk.write_at(&[0x5a; 4096], 90 * 1024).unwrap();
+        disk.flush().unwrap();
+        drop(disk);
+        let file = std::fs::File::open(&path).unwrap();
+        let report = check::check(&file).unwrap();
+        assert_eq!((report.corruptions, report.leaks), (0, 0), "{:?}", report.messages);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -200,8 +231,17 @@ proptest! {
                 }
             }
         }
-        let file = std::fs::File::open(dir.path().join("image.qcow2")).unwrap();
+        let path = dir.path().join("image.qcow2");
+        let file = std::fs::File::open(&path).unwrap();
         let _ = check::check(&file);
+        // A repair either refuses the image or leaves it clean, and grows it by no more than
+        // its new refcount structures.
+        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        if let Ok(report) = check::repair(&file) {
+            prop_assert_eq!((report.corruptions, report.leaks), (0, 0), "{:?}", report.messages);
+            let grown = file.metadata().unwrap().len().saturating_sub(len as u64);
+            prop_assert!(grown <= 1 << 20, "the repair grew the image by {} bytes", grown);
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use storage::image::{
     self, ConvertOptions, CreateOptions, Format, ImageError, Preallocation, Progress, RebaseOptions,
 };
@@ -12,40 +11,8 @@ use storage::lock::{self, Access};
 use storage::qcow2::{self, Qcow2Options};
 use storage::{DiskBackend, DiskBackendExt};
 
-const QEMU_IMG: &str = "/usr/bin/qemu-img";
-
-/// Tests here run one at a time: a qemu-img another test spawns holds copies of this process's
-/// descriptors between its fork and exec, and with them the OFD image locks of files a test has
-/// just closed, which would make the test's next lock of that file fail now and then.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn have_qemu_img() -> bool {
-    if Path::new(QEMU_IMG).exists() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{QEMU_IMG} is missing (install qemu-utils)");
-    eprintln!("skipped: {QEMU_IMG} is missing");
-    false
-}
-
-fn qemu_img(args: &[&str]) -> String {
-    let output = Command::new(QEMU_IMG).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "qemu-img {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+mod common;
+use common::{have_qemu_img, qemu_img, s, serial};
 
 fn assert_clean(path: &Path) -> String {
     let out = qemu_img(&["check", s(path)]);

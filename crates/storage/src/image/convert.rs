@@ -1,6 +1,8 @@
 //! `convert`: copies an image into a new raw or qcow2 image (qcow2 optionally compressed).
 
-use super::{create_file, open_disk, probe, Format, ImageError, Progress};
+use super::{
+    create_file, open_disk, probe, refuse_overwriting, removed_on_error, Disk, Format, ImageError, Progress,
+};
 use crate::qcow2::writer::{self, WriterOptions};
 use crate::DiskBackendExt;
 use std::os::unix::fs::FileExt;
@@ -37,8 +39,24 @@ pub fn convert(
         Some(format) => format,
         None => probe(source)?,
     };
-    let disk = open_disk(source, format, false, options.force_share)?;
-    let disk = disk.backend();
+    let opened = open_disk(source, format, false, options.force_share)?;
+    refuse_overwriting(target, source, "source")?;
+    if let Disk::Qcow2(qcow2) = &opened {
+        for backing in qcow2.backing_chain() {
+            refuse_overwriting(target, backing, "source's backing file")?;
+        }
+    }
+    removed_on_error(target, || write_target(opened.backend(), source, target, options, progress))
+}
+
+/// Writes the new image at `target` from `disk` (the opened `source`).
+fn write_target(
+    disk: &dyn crate::DiskBackend,
+    source: &Path,
+    target: &Path,
+    options: &ConvertOptions,
+    progress: &Progress,
+) -> Result<(), ImageError> {
     let file = create_file(target)?;
     let size = disk.size();
     progress.set_length(size);

@@ -1,6 +1,6 @@
 //! `create`: a new raw or qcow2 image, empty or over a backing file.
 
-use super::{create_file, open_disk, parse_size, Format, ImageError};
+use super::{create_file, open_disk, parse_size, refuse_overwriting, removed_on_error, Format, ImageError};
 use imago::file::File as ImagoFile;
 use imago::format::PreallocateMode;
 use imago::qcow2::Qcow2;
@@ -75,8 +75,16 @@ pub fn parse_create_options(text: &str) -> Result<(Option<u64>, Preallocation), 
     Ok((cluster_size, preallocation))
 }
 
-/// Creates the image at `path` (0600; an existing file is replaced).
+/// Creates the image at `path` (0600; an existing file is replaced, a new one removed again if
+/// the image cannot be made).
 pub fn create(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
+    if let Some((name, _)) = &options.backing {
+        refuse_overwriting(path, &backing_path(path, name), "backing file")?;
+    }
+    removed_on_error(path, || create_image(path, options))
+}
+
+fn create_image(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
     let size = match (options.size, &options.backing) {
         (Some(size), _) => size,
         (None, Some((name, format))) => backing_size(path, name, *format)?,
@@ -129,8 +137,13 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
 /// The virtual size of the backing file `name` (relative to `path`'s directory), which must
 /// exist and open in `format`.
 fn backing_size(path: &Path, name: &str, format: Format) -> Result<u64, ImageError> {
-    let backing = path.parent().unwrap_or(Path::new("")).join(name);
-    Ok(open_disk(&backing, format, false, true)?.backend().size())
+    Ok(open_disk(&backing_path(path, name), format, false, true)?.backend().size())
+}
+
+/// Where the backing file `name` of an image at `path` is: relative names are relative to the
+/// image's directory.
+fn backing_path(path: &Path, name: &str) -> std::path::PathBuf {
+    path.parent().unwrap_or(Path::new("")).join(name)
 }
 
 fn fallocate(file: &std::fs::File, size: u64) -> std::io::Result<()> {

@@ -29,13 +29,7 @@ impl RawFile {
 
 /// A file's size; a block device's from seeking to its end.
 pub(super) fn size_of(file: &File) -> io::Result<u64> {
-    use std::io::Seek;
-    let metadata = file.metadata()?;
-    if metadata.is_file() {
-        return Ok(metadata.len());
-    }
-    let mut clone = file.try_clone()?;
-    clone.seek(io::SeekFrom::End(0))
+    crate::qcow2::metaio::file_len(file)
 }
 
 impl DiskBackend for RawFile {

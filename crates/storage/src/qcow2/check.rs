@@ -125,6 +125,43 @@ pub fn repair_with_progress(
     Ok(after)
 }
 
+/// The first cluster of the image's active metadata — the header, the L1 and refcount tables,
+/// the refcount blocks and L2 tables they name — whose refcount on disk is 0, if one is. imago's
+/// allocator hands such a cluster out again (it has no overlap check, unlike QEMU), so the first
+/// write would put a new table or the guest's data over the header or a table. Cheap enough for
+/// every writable open: it reads the L1 and refcount tables and the refcount blocks that cover
+/// the clusters found, each once, never an L2 table.
+pub(crate) fn unreferenced_metadata(file: &File) -> Result<Option<u64>, CheckError> {
+    let image = Image::read(file)?;
+    let cs = image.cluster_size;
+    let mut on_disk = OnDisk::new(&image)?;
+    let span = |offset: u64, len: u64| offset / cs..(offset + len).div_ceil(cs);
+    let mut clusters = vec![0];
+    clusters.extend(span(image.header.l1_table_offset, u64::from(image.header.l1_size) * 8));
+    clusters.extend(span(
+        image.header.refcount_table_offset,
+        u64::from(image.header.refcount_table_clusters) * cs,
+    ));
+    let tables = |entries: &[u64], mask: u64| -> Vec<u64> {
+        entries
+            .iter()
+            .map(|entry| entry & mask)
+            .filter(|offset| *offset != 0)
+            .map(|offset| offset / cs)
+            .collect()
+    };
+    clusters.extend(tables(&on_disk.reftable, REFT_OFFSET_MASK));
+    clusters.extend(tables(&image.l1()?, OFFSET_MASK));
+    clusters.sort_unstable();
+    clusters.dedup();
+    for cluster in clusters {
+        if on_disk.get(cluster)? == 0 {
+            return Ok(Some(cluster));
+        }
+    }
+    Ok(None)
+}
+
 struct Image<'a> {
     file: &'a File,
     header: Header,
@@ -133,12 +170,18 @@ struct Image<'a> {
 }
 
 impl<'a> Image<'a> {
+    /// The image, for a check (which does not handle internal snapshots).
     fn new(file: &'a File) -> Result<Image<'a>, CheckError> {
-        let header = header::read(file)?;
-        if header.nb_snapshots > 0 {
+        let image = Image::read(file)?;
+        if image.header.nb_snapshots > 0 {
             return Err(CheckError::Snapshots);
         }
-        Ok(Image { file, file_len: file.metadata()?.len(), cluster_size: header.cluster_size(), header })
+        Ok(image)
+    }
+
+    fn read(file: &'a File) -> Result<Image<'a>, CheckError> {
+        let header = header::read(file)?;
+        Ok(Image { file, file_len: metaio::file_len(file)?, cluster_size: header.cluster_size(), header })
     }
 
     fn read_table(&self, offset: u64, entries: u64) -> io::Result<Vec<u64>> {
@@ -200,6 +243,20 @@ fn set_refcount(block: &mut [u8], index: u64, bits: u64, value: u64) {
     }
 }
 
+/// The (index, refcount) of the refcounts from index `from` on in a refcount block that are not
+/// zero, skipping zero words whole: the cost is the block's length plus its non-zero entries.
+fn nonzero_refcounts(block: &[u8], bits: u64, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let per_word = 64 / bits;
+    block.chunks_exact(8).enumerate().filter(|(_, word)| word.iter().any(|b| *b != 0)).flat_map(
+        move |(w, _)| {
+            let first = (w as u64 * per_word).max(from);
+            (first..(w as u64 + 1) * per_word)
+                .map(move |index| (index, get_refcount(block, index, bits)))
+                .filter(|(_, refcount)| *refcount != 0)
+        },
+    )
+}
+
 /// The refcounts on disk, read through the refcount table, one block cached (lookups mostly go
 /// in order).
 struct OnDisk<'a> {
@@ -251,6 +308,18 @@ struct Walk<'a> {
     bad_l2: Vec<(u64, usize)>,
     /// The distinct, usable L2 tables.
     l2_tables: Vec<u64>,
+    /// The COPIED flags to check against the refcounts on disk once the walk is done, in
+    /// cluster order, so that each refcount block is read once however the tables scatter
+    /// their entries (a lookup per entry, in table order, could read one block per entry).
+    copied: Vec<CopiedCheck>,
+}
+
+/// A table entry's COPIED flag, to be checked against its cluster's refcount on disk.
+struct CopiedCheck {
+    cluster: u64,
+    entry: u64,
+    /// The L1 index, for an L2 table's entry; `None` for a data cluster's L2 entry.
+    l1_index: Option<usize>,
 }
 
 impl<'a> Walk<'a> {
@@ -264,6 +333,7 @@ impl<'a> Walk<'a> {
             bad_l1: Vec::new(),
             bad_l2: Vec::new(),
             l2_tables: Vec::new(),
+            copied: Vec::new(),
         }
     }
 
@@ -317,12 +387,11 @@ impl<'a> Walk<'a> {
                 self.bad_l1.push(l1_index);
                 continue;
             }
-            let refcount = self.on_disk.get(l2_offset / cs)?;
-            if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
-                self.error(format!(
-                    "ERROR OFLAG_COPIED L2 cluster: l1_index={l1_index} l1_entry={entry:x} refcount={refcount}"
-                ));
-            }
+            self.copied.push(CopiedCheck {
+                cluster: l2_offset / cs,
+                entry: *entry,
+                l1_index: Some(l1_index),
+            });
             if !self.count(l2_offset, cs) {
                 self.bad_l1.push(l1_index);
                 continue;
@@ -353,6 +422,25 @@ impl<'a> Walk<'a> {
                     self.count(offset, cs);
                 }
             }
+        }
+        self.check_copied()
+    }
+
+    /// Checks the COPIED flags collected by the walk: set exactly when the refcount is 1.
+    fn check_copied(&mut self) -> Result<(), CheckError> {
+        let mut copied = std::mem::take(&mut self.copied);
+        copied.sort_by_key(|check| check.cluster);
+        for CopiedCheck { cluster, entry, l1_index } in copied {
+            let refcount = self.on_disk.get(cluster)?;
+            if (refcount == 1) == (entry & OFLAG_COPIED != 0) {
+                continue;
+            }
+            self.error(match l1_index {
+                Some(l1_index) => format!(
+                    "ERROR OFLAG_COPIED L2 cluster: l1_index={l1_index} l1_entry={entry:x} refcount={refcount}"
+                ),
+                None => format!("ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={refcount}"),
+            });
         }
         Ok(())
     }
@@ -398,12 +486,7 @@ impl<'a> Walk<'a> {
                 self.report.fragmented_clusters += 1;
             }
             *next_contiguous = offset + cs;
-            let refcount = self.on_disk.get(offset / cs)?;
-            if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
-                self.error(format!(
-                    "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={refcount}"
-                ));
-            }
+            self.copied.push(CopiedCheck { cluster: offset / cs, entry, l1_index: None });
             if !self.count(offset, cs) {
                 self.bad_l2.push((l2_offset, index));
             }
@@ -411,25 +494,42 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    /// Compares the counted references with the refcounts on disk.
+    /// Compares the counted references with the refcounts on disk. Every refcount of the
+    /// clusters inside the file is compared (as QEMU does); past the end of the file only the
+    /// refcounts that are not zero are (stale ones, a crash with lazy refcounts leaves them, are
+    /// leaks), and each refcount block is read once. So the work is bounded by the file and its
+    /// distinct blocks, not by the refcount table: a hostile table of a million entries naming
+    /// one block would otherwise cover 2^35 refcounts.
     fn compare(mut self) -> Result<CheckReport, CheckError> {
         let per_block = self.image.per_block();
         let bits = self.image.refcount_bits();
+        let file_clusters = self.image.file_len.div_ceil(self.image.cluster_size);
         let mut highest = self.refs.keys().next_back().copied();
+        let mut read_blocks = HashSet::new();
         for i in 0..self.on_disk.reftable.len() as u64 {
             let Some(offset) = self.on_disk.block_offset(i) else { continue };
+            let first = i * per_block;
+            let inside = file_clusters.saturating_sub(first).min(per_block);
+            // A block named twice is a corruption the walk counted already.
+            if !read_blocks.insert(offset) && inside == 0 {
+                continue;
+            }
             let block = metaio::read_at(self.image.file, offset, self.image.cluster_size as usize)?;
-            for index in 0..per_block {
-                let cluster = i * per_block + index;
+            for index in 0..inside {
                 let on_disk = get_refcount(&block, index, bits);
-                let counted = self.refs.remove(&cluster).unwrap_or(0);
+                let counted = self.refs.remove(&(first + index)).unwrap_or(0);
                 if on_disk != 0 {
-                    highest = highest.max(Some(cluster));
+                    highest = highest.max(Some(first + index));
                 }
-                self.compare_one(cluster, on_disk, counted);
+                self.compare_one(first + index, on_disk, counted);
+            }
+            for (index, on_disk) in nonzero_refcounts(&block, bits, inside) {
+                let counted = self.refs.remove(&(first + index)).unwrap_or(0);
+                highest = highest.max(Some(first + index));
+                self.compare_one(first + index, on_disk, counted);
             }
         }
-        // References to clusters no refcount block covers.
+        // References to clusters no refcount block covers, or whose refcount is zero.
         for (cluster, counted) in std::mem::take(&mut self.refs) {
             self.compare_one(cluster, 0, counted);
         }
@@ -579,6 +679,51 @@ fn clear_dirty(file: &File, header: &Header) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Runs `f` on another thread and fails the test if it takes more than a minute (a hostile
+    /// image that makes the check loop would otherwise hang the test run).
+    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(f()).unwrap());
+        result.recv_timeout(std::time::Duration::from_secs(60)).expect("the check did not finish")
+    }
+
+    /// A refcount table of a million entries (8 MiB, QEMU's limit) that all name one refcount
+    /// block: the check compares only the clusters inside the file (QEMU's bound) rather than a
+    /// million blocks' worth (2^35 refcounts), and the repair rebuilds a small, clean table.
+    #[test]
+    fn a_refcount_table_naming_one_block_a_million_times_is_checked_quickly() {
+        const CS: u64 = 1 << 16;
+        let table_clusters = (header::MAX_REFTABLE_BYTES / CS) as u32;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hostile.qcow2");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        let mut h = vec![0u8; 104];
+        h[0..4].copy_from_slice(&header::MAGIC.to_be_bytes());
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[20..24].copy_from_slice(&16u32.to_be_bytes());
+        h[24..32].copy_from_slice(&(1u64 << 20).to_be_bytes());
+        h[36..40].copy_from_slice(&1u32.to_be_bytes());
+        h[40..48].copy_from_slice(&(2 * CS).to_be_bytes());
+        h[48..56].copy_from_slice(&(3 * CS).to_be_bytes());
+        h[56..60].copy_from_slice(&table_clusters.to_be_bytes());
+        h[96..100].copy_from_slice(&4u32.to_be_bytes());
+        h[100..104].copy_from_slice(&104u32.to_be_bytes());
+        file.write_all_at(&h, 0).unwrap();
+        let table: Vec<u8> = (0..header::MAX_REFTABLE_BYTES / 8).flat_map(|_| CS.to_be_bytes()).collect();
+        file.write_all_at(&table, 3 * CS).unwrap();
+        let file_len = (3 + u64::from(table_clusters)) * CS;
+        assert_eq!(file.metadata().unwrap().len(), file_len);
+
+        let checked = file.try_clone().unwrap();
+        let report = bounded(move || check(&checked).unwrap());
+        assert!(report.corruptions > 0, "{:?}", report.messages);
+        let repaired = bounded(move || repair(&file).unwrap());
+        assert_eq!((repaired.corruptions, repaired.leaks), (0, 0), "{:?}", repaired.messages);
+        let grown = std::fs::metadata(&path).unwrap().len() - file_len;
+        assert!(grown <= 2 * CS, "the rebuilt refcounts take {grown} bytes");
+    }
 
     #[test]
     fn refcounts_of_every_width_round_trip() {

@@ -10,10 +10,9 @@ use imago::format::gate::ImplicitOpenGate;
 use imago::{FormatAccess, StorageOpenOptions};
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -101,37 +100,21 @@ impl BackingGate {
         if depth >= MAX_DEPTH {
             return Err(Qcow2Error::BackingTooDeep { path: path.to_owned(), limit: MAX_DEPTH });
         }
-        let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
-        if direct {
-            flags |= libc::O_DIRECT;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|source| Qcow2Error::Backing { path: path.to_owned(), source })?;
+        let flags = if direct { libc::O_DIRECT } else { 0 };
+        let file = crate::raw::open_checked(path, true, flags).map_err(|error| match error {
+            crate::raw::OpenError::NotADisk(kind) => {
+                Qcow2Error::BackingNotFile { path: path.to_owned(), kind }
+            }
+            crate::raw::OpenError::Io(source) | crate::raw::OpenError::Size(source) => {
+                Qcow2Error::Backing { path: path.to_owned(), source }
+            }
+        })?;
         let metadata =
             file.metadata().map_err(|source| Qcow2Error::Backing { path: path.to_owned(), source })?;
-        let kind = metadata.file_type();
-        if !kind.is_file() && !kind.is_block_device() {
-            let kind = if kind.is_fifo() {
-                "a FIFO"
-            } else if kind.is_dir() {
-                "a directory"
-            } else if kind.is_char_device() {
-                "a character device"
-            } else if kind.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
-            return Err(Qcow2Error::BackingNotFile { path: path.to_owned(), kind });
-        }
         if !self.state.borrow_mut().seen.insert((metadata.dev(), metadata.ino())) {
             return Err(Qcow2Error::BackingCycle { path: path.to_owned() });
         }
         self.check_qcow2_header(&file, path)?;
-        clear_nonblock(&file).map_err(|source| Qcow2Error::Backing { path: path.to_owned(), source })?;
         lock::lock(&file, Access::Read)
             .map_err(|source| Qcow2Error::BackingLock { path: path.to_owned(), source })?;
         self.state.borrow_mut().chain.push(path.to_owned());
@@ -182,21 +165,6 @@ impl BackingGate {
         state.next_format = header.backing_format;
         Ok(())
     }
-}
-
-/// O_NONBLOCK was only there so that opening a FIFO could not block; reads of a block device
-/// must not see EAGAIN.
-fn clear_nonblock(file: &File) -> io::Result<()> {
-    // SAFETY: F_GETFL on an open descriptor reads its flags and touches no memory of ours.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL on an open descriptor sets its status flags and touches no memory of ours.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl ImplicitOpenGate<ImagoFile> for BackingGate {

@@ -409,7 +409,8 @@ pub fn be64(bytes: &[u8], at: usize) -> u64 {
 /// Reads the first cluster (at most 2 MiB, or the whole file when shorter) of `file` and parses
 /// the header in it. The reads use 4 KiB-aligned buffers and offsets, so an O_DIRECT file works.
 pub fn read(file: &std::fs::File) -> Result<Header, Qcow2Error> {
-    let file_len = file.metadata().map_err(|e| Qcow2Error::io("reading the image's size", e))?.len();
+    let file_len =
+        super::metaio::file_len(file).map_err(|e| Qcow2Error::io("reading the image's size", e))?;
     let mut first = AlignedBuf::new(ALIGN);
     let got = read_up_to(file, first.as_mut_slice(), 0)?;
     // The cluster size decides how much more to read: the header, extensions and backing name
@@ -434,23 +435,8 @@ pub fn has_magic(file: &std::fs::File) -> std::io::Result<bool> {
     Ok(got >= 8 && be32(bytes, 0) == MAGIC && matches!(be32(bytes, 4), 2 | 3))
 }
 
-pub(super) fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> Result<usize, Qcow2Error> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buffer.len() {
-        match file.read_at(&mut buffer[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                if !done.is_multiple_of(ALIGN) {
-                    break; // a short read of a regular file is its end (and O_DIRECT wants aligned offsets)
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Qcow2Error::io("reading the qcow2 header", e)),
-        }
-    }
-    Ok(done)
+fn read_up_to(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> Result<usize, Qcow2Error> {
+    super::metaio::read_up_to(file, buffer, offset).map_err(|e| Qcow2Error::io("reading the qcow2 header", e))
 }
 
 #[cfg(test)]

@@ -32,6 +32,20 @@ impl AlignedBuf {
     }
 }
 
+/// The length of the image's file: a block device's metadata says 0, so its end is found by
+/// seeking (all I/O here is positional, so the file offset does not matter).
+pub(crate) fn file_len(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    let metadata = file.metadata()?;
+    if metadata.file_type().is_block_device() {
+        let mut file = file;
+        file.seek(SeekFrom::End(0))
+    } else {
+        Ok(metadata.len())
+    }
+}
+
 /// Reads `len` bytes at `offset`; bytes past the end of the file read as zeroes.
 pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let start = offset - offset % ALIGN as u64;
@@ -47,7 +61,7 @@ pub(crate) fn write_at(file: &File, offset: u64, data: &[u8]) -> io::Result<()> 
     let head = (offset - start) as usize;
     let mut buffer = AlignedBuf::new(head + data.len());
     let bytes = buffer.as_mut_slice();
-    let file_len = file.metadata()?.len();
+    let file_len = file_len(file)?;
     if head != 0 || !data.len().is_multiple_of(ALIGN) {
         read_aligned(file, bytes, start)?;
     }
@@ -57,6 +71,7 @@ pub(crate) fn write_at(file: &File, offset: u64, data: &[u8]) -> io::Result<()> 
     let end = offset + data.len() as u64;
     file.write_all_at(bytes, start)?;
     let written_end = start + bytes.len() as u64;
+    // (A block device, which cannot be cut, ends on a block boundary: this never applies.)
     if written_end > file_len.max(end) {
         file.set_len(file_len.max(end))?;
     }
@@ -65,6 +80,14 @@ pub(crate) fn write_at(file: &File, offset: u64, data: &[u8]) -> io::Result<()> 
 
 /// Fills `buffer` from `offset`, zeroes past the end of the file.
 fn read_aligned(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    let done = read_up_to(file, buffer, offset)?;
+    buffer[done..].fill(0);
+    Ok(())
+}
+
+/// Reads into `buffer` (aligned, at an aligned `offset`) until it is full or the file ends;
+/// returns how many bytes were read.
+pub(crate) fn read_up_to(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buffer.len() {
         match file.read_at(&mut buffer[done..], offset + done as u64) {
@@ -72,13 +95,12 @@ fn read_aligned(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
             Ok(n) => {
                 done += n;
                 if !done.is_multiple_of(ALIGN) {
-                    break; // the end of the file
+                    break; // a short read of a regular file is its end (and O_DIRECT wants aligned offsets)
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    buffer[done..].fill(0);
-    Ok(())
+    Ok(done)
 }

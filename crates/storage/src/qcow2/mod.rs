@@ -67,13 +67,18 @@ pub enum Qcow2Error {
     Dirty,
     #[error("the image is marked corrupt; run `kestrel image check --repair` on it")]
     Corrupt,
+    #[error(
+        "the image's refcounts are damaged: its metadata cluster {cluster} has refcount 0, so a \
+         write could be put over it; run `kestrel image check --repair` on it"
+    )]
+    MetadataUnreferenced { cluster: u64 },
     #[error("backing files are not allowed here, and the image has one: {path}")]
     BackingDenied { path: PathBuf },
     #[error("the backing chain is a cycle: {path} is already in it")]
     BackingCycle { path: PathBuf },
     #[error("the backing chain is deeper than {limit} images, at {path}")]
     BackingTooDeep { path: PathBuf, limit: usize },
-    #[error("backing file {path} is {kind}, not a regular file or block device")]
+    #[error("backing file {path} is a {kind}, not a regular file or block device")]
     BackingNotFile { path: PathBuf, kind: &'static str },
     #[error("backing file {path}: {source}")]
     Backing {
@@ -129,6 +134,9 @@ pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<
         }
         header = header::read(&file)?;
     }
+    if options.writable {
+        refuse_unreferenced_metadata(&file)?;
+    }
     let gate = gate::BackingGate::new(&file, &header, options.allow_backing, options.direct)?;
     let storage = ImagoFile::from_open_file(
         file,
@@ -155,10 +163,25 @@ pub(crate) fn open_layer(file: std::fs::File, path: &Path, writable: bool) -> Re
     if header.dirty() {
         return Err(Qcow2Error::Dirty);
     }
+    if writable {
+        refuse_unreferenced_metadata(&file)?;
+    }
     let gate = gate::BackingGate::new(&file, &header, false, false)?;
     let storage = ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path).write(writable))
         .map_err(|e| Qcow2Error::io("opening the image", e))?;
     let opened = Qcow2::<ImagoFile>::builder(storage).write(writable).backing(None).open(gate.clone());
     let qcow2 = opened.map_err(|e| gate.take_refusal().unwrap_or(Qcow2Error::Imago(e)))?;
     Ok(Qcow2Disk::new(FormatAccess::new(qcow2), header, Vec::new(), writable))
+}
+
+/// An image is written only if none of its metadata is free for the taking (see
+/// [`check::unreferenced_metadata`]).
+fn refuse_unreferenced_metadata(file: &std::fs::File) -> Result<(), Qcow2Error> {
+    match check::unreferenced_metadata(file) {
+        Ok(None) => Ok(()),
+        Ok(Some(cluster)) => Err(Qcow2Error::MetadataUnreferenced { cluster }),
+        Err(check::CheckError::Header(error)) => Err(error),
+        Err(check::CheckError::Io(error)) => Err(Qcow2Error::io("reading the refcounts", error)),
+        Err(error) => Err(Qcow2Error::Repair(Box::new(error))),
+    }
 }
