@@ -58,6 +58,11 @@ impl AdaptivePoll {
         self.window
     }
 
+    /// Whether the device polls at all (given a maximum window).
+    pub(super) fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
     /// Whether the worker is in a window now (its notifications are off).
     pub(super) fn polling(&self) -> bool {
         self.deadline.is_some()

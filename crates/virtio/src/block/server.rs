@@ -173,7 +173,22 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
     fn serve_queue(&mut self, index: usize) {
         let rearm = !self.poll.will_poll();
         self.process_requests(index, rearm);
-        self.poll.idle(Instant::now());
+        self.went_idle();
+    }
+
+    /// The worker ran out of work: a poll window starts (if the device polls at all: a device
+    /// that does not skips reading the clock).
+    fn went_idle(&mut self) {
+        if self.poll.enabled() {
+            self.poll.idle(Instant::now());
+        }
+    }
+
+    /// An event woke the worker: the poll window adapts to how long it was idle.
+    fn woke(&mut self) {
+        if self.poll.enabled() {
+            self.poll.woke(Instant::now());
+        }
     }
 
     /// Takes every available request of queue `index` (while its engine has room), then
@@ -387,7 +402,7 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
 
     fn process_queue(&mut self, index: usize) {
         self.context.metrics.queue_event_count.inc();
-        self.poll.woke(Instant::now());
+        self.woke();
         self.serve_queue(index);
     }
 
@@ -399,7 +414,7 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
         }
         if self.poll_queues() {
             self.poll.found();
-            self.poll.idle(Instant::now());
+            self.went_idle();
         } else if self.poll.expired(Instant::now()) {
             self.end_poll_window();
         } else {
@@ -425,14 +440,14 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
             return;
         }
         let Some(&queue) = self.engine_queues.get(index) else { return };
-        self.poll.woke(Instant::now());
+        self.woke();
         let done = self.reap(queue);
         self.complete_requests(queue, done);
         if std::mem::take(&mut self.queues[queue].stalled) {
             self.serve_queue(queue);
         } else {
             // Out of work again: the driver's next request is likely to follow this completion.
-            self.poll.idle(Instant::now());
+            self.went_idle();
         }
     }
 
