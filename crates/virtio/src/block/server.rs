@@ -172,7 +172,7 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
     /// device polls now, else to sleep on notifications.
     fn serve_queue(&mut self, index: usize) {
         let rearm = !self.poll.will_poll();
-        self.process_requests(index, rearm);
+        let _ = self.process_requests(index, rearm);
         self.went_idle();
     }
 
@@ -194,20 +194,28 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
     /// Takes every available request of queue `index` (while its engine has room), then
     /// interrupts the driver once if it wants to know. With `rearm`, the driver's notifications
     /// are turned back on once the ring is empty; without, they stay off for a poll window.
-    fn process_requests(&mut self, index: usize, rearm: bool) {
+    /// Whether any request was taken.
+    fn process_requests(&mut self, index: usize, rearm: bool) -> bool {
         let context = &self.context;
-        let Some(server) = self.queues.get_mut(index) else { return };
+        let Some(server) = self.queues.get_mut(index) else { return false };
         if server.throttled {
-            return; // The limiter's timer serves it again.
+            return false; // The limiter's timer serves it again.
         }
         let memory = &context.memory;
         let mut used_any = false;
+        let mut taken_any = false;
+        // The last look said the ring has more: a pass that then takes nothing means the queue
+        // refuses the ring's index (a driver's index more than a ring ahead), and another look
+        // would say the same forever.
+        let mut more_promised = false;
         'serve: loop {
             // No notifications while the ring is being emptied: they would only wake the worker
             // for requests it is about to see anyway. (With EVENT_IDX this does nothing.)
             let _ = server.queue.disable_notification(memory);
+            let mut taken = false;
             while server.engine.as_ref().is_none_or(|engine| !engine.is_full()) {
                 let Some(chain) = server.queue.pop_descriptor_chain(memory) else { break };
+                taken = true;
                 if !context.admit(&chain) {
                     // Back on the ring, untouched, for when the budget has refilled.
                     server.queue.go_to_previous_position();
@@ -263,7 +271,8 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                     break;
                 }
             }
-            if server.throttled {
+            taken_any |= taken;
+            if server.throttled || (more_promised && !taken) {
                 break;
             }
             // Back on, then one more look: a request made available just before would otherwise
@@ -277,10 +286,12 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
             if !more {
                 break;
             }
+            more_promised = true;
         }
         if used_any {
             signal_used("virtio-blk", &mut server.queue, memory, context.interrupt.as_ref(), index);
         }
+        taken_any
     }
 
     /// Completes queue `index`'s requests in `done`, then interrupts the driver once.
@@ -334,8 +345,7 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
             };
             if work {
                 server.stalled = false;
-                found = true;
-                self.process_requests(index, false);
+                found |= self.process_requests(index, false);
             }
         }
         found
@@ -343,8 +353,9 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
 
     /// The window passed with nothing: notifications back on, then one more look at each ring,
     /// as the driver may have made a request available before it saw them on (and so sent no
-    /// notification). A request found so is served and starts a new window. Stalled and
-    /// throttled queues keep their notifications off: their own events serve them again.
+    /// notification). A request found so is served (notifications back on after it too) and
+    /// starts a new window; a ring that only claims to have one (a bad index) does not. Stalled
+    /// and throttled queues keep their notifications off: their own events serve them again.
     fn end_poll_window(&mut self) {
         self.poll.end();
         let mut raced = Vec::new();
@@ -356,11 +367,13 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                 raced.push(index);
             }
         }
-        if !raced.is_empty() {
+        let mut served = false;
+        for index in raced {
+            served |= self.process_requests(index, true);
+        }
+        if served {
             self.poll.found();
-            for index in raced {
-                self.serve_queue(index);
-            }
+            self.went_idle();
         }
     }
 
@@ -540,7 +553,7 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                 engine.wait(&mut done).unwrap();
                 self.complete_requests(index, done);
                 if std::mem::take(&mut self.queues[index].stalled) {
-                    self.process_requests(index, true);
+                    let _ = self.process_requests(index, true);
                 }
             }
         }

@@ -144,7 +144,36 @@ fn the_window_ends_with_notifications_on_and_a_request_that_raced_in_is_served()
     assert_eq!(used_entries(&memory, &mock, SIZE).len(), 2, "the raced request was not lost");
     assert!(read_back(&memory, 1));
     assert_eq!(handler.poll_state(), (LONG, true), "work found: polling again");
+    // Served with notifications back on; the next request found by polling turns them off.
+    make_available(&memory, &mock, 2);
+    assert!(handler.poll());
+    assert_eq!(used_entries(&memory, &mock, SIZE).len(), 3);
     assert!(notifications_off(&memory, &mock));
+}
+
+#[test]
+fn a_ring_index_more_than_a_ring_ahead_neither_hangs_the_worker_nor_keeps_it_polling() {
+    let (_dir, path) = patterned_disk();
+    for poll in [None, Some(Duration::from_micros(1))] {
+        let memory = memory();
+        let mock = MockSplitQueue::new(&memory, SIZE);
+        make_available(&memory, &mock, 0);
+        // The driver's index claims SIZE + 1 requests: the queue refuses to take any.
+        memory.write_obj(SIZE + 1, mock.avail_addr().unchecked_add(2)).unwrap();
+        let (handler, _) = polled_handler(&memory, queue_of(&mock), &path, ON_THE_SPOT);
+        let mut handler = match poll {
+            Some(window) => handler.with_fixed_poll(window),
+            None => handler,
+        };
+        handler.process_queue(0);
+        // The 1 µs window passes, and its last look finds nothing it can take: the worker
+        // sleeps instead of polling the broken ring for ever.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handler.poll() {
+            assert!(Instant::now() < deadline, "still polling a ring it cannot take from");
+        }
+        assert!(used_entries(&memory, &mock, SIZE).is_empty());
+    }
 }
 
 #[test]
