@@ -143,7 +143,9 @@ pub struct RunArgs {
     /// no flush: for scratch disks). backing=off refuses a qcow2 image that has a backing file.
     /// queues=N gives 1 to 16 request queues; engine=async (default: many requests in flight,
     /// io_uring for raw images, a thread pool for qcow2) or sync (one at a time). bw= limits the bytes
-    /// per second (256M, 1G), iops= the requests per second. A path cannot contain a comma. The
+    /// per second (256M, 1G), iops= the requests per second. poll=50us has the disk's worker poll
+    /// for the guest's next request for up to that long (0 to 1000us, adapting; off by default):
+    /// less latency at queue depth 1, for a host CPU's time. A path cannot contain a comma. The
     /// image is locked as QEMU locks it: one writer, or any number of readers.
     /// Example: --disk path=rootfs.ext4 --disk path=vm.qcow2,format=qcow2,cache=none,queues=2
     #[arg(long = "disk", value_name = "path=PATH[,format=raw|qcow2][,...]", value_parser = parse_disk)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use model::config::{
     BalloonConfig, BlockConfig, CacheMode, ImageFormat, IoEngine, MacAddress, MacError, NetConfig,
-    RateLimiterConfig, TokenBucket, VsockConfig, DISK_ID_MAX_BYTES, MAX_DISK_QUEUES, TAP_NAME_MAX_BYTES,
-    VSOCK_MAX_CID, VSOCK_MIN_CID,
+    RateLimiterConfig, TokenBucket, VsockConfig, DISK_ID_MAX_BYTES, MAX_DISK_QUEUES, MAX_POLL_US,
+    TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
 
 use crate::size::{parse_size, SizeError};
@@ -49,6 +49,8 @@ pub enum OptionError {
     Bandwidth { value: String, source: SizeError },
     #[error("{0}=0 limits nothing; leave it out")]
     ZeroLimit(&'static str),
+    #[error("poll={0}: the window must be 0 to {MAX_POLL_US}us, as in poll=50us")]
+    PollWindow(String),
 }
 
 /// A flag value of the form `key=value[,key=value...]`: every item is `key=value`, every key is one
@@ -129,7 +131,7 @@ impl<'a> OptionList<'a> {
 /// The syntax of `--disk`, as messages and the help quote it.
 pub const DISK_FORM: &str =
     "path=PATH[,format=raw|qcow2][,readonly=on|off][,id=ID][,cache=writeback|none|unsafe]\
-[,backing=on|off][,queues=N][,engine=sync|async][,bw=BYTES][,iops=N]";
+[,backing=on|off][,queues=N][,engine=sync|async][,bw=BYTES][,iops=N][,poll=MICROSECONDSus]";
 
 /// `--disk path=PATH[,format=raw|qcow2][,readonly=on|off][,id=ID][,cache=...][,backing=on|off]
 /// [,queues=N][,engine=sync|async][,bw=BYTES][,iops=N]`: the format is raw unless given (never
@@ -138,7 +140,7 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
     let options = OptionList::parse(
         text,
         DISK_FORM,
-        &["path", "format", "readonly", "id", "cache", "backing", "queues", "engine", "bw", "iops"],
+        &["path", "format", "readonly", "id", "cache", "backing", "queues", "engine", "bw", "iops", "poll"],
     )?;
     let path = options.required("path")?;
     if path.is_empty() {
@@ -182,6 +184,18 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
         })
         .transpose()?;
     let ops = options.number::<u64>("iops")?;
+    // Adaptive polling's longest window: microseconds, the unit written or not ("50us", "50").
+    let poll_us = options
+        .get("poll")
+        .map(|text| {
+            text.strip_suffix("us")
+                .unwrap_or(text)
+                .parse::<u32>()
+                .ok()
+                .filter(|&us| us <= MAX_POLL_US)
+                .ok_or_else(|| OptionError::PollWindow(text.to_owned()))
+        })
+        .transpose()?;
     for (key, limit) in [("bw", bandwidth), ("iops", ops)] {
         if limit == Some(0) {
             return Err(OptionError::ZeroLimit(key));
@@ -200,6 +214,7 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
         num_queues,
         io_engine: io_engine.unwrap_or(defaults.io_engine),
         rate_limiter,
+        poll_us,
         ..defaults
     })
 }
@@ -361,7 +376,7 @@ mod tests {
         assert_eq!(parse_disk("path=a.img,readonly=off,id=data"), Ok(disk("a.img", false, Some("data"))));
         assert_eq!(parse_disk("path=a=b.img"), Ok(disk("a=b.img", false, None)));
         let everything =
-            "path=a.qcow2,format=qcow2,cache=none,backing=off,queues=4,engine=async,bw=100M/s,iops=5000";
+            "path=a.qcow2,format=qcow2,cache=none,backing=off,queues=4,engine=async,bw=100M/s,iops=5000,poll=50us";
         assert_eq!(
             parse_disk(everything),
             Ok(BlockConfig {
@@ -374,6 +389,7 @@ mod tests {
                     bandwidth: Some(TokenBucket::per_second(100 << 20)),
                     ops: Some(TokenBucket::per_second(5000)),
                 }),
+                poll_us: Some(50),
                 ..BlockConfig::new("a.qcow2")
             })
         );
@@ -385,6 +401,8 @@ mod tests {
             Some(4096)
         );
         assert_eq!(parsed("path=a,queues=16").num_queues, 16);
+        assert_eq!(parsed("path=a,poll=1000").poll_us, Some(1000));
+        assert_eq!(parsed("path=a,poll=0us").poll_us, Some(0));
         // Every form parses to a configuration the VMM's checks accept.
         parsed(everything).validate().unwrap();
         for (bad, why) in [
@@ -409,6 +427,9 @@ mod tests {
             ("path=a.img,iops=0", "iops=0 limits nothing"),
             ("path=a.img,iops=1.5", "must be a whole number"),
             ("path=a.img,aio=native", "unknown key 'aio'"),
+            ("path=a.img,poll=1001us", "poll=1001us: the window must be 0 to 1000us"),
+            ("path=a.img,poll=50ms", "poll=50ms: the window must be"),
+            ("path=a.img,poll=-1", "the window must be"),
         ] {
             let error = parse_disk(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");

@@ -100,6 +100,9 @@ pub struct KestrelDrive {
     /// Request queues, 1 to 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_queues: Option<u16>,
+    /// Adaptive polling's longest window in µs, at most 1000 (0 or absent: no polling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_us: Option<u32>,
 }
 
 /// `PATCH /drives/{drive_id}`, after `InstanceStart`.

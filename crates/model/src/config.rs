@@ -178,7 +178,7 @@ pub struct NetConfig {
 
 pub use crate::disk::{
     BlockConfig, CacheMode, ImageFormat, IoEngine, RateLimiterConfig, TokenBucket, DISK_ID_MAX_BYTES,
-    MAX_DISK_QUEUES,
+    MAX_DISK_QUEUES, MAX_POLL_US,
 };
 
 /// A virtio-balloon device.

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+/// The longest adaptive poll window a disk may have, in µs: polling busies a host CPU for that
+/// long each time the guest goes quiet, and a millisecond is far past any wake-up it saves.
+pub const MAX_POLL_US: u32 = 1000;
+
 /// The most queues a disk may have (virtio-blk's `num_queues`; one per vCPU is the useful most).
 pub const MAX_DISK_QUEUES: u16 = 16;
 /// The longest refill time a token bucket may have, in milliseconds (one day): longer is surely
@@ -175,6 +179,11 @@ pub struct BlockConfig {
     /// Limits on the guest's bandwidth and request rate; `None` limits nothing.
     #[serde(default)]
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// Adaptive polling: the longest window, in µs (at most [`MAX_POLL_US`]), for which the
+    /// device's worker polls its queues for the guest's next request instead of sleeping until
+    /// notified. `None` (or 0) never polls.
+    #[serde(default)]
+    pub poll_us: Option<u32>,
 }
 
 impl BlockConfig {
@@ -190,6 +199,7 @@ impl BlockConfig {
             num_queues: 1,
             io_engine: IoEngine::Async,
             rate_limiter: None,
+            poll_us: None,
         }
     }
 
@@ -203,6 +213,9 @@ impl BlockConfig {
         }
         if self.num_queues == 0 || self.num_queues > MAX_DISK_QUEUES {
             return Err(ConfigError::InvalidQueueCount { requested: self.num_queues, max: MAX_DISK_QUEUES });
+        }
+        if let Some(requested) = self.poll_us.filter(|&us| us > MAX_POLL_US) {
+            return Err(ConfigError::PollTooLong { requested, max: MAX_POLL_US });
         }
         if let Some(limiter) = &self.rate_limiter {
             limiter.validate()?;
@@ -229,12 +242,15 @@ mod tests {
             // Firecracker's "no limit": size 0, whatever the refill time.
             limited(Some(bucket(0, None, 0)), Some(bucket(0, None, 5))),
             BlockConfig { num_queues: MAX_DISK_QUEUES, ..BlockConfig::new("/d") },
+            BlockConfig { poll_us: Some(MAX_POLL_US), ..BlockConfig::new("/d") },
+            BlockConfig { poll_us: Some(0), ..BlockConfig::new("/d") },
         ] {
             assert_eq!(good.validate(), Ok(()), "{good:?}");
         }
         for (bad, expected) in [
             (BlockConfig { num_queues: 0, ..BlockConfig::new("/d") }, "num_queues must be 1 to 16, got 0"),
             (BlockConfig { num_queues: 17, ..BlockConfig::new("/d") }, "got 17"),
+            (BlockConfig { poll_us: Some(1001), ..BlockConfig::new("/d") }, "poll_us must be at most 1000"),
             (limited(Some(bucket(1, None, 0)), None), "rate_limiter.bandwidth: refill_time must not be 0"),
             (
                 limited(None, Some(bucket(1, None, MAX_REFILL_TIME_MS + 1))),

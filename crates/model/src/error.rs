@@ -65,6 +65,8 @@ pub enum ConfigError {
     DiskIdTooLong(String),
     #[error("num_queues must be 1 to {max}, got {requested}")]
     InvalidQueueCount { requested: u16, max: u16 },
+    #[error("poll_us must be at most {max} (µs), got {requested}")]
+    PollTooLong { requested: u32, max: u32 },
     #[error("Invalid {field}: {reason}")]
     InvalidRateLimiter { field: &'static str, reason: &'static str },
     #[error("cache_type {cache_type} and x-kestrel cache {cache} disagree (cache none is Writeback with O_DIRECT)")]

@@ -143,6 +143,7 @@ fn drive_config(drive: &Drive) -> Result<BlockConfig, ConfigError> {
         cache: cache_mode(drive.cache_type, kestrel.cache)?,
         allow_backing: kestrel.allow_backing.unwrap_or(defaults.allow_backing),
         num_queues: kestrel.num_queues.unwrap_or(defaults.num_queues),
+        poll_us: kestrel.poll_us,
         io_engine: drive.io_engine.unwrap_or(defaults.io_engine),
         rate_limiter: drive.rate_limiter,
         ..defaults
@@ -801,18 +802,20 @@ mod tests {
 
         let extra = r#", "cache_type": "Writeback", "io_engine": "Async",
             "rate_limiter": {"bandwidth": {"size": 1048576, "one_time_burst": 0, "refill_time": 1000}, "ops": null},
-            "x-kestrel": {"format": "qcow2", "cache": "none", "allow_backing": false, "num_queues": 4}"#;
+            "x-kestrel": {"format": "qcow2", "cache": "none", "allow_backing": false, "num_queues": 4, "poll_us": 50}"#;
         put(&mut resources, path, extra).unwrap();
         let disk = only_disk(&resources);
         assert_eq!(
             (disk.format, disk.cache, disk.allow_backing, disk.num_queues, disk.io_engine),
             (ImageFormat::Qcow2, CacheMode::None, false, 4, IoEngine::Async)
         );
+        assert_eq!(disk.poll_us, Some(50));
         let bandwidth = disk.rate_limiter.and_then(|l| l.bandwidth).unwrap();
         assert_eq!((bandwidth.size, bandwidth.refill_time), (1 << 20, 1000));
         // GET /vm/config gives the body back, x-kestrel included.
         let exported = serde_json::to_value(&resources.export().drives[0]).unwrap();
         assert_eq!(exported["x-kestrel"]["format"], "qcow2");
+        assert_eq!(exported["x-kestrel"]["poll_us"], 50);
         assert_eq!(exported["rate_limiter"]["bandwidth"]["size"], 1048576);
 
         put(&mut resources, path, r#", "cache_type": "Unsafe""#).unwrap();
@@ -832,6 +835,8 @@ mod tests {
             (r#", "cache_type": "Writeback", "x-kestrel": {"cache": "unsafe"}"#, "disagree"),
             (r#", "x-kestrel": {"num_queues": 0}"#, "num_queues must be 1 to 16, got 0"),
             (r#", "x-kestrel": {"num_queues": 65536}"#, "invalid value"),
+            (r#", "x-kestrel": {"poll_us": 1001}"#, "poll_us must be at most 1000 (µs), got 1001"),
+            (r#", "x-kestrel": {"poll_us": -1}"#, "invalid value"),
             (r#", "x-kestrel": {"format": "vmdk"}"#, "unknown variant `vmdk`"),
             (r#", "x-kestrel": {"cache": "directsync"}"#, "unknown variant `directsync`"),
             (r#", "x-kestrel": {"formats": "raw"}"#, "unknown field `formats`"),
@@ -879,6 +884,7 @@ mod tests {
             cache in "(null|\"writeback\"|\"none\"|\"unsafe\"|\"\")",
             queues in proptest::prelude::any::<i32>(),
             backing in "(null|true|false|0)",
+            poll in proptest::prelude::prop_oneof![0i64..2000, proptest::prelude::any::<i64>()],
         ) {
             let file = tempfile::NamedTempFile::new().unwrap();
             let path = file.path().to_str().unwrap();
@@ -886,7 +892,7 @@ mod tests {
             let extra = format!(
                 r#", "cache_type": {cache_type}, "io_engine": {io_engine},
                 "rate_limiter": {{"bandwidth": {{"size": {size}, "one_time_burst": {burst}, "refill_time": {refill_time}}}}},
-                "x-kestrel": {{"format": {format}, "cache": {cache}, "num_queues": {queues}, "allow_backing": {backing}}}"#
+                "x-kestrel": {{"format": {format}, "cache": {cache}, "num_queues": {queues}, "allow_backing": {backing}, "poll_us": {poll}}}"#
             );
             let mut resources = VmResources::default();
             boot(&mut resources, path);

@@ -59,6 +59,14 @@ pub trait QueueHandler: Send + 'static {
         EventSet::IN
     }
 
+    /// Called after every round of events. A handler that busy-polls its queues (the guest's
+    /// notifications off) looks for work now and serves it, and returns true to be called again
+    /// at once: the worker then only glances at its descriptors before the next call, so stop,
+    /// hold and backend events are not held up by the polling. False sleeps until an event.
+    fn poll(&mut self) -> bool {
+        false
+    }
+
     /// Called once before the first event, for handlers whose backend descriptors come and go
     /// while they run (vsock: a socket per connection): they keep `registry` and add and remove
     /// those descriptors through it.
@@ -377,8 +385,10 @@ struct WorkerEvents {
 fn run<H: QueueHandler>(epoll: Arc<Epoll>, events: WorkerEvents, mut backends: Backends, mut handler: H) {
     let WorkerEvents { queue_events, stop_token, hold_event, hold } = events;
     let mut events = vec![EpollEvent::default(); queue_events.len() + 8];
+    let mut polling = false;
     loop {
-        let count = match epoll.wait(-1, &mut events) {
+        let timeout = if polling { 0 } else { -1 };
+        let count = match epoll.wait(timeout, &mut events) {
             Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -404,6 +414,10 @@ fn run<H: QueueHandler>(epoll: Arc<Epoll>, events: WorkerEvents, mut backends: B
             } else {
                 handler.process_backend((token - backends.first_token) as usize);
             }
+            backends.update(&epoll, &handler);
+        }
+        polling = handler.poll();
+        if polling {
             backends.update(&epoll, &handler);
         }
     }

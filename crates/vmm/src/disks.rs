@@ -2,6 +2,7 @@
 //! virtio-blk (which itself knows nothing of files or formats).
 
 use std::path::Path;
+use std::time::Duration;
 
 use storage::open::{reopen_disk, DiskSpec, ImageLock, OpenedDisk};
 use virtio::block::{disk_id, Block, BlockOptions, DiskError, Engine};
@@ -48,7 +49,7 @@ pub fn open_block(config: &BlockConfig) -> Result<(Block, ImageLock), DiskOpenEr
 }
 
 /// How the device serves the disk: its queues, its engine, whether it offers a flush
-/// (`cache=unsafe` does not: Firecracker's `Unsafe`), and its rate limiter.
+/// (`cache=unsafe` does not: Firecracker's `Unsafe`), its rate limiter, and its poll window.
 pub fn block_options(config: &BlockConfig) -> BlockOptions {
     BlockOptions {
         num_queues: config.num_queues,
@@ -58,6 +59,7 @@ pub fn block_options(config: &BlockConfig) -> BlockOptions {
         },
         flush: config.cache != CacheMode::Unsafe,
         rate_limit: config.rate_limiter.as_ref().map(rate_limit),
+        poll: config.poll_us.filter(|&us| us > 0).map(|us| Duration::from_micros(u64::from(us))),
     }
 }
 
@@ -96,5 +98,15 @@ mod tests {
             Some(RateLimiterConfig { bandwidth: None, ops: Some(TokenBucket::per_second(200)) });
         let ops = Bucket { size: 200, one_time_burst: 0, refill_time: 1000 };
         assert_eq!(block_options(&config).rate_limit, Some(RateLimit { bandwidth: None, ops: Some(ops) }));
+    }
+
+    #[test]
+    fn the_device_polls_for_the_configured_window_or_never() {
+        let mut config = BlockConfig::new("disk.img");
+        assert_eq!(block_options(&config).poll, None, "off by default");
+        config.poll_us = Some(50);
+        assert_eq!(block_options(&config).poll, Some(Duration::from_micros(50)));
+        config.poll_us = Some(0);
+        assert_eq!(block_options(&config).poll, None, "0 is off");
     }
 }

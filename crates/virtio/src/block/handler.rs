@@ -1325,5 +1325,6 @@ mod tests {
 
     mod hostile;
     mod in_flight;
+    mod polled;
     mod rate_limited;
 }

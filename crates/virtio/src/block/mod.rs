@@ -14,6 +14,7 @@
 mod control;
 mod device;
 mod handler;
+mod poll;
 mod server;
 
 pub use control::BlockControl;

@@ -8,13 +8,21 @@
 //! the disk work itself runs in the kernel (io_uring) or the engine's threads, so the worker only
 //! parses and completes.
 //!
+//! With a poll window (`BlockOptions::poll`, see `poll.rs`) the worker does not turn the guest's
+//! notifications back on when it has served a queue: it keeps looking at every ring (and engine)
+//! for the window, serving what it finds without being woken, and only then turns them on, looks
+//! once more and sleeps. The worker's loop glances at its descriptors between two looks, so stop,
+//! hold, the limiter's timer and the other queues are not held up by the polling.
+//!
 //! The device's one [`RateLimiter`] (shared by every queue) is asked before each request is taken:
 //! when it has no budget left the request stays on the ring, the queue is "throttled" and served
 //! no more until the limiter's timer (another backend descriptor) fires.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use storage::engine::{Completion, EngineKind, IoEngine};
 use storage::DiskBackend;
@@ -23,6 +31,7 @@ use vm_memory::GuestAddress;
 
 use super::control::{lock, SharedDisk};
 use super::handler::{data_bytes, finish, serve, Done, Mode, Served};
+use super::poll::AdaptivePoll;
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::metrics::BlockMetrics;
 use crate::rate_limiter::RateLimiter;
@@ -107,6 +116,8 @@ pub struct BlockHandler<B: DiskBackend + ?Sized> {
     /// The queue served first when the limiter's timer fires, turn by turn: the first takes the
     /// budget that came back, so a fixed order would starve the last queues of a busy device.
     first_throttled: usize,
+    /// How long the worker polls the rings once out of work (never unless given a maximum).
+    poll: AdaptivePoll,
 }
 
 impl<B: DiskBackend + ?Sized> BlockHandler<B> {
@@ -146,25 +157,65 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
             });
         }
         let context = Context { memory, interrupt, guest_errors, metrics, disk, limiter, mode };
-        Ok(BlockHandler { queues: servers, context, engine_queues, first_throttled: 0 })
+        let poll = AdaptivePoll::new(None);
+        Ok(BlockHandler { queues: servers, context, engine_queues, first_throttled: 0, poll })
+    }
+
+    /// Polls the rings for up to `max` once out of work, adaptively (see `poll.rs`); `None`
+    /// never polls.
+    pub(super) fn with_poll(mut self, max: Option<Duration>) -> Self {
+        self.poll = AdaptivePoll::new(max);
+        self
+    }
+
+    /// Serves queue `index`, then goes idle: into a poll window (notifications left off) if the
+    /// device polls now, else to sleep on notifications.
+    fn serve_queue(&mut self, index: usize) {
+        let rearm = !self.poll.will_poll();
+        let _ = self.process_requests(index, rearm);
+        self.went_idle();
+    }
+
+    /// The worker ran out of work: a poll window starts (if the device polls at all: a device
+    /// that does not skips reading the clock).
+    fn went_idle(&mut self) {
+        if self.poll.enabled() {
+            self.poll.idle(Instant::now());
+        }
+    }
+
+    /// An event woke the worker: the poll window adapts to how long it was idle.
+    fn woke(&mut self) {
+        if self.poll.enabled() {
+            self.poll.woke(Instant::now());
+        }
     }
 
     /// Takes every available request of queue `index` (while its engine has room), then
-    /// interrupts the driver once if it wants to know.
-    fn process_requests(&mut self, index: usize) {
+    /// interrupts the driver once if it wants to know. With `rearm`, the driver's notifications
+    /// are turned back on once the ring is empty; without, they stay off for a poll window.
+    /// Whether any request was taken.
+    fn process_requests(&mut self, index: usize, rearm: bool) -> bool {
         let context = &self.context;
-        let Some(server) = self.queues.get_mut(index) else { return };
+        let Some(server) = self.queues.get_mut(index) else { return false };
         if server.throttled {
-            return; // The limiter's timer serves it again.
+            return false; // The limiter's timer serves it again.
         }
         let memory = &context.memory;
         let mut used_any = false;
+        let mut taken_any = false;
+        // The last look said the ring has more: a pass that then takes nothing means the queue
+        // refuses the ring's index (a driver's index more than a ring ahead), and another look
+        // would say the same forever.
+        let mut more_promised = false;
         'serve: loop {
             // No notifications while the ring is being emptied: they would only wake the worker
             // for requests it is about to see anyway. (With EVENT_IDX this does nothing.)
             let _ = server.queue.disable_notification(memory);
+            let mut taken = false;
             while server.engine.as_ref().is_none_or(|engine| !engine.is_full()) {
                 let Some(chain) = server.queue.pop_descriptor_chain(memory) else { break };
+                taken = true;
                 if !context.admit(&chain) {
                     // Back on the ring, untouched, for when the budget has refilled.
                     server.queue.go_to_previous_position();
@@ -220,19 +271,27 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                     break;
                 }
             }
-            if server.throttled {
+            taken_any |= taken;
+            if server.throttled || (more_promised && !taken) {
                 break;
             }
             // Back on, then one more look: a request made available just before would otherwise
-            // wait for the next notification, which the driver need not send.
-            match server.queue.enable_notification(memory) {
-                Ok(true) => continue,
-                _ => break,
+            // wait for the next notification, which the driver need not send. In a poll window
+            // they stay off, but the look is the same: a driver that keeps up is served in this
+            // one pass, with one interrupt, as without polling.
+            let more = match rearm {
+                true => matches!(server.queue.enable_notification(memory), Ok(true)),
+                false => has_available(&server.queue, memory),
+            };
+            if !more {
+                break;
             }
+            more_promised = true;
         }
         if used_any {
             signal_used("virtio-blk", &mut server.queue, memory, context.interrupt.as_ref(), index);
         }
+        taken_any
     }
 
     /// Completes queue `index`'s requests in `done`, then interrupts the driver once.
@@ -258,8 +317,63 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
         self.first_throttled = first + 1;
         for index in (first..count).chain(0..first) {
             if std::mem::take(&mut self.queues[index].throttled) {
-                self.process_requests(index);
+                self.serve_queue(index);
             }
+        }
+    }
+
+    /// One look at every queue in a poll window: completes what the engines finished and serves
+    /// the requests on the rings, notifications left off. Whether there was anything.
+    fn poll_queues(&mut self) -> bool {
+        let mut found = false;
+        for index in 0..self.queues.len() {
+            if self.queues[index].engine.as_ref().is_some_and(|engine| engine.in_flight() > 0) {
+                let done = self.reap(index);
+                found |= !done.is_empty();
+                self.complete_requests(index, done);
+            }
+            let server = &mut self.queues[index];
+            let room = server.engine.as_ref().is_none_or(|engine| !engine.is_full());
+            let work = match server.stalled {
+                // Requests wait on the ring for the room completions just made.
+                true => room,
+                false => {
+                    server.queue.ready()
+                        && !server.throttled
+                        && has_available(&server.queue, &self.context.memory)
+                }
+            };
+            if work {
+                server.stalled = false;
+                found |= self.process_requests(index, false);
+            }
+        }
+        found
+    }
+
+    /// The window passed with nothing: notifications back on, then one more look at each ring,
+    /// as the driver may have made a request available before it saw them on (and so sent no
+    /// notification). A request found so is served (notifications back on after it too) and
+    /// starts a new window; a ring that only claims to have one (a bad index) does not. Stalled
+    /// and throttled queues keep their notifications off: their own events serve them again.
+    fn end_poll_window(&mut self) {
+        self.poll.end();
+        let mut raced = Vec::new();
+        for (index, server) in self.queues.iter_mut().enumerate() {
+            if !server.queue.ready() || server.stalled || server.throttled {
+                continue;
+            }
+            if let Ok(true) = server.queue.enable_notification(&self.context.memory) {
+                raced.push(index);
+            }
+        }
+        let mut served = false;
+        for index in raced {
+            served |= self.process_requests(index, true);
+        }
+        if served {
+            self.poll.found();
+            self.went_idle();
         }
     }
 
@@ -271,6 +385,12 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
         }
         done
     }
+}
+
+/// Whether `queue`'s driver has made requests available that were not taken yet (a ring
+/// outside guest memory has none: taking them would fail anyway).
+fn has_available(queue: &Queue, memory: &GuestRam) -> bool {
+    queue.avail_idx(memory, Ordering::Acquire).is_ok_and(|avail| avail.0 != queue.next_avail())
 }
 
 /// Completes `server`'s requests in `done` on its used ring; whether any was.
@@ -300,7 +420,25 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
 
     fn process_queue(&mut self, index: usize) {
         self.context.metrics.queue_event_count.inc();
-        self.process_requests(index);
+        self.woke();
+        self.serve_queue(index);
+    }
+
+    /// In a poll window: serves what the rings and engines have now; ends the window when it
+    /// has passed. Whether the worker should call again at once.
+    fn poll(&mut self) -> bool {
+        if !self.poll.polling() {
+            return false;
+        }
+        if self.poll_queues() {
+            self.poll.found();
+            self.went_idle();
+        } else if self.poll.expired(Instant::now()) {
+            self.end_poll_window();
+        } else {
+            std::hint::spin_loop();
+        }
+        self.poll.polling()
     }
 
     /// Each engine's eventfd (by `engine_queues`), then the rate limiter's timer.
@@ -320,10 +458,14 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
             return;
         }
         let Some(&queue) = self.engine_queues.get(index) else { return };
+        self.woke();
         let done = self.reap(queue);
         self.complete_requests(queue, done);
         if std::mem::take(&mut self.queues[queue].stalled) {
-            self.process_requests(queue);
+            self.serve_queue(queue);
+        } else {
+            // Out of work again: the driver's next request is likely to follow this completion.
+            self.went_idle();
         }
     }
 
@@ -332,6 +474,18 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
     /// current one are flushed. Queues are not served meanwhile: requests still on the rings stay
     /// there for the restored device.
     fn quiesce(&mut self) -> io::Result<()> {
+        if self.poll.polling() {
+            // A snapshot must not show the driver notifications off: the restored device would
+            // wait for one that never comes. Turned on here, and looked at again once the worker
+            // goes on (the expired window), since a request may have come meanwhile.
+            self.poll.end();
+            for server in &mut self.queues {
+                if server.queue.ready() && !server.stalled && !server.throttled {
+                    let _ = server.queue.enable_notification(&self.context.memory);
+                }
+            }
+            self.poll.expire_now(Instant::now());
+        }
         let mut disks: Vec<Arc<B>> = vec![self.context.disk.current().backend];
         for index in 0..self.queues.len() {
             for request in self.queues[index].in_flight.iter().flatten() {
@@ -362,6 +516,22 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
 
 #[cfg(test)]
 impl<B: DiskBackend + ?Sized> BlockHandler<B> {
+    /// Polls for a fixed `window` whenever out of work (see [`AdaptivePoll::fixed`]).
+    pub(super) fn with_fixed_poll(mut self, window: Duration) -> Self {
+        self.poll = AdaptivePoll::fixed(window);
+        self
+    }
+
+    /// The current poll window, and whether the worker is in one.
+    pub(super) fn poll_state(&self) -> (Duration, bool) {
+        (self.poll.window(), self.poll.polling())
+    }
+
+    /// Ends the poll window now, as when it passes: notifications on, one more look.
+    pub(super) fn end_poll_window_now(&mut self) {
+        self.end_poll_window();
+    }
+
     /// Waits until at least one of queue `index`'s requests completes, and completes those done.
     pub(super) fn step(&mut self, index: usize) {
         let mut done = Vec::new();
@@ -383,7 +553,7 @@ impl<B: DiskBackend + ?Sized> BlockHandler<B> {
                 engine.wait(&mut done).unwrap();
                 self.complete_requests(index, done);
                 if std::mem::take(&mut self.queues[index].stalled) {
-                    self.process_requests(index);
+                    let _ = self.process_requests(index, true);
                 }
             }
         }

@@ -64,6 +64,7 @@ pub fn sample_config() -> VmConfig {
                     }),
                     ops: None,
                 }),
+                poll_us: Some(50),
                 ..BlockConfig::new("/images/rootfs.img")
             }),
             VirtioConfig::Balloon(BALLOON),

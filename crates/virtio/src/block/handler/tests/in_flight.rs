@@ -324,7 +324,7 @@ fn the_device_offers_several_queues_and_says_how_many() {
     File::create(&path).unwrap().set_len(4096).unwrap();
     let open = |num_queues, flush| {
         let backend = Arc::new(RawFile::open(&path, false).unwrap());
-        let options = BlockOptions { num_queues, engine: Engine::Async, flush, rate_limit: None };
+        let options = BlockOptions { num_queues, engine: Engine::Async, flush, rate_limit: None, poll: None };
         Block::new(backend, false, [0; ID_BYTES], options).unwrap()
     };
     const MQ: u64 = 1 << 12;
@@ -460,7 +460,8 @@ fn an_activated_device_serves_each_queue_on_its_worker_with_the_features_acked()
     let events: Vec<EventFd> = (0..3).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
     let notify_second = events[1].try_clone().unwrap();
     let (sender, interrupts) = std::sync::mpsc::channel();
-    let options = BlockOptions { num_queues: 3, engine: Engine::Async, flush: true, rate_limit: None };
+    let options =
+        BlockOptions { num_queues: 3, engine: Engine::Async, flush: true, rate_limit: None, poll: None };
     let backend = Arc::new(RawFile::open(&path, false).unwrap());
     let mut block = Block::new(backend, false, [0; ID_BYTES], options).unwrap();
     block
