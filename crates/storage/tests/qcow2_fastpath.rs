@@ -282,3 +282,64 @@ fn host_offset_of(path: &Path, offset: u64) -> Option<u64> {
         .unwrap();
     entry["offset"].as_u64().map(|host| host + offset - entry["start"].as_u64().unwrap())
 }
+
+#[test]
+fn reads_of_a_thin_overlay_map_to_its_backing_file_and_writes_copy_up_through_imago() {
+    let _serial = serial();
+    if !have_qemu_img() {
+        return;
+    }
+    for base_format in ["qcow2", "raw"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (qcow2_base, mut expected) = image(dir.path());
+        let original = expected.clone();
+        let base = match base_format {
+            "qcow2" => qcow2_base,
+            _ => dir.path().join("source.raw"),
+        };
+        let top = dir.path().join("top.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", s(&base), "-F", base_format, s(&top)]);
+        let file = OpenOptions::new().read(true).write(true).open(&top).unwrap();
+        lock::lock(&file, Access::Write).unwrap();
+        let options = Qcow2Options { writable: true, direct: false, allow_backing: true };
+        let disk = Arc::new(qcow2::open(file, &top, &options).unwrap());
+        assert!(disk.map_extent(CLUSTER, 4096, false).is_some(), "{base_format}: the base's data maps");
+        assert!(disk.map_extent(CLUSTER, 4096, true).is_none(), "{base_format}: a write copies up first");
+        let Some(mut engine) = uring(64) else { return };
+        let mut back = vec![vec![0u8; BLOCK]; 16];
+        let data: Vec<Vec<u8>> = (0..16).map(|b| block_bytes(b, 5)).collect();
+        for (i, buffer) in back.iter_mut().enumerate() {
+            let offset = (i * 4 * BLOCK) as u64;
+            engine
+                .submit(&disk, Op::Read { buffers: vec![IoBuf::from_mut_slice(buffer)], offset }, i as u64)
+                .unwrap();
+        }
+        for (i, bytes) in data.iter().enumerate() {
+            let offset = (i * 4 * BLOCK + BLOCK) as u64;
+            let buffers = vec![IoBuf::from_slice(bytes)];
+            engine.submit(&disk, Op::Write { buffers, offset }, 100 + i as u64).unwrap();
+        }
+        engine.commit();
+        let done = collect(&mut engine, 32);
+        assert!(done.values().all(|r| matches!(r, Ok(n) if *n == BLOCK)), "{base_format}: {done:?}");
+        for (i, buffer) in back.iter().enumerate() {
+            assert_eq!(buffer, &expected[i * 4 * BLOCK..(i * 4 + 1) * BLOCK], "{base_format}: read {i}");
+        }
+        for (i, bytes) in data.iter().enumerate() {
+            expected[i * 4 * BLOCK + BLOCK..i * 4 * BLOCK + 2 * BLOCK].copy_from_slice(bytes);
+        }
+        assert!(
+            disk.map_extent(BLOCK as u64, 4096, true).is_some(),
+            "{base_format}: copied up, now in place"
+        );
+        drop(engine);
+        disk.flush().unwrap();
+        drop(disk);
+        check_with_qemu(dir.path(), &top, &expected);
+        let unchanged = dir.path().join("original.raw");
+        std::fs::write(&unchanged, &original).unwrap();
+        let (status, output) =
+            qemu_img_status(&["compare", "-f", "raw", "-F", base_format, s(&unchanged), s(&base)]);
+        assert_eq!(status, 0, "{base_format}: the base is untouched: {output}");
+    }
+}

@@ -142,7 +142,7 @@ pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<
     let gate = gate::BackingGate::new(&file, &header, options.allow_backing, options.direct)?;
     // A second descriptor of the image for fast-path I/O (see `Qcow2Disk`'s map_extent); without
     // one, every request goes through imago, which is correct, only slower.
-    let fast =
+    let top =
         file.try_clone().ok().map(|file| ChainFile { path: path.to_owned(), file, direct: options.direct });
     let storage = ImagoFile::from_open_file(
         file,
@@ -155,7 +155,10 @@ pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<
         Err(e) => return Err(gate.take_refusal().unwrap_or(Qcow2Error::Imago(e))),
     };
     let access = FormatAccess::new(qcow2);
-    Ok(Qcow2Disk::new(access, header, gate.chain(), options.writable, fast.into_iter().collect()))
+    let backing =
+        gate.take_files().into_iter().map(|(path, file)| ChainFile { path, file, direct: options.direct });
+    let files = top.into_iter().chain(backing).collect();
+    Ok(Qcow2Disk::new(access, header, gate.chain(), options.writable, files))
 }
 
 /// Opens one qcow2 layer without its backing file (unallocated ranges read as zeroes and
