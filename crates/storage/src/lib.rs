@@ -32,6 +32,7 @@ pub use raw::{OpenError, RawFile};
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 /// The storage behind a virtio-blk device: a raw file, a qcow2 image (and its backing chain), or a
 /// test double. Offsets and lengths are in bytes of the guest's view of the disk.
@@ -54,6 +55,60 @@ pub trait DiskBackend: Send + Sync + 'static {
     /// map the guest's bytes themselves (qcow2) and for test doubles.
     fn direct_fd(&self) -> Option<RawFd> {
         None
+    }
+    /// Where the guest's `offset..offset + length` lives on the host, when that is one
+    /// contiguous range of one file that may be read (and, for `write`, written in place), so an
+    /// engine may move the bytes itself (io_uring) instead of calling this backend. None when the
+    /// range needs the backend (unallocated, zeroes, compressed, copy-on-write, spanning
+    /// mappings) or the mapping is being changed; the request then goes through the backend's
+    /// methods. The mapping stays valid while the returned [`Extent`]'s lease is held.
+    fn map_extent(&self, offset: u64, length: u64, write: bool) -> Option<Extent> {
+        let _ = (offset, length, write);
+        None
+    }
+}
+
+/// A guest range's place on the host, from [`DiskBackend::map_extent`].
+pub struct Extent {
+    /// The file the range lives in; kept open by the backend (which the engine holds).
+    pub fd: RawFd,
+    /// Where the range starts in that file.
+    pub host_offset: u64,
+    /// What the file needs for its I/O to go straight to the kernel, when it was opened with
+    /// `O_DIRECT`; requests that do not fit go through the backend instead.
+    pub alignment: Option<direct::Alignment>,
+    /// Keeps the mapping from changing (a discard, a resize) until it is dropped, after the I/O
+    /// on it completed.
+    pub lease: Lease,
+}
+
+/// Something that counts the [`Lease`]s it gave out, so it can wait for them before changing
+/// mappings.
+pub trait LeaseHolder: Send + Sync + 'static {
+    /// One lease of this holder's ended.
+    fn release(&self);
+}
+
+/// A hold on a backend's mappings: while it lives, the [`Extent`] it came with stays where it
+/// is. Dropping it tells the holder.
+pub struct Lease(Arc<dyn LeaseHolder>);
+
+impl Lease {
+    /// A lease the holder has already counted; [`LeaseHolder::release`] is called on drop.
+    pub fn new(holder: Arc<dyn LeaseHolder>) -> Lease {
+        Lease(holder)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
     }
 }
 

@@ -6,7 +6,9 @@
 //! completed, so a device's event loop waits on it beside its queue notifications.
 //!
 //! - `uring.rs`: io_uring, for backends whose bytes are those of a file
-//!   ([`DiskBackend::direct_fd`]): `readv`/`writev`/`fdatasync` straight from guest memory.
+//!   ([`DiskBackend::direct_fd`]): `readv`/`writev`/`fdatasync` straight from guest memory; and
+//!   for the reads and writes of other backends (qcow2) whose range is one host extent
+//!   ([`DiskBackend::map_extent`]), which then hold the extent's lease until they end.
 //! - `pool.rs`: a few threads calling the backend's own methods, for every other backend (qcow2)
 //!   and wherever io_uring cannot be set up.
 //! - `event.rs`: the eventfd both report through.
@@ -20,7 +22,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::{DiskBackend, IoBuf};
+use crate::{total_len, DiskBackend, Extent, IoBuf};
 pub use event::EventFd;
 use pool::Pool;
 use uring::Uring;
@@ -139,13 +141,20 @@ impl<B: DiskBackend + ?Sized> IoEngine<B> {
             return Err(Full(self.depth));
         }
         self.in_flight += 1;
-        match (&mut self.uring, backend.direct_fd()) {
-            (Some(uring), Some(fd)) => uring.submit(backend.clone(), fd, op, token),
-            _ => {
-                let event = &self.event;
-                self.pool.get_or_insert_with(|| Pool::new(event.clone())).submit(backend.clone(), op, token)
+        if let Some(uring) = &mut self.uring {
+            if let Some(fd) = backend.direct_fd() {
+                uring.submit(backend.clone(), fd, op, token, None);
+                return Ok(());
+            }
+            // Flushes always go to the backend: a format's own metadata caches must be written
+            // too, not only the file synced.
+            if let Some(extent) = mapped(&**backend, &op) {
+                uring.submit(backend.clone(), extent.fd, op, token, Some((extent.host_offset, extent.lease)));
+                return Ok(());
             }
         }
+        let event = &self.event;
+        self.pool.get_or_insert_with(|| Pool::new(event.clone())).submit(backend.clone(), op, token);
         Ok(())
     }
 
@@ -180,6 +189,21 @@ impl<B: DiskBackend + ?Sized> IoEngine<B> {
             self.reap(out);
         }
         Ok(())
+    }
+}
+
+/// The host extent a read or write may go to directly, if the backend has one for its whole
+/// range and (under `O_DIRECT`) its buffers fit the file's alignment.
+fn mapped<B: DiskBackend + ?Sized>(backend: &B, op: &Op) -> Option<Extent> {
+    let (buffers, offset, write) = match op {
+        Op::Read { buffers, offset } => (buffers, *offset, false),
+        Op::Write { buffers, offset } => (buffers, *offset, true),
+        Op::Flush => return None,
+    };
+    let extent = backend.map_extent(offset, total_len(buffers) as u64, write)?;
+    match extent.alignment {
+        Some(alignment) if !alignment.fits(buffers, extent.host_offset) => None,
+        _ => Some(extent),
     }
 }
 

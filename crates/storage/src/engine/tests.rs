@@ -223,3 +223,139 @@ fn more_buffers_than_iov_max_are_submitted_in_parts() {
         assert_eq!(std::fs::read(&path).unwrap(), data, "{kind:?}");
     }
 }
+
+/// A backend whose bytes live in a file at a shift of `SHIFT` and that maps them for the fast
+/// path; its own methods fail, so a request that succeeds went to the extent.
+struct Mapped {
+    file: std::fs::File,
+    leases: Arc<Leases>,
+    alignment: Option<crate::direct::Alignment>,
+}
+
+const SHIFT: u64 = 3 * BLOCK as u64;
+
+#[derive(Default)]
+struct Leases(std::sync::atomic::AtomicUsize);
+
+impl crate::LeaseHolder for Leases {
+    fn release(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Leases {
+    fn held(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl DiskBackend for Mapped {
+    fn size(&self) -> u64 {
+        16 * BLOCK as u64
+    }
+    fn read_vectored_at(&self, _: &[IoBuf], _: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn write_vectored_at(&self, _: &[IoBuf], _: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSPC))
+    }
+    fn flush(&self) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EROFS))
+    }
+    fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// Blocks 0..8 map for reading and writing, blocks 8..12 for reading only, the rest not.
+    fn map_extent(&self, offset: u64, length: u64, write: bool) -> Option<crate::Extent> {
+        let end = offset + length;
+        let limit = if write { 8 * BLOCK as u64 } else { 12 * BLOCK as u64 };
+        if end > limit {
+            return None;
+        }
+        self.leases.0.fetch_add(1, Ordering::SeqCst);
+        Some(crate::Extent {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.file),
+            host_offset: offset + SHIFT,
+            alignment: self.alignment,
+            lease: crate::Lease::new(self.leases.clone()),
+        })
+    }
+}
+
+fn mapped(alignment: Option<crate::direct::Alignment>) -> (tempfile::TempDir, Arc<Mapped>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mapped.img");
+    let bytes: Vec<u8> = (0..SHIFT as usize + 16 * BLOCK).map(|i| (i / BLOCK) as u8).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    (dir, Arc::new(Mapped { file, leases: Arc::default(), alignment }))
+}
+
+#[test]
+fn mapped_extents_go_to_io_uring_at_their_host_offset_and_hold_their_lease_until_reaped() {
+    let (_dir, disk) = mapped(None);
+    let mut engine = IoEngine::new(16, EngineKind::IoUring).unwrap();
+    if engine.kind() != EngineKind::IoUring {
+        eprintln!("io_uring unavailable here; nothing to test");
+        return;
+    }
+    let data = vec![0xabu8; BLOCK];
+    let mut back = vec![vec![0u8; BLOCK]; 2];
+    engine
+        .submit(&disk, Op::Write { buffers: vec![IoBuf::from_slice(&data)], offset: BLOCK as u64 }, 1)
+        .unwrap();
+    let [a, b] = &mut back[..] else { unreachable!() };
+    engine
+        .submit(&disk, Op::Read { buffers: vec![IoBuf::from_mut_slice(a)], offset: 9 * BLOCK as u64 }, 2)
+        .unwrap();
+    // Not mapped: the backend's own (failing) methods.
+    engine
+        .submit(&disk, Op::Read { buffers: vec![IoBuf::from_mut_slice(b)], offset: 13 * BLOCK as u64 }, 3)
+        .unwrap();
+    engine
+        .submit(&disk, Op::Write { buffers: vec![IoBuf::from_slice(&data)], offset: 9 * BLOCK as u64 }, 4)
+        .unwrap();
+    // Flushes never take the fast path: the backend's flush writes its metadata too.
+    engine.submit(&disk, Op::Flush, 5).unwrap();
+    assert_eq!(disk.leases.held(), 2, "the two mapped operations hold their leases before they run");
+    engine.commit();
+    let done = collect(&mut engine, 5);
+    assert_eq!(disk.leases.held(), 0, "reaped operations let their leases go");
+    assert_eq!(done[&1].as_ref().unwrap(), &BLOCK);
+    assert_eq!(done[&2].as_ref().unwrap(), &BLOCK);
+    assert_eq!(done[&3].as_ref().unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert_eq!(done[&4].as_ref().unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(done[&5].as_ref().unwrap_err().raw_os_error(), Some(libc::EROFS));
+    // Guest block 9 is file block 12.
+    assert_eq!(back[0], vec![12u8; BLOCK]);
+    let mut written = vec![0u8; BLOCK];
+    disk.file.read_exact_at(&mut written, BLOCK as u64 + SHIFT).unwrap();
+    assert_eq!(written, data, "the write landed at the host offset");
+}
+
+#[test]
+fn mapped_requests_that_miss_the_direct_alignment_go_to_the_backend() {
+    let alignment = crate::direct::Alignment { offset: 512, memory: 512 };
+    let (_dir, disk) = mapped(Some(alignment));
+    let mut engine = IoEngine::new(4, EngineKind::IoUring).unwrap();
+    if engine.kind() != EngineKind::IoUring {
+        eprintln!("io_uring unavailable here; nothing to test");
+        return;
+    }
+    // A 512-aligned block of a larger buffer, and a 100-byte piece that no O_DIRECT file takes.
+    let mut memory = vec![0u8; 2 * BLOCK];
+    let skip = memory.as_ptr().align_offset(512);
+    let aligned = IoBuf::from_mut_slice(&mut memory[skip..skip + BLOCK]);
+    // SAFETY: inside `memory`, which outlives the requests.
+    let odd = unsafe { IoBuf::new(aligned.as_ptr(), 100) };
+    engine.submit(&disk, Op::Read { buffers: vec![aligned], offset: 0 }, 1).unwrap();
+    engine.submit(&disk, Op::Read { buffers: vec![odd], offset: 0 }, 2).unwrap();
+    engine.commit();
+    let done = collect(&mut engine, 2);
+    assert_eq!(done[&1].as_ref().unwrap(), &BLOCK, "aligned: the fast path");
+    assert_eq!(done[&2].as_ref().unwrap_err().raw_os_error(), Some(libc::EIO), "unaligned: the backend");
+    assert_eq!(disk.leases.held(), 0, "a refused extent's lease ends at once");
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{Completion, EventFd, Op};
-use crate::{DiskBackend, IoBuf};
+use crate::{DiskBackend, IoBuf, Lease};
 
 /// The most iovecs one `readv` takes (`IOV_MAX` on Linux); a longer list goes in parts.
 const IOV_MAX: usize = 1024;
@@ -42,6 +42,9 @@ struct Slot<B: ?Sized> {
     token: u64,
     /// Kept so `fd` stays open until the operation ends, even if the disk is replaced.
     _backend: Arc<B>,
+    /// For I/O on a backend's mapped extent: keeps the mapping in place until the operation
+    /// ends (dropped with the slot, when it is reaped).
+    _lease: Option<Lease>,
     fd: RawFd,
     kind: Kind,
     /// Where the kernel reads from or writes to; the first `next` are done, and the one at `next`
@@ -71,7 +74,9 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
         })
     }
 
-    pub fn submit(&mut self, backend: Arc<B>, fd: RawFd, op: Op, token: u64) {
+    /// Starts `op` on `fd`; with `extent`, at that host offset instead of the op's, holding the
+    /// lease until it ends.
+    pub fn submit(&mut self, backend: Arc<B>, fd: RawFd, op: Op, token: u64, extent: Option<(u64, Lease)>) {
         let (kind, buffers, offset) = match op {
             Op::Read { buffers, offset } => (Kind::Read, buffers, offset),
             Op::Write { buffers, offset } => (Kind::Write, buffers, offset),
@@ -82,7 +87,22 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             self.complete_early(token, Ok(0));
             return;
         }
-        let slot = Slot { token, _backend: backend, fd, kind, iovecs, next: 0, offset, moved: 0, retries: 0 };
+        let (offset, lease) = match extent {
+            Some((host_offset, lease)) => (host_offset, Some(lease)),
+            None => (offset, None),
+        };
+        let slot = Slot {
+            token,
+            _backend: backend,
+            _lease: lease,
+            fd,
+            kind,
+            iovecs,
+            next: 0,
+            offset,
+            moved: 0,
+            retries: 0,
+        };
         let index = match self.free.pop() {
             Some(index) => {
                 self.slots[index] = Some(slot);
@@ -248,6 +268,7 @@ mod tests {
         Slot {
             token: 0,
             _backend: Arc::new(()),
+            _lease: None,
             fd: -1,
             kind,
             iovecs,

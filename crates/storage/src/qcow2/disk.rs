@@ -1,26 +1,57 @@
 //! [`Qcow2Disk`]: a qcow2 image and its backing chain as a [`DiskBackend`].
 
+use super::epoch::Epoch;
 use super::header::Header;
-use crate::{DiskBackend, IoBuf};
+use crate::direct::Alignment;
+use crate::{DiskBackend, Extent, IoBuf};
 use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoVector, IoVectorMut};
-use imago::FormatAccess;
+use imago::{FormatAccess, Storage};
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// An open qcow2 image (with its backing chain), usable from any number of threads at once.
 ///
 /// Reads and writes run concurrently (imago serialises only the metadata updates that need
 /// it); discards and resizes, which may invalidate the mappings a running request holds, wait
 /// for the running requests and run alone.
+///
+/// Requests on allocated clusters may bypass imago: [`DiskBackend::map_extent`] gives their host
+/// place, under a lease on the mapping epoch that discards and resizes wait for.
 pub struct Qcow2Disk {
     image: RwLock<FormatAccess<ImagoFile>>,
     size: AtomicU64,
     header: Header,
     backing_chain: Vec<PathBuf>,
     writable: bool,
+    /// Leased by fast-path I/O; taken exclusively (after `image`'s write lock is no longer
+    /// enough) by whatever may move clusters. Always taken before `image`'s write lock.
+    epoch: Arc<Epoch>,
+    /// The files imago's storage objects read, by the storage object's address (stable: imago
+    /// keeps them on the heap for as long as the image is open), with our own descriptor for
+    /// each, so fast-path I/O can reach them.
+    extents: Vec<ExtentFile>,
+}
+
+/// A file of the chain as the fast path reaches it.
+struct ExtentFile {
+    storage: usize,
+    file: File,
+    /// Set when the file is opened with `O_DIRECT`.
+    alignment: Option<Alignment>,
+}
+
+/// A file of the image or its backing chain, opened by Kestrel (a duplicate of the descriptor
+/// imago uses), for the fast path.
+pub(super) struct ChainFile {
+    /// The name the file was given to imago under (its storage object's filename).
+    pub path: PathBuf,
+    pub file: File,
+    pub direct: bool,
 }
 
 impl Qcow2Disk {
@@ -29,13 +60,17 @@ impl Qcow2Disk {
         header: Header,
         backing_chain: Vec<PathBuf>,
         writable: bool,
+        files: Vec<ChainFile>,
     ) -> Qcow2Disk {
+        let extents = extent_files(&image, files);
         Qcow2Disk {
             size: AtomicU64::new(image.size()),
             image: RwLock::new(image),
             header,
             backing_chain,
             writable,
+            epoch: Arc::new(Epoch::default()),
+            extents,
         }
     }
 
@@ -58,6 +93,7 @@ impl Qcow2Disk {
     /// (the data past `new_size` is dropped).
     pub fn resize(&self, new_size: u64) -> io::Result<()> {
         self.check_writable()?;
+        let _exclusive = self.epoch.exclusive();
         let mut image = self.image.write().unwrap_or_else(|e| e.into_inner());
         image.resize(new_size, imago::format::PreallocateMode::Zero)?;
         image.flush()?;
@@ -87,8 +123,15 @@ impl Qcow2Disk {
     pub(crate) fn discard_to_backing(&self, offset: u64, length: u64) -> io::Result<()> {
         self.check_writable()?;
         self.check_range(offset, length)?;
+        let _exclusive = self.epoch.exclusive();
         let mut image = self.image.write().unwrap_or_else(|e| e.into_inner());
         image.discard_to_backing(offset, length)
+    }
+
+    /// The descriptor (and `O_DIRECT` alignment) of the file behind imago's storage object.
+    fn extent_file(&self, storage: &ImagoFile) -> Option<&ExtentFile> {
+        let address = std::ptr::from_ref(storage) as usize;
+        self.extents.iter().find(|e| e.storage == address)
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -159,7 +202,15 @@ impl DiskBackend for Qcow2Disk {
     fn write_zeroes(&self, offset: u64, length: u64, may_unmap: bool) -> io::Result<()> {
         self.check_writable()?;
         self.check_range(offset, length)?;
-        if may_unmap && self.backing_chain.is_empty() {
+        // Freeing clusters needs every fast-path request on them to have ended. This may be the
+        // queue thread that reaps those requests, so it does not wait: while any runs, the range
+        // is zeroed in place instead (it reads as zeroes all the same; the space stays
+        // allocated, which a discard and an unmap hint allow).
+        let exclusive = match may_unmap && self.backing_chain.is_empty() {
+            true => self.epoch.try_exclusive(),
+            false => None,
+        };
+        if let Some(_exclusive) = exclusive {
             let mut image = self.image.write().unwrap_or_else(|e| e.into_inner());
             image.discard_to_zero(offset, length)
         } else {
@@ -167,4 +218,47 @@ impl DiskBackend for Qcow2Disk {
             image.write_zeroes(offset, length)
         }
     }
+
+    fn map_extent(&self, offset: u64, length: u64, write: bool) -> Option<Extent> {
+        if self.extents.is_empty() || length == 0 || (write && !self.writable) {
+            return None;
+        }
+        if offset.checked_add(length)? > self.size() {
+            return None;
+        }
+        // The lease first: holding it, no one holds or waits for `image`'s write lock (they
+        // take the epoch before it), so the read lock below is free to take.
+        let lease = self.epoch.try_lease()?;
+        let image = self.image.try_read().ok()?;
+        let (mapping, mapped) = image.get_mapping(offset, length).ok()?;
+        if mapped < length {
+            return None;
+        }
+        let imago::Mapping::Raw { storage, offset: host_offset, writable, .. } = mapping else {
+            return None;
+        };
+        if write && !writable {
+            return None;
+        }
+        let file = self.extent_file(storage)?;
+        Some(Extent { fd: file.file.as_raw_fd(), host_offset, alignment: file.alignment, lease })
+    }
+}
+
+/// Pairs imago's storage objects with Kestrel's descriptors of the same files, by the name each
+/// was opened under. A storage object without a match is simply not reached by the fast path.
+fn extent_files(image: &FormatAccess<ImagoFile>, files: Vec<ChainFile>) -> Vec<ExtentFile> {
+    let storages = image.inner().collect_storage_dependencies();
+    let mut extents = Vec::new();
+    for chain_file in files {
+        let found = storages.iter().find(|s| s.get_filename().as_deref() == Some(chain_file.path.as_path()));
+        let Some(storage) = found else { continue };
+        let alignment = chain_file.direct.then(|| Alignment::of(&chain_file.file));
+        extents.push(ExtentFile {
+            storage: std::ptr::from_ref(*storage) as usize,
+            file: chain_file.file,
+            alignment,
+        });
+    }
+    extents
 }

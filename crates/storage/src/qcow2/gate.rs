@@ -30,6 +30,8 @@ struct State {
     seen: HashSet<(u64, u64)>,
     /// The backing files opened, top-most first.
     chain: Vec<PathBuf>,
+    /// A second descriptor of each backing file opened, for the disk's fast path.
+    files: Vec<(PathBuf, File)>,
     /// The format the last image's header names for its backing file (`None`: probe it).
     next_format: Option<String>,
     /// Whether imago probes that backing file's format (v2 images, or no format named).
@@ -73,6 +75,11 @@ impl BackingGate {
     /// The backing files opened, top-most first.
     pub(super) fn chain(&self) -> Vec<PathBuf> {
         self.state.borrow().chain.clone()
+    }
+
+    /// The second descriptors of the backing files opened (see `State::files`).
+    pub(super) fn take_files(&self) -> Vec<(PathBuf, File)> {
+        std::mem::take(&mut self.state.borrow_mut().files)
     }
 
     /// The typed reason the gate refused something, if it did.
@@ -190,6 +197,10 @@ impl ImplicitOpenGate<ImagoFile> for BackingGate {
             );
         }
         let file = self.open_backing(&path).map_err(|e| self.refuse(e))?;
+        // Without a second descriptor the file is only read through imago, which is correct.
+        if let Ok(copy) = file.try_clone() {
+            self.state.borrow_mut().files.push((path.clone(), copy));
+        }
         let direct = self.state.borrow().direct;
         ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(&path).write(false).direct(direct))
     }

@@ -7,11 +7,13 @@
 
 pub mod check;
 mod disk;
+mod epoch;
 mod gate;
 pub mod header;
 pub(crate) mod metaio;
 pub mod writer;
 
+use disk::ChainFile;
 pub use disk::Qcow2Disk;
 pub use gate::MAX_DEPTH;
 pub use header::Header;
@@ -138,6 +140,10 @@ pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<
         refuse_unreferenced_metadata(&file)?;
     }
     let gate = gate::BackingGate::new(&file, &header, options.allow_backing, options.direct)?;
+    // A second descriptor of the image for fast-path I/O (see `Qcow2Disk`'s map_extent); without
+    // one, every request goes through imago, which is correct, only slower.
+    let top =
+        file.try_clone().ok().map(|file| ChainFile { path: path.to_owned(), file, direct: options.direct });
     let storage = ImagoFile::from_open_file(
         file,
         StorageOpenOptions::new().filename(path).write(options.writable).direct(options.direct),
@@ -149,7 +155,10 @@ pub fn open(file: std::fs::File, path: &Path, options: &Qcow2Options) -> Result<
         Err(e) => return Err(gate.take_refusal().unwrap_or(Qcow2Error::Imago(e))),
     };
     let access = FormatAccess::new(qcow2);
-    Ok(Qcow2Disk::new(access, header, gate.chain(), options.writable))
+    let backing =
+        gate.take_files().into_iter().map(|(path, file)| ChainFile { path, file, direct: options.direct });
+    let files = top.into_iter().chain(backing).collect();
+    Ok(Qcow2Disk::new(access, header, gate.chain(), options.writable, files))
 }
 
 /// Opens one qcow2 layer without its backing file (unallocated ranges read as zeroes and
@@ -171,7 +180,7 @@ pub(crate) fn open_layer(file: std::fs::File, path: &Path, writable: bool) -> Re
         .map_err(|e| Qcow2Error::io("opening the image", e))?;
     let opened = Qcow2::<ImagoFile>::builder(storage).write(writable).backing(None).open(gate.clone());
     let qcow2 = opened.map_err(|e| gate.take_refusal().unwrap_or(Qcow2Error::Imago(e)))?;
-    Ok(Qcow2Disk::new(FormatAccess::new(qcow2), header, Vec::new(), writable))
+    Ok(Qcow2Disk::new(FormatAccess::new(qcow2), header, Vec::new(), writable, Vec::new()))
 }
 
 /// An image is written only if none of its metadata is free for the taking (see
