@@ -586,6 +586,9 @@ fn rebuild(image: &Image<'_>) -> Result<(), CheckError> {
     for entry in l1.iter_mut() {
         let offset = *entry & OFFSET_MASK;
         if offset == 0 {
+            // No table, but maybe reserved bits or a stray COPIED flag: the entry is just empty.
+            l1_changed |= *entry != 0;
+            *entry = 0;
             continue;
         }
         let copied = refs.get(&(offset / cs)) == Some(&1);
