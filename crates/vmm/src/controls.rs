@@ -98,8 +98,9 @@ impl DeviceControls {
         let index = update.index;
         let disk = self.disks.get(index).ok_or(ControlError::NoDisk { index, count: self.disks.len() })?;
         if update.rate_limiter.is_some() {
-            // The limiter as the disk is configured after the update (a PATCH's limiter replaces
-            // the whole limiter: a bucket it leaves out limits nothing).
+            // The limiter as the disk is configured after the update (the model merged the PATCH
+            // into the drive's limiter: a bucket it leaves out keeps its setting, as in
+            // Firecracker).
             let limiter = update.disk.rate_limiter;
             disk.update_rate_limiter(limiter.as_ref().map(rate_limit))?;
             // Recorded now: if the new file below cannot be opened, the disk keeps this limiter.
