@@ -14,6 +14,7 @@
 //! - `event.rs`: the eventfd both report through.
 
 mod event;
+mod inline;
 mod pool;
 mod uring;
 
@@ -143,13 +144,16 @@ impl<B: DiskBackend + ?Sized> IoEngine<B> {
         self.in_flight += 1;
         if let Some(uring) = &mut self.uring {
             if let Some(fd) = backend.direct_fd() {
-                uring.submit(backend.clone(), fd, op, token, None);
+                uring.submit(backend.clone(), fd, op, token, None, true);
                 return Ok(());
             }
             // Flushes always go to the backend: a format's own metadata caches must be written
             // too, not only the file synced.
             if let Some(extent) = mapped(&**backend, &op) {
-                uring.submit(backend.clone(), extent.fd, op, token, Some((extent.host_offset, extent.lease)));
+                let extent_fd = extent.fd;
+                let buffered = extent.alignment.is_none();
+                let extent = Some((extent.host_offset, extent.lease));
+                uring.submit(backend.clone(), extent_fd, op, token, extent, buffered);
                 return Ok(());
             }
         }
@@ -166,9 +170,27 @@ impl<B: DiskBackend + ?Sized> IoEngine<B> {
     }
 
     /// Appends the operations that completed since the last call to `out`, without waiting.
+    /// For a caller that was not woken by [`IoEngine::event_fd`] (it reaps after submitting):
+    /// the eventfd is only cleared while operations are in the kernel or the thread pool, as
+    /// those completed on the spot do not signal it, so a batch served so costs no system call
+    /// here.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        let in_kernel = self.uring.as_ref().map_or(0, Uring::in_kernel);
+        let in_pool = self.pool.is_some() && self.in_flight > 0;
+        self.collect(out, in_kernel > 0 || in_pool);
+    }
+
+    /// Like [`IoEngine::reap`], after [`IoEngine::event_fd`] woke the caller: the eventfd is
+    /// always cleared (io_uring may signal a completion just after it was reaped).
+    pub fn reap_woken(&mut self, out: &mut Vec<Completion>) {
+        self.collect(out, true);
+    }
+
+    fn collect(&mut self, out: &mut Vec<Completion>, clear: bool) {
         // Cleared first: a completion after the collection below makes it readable again.
-        self.event.clear();
+        if clear {
+            self.event.clear();
+        }
         let before = out.len();
         if let Some(uring) = &mut self.uring {
             uring.reap(out);
@@ -183,10 +205,12 @@ impl<B: DiskBackend + ?Sized> IoEngine<B> {
     /// then reaps like [`IoEngine::reap`]: for draining the queue before a snapshot.
     pub fn wait(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         let before = out.len();
+        self.commit();
+        // Operations completed on the spot are ready without the eventfd.
+        self.reap(out);
         while self.in_flight > 0 && out.len() == before {
-            self.commit();
             self.event.wait()?;
-            self.reap(out);
+            self.reap_woken(out);
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use super::inline::{Inline, Tried};
 use super::{Completion, EventFd, Op};
 use crate::{DiskBackend, IoBuf, Lease};
 
@@ -26,9 +27,12 @@ pub(super) struct Uring<B: ?Sized> {
     free: Vec<usize>,
     /// Operations that completed without reaching the kernel (nothing to move, no room).
     ready: Vec<Completion>,
-    event: Arc<EventFd>,
     /// Entries pushed since the last submission to the kernel.
     queued: bool,
+    /// Entries pushed whose completion was not reaped yet.
+    in_kernel: usize,
+    /// Tries reads and writes of buffered descriptors on the spot first.
+    inline: Inline,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,14 +73,25 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             slots: Vec::new(),
             free: Vec::new(),
             ready: Vec::new(),
-            event: event.clone(),
             queued: false,
+            in_kernel: 0,
+            inline: Inline::default(),
         })
     }
 
     /// Starts `op` on `fd`; with `extent`, at that host offset instead of the op's, holding the
-    /// lease until it ends.
-    pub fn submit(&mut self, backend: Arc<B>, fd: RawFd, op: Op, token: u64, extent: Option<(u64, Lease)>) {
+    /// lease until it ends. On a `buffered` descriptor (not `O_DIRECT`) a read or write is first
+    /// tried on the spot (`inline.rs`); one that completes so is reported at the next reap
+    /// without the eventfd, which the caller reaps after submitting anyway.
+    pub fn submit(
+        &mut self,
+        backend: Arc<B>,
+        fd: RawFd,
+        op: Op,
+        token: u64,
+        extent: Option<(u64, Lease)>,
+        buffered: bool,
+    ) {
         let (kind, buffers, offset) = match op {
             Op::Read { buffers, offset } => (Kind::Read, buffers, offset),
             Op::Write { buffers, offset } => (Kind::Write, buffers, offset),
@@ -91,7 +106,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             Some((host_offset, lease)) => (host_offset, Some(lease)),
             None => (offset, None),
         };
-        let slot = Slot {
+        let mut slot = Slot {
             token,
             _backend: backend,
             _lease: lease,
@@ -103,6 +118,20 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             moved: 0,
             retries: 0,
         };
+        if buffered {
+            let tried = match kind {
+                Kind::Read => self.inline.read(fd, &slot.iovecs, offset),
+                Kind::Write => self.inline.write(fd, &slot.iovecs, offset),
+                Kind::Flush => Tried::Submit,
+            };
+            if let Tried::Result(result) = tried {
+                // A transfer cut short (part of a read cached) goes on in io_uring from there.
+                if let Progress::Done(result) = progress(&mut slot, result) {
+                    self.ready.push(Completion { token, result });
+                    return;
+                }
+            }
+        }
         let index = match self.free.pop() {
             Some(index) => {
                 self.slots[index] = Some(slot);
@@ -116,10 +145,15 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
         self.push(index);
     }
 
-    /// An operation that ends without the kernel: reported at the next reap.
+    /// An operation that ends without the kernel: reported at the next reap (which follows
+    /// every submission and every reap that resubmits, so no eventfd wake-up is needed).
     fn complete_early(&mut self, token: u64, result: io::Result<usize>) {
         self.ready.push(Completion { token, result });
-        self.event.signal();
+    }
+
+    /// Entries in the kernel's hands: their completions will signal the eventfd.
+    pub fn in_kernel(&self) -> usize {
+        self.in_kernel
     }
 
     /// Queues the submission for what is left of slot `index`.
@@ -148,6 +182,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
                 return;
             }
         }
+        self.in_kernel += 1;
         self.queued = true;
     }
 
@@ -192,6 +227,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
         let finished: Vec<(u64, i32)> =
             self.ring.completion().map(|entry| (entry.user_data(), entry.result())).collect();
         for (index, result) in finished {
+            self.in_kernel = self.in_kernel.saturating_sub(1);
             let index = index as usize;
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 tracing::error!("io_uring completed an operation it was not given ({index})");

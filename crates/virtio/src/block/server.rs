@@ -459,7 +459,10 @@ impl<B: DiskBackend + ?Sized> QueueHandler for BlockHandler<B> {
         }
         let Some(&queue) = self.engine_queues.get(index) else { return };
         self.woke();
-        let done = self.reap(queue);
+        let mut done = Vec::new();
+        if let Some(engine) = self.queues[queue].engine.as_mut() {
+            engine.reap_woken(&mut done);
+        }
         self.complete_requests(queue, done);
         if std::mem::take(&mut self.queues[queue].stalled) {
             self.serve_queue(queue);
