@@ -473,8 +473,7 @@ impl Request<'_> {
             skip = 0;
             let len = len.min(remaining);
             remaining -= len;
-            for slice in self.memory.get_slices(addr, len) {
-                let slice = slice.map_err(|e| RequestError::GuestMemory(io::Error::other(e.to_string())))?;
+            let mut add = |slice: vm_memory::VolatileSlice<'_, vm_memory::bitmap::MS<'_, GuestRam>>| {
                 if direction == Direction::DeviceWrites {
                     slice.bitmap().mark_dirty(0, slice.len());
                 }
@@ -484,6 +483,16 @@ impl Request<'_> {
                 // (dropping an engine waits for its operations). The guest may change the memory
                 // meanwhile, which only garbles its own data.
                 buffers.push(unsafe { IoBuf::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
+            };
+            // Nearly every buffer lies in one memory region: one lookup, where the iterator over
+            // regions costs several (it was a tenth of the worker's time at 4 KiB).
+            match self.memory.get_slice(addr, len) {
+                Ok(slice) => add(slice),
+                Err(_) => {
+                    for slice in self.memory.get_slices(addr, len) {
+                        add(slice.map_err(|e| RequestError::GuestMemory(io::Error::other(e.to_string())))?);
+                    }
+                }
             }
         }
         if remaining > 0 {
@@ -838,6 +847,38 @@ mod tests {
         serve_one(&memory, raw_disk(&path, false), request(&memory, VIRTIO_BLK_T_IN, 0, 8192, true));
         assert!(dirty(&memory, DATA) && dirty(&memory, DATA + 4096), "the disk filled these pages");
         assert!(!dirty(&memory, DATA + 8192), "past the request");
+    }
+
+    #[test]
+    fn a_buffer_across_two_memory_regions_is_read_and_written_in_both() {
+        use vm_memory::bitmap::Bitmap;
+        use vm_memory::GuestMemoryRegion;
+        let (_dir, path) = patterned_disk();
+        // Two adjacent regions: the data buffer starts 512 bytes before the boundary.
+        let memory =
+            GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x10_0000), 0x1000)])
+                .unwrap();
+        let start = 0x10_0000 - 512;
+        for mode in [DEFERRED, ON_THE_SPOT] {
+            memory.write_slice(&[0u8; 1024], GuestAddress(start)).unwrap();
+            let chain =
+                vec![header(&memory, VIRTIO_BLK_T_IN, 5), Buffer(start, 1024, true), status_buffer(&memory)];
+            let (used, _) = serve_in(mode, &memory, raw_disk(&path, false), &[chain], Arc::default());
+            assert_eq!(used, [1025]);
+            assert_eq!(status_byte(&memory), VIRTIO_BLK_S_OK);
+            let data = read_guest(&memory, start, 1024);
+            assert!(sector_holds(&data, 0, 5) && sector_holds(&data, 1, 6), "both regions filled");
+            let second = memory.find_region(GuestAddress(0x10_0000)).unwrap();
+            assert!(second.bitmap().dirty_at(0), "the second region's page is dirty");
+        }
+        memory.write_slice(&[0xEEu8; 1024], GuestAddress(start)).unwrap();
+        let chain =
+            vec![header(&memory, VIRTIO_BLK_T_OUT, 7), Buffer(start, 1024, false), status_buffer(&memory)];
+        let (used, _) = serve_in(DEFERRED, &memory, raw_disk(&path, false), &[chain], Arc::default());
+        assert_eq!((used[0], status_byte(&memory)), (1, VIRTIO_BLK_S_OK));
+        let mut written = vec![0u8; 1024];
+        File::open(&path).unwrap().read_exact_at(&mut written, 7 * 512).unwrap();
+        assert!(written.iter().all(|&b| b == 0xEE), "both regions' bytes reached the disk");
     }
 
     #[test]
