@@ -25,6 +25,9 @@ pub(super) struct Uring<B: ?Sized> {
     /// The operations in flight, by their io_uring user data.
     slots: Vec<Option<Slot<B>>>,
     free: Vec<usize>,
+    /// The iovec arrays of ended operations, emptied, for the next ones: no allocation per
+    /// request (at most one per slot ever made).
+    spare: Vec<Spare>,
     /// Operations that completed without reaching the kernel (nothing to move, no room).
     ready: Vec<Completion>,
     /// Entries pushed since the last submission to the kernel.
@@ -34,6 +37,13 @@ pub(super) struct Uring<B: ?Sized> {
     /// Tries reads and writes of buffered descriptors on the spot first.
     inline: Inline,
 }
+
+/// An emptied iovec array kept for reuse.
+struct Spare(Vec<libc::iovec>);
+
+// SAFETY: the vector is empty (`recycle` clears it): it holds no pointer, only its allocation,
+// which any thread may use or free.
+unsafe impl Send for Spare {}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -72,6 +82,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             ring,
             slots: Vec::new(),
             free: Vec::new(),
+            spare: Vec::new(),
             ready: Vec::new(),
             queued: false,
             in_kernel: 0,
@@ -97,8 +108,10 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             Op::Write { buffers, offset } => (Kind::Write, buffers, offset),
             Op::Flush => (Kind::Flush, Vec::new(), 0),
         };
-        let iovecs: Vec<libc::iovec> = buffers.iter().filter(|b| !b.is_empty()).map(IoBuf::iovec).collect();
+        let mut iovecs = self.spare.pop().map(|spare| spare.0).unwrap_or_default();
+        iovecs.extend(buffers.iter().filter(|b| !b.is_empty()).map(IoBuf::iovec));
         if kind != Kind::Flush && iovecs.is_empty() {
+            self.recycle(iovecs);
             self.complete_early(token, Ok(0));
             return;
         }
@@ -127,6 +140,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
             if let Tried::Result(result) = tried {
                 // A transfer cut short (part of a read cached) goes on in io_uring from there.
                 if let Progress::Done(result) = progress(&mut slot, result) {
+                    self.recycle(slot.iovecs);
                     self.ready.push(Completion { token, result });
                     return;
                 }
@@ -149,6 +163,15 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
     /// every submission and every reap that resubmits, so no eventfd wake-up is needed).
     fn complete_early(&mut self, token: u64, result: io::Result<usize>) {
         self.ready.push(Completion { token, result });
+    }
+
+    /// Keeps an ended operation's iovec array for a later one. A queue's depth bounds how many
+    /// are kept; one grown past a typical request by a long chain is let go.
+    fn recycle(&mut self, mut iovecs: Vec<libc::iovec>) {
+        if iovecs.capacity() <= 64 {
+            iovecs.clear();
+            self.spare.push(Spare(iovecs));
+        }
     }
 
     /// Entries in the kernel's hands: their completions will signal the eventfd.
@@ -197,6 +220,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
     fn finish_early(&mut self, index: usize, result: io::Result<usize>) {
         if let Some(slot) = self.slots[index].take() {
             self.free.push(index);
+            self.recycle(slot.iovecs);
             self.complete_early(slot.token, result);
         }
     }
@@ -238,6 +262,7 @@ impl<B: DiskBackend + ?Sized> Uring<B> {
                 Progress::Done(result) => {
                     if let Some(slot) = self.slots[index].take() {
                         self.free.push(index);
+                        self.recycle(slot.iovecs);
                         out.push(Completion { token: slot.token, result });
                     }
                 }
