@@ -1,6 +1,6 @@
 //! `info`: what an image is (its format is probed here), as qemu-img shows it.
 
-use super::{open_locked, probe, raw, Format, ImageError};
+use super::{open_locked, probe, Format, ImageError};
 use crate::qcow2::{self, header};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -89,7 +89,9 @@ pub fn info(
             format_specific: None,
         };
         match format {
-            Format::Raw => info.virtual_size = raw::size_of(&file).map_err(ImageError::io(&path))?,
+            Format::Raw => {
+                info.virtual_size = crate::qcow2::metaio::file_len(&file).map_err(ImageError::io(&path))?
+            }
             Format::Qcow2 => {
                 let h = header::read(&file).map_err(ImageError::qcow2(&path))?;
                 info.virtual_size = h.size;

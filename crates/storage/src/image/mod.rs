@@ -12,7 +12,6 @@ mod create;
 mod info;
 mod ops;
 mod progress;
-mod raw;
 mod size;
 
 pub use check::{check, check_report_json, check_report_text};
@@ -161,7 +160,7 @@ fn open_locked(path: &Path, write: bool, force_share: bool) -> Result<File, Imag
 
 /// An open image of either format.
 enum Disk {
-    Raw(raw::RawFile),
+    Raw(crate::RawFile),
     Qcow2(Box<qcow2::Qcow2Disk>),
 }
 
@@ -175,7 +174,9 @@ impl Disk {
 
     fn resize(&self, size: u64) -> io::Result<()> {
         match self {
-            Disk::Raw(raw) => raw.set_size(size),
+            // Only the file: the disk's own size stays as opened, and no operation reads past
+            // it after a resize (`commit` only writes the grown range).
+            Disk::Raw(raw) => raw.file().set_len(size),
             Disk::Qcow2(qcow2) => qcow2.resize(size),
         }
     }
@@ -185,7 +186,14 @@ impl Disk {
 fn open_disk(path: &Path, format: Format, write: bool, force_share: bool) -> Result<Disk, ImageError> {
     let file = open_locked(path, write, force_share)?;
     Ok(match format {
-        Format::Raw => Disk::Raw(raw::RawFile::new(file, write).map_err(ImageError::io(path))?),
+        Format::Raw => Disk::Raw(crate::RawFile::from_file(file).map_err(|error| match error {
+            crate::raw::OpenError::Io(source) | crate::raw::OpenError::Size(source) => {
+                ImageError::io(path)(source)
+            }
+            crate::raw::OpenError::NotADisk(kind) => {
+                ImageError::io(path)(io::Error::other(format!("not a regular file or block device ({kind})")))
+            }
+        })?),
         Format::Qcow2 => {
             let options = Qcow2Options { writable: write, direct: false, allow_backing: true };
             Disk::Qcow2(Box::new(qcow2::open(file, path, &options).map_err(ImageError::qcow2(path))?))
