@@ -324,12 +324,12 @@ pub fn system_rules() -> Rules {
     }
     for path in [
         "/dev/urandom",
-        // std::thread::available_parallelism: the cgroup's CPU quota.
-        "/proc/self/cgroup",
-        "/proc/self/mountinfo",
-        "/sys/fs/cgroup",
-        // The host's CPUs and THP/KSM settings.
+        // The host's RAM, to refuse a VM larger than it (vmm::memory).
+        "/proc/meminfo",
+        // The host's CPUs, NUMA nodes and THP/KSM/hugepage settings (vCPU placement, memory
+        // backends).
         "/sys/devices/system/cpu",
+        "/sys/devices/system/node",
         "/sys/kernel/mm",
     ] {
         rules.allow(path, Access::ReadOnly);

@@ -81,6 +81,10 @@ pub struct VmmArgs {
     /// How virtio devices reach the guest: mmio or pci (as for `kestrel run`).
     #[arg(long, value_name = "mmio|pci", default_value = "mmio", value_parser = parse_transport)]
     pub transport: VirtioTransport,
+
+    // --- Landlock (H5) ---
+    #[command(flatten)]
+    pub landlock: LandlockArgs,
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +192,39 @@ pub struct RunArgs {
     /// created; an existing one is appended to. Example: --metrics-path /tmp/kestrel-metrics.json
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
+
+    // --- Landlock (H5) ---
+    #[command(flatten)]
+    pub landlock: LandlockArgs,
+}
+
+// --- Landlock (H5): `kestrel run` and `kestrel vmm` ---
+
+/// `--landlock` and `--landlock-allow`, the same on `kestrel run` and `kestrel vmm`.
+#[derive(Args, Debug)]
+pub struct LandlockArgs {
+    /// Confine the VMM with Landlock to the files its VM was configured with (kernel, initrd,
+    /// disks and their qcow2 backing files, serial and metrics files, the vsock socket's
+    /// directory), /dev/kvm, /dev/net/tun and /dev/userfaultfd, with no TCP. auto (default): on
+    /// when not run as root (root VMMs are confined by `kestrel jailer`), and only a warning on a
+    /// kernel without Landlock; on: also as root, and an error without kernel support; off: not at
+    /// all. Example: --landlock on
+    #[arg(long = "landlock", value_name = "auto|on|off", default_value = "auto")]
+    pub mode: jail::landlock::Mode,
+
+    /// Also let the confined VMM reach PATH: rw (default) to read and write a file, or to create,
+    /// write and remove files in a directory; ro to read. For paths the API names after the start
+    /// (PATCH /drives to a new file, a snapshot's directory). Repeat for more paths.
+    /// Example: --landlock-allow /srv/vm1/snapshots --landlock-allow /srv/images/spare.img:ro
+    #[arg(long = "landlock-allow", value_name = "PATH[:ro|rw]")]
+    pub allow: Vec<jail::landlock::AllowSpec>,
+}
+
+impl LandlockArgs {
+    /// The process's Landlock state from these flags.
+    pub fn confinement(&self) -> crate::landlock::Confinement {
+        crate::landlock::Confinement::new(self.mode, self.allow.clone())
+    }
 }
 
 impl RunArgs {

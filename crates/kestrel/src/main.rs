@@ -6,6 +6,7 @@ mod cli;
 mod device_options;
 mod exit_status;
 mod image_cli;
+mod landlock;
 mod logging;
 mod metrics;
 mod size;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
 
 fn run(mut args: cli::RunArgs) -> ExitCode {
     let metrics_path = args.metrics_path.take();
+    let confinement = args.landlock.confinement().with_output(metrics_path.as_deref());
     let config = match args.config.take() {
         Some(path) => match vmm_api::load_config_file(&path, args.serial.clone(), args.transport) {
             Ok(config) => config,
@@ -51,12 +53,21 @@ fn run(mut args: cli::RunArgs) -> ExitCode {
         report(format_args!("kestrel: error: {e}"));
         return ExitCode::from(exit_status::ERROR);
     }
-    run_config(&config, metrics_path.as_deref())
+    run_config(&config, metrics_path.as_deref(), &confinement)
 }
 
 /// Builds and runs a VM, and turns how it ended into the process's exit status. With a metrics
 /// path, the VM's metrics go there periodically and once more at the end.
-fn run_config(config: &vmm::config::VmConfig, metrics_path: Option<&Path>) -> ExitCode {
+fn run_config(
+    config: &vmm::config::VmConfig,
+    metrics_path: Option<&Path>,
+    confinement: &landlock::Confinement,
+) -> ExitCode {
+    // Before the metrics thread and the VM's threads start, so that they are all confined.
+    if let Err(e) = confinement.confine(config) {
+        report(format_args!("kestrel: error: {e}"));
+        return ExitCode::from(exit_status::ERROR);
+    }
     let metrics = MetricsWriter::new();
     if let Some(path) = metrics_path {
         if let Err(e) = metrics.init(path) {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use api::router::{RequestCounter, Router};
 use model::config::{SerialConfig, VirtioTransport, VmConfig};
 use model::resources::{ConfigFileError, VmResources};
-use vmm::control::{Controller, ControllerSettings, EngineError, KvmLauncher, MetricsControl};
+use vmm::control::{Controller, ControllerSettings, EngineError, MetricsControl};
 
 use crate::metrics::{MetricsHandle, MetricsWriter};
 use crate::{cli, exit_for, exit_status, logging, report, write_last_metrics};
@@ -67,7 +67,10 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
             Ok(logging::apply(settings)?)
         })),
     };
-    let mut controller = Controller::new(settings, KvmLauncher::default(), receiver);
+    // Landlock is applied on this (main) thread just before the VM is built or restored; the API
+    // threads started below are not covered (see crate::landlock).
+    let launcher = args.landlock.confinement().launcher();
+    let mut controller = Controller::new(settings, launcher, receiver);
     let router = Router::new(Arc::new(sender), Some(metrics.clone() as Arc<dyn RequestCounter>));
     let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.

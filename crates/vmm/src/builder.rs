@@ -77,10 +77,40 @@ pub struct RestoreOptions {
 /// from the memory file, devices are built from the saved configuration and take their saved
 /// state, and every vCPU takes its saved registers. Run it (or pause it first) as any VM.
 pub fn restore(state_path: &Path, memory_path: &Path, options: &RestoreOptions) -> Result<Vm> {
+    prepare_restore(state_path, memory_path, options)?.finish()
+}
+
+/// A restore read and checked but not yet built: no thread started, no device made. The caller
+/// learns the configuration the VM will be built from (to confine the process to its files)
+/// before [`PreparedRestore::finish`] builds it.
+pub struct PreparedRestore {
+    state: VmState,
+    config: VmConfig,
+    memory: GuestRam,
+}
+
+/// The first half of [`restore`]: reads and checks the state file, maps the memory file.
+pub fn prepare_restore(
+    state_path: &Path,
+    memory_path: &Path,
+    options: &RestoreOptions,
+) -> Result<PreparedRestore> {
     let state = snapshot::read_state_file(state_path)?;
     let config = restored_config(&state, options)?;
     let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
-    restore_into(&state, &config, memory)
+    Ok(PreparedRestore { state, config, memory })
+}
+
+impl PreparedRestore {
+    /// The configuration the VM is built from (the state's, with the restore's options).
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Builds the VM.
+    pub fn finish(self) -> Result<Vm> {
+        restore_into(&self.state, &self.config, self.memory)
+    }
 }
 
 /// [`restore`] from streams (a socket, a pipe) instead of files: the state as

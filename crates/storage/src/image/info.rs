@@ -129,6 +129,15 @@ pub fn info(
     Ok(infos)
 }
 
+/// The files below the qcow2 image at `path`, top-most first, as the VMM resolves them (next to
+/// the image that names each). For callers that must know every file a disk will open before it
+/// is opened (the VMM's Landlock rules); reads headers only, takes no locks, and refuses cycles
+/// and chains deeper than [`qcow2::MAX_DEPTH`] as [`info`] does.
+pub fn backing_files(path: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let chain = info(path, Some(Format::Qcow2), true, true)?;
+    Ok(chain.into_iter().skip(1).map(|image| PathBuf::from(image.filename)).collect())
+}
+
 impl ImageInfo {
     /// qemu-img's text form.
     pub fn to_text(&self) -> String {
@@ -194,6 +203,31 @@ fn human(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{create, CreateOptions, Format, Preallocation};
+
+    #[test]
+    fn backing_files_lists_the_chain_below_an_image() {
+        let dir = std::env::temp_dir().join(format!("kestrel-backing-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = |backing: Option<(&str, Format)>| CreateOptions {
+            format: Format::Qcow2,
+            size: Some(1 << 20),
+            backing: backing.map(|(name, format)| (name.to_owned(), format)),
+            cluster_size: None,
+            preallocation: Preallocation::Off,
+        };
+        std::fs::write(dir.join("base.raw"), vec![0; 1 << 20]).unwrap();
+        create(&dir.join("mid.qcow2"), &options(Some(("base.raw", Format::Raw)))).unwrap();
+        create(&dir.join("top.qcow2"), &options(Some(("mid.qcow2", Format::Qcow2)))).unwrap();
+        create(&dir.join("alone.qcow2"), &options(None)).unwrap();
+        assert_eq!(
+            super::backing_files(&dir.join("top.qcow2")).unwrap(),
+            [dir.join("mid.qcow2"), dir.join("base.raw")]
+        );
+        assert!(super::backing_files(&dir.join("alone.qcow2")).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn sizes_read_like_qemu_img() {
         assert_eq!(super::human(512), "512 B");

@@ -12,10 +12,11 @@ use model::api::{
 };
 use model::config::{SerialConfig, VirtioTransport};
 use model::control::{ControlError, VmmRequest, VmmResponse};
+use model::error::ConfigError;
 use model::resources::VmResources;
 
 use super::channel::{ControlMessage, ControlReceiver, Received, Reply};
-use super::{EngineError, Launch, Launcher, LoggerHook, MetricsControl, VmControl};
+use super::{EngineError, Launch, Launcher, LoggerHook, MetricsControl, PathUse, VmControl};
 use crate::builder::RestoreOptions;
 use crate::snapshot::{SnapshotKind, SnapshotRequest};
 
@@ -369,7 +370,15 @@ impl<L: Launcher> Controller<L> {
             return Err(ControlError::Busy { operation });
         }
         let vm = self.vm()?;
-        let checked = self.resources.check_drive_update(id, update)?;
+        let checked = self.resources.check_drive_update(id, update).map_err(|error| match error {
+            // The process's confinement, not the file, may be why it cannot be opened (for
+            // reading: the check's open).
+            ConfigError::FileOpen { what, path, reason } => {
+                let reason = vm.confinement_refusal(Path::new(&path), PathUse::Read).unwrap_or(reason);
+                ConfigError::FileOpen { what, path, reason }
+            }
+            error => error,
+        })?;
         self.start_operation(Operation::DriveUpdate, reply, Some(update.clone()), move || {
             vm.update_drive(&checked)
         })

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use model::api::BalloonStats;
+use model::config::VmConfig;
 
 use super::{DriveUpdate, EngineError, Launch, Launcher, VmControl};
 use crate::snapshot::SnapshotRequest;
@@ -15,9 +16,27 @@ use crate::vm::{Vm, VmHandle};
 #[derive(Default)]
 pub struct KvmLauncher {
     built: Option<Vm>,
+    before_build: Option<BeforeBuild>,
 }
 
+/// Called on the launching (main) thread with the configuration of the VM about to be built or
+/// restored, before the VM's first thread starts; an error cancels the launch. The binary
+/// confines the process here (Landlock), so that every thread of the VM inherits it.
+pub type BeforeBuild = Box<dyn FnMut(&VmConfig) -> Result<(), EngineError>>;
+
 impl KvmLauncher {
+    /// A launcher that calls `hook` before it builds or restores each VM.
+    pub fn with_before_build(hook: BeforeBuild) -> KvmLauncher {
+        KvmLauncher { built: None, before_build: Some(hook) }
+    }
+
+    fn before_build(&mut self, config: &VmConfig) -> Result<(), EngineError> {
+        match &mut self.before_build {
+            Some(hook) => hook(config),
+            None => Ok(()),
+        }
+    }
+
     /// The VM the last successful launch built, once.
     pub fn take_built(&mut self) -> Option<Vm> {
         self.built.take()
@@ -27,9 +46,14 @@ impl KvmLauncher {
 impl Launcher for KvmLauncher {
     fn launch(&mut self, launch: Launch) -> Result<Arc<dyn VmControl>, EngineError> {
         let vm = match launch {
-            Launch::Boot(config) => crate::builder::build(&config)?,
+            Launch::Boot(config) => {
+                self.before_build(&config)?;
+                crate::builder::build(&config)?
+            }
             Launch::Restore { state_path, memory_path, options, resume } => {
-                let vm = crate::builder::restore(&state_path, &memory_path, &options)?;
+                let prepared = crate::builder::prepare_restore(&state_path, &memory_path, &options)?;
+                self.before_build(prepared.config())?;
+                let vm = prepared.finish()?;
                 if !resume {
                     // Before `run`, a pause holds the vCPUs before they first enter the guest.
                     vm.handle().pause()?;

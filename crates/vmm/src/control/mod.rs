@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Received, Reply};
 pub use controller::{Controller, ControllerSettings, Pending};
-pub use engine::KvmLauncher;
+pub use engine::{BeforeBuild, KvmLauncher};
 use model::api::BalloonStats;
 use model::config::VmConfig;
 pub use model::resources::DriveUpdate;
@@ -66,6 +66,21 @@ pub trait VmControl: Send + Sync {
     /// `PATCH /drives/{drive_id}`: disk `update.index` (in the order of the VM configuration's
     /// disks) takes the new file (opened as `update.disk` says) and rate limiter it names.
     fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError>;
+    /// Why the VMM cannot reach `path` for `usage` when the reason is its own confinement
+    /// (Landlock), worded for the client (which flag allows it); `None` when the confinement
+    /// allows it or there is none. Asked only after an open of `path` failed.
+    fn confinement_refusal(&self, _path: &Path, _usage: PathUse) -> Option<String> {
+        None
+    }
+}
+
+/// What the VMM does with a path an API request names after the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathUse {
+    Read,
+    ReadWrite,
+    /// Create a file there (a snapshot's files).
+    Create,
 }
 
 /// `PUT /metrics` and `FlushMetrics`: the process's metrics writer, which lives with the binary.

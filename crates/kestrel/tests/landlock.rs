@@ -1,0 +1,230 @@
+//! Tier 2: Landlock for unprivileged VMMs. `kestrel run` and `kestrel vmm` run as uid/gid 65534
+//! (`setpriv`), booting the virtio test guest with a raw disk or a qcow2 overlay over a raw base.
+//! The debug build's probe (`KESTREL_LANDLOCK_TEST_PROBE`) has the VMM's main thread open paths
+//! once the rules are applied and say which it may: host files are denied, the configured disk and
+//! its backing file are allowed. Through the API, a `PATCH /drives` or a snapshot outside the
+//! rules gets an error that names Landlock, and inside `--landlock-allow` both work.
+//!
+//! /dev/kvm is root's alone (0600) on this host, so the unprivileged VMM is given one capability,
+//! `CAP_DAC_OVERRIDE` (ambient), to open it; that also lets it past every file's mode, which makes
+//! the test stronger: only Landlock can then refuse `/etc/shadow`, and `--landlock off` shows it
+//! does not.
+
+mod common;
+
+use std::io::BufReader;
+use std::os::unix::fs::chown;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::api::{assert_fault, request, spawn_vmm};
+use common::*;
+
+/// The guest resets the machine when its tests are done (README: exit statuses).
+const RESET: i32 = 3;
+const NOBODY: u32 = 65534;
+const DISK_BYTES: usize = 64 * 1024;
+
+/// `kestrel` as uid/gid 65534 with no groups and only `CAP_DAC_OVERRIDE` (for /dev/kvm).
+fn kestrel_unprivileged() -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+        ])
+        .arg(env!("CARGO_BIN_EXE_kestrel"));
+    command
+}
+
+/// A temporary directory owned by the unprivileged user, so the files it creates are its own.
+fn nobody_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    dir
+}
+
+fn raw_disk(path: &Path) -> PathBuf {
+    std::fs::write(path, vec![0xEE; DISK_BYTES]).unwrap();
+    chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    path.to_owned()
+}
+
+/// A qcow2 overlay at `path` over the raw image `base` (named relative to the overlay).
+fn overlay(path: &Path, base: &Path) -> PathBuf {
+    let options = storage::image::CreateOptions {
+        format: storage::image::Format::Qcow2,
+        size: None,
+        backing: Some((base.file_name().unwrap().to_str().unwrap().into(), storage::image::Format::Raw)),
+        cluster_size: None,
+        preallocation: storage::image::Preallocation::Off,
+    };
+    storage::image::create(path, &options).unwrap();
+    chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    path.to_owned()
+}
+
+/// What the probe said of `path`: `allowed`, `denied` or `error (...)`.
+#[track_caller]
+fn probe_verdict(output: &Output, path: &Path) -> String {
+    let prefix = format!("kestrel: landlock probe {}: ", path.display());
+    let err = stderr(output);
+    err.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no probe line for {} in:\n{err}", path.display()))
+        .to_owned()
+}
+
+fn probe_list(paths: &[&Path]) -> String {
+    paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// `kestrel run` of the guest's `blk` test on `disk` (a `--disk` value), probing `probe`.
+fn run_blk(mut command: Command, disk: &str, probe: &[&Path], extra: &[&str]) -> Output {
+    command
+        .args(["run", "--kernel", guests::VIRTIO, "--disk", disk, "--cmdline", "test=blk"])
+        .args(extra)
+        .env("KESTREL_LANDLOCK_TEST_PROBE", probe_list(probe));
+    let output = run_to_end(command, b"");
+    assert_status(&output, RESET);
+    let out = stdout(&output);
+    assert!(out.lines().any(|l| l == "blk: ok"), "the disk did not work:\n{out}\n{}", stderr(&output));
+    output
+}
+
+#[test]
+fn an_unprivileged_run_reaches_its_disk_and_no_host_file() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let disk = raw_disk(&dir.path().join("disk.img"));
+    let (hostname, shadow) = (Path::new("/etc/hostname"), Path::new("/etc/shadow"));
+    let output =
+        run_blk(kestrel_unprivileged(), &format!("path={}", disk.display()), &[hostname, shadow, &disk], &[]);
+    assert_eq!(probe_verdict(&output, hostname), "denied");
+    assert_eq!(probe_verdict(&output, shadow), "denied");
+    assert_eq!(probe_verdict(&output, &disk), "allowed");
+}
+
+#[test]
+fn a_qcow2_overlay_reaches_its_backing_file_and_not_its_neighbours() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let base = raw_disk(&dir.path().join("base.img"));
+    let top = overlay(&dir.path().join("top.qcow2"), &base);
+    let neighbour = raw_disk(&dir.path().join("neighbour.img"));
+    let output = run_blk(
+        kestrel_unprivileged(),
+        &format!("path={},format=qcow2", top.display()),
+        &[&base, &neighbour],
+        &[],
+    );
+    assert_eq!(probe_verdict(&output, &base), "allowed");
+    assert_eq!(probe_verdict(&output, &neighbour), "denied");
+    // The guest's writes went to the overlay; the base is as it was.
+    assert_eq!(std::fs::read(&base).unwrap(), vec![0xEE; DISK_BYTES]);
+}
+
+#[test]
+fn landlock_off_or_auto_as_root_confines_nothing() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let disk = raw_disk(&dir.path().join("disk.img"));
+    let spec = format!("path={}", disk.display());
+    let shadow = Path::new("/etc/shadow");
+    let off = run_blk(kestrel_unprivileged(), &spec, &[shadow], &["--landlock", "off"]);
+    assert_eq!(probe_verdict(&off, shadow), "allowed");
+    // As root, auto leaves the confinement to `kestrel jailer`.
+    let root = run_blk(kestrel(), &spec, &[shadow], &[]);
+    assert_eq!(probe_verdict(&root, shadow), "allowed");
+    // `on` confines root too.
+    let on = run_blk(kestrel(), &spec, &[shadow], &["--landlock", "on"]);
+    assert_eq!(probe_verdict(&on, shadow), "denied");
+}
+
+#[test]
+fn the_api_names_landlock_for_paths_outside_the_rules() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let (allowed, outside) = (dir.path().join("allowed"), dir.path().join("outside"));
+    for sub in [&allowed, &outside] {
+        std::fs::create_dir(sub).unwrap();
+        chown(sub, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let disk = raw_disk(&dir.path().join("disk.img"));
+    let spare_allowed = raw_disk(&allowed.join("spare.img"));
+    let spare_outside = raw_disk(&outside.join("spare.img"));
+    let socket = dir.path().join("api.sock");
+
+    let mut command = kestrel_unprivileged();
+    command
+        .arg("vmm")
+        .arg("--api-sock")
+        .arg(&socket)
+        .arg("--landlock-allow")
+        .arg(&allowed)
+        .env("KESTREL_LANDLOCK_TEST_PROBE", probe_list(&[Path::new("/etc/hostname"), &disk, &spare_outside]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_vmm(command, &socket);
+    let watchdog = Watchdog::new(&child);
+    let ok = |method: &str, path: &str, body: &str| {
+        let (status, reply) = request(&socket, method, path, body);
+        assert_eq!(status, 204, "{method} {path}: {reply}");
+    };
+    ok(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}", "boot_args": "hold=1"}}"#, guests::VIRTIO),
+    );
+    ok("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 32}"#);
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+        disk.display()
+    );
+    ok("PUT", "/drives/data", &drive);
+    ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut reader, "virtio: holding");
+
+    // A drive update to a file outside the rules is refused by name; inside them it works.
+    let update = |path: &Path| format!(r#"{{"drive_id": "data", "path_on_host": "{}"}}"#, path.display());
+    let refused = request(&socket, "PATCH", "/drives/data", &update(&spare_outside));
+    assert_fault(refused.clone(), "is outside the VMM's Landlock rules");
+    assert_fault(refused, &format!("--landlock-allow {}", spare_outside.display()));
+    ok("PATCH", "/drives/data", &update(&spare_allowed));
+
+    // A snapshot into the allowed directory is written; into another, refused by name.
+    ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let snapshot = |dir: &Path| {
+        format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            dir.join("state").display(),
+            dir.join("memory").display()
+        )
+    };
+    ok("PUT", "/snapshot/create", &snapshot(&allowed));
+    assert!(allowed.join("state").is_file() && allowed.join("memory").is_file());
+    let refused = request(&socket, "PUT", "/snapshot/create", &snapshot(&outside));
+    assert_fault(refused.clone(), "is outside the VMM's Landlock rules");
+    assert_fault(refused, &format!("--landlock-allow {}", outside.display()));
+    assert!(!outside.join("state").exists());
+
+    drop(watchdog);
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(probe_verdict(&output, Path::new("/etc/hostname")), "denied");
+    assert_eq!(probe_verdict(&output, &disk), "allowed");
+    assert_eq!(probe_verdict(&output, &spare_outside), "denied");
+}
