@@ -151,7 +151,7 @@ fn landlock_off_or_auto_as_root_confines_nothing() {
 }
 
 #[test]
-fn the_api_names_landlock_for_paths_outside_the_rules() {
+fn the_api_names_landlock_for_paths_outside_the_rules_and_a_restore_is_confined() {
     if !kvm_available() || !is_root() {
         return;
     }
@@ -227,4 +227,108 @@ fn the_api_names_landlock_for_paths_outside_the_rules() {
     assert_eq!(probe_verdict(&output, Path::new("/etc/hostname")), "denied");
     assert_eq!(probe_verdict(&output, &disk), "allowed");
     assert_eq!(probe_verdict(&output, &spare_outside), "denied");
+
+    // A restore in a fresh unprivileged VMM is confined too, to the files of the state's VM.
+    let socket = dir.path().join("api2.sock");
+    let probe = [Path::new("/etc/hostname"), &spare_allowed, &disk];
+    let mut command = kestrel_unprivileged();
+    command
+        .arg("vmm")
+        .arg("--api-sock")
+        .arg(&socket)
+        .env("KESTREL_LANDLOCK_TEST_PROBE", probe_list(&probe))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_vmm(command, &socket);
+    let watchdog = Watchdog::new(&child);
+    let load = format!(
+        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}}}"#,
+        allowed.join("state").display(),
+        allowed.join("memory").display()
+    );
+    let (status, reply) = request(&socket, "PUT", "/snapshot/load", &load);
+    assert_eq!(status, 204, "{reply}");
+    drop(watchdog);
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(probe_verdict(&output, Path::new("/etc/hostname")), "denied");
+    // The drive's file since the PATCH, not the one it booted with.
+    assert_eq!(probe_verdict(&output, &spare_allowed), "allowed");
+    assert_eq!(probe_verdict(&output, &disk), "denied");
+}
+
+/// The vsock device binds its socket and connects to the host's `PATH_PORT` sockets in the
+/// socket's directory under the rules (`--landlock on` confines root as well).
+#[test]
+fn vsock_works_under_landlock() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let listener = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buffer = [0u8; 256];
+        loop {
+            match stream.read(&mut buffer).unwrap() {
+                0 => return,
+                n => stream.write_all(&buffer[..n]).unwrap(),
+            }
+        }
+    });
+    let mut child = kestrel()
+        .args(["run", "--landlock", "on", "--kernel", guests::VIRTIO, "--cmdline", "test=vsock"])
+        .args(["--vsock", &format!("cid=42,uds={}", uds.display())])
+        .env("KESTREL_LANDLOCK_TEST_PROBE", "/etc/hostname")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watchdog = Watchdog::new(&child);
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    let mut out = wait_for_line(&mut console, "vsock: listening on 5678");
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.set_read_timeout(Some(HANG_LIMIT)).unwrap();
+    host.write_all(b"CONNECT 5678\n").unwrap();
+    let mut ok = [0u8; 14];
+    host.read_exact(&mut ok).unwrap();
+    host.write_all(b"hello guest").unwrap();
+    let mut reply = Vec::new();
+    host.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"hello guest");
+    console.read_to_string(&mut out).unwrap();
+    let mut stderr_text = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr_text).unwrap();
+    let status = child.wait().unwrap();
+    drop(watchdog);
+    assert_eq!(status.code(), Some(RESET), "{out}\n{stderr_text}");
+    assert!(out.lines().any(|l| l == "vsock: ok"), "{out}");
+    assert!(stderr_text.contains("landlock probe /etc/hostname: denied"), "{stderr_text}");
+    echo.join().unwrap();
+}
+
+/// A tap is reached through /dev/net/tun under the rules (in a namespace of its own, where the
+/// guest finds the host at 10.231.0.1 as in tests/virtio.rs).
+#[test]
+fn a_tap_works_under_landlock() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(namespace) = common::netns::NetNamespace::with_tap("ktap-ll", "10.231.0.1/24") else {
+        return;
+    };
+    namespace.ip(&["link", "set", "ktap-ll", "address", "02:4b:53:00:00:01"]);
+    let mut command = kestrel();
+    command.args(["run", "--landlock", "on", "--kernel", guests::VIRTIO, "--cmdline", "test=net"]);
+    command.args(["--net", "tap=ktap-ll,mac=52:54:00:4b:53:02"]);
+    let output = run_to_end(namespace.wrap(&command), b"");
+    assert_status(&output, RESET);
+    let out = stdout(&output);
+    assert!(out.lines().any(|l| l == "net: ok"), "{out}\n{}", stderr(&output));
 }
