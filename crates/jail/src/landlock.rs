@@ -91,13 +91,22 @@ impl Rules {
         }
     }
 
-    /// A file the VMM creates or appends to: the file itself if it exists, else its directory
-    /// (Landlock rules name existing inodes, so a file still to be created needs its directory).
+    /// A file the VMM creates or appends to (the serial output, the metrics file). Landlock rules
+    /// name existing inodes, so a missing file is created now, empty and 0600 as the VMM would
+    /// create it, and the rule names the file alone; only if that fails (the VMM's own open will
+    /// then report why) does the rule fall back to its directory.
     pub fn allow_output_file(&mut self, path: &Path) {
-        if path.exists() {
-            self.allow(path, Access::ReadWrite);
-        } else {
-            self.allow(parent_dir(path), Access::CreateInDirectory);
+        use std::os::unix::fs::OpenOptionsExt;
+        let created = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            // A FIFO put there meanwhile must not block the VMM.
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path);
+        match created {
+            Ok(_) => self.allow(path, Access::ReadWrite),
+            Err(_) => self.allow(parent_dir(path), Access::CreateInDirectory),
         }
     }
 

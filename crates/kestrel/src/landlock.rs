@@ -306,8 +306,13 @@ mod tests {
         assert_eq!(access_of(&rules, Path::new("/d/ro.img")), Some(Access::ReadOnly));
         assert_eq!(access_of(&rules, &overlay), Some(Access::ReadWrite));
         assert_eq!(access_of(&rules, &base), Some(Access::ReadOnly), "the backing file, read-only");
-        // The console file does not exist yet: its directory, to create it in.
-        assert_eq!(access_of(&rules, &dir), Some(Access::CreateInDirectory));
+        // The console file did not exist: it is created (0600), and the rule names it alone.
+        assert_eq!(access_of(&rules, &serial), Some(Access::ReadWrite));
+        assert_eq!(access_of(&rules, &dir), None);
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&serial).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        // A metrics file whose directory does not exist: the directory (which grants nothing).
         assert_eq!(access_of(&rules, Path::new("/run/vm")), Some(Access::CreateInDirectory));
         assert_eq!(access_of(&rules, Path::new("/var/metrics")), Some(Access::CreateInDirectory));
         // A --landlock-allow path that does not exist is a file to read and write.

@@ -110,6 +110,33 @@ fn an_unprivileged_run_reaches_its_disk_and_no_host_file() {
     assert_eq!(probe_verdict(&output, &disk), "allowed");
 }
 
+/// The serial output file is created before the rules apply, so the rules name it and not its
+/// directory: a file beside it stays out of reach.
+#[test]
+fn a_serial_file_is_written_and_its_neighbours_stay_out_of_reach() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let disk = raw_disk(&dir.path().join("disk.img"));
+    let neighbour = raw_disk(&dir.path().join("neighbour.img"));
+    let console = dir.path().join("console.log");
+    let mut command = kestrel_unprivileged();
+    command
+        .args(["run", "--kernel", guests::VIRTIO, "--cmdline", "test=blk"])
+        .arg("--disk")
+        .arg(format!("path={}", disk.display()))
+        .arg("--serial")
+        .arg(format!("file:{}", console.display()))
+        .env("KESTREL_LANDLOCK_TEST_PROBE", probe_list(&[&neighbour, &console]));
+    let output = run_to_end(command, b"");
+    assert_status(&output, RESET);
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(text.lines().any(|l| l == "blk: ok"), "{text}\n{}", stderr(&output));
+    assert_eq!(probe_verdict(&output, &neighbour), "denied");
+    assert_eq!(probe_verdict(&output, &console), "allowed");
+}
+
 #[test]
 fn a_qcow2_overlay_reaches_its_backing_file_and_not_its_neighbours() {
     if !kvm_available() || !is_root() {
