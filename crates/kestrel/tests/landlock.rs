@@ -110,10 +110,10 @@ fn an_unprivileged_run_reaches_its_disk_and_no_host_file() {
     assert_eq!(probe_verdict(&output, &disk), "allowed");
 }
 
-/// The serial output file is created before the rules apply, so the rules name it and not its
-/// directory: a file beside it stays out of reach.
+/// The serial output and metrics files are created before the rules apply, so the rules name
+/// them and not their directory: a file beside them stays out of reach.
 #[test]
-fn a_serial_file_is_written_and_its_neighbours_stay_out_of_reach() {
+fn serial_and_metrics_files_are_written_and_their_neighbours_stay_out_of_reach() {
     if !kvm_available() || !is_root() {
         return;
     }
@@ -121,6 +121,7 @@ fn a_serial_file_is_written_and_its_neighbours_stay_out_of_reach() {
     let disk = raw_disk(&dir.path().join("disk.img"));
     let neighbour = raw_disk(&dir.path().join("neighbour.img"));
     let console = dir.path().join("console.log");
+    let metrics = dir.path().join("metrics.json");
     let mut command = kestrel_unprivileged();
     command
         .args(["run", "--kernel", guests::VIRTIO, "--cmdline", "test=blk"])
@@ -128,6 +129,8 @@ fn a_serial_file_is_written_and_its_neighbours_stay_out_of_reach() {
         .arg(format!("path={}", disk.display()))
         .arg("--serial")
         .arg(format!("file:{}", console.display()))
+        .arg("--metrics-path")
+        .arg(&metrics)
         .env("KESTREL_LANDLOCK_TEST_PROBE", probe_list(&[&neighbour, &console]));
     let output = run_to_end(command, b"");
     assert_status(&output, RESET);
@@ -135,6 +138,9 @@ fn a_serial_file_is_written_and_its_neighbours_stay_out_of_reach() {
     assert!(text.lines().any(|l| l == "blk: ok"), "{text}\n{}", stderr(&output));
     assert_eq!(probe_verdict(&output, &neighbour), "denied");
     assert_eq!(probe_verdict(&output, &console), "allowed");
+    // The metrics file, opened after the rules apply, got the VM's last line.
+    let metrics = std::fs::read_to_string(&metrics).unwrap();
+    assert!(metrics.contains("\"block\""), "{metrics}");
 }
 
 #[test]
