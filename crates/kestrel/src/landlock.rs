@@ -324,6 +324,27 @@ mod tests {
     }
 
     #[test]
+    fn only_an_existing_path_outside_the_rules_is_blamed_on_landlock() {
+        let dir = std::env::temp_dir().join(format!("kestrel-landlock-refusal-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("allowed")).unwrap();
+        std::fs::write(dir.join("outside.img"), b"").unwrap();
+        let mut rules = Rules::new();
+        rules.allow(dir.join("allowed"), Access::CreateInDirectory);
+        let outside = dir.join("outside.img");
+        let message = refusal(&rules, &outside, PathUse::ReadWrite).unwrap();
+        assert!(message.contains("is outside the VMM's Landlock rules"), "{message}");
+        assert!(message.contains(&format!("--landlock-allow {} ", outside.display())), "{message}");
+        // A snapshot file: the flag names its directory.
+        let message = refusal(&rules, &dir.join("state"), PathUse::Create).unwrap();
+        assert!(message.contains(&format!("--landlock-allow {} ", dir.display())), "{message}");
+        // Inside the rules, or missing (ENOENT whatever the rules): not Landlock's doing.
+        assert_eq!(refusal(&rules, &dir.join("allowed/state"), PathUse::Create), None);
+        assert_eq!(refusal(&rules, &dir.join("missing.img"), PathUse::Read), None);
+        assert_eq!(refusal(&rules, &dir.join("nodir/state"), PathUse::Create), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_qcow2_disk_without_backing_allowed_gets_no_backing_rules() {
         let dir = std::env::temp_dir().join(format!("kestrel-landlock-nobacking-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
