@@ -8,6 +8,7 @@ mod exit_status;
 mod image_cli;
 mod logging;
 mod metrics;
+mod placement_options;
 mod size;
 mod vmm_api;
 

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::ConfigError;
+pub use crate::host::{
+    CpuPlacement, CpuSet, HostResources, HugePageSize, MemoryOptions, PlacementError, RamBackend,
+};
 
 /// Where the guest's COM1 output goes (and whether the host's stdin feeds its input).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,10 @@ pub struct VmConfig {
     /// KVM logs the pages the guest writes, so that diff snapshots are possible (it costs a little
     /// on every first write to a page after each snapshot).
     pub track_dirty_pages: bool,
+    /// Host-side choices (CPU placement, what backs guest RAM). Not part of the guest's machine,
+    /// so not saved in a snapshot: a restore takes them from its own side.
+    #[serde(skip)]
+    pub host: HostResources,
 }
 
 /// The most vCPUs a VM can have (the MP table's and ACPI's limit in Kestrel's layout).
@@ -80,6 +87,8 @@ impl VmConfig {
         if self.cmdline.chars().any(char::is_control) {
             return Err(ConfigError::CommandLineControlCharacter);
         }
+        self.host.cpus.validate(self.vcpus)?;
+        self.host.memory.validate(self.memory_bytes)?;
         self.virtio.iter().try_for_each(|device| device.validate(self.memory_bytes))
     }
 }
@@ -209,6 +218,7 @@ mod tests {
             virtio: vec![VirtioConfig::Rng],
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
+            host: HostResources::default(),
         }
     }
 
