@@ -319,3 +319,58 @@ fn a_snapshot_of_hugetlb_memory_restores_onto_hugetlb_memory() {
     let _pool = HugePagePool::grow(64);
     round_trip(r#""huge_pages": "2M""#, r#""x-kestrel": {"huge_pages": "2M"}"#, "/memfd:kestrel-guest-ram");
 }
+
+/// The bytes the host has allocated to the VMM's guest RAM memfd (found among its descriptors).
+fn memfd_allocated_bytes(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let memfd = fds
+        .filter_map(Result::ok)
+        .find(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("kestrel-guest-ram"))
+        })
+        .expect("the guest RAM memfd among the VMM's descriptors");
+    std::fs::metadata(memfd.path()).unwrap().blocks() * 512
+}
+
+/// The balloon guest touches 64 MiB, then hands exactly those pages to the balloon: on shared
+/// memory the pages must leave the memfd (MADV_DONTNEED alone would leave them allocated).
+fn inflating_frees_the_memfds_pages(memory: &str) {
+    // (On hugetlb memory only whole huge pages are freed, and this guest inflates 1 MiB per
+    // buffer: nothing to free there; Linux reports free memory in 2 MiB blocks and more.)
+    use std::io::{BufReader, Write};
+    use std::process::Stdio;
+
+    const MIB: u64 = 1 << 20;
+    let mut child = kestrel()
+        .args(["run", "--kernel", guests::VIRTIO, "--memory", memory])
+        .args(["--balloon", "size=64", "--cmdline", "test=balloon"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watchdog = Watchdog::within(&child, HANG_LIMIT);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    common::wait_for_line(&mut reader, "balloon: touched");
+    let touched = memfd_allocated_bytes(child.id());
+    stdin.write_all(b"x").unwrap();
+    let out = common::wait_for_line(&mut reader, "balloon: inflated");
+    let inflated = memfd_allocated_bytes(child.id());
+    stdin.write_all(b"x").unwrap();
+    let out = out + &common::wait_for_line(&mut reader, "balloon: ok");
+    let _ = child.wait();
+    drop(watchdog);
+    assert!(out.contains("balloon: inflated pages read as zero"), "{out}");
+    assert!(touched >= 64 * MIB, "{memory}: the memfd holds {} MiB after touching 64 MiB", touched / MIB);
+    assert_eq!(touched - inflated, 64 * MIB, "{memory}: the balloon's 64 MiB left the memfd");
+}
+
+#[test]
+fn inflating_the_balloon_frees_memfd_memory() {
+    if !kvm_available() {
+        return;
+    }
+    inflating_frees_the_memfds_pages("256M,backend=memfd");
+}
