@@ -89,6 +89,10 @@ impl VmConfig {
         }
         self.host.cpus.validate(self.vcpus)?;
         self.host.memory.validate(self.memory_bytes)?;
+        // Locked memory cannot be given back: the balloon's discards would fail on every page.
+        if self.host.memory.mlock && self.virtio.iter().any(|d| matches!(d, VirtioConfig::Balloon(_))) {
+            return Err(ConfigError::MlockWithBalloon);
+        }
         self.virtio.iter().try_for_each(|device| device.validate(self.memory_bytes))
     }
 }
@@ -270,6 +274,19 @@ mod tests {
                 }),
                 "larger than the guest's 64 MiB of RAM",
             ),
+            (
+                Box::new(|c| {
+                    c.host.memory.mlock = true;
+                    c.virtio.push(VirtioConfig::Balloon(BalloonConfig {
+                        target_mib: 0,
+                        stats_interval: None,
+                        free_page_reporting: false,
+                        deflate_on_oom: false,
+                    }))
+                }),
+                "mlock keeps guest RAM resident",
+            ),
+            (Box::new(|c| c.host.memory.backend = RamBackend::HugeTlb(HugePageSize::OneGiB)), "1G huge page"),
         ];
         for (change, expected) in cases {
             let mut bad = config();

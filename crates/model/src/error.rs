@@ -76,6 +76,8 @@ pub enum ConfigError {
     /// vCPU placement or guest memory options that contradict themselves or the VM.
     #[error("{0}")]
     Placement(#[from] crate::host::PlacementError),
+    #[error("mlock keeps guest RAM resident, so a balloon could not give any back: use one or the other")]
+    MlockWithBalloon,
     #[error("huge_pages {top} and x-kestrel huge_pages {extension} disagree")]
     ConflictingHugePages { top: &'static str, extension: &'static str },
 }
