@@ -296,6 +296,10 @@ fn round_trip(from: &str, onto: &str, onto_mapping: &str, from_memfd: bool) {
     assert_eq!(after[..2], [last + COUNT_STEP, last + 2 * COUNT_STEP], "the restored guest counts on");
     let ram = guest_ram(second.process.0.id(), 64);
     assert!(ram.header.contains(onto_mapping), "{ram:?}");
+    if let Some(cpus) = onto.split("\"vcpu_affinity\": [[").nth(1).and_then(|rest| rest.split(']').next()) {
+        // The restoring side's placement, not the snapshot's (which has none).
+        assert_eq!(vcpu0_cpus(second.process.0.id()), cpus, "vcpu0's CPUs after the restore");
+    }
 
     let diff = dir.path().join("diff");
     second.snapshot(&dir.path().join("state2"), &diff, "Diff");
@@ -311,7 +315,7 @@ fn a_snapshot_restores_onto_memfd_memory() {
     }
     round_trip(
         r#""x-kestrel": {"memory_backend": "memfd"}"#,
-        r#""x-kestrel": {"memory_backend": "memfd"}"#,
+        r#""x-kestrel": {"memory_backend": "memfd", "vcpu_affinity": [[1]]}"#,
         "/memfd:kestrel-guest-ram",
         true,
     );
@@ -330,6 +334,19 @@ fn a_snapshot_of_hugetlb_memory_restores_onto_hugetlb_memory() {
         "/memfd:kestrel-guest-ram",
         false,
     );
+}
+
+/// `Cpus_allowed_list` of the thread named vcpu0.
+fn vcpu0_cpus(pid: u32) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .find(|status| status.lines().any(|l| l.starts_with("Name:") && l.ends_with("vcpu0")))
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+            Some(line.split_whitespace().nth(1)?.to_owned())
+        })
+        .expect("a vcpu0 thread")
 }
 
 /// The bytes the host has allocated to the VMM's guest RAM memfd (found among its descriptors).

@@ -178,3 +178,30 @@ fn impossible_placements_are_refused_with_their_reason() {
         assert!(!output.status.success() && stderr.contains(expected), "{cpus}: {stderr}");
     }
 }
+
+/// `--config`: machine-config's `x-kestrel` in the file places the vCPUs as the API does.
+#[test]
+fn a_config_file_places_the_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let config = dir.path().join("vm.json");
+    let text = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "exit=hang"}},
+            "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {{"vcpu_affinity": [[1]]}}}}}}"#,
+        guests::HELLO
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = kestrel()
+        .args(["run", "--config", path_str(&config), "--serial", &format!("file:{}", path_str(&log))])
+        .spawn()
+        .unwrap();
+    let _watchdog = Watchdog::within(&child, HANG_LIMIT);
+    let child = Killed(child);
+    wait_for_line(&log, "exit: hang");
+    let seen = threads(child.0.id());
+    let vcpu = seen.iter().find(|t| t.name == "vcpu0").expect("a vcpu0 thread");
+    assert_eq!(vcpu.cpus, "1", "{seen:?}");
+}
