@@ -177,6 +177,23 @@ fn impossible_placements_are_refused_with_their_reason() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(expected), "{cpus}: {stderr}");
     }
+
+    // Real time without CAP_SYS_NICE and with an RLIMIT_RTPRIO of 0: refused when the VM is built,
+    // before the guest runs, with the reason.
+    if common::is_root() {
+        let output = std::process::Command::new("setpriv")
+            .args(["--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--", "prlimit", "--rtprio=0", "--"])
+            .arg(env!("CARGO_BIN_EXE_kestrel"))
+            .args(["run", "--kernel", guests::HELLO, "--serial", "none", "--cpus", "1,rt=10"])
+            .output()
+            .expect("setpriv (util-linux)");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("real-time priority 10 is not allowed: SCHED_FIFO needs CAP_SYS_NICE"),
+            "{stderr}"
+        );
+    }
 }
 
 /// `--config`: machine-config's `x-kestrel` in the file places the vCPUs as the API does.
