@@ -348,4 +348,49 @@ mod tests {
         let memory = create_guest_memory(64 << 20, &MemoryOptions::default()).unwrap();
         assert_eq!(low_memory_end(&memory), GuestAddress(64 << 20));
     }
+
+    #[test]
+    fn a_memfd_backend_is_shared_and_takes_a_memory_files_data() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::Bytes;
+
+        let options = MemoryOptions { backend: RamBackend::Memfd, ..Default::default() };
+        let memory = create_guest_memory(64 << 20, &options).unwrap();
+        let region = memory.iter().next().unwrap();
+        assert!(region.flags() & libc::MAP_SHARED != 0 && region.file_offset().is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(64 << 20).unwrap();
+        file.write_all_at(&[7u8; 4096], 5 << 20).unwrap();
+        file.write_all_at(&[9u8; 10], (64 << 20) - 10).unwrap();
+        let layout = crate::snapshot::memory_file::layout(&memory);
+        fill_from_file(&memory, &path, &layout).unwrap();
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(5 << 20)).unwrap(), 7);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress((64 << 20) - 1)).unwrap(), 9);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(1 << 20)).unwrap(), 0);
+
+        file.set_len(1 << 20).unwrap();
+        let short = fill_from_file(&memory, &path, &layout).unwrap_err().to_string();
+        assert!(short.contains("too short") || short.contains("bytes"), "{short}");
+        let other = crate::snapshot::memory_file::layout_of([(0, 32 << 20)]);
+        assert!(matches!(
+            fill_from_file(&memory, &path, &other),
+            Err(Error::Memory(MemoryError::LayoutMismatch))
+        ));
+    }
+
+    #[test]
+    fn hugetlb_memory_needs_whole_pages_and_a_pool() {
+        let options =
+            MemoryOptions { backend: RamBackend::HugeTlb(HugePageSize::OneGiB), ..Default::default() };
+        let message = create_guest_memory(64 << 20, &options).unwrap_err().to_string();
+        assert!(message.contains("not a multiple of the 1G huge page size"), "{message}");
+        let missing = MemoryOptions { numa_node: Some(1000), ..Default::default() };
+        assert!(matches!(
+            create_guest_memory(64 << 20, &missing),
+            Err(Error::Memory(MemoryError::NoSuchNumaNode(1000)))
+        ));
+    }
 }
