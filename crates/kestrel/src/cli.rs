@@ -115,9 +115,10 @@ pub struct RunArgs {
     /// CPU list (pin=0-1) or vCPU i on the i-th of a colon-separated list of one set per vCPU
     /// (pin=0:1, pin=0-1:2-3); lists are the kernel's syntax (0-3,8). others= keeps the VMM's
     /// other threads (main, API, device workers, I/O) on their own CPUs. rt=PRIO runs the vCPU
-    /// threads SCHED_FIFO at priority 1 to 99 (needs CAP_SYS_NICE). CPUs the host lacks are an
-    /// error when the VM is built.
-    /// Example: --cpus 4 --cpus 2,pin=0:1,others=2-3,rt=10
+    /// threads SCHED_FIFO at priority 1 to 99 (needs CAP_SYS_NICE; give pin= and others= with it,
+    /// so a spinning vCPU cannot starve the VMM's own threads). CPUs the host lacks are an error
+    /// when the VM is built.
+    /// Example: --cpus 2,pin=0:1,others=2-3,rt=10 (or plainly --cpus 4)
     #[arg(long, value_name = CPUS_FORM, default_value = "1", value_parser = parse_cpus)]
     pub cpus: CpusOption,
 
@@ -127,9 +128,9 @@ pub struct RunArgs {
     /// memfd; the size must be a multiple; the pages are reserved at start, so too few free
     /// huge pages is an error then: see /proc/sys/vm/nr_hugepages); thp=on advises transparent
     /// huge pages; ksm=on lets KSM merge identical pages (anonymous memory only); mlock=on locks
-    /// guest RAM in host memory as the guest touches it; numa=N binds guest RAM, and the vCPUs
+    /// guest RAM in host memory as the guest touches it (not with --balloon); numa=N binds guest RAM, and the vCPUs
     /// not pinned otherwise, to host NUMA node N.
-    /// Example: --memory 1G --memory 2G,hugepages=2M,numa=0 --memory 512M,thp=on,ksm=on
+    /// Example: --memory 2G,hugepages=2M,numa=0 (or --memory 512M,thp=on,ksm=on, or plainly --memory 1G)
     #[arg(long, value_name = MEMORY_FORM, default_value = "256M", value_parser = parse_memory)]
     pub memory: MemoryOption,
     // --- end of H3's flags ---
