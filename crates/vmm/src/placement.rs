@@ -104,6 +104,11 @@ impl ThreadPlacement {
             let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
                 continue;
             };
+            // KVM's own workers in the process (kvm-nx-lpage-recovery) are the kernel's to place.
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("kvm-") {
+                continue;
+            }
             match set_affinity(tid, cpus) {
                 Ok(()) => {}
                 // The thread ended since the directory was read.
