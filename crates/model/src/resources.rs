@@ -937,6 +937,40 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever placement and memory options a client sends in machine-config's x-kestrel,
+        /// they are taken or refused (no panic), and what is taken makes a configuration
+        /// `VmConfig::validate` accepts.
+        #[test]
+        fn any_machine_config_extensions_are_taken_or_refused(
+            vcpus in 1u8..5,
+            mib in proptest::prelude::prop_oneof![proptest::prelude::Just(64u64), 16u64..4096],
+            affinity in "(\\[\\[0\\]\\]|\\[\\[0\\],\\[1\\]\\]|\\[\\[\\]\\]|\\[\\[9000\\]\\]|\\[\\]|null|1)",
+            others in "(\\[1,2\\]|\\[\\]|null|\\[-1\\])",
+            priority in proptest::prelude::prop_oneof![0i64..120, proptest::prelude::any::<i64>()],
+            backend in "(\"anonymous\"|\"anon\"|\"memfd\"|\"hugetlb\"|null)",
+            huge in "(\"2M\"|\"1G\"|\"4M\"|null)",
+            top_huge in "(\"None\"|\"2M\"|\"1G\"|null)",
+            flags in proptest::collection::vec(proptest::prelude::any::<bool>(), 3),
+            node in proptest::prelude::prop_oneof![0i64..4, proptest::prelude::any::<i64>()],
+        ) {
+            let body = format!(
+                r#"{{"vcpu_count": {vcpus}, "mem_size_mib": {mib}, "huge_pages": {top_huge}, "x-kestrel": {{
+                    "vcpu_affinity": {affinity}, "vmm_affinity": {others}, "vcpu_realtime_priority": {priority},
+                    "memory_backend": {backend}, "huge_pages": {huge}, "thp": {}, "ksm": {}, "mlock": {},
+                    "numa_node": {node}}}}}"#,
+                flags[0], flags[1], flags[2]
+            );
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let mut resources = VmResources::default();
+            boot(&mut resources, file.path().to_str().unwrap());
+            if let Ok(machine) = serde_json::from_str::<MachineConfiguration>(&body) {
+                if resources.set_machine_config(machine).is_ok() {
+                    let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio);
+                    proptest::prop_assert!(config.is_ok(), "{body}: {config:?}");
+                }
+            }
+        }
+
         /// Whatever disk options a client sends, the drive is taken or refused with an error (no
         /// panic), and a drive taken makes a configuration the engine's checks accept.
         #[test]
