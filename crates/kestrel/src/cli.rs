@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use tracing::level_filters::LevelFilter;
 use vmm::config::{
-    BalloonConfig, BlockConfig, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
-    VsockConfig, DEFAULT_CMDLINE,
+    BalloonConfig, BlockConfig, HostResources, NetConfig, SerialConfig, VirtioConfig, VirtioTransport,
+    VmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 
 use crate::device_options::{parse_balloon, parse_disk, parse_net, parse_vsock};
-use crate::size::parse_size;
+use crate::placement_options::{parse_cpus, parse_memory, CpusOption, MemoryOption, CPUS_FORM, MEMORY_FORM};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,14 +114,30 @@ pub struct RunArgs {
     #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
 
-    /// Number of vCPUs, 1 to 254. Example: --cpus 4
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
-    pub cpus: u8,
+    // --- vCPU placement and memory backends (H3) ---
+    /// Number of vCPUs, 1 to 254, and where their threads run. pin= puts every vCPU on one host
+    /// CPU list (pin=0-1) or vCPU i on the i-th of a colon-separated list of one set per vCPU
+    /// (pin=0:1, pin=0-1:2-3); lists are the kernel's syntax (0-3,8). others= keeps the VMM's
+    /// other threads (main, API, device workers, I/O) on their own CPUs. rt=PRIO runs the vCPU
+    /// threads SCHED_FIFO at priority 1 to 99 (needs CAP_SYS_NICE; give pin= and others= with it,
+    /// so a spinning vCPU cannot starve the VMM's own threads). CPUs the host lacks are an error
+    /// when the VM is built.
+    /// Example: --cpus 2,pin=0:1,others=2-3,rt=10 (or plainly --cpus 4)
+    #[arg(long, value_name = CPUS_FORM, default_value = "1", value_parser = parse_cpus)]
+    pub cpus: CpusOption,
 
-    /// Guest RAM, at least 16M, with a K/M/G/T suffix (binary units). Example: --memory 1G
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
-    pub memory: u64,
-
+    /// Guest RAM, at least 16M, with a K/M/G/T suffix (binary units), and what backs it.
+    /// backend=anon (default: private anonymous memory) or memfd (a shared memfd,
+    /// /memfd:kestrel-guest-ram); hugepages=2M|1G backs it with hugetlb pages of that size (a
+    /// memfd; the size must be a multiple; the pages are reserved at start, so too few free
+    /// huge pages is an error then: see /proc/sys/vm/nr_hugepages); thp=on advises transparent
+    /// huge pages; ksm=on lets KSM merge identical pages (anonymous memory only); mlock=on locks
+    /// guest RAM in host memory as the guest touches it (not with --balloon); numa=N binds guest RAM, and the vCPUs
+    /// not pinned otherwise, to host NUMA node N.
+    /// Example: --memory 2G,hugepages=2M,numa=0 (or --memory 512M,thp=on,ksm=on, or plainly --memory 1G)
+    #[arg(long, value_name = MEMORY_FORM, default_value = "256M", value_parser = parse_memory)]
+    pub memory: MemoryOption,
+    // --- end of H3's flags ---
     /// Where the serial console goes: stdio (the terminal; its input feeds the guest),
     /// file:PATH (appended to PATH; no input) or none. Example: --serial file:/tmp/console.log
     #[arg(long, value_name = "WHERE", default_value = "stdio", value_parser = parse_serial)]
@@ -234,8 +250,8 @@ impl RunArgs {
             kernel: self.kernel.unwrap_or_default(),
             initrd: self.initrd,
             cmdline: self.cmdline,
-            vcpus: self.cpus,
-            memory_bytes: self.memory,
+            vcpus: self.cpus.count,
+            memory_bytes: self.memory.bytes,
             serial: self.serial,
             transport: self.transport,
             virtio: (self.rng.then_some(VirtioConfig::Rng).into_iter())
@@ -245,6 +261,7 @@ impl RunArgs {
                 .chain(self.vsock.map(VirtioConfig::Vsock))
                 .collect(),
             track_dirty_pages: false,
+            host: HostResources { cpus: *self.cpus.placement, memory: self.memory.options },
         }
     }
 }

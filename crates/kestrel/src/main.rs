@@ -9,6 +9,7 @@ mod image_cli;
 mod landlock;
 mod logging;
 mod metrics;
+mod placement_options;
 mod size;
 mod vmm_api;
 

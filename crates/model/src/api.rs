@@ -4,6 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ConfigError;
+use crate::host::{
+    BackendKind, CpuPlacement, CpuSet, HostResources, HugePageSize, MemoryOptions, RamBackend,
+};
+
 pub use crate::disk::{CacheMode, ImageFormat, IoEngine, RateLimiterConfig, TokenBucket};
 
 /// `PUT /boot-source`.
@@ -32,6 +37,85 @@ pub struct MachineConfiguration {
     pub cpu_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
+    /// Kestrel's additions (`x-kestrel` in the API description): vCPU placement and guest
+    /// memory backends.
+    #[serde(rename = "x-kestrel", default, skip_serializing_if = "Option::is_none")]
+    pub kestrel: Option<Box<MachineConfigExtensions>>,
+}
+
+/// `x-kestrel` of `PUT /machine-config`: where the VM's threads run and what backs its RAM (host
+/// choices, not part of a snapshot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigExtensions {
+    /// One CPU list for every vCPU (`[[0, 1]]`), or one per vCPU (`[[0], [1]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpu_affinity: Vec<CpuSet>,
+    /// The CPUs the VMM's other threads are kept on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_affinity: Option<CpuSet>,
+    /// vCPU threads run SCHED_FIFO at this priority (1 to 99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_realtime_priority: Option<u8>,
+    #[serde(flatten)]
+    pub memory: MemoryExtensions,
+}
+
+/// The guest memory options of `x-kestrel` (in `PUT /machine-config` and `PUT /snapshot/load`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct MemoryExtensions {
+    /// `anonymous` (the default) or `memfd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_backend: Option<BackendKind>,
+    /// `2M` or `1G` hugetlb pages (Firecracker's `huge_pages` takes `2M` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePageSize>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub thp: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ksm: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mlock: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+}
+
+impl MemoryExtensions {
+    /// The memory options these fields ask for, with Firecracker's `huge_pages` beside them.
+    pub fn options(&self, huge_pages: Option<HugePages>) -> Result<MemoryOptions, ConfigError> {
+        let top = match huge_pages {
+            Some(HugePages::TwoMiB) => Some(HugePageSize::TwoMiB),
+            Some(HugePages::None) | None => None,
+        };
+        let huge = match (top, self.huge_pages) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigError::ConflictingHugePages { top: "2M", extension: "1G" })
+            }
+            (a, b) => a.or(b),
+        };
+        Ok(MemoryOptions {
+            backend: RamBackend::choose(self.memory_backend, huge)?,
+            thp: self.thp,
+            ksm: self.ksm,
+            mlock: self.mlock,
+            numa_node: self.numa_node,
+        })
+    }
+}
+
+impl MachineConfiguration {
+    /// The host-side choices this machine configuration asks for.
+    pub fn host_resources(&self) -> Result<HostResources, ConfigError> {
+        let extensions = self.kestrel.as_deref().cloned().unwrap_or_default();
+        Ok(HostResources {
+            cpus: CpuPlacement {
+                vcpu_affinity: extensions.vcpu_affinity,
+                vmm_affinity: extensions.vmm_affinity,
+                vcpu_realtime_priority: extensions.vcpu_realtime_priority,
+            },
+            memory: extensions.memory.options(self.huge_pages)?,
+        })
+    }
 }
 
 impl Default for MachineConfiguration {
@@ -44,6 +128,7 @@ impl Default for MachineConfiguration {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: Some(HugePages::None),
+            kestrel: None,
         }
     }
 }
@@ -442,6 +527,39 @@ pub struct SnapshotLoadParams {
     /// paths a state file names are not opened on its word.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drive_overrides: Vec<DriveOverride>,
+    /// Kestrel's additions (`x-kestrel`): what backs the restored guest's RAM and where its
+    /// threads run (host choices a snapshot does not carry; by default anonymous memory,
+    /// unpinned).
+    #[serde(rename = "x-kestrel", default, skip_serializing_if = "Option::is_none")]
+    pub kestrel: Option<Box<SnapshotLoadExtensions>>,
+}
+
+/// `x-kestrel` of `PUT /snapshot/load`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadExtensions {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpu_affinity: Vec<CpuSet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_affinity: Option<CpuSet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_realtime_priority: Option<u8>,
+    #[serde(flatten)]
+    pub memory: MemoryExtensions,
+}
+
+impl SnapshotLoadExtensions {
+    /// The host-side choices the restore asks for.
+    pub fn host_resources(&self) -> Result<HostResources, ConfigError> {
+        Ok(HostResources {
+            cpus: CpuPlacement {
+                vcpu_affinity: self.vcpu_affinity.clone(),
+                vmm_affinity: self.vmm_affinity.clone(),
+                vcpu_realtime_priority: self.vcpu_realtime_priority,
+            },
+            memory: self.memory.options(None)?,
+        })
+    }
 }
 
 /// A drive's host file, named by the client on restore.

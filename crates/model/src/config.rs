@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::ConfigError;
+pub use crate::host::{
+    CpuPlacement, CpuSet, HostResources, HugePageSize, MemoryOptions, PlacementError, RamBackend,
+};
 
 /// Where the guest's COM1 output goes (and whether the host's stdin feeds its input).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,10 @@ pub struct VmConfig {
     /// KVM logs the pages the guest writes, so that diff snapshots are possible (it costs a little
     /// on every first write to a page after each snapshot).
     pub track_dirty_pages: bool,
+    /// Host-side choices (CPU placement, what backs guest RAM). Not part of the guest's machine,
+    /// so not saved in a snapshot: a restore takes them from its own side.
+    #[serde(skip)]
+    pub host: HostResources,
 }
 
 /// The most vCPUs a VM can have (the MP table's and ACPI's limit in Kestrel's layout).
@@ -79,6 +86,12 @@ impl VmConfig {
         }
         if self.cmdline.chars().any(char::is_control) {
             return Err(ConfigError::CommandLineControlCharacter);
+        }
+        self.host.cpus.validate(self.vcpus)?;
+        self.host.memory.validate(self.memory_bytes)?;
+        // Locked memory cannot be given back: the balloon's discards would fail on every page.
+        if self.host.memory.mlock && self.virtio.iter().any(|d| matches!(d, VirtioConfig::Balloon(_))) {
+            return Err(ConfigError::MlockWithBalloon);
         }
         self.virtio.iter().try_for_each(|device| device.validate(self.memory_bytes))
     }
@@ -209,6 +222,7 @@ mod tests {
             virtio: vec![VirtioConfig::Rng],
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
+            host: HostResources::default(),
         }
     }
 
@@ -260,6 +274,19 @@ mod tests {
                 }),
                 "larger than the guest's 64 MiB of RAM",
             ),
+            (
+                Box::new(|c| {
+                    c.host.memory.mlock = true;
+                    c.virtio.push(VirtioConfig::Balloon(BalloonConfig {
+                        target_mib: 0,
+                        stats_interval: None,
+                        free_page_reporting: false,
+                        deflate_on_oom: false,
+                    }))
+                }),
+                "mlock keeps guest RAM resident",
+            ),
+            (Box::new(|c| c.host.memory.backend = RamBackend::HugeTlb(HugePageSize::OneGiB)), "1G huge page"),
         ];
         for (change, expected) in cases {
             let mut bad = config();

@@ -73,4 +73,11 @@ pub enum ConfigError {
     ConflictingCache { cache_type: &'static str, cache: &'static str },
     #[error("a balloon of {target_mib} MiB is larger than the guest's {memory_mib} MiB of RAM")]
     BalloonTargetTooLarge { target_mib: u32, memory_mib: u64 },
+    /// vCPU placement or guest memory options that contradict themselves or the VM.
+    #[error("{0}")]
+    Placement(#[from] crate::host::PlacementError),
+    #[error("mlock keeps guest RAM resident, so a balloon could not give any back: use one or the other")]
+    MlockWithBalloon,
+    #[error("huge_pages {top} and x-kestrel huge_pages {extension} disagree")]
+    ConflictingHugePages { top: &'static str, extension: &'static str },
 }

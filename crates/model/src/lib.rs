@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod disk;
 pub mod error;
+pub mod host;
 mod mac;
 pub mod resources;
 

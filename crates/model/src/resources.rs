@@ -197,9 +197,10 @@ impl VmResources {
         if config.cpu_template.as_deref().is_some_and(|t| t != "None") {
             return Err(ConfigError::Unsupported("cpu_template".into()));
         }
-        if config.huge_pages == Some(HugePages::TwoMiB) {
-            return Err(ConfigError::Unsupported("huge_pages 2M".into()));
-        }
+        // Kestrel's additions are checked as they come, against this request's vCPUs and memory.
+        let host = config.host_resources()?;
+        host.cpus.validate(vcpus)?;
+        host.memory.validate(config.mem_size_mib << 20)?;
         if let Some(balloon) = &self.balloon {
             if u64::from(balloon.amount_mib) > config.mem_size_mib {
                 return Err(ConfigError::BalloonTooLarge {
@@ -503,6 +504,7 @@ impl VmResources {
             virtio,
             transport,
             track_dirty_pages: self.machine_config.track_dirty_pages,
+            host: self.machine_config.host_resources()?,
         };
         config.validate()?;
         Ok(config)
@@ -630,6 +632,70 @@ mod tests {
             empty.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap_err(),
             ConfigError::MissingKernel
         );
+    }
+
+    /// Placement and memory options in machine-config's `x-kestrel` reach the VM's host
+    /// resources; what contradicts itself is refused when it is PUT.
+    #[test]
+    fn machine_config_extensions_reach_the_vm_config() {
+        use crate::host::{CpuSet, HugePageSize, RamBackend};
+        let machine = |text: &str| serde_json::from_str::<MachineConfiguration>(text);
+        let mut resources = VmResources::default();
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.path().display());
+        resources.set_boot_source(serde_json::from_str(&boot).unwrap()).unwrap();
+        let good = machine(
+            r#"{"vcpu_count": 2, "mem_size_mib": 64, "huge_pages": "2M", "x-kestrel": {
+                "vcpu_affinity": [[0], [1]], "vmm_affinity": [1], "vcpu_realtime_priority": 10,
+                "mlock": true, "numa_node": 0}}"#,
+        )
+        .unwrap();
+        resources.set_machine_config(good.clone()).unwrap();
+        assert_eq!(resources.machine_config(), &good, "GET /machine-config shows what was PUT");
+        let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        let cpus = &config.host.cpus;
+        assert_eq!(cpus.vcpu_affinity, [CpuSet::parse("0").unwrap(), CpuSet::parse("1").unwrap()]);
+        assert_eq!(
+            (cpus.vmm_affinity.clone(), cpus.vcpu_realtime_priority),
+            (CpuSet::parse("1").ok(), Some(10))
+        );
+        let memory = &config.host.memory;
+        assert_eq!(memory.backend, RamBackend::HugeTlb(HugePageSize::TwoMiB));
+        assert!(memory.mlock && !memory.thp && memory.numa_node == Some(0));
+
+        let cases = [
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"vcpu_affinity": [[0], [1]]}}"#,
+                "2 CPU sets for 1 vCPUs",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 65, "x-kestrel": {"huge_pages": "2M"}}"#,
+                "not a multiple of the 2M",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M", "x-kestrel": {"huge_pages": "1G"}}"#,
+                "disagree",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"memory_backend": "memfd", "ksm": true}}"#,
+                "ksm merges only",
+            ),
+            (
+                r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"vcpu_realtime_priority": 0}}"#,
+                "1 to 99",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = resources.set_machine_config(machine(text).unwrap()).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+        for bad in [
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"pinning": 1}}"#,
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"vcpu_affinity": [[]]}}"#,
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"huge_pages": "4M"}}"#,
+        ] {
+            assert!(machine(bad).is_err(), "{bad}");
+        }
     }
 
     /// As in Firecracker, a PATCH that names one bucket keeps the other.
@@ -871,6 +937,40 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever placement and memory options a client sends in machine-config's x-kestrel,
+        /// they are taken or refused (no panic), and what is taken makes a configuration
+        /// `VmConfig::validate` accepts.
+        #[test]
+        fn any_machine_config_extensions_are_taken_or_refused(
+            vcpus in 1u8..5,
+            mib in proptest::prelude::prop_oneof![proptest::prelude::Just(64u64), 16u64..4096],
+            affinity in "(\\[\\[0\\]\\]|\\[\\[0\\],\\[1\\]\\]|\\[\\[\\]\\]|\\[\\[9000\\]\\]|\\[\\]|null|1)",
+            others in "(\\[1,2\\]|\\[\\]|null|\\[-1\\])",
+            priority in proptest::prelude::prop_oneof![0i64..120, proptest::prelude::any::<i64>()],
+            backend in "(\"anonymous\"|\"anon\"|\"memfd\"|\"hugetlb\"|null)",
+            huge in "(\"2M\"|\"1G\"|\"4M\"|null)",
+            top_huge in "(\"None\"|\"2M\"|\"1G\"|null)",
+            flags in proptest::collection::vec(proptest::prelude::any::<bool>(), 3),
+            node in proptest::prelude::prop_oneof![0i64..4, proptest::prelude::any::<i64>()],
+        ) {
+            let body = format!(
+                r#"{{"vcpu_count": {vcpus}, "mem_size_mib": {mib}, "huge_pages": {top_huge}, "x-kestrel": {{
+                    "vcpu_affinity": {affinity}, "vmm_affinity": {others}, "vcpu_realtime_priority": {priority},
+                    "memory_backend": {backend}, "huge_pages": {huge}, "thp": {}, "ksm": {}, "mlock": {},
+                    "numa_node": {node}}}}}"#,
+                flags[0], flags[1], flags[2]
+            );
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let mut resources = VmResources::default();
+            boot(&mut resources, file.path().to_str().unwrap());
+            if let Ok(machine) = serde_json::from_str::<MachineConfiguration>(&body) {
+                if resources.set_machine_config(machine).is_ok() {
+                    let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio);
+                    proptest::prop_assert!(config.is_ok(), "{body}: {config:?}");
+                }
+            }
+        }
+
         /// Whatever disk options a client sends, the drive is taken or refused with an error (no
         /// panic), and a drive taken makes a configuration the engine's checks accept.
         #[test]

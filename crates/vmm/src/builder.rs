@@ -43,7 +43,7 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     // Everything that can be checked without KVM is checked first, so the error names the real
     // problem even on a host without KVM.
     let boot_files = kernel::BootFiles::open(config)?;
-    let memory = memory::create_guest_memory(config.memory_bytes)?;
+    let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
     let mmio_slots = mmio_slots(config)?;
     let entry =
         kernel::load_boot_image(config, boot_files, &memory, &virtio_devices::mmio_cmdline(&mmio_slots))?;
@@ -71,6 +71,10 @@ pub struct RestoreOptions {
     /// names (which may not be this host's, and are not to be trusted blindly). Either way the
     /// file must be a regular file or a block device of the capacity the guest saw.
     pub drive_paths: BTreeMap<String, PathBuf>,
+    /// What backs the restored guest's RAM and where its threads run: this side's choice (a
+    /// snapshot does not carry it). Anonymous memory maps the memory file copy-on-write; a memfd
+    /// or hugetlb backend gets fresh memory with the file's contents copied in.
+    pub host: crate::config::HostResources,
 }
 
 /// Builds a VM from a snapshot's state file and memory file: guest RAM is mapped copy-on-write
@@ -97,7 +101,18 @@ pub fn prepare_restore(
 ) -> Result<PreparedRestore> {
     let state = snapshot::read_state_file(state_path)?;
     let config = restored_config(&state, options)?;
-    let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
+    let memory = match config.host.memory.backend {
+        crate::config::RamBackend::Anonymous => {
+            let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
+            memory::advise(&memory, &config.host.memory)?;
+            memory
+        }
+        _ => {
+            let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
+            memory::fill_from_file(&memory, memory_path, &state.memory)?;
+            memory
+        }
+    };
     Ok(PreparedRestore { state, config, memory })
 }
 
@@ -123,7 +138,7 @@ pub fn restore_from_streams(
 ) -> Result<Vm> {
     let state = snapshot::read_state(state)?;
     let config = restored_config(&state, options)?;
-    let ram = memory::create_guest_memory(config.memory_bytes)?;
+    let ram = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
     snapshot::memory_stream::read_memory(&ram, memory)?;
     restore_into(&state, &config, ram)
 }
@@ -136,6 +151,9 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
     let mut config = state.config.clone();
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;
+    config.host = options.host.clone();
+    config.host.cpus.validate(config.vcpus).map_err(crate::config::ConfigError::from)?;
+    config.host.memory.validate(config.memory_bytes).map_err(crate::config::ConfigError::from)?;
     if let Some(uds) = &options.vsock_uds {
         for device in &mut config.virtio {
             if let crate::config::VirtioConfig::Vsock(vsock) = device {
@@ -275,6 +293,7 @@ struct VmParts {
 impl VmParts {
     fn into_vm(self, config: &VmConfig) -> Result<Vm> {
         let VmParts { kvm, vm, memory, devices, controls, transports, vcpus } = self;
+        let placement = crate::placement::ThreadPlacement::resolve(&config.host, config.vcpus)?;
         let (ended_sender, ended_receiver) = mpsc::channel();
         let ended_event = new_event_fd("vCPU exit notifier")?;
         let vcpu_metrics: Arc<[VcpuMetrics]> = (0..vcpus.len()).map(|_| VcpuMetrics::default()).collect();
@@ -287,7 +306,8 @@ impl VmParts {
                 clone_event_fd(&ended_event, "vCPU exit notifier")?,
                 vcpus.len(),
             )
-            .with_metrics(vcpu_metrics),
+            .with_metrics(vcpu_metrics)
+            .with_placement(placement),
         );
         let msr_indices =
             kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec();

@@ -518,6 +518,7 @@ mod tests {
             virtio: Vec::new(),
             transport: Default::default(),
             track_dirty_pages: false,
+            host: Default::default(),
         };
         let files = BootFiles::open(&config).unwrap();
         let entry = load_boot_image(&config, files, &mem, "").unwrap();

@@ -19,6 +19,7 @@ mod memory;
 pub mod metrics;
 pub mod outcome;
 mod pci_devices;
+mod placement;
 pub mod snapshot;
 mod vcpu;
 mod virtio_devices;
@@ -81,6 +82,10 @@ pub enum Error {
     MemoryAllocation { bytes: u64, reason: String },
     #[error("guest memory of {requested} bytes is below the minimum of {minimum} bytes")]
     MemoryTooSmall { requested: u64, minimum: u64 },
+    #[error("{0}")]
+    Memory(#[from] memory::MemoryError),
+    #[error("{0}")]
+    Placement(#[from] placement::HostPlacementError),
     #[error("cannot open the serial output file {path}: {source}")]
     SerialOutput { path: PathBuf, source: std::io::Error },
     #[error("{requested} virtio-mmio devices requested but at most {max} fit (one ISA interrupt line each); use --transport pci for more")]

@@ -1,22 +1,269 @@
-//! Guest RAM: anonymous host memory, laid out around the MMIO gap and registered with KVM.
+//! Guest RAM: laid out around the MMIO gap, made of the memory the host side asked for
+//! (anonymous, a memfd, or hugetlb pages), advised (THP, KSM, mlock, NUMA binding) before the
+//! first touch, and registered with KVM.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
+use model::host::{HugePageSize, MemoryOptions, RamBackend};
 use virtio::GuestRam;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
+use crate::snapshot::memory_file::SavedRegion;
 use crate::{kvm_err, Error, Result};
 
 const PAGE_SIZE: u64 = 4096;
+/// The memfd's name, as /proc/PID/maps shows it (`/memfd:kestrel-guest-ram`).
+const MEMFD_NAME: &std::ffi::CStr = c"kestrel-guest-ram";
 
-/// Checks the requested size against the boot layout and the host, then maps guest RAM.
+/// Why guest RAM of the asked-for kind could not be made or advised.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot create the guest RAM memfd: {0}")]
+    Memfd(io::Error),
+    #[error(
+        "not enough free {page} huge pages for {bytes} bytes of guest memory: {needed} needed, {free} free \
+         (raise /proc/sys/vm/nr_hugepages or /sys/kernel/mm/hugepages/*/nr_hugepages)"
+    )]
+    NotEnoughHugePages { page: HugePageSize, bytes: u64, needed: u64, free: u64 },
+    #[error("guest RAM region of {size} bytes is not a multiple of the {page} huge page size")]
+    RegionNotHugeAligned { size: u64, page: HugePageSize },
+    #[error("cannot map guest RAM: {0}")]
+    Map(String),
+    #[error("cannot apply {advice} to guest RAM: {source}")]
+    Advice { advice: &'static str, source: io::Error },
+    #[error("NUMA node {0} does not exist on this host (see /sys/devices/system/node)")]
+    NoSuchNumaNode(u32),
+    #[error("cannot read the snapshot memory file {path}: {source}")]
+    ReadFile { path: PathBuf, source: io::Error },
+    #[error("the snapshot memory layout does not match the guest RAM")]
+    LayoutMismatch,
+}
+
+/// Checks the requested size against the boot layout and the host, then maps guest RAM of the
+/// kind `options` asks for, advised as they ask, nothing touched yet.
 ///
 /// The host check is against physical RAM rather than what `mmap` would accept: anonymous mappings
 /// are lazily backed, so an oversized guest would otherwise start and be OOM-killed later, mid-run.
-pub fn create_guest_memory(bytes: u64) -> Result<GuestRam> {
+/// Hugetlb pages are reserved by the mapping itself (a shared hugetlb mapping without
+/// MAP_NORESERVE takes its pages from the pool at `mmap`), so too few is an error here.
+pub fn create_guest_memory(bytes: u64, options: &MemoryOptions) -> Result<GuestRam> {
     check_size(bytes)?;
-    GuestRam::from_ranges(&arch::ram_regions(bytes))
-        .map_err(|e| Error::MemoryAllocation { bytes, reason: e.to_string() })
+    options.validate(bytes).map_err(model::config::ConfigError::from)?;
+    check_numa_node(options)?;
+    let ranges = arch::ram_regions(bytes);
+    let memory = match options.backend {
+        RamBackend::Anonymous => GuestRam::from_ranges(&ranges)
+            .map_err(|e| Error::MemoryAllocation { bytes, reason: e.to_string() })?,
+        RamBackend::Memfd => shared_memory(&ranges, None)?,
+        RamBackend::HugeTlb(page) => shared_memory(&ranges, Some(page))?,
+    };
+    advise(&memory, options)?;
+    Ok(memory)
+}
+
+/// Guest RAM over one memfd (hugetlb pages of `huge` size if given), region after region in the
+/// file, each mapped shared.
+fn shared_memory(ranges: &[(GuestAddress, usize)], huge: Option<HugePageSize>) -> Result<GuestRam> {
+    let total: u64 = ranges.iter().map(|&(_, size)| size as u64).sum();
+    let mut flags = libc::MFD_CLOEXEC;
+    if let Some(page) = huge {
+        flags |= libc::MFD_HUGETLB
+            | match page {
+                HugePageSize::TwoMiB => libc::MFD_HUGE_2MB,
+                HugePageSize::OneGiB => libc::MFD_HUGE_1GB,
+            };
+        if let Some(&(_, size)) =
+            ranges.iter().find(|&&(_, size)| !(size as u64).is_multiple_of(page.bytes()))
+        {
+            return Err(MemoryError::RegionNotHugeAligned { size: size as u64, page }.into());
+        }
+    }
+    // SAFETY: a valid NUL-terminated name; memfd_create only creates a descriptor.
+    let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(io::Error::last_os_error()).into());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+    file.set_len(total).map_err(MemoryError::Memfd)?;
+    let mut offset = 0;
+    let mut regions = Vec::with_capacity(ranges.len());
+    for &(address, size) in ranges {
+        let mapping = MmapRegionBuilder::new_with_bitmap(
+            size,
+            <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(size),
+        )
+        .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        // Shared, and without MAP_NORESERVE: hugetlb pages are reserved here, not at first touch.
+        .with_mmap_flags(libc::MAP_SHARED)
+        .with_hugetlbfs(huge.is_some())
+        .build()
+        .map_err(|e| match (huge, &e) {
+            (Some(page), vm_memory::mmap::MmapRegionError::Mmap(source))
+                if source.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                Error::from(MemoryError::NotEnoughHugePages {
+                    page,
+                    bytes: total,
+                    needed: total / page.bytes(),
+                    free: free_huge_pages(page).unwrap_or(0),
+                })
+            }
+            _ => MemoryError::Map(e.to_string()).into(),
+        })?;
+        regions
+            .push(GuestRegionMmap::new(mapping, address).ok_or(MemoryError::Map("region address".into()))?);
+        offset += size as u64;
+    }
+    GuestRam::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()).into())
+}
+
+/// The free huge pages of `page` size in the host's pool.
+pub fn free_huge_pages(page: HugePageSize) -> Option<u64> {
+    let kib = page.bytes() >> 10;
+    let path = format!("/sys/kernel/mm/hugepages/hugepages-{kib}kB/free_hugepages");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn check_numa_node(options: &MemoryOptions) -> Result<()> {
+    match options.numa_node {
+        Some(node) if !Path::new(&format!("/sys/devices/system/node/node{node}")).exists() => {
+            Err(MemoryError::NoSuchNumaNode(node).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies the options' advice to every region of guest RAM: NUMA binding first (it must come
+/// before any page is touched), then THP, KSM and mlock.
+pub fn advise(memory: &GuestRam, options: &MemoryOptions) -> Result<()> {
+    for region in memory.iter() {
+        let (address, len) = (region.as_ptr(), region.len() as usize);
+        if let Some(node) = options.numa_node {
+            bind_to_node(address, len, node)?;
+        }
+        if options.thp {
+            madvise(address, len, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE (thp)")?;
+        }
+        if options.ksm {
+            madvise(address, len, libc::MADV_MERGEABLE, "MADV_MERGEABLE (ksm)")?;
+        }
+        if options.mlock {
+            // SAFETY: the range is a live mapping owned by `memory`; locking changes no contents.
+            // MLOCK_ONFAULT locks pages as the guest faults them in instead of populating the
+            // whole guest now (which would take seconds for a large guest).
+            if unsafe { libc::mlock2(address.cast(), len, libc::MLOCK_ONFAULT) } != 0 {
+                let source = io::Error::last_os_error();
+                return Err(MemoryError::Advice {
+                    advice: "mlock (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)",
+                    source,
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn madvise(address: *mut u8, len: usize, advice: libc::c_int, name: &'static str) -> Result<()> {
+    // SAFETY: the range is a live mapping owned by guest RAM; these advices change how the kernel
+    // backs it, never its contents.
+    if unsafe { libc::madvise(address.cast(), len, advice) } != 0 {
+        return Err(MemoryError::Advice { advice: name, source: io::Error::last_os_error() }.into());
+    }
+    Ok(())
+}
+
+/// `mbind(MPOL_BIND)` of one range to one node.
+fn bind_to_node(address: *mut u8, len: usize, node: u32) -> Result<()> {
+    const MPOL_BIND: libc::c_long = 2;
+    // Room for the kernel's largest node number on x86_64 (1024 nodes).
+    let mut mask = [0u64; 16];
+    let (word, bit) = (node as usize / 64, node % 64);
+    let slot = mask.get_mut(word).ok_or(MemoryError::NoSuchNumaNode(node))?;
+    *slot |= 1 << bit;
+    // SAFETY: the range is a live mapping owned by guest RAM, `mask` holds 1024 bits and maxnode
+    // says so (the kernel reads maxnode - 1 bits); mbind sets a policy and moves nothing (no
+    // MPOL_MF_MOVE), as nothing has been touched yet.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            address,
+            len,
+            MPOL_BIND,
+            mask.as_ptr(),
+            (mask.len() * 64 + 1) as libc::c_ulong,
+            0,
+        )
+    };
+    if result != 0 {
+        return Err(MemoryError::Advice { advice: "mbind (numa)", source: io::Error::last_os_error() }.into());
+    }
+    Ok(())
+}
+
+/// Copies a snapshot memory file into fresh guest RAM (a restore onto a memfd or hugetlb
+/// backend, which cannot map the file copy-on-write): only the file's data extents are read, so
+/// the holes a full snapshot leaves for zero pages cost nothing.
+pub fn fill_from_file(memory: &GuestRam, path: &Path, layout: &[SavedRegion]) -> Result<()> {
+    let read_error = |source| MemoryError::ReadFile { path: path.to_owned(), source };
+    let file = crate::snapshot::open_regular(path, std::fs::OpenOptions::new().read(true))?;
+    let file_len = file.metadata().map_err(read_error)?.len();
+    if memory.num_regions() != layout.len() {
+        return Err(MemoryError::LayoutMismatch.into());
+    }
+    for (region, saved) in memory.iter().zip(layout) {
+        if region.start_addr().0 != saved.guest_address || region.len() != saved.size {
+            return Err(MemoryError::LayoutMismatch.into());
+        }
+        let end = saved.file_offset.checked_add(saved.size).ok_or(MemoryError::LayoutMismatch)?;
+        if end > file_len {
+            return Err(crate::snapshot::SnapshotError::MemoryFileTooShort {
+                path: path.to_owned(),
+                found: file_len,
+                expected: end,
+            }
+            .into());
+        }
+        // SAFETY: the region is a live mapping of `region.len()` bytes owned by `memory`; the
+        // guest does not run yet, so nothing else reads or writes it meanwhile.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len() as usize) };
+        let mut position = saved.file_offset;
+        while position < end {
+            let Some(data) = seek(&file, position, libc::SEEK_DATA).map_err(read_error)? else { break };
+            if data >= end {
+                break;
+            }
+            let hole = seek(&file, data, libc::SEEK_HOLE).map_err(read_error)?.unwrap_or(end).min(end);
+            let from = (data - saved.file_offset) as usize;
+            let to = (hole - saved.file_offset) as usize;
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes[from..to], data)
+                .map_err(read_error)?;
+            position = hole;
+        }
+    }
+    Ok(())
+}
+
+/// `lseek` with SEEK_DATA or SEEK_HOLE; None where there is no more data (ENXIO).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: lseek on an open descriptor only moves its offset.
+    let result = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if result < 0 {
+        let error = io::Error::last_os_error();
+        return if error.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(error) };
+    }
+    Ok(Some(result as u64))
 }
 
 /// Checks a guest RAM size against the boot layout and the host (see [`create_guest_memory`]).
@@ -89,15 +336,61 @@ mod tests {
 
     #[test]
     fn sizes_below_minimum_or_unaligned_are_refused() {
-        assert!(matches!(create_guest_memory(1 << 20), Err(Error::MemoryTooSmall { .. })));
+        let anon = MemoryOptions::default();
+        assert!(matches!(create_guest_memory(1 << 20, &anon), Err(Error::MemoryTooSmall { .. })));
         let unaligned = arch::layout::MIN_MEMORY + 1;
-        assert!(matches!(create_guest_memory(unaligned), Err(Error::MemoryNotPageAligned(_))));
-        assert!(matches!(create_guest_memory(!0xfff), Err(Error::MemoryExceedsHost { .. })));
+        assert!(matches!(create_guest_memory(unaligned, &anon), Err(Error::MemoryNotPageAligned(_))));
+        assert!(matches!(create_guest_memory(!0xfff, &anon), Err(Error::MemoryExceedsHost { .. })));
     }
 
     #[test]
     fn low_memory_ends_at_the_gap_for_large_guests() {
-        let memory = create_guest_memory(64 << 20).unwrap();
+        let memory = create_guest_memory(64 << 20, &MemoryOptions::default()).unwrap();
         assert_eq!(low_memory_end(&memory), GuestAddress(64 << 20));
+    }
+
+    #[test]
+    fn a_memfd_backend_is_shared_and_takes_a_memory_files_data() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::Bytes;
+
+        let options = MemoryOptions { backend: RamBackend::Memfd, ..Default::default() };
+        let memory = create_guest_memory(64 << 20, &options).unwrap();
+        let region = memory.iter().next().unwrap();
+        assert!(region.flags() & libc::MAP_SHARED != 0 && region.file_offset().is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(64 << 20).unwrap();
+        file.write_all_at(&[7u8; 4096], 5 << 20).unwrap();
+        file.write_all_at(&[9u8; 10], (64 << 20) - 10).unwrap();
+        let layout = crate::snapshot::memory_file::layout(&memory);
+        fill_from_file(&memory, &path, &layout).unwrap();
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(5 << 20)).unwrap(), 7);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress((64 << 20) - 1)).unwrap(), 9);
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(1 << 20)).unwrap(), 0);
+
+        file.set_len(1 << 20).unwrap();
+        let short = fill_from_file(&memory, &path, &layout).unwrap_err().to_string();
+        assert!(short.contains("too short") || short.contains("bytes"), "{short}");
+        let other = crate::snapshot::memory_file::layout_of([(0, 32 << 20)]);
+        assert!(matches!(
+            fill_from_file(&memory, &path, &other),
+            Err(Error::Memory(MemoryError::LayoutMismatch))
+        ));
+    }
+
+    #[test]
+    fn hugetlb_memory_needs_whole_pages_and_a_pool() {
+        let options =
+            MemoryOptions { backend: RamBackend::HugeTlb(HugePageSize::OneGiB), ..Default::default() };
+        let message = create_guest_memory(64 << 20, &options).unwrap_err().to_string();
+        assert!(message.contains("not a multiple of the 1G huge page size"), "{message}");
+        let missing = MemoryOptions { numa_node: Some(1000), ..Default::default() };
+        assert!(matches!(
+            create_guest_memory(64 << 20, &missing),
+            Err(Error::Memory(MemoryError::NoSuchNumaNode(1000)))
+        ));
     }
 }

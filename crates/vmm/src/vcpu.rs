@@ -62,6 +62,8 @@ pub struct VcpuShared {
     ended_event: EventFd,
     /// Each vCPU's counters, by index (none until [`VcpuShared::with_metrics`]).
     metrics: Arc<[VcpuMetrics]>,
+    /// Where each vCPU thread runs, and where the VMM's other threads go before they start.
+    placement: crate::placement::ThreadPlacement,
 }
 
 impl VcpuShared {
@@ -88,12 +90,23 @@ impl VcpuShared {
             vcpu_count,
             ended_event,
             metrics: Arc::default(),
+            placement: Default::default(),
         }
     }
 
     /// Gives vCPU N the counters `metrics[N]`.
     pub fn with_metrics(self, metrics: Arc<[VcpuMetrics]>) -> Self {
         VcpuShared { metrics, ..self }
+    }
+
+    /// Gives the vCPU threads (and the VMM's other threads) their host CPUs and priority.
+    pub fn with_placement(self, placement: crate::placement::ThreadPlacement) -> Self {
+        VcpuShared { placement, ..self }
+    }
+
+    /// Where the vCPU threads and the VMM's other threads run.
+    pub fn placement(&self) -> &crate::placement::ThreadPlacement {
+        &self.placement
     }
 
     pub fn metrics(&self) -> Arc<[VcpuMetrics]> {
@@ -391,6 +404,11 @@ impl Drop for ReportIfUnwinding<'_> {
 fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
     shared.register_thread(index);
     let _report_if_unwinding = ReportIfUnwinding { index, shared };
+    // Placement first: the thread's seccomp filter, installed next, does not allow these calls.
+    if let Err(e) = shared.placement.apply_to_vcpu(index) {
+        shared.report(VmOutcome::VcpuFailure { vcpu: index, rip: 0, reason: e.to_string() });
+        return;
+    }
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
     let metrics = shared.metrics.get(usize::from(index));
     // Whether the last KVM_RUN returned an exit, whose operation KVM completes only on the next

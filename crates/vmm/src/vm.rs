@@ -163,6 +163,9 @@ impl Vm {
         } else {
             None
         };
+        // The other threads go to their CPUs before the vCPU threads start (which then set
+        // their own): threads started later inherit from the thread that starts them.
+        self.shared.placement().apply_to_other_threads()?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let index = u8::try_from(index)
@@ -448,6 +451,7 @@ mod tests {
             virtio: Vec::new(),
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
+            host: Default::default(),
         };
         let vm = crate::builder::build(&config).unwrap();
         let handle = vm.handle();

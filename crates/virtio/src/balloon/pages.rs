@@ -1,6 +1,6 @@
 //! Guest pages the driver gave up, turned into host memory given back: page frame numbers
-//! coalesced into ranges, and each range discarded with `madvise(MADV_DONTNEED)` on the host
-//! mapping behind it.
+//! coalesced into ranges, and each range discarded on the host mapping behind it
+//! (`MADV_DONTNEED` on private memory, `MADV_REMOVE` on shared memory).
 
 use std::io;
 
@@ -64,8 +64,12 @@ pub fn coalesce(pfns: &mut [u32]) -> Vec<GuestRange> {
 /// Gives the host memory behind `range` back to the host kernel; the guest reads zeros there
 /// afterwards. Returns how many bytes of the range lie outside guest RAM (and were left alone).
 ///
-/// Guest RAM is anonymous private memory (`GuestRam::from_ranges`), for which
-/// `MADV_DONTNEED` frees the pages at once and the next access faults in a zeroed page.
+/// Private memory (anonymous, or a snapshot file mapped copy-on-write) is dropped with
+/// `MADV_DONTNEED`: the pages are freed at once and the next access faults in a zeroed page (or
+/// the file's). On shared memory (a memfd, hugetlb pages) `MADV_DONTNEED` only unmaps the pages
+/// and frees nothing, so the backing file's pages are removed instead (`MADV_REMOVE`, a hole
+/// punched in the file); hugetlb pages go whole or not at all, so only the whole huge pages
+/// inside the range are freed.
 pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<u64> {
     let mut covered = 0;
     for region in memory.iter() {
@@ -75,21 +79,47 @@ pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<u64> {
         if start >= end {
             continue;
         }
+        covered += end - start;
+        let shared = region.flags() & libc::MAP_SHARED != 0 && region.file_offset().is_some();
+        let (advice, unit) = if shared {
+            (libc::MADV_REMOVE, backing_page_size(region)?)
+        } else {
+            (libc::MADV_DONTNEED, PAGE_SIZE)
+        };
+        // Whole backing pages only (regions start on one: they are laid out in whole huge pages).
+        let (start, end) = (
+            region_start + (start - region_start).next_multiple_of(unit),
+            region_start + (end - region_start) / unit * unit,
+        );
+        if start >= end {
+            continue;
+        }
         let host = region
             .get_host_address(MemoryRegionAddress(start - region_start))
             .map_err(|e| io::Error::other(format!("guest address {start:#x} has no host address: {e}")))?;
         let len = usize::try_from(end - start).map_err(io::Error::other)?;
         // SAFETY: [host, host + len) lies inside one region's mapping, which `memory` keeps alive
-        // for the duration of the call, and is page aligned (regions and ranges are). Only the
-        // guest uses these bytes (vm-memory never lends out references to them), and the guest
-        // gave the pages up; MADV_DONTNEED replaces them with zero-fill-on-demand pages, which
-        // keeps the mapping valid for KVM and for every later access.
-        if unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) } != 0 {
+        // for the duration of the call, and is aligned to the mapping's pages. Only the guest
+        // uses these bytes (vm-memory never lends out references to them), and the guest gave
+        // the pages up; MADV_DONTNEED and MADV_REMOVE replace them with zero-fill-on-demand
+        // pages, which keeps the mapping valid for KVM and for every later access.
+        if unsafe { libc::madvise(host.cast(), len, advice) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        covered += end - start;
     }
     Ok(range.len() - covered)
+}
+
+/// The size of the pages behind a shared region: its file's block size, which for hugetlbfs (and
+/// a hugetlb memfd) is the huge page size.
+fn backing_page_size(
+    region: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>,
+) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    match region.file_offset() {
+        Some(file) => Ok(file.file().metadata()?.blksize().max(PAGE_SIZE)),
+        None => Ok(PAGE_SIZE),
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +200,40 @@ pub(super) mod tests {
         // Entirely outside, and at the very top of the PFN space.
         assert_eq!(discard(&memory, pages(0x1000, 4)).unwrap(), 4 * PAGE_SIZE);
         assert_eq!(discard(&memory, pages(u32::MAX, 1)).unwrap(), PAGE_SIZE);
+    }
+
+    /// On a shared memfd, MADV_DONTNEED would leave the file's pages allocated: the discard must
+    /// punch them out of the file.
+    #[test]
+    fn discarding_shared_memory_frees_the_files_pages() {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::fs::MetadataExt;
+        use vm_memory::mmap::MmapRegionBuilder;
+        use vm_memory::{FileOffset, GuestRegionMmap};
+
+        // SAFETY: a valid NUL-terminated name; memfd_create only creates a descriptor.
+        let fd = unsafe { libc::memfd_create(c"balloon-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a new descriptor nothing else owns.
+        let file = std::sync::Arc::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        file.set_len(0x40_0000).unwrap();
+        let mapping = MmapRegionBuilder::new_with_bitmap(
+            0x40_0000,
+            <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(0x40_0000),
+        )
+        .with_file_offset(FileOffset::from_arc(file.clone(), 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .build()
+        .unwrap();
+        let memory =
+            GuestRam::from_regions(vec![GuestRegionMmap::new(mapping, GuestAddress(0)).unwrap()]).unwrap();
+        let range = pages(0x100, 0x100);
+        touch(&memory, range);
+        let allocated = || file.metadata().unwrap().blocks() * 512;
+        assert_eq!(allocated(), range.len());
+        assert_eq!(discard(&memory, range).unwrap(), 0);
+        assert_eq!(allocated(), 0, "the memfd's pages are freed");
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(range.start)).unwrap(), 0);
     }
 }

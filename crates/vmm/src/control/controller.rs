@@ -494,6 +494,10 @@ impl<L: Launcher> Controller<L> {
         if !params.network_overrides.is_empty() {
             return Err(ControlError::NotYet("network_overrides"));
         }
+        let host = match &params.kestrel {
+            Some(extensions) => extensions.host_resources()?,
+            None => Default::default(),
+        };
         let drive_paths =
             params.drive_overrides.into_iter().map(|o| (o.drive_id, PathBuf::from(o.path_on_host))).collect();
         let launch = Launch::Restore {
@@ -504,6 +508,7 @@ impl<L: Launcher> Controller<L> {
                 track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
                 drive_paths,
+                host,
             },
             resume: params.resume_vm,
         };

@@ -71,6 +71,7 @@ impl From<VmConfigV2> for VmConfig {
             virtio,
             transport: old.transport,
             track_dirty_pages: old.track_dirty_pages,
+            host: Default::default(),
         }
     }
 }

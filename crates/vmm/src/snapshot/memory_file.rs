@@ -71,7 +71,19 @@ pub fn write(memory: &GuestRam, path: &Path, pages: Pages<'_>) -> Result<u64, Sn
     match pages {
         Pages::All => super::write_atomically(path, |file| {
             file.set_len(needed)?;
-            write_pages(memory, &layout, file, |_, bytes| !is_zero(bytes))
+            // Pages of shared guest RAM (a memfd) that its file has never backed are zero: they
+            // are skipped without being read, which would allocate every one of them.
+            let backed: Vec<Option<Vec<(usize, usize)>>> =
+                memory.iter().map(backed_pages).collect::<std::io::Result<_>>()?;
+            let in_file = |(region, page): (usize, usize)| match backed.get(region) {
+                Some(Some(runs)) => {
+                    // The runs are in file order: the last one starting at or before the page.
+                    let after = runs.partition_point(|&(start, _)| start <= page);
+                    after > 0 && page < runs[after - 1].1
+                }
+                _ => true,
+            };
+            write_pages(memory, &layout, file, |at, bytes| in_file(at) && !is_zero(bytes))
         }),
         Pages::Dirty(bitmaps) => {
             let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
@@ -123,6 +135,36 @@ fn write_pages(
         }
     }
     Ok(written)
+}
+
+/// The page runs (start, end) of a shared file-backed region that its file backs with data
+/// (SEEK_DATA to SEEK_HOLE); None for private memory, any page of which may hold data.
+fn backed_pages(region: &GuestRegionMmap<AtomicBitmap>) -> std::io::Result<Option<Vec<(usize, usize)>>> {
+    use std::os::fd::AsRawFd;
+    let Some(file) = region.file_offset().filter(|_| region.flags() & libc::MAP_SHARED != 0) else {
+        return Ok(None);
+    };
+    let (base, len) = (file.start(), region.len());
+    let seek = |offset: u64, whence| -> std::io::Result<Option<u64>> {
+        let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+        // SAFETY: lseek on an open descriptor only moves its offset.
+        let found = unsafe { libc::lseek(file.file().as_raw_fd(), offset, whence) };
+        if found < 0 {
+            let error = std::io::Error::last_os_error();
+            return if error.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(error) };
+        }
+        Ok(Some(found as u64))
+    };
+    let mut runs = Vec::new();
+    let mut position = base;
+    while position < base + len {
+        let Some(data) = seek(position, libc::SEEK_DATA)?.filter(|&d| d < base + len) else { break };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(base + len).min(base + len);
+        let page = |offset: u64| ((offset - base) / PAGE_SIZE as u64) as usize;
+        runs.push((page(data), page(hole.next_multiple_of(PAGE_SIZE as u64))));
+        position = hole;
+    }
+    Ok(Some(runs))
 }
 
 pub(crate) fn is_zero(page: &[u8]) -> bool {

@@ -142,7 +142,10 @@ pub fn write_state_file(path: &Path, state: &VmState) -> Result<u64, SnapshotErr
 /// Opens a snapshot file with `options`, refusing anything but a regular file: the open is
 /// non-blocking, so a FIFO cannot stall it (and the API with it), and the type is checked on the
 /// open file, so the path cannot be swapped in between; a device such as /dev/zero never ends.
-fn open_regular(path: &Path, options: &mut std::fs::OpenOptions) -> Result<std::fs::File, SnapshotError> {
+pub(crate) fn open_regular(
+    path: &Path,
+    options: &mut std::fs::OpenOptions,
+) -> Result<std::fs::File, SnapshotError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io_error = |source| SnapshotError::Io { path: path.to_owned(), source };
     let file = options.custom_flags(libc::O_NONBLOCK).open(path).map_err(io_error)?;
@@ -428,6 +431,7 @@ mod tests {
             virtio: Vec::new(),
             transport: VirtioTransport::Mmio,
             track_dirty_pages,
+            host: Default::default(),
         }
     }
 
@@ -491,6 +495,7 @@ mod tests {
             track_dirty_pages: false,
             vsock_uds: None,
             drive_paths: Default::default(),
+            host: Default::default(),
         };
         let restored =
             crate::builder::restore_from_streams(&mut state.as_slice(), &mut memory.as_slice(), &options)

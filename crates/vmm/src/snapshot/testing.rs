@@ -71,6 +71,7 @@ pub fn sample_config() -> VmConfig {
         ],
         transport: VirtioTransport::Mmio,
         track_dirty_pages: false,
+        host: Default::default(),
     }
 }
 

@@ -1,0 +1,226 @@
+//! Where the VM's threads run: each vCPU thread pins itself to its host CPUs (and takes its
+//! real-time priority) as it starts, and the VMM's other threads are moved to their own CPUs
+//! before the vCPUs start (threads started later inherit that from their creator).
+
+use std::io;
+
+use model::host::{CpuSet, HostResources};
+
+/// Why the host cannot place the VM's threads as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HostPlacementError {
+    #[error("CPU {cpus} named in the CPU placement is not online on this host (online: {online})")]
+    CpuNotOnHost { cpus: String, online: String },
+    #[error(
+        "vCPU real-time priority {priority} is not allowed: SCHED_FIFO needs CAP_SYS_NICE (or an \
+         RLIMIT_RTPRIO of at least {priority}, and real-time time in this cgroup): {source}"
+    )]
+    RealtimeNotPermitted { priority: u8, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    ReadHost { path: String, source: io::Error },
+    #[error("{path}: {reason}")]
+    BadHostList { path: String, reason: String },
+    #[error("cannot set the CPU affinity of {thread} to {cpus}: {source}")]
+    Affinity { thread: String, cpus: String, source: io::Error },
+    #[error("cannot start the real-time priority check: {0}")]
+    Probe(io::Error),
+}
+
+/// The placement of one VM's threads, resolved against the host.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadPlacement {
+    /// The CPUs of each vCPU, by index (None: the vCPU keeps what it inherits).
+    vcpus: Vec<Option<CpuSet>>,
+    /// The CPUs of every other thread.
+    others: Option<CpuSet>,
+    /// SCHED_FIFO priority of the vCPU threads.
+    realtime: Option<u8>,
+}
+
+const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+
+impl ThreadPlacement {
+    /// Checks `host` against this host (its CPUs are online, its NUMA node's CPUs exist, a
+    /// real-time priority is allowed) and resolves each vCPU's CPUs: its pinned set, else the
+    /// NUMA node's CPUs, else (when the other threads are kept apart) every online CPU, so that a
+    /// vCPU does not inherit the other threads' CPUs from the thread that starts it.
+    pub fn resolve(host: &HostResources, vcpus: u8) -> Result<ThreadPlacement, HostPlacementError> {
+        let cpus = &host.cpus;
+        let nothing_asked = cpus.is_default() && host.memory.numa_node.is_none();
+        if nothing_asked {
+            return Ok(ThreadPlacement::default());
+        }
+        let online = read_cpu_list(ONLINE_CPUS)?;
+        let missing = cpus.named_cpus().missing_from(&online);
+        if !missing.is_empty() {
+            let cpus = CpuSet::from_cpus(missing).map(|s| s.to_string()).unwrap_or_default();
+            return Err(HostPlacementError::CpuNotOnHost { cpus, online: online.to_string() });
+        }
+        let node_cpus = match host.memory.numa_node {
+            Some(node) => Some(read_cpu_list(&format!("/sys/devices/system/node/node{node}/cpulist"))?),
+            None => None,
+        };
+        let fallback = node_cpus.or_else(|| cpus.vmm_affinity.as_ref().map(|_| online.clone()));
+        let vcpu_sets = (0..usize::from(vcpus))
+            .map(|index| cpus.vcpu_set(index).cloned().or_else(|| fallback.clone()))
+            .collect();
+        if let Some(priority) = cpus.vcpu_realtime_priority {
+            probe_realtime(priority)?;
+        }
+        Ok(ThreadPlacement {
+            vcpus: vcpu_sets,
+            others: cpus.vmm_affinity.clone(),
+            realtime: cpus.vcpu_realtime_priority,
+        })
+    }
+
+    /// Places the calling thread as vCPU `index`: its CPUs, then its scheduling policy. Called by
+    /// the vCPU thread itself, first thing (before its seccomp filter, which does not allow these
+    /// calls).
+    pub fn apply_to_vcpu(&self, index: u8) -> Result<(), HostPlacementError> {
+        if let Some(cpus) = self.vcpus.get(usize::from(index)).and_then(Option::as_ref) {
+            set_affinity(0, cpus).map_err(|source| HostPlacementError::Affinity {
+                thread: format!("vcpu{index}"),
+                cpus: cpus.to_string(),
+                source,
+            })?;
+        }
+        if let Some(priority) = self.realtime {
+            set_fifo(priority)
+                .map_err(|source| HostPlacementError::RealtimeNotPermitted { priority, source })?;
+        }
+        Ok(())
+    }
+
+    /// Moves every thread of this process to the other threads' CPUs, if they are kept apart.
+    /// Called on the main thread before the vCPU threads start; threads started later inherit
+    /// the CPUs of the thread that starts them (vCPU threads then set their own).
+    pub fn apply_to_other_threads(&self) -> Result<(), HostPlacementError> {
+        let Some(cpus) = &self.others else { return Ok(()) };
+        let tasks = "/proc/self/task";
+        let entries = std::fs::read_dir(tasks)
+            .map_err(|source| HostPlacementError::ReadHost { path: tasks.into(), source })?;
+        for entry in entries.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
+                continue;
+            };
+            // KVM's own workers in the process (kvm-nx-lpage-recovery) are the kernel's to place.
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("kvm-") {
+                continue;
+            }
+            match set_affinity(tid, cpus) {
+                Ok(()) => {}
+                // The thread ended since the directory was read.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(source) => {
+                    return Err(HostPlacementError::Affinity {
+                        thread: format!("thread {tid}"),
+                        cpus: cpus.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_cpu_list(path: &str) -> Result<CpuSet, HostPlacementError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| HostPlacementError::ReadHost { path: path.into(), source })?;
+    CpuSet::parse(text.trim())
+        .map_err(|e| HostPlacementError::BadHostList { path: path.into(), reason: e.to_string() })
+}
+
+fn set_affinity(tid: libc::pid_t, cpus: &CpuSet) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let capacity = std::mem::size_of::<libc::cpu_set_t>() * 8;
+    for cpu in cpus.iter() {
+        let cpu = cpu as usize;
+        if cpu >= capacity {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: `cpu` is below the set's capacity, checked above.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; the call only changes scheduling.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_fifo(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: i32::from(priority) };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether this process may run threads SCHED_FIFO at `priority`, asked of the kernel on a
+/// short-lived thread (capabilities, RLIMIT_RTPRIO and a cgroup's real-time budget all decide;
+/// only trying says what they add up to), so the build fails with a clear error rather than a
+/// vCPU after the guest started.
+fn probe_realtime(priority: u8) -> Result<(), HostPlacementError> {
+    let probe = std::thread::Builder::new()
+        .name("kestrel-rt-probe".into())
+        .spawn(move || set_fifo(priority))
+        .map_err(HostPlacementError::Probe)?;
+    let result = probe.join().unwrap_or_else(|_| Err(io::Error::other("the probe thread panicked")));
+    result.map_err(|source| HostPlacementError::RealtimeNotPermitted { priority, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use model::host::CpuPlacement;
+
+    use super::*;
+
+    fn affinity_of_this_thread() -> String {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_vcpu_thread_pins_itself_to_its_set() {
+        let host = HostResources {
+            cpus: CpuPlacement {
+                vcpu_affinity: vec![CpuSet::parse("0").unwrap(), CpuSet::parse("1").unwrap()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let online = read_cpu_list(ONLINE_CPUS).unwrap();
+        if !online.contains(1) {
+            // A one-CPU host cannot place two vCPUs apart; the refusal is the test then.
+            assert!(matches!(
+                ThreadPlacement::resolve(&host, 2),
+                Err(HostPlacementError::CpuNotOnHost { .. })
+            ));
+            return;
+        }
+        let placement = ThreadPlacement::resolve(&host, 2).unwrap();
+        let seen = std::thread::spawn(move || {
+            placement.apply_to_vcpu(1).unwrap();
+            affinity_of_this_thread()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, "1");
+    }
+
+    #[test]
+    fn cpus_the_host_lacks_are_refused_by_name() {
+        let host = HostResources {
+            cpus: CpuPlacement { vmm_affinity: Some(CpuSet::parse("0,8000").unwrap()), ..Default::default() },
+            ..Default::default()
+        };
+        let message = ThreadPlacement::resolve(&host, 1).unwrap_err().to_string();
+        assert!(message.contains("CPU 8000 named in the CPU placement is not online"), "{message}");
+    }
+}
