@@ -263,6 +263,7 @@ mod tests {
             virtio,
             transport: Default::default(),
             track_dirty_pages: false,
+            host: Default::default(),
         }
     }
 
