@@ -12,6 +12,7 @@ pub mod control;
 pub mod disk;
 pub mod error;
 mod mac;
+pub mod rate_limiter;
 pub mod resources;
 
 /// Firecracker's message for a pre-boot-only request made after `InstanceStart`.
