@@ -8,6 +8,11 @@
 //! limiter refuses is kept (it was already read from the tap) and the tap is no longer read
 //! until the timer fires, so further frames wait in the tap's own queue: nothing is lost to the
 //! limiter, and frames reach the guest whole and in order.
+//!
+//! A snapshot saves neither the limiters' budgets (a restored card starts with full buckets, its
+//! one-time bursts again; Firecracker saves the budgets) nor a received frame the limiter was
+//! holding back: the restored guest misses that one frame, as if the network had dropped it. A
+//! transmit request held back is still on the ring, and is sent by the restored card.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};

@@ -106,7 +106,8 @@ impl Component for ConfigSection {
     const NAME: &'static str = "config";
     /// 1: the configuration alone. 2: and the disks' capacities. 3: disks have a format, a cache
     /// mode, a backing-file rule, queues, an I/O engine and a rate limiter. 4: network cards have
-    /// receive and transmit rate limiters.
+    /// receive and transmit rate limiters. (Rate limiters are saved as configured; their budgets
+    /// are not, so a restored device starts with full buckets.)
     const VERSION: u32 = 4;
 
     fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
