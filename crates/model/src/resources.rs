@@ -963,6 +963,70 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever limiters a client sends for a network interface, on PUT or on PATCH, they are
+        /// taken or refused with an error (no panic); what is taken makes a card the engine's
+        /// checks accept, and a PATCH's merged limiters are what the card then has.
+        #[test]
+        fn any_network_interface_limiters_are_taken_or_refused(
+            put_limiter in limiter_text(),
+            patch_limiter in limiter_text(),
+            which in "(rx|tx)",
+        ) {
+            let mut resources = VmResources::default();
+            let body = format!(
+                r#"{{"iface_id": "eth0", "host_dev_name": "tap0", "{which}_rate_limiter": {put_limiter}}}"#
+            );
+            let Ok(iface) = serde_json::from_str::<NetworkInterface>(&body) else { return Ok(()) };
+            if resources.put_network_interface("eth0", iface).is_err() {
+                return Ok(());
+            }
+            let card = net_config(&resources.network_interfaces[0]).unwrap();
+            proptest::prop_assert!(card.validate().is_ok(), "{body}");
+            let patch = format!(r#"{{"iface_id": "eth0", "{which}_rate_limiter": {patch_limiter}}}"#);
+            let Ok(patch) = serde_json::from_str::<PartialNetworkInterface>(&patch) else { return Ok(()) };
+            if let Ok(update) = resources.check_net_update("eth0", &patch) {
+                proptest::prop_assert!(update.net.validate().is_ok());
+                resources.record_net_update(&patch);
+                let shown = &resources.export().network_interfaces[0];
+                let (now, updated) = match which.as_str() {
+                    "rx" => (shown.rx_rate_limiter, update.rx_rate_limiter),
+                    _ => (shown.tx_rate_limiter, update.tx_rate_limiter),
+                };
+                if patch.rx_rate_limiter.is_some() || patch.tx_rate_limiter.is_some() {
+                    proptest::prop_assert_eq!(now, updated);
+                }
+            }
+        }
+    }
+
+    /// A rate limiter as a client might spell it: buckets of any numbers, missing or null parts,
+    /// and things that are no limiter.
+    fn limiter_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let number = prop_oneof![
+            Just("0".to_owned()),
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just("-1".to_owned()),
+            Just("null".to_owned())
+        ];
+        let bucket = prop_oneof![
+            Just("null".to_owned()),
+            Just("[]".to_owned()),
+            (number.clone(), number.clone(), number).prop_map(|(size, burst, refill)| {
+                format!(r#"{{"size": {size}, "one_time_burst": {burst}, "refill_time": {refill}}}"#)
+            }),
+        ];
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("{}".to_owned()),
+            Just("[null, null]".to_owned()),
+            (bucket.clone(), bucket).prop_map(|(b, o)| format!(r#"{{"bandwidth": {b}, "ops": {o}}}"#)),
+        ]
+    }
+
     /// A network interface's limiters go from the request to the engine's card and back out of
     /// `GET /vm/config`; a PATCH merges into them as Firecracker does (a limiter or bucket it
     /// leaves out keeps its setting), and bad limiters are refused naming the field.
