@@ -55,10 +55,9 @@ impl NetControl {
         rx: Option<RateLimit>,
         tx: Option<RateLimit>,
     ) -> Result<(), RateLimitError> {
-        // A throwaway limiter checks each new limit the way update would, so a refusal of the
-        // second cannot leave the first changed.
+        // Both are checked first, so a refusal of the second cannot leave the first changed.
         for limit in [rx, tx].into_iter().flatten() {
-            RateLimiter::new(limit)?;
+            RateLimiter::validate(limit)?;
         }
         if let Some(limit) = rx {
             lock(&self.limiters.rx).update(limit)?;
