@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use model::api::{Drive, InstanceActionInfo, NetworkInterface, PartialDrive, VmState};
+use model::api::{
+    Drive, InstanceActionInfo, NetworkInterface, PartialDrive, PartialNetworkInterface, VmState,
+};
 use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
 use serde::de::DeserializeOwned;
 
@@ -154,10 +156,14 @@ fn drives(method: Method, id: &str, body: &[u8]) -> MaybeRoute {
 fn network_interfaces(method: Method, id: &str, body: &[u8]) -> MaybeRoute {
     let id = id.to_owned();
     match method {
-        Method::Put => {
-            parsed(body, |interface: NetworkInterface| VmmRequest::PutNetworkInterface { id, interface })
-        }
-        Method::Patch => vmm(VmmRequest::PatchNetworkInterface { id }),
+        Method::Put => parsed(body, |interface: NetworkInterface| VmmRequest::PutNetworkInterface {
+            id,
+            interface: Box::new(interface),
+        }),
+        Method::Patch => parsed(body, |update: PartialNetworkInterface| VmmRequest::PatchNetworkInterface {
+            id,
+            update: Box::new(update),
+        }),
         Method::Get => None,
     }
 }
@@ -230,7 +236,9 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
 mod tests {
     use std::sync::Mutex;
 
-    use model::api::{ActionType, InstanceInfo, InstanceState, KestrelInstanceInfo};
+    use model::api::{
+        ActionType, InstanceInfo, InstanceState, KestrelInstanceInfo, RateLimiterConfig, TokenBucket,
+    };
 
     use super::*;
 
@@ -270,7 +278,8 @@ mod tests {
             handle(&router, Method::Put, "/actions", r#"{"action_type": "FlushMetrics"}"#).status,
             204
         );
-        assert_eq!(handle(&router, Method::Patch, "/network-interfaces/eth0", "").status, 204);
+        let patch = r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#;
+        assert_eq!(handle(&router, Method::Patch, "/network-interfaces/eth0", patch).status, 204);
         // Answered by the router alone: the version, bad bodies, unknown paths, endpoints not served.
         assert_eq!(handle(&router, Method::Get, "/version", "").status, 200);
         for (method, path, body) in [
@@ -287,7 +296,17 @@ mod tests {
             [
                 VmmRequest::GetInstanceInfo,
                 VmmRequest::Action(ActionType::FlushMetrics),
-                VmmRequest::PatchNetworkInterface { id: "eth0".into() },
+                VmmRequest::PatchNetworkInterface {
+                    id: "eth0".into(),
+                    update: Box::new(PartialNetworkInterface {
+                        iface_id: "eth0".into(),
+                        rx_rate_limiter: None,
+                        tx_rate_limiter: Some(RateLimiterConfig {
+                            bandwidth: None,
+                            ops: Some(TokenBucket { size: 10, one_time_burst: None, refill_time: 100 }),
+                        }),
+                    }),
+                },
             ]
         );
     }

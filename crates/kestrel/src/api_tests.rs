@@ -10,7 +10,7 @@ mod tests {
     use model::api::BalloonStats;
     use model::config::{SerialConfig, VirtioTransport, VmConfig};
     use model::control::{ControlError, Dispatch, VmmRequest, VmmResponse};
-    use model::resources::DriveUpdate;
+    use model::resources::{DriveUpdate, NetUpdate};
     use model::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
     use vmm::control::{
         channel, ControlMessage, ControlSender, Controller, ControllerSettings, EngineError, Launch,
@@ -80,6 +80,17 @@ mod tests {
                 .map(|o| format!(" ops {}", o.size))
                 .unwrap_or_default();
             self.record(format!("drive {} {path}{limit} {:?}", update.index, update.disk.format));
+            Ok(())
+        }
+
+        fn update_net(&self, update: &NetUpdate) -> Result<(), EngineError> {
+            let size = |l: Option<model::api::RateLimiterConfig>| l.and_then(|l| l.bandwidth).map(|b| b.size);
+            self.record(format!(
+                "net {} rx {:?} tx {:?}",
+                update.index,
+                size(update.rx_rate_limiter),
+                size(update.tx_rate_limiter)
+            ));
             Ok(())
         }
 
@@ -422,6 +433,46 @@ mod tests {
             [format!("drive 1 {new} Qcow2"), "drive 0  ops 50 Qcow2".to_owned()],
             "the root drive is the VM's disk 0"
         );
+    }
+
+    #[test]
+    fn a_network_interface_gets_new_rate_limiters_after_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        for (id, tap) in [("eth0", "tap0"), ("eth1", "tap1")] {
+            let net = format!(
+                r#"{{"iface_id": "{id}", "host_dev_name": "{tap}", "rx_rate_limiter": {{"ops": {{"size": 100, "refill_time": 1000}}}}}}"#
+            );
+            assert_eq!(call(&mut api, Method::Put, &format!("/network-interfaces/{id}"), &net).0, 204);
+        }
+        let update =
+            r#"{"iface_id": "eth1", "tx_rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 100}}}"#;
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/network-interfaces/eth1", update),
+            NOT_SUPPORTED_BEFORE_START
+        );
+        let _kernel = start(&mut api);
+
+        assert_eq!(call(&mut api, Method::Patch, "/network-interfaces/eth1", update).0, 204);
+        let config = call(&mut api, Method::Get, "/vm/config", "").1;
+        let eth1 = &config["network-interfaces"][1];
+        assert_eq!(eth1["tx_rate_limiter"]["bandwidth"]["size"], 4096);
+        assert_eq!(eth1["rx_rate_limiter"]["ops"]["size"], 100, "the limiter left out is kept");
+        assert!(config["network-interfaces"][0].get("tx_rate_limiter").is_none());
+        for (path, body, expected) in [
+            ("/network-interfaces/eth2", r#"{"iface_id": "eth2"}"#, "no network interface eth2"),
+            ("/network-interfaces/eth0", r#"{"iface_id": "eth1"}"#, "does not match"),
+            ("/network-interfaces/eth0", r#"{"iface_id": "eth0", "mtu": 1500}"#, "unknown field"),
+            (
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 0}}}"#,
+                "Invalid rx_rate_limiter.ops: refill_time must not be 0",
+            ),
+        ] {
+            let message = fault(&mut api, Method::Patch, path, body);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        assert_eq!(*calls.lock().unwrap(), ["net 1 rx None tx Some(4096)"]);
     }
 
     #[test]

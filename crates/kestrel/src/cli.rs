@@ -176,8 +176,12 @@ pub struct RunArgs {
     /// needs CAP_NET_ADMIN; `ip tuntap add NAME mode tap user USER` makes one a user may attach
     /// to); tap=auto creates a tap named kestrelN (--log-level info shows N). mac= is the card's
     /// address, by default a random locally administered one.
-    /// Example: --net tap=tap0,mac=52:54:00:12:34:56
-    #[arg(long = "net", value_name = "tap=NAME|auto[,mac=MAC]", value_parser = parse_net)]
+    // --- H4 (net rate limiters): --net's rate-limit keys. ---
+    /// rx_bw= and tx_bw= limit the bytes per second the guest receives and sends (10M, 1G;
+    /// frames counted with their 12-byte virtio-net header), rx_ops= and tx_ops= the frames per
+    /// second; a throttled card leaves further frames in the tap's queue or the guest's ring.
+    /// Example: --net tap=tap0,mac=52:54:00:12:34:56 --net tap=tap1,rx_bw=10M,tx_bw=10M
+    #[arg(long = "net", value_name = "tap=NAME|auto[,mac=MAC][,rx_bw=..]", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
 
     /// Give the guest a virtio-balloon device (Linux: CONFIG_VIRTIO_BALLOON) and ask it for size=

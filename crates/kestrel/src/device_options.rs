@@ -45,8 +45,8 @@ pub enum OptionError {
     NotAChoice { key: String, value: String, choices: &'static str },
     #[error("queues={0}: a disk has 1 to {MAX_DISK_QUEUES} queues")]
     QueueCount(String),
-    #[error("bw={value}: {source}")]
-    Bandwidth { value: String, source: SizeError },
+    #[error("{key}={value}: {source}")]
+    Bandwidth { key: &'static str, value: String, source: SizeError },
     #[error("{0}=0 limits nothing; leave it out")]
     ZeroLimit(&'static str),
     #[error("poll={0}: the window must be 0 to {MAX_POLL_US}us, as in poll=50us")]
@@ -115,6 +115,37 @@ impl<'a> OptionList<'a> {
             .transpose()
     }
 
+    /// A rate limiter from a bandwidth (`bw_key`, bytes per second: `100M` or `100M/s`) and an
+    /// operations (`ops_key`, per second) option; `None` if neither is given. Each bucket holds
+    /// one second's worth and refills over a second, with no burst.
+    fn rate_limiter(
+        &self,
+        bw_key: &'static str,
+        ops_key: &'static str,
+    ) -> Result<Option<RateLimiterConfig>, OptionError> {
+        let bandwidth = self
+            .get(bw_key)
+            .map(|value| {
+                let size = value.strip_suffix("/s").unwrap_or(value);
+                parse_size(size).map_err(|source| OptionError::Bandwidth {
+                    key: bw_key,
+                    value: value.to_owned(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let ops = self.number::<u64>(ops_key)?;
+        for (key, limit) in [(bw_key, bandwidth), (ops_key, ops)] {
+            if limit == Some(0) {
+                return Err(OptionError::ZeroLimit(key));
+            }
+        }
+        Ok((bandwidth.is_some() || ops.is_some()).then(|| RateLimiterConfig {
+            bandwidth: bandwidth.map(TokenBucket::per_second),
+            ops: ops.map(TokenBucket::per_second),
+        }))
+    }
+
     /// An optional whole number of any type `FromStr` parses (`u32`, `u64`: their range is
     /// checked by the parse).
     fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, OptionError> {
@@ -175,15 +206,6 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
             .filter(|n| (1..=MAX_DISK_QUEUES).contains(n))
             .ok_or_else(|| OptionError::QueueCount(text.to_owned()))?,
     };
-    let bandwidth = options
-        .get("bw")
-        .map(|value| {
-            // "100M" and "100M/s" both mean bytes per second.
-            let size = value.strip_suffix("/s").unwrap_or(value);
-            parse_size(size).map_err(|source| OptionError::Bandwidth { value: value.to_owned(), source })
-        })
-        .transpose()?;
-    let ops = options.number::<u64>("iops")?;
     // Adaptive polling's longest window: microseconds, the unit written or not ("50us", "50").
     let poll_us = options
         .get("poll")
@@ -196,15 +218,7 @@ pub fn parse_disk(text: &str) -> Result<BlockConfig, OptionError> {
                 .ok_or_else(|| OptionError::PollWindow(text.to_owned()))
         })
         .transpose()?;
-    for (key, limit) in [("bw", bandwidth), ("iops", ops)] {
-        if limit == Some(0) {
-            return Err(OptionError::ZeroLimit(key));
-        }
-    }
-    let rate_limiter = (bandwidth.is_some() || ops.is_some()).then(|| RateLimiterConfig {
-        bandwidth: bandwidth.map(TokenBucket::per_second),
-        ops: ops.map(TokenBucket::per_second),
-    });
+    let rate_limiter = options.rate_limiter("bw", "iops")?;
     Ok(BlockConfig {
         read_only: options.on_off("readonly", false)?,
         id: id.map(str::to_owned),
@@ -239,13 +253,20 @@ pub fn parse_balloon(text: &str) -> Result<BalloonConfig, OptionError> {
     })
 }
 
-/// `--net tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]`
+/// The syntax of `--net`, as messages and the help quote it.
+pub const NET_FORM: &str =
+    "tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX][,rx_bw=BYTES][,tx_bw=BYTES][,rx_ops=N][,tx_ops=N]";
+
+/// `--net tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX][,rx_bw=BYTES][,tx_bw=BYTES][,rx_ops=N][,tx_ops=N]`:
+/// rx is what the guest receives, tx what it sends; bandwidths in bytes per second (frames with
+/// their 12-byte virtio-net header, as Firecracker counts), ops in frames per second.
 pub fn parse_net(text: &str) -> Result<NetConfig, OptionError> {
-    let options = OptionList::parse(text, "tap=NAME|auto[,mac=XX:XX:XX:XX:XX:XX]", &["tap", "mac"])?;
+    let options = OptionList::parse(text, NET_FORM, &["tap", "mac", "rx_bw", "tx_bw", "rx_ops", "tx_ops"])?;
     Ok(NetConfig {
-        tap: parse_tap_name(options.required("tap")?)?,
         mac: options.get("mac").map(str::parse::<MacAddress>).transpose()?,
-        id: None,
+        rx_rate_limiter: options.rate_limiter("rx_bw", "rx_ops")?,
+        tx_rate_limiter: options.rate_limiter("tx_bw", "tx_ops")?,
+        ..NetConfig::new(parse_tap_name(options.required("tap")?)?)
     })
 }
 
@@ -339,7 +360,7 @@ mod tests {
     #[test]
     fn net_forms() {
         let mac = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        let net = |tap: Option<&str>, mac| NetConfig { tap: tap.map(str::to_owned), mac, id: None };
+        let net = |tap: Option<&str>, mac| NetConfig { mac, ..NetConfig::new(tap.map(str::to_owned)) };
         assert_eq!(parse_net("tap=tap0"), Ok(net(Some("tap0"), None)));
         assert_eq!(parse_net("tap=auto"), Ok(net(None, None)));
         assert_eq!(
@@ -358,10 +379,36 @@ mod tests {
             ("tap=tap0,mac=01:00:5e:00:00:01", "multicast"),
             ("tap=tap0,model=e1000", "unknown key 'model'"),
             ("tap=tap0,tap=tap1", "tap= is given twice"),
+            ("tap=tap0,rx_bw=fast", "rx_bw=fast: 'fast' is not a size"),
+            ("tap=tap0,tx_bw=0", "tx_bw=0 limits nothing"),
+            ("tap=tap0,rx_ops=0", "rx_ops=0 limits nothing"),
+            ("tap=tap0,tx_ops=-1", "tx_ops=-1: the value must be a whole number"),
+            ("tap=tap0,bw=1M", "unknown key 'bw'"),
+            ("tap=tap0,rx_bw=1M,rx_bw=2M", "rx_bw= is given twice"),
         ] {
             let error = parse_net(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn net_rate_limits() {
+        let limited = parse_net("tap=tap0,rx_bw=10M/s,tx_bw=512K,tx_ops=1000").unwrap();
+        assert_eq!(
+            limited.rx_rate_limiter,
+            Some(RateLimiterConfig { bandwidth: Some(TokenBucket::per_second(10 << 20)), ops: None })
+        );
+        assert_eq!(
+            limited.tx_rate_limiter,
+            Some(RateLimiterConfig {
+                bandwidth: Some(TokenBucket::per_second(512 << 10)),
+                ops: Some(TokenBucket::per_second(1000)),
+            })
+        );
+        let rx_ops = parse_net("tap=auto,rx_ops=50").unwrap();
+        assert_eq!(rx_ops.rx_rate_limiter.and_then(|l| l.ops), Some(TokenBucket::per_second(50)));
+        assert_eq!(rx_ops.tx_rate_limiter, None);
+        limited.validate().unwrap();
     }
 
     #[test]
@@ -452,6 +499,27 @@ mod tests {
             let text = items.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
             if let Ok(disk) = parse_disk(&text) {
                 proptest::prop_assert!(disk.validate().is_ok(), "{text}: {disk:?}");
+            }
+        }
+
+        /// Likewise for `--net`; a limit it accepts is the one given.
+        #[test]
+        fn any_net_text_is_parsed_or_refused(
+            items in proptest::collection::vec(
+                (
+                    "(tap|mac|rx_bw|tx_bw|rx_ops|tx_ops|bw|x)",
+                    "(auto|tap0|52:54:00:12:34:56|[0-9]{1,22}[KMGT]?(/s)?|[a-z0-9.=:%/]{0,12})",
+                ),
+                0..8,
+            )
+        ) {
+            let text = items.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            if let Ok(net) = parse_net(&text) {
+                proptest::prop_assert!(net.validate().is_ok(), "{text}: {net:?}");
+                if let Some(ops) = items.iter().find(|(k, _)| k == "tx_ops").map(|(_, v)| v) {
+                    let size = net.tx_rate_limiter.and_then(|l| l.ops).map(|b| b.size);
+                    proptest::prop_assert_eq!(size, ops.parse().ok());
+                }
             }
         }
     }

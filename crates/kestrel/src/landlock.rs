@@ -210,6 +210,10 @@ impl VmControl for ConfinedControl {
         self.inner.update_balloon_stats_interval(seconds)
     }
 
+    fn update_net(&self, update: &vmm::control::NetUpdate) -> Result<(), EngineError> {
+        self.inner.update_net(update)
+    }
+
     fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError> {
         self.inner.update_drive(update).map_err(|error| match &update.path {
             Some(path) => {

@@ -9,7 +9,8 @@ use crate::host::{
     BackendKind, CpuPlacement, CpuSet, HostResources, HugePageSize, MemoryOptions, RamBackend,
 };
 
-pub use crate::disk::{CacheMode, ImageFormat, IoEngine, RateLimiterConfig, TokenBucket};
+pub use crate::disk::{CacheMode, ImageFormat, IoEngine};
+pub use crate::rate_limiter::{RateLimiterConfig, TokenBucket};
 
 /// `PUT /boot-source`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -219,10 +220,25 @@ pub struct NetworkInterface {
     pub guest_mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// Limits on the frames the guest receives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on the frames the guest sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`, after `InstanceStart`: new rate limiters. A limiter
+/// left out keeps its setting, and so does a bucket a limiter leaves out (Firecracker's
+/// partial update).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialNetworkInterface {
+    pub iface_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /vsock`.

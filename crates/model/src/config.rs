@@ -103,11 +103,7 @@ impl VirtioConfig {
         match self {
             VirtioConfig::Rng => {}
             VirtioConfig::Block(disk) => disk.validate()?,
-            VirtioConfig::Net(net) => {
-                if let Some(tap) = net.tap.as_ref().filter(|t| t.is_empty() || t.len() > TAP_NAME_MAX_BYTES) {
-                    return Err(ConfigError::InvalidTapName(tap.chars().take(64).collect()));
-                }
-            }
+            VirtioConfig::Net(net) => net.validate()?,
             VirtioConfig::Balloon(balloon) => {
                 let memory_mib = memory_bytes >> 20;
                 if u64::from(balloon.target_mib) > memory_mib {
@@ -187,11 +183,40 @@ pub struct NetConfig {
     /// The card's name in the metrics (`net_<id>`; the API's interface ID); by default the tap's
     /// name.
     pub id: Option<String>,
+    /// Limits on what the guest receives (frames from the tap into the guest); `None` limits
+    /// nothing.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
+impl NetConfig {
+    /// A card on `tap` (`None`: a new `kestrelN`) with every option at its default.
+    pub fn new(tap: Option<String>) -> NetConfig {
+        NetConfig { tap, mac: None, id: None, rx_rate_limiter: None, tx_rate_limiter: None }
+    }
+
+    /// The card's checks (the tap itself is checked when it is opened).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(tap) = self.tap.as_ref().filter(|t| t.is_empty() || t.len() > TAP_NAME_MAX_BYTES) {
+            return Err(ConfigError::InvalidTapName(tap.chars().take(64).collect()));
+        }
+        if let Some(limiter) = &self.rx_rate_limiter {
+            limiter.validate_named(["rx_rate_limiter.bandwidth", "rx_rate_limiter.ops"])?;
+        }
+        if let Some(limiter) = &self.tx_rate_limiter {
+            limiter.validate_named(["tx_rate_limiter.bandwidth", "tx_rate_limiter.ops"])?;
+        }
+        Ok(())
+    }
+}
+
+pub use crate::rate_limiter::{RateLimiterConfig, TokenBucket};
+
 pub use crate::disk::{
-    BlockConfig, CacheMode, ImageFormat, IoEngine, RateLimiterConfig, TokenBucket, DISK_ID_MAX_BYTES,
-    MAX_DISK_QUEUES, MAX_POLL_US,
+    BlockConfig, CacheMode, ImageFormat, IoEngine, DISK_ID_MAX_BYTES, MAX_DISK_QUEUES, MAX_POLL_US,
 };
 
 /// A virtio-balloon device.
@@ -254,14 +279,18 @@ mod tests {
                 "longer than 20 bytes",
             ),
             (
+                Box::new(|c| c.virtio.push(VirtioConfig::Net(NetConfig::new(Some("t".repeat(16)))))),
+                "Invalid host_dev_name",
+            ),
+            (
                 Box::new(|c| {
+                    let zero_refill = TokenBucket { size: 1, one_time_burst: None, refill_time: 0 };
                     c.virtio.push(VirtioConfig::Net(NetConfig {
-                        tap: Some("t".repeat(16)),
-                        mac: None,
-                        id: None,
+                        tx_rate_limiter: Some(RateLimiterConfig { bandwidth: None, ops: Some(zero_refill) }),
+                        ..NetConfig::new(None)
                     }))
                 }),
-                "Invalid host_dev_name",
+                "Invalid tx_rate_limiter.ops: refill_time must not be 0",
             ),
             (
                 Box::new(|c| {

@@ -6,7 +6,7 @@
 use crate::api::{
     ActionType, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, EntropyDevice,
     FullVmConfiguration, InstanceInfo, Logger, MachineConfiguration, Metrics, NetworkInterface, Operation,
-    PartialDrive, SnapshotCreateParams, SnapshotLoadParams, VmStateValue, Vsock,
+    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams, VmStateValue, Vsock,
 };
 use crate::error::ConfigError;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
@@ -29,9 +29,9 @@ pub enum VmmRequest {
     /// `PATCH /drives/{id}`.
     PatchDrive { id: String, update: PartialDrive },
     /// `PUT /network-interfaces/{id}`.
-    PutNetworkInterface { id: String, interface: NetworkInterface },
+    PutNetworkInterface { id: String, interface: Box<NetworkInterface> },
     /// `PATCH /network-interfaces/{id}`.
-    PatchNetworkInterface { id: String },
+    PatchNetworkInterface { id: String, update: Box<PartialNetworkInterface> },
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /balloon`.

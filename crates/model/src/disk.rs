@@ -1,5 +1,6 @@
 //! A disk's options beyond its file: the image format, the cache mode, backing files, queues, the
-//! I/O engine and the rate limiter, with the checks each channel (flags, API, `--config` file,
+//! I/O engine and the rate limiter (its token buckets are [`crate::rate_limiter`]'s, shared with
+//! the network), with the checks each channel (flags, API, `--config` file,
 //! snapshot) passes them through.
 //!
 //! The types here are encoded in snapshots with postcard, which is not self-describing: no field
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+pub use crate::rate_limiter::{RateLimiterConfig, TokenBucket, MAX_REFILL_TIME_MS};
 
 /// The longest adaptive poll window a disk may have, in µs: polling busies a host CPU for that
 /// long each time the guest goes quiet, and a millisecond is far past any wake-up it saves.
@@ -17,10 +19,6 @@ pub const MAX_POLL_US: u32 = 1000;
 
 /// The most queues a disk may have (virtio-blk's `num_queues`; one per vCPU is the useful most).
 pub const MAX_DISK_QUEUES: u16 = 16;
-/// The longest refill time a token bucket may have, in milliseconds (one day): longer is surely
-/// a unit mistake, and it keeps the bucket's arithmetic in nanoseconds far from overflow.
-pub const MAX_REFILL_TIME_MS: u64 = 24 * 60 * 60 * 1000;
-
 /// How a disk's image file is laid out. Always given by the user, never guessed from the file:
 /// a guest that writes a qcow2 header onto its raw disk must not make the host read it as one
 /// (and open a backing file of the guest's choice).
@@ -65,79 +63,6 @@ pub enum IoEngine {
     /// faster, and as safe.
     #[default]
     Async,
-}
-
-/// A token bucket, Firecracker's shape: `size` tokens (bytes, or operations) refilled over
-/// `refill_time` milliseconds, plus a first burst that is not refilled. A bucket of size 0 limits
-/// nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucket {
-    /// The bucket's capacity.
-    pub size: u64,
-    /// Tokens available once, at the start, on top of `size`.
-    #[serde(default)]
-    pub one_time_burst: Option<u64>,
-    /// Milliseconds for an empty bucket to fill up again.
-    pub refill_time: u64,
-}
-
-/// A disk's rate limiter (Firecracker's `RateLimiter`): a bucket of bytes, a bucket of requests,
-/// or both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiterConfig {
-    /// Bytes.
-    #[serde(default)]
-    pub bandwidth: Option<TokenBucket>,
-    /// Requests.
-    #[serde(default)]
-    pub ops: Option<TokenBucket>,
-}
-
-impl TokenBucket {
-    /// A bucket of `size` tokens refilled every second, with no burst (the command line's
-    /// `bw=` and `iops=`).
-    pub fn per_second(size: u64) -> TokenBucket {
-        TokenBucket { size, one_time_burst: None, refill_time: 1000 }
-    }
-
-    /// Whether the bucket limits anything.
-    pub fn is_limiting(&self) -> bool {
-        self.size > 0
-    }
-
-    fn validate(&self, field: &'static str) -> Result<(), ConfigError> {
-        let invalid = |reason: &'static str| ConfigError::InvalidRateLimiter { field, reason };
-        if self.size > 0 && self.refill_time == 0 {
-            return Err(invalid("refill_time must not be 0 when size is not 0"));
-        }
-        if self.refill_time > MAX_REFILL_TIME_MS {
-            return Err(invalid("refill_time is longer than a day (it is in milliseconds)"));
-        }
-        if self.size == 0 && self.one_time_burst.is_some_and(|b| b > 0) {
-            return Err(invalid("one_time_burst needs a size (a bucket of size 0 limits nothing)"));
-        }
-        Ok(())
-    }
-}
-
-impl RateLimiterConfig {
-    /// Whether either bucket limits anything.
-    pub fn is_limiting(&self) -> bool {
-        self.bandwidth.is_some_and(|b| b.is_limiting()) || self.ops.is_some_and(|b| b.is_limiting())
-    }
-
-    /// Each bucket's checks.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(bucket) = &self.bandwidth {
-            bucket.validate("rate_limiter.bandwidth")?;
-        }
-        if let Some(bucket) = &self.ops {
-            bucket.validate("rate_limiter.ops")?;
-        }
-        Ok(())
-    }
 }
 
 /// The longest serial number a disk can have.

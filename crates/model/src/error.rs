@@ -46,6 +46,8 @@ pub enum ConfigError {
     MissingKernel,
     #[error("Invalid drive_id: no drive {0} is configured")]
     UnknownDrive(String),
+    #[error("Invalid iface_id: no network interface {0} is configured")]
+    UnknownInterface(String),
     #[error("path_on_host or rate_limiter is required: they are what a drive update can change")]
     MissingPath,
     /// [`crate::config::VmConfig::validate`]: a whole configuration's checks.

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use crate::api::{
     Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages,
-    MachineConfiguration, NetworkInterface, PartialDrive, Vsock,
+    MachineConfiguration, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
 };
 use crate::config::{
     BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
     VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
-use crate::disk::{CacheMode, RateLimiterConfig};
+use crate::disk::CacheMode;
 pub use crate::error::ConfigError;
+use crate::rate_limiter::RateLimiterConfig;
 
 /// The most vCPUs Kestrel gives a guest (Firecracker's limit is 32).
 pub const MAX_VCPUS: u8 = crate::config::MAX_VCPUS;
@@ -150,6 +151,34 @@ fn drive_config(drive: &Drive) -> Result<BlockConfig, ConfigError> {
     };
     config.validate()?;
     Ok(config)
+}
+
+/// The engine's card for an API network interface, checked (the tap's name is checked by
+/// [`VmResources::put_network_interface`]).
+fn net_config(iface: &NetworkInterface) -> Result<NetConfig, ConfigError> {
+    let config = NetConfig {
+        mac: iface.guest_mac.as_deref().map(str::parse).transpose().map_err(ConfigError::InvalidMac)?,
+        id: Some(iface.iface_id.clone()),
+        rx_rate_limiter: iface.rx_rate_limiter,
+        tx_rate_limiter: iface.tx_rate_limiter,
+        ..NetConfig::new(Some(iface.host_dev_name.clone()))
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// A checked `PATCH /network-interfaces/{iface_id}`: which of the VM's cards, and its limiters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetUpdate {
+    /// The card, counted in the VM's order of cards.
+    pub index: usize,
+    /// The card's new receive limiter (the PATCH merged into the current one); `None`: the PATCH
+    /// leaves it as it is.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// The card's new transmit limiter, likewise.
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// The card as it is configured after the update.
+    pub net: NetConfig,
 }
 
 /// A checked `PATCH /drives/{drive_id}`: which of the VM's disks, and what changes.
@@ -311,8 +340,7 @@ impl VmResources {
         if iface.mtu.is_some() {
             return Err(ConfigError::Unsupported("mtu".into()));
         }
-        reject_rate_limiter(&iface.rx_rate_limiter, "rx_rate_limiter")?;
-        reject_rate_limiter(&iface.tx_rate_limiter, "tx_rate_limiter")?;
+        net_config(&iface)?;
         let others = || self.network_interfaces.iter().filter(|i| i.iface_id != iface.iface_id);
         if others().any(|i| &i.host_dev_name == name) {
             return Err(ConfigError::HostDeviceNameInUse(name.clone()));
@@ -327,6 +355,40 @@ impl VmResources {
             None => self.network_interfaces.push(iface),
         }
         Ok(())
+    }
+
+    /// Checks a `PATCH /network-interfaces/{iface_id}` (after start): which of the VM's cards it
+    /// is, and its limiters after the update. Like Firecracker, an update with neither limiter is
+    /// accepted and changes nothing.
+    pub fn check_net_update(
+        &self,
+        path_id: &str,
+        update: &PartialNetworkInterface,
+    ) -> Result<NetUpdate, ConfigError> {
+        check_path_id(path_id, &update.iface_id)?;
+        let (index, iface) = self
+            .network_interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.iface_id == update.iface_id)
+            .ok_or_else(|| ConfigError::UnknownInterface(update.iface_id.clone()))?;
+        let mut updated = iface.clone();
+        apply_net_update(&mut updated, update);
+        let net = net_config(&updated)?;
+        Ok(NetUpdate {
+            index,
+            rx_rate_limiter: update.rx_rate_limiter.and(net.rx_rate_limiter),
+            tx_rate_limiter: update.tx_rate_limiter.and(net.tx_rate_limiter),
+            net,
+        })
+    }
+
+    /// Records what a running VM's card took from a `PATCH /network-interfaces`, for
+    /// `GET /vm/config`.
+    pub fn record_net_update(&mut self, update: &PartialNetworkInterface) {
+        if let Some(iface) = self.network_interfaces.iter_mut().find(|i| i.iface_id == update.iface_id) {
+            apply_net_update(iface, update);
+        }
     }
 
     /// `PUT /vsock`.
@@ -465,16 +527,7 @@ impl VmResources {
             .map(|d| drive_config(d).map(VirtioConfig::Block))
             .collect::<Result<_, _>>()?;
         for iface in &self.network_interfaces {
-            virtio.push(VirtioConfig::Net(NetConfig {
-                tap: Some(iface.host_dev_name.clone()),
-                mac: iface
-                    .guest_mac
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(ConfigError::InvalidMac)?,
-                id: Some(iface.iface_id.clone()),
-            }));
+            virtio.push(VirtioConfig::Net(net_config(iface)?));
         }
         if self.entropy.is_some() {
             virtio.push(VirtioConfig::Rng);
@@ -518,10 +571,17 @@ fn apply_drive_update(drive: &mut Drive, update: &PartialDrive) {
         drive.path_on_host = Some(path.clone());
     }
     if let Some(limiter) = update.rate_limiter {
-        let mut merged = drive.rate_limiter.unwrap_or_default();
-        merged.bandwidth = limiter.bandwidth.or(merged.bandwidth);
-        merged.ops = limiter.ops.or(merged.ops);
-        drive.rate_limiter = Some(merged);
+        drive.rate_limiter = Some(RateLimiterConfig::merged(drive.rate_limiter, limiter));
+    }
+}
+
+/// A `PATCH /network-interfaces` applied to an interface, merged as a drive's limiter is.
+fn apply_net_update(iface: &mut NetworkInterface, update: &PartialNetworkInterface) {
+    if let Some(limiter) = update.rx_rate_limiter {
+        iface.rx_rate_limiter = Some(RateLimiterConfig::merged(iface.rx_rate_limiter, limiter));
+    }
+    if let Some(limiter) = update.tx_rate_limiter {
+        iface.tx_rate_limiter = Some(RateLimiterConfig::merged(iface.tx_rate_limiter, limiter));
     }
 }
 
@@ -552,6 +612,7 @@ mod tests {
     use super::*;
     use crate::api::IoEngine;
     use crate::disk::ImageFormat;
+    use crate::rate_limiter::TokenBucket;
 
     /// Host files named by a client are opened without blocking and checked on the open file:
     /// a FIFO (which would block the open), a directory or a character device is refused with a
@@ -1000,5 +1061,129 @@ mod tests {
                 only_disk(&resources);
             }
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever limiters a client sends for a network interface, on PUT or on PATCH, they are
+        /// taken or refused with an error (no panic); what is taken makes a card the engine's
+        /// checks accept, and a PATCH's merged limiters are what the card then has.
+        #[test]
+        fn any_network_interface_limiters_are_taken_or_refused(
+            put_limiter in limiter_text(),
+            patch_limiter in limiter_text(),
+            which in "(rx|tx)",
+        ) {
+            let mut resources = VmResources::default();
+            let body = format!(
+                r#"{{"iface_id": "eth0", "host_dev_name": "tap0", "{which}_rate_limiter": {put_limiter}}}"#
+            );
+            let Ok(iface) = serde_json::from_str::<NetworkInterface>(&body) else { return Ok(()) };
+            if resources.put_network_interface("eth0", iface).is_err() {
+                return Ok(());
+            }
+            let card = net_config(&resources.network_interfaces[0]).unwrap();
+            proptest::prop_assert!(card.validate().is_ok(), "{body}");
+            let patch = format!(r#"{{"iface_id": "eth0", "{which}_rate_limiter": {patch_limiter}}}"#);
+            let Ok(patch) = serde_json::from_str::<PartialNetworkInterface>(&patch) else { return Ok(()) };
+            if let Ok(update) = resources.check_net_update("eth0", &patch) {
+                proptest::prop_assert!(update.net.validate().is_ok());
+                resources.record_net_update(&patch);
+                let shown = &resources.export().network_interfaces[0];
+                let (now, updated) = match which.as_str() {
+                    "rx" => (shown.rx_rate_limiter, update.rx_rate_limiter),
+                    _ => (shown.tx_rate_limiter, update.tx_rate_limiter),
+                };
+                if patch.rx_rate_limiter.is_some() || patch.tx_rate_limiter.is_some() {
+                    proptest::prop_assert_eq!(now, updated);
+                }
+            }
+        }
+    }
+
+    /// A rate limiter as a client might spell it: buckets of any numbers, missing or null parts,
+    /// and things that are no limiter.
+    fn limiter_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let number = prop_oneof![
+            Just("0".to_owned()),
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just("-1".to_owned()),
+            Just("null".to_owned())
+        ];
+        let bucket = prop_oneof![
+            Just("null".to_owned()),
+            Just("[]".to_owned()),
+            (number.clone(), number.clone(), number).prop_map(|(size, burst, refill)| {
+                format!(r#"{{"size": {size}, "one_time_burst": {burst}, "refill_time": {refill}}}"#)
+            }),
+        ];
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("{}".to_owned()),
+            Just("[null, null]".to_owned()),
+            (bucket.clone(), bucket).prop_map(|(b, o)| format!(r#"{{"bandwidth": {b}, "ops": {o}}}"#)),
+        ]
+    }
+
+    /// A network interface's limiters go from the request to the engine's card and back out of
+    /// `GET /vm/config`; a PATCH merges into them as Firecracker does (a limiter or bucket it
+    /// leaves out keeps its setting), and bad limiters are refused naming the field.
+    #[test]
+    fn network_interface_rate_limiters_and_their_patch() {
+        let mut resources = VmResources::default();
+        let body = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+            "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}},
+            "tx_rate_limiter": {"bandwidth": {"size": 2000, "one_time_burst": 5, "refill_time": 10}, "ops": {"size": 7, "refill_time": 1000}}}"#;
+        let iface: NetworkInterface = serde_json::from_str(body).unwrap();
+        resources.put_network_interface("eth0", iface).unwrap();
+        let bucket = |size, one_time_burst, refill_time| TokenBucket { size, one_time_burst, refill_time };
+        let rx = RateLimiterConfig { bandwidth: Some(bucket(1000, None, 100)), ops: None };
+        let tx = RateLimiterConfig {
+            bandwidth: Some(bucket(2000, Some(5), 10)),
+            ops: Some(bucket(7, None, 1000)),
+        };
+        let exported = serde_json::to_value(resources.export()).unwrap();
+        let shown = &exported["network-interfaces"][0];
+        assert_eq!(shown["rx_rate_limiter"]["bandwidth"]["size"], 1000);
+        assert_eq!(shown["tx_rate_limiter"]["ops"]["size"], 7);
+
+        let patch: PartialNetworkInterface = serde_json::from_str(
+            r#"{"iface_id": "eth0", "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}"#,
+        )
+        .unwrap();
+        let checked = resources.check_net_update("eth0", &patch).unwrap();
+        let lifted = RateLimiterConfig { bandwidth: Some(bucket(0, None, 0)), ops: tx.ops };
+        assert_eq!(checked.index, 0);
+        assert_eq!(checked.rx_rate_limiter, None, "the PATCH leaves rx alone");
+        assert_eq!(checked.tx_rate_limiter, Some(lifted));
+        assert_eq!((checked.net.rx_rate_limiter, checked.net.tx_rate_limiter), (Some(rx), Some(lifted)));
+        resources.record_net_update(&patch);
+        let exported = resources.export();
+        assert_eq!(exported.network_interfaces[0].tx_rate_limiter, Some(lifted));
+        assert_eq!(exported.network_interfaces[0].rx_rate_limiter, Some(rx));
+
+        for (id, body, expected) in [
+            ("eth1", r#"{"iface_id": "eth1"}"#, "no network interface eth1"),
+            ("eth0", r#"{"iface_id": "eth1"}"#, "does not match"),
+            (
+                "eth0",
+                r#"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 0}}}"#,
+                "Invalid rx_rate_limiter.ops: refill_time must not be 0",
+            ),
+        ] {
+            let patch: PartialNetworkInterface = serde_json::from_str(body).unwrap();
+            let message = resources.check_net_update(id, &patch).unwrap_err().to_string();
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        let typo = r#"{"iface_id": "eth0", "tx_rate_limiter": {"bandwith": {"size": 1, "refill_time": 1}}}"#;
+        assert!(serde_json::from_str::<PartialNetworkInterface>(typo).is_err());
+        let bad = r#"{"iface_id": "eth1", "host_dev_name": "tap1", "tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 99999999999}}}"#;
+        let error = resources.put_network_interface("eth1", serde_json::from_str(bad).unwrap()).unwrap_err();
+        assert!(
+            error.to_string().contains("Invalid tx_rate_limiter.bandwidth: refill_time is longer"),
+            "{error}"
+        );
     }
 }

@@ -148,6 +148,11 @@ counter_group! {
         tx_malformed_frames,
         /// Frames the tap refused.
         tap_write_fails,
+        /// Times the receive limiter held a frame back, and the tap unread, for want of budget
+        /// (Firecracker's name).
+        rx_rate_limiter_throttled,
+        /// Times the transmit queue stopped for want of the transmit limiter's budget.
+        tx_rate_limiter_throttled,
     }
 }
 

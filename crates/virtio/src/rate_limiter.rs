@@ -171,6 +171,16 @@ impl RateLimiter {
         })
     }
 
+    /// Whether `config` would be taken by [`RateLimiter::new`] or [`RateLimiter::update`],
+    /// without making a timer: a device with several limiters checks every new limit before
+    /// changing any.
+    pub fn validate(config: RateLimit) -> Result<(), RateLimitError> {
+        let now = Instant::now();
+        bucket(config.bandwidth, "bandwidth", now)?;
+        bucket(config.ops, "ops", now)?;
+        Ok(())
+    }
+
     /// The configuration in force, for a PATCH that changes one bucket and keeps the other.
     pub fn config(&self) -> RateLimit {
         self.config

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 use virtio::block::BlockControl;
+use virtio::net::NetControl;
 use virtio::rate_limiter::RateLimitError;
 
 use storage::open::{DiskSpec, ImageLock};
@@ -19,7 +20,7 @@ use crate::disks::{open_backend, rate_limit, DiskOpenError};
 
 use crate::builder::DeviceHandles;
 use crate::config::{BlockConfig, VirtioConfig, VmConfig};
-use crate::control::DriveUpdate;
+use crate::control::{DriveUpdate, NetUpdate};
 
 /// Why a device could not take a change.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,10 @@ pub enum ControlError {
     Disk { path: PathBuf, source: DiskOpenError },
     #[error("cannot change the disk's rate limiter: {0}")]
     RateLimiter(#[from] RateLimitError),
+    #[error("the VM has no network interface {index} (it has {count})")]
+    NoNet { index: usize, count: usize },
+    #[error("cannot change the network interface's rate limiters: {0}")]
+    NetRateLimiter(RateLimitError),
 }
 
 /// Handles on the devices the API changes; cheap to clone, usable from any thread.
@@ -44,6 +49,8 @@ pub struct DeviceControls {
     i8042: Arc<Mutex<I8042>>,
     balloon: Option<BalloonControl>,
     disks: Vec<BlockControl>,
+    /// Each network card's rate limiters, in the configuration's order of cards.
+    nets: Vec<NetControl>,
     /// Each disk's image lock, replaced with the disk's file.
     disk_locks: Arc<Mutex<Vec<ImageLock>>>,
     /// The VM's configuration, which a snapshot saves: a disk's new file goes into it.
@@ -56,6 +63,7 @@ impl DeviceControls {
             i8042: devices.i8042.clone(),
             balloon: devices.virtio.balloon.clone(),
             disks: devices.virtio.disks.clone(),
+            nets: devices.virtio.nets.clone(),
             disk_locks: Arc::new(Mutex::new(devices.virtio.disk_locks.clone())),
             config,
         }
@@ -124,6 +132,28 @@ impl DeviceControls {
         Ok(())
     }
 
+    /// `PATCH /network-interfaces`: card `update.index` (counted in the configuration's order of
+    /// cards) takes the limiters the PATCH names (merged by the model: a bucket it leaves out
+    /// keeps its setting); their buckets start full, and a limiter the PATCH leaves out keeps its
+    /// budget. The VM's configuration records them, for a snapshot.
+    pub fn update_net(&self, update: &NetUpdate) -> Result<(), ControlError> {
+        let index = update.index;
+        let net = self.nets.get(index).ok_or(ControlError::NoNet { index, count: self.nets.len() })?;
+        let (rx, tx) = (update.rx_rate_limiter, update.tx_rate_limiter);
+        net.update_rate_limiters(rx.as_ref().map(rate_limit), tx.as_ref().map(rate_limit))
+            .map_err(ControlError::NetRateLimiter)?;
+        let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut nets = config.virtio.iter_mut().filter_map(|device| match device {
+            VirtioConfig::Net(net) => Some(net),
+            _ => None,
+        });
+        if let Some(net) = nets.nth(index) {
+            net.rx_rate_limiter = rx.or(net.rx_rate_limiter);
+            net.tx_rate_limiter = tx.or(net.tx_rate_limiter);
+        }
+        Ok(())
+    }
+
     /// Changes disk `index` in the VM's configuration with `change`.
     fn record(&self, index: usize, change: impl FnOnce(&mut BlockConfig)) {
         let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
@@ -157,6 +187,7 @@ mod tests {
             i8042: Arc::new(Mutex::new(i8042)),
             balloon: None,
             disks: vec![block.control()],
+            nets: Vec::new(),
             disk_locks: Arc::new(Mutex::new(vec![lock])),
             config: Arc::new(Mutex::new(config)),
         };
@@ -203,5 +234,48 @@ mod tests {
         assert!(matches!(controls.update_disk(&update), Err(ControlError::Disk { .. })));
         assert_eq!(block.control().rate_limit(), Default::default());
         assert_eq!(configured_disk(&controls), BlockConfig { rate_limiter: Some(lifted), ..disk });
+    }
+
+    #[test]
+    fn a_patched_net_limiter_reaches_the_card_and_the_vm_config_and_the_other_keeps_its_own() {
+        use crate::config::NetConfig;
+        use virtio::net::NetLimiters;
+
+        let tx = RateLimiterConfig { bandwidth: Some(TokenBucket::per_second(1 << 20)), ops: None };
+        let limiters = NetLimiters::new(Default::default(), rate_limit(&tx)).unwrap();
+        let card = NetConfig { tx_rate_limiter: Some(tx), ..NetConfig::new(Some("tap0".into())) };
+        let i8042 = I8042::new(EventFd::new(EFD_NONBLOCK).unwrap(), Arc::new(NoInterrupts));
+        let config =
+            VmConfig { virtio: vec![VirtioConfig::Rng, VirtioConfig::Net(card.clone())], ..sample_config() };
+        let controls = DeviceControls {
+            i8042: Arc::new(Mutex::new(i8042)),
+            balloon: None,
+            disks: Vec::new(),
+            nets: vec![limiters.control()],
+            disk_locks: Arc::new(Mutex::new(Vec::new())),
+            config: Arc::new(Mutex::new(config)),
+        };
+        let rx = RateLimiterConfig { bandwidth: None, ops: Some(TokenBucket::per_second(100)) };
+        let patched = NetConfig { rx_rate_limiter: Some(rx), ..card.clone() };
+        let update =
+            NetUpdate { index: 0, rx_rate_limiter: Some(rx), tx_rate_limiter: None, net: patched.clone() };
+        controls.update_net(&update).unwrap();
+        assert_eq!(limiters.control().rate_limits(), (rate_limit(&rx), rate_limit(&tx)));
+        assert_eq!(controls.config.lock().unwrap().virtio[1], VirtioConfig::Net(patched));
+
+        let absurd = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucket { size: 1, one_time_burst: None, refill_time: u64::MAX }),
+        };
+        let update =
+            NetUpdate { index: 0, rx_rate_limiter: None, tx_rate_limiter: Some(absurd), net: card.clone() };
+        assert!(matches!(controls.update_net(&update), Err(ControlError::NetRateLimiter(_))));
+        assert_eq!(
+            limiters.control().rate_limits(),
+            (rate_limit(&rx), rate_limit(&tx)),
+            "a refusal changes nothing"
+        );
+        let update = NetUpdate { index: 1, rx_rate_limiter: None, tx_rate_limiter: None, net: card };
+        assert!(matches!(controls.update_net(&update), Err(ControlError::NoNet { index: 1, count: 1 })));
     }
 }

@@ -10,7 +10,7 @@ use storage::open::ImageLock;
 use virtio::balloon::{Balloon, BalloonControl, BalloonSettings};
 use virtio::block::BlockControl;
 use virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use virtio::net::{Net, Tap};
+use virtio::net::{Net, NetControl, NetLimiters, Tap};
 use virtio::rng::Rng;
 use virtio::vsock::Vsock;
 use virtio::GuestRam;
@@ -66,6 +66,8 @@ pub struct VirtioControls {
     pub disks: Vec<BlockControl>,
     /// Each disk's image lock, in the same order (a disk given its own image again keeps it).
     pub disk_locks: Vec<ImageLock>,
+    /// Each network card's rate limiters, in the order of the configuration's cards.
+    pub nets: Vec<NetControl>,
     /// What each device counts.
     pub metrics: DeviceMetrics,
 }
@@ -94,6 +96,7 @@ pub(crate) fn create_device(
         VirtioConfig::Net(config) => {
             let (net, tap_name) = create_net(config)?;
             controls.metrics.add_net(config.id.as_deref().unwrap_or(&tap_name), net.metrics());
+            controls.nets.push(net.control());
             Box::new(net)
         }
         VirtioConfig::Balloon(balloon) => {
@@ -132,6 +135,11 @@ fn create_balloon(config: &BalloonConfig, memory: &GuestRam) -> Result<Balloon> 
 /// Opens the card's tap and gives the card its address (a random one unless the user chose);
 /// returns the card and the tap's name.
 fn create_net(config: &NetConfig) -> Result<(Net, String)> {
+    let limit = |limiter: &Option<crate::config::RateLimiterConfig>| {
+        limiter.as_ref().map(crate::disks::rate_limit).unwrap_or_default()
+    };
+    let limiters = NetLimiters::new(limit(&config.rx_rate_limiter), limit(&config.tx_rate_limiter))
+        .map_err(|e| Error::Device { name: "virtio-net", reason: format!("its rate limiter: {e}") })?;
     let tap = Tap::open(config.tap.as_deref()).map_err(|source| Error::Tap {
         tap: config.tap.clone().unwrap_or_else(|| "kestrelN (automatic name)".to_owned()),
         source,
@@ -146,7 +154,7 @@ fn create_net(config: &NetConfig) -> Result<(Net, String)> {
     // The user needs the name to configure the host side of an automatic tap.
     tracing::info!("virtio-net: tap {}, MAC {mac}", tap.name());
     let tap_name = tap.name().to_owned();
-    Ok((Net::new(tap, mac), tap_name))
+    Ok((Net::new(tap, mac, limiters), tap_name))
 }
 
 /// Creates every configured device and attaches it to the MMIO bus at its slot.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::control::{NetControl, NetLimiters};
 use super::handler::NetHandler;
 use super::mac::MacAddress;
 use super::tap::Tap;
@@ -53,15 +54,23 @@ pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_BYTES],
     metrics: Arc<NetMetrics>,
+    /// Shared with each worker and the host's [`NetControl`]; they outlive resets.
+    limiters: NetLimiters,
     worker: Option<Worker>,
 }
 
 impl Net {
-    pub fn new(tap: Tap, mac: MacAddress) -> Net {
+    /// A card over `tap` with address `mac`, its frames limited by `limiters`.
+    pub fn new(tap: Tap, mac: MacAddress, limiters: NetLimiters) -> Net {
         let mut config = [0u8; CONFIG_BYTES];
         config[..6].copy_from_slice(&mac.0);
         config[6..].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        Net { tap, config, metrics: Arc::default(), worker: None }
+        Net { tap, config, metrics: Arc::default(), limiters, worker: None }
+    }
+
+    /// The host's handle on this card's rate limiters, usable while the guest runs.
+    pub fn control(&self) -> NetControl {
+        NetControl::new(self.limiters.clone())
     }
 
     /// What the card counts, for the VMM's metrics.
@@ -114,12 +123,12 @@ impl VirtioDevice for Net {
         let backend = self.tap.try_clone().map_err(ActivateError::Backend)?;
         let handler = NetHandler::new(
             context.memory.clone(),
-            rx,
-            tx,
+            [rx, tx],
             context.interrupt.clone(),
             context.guest_errors.clone(),
             self.metrics.clone(),
             backend,
+            self.limiters.clone(),
         );
         self.worker = Some(context.spawn_worker("virtio-net", handler)?);
         Ok(())

@@ -1,15 +1,28 @@
 //! Moving frames between the guest's queues and the backend (the tap), with back-pressure both
 //! ways: a frame the backend cannot take yet is held until it becomes writable, and the backend
 //! is not read while the guest has no receive buffer for what it would yield.
+//!
+//! Each direction has a rate limiter (one op and the frame's bytes, virtio-net header included,
+//! per frame, as Firecracker counts). A transmit request the limiter refuses stays on the ring,
+//! untouched, and the queue is served again when the limiter's timer fires. A received frame the
+//! limiter refuses is kept (it was already read from the tap) and the tap is no longer read
+//! until the timer fires, so further frames wait in the tap's own queue: nothing is lost to the
+//! limiter, and frames reach the guest whole and in order.
+//!
+//! A snapshot saves neither the limiters' budgets (a restored card starts with full buckets, its
+//! one-time bursts again; Firecracker saves the budgets) nor a received frame the limiter was
+//! holding back: the restored guest misses that one frame, as if the network had dropped it. A
+//! transmit request held back is still on the ring, and is sent by the restored card.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use crate::GuestRam;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT, Reader};
 use vmm_sys_util::epoll::EventSet;
 
+use super::control::{lock, NetLimiters};
 use super::{MAX_FRAME_BYTES, VNET_HDR_LEN};
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::metrics::NetMetrics;
@@ -33,6 +46,11 @@ const RX_FRAMES_PER_WAKE: usize = 256;
 
 /// Offset of `num_buffers` in the header: the backend leaves it alone, the device must set it.
 const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Backend descriptor indices: the tap, then the receive and transmit limiters' timers.
+const TAP: usize = 0;
+const RX_TIMER: usize = 1;
+const TX_TIMER: usize = 2;
 
 /// Where frames go to and come from: each read or write is one whole frame, virtio-net header
 /// first, and neither ever blocks.
@@ -80,17 +98,28 @@ pub struct NetHandler<B> {
     rx_starved: bool,
     /// The backend failed for good when read: it is not read again.
     rx_broken: bool,
+    limiters: NetLimiters,
+    /// The length of a frame read from the backend into `rx_frame` but not yet delivered: the
+    /// receive limiter refused it. It goes first once the limiter's timer fires.
+    held_rx: Option<usize>,
+    /// The receive limiter refused a frame: nothing more is received (the backend is not read)
+    /// until its timer fires.
+    rx_throttled: bool,
+    /// The transmit limiter refused the request at the head of the ring: the queue is served
+    /// again when its timer fires.
+    tx_throttled: bool,
 }
 
 impl<B: FrameBackend> NetHandler<B> {
+    /// A handler for the receive and transmit queues `[rx, tx]`.
     pub fn new(
         memory: GuestRam,
-        rx: Queue,
-        tx: Queue,
+        [rx, tx]: [Queue; 2],
         interrupt: Arc<dyn Interrupt>,
         guest_errors: Arc<GuestErrorLog>,
         metrics: Arc<NetMetrics>,
         backend: B,
+        limiters: NetLimiters,
     ) -> Self {
         NetHandler {
             memory,
@@ -105,12 +134,16 @@ impl<B: FrameBackend> NetHandler<B> {
             held_tx: None,
             rx_starved: false,
             rx_broken: false,
+            limiters,
+            held_rx: None,
+            rx_throttled: false,
+            tx_throttled: false,
         }
     }
 
     /// Moves frames from the backend into the guest's receive buffers until either runs out.
     fn receive_frames(&mut self) {
-        if self.rx_broken {
+        if self.rx_throttled || (self.rx_broken && self.held_rx.is_none()) {
             return;
         }
         let mut used_any = false;
@@ -140,7 +173,12 @@ impl<B: FrameBackend> NetHandler<B> {
                     continue;
                 }
             };
-            let len = match self.backend.receive(&mut self.rx_frame) {
+            let received = match self.held_rx.take() {
+                Some(len) => Ok(len),
+                None if self.rx_broken => Err(io::ErrorKind::WouldBlock.into()),
+                None => self.backend.receive(&mut self.rx_frame),
+            };
+            let len = match received {
                 Ok(len) => len,
                 Err(e) => {
                     // The buffer goes back to the queue for the next frame.
@@ -168,6 +206,14 @@ impl<B: FrameBackend> NetHandler<B> {
                 self.rx.go_to_previous_position();
                 continue;
             }
+            if !admit(&self.limiters.rx, len) {
+                // Kept for when the budget has refilled; the buffer goes back to the queue.
+                self.held_rx = Some(len);
+                self.rx.go_to_previous_position();
+                self.rx_throttled = true;
+                self.metrics.rx_rate_limiter_throttled.inc();
+                break;
+            }
             // Each frame fills one buffer chain (no VIRTIO_NET_F_MRG_RXBUF).
             self.rx_frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
             let written = match writer.write_all(&self.rx_frame[..len]) {
@@ -191,6 +237,9 @@ impl<B: FrameBackend> NetHandler<B> {
 
     /// Sends the held frame, then every transmit request, until the backend stops taking them.
     fn transmit_frames(&mut self) {
+        if self.tx_throttled {
+            return; // The limiter's timer serves the queue again.
+        }
         let mut used_any = false;
         if let Some(held) = self.held_tx.take() {
             if !self.send(held.len) {
@@ -201,7 +250,16 @@ impl<B: FrameBackend> NetHandler<B> {
         }
         while let Some(chain) = self.tx.pop_descriptor_chain(&self.memory) {
             let head = chain.head_index();
-            match gather(chain, &self.memory, &mut self.tx_frame) {
+            let reader = chain.reader(&self.memory).map_err(TxError::Chain);
+            let bytes = reader.as_ref().map_or(0, |r| r.available_bytes());
+            if !admit(&self.limiters.tx, bytes as u64) {
+                // Back on the ring, untouched, for when the budget has refilled.
+                self.tx.go_to_previous_position();
+                self.tx_throttled = true;
+                self.metrics.tx_rate_limiter_throttled.inc();
+                break;
+            }
+            match reader.and_then(|reader| gather(reader, &mut self.tx_frame)) {
                 Ok(len) if !self.send(len) => {
                     self.held_tx = Some(HeldTx { head, len });
                     break;
@@ -248,9 +306,18 @@ impl<B: FrameBackend> NetHandler<B> {
     }
 }
 
+/// Whether `limiter` lets a frame of `bytes` through now (taking its budget if so); when not, it
+/// arms its timer for when the frame would pass.
+fn admit(limiter: &std::sync::Mutex<crate::rate_limiter::RateLimiter>, bytes: impl TryInto<u64>) -> bool {
+    let mut limiter = lock(limiter);
+    !limiter.is_limiting() || limiter.consume(bytes.try_into().unwrap_or(u64::MAX))
+}
+
 /// Copies a transmit request (header and frame) into `frame`; returns its length.
-fn gather(chain: DescriptorChain<&GuestRam>, memory: &GuestRam, frame: &mut [u8]) -> Result<usize, TxError> {
-    let mut reader = chain.reader(memory).map_err(TxError::Chain)?;
+fn gather<B: vm_memory::bitmap::BitmapSlice>(
+    mut reader: Reader<'_, B>,
+    frame: &mut [u8],
+) -> Result<usize, TxError> {
     let len = reader.available_bytes();
     if len < VNET_HDR_LEN {
         return Err(TxError::TooShort(len));
@@ -284,27 +351,64 @@ impl<B: FrameBackend> QueueHandler for NetHandler<B> {
         }
     }
 
+    /// The tap, then the receive and transmit limiters' timers ([`TAP`], [`RX_TIMER`],
+    /// [`TX_TIMER`]).
     fn backend_fds(&self) -> Vec<RawFd> {
-        vec![self.backend.as_raw_fd()]
+        vec![self.backend.as_raw_fd(), lock(&self.limiters.rx).fd(), lock(&self.limiters.tx).fd()]
     }
 
-    fn process_backend(&mut self, _index: usize) {
-        self.metrics.rx_tap_event_count.inc();
-        if self.held_tx.is_some() {
-            self.transmit_frames();
+    fn process_backend(&mut self, index: usize) {
+        match index {
+            TAP => {
+                self.metrics.rx_tap_event_count.inc();
+                if self.held_tx.is_some() {
+                    self.transmit_frames();
+                }
+                self.receive_frames();
+            }
+            // A spurious wake-up leaves the worker waiting for the timer still.
+            RX_TIMER if timer_fired(&self.limiters.rx) => {
+                self.rx_throttled = false;
+                self.receive_frames();
+            }
+            TX_TIMER if timer_fired(&self.limiters.tx) => {
+                self.tx_throttled = false;
+                self.transmit_frames();
+            }
+            _ => {}
         }
-        self.receive_frames();
     }
 
-    fn backend_interest(&self, _index: usize) -> EventSet {
-        let mut interest = EventSet::empty();
-        if !self.rx_starved && !self.rx_broken {
-            interest |= EventSet::IN;
+    fn backend_interest(&self, index: usize) -> EventSet {
+        match index {
+            TAP => {
+                let mut interest = EventSet::empty();
+                // Throttled, the tap is not read: its frames wait in the kernel's queue.
+                if !self.rx_starved && !self.rx_broken && !self.rx_throttled {
+                    interest |= EventSet::IN;
+                }
+                if self.held_tx.is_some() {
+                    interest |= EventSet::OUT;
+                }
+                interest
+            }
+            // Always waited for: a PATCH fires it to make the worker look at new buckets.
+            _ => EventSet::IN,
         }
-        if self.held_tx.is_some() {
-            interest |= EventSet::OUT;
+    }
+}
+
+/// Clears a limiter's timer after it became readable: whether it had fired (a spurious wake-up
+/// leaves the worker waiting for it still).
+fn timer_fired(limiter: &std::sync::Mutex<crate::rate_limiter::RateLimiter>) -> bool {
+    match lock(limiter).event_handler() {
+        Ok(fired) => fired,
+        // Cannot happen with a valid timerfd; serving again is the safe side (a frame refused
+        // again re-arms the timer).
+        Err(e) => {
+            tracing::error!("virtio-net: cannot read the rate limiter's timer: {e}");
+            true
         }
-        interest
     }
 }
 
@@ -318,6 +422,47 @@ mod tests {
     use super::*;
     use crate::device::testing::{descriptor, guest_errors, Recorder};
     use crate::device::InterruptCause;
+    use crate::rate_limiter::{Bucket, RateLimit};
+
+    fn unlimited() -> NetLimiters {
+        NetLimiters::new(RateLimit::default(), RateLimit::default()).unwrap()
+    }
+
+    /// A limit of `size` (bytes, or frames without `bytes`) per `refill_ms`.
+    fn limit(bytes: bool, size: u64, refill_ms: u64) -> RateLimit {
+        let bucket = Some(Bucket { size, one_time_burst: 0, refill_time: refill_ms });
+        if bytes {
+            RateLimit { bandwidth: bucket, ops: None }
+        } else {
+            RateLimit { bandwidth: None, ops: bucket }
+        }
+    }
+
+    /// Waits (10 s at most) for backend descriptor `index` of `handler` (a limiter's timer) to
+    /// become readable, then hands the event to the handler as the worker would.
+    fn timer_fires<B: FrameBackend>(handler: &mut NetHandler<B>, index: usize) {
+        let mut poll = libc::pollfd { fd: handler.backend_fds()[index], events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes the one pollfd, which lives across the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
+        assert_eq!(ready, 1, "the limiter's timer did not fire within 10 s");
+        handler.process_backend(index);
+    }
+
+    /// Whether a datagram waits at the device's end of the pair (what the tap would still hold).
+    fn waiting(socket: &UnixDatagram) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`, which lives across the call; MSG_PEEK
+        // leaves the datagram queued.
+        let len = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        len >= 0
+    }
 
     const WRITE: u16 = 2; // VRING_DESC_F_WRITE
     const NEXT: u16 = 1; // VRING_DESC_F_NEXT
@@ -350,6 +495,11 @@ mod tests {
     }
 
     fn setup(memory: &GuestRam) -> Setup<'_> {
+        limited_setup(memory, RateLimit::default(), RateLimit::default())
+    }
+
+    /// [`setup`] with the card's receive and transmit limits.
+    fn limited_setup(memory: &GuestRam, rx_limit: RateLimit, tx_limit: RateLimit) -> Setup<'_> {
         let rx = MockSplitQueue::create(memory, GuestAddress(0), 16);
         let tx = MockSplitQueue::create(memory, GuestAddress(0x4000), 16);
         let (device_end, host) = UnixDatagram::pair().unwrap();
@@ -359,12 +509,12 @@ mod tests {
         let metrics = Arc::new(NetMetrics::default());
         let handler = NetHandler::new(
             memory.clone(),
-            rx.create_queue().unwrap(),
-            tx.create_queue().unwrap(),
+            [rx.create_queue().unwrap(), tx.create_queue().unwrap()],
             interrupts.clone(),
             guest_errors(),
             metrics.clone(),
             device_end,
+            NetLimiters::new(rx_limit, tx_limit).unwrap(),
         );
         Setup { memory, rx, tx, interrupts, metrics, handler, host }
     }
@@ -614,12 +764,12 @@ mod tests {
         rx.add_desc_chains(&[descriptor(0x10000, 1514, WRITE, 0)], 0).unwrap();
         let mut handler = NetHandler::new(
             memory.clone(),
-            rx.create_queue().unwrap(),
-            tx.create_queue().unwrap(),
+            [rx.create_queue().unwrap(), tx.create_queue().unwrap()],
             Arc::new(Recorder::default()),
             guest_errors(),
             Arc::default(),
             Detached(UnixDatagram::pair().unwrap().0),
+            unlimited(),
         );
         handler.process_backend(0);
         assert_eq!(handler.backend_interest(0), EventSet::empty());
@@ -641,12 +791,12 @@ mod tests {
                 }
                 let mut handler = NetHandler::new(
                     memory.clone(),
-                    rx.create_queue().unwrap(),
-                    tx.create_queue().unwrap(),
+                    [rx.create_queue().unwrap(), tx.create_queue().unwrap()],
                     Arc::new(Recorder::default()),
                     guest_errors(),
                     Arc::default(),
                     Detached(UnixDatagram::pair().unwrap().0),
+                    unlimited(),
                 );
                 handler.process_queue(TX_QUEUE);
             }
@@ -658,5 +808,103 @@ mod tests {
             "virtio-net tap errors",
             4800 - u64::from(LINES_PER_INTERVAL),
         );
+    }
+
+    #[test]
+    fn a_throttled_transmit_leaves_its_requests_on_the_ring_and_resumes_on_the_timer() {
+        let memory = memory();
+        // 100 bytes per 20 ms; each request is 72 bytes (header and 60).
+        let mut s = limited_setup(&memory, RateLimit::default(), limit(true, 100, 20));
+        for (i, fill) in [1u8, 2, 3].into_iter().enumerate() {
+            memory.write_slice(&frame(60, fill), GuestAddress(0x10000 + 0x1000 * i as u64)).unwrap();
+        }
+        s.tx.add_desc_chains(
+            &[descriptor(0x10000, 72, 0, 0), descriptor(0x11000, 72, 0, 0), descriptor(0x12000, 72, 0, 0)],
+            0,
+        )
+        .unwrap();
+        s.handler.process_queue(TX_QUEUE);
+        assert_eq!(s.host_frame(), Some(frame(60, 1)));
+        assert_eq!(s.host_frame(), None, "the second request waits for the budget");
+        assert_eq!(s.used(&s.tx), [(0, 0)], "and stays on the ring, not completed");
+        assert_eq!(s.counts(["tx_rate_limiter_throttled", "tx_packets_count"]), [1, 1]);
+        // The guest's notifications change nothing while throttled.
+        s.handler.process_queue(TX_QUEUE);
+        assert_eq!(s.host_frame(), None);
+        // A snapshot now shows the waiting requests as not yet taken.
+        assert_eq!(s.handler.queue_states()[TX_QUEUE].1.next_avail, 1);
+
+        let mut sent = Vec::new();
+        for _ in 0..10 {
+            if sent.len() == 2 {
+                break;
+            }
+            timer_fires(&mut s.handler, TX_TIMER);
+            while let Some(frame) = s.host_frame() {
+                sent.push(frame);
+            }
+        }
+        assert_eq!(sent, [frame(60, 2), frame(60, 3)], "whole and in order");
+        assert_eq!(s.used(&s.tx), [(0, 0), (1, 0), (2, 0)]);
+    }
+
+    #[test]
+    fn a_throttled_receive_keeps_its_frame_and_stops_reading_the_backend() {
+        let memory = memory();
+        // One frame per 20 ms.
+        let mut s = limited_setup(&memory, limit(false, 1, 20), RateLimit::default());
+        s.rx.add_desc_chains(
+            &[
+                descriptor(0x10000, 1514, WRITE, 0),
+                descriptor(0x11000, 1514, WRITE, 0),
+                descriptor(0x12000, 1514, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        for fill in [1, 2, 3] {
+            s.host.send(&frame(40 + usize::from(fill), fill)).unwrap();
+        }
+        s.handler.process_backend(TAP);
+        assert_eq!(s.used(&s.rx), [(0, 53)]);
+        assert!(!s.handler.backend_interest(TAP).contains(EventSet::IN), "throttled: the tap is not read");
+        assert!(s.handler.backend_interest(RX_TIMER).contains(EventSet::IN));
+        assert!(waiting(&s.handler.backend), "the third frame is still in the backend's queue");
+        assert_eq!(s.counts(["rx_rate_limiter_throttled", "rx_packets_count"]), [1, 1]);
+        // New buffers from the guest do not get round the limiter.
+        s.handler.process_queue(RX_QUEUE);
+        assert_eq!(s.used(&s.rx).len(), 1);
+
+        for _ in 0..10 {
+            if s.used(&s.rx).len() == 3 {
+                break;
+            }
+            timer_fires(&mut s.handler, RX_TIMER);
+            if s.handler.backend_interest(TAP).contains(EventSet::IN) {
+                // Not throttled again: the tap is read, as the worker would.
+                s.handler.process_backend(TAP);
+            }
+        }
+        assert_eq!(s.used(&s.rx), [(0, 53), (1, 54), (2, 55)]);
+        for (i, fill) in [1u8, 2, 3].into_iter().enumerate() {
+            let payload = s.read(0x10000 + 0x1000 * i as u64 + VNET_HDR_LEN as u64, 40 + usize::from(fill));
+            assert!(payload.iter().all(|&b| b == fill), "frame {fill} arrived whole and in its place");
+        }
+        assert!(!waiting(&s.handler.backend));
+    }
+
+    #[test]
+    fn lifting_a_limit_wakes_a_throttled_queue_at_once() {
+        let memory = memory();
+        // One frame an hour: only the update can release the second.
+        let mut s = limited_setup(&memory, RateLimit::default(), limit(false, 1, 3_600_000));
+        s.tx.add_desc_chains(&[descriptor(0x10000, 60, 0, 0), descriptor(0x11000, 60, 0, 0)], 0).unwrap();
+        s.handler.process_queue(TX_QUEUE);
+        assert_eq!(s.used(&s.tx), [(0, 0)]);
+        let control = s.handler.limiters.control();
+        control.update_rate_limiters(None, Some(RateLimit::default())).unwrap();
+        assert_eq!(control.rate_limits(), (RateLimit::default(), RateLimit::default()));
+        timer_fires(&mut s.handler, TX_TIMER);
+        assert_eq!(s.used(&s.tx), [(0, 0), (1, 0)]);
     }
 }

@@ -2,8 +2,9 @@
 //! transmit queue, no control queue, no multiqueue.
 //!
 //! `tap.rs` opens the tap, `mac.rs` is the device's address, `device.rs` is what the transport
-//! sees (features, configuration space), and `handler.rs` moves frames between the queues and the
-//! tap on the device's worker thread.
+//! sees (features, configuration space), `handler.rs` moves frames between the queues and the
+//! tap on the device's worker thread, and `control.rs` is the host's handle on the card's rate
+//! limiters (one for each direction, Firecracker's `rx_rate_limiter` and `tx_rate_limiter`).
 //!
 //! Every frame, in both directions and on the tap too, starts with the 12-byte
 //! `virtio_net_hdr_v1` (the tap is told to use that size), so the header passes through unchanged
@@ -11,11 +12,13 @@
 //! `VIRTIO_NET_F_MRG_RXBUF`, each received frame goes into one buffer chain: a driver that accepts
 //! the guest TSO features must give chains that hold a whole 64 KiB frame (Linux then does).
 
+mod control;
 mod device;
 mod handler;
 mod mac;
 mod tap;
 
+pub use control::{NetControl, NetLimiters};
 pub use device::Net;
 pub use handler::FrameBackend;
 pub use mac::{random_local_mac, MacAddress};

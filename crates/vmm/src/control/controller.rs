@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use model::api::{
     ActionType, Balloon, BalloonStatsUpdate, BalloonUpdate, InstanceInfo, InstanceState, KestrelInstanceInfo,
-    MachineConfiguration, MemoryBackendType, Operation, PartialDrive, SnapshotCreateParams,
-    SnapshotLoadParams, SnapshotType, VmStateValue,
+    MachineConfiguration, MemoryBackendType, Operation, PartialDrive, PartialNetworkInterface,
+    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmStateValue,
 };
 use model::config::{SerialConfig, VirtioTransport};
 use model::control::{ControlError, VmmRequest, VmmResponse};
@@ -233,6 +233,7 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::PatchVm(_)
                 | VmmRequest::CreateSnapshot(_)
                 | VmmRequest::PatchDrive { .. }
+                | VmmRequest::PatchNetworkInterface { .. }
                 | VmmRequest::PatchBalloon(_)
                 | VmmRequest::PatchBalloonStats(_)
                 | VmmRequest::Action(ActionType::SendCtrlAltDel)
@@ -260,7 +261,7 @@ impl<L: Launcher> Controller<L> {
             }
             VmmRequest::PutDrive { id, drive } => self.configure(|r| r.put_drive(&id, *drive)),
             VmmRequest::PutNetworkInterface { id, interface } => {
-                self.configure(|r| r.put_network_interface(&id, interface))
+                self.configure(|r| r.put_network_interface(&id, *interface))
             }
             VmmRequest::PutVsock(vsock) => self.configure(|r| r.set_vsock(vsock)),
             VmmRequest::PutBalloon(balloon) => self.configure(|r| r.set_balloon(balloon)),
@@ -273,9 +274,7 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::PatchNetworkInterface { .. } if !self.started() => {
                 Err(ControlError::NotSupportedBeforeStart)
             }
-            VmmRequest::PatchNetworkInterface { .. } => {
-                Err(ControlError::NotYet("Updating rate limiters (PATCH /network-interfaces)"))
-            }
+            VmmRequest::PatchNetworkInterface { id, update } => self.patch_network_interface(&id, &update),
             VmmRequest::Action(action) => self.action(action),
             VmmRequest::PatchVm(state) => self.patch_vm(state),
             // Taken by `handle_message` before it gets here.
@@ -355,6 +354,16 @@ impl<L: Launcher> Controller<L> {
         vm.update_balloon_stats_interval(seconds)
             .map_err(vm_error("Cannot update the balloon statistics"))?;
         self.resources.record_balloon_stats_interval(seconds);
+        Ok(VmmResponse::NoContent)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: quick (new buckets and a timer), so answered on the
+    /// loop.
+    fn patch_network_interface(&mut self, id: &str, update: &PartialNetworkInterface) -> Answer {
+        let vm = self.vm()?;
+        let checked = self.resources.check_net_update(id, update)?;
+        vm.update_net(&checked).map_err(vm_error("Cannot update the network interface"))?;
+        self.resources.record_net_update(update);
         Ok(VmmResponse::NoContent)
     }
 

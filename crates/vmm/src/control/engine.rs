@@ -7,7 +7,7 @@ use std::sync::Arc;
 use model::api::BalloonStats;
 use model::config::VmConfig;
 
-use super::{DriveUpdate, EngineError, Launch, Launcher, VmControl};
+use super::{DriveUpdate, EngineError, Launch, Launcher, NetUpdate, VmControl};
 use crate::snapshot::SnapshotRequest;
 use crate::vm::{Vm, VmHandle};
 
@@ -129,5 +129,9 @@ impl VmControl for VmHandle {
 
     fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError> {
         Ok(self.devices().update_disk(update)?)
+    }
+
+    fn update_net(&self, update: &NetUpdate) -> Result<(), EngineError> {
+        Ok(self.devices().update_net(update)?)
     }
 }

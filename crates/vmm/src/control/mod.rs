@@ -22,7 +22,7 @@ pub use controller::{Controller, ControllerSettings, Pending};
 pub use engine::{BeforeBuild, KvmLauncher};
 use model::api::BalloonStats;
 use model::config::VmConfig;
-pub use model::resources::DriveUpdate;
+pub use model::resources::{DriveUpdate, NetUpdate};
 
 use crate::builder::RestoreOptions;
 use crate::snapshot::SnapshotRequest;
@@ -66,6 +66,9 @@ pub trait VmControl: Send + Sync {
     /// `PATCH /drives/{drive_id}`: disk `update.index` (in the order of the VM configuration's
     /// disks) takes the new file (opened as `update.disk` says) and rate limiter it names.
     fn update_drive(&self, update: &DriveUpdate) -> Result<(), EngineError>;
+    /// `PATCH /network-interfaces/{iface_id}`: card `update.index` (in the order of the VM
+    /// configuration's cards) takes the rate limiters the update names.
+    fn update_net(&self, update: &NetUpdate) -> Result<(), EngineError>;
     /// Why the VMM cannot reach `path` for `usage` when the reason is its own confinement
     /// (Landlock), worded for the client (which flag allows it); `None` when the confinement
     /// allows it or there is none. Asked only after an open of `path` failed.

@@ -47,6 +47,9 @@ impl VmControl for GatedVm {
     fn update_drive(&self, _update: &DriveUpdate) -> Result<(), EngineError> {
         self.wait_at_gate()
     }
+    fn update_net(&self, _update: &super::NetUpdate) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 impl GatedVm {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use virtio::snapshot::VirtioSnapshot;
 
 use super::container::{self, Section, SectionWriter};
-use super::legacy_config::VmConfigV2;
+use super::legacy_config::{VmConfigV2, VmConfigV3};
 use super::memory_file::SavedRegion;
 use super::vcpu_state::VcpuState;
 use super::{SnapshotError, VmState};
@@ -105,8 +105,10 @@ pub(crate) struct ConfigSection {
 impl Component for ConfigSection {
     const NAME: &'static str = "config";
     /// 1: the configuration alone. 2: and the disks' capacities. 3: disks have a format, a cache
-    /// mode, a backing-file rule, queues, an I/O engine and a rate limiter.
-    const VERSION: u32 = 3;
+    /// mode, a backing-file rule, queues, an I/O engine and a rate limiter. 4: network cards have
+    /// receive and transmit rate limiters. (Rate limiters are saved as configured; their budgets
+    /// are not, so a restored device starts with full buckets.)
+    const VERSION: u32 = 4;
 
     fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         encode(Self::NAME, self)
@@ -122,7 +124,11 @@ impl Component for ConfigSection {
                 let (config, disk_sectors): (VmConfigV2, Vec<u64>) = decode_exact(Self::NAME, payload)?;
                 Ok(ConfigSection { config: config.into(), disk_sectors })
             }
-            3 => decode_exact(Self::NAME, payload),
+            3 => {
+                let (config, disk_sectors): (VmConfigV3, Vec<u64>) = decode_exact(Self::NAME, payload)?;
+                Ok(ConfigSection { config: config.into(), disk_sectors })
+            }
+            4 => decode_exact(Self::NAME, payload),
             found => Err(unsupported(Self::NAME, found, Self::VERSION)),
         }
     }
@@ -316,6 +322,42 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("cmos"), "{error}");
+    }
+
+    /// A version 3 config section (cards without rate limiters) reads as cards that limit
+    /// nothing, with their tap, MAC and ID kept; the disks keep their options.
+    #[test]
+    fn a_version_3_config_section_gives_cards_no_rate_limiters() {
+        let bytes = encoded();
+        let older = reframed(&bytes, |section, writer| {
+            if section.name == "config" {
+                let current: ConfigSection = decode_exact("config", section.payload).unwrap();
+                let old = super::super::legacy_config::downgrade_v3(&current.config);
+                let payload = postcard::to_allocvec(&(old, &current.disk_sectors)).unwrap();
+                writer.section("config", 3, &payload).unwrap();
+            } else {
+                writer.section(section.name, section.version, section.payload).unwrap();
+            }
+        });
+        let state = read_state(&mut older.as_slice()).unwrap();
+        let expected: Vec<VirtioConfig> = sample_state()
+            .config
+            .virtio
+            .into_iter()
+            .map(|device| match device {
+                VirtioConfig::Net(net) => VirtioConfig::Net(crate::config::NetConfig {
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
+                    ..net
+                }),
+                other => other,
+            })
+            .collect();
+        assert!(expected
+            .iter()
+            .any(|d| matches!(d, VirtioConfig::Net(net) if net.tap.as_deref() == Some("tap0"))));
+        assert_eq!(state.config.virtio, expected);
+        assert_eq!(state.disk_sectors, [2048]);
     }
 
     #[test]

@@ -83,3 +83,16 @@ fn a_state_from_before_disk_options_restores_a_raw_writeback_disk() {
     assert_eq!(disks, [expected]);
     assert_eq!(state.disk_sectors, [2048]);
 }
+
+/// The state Kestrel wrote before network cards had rate limiters (config section 3, written by
+/// the tree just before they came) restores them limiting nothing, everything else as it was.
+#[test]
+fn a_state_from_before_net_rate_limiters_restores_unlimited_cards() {
+    let bytes = std::fs::read(testdata().join("state-v2-config-v3-2026-12-03.bin")).unwrap();
+    let state = read_state(&mut bytes.as_slice()).unwrap();
+    // That tree's sample had no card: today's sample without it is what the file holds.
+    let mut expected = sample_state().config.virtio;
+    expected.retain(|device| !matches!(device, crate::config::VirtioConfig::Net(_)));
+    assert_eq!(state.config.virtio, expected);
+    assert_eq!(state.disk_sectors, [2048]);
+}

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::{
-    BalloonConfig, BlockConfig, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig, VsockConfig,
+    BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
+    VsockConfig,
 };
 
 /// `VmConfig` in `config` sections 1 and 2: its disks had no options.
@@ -30,7 +31,7 @@ pub(super) struct VmConfigV2 {
 enum VirtioConfigV2 {
     Rng,
     Block(BlockConfigV2),
-    Net(NetConfig),
+    Net(NetConfigV3),
     Balloon(BalloonConfig),
     Vsock(VsockConfig),
 }
@@ -56,7 +57,7 @@ impl From<VmConfigV2> for VmConfig {
                     id: disk.id,
                     ..BlockConfig::new(disk.path)
                 }),
-                VirtioConfigV2::Net(net) => VirtioConfig::Net(net),
+                VirtioConfigV2::Net(net) => VirtioConfig::Net(net.into()),
                 VirtioConfigV2::Balloon(balloon) => VirtioConfig::Balloon(balloon),
                 VirtioConfigV2::Vsock(vsock) => VirtioConfig::Vsock(vsock),
             })
@@ -90,12 +91,116 @@ pub(super) fn downgrade(config: &VmConfig) -> VmConfigV2 {
                 read_only: disk.read_only,
                 id: disk.id,
             }),
-            VirtioConfig::Net(net) => VirtioConfigV2::Net(net),
+            VirtioConfig::Net(net) => VirtioConfigV2::Net(NetConfigV3::from(&net)),
             VirtioConfig::Balloon(balloon) => VirtioConfigV2::Balloon(balloon),
             VirtioConfig::Vsock(vsock) => VirtioConfigV2::Vsock(vsock),
         })
         .collect();
     VmConfigV2 {
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        cmdline: config.cmdline.clone(),
+        vcpus: config.vcpus,
+        memory_bytes: config.memory_bytes,
+        serial: config.serial.clone(),
+        virtio,
+        transport: config.transport,
+        track_dirty_pages: config.track_dirty_pages,
+    }
+}
+
+/// `VmConfig` in `config` section 3: its network cards had no rate limiters.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct VmConfigV3 {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    vcpus: u8,
+    memory_bytes: u64,
+    serial: SerialConfig,
+    virtio: Vec<VirtioConfigV3>,
+    transport: VirtioTransport,
+    track_dirty_pages: bool,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+enum VirtioConfigV3 {
+    Rng,
+    Block(BlockConfig),
+    Net(NetConfigV3),
+    Balloon(BalloonConfig),
+    Vsock(VsockConfig),
+}
+
+/// A network card before rate limiters (sections 1 to 3).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct NetConfigV3 {
+    tap: Option<String>,
+    mac: Option<MacAddress>,
+    id: Option<String>,
+}
+
+impl From<NetConfigV3> for NetConfig {
+    /// A card of an older state limits nothing, as it did.
+    fn from(old: NetConfigV3) -> NetConfig {
+        NetConfig { mac: old.mac, id: old.id, ..NetConfig::new(old.tap) }
+    }
+}
+
+#[cfg(test)]
+impl From<&NetConfig> for NetConfigV3 {
+    fn from(net: &NetConfig) -> NetConfigV3 {
+        NetConfigV3 { tap: net.tap.clone(), mac: net.mac, id: net.id.clone() }
+    }
+}
+
+impl From<VmConfigV3> for VmConfig {
+    fn from(old: VmConfigV3) -> VmConfig {
+        let virtio = old
+            .virtio
+            .into_iter()
+            .map(|device| match device {
+                VirtioConfigV3::Rng => VirtioConfig::Rng,
+                VirtioConfigV3::Block(disk) => VirtioConfig::Block(disk),
+                VirtioConfigV3::Net(net) => VirtioConfig::Net(net.into()),
+                VirtioConfigV3::Balloon(balloon) => VirtioConfig::Balloon(balloon),
+                VirtioConfigV3::Vsock(vsock) => VirtioConfig::Vsock(vsock),
+            })
+            .collect();
+        VmConfig {
+            kernel: old.kernel,
+            initrd: old.initrd,
+            cmdline: old.cmdline,
+            vcpus: old.vcpus,
+            memory_bytes: old.memory_bytes,
+            serial: old.serial,
+            virtio,
+            transport: old.transport,
+            track_dirty_pages: old.track_dirty_pages,
+            host: Default::default(),
+        }
+    }
+}
+
+/// Today's configuration in section 3's shape (the cards' rate limiters dropped), to make old
+/// sections in tests.
+#[cfg(test)]
+pub(super) fn downgrade_v3(config: &VmConfig) -> VmConfigV3 {
+    let virtio = config
+        .virtio
+        .iter()
+        .map(|device| match device.clone() {
+            VirtioConfig::Rng => VirtioConfigV3::Rng,
+            VirtioConfig::Block(disk) => VirtioConfigV3::Block(disk),
+            VirtioConfig::Net(net) => VirtioConfigV3::Net(NetConfigV3::from(&net)),
+            VirtioConfig::Balloon(balloon) => VirtioConfigV3::Balloon(balloon),
+            VirtioConfig::Vsock(vsock) => VirtioConfigV3::Vsock(vsock),
+        })
+        .collect();
+    VmConfigV3 {
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
         cmdline: config.cmdline.clone(),

@@ -17,8 +17,8 @@ use super::memory_file::layout_of;
 use super::vcpu_state::VcpuState;
 use super::VmState;
 use crate::config::{
-    BalloonConfig, BlockConfig, CacheMode, ImageFormat, IoEngine, RateLimiterConfig, SerialConfig,
-    TokenBucket, VirtioConfig, VirtioTransport, VmConfig,
+    BalloonConfig, BlockConfig, CacheMode, ImageFormat, IoEngine, MacAddress, NetConfig, RateLimiterConfig,
+    SerialConfig, TokenBucket, VirtioConfig, VirtioTransport, VmConfig,
 };
 
 /// An interrupt sink that drops everything: restores in tests reach no KVM.
@@ -66,6 +66,19 @@ pub fn sample_config() -> VmConfig {
                 }),
                 poll_us: Some(50),
                 ..BlockConfig::new("/images/rootfs.img")
+            }),
+            VirtioConfig::Net(NetConfig {
+                mac: Some(MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
+                id: Some("eth0".into()),
+                rx_rate_limiter: Some(RateLimiterConfig {
+                    bandwidth: None,
+                    ops: Some(TokenBucket::per_second(1000)),
+                }),
+                tx_rate_limiter: Some(RateLimiterConfig {
+                    bandwidth: Some(TokenBucket { size: 1 << 20, one_time_burst: None, refill_time: 100 }),
+                    ops: None,
+                }),
+                ..NetConfig::new(Some("tap0".into()))
             }),
             VirtioConfig::Balloon(BALLOON),
         ],
@@ -152,6 +165,9 @@ pub fn sample_state() -> VmState {
         cmos: Cmos::new(MEMORY_BYTES, 0).snapshot(),
         i8042: i8042.snapshot(),
         virtio: vec![
+            fresh_mmio_device(Box::new(virtio::rng::Rng::new())),
+            // Stand-ins for the disk and the card, whose devices need host files: restoring
+            // checks the number of devices and their transport, not their kinds.
             fresh_mmio_device(Box::new(virtio::rng::Rng::new())),
             fresh_mmio_device(Box::new(virtio::rng::Rng::new())),
             fresh_mmio_device(Box::new(balloon())),
