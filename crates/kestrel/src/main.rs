@@ -6,6 +6,7 @@ mod cli;
 mod device_options;
 mod exit_status;
 mod image_cli;
+mod jailer_cli;
 mod logging;
 mod metrics;
 mod size;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run(args),
         cli::Command::Vmm(args) => vmm_api::run(args),
         cli::Command::Image(args) => image_cli::run(args),
+        cli::Command::Jailer(args) => jailer_cli::run(args),
     }
 }
 
