@@ -176,3 +176,107 @@ fn read_value(path: &Path) -> Result<String, CgroupError> {
     file.take(1 << 20).read_to_string(&mut text).map_err(failed)?;
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lays out files as the kernel would (a plain directory tree cannot create them itself).
+    fn touch(root: &Path, files: &[(&str, &str)]) {
+        for (file, content) in files {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+    }
+
+    fn settings(texts: &[&str]) -> Vec<Setting> {
+        texts.iter().map(|t| Setting::parse(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn v2_enables_controllers_down_the_tree_then_writes_and_joins() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(
+            root,
+            &[
+                ("cgroup.controllers", "cpuset cpu io memory pids\n"),
+                ("cgroup.subtree_control", "cpu\n"),
+                ("vms/cgroup.subtree_control", ""),
+                ("vms/vm1/memory.max", "max\n"),
+                ("vms/vm1/cpu.max", "max 100000\n"),
+                ("vms/vm1/cgroup.procs", ""),
+            ],
+        );
+        let hierarchies = Hierarchies { v1: Default::default(), v2: Some(root.to_owned()) };
+        let wanted = settings(&["memory.max=67108864", "cpu.max=50000 100000"]);
+        let plan =
+            CgroupPlan::new(CgroupVersion::V2, &hierarchies, Path::new("vms"), "vm1", &wanted).unwrap();
+        assert_eq!(plan.groups.len(), 1);
+        assert_eq!(plan.groups[0].dir(), root.join("vms/vm1"));
+        plan.apply(4242).unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+        // cpu was enabled at the root already; memory is written (the fake file keeps the last write).
+        assert_eq!(read("cgroup.subtree_control"), "+memory");
+        assert_eq!(read("vms/cgroup.subtree_control"), "+memory");
+        assert_eq!(read("vms/vm1/memory.max"), "67108864");
+        assert_eq!(read("vms/vm1/cpu.max"), "50000 100000");
+        assert_eq!(read("vms/vm1/cgroup.procs"), "4242");
+
+        // A controller the hierarchy does not offer, and no cgroup2 at all.
+        let hugetlb = settings(&["rdma.max=mlx4_0 hca_handle=2"]);
+        let error =
+            CgroupPlan::new(CgroupVersion::V2, &hierarchies, Path::new("vms"), "vm1", &hugetlb).unwrap_err();
+        assert!(matches!(error, CgroupError::NoV2Controller { .. }), "{error}");
+        let none = Hierarchies::default();
+        assert!(matches!(
+            CgroupPlan::new(CgroupVersion::V2, &none, Path::new("vms"), "vm1", &wanted),
+            Err(CgroupError::NoV2Mount)
+        ));
+    }
+
+    #[test]
+    fn v1_groups_per_hierarchy_and_cpuset_inherits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(
+            root,
+            &[
+                ("cpuset/cpuset.cpus", "0-1\n"),
+                ("cpuset/cpuset.mems", "0\n"),
+                ("cpu,cpuacct/x", ""),
+                ("memory/x", ""),
+            ],
+        );
+        let mut hierarchies = Hierarchies::default();
+        for (controller, mount) in
+            [("cpuset", "cpuset"), ("cpu", "cpu,cpuacct"), ("cpuacct", "cpu,cpuacct"), ("memory", "memory")]
+        {
+            hierarchies.v1.insert(controller.into(), root.join(mount));
+        }
+        let wanted = settings(&["cpu.shares=512", "cpuacct.usage=0", "memory.limit_in_bytes=1048576"]);
+        let plan =
+            CgroupPlan::new(CgroupVersion::V1, &hierarchies, Path::new("kestrel"), "vm1", &wanted).unwrap();
+        // cpu and cpuacct share their hierarchy's one group.
+        assert_eq!(plan.groups.len(), 2);
+        assert_eq!(plan.groups[0].values.len(), 2);
+        let bad = settings(&["net_cls.classid=1"]);
+        assert!(matches!(
+            CgroupPlan::new(CgroupVersion::V1, &hierarchies, Path::new("kestrel"), "vm1", &bad),
+            Err(CgroupError::NoV1Controller(c)) if c == "net_cls"
+        ));
+        for parent in ["../up", "/abs", "./a", "a/.."] {
+            assert!(matches!(
+                CgroupPlan::new(CgroupVersion::V1, &hierarchies, Path::new(parent), "vm1", &wanted),
+                Err(CgroupError::Parent(_))
+            ));
+        }
+        // cpuset: a new group's empty cpus and mems come from its parent (a fake tree's new
+        // directories have no files, so they are laid out first, empty, as the kernel makes them).
+        touch(root, &[("cpuset/kestrel/cpuset.cpus", ""), ("cpuset/kestrel/cpuset.mems", "")]);
+        v1::inherit_cpuset(&root.join("cpuset"), &root.join("cpuset/kestrel")).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("cpuset/kestrel/cpuset.cpus")).unwrap(), "0-1");
+        assert_eq!(std::fs::read_to_string(root.join("cpuset/kestrel/cpuset.mems")).unwrap(), "0");
+    }
+}

@@ -58,7 +58,7 @@ pub(super) fn apply(groups: &[PlannedGroup], pid: u32) -> Result<(), CgroupError
 
 /// A new v1 cpuset group starts with no CPUs and no memory nodes and takes no task; give it its
 /// parent's, as Firecracker's jailer does.
-fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<(), CgroupError> {
+pub(super) fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<(), CgroupError> {
     for file in ["cpuset.cpus", "cpuset.mems"] {
         if read_value(&dir.join(file))?.trim().is_empty() {
             let value = read_value(&parent.join(file))?;
