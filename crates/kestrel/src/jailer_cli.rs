@@ -73,6 +73,19 @@ pub struct JailerArgs {
     pub vmm_args: Vec<OsString>,
 }
 
+/// The command line, with `jailer` inserted when Kestrel was started under the name `jailer`
+/// (a link `jailer -> kestrel`), so tools that run Firecracker's jailer binary by path (Kata
+/// Containers' `jailer_path`, firecracker-go-sdk's `JailerBinary`) can run Kestrel's.
+pub fn args_with_subcommand(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.collect();
+    let called_jailer =
+        args.first().is_some_and(|argv0| Path::new(argv0).file_name().is_some_and(|n| n == "jailer"));
+    if called_jailer {
+        args.insert(1, OsString::from("jailer"));
+    }
+    args
+}
+
 /// Runs the jailer; returns only on failure (status 1, one line on stderr).
 pub fn run(args: JailerArgs) -> ExitCode {
     let start_times = StartTimes {
@@ -120,4 +133,20 @@ fn is_kestrel(exec_file: &Path) -> bool {
     let that = std::fs::metadata(exec_file);
     matches!((this, that), (Ok(a), Ok(b)) if same(&a, &b))
         || exec_file.file_name().is_some_and(|n| n == "kestrel")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_named_jailer_runs_the_jailer() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            args_with_subcommand(args(&["/usr/bin/jailer", "--id", "a"]).into_iter()),
+            args(&["/usr/bin/jailer", "jailer", "--id", "a"])
+        );
+        assert_eq!(args_with_subcommand(args(&["kestrel", "run"]).into_iter()), args(&["kestrel", "run"]));
+        assert!(args_with_subcommand(std::iter::empty()).is_empty());
+    }
 }

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         default_hook(info);
     }));
 
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(jailer_cli::args_with_subcommand(std::env::args_os()));
     logging::init(cli.log_level);
     match cli.command {
         cli::Command::Run(args) => run(args),

@@ -31,7 +31,7 @@ fn ready() -> bool {
 }
 
 /// The v1 controllers the tests place VMMs with.
-const CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+const CONTROLLERS: &[&str] = &["memory", "cpu", "pids", "blkio"];
 
 /// One jailed VMM: its chroot base, its pid, and the cgroups to remove when it is gone.
 struct Jailed {
@@ -212,6 +212,12 @@ fn the_jail_holds_only_the_vmm_and_its_devices_and_the_running_vmm_is_confined()
         "--resource-limit",
         "fsize=2000000000",
     ];
+    // A per-disk I/O limit names the disk by path (Kestrel's extension): its device's numbers are
+    // written.
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    let disk_device = std::fs::metadata(disk.path()).unwrap().dev();
+    let blkio = format!("blkio.throttle.read_bps_device={} 1048576", disk.path().display());
+    let flags = [&flags[..], &["--cgroup", &blkio]].concat();
     let jail = Jailed::start("confined", &flags, |root| {
         copy_in(Path::new(guests::HELLO), root, "hello");
     });
@@ -288,6 +294,8 @@ fn the_jail_holds_only_the_vmm_and_its_devices_and_the_running_vmm_is_confined()
     assert_eq!(read("memory", "memory.limit_in_bytes"), "268435456");
     assert_eq!(read("cpu", "cpu.shares"), "512");
     assert_eq!(read("pids", "pids.max"), "64");
+    let (major, minor) = (libc::major(disk_device), libc::minor(disk_device));
+    assert_eq!(read("blkio", "blkio.throttle.read_bps_device"), format!("{major}:{minor} 1048576"));
 }
 
 /// Every path below `dir`, depth first.
@@ -470,6 +478,13 @@ fn assert_refused(base: &Path, id: &str, flags: &[&str], expected: &str) {
     );
 }
 
+#[track_caller]
+fn assert_status_and_stderr(output: &Output, status: i32, expected: &str) {
+    common::assert_status(output, status);
+    let stderr = common::stderr(output);
+    assert!(stderr.contains(expected), "{stderr:?} lacks {expected:?}");
+}
+
 #[test]
 fn bad_input_is_one_line_and_status_1() {
     if !is_root() {
@@ -507,6 +522,11 @@ fn bad_input_is_one_line_and_status_1() {
     let group = Path::new("/sys/fs/cgroup/memory").join(&parent);
     let _ = std::fs::remove_dir(group.join("refused"));
     let _ = std::fs::remove_dir(&group);
+    // Started as `jailer` (a link to kestrel), it is the jailer.
+    let link = base.join("jailer");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kestrel"), &link).unwrap();
+    let output = common::run_to_end(Command::new(&link), b"");
+    assert_status_and_stderr(&output, 2, "--id <ID>");
     // A jail already in use: "refused" got its exec file copied in before the cgroup failed.
     assert_refused(base, "refused", &[], "already in use");
 }
