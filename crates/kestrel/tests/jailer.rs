@@ -360,6 +360,43 @@ fn new_pid_ns_daemonize_and_netns() {
     }
 }
 
+/// A jailer that leads its process group (a shell's job) cannot setsid: it forks, the parent
+/// exits 0, and the VMM goes on in a session of its own.
+#[test]
+fn daemonize_from_a_process_group_leader() {
+    if !ready() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let base = tempfile::tempdir().unwrap();
+    let id = format!("leader-{}", std::process::id());
+    let parent = format!("kestrel-test-{id}");
+    let mut command = Jailed::command(base.path(), &id, &parent, &["--daemonize"]);
+    command.process_group(0);
+    let socket = Jailed::root_of(base.path(), &id).join("run/api.sock");
+    let jailer = spawn_vmm(command, &socket);
+    let jailer_pid = jailer.id() as i32;
+    let mut jail = Jailed { base, id, child: Some(jailer), pid: 0, parent_cgroup: parent };
+    common::assert_status(&jail.wait(), 0);
+    // The VMM is the one process whose command line names this jail's id.
+    let wanted = format!("vmm\0--id\0{}\0", jail.id);
+    jail.pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(wanted.len()).any(|w| w == wanted.as_bytes()))
+        })
+        .expect("the daemonized VMM");
+    assert_ne!(jail.pid, jailer_pid);
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", jail.pid)).unwrap();
+    let session: i32 =
+        stat[stat.rfind(')').unwrap() + 2..].split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(session, jail.pid, "the VMM leads a session of its own");
+    let (status, _) = request(&jail.socket(), "GET", "/", "");
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn a_guest_in_the_jail_uses_its_disk() {
     if !ready() {
@@ -522,6 +559,13 @@ fn bad_input_is_one_line_and_status_1() {
     let group = Path::new("/sys/fs/cgroup/memory").join(&parent);
     let _ = std::fs::remove_dir(group.join("refused"));
     let _ = std::fs::remove_dir(&group);
+    // A jail path through a symlink (to a host directory) is refused, and nothing is created there.
+    let planted = base.join("kestrel/planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(target.path(), planted.join("root")).unwrap();
+    assert_refused(base, "planted", &[], "is not a directory");
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0);
     // Started as `jailer` (a link to kestrel), it is the jailer.
     let link = base.join("jailer");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kestrel"), &link).unwrap();

@@ -105,6 +105,10 @@ impl CgroupPlan {
         settings: &[Setting],
     ) -> Result<CgroupPlan, CgroupError> {
         check_parent(parent)?;
+        if settings.is_empty() {
+            // Nothing to write: the VMM stays where it is, and no hierarchy need exist.
+            return Ok(CgroupPlan { version, groups: Vec::new() });
+        }
         let relative = parent.join(id);
         let settings = settings
             .iter()

@@ -21,6 +21,16 @@ pub(super) fn prepare(config: &JailerConfig) -> Result<PathBuf, JailerError> {
         .mode(0o755)
         .create(root)
         .map_err(|e| JailerError::path("create the jail", root, e))?;
+    // `<exec name>/<id>/root` must be real directories: a planted symlink would make the jailer
+    // chown and pivot into a directory of the host's.
+    let mut below_base = root.clone();
+    for _ in 0..3 {
+        let real_dir = below_base.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false);
+        if !real_dir {
+            return Err(JailerError::NotADirectory(below_base));
+        }
+        below_base.pop();
+    }
     let exec_copy = root.join(config.exec_name());
     for used in [exec_copy.as_path(), &root.join("dev"), &root.join(OLD_ROOT)] {
         if used.symlink_metadata().is_ok() {

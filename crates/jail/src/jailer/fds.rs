@@ -18,7 +18,22 @@ pub(super) fn open_dev_null() -> Result<OwnedFd, JailerError> {
 pub(super) fn daemonize(null: OwnedFd) -> Result<(), JailerError> {
     // SAFETY: setsid takes no arguments.
     if unsafe { libc::setsid() } < 0 {
-        return Err(JailerError::sys("setsid"));
+        // A process group leader (a shell's job) cannot start a session: fork, and let the
+        // child, which leads no group, go on.
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+            return Err(JailerError::sys("setsid"));
+        }
+        // SAFETY: the jailer is single-threaded here, so the child may run any code.
+        match unsafe { libc::fork() } {
+            -1 => return Err(JailerError::sys("fork to daemonize")),
+            // SAFETY: _exit ends the parent at once; the child goes on as the jailer.
+            child if child > 0 => unsafe { libc::_exit(0) },
+            _ => {}
+        }
+        // SAFETY: as above; the child is in its parent's group but leads none.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(JailerError::sys("setsid"));
+        }
     }
     for target in 0..=2 {
         // SAFETY: dup2 on an fd this function owns onto the stdio numbers.

@@ -38,6 +38,8 @@ pub enum JailerError {
     JailInUse(PathBuf),
     #[error("cannot {what} {path}: {source}")]
     Path { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0} is not a directory (a symlink, say); the jail must be made of real directories")]
+    NotADirectory(PathBuf),
     #[error("{what} failed: {source}")]
     Sys { what: &'static str, source: std::io::Error },
     #[error(transparent)]
