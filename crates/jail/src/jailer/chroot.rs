@@ -16,6 +16,8 @@ const OLD_ROOT: &str = "old_root";
 /// exec file in. A jail that holds a previous run's exec file or `/dev` is refused.
 pub(super) fn prepare(config: &JailerConfig) -> Result<PathBuf, JailerError> {
     let root = &config.jail_root;
+    // Read before anything is created, so a missing library leaves no half-made jail behind.
+    let libraries = super::libs::loader_files(&config.exec_file)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -38,7 +40,7 @@ pub(super) fn prepare(config: &JailerConfig) -> Result<PathBuf, JailerError> {
         }
     }
     copy_exec(&config.exec_file, &exec_copy)?;
-    for library in super::libs::loader_files(&config.exec_file)? {
+    for library in libraries {
         let inside = root.join(library.strip_prefix("/").unwrap_or(&library));
         if inside.symlink_metadata().is_ok() {
             continue; // linked in by the caller, or shared by two names
