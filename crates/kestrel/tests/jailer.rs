@@ -298,6 +298,60 @@ fn the_jail_holds_only_the_vmm_and_its_devices_and_the_running_vmm_is_confined()
     assert_eq!(read("blkio", "blkio.throttle.read_bps_device"), format!("{major}:{minor} 1048576"));
 }
 
+/// cgroup v2 for real: this host's cgroup2 hierarchy offers only hugetlb (its other controllers
+/// are v1's), which is enough to see the controller enabled down the tree, the values written
+/// and the VMM placed.
+#[test]
+fn cgroup_v2_placement_on_the_hosts_unified_hierarchy() {
+    if !ready() {
+        return;
+    }
+    let hierarchies = jail::cgroup::Hierarchies::detect().unwrap();
+    let unified = hierarchies.v2.as_deref().expect("a cgroup2 mount");
+    let controllers = std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "hugetlb") {
+        let message = format!("no hugetlb controller in the cgroup2 hierarchy at {}", unified.display());
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("skipping: {message}");
+        return;
+    }
+    let flags = [
+        "--cgroup-version",
+        "2",
+        "--cgroup",
+        "hugetlb.2MB.max=4194304",
+        "--cgroup",
+        "cgroup.max.descendants=0",
+    ];
+    let jail = Jailed::start("v2", &flags, |_| {});
+    let group = unified.join(&jail.parent_cgroup).join(&jail.id);
+    let _cleanup = RemoveOnDrop(vec![group.clone(), group.parent().unwrap().to_owned()]);
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", jail.pid)).unwrap();
+    let line = format!("0::/{}/{}", jail.parent_cgroup, jail.id);
+    assert!(cgroups.lines().any(|l| l == line), "no {line} in:\n{cgroups}");
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap().trim().to_owned();
+    assert_eq!(read(&group, "hugetlb.2MB.max"), "4194304");
+    assert_eq!(read(&group, "cgroup.max.descendants"), "0");
+    for ancestor in [unified, group.parent().unwrap()] {
+        assert!(
+            read(ancestor, "cgroup.subtree_control").split_whitespace().any(|c| c == "hugetlb"),
+            "{ancestor:?}"
+        );
+    }
+    drop(jail);
+}
+
+/// Removes cgroup directories (leaf first) when dropped, after the VMM in them is gone.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Every path below `dir`, depth first.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

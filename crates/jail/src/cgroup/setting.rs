@@ -35,7 +35,7 @@ impl Setting {
         let controller = file.split('.').next().unwrap_or_default();
         let file_ok = !controller.is_empty()
             && file.len() > controller.len() + 1
-            && file.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+            && file.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
             && !file.ends_with('.');
         if !file_ok {
             return Err(SettingError::File(file.to_owned()));
@@ -62,6 +62,7 @@ mod tests {
         let s = Setting::parse("io.max=8:0 rbps=1048576").unwrap();
         assert_eq!((s.file.as_str(), s.value.as_str(), s.controller()), ("io.max", "8:0 rbps=1048576", "io"));
         assert_eq!(Setting::parse("cpuset.cpus=0-1").unwrap().controller(), "cpuset");
+        assert_eq!(Setting::parse("hugetlb.2MB.max=0").unwrap().controller(), "hugetlb");
         for bad in
             ["memory", "memory=1", "=1", "memory.max=", "../x.y=1", "memory.max=1\n2", "a/b.c=1", "memory.=1"]
         {
