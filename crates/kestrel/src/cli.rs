@@ -61,13 +61,28 @@ pub enum Command {
 
     /// Create, inspect, convert, resize, check, commit and rebase raw and qcow2 disk images.
     Image(crate::image_cli::ImageArgs),
+
+    // --- jailer (H2) ---
+    /// Jail a VMM as Firecracker's jailer does, with its flags: a chroot at
+    /// <chroot-base-dir>/<exec-file name>/<id>/root, fresh mount (and optionally PID and network)
+    /// namespaces, cgroups, rlimits, no inherited fds, the given uid/gid with no capabilities;
+    /// then exec the VMM there with the flags after `--`.
+    #[command(after_help = "Examples:\n  \
+        kestrel jailer --id vm1 --exec-file $(which kestrel) --uid 1000 --gid 1000 \\\n      \
+        --cgroup memory.limit_in_bytes=536870912 -- --api-sock /run/api.sock\n  \
+        kestrel jailer --id vm2 --exec-file /usr/bin/kestrel --uid 1000 --gid 1000 --cgroup-version 2 \\\n      \
+        --cgroup cpu.max=\"50000 100000\" --new-pid-ns --daemonize\n\n\
+        The API socket is then <chroot-base-dir>/kestrel/<id>/root/run/firecracker.socket by default.")]
+    Jailer(crate::jailer_cli::JailerArgs),
+    // --- end jailer ---
 }
 
 #[derive(Args, Debug)]
 pub struct VmmArgs {
     /// The Unix socket the API listens on, created owner-only (0600). A stale socket is
-    /// replaced; a live one, or any other file, is an error. Example: --api-sock /tmp/kestrel.sock
-    #[arg(long, value_name = "PATH")]
+    /// replaced; a live one, or any other file, is an error. The default is Firecracker's (which
+    /// `kestrel jailer` creates /run for). Example: --api-sock /tmp/kestrel.sock
+    #[arg(long, value_name = "PATH", default_value = "/run/firecracker.socket")]
     pub api_sock: PathBuf,
 
     /// The instance ID `GET /` reports. Example: --id vm1
@@ -81,6 +96,21 @@ pub struct VmmArgs {
     /// How virtio devices reach the guest: mmio or pci (as for `kestrel run`).
     #[arg(long, value_name = "mmio|pci", default_value = "mmio", value_parser = parse_transport)]
     pub transport: VirtioTransport,
+
+    // --- jailer (H2): the start times `kestrel jailer` passes, as Firecracker's jailer does ---
+    /// Set by the jailer: CLOCK_MONOTONIC at its start, in µs (logged at debug level as the
+    /// jailer-to-VMM startup time). Example: --start-time-us 123456
+    #[arg(long, value_name = "US")]
+    pub start_time_us: Option<u64>,
+
+    /// Set by the jailer: its CPU time at its start, in µs. Example: --start-time-cpu-us 100
+    #[arg(long, value_name = "US")]
+    pub start_time_cpu_us: Option<u64>,
+
+    /// Set by the jailer: the CPU time it spent before the exec, in µs. Example: --parent-cpu-time-us 900
+    #[arg(long, value_name = "US")]
+    pub parent_cpu_time_us: Option<u64>,
+    // --- end jailer ---
 
     // --- Landlock (H5) ---
     #[command(flatten)]

@@ -6,6 +6,7 @@ mod cli;
 mod device_options;
 mod exit_status;
 mod image_cli;
+mod jailer_cli;
 mod landlock;
 mod logging;
 mod metrics;
@@ -28,12 +29,13 @@ fn main() -> ExitCode {
         default_hook(info);
     }));
 
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(jailer_cli::args_with_subcommand(std::env::args_os()));
     logging::init(cli.log_level);
     match cli.command {
         cli::Command::Run(args) => run(args),
         cli::Command::Vmm(args) => vmm_api::run(args),
         cli::Command::Image(args) => image_cli::run(args),
+        cli::Command::Jailer(args) => jailer_cli::run(args),
     }
 }
 

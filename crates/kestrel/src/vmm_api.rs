@@ -41,6 +41,7 @@ pub fn load_config_file(
 }
 
 pub fn run(args: cli::VmmArgs) -> ExitCode {
+    log_jailer_start(&args);
     // Before any thread exists: binding sets the process umask for a moment.
     let listener = match api::server::bind(&args.api_sock) {
         Ok(listener) => listener,
@@ -92,6 +93,18 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     }
     report(format_args!("kestrel: error: the API thread ended"));
     ExitCode::from(exit_status::ERROR)
+}
+
+/// The time from `kestrel jailer`'s start to this VMM's, when the jailer passed its start times.
+fn log_jailer_start(args: &cli::VmmArgs) {
+    if let Some(start) = args.start_time_us {
+        let now = jail::jailer::exec::monotonic_us();
+        tracing::debug!(
+            "started {} us after the jailer (jailer CPU time {} us)",
+            now.saturating_sub(start),
+            args.parent_cpu_time_us.unwrap_or(0)
+        );
+    }
 }
 
 /// Blocks the signals the VM's event loop handles in the calling thread (and the threads it
