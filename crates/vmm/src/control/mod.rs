@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Received, Reply};
 pub use controller::{Controller, ControllerSettings, Pending};
-pub use engine::{BeforeBuild, KvmLauncher};
+pub use engine::{BeforeBuild, BuildOrigin, KvmLauncher};
 use model::api::BalloonStats;
 use model::config::VmConfig;
 pub use model::resources::{DriveUpdate, NetUpdate};
