@@ -18,7 +18,9 @@ use std::sync::{Arc, OnceLock};
 
 use jail::landlock::{self, Access, AllowSpec, Applied, Decision, LandlockError, Mode, Rules};
 use model::config::{ImageFormat, SerialConfig, VirtioConfig, VmConfig};
-use vmm::control::{BuildOrigin, DriveUpdate, EngineError, Launch, Launcher, PathUse, VmControl};
+use vmm::control::{
+    BuildOrigin, ConfinementRefusal, DriveUpdate, EngineError, Launch, Launcher, PathUse, VmControl,
+};
 
 /// The rules for `config`: the system's few paths, the VM's files as configured (for a boot,
 /// its kernel and initrd too), the qcow2 backing chains (read-only), the vsock socket's
@@ -187,7 +189,7 @@ impl Launcher for ConfinedLauncher {
 #[derive(Debug, thiserror::Error)]
 #[error("{refusal}: {source}")]
 pub struct OutsideRules {
-    refusal: String,
+    refusal: ConfinementRefusal,
     source: EngineError,
 }
 
@@ -259,30 +261,27 @@ impl VmControl for ConfinedControl {
         })
     }
 
-    fn confinement_refusal(&self, path: &Path, usage: PathUse) -> Option<String> {
+    fn confinement_refusal(&self, path: &Path, usage: PathUse) -> Option<ConfinementRefusal> {
         refusal(self.applied.get()?, path, usage)
     }
 }
 
-/// Whether the `rules` keep the VMM from `path` for `usage`, worded with the flag that allows it.
+/// Whether the `rules` keep the VMM from `path` for `usage`, with the flag that allows it.
 /// A path that does not exist (for `Create`: whose directory does not exist) is not Landlock's
 /// doing: the open fails with ENOENT whatever the rules.
-fn refusal(rules: &Rules, path: &Path, usage: PathUse) -> Option<String> {
+fn refusal(rules: &Rules, path: &Path, usage: PathUse) -> Option<ConfinementRefusal> {
     let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let (access, existing, suggest) = match usage {
+    let (access, existing) = match usage {
         // A drive's file is first opened for reading, whatever the drive: `rw` serves both.
-        PathUse::Read => (Access::ReadOnly, path, path.display().to_string()),
-        PathUse::ReadWrite => (Access::ReadWrite, path, path.display().to_string()),
-        PathUse::Create => (Access::CreateInDirectory, directory, directory.display().to_string()),
+        PathUse::Read => (Access::ReadOnly, path),
+        PathUse::ReadWrite => (Access::ReadWrite, path),
+        PathUse::Create => (Access::CreateInDirectory, directory),
     };
     // stat is not subject to Landlock.
     if rules.covers(path, access) || !existing.exists() {
         return None;
     }
-    Some(format!(
-        "{} is outside the VMM's Landlock rules; start it with --landlock-allow {suggest} (or --landlock off)",
-        path.display()
-    ))
+    Some(ConfinementRefusal { path: path.to_owned(), allow: existing.to_owned() })
 }
 
 #[cfg(test)]
@@ -416,11 +415,13 @@ mod tests {
         let mut rules = Rules::new();
         rules.allow(dir.join("allowed"), Access::CreateInDirectory);
         let outside = dir.join("outside.img");
-        let message = refusal(&rules, &outside, PathUse::ReadWrite).unwrap();
+        let message = refusal(&rules, &outside, PathUse::ReadWrite).unwrap().to_string();
         assert!(message.contains("is outside the VMM's Landlock rules"), "{message}");
         assert!(message.contains(&format!("--landlock-allow {} ", outside.display())), "{message}");
         // A snapshot file: the flag names its directory.
-        let message = refusal(&rules, &dir.join("state"), PathUse::Create).unwrap();
+        let refused = refusal(&rules, &dir.join("state"), PathUse::Create).unwrap();
+        assert_eq!(refused.allow, dir);
+        let message = refused.to_string();
         assert!(message.contains(&format!("--landlock-allow {} ", dir.display())), "{message}");
         // Inside the rules, or missing (ENOENT whatever the rules): not Landlock's doing.
         assert_eq!(refusal(&rules, &dir.join("allowed/state"), PathUse::Create), None);
