@@ -265,7 +265,7 @@ fn the_api_names_landlock_for_paths_outside_the_rules_and_a_restore_is_confined(
 
     // A restore in a fresh unprivileged VMM is confined too, to the files of the state's VM.
     let socket = dir.path().join("api2.sock");
-    let probe = [Path::new("/etc/hostname"), &spare_allowed, &disk];
+    let probe = [Path::new("/etc/hostname"), &spare_allowed, &disk, Path::new(guests::VIRTIO)];
     let mut command = kestrel_unprivileged();
     command
         .arg("vmm")
@@ -291,6 +291,8 @@ fn the_api_names_landlock_for_paths_outside_the_rules_and_a_restore_is_confined(
     // The drive's file since the PATCH, not the one it booted with.
     assert_eq!(probe_verdict(&output, &spare_allowed), "allowed");
     assert_eq!(probe_verdict(&output, &disk), "denied");
+    // A restore never opens the kernel the state file names, so the rules do not name it.
+    assert_eq!(probe_verdict(&output, Path::new(guests::VIRTIO)), "denied");
 }
 
 /// The vsock device binds its socket (replacing a stale one) and connects to the host's
