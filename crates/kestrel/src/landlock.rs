@@ -2,41 +2,64 @@
 //! on the main thread just before the VM is built or restored, so that every thread the VM starts
 //! (vCPUs, device workers, disk I/O, snapshot and drive-update operations) inherits them.
 //!
-//! Not covered: threads started before that point. In `kestrel vmm` those are the API threads
-//! (`kestrel-api`, `kestrel-api-conn`); their seccomp filter gives them no syscall that opens a
-//! path, so they cannot reach the files Landlock would refuse. In `kestrel run` no thread exists
-//! yet when the rules are applied.
+//! Threads started before that point: in `kestrel vmm` the API threads (`kestrel-api`, and the
+//! `kestrel-api-conn` threads it starts, which inherit its domain) confine themselves as they
+//! start with an empty ruleset ([`Confinement::confine_api_thread`]): they open no path and use
+//! no TCP. In `kestrel run` no thread exists yet when the rules are applied.
+//!
+//! A restore reads and checks the (untrusted) state file and maps the memory file before the
+//! rules apply, since the rules come from the configuration inside it; that parsing is
+//! unconfined by design and hardened as hostile input instead. The rules of a restore then take
+//! from the state file only what the restore checked (its disks) and the vsock socket's
+//! directory with socket rights alone; never its kernel or initrd, which a restore does not open.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use jail::landlock::{self, Access, AllowSpec, Applied, Decision, LandlockError, Mode, Rules};
 use model::config::{ImageFormat, SerialConfig, VirtioConfig, VmConfig};
-use vmm::control::{DriveUpdate, EngineError, Launch, Launcher, PathUse, VmControl};
+use vmm::control::{
+    BuildOrigin, ConfinementRefusal, DriveUpdate, EngineError, Launch, Launcher, PathUse, VmControl,
+};
 
-/// The rules for `config`: the system's few paths, the VM's files as configured, the qcow2
-/// backing chains (read-only), the output files, `extra_outputs` (the metrics file) and the
-/// `--landlock-allow` paths.
-pub fn rules_for(config: &VmConfig, extra_outputs: &[&Path], allow: &[AllowSpec]) -> Rules {
+/// The rules for `config`: the system's few paths, the VM's files as configured (for a boot,
+/// its kernel and initrd too), the qcow2 backing chains (read-only), the vsock socket's
+/// directory (sockets only), the output files, `extra_outputs` (the metrics file) and the
+/// `--landlock-allow` paths. Every file of the configuration is named as a file: if it is a
+/// directory when the rules are applied, they are refused rather than widened to its tree.
+pub fn rules_for(
+    config: &VmConfig,
+    origin: BuildOrigin,
+    extra_outputs: &[&Path],
+    allow: &[AllowSpec],
+) -> Rules {
     let mut rules = landlock::system_rules();
-    rules.allow(&config.kernel, Access::ReadOnly);
-    if let Some(initrd) = &config.initrd {
-        rules.allow(initrd, Access::ReadOnly);
+    // A restored VM never opens them, and a state file may name anything there.
+    if origin == BuildOrigin::Boot {
+        rules.allow_file(&config.kernel, Access::ReadOnly);
+        if let Some(initrd) = &config.initrd {
+            rules.allow_file(initrd, Access::ReadOnly);
+        }
     }
     if let SerialConfig::File(path) = &config.serial {
         rules.allow_output_file(path);
+    }
+    // Placement moves the VMM's other threads to their CPUs once the rules apply.
+    if config.host.cpus.vmm_affinity.is_some() {
+        rules.allow_own_threads();
     }
     for device in &config.virtio {
         match device {
             VirtioConfig::Block(disk) => {
                 let access = if disk.read_only { Access::ReadOnly } else { Access::ReadWrite };
-                rules.allow(&disk.path, access);
+                rules.allow_file(&disk.path, access);
                 if disk.format == ImageFormat::Qcow2 && disk.allow_backing {
                     allow_backing_chain(&mut rules, &disk.path);
                 }
             }
-            // The device binds its socket there and connects to `PATH_PORT` beside it.
-            VirtioConfig::Vsock(vsock) => rules.allow_created_in_parent(&vsock.uds_path),
+            // The device binds its socket there (replacing a stale one); connecting to the
+            // `PATH_PORT` sockets beside it is not a Landlock right.
+            VirtioConfig::Vsock(vsock) => rules.allow_socket(&vsock.uds_path),
             // Taps come through /dev/net/tun (a system rule); the others open nothing.
             VirtioConfig::Net(_) | VirtioConfig::Rng | VirtioConfig::Balloon(_) => {}
         }
@@ -55,7 +78,7 @@ pub fn rules_for(config: &VmConfig, extra_outputs: &[&Path], allow: &[AllowSpec]
 /// the disk then fails with the real reason.
 fn allow_backing_chain(rules: &mut Rules, path: &Path) {
     match storage::image::backing_files(path) {
-        Ok(files) => files.into_iter().for_each(|file| rules.allow(file, Access::ReadOnly)),
+        Ok(files) => files.into_iter().for_each(|file| rules.allow_file(file, Access::ReadOnly)),
         Err(e) => tracing::debug!("Landlock: no backing chain for {}: {e}", path.display()),
     }
 }
@@ -84,24 +107,36 @@ impl Confinement {
         self
     }
 
-    /// Applies the rules for `config` to the calling thread (and the threads it starts from now
-    /// on). Once per process: a second VM (a launch retried after a failure) keeps the first rules.
-    pub fn confine(&self, config: &VmConfig) -> Result<(), LandlockError> {
+    /// Applies the rules for `config` (built or restored as `origin` says) to the calling thread
+    /// and the threads it starts from now on. Once per process: a second VM (a launch retried
+    /// after a failure) keeps the first rules; rules refused (a file that is a directory) are
+    /// not applied, and the retry's configuration is judged afresh.
+    pub fn confine(&self, config: &VmConfig, origin: BuildOrigin) -> Result<(), LandlockError> {
         if self.applied.get().is_some() {
             return Ok(());
         }
-        self.apply_once(config)?;
+        self.apply_once(config, origin)?;
         #[cfg(debug_assertions)]
-        landlock::test_probe();
+        landlock::test_probe("KESTREL_LANDLOCK_TEST_PROBE");
         Ok(())
     }
 
-    fn apply_once(&self, config: &VmConfig) -> Result<(), LandlockError> {
+    /// Confines the calling API thread (and the connection threads it starts) to nothing: no
+    /// path and no TCP, since it only talks to its socket and the control channel. Called first
+    /// thing on the `kestrel-api` thread; a no-op with Landlock off.
+    pub fn confine_api_thread(&self) -> Result<(), LandlockError> {
+        landlock::apply(&Rules::new(), self.decision)?;
+        #[cfg(debug_assertions)]
+        landlock::test_probe("KESTREL_LANDLOCK_TEST_PROBE_API");
+        Ok(())
+    }
+
+    fn apply_once(&self, config: &VmConfig, origin: BuildOrigin) -> Result<(), LandlockError> {
         if self.decision == Decision::Off {
             return Ok(());
         }
         let extra: Vec<&Path> = self.extra_outputs.iter().map(PathBuf::as_path).collect();
-        let rules = rules_for(config, &extra, &self.allow);
+        let rules = rules_for(config, origin, &extra, &self.allow);
         match landlock::apply(&rules, self.decision)? {
             Applied::Full => tracing::info!("Landlock: {} rules applied", rules.rules().len()),
             Applied::Partial => {
@@ -120,7 +155,9 @@ impl Confinement {
     /// controls name Landlock when it refuses a path.
     pub fn launcher(&self) -> ConfinedLauncher {
         let confinement = self.clone();
-        let hook = move |config: &VmConfig| -> Result<(), EngineError> { Ok(confinement.confine(config)?) };
+        let hook = move |config: &VmConfig, origin: BuildOrigin| -> Result<(), EngineError> {
+            Ok(confinement.confine(config, origin)?)
+        };
         ConfinedLauncher {
             inner: vmm::control::KvmLauncher::with_before_build(Box::new(hook)),
             applied: Arc::clone(&self.applied),
@@ -152,7 +189,7 @@ impl Launcher for ConfinedLauncher {
 #[derive(Debug, thiserror::Error)]
 #[error("{refusal}: {source}")]
 pub struct OutsideRules {
-    refusal: String,
+    refusal: ConfinementRefusal,
     source: EngineError,
 }
 
@@ -224,36 +261,34 @@ impl VmControl for ConfinedControl {
         })
     }
 
-    fn confinement_refusal(&self, path: &Path, usage: PathUse) -> Option<String> {
+    fn confinement_refusal(&self, path: &Path, usage: PathUse) -> Option<ConfinementRefusal> {
         refusal(self.applied.get()?, path, usage)
     }
 }
 
-/// Whether the `rules` keep the VMM from `path` for `usage`, worded with the flag that allows it.
+/// Whether the `rules` keep the VMM from `path` for `usage`, with the flag that allows it.
 /// A path that does not exist (for `Create`: whose directory does not exist) is not Landlock's
 /// doing: the open fails with ENOENT whatever the rules.
-fn refusal(rules: &Rules, path: &Path, usage: PathUse) -> Option<String> {
+fn refusal(rules: &Rules, path: &Path, usage: PathUse) -> Option<ConfinementRefusal> {
     let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let (access, existing, suggest) = match usage {
+    let (access, existing) = match usage {
         // A drive's file is first opened for reading, whatever the drive: `rw` serves both.
-        PathUse::Read => (Access::ReadOnly, path, path.display().to_string()),
-        PathUse::ReadWrite => (Access::ReadWrite, path, path.display().to_string()),
-        PathUse::Create => (Access::CreateInDirectory, directory, directory.display().to_string()),
+        PathUse::Read => (Access::ReadOnly, path),
+        PathUse::ReadWrite => (Access::ReadWrite, path),
+        PathUse::Create => (Access::CreateInDirectory, directory),
     };
     // stat is not subject to Landlock.
     if rules.covers(path, access) || !existing.exists() {
         return None;
     }
-    Some(format!(
-        "{} is outside the VMM's Landlock rules; start it with --landlock-allow {suggest} (or --landlock off)",
-        path.display()
-    ))
+    Some(ConfinementRefusal { path: path.to_owned(), allow: existing.to_owned() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device_options::parse_disk;
+    use jail::landlock::Target;
     use model::config::VsockConfig;
 
     fn config(virtio: Vec<VirtioConfig>, serial: SerialConfig) -> VmConfig {
@@ -303,7 +338,7 @@ mod tests {
         );
         let allow: Vec<AllowSpec> =
             vec!["/srv/snapshots".parse().unwrap(), "/srv/spare.img:ro".parse().unwrap()];
-        let rules = rules_for(&config, &[Path::new("/var/metrics/m.json")], &allow);
+        let rules = rules_for(&config, BuildOrigin::Boot, &[Path::new("/var/metrics/m.json")], &allow);
 
         assert_eq!(access_of(&rules, Path::new("/k/vmlinux")), Some(Access::ReadOnly));
         assert_eq!(access_of(&rules, Path::new("/k/initrd")), Some(Access::ReadOnly));
@@ -317,15 +352,59 @@ mod tests {
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&serial).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
-        // A metrics file whose directory does not exist: the directory (which grants nothing).
-        assert_eq!(access_of(&rules, Path::new("/run/vm")), Some(Access::CreateInDirectory));
-        assert_eq!(access_of(&rules, Path::new("/var/metrics")), Some(Access::CreateInDirectory));
-        // A --landlock-allow path that does not exist is a file to read and write.
-        assert_eq!(access_of(&rules, Path::new("/srv/snapshots")), Some(Access::ReadWrite));
+        // The vsock socket's directory, for the socket alone.
+        assert_eq!(access_of(&rules, Path::new("/run/vm")), Some(Access::SocketDirectory));
+        // A metrics file whose directory does not exist: the file (which grants nothing), never
+        // its directory.
+        assert_eq!(access_of(&rules, Path::new("/var/metrics/m.json")), Some(Access::ReadWrite));
+        assert_eq!(access_of(&rules, Path::new("/var/metrics")), None);
+        // A rw --landlock-allow path: its rights are judged on what it is when applied.
+        assert_eq!(access_of(&rules, Path::new("/srv/snapshots")), Some(Access::CreateInDirectory));
         assert_eq!(access_of(&rules, Path::new("/srv/spare.img")), Some(Access::ReadOnly));
         assert_eq!(access_of(&rules, Path::new("/dev/kvm")), Some(Access::ReadWrite));
         assert_eq!(access_of(&rules, Path::new("/etc")), None);
+        // Every file of the configuration is a file's rule: a directory there is refused.
+        for path in ["/k/vmlinux", "/k/initrd", "/d/rw.img", "/d/ro.img"] {
+            let rule = rules.rules().iter().find(|rule| rule.path == Path::new(path)).unwrap();
+            assert_eq!(rule.target, Target::File, "{path}");
+        }
+        // No placement of the other threads asked for: nothing in /proc but meminfo.
+        assert!(rules.rules().iter().all(|rule| !rule.path.starts_with("/proc/self")));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A restore's configuration comes from a state file, which may name anything: its kernel
+    /// and initrd (never opened by a restore) widen nothing, and its vsock path gets socket
+    /// rights on the directory, not read or write.
+    #[test]
+    fn a_state_file_naming_the_root_as_kernel_does_not_widen_the_rules() {
+        let mut config = config(
+            vec![VirtioConfig::Vsock(VsockConfig { cid: 3, uds_path: "/home/u/x".into() })],
+            SerialConfig::None,
+        );
+        config.kernel = "/".into();
+        config.initrd = Some("/home".into());
+        let rules = rules_for(&config, BuildOrigin::Restore, &[], &[]);
+        assert!(rules
+            .rules()
+            .iter()
+            .all(|rule| rule.path != Path::new("/") && rule.path != Path::new("/home")));
+        assert_eq!(rules.rules().iter().filter(|rule| rule.path == Path::new("/home/u")).count(), 1);
+        assert_eq!(access_of(&rules, Path::new("/home/u")), Some(Access::SocketDirectory));
+        assert!(!rules.covers(Path::new("/home/u/.ssh/id_ed25519"), Access::ReadOnly));
+        // The same configuration booted does name its kernel, as a file (so applying the rules
+        // refuses "/", a directory).
+        let rules = rules_for(&config, BuildOrigin::Boot, &[], &[]);
+        let kernel = rules.rules().iter().find(|rule| rule.path == Path::new("/")).unwrap();
+        assert_eq!((kernel.access, kernel.target), (Access::ReadOnly, Target::File));
+    }
+
+    #[test]
+    fn keeping_the_other_threads_apart_lets_the_vmm_list_its_own_threads() {
+        let mut config = config(Vec::new(), SerialConfig::None);
+        config.host.cpus.vmm_affinity = Some(model::host::CpuSet::parse("0").unwrap());
+        let rules = rules_for(&config, BuildOrigin::Boot, &[], &[]);
+        assert_eq!(access_of(&rules, Path::new("/proc/self/task")), Some(Access::ReadOnly));
     }
 
     #[test]
@@ -336,11 +415,13 @@ mod tests {
         let mut rules = Rules::new();
         rules.allow(dir.join("allowed"), Access::CreateInDirectory);
         let outside = dir.join("outside.img");
-        let message = refusal(&rules, &outside, PathUse::ReadWrite).unwrap();
+        let message = refusal(&rules, &outside, PathUse::ReadWrite).unwrap().to_string();
         assert!(message.contains("is outside the VMM's Landlock rules"), "{message}");
         assert!(message.contains(&format!("--landlock-allow {} ", outside.display())), "{message}");
         // A snapshot file: the flag names its directory.
-        let message = refusal(&rules, &dir.join("state"), PathUse::Create).unwrap();
+        let refused = refusal(&rules, &dir.join("state"), PathUse::Create).unwrap();
+        assert_eq!(refused.allow, dir);
+        let message = refused.to_string();
         assert!(message.contains(&format!("--landlock-allow {} ", dir.display())), "{message}");
         // Inside the rules, or missing (ENOENT whatever the rules): not Landlock's doing.
         assert_eq!(refusal(&rules, &dir.join("allowed/state"), PathUse::Create), None);
@@ -364,7 +445,12 @@ mod tests {
         };
         storage::image::create(&overlay, &options).unwrap();
         let disk = parse_disk(&format!("path={},format=qcow2,backing=off", overlay.display())).unwrap();
-        let rules = rules_for(&config(vec![VirtioConfig::Block(disk)], SerialConfig::None), &[], &[]);
+        let rules = rules_for(
+            &config(vec![VirtioConfig::Block(disk)], SerialConfig::None),
+            BuildOrigin::Boot,
+            &[],
+            &[],
+        );
         assert_eq!(access_of(&rules, &dir.join("base.raw")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }

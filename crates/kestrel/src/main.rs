@@ -67,7 +67,7 @@ fn run_config(
     confinement: &landlock::Confinement,
 ) -> ExitCode {
     // Before the metrics thread and the VM's threads start, so that they are all confined.
-    if let Err(e) = confinement.confine(config) {
+    if let Err(e) = confinement.confine(config, vmm::control::BuildOrigin::Boot) {
         report(format_args!("kestrel: error: {e}"));
         return ExitCode::from(exit_status::ERROR);
     }

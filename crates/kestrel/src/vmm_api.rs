@@ -68,14 +68,20 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
             Ok(logging::apply(settings)?)
         })),
     };
-    // Landlock is applied on this (main) thread just before the VM is built or restored; the API
-    // threads started below are not covered (see crate::landlock).
-    let launcher = args.landlock.confinement().launcher();
+    // Landlock: the VM's rules are applied on this (main) thread just before the VM is built or
+    // restored; the API thread confines itself to nothing as it starts (see crate::landlock).
+    let confinement = args.landlock.confinement();
+    let launcher = confinement.launcher();
     let mut controller = Controller::new(settings, launcher, receiver);
     let router = Router::new(Arc::new(sender), Some(metrics.clone() as Arc<dyn RequestCounter>));
     let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
         block_termination_signals();
+        if let Err(e) = confinement.confine_api_thread() {
+            // The main thread then reports that the API thread ended, and exits.
+            report(format_args!("kestrel: error: the API thread: {e}"));
+            return;
+        }
         api::listener::serve(listener, Arc::new(router));
     });
     if let Err(e) = spawned {

@@ -3,7 +3,9 @@
 //! The debug build's probe (`KESTREL_LANDLOCK_TEST_PROBE`) has the VMM's main thread open paths
 //! once the rules are applied and say which it may: host files are denied, the configured disk and
 //! its backing file are allowed. Through the API, a `PATCH /drives` or a snapshot outside the
-//! rules gets an error that names Landlock, and inside `--landlock-allow` both work.
+//! rules gets an error that names Landlock, and inside `--landlock-allow` both work. The API
+//! threads are confined from the start; a disk that is a directory is refused rather than granted
+//! as a tree; `others=` placement works under the rules.
 //!
 //! /dev/kvm is root's alone (0600) on this host, so the unprivileged VMM is given one capability,
 //! `CAP_DAC_OVERRIDE` (ambient), to open it; that also lets it past every file's mode, which makes
@@ -263,7 +265,7 @@ fn the_api_names_landlock_for_paths_outside_the_rules_and_a_restore_is_confined(
 
     // A restore in a fresh unprivileged VMM is confined too, to the files of the state's VM.
     let socket = dir.path().join("api2.sock");
-    let probe = [Path::new("/etc/hostname"), &spare_allowed, &disk];
+    let probe = [Path::new("/etc/hostname"), &spare_allowed, &disk, Path::new(guests::VIRTIO)];
     let mut command = kestrel_unprivileged();
     command
         .arg("vmm")
@@ -289,10 +291,13 @@ fn the_api_names_landlock_for_paths_outside_the_rules_and_a_restore_is_confined(
     // The drive's file since the PATCH, not the one it booted with.
     assert_eq!(probe_verdict(&output, &spare_allowed), "allowed");
     assert_eq!(probe_verdict(&output, &disk), "denied");
+    // A restore never opens the kernel the state file names, so the rules do not name it.
+    assert_eq!(probe_verdict(&output, Path::new(guests::VIRTIO)), "denied");
 }
 
-/// The vsock device binds its socket and connects to the host's `PATH_PORT` sockets in the
-/// socket's directory under the rules (`--landlock on` confines root as well).
+/// The vsock device binds its socket (replacing a stale one) and connects to the host's
+/// `PATH_PORT` sockets in the socket's directory under the rules, which grant nothing else there
+/// (`--landlock on` confines root as well).
 #[test]
 fn vsock_works_under_landlock() {
     use std::io::{Read, Write};
@@ -303,6 +308,11 @@ fn vsock_works_under_landlock() {
     }
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
+    // A stale socket where the device listens (a VMM killed before it cleaned up), which the
+    // device replaces; and a file beside it, which the rules keep out of reach.
+    drop(UnixListener::bind(&uds).unwrap());
+    let neighbour = dir.path().join("neighbour.img");
+    std::fs::write(&neighbour, b"private").unwrap();
     let listener = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
     let echo = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
@@ -317,7 +327,7 @@ fn vsock_works_under_landlock() {
     let mut child = kestrel()
         .args(["run", "--landlock", "on", "--kernel", guests::VIRTIO, "--cmdline", "test=vsock"])
         .args(["--vsock", &format!("cid=42,uds={}", uds.display())])
-        .env("KESTREL_LANDLOCK_TEST_PROBE", "/etc/hostname")
+        .env("KESTREL_LANDLOCK_TEST_PROBE", format!("/etc/hostname,{}", neighbour.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -343,6 +353,9 @@ fn vsock_works_under_landlock() {
     assert_eq!(status.code(), Some(RESET), "{out}\n{stderr_text}");
     assert!(out.lines().any(|l| l == "vsock: ok"), "{out}");
     assert!(stderr_text.contains("landlock probe /etc/hostname: denied"), "{stderr_text}");
+    // The socket's directory grants the socket alone, not the files beside it.
+    let verdict = format!("landlock probe {}: denied", neighbour.display());
+    assert!(stderr_text.contains(&verdict), "{stderr_text}");
     echo.join().unwrap();
 }
 
@@ -364,4 +377,100 @@ fn a_tap_works_under_landlock() {
     assert_status(&output, RESET);
     let out = stdout(&output);
     assert!(out.lines().any(|l| l == "net: ok"), "{out}\n{}", stderr(&output));
+}
+
+/// A disk path that is a directory (or a link to one) would turn the disk's rule into a grant on
+/// the whole tree: the rules are refused with a clear error instead, before the VM starts.
+#[test]
+fn a_disk_that_is_a_directory_is_refused_not_widened() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let link = dir.path().join("disk.img");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    for path in [dir.path(), link.as_path()] {
+        let mut command = kestrel_unprivileged();
+        command.args(["run", "--kernel", guests::VIRTIO, "--cmdline", "test=blk"]);
+        command.arg("--disk").arg(format!("path={}", path.display()));
+        command.env("KESTREL_LANDLOCK_TEST_PROBE", "/etc/hostname");
+        let output = run_to_end(command, b"");
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{err}");
+        let expected = format!("{} is a directory; a file was expected there", path.display());
+        assert!(err.contains(&expected), "{err}");
+        // The rules were never applied (so the probe never ran), let alone with /etc in them.
+        assert!(!err.contains("landlock probe"), "{err}");
+    }
+}
+
+/// `kestrel vmm`'s API threads confine themselves as they start (an empty ruleset): before any
+/// VM exists, the API thread can open nothing.
+#[test]
+fn the_api_threads_are_confined_from_the_start() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let socket = dir.path().join("api.sock");
+    let readable = raw_disk(&dir.path().join("mine.img"));
+    let mut command = kestrel_unprivileged();
+    command
+        .arg("vmm")
+        .arg("--api-sock")
+        .arg(&socket)
+        .env("KESTREL_LANDLOCK_TEST_PROBE_API", probe_list(&[Path::new("/etc/hostname"), &readable]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_vmm(command, &socket);
+    let watchdog = Watchdog::new(&child);
+    // An answer comes from a connection thread the API thread started after its probe.
+    let (status, reply) = request(&socket, "GET", "/", "");
+    assert_eq!(status, 200, "{reply}");
+    drop(watchdog);
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(probe_verdict(&output, Path::new("/etc/hostname")), "denied");
+    // Even a file of the VMM's own user, in reach of any VM rule: the API thread needs none.
+    assert_eq!(probe_verdict(&output, &readable), "denied");
+}
+
+/// `--cpus ...,others=CPUS` moves the VMM's other threads after the rules apply, listing them in
+/// /proc/self/task: under Landlock (an unprivileged VMM) that works, and they land on their CPUs.
+#[test]
+fn an_unprivileged_vmm_keeps_its_other_threads_apart() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let mut command = kestrel_unprivileged();
+    command
+        .args(["run", "--kernel", guests::HELLO, "--cmdline", "exit=hang", "--cpus", "2,pin=1:0,others=0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let watchdog = Watchdog::new(&child);
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    // The guest runs: the placement was applied (its failure stops the VMM before this).
+    let out = wait_for_line(&mut console, "exit: hang");
+    let pid = child.id();
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(entry.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
+        };
+        seen.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    drop(watchdog);
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let others: Vec<_> =
+        seen.iter().filter(|(name, _)| !name.starts_with("vcpu") && !name.starts_with("kvm-")).collect();
+    assert!(!others.is_empty(), "{seen:?}");
+    for (name, cpus) in &others {
+        assert_eq!(cpus, "0", "{name} in {seen:?}\n{out}\n{}", stderr(&output));
+    }
+    assert!(seen.iter().any(|(name, cpus)| name == "vcpu0" && cpus == "1"), "{seen:?}");
 }

@@ -383,7 +383,8 @@ impl<L: Launcher> Controller<L> {
             // The process's confinement, not the file, may be why it cannot be opened (for
             // reading: the check's open).
             ConfigError::FileOpen { what, path, reason } => {
-                let reason = vm.confinement_refusal(Path::new(&path), PathUse::Read).unwrap_or(reason);
+                let refusal = vm.confinement_refusal(Path::new(&path), PathUse::Read);
+                let reason = refusal.map_or(reason, |refusal| refusal.to_string());
                 ConfigError::FileOpen { what, path, reason }
             }
             error => error,

@@ -22,7 +22,19 @@ pub struct KvmLauncher {
 /// Called on the launching (main) thread with the configuration of the VM about to be built or
 /// restored, before the VM's first thread starts; an error cancels the launch. The binary
 /// confines the process here (Landlock), so that every thread of the VM inherits it.
-pub type BeforeBuild = Box<dyn FnMut(&VmConfig) -> Result<(), EngineError>>;
+pub type BeforeBuild = Box<dyn FnMut(&VmConfig, BuildOrigin) -> Result<(), EngineError>>;
+
+/// Where the configuration handed to [`BeforeBuild`] comes from, which says which of its paths
+/// the VMM opens and how far they are trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildOrigin {
+    /// The client's configuration: the VM boots from its kernel (and initrd).
+    Boot,
+    /// A snapshot's state file (untrusted) with the client's restore options: the kernel and
+    /// initrd are never opened; every disk path passed the restore's checks (a regular file or
+    /// block device of the saved capacity); the vsock socket path may be the state file's.
+    Restore,
+}
 
 impl KvmLauncher {
     /// A launcher that calls `hook` before it builds or restores each VM.
@@ -30,9 +42,9 @@ impl KvmLauncher {
         KvmLauncher { built: None, before_build: Some(hook) }
     }
 
-    fn before_build(&mut self, config: &VmConfig) -> Result<(), EngineError> {
+    fn before_build(&mut self, config: &VmConfig, origin: BuildOrigin) -> Result<(), EngineError> {
         match &mut self.before_build {
-            Some(hook) => hook(config),
+            Some(hook) => hook(config, origin),
             None => Ok(()),
         }
     }
@@ -47,12 +59,15 @@ impl Launcher for KvmLauncher {
     fn launch(&mut self, launch: Launch) -> Result<Arc<dyn VmControl>, EngineError> {
         let vm = match launch {
             Launch::Boot(config) => {
-                self.before_build(&config)?;
+                self.before_build(&config, BuildOrigin::Boot)?;
                 crate::builder::build(&config)?
             }
             Launch::Restore { state_path, memory_path, options, resume } => {
+                // The state file is read and checked, and the memory file mapped, before the
+                // hook confines the process: the rules depend on the configuration inside it.
+                // That parsing is unconfined by design, and hardened as hostile input instead.
                 let prepared = crate::builder::prepare_restore(&state_path, &memory_path, &options)?;
-                self.before_build(prepared.config())?;
+                self.before_build(prepared.config(), BuildOrigin::Restore)?;
                 let vm = prepared.finish()?;
                 if !resume {
                     // Before `run`, a pause holds the vCPUs before they first enter the guest.

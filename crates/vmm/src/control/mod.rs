@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Received, Reply};
 pub use controller::{Controller, ControllerSettings, Pending};
-pub use engine::{BeforeBuild, KvmLauncher};
+pub use engine::{BeforeBuild, BuildOrigin, KvmLauncher};
 use model::api::BalloonStats;
 use model::config::VmConfig;
 pub use model::resources::{DriveUpdate, NetUpdate};
@@ -72,9 +72,20 @@ pub trait VmControl: Send + Sync {
     /// Why the VMM cannot reach `path` for `usage` when the reason is its own confinement
     /// (Landlock), worded for the client (which flag allows it); `None` when the confinement
     /// allows it or there is none. Asked only after an open of `path` failed.
-    fn confinement_refusal(&self, _path: &Path, _usage: PathUse) -> Option<String> {
+    fn confinement_refusal(&self, _path: &Path, _usage: PathUse) -> Option<ConfinementRefusal> {
         None
     }
+}
+
+/// The VMM's own confinement (Landlock), not the file, keeps it from a path; worded with the
+/// flag that lets the path through.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} is outside the VMM's Landlock rules; start it with --landlock-allow {} (or --landlock off)", path.display(), allow.display())]
+pub struct ConfinementRefusal {
+    /// The path refused.
+    pub path: PathBuf,
+    /// What `--landlock-allow` is to name: the path, or the directory a file is created in.
+    pub allow: PathBuf,
 }
 
 /// What the VMM does with a path an API request names after the start.
