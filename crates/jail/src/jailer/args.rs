@@ -134,6 +134,11 @@ impl JailerConfig {
         let mut extra_args = Vec::with_capacity(raw.extra_args.len() + 1);
         if is_kestrel(&exec_file) {
             extra_args.push(OsString::from("vmm"));
+            // The jailed VMM is unprivileged, so its Landlock defaults to on; the jail already
+            // bounds its files (only what was put in the jail is there), and clients write
+            // snapshots and link drives anywhere inside it, as they do for Firecracker. Landlock
+            // then still bans TCP and anything reached through a descriptor from outside.
+            extra_args.extend(["--landlock-allow", "/"].map(OsString::from));
         }
         extra_args.extend(raw.extra_args);
         Ok(JailerConfig {
@@ -192,7 +197,7 @@ mod tests {
         std::fs::write(&exec, b"").unwrap();
         let config = JailerConfig::new(raw(&exec), StartTimes::default(), |_| true).unwrap();
         assert_eq!(config.jail_root, Path::new("/srv/jailer/kestrel/vm1/root"));
-        assert_eq!(config.extra_args, ["vmm", "--api-sock", "/run/x"]);
+        assert_eq!(config.extra_args, ["vmm", "--landlock-allow", "/", "--api-sock", "/run/x"]);
         assert_eq!(config.parent_cgroup, Path::new("kestrel"));
         assert_eq!(config.resource_limits, ResourceLimits::default());
         let not_kestrel = JailerConfig::new(raw(&exec), StartTimes::default(), |_| false).unwrap();
