@@ -9,3 +9,4 @@
 //! - `landlock`: a filesystem allow-list for unprivileged VMMs.
 //! - `jailer`: `kestrel jailer`, Firecracker's jailer flags: chroot, namespaces, uid/gid,
 //!   rlimits, closed fds, cgroups (`cgroup`).
+pub mod seccomp;

@@ -163,6 +163,9 @@ impl Vm {
         } else {
             None
         };
+        // The VM is built (or restored): from here on the main thread is confined, before any vCPU
+        // runs guest code.
+        jail::seccomp::enter(jail::seccomp::ThreadRole::Vmm)?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let index = u8::try_from(index)

@@ -121,7 +121,7 @@ impl VirtioDevice for Net {
             self.metrics.clone(),
             backend,
         );
-        self.worker = Some(context.spawn_worker("virtio-net", handler)?);
+        self.worker = Some(context.spawn_worker("virtio-net", jail::seccomp::ThreadRole::Net, handler)?);
         Ok(())
     }
 
