@@ -59,3 +59,21 @@ fn off_spawns_plain_threads() {
     assert_eq!(handle.join().unwrap(), 7);
     enter(ThreadRole::Vcpu).unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// `KESTREL_SECCOMP_TEST_VIOLATE` takes any text: only a role's exact name names it.
+    #[test]
+    fn any_text_names_a_role_only_if_it_is_its_name(text in ".{0,24}") {
+        let role = ThreadRole::from_name(&text);
+        proptest::prop_assert_eq!(role.map(ThreadRole::name), ThreadRole::ALL.iter().map(|r| r.name()).find(|n| *n == text));
+    }
+
+    /// Any number the kernel could put in si_syscall gets a name or "?", never a panic.
+    #[test]
+    fn any_syscall_number_has_a_printable_name(number in proptest::prelude::any::<i64>()) {
+        let name = syscall_name(number);
+        proptest::prop_assert!(!name.is_empty());
+    }
+}
