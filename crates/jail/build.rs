@@ -3,7 +3,8 @@
 //! the SIGSYS handler's table of system call names.
 //!
 //! The policy's `spawner` entry lists only what starting a thread takes; build.rs adds to it the
-//! union of every other role's system calls, without argument conditions. The thread that starts
+//! union of every other role's rules (a call some role allows whatever its arguments is allowed
+//! so; otherwise every role's argument conditions are kept, as alternatives). The thread that starts
 //! every confined thread runs under it; as filters stack, each child then gets exactly its own
 //! role's list (spawner ∩ role = role).
 
@@ -34,21 +35,39 @@ fn main() {
     assert_eq!(found, expected, "{}: the roles must be exactly {ROLES:?}", policy_path.display());
 
     let mut counts = BTreeMap::new();
-    let mut union = BTreeSet::new();
+    // Per system call, the rules that allow it in some role: None once a role allows it whatever
+    // its arguments. A call's rules are alternatives, so the union keeps every role's.
+    let mut union: BTreeMap<String, Option<Vec<Value>>> = BTreeMap::new();
     for (role, filter) in &policy {
         let syscalls = syscall_names(role, filter);
         for name in &syscalls {
             assert!(names.values().any(|n| n == name), "{role}: unknown system call {name}");
         }
         counts.insert(role.clone(), syscalls.len());
-        union.extend(syscalls);
+        for rule in rules(role, filter) {
+            let name = rule["syscall"].as_str().unwrap_or_default().to_owned();
+            let entry = union.entry(name).or_insert_with(|| Some(Vec::new()));
+            match (rule.get("args"), entry.as_mut()) {
+                (None, _) => *entry = None,
+                (Some(_), Some(alternatives)) if !alternatives.contains(rule) => {
+                    alternatives.push(rule.clone())
+                }
+                _ => {}
+            }
+        }
     }
-    let spawner_rules: Vec<Value> = union.iter().map(|name| json!({ "syscall": name })).collect();
+    counts.insert("spawner".into(), union.len());
+    let spawner_rules: Vec<Value> = union
+        .into_iter()
+        .flat_map(|(name, alternatives)| match alternatives {
+            None => vec![json!({ "syscall": name })],
+            Some(alternatives) => alternatives,
+        })
+        .collect();
     policy.insert(
         "spawner".into(),
         json!({ "default_action": "trap", "filter_action": "allow", "filter": spawner_rules }),
     );
-    counts.insert("spawner".into(), union.len());
 
     let text = serde_json::to_string(&policy).expect("a JSON value serialises");
     let compiled = seccompiler::compile_from_json(text.as_bytes(), TargetArch::x86_64)
@@ -97,11 +116,14 @@ fn read_table(path: &Path) -> BTreeMap<u32, String> {
     names
 }
 
+/// A role's rules.
+fn rules<'a>(role: &str, filter: &'a Value) -> &'a [Value] {
+    filter.get("filter").and_then(Value::as_array).unwrap_or_else(|| panic!("{role}: no filter list"))
+}
+
 /// The distinct system calls a role's filter names.
 fn syscall_names(role: &str, filter: &Value) -> BTreeSet<String> {
-    let rules =
-        filter.get("filter").and_then(Value::as_array).unwrap_or_else(|| panic!("{role}: no filter list"));
-    rules
+    rules(role, filter)
         .iter()
         .map(|rule| {
             let name = rule.get("syscall").and_then(Value::as_str);
