@@ -36,7 +36,9 @@ struct Confinement {
     no_new_privs: String,
 }
 
-/// Every thread of `pid` now: its name and its confinement (threads that end meanwhile are left out).
+/// Every thread of `pid` now: its name and its confinement (threads that end meanwhile are left out,
+/// and so are KVM's kernel workers, `kvm-nx-lpage-recovery` and the like, which run no Kestrel code
+/// and are created by whichever thread KVM chooses).
 fn threads(pid: u32) -> Vec<(String, Confinement)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
     let mut found = Vec::new();
@@ -46,7 +48,10 @@ fn threads(pid: u32) -> Vec<(String, Confinement)> {
             status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
         };
         let confinement = Confinement { seccomp: field("Seccomp:"), no_new_privs: field("NoNewPrivs:") };
-        found.push((field("Name:"), confinement));
+        let name = field("Name:");
+        if !name.starts_with("kvm-") {
+            found.push((name, confinement));
+        }
     }
     found
 }
