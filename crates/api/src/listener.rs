@@ -100,7 +100,8 @@ pub fn serve_with(listener: UnixListener, handler: Arc<dyn Handler>, limits: Lim
             }
         };
         let (connection_table, handler) = (table.clone(), handler.clone());
-        let spawned = std::thread::Builder::new().name("kestrel-api-conn".into()).spawn(move || {
+        let builder = std::thread::Builder::new().name("kestrel-api-conn".into());
+        let spawned = jail::seccomp::spawn(jail::seccomp::ThreadRole::Api, builder, move || {
             serve_connection(stream, id, &connection_table, handler.as_ref(), limits);
             connection_table.remove(id);
         });

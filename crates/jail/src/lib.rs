@@ -12,3 +12,4 @@
 pub mod cgroup;
 pub mod jailer;
 pub mod landlock;
+pub mod seccomp;

@@ -21,7 +21,8 @@ use crate::placement_options::{parse_cpus, parse_memory, CpusOption, MemoryOptio
         kestrel run --kernel vmlinux --initrd initramfs.cpio --memory 512M --cpus 2\n  \
         kestrel run --kernel bzImage --cmdline \"console=ttyS0 root=/dev/vda\" --serial file:console.log\n\n\
         Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest reset, 4 triple fault,\n\
-        5 vCPU failure, 6 quit with Ctrl-A X, 128+N stopped by signal N."
+        5 vCPU failure, 6 quit with Ctrl-A X, 128+N stopped by signal N (159: a thread made a system\n\
+        call its seccomp filter forbids)."
 )]
 pub struct Cli {
     /// Log level for Kestrel's own messages on stderr: off, error, warn, info, debug or trace
@@ -115,10 +116,16 @@ pub struct VmmArgs {
     // --- Landlock (H5) ---
     #[command(flatten)]
     pub landlock: LandlockArgs,
+
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub seccomp: SeccompArgs,
+
     /// Kernel to boot: an ELF vmlinux (entered through its PVH note when it has one, else its 64-bit
     /// entry) or a bzImage. Example: --kernel /boot/vmlinux
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -330,6 +337,26 @@ fn parse_transport(text: &str) -> Result<VirtioTransport, ChoiceError> {
         _ => Err(ChoiceError::Transport(text.to_owned())),
     }
 }
+
+// ---- Seccomp (H1): `--seccomp`, shared by `kestrel run` and `kestrel vmm` ----
+
+/// Whether the VMM's threads run under their seccomp filters.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeccompSetting {
+    On,
+    Off,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SeccompArgs {
+    /// Per-thread seccomp filters: on (the default) confines each thread of the VMM to the system
+    /// calls its role needs (a forbidden call stops Kestrel with status 159 and names the call);
+    /// off runs unfiltered, for debugging only, and says so loudly. Example: --seccomp off
+    #[arg(long = "seccomp", value_name = "on|off", default_value = "on", value_enum)]
+    pub setting: SeccompSetting,
+}
+
+// ---- end of Seccomp (H1) ----
 
 #[cfg(test)]
 mod tests {

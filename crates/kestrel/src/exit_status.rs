@@ -16,6 +16,10 @@ pub const TRIPLE_FAULT: u8 = 4;
 pub const VCPU_FAILURE: u8 = 5;
 /// The user quit with Ctrl-A X.
 pub const USER_QUIT: u8 = 6;
+/// A thread made a system call its seccomp filter forbids (128 + SIGSYS; the SIGSYS handler exits
+/// with it, naming the call on stderr).
+#[allow(dead_code)] // jail's SIGSYS handler exits with it; listed beside the others
+pub const SECCOMP_VIOLATION: u8 = jail::seccomp::EXIT_STATUS;
 /// Stopped by a signal: 128 + its number, as shells report it.
 const SIGNAL_BASE: u8 = 128;
 
@@ -45,11 +49,13 @@ mod tests {
             VmOutcome::Signal(15),
         ];
         let mut statuses: Vec<u8> = outcomes.iter().map(for_outcome).collect();
-        statuses.extend([ERROR, 2]);
+        statuses.extend([ERROR, 2, SECCOMP_VIOLATION]);
         let count = statuses.len();
         statuses.sort_unstable();
         statuses.dedup();
         assert_eq!(statuses.len(), count);
         assert_eq!(for_outcome(&VmOutcome::Signal(15)), 143);
+        // "128+N stopped by signal N" holds for SIGSYS too.
+        assert_eq!(SECCOMP_VIOLATION, 128 + libc::SIGSYS as u8);
     }
 }

@@ -40,6 +40,9 @@ fn main() -> ExitCode {
 }
 
 fn run(mut args: cli::RunArgs) -> ExitCode {
+    if let Err(status) = start_seccomp(args.seccomp) {
+        return status;
+    }
     let metrics_path = args.metrics_path.take();
     let confinement = args.landlock.confinement().with_output(metrics_path.as_deref());
     let config = match args.config.take() {
@@ -106,6 +109,24 @@ fn exit_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> ExitCode {
             ExitCode::from(exit_status::ERROR)
         }
     }
+}
+
+/// Sets the process's seccomp mode (before the VMM starts any thread of its own). With filters
+/// off it says so loudly: that is for debugging only.
+fn start_seccomp(args: cli::SeccompArgs) -> Result<(), ExitCode> {
+    let mode = match args.setting {
+        cli::SeccompSetting::On => jail::seccomp::Mode::Enforce,
+        cli::SeccompSetting::Off => {
+            tracing::warn!(
+                "SECCOMP IS OFF (--seccomp off): the VMM's threads run without filters; for debugging only"
+            );
+            jail::seccomp::Mode::Off
+        }
+    };
+    jail::seccomp::set_mode(mode).map_err(|e| {
+        report(format_args!("kestrel: error: {e}"));
+        ExitCode::from(exit_status::ERROR)
+    })
 }
 
 /// One line on stderr. A closed stderr (the reader went away) must not turn into a panic: the exit

@@ -209,10 +209,11 @@ impl MetricsWriter {
         let (stop, stopped) = mpsc::channel();
         let _ = self.periodic_stop.set(stop);
         let writer = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("kestrel-metrics".into())
-            .spawn(move || write_periodically(&writer, &stopped, period))
-            .map_err(MetricsError::Thread)
+        let builder = std::thread::Builder::new().name("kestrel-metrics".into());
+        jail::seccomp::spawn(jail::seccomp::ThreadRole::Metrics, builder, move || {
+            write_periodically(&writer, &stopped, period)
+        })
+        .map_err(MetricsError::Thread)
     }
 
     /// Writes one line of metrics, if they have a destination (else does nothing and the

@@ -50,6 +50,10 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
             return ExitCode::from(exit_status::ERROR);
         }
     };
+    // After the bind (which wants no other thread), before any thread of the VMM's own.
+    if let Err(status) = crate::start_seccomp(args.seccomp) {
+        return status;
+    }
     let (sender, receiver) = match vmm::control::channel() {
         Ok(channel) => channel,
         Err(e) => {
@@ -74,7 +78,8 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     let launcher = confinement.launcher();
     let mut controller = Controller::new(settings, launcher, receiver);
     let router = Router::new(Arc::new(sender), Some(metrics.clone() as Arc<dyn RequestCounter>));
-    let spawned = std::thread::Builder::new().name("kestrel-api".into()).spawn(move || {
+    let builder = std::thread::Builder::new().name("kestrel-api".into());
+    let spawned = jail::seccomp::spawn(jail::seccomp::ThreadRole::Api, builder, move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
         block_termination_signals();
         if let Err(e) = confinement.confine_api_thread() {

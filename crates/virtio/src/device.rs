@@ -101,8 +101,14 @@ impl ActivateContext {
     }
 
     /// Starts `handler` on a worker thread named `name`, woken by the queue events.
-    pub fn spawn_worker<H: QueueHandler>(&mut self, name: &str, handler: H) -> Result<Worker, ActivateError> {
-        Worker::spawn(name, std::mem::take(&mut self.queue_events), handler).map_err(ActivateError::Worker)
+    pub fn spawn_worker<H: QueueHandler>(
+        &mut self,
+        name: &str,
+        role: jail::seccomp::ThreadRole,
+        handler: H,
+    ) -> Result<Worker, ActivateError> {
+        Worker::spawn(name, role, std::mem::take(&mut self.queue_events), handler)
+            .map_err(ActivateError::Worker)
     }
 }
 

@@ -235,9 +235,10 @@ impl HoldState {
 }
 
 impl Worker {
-    /// Starts `handler` on a thread named `name`, woken by `queue_events`.
+    /// Starts `handler` on a thread named `name`, confined to `role`, woken by `queue_events`.
     pub fn spawn<H: QueueHandler>(
         name: &str,
+        role: jail::seccomp::ThreadRole,
         queue_events: Vec<EventFd>,
         mut handler: H,
     ) -> io::Result<Worker> {
@@ -263,9 +264,8 @@ impl Worker {
             hold_event: hold_event.try_clone()?,
             hold: hold.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || run(epoll, events, backends, handler))?;
+        let builder = std::thread::Builder::new().name(name.to_owned());
+        let thread = jail::seccomp::spawn(role, builder, move || run(epoll, events, backends, handler))?;
         Ok(Worker { stop, hold_event, hold, thread: Some(thread) })
     }
 
@@ -479,7 +479,9 @@ mod tests {
         let queue_event = EventFd::new(EFD_NONBLOCK).unwrap();
         let notify = queue_event.try_clone().unwrap();
         let handler = Scripted { socket, wants: EventSet::OUT, calls };
-        let _worker = Worker::spawn("test-worker", vec![queue_event], handler).unwrap();
+        let _worker =
+            Worker::spawn("test-worker", jail::seccomp::ThreadRole::Block, vec![queue_event], handler)
+                .unwrap();
         let next = || called.recv_timeout(Duration::from_secs(10)).expect("no call within 10 s");
 
         assert_eq!(next(), "writable");
@@ -515,7 +517,8 @@ mod tests {
         let queue_event = EventFd::new(EFD_NONBLOCK).unwrap();
         let notify = queue_event.try_clone().unwrap();
         let handler = Counting { notified: Arc::default(), calls };
-        let worker = Worker::spawn("test-hold", vec![queue_event], handler).unwrap();
+        let worker =
+            Worker::spawn("test-hold", jail::seccomp::ThreadRole::Block, vec![queue_event], handler).unwrap();
         let next = || called.recv_timeout(Duration::from_secs(10)).expect("no call within 10 s");
 
         notify.write(1).unwrap();

@@ -40,6 +40,8 @@ pub enum Error {
     CmdlineInvalid(linux_loader::cmdline::Error),
     #[error("invalid configuration: {0}")]
     Config(#[from] model::config::ConfigError),
+    #[error("{0}")]
+    Seccomp(#[from] jail::seccomp::Error),
     #[error("cannot set up the device {name}: {reason}")]
     Device { name: &'static str, reason: String },
     #[error("{}", source.describe(path))]

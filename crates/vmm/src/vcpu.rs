@@ -347,10 +347,11 @@ impl VcpuThread {
     /// Starts vCPU `index` on its own thread.
     pub fn spawn(index: u8, vcpu: VcpuFd, shared: Arc<VcpuShared>) -> Result<VcpuThread> {
         install_kick_handler()?;
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || run_vcpu(index, vcpu, &shared))
-            .map_err(|source| Error::VcpuSpawn { index, source })?;
+        let builder = std::thread::Builder::new().name(format!("vcpu{index}"));
+        let handle = jail::seccomp::spawn(jail::seccomp::ThreadRole::Vcpu, builder, move || {
+            run_vcpu(index, vcpu, &shared)
+        })
+        .map_err(|source| Error::VcpuSpawn { index, source })?;
         Ok(VcpuThread { index, handle })
     }
 

@@ -166,6 +166,9 @@ impl Vm {
         // The other threads go to their CPUs before the vCPU threads start (which then set
         // their own): threads started later inherit from the thread that starts them.
         self.shared.placement().apply_to_other_threads()?;
+        // The VM is built (or restored): from here on the main thread is confined, before any vCPU
+        // runs guest code.
+        jail::seccomp::enter(jail::seccomp::ThreadRole::Vmm)?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let index = u8::try_from(index)

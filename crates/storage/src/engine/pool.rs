@@ -52,7 +52,8 @@ impl<B: DiskBackend + ?Sized> Pool<B> {
         let mut threads = Vec::new();
         for index in 0..THREADS {
             let worker = shared.clone();
-            match std::thread::Builder::new().name(format!("disk-io-{index}")).spawn(move || run(&worker)) {
+            let builder = std::thread::Builder::new().name(format!("disk-io-{index}"));
+            match jail::seccomp::spawn(jail::seccomp::ThreadRole::Block, builder, move || run(&worker)) {
                 Ok(thread) => threads.push(thread),
                 // Fewer threads only means less parallelism; none at all is handled in submit.
                 Err(e) => tracing::error!("cannot start a disk I/O thread: {e}"),

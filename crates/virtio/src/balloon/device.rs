@@ -174,7 +174,8 @@ impl VirtioDevice for Balloon {
             queues,
             stats_timer,
         );
-        self.worker = Some(context.spawn_worker("virtio-balloon", handler)?);
+        self.worker =
+            Some(context.spawn_worker("virtio-balloon", jail::seccomp::ThreadRole::Balloon, handler)?);
         self.shared.set_interrupt(Some(context.interrupt));
         Ok(())
     }

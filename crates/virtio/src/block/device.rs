@@ -265,7 +265,7 @@ impl VirtioDevice for Block {
         )
         .map_err(ActivateError::Backend)?
         .with_poll(self.poll);
-        self.worker = Some(context.spawn_worker("virtio-blk", handler)?);
+        self.worker = Some(context.spawn_worker("virtio-blk", jail::seccomp::ThreadRole::Block, handler)?);
         self.disk.set_interrupt(Some(context.interrupt));
         Ok(())
     }

@@ -1340,7 +1340,8 @@ mod tests {
         )
         .unwrap();
         let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
-        crate::worker::Worker::spawn("test-blk-hold", vec![event], handler).unwrap()
+        crate::worker::Worker::spawn("test-blk-hold", jail::seccomp::ThreadRole::Block, vec![event], handler)
+            .unwrap()
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl VirtioDevice for Net {
             backend,
             self.limiters.clone(),
         );
-        self.worker = Some(context.spawn_worker("virtio-net", handler)?);
+        self.worker = Some(context.spawn_worker("virtio-net", jail::seccomp::ThreadRole::Net, handler)?);
         Ok(())
     }
 

@@ -58,7 +58,7 @@ impl VirtioDevice for Rng {
             self.metrics.clone(),
             HostEntropy,
         );
-        self.worker = Some(context.spawn_worker("virtio-rng", handler)?);
+        self.worker = Some(context.spawn_worker("virtio-rng", jail::seccomp::ThreadRole::Rng, handler)?);
         Ok(())
     }
 

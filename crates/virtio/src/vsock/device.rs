@@ -95,7 +95,8 @@ impl VirtioDevice for Vsock {
         if context.restored {
             handler.announce_transport_reset();
         }
-        self.worker = Some(context.spawn_worker("virtio-vsock", handler)?);
+        self.worker =
+            Some(context.spawn_worker("virtio-vsock", jail::seccomp::ThreadRole::Vsock, handler)?);
         Ok(())
     }
 

@@ -201,9 +201,8 @@ impl<L: Launcher> Controller<L> {
             return Err(ControlError::Busy { operation });
         }
         let report = ReportOnUnwind(Some(self.receiver.report_sender()));
-        std::thread::Builder::new()
-            .name("kestrel-operation".into())
-            .spawn(move || report.report(work()))
+        let builder = std::thread::Builder::new().name("kestrel-operation".into());
+        jail::seccomp::spawn(jail::seccomp::ThreadRole::Vmm, builder, move || report.report(work()))
             .map_err(|e| ControlError::Vm { context: operation.request(), message: e.to_string() })?;
         self.in_flight = Some(InFlight { operation, reply: reply.clone(), drive_update });
         Ok(())

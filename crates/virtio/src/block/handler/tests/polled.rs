@@ -244,7 +244,8 @@ fn a_polling_worker_holds_with_notifications_on_serves_what_came_and_stops() {
     .with_fixed_poll(LONG);
     let event = EventFd::new(EFD_NONBLOCK).unwrap();
     event.write(1).unwrap();
-    let worker = Worker::spawn("test-blk-poll", vec![event], handler).unwrap();
+    let worker =
+        Worker::spawn("test-blk-poll", jail::seccomp::ThreadRole::Block, vec![event], handler).unwrap();
     let next = || interrupted.recv_timeout(Duration::from_secs(10)).expect("no interrupt within 10 s");
 
     next();

@@ -1,0 +1,81 @@
+//! The thread that starts every confined thread.
+//!
+//! Filters stack: a thread keeps its parent's filter and can only add to it. Kestrel's threads are
+//! started by threads of other roles (a device worker by the vCPU whose register write activated
+//! the device, a vCPU by the main thread after it is confined), so started directly each would be
+//! held to its parent's list as well as its own. Instead they are all started here, by a thread
+//! whose filter is the union of every role's list: each child then gets exactly its own.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+
+use super::{enter, Error, ThreadRole};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+static JOBS: OnceLock<Sender<Job>> = OnceLock::new();
+
+/// Starts the spawner thread (once; later calls do nothing) and waits until it is confined.
+pub(crate) fn start() -> Result<(), Error> {
+    if JOBS.get().is_some() {
+        return Ok(());
+    }
+    let (jobs, receiver) = mpsc::channel::<Job>();
+    let (ready, confined) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("kestrel-spawner".into())
+        .spawn(move || {
+            block_termination_signals();
+            let entered = enter(ThreadRole::Spawner);
+            let ok = entered.is_ok();
+            let _ = ready.send(entered);
+            if ok {
+                serve(receiver);
+            }
+        })
+        .map_err(Error::Spawner)?;
+    confined.recv().map_err(|_| Error::Spawner(io::Error::other("the spawner thread ended")))??;
+    let _ = JOBS.set(jobs);
+    Ok(())
+}
+
+fn serve(jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        job();
+    }
+}
+
+/// Starts `f` on a thread made by `builder`, confined to `role`, from the spawner thread.
+pub(crate) fn spawn<F, T>(role: ThreadRole, builder: std::thread::Builder, f: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let jobs = JOBS.get().ok_or_else(|| io::Error::other("the seccomp spawner thread is not running"))?;
+    let (sender, receiver) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = sender.send(builder.spawn(move || {
+            super::enter_or_exit(role);
+            f()
+        }));
+    });
+    jobs.send(job).map_err(|_| io::Error::other("the seccomp spawner thread ended"))?;
+    receiver.recv().map_err(|_| io::Error::other("the seccomp spawner thread ended"))?
+}
+
+/// The spawner's children must not take SIGINT/SIGTERM/SIGHUP, which the VM's event loop waits
+/// for on the main thread; they inherit this mask.
+fn block_termination_signals() {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises before use; only this thread's
+    // mask changes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
