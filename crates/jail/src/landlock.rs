@@ -347,6 +347,8 @@ pub enum LandlockError {
     NotAFile(PathBuf),
     #[error("{0} is not a directory; the VMM was to create a socket in it")]
     NotADirectory(PathBuf),
+    #[error("Landlock ruleset: cannot share it with the thread that starts the VMM's threads: {0}")]
+    Clone(std::io::Error),
     #[error("Landlock was asked for (--landlock on) but this kernel does not enforce it (Linux 5.13 or later with landlock in the lsm= boot list)")]
     Unsupported,
 }
@@ -362,13 +364,22 @@ pub enum Applied {
     NotEnforced,
 }
 
+/// Which threads [`apply`] confines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The calling thread and every thread started after it (also through the seccomp spawner).
+    Process,
+    /// The calling thread and the threads it starts itself.
+    Thread,
+}
+
 /// Confines the calling thread, and the threads it starts from now on, to `rules` (paths that do
 /// not exist are left out: nothing there can be opened) with TCP bind and connect banned.
 ///
 /// Call it on the thread that goes on to start the VM's threads, before it starts them: threads
 /// that already exist stay unconfined. It also sets `PR_SET_NO_NEW_PRIVS` (Landlock needs it
 /// without `CAP_SYS_ADMIN`).
-pub fn apply(rules: &Rules, decision: Decision) -> Result<Applied, LandlockError> {
+pub fn apply(rules: &Rules, decision: Decision, scope: Scope) -> Result<Applied, LandlockError> {
     if decision == Decision::Off {
         return Ok(Applied::NotEnforced);
     }
@@ -398,6 +409,15 @@ pub fn apply(rules: &Rules, decision: Decision) -> Result<Applied, LandlockError
             _ => {}
         }
         created = created.add_rule(PathBeneath::new(fd, rule.access.rights(is_dir)))?;
+    }
+    // Threads are started by the seccomp spawner thread when filters are on (see
+    // `seccomp::spawner`), not by this one: it joins the same domain, so that every thread
+    // started from now on inherits it. The API thread's empty domain is its own alone.
+    if scope == Scope::Process {
+        let spawner_copy = created.try_clone().map_err(LandlockError::Clone)?;
+        if let Some(result) = crate::seccomp::on_spawner(move || spawner_copy.restrict_self()) {
+            result?;
+        }
     }
     let status = created.restrict_self()?;
     let applied = match status.ruleset {
@@ -452,6 +472,20 @@ pub fn system_rules() -> Rules {
 /// with it to see the rules at work from inside.
 #[cfg(debug_assertions)]
 pub fn test_probe(variable: &str) {
+    probe(variable, "");
+}
+
+/// [`test_probe`] for a thread as it starts (`KESTREL_LANDLOCK_TEST_PROBE_THREADS`, asked by
+/// `seccomp::spawn` of every thread it starts): the lines name the thread's role,
+/// `kestrel: landlock probe (ROLE) PATH: VERDICT`, so tests see that the VMM's threads are in the
+/// domain the main thread entered.
+#[cfg(debug_assertions)]
+pub fn test_probe_as(variable: &str, role: &str) {
+    probe(variable, &format!("({role}) "));
+}
+
+#[cfg(debug_assertions)]
+fn probe(variable: &str, label: &str) {
     use std::io::Write;
     let Some(paths) = std::env::var_os(variable) else { return };
     for path in paths.to_string_lossy().split(',').filter(|path| !path.is_empty()) {
@@ -460,7 +494,7 @@ pub fn test_probe(variable: &str) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "denied".to_owned(),
             Err(e) => format!("error ({e})"),
         };
-        let _ = writeln!(std::io::stderr(), "kestrel: landlock probe {path}: {verdict}");
+        let _ = writeln!(std::io::stderr(), "kestrel: landlock probe {label}{path}: {verdict}");
     }
 }
 
@@ -591,7 +625,7 @@ mod tests {
     /// threads it starts, not the test process).
     fn confined<T: Send + 'static>(rules: Rules, body: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::spawn(move || {
-            apply(&rules, Decision::Required).unwrap();
+            apply(&rules, Decision::Required, Scope::Thread).unwrap();
             body()
         })
         .join()
@@ -614,7 +648,7 @@ mod tests {
             move || {
                 let mut rules = Rules::new();
                 rules.allow_file(&allowed, Access::ReadOnly);
-                let applied = apply(&rules, Decision::Required).unwrap();
+                let applied = apply(&rules, Decision::Required, Scope::Thread).unwrap();
                 let tcp = std::net::TcpListener::bind("127.0.0.1:0").map(drop);
                 (
                     applied,
@@ -652,19 +686,22 @@ mod tests {
         for path in [dir.clone(), link.clone()] {
             let mut rules = Rules::new();
             rules.allow_file(&path, Access::ReadWrite);
-            let error = apply(&rules, Decision::Required).unwrap_err();
+            let error = apply(&rules, Decision::Required, Scope::Thread).unwrap_err();
             assert!(matches!(&error, LandlockError::NotAFile(p) if *p == path), "{error}");
             assert!(error.to_string().contains("is a directory; a file was expected"), "{error}");
         }
         // An output file that is a directory: named as a file, so refused too.
         let mut rules = Rules::new();
         rules.allow_output_file(&dir);
-        assert!(matches!(apply(&rules, Decision::Required), Err(LandlockError::NotAFile(_))));
+        assert!(matches!(apply(&rules, Decision::Required, Scope::Thread), Err(LandlockError::NotAFile(_))));
         // A socket's directory that is a file.
         std::fs::write(dir.join("file"), b"").unwrap();
         let mut rules = Rules::new();
         rules.allow_socket(&dir.join("file/v.sock"));
-        assert!(matches!(apply(&rules, Decision::Required), Err(LandlockError::NotADirectory(_))));
+        assert!(matches!(
+            apply(&rules, Decision::Required, Scope::Thread),
+            Err(LandlockError::NotADirectory(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

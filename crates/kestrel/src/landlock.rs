@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use jail::landlock::{self, Access, AllowSpec, Applied, Decision, LandlockError, Mode, Rules};
+use jail::landlock::{self, Access, AllowSpec, Applied, Decision, LandlockError, Mode, Rules, Scope};
 use model::config::{ImageFormat, SerialConfig, VirtioConfig, VmConfig};
 use vmm::control::{
     BuildOrigin, ConfinementRefusal, DriveUpdate, EngineError, Launch, Launcher, PathUse, VmControl,
@@ -125,7 +125,7 @@ impl Confinement {
     /// path and no TCP, since it only talks to its socket and the control channel. Called first
     /// thing on the `kestrel-api` thread; a no-op with Landlock off.
     pub fn confine_api_thread(&self) -> Result<(), LandlockError> {
-        landlock::apply(&Rules::new(), self.decision)?;
+        landlock::apply(&Rules::new(), self.decision, Scope::Thread)?;
         #[cfg(debug_assertions)]
         landlock::test_probe("KESTREL_LANDLOCK_TEST_PROBE_API");
         Ok(())
@@ -137,7 +137,7 @@ impl Confinement {
         }
         let extra: Vec<&Path> = self.extra_outputs.iter().map(PathBuf::as_path).collect();
         let rules = rules_for(config, origin, &extra, &self.allow);
-        match landlock::apply(&rules, self.decision)? {
+        match landlock::apply(&rules, self.decision, Scope::Process)? {
             Applied::Full => tracing::info!("Landlock: {} rules applied", rules.rules().len()),
             Applied::Partial => {
                 tracing::warn!("Landlock: this kernel enforces only part of the rules (an ABI older than 7)")

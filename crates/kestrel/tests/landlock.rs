@@ -474,3 +474,36 @@ fn an_unprivileged_vmm_keeps_its_other_threads_apart() {
     }
     assert!(seen.iter().any(|(name, cpus)| name == "vcpu0" && cpus == "1"), "{seen:?}");
 }
+
+/// Every thread the VMM starts after the rules apply (vCPUs, device workers; they are started by
+/// the seccomp spawner thread, which joins the main thread's domain) is held to them: each probes
+/// a host file and the disk as it starts, under seccomp and without it.
+#[test]
+fn the_vmms_threads_share_the_main_threads_rules() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = nobody_dir();
+    let disk = raw_disk(&dir.path().join("disk.img"));
+    let hostname = Path::new("/etc/hostname");
+    for seccomp in ["on", "off"] {
+        let mut command = kestrel_unprivileged();
+        command.env("KESTREL_LANDLOCK_TEST_PROBE_THREADS", probe_list(&[hostname, &disk]));
+        let disk_option = format!("path={}", disk.display());
+        let output = run_blk(command, &disk_option, &[], &["--seccomp", seccomp]);
+        let err = stderr(&output);
+        for role in ["vcpu", "block"] {
+            let verdict = |path: &Path| {
+                let prefix = format!("kestrel: landlock probe ({role}) {}: ", path.display());
+                err.lines()
+                    .find_map(|line| line.strip_prefix(&prefix))
+                    .unwrap_or_else(|| {
+                        panic!("no {role} probe of {} (seccomp {seccomp}) in:\n{err}", path.display())
+                    })
+                    .to_owned()
+            };
+            assert_eq!(verdict(hostname), "denied", "{role} thread, seccomp {seccomp}");
+            assert_eq!(verdict(&disk), "allowed", "{role} thread, seccomp {seccomp}");
+        }
+    }
+}

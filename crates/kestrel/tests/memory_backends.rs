@@ -49,10 +49,15 @@ fn mappings(pid: u32) -> Vec<Mapping> {
     found
 }
 
-/// The mapping of guest RAM (the one region of a small guest: `mib` MiB).
+/// The mapping of guest RAM (the one region of a small guest: `mib` MiB). Private anonymous RAM
+/// may have merged with a neighbouring anonymous mapping of the same flags (the writable head of a
+/// malloc arena, say), so the mapping can be a little larger than guest RAM, never smaller.
 fn guest_ram(pid: u32, mib: u64) -> Mapping {
     let all = mappings(pid);
-    let mut ram = all.into_iter().filter(|m| m.size_kib == mib << 10);
+    let (least, most) = (mib << 10, (mib << 10) + (mib << 7));
+    let mut ram = all
+        .into_iter()
+        .filter(|m| (least..most).contains(&m.size_kib) && m.flags.iter().any(|flag| flag == "wr"));
     let first = ram.next().expect("a mapping the size of guest RAM");
     assert!(ram.next().is_none(), "one mapping of {mib} MiB");
     first

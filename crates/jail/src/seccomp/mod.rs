@@ -96,8 +96,26 @@ where
     T: Send + 'static,
 {
     match mode() {
-        Mode::Off => builder.spawn(f),
+        Mode::Off => builder.spawn(move || {
+            #[cfg(debug_assertions)]
+            crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
+            f()
+        }),
         Mode::Enforce => spawner::spawn(role, builder, f),
+    }
+}
+
+/// Runs `f` on the thread that starts every confined thread ([`spawn`]) and returns its result,
+/// so that what `f` sets up for itself (a Landlock domain) is inherited by every thread started
+/// afterwards; `None` when the mode is [`Mode::Off`] (threads are then started by their parents).
+pub fn on_spawner<T, F>(f: F) -> Option<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match mode() {
+        Mode::Off => None,
+        Mode::Enforce => spawner::run(f),
     }
 }
 

@@ -57,12 +57,31 @@ where
     let (sender, receiver) = mpsc::sync_channel(1);
     let job: Job = Box::new(move || {
         let _ = sender.send(builder.spawn(move || {
+            #[cfg(debug_assertions)]
+            crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
             super::enter_or_exit(role);
             f()
         }));
     });
     jobs.send(job).map_err(|_| io::Error::other("the seccomp spawner thread ended"))?;
     receiver.recv().map_err(|_| io::Error::other("the seccomp spawner thread ended"))?
+}
+
+/// Runs `f` on the spawner thread and returns its result; `None` when no spawner runs (seccomp
+/// off). For what must hold for every thread started from now on: Landlock binds a thread and the
+/// threads it starts, and every confined thread is started here.
+pub(crate) fn run<T, F>(f: F) -> Option<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let jobs = JOBS.get()?;
+    let (sender, receiver) = mpsc::sync_channel(1);
+    jobs.send(Box::new(move || {
+        let _ = sender.send(f());
+    }))
+    .ok()?;
+    receiver.recv().ok()
 }
 
 /// The spawner's children must not take SIGINT/SIGTERM/SIGHUP, which the VM's event loop waits
