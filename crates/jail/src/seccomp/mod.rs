@@ -101,6 +101,22 @@ where
     }
 }
 
+/// Runs `f` where every thread [`spawn`] starts from now on inherits its effects: on the spawner
+/// thread with [`Mode::Enforce`], else on the calling thread. For process-wide confinement that
+/// is per thread in Linux, such as Landlock's `landlock_restrict_self` (allowed on the spawner;
+/// make the ruleset on the calling thread, descriptors are shared). Threads already running are
+/// not affected.
+pub fn run_where_threads_start<R, F>(f: F) -> io::Result<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match mode() {
+        Mode::Off => Ok(f()),
+        Mode::Enforce => spawner::run_here(f),
+    }
+}
+
 /// Debug builds only: `KESTREL_SECCOMP_TEST_VIOLATE=<role>` makes the first thread of that role
 /// make one forbidden system call (getpgrp) right after its filter is installed, so tests can see
 /// the violation path work for every role.
