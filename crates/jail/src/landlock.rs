@@ -348,7 +348,7 @@ pub enum LandlockError {
     #[error("{0} is not a directory; the VMM was to create a socket in it")]
     NotADirectory(PathBuf),
     #[error("Landlock ruleset: cannot share it with the thread that starts the VMM's threads: {0}")]
-    Clone(std::io::Error),
+    Spawner(std::io::Error),
     #[error("Landlock was asked for (--landlock on) but this kernel does not enforce it (Linux 5.13 or later with landlock in the lsm= boot list)")]
     Unsupported,
 }
@@ -413,11 +413,10 @@ pub fn apply(rules: &Rules, decision: Decision, scope: Scope) -> Result<Applied,
     // Threads are started by the seccomp spawner thread when filters are on (see
     // `seccomp::spawner`), not by this one: it joins the same domain, so that every thread
     // started from now on inherits it. The API thread's empty domain is its own alone.
-    if scope == Scope::Process {
-        let spawner_copy = created.try_clone().map_err(LandlockError::Clone)?;
-        if let Some(result) = crate::seccomp::on_spawner(move || spawner_copy.restrict_self()) {
-            result?;
-        }
+    if scope == Scope::Process && crate::seccomp::mode() == crate::seccomp::Mode::Enforce {
+        let spawner_copy = created.try_clone().map_err(LandlockError::Spawner)?;
+        crate::seccomp::run_where_threads_start(move || spawner_copy.restrict_self())
+            .map_err(LandlockError::Spawner)??;
     }
     let status = created.restrict_self()?;
     let applied = match status.ruleset {

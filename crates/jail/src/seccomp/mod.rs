@@ -105,17 +105,19 @@ where
     }
 }
 
-/// Runs `f` on the thread that starts every confined thread ([`spawn`]) and returns its result,
-/// so that what `f` sets up for itself (a Landlock domain) is inherited by every thread started
-/// afterwards; `None` when the mode is [`Mode::Off`] (threads are then started by their parents).
-pub fn on_spawner<T, F>(f: F) -> Option<T>
+/// Runs `f` where every thread [`spawn`] starts from now on inherits its effects: on the spawner
+/// thread with [`Mode::Enforce`], else on the calling thread. For process-wide confinement that
+/// is per thread in Linux, such as Landlock's `landlock_restrict_self` (allowed on the spawner;
+/// make the ruleset on the calling thread, descriptors are shared). Threads already running are
+/// not affected.
+pub fn run_where_threads_start<R, F>(f: F) -> io::Result<R>
 where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
 {
     match mode() {
-        Mode::Off => None,
-        Mode::Enforce => spawner::run(f),
+        Mode::Off => Ok(f()),
+        Mode::Enforce => spawner::run_here(f),
     }
 }
 

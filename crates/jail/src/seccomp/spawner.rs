@@ -67,21 +67,20 @@ where
     receiver.recv().map_err(|_| io::Error::other("the seccomp spawner thread ended"))?
 }
 
-/// Runs `f` on the spawner thread and returns its result; `None` when no spawner runs (seccomp
-/// off). For what must hold for every thread started from now on: Landlock binds a thread and the
-/// threads it starts, and every confined thread is started here.
-pub(crate) fn run<T, F>(f: F) -> Option<T>
+/// Runs `f` on the spawner thread and returns what it returns: what the spawner does to itself
+/// (Landlock's `landlock_restrict_self`, say) every thread it starts from then on inherits.
+pub(crate) fn run_here<R, F>(f: F) -> io::Result<R>
 where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
 {
-    let jobs = JOBS.get()?;
+    let jobs = JOBS.get().ok_or_else(|| io::Error::other("the seccomp spawner thread is not running"))?;
     let (sender, receiver) = mpsc::sync_channel(1);
-    jobs.send(Box::new(move || {
+    let job: Job = Box::new(move || {
         let _ = sender.send(f());
-    }))
-    .ok()?;
-    receiver.recv().ok()
+    });
+    jobs.send(job).map_err(|_| io::Error::other("the seccomp spawner thread ended"))?;
+    receiver.recv().map_err(|_| io::Error::other("the seccomp spawner thread ended"))
 }
 
 /// The spawner's children must not take SIGINT/SIGTERM/SIGHUP, which the VM's event loop waits

@@ -44,6 +44,13 @@ fn the_table_of_names_matches_libc() {
 }
 
 #[test]
+fn off_runs_the_closure_on_the_calling_thread() {
+    let caller = std::thread::current().id();
+    let ran_on = run_where_threads_start(move || std::thread::current().id()).unwrap();
+    assert_eq!(ran_on, caller);
+}
+
+#[test]
 fn roles_are_named_both_ways() {
     for role in ThreadRole::ALL {
         assert_eq!(ThreadRole::from_name(role.name()), Some(role));
