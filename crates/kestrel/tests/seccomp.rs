@@ -247,9 +247,10 @@ fn every_thread_is_confined_while_every_device_runs(front: Front, transport: &st
     let all: Vec<(&String, &Confinement)> =
         seen.iter().flat_map(|(name, confinements)| confinements.iter().map(move |c| (name, c))).collect();
     assert_all_confined(all, &format!("(sampled while the guest ran; seen: {:?})", seen.keys()));
-    // The rng, blk and net workers live for a few milliseconds each, which the sampler may miss:
-    // `a_forbidden_call_in_any_role_stops_the_vmm_with_159_naming_it` shows they are filtered.
-    assert!(seen.contains_key("virtio-vsock"), "the sampler never saw the vsock worker: {:?}", seen.keys());
+    // The sampler shows what it caught was confined; which threads it caught depends on the
+    // host's timing (the rng, blk and net workers live for milliseconds), so nothing is asserted
+    // of its coverage: the holding points above show the balloon and vsock workers confined, and
+    // `a_forbidden_call_in_any_role_stops_the_vmm_with_159_naming_it` every role's filter.
 }
 
 macro_rules! on_both_fronts_and_transports {
