@@ -125,6 +125,12 @@ impl Confinement {
     /// path and no TCP, since it only talks to its socket and the control channel. Called first
     /// thing on the `kestrel-api` thread; a no-op with Landlock off.
     pub fn confine_api_thread(&self) -> Result<(), LandlockError> {
+        // Under seccomp the API role has no call that opens a path or a TCP socket at all
+        // (crates/jail/seccomp/x86_64.json), so a Landlock domain would add nothing there but
+        // the calls that make it.
+        if jail::seccomp::mode() == jail::seccomp::Mode::Enforce {
+            return Ok(());
+        }
         landlock::apply(&Rules::new(), self.decision, Scope::Thread)?;
         #[cfg(debug_assertions)]
         landlock::test_probe("KESTREL_LANDLOCK_TEST_PROBE_API");
