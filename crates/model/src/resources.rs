@@ -161,7 +161,9 @@ fn net_config(iface: &NetworkInterface) -> Result<NetConfig, ConfigError> {
         id: Some(iface.iface_id.clone()),
         rx_rate_limiter: iface.rx_rate_limiter,
         tx_rate_limiter: iface.tx_rate_limiter,
-        ..NetConfig::new(Some(iface.host_dev_name.clone()))
+        // Empty only for a restored card whose tap the kernel named (`kestrelN`): no name to
+        // ask for (`put_network_interface` refuses an empty one).
+        ..NetConfig::new(Some(iface.host_dev_name.clone()).filter(|name| !name.is_empty()))
     };
     config.validate()?;
     Ok(config)
@@ -456,6 +458,57 @@ impl VmResources {
         }
     }
 
+    /// The devices of a VM restored from a snapshot, as the API names them, so that requests to
+    /// the running VM (`PATCH /drives`, `PATCH /network-interfaces`, `PATCH /balloon`) find
+    /// them by ID, as after `InstanceStart`. Each drive, card and balloon is what `config`
+    /// (the restored VM's, after its drive overrides) has; the disks and cards keep the VM's
+    /// order. A drive whose ID was longer than the 20 bytes a disk's serial keeps is known by
+    /// those 20 bytes; a device saved without an ID (a command-line VM) gets `drive<N>` or its
+    /// tap's name.
+    pub fn restored(config: &VmConfig) -> VmResources {
+        let mut resources = VmResources::default();
+        let root = config.cmdline.split_whitespace().any(|word| word == "root=/dev/vda");
+        let mut disks = 0;
+        for device in &config.virtio {
+            match device {
+                VirtioConfig::Block(disk) => {
+                    resources.drives.push(restored_drive(disk, disks, root && disks == 0));
+                    disks += 1;
+                }
+                VirtioConfig::Net(net) => {
+                    let index = resources.network_interfaces.len();
+                    resources.network_interfaces.push(restored_interface(net, index));
+                }
+                VirtioConfig::Balloon(balloon) => {
+                    resources.balloon = Some(Balloon {
+                        amount_mib: balloon.target_mib,
+                        deflate_on_oom: balloon.deflate_on_oom,
+                        stats_polling_interval_s: balloon
+                            .stats_interval
+                            .map_or(0, |i| u16::try_from(i.as_secs()).unwrap_or(u16::MAX)),
+                        free_page_hinting: false,
+                        free_page_reporting: balloon.free_page_reporting,
+                    })
+                }
+                VirtioConfig::Rng => resources.entropy = Some(EntropyDevice::default()),
+                VirtioConfig::Vsock(vsock) => {
+                    resources.vsock = Some(Vsock {
+                        guest_cid: u32::try_from(vsock.cid).unwrap_or(u32::MAX),
+                        uds_path: vsock.uds_path.to_string_lossy().into_owned(),
+                        vsock_id: None,
+                    })
+                }
+            }
+        }
+        resources.machine_config = MachineConfiguration {
+            vcpu_count: config.vcpus,
+            mem_size_mib: config.memory_bytes >> 20,
+            track_dirty_pages: config.track_dirty_pages,
+            ..MachineConfiguration::default()
+        };
+        resources
+    }
+
     /// A `--config` file's text (Firecracker's `--config-file` JSON).
     pub fn from_json(text: &str) -> Result<VmResources, ConfigFileError> {
         let file: FullVmConfiguration = serde_json::from_str(text).map_err(ConfigFileError::Json)?;
@@ -561,6 +614,43 @@ impl VmResources {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The API drive of a restored VM's disk `index`: every option the disk has, so that
+/// [`drive_config`] gives the disk back.
+fn restored_drive(disk: &BlockConfig, index: usize, root: bool) -> Drive {
+    Drive {
+        drive_id: disk.id.clone().unwrap_or_else(|| format!("drive{index}")),
+        is_root_device: root,
+        partuuid: None,
+        // `x-kestrel`'s cache says it all (`none` has no `cache_type` of its own).
+        cache_type: None,
+        is_read_only: Some(disk.read_only),
+        path_on_host: Some(disk.path.to_string_lossy().into_owned()),
+        rate_limiter: disk.rate_limiter,
+        io_engine: Some(disk.io_engine),
+        socket: None,
+        kestrel: Some(crate::api::KestrelDrive {
+            format: Some(disk.format),
+            cache: Some(disk.cache),
+            allow_backing: Some(disk.allow_backing),
+            num_queues: Some(disk.num_queues),
+            poll_us: disk.poll_us,
+        }),
+    }
+}
+
+/// The API network interface of a restored VM's card `index`.
+fn restored_interface(net: &NetConfig, index: usize) -> NetworkInterface {
+    NetworkInterface {
+        iface_id: net.id.clone().or_else(|| net.tap.clone()).unwrap_or_else(|| format!("net{index}")),
+        // Empty for a card whose tap was named by the kernel (see `net_config`).
+        host_dev_name: net.tap.clone().unwrap_or_default(),
+        guest_mac: net.mac.map(|mac| mac.to_string()),
+        mtu: None,
+        rx_rate_limiter: net.rx_rate_limiter,
+        tx_rate_limiter: net.tx_rate_limiter,
     }
 }
 

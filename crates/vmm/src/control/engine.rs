@@ -50,10 +50,12 @@ impl Launcher for KvmLauncher {
                 self.before_build(&config)?;
                 crate::builder::build(&config)?
             }
-            Launch::Restore { state_path, memory_path, options, resume } => {
+            Launch::Restore { state_path, memory_path, options, resume, restored } => {
                 let prepared = crate::builder::prepare_restore(&state_path, &memory_path, &options)?;
                 self.before_build(prepared.config())?;
+                let config = prepared.config().clone();
                 let vm = prepared.finish()?;
+                restored.set(&config);
                 if !resume {
                     // Before `run`, a pause holds the vCPUs before they first enter the guest.
                     vm.handle().pause()?;
