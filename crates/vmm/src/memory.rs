@@ -36,7 +36,11 @@ pub enum MemoryError {
     #[error("guest RAM region of {size} bytes is not a multiple of the {page} huge page size")]
     RegionNotHugeAligned { size: u64, page: HugePageSize },
     #[error("cannot map guest RAM: {0}")]
-    Map(String),
+    Map(#[source] vm_memory::mmap::MmapRegionError),
+    #[error("a guest RAM region at {0:#x} does not fit the guest's address space")]
+    RegionAddress(u64),
+    #[error("the guest RAM regions do not form one guest memory: {0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
     #[error("cannot apply {advice} to guest RAM: {source}")]
     Advice { advice: &'static str, source: io::Error },
     #[error("NUMA node {0} does not exist on this host (see /sys/devices/system/node)")]
@@ -118,13 +122,12 @@ fn shared_memory(ranges: &[(GuestAddress, usize)], huge: Option<HugePageSize>) -
                     free: free_huge_pages(page).unwrap_or(0),
                 })
             }
-            _ => MemoryError::Map(e.to_string()).into(),
+            _ => MemoryError::Map(e).into(),
         })?;
-        regions
-            .push(GuestRegionMmap::new(mapping, address).ok_or(MemoryError::Map("region address".into()))?);
+        regions.push(GuestRegionMmap::new(mapping, address).ok_or(MemoryError::RegionAddress(address.0))?);
         offset += size as u64;
     }
-    GuestRam::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()).into())
+    GuestRam::from_regions(regions).map_err(|e| MemoryError::Regions(e).into())
 }
 
 /// The free huge pages of `page` size in the host's pool.
@@ -255,7 +258,7 @@ pub fn fill_from_file(memory: &GuestRam, path: &Path, layout: &[SavedRegion]) ->
 }
 
 /// `lseek` with SEEK_DATA or SEEK_HOLE; None where there is no more data (ENXIO).
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+pub(crate) fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
     // SAFETY: lseek on an open descriptor only moves its offset.
     let result = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };

@@ -18,8 +18,8 @@ pub enum HostPlacementError {
     RealtimeNotPermitted { priority: u8, source: io::Error },
     #[error("cannot read {path}: {source}")]
     ReadHost { path: String, source: io::Error },
-    #[error("{path}: {reason}")]
-    BadHostList { path: String, reason: String },
+    #[error("{path}: {source}")]
+    BadHostList { path: String, source: model::host::CpuListError },
     #[error("cannot set the CPU affinity of {thread} to {cpus}: {source}")]
     Affinity { thread: String, cpus: String, source: io::Error },
     #[error("cannot start the real-time priority check: {0}")]
@@ -130,8 +130,7 @@ impl ThreadPlacement {
 fn read_cpu_list(path: &str) -> Result<CpuSet, HostPlacementError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| HostPlacementError::ReadHost { path: path.into(), source })?;
-    CpuSet::parse(text.trim())
-        .map_err(|e| HostPlacementError::BadHostList { path: path.into(), reason: e.to_string() })
+    CpuSet::parse(text.trim()).map_err(|source| HostPlacementError::BadHostList { path: path.into(), source })
 }
 
 fn set_affinity(tid: libc::pid_t, cpus: &CpuSet) -> io::Result<()> {
@@ -294,6 +293,19 @@ mod tests {
         assert_eq!(confined.join().unwrap(), first.to_string(), "the confined thread keeps its cpuset's CPU");
         assert_eq!(moved, second.to_string(), "the other threads moved");
         drop(cpuset);
+    }
+
+    /// A host CPU list that does not parse is a typed error carrying the parser's.
+    #[test]
+    fn a_bad_host_cpu_list_keeps_the_parsers_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("online");
+        std::fs::write(&path, "0-x\n").unwrap();
+        let error = read_cpu_list(path.to_str().unwrap()).unwrap_err();
+        let source =
+            std::error::Error::source(&error).and_then(|s| s.downcast_ref::<model::host::CpuListError>());
+        assert!(matches!(source, Some(model::host::CpuListError::Syntax(_))), "{error:?}");
+        assert!(error.to_string().contains("'0-x' is not a CPU number"), "{error}");
     }
 
     #[test]

@@ -504,7 +504,7 @@ impl<L: Launcher> Controller<L> {
             return Err(ControlError::NotYet("network_overrides"));
         }
         let host = match &params.kestrel {
-            Some(extensions) => extensions.host_resources()?,
+            Some(extensions) => extensions.host_resources(None)?,
             None => Default::default(),
         };
         let drive_paths =
