@@ -378,8 +378,7 @@ fn memfd_allocated_bytes(pid: u32) -> u64 {
 /// The balloon guest touches 64 MiB, then hands exactly those pages to the balloon: on shared
 /// memory the pages must leave the memfd (MADV_DONTNEED alone would leave them allocated).
 fn inflating_frees_the_memfds_pages(memory: &str) {
-    // (On hugetlb memory only whole huge pages are freed, and this guest inflates 1 MiB per
-    // buffer: nothing to free there; Linux reports free memory in 2 MiB blocks and more.)
+    // (A balloon on hugetlb memory is refused: only whole huge pages could be freed.)
     use std::io::{BufReader, Write};
     use std::process::Stdio;
 

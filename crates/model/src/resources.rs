@@ -233,6 +233,7 @@ impl VmResources {
         host.cpus.validate(vcpus)?;
         host.memory.validate(config.mem_size_mib << 20)?;
         if let Some(balloon) = &self.balloon {
+            check_balloon_memory(&host.memory)?;
             if u64::from(balloon.amount_mib) > config.mem_size_mib {
                 return Err(ConfigError::BalloonTooLarge {
                     amount: balloon.amount_mib,
@@ -410,6 +411,8 @@ impl VmResources {
         if balloon.free_page_hinting {
             return Err(ConfigError::Unsupported("free_page_hinting".into()));
         }
+        // As Firecracker does: refused now rather than at InstanceStart.
+        check_balloon_memory(&self.machine_config.host_resources()?.memory)?;
         let memory = self.machine_config.mem_size_mib;
         if u64::from(balloon.amount_mib) > memory {
             return Err(ConfigError::BalloonTooLarge { amount: balloon.amount_mib, memory });
@@ -615,6 +618,18 @@ impl VmResources {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Whether guest RAM of these options can give a balloon's pages back (see
+/// [`VmConfig::validate`], which checks the same when the VM is built).
+fn check_balloon_memory(memory: &crate::host::MemoryOptions) -> Result<(), ConfigError> {
+    if memory.mlock {
+        return Err(ConfigError::MlockWithBalloon);
+    }
+    if matches!(memory.backend, crate::host::RamBackend::HugeTlb(_)) {
+        return Err(ConfigError::BalloonWithHugePages);
+    }
+    Ok(())
 }
 
 /// The API drive of a restored VM's disk `index`: every option the disk has, so that
@@ -846,6 +861,29 @@ mod tests {
             r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"huge_pages": "4M"}}"#,
         ] {
             assert!(machine(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A balloon cannot give back locked or hugetlb memory: the two are refused together when
+    /// the second is PUT, whichever comes first.
+    #[test]
+    fn a_balloon_is_refused_beside_locked_or_huge_page_memory() {
+        let machine = |text: &str| serde_json::from_str::<MachineConfiguration>(text).unwrap();
+        let balloon: Balloon = serde_json::from_str(r#"{"amount_mib": 0, "deflate_on_oom": false}"#).unwrap();
+        let huge = r#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#;
+        let locked = r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"mlock": true}}"#;
+        for (text, expected) in [(huge, "a balloon cannot be used with huge pages"), (locked, "mlock keeps")]
+        {
+            let mut resources = VmResources::default();
+            resources.set_machine_config(machine(text)).unwrap();
+            let message = resources.set_balloon(balloon.clone()).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+
+            let mut resources = VmResources::default();
+            resources.set_balloon(balloon.clone()).unwrap();
+            let message = resources.set_machine_config(machine(text)).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+            assert_eq!(resources.machine_config(), &MachineConfiguration::default(), "left as it was");
         }
     }
 
