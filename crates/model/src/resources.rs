@@ -864,6 +864,55 @@ mod tests {
         }
     }
 
+    /// A restored VM's disks and cards, as the API names them, give back the engine's devices
+    /// they were made from (every option kept), in the VM's order.
+    #[test]
+    fn restored_devices_keep_every_option() {
+        let limiter: RateLimiterConfig =
+            serde_json::from_str(r#"{"ops": {"size": 5, "refill_time": 10}}"#).unwrap();
+        let disk = BlockConfig {
+            read_only: true,
+            id: Some("data".into()),
+            format: ImageFormat::Qcow2,
+            cache: CacheMode::None,
+            allow_backing: false,
+            num_queues: 4,
+            io_engine: IoEngine::Sync,
+            rate_limiter: Some(limiter),
+            poll_us: Some(50),
+            ..BlockConfig::new("/images/data.qcow2")
+        };
+        let net = NetConfig {
+            mac: Some("52:54:00:00:00:01".parse().unwrap()),
+            id: Some("eth0".into()),
+            tx_rate_limiter: Some(limiter),
+            ..NetConfig::new(Some("tap0".into()))
+        };
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            vcpus: 2,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::None,
+            virtio: vec![
+                VirtioConfig::Block(BlockConfig { id: Some("root".into()), ..BlockConfig::new("/r") }),
+                VirtioConfig::Net(net.clone()),
+                VirtioConfig::Block(disk.clone()),
+            ],
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: false,
+            host: Default::default(),
+        };
+        let resources = VmResources::restored(&config);
+        let drives: Vec<_> = resources.drives_in_vm_order().map(|d| drive_config(d).unwrap()).collect();
+        assert_eq!(drives[1], disk);
+        assert_eq!(drives[0].id.as_deref(), Some("root"));
+        assert!(!resources.drives[0].is_root_device, "no root= on the command line");
+        assert_eq!(net_config(&resources.network_interfaces[0]).unwrap(), net);
+        assert_eq!(resources.machine_config().vcpu_count, 2);
+    }
+
     /// A balloon cannot give back locked or hugetlb memory: the two are refused together when
     /// the second is PUT, whichever comes first.
     #[test]
