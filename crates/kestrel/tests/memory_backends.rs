@@ -212,6 +212,19 @@ fn hugetlb_memory_comes_from_the_pool_and_a_short_pool_is_a_clear_error() {
     let taken = meminfo("HugePages_Total:") - meminfo("HugePages_Free:") + meminfo("HugePages_Rsvd:");
     assert_eq!(taken - taken_before, 32, "the guest's 32 pages are in use or reserved");
     assert!(meminfo("HugePages_Free:") < meminfo("HugePages_Total:"), "the guest touched some");
+    drop(vm);
+
+    // Bound to node 0, the pages are reserved from node 0's pool (the thread is bound while
+    // the mapping reserves them) and the mapping is bound there.
+    let bound = run_hanging(dir.path(), "64M,hugepages=2M,numa=0");
+    let pid = bound.0.id();
+    let ram = guest_ram(pid, 64);
+    assert_eq!(ram.kernel_page_kib, 2048, "{ram:?}");
+    let start = ram.header.split('-').next().unwrap().to_owned();
+    let numa_maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
+    let line =
+        numa_maps.lines().find(|l| l.starts_with(&format!("{start} "))).expect("guest RAM in numa_maps");
+    assert!(line.contains("bind:0") && line.contains("huge"), "{line}");
 }
 
 /// hello.c's COUNT_STEP.
@@ -370,8 +383,7 @@ fn memfd_allocated_bytes(pid: u32) -> u64 {
 /// The balloon guest touches 64 MiB, then hands exactly those pages to the balloon: on shared
 /// memory the pages must leave the memfd (MADV_DONTNEED alone would leave them allocated).
 fn inflating_frees_the_memfds_pages(memory: &str) {
-    // (On hugetlb memory only whole huge pages are freed, and this guest inflates 1 MiB per
-    // buffer: nothing to free there; Linux reports free memory in 2 MiB blocks and more.)
+    // (A balloon on hugetlb memory is refused: only whole huge pages could be freed.)
     use std::io::{BufReader, Write};
     use std::process::Stdio;
 

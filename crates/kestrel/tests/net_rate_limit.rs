@@ -292,3 +292,81 @@ fn a_patch_changes_the_limit_of_a_running_card() {
     // 10 s more, and the old limit over 3 minutes.
     assert!(took < Duration::from_secs(8), "the guest took {took:?} after the limit was lifted");
 }
+
+/// `PATCH /network-interfaces` on a VM restored from a snapshot finds its card (as Firecracker
+/// allows): the card is known by the ID it was configured with, and `GET /vm/config` shows the
+/// new limiter beside the one the PATCH left out.
+#[test]
+fn a_restored_vms_card_can_be_patched() {
+    use common::api::{request, spawn_vmm, vmm_command};
+
+    if !kvm_available() {
+        return;
+    }
+    let Some(namespace) = namespace() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
+    let start = |name: &str| {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let mut command = vmm_command(&socket);
+        command.args(["--serial", "none"]);
+        let mut wrapped = namespace.wrap(&command);
+        wrapped.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        (Killed(spawn_vmm(wrapped, &socket)), socket)
+    };
+    let ok = |socket: &std::path::Path, method: &str, path: &str, body: &str| {
+        let (status, reply) = request(socket, method, path, body);
+        assert_eq!(status, 204, "{method} {path}: {reply}");
+    };
+
+    let (first, socket) = start("first");
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "exit=hang"}}"#, guests::HELLO);
+    ok(&socket, "PUT", "/boot-source", &boot);
+    ok(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#);
+    let net = format!(
+        r#"{{"iface_id": "eth0", "host_dev_name": "{TAP}", "guest_mac": "{GUEST_MAC_TEXT}",
+            "rx_rate_limiter": {{"bandwidth": {{"size": 1048576, "refill_time": 1000}}}}}}"#
+    );
+    ok(&socket, "PUT", "/network-interfaces/eth0", &net);
+    ok(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    ok(&socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "snapshot_type": "Full"}}"#,
+        state.display(),
+        memory.display()
+    );
+    ok(&socket, "PUT", "/snapshot/create", &create);
+    // The tap is free for the restored VM once this one is gone.
+    drop(first);
+
+    let (_second, socket) = start("second");
+    let load = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "resume_vm": true}}"#,
+        state.display(),
+        memory.display()
+    );
+    ok(&socket, "PUT", "/snapshot/load", &load);
+    let limit = r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#;
+    ok(&socket, "PATCH", "/network-interfaces/eth0", limit);
+    let (status, config) = request(&socket, "GET", "/vm/config", "");
+    assert_eq!(status, 200, "{config}");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let card = &config["network-interfaces"][0];
+    assert_eq!(card["iface_id"], "eth0", "{config}");
+    assert_eq!(card["host_dev_name"], TAP, "{config}");
+    assert_eq!(card["tx_rate_limiter"]["ops"]["size"], 100, "{config}");
+    assert_eq!(card["rx_rate_limiter"]["bandwidth"]["size"], 1048576, "{config}");
+    let (status, reply) = request(&socket, "PATCH", "/network-interfaces/eth1", r#"{"iface_id": "eth1"}"#);
+    assert_eq!(status, 400, "an unknown card is still refused: {reply}");
+}
+
+/// A VMM that never ends by itself (its guest spins), killed when dropped, also by a failing
+/// assertion.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -417,6 +417,73 @@ fn drive_overrides_are_checked_like_saved_paths() {
     assert_consecutive(&wait_for_counts(&second.log, 2), last + COUNT_STEP);
 }
 
+/// A restored VM's drive answers `PATCH /drives` (a rate limiter, a new file) as a booted one's
+/// does, and `GET /vm/config` shows the drive with what the PATCH changed.
+#[test]
+fn a_restored_vms_drive_can_be_patched() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let SnapshotWithDisk { disk, state, memory, last } = snapshot_with_a_disk(dir.path());
+    let second = Vmm::start(dir.path(), "second");
+    second.ok("PUT", "/snapshot/load", &Vmm::load_body(&state, &memory));
+    assert_consecutive(&wait_for_counts(&second.log, 2), last + COUNT_STEP);
+    let limited = r#"{"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#;
+    second.ok("PATCH", "/drives/rootfs", limited);
+    let copy = dir.path().join("copy.img");
+    std::fs::copy(&disk, &copy).unwrap();
+    second.ok(
+        "PATCH",
+        "/drives/rootfs",
+        &format!(r#"{{"drive_id": "rootfs", "path_on_host": "{}"}}"#, copy.display()),
+    );
+    let (status, config) = request(&second.socket, "GET", "/vm/config", "");
+    assert_eq!(status, 200, "{config}");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let drive = &config["drives"][0];
+    assert_eq!(drive["drive_id"], "rootfs", "{config}");
+    assert_eq!(drive["path_on_host"], copy.to_str().unwrap(), "{config}");
+    assert_eq!(drive["rate_limiter"]["ops"]["size"], 100, "{config}");
+    assert_fault(
+        request(&second.socket, "PATCH", "/drives/data", r#"{"drive_id": "data", "rate_limiter": {}}"#),
+        "data",
+    );
+}
+
+/// Guest RAM locked in host memory cannot give a balloon's pages back: a restore of a VM with a
+/// balloon onto locked memory is refused (as a boot is), and onto unlocked memory the restored
+/// balloon answers `PATCH /balloon`.
+#[test]
+fn a_snapshot_with_a_balloon_is_not_restored_onto_locked_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
+    let first = Vmm::start(dir.path(), "first");
+    let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "exit=count"}}"#, guests::HELLO);
+    first.ok("PUT", "/boot-source", &boot);
+    first.ok("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#);
+    first.ok("PUT", "/balloon", r#"{"amount_mib": 0, "deflate_on_oom": false}"#);
+    first.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_for_counts(&first.log, 2);
+    first.pause();
+    first.snapshot(&state, &memory, "Full");
+    drop(first);
+
+    let second = Vmm::start(dir.path(), "second");
+    let mut locked: serde_json::Value = serde_json::from_str(&Vmm::load_body(&state, &memory)).unwrap();
+    locked["x-kestrel"] = serde_json::json!({"mlock": true});
+    assert_fault(second.put("/snapshot/load", &locked.to_string()), "mlock keeps guest RAM resident");
+    second.ok("PUT", "/snapshot/load", &Vmm::load_body(&state, &memory));
+    wait_for_counts(&second.log, 2);
+    second.ok("PATCH", "/balloon", r#"{"amount_mib": 4}"#);
+    let (status, balloon) = request(&second.socket, "GET", "/balloon", "");
+    assert_eq!(status, 200, "{balloon}");
+    assert!(balloon.contains(r#""amount_mib":4"#), "{balloon}");
+}
+
 /// What client B saw while client A's snapshot ran.
 #[derive(Default, Debug)]
 struct Observed {

@@ -41,14 +41,14 @@ pub struct MachineConfiguration {
     /// Kestrel's additions (`x-kestrel` in the API description): vCPU placement and guest
     /// memory backends.
     #[serde(rename = "x-kestrel", default, skip_serializing_if = "Option::is_none")]
-    pub kestrel: Option<Box<MachineConfigExtensions>>,
+    pub kestrel: Option<Box<HostExtensions>>,
 }
 
-/// `x-kestrel` of `PUT /machine-config`: where the VM's threads run and what backs its RAM (host
-/// choices, not part of a snapshot).
+/// `x-kestrel` of `PUT /machine-config` and of `PUT /snapshot/load`: where the VM's threads run
+/// and what backs its RAM (host choices, not part of a snapshot: a restore makes its own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MachineConfigExtensions {
+pub struct HostExtensions {
     /// One CPU list for every vCPU (`[[0, 1]]`), or one per vCPU (`[[0], [1]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vcpu_affinity: Vec<CpuSet>,
@@ -60,6 +60,21 @@ pub struct MachineConfigExtensions {
     pub vcpu_realtime_priority: Option<u8>,
     #[serde(flatten)]
     pub memory: MemoryExtensions,
+}
+
+impl HostExtensions {
+    /// The host-side choices these fields ask for, with Firecracker's `huge_pages` beside them
+    /// (machine-config's; a snapshot load has none).
+    pub fn host_resources(&self, huge_pages: Option<HugePages>) -> Result<HostResources, ConfigError> {
+        Ok(HostResources {
+            cpus: CpuPlacement {
+                vcpu_affinity: self.vcpu_affinity.clone(),
+                vmm_affinity: self.vmm_affinity.clone(),
+                vcpu_realtime_priority: self.vcpu_realtime_priority,
+            },
+            memory: self.memory.options(huge_pages)?,
+        })
+    }
 }
 
 /// The guest memory options of `x-kestrel` (in `PUT /machine-config` and `PUT /snapshot/load`).
@@ -107,15 +122,10 @@ impl MemoryExtensions {
 impl MachineConfiguration {
     /// The host-side choices this machine configuration asks for.
     pub fn host_resources(&self) -> Result<HostResources, ConfigError> {
-        let extensions = self.kestrel.as_deref().cloned().unwrap_or_default();
-        Ok(HostResources {
-            cpus: CpuPlacement {
-                vcpu_affinity: extensions.vcpu_affinity,
-                vmm_affinity: extensions.vmm_affinity,
-                vcpu_realtime_priority: extensions.vcpu_realtime_priority,
-            },
-            memory: extensions.memory.options(self.huge_pages)?,
-        })
+        match self.kestrel.as_deref() {
+            Some(extensions) => extensions.host_resources(self.huge_pages),
+            None => HostExtensions::default().host_resources(self.huge_pages),
+        }
     }
 }
 
@@ -547,35 +557,7 @@ pub struct SnapshotLoadParams {
     /// threads run (host choices a snapshot does not carry; by default anonymous memory,
     /// unpinned).
     #[serde(rename = "x-kestrel", default, skip_serializing_if = "Option::is_none")]
-    pub kestrel: Option<Box<SnapshotLoadExtensions>>,
-}
-
-/// `x-kestrel` of `PUT /snapshot/load`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotLoadExtensions {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub vcpu_affinity: Vec<CpuSet>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vmm_affinity: Option<CpuSet>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vcpu_realtime_priority: Option<u8>,
-    #[serde(flatten)]
-    pub memory: MemoryExtensions,
-}
-
-impl SnapshotLoadExtensions {
-    /// The host-side choices the restore asks for.
-    pub fn host_resources(&self) -> Result<HostResources, ConfigError> {
-        Ok(HostResources {
-            cpus: CpuPlacement {
-                vcpu_affinity: self.vcpu_affinity.clone(),
-                vmm_affinity: self.vmm_affinity.clone(),
-                vcpu_realtime_priority: self.vcpu_realtime_priority,
-            },
-            memory: self.memory.options(None)?,
-        })
-    }
+    pub kestrel: Option<Box<HostExtensions>>,
 }
 
 /// A drive's host file, named by the client on restore.

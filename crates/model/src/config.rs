@@ -90,8 +90,12 @@ impl VmConfig {
         self.host.cpus.validate(self.vcpus)?;
         self.host.memory.validate(self.memory_bytes)?;
         // Locked memory cannot be given back: the balloon's discards would fail on every page.
-        if self.host.memory.mlock && self.virtio.iter().any(|d| matches!(d, VirtioConfig::Balloon(_))) {
+        let balloon = self.virtio.iter().any(|d| matches!(d, VirtioConfig::Balloon(_)));
+        if balloon && self.host.memory.mlock {
             return Err(ConfigError::MlockWithBalloon);
+        }
+        if balloon && matches!(self.host.memory.backend, RamBackend::HugeTlb(_)) {
+            return Err(ConfigError::BalloonWithHugePages);
         }
         self.virtio.iter().try_for_each(|device| device.validate(self.memory_bytes))
     }
@@ -314,6 +318,18 @@ mod tests {
                     }))
                 }),
                 "mlock keeps guest RAM resident",
+            ),
+            (
+                Box::new(|c| {
+                    c.host.memory.backend = RamBackend::HugeTlb(HugePageSize::TwoMiB);
+                    c.virtio.push(VirtioConfig::Balloon(BalloonConfig {
+                        target_mib: 0,
+                        stats_interval: None,
+                        free_page_reporting: true,
+                        deflate_on_oom: false,
+                    }))
+                }),
+                "a balloon cannot be used with huge pages",
             ),
             (Box::new(|c| c.host.memory.backend = RamBackend::HugeTlb(HugePageSize::OneGiB)), "1G huge page"),
         ];

@@ -80,6 +80,11 @@ pub enum ConfigError {
     Placement(#[from] crate::host::PlacementError),
     #[error("mlock keeps guest RAM resident, so a balloon could not give any back: use one or the other")]
     MlockWithBalloon,
+    #[error(
+        "a balloon cannot be used with huge pages: the guest gives back 4 KiB pages, and hugetlb memory \
+         is freed only in whole huge pages, so almost nothing would return to the host (as in Firecracker)"
+    )]
+    BalloonWithHugePages,
     #[error("huge_pages {top} and x-kestrel huge_pages {extension} disagree")]
     ConflictingHugePages { top: &'static str, extension: &'static str },
 }

@@ -161,7 +161,9 @@ fn net_config(iface: &NetworkInterface) -> Result<NetConfig, ConfigError> {
         id: Some(iface.iface_id.clone()),
         rx_rate_limiter: iface.rx_rate_limiter,
         tx_rate_limiter: iface.tx_rate_limiter,
-        ..NetConfig::new(Some(iface.host_dev_name.clone()))
+        // Empty only for a restored card whose tap the kernel named (`kestrelN`): no name to
+        // ask for (`put_network_interface` refuses an empty one).
+        ..NetConfig::new(Some(iface.host_dev_name.clone()).filter(|name| !name.is_empty()))
     };
     config.validate()?;
     Ok(config)
@@ -231,6 +233,7 @@ impl VmResources {
         host.cpus.validate(vcpus)?;
         host.memory.validate(config.mem_size_mib << 20)?;
         if let Some(balloon) = &self.balloon {
+            check_balloon_memory(&host.memory)?;
             if u64::from(balloon.amount_mib) > config.mem_size_mib {
                 return Err(ConfigError::BalloonTooLarge {
                     amount: balloon.amount_mib,
@@ -408,6 +411,8 @@ impl VmResources {
         if balloon.free_page_hinting {
             return Err(ConfigError::Unsupported("free_page_hinting".into()));
         }
+        // As Firecracker does: refused now rather than at InstanceStart.
+        check_balloon_memory(&self.machine_config.host_resources()?.memory)?;
         let memory = self.machine_config.mem_size_mib;
         if u64::from(balloon.amount_mib) > memory {
             return Err(ConfigError::BalloonTooLarge { amount: balloon.amount_mib, memory });
@@ -454,6 +459,57 @@ impl VmResources {
             entropy: self.entropy.clone(),
             ..FullVmConfiguration::default()
         }
+    }
+
+    /// The devices of a VM restored from a snapshot, as the API names them, so that requests to
+    /// the running VM (`PATCH /drives`, `PATCH /network-interfaces`, `PATCH /balloon`) find
+    /// them by ID, as after `InstanceStart`. Each drive, card and balloon is what `config`
+    /// (the restored VM's, after its drive overrides) has; the disks and cards keep the VM's
+    /// order. A drive whose ID was longer than the 20 bytes a disk's serial keeps is known by
+    /// those 20 bytes; a device saved without an ID (a command-line VM) gets `drive<N>` or its
+    /// tap's name.
+    pub fn restored(config: &VmConfig) -> VmResources {
+        let mut resources = VmResources::default();
+        let root = config.cmdline.split_whitespace().any(|word| word == "root=/dev/vda");
+        let mut disks = 0;
+        for device in &config.virtio {
+            match device {
+                VirtioConfig::Block(disk) => {
+                    resources.drives.push(restored_drive(disk, disks, root && disks == 0));
+                    disks += 1;
+                }
+                VirtioConfig::Net(net) => {
+                    let index = resources.network_interfaces.len();
+                    resources.network_interfaces.push(restored_interface(net, index));
+                }
+                VirtioConfig::Balloon(balloon) => {
+                    resources.balloon = Some(Balloon {
+                        amount_mib: balloon.target_mib,
+                        deflate_on_oom: balloon.deflate_on_oom,
+                        stats_polling_interval_s: balloon
+                            .stats_interval
+                            .map_or(0, |i| u16::try_from(i.as_secs()).unwrap_or(u16::MAX)),
+                        free_page_hinting: false,
+                        free_page_reporting: balloon.free_page_reporting,
+                    })
+                }
+                VirtioConfig::Rng => resources.entropy = Some(EntropyDevice::default()),
+                VirtioConfig::Vsock(vsock) => {
+                    resources.vsock = Some(Vsock {
+                        guest_cid: u32::try_from(vsock.cid).unwrap_or(u32::MAX),
+                        uds_path: vsock.uds_path.to_string_lossy().into_owned(),
+                        vsock_id: None,
+                    })
+                }
+            }
+        }
+        resources.machine_config = MachineConfiguration {
+            vcpu_count: config.vcpus,
+            mem_size_mib: config.memory_bytes >> 20,
+            track_dirty_pages: config.track_dirty_pages,
+            ..MachineConfiguration::default()
+        };
+        resources
     }
 
     /// A `--config` file's text (Firecracker's `--config-file` JSON).
@@ -561,6 +617,55 @@ impl VmResources {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Whether guest RAM of these options can give a balloon's pages back (see
+/// [`VmConfig::validate`], which checks the same when the VM is built).
+fn check_balloon_memory(memory: &crate::host::MemoryOptions) -> Result<(), ConfigError> {
+    if memory.mlock {
+        return Err(ConfigError::MlockWithBalloon);
+    }
+    if matches!(memory.backend, crate::host::RamBackend::HugeTlb(_)) {
+        return Err(ConfigError::BalloonWithHugePages);
+    }
+    Ok(())
+}
+
+/// The API drive of a restored VM's disk `index`: every option the disk has, so that
+/// [`drive_config`] gives the disk back.
+fn restored_drive(disk: &BlockConfig, index: usize, root: bool) -> Drive {
+    Drive {
+        drive_id: disk.id.clone().unwrap_or_else(|| format!("drive{index}")),
+        is_root_device: root,
+        partuuid: None,
+        // `x-kestrel`'s cache says it all (`none` has no `cache_type` of its own).
+        cache_type: None,
+        is_read_only: Some(disk.read_only),
+        path_on_host: Some(disk.path.to_string_lossy().into_owned()),
+        rate_limiter: disk.rate_limiter,
+        io_engine: Some(disk.io_engine),
+        socket: None,
+        kestrel: Some(crate::api::KestrelDrive {
+            format: Some(disk.format),
+            cache: Some(disk.cache),
+            allow_backing: Some(disk.allow_backing),
+            num_queues: Some(disk.num_queues),
+            poll_us: disk.poll_us,
+        }),
+    }
+}
+
+/// The API network interface of a restored VM's card `index`.
+fn restored_interface(net: &NetConfig, index: usize) -> NetworkInterface {
+    NetworkInterface {
+        iface_id: net.id.clone().or_else(|| net.tap.clone()).unwrap_or_else(|| format!("net{index}")),
+        // Empty for a card whose tap was named by the kernel (see `net_config`).
+        host_dev_name: net.tap.clone().unwrap_or_default(),
+        guest_mac: net.mac.map(|mac| mac.to_string()),
+        mtu: None,
+        rx_rate_limiter: net.rx_rate_limiter,
+        tx_rate_limiter: net.tx_rate_limiter,
     }
 }
 
@@ -756,6 +861,78 @@ mod tests {
             r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"huge_pages": "4M"}}"#,
         ] {
             assert!(machine(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A restored VM's disks and cards, as the API names them, give back the engine's devices
+    /// they were made from (every option kept), in the VM's order.
+    #[test]
+    fn restored_devices_keep_every_option() {
+        let limiter: RateLimiterConfig =
+            serde_json::from_str(r#"{"ops": {"size": 5, "refill_time": 10}}"#).unwrap();
+        let disk = BlockConfig {
+            read_only: true,
+            id: Some("data".into()),
+            format: ImageFormat::Qcow2,
+            cache: CacheMode::None,
+            allow_backing: false,
+            num_queues: 4,
+            io_engine: IoEngine::Sync,
+            rate_limiter: Some(limiter),
+            poll_us: Some(50),
+            ..BlockConfig::new("/images/data.qcow2")
+        };
+        let net = NetConfig {
+            mac: Some("52:54:00:00:00:01".parse().unwrap()),
+            id: Some("eth0".into()),
+            tx_rate_limiter: Some(limiter),
+            ..NetConfig::new(Some("tap0".into()))
+        };
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            vcpus: 2,
+            memory_bytes: 64 << 20,
+            serial: SerialConfig::None,
+            virtio: vec![
+                VirtioConfig::Block(BlockConfig { id: Some("root".into()), ..BlockConfig::new("/r") }),
+                VirtioConfig::Net(net.clone()),
+                VirtioConfig::Block(disk.clone()),
+            ],
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: false,
+            host: Default::default(),
+        };
+        let resources = VmResources::restored(&config);
+        let drives: Vec<_> = resources.drives_in_vm_order().map(|d| drive_config(d).unwrap()).collect();
+        assert_eq!(drives[1], disk);
+        assert_eq!(drives[0].id.as_deref(), Some("root"));
+        assert!(!resources.drives[0].is_root_device, "no root= on the command line");
+        assert_eq!(net_config(&resources.network_interfaces[0]).unwrap(), net);
+        assert_eq!(resources.machine_config().vcpu_count, 2);
+    }
+
+    /// A balloon cannot give back locked or hugetlb memory: the two are refused together when
+    /// the second is PUT, whichever comes first.
+    #[test]
+    fn a_balloon_is_refused_beside_locked_or_huge_page_memory() {
+        let machine = |text: &str| serde_json::from_str::<MachineConfiguration>(text).unwrap();
+        let balloon: Balloon = serde_json::from_str(r#"{"amount_mib": 0, "deflate_on_oom": false}"#).unwrap();
+        let huge = r#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#;
+        let locked = r#"{"vcpu_count": 1, "mem_size_mib": 64, "x-kestrel": {"mlock": true}}"#;
+        for (text, expected) in [(huge, "a balloon cannot be used with huge pages"), (locked, "mlock keeps")]
+        {
+            let mut resources = VmResources::default();
+            resources.set_machine_config(machine(text)).unwrap();
+            let message = resources.set_balloon(balloon.clone()).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+
+            let mut resources = VmResources::default();
+            resources.set_balloon(balloon.clone()).unwrap();
+            let message = resources.set_machine_config(machine(text)).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+            assert_eq!(resources.machine_config(), &MachineConfiguration::default(), "left as it was");
         }
     }
 

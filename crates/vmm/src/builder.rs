@@ -152,8 +152,9 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;
     config.host = options.host.clone();
-    config.host.cpus.validate(config.vcpus).map_err(crate::config::ConfigError::from)?;
-    config.host.memory.validate(config.memory_bytes).map_err(crate::config::ConfigError::from)?;
+    // Every check again, now with this restore's host choices: they meet the saved devices here
+    // (mlock or hugetlb memory with a balloon is refused as at boot).
+    config.validate()?;
     if let Some(uds) = &options.vsock_uds {
         for device in &mut config.virtio {
             if let crate::config::VirtioConfig::Vsock(vsock) = device {

@@ -48,6 +48,10 @@ pub enum Error {
     Disk { path: PathBuf, source: crate::disks::DiskOpenError },
     #[error("cannot set up tap {tap}: {source}")]
     Tap { tap: String, source: virtio::net::TapError },
+    #[error("cannot set up the device virtio-net: its rate limiter: {0}")]
+    NetRateLimiter(#[source] virtio::rate_limiter::RateLimitError),
+    #[error("cannot set up the device virtio-net: cannot make up a MAC address: {0}")]
+    RandomMac(#[source] std::io::Error),
     #[error("vsock: {0}")]
     Vsock(virtio::vsock::VsockError),
     #[error("cannot set up the event loop: {0}")]

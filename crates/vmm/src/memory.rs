@@ -33,10 +33,19 @@ pub enum MemoryError {
          (raise /proc/sys/vm/nr_hugepages or /sys/kernel/mm/hugepages/*/nr_hugepages)"
     )]
     NotEnoughHugePages { page: HugePageSize, bytes: u64, needed: u64, free: u64 },
+    #[error(
+        "not enough free {page} huge pages on NUMA node {node} for guest memory bound to it: {needed} \
+         needed, {free} free (raise /sys/devices/system/node/node{node}/hugepages/*/nr_hugepages)"
+    )]
+    NotEnoughHugePagesOnNode { page: HugePageSize, node: u32, needed: u64, free: u64 },
     #[error("guest RAM region of {size} bytes is not a multiple of the {page} huge page size")]
     RegionNotHugeAligned { size: u64, page: HugePageSize },
     #[error("cannot map guest RAM: {0}")]
-    Map(String),
+    Map(#[source] vm_memory::mmap::MmapRegionError),
+    #[error("a guest RAM region at {0:#x} does not fit the guest's address space")]
+    RegionAddress(u64),
+    #[error("the guest RAM regions do not form one guest memory: {0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
     #[error("cannot apply {advice} to guest RAM: {source}")]
     Advice { advice: &'static str, source: io::Error },
     #[error("NUMA node {0} does not exist on this host (see /sys/devices/system/node)")]
@@ -63,7 +72,22 @@ pub fn create_guest_memory(bytes: u64, options: &MemoryOptions) -> Result<GuestR
         RamBackend::Anonymous => GuestRam::from_ranges(&ranges)
             .map_err(|e| Error::MemoryAllocation { bytes, reason: e.to_string() })?,
         RamBackend::Memfd => shared_memory(&ranges, None)?,
-        RamBackend::HugeTlb(page) => shared_memory(&ranges, Some(page))?,
+        RamBackend::HugeTlb(page) => match options.numa_node {
+            None => shared_memory(&ranges, Some(page))?,
+            Some(node) => {
+                // The mapping reserves its huge pages, counting the free pages of every node
+                // unless this thread is bound; bound to the node afterwards (`advise`), the
+                // guest would then fault on a short node (SIGBUS) mid-run. So the node's own
+                // pool is checked, and the reservation is made with the thread bound to it.
+                let needed = bytes / page.bytes();
+                let free = node_free_huge_pages(node, page).unwrap_or(0);
+                if free < needed {
+                    return Err(MemoryError::NotEnoughHugePagesOnNode { page, node, needed, free }.into());
+                }
+                let _bound = ThreadMemoryPolicy::bind_to(node)?;
+                shared_memory(&ranges, Some(page))?
+            }
+        },
     };
     advise(&memory, options)?;
     Ok(memory)
@@ -118,13 +142,12 @@ fn shared_memory(ranges: &[(GuestAddress, usize)], huge: Option<HugePageSize>) -
                     free: free_huge_pages(page).unwrap_or(0),
                 })
             }
-            _ => MemoryError::Map(e.to_string()).into(),
+            _ => MemoryError::Map(e).into(),
         })?;
-        regions
-            .push(GuestRegionMmap::new(mapping, address).ok_or(MemoryError::Map("region address".into()))?);
+        regions.push(GuestRegionMmap::new(mapping, address).ok_or(MemoryError::RegionAddress(address.0))?);
         offset += size as u64;
     }
-    GuestRam::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()).into())
+    GuestRam::from_regions(regions).map_err(|e| MemoryError::Regions(e).into())
 }
 
 /// The free huge pages of `page` size in the host's pool.
@@ -132,6 +155,78 @@ pub fn free_huge_pages(page: HugePageSize) -> Option<u64> {
     let kib = page.bytes() >> 10;
     let path = format!("/sys/kernel/mm/hugepages/hugepages-{kib}kB/free_hugepages");
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The free huge pages of `page` size on NUMA node `node`.
+fn node_free_huge_pages(node: u32, page: HugePageSize) -> Option<u64> {
+    let kib = page.bytes() >> 10;
+    let path = format!("/sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB/free_hugepages");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Room for the kernel's largest node number on x86_64 (1024 nodes), in the form the memory
+/// policy calls take.
+type NodeMask = [libc::c_ulong; 16];
+/// `maxnode` for a [`NodeMask`]: the kernel reads `maxnode - 1` bits.
+const NODE_MASK_BITS: libc::c_ulong = (std::mem::size_of::<NodeMask>() * 8 + 1) as libc::c_ulong;
+const MPOL_BIND: libc::c_int = 2;
+
+/// The mask of the one node `node`.
+fn node_mask(node: u32) -> Result<NodeMask> {
+    let mut mask: NodeMask = [0; 16];
+    let (word, bit) = (node as usize / 64, node % 64);
+    *mask.get_mut(word).ok_or(MemoryError::NoSuchNumaNode(node))? |= 1 << bit;
+    Ok(mask)
+}
+
+/// The calling thread's memory policy bound to one node for as long as this lives; the policy
+/// it had before is put back when dropped (threads it starts later would inherit it).
+struct ThreadMemoryPolicy {
+    mode: libc::c_int,
+    mask: NodeMask,
+}
+
+impl ThreadMemoryPolicy {
+    fn bind_to(node: u32) -> Result<ThreadMemoryPolicy> {
+        let error = |source| MemoryError::Advice { advice: "set_mempolicy (numa)", source };
+        let mut saved = ThreadMemoryPolicy { mode: 0, mask: [0; 16] };
+        // SAFETY: `mode` and `mask` are live, writable and as large as `maxnode` says; with no
+        // address and no flags, get_mempolicy reads the calling thread's policy and nothing else.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut saved.mode,
+                saved.mask.as_mut_ptr(),
+                NODE_MASK_BITS,
+                std::ptr::null_mut::<libc::c_void>(),
+                0,
+            )
+        };
+        if result != 0 {
+            return Err(error(io::Error::last_os_error()).into());
+        }
+        set_thread_policy(MPOL_BIND, &node_mask(node)?).map_err(error)?;
+        Ok(saved)
+    }
+}
+
+impl Drop for ThreadMemoryPolicy {
+    fn drop(&mut self) {
+        if let Err(e) = set_thread_policy(self.mode, &self.mask) {
+            tracing::warn!("cannot restore this thread's memory policy after binding guest RAM: {e}");
+        }
+    }
+}
+
+/// `set_mempolicy(mode, mask)` for the calling thread.
+fn set_thread_policy(mode: libc::c_int, mask: &NodeMask) -> io::Result<()> {
+    // SAFETY: `mask` is live and as large as `maxnode` says; set_mempolicy only changes the calling
+    // thread's policy for its future allocations.
+    let result = unsafe { libc::syscall(libc::SYS_set_mempolicy, mode, mask.as_ptr(), NODE_MASK_BITS) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn check_numa_node(options: &MemoryOptions) -> Result<()> {
@@ -185,23 +280,18 @@ fn madvise(address: *mut u8, len: usize, advice: libc::c_int, name: &'static str
 
 /// `mbind(MPOL_BIND)` of one range to one node.
 fn bind_to_node(address: *mut u8, len: usize, node: u32) -> Result<()> {
-    const MPOL_BIND: libc::c_long = 2;
-    // Room for the kernel's largest node number on x86_64 (1024 nodes).
-    let mut mask = [0u64; 16];
-    let (word, bit) = (node as usize / 64, node % 64);
-    let slot = mask.get_mut(word).ok_or(MemoryError::NoSuchNumaNode(node))?;
-    *slot |= 1 << bit;
-    // SAFETY: the range is a live mapping owned by guest RAM, `mask` holds 1024 bits and maxnode
-    // says so (the kernel reads maxnode - 1 bits); mbind sets a policy and moves nothing (no
-    // MPOL_MF_MOVE), as nothing has been touched yet.
+    let mask = node_mask(node)?;
+    // SAFETY: the range is a live mapping owned by guest RAM, `mask` holds as many bits as
+    // maxnode says; mbind sets a policy and moves nothing (no MPOL_MF_MOVE), as nothing has been
+    // touched yet.
     let result = unsafe {
         libc::syscall(
             libc::SYS_mbind,
             address,
             len,
-            MPOL_BIND,
+            MPOL_BIND as libc::c_long,
             mask.as_ptr(),
-            (mask.len() * 64 + 1) as libc::c_ulong,
+            NODE_MASK_BITS,
             0,
         )
     };
@@ -255,7 +345,7 @@ pub fn fill_from_file(memory: &GuestRam, path: &Path, layout: &[SavedRegion]) ->
 }
 
 /// `lseek` with SEEK_DATA or SEEK_HOLE; None where there is no more data (ENXIO).
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+pub(crate) fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
     // SAFETY: lseek on an open descriptor only moves its offset.
     let result = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
@@ -379,6 +469,56 @@ mod tests {
             fill_from_file(&memory, &path, &other),
             Err(Error::Memory(MemoryError::LayoutMismatch))
         ));
+    }
+
+    /// The thread's memory policy while guest RAM is reserved, then the one it had.
+    fn thread_policy() -> (libc::c_int, libc::c_ulong) {
+        let (mut mode, mut mask): (libc::c_int, NodeMask) = (-1, [0; 16]);
+        // SAFETY: as in `ThreadMemoryPolicy::bind_to`.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode,
+                mask.as_mut_ptr(),
+                NODE_MASK_BITS,
+                std::ptr::null_mut::<libc::c_void>(),
+                0,
+            )
+        };
+        assert_eq!(result, 0, "get_mempolicy: {}", io::Error::last_os_error());
+        (mode, mask[0])
+    }
+
+    #[test]
+    fn a_bound_thread_gets_its_old_memory_policy_back() {
+        std::thread::spawn(|| {
+            const MPOL_DEFAULT: libc::c_int = 0;
+            assert_eq!(thread_policy().0, MPOL_DEFAULT);
+            let bound = ThreadMemoryPolicy::bind_to(0).unwrap();
+            assert_eq!(thread_policy(), (MPOL_BIND, 1), "bound to node 0");
+            drop(bound);
+            assert_eq!(thread_policy().0, MPOL_DEFAULT);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Hugetlb memory bound to a node takes its pages from that node's pool: a pool too short
+    /// there is an error naming the node (not a SIGBUS once the guest runs).
+    #[test]
+    fn hugetlb_memory_bound_to_a_node_needs_that_nodes_pool() {
+        let options = MemoryOptions {
+            backend: RamBackend::HugeTlb(HugePageSize::TwoMiB),
+            numa_node: Some(0),
+            ..Default::default()
+        };
+        // 512 huge pages: more than any test here keeps in the pool.
+        let free = node_free_huge_pages(0, HugePageSize::TwoMiB).expect("node 0's 2M pool");
+        assert!(free < 512, "node 0 has {free} free 2M pages; this test needs fewer than 512");
+        let message = create_guest_memory(1 << 30, &options).unwrap_err().to_string();
+        assert!(message.contains("free 2M huge pages on NUMA node 0"), "{message}");
+        let (mode, _) = thread_policy();
+        assert_ne!(mode, MPOL_BIND, "the thread is not left bound");
     }
 
     #[test]

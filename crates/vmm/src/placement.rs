@@ -18,8 +18,8 @@ pub enum HostPlacementError {
     RealtimeNotPermitted { priority: u8, source: io::Error },
     #[error("cannot read {path}: {source}")]
     ReadHost { path: String, source: io::Error },
-    #[error("{path}: {reason}")]
-    BadHostList { path: String, reason: String },
+    #[error("{path}: {source}")]
+    BadHostList { path: String, source: model::host::CpuListError },
     #[error("cannot set the CPU affinity of {thread} to {cpus}: {source}")]
     Affinity { thread: String, cpus: String, source: io::Error },
     #[error("cannot start the real-time priority check: {0}")]
@@ -104,15 +104,16 @@ impl ThreadPlacement {
             let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
                 continue;
             };
-            // KVM's own workers in the process (kvm-nx-lpage-recovery) are the kernel's to place.
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("kvm-") {
-                continue;
-            }
             match set_affinity(tid, cpus) {
                 Ok(()) => {}
                 // The thread ended since the directory was read.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                // A thread the kernel does not let user space place (PF_NO_SETAFFINITY: kernel
+                // workers in the process, such as KVM's), or one whose cpuset has none of these
+                // CPUs: the kernel's or the administrator's choice, not a reason to stop the VM.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!("thread {tid} keeps its CPUs: the kernel refuses to move it to {cpus}");
+                }
                 Err(source) => {
                     return Err(HostPlacementError::Affinity {
                         thread: format!("thread {tid}"),
@@ -129,8 +130,7 @@ impl ThreadPlacement {
 fn read_cpu_list(path: &str) -> Result<CpuSet, HostPlacementError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| HostPlacementError::ReadHost { path: path.into(), source })?;
-    CpuSet::parse(text.trim())
-        .map_err(|e| HostPlacementError::BadHostList { path: path.into(), reason: e.to_string() })
+    CpuSet::parse(text.trim()).map_err(|source| HostPlacementError::BadHostList { path: path.into(), source })
 }
 
 fn set_affinity(tid: libc::pid_t, cpus: &CpuSet) -> io::Result<()> {
@@ -180,6 +180,9 @@ mod tests {
 
     use super::*;
 
+    /// The tests that move threads take turns: one moves every thread of the test process.
+    static MOVING_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn affinity_of_this_thread() -> String {
         let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
@@ -188,6 +191,7 @@ mod tests {
 
     #[test]
     fn a_vcpu_thread_pins_itself_to_its_set() {
+        let _turn = MOVING_THREADS.lock().unwrap_or_else(|e| e.into_inner());
         let host = HostResources {
             cpus: CpuPlacement {
                 vcpu_affinity: vec![CpuSet::parse("0").unwrap(), CpuSet::parse("1").unwrap()],
@@ -212,6 +216,96 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(seen, "1");
+    }
+
+    /// A cgroup v1 cpuset of its own (removed when dropped), holding one thread.
+    struct Cpuset(std::path::PathBuf);
+
+    impl Cpuset {
+        fn create(cpus: &str) -> Cpuset {
+            let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
+            assert!(
+                root.join("tasks").exists(),
+                "this test needs the cgroup v1 cpuset controller (and root)"
+            );
+            let dir = root.join(format!("kestrel-placement-test-{}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap();
+            let cpuset = Cpuset(dir);
+            std::fs::write(cpuset.0.join("cpuset.cpus"), cpus).unwrap();
+            let mems = std::fs::read_to_string(root.join("cpuset.mems")).unwrap();
+            std::fs::write(cpuset.0.join("cpuset.mems"), mems.trim()).unwrap();
+            cpuset
+        }
+
+        fn take(&self, tid: libc::pid_t) {
+            std::fs::write(self.0.join("tasks"), tid.to_string()).unwrap();
+        }
+    }
+
+    impl Drop for Cpuset {
+        fn drop(&mut self) {
+            if let Ok(tasks) = std::fs::read_to_string(self.0.join("tasks")) {
+                for tid in tasks.lines() {
+                    let _ = std::fs::write("/sys/fs/cgroup/cpuset/tasks", tid);
+                }
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    /// A thread the kernel will not move to the other threads' CPUs (EINVAL: here one whose
+    /// cpuset lacks them; KVM's worker threads answer the same) keeps its CPUs, and the others
+    /// are still moved.
+    #[test]
+    fn threads_the_kernel_will_not_move_are_left_where_they_are() {
+        let _turn = MOVING_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        let online = read_cpu_list(ONLINE_CPUS).unwrap();
+        let cpus: Vec<u32> = online.iter().collect();
+        let [first, second, ..] = cpus[..] else { panic!("this test needs two online CPUs, not {online}") };
+        let cpuset = Cpuset::create(&first.to_string());
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let confined = std::thread::spawn(move || {
+            // SAFETY: gettid has no arguments and cannot fail.
+            tid_sender.send(unsafe { libc::gettid() }).unwrap();
+            released.recv().unwrap();
+            affinity_of_this_thread()
+        });
+        cpuset.take(tid.recv().unwrap());
+        let host = HostResources {
+            cpus: CpuPlacement {
+                vmm_affinity: Some(CpuSet::from_cpus([second]).unwrap()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let placement = ThreadPlacement::resolve(&host, 1).unwrap();
+        let result = placement.apply_to_other_threads();
+        // Put this test process's threads back on every CPU before anything can fail.
+        let everywhere = HostResources {
+            cpus: CpuPlacement { vmm_affinity: Some(online.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        let moved = affinity_of_this_thread();
+        ThreadPlacement::resolve(&everywhere, 1).unwrap().apply_to_other_threads().unwrap();
+        result.unwrap();
+        release.send(()).unwrap();
+        assert_eq!(confined.join().unwrap(), first.to_string(), "the confined thread keeps its cpuset's CPU");
+        assert_eq!(moved, second.to_string(), "the other threads moved");
+        drop(cpuset);
+    }
+
+    /// A host CPU list that does not parse is a typed error carrying the parser's.
+    #[test]
+    fn a_bad_host_cpu_list_keeps_the_parsers_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("online");
+        std::fs::write(&path, "0-x\n").unwrap();
+        let error = read_cpu_list(path.to_str().unwrap()).unwrap_err();
+        let source =
+            std::error::Error::source(&error).and_then(|s| s.downcast_ref::<model::host::CpuListError>());
+        assert!(matches!(source, Some(model::host::CpuListError::Syntax(_))), "{error:?}");
+        assert!(error.to_string().contains("'0-x' is not a CPU number"), "{error}");
     }
 
     #[test]

@@ -139,17 +139,14 @@ fn create_net(config: &NetConfig) -> Result<(Net, String)> {
         limiter.as_ref().map(crate::disks::rate_limit).unwrap_or_default()
     };
     let limiters = NetLimiters::new(limit(&config.rx_rate_limiter), limit(&config.tx_rate_limiter))
-        .map_err(|e| Error::Device { name: "virtio-net", reason: format!("its rate limiter: {e}") })?;
+        .map_err(Error::NetRateLimiter)?;
     let tap = Tap::open(config.tap.as_deref()).map_err(|source| Error::Tap {
         tap: config.tap.clone().unwrap_or_else(|| "kestrelN (automatic name)".to_owned()),
         source,
     })?;
     let mac = match config.mac {
         Some(mac) => mac,
-        None => virtio::net::random_local_mac().map_err(|e| Error::Device {
-            name: "virtio-net",
-            reason: format!("cannot make up a MAC address: {e}"),
-        })?,
+        None => virtio::net::random_local_mac().map_err(Error::RandomMac)?,
     };
     // The user needs the name to configure the host side of an automatic tap.
     tracing::info!("virtio-net: tap {}, MAC {mac}", tap.name());

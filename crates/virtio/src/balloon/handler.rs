@@ -11,7 +11,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueState, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::control::Shared;
-use super::pages::{coalesce, discard, GuestRange};
+use super::pages::{coalesce, discard, Discarded, GuestRange};
 use super::stats::{BalloonStats, STAT_BYTES};
 use crate::device::{GuestErrorLog, Interrupt};
 use crate::metrics::BalloonMetrics;
@@ -169,7 +169,7 @@ fn inflate(memory: &GuestRam, guest_errors: &GuestErrorLog, chain: DescriptorCha
             }
         }
         for range in coalesce(&mut pfns) {
-            outside += discard_range(memory, guest_errors, range).unwrap_or(0);
+            outside += discard_range(memory, guest_errors, range).map_or(0, |d| d.outside);
         }
     }
     warn_outside(guest_errors, outside, "inflated");
@@ -187,9 +187,9 @@ fn discard_reported(
         if let Some(range) = GuestRange::whole_pages_within(descriptor.addr().0, u64::from(descriptor.len()))
         {
             match discard_range(memory, guest_errors, range) {
-                Some(bytes_outside) => {
+                Some(Discarded { outside: bytes_outside, freed }) => {
                     outside += bytes_outside;
-                    metrics.free_page_report_freed.add(range.end - range.start - bytes_outside);
+                    metrics.free_page_report_freed.add(freed);
                 }
                 None => metrics.free_page_report_fails.inc(),
             }
@@ -198,9 +198,10 @@ fn discard_reported(
     warn_outside(guest_errors, outside, "reported free");
 }
 
-/// Discards `range`; returns the bytes of it outside guest RAM, or `None` (logged) if the host
-/// refused. The guest chooses the ranges and how often, so the line goes through its limiter.
-fn discard_range(memory: &GuestRam, guest_errors: &GuestErrorLog, range: GuestRange) -> Option<u64> {
+/// Discards `range`; returns what it freed and what of it lies outside guest RAM, or `None`
+/// (logged) if the host refused. The guest chooses the ranges and how often, so the line goes
+/// through its limiter.
+fn discard_range(memory: &GuestRam, guest_errors: &GuestErrorLog, range: GuestRange) -> Option<Discarded> {
     discard(memory, range)
         .map_err(|e| {
             guest_errors

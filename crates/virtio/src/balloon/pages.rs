@@ -61,17 +61,28 @@ pub fn coalesce(pfns: &mut [u32]) -> Vec<GuestRange> {
     ranges
 }
 
+/// What [`discard`] did with a range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Discarded {
+    /// Bytes of the range outside guest RAM (left alone).
+    pub outside: u64,
+    /// Bytes given back to the host: whole backing pages only, so on huge pages less than the
+    /// part inside guest RAM.
+    pub freed: u64,
+}
+
 /// Gives the host memory behind `range` back to the host kernel; the guest reads zeros there
-/// afterwards. Returns how many bytes of the range lie outside guest RAM (and were left alone).
+/// afterwards.
 ///
 /// Private memory (anonymous, or a snapshot file mapped copy-on-write) is dropped with
 /// `MADV_DONTNEED`: the pages are freed at once and the next access faults in a zeroed page (or
 /// the file's). On shared memory (a memfd, hugetlb pages) `MADV_DONTNEED` only unmaps the pages
 /// and frees nothing, so the backing file's pages are removed instead (`MADV_REMOVE`, a hole
-/// punched in the file); hugetlb pages go whole or not at all, so only the whole huge pages
-/// inside the range are freed.
-pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<u64> {
+/// punched in the file); a backing page goes whole or not at all, so only the whole backing pages
+/// inside the range are freed ([`whole_backing_pages`]).
+pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<Discarded> {
     let mut covered = 0;
+    let mut freed = 0;
     for region in memory.iter() {
         let region_start = region.start_addr().0;
         let start = range.start.max(region_start);
@@ -86,14 +97,9 @@ pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<u64> {
         } else {
             (libc::MADV_DONTNEED, PAGE_SIZE)
         };
-        // Whole backing pages only (regions start on one: they are laid out in whole huge pages).
-        let (start, end) = (
-            region_start + (start - region_start).next_multiple_of(unit),
-            region_start + (end - region_start) / unit * unit,
-        );
-        if start >= end {
+        let Some((start, end)) = whole_backing_pages(region_start, start, end, unit) else {
             continue;
-        }
+        };
         let host = region
             .get_host_address(MemoryRegionAddress(start - region_start))
             .map_err(|e| io::Error::other(format!("guest address {start:#x} has no host address: {e}")))?;
@@ -106,8 +112,20 @@ pub fn discard(memory: &GuestRam, range: GuestRange) -> io::Result<u64> {
         if unsafe { libc::madvise(host.cast(), len, advice) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        freed += end - start;
     }
-    Ok(range.len() - covered)
+    Ok(Discarded { outside: range.len() - covered, freed })
+}
+
+/// The whole backing pages of `unit` bytes inside `[start, end)` of a region that starts at
+/// `region_start` (regions start on a backing page: they are laid out in whole huge pages), or
+/// None if there is none. A backing page the range covers only in part is left alone: the
+/// guest still uses the rest of it.
+pub fn whole_backing_pages(region_start: u64, start: u64, end: u64, unit: u64) -> Option<(u64, u64)> {
+    let first =
+        region_start.checked_add((start.checked_sub(region_start)?).checked_next_multiple_of(unit)?)?;
+    let last = region_start + (end.checked_sub(region_start)? / unit * unit);
+    (first < last).then_some((first, last))
 }
 
 /// The size of the pages behind a shared region: its file's block size, which for hugetlbfs (and
@@ -177,7 +195,7 @@ pub(super) mod tests {
         let range = pages(0x100, 0x100); // 1 MiB at 1 MiB
         touch(&memory, range);
         assert_eq!(resident_pages(&memory, range), 0x100);
-        assert_eq!(discard(&memory, range).unwrap(), 0);
+        assert_eq!(discard(&memory, range).unwrap(), Discarded { outside: 0, freed: range.len() });
         assert_eq!(resident_pages(&memory, range), 0);
         assert_eq!(memory.read_obj::<u8>(GuestAddress(range.start)).unwrap(), 0);
     }
@@ -194,12 +212,15 @@ pub(super) mod tests {
         touch(&memory, high);
         // From 16 pages below the hole to 16 pages above it: the hole's 256 pages are not RAM.
         let across = GuestRange { start: low.start, end: high.end };
-        assert_eq!(discard(&memory, across).unwrap(), 0x10_0000);
+        assert_eq!(discard(&memory, across).unwrap(), Discarded { outside: 0x10_0000, freed: 0x2_0000 });
         assert_eq!(resident_pages(&memory, low), 0);
         assert_eq!(resident_pages(&memory, high), 0);
         // Entirely outside, and at the very top of the PFN space.
-        assert_eq!(discard(&memory, pages(0x1000, 4)).unwrap(), 4 * PAGE_SIZE);
-        assert_eq!(discard(&memory, pages(u32::MAX, 1)).unwrap(), PAGE_SIZE);
+        assert_eq!(
+            discard(&memory, pages(0x1000, 4)).unwrap(),
+            Discarded { outside: 4 * PAGE_SIZE, freed: 0 }
+        );
+        assert_eq!(discard(&memory, pages(u32::MAX, 1)).unwrap(), Discarded { outside: PAGE_SIZE, freed: 0 });
     }
 
     /// On a shared memfd, MADV_DONTNEED would leave the file's pages allocated: the discard must
@@ -232,8 +253,32 @@ pub(super) mod tests {
         touch(&memory, range);
         let allocated = || file.metadata().unwrap().blocks() * 512;
         assert_eq!(allocated(), range.len());
-        assert_eq!(discard(&memory, range).unwrap(), 0);
+        assert_eq!(discard(&memory, range).unwrap(), Discarded { outside: 0, freed: range.len() });
         assert_eq!(allocated(), 0, "the memfd's pages are freed");
         assert_eq!(memory.read_obj::<u8>(GuestAddress(range.start)).unwrap(), 0);
+    }
+
+    /// A huge page the guest gave back only in part is never freed: the rest of it is in use.
+    #[test]
+    fn only_whole_backing_pages_are_freed() {
+        const HUGE: u64 = 2 << 20;
+        // A region at 1 GiB; a range from 4 KiB into its first huge page to 4 KiB short of the
+        // end of its fourth: only the second and third are whole.
+        let base = 1 << 30;
+        let (start, end) = (base + PAGE_SIZE, base + 4 * HUGE - PAGE_SIZE);
+        assert_eq!(whole_backing_pages(base, start, end, HUGE), Some((base + HUGE, base + 3 * HUGE)));
+        // Inside one huge page, however much of it: nothing.
+        assert_eq!(whole_backing_pages(base, base + PAGE_SIZE, base + HUGE, HUGE), None);
+        assert_eq!(whole_backing_pages(base, base, base + HUGE - PAGE_SIZE, HUGE), None);
+        // Exactly one.
+        assert_eq!(
+            whole_backing_pages(base, base + HUGE, base + 2 * HUGE, HUGE),
+            Some((base + HUGE, base + 2 * HUGE))
+        );
+        // 4 KiB pages: every page of the range.
+        assert_eq!(whole_backing_pages(base, start, end, PAGE_SIZE), Some((start, end)));
+        // A range starting below the region, or at the top of the address space: no panic.
+        assert_eq!(whole_backing_pages(base, base - PAGE_SIZE, base + HUGE, HUGE), None);
+        assert_eq!(whole_backing_pages(0, u64::MAX - PAGE_SIZE, u64::MAX, HUGE), None);
     }
 }

@@ -250,7 +250,13 @@ impl<B: FrameBackend> NetHandler<B> {
         }
         while let Some(chain) = self.tx.pop_descriptor_chain(&self.memory) {
             let head = chain.head_index();
-            let reader = chain.reader(&self.memory).map_err(TxError::Chain);
+            // The size is checked before the limiter sees it: a malformed request (its declared
+            // size can be GiBs) costs an op but no bandwidth, as it sends nothing; charged its
+            // size, it would put the bucket in debt for ages and stall the guest's next frames.
+            let reader = chain
+                .reader(&self.memory)
+                .map_err(TxError::Chain)
+                .and_then(|reader| frame_len(reader.available_bytes()).map(|_| reader));
             let bytes = reader.as_ref().map_or(0, |r| r.available_bytes());
             if !admit(&self.limiters.tx, bytes as u64) {
                 // Back on the ring, untouched, for when the budget has refilled.
@@ -313,15 +319,23 @@ fn admit(limiter: &std::sync::Mutex<crate::rate_limiter::RateLimiter>, bytes: im
     !limiter.is_limiting() || limiter.consume(bytes.try_into().unwrap_or(u64::MAX))
 }
 
+/// A transmit request's length, if it can be a frame: a header, and at most the largest frame.
+fn frame_len(len: usize) -> Result<usize, TxError> {
+    if len < VNET_HDR_LEN {
+        return Err(TxError::TooShort(len));
+    }
+    if len > MAX_FRAME_BYTES {
+        return Err(TxError::TooLong(len));
+    }
+    Ok(len)
+}
+
 /// Copies a transmit request (header and frame) into `frame`; returns its length.
 fn gather<B: vm_memory::bitmap::BitmapSlice>(
     mut reader: Reader<'_, B>,
     frame: &mut [u8],
 ) -> Result<usize, TxError> {
-    let len = reader.available_bytes();
-    if len < VNET_HDR_LEN {
-        return Err(TxError::TooShort(len));
-    }
+    let len = frame_len(reader.available_bytes())?;
     let destination = frame.get_mut(..len).ok_or(TxError::TooLong(len))?;
     reader.read_exact(destination).map_err(TxError::Read)?;
     Ok(len)
@@ -846,6 +860,25 @@ mod tests {
         }
         assert_eq!(sent, [frame(60, 2), frame(60, 3)], "whole and in order");
         assert_eq!(s.used(&s.tx), [(0, 0), (1, 0), (2, 0)]);
+    }
+
+    /// A request declaring 15 MiB (far beyond any frame) is dropped without its size being
+    /// charged: the good frame behind it goes at once, not after 15 MiB of budget came back.
+    #[test]
+    fn a_malformed_huge_transmit_request_does_not_stall_the_next_frame() {
+        let memory = memory();
+        // 64 KiB per second: charging the malformed request would cost four minutes.
+        let mut s = limited_setup(&memory, RateLimit::default(), limit(true, 65536, 1000));
+        let mut chain: Vec<_> =
+            (0..15u16).map(|i| descriptor(0, 0x10_0000, if i < 14 { NEXT } else { 0 }, i + 1)).collect();
+        memory.write_slice(&frame(60, 4), GuestAddress(0x10000)).unwrap();
+        chain.push(descriptor(0x10000, 72, 0, 0));
+        s.tx.add_desc_chains(&chain, 0).unwrap();
+        s.handler.process_queue(TX_QUEUE);
+        assert_eq!(s.host_frame(), Some(frame(60, 4)), "the good frame is sent at once");
+        assert_eq!(s.used(&s.tx), [(0, 0), (15, 0)]);
+        let counts = s.counts(["tx_malformed_frames", "tx_rate_limiter_throttled", "tx_packets_count"]);
+        assert_eq!(counts, [1, 0, 1]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use model::error::ConfigError;
 use model::resources::VmResources;
 
 use super::channel::{ControlMessage, ControlReceiver, Received, Reply};
-use super::{EngineError, Launch, Launcher, LoggerHook, MetricsControl, PathUse, VmControl};
+use super::{EngineError, Launch, Launcher, LoggerHook, MetricsControl, PathUse, RestoredConfig, VmControl};
 use crate::builder::RestoreOptions;
 use crate::snapshot::{SnapshotKind, SnapshotRequest};
 
@@ -504,11 +504,12 @@ impl<L: Launcher> Controller<L> {
             return Err(ControlError::NotYet("network_overrides"));
         }
         let host = match &params.kestrel {
-            Some(extensions) => extensions.host_resources()?,
+            Some(extensions) => extensions.host_resources(None)?,
             None => Default::default(),
         };
         let drive_paths =
             params.drive_overrides.into_iter().map(|o| (o.drive_id, PathBuf::from(o.path_on_host))).collect();
+        let restored = RestoredConfig::default();
         let launch = Launch::Restore {
             state_path: params.snapshot_path.into(),
             memory_path: memory_path.into(),
@@ -520,8 +521,13 @@ impl<L: Launcher> Controller<L> {
                 host,
             },
             resume: params.resume_vm,
+            restored: restored.clone(),
         };
         let vm = self.launcher.launch(launch).map_err(vm_error("Cannot load the snapshot"))?;
+        // The restored devices, for the requests that name them by ID.
+        if let Some(config) = restored.get() {
+            self.resources = VmResources::restored(config);
+        }
         self.vm = Some(vm);
         self.state = if params.resume_vm { InstanceState::Running } else { InstanceState::Paused };
         Ok(VmmResponse::NoContent)

@@ -62,13 +62,15 @@ impl Launcher for KvmLauncher {
                 self.before_build(&config, BuildOrigin::Boot)?;
                 crate::builder::build(&config)?
             }
-            Launch::Restore { state_path, memory_path, options, resume } => {
+            Launch::Restore { state_path, memory_path, options, resume, restored } => {
                 // The state file is read and checked, and the memory file mapped, before the
                 // hook confines the process: the rules depend on the configuration inside it.
                 // That parsing is unconfined by design, and hardened as hostile input instead.
                 let prepared = crate::builder::prepare_restore(&state_path, &memory_path, &options)?;
                 self.before_build(prepared.config(), BuildOrigin::Restore)?;
+                let config = prepared.config().clone();
                 let vm = prepared.finish()?;
+                restored.set(&config);
                 if !resume {
                     // Before `run`, a pause holds the vCPUs before they first enter the guest.
                     vm.handle().pause()?;

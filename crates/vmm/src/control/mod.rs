@@ -36,8 +36,34 @@ pub type EngineError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Launch {
     /// Boot a VM from a complete configuration.
     Boot(VmConfig),
-    /// Restore a VM from a snapshot; it stays paused unless `resume`.
-    Restore { state_path: PathBuf, memory_path: PathBuf, options: RestoreOptions, resume: bool },
+    /// Restore a VM from a snapshot; it stays paused unless `resume`. The launcher leaves the
+    /// restored VM's configuration in `restored`.
+    Restore {
+        state_path: PathBuf,
+        memory_path: PathBuf,
+        options: RestoreOptions,
+        resume: bool,
+        restored: RestoredConfig,
+    },
+}
+
+/// Where a launcher leaves the configuration of the VM it restored (the state file's, with the
+/// restore's options): the controller takes the devices from it, so that requests to the
+/// restored VM find them by ID. A slot rather than a return value, so that launchers that wrap
+/// another (Landlock's) pass it through untouched.
+#[derive(Clone, Debug, Default)]
+pub struct RestoredConfig(Arc<std::sync::OnceLock<VmConfig>>);
+
+impl RestoredConfig {
+    /// Records the restored configuration (the first one recorded stays).
+    pub fn set(&self, config: &VmConfig) {
+        let _ = self.0.set(config.clone());
+    }
+
+    /// The restored configuration, once a launcher recorded it.
+    pub fn get(&self) -> Option<&VmConfig> {
+        self.0.get()
+    }
 }
 
 /// Builds VMs for the controller: the real one ([`KvmLauncher`]) hands the built VM to the main

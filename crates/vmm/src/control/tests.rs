@@ -313,3 +313,110 @@ fn a_snapshot_into_one_file_for_both_is_refused() {
     assert!(matches!(answer_now(&mut controller, same), Err(ControlError::SamePaths)));
     assert_eq!(operation(&mut controller), None);
 }
+
+/// Restores a [`GatedVm`], leaving `config` as the restored configuration.
+struct RestoringLauncher {
+    vm: Arc<GatedVm>,
+    config: VmConfig,
+}
+
+impl Launcher for RestoringLauncher {
+    fn launch(&mut self, launch: Launch) -> Result<Arc<dyn VmControl>, EngineError> {
+        let Launch::Restore { restored, .. } = launch else { return Err("not a restore".into()) };
+        restored.set(&self.config);
+        Ok(self.vm.clone())
+    }
+}
+
+/// After `PUT /snapshot/load`, the requests that name the restored VM's devices by ID find them,
+/// as after `InstanceStart` (Firecracker allows them).
+#[test]
+fn a_restored_vms_drives_cards_and_balloon_can_be_patched() {
+    use model::config::{BalloonConfig, BlockConfig, NetConfig, VirtioConfig};
+
+    let (open, gate) = mpsc::channel();
+    let vm = Arc::new(GatedVm { gate: Mutex::new(gate) });
+    let config = VmConfig {
+        kernel: "/k".into(),
+        initrd: None,
+        cmdline: "console=ttyS0 root=/dev/vda rw".into(),
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+        serial: SerialConfig::None,
+        virtio: vec![
+            VirtioConfig::Block(BlockConfig {
+                id: Some("rootfs".into()),
+                ..BlockConfig::new(tempfile_path())
+            }),
+            VirtioConfig::Net(NetConfig { id: Some("eth0".into()), ..NetConfig::new(Some("tap0".into())) }),
+            VirtioConfig::Balloon(BalloonConfig {
+                target_mib: 0,
+                stats_interval: None,
+                free_page_reporting: false,
+                deflate_on_oom: false,
+            }),
+        ],
+        transport: VirtioTransport::Mmio,
+        track_dirty_pages: false,
+        host: Default::default(),
+    };
+    config.validate().unwrap();
+    let (sender, receiver) = channel().unwrap();
+    let settings = ControllerSettings {
+        id: "t".into(),
+        serial: SerialConfig::None,
+        transport: VirtioTransport::Mmio,
+        metrics: None,
+        logger: None,
+    };
+    let launcher = RestoringLauncher { vm, config: config.clone() };
+    let mut controller = Controller::new(settings, launcher, receiver);
+    let (reply, answer) = mpsc::channel();
+    let load = serde_json::from_str(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#).unwrap();
+    controller.handle_message(ControlMessage::Request(VmmRequest::LoadSnapshot(load), reply));
+    assert!(matches!(answer.try_recv().unwrap(), Ok(VmmResponse::NoContent)));
+
+    let limiter: model::rate_limiter::RateLimiterConfig =
+        serde_json::from_str(r#"{"ops": {"size": 10, "refill_time": 100}}"#).unwrap();
+    let answer = |controller: &mut Controller<RestoringLauncher>, request| {
+        let (reply, answer) = mpsc::channel();
+        controller.handle_message(ControlMessage::Request(request, reply));
+        answer
+    };
+    let net = VmmRequest::PatchNetworkInterface {
+        id: "eth0".into(),
+        update: Box::new(model::api::PartialNetworkInterface {
+            iface_id: "eth0".into(),
+            rx_rate_limiter: None,
+            tx_rate_limiter: Some(limiter),
+        }),
+    };
+    assert!(matches!(answer(&mut controller, net).try_recv().unwrap(), Ok(VmmResponse::NoContent)));
+    let balloon = VmmRequest::PatchBalloon(model::api::BalloonUpdate { amount_mib: 8 });
+    assert!(matches!(answer(&mut controller, balloon).try_recv().unwrap(), Ok(VmmResponse::NoContent)));
+    let drive = VmmRequest::PatchDrive {
+        id: "rootfs".into(),
+        update: model::api::PartialDrive {
+            drive_id: "rootfs".into(),
+            path_on_host: Some(tempfile_path()),
+            rate_limiter: Some(limiter),
+        },
+    };
+    let drive_answer = answer(&mut controller, drive);
+    open.send(Ok(())).unwrap();
+    assert!(controller.wait_and_handle());
+    assert!(matches!(drive_answer.recv().unwrap(), Ok(VmmResponse::NoContent)));
+    drop(sender);
+
+    // GET /vm/config shows the restored devices with what the PATCHes changed.
+    let exported = match answer(&mut controller, VmmRequest::GetVmConfig).try_recv().unwrap() {
+        Ok(VmmResponse::FullConfig(exported)) => exported,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(exported.drives[0].drive_id, "rootfs");
+    assert!(exported.drives[0].is_root_device);
+    assert_eq!(exported.drives[0].rate_limiter, Some(limiter));
+    assert_eq!(exported.network_interfaces[0].host_dev_name, "tap0");
+    assert_eq!(exported.network_interfaces[0].tx_rate_limiter, Some(limiter));
+    assert_eq!(exported.balloon.as_ref().map(|b| b.amount_mib), Some(8));
+}

@@ -140,21 +140,11 @@ fn write_pages(
 /// The page runs (start, end) of a shared file-backed region that its file backs with data
 /// (SEEK_DATA to SEEK_HOLE); None for private memory, any page of which may hold data.
 fn backed_pages(region: &GuestRegionMmap<AtomicBitmap>) -> std::io::Result<Option<Vec<(usize, usize)>>> {
-    use std::os::fd::AsRawFd;
     let Some(file) = region.file_offset().filter(|_| region.flags() & libc::MAP_SHARED != 0) else {
         return Ok(None);
     };
     let (base, len) = (file.start(), region.len());
-    let seek = |offset: u64, whence| -> std::io::Result<Option<u64>> {
-        let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
-        // SAFETY: lseek on an open descriptor only moves its offset.
-        let found = unsafe { libc::lseek(file.file().as_raw_fd(), offset, whence) };
-        if found < 0 {
-            let error = std::io::Error::last_os_error();
-            return if error.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(error) };
-        }
-        Ok(Some(found as u64))
-    };
+    let seek = |offset, whence| crate::memory::seek(file.file(), offset, whence);
     let mut runs = Vec::new();
     let mut position = base;
     while position < base + len {
