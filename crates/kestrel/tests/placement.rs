@@ -165,7 +165,7 @@ fn impossible_placements_are_refused_with_their_reason() {
     }
     let cases = [
         ("2,pin=0:1:1", "3 CPU sets for 2 vCPUs"),
-        ("1,pin=4095", "CPU 4095 named in the CPU placement is not online"),
+        ("1,pin=4095", "CPU 4095 named in the CPU placement is not available to this VMM"),
         ("1,others=0-9000", "beyond the highest CPU number"),
         ("1,rt=100", "1 to 99"),
     ];

@@ -9,8 +9,13 @@ use model::host::{CpuSet, HostResources};
 /// Why the host cannot place the VM's threads as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum HostPlacementError {
-    #[error("CPU {cpus} named in the CPU placement is not online on this host (online: {online})")]
+    #[error(
+        "CPU {cpus} named in the CPU placement is not available to this VMM (online and allowed by \
+         its cpuset: {online})"
+    )]
     CpuNotOnHost { cpus: String, online: String },
+    #[error("cannot read the CPUs this VMM may run on: {0}")]
+    Allowed(io::Error),
     #[error(
         "vCPU real-time priority {priority} is not allowed: SCHED_FIFO needs CAP_SYS_NICE (or an \
          RLIMIT_RTPRIO of at least {priority}, and real-time time in this cgroup): {source}"
@@ -37,20 +42,21 @@ pub struct ThreadPlacement {
     realtime: Option<u8>,
 }
 
-const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
-
 impl ThreadPlacement {
-    /// Checks `host` against this host (its CPUs are online, its NUMA node's CPUs exist, a
-    /// real-time priority is allowed) and resolves each vCPU's CPUs: its pinned set, else the
-    /// NUMA node's CPUs, else (when the other threads are kept apart) every online CPU, so that a
-    /// vCPU does not inherit the other threads' CPUs from the thread that starts it.
+    /// Checks `host` against this host (its CPUs are ones this process may run on, its NUMA node's
+    /// CPUs exist, a real-time priority is allowed) and resolves each vCPU's CPUs: its pinned set,
+    /// else the NUMA node's CPUs, else (when the other threads are kept apart) every CPU this
+    /// process may use, so that a vCPU does not inherit the other threads' CPUs from the thread
+    /// that starts it.
     pub fn resolve(host: &HostResources, vcpus: u8) -> Result<ThreadPlacement, HostPlacementError> {
         let cpus = &host.cpus;
         let nothing_asked = cpus.is_default() && host.memory.numa_node.is_none();
         if nothing_asked {
             return Ok(ThreadPlacement::default());
         }
-        let online = read_cpu_list(ONLINE_CPUS)?;
+        // The kernel's own answer for this process — online CPUs within its cpuset cgroup and
+        // inherited affinity — rather than /sys, which a jail (kestrel jailer) does not have.
+        let online = allowed_cpus().map_err(HostPlacementError::Allowed)?;
         let missing = cpus.named_cpus().missing_from(&online);
         if !missing.is_empty() {
             let cpus = CpuSet::from_cpus(missing).map(|s| s.to_string()).unwrap_or_default();
@@ -133,6 +139,20 @@ fn read_cpu_list(path: &str) -> Result<CpuSet, HostPlacementError> {
     CpuSet::parse(text.trim()).map_err(|source| HostPlacementError::BadHostList { path: path.into(), source })
 }
 
+/// The CPUs the calling thread may run on (`sched_getaffinity`).
+fn allowed_cpus() -> io::Result<CpuSet> {
+    // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed; pid 0 is the calling thread.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let capacity = std::mem::size_of::<libc::cpu_set_t>() * 8;
+    // SAFETY: every index is below the set's capacity.
+    let cpus = (0..capacity).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).map(|cpu| cpu as u32);
+    CpuSet::from_cpus(cpus).map_err(io::Error::other)
+}
+
 fn set_affinity(tid: libc::pid_t, cpus: &CpuSet) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -199,7 +219,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let online = read_cpu_list(ONLINE_CPUS).unwrap();
+        let online = allowed_cpus().unwrap();
         if !online.contains(1) {
             // A one-CPU host cannot place two vCPUs apart; the refusal is the test then.
             assert!(matches!(
@@ -216,6 +236,26 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(seen, "1");
+    }
+
+    /// CPUs outside what the VMM may run on (its affinity, as a cpuset cgroup or a jail's
+    /// parent would restrict it) are refused when the VM is built, not found by a vCPU later.
+    #[test]
+    fn cpus_outside_the_processs_affinity_are_refused() {
+        let _turn = MOVING_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        let host = |pin: &str| HostResources {
+            cpus: CpuPlacement { vcpu_affinity: vec![CpuSet::parse(pin).unwrap()], ..Default::default() },
+            ..Default::default()
+        };
+        let refused = std::thread::spawn(move || {
+            set_affinity(0, &CpuSet::parse("0").unwrap()).unwrap();
+            let inside = ThreadPlacement::resolve(&host("0"), 1).map(|_| ());
+            let outside = ThreadPlacement::resolve(&host("1"), 1).map(|_| ());
+            (inside.is_ok(), matches!(outside, Err(HostPlacementError::CpuNotOnHost { .. })))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(refused, (true, true));
     }
 
     /// A cgroup v1 cpuset of its own (removed when dropped), holding one thread.
@@ -259,7 +299,7 @@ mod tests {
     #[test]
     fn threads_the_kernel_will_not_move_are_left_where_they_are() {
         let _turn = MOVING_THREADS.lock().unwrap_or_else(|e| e.into_inner());
-        let online = read_cpu_list(ONLINE_CPUS).unwrap();
+        let online = allowed_cpus().unwrap();
         let cpus: Vec<u32> = online.iter().collect();
         let [first, second, ..] = cpus[..] else { panic!("this test needs two online CPUs, not {online}") };
         let cpuset = Cpuset::create(&first.to_string());
@@ -281,13 +321,11 @@ mod tests {
         };
         let placement = ThreadPlacement::resolve(&host, 1).unwrap();
         let result = placement.apply_to_other_threads();
-        // Put this test process's threads back on every CPU before anything can fail.
-        let everywhere = HostResources {
-            cpus: CpuPlacement { vmm_affinity: Some(online.clone()), ..Default::default() },
-            ..Default::default()
-        };
+        // Put this test process's threads back on every CPU before anything can fail (not through
+        // `resolve`, which now sees only this thread's new CPU).
         let moved = affinity_of_this_thread();
-        ThreadPlacement::resolve(&everywhere, 1).unwrap().apply_to_other_threads().unwrap();
+        let everywhere = ThreadPlacement { others: Some(online.clone()), ..Default::default() };
+        everywhere.apply_to_other_threads().unwrap();
         result.unwrap();
         release.send(()).unwrap();
         assert_eq!(confined.join().unwrap(), first.to_string(), "the confined thread keeps its cpuset's CPU");
@@ -315,6 +353,9 @@ mod tests {
             ..Default::default()
         };
         let message = ThreadPlacement::resolve(&host, 1).unwrap_err().to_string();
-        assert!(message.contains("CPU 8000 named in the CPU placement is not online"), "{message}");
+        assert!(
+            message.contains("CPU 8000 named in the CPU placement is not available to this VMM"),
+            "{message}"
+        );
     }
 }
