@@ -131,21 +131,7 @@ fn a_patch_changes_the_limit_of_a_running_disk() {
     assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
 
     // The PATCH must find the guest held back: wait until the device says it throttled a queue.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#).0, 204);
-        let text = std::fs::read_to_string(&metrics).unwrap();
-        let throttled: u64 = text
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-            .filter_map(|line| line["block"]["rate_limiter_throttled_events"].as_u64())
-            .sum();
-        if throttled > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the disk was never throttled: {text}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::api::wait_for_metric(&socket, &metrics, "block", "rate_limiter_throttled_events");
     let patched = Instant::now();
     // Lifted to one request per 150 ms, not to no limit: the guest's last ~19 requests then take
     // ~2.7 s, so the VMM is still there to answer this PATCH and the GET below (a guest done at

@@ -255,21 +255,7 @@ fn a_patch_changes_the_limit_of_a_running_card() {
     assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
 
     // The PATCH must find the guest held back: wait until the card says it throttled.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#).0, 204);
-        let text = std::fs::read_to_string(&metrics).unwrap();
-        let throttled: u64 = text
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-            .filter_map(|line| line["net"]["tx_rate_limiter_throttled"].as_u64())
-            .sum();
-        if throttled > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the card was never throttled: {text}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::api::wait_for_metric(&socket, &metrics, "net", "tx_rate_limiter_throttled");
     let patched = Instant::now();
     let lifted = r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 150}}}"#;
     let (status, body) = request(&socket, "PATCH", "/network-interfaces/eth0", lifted);

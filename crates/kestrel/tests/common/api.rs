@@ -95,3 +95,25 @@ pub fn assert_fault(response: (u16, String), expected: &str) {
     let fault = body["fault_message"].as_str().unwrap_or_else(|| panic!("no fault_message: {}", response.1));
     assert!(fault.contains(expected), "{fault:?} does not contain {expected:?}");
 }
+
+/// Flushes the VMM's metrics (to `metrics`, set by `PUT /metrics`) until the counter
+/// `section.key`, summed over the file's lines, is above zero — a device saying it throttled —
+/// and fails after 20 s.
+#[allow(dead_code)] // Not every test binary that shares this module waits for a metric.
+pub fn wait_for_metric(socket: &Path, metrics: &Path, section: &str, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(request(socket, "PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#).0, 204);
+        let text = std::fs::read_to_string(metrics).unwrap();
+        let total: u64 = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter_map(|line| line[section][key].as_u64())
+            .sum();
+        if total > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{section}.{key} never rose above 0: {text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
