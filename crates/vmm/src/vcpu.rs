@@ -231,6 +231,20 @@ impl VcpuShared {
     }
 
     /// Sets the stop flag and wakes parked vCPUs, which then see it and end.
+    /// Lets the vCPU threads enter the guest (see `PauseState::started`).
+    pub fn open_start(&self) {
+        self.lock_pause().started = true;
+        self.unparked.notify_all();
+    }
+
+    /// Waits until [`VcpuShared::open_start`] or a stop.
+    fn wait_for_start(&self) {
+        let mut state = self.lock_pause();
+        while !state.started && !self.stop.load(Ordering::SeqCst) {
+            state = self.unparked.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // Taking the lock after the store orders it against a parking thread's check of the flag:
@@ -299,6 +313,9 @@ struct PauseState {
     threads: Vec<(u8, libc::pthread_t)>,
     /// A snapshot's request that the parked vCPUs save their state.
     save: Option<SaveRequest>,
+    /// Set by the main thread once it is confined (its seccomp filter installed): until then the
+    /// vCPU threads, already confined themselves, wait before entering the guest.
+    started: bool,
 }
 
 /// What each parked vCPU adds its saved state (or why it could not) to.
@@ -411,6 +428,7 @@ fn run_vcpu(index: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
         return;
     }
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run()));
+    shared.wait_for_start();
     let metrics = shared.metrics.get(usize::from(index));
     // Whether the last KVM_RUN returned an exit, whose operation KVM completes only on the next
     // entry: the vCPU must not park (nor its state be read) before that.

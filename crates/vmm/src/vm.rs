@@ -166,9 +166,9 @@ impl Vm {
         // The other threads go to their CPUs before the vCPU threads start (which then set
         // their own): threads started later inherit from the thread that starts them.
         self.shared.placement().apply_to_other_threads()?;
-        // The VM is built (or restored): from here on the main thread is confined, before any vCPU
-        // runs guest code.
-        jail::seccomp::enter(jail::seccomp::ThreadRole::Vmm)?;
+        // The vCPU threads are started before the main thread is confined, so each carries its
+        // own filter alone (one filter on every KVM_RUN, not the spawner's too); they wait, already
+        // confined, until the main thread is too, before any of them runs guest code.
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let index = u8::try_from(index)
@@ -181,6 +181,11 @@ impl Vm {
                 }
             }
         }
+        if let Err(e) = jail::seccomp::enter(jail::seccomp::ThreadRole::Vmm) {
+            vcpu::stop_all(&self.shared, threads);
+            return Err(e.into());
+        }
+        self.shared.open_start();
         let client_fd = client.as_ref().map(|c| c.fd());
         let outcome = EventLoop::new(&self, &signals, client_fd)
             .and_then(|mut event_loop| event_loop.run(&self, client));

@@ -74,6 +74,7 @@ pub fn enter(role: ThreadRole) -> Result<(), Error> {
     sigsys::remember_thread(role);
     seccompiler::apply_filter(&filters::program(role))
         .map_err(|source| Error::Install { role: role.name(), source })?;
+    CONFINED.with(|confined| confined.set(true));
     #[cfg(debug_assertions)]
     test_hook::maybe_violate(role);
     Ok(())
@@ -88,8 +89,16 @@ fn enter_or_exit(role: ThreadRole) {
     }
 }
 
+thread_local! {
+    /// Whether this thread has entered a role (its filters are installed).
+    static CONFINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Starts `f` on a thread made by `builder`, confined to `role` before `f` runs. With
-/// [`Mode::Off`] this is `builder.spawn(f)`.
+/// [`Mode::Off`] this is `builder.spawn(f)`. A thread not yet confined — the main thread while it
+/// builds the VM, which starts the vCPUs and the API thread — starts its threads itself, so they
+/// carry their own filter alone (a vCPU then runs one filter on each KVM_RUN, not two); a confined
+/// thread hands the start to the spawner thread (see `spawner`).
 pub fn spawn<F, T>(role: ThreadRole, builder: std::thread::Builder, f: F) -> io::Result<JoinHandle<T>>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -101,7 +110,8 @@ where
             crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
             f()
         }),
-        Mode::Enforce => spawner::spawn(role, builder, f),
+        Mode::Enforce if CONFINED.with(std::cell::Cell::get) => spawner::spawn(role, builder, f),
+        Mode::Enforce => spawner::spawn_from_here(role, builder, f),
     }
 }
 

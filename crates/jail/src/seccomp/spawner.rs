@@ -11,32 +11,29 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
-use super::{enter, Error, ThreadRole};
+use super::{Error, ThreadRole};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 static JOBS: OnceLock<Sender<Job>> = OnceLock::new();
 
-/// Starts the spawner thread (once; later calls do nothing) and waits until it is confined.
+/// Starts the spawner thread (once; later calls do nothing). It does not wait for the thread to
+/// confine itself — installing its long filter takes a few hundred microseconds the caller can
+/// spend building the VM: jobs sent meanwhile queue, and the spawner serves them only once
+/// confined. A spawner that cannot confine itself ends the process (status 1), as any thread does.
 pub(crate) fn start() -> Result<(), Error> {
     if JOBS.get().is_some() {
         return Ok(());
     }
     let (jobs, receiver) = mpsc::channel::<Job>();
-    let (ready, confined) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("kestrel-spawner".into())
         .spawn(move || {
             block_termination_signals();
-            let entered = enter(ThreadRole::Spawner);
-            let ok = entered.is_ok();
-            let _ = ready.send(entered);
-            if ok {
-                serve(receiver);
-            }
+            super::enter_or_exit(ThreadRole::Spawner);
+            serve(receiver);
         })
         .map_err(Error::Spawner)?;
-    confined.recv().map_err(|_| Error::Spawner(io::Error::other("the spawner thread ended")))??;
     let _ = JOBS.set(jobs);
     Ok(())
 }
@@ -65,6 +62,26 @@ where
     });
     jobs.send(job).map_err(|_| io::Error::other("the seccomp spawner thread ended"))?;
     receiver.recv().map_err(|_| io::Error::other("the seccomp spawner thread ended"))?
+}
+
+/// Starts `f` on a thread made by `builder` from the calling thread, which has no filter yet, so
+/// the child holds its role's filter alone; its signal mask is the spawner's children's.
+pub(crate) fn spawn_from_here<F, T>(
+    role: ThreadRole,
+    builder: std::thread::Builder,
+    f: F,
+) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    builder.spawn(move || {
+        block_termination_signals();
+        #[cfg(debug_assertions)]
+        crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
+        super::enter_or_exit(role);
+        f()
+    })
 }
 
 /// Runs `f` on the spawner thread and returns what it returns: what the spawner does to itself
