@@ -13,3 +13,4 @@ pub mod cgroup;
 pub mod jailer;
 pub mod landlock;
 pub mod seccomp;
+pub mod threads;

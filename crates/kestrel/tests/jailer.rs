@@ -628,3 +628,36 @@ fn bad_input_is_one_line_and_status_1() {
     // A jail already in use: "refused" got its exec file copied in before the cgroup failed.
     assert_refused(base, "refused", &[], "already in use");
 }
+
+/// vCPU pinning and `vmm_affinity` work in a jail, which has no `/proc` or `/sys`: the CPUs come
+/// from the kernel (`sched_getaffinity`) and the threads to move from Kestrel's own list.
+#[test]
+fn a_jailed_vmm_pins_its_vcpu_and_keeps_its_other_threads_apart() {
+    if !ready() {
+        return;
+    }
+    let jail = Jailed::start("pin", &[], |root| {
+        copy_in(Path::new(guests::HELLO), root, "hello");
+    });
+    jail.put("/boot-source", r#"{"kernel_image_path": "/hello", "boot_args": "exit=count"}"#);
+    jail.put(
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32, "x-kestrel": {"vcpu_affinity": [[1]], "vmm_affinity": [0]}}"#,
+    );
+    jail.put("/actions", r#"{"action_type": "InstanceStart"}"#);
+    jail.wait_for_serial("count: ", 1);
+    let mut seen = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", jail.pid)).unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let name = status_field(&status, "Name").to_owned();
+        if name.starts_with("kvm-") {
+            continue; // KVM's kernel workers, which user space does not place
+        }
+        seen.push((name, status_field(&status, "Cpus_allowed_list").to_owned()));
+    }
+    assert!(seen.iter().any(|(name, _)| name == "vcpu0"), "{seen:?}");
+    for (name, cpus) in &seen {
+        let expected = if name == "vcpu0" { "1" } else { "0" };
+        assert_eq!(cpus, expected, "thread {name}: {seen:?}");
+    }
+}

@@ -103,13 +103,7 @@ impl ThreadPlacement {
     /// the CPUs of the thread that starts them (vCPU threads then set their own).
     pub fn apply_to_other_threads(&self) -> Result<(), HostPlacementError> {
         let Some(cpus) = &self.others else { return Ok(()) };
-        let tasks = "/proc/self/task";
-        let entries = std::fs::read_dir(tasks)
-            .map_err(|source| HostPlacementError::ReadHost { path: tasks.into(), source })?;
-        for entry in entries.flatten() {
-            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
-                continue;
-            };
+        for tid in threads_of_this_process()? {
             match set_affinity(tid, cpus) {
                 Ok(()) => {}
                 // The thread ended since the directory was read.
@@ -137,6 +131,25 @@ fn read_cpu_list(path: &str) -> Result<CpuSet, HostPlacementError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| HostPlacementError::ReadHost { path: path.into(), source })?;
     CpuSet::parse(text.trim()).map_err(|source| HostPlacementError::BadHostList { path: path.into(), source })
+}
+
+/// Every thread of this process, from `/proc/self/task`; where there is no `/proc` (a jail made by
+/// `kestrel jailer`), the threads Kestrel started and the calling one.
+fn threads_of_this_process() -> Result<Vec<libc::pid_t>, HostPlacementError> {
+    let tasks = "/proc/self/task";
+    match std::fs::read_dir(tasks) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()))
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut threads = jail::threads::started();
+            // SAFETY: gettid has no arguments and cannot fail.
+            threads.push(unsafe { libc::gettid() });
+            Ok(threads)
+        }
+        Err(source) => Err(HostPlacementError::ReadHost { path: tasks.into(), source }),
+    }
 }
 
 /// The CPUs the calling thread may run on (`sched_getaffinity`).

@@ -106,6 +106,7 @@ where
 {
     match mode() {
         Mode::Off => builder.spawn(move || {
+            let _registered = crate::threads::register();
             #[cfg(debug_assertions)]
             crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
             f()

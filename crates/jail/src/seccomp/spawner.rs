@@ -31,6 +31,7 @@ pub(crate) fn start() -> Result<(), Error> {
         .spawn(move || {
             block_termination_signals();
             super::enter_or_exit(ThreadRole::Spawner);
+            let _registered = crate::threads::register();
             serve(receiver);
         })
         .map_err(Error::Spawner)?;
@@ -57,6 +58,7 @@ where
             #[cfg(debug_assertions)]
             crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
             super::enter_or_exit(role);
+            let _registered = crate::threads::register();
             f()
         }));
     });
@@ -80,6 +82,7 @@ where
         #[cfg(debug_assertions)]
         crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
         super::enter_or_exit(role);
+        let _registered = crate::threads::register();
         f()
     })
 }
