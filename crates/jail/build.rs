@@ -102,11 +102,11 @@ fn main() {
     std::fs::write(out_dir.join("seccomp_filters.rs"), out).expect("write seccomp_filters.rs");
 }
 
-/// `ioctl(fd, KVM_RUN, ...)` allowed before anything else, prepended to the filters a vCPU thread
-/// runs under (its own and the spawner's, which stack). seccompiler lays a filter out as a chain in
-/// system call order with a call's argument rules in turn, so KVM_RUN — the one call made on every
-/// VM exit — was reached only after some sixty instructions in the vCPU filter and twice that in
-/// the spawner's; this answers it in six. It allows nothing the vCPU list does not. Classic BPF
+/// `ioctl(fd, KVM_RUN, ...)` allowed before anything else, prepended to the vCPU's filter and the
+/// spawner's (a vCPU started from a confined thread carries both). seccompiler lays a filter out
+/// as a chain in system call order with a call's argument rules in turn, so KVM_RUN — the one
+/// call made on every VM exit — was reached only after some sixty instructions in the vCPU filter
+/// and twice that in the spawner's; this answers it in seven (`seccomp/tests.rs` runs it). It allows nothing the vCPU list does not. Classic BPF
 /// (code, jt, jf, k); jumps are relative, so the compiled program after it is unchanged, and a
 /// miss falls through to it.
 const KVM_RUN_FAST_PATH: &[(u16, u8, u8, u32)] = &[

@@ -25,8 +25,11 @@ fn main() -> ExitCode {
     // No exit path may leave the user's terminal in raw mode, not even a bug.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        vmm::console::restore_terminal();
+        // The message first: a thread whose seccomp filter does not allow the terminal ioctl
+        // (a device worker, a vCPU) stops with status 159 at the restore, and the panic must
+        // still have been reported.
         default_hook(info);
+        vmm::console::restore_terminal();
     }));
 
     let cli = cli::Cli::parse_from(jailer_cli::args_with_subcommand(std::env::args_os()));

@@ -77,9 +77,17 @@ unsafe impl<B: ?Sized + Send + Sync> Send for Slot<B> {}
 
 impl<B: DiskBackend + ?Sized> Uring<B> {
     pub fn new(entries: u32, event: &Arc<EventFd>) -> io::Result<Uring<B>> {
-        let ring = restricted_ring(entries)?;
-        ring.submitter().register_eventfd(event.as_raw_fd())?;
-        ring.submitter().register_enable_rings()?;
+        // The ring is made, restricted and enabled on the thread that starts the VMM's threads
+        // (the seccomp spawner): no thread the guest reaches (a vCPU activating the device, the
+        // disk's worker) may call io_uring_setup, whose SQPOLL rings would run operations seccomp
+        // never sees. With seccomp off this runs here.
+        let event_fd = event.as_raw_fd();
+        let ring = jail::seccomp::run_where_threads_start(move || -> io::Result<IoUring> {
+            let ring = restricted_ring(entries)?;
+            ring.submitter().register_eventfd(event_fd)?;
+            ring.submitter().register_enable_rings()?;
+            Ok(ring)
+        })??;
         Ok(Uring {
             ring,
             slots: Vec::new(),
