@@ -399,6 +399,15 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
         #[test]
+        fn accepted_loader_paths_stay_in_a_library_directory(path in "(/|\\.\\.|\\.|lib|usr|x86_64-linux-gnu|ld\\.so|etc){0,12}") {
+            let dirs = [Path::new("/lib"), Path::new("/usr/lib")];
+            if is_system_library_path(Path::new(&path), &dirs) {
+                prop_assert!(!path.split('/').any(|c| c == ".." || c == "."), "{path}");
+                prop_assert!(path.starts_with("/lib/") || path.starts_with("/usr/lib/") || path.starts_with("//"), "{path}");
+            }
+        }
+
+        #[test]
         fn hostile_headers_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..2048), fix in any::<bool>()) {
             if fix && bytes.len() >= 64 {
                 bytes[..6].copy_from_slice(b"\x7fELF\x02\x01");
