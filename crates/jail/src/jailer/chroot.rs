@@ -1,12 +1,12 @@
 //! The jail directory and the move into it: a fresh mount namespace whose root is the jail.
 
 use std::ffi::CString;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use super::{JailerConfig, JailerError};
+use super::jaildir::JailDir;
+use super::{libs, JailerConfig, JailerError};
 
 /// The directory the old root is moved to by pivot_root, then detached and removed.
 const OLD_ROOT: &str = "old_root";
@@ -17,7 +17,7 @@ const OLD_ROOT: &str = "old_root";
 pub(super) fn prepare(config: &JailerConfig) -> Result<PathBuf, JailerError> {
     let root = &config.jail_root;
     // Read before anything is created, so a missing library leaves no half-made jail behind.
-    let libraries = super::libs::loader_files(&config.exec_file)?;
+    let libraries = libs::loader_files(&config.exec_file)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -39,47 +39,16 @@ pub(super) fn prepare(config: &JailerConfig) -> Result<PathBuf, JailerError> {
             return Err(JailerError::JailInUse(root.clone()));
         }
     }
-    copy_exec(&config.exec_file, &exec_copy)?;
+    // From here on every step is relative to the jail root's descriptor and follows no symlink
+    // a previous tenant may have planted.
+    let jail = JailDir::open(root)?;
+    let exec = libs::open_regular(&config.exec_file, &config.exec_file)?;
+    jail.install(Path::new(&config.exec_name()), &exec.file, exec.len)?;
     for library in libraries {
-        let inside = root.join(library.strip_prefix("/").unwrap_or(&library));
-        if inside.symlink_metadata().is_ok() {
-            continue; // linked in by the caller, or shared by two names
-        }
-        if let Some(dir) = inside.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| JailerError::path("create", dir, e))?;
-        }
-        copy_exec(&library, &inside)?;
+        let inside = library.path.strip_prefix("/").unwrap_or(&library.path);
+        jail.install(inside, &library.file, library.len)?;
     }
     Ok(root.clone())
-}
-
-/// Copies the exec file into a new file (never through an existing one), executable by the
-/// jailed uid, writable by root only.
-fn copy_exec(from: &Path, to: &Path) -> Result<(), JailerError> {
-    let mut source = std::fs::File::open(from).map_err(|e| JailerError::path("open", from, e))?;
-    let mut target = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o755)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(to)
-        .map_err(|e| JailerError::path("create", to, e))?;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = source.read(&mut buffer).map_err(|e| JailerError::path("read", from, e))?;
-        if n == 0 {
-            break;
-        }
-        target.write_all(&buffer[..n]).map_err(|e| JailerError::path("write", to, e))?;
-    }
-    // The umask may have narrowed the mode.
-    target
-        .set_permissions(std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| JailerError::path("chmod", to, e))
 }
 
 fn c_path(path: &Path) -> Result<CString, JailerError> {
@@ -138,4 +107,60 @@ pub(super) fn pivot_into(jail: &Path) -> Result<(), JailerError> {
         return Err(JailerError::sys("unmounting the old root"));
     }
     std::fs::remove_dir("/old_root").map_err(|e| JailerError::path("remove", "/old_root", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jailer::{RawJailerArgs, StartTimes};
+
+    /// A config jailing this (dynamically linked) test binary under a temporary base.
+    fn config(base: &Path) -> JailerConfig {
+        let raw = RawJailerArgs {
+            id: "vm1".into(),
+            exec_file: std::env::current_exe().unwrap(),
+            chroot_base_dir: base.into(),
+            cgroup_version: "1".into(),
+            ..RawJailerArgs::default()
+        };
+        let config = JailerConfig::new(raw, StartTimes::default(), |_| false).unwrap();
+        std::fs::create_dir_all(&config.jail_root).unwrap();
+        config
+    }
+
+    #[test]
+    fn a_reused_jail_with_a_planted_library_directory_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let config = config(&tmp.path().join("base"));
+        let loader = libs::loader_files(&config.exec_file).unwrap().remove(0).path;
+        // lib64 -> <tmp>/outside (standing in for /etc/cron.d).
+        let top = loader.strip_prefix("/").unwrap().components().next().unwrap();
+        std::os::unix::fs::symlink(&outside, config.jail_root.join(top)).unwrap();
+        let error = prepare(&config).unwrap_err();
+        assert!(matches!(error, JailerError::NotADirectory(_)), "{error}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "the jailer wrote through the symlink");
+    }
+
+    #[test]
+    fn a_previous_tenants_library_is_replaced_and_a_planted_file_symlink_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config(&tmp.path().join("base"));
+        let files = libs::loader_files(&config.exec_file).unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"host file").unwrap();
+        let inside = |f: &libs::LoaderFile| config.jail_root.join(f.path.strip_prefix("/").unwrap());
+        let (loader, library) = (inside(&files[0]), inside(&files[1]));
+        std::fs::create_dir_all(loader.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &loader).unwrap();
+        std::fs::write(&library, b"planted").unwrap();
+        prepare(&config).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"host file");
+        for (jailed, host) in [(&loader, &files[0].path), (&library, &files[1].path)] {
+            assert!(jailed.symlink_metadata().unwrap().file_type().is_file(), "{jailed:?}");
+            assert_eq!(std::fs::read(jailed).unwrap(), std::fs::read(host).unwrap(), "{jailed:?}");
+        }
+    }
 }

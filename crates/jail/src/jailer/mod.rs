@@ -10,6 +10,7 @@ mod chroot;
 mod devices;
 pub mod exec;
 mod fds;
+mod jaildir;
 pub mod libs;
 mod namespaces;
 mod privileges;
