@@ -661,3 +661,25 @@ fn a_jailed_vmm_pins_its_vcpu_and_keeps_its_other_threads_apart() {
         assert_eq!(cpus, expected, "thread {name}: {seen:?}");
     }
 }
+
+/// The jailer itself sets no-new-privileges before its exec: a jailed VMM has it even with its
+/// own seccomp filters off.
+#[test]
+fn the_jailed_vmm_cannot_gain_privileges_even_without_seccomp() {
+    if !ready() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let id = format!("nnp-{}", std::process::id());
+    let parent = format!("kestrel-test-{id}");
+    let root = Jailed::root_of(base.path(), &id);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut command = Jailed::command(base.path(), &id, &parent, &[]);
+    command.arg("--seccomp").arg("off");
+    let child = spawn_vmm(command, &root.join("run/api.sock"));
+    let pid = child.id() as i32;
+    let jail = Jailed { base, id, child: Some(child), pid, parent_cgroup: parent };
+    let status = jail.status();
+    assert_eq!(status_field(&status, "Seccomp"), "0", "the VMM's own filters are off");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+}

@@ -61,5 +61,11 @@ pub(super) fn drop_all(uid: u32, gid: u32) -> Result<(), JailerError> {
     if effective | permitted != 0 {
         return Err(JailerError::CapabilitiesLeft(effective | permitted));
     }
+    // No exec from here on may gain privileges (a set-user-ID file linked into the jail, file
+    // capabilities), whether or not the VMM then installs seccomp filters of its own.
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integer arguments and changes only this process.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(JailerError::sys("prctl(PR_SET_NO_NEW_PRIVS)"));
+    }
     Ok(())
 }
