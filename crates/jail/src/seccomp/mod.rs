@@ -105,12 +105,7 @@ where
     T: Send + 'static,
 {
     match mode() {
-        Mode::Off => builder.spawn(move || {
-            let _registered = crate::threads::register();
-            #[cfg(debug_assertions)]
-            crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
-            f()
-        }),
+        Mode::Off => builder.spawn(move || spawner::begin(role, f)),
         Mode::Enforce if CONFINED.with(std::cell::Cell::get) => spawner::spawn(role, builder, f),
         Mode::Enforce => spawner::spawn_from_here(role, builder, f),
     }

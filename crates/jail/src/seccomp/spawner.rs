@@ -45,25 +45,26 @@ fn serve(jobs: Receiver<Job>) {
     }
 }
 
+/// How every thread [`super::spawn`] starts begins, before `f`: the debug build's Landlock probe,
+/// its role's filter (nothing with [`super::Mode::Off`]), its place in [`crate::threads`].
+pub(super) fn begin<F, T>(role: ThreadRole, f: F) -> T
+where
+    F: FnOnce() -> T,
+{
+    #[cfg(debug_assertions)]
+    crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
+    super::enter_or_exit(role);
+    let _registered = crate::threads::register();
+    f()
+}
+
 /// Starts `f` on a thread made by `builder`, confined to `role`, from the spawner thread.
 pub(crate) fn spawn<F, T>(role: ThreadRole, builder: std::thread::Builder, f: F) -> io::Result<JoinHandle<T>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let jobs = JOBS.get().ok_or_else(|| io::Error::other("the seccomp spawner thread is not running"))?;
-    let (sender, receiver) = mpsc::sync_channel(1);
-    let job: Job = Box::new(move || {
-        let _ = sender.send(builder.spawn(move || {
-            #[cfg(debug_assertions)]
-            crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
-            super::enter_or_exit(role);
-            let _registered = crate::threads::register();
-            f()
-        }));
-    });
-    jobs.send(job).map_err(|_| io::Error::other("the seccomp spawner thread ended"))?;
-    receiver.recv().map_err(|_| io::Error::other("the seccomp spawner thread ended"))?
+    run_here(move || builder.spawn(move || begin(role, f)))?
 }
 
 /// Starts `f` on a thread made by `builder` from the calling thread, which has no filter yet, so
@@ -79,11 +80,7 @@ where
 {
     builder.spawn(move || {
         block_termination_signals();
-        #[cfg(debug_assertions)]
-        crate::landlock::test_probe_as("KESTREL_LANDLOCK_TEST_PROBE_THREADS", role.name());
-        super::enter_or_exit(role);
-        let _registered = crate::threads::register();
-        f()
+        begin(role, f)
     })
 }
 
