@@ -312,6 +312,20 @@ mod tests {
         }
     }
 
+    /// A qcow2 image `overlay.qcow2` in `dir` over the raw file `base` beside it.
+    fn overlay_over(dir: &Path, base: &str) -> PathBuf {
+        let overlay = dir.join("overlay.qcow2");
+        let options = storage::image::CreateOptions {
+            format: storage::image::Format::Qcow2,
+            size: None,
+            backing: Some((base.into(), storage::image::Format::Raw)),
+            cluster_size: None,
+            preallocation: storage::image::Preallocation::Off,
+        };
+        storage::image::create(&overlay, &options).unwrap();
+        overlay
+    }
+
     fn access_of(rules: &Rules, path: &Path) -> Option<Access> {
         rules.rules().iter().find(|rule| rule.path == path).map(|rule| rule.access)
     }
@@ -322,15 +336,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let base = dir.join("base.raw");
         std::fs::write(&base, vec![0; 1 << 20]).unwrap();
-        let overlay = dir.join("overlay.qcow2");
-        let options = storage::image::CreateOptions {
-            format: storage::image::Format::Qcow2,
-            size: None,
-            backing: Some(("base.raw".into(), storage::image::Format::Raw)),
-            cluster_size: None,
-            preallocation: storage::image::Preallocation::Off,
-        };
-        storage::image::create(&overlay, &options).unwrap();
+        let overlay = overlay_over(&dir, "base.raw");
         let serial = dir.join("console.log");
         let disk = |spec: &str| VirtioConfig::Block(parse_disk(spec).unwrap());
         let config = config(
@@ -441,15 +447,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kestrel-landlock-nobacking-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("base.raw"), vec![0; 1 << 20]).unwrap();
-        let overlay = dir.join("overlay.qcow2");
-        let options = storage::image::CreateOptions {
-            format: storage::image::Format::Qcow2,
-            size: None,
-            backing: Some(("base.raw".into(), storage::image::Format::Raw)),
-            cluster_size: None,
-            preallocation: storage::image::Preallocation::Off,
-        };
-        storage::image::create(&overlay, &options).unwrap();
+        let overlay = overlay_over(&dir, "base.raw");
         let disk = parse_disk(&format!("path={},format=qcow2,backing=off", overlay.display())).unwrap();
         let rules = rules_for(
             &config(vec![VirtioConfig::Block(disk)], SerialConfig::None),
