@@ -76,6 +76,38 @@ pub enum Command {
         The API socket is then <chroot-base-dir>/kestrel/<id>/root/run/firecracker.socket by default.")]
     Jailer(crate::jailer_cli::JailerArgs),
     // --- end jailer ---
+
+    // --- manager: daemon (core) ---
+    /// Run the manager daemon: it keeps VMs, networks and storage pools, and serves the API the
+    /// `kestrel vm|net|pool|vol` commands use (a Unix socket; see `docs/manager-api.yaml`).
+    #[command(after_help = "Examples:\n  \
+        kestrel daemon --foreground\n  \
+        kestrel daemon --foreground --state-dir ~/.local/share/kestrel --socket /tmp/kestrel.sock\n  \
+        KESTREL_STATE_DIR=/tmp/k KESTREL_SOCKET=/tmp/k/sock kestrel daemon --foreground")]
+    Daemon(crate::daemon_cli::DaemonArgs),
+    // --- end manager: daemon ---
+
+    // --- manager: vm commands (CLI) ---
+    /// Define, start, stop and watch VMs kept by the daemon (`kestrel daemon`).
+    Vm(crate::vm_cli::VmArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:\n  \
+        kestrel completions bash > /etc/bash_completion.d/kestrel\n  \
+        kestrel completions zsh > ~/.zfunc/_kestrel")]
+    Completions(crate::vm_cli::CompletionsArgs),
+    // --- end manager: vm commands ---
+
+    // --- manager: networks ---
+    /// Define and run networks for the daemon's VMs: a bridge, NAT or isolated, DHCP and DNS.
+    Net(crate::net_cli::NetArgs),
+    // --- end manager: networks ---
+
+    // --- manager: pools ---
+    /// Define storage pools (directories of disk images) for the daemon's VMs.
+    Pool(crate::pool_cli::PoolArgs),
+    /// Create, clone, resize, import, upload, download and delete volumes in storage pools.
+    Vol(crate::pool_cli::VolArgs),
+    // --- end manager: pools ---
 }
 
 #[derive(Args, Debug)]

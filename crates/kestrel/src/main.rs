@@ -3,15 +3,20 @@
 #[cfg(test)]
 mod api_tests;
 mod cli;
+mod daemon_cli;
 mod device_options;
 mod exit_status;
 mod image_cli;
 mod jailer_cli;
 mod landlock;
 mod logging;
+mod manager_client;
 mod metrics;
+mod net_cli;
 mod placement_options;
+mod pool_cli;
 mod size;
+mod vm_cli;
 mod vmm_api;
 
 use std::io::Write;
@@ -39,6 +44,12 @@ fn main() -> ExitCode {
         cli::Command::Vmm(args) => vmm_api::run(args),
         cli::Command::Image(args) => image_cli::run(args),
         cli::Command::Jailer(args) => jailer_cli::run(args),
+        cli::Command::Daemon(args) => daemon_cli::run(args),
+        cli::Command::Vm(args) => vm_cli::run(args),
+        cli::Command::Completions(args) => vm_cli::completions(args),
+        cli::Command::Net(args) => net_cli::run(args),
+        cli::Command::Pool(args) => pool_cli::run_pool(args),
+        cli::Command::Vol(args) => pool_cli::run_vol(args),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod error;
 pub mod host;
 mod mac;
+pub mod manager;
 pub mod rate_limiter;
 pub mod resources;
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of the harness
 
 pub mod api;
+pub mod daemon;
 pub mod kit;
 pub mod netns;
 

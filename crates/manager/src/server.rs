@@ -1,0 +1,51 @@
+//! The daemon's REST API: one axum router over the Unix socket, made of each module's routes.
+//!
+//! Routes (bodies in `model::manager`; `docs/manager-api.yaml` describes them):
+//! - VMs (`vms`): `GET|POST /v1/vms`, `GET|PUT|DELETE /v1/vms/{vm}`, `POST /v1/vms/{vm}/{start,
+//!   shutdown,destroy,reboot,suspend,resume,save,restore}`, `GET /v1/vms/{vm}/stats`
+//! - console (`console`): `GET /v1/vms/{vm}/console` (WebSocket), `GET /v1/vms/{vm}/console/log`
+//! - events (`events`): `GET /v1/events` (`?follow=true&since=ID`; one JSON object per line)
+//! - networks (`network`): `GET|POST /v1/networks`, `GET|DELETE /v1/networks/{net}`,
+//!   `POST /v1/networks/{net}/{start,stop}`
+//! - pools (`pool`): `GET|POST /v1/pools`, `GET|DELETE /v1/pools/{pool}`,
+//!   `GET|POST /v1/pools/{pool}/volumes`, `GET|DELETE /v1/pools/{pool}/volumes/{vol}`, …
+//! - metrics (`metrics`): `GET /metrics` (Prometheus text format)
+//!
+//! `{vm}` is a name or a UUID.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::paths::Paths;
+use crate::store::Store;
+
+/// Everything a handler reaches: one per daemon, shared by every request.
+pub struct Shared {
+    pub paths: Paths,
+    pub store: Arc<Store>,
+    pub events: crate::events::Events,
+    pub vms: crate::vms::Vms,
+    pub consoles: crate::console::Consoles,
+    pub networks: crate::network::Networks,
+    pub pools: crate::pool::Pools,
+}
+
+/// The router's state.
+pub type AppState = Arc<Shared>;
+
+/// The daemon's whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        // --- core ---
+        .merge(crate::vms::routes())
+        .merge(crate::events::routes())
+        // --- console and metrics ---
+        .merge(crate::console::routes())
+        .merge(crate::metrics::routes())
+        // --- networks ---
+        .merge(crate::network::routes())
+        // --- pools ---
+        .merge(crate::pool::routes())
+        .with_state(state)
+}
