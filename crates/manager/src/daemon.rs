@@ -58,12 +58,12 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     )?);
     let shared = Arc::new(Shared {
         paths: paths.clone(),
-        store,
         events: crate::events::Events {},
         vms: crate::vms::Vms {},
         consoles: crate::console::Consoles {},
-        networks: crate::network::Networks {},
-        pools: crate::pool::Pools {},
+        networks: crate::network::Networks::new(store.clone(), &paths),
+        pools: crate::pool::Pools::new(store.clone()),
+        store,
     });
     let listener = bind(&paths.socket).await?;
     tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
