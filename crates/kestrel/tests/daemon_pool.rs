@@ -79,6 +79,15 @@ fn volumes_are_what_qemu_img_says_they_are() {
     assert_eq!(qemu_info(&qemu_img, &pool.join("web"))["virtual-size"], 2u64 << 30);
     fails(&daemon.cli(&["vol", "resize", "p", "data", "1M"]), "--shrink");
     assert_eq!(qemu_info(&qemu_img, &pool.join("data"))["virtual-size"], 64u64 << 20);
+    // A running VM holds its disk's write lock (QEMU's lock bytes): no resize, no delete, no
+    // download of a moving image.
+    let vmm = std::fs::OpenOptions::new().read(true).write(true).open(pool.join("data")).unwrap();
+    storage::lock::lock(&vmm, storage::lock::Access::Write).unwrap();
+    fails(&daemon.cli(&["vol", "resize", "p", "data", "128M"]), "in use");
+    fails(&daemon.cli(&["vol", "delete", "p", "data"]), "in use");
+    let out = daemon.dir.path().join("data.out");
+    fails(&daemon.cli(&["vol", "download", "p", "data", common::path_str(&out)]), "while it is written");
+    drop(vmm);
     daemon.cli_ok(&["vol", "resize", "p", "data", "1M", "--shrink"]);
     assert_eq!(qemu_info(&qemu_img, &pool.join("data"))["virtual-size"], 1u64 << 20);
 

@@ -52,9 +52,15 @@ pub(super) async fn upload(
             let (temp, file) = dir.create_temp().map_err(|e| io_error(&format!("pool '{pool}'"), e))?;
             Ok((dir, temp, file))
         })
-        .await?
+        .await
     };
-    let (dir, temp, file) = prepared;
+    let (dir, temp, file) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            drain(body).await;
+            return Err(error);
+        }
+    };
     // Whatever ends this request (an error, or the client going away and the request being
     // dropped mid-stream), the temporary file goes; once published, its name is gone already.
     let dir = std::sync::Arc::new(dir);
@@ -103,13 +109,24 @@ impl Drop for TempCleanup {
     }
 }
 
+/// Reads and drops a request body, so that a client still sending it gets the answer rather
+/// than a connection closed under its feet.
+pub(super) async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = stream.next().await {}
+}
+
 /// Writes the request body into `out`, piece by piece as it arrives.
 async fn receive(out: &mut tokio::fs::File, body: Body, reference: &str) -> ApiResult<()> {
     let mut stream = body.into_data_stream();
     while let Some(piece) = stream.next().await {
         let piece = piece
             .map_err(|e| ManagerError::invalid(format!("volume {reference}: the upload broke off: {e}")))?;
-        out.write_all(&piece).await.map_err(|e| volume_io(reference, e))?;
+        if let Err(e) = out.write_all(&piece).await {
+            // The rest is read and dropped (see `drain`).
+            while let Some(Ok(_)) = stream.next().await {}
+            return Err(volume_io(reference, e));
+        }
     }
     out.flush().await.map_err(|e| volume_io(reference, e))
 }

@@ -124,9 +124,16 @@ async fn upload(
     query: Result<Query<VolumeUpload>, QueryRejection>,
     request: Body,
 ) -> ApiResult<(StatusCode, Json<VolumeInfo>)> {
-    let Query(query) = query.map_err(|e| {
-        ManagerError::invalid(format!("{} (say ?format=raw or ?format=qcow2)", e.body_text()))
-    })?;
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            data::drain(request).await;
+            return Err(ManagerError::invalid(format!(
+                "{} (say ?format=raw or ?format=qcow2)",
+                e.body_text()
+            )));
+        }
+    };
     let info = data::upload(state, pool, vol, query.format, request).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }

@@ -205,3 +205,19 @@ fn backing_names_must_be_volumes_of_the_pool_with_their_format() {
         assert!(volumes::check_backing(backing, format, known).is_err(), "{backing} {format:?}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+    /// Whatever a hostile header names, an accepted backing file is one plain name in the pool.
+    #[test]
+    fn an_accepted_backing_name_is_a_plain_file_of_the_pool(name in "\\PC{0,40}", format in "(raw|qcow2|\\PC{0,8})") {
+        let any = |_: &str| Some(None);
+        if volumes::check_backing(&name, Some(&format), any).is_ok() {
+            let components: Vec<_> = std::path::Path::new(&name).components().collect();
+            proptest::prop_assert_eq!(components.len(), 1);
+            proptest::prop_assert!(matches!(components[0], std::path::Component::Normal(_)));
+            proptest::prop_assert!(!name.starts_with('.'));
+            proptest::prop_assert!(format == "raw" || format == "qcow2");
+        }
+    }
+}

@@ -349,7 +349,11 @@ impl Pools {
             }
         }
         for name in new {
-            match probe_new_volume(&dir, &name, &files) {
+            let lookup = |base: &str| match known.get(base) {
+                Some(format) => files.contains(base).then_some(Some(*format)),
+                None => files.contains(base).then_some(None),
+            };
+            match probe_new_volume(&dir, &name, lookup) {
                 Ok(format) => {
                     records::put_volume(&self.store, pool, &name, format)?;
                     report.added.push(name);
@@ -370,7 +374,7 @@ impl Pools {
 fn probe_new_volume(
     dir: &PoolDir,
     name: &str,
-    files: &std::collections::HashSet<String>,
+    lookup: impl Fn(&str) -> Option<Option<ImageFormat>>,
 ) -> Result<ImageFormat, String> {
     let file = dir.open_file(name, false).map_err(|e| e.to_string())?;
     if !header::has_magic(&file).map_err(|e| e.to_string())? {
@@ -378,7 +382,7 @@ fn probe_new_volume(
     }
     let h = header::read(&file).map_err(|e| format!("a damaged qcow2 image: {e}"))?;
     if let Some(backing) = &h.backing_file {
-        check_backing(backing, h.backing_format.as_deref(), |base| files.contains(base).then_some(None))?;
+        check_backing(backing, h.backing_format.as_deref(), lookup)?;
     }
     Ok(ImageFormat::Qcow2)
 }
