@@ -286,6 +286,30 @@ fn names_and_symlinks_cannot_escape_the_pool() {
     assert_eq!(std::fs::read(&secret).unwrap(), b"host file");
 }
 
+#[test]
+fn an_upload_cut_off_midway_leaves_nothing() {
+    let (daemon, pool) = daemon_with_pool();
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let head =
+        "PUT /v1/pools/p/volumes/half/data?format=raw HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&noise(1 << 20)).unwrap();
+    // The temporary file appears while the bytes come in …
+    let deadline = std::time::Instant::now() + common::HANG_LIMIT;
+    while files(&pool).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(files(&pool)[0].starts_with('.'), "not yet a volume: {:?}", files(&pool));
+    // … and goes when the client does.
+    drop(stream);
+    while !files(&pool).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "left behind: {:?}\n{}", files(&pool), daemon.log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    fails(&daemon.cli(&["vol", "info", "p", "half"]), "no volume 'half'");
+}
+
 /// A small tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
