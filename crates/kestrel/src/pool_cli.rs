@@ -370,7 +370,10 @@ fn import(
         ImageFormat::Raw => "raw",
         ImageFormat::Qcow2 => "qcow2",
     };
-    let uri = format!("/v1/pools/{}/volumes/{}/data?format={format_name}", name(pool)?, name(&volume)?);
+    if let Err(e) = check_name(&volume) {
+        return Err(CliError::Usage(format!("{e} (name the volume with --name)")));
+    }
+    let uri = format!("/v1/pools/{}/volumes/{volume}/data?format={format_name}", name(pool)?);
     let source = std::fs::File::open(file).map_err(file_error(file))?;
     let length = source.metadata().map_err(file_error(file))?.len();
     let progress = Arc::new(Progress::new(length, false));

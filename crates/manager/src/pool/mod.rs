@@ -53,8 +53,29 @@ pub struct ResolvedVolume {
 pub type UsersOf<'a> = &'a dyn Fn(&str) -> Vec<String>;
 
 impl Pools {
+    /// The pools of `store`. Temporary files a previous daemon left in their directories (an
+    /// upload or a create it died in the middle of) are removed.
     pub fn new(store: Arc<Store>) -> Pools {
-        Pools { store, changes: Mutex::new(()) }
+        let pools = Pools { store, changes: Mutex::new(()) };
+        pools.remove_stale_temporaries();
+        pools
+    }
+
+    fn remove_stale_temporaries(&self) {
+        let Ok(all) = records::pools(&self.store) else { return };
+        for (name, path) in all {
+            let Ok(dir) = PoolDir::open(Path::new(&path)) else { continue };
+            for (entry, _) in dir.entries().unwrap_or_default() {
+                if dir::is_stale_temp(&entry) {
+                    match dir.remove(&entry) {
+                        Ok(()) => {
+                            tracing::info!("pool {name}: removed {entry}, left by a daemon that stopped")
+                        }
+                        Err(e) => tracing::warn!("pool {name}: cannot remove {entry}: {e}"),
+                    }
+                }
+            }
+        }
     }
 
     fn changing(&self) -> MutexGuard<'_, ()> {

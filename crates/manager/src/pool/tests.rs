@@ -181,6 +181,12 @@ fn refresh_takes_in_files_put_there_by_hand_and_skips_hostile_ones() {
     if std::process::id() != 1 {
         assert!(!pool.join(format!("{}1-x", dir::TEMP_PREFIX)).exists(), "a stale temporary file stays");
     }
+    // A new daemon sweeps them too.
+    std::fs::write(pool.join(format!("{}1-y", dir::TEMP_PREFIX)), b"stale").unwrap();
+    let _again = Pools::new(pools.store.clone());
+    if std::process::id() != 1 {
+        assert!(!pool.join(format!("{}1-y", dir::TEMP_PREFIX)).exists(), "a stale temporary file stays");
+    }
     assert_eq!(pools.resolve_volume("p/copied.qcow2").unwrap().format, ImageFormat::Qcow2);
     assert_eq!(pools.resolve_volume("p/copied.img").unwrap().format, ImageFormat::Raw);
     assert_eq!(kind(pools.resolve_volume("p/evil.qcow2")), ErrorKind::NotFound);
