@@ -160,8 +160,11 @@ enum VolCommand {
     #[command(after_help = "Examples:\n  \
         kestrel vol import images ./debian-12.qcow2\n  \
         kestrel vol import images ./disk.img --name data --format raw")]
+    #[command(visible_alias = "upload")]
     Import {
+        /// The pool that gets the new volume.
         pool: String,
+        /// The image file to upload (read with your own rights).
         file: PathBuf,
         /// The volume's name (default: the file's name).
         #[arg(long, value_name = "NAME")]
@@ -172,7 +175,13 @@ enum VolCommand {
     },
     /// Download a volume's image file (an existing FILE is not replaced).
     #[command(after_help = "Example:\n  kestrel vol download images web1 ./web1.qcow2")]
-    Download { pool: String, name: String, file: PathBuf },
+    Download {
+        pool: String,
+        /// The volume.
+        name: String,
+        /// Where to write it (created 0600).
+        file: PathBuf,
+    },
 }
 
 /// A command's failure, as one line.
