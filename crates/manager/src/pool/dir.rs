@@ -39,12 +39,13 @@ fn refuse_separators(name: &str) -> io::Result<()> {
 }
 
 impl PoolDir {
-    /// Opens the pool's directory (which the administrator named when defining the pool).
+    /// Opens the pool's directory, recorded canonical when the pool was defined: its last
+    /// component is not followed if it has since become a symlink.
     pub fn open(path: &Path) -> io::Result<PoolDir> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
         Ok(PoolDir { fd: file.into() })
     }
