@@ -8,7 +8,10 @@
 //! - networks (`network`): `GET|POST /v1/networks`, `GET|DELETE /v1/networks/{net}`,
 //!   `POST /v1/networks/{net}/{start,stop}`
 //! - pools (`pool`): `GET|POST /v1/pools`, `GET|DELETE /v1/pools/{pool}`,
-//!   `GET|POST /v1/pools/{pool}/volumes`, `GET|DELETE /v1/pools/{pool}/volumes/{vol}`, …
+//!   `POST /v1/pools/{pool}/refresh`, `GET|POST /v1/pools/{pool}/volumes`,
+//!   `GET|DELETE /v1/pools/{pool}/volumes/{vol}`, `POST /v1/pools/{pool}/volumes/{vol}/resize`,
+//!   `PUT|GET /v1/pools/{pool}/volumes/{vol}/data` (`PUT …?format=raw|qcow2`: the body is the
+//!   image, streamed; 201 + VolumeInfo)
 //! - metrics (`metrics`): `GET /metrics` (Prometheus text format)
 //!
 //! `{vm}` is a name or a UUID.
