@@ -96,7 +96,7 @@ impl Vms {
             console_log: &self.paths.console_log(&uuid),
             vmm_log: &self.paths.vmm_log(&uuid),
             exit_status: &exit_status_path(&self.paths, &uuid),
-            landlock_allow: &[saved.clone()],
+            landlock_allow: std::slice::from_ref(&saved),
         })
         .map_err(|e| {
             ManagerError::internal(format!(

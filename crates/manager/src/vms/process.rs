@@ -331,6 +331,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::zombie_processes)] // reaped through its pidfd by kill_and_wait
     async fn a_killed_child_is_seen_ending_and_reaped_with_its_signal() {
         let child = Command::new("sleep").arg("60").spawn().unwrap();
         let pidfd = PidFd::open(child.id()).unwrap();

@@ -498,7 +498,8 @@ mod tests {
 
     #[test]
     fn each_rule_refuses_what_it_names() {
-        let cases: Vec<(Box<dyn Fn(&mut VmDefinition)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut VmDefinition)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|d| d.name = "../etc".into()), "may only hold"),
             (Box::new(|d| d.kernel = "vmlinux".into()), "kernel must be an absolute path"),
             (Box::new(|d| d.initrd = Some("x.cpio".into())), "initrd must be an absolute path"),
