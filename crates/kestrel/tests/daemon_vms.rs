@@ -241,3 +241,99 @@ fn a_shutdown_the_guest_ignores_times_out_and_force_destroys() {
     assert_eq!(forced["state"], "stopped", "{forced}");
     wait_for_vmms(&daemon.state_dir, 0);
 }
+
+#[test]
+fn reboot_presses_ctrl_alt_del_and_the_vm_comes_back() {
+    if !common::kvm_available() {
+        return;
+    }
+    let daemon = Daemon::start();
+    expect(&daemon, "POST", "/v1/vms", &hello("kbd", "exit=ctrl-alt-del"), 201);
+    let first = expect(&daemon, "POST", "/v1/vms/kbd/start", "", 200)["pid"].as_u64().unwrap();
+    let console = daemon
+        .state_dir
+        .join("vms")
+        .join(expect(&daemon, "GET", "/v1/vms/kbd", "", 200)["uuid"].as_str().unwrap())
+        .join("console.log");
+    wait_for_vm(&daemon, "kbd", "waiting for a key", |_| {
+        std::fs::read_to_string(&console).unwrap_or_default().contains("keyboard: waiting")
+    });
+    expect(&daemon, "POST", "/v1/vms/kbd/reboot", "", 200);
+    let info = wait_for_vm(&daemon, "kbd", "running again", |info| {
+        info["state"] == "running" && info["pid"].as_u64().is_some_and(|pid| pid != first)
+    });
+    assert_eq!(info["last_exit"]["outcome"], "reset", "{info}");
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(log.contains("keyboard: ctrl-alt-del, rebooting"), "{log}");
+    assert!(events(&daemon).iter().any(|(kind, object, _)| kind == "rebooted" && object == "kbd"));
+    expect(&daemon, "POST", "/v1/vms/kbd/destroy", "", 200);
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn concurrent_starts_make_one_vmm() {
+    if !common::kvm_available() {
+        return;
+    }
+    let daemon = Daemon::start();
+    expect(&daemon, "POST", "/v1/vms", &hello("once", "exit=hang"), 201);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let starts: Vec<_> =
+            (0..4).map(|_| scope.spawn(|| call(&daemon, "POST", "/v1/vms/once/start", "").0)).collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 3, "{statuses:?}");
+    assert_eq!(vmm_pids(&daemon.state_dir).len(), 1);
+    expect(&daemon, "POST", "/v1/vms/once/destroy", "", 200);
+}
+
+#[test]
+fn a_kernel_gone_by_the_start_is_named() {
+    if !common::kvm_available() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let kernel = daemon.dir.path().join("vmlinux");
+    std::fs::copy(guests::HELLO, &kernel).unwrap();
+    let body = serde_json::json!({ "name": "gone", "kernel": kernel, "cmdline": "exit=hang" });
+    expect(&daemon, "POST", "/v1/vms", &body.to_string(), 201);
+    std::fs::remove_file(&kernel).unwrap();
+    let error = expect(&daemon, "POST", "/v1/vms/gone/start", "", 400);
+    assert!(error["error"].as_str().unwrap().contains(kernel.to_str().unwrap()), "{error}");
+    assert_eq!(expect(&daemon, "GET", "/v1/vms/gone", "", 200)["state"], "stopped");
+    assert!(vmm_pids(&daemon.state_dir).is_empty());
+}
+
+#[test]
+fn autostart_vms_start_with_the_daemon_and_events_can_be_followed() {
+    if !common::kvm_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let mut daemon = Daemon::start();
+    let mut body: serde_json::Value = serde_json::from_str(&hello("auto", "exit=hang")).unwrap();
+    body["autostart"] = true.into();
+    expect(&daemon, "POST", "/v1/vms", &body.to_string(), 201);
+    let last = events(&daemon).len();
+    daemon.kill();
+    daemon.restart();
+
+    // Follow from the last event seen: the autostart's `started` arrives (stored or live).
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(stream, "GET /v1/events?follow=true&since={last} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended: {seen}");
+        seen.push_str(&line);
+        if line.contains(r#""kind":"started""#) && line.contains(r#""object":"auto""#) {
+            break;
+        }
+    }
+    let info = wait_for_vm(&daemon, "auto", "running", |info| info["state"] == "running");
+    assert_eq!(vmm_pids(&daemon.state_dir), [info["pid"].as_u64().unwrap() as u32]);
+    expect(&daemon, "POST", "/v1/vms/auto/destroy", "", 200);
+}
