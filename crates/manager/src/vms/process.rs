@@ -330,6 +330,26 @@ mod tests {
         assert_eq!(read_exit_status(&path), None);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+        /// The files a VMM (or anyone who can write the VM's directory) leaves: any bytes are
+        /// read without a panic, and a status the VMM writes reads back.
+        #[test]
+        fn exit_status_and_log_files_of_any_bytes_are_read_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+            status in 0i32..=255,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("file");
+            std::fs::write(&path, &bytes).unwrap();
+            let _ = read_exit_status(&path);
+            let lines = tail(&path, 5);
+            proptest::prop_assert!(lines.len() <= 5 && lines.iter().all(|l| l.chars().count() <= 300));
+            std::fs::write(&path, format!("{status}\n")).unwrap();
+            proptest::prop_assert_eq!(read_exit_status(&path), Some(status));
+        }
+    }
+
     #[tokio::test]
     #[allow(clippy::zombie_processes)] // reaped through its pidfd by kill_and_wait
     async fn a_killed_child_is_seen_ending_and_reaped_with_its_signal() {
