@@ -165,11 +165,18 @@ pub fn spawn(what: &Spawn<'_>) -> std::io::Result<Spawned> {
         command.arg("--landlock-allow").arg(allow);
     }
     command.stdin(Stdio::from(input)).stdout(Stdio::from(output)).stderr(Stdio::from(log));
-    // SAFETY: between fork and exec only setsid runs, which is async-signal-safe; the VMM gets
-    // a session of its own, so signals to the daemon's terminal or process group never reach it.
+    // SAFETY: between fork and exec only setsid and close_range run, both plain system calls
+    // (async-signal-safe). The VMM gets a session of its own, so signals to the daemon's
+    // terminal or process group never reach it, and no descriptor but its stdio: whatever the
+    // daemon inherited without close-on-exec stays with the daemon.
     unsafe {
         command.pre_exec(|| {
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // CLOSE_RANGE_CLOEXEC: closed at the exec, so std's own exec-error pipe still works.
+            const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
