@@ -302,3 +302,36 @@ fn a_full_state_directory_is_a_clear_error_and_changes_nothing() {
     assert_eq!(after.as_array().unwrap().len(), during.as_array().unwrap().len() + 1);
     daemon.kill();
 }
+
+#[test]
+fn sigterm_stops_the_daemon_despite_followers_and_leaves_vms_running() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let pid = running_hang(&daemon, "stays")["pid"].as_u64().unwrap() as u32;
+    // A follower that never hangs up.
+    let mut follower = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    follower.write_all(b"GET /v1/events?follow=true HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    follower.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let daemon_pid = daemon.pid().unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the daemon is our unreaped child.
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{daemon_pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop after SIGTERM:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.kill();
+    assert_eq!(vmm_pids(&daemon.state_dir), [pid], "the VM runs on without its daemon");
+    daemon.restart();
+    assert_eq!(expect(&daemon, "GET", "/v1/vms/stays", "", 200)["pid"].as_u64(), Some(u64::from(pid)));
+    expect(&daemon, "POST", "/v1/vms/stays/destroy", "", 200);
+}

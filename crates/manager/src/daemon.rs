@@ -81,11 +81,24 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     }
     // --- end core ---
     tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(termination())
-        .await
-        .map_err(DaemonError::Serve)
+    // Requests in flight get a moment to finish; event followers never do by themselves, so
+    // the daemon stops at the latest GRACE after the signal (its VMs keep running either way).
+    let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, router(shared)).with_graceful_shutdown(async move {
+        termination().await;
+        stopping.send_replace(true);
+    });
+    tokio::select! {
+        served = serve => served.map_err(DaemonError::Serve),
+        _ = async {
+            let _ = stop_seen.wait_for(|stop| *stop).await;
+            tokio::time::sleep(GRACE).await;
+        } => Ok(()),
+    }
 }
+
+/// How long requests in flight may take to finish once the daemon is told to stop.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
