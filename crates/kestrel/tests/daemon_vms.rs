@@ -73,6 +73,7 @@ fn refused_definitions_leave_the_store_unchanged() {
         (r#"{"name": "x"}"#, "kernel"),
         (r#"{"name": "../x", "kernel": "/k"}"#, "may only hold"),
         (r#"{"name": "x", "kernel": "/k", "cpus": 0}"#, "cpus"),
+        (r#"{"name": "0e5f3c1a-8f3e-4c8e-9d7a-1b2c3d4e5f60", "kernel": "/k"}"#, "is a UUID"),
         (r#"{"name": "x", "kernel": "/k", "surprise": 1}"#, "unknown field"),
         (r#"{"name": "x", "kernel": "/k", "disks": [{}]}"#, "exactly one of"),
         (r#"{"name": "x", "kernel": "/k", "nics": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#, "multicast"),

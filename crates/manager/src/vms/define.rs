@@ -14,7 +14,7 @@ use crate::store::StoreError;
 impl Vms {
     /// `POST /v1/vms`.
     pub async fn define(&self, state: &AppState, mut definition: VmDefinition) -> ApiResult<VmInfo> {
-        definition.validate().map_err(ManagerError::invalid)?;
+        check_definition(&definition)?;
         let uuid = uuid::Uuid::new_v4().to_string();
         super::defaults::fill_in(&mut definition, &uuid, None);
         self.check_host(state, &uuid, &definition)?;
@@ -34,7 +34,7 @@ impl Vms {
     /// `PUT /v1/vms/{vm}`: a new definition, applied at the next start. The name may change if
     /// the new one is free.
     pub async fn edit(&self, state: &AppState, key: &str, mut definition: VmDefinition) -> ApiResult<VmInfo> {
-        definition.validate().map_err(ManagerError::invalid)?;
+        check_definition(&definition)?;
         let (lock, record) = self.locked(key).await?;
         let _guard = lock.lock().await;
         let record = self.find(&record.uuid)?;
@@ -104,4 +104,17 @@ impl Vms {
         }
         Ok(())
     }
+}
+
+/// The definition's own checks, and one of the daemon's: `{vm}` in a path is a name or a UUID,
+/// so a name may not be a UUID (it could be another VM's).
+fn check_definition(definition: &VmDefinition) -> ApiResult<()> {
+    definition.validate().map_err(ManagerError::invalid)?;
+    if uuid::Uuid::parse_str(&definition.name).is_ok() {
+        return Err(ManagerError::invalid(format!(
+            "the name '{}' is a UUID; VMs are found by name or UUID, so a name may not be one",
+            definition.name
+        )));
+    }
+    Ok(())
 }

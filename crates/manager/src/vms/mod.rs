@@ -70,6 +70,11 @@ impl Vms {
         }
     }
 
+    /// Every defined VM, by name; a store that cannot be read is an error.
+    pub fn try_list(&self) -> ApiResult<Vec<VmSummary>> {
+        Ok(records::list(&self.store)?.iter().map(records::Record::summary).collect())
+    }
+
     /// One VM, by name or UUID.
     pub fn info(&self, key: &str) -> ApiResult<VmInfo> {
         let record = self.find(key)?;

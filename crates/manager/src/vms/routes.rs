@@ -45,8 +45,8 @@ fn body<T: DeserializeOwned>(bytes: &[u8], empty: Option<T>) -> ApiResult<T> {
     serde_json::from_slice(bytes).map_err(|e| ManagerError::invalid(format!("the body is not valid: {e}")))
 }
 
-async fn list(State(state): State<AppState>) -> Json<Vec<VmSummary>> {
-    Json(state.vms.list())
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<VmSummary>>> {
+    Ok(Json(state.vms.try_list()?))
 }
 
 async fn define(State(state): State<AppState>, bytes: Bytes) -> ApiResult<(StatusCode, Json<VmInfo>)> {
