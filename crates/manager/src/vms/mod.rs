@@ -61,8 +61,8 @@ impl Vms {
 
     /// Every defined VM, by name.
     pub fn list(&self) -> Vec<VmSummary> {
-        match records::list(&self.store) {
-            Ok(records) => records.iter().map(records::Record::summary).collect(),
+        match records::summaries(&self.store) {
+            Ok(summaries) => summaries,
             Err(e) => {
                 tracing::error!("cannot list the VMs: {e}");
                 Vec::new()
@@ -72,7 +72,7 @@ impl Vms {
 
     /// Every defined VM, by name; a store that cannot be read is an error.
     pub fn try_list(&self) -> ApiResult<Vec<VmSummary>> {
-        Ok(records::list(&self.store)?.iter().map(records::Record::summary).collect())
+        Ok(records::summaries(&self.store)?)
     }
 
     /// One VM, by name or UUID.
