@@ -164,7 +164,14 @@ fn sigkills_at_random_points_leave_a_consistent_store() {
     }
     daemon.restart();
     assert_consistent(&daemon);
-    eprintln!("50 kills in {:?}", started.elapsed());
+    let log = daemon.log();
+    eprintln!(
+        "50 kills in {:?}: {} adoptions, {} unstarted VMMs killed, {} stray VMMs killed",
+        started.elapsed(),
+        log.matches("adopted").count(),
+        log.matches("never started the guest").count(),
+        log.matches("no VM of the store runs it").count()
+    );
     // Everything still works afterwards.
     for vm in expect(&daemon, "GET", "/v1/vms", "", 200).as_array().unwrap() {
         let name = vm["name"].as_str().unwrap();
