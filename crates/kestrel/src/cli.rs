@@ -151,6 +151,15 @@ pub struct VmmArgs {
 
     #[command(flatten)]
     pub seccomp: SeccompArgs,
+
+    // --- manager: exit status (core) ---
+    /// Write the exit status (0 power-off, 1 error, 3 reset, 4 triple fault, 5 vCPU failure,
+    /// 128+N signal N) to PATH as the VMM exits, so a manager that is not its parent still
+    /// learns how it ended. Opened (created 0600, truncated) at the start, before confinement.
+    /// Example: --exit-status-file /var/lib/kestrel/vms/ID/exit-status
+    #[arg(long, value_name = "PATH")]
+    pub exit_status_file: Option<PathBuf>,
+    // --- end manager: exit status ---
 }
 
 #[derive(Args, Debug)]

@@ -16,7 +16,7 @@ use model::resources::{ConfigFileError, VmResources};
 use vmm::control::{Controller, ControllerSettings, EngineError, MetricsControl};
 
 use crate::metrics::{MetricsHandle, MetricsWriter};
-use crate::{cli, exit_for, exit_status, logging, report, write_last_metrics};
+use crate::{cli, exit_status, logging, report, write_last_metrics};
 
 /// Why a `--config` file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,25 +40,67 @@ pub fn load_config_file(
     resources.to_vm_config(serial, transport).map_err(|e| invalid(e.into()))
 }
 
-pub fn run(args: cli::VmmArgs) -> ExitCode {
+pub fn run(mut args: cli::VmmArgs) -> ExitCode {
+    // Opened before any confinement; written as the process exits (see `ExitStatusFile`).
+    let status_file = match args.exit_status_file.take().map(|path| ExitStatusFile::open(&path)).transpose() {
+        Ok(file) => file,
+        Err(e) => {
+            report(format_args!("kestrel: error: {e}"));
+            return ExitCode::from(exit_status::ERROR);
+        }
+    };
+    let status = run_api(args);
+    if let Some(file) = status_file {
+        file.write(status);
+    }
+    ExitCode::from(status)
+}
+
+/// `--exit-status-file`: the status, in decimal, written once as the VMM exits, so a manager
+/// that adopted the VMM (and cannot `waitid` for it) learns how it ended.
+struct ExitStatusFile(std::fs::File);
+
+impl ExitStatusFile {
+    fn open(path: &Path) -> Result<ExitStatusFile, std::io::Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map(ExitStatusFile)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))
+    }
+
+    fn write(mut self, status: u8) {
+        use std::io::Write;
+        if let Err(e) = writeln!(self.0, "{status}") {
+            report(format_args!("kestrel: cannot write the exit status: {e}"));
+        }
+    }
+}
+
+fn run_api(args: cli::VmmArgs) -> u8 {
     log_jailer_start(&args);
     // Before any thread exists: binding sets the process umask for a moment.
     let listener = match api::server::bind(&args.api_sock) {
         Ok(listener) => listener,
         Err(e) => {
             report(format_args!("kestrel: error: {e}"));
-            return ExitCode::from(exit_status::ERROR);
+            return exit_status::ERROR;
         }
     };
     // After the bind (which wants no other thread), before any thread of the VMM's own.
-    if let Err(status) = crate::start_seccomp(args.seccomp) {
-        return status;
+    if crate::start_seccomp(args.seccomp).is_err() {
+        return exit_status::ERROR;
     }
     let (sender, receiver) = match vmm::control::channel() {
         Ok(channel) => channel,
         Err(e) => {
             report(format_args!("kestrel: error: cannot set up the control channel: {e}"));
-            return ExitCode::from(exit_status::ERROR);
+            return exit_status::ERROR;
         }
     };
     let metrics = MetricsWriter::new();
@@ -91,7 +133,7 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
     });
     if let Err(e) = spawned {
         report(format_args!("kestrel: error: cannot start the API thread: {e}"));
-        return ExitCode::from(exit_status::ERROR);
+        return exit_status::ERROR;
     }
     tracing::info!("API listening on {}", args.api_sock.display());
     while controller.wait_and_handle() {
@@ -99,11 +141,27 @@ pub fn run(args: cli::VmmArgs) -> ExitCode {
             metrics.attach_vm(vm.metrics());
             let outcome = vm.run_with(Some(&mut controller));
             write_last_metrics(&metrics);
-            return exit_for(outcome);
+            return status_for(outcome);
         }
     }
     report(format_args!("kestrel: error: the API thread ended"));
-    ExitCode::from(exit_status::ERROR)
+    exit_status::ERROR
+}
+
+/// The exit status for how the VM ended, reported as `kestrel run` reports it.
+fn status_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> u8 {
+    match outcome {
+        Ok(outcome) => {
+            if outcome != vmm::outcome::VmOutcome::PowerOff {
+                report(format_args!("kestrel: {outcome}"));
+            }
+            exit_status::for_outcome(&outcome)
+        }
+        Err(e) => {
+            report(format_args!("kestrel: error: {e}"));
+            exit_status::ERROR
+        }
+    }
 }
 
 /// The time from `kestrel jailer`'s start to this VMM's, when the jailer passed its start times.

@@ -58,20 +58,47 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     )?);
     let shared = Arc::new(Shared {
         paths: paths.clone(),
-        events: crate::events::Events {},
-        vms: crate::vms::Vms {},
+        // --- core ---
+        events: crate::events::Events::new(store.clone()),
+        vms: crate::vms::Vms::new(store.clone(), &paths, options.kestrel_binary.clone()),
+        // --- end core ---
         consoles: crate::console::Consoles {},
         networks: crate::network::Networks::new(store.clone(), &paths),
         pools: crate::pool::Pools::new(store.clone()),
         store,
     });
     let listener = bind(&paths.socket).await?;
+    // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
+    shared.vms.reconcile(&shared).await;
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.networks.start_autostart().await {
+                tracing::warn!("the autostart networks: {e}");
+            }
+            shared.vms.autostart(&shared).await;
+        });
+    }
+    // --- end core ---
     tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(termination())
-        .await
-        .map_err(DaemonError::Serve)
+    // Requests in flight get a moment to finish; event followers never do by themselves, so
+    // the daemon stops at the latest GRACE after the signal (its VMs keep running either way).
+    let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, router(shared)).with_graceful_shutdown(async move {
+        termination().await;
+        stopping.send_replace(true);
+    });
+    tokio::select! {
+        served = serve => served.map_err(DaemonError::Serve),
+        _ = async {
+            let _ = stop_seen.wait_for(|stop| *stop).await;
+            tokio::time::sleep(GRACE).await;
+        } => Ok(()),
+    }
 }
+
+/// How long requests in flight may take to finish once the daemon is told to stop.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -88,7 +115,12 @@ async fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, Daemon
     use std::os::unix::fs::PermissionsExt;
     let listen_error = |source| DaemonError::Listen { path: path.display().to_string(), source };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(listen_error)?;
+        // The socket's directory is searchable by all (0755): the socket's own mode and group
+        // decide who may connect.
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(listen_error)?;
+        }
     }
     if tokio::net::UnixStream::connect(path).await.is_ok() {
         return Err(DaemonError::SocketInUse { path: path.display().to_string() });
@@ -100,7 +132,26 @@ async fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, Daemon
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(listen_error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(listen_error)?;
+    give_socket_to_group(path).map_err(listen_error)?;
     Ok(listener)
+}
+
+/// The group whose members may use the API socket, when it exists.
+pub const SOCKET_GROUP: &str = "kestrel";
+
+/// Hands the socket to group `kestrel` when that group exists (else it keeps the daemon's
+/// group): with the 0660 mode, that group's members may use the API and nobody else.
+fn give_socket_to_group(path: &std::path::Path) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(SOCKET_GROUP).map_err(std::io::Error::other)?;
+    // SAFETY: getgrnam reads a NUL-terminated name and returns a pointer into static storage
+    // (or null), read at once below before any other getgr* call of this thread.
+    let group = unsafe { libc::getgrnam(name.as_ptr()) };
+    if group.is_null() {
+        return Ok(());
+    }
+    // SAFETY: non-null: a valid group record.
+    let gid = unsafe { (*group).gr_gid };
+    std::os::unix::fs::lchown(path, None, Some(gid))
 }
 
 /// Resolves on SIGTERM or SIGINT.

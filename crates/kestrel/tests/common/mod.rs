@@ -5,6 +5,9 @@ pub mod api;
 pub mod daemon;
 pub mod kit;
 pub mod netns;
+// --- manager: VM API helpers (core) ---
+pub mod vms;
+// --- end core ---
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

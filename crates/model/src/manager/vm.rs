@@ -272,3 +272,419 @@ pub struct VmStats {
     /// `vcpu`, `block`, `net`, `balloon`, …).
     pub counters: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
+
+// --- validation ---
+
+/// The most vCPUs a definition may ask for.
+pub const MAX_CPUS: u8 = 254;
+/// The least guest RAM, MiB.
+pub const MIN_MEMORY_MIB: u32 = 16;
+/// The longest disk ID (virtio-blk's serial number field).
+pub const MAX_DISK_ID_BYTES: usize = 20;
+/// The longest host tap name (the kernel's IFNAMSIZ less its terminating NUL).
+pub const MAX_TAP_NAME_BYTES: usize = 15;
+/// The most disks and the most cards a definition may hold.
+pub const MAX_DEVICES: usize = 64;
+/// The highest request queue count of a disk.
+pub const MAX_DISK_QUEUES: u16 = 16;
+
+/// Why a definition is refused. Each message names the field and the value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    #[error(transparent)]
+    Name(#[from] super::name::NameError),
+    #[error("{field} must be an absolute path, not '{path}'")]
+    RelativePath { field: &'static str, path: String },
+    #[error("cpus must be 1 to {MAX_CPUS}, not {0}")]
+    Cpus(u8),
+    #[error("memory_mib must be at least {MIN_MEMORY_MIB}, not {0}")]
+    Memory(u32),
+    #[error("the kernel command line is {0} bytes, longer than the 2047 bytes allowed")]
+    CmdlineTooLong(usize),
+    #[error("the kernel command line may not hold control characters (byte {0:#04x})")]
+    CmdlineControl(u8),
+    #[error("at most {MAX_DEVICES} {0} may be defined")]
+    TooMany(&'static str),
+    #[error("disk {index}: give exactly one of `volume` (POOL/VOLUME) and `path`")]
+    DiskSource { index: usize },
+    #[error("disk {index}: the volume '{reference}' is not of the form POOL/VOLUME: {reason}")]
+    VolumeReference { index: usize, reference: String, reason: super::name::NameError },
+    #[error("disk {index}: `format` is for `path` disks; a volume's format is its pool's record")]
+    VolumeFormat { index: usize },
+    #[error("disk {index}: the id '{id}' must be 1 to {MAX_DISK_ID_BYTES} bytes of printable ASCII")]
+    DiskId { index: usize, id: String },
+    #[error("two disks have the id '{0}'")]
+    DuplicateDiskId(String),
+    #[error("disk {index}: queues must be 1 to {MAX_DISK_QUEUES}, not {queues}")]
+    DiskQueues { index: usize, queues: u16 },
+    #[error("disk {index}: a rate limit of 0 would stop the disk; leave it out for no limit")]
+    ZeroLimit { index: usize },
+    #[error("nic {index}: give exactly one of `network` and `tap`")]
+    NicSource { index: usize },
+    #[error("nic {index}: {reason}")]
+    NicNetwork { index: usize, reason: super::name::NameError },
+    #[error("nic {index}: the tap name '{tap}' must be 1 to {MAX_TAP_NAME_BYTES} bytes of letters, digits, '_', '-' and '.'")]
+    TapName { index: usize, tap: String },
+    #[error("nic {index}: {reason}")]
+    Mac { index: usize, reason: crate::config::MacError },
+    #[error("two cards have the MAC address {0}")]
+    DuplicateMac(String),
+    #[error("nic {index}: a fixed `ip` needs a `network` (its DHCP server hands it out)")]
+    IpWithoutNetwork { index: usize },
+    #[error("the vsock cid must be 3 to 4294967294, not {0}")]
+    VsockCid(u32),
+    #[error("the balloon ({balloon} MiB) may not be larger than the memory ({memory} MiB)")]
+    BalloonTooLarge { balloon: u32, memory: u32 },
+    #[error("the balloon's stats_secs must be at most 65535, not {0}")]
+    BalloonStats(u32),
+}
+
+impl VmDefinition {
+    /// Checks everything that can be checked without the host: names, paths being absolute,
+    /// sizes and counts in range, disk and card sources, MACs. Hostile input never panics; the
+    /// first problem found is the answer.
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        super::name::check_name(&self.name)?;
+        check_absolute("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_absolute("initrd", initrd)?;
+        }
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(DefinitionError::Cpus(self.cpus));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(DefinitionError::Memory(self.memory_mib));
+        }
+        if let Some(cmdline) = &self.cmdline {
+            if cmdline.len() > crate::config::MAX_CMDLINE_BYTES {
+                return Err(DefinitionError::CmdlineTooLong(cmdline.len()));
+            }
+            if let Some(byte) = cmdline.bytes().find(|b| b.is_ascii_control()) {
+                return Err(DefinitionError::CmdlineControl(byte));
+            }
+        }
+        self.validate_disks()?;
+        self.validate_nics()?;
+        if let Some(vsock) = &self.vsock {
+            if vsock.cid < 3 || vsock.cid == u32::MAX {
+                return Err(DefinitionError::VsockCid(vsock.cid));
+            }
+        }
+        if let Some(balloon) = &self.balloon {
+            if balloon.size_mib > self.memory_mib {
+                return Err(DefinitionError::BalloonTooLarge {
+                    balloon: balloon.size_mib,
+                    memory: self.memory_mib,
+                });
+            }
+            if balloon.stats_secs > u32::from(u16::MAX) {
+                return Err(DefinitionError::BalloonStats(balloon.stats_secs));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_disks(&self) -> Result<(), DefinitionError> {
+        if self.disks.len() > MAX_DEVICES {
+            return Err(DefinitionError::TooMany("disks"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (index, disk) in self.disks.iter().enumerate() {
+            match (&disk.volume, &disk.path) {
+                (Some(reference), None) => {
+                    split_volume(reference).map_err(|reason| DefinitionError::VolumeReference {
+                        index,
+                        reference: reference.chars().take(140).collect(),
+                        reason,
+                    })?;
+                    if disk.format.is_some() {
+                        return Err(DefinitionError::VolumeFormat { index });
+                    }
+                }
+                (None, Some(path)) => check_absolute("disk path", path)?,
+                _ => return Err(DefinitionError::DiskSource { index }),
+            }
+            if let Some(id) = &disk.id {
+                let printable = id.bytes().all(|b| b.is_ascii_graphic());
+                if id.is_empty() || id.len() > MAX_DISK_ID_BYTES || !printable {
+                    return Err(DefinitionError::DiskId { index, id: id.chars().take(40).collect() });
+                }
+                if !ids.insert(id.as_str()) {
+                    return Err(DefinitionError::DuplicateDiskId(id.clone()));
+                }
+            }
+            if let Some(queues) = disk.queues {
+                if queues == 0 || queues > MAX_DISK_QUEUES {
+                    return Err(DefinitionError::DiskQueues { index, queues });
+                }
+            }
+            if disk.bw == Some(0) || disk.iops == Some(0) {
+                return Err(DefinitionError::ZeroLimit { index });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_nics(&self) -> Result<(), DefinitionError> {
+        if self.nics.len() > MAX_DEVICES {
+            return Err(DefinitionError::TooMany("cards"));
+        }
+        let mut macs = std::collections::HashSet::new();
+        for (index, nic) in self.nics.iter().enumerate() {
+            match (&nic.network, &nic.tap) {
+                (Some(network), None) => super::name::check_name(network)
+                    .map_err(|reason| DefinitionError::NicNetwork { index, reason })?,
+                (None, Some(tap)) => {
+                    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+                    if tap.is_empty()
+                        || tap.len() > MAX_TAP_NAME_BYTES
+                        || !tap.chars().all(allowed)
+                        || tap.starts_with(['.', '-'])
+                    {
+                        return Err(DefinitionError::TapName { index, tap: tap.chars().take(40).collect() });
+                    }
+                    if nic.ip.is_some() {
+                        return Err(DefinitionError::IpWithoutNetwork { index });
+                    }
+                }
+                _ => return Err(DefinitionError::NicSource { index }),
+            }
+            if let Some(mac) = &nic.mac {
+                let parsed: crate::config::MacAddress =
+                    mac.parse().map_err(|reason| DefinitionError::Mac { index, reason })?;
+                if !macs.insert(parsed.0) {
+                    return Err(DefinitionError::DuplicateMac(parsed.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a volume reference `POOL/VOLUME` into its two names, each checked as a name.
+pub fn split_volume(reference: &str) -> Result<(&str, &str), super::name::NameError> {
+    let (pool, volume) = reference.split_once('/').unwrap_or((reference, ""));
+    super::name::check_name(pool)?;
+    super::name::check_name(volume)?;
+    Ok((pool, volume))
+}
+
+fn check_absolute(field: &'static str, path: &std::path::Path) -> Result<(), DefinitionError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(DefinitionError::RelativePath {
+            field,
+            path: path.display().to_string().chars().take(200).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn minimal() -> VmDefinition {
+        serde_json::from_str(r#"{"name": "web", "kernel": "/boot/vmlinux"}"#).unwrap()
+    }
+
+    #[test]
+    fn a_minimal_definition_takes_the_defaults_and_passes() {
+        let definition = minimal();
+        assert_eq!((definition.cpus, definition.memory_mib), (1, 256));
+        assert_eq!(definition.validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_rule_refuses_what_it_names() {
+        type Change = Box<dyn Fn(&mut VmDefinition)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|d| d.name = "../etc".into()), "may only hold"),
+            (Box::new(|d| d.kernel = "vmlinux".into()), "kernel must be an absolute path"),
+            (Box::new(|d| d.initrd = Some("x.cpio".into())), "initrd must be an absolute path"),
+            (Box::new(|d| d.cpus = 0), "cpus must be 1 to 254"),
+            (Box::new(|d| d.cpus = 255), "cpus must be 1 to 254"),
+            (Box::new(|d| d.memory_mib = 15), "at least 16"),
+            (Box::new(|d| d.cmdline = Some("x".repeat(2048))), "2048 bytes"),
+            (Box::new(|d| d.cmdline = Some("a\nb".into())), "control characters"),
+            (Box::new(|d| d.disks = vec![DiskDefinition::default()]), "exactly one of `volume`"),
+            (
+                Box::new(|d| {
+                    d.disks = vec![DiskDefinition {
+                        volume: Some("p/v".into()),
+                        path: Some("/x".into()),
+                        ..Default::default()
+                    }]
+                }),
+                "exactly one of `volume`",
+            ),
+            (
+                Box::new(|d| {
+                    d.disks = vec![DiskDefinition { volume: Some("../v".into()), ..Default::default() }]
+                }),
+                "POOL/VOLUME",
+            ),
+            (
+                Box::new(|d| {
+                    d.disks = vec![DiskDefinition { volume: Some("pool".into()), ..Default::default() }]
+                }),
+                "POOL/VOLUME",
+            ),
+            (
+                Box::new(|d| {
+                    d.disks = vec![DiskDefinition { path: Some("rel.img".into()), ..Default::default() }]
+                }),
+                "disk path must be an absolute path",
+            ),
+            (
+                Box::new(|d| {
+                    let disk = DiskDefinition {
+                        path: Some("/a".into()),
+                        id: Some("x".into()),
+                        ..Default::default()
+                    };
+                    d.disks = vec![disk.clone(), disk];
+                }),
+                "two disks have the id 'x'",
+            ),
+            (
+                Box::new(|d| {
+                    d.disks = vec![DiskDefinition {
+                        path: Some("/a".into()),
+                        id: Some("x".repeat(21)),
+                        ..Default::default()
+                    }]
+                }),
+                "1 to 20 bytes",
+            ),
+            (Box::new(|d| d.nics = vec![NicDefinition::default()]), "exactly one of `network` and `tap`"),
+            (
+                Box::new(|d| {
+                    d.nics = vec![NicDefinition { tap: Some("tap0; rm".into()), ..Default::default() }]
+                }),
+                "tap name",
+            ),
+            (
+                Box::new(|d| {
+                    d.nics = vec![NicDefinition {
+                        tap: Some("tap0".into()),
+                        mac: Some("01:00:00:00:00:01".into()),
+                        ..Default::default()
+                    }]
+                }),
+                "multicast",
+            ),
+            (
+                Box::new(|d| {
+                    d.nics = vec![NicDefinition {
+                        tap: Some("tap0".into()),
+                        mac: Some("52:54:00:zz:00:01".into()),
+                        ..Default::default()
+                    }]
+                }),
+                "not a MAC address",
+            ),
+            (Box::new(|d| d.vsock = Some(VsockDefinition { cid: 2 })), "vsock cid"),
+            (Box::new(|d| d.vsock = Some(VsockDefinition { cid: u32::MAX })), "vsock cid"),
+            (
+                Box::new(|d| {
+                    d.balloon = Some(BalloonDefinition {
+                        size_mib: 257,
+                        stats_secs: 0,
+                        deflate_on_oom: false,
+                        free_page_reporting: false,
+                    })
+                }),
+                "may not be larger than the memory",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut definition = minimal();
+            change(&mut definition);
+            let error = definition.validate().expect_err(expected).to_string();
+            assert!(error.contains(expected), "{error:?} does not contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn volume_references_split_into_two_names() {
+        assert_eq!(split_volume("default/web.qcow2"), Ok(("default", "web.qcow2")));
+        for bad in ["", "/", "a/", "/b", "a/b/c", "../b", "a/..", "a/.b"] {
+            assert!(split_volume(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u32>().prop_map(serde_json::Value::from),
+            "\\PC{0,24}".prop_map(serde_json::Value::from),
+            prop::sample::select(vec!["/a", "p/v", "tap0", "52:54:00:00:00:01", "web", "../x", ""])
+                .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "volume",
+                        "path",
+                        "format",
+                        "id",
+                        "readonly",
+                        "queues",
+                        "bw",
+                        "iops",
+                        "network",
+                        "tap",
+                        "mac",
+                        "ip",
+                        "cid",
+                        "size_mib",
+                        "stats_secs",
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// Arbitrary JSON-ish definitions: parsing and validating never panic, and what passes
+        /// holds a safe name and absolute paths.
+        #[test]
+        fn hostile_definitions_never_panic(
+            name in prop_oneof![Just("web".to_owned()), "\\PC{0,70}"],
+            kernel in prop_oneof![Just("/k".to_owned()), "\\PC{0,20}"],
+            cpus in any::<i64>(),
+            memory in any::<i64>(),
+            cmdline in proptest::option::of("\\PC{0,40}"),
+            disks in prop::collection::vec(json_value(), 0..4),
+            nics in prop::collection::vec(json_value(), 0..4),
+            vsock in proptest::option::of(json_value()),
+            balloon in proptest::option::of(json_value()),
+        ) {
+            let mut object = serde_json::json!({
+                "name": name, "kernel": kernel, "cpus": cpus, "memory_mib": memory,
+                "disks": disks, "nics": nics,
+            });
+            if let Some(cmdline) = cmdline { object["cmdline"] = cmdline.into(); }
+            if let Some(vsock) = vsock { object["vsock"] = vsock; }
+            if let Some(balloon) = balloon { object["balloon"] = balloon; }
+            if let Ok(definition) = serde_json::from_value::<VmDefinition>(object) {
+                if definition.validate().is_ok() {
+                    prop_assert!(crate::manager::name::check_name(&definition.name).is_ok());
+                    prop_assert!(definition.kernel.is_absolute());
+                    prop_assert!(definition.cpus >= 1 && definition.memory_mib >= MIN_MEMORY_MIB);
+                }
+            }
+        }
+    }
+}

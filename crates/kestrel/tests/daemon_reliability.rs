@@ -1,0 +1,344 @@
+//! The daemon dies and comes back: VMs keep running and are adopted, never started twice;
+//! SIGKILLs at random points leave a consistent store and no stray VMM; many cycles leak
+//! nothing; a full disk under the state directory is a clear error that changes nothing.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::vms::{call, events, expect, hello, running_hang, vmm_pids, wait_for_vm, wait_for_vmms};
+
+/// A request that may fail (the daemon is being killed): the status, if an answer came.
+fn try_request(socket: &Path, method: &str, path: &str, body: &str) -> Option<u16> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()
+}
+
+/// A small xorshift generator: random kill points without a dependency.
+struct Random(u64);
+
+impl Random {
+    fn seeded() -> Random {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        eprintln!("random seed {seed}");
+        Random(seed | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The store agrees with the processes: every VM listed once, each active one with exactly one
+/// live VMM (its recorded PID), and no VMM nobody accounts for.
+#[track_caller]
+fn assert_consistent(daemon: &Daemon) {
+    let list = expect(daemon, "GET", "/v1/vms", "", 200);
+    let list = list.as_array().unwrap();
+    let names: HashSet<&str> = list.iter().map(|vm| vm["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), list.len(), "a VM listed twice: {list:?}");
+    let mut expected = Vec::new();
+    for vm in list {
+        match vm["state"].as_str().unwrap() {
+            "running" | "paused" => {
+                expected.push(vm["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {vm}")) as u32)
+            }
+            "stopped" | "crashed" | "saved" => assert!(vm["pid"].is_null(), "{vm}"),
+            other => panic!("VM in state {other} with no request in flight: {vm}"),
+        }
+    }
+    expected.sort_unstable();
+    assert_eq!(vmm_pids(&daemon.state_dir), expected, "the VMMs are exactly the running VMs': {list:?}");
+}
+
+#[test]
+fn vms_outlive_a_killed_daemon_and_are_adopted_not_restarted() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let a = running_hang(&daemon, "a")["pid"].as_u64().unwrap() as u32;
+    let b = running_hang(&daemon, "b")["pid"].as_u64().unwrap() as u32;
+    let c = running_hang(&daemon, "c")["pid"].as_u64().unwrap() as u32;
+    daemon.kill();
+    assert_eq!(vmm_pids(&daemon.state_dir), {
+        let mut p = vec![a, b, c];
+        p.sort_unstable();
+        p
+    });
+    // While the daemon is away, b's VMM is stopped by a signal (it writes its status) and c's
+    // is SIGKILLed (it cannot).
+    // SAFETY: kill has no memory-safety preconditions; b and c are live VMMs we started.
+    unsafe {
+        libc::kill(b as i32, libc::SIGTERM);
+        libc::kill(c as i32, libc::SIGKILL);
+    }
+    wait_for_vmms(&daemon.state_dir, 1);
+    daemon.restart();
+
+    let info = expect(&daemon, "GET", "/v1/vms/a", "", 200);
+    assert_eq!(
+        (info["state"].as_str(), info["pid"].as_u64()),
+        (Some("running"), Some(u64::from(a))),
+        "{info}"
+    );
+    let b_info = expect(&daemon, "GET", "/v1/vms/b", "", 200);
+    assert_eq!(b_info["state"], "crashed", "{b_info}");
+    assert_eq!(
+        b_info["last_exit"]["status"],
+        128 + libc::SIGTERM,
+        "from the VMM's exit-status file: {b_info}"
+    );
+    let c_info = expect(&daemon, "GET", "/v1/vms/c", "", 200);
+    assert_eq!(c_info["state"], "crashed", "{c_info}");
+    assert!(c_info["last_exit"]["outcome"].as_str().unwrap().contains("status unknown"), "{c_info}");
+    assert_eq!(vmm_pids(&daemon.state_dir), [a], "nothing started twice");
+    assert!(events(&daemon).iter().any(|(kind, object, _)| kind == "adopted" && object == "a"));
+    assert_consistent(&daemon);
+
+    // The adopted VMM is watched: its end is seen (status from its file: it is not our child).
+    // SAFETY: as above; a is the adopted VMM.
+    unsafe { libc::kill(a as i32, libc::SIGTERM) };
+    let info = wait_for_vm(&daemon, "a", "crashed", |info| info["state"] == "crashed");
+    assert_eq!(info["last_exit"]["status"], 128 + libc::SIGTERM, "{info}");
+
+    // An adopted VM can be destroyed.
+    let d = running_hang(&daemon, "d")["pid"].as_u64().unwrap();
+    daemon.kill();
+    daemon.restart();
+    assert_eq!(expect(&daemon, "GET", "/v1/vms/d", "", 200)["pid"].as_u64(), Some(d));
+    let destroyed = expect(&daemon, "POST", "/v1/vms/d/destroy", "", 200);
+    assert_eq!(
+        (destroyed["state"].as_str(), destroyed["last_exit"]["outcome"].as_str()),
+        (Some("stopped"), Some("destroyed"))
+    );
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn sigkills_at_random_points_leave_a_consistent_store() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let mut random = Random::seeded();
+    let started = Instant::now();
+    for round in 0..50 {
+        if round > 0 {
+            daemon.restart();
+            assert_consistent(&daemon);
+        }
+        let name = ["r0", "r1"][round % 2];
+        let socket = daemon.socket.clone();
+        let definition = hello(name, "exit=hang");
+        let work = std::thread::spawn(move || {
+            let _ = try_request(&socket, "POST", "/v1/vms", &definition);
+            let _ = try_request(&socket, "POST", &format!("/v1/vms/{name}/start"), "");
+            let _ = try_request(
+                &socket,
+                "POST",
+                &format!("/v1/vms/{name}/shutdown"),
+                r#"{"timeout_secs": 0, "force": true}"#,
+            );
+            let _ = try_request(&socket, "POST", &format!("/v1/vms/{name}/start"), "");
+        });
+        // A random point of the define/start/shutdown sequence (each takes milliseconds).
+        std::thread::sleep(Duration::from_micros(random.below(60_000)));
+        daemon.kill();
+        work.join().unwrap();
+    }
+    daemon.restart();
+    assert_consistent(&daemon);
+    let log = daemon.log();
+    eprintln!(
+        "50 kills in {:?}: {} adoptions, {} unstarted VMMs killed, {} stray VMMs killed",
+        started.elapsed(),
+        log.matches("adopted").count(),
+        log.matches("never started the guest").count(),
+        log.matches("no VM of the store runs it").count()
+    );
+    // Everything still works afterwards.
+    for vm in expect(&daemon, "GET", "/v1/vms", "", 200).as_array().unwrap() {
+        let name = vm["name"].as_str().unwrap();
+        if vm["state"] == "running" {
+            expect(&daemon, "POST", &format!("/v1/vms/{name}/destroy"), "", 200);
+        }
+        expect(&daemon, "DELETE", &format!("/v1/vms/{name}"), "", 204);
+    }
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+/// Open descriptors and threads of a process.
+fn resources(pid: u32) -> (usize, usize) {
+    let count = |dir: &str| std::fs::read_dir(format!("/proc/{pid}/{dir}")).unwrap().count();
+    (count("fd"), count("task"))
+}
+
+/// The files under a directory (recursively), but the store's.
+fn files_under(dir: &Path) -> BTreeMap<String, u64> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            if !entry.file_name().to_string_lossy().starts_with("kestrel.db") {
+                found.insert(path.display().to_string(), 0);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn two_hundred_cycles_leak_no_descriptor_thread_file_or_process() {
+    if !common::kvm_available() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let pid = daemon.pid().unwrap();
+    let cycle = |i: usize| {
+        let name = format!("cycle{}", i % 3);
+        running_hang(&daemon, &name);
+        expect(&daemon, "POST", &format!("/v1/vms/{name}/destroy"), "", 200);
+        expect(&daemon, "DELETE", &format!("/v1/vms/{name}"), "", 204);
+    };
+    for i in 0..3 {
+        cycle(i);
+    }
+    let before = resources(pid);
+    let files_before = files_under(&daemon.state_dir);
+    let started = Instant::now();
+    for i in 0..200 {
+        cycle(i);
+    }
+    eprintln!("200 cycles in {:?}", started.elapsed());
+    // Descriptors of finished requests close as their tasks end: wait for them, bounded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while resources(pid).0 > before.0 || resources(pid).1 > before.1 {
+        assert!(Instant::now() < deadline, "leaked: before {before:?}, after {:?}", resources(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(files_under(&daemon.state_dir), files_before);
+    assert!(vmm_pids(&daemon.state_dir).is_empty());
+    assert_eq!(expect(&daemon, "GET", "/v1/vms", "", 200), serde_json::json!([]));
+}
+
+/// A tmpfs mounted for the test, detached at the end.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let path = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: umount2 reads a NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn a_full_state_directory_is_a_clear_error_and_changes_nothing() {
+    if !common::is_root() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    daemon.kill();
+    std::fs::remove_dir_all(&daemon.state_dir).unwrap();
+    std::fs::create_dir(&daemon.state_dir).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+        .arg(&daemon.state_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _mount = Mount(daemon.state_dir.clone());
+    daemon.restart();
+    expect(&daemon, "POST", "/v1/vms", &hello("before", "exit=hang"), 201);
+    let before = expect(&daemon, "GET", "/v1/vms", "", 200);
+
+    // Fill the disk.
+    let filler = daemon.state_dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0xa5u8; 64 << 10];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        let name = format!("full{i}");
+        let (status, error) = call(&daemon, "POST", "/v1/vms", &hello(&name, "exit=hang"));
+        if status == 201 {
+            continue;
+        }
+        assert_eq!(status, 503, "{error}");
+        assert_eq!(error["kind"], "unavailable");
+        assert!(error["error"].as_str().unwrap().contains("full"), "{error}");
+        refused.push(name);
+    }
+    assert!(!refused.is_empty(), "a full disk refused no definition");
+    let during = expect(&daemon, "GET", "/v1/vms", "", 200);
+    let listed: Vec<&str> =
+        during.as_array().unwrap().iter().map(|vm| vm["name"].as_str().unwrap()).collect();
+    assert!(listed.contains(&"before"), "{listed:?}");
+    for name in &refused {
+        assert!(!listed.contains(&name.as_str()), "{name} was refused yet stored: {listed:?}");
+    }
+    assert_eq!(listed.len(), before.as_array().unwrap().len() + 5 - refused.len());
+
+    // With room again, the daemon goes on, and what it said it refused is not there.
+    drop(file);
+    std::fs::remove_file(&filler).unwrap();
+    expect(&daemon, "POST", "/v1/vms", &hello("after", "exit=hang"), 201);
+    let after = expect(&daemon, "GET", "/v1/vms", "", 200);
+    assert_eq!(after.as_array().unwrap().len(), during.as_array().unwrap().len() + 1);
+    daemon.kill();
+}
+
+#[test]
+fn sigterm_stops_the_daemon_despite_followers_and_leaves_vms_running() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let pid = running_hang(&daemon, "stays")["pid"].as_u64().unwrap() as u32;
+    // A follower that never hangs up.
+    let mut follower = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    follower.write_all(b"GET /v1/events?follow=true HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    follower.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let daemon_pid = daemon.pid().unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the daemon is our unreaped child.
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{daemon_pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop after SIGTERM:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.kill();
+    assert_eq!(vmm_pids(&daemon.state_dir), [pid], "the VM runs on without its daemon");
+    daemon.restart();
+    assert_eq!(expect(&daemon, "GET", "/v1/vms/stays", "", 200)["pid"].as_u64(), Some(u64::from(pid)));
+    expect(&daemon, "POST", "/v1/vms/stays/destroy", "", 200);
+}

@@ -1,0 +1,130 @@
+//! VMs: definitions in the store, and their VMM processes (start, adopt, watch, stop).
+//!
+//! - `records`: the `vms` table and its side tables; `defaults`: what the daemon fills in.
+//! - `define`: define, edit, undefine. `lifecycle`: start, shutdown, destroy, reboot, suspend,
+//!   resume, save, restore. `runtime`: a running VMM's handle and its watcher (what happens
+//!   when it ends). `adopt`: the daemon's start (VMMs of the previous daemon). `routes`: HTTP.
+//! - `process`: pidfds, spawning, SO_PEERCRED; `vmm_client`: the VMM's API.
+//!
+//! Every request on one VM runs under that VM's async lock, so two starts never make two VMMs.
+
+mod adopt;
+mod defaults;
+mod define;
+mod lifecycle;
+mod process;
+mod records;
+mod routes;
+mod runtime;
+mod vmm_client;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use model::manager::vm::{VmInfo, VmSummary};
+
+use crate::error::{ApiResult, ManagerError};
+use crate::paths::Paths;
+use crate::store::Store;
+
+pub use records::SCHEMA;
+pub use routes::routes;
+
+/// The VMs the daemon keeps.
+pub struct Vms {
+    store: Arc<Store>,
+    paths: Paths,
+    kestrel_binary: PathBuf,
+    /// One lock per VM (by UUID), held by each request on it.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The VMMs running now, by VM UUID.
+    running: Mutex<HashMap<String, Arc<runtime::Runtime>>>,
+    /// When each VM was last restarted by the daemon (after a reset or a crash), for the
+    /// back-off.
+    restarts: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Vms {
+    /// The VMs kept in `store`; each VM's VMM is `kestrel_binary vmm …`.
+    pub fn new(store: Arc<Store>, paths: &Paths, kestrel_binary: PathBuf) -> Vms {
+        Vms {
+            store,
+            paths: paths.clone(),
+            kestrel_binary,
+            locks: Mutex::default(),
+            running: Mutex::default(),
+            restarts: Mutex::default(),
+        }
+    }
+
+    /// Every defined VM, by name.
+    pub fn list(&self) -> Vec<VmSummary> {
+        match records::summaries(&self.store) {
+            Ok(summaries) => summaries,
+            Err(e) => {
+                tracing::error!("cannot list the VMs: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Every defined VM, by name; a store that cannot be read is an error.
+    pub fn try_list(&self) -> ApiResult<Vec<VmSummary>> {
+        Ok(records::summaries(&self.store)?)
+    }
+
+    /// One VM, by name or UUID.
+    pub fn info(&self, key: &str) -> ApiResult<VmInfo> {
+        let record = self.find(key)?;
+        Ok(self.info_of(&record))
+    }
+
+    /// The names of the defined VMs whose definitions use the volume `POOL/VOLUME`.
+    pub fn users_of_volume(&self, reference: &str) -> Vec<String> {
+        records::users_of_volume(&self.store, reference).unwrap_or_else(|e| {
+            tracing::error!("cannot look up the users of volume {reference}: {e}");
+            Vec::new()
+        })
+    }
+
+    /// The names of the defined VMs with a card on network `name`.
+    pub fn users_of_network(&self, name: &str) -> Vec<String> {
+        records::users_of_network(&self.store, name).unwrap_or_else(|e| {
+            tracing::error!("cannot look up the users of network {name}: {e}");
+            Vec::new()
+        })
+    }
+
+    fn find(&self, key: &str) -> ApiResult<records::Record> {
+        records::find(&self.store, key)?
+            .ok_or_else(|| ManagerError::not_found(format!("no VM named '{key}'")))
+    }
+
+    fn info_of(&self, record: &records::Record) -> VmInfo {
+        VmInfo {
+            summary: record.summary(),
+            definition: record.definition.clone(),
+            started_at: record.started_at,
+            last_exit: record.last_exit.clone(),
+            console_log: self.paths.console_log(&record.uuid),
+            taps: record.taps.clone(),
+        }
+    }
+
+    /// The lock of the VM with this UUID.
+    fn lock_of(&self, uuid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(uuid.to_owned()).or_default().clone()
+    }
+
+    fn runtime_of(&self, uuid: &str) -> Option<Arc<runtime::Runtime>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).get(uuid).cloned()
+    }
+}
+
+/// Unix seconds now.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
