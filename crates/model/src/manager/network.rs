@@ -291,7 +291,8 @@ impl NetworkDefinition {
 /// The half of the subnet (without its first and last address) that does not hold the host.
 fn default_range(subnet: Subnet, host: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr) {
     let network = u32::from(subnet.network);
-    let half = (u32::from(subnet.broadcast()) - network + 1) / 2;
+    // The subnet holds 2^(32 - prefix) addresses (prefix 8 to 30 here, so no overflow).
+    let half = 1u32 << (31 - u32::from(subnet.prefix));
     let upper = (network + half, network + 2 * half - 2);
     let lower = (network + 1, network + half - 1);
     let (start, end) = if (upper.0..=upper.1).contains(&u32::from(host)) { lower } else { upper };
