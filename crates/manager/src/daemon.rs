@@ -66,6 +66,14 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         store,
     });
     let listener = bind(&paths.socket).await?;
+    // --- networks ---
+    // Active and autostart networks come back (a host reboot lost their bridges) and the watchdog
+    // that keeps them up starts: after the bind, so a second daemon never touches them. A
+    // failure is logged; the daemon serves all the same.
+    if let Err(e) = shared.networks.start_autostart().await {
+        tracing::error!("networks: {e}");
+    }
+    // --- end networks ---
     tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(termination())
