@@ -51,6 +51,16 @@ pub fn find_tool(name: &'static str) -> Result<PathBuf, HostError> {
         .ok_or(HostError::Missing(name))
 }
 
+/// [`find_tool`] for tests, which name tools at run time: the path, or the bare name.
+#[cfg(test)]
+pub fn find_tool_path(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .into_iter()
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| name.into())
+}
+
 /// Runs `tool args…` (with `input` on its stdin) to its end; its stdout when it succeeds.
 pub async fn run(tool: &'static str, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, HostError> {
     use tokio::io::AsyncWriteExt;

@@ -13,6 +13,8 @@ pub mod names;
 pub mod nft;
 mod records;
 mod routes;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
