@@ -221,6 +221,34 @@ impl Client {
         client
     }
 
+    /// Gives the client a fixed address and a default route through the bridge's host address.
+    fn configure(&self, cidr: &str, gateway: &str) {
+        run_ok("ip", &["-n", &self.namespace, "addr", "add", cidr, "dev", "dhcp0"]);
+        run_ok("ip", &["-n", &self.namespace, "route", "add", "default", "via", gateway]);
+    }
+
+    /// Whether one ping from the client to `target` is answered within 2 s.
+    fn ping(&self, target: &str) -> bool {
+        let busybox = common::host_tool("busybox").expect("busybox");
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.namespace,
+                busybox.to_str().unwrap(),
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                target,
+            ],
+        )
+        .status
+        .success()
+    }
+
     /// Asks for a lease (busybox udhcpc); the address offered.
     fn lease(&self) -> String {
         let busybox = common::host_tool("busybox").expect("busybox");
@@ -399,4 +427,59 @@ fn bad_definitions_are_refused_with_one_clear_line() {
     net.cli_ok(&["net", "start", "first"]);
     assert!(net.cli_err(&["net", "start", "first"]).contains("already active"));
     assert!(net.cli_err(&["net", "stop", "nowhere"]).contains("no network named"));
+}
+
+/// A namespace standing for the world beyond the host's uplink: it has no route back to the NAT
+/// network's subnet, so only masqueraded traffic from there gets an answer.
+struct World {
+    namespace: String,
+}
+
+impl World {
+    fn attach() -> World {
+        let namespace = format!("kestrel-world-{}", std::process::id());
+        run_ok("ip", &["netns", "add", &namespace]);
+        let world = World { namespace };
+        run_ok(
+            "ip",
+            &["link", "add", "uplink0", "type", "veth", "peer", "name", "w0", "netns", &world.namespace],
+        );
+        run_ok("ip", &["addr", "add", "192.0.2.2/24", "dev", "uplink0"]);
+        run_ok("ip", &["link", "set", "uplink0", "up"]);
+        run_ok("ip", &["-n", &world.namespace, "addr", "add", "192.0.2.1/24", "dev", "w0"]);
+        run_ok("ip", &["-n", &world.namespace, "link", "set", "w0", "up"]);
+        // The way back to the isolated network's subnet (only): its guests' packets would be
+        // answered if the host forwarded them.
+        run_ok("ip", &["-n", &world.namespace, "route", "add", "10.88.0.0/24", "via", "192.0.2.2"]);
+        world
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.namespace]);
+    }
+}
+
+#[test]
+fn nat_guests_reach_the_uplink_and_isolated_ones_reach_nothing_beyond_the_host() {
+    let Some(net) = NetDaemon::start() else { return };
+    if common::host_tool("busybox").is_none() {
+        return;
+    }
+    let _world = World::attach();
+    net.cli_ok(&["net", "define", "out", "--address", "10.87.0.1/24"]);
+    net.cli_ok(&["net", "define", "in", "--address", "10.88.0.1/24", "--isolated"]);
+    net.cli_ok(&["net", "start", "out"]);
+    net.cli_ok(&["net", "start", "in"]);
+    let nat = Client::join("kb-out", "52:54:00:87:00:32");
+    nat.configure("10.87.0.50/24", "10.87.0.1");
+    let isolated = Client::join("kb-in", "52:54:00:88:00:32");
+    isolated.configure("10.88.0.50/24", "10.88.0.1");
+
+    assert!(nat.ping("10.87.0.1"), "a NAT guest reaches the host");
+    assert!(nat.ping("192.0.2.1"), "a NAT guest reaches the world, masqueraded");
+    assert!(isolated.ping("10.88.0.1"), "an isolated guest reaches the host");
+    assert!(!isolated.ping("192.0.2.1"), "an isolated guest does not reach the world");
+    assert!(!nat.ping("10.88.0.50"), "a NAT guest does not reach into an isolated network");
 }

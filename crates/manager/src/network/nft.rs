@@ -29,20 +29,30 @@ pub fn script(networks: &[NetworkRules]) -> String {
     }
     out.push_str(&format!("table {TABLE} {{\n"));
     // Filtering: traffic from and to the bridges only; everything else is other tables' business.
+    // Three passes, so that no network's `accept` lets through what another's `reject` keeps out
+    // (a NAT network's guests must not open connections into an isolated network).
     out.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
     for network in networks {
-        let (bridge, subnet) = (&network.bridge, network.subnet);
+        let bridge = &network.bridge;
         out.push_str(&format!("\t\tiifname \"{bridge}\" oifname \"{bridge}\" accept\n"));
+    }
+    // Into a network: only answers to what its guests started (NAT); nothing new, from anywhere.
+    for network in networks {
+        let (bridge, subnet) = (&network.bridge, network.subnet);
         if network.mode == NetworkMode::Nat {
-            // Answers to what the guests started come back in; the guests go out with their
-            // own addresses only (so one guest cannot spoof another network's).
             out.push_str(&format!(
                 "\t\toifname \"{bridge}\" ip daddr {subnet} ct state established,related accept\n"
             ));
+        }
+        out.push_str(&format!("\t\toifname \"{bridge}\" reject\n"));
+    }
+    // Out of a network: NAT guests with their own addresses only (no spoofing); isolated, nothing.
+    for network in networks {
+        let (bridge, subnet) = (&network.bridge, network.subnet);
+        if network.mode == NetworkMode::Nat {
             out.push_str(&format!("\t\tiifname \"{bridge}\" ip saddr {subnet} accept\n"));
         }
         out.push_str(&format!("\t\tiifname \"{bridge}\" reject\n"));
-        out.push_str(&format!("\t\toifname \"{bridge}\" reject\n"));
     }
     out.push_str("\t}\n");
     out.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
@@ -119,6 +129,10 @@ mod tests {
         assert!(text.contains("ip saddr 10.1.0.0/24 ip daddr != { 10.1.0.0/24"), "{text}");
         assert!(!text.contains("ip saddr 10.2.0.0/24"), "{text}");
         assert!(text.contains("iifname \"kb-b\" reject"), "{text}");
+        // The isolated network's refusal comes before the NAT network's way out.
+        let refusal = text.find("oifname \"kb-b\" reject").unwrap();
+        let way_out = text.find("iifname \"kb-a\" ip saddr 10.1.0.0/24 accept").unwrap();
+        assert!(refusal < way_out, "{text}");
         assert_eq!(script(&[]), "table inet kestrel {}\ndelete table inet kestrel\n");
     }
 
