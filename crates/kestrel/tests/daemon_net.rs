@@ -420,6 +420,23 @@ fn bad_definitions_are_refused_with_one_clear_line() {
     let routed = net.cli_err(&["net", "define", "third", "--address", "10.86.3.1/24"]);
     assert!(routed.contains("overlaps the host's route to 10.86.0.0/16 (on uplink0)"), "{routed}");
 
+    // The API itself refuses what the CLI checks first, with the error body's kind.
+    let socket = &net.daemon.socket;
+    let kind = |(status, body): (u16, String)| -> (u16, String) {
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("an error body: {body}"));
+        (status, body["kind"].as_str().unwrap_or("").to_owned())
+    };
+    let bad = r#"{"name":"api","address":"10.83.0.1/40"}"#;
+    assert_eq!(kind(common::api::request(socket, "POST", "/v1/networks", bad)), (400, "invalid".into()));
+    let unknown = r#"{"name":"api","address":"10.83.0.1/24","bogus":true}"#;
+    assert_eq!(kind(common::api::request(socket, "POST", "/v1/networks", unknown)), (400, "invalid".into()));
+    let again = r#"{"name":"first","address":"10.89.0.1/24"}"#;
+    assert_eq!(kind(common::api::request(socket, "POST", "/v1/networks", again)), (409, "conflict".into()));
+    assert_eq!(
+        kind(common::api::request(socket, "GET", "/v1/networks/nowhere", "")),
+        (404, "not_found".into())
+    );
+
     // Nothing refused was stored; the lifecycle refuses what does not fit the state.
     let list: Value = serde_json::from_str(&net.cli_ok(&["net", "list", "--json"])).unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(1), "nothing else was stored: {list}");
