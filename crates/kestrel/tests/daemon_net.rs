@@ -249,9 +249,10 @@ impl Client {
         .success()
     }
 
-    /// Asks for a lease (busybox udhcpc); the address offered.
-    fn lease(&self) -> String {
+    /// Asks for a lease (busybox udhcpc) giving `hostname`; the address offered.
+    fn lease(&self, hostname: &str) -> String {
         let busybox = common::host_tool("busybox").expect("busybox");
+        let hostname = format!("hostname:{hostname}");
         let output = run(
             "ip",
             &[
@@ -260,6 +261,8 @@ impl Client {
                 &self.namespace,
                 busybox.to_str().unwrap(),
                 "udhcpc",
+                "-x",
+                &hostname,
                 "-i",
                 "dhcp0",
                 "-q",
@@ -300,10 +303,12 @@ fn dhcp_leases_an_address_of_the_range_to_a_machine_on_the_bridge() {
         "10.79.0.1/24",
         "--dhcp-range",
         "10.79.0.50-10.79.0.60",
+        "--domain",
+        "lab.internal",
     ]);
     net.cli_ok(&["net", "start", "dhcp"]);
     let client = Client::join("kb-dhcp", "52:54:00:79:00:01");
-    let address: std::net::Ipv4Addr = client.lease().parse().unwrap();
+    let address: std::net::Ipv4Addr = client.lease("guest1").parse().unwrap();
     assert!((50..=60).contains(&address.octets()[3]) && address.octets()[..3] == [10, 79, 0], "{address}");
     let info = net.info("dhcp");
     let leases = info["leases"].as_array().expect("leases");
@@ -311,6 +316,23 @@ fn dhcp_leases_an_address_of_the_range_to_a_machine_on_the_bridge() {
         leases.iter().any(|l| l["mac"] == "52:54:00:79:00:01" && l["ip"] == address.to_string()),
         "{info}"
     );
+    // The network's DNS server knows the guest by the name it gave, in the network's domain.
+    client.configure(&format!("{address}/24"), "10.79.0.1");
+    let busybox = common::host_tool("busybox").unwrap();
+    let lookup = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &client.namespace,
+            busybox.to_str().unwrap(),
+            "nslookup",
+            "guest1.lab.internal",
+            "10.79.0.1",
+        ],
+    );
+    let answer = common::stdout(&lookup);
+    assert!(answer.contains(&format!("Address: {address}")), "{answer}{}", common::stderr(&lookup));
 }
 
 #[test]
