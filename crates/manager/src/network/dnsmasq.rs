@@ -28,12 +28,15 @@ pub struct Files {
 }
 
 impl Files {
+    /// dnsmasq's configuration file (written by the daemon).
     pub fn conf(&self) -> PathBuf {
         self.dir.join("dnsmasq.conf")
     }
+    /// dnsmasq's pid file (how a restarted daemon finds it).
     pub fn pid(&self) -> PathBuf {
         self.dir.join("dnsmasq.pid")
     }
+    /// dnsmasq's lease file.
     pub fn leases(&self) -> PathBuf {
         self.dir.join("leases")
     }
@@ -103,6 +106,7 @@ pub fn config(
 /// A running dnsmasq, held by a pidfd.
 #[derive(Debug)]
 pub struct Dnsmasq {
+    /// Its process ID (for logs; signals go through the pidfd).
     pub pid: i32,
     pidfd: OwnedFd,
 }

@@ -114,12 +114,14 @@ pub struct Link {
     pub addr_info: Vec<AddrInfo>,
 }
 
+/// `linkinfo` of `ip -details`: the link's kind (`bridge`, `tun`, `veth`, …).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct LinkInfo {
     #[serde(default)]
     pub info_kind: Option<String>,
 }
 
+/// One address of a link (`addr_info` of `ip -json addr`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct AddrInfo {
     #[serde(default)]
@@ -131,9 +133,11 @@ pub struct AddrInfo {
 }
 
 impl Link {
+    /// Whether the link is administratively up.
     pub fn is_up(&self) -> bool {
         self.flags.iter().any(|flag| flag == "UP")
     }
+    /// The link's kind, when it has one (a physical device has none).
     pub fn kind(&self) -> Option<&str> {
         self.linkinfo.as_ref().and_then(|info| info.info_kind.as_deref())
     }

@@ -104,6 +104,8 @@ impl From<DnsmasqError> for ManagerError {
 }
 
 impl Networks {
+    /// The networks of the store, kept under `<state dir>/networks/<name>/`; nothing runs on the
+    /// host until [`Networks::start_autostart`] or a start.
     pub fn new(store: Arc<Store>, paths: &Paths) -> Networks {
         Networks {
             inner: Arc::new(Inner {
