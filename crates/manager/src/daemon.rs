@@ -69,12 +69,15 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     });
     let listener = bind(&paths.socket).await?;
     // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
+    // Active and autostart networks come back (a host reboot lost their bridges) and their
+    // watchdog starts after the bind, so a second daemon never touches them; then the autostart
+    // VMs, whose cards need the networks. A failure is logged; the daemon serves all the same.
     shared.vms.reconcile(&shared).await;
     {
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = shared.networks.start_autostart().await {
-                tracing::warn!("the autostart networks: {e}");
+                tracing::error!("networks: {e}");
             }
             shared.vms.autostart(&shared).await;
         });

@@ -1,0 +1,69 @@
+//! The host names of Kestrel's devices: stable (a restarted daemon finds them again), at most
+//! 15 bytes (IFNAMSIZ - 1), and in prefixes of their own (`kb-` bridges, `kt` taps).
+
+/// The longest interface name Linux takes.
+pub const IFNAME_MAX: usize = 15;
+/// The most cards one VM may have on networks (the tap name keeps two digits for the index).
+pub const MAX_NIC_INDEX: usize = 99;
+
+/// `kb-<name>` for names of up to 11 bytes, else `kb-` and 12 hex digits of a hash of the name
+/// (15 bytes: never the length of a short one, so the two forms cannot meet).
+pub fn bridge(network: &str) -> String {
+    if network.len() <= 11 {
+        format!("kb-{network}")
+    } else {
+        format!("kb-{:012x}", fnv1a(network.as_bytes()) & 0xffff_ffff_ffff)
+    }
+}
+
+/// `kt<10 hex digits of the VM's UUID>n<index>`, e.g. `kt1b4e28ba2fn0`.
+pub fn tap(vm_uuid: &str, index: usize) -> String {
+    let hex: String = vm_uuid.chars().filter(char::is_ascii_hexdigit).take(10).collect();
+    // A UUID always has 32 hex digits; anything else is hashed so the name stays well-formed.
+    let hex = if hex.len() == 10 {
+        hex.to_ascii_lowercase()
+    } else {
+        format!("{:010x}", fnv1a(vm_uuid.as_bytes()) & 0xff_ffff_ffff)
+    };
+    format!("kt{hex}n{index}")
+}
+
+/// A stable, locally administered unicast MAC for a card the definition gave none
+/// (`52:54:00` is QEMU's and libvirt's prefix; Kestrel uses `02:4b` = local + 'K').
+pub fn mac(vm_uuid: &str, index: usize) -> String {
+    let hash = fnv1a(format!("{vm_uuid}/{index}").as_bytes()).to_be_bytes();
+    model::manager::network::format_mac([0x02, 0x4b, hash[0], hash[1], hash[2], hash[3]])
+}
+
+/// FNV-1a, 64 bits: stable across builds and hosts (unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_are_short_and_stable() {
+        assert_eq!(bridge("default"), "kb-default");
+        assert_eq!(bridge("a-very-long-network-name"), bridge("a-very-long-network-name"));
+        assert_eq!(bridge("a-very-long-network-name").len(), IFNAME_MAX);
+        assert_eq!(tap("1b4e28ba-2fa1-11d2-883f-0016d3cca427", 3), "kt1b4e28ba2fn3");
+        assert_eq!(mac("u", 0), mac("u", 0));
+        assert_ne!(mac("u", 0), mac("u", 1));
+    }
+
+    proptest! {
+        #[test]
+        fn every_name_fits_an_interface(network in "[a-zA-Z0-9._-]{1,64}", uuid in "\\PC{0,40}", index in 0usize..=MAX_NIC_INDEX) {
+            prop_assert!(bridge(&network).len() <= IFNAME_MAX);
+            let tap = tap(&uuid, index);
+            prop_assert!(tap.len() <= IFNAME_MAX && tap.is_ascii() && !tap.contains('/'));
+            prop_assert!(model::manager::network::parse_mac(&mac(&uuid, index)).is_ok());
+        }
+    }
+}
