@@ -196,6 +196,7 @@ impl Client {
 fn error_of(status: StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(error) => ClientError::Daemon(error.error),
+        Err(_) if body.is_empty() => ClientError::Daemon(format!("the daemon answered {status}")),
         Err(_) => ClientError::Daemon(format!(
             "the daemon answered {status}: {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])

@@ -60,7 +60,7 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         paths: paths.clone(),
         events: crate::events::Events {},
         vms: crate::vms::Vms {},
-        consoles: crate::console::Consoles {},
+        consoles: crate::console::Consoles::new(&paths),
         networks: crate::network::Networks::new(store.clone(), &paths),
         pools: crate::pool::Pools::new(store.clone()),
         store,
