@@ -240,7 +240,8 @@ mod needs_core_routes {
         define_hello(&daemon, "web", "hang");
         let started = daemon.cli_ok(&["vm", "start", "web"]);
         assert!(started.starts_with("web: running"), "{started}");
-        let list: serde_json::Value = serde_json::from_str(&daemon.cli_ok(&["vm", "list", "--json"])).unwrap();
+        let list: serde_json::Value =
+            serde_json::from_str(&daemon.cli_ok(&["vm", "list", "--json"])).unwrap();
         assert_eq!(list[0]["name"], "web");
         assert!(list[0]["pid"].as_u64().is_some(), "{list}");
         daemon.cli_ok(&["vm", "destroy", "web"]);
