@@ -28,6 +28,8 @@ pub enum ConsoleError {
     Client(#[from] ClientError),
     #[error("the console connection failed: {0}")]
     Connection(String),
+    #[error("the daemon ended the console connection (was it stopped?); the VM is not affected")]
+    DaemonGone,
     #[error("cannot put the terminal in raw mode: {0}")]
     Terminal(std::io::Error),
 }
@@ -98,7 +100,16 @@ async fn relay(
     let (mut sink, mut stream) = socket.split();
     let mut stdout = std::io::stdout();
     let mut input_open = true;
-    let failed = |e: tokio_tungstenite::tungstenite::Error| ConsoleError::Connection(e.to_string());
+    let failed = |e: tokio_tungstenite::tungstenite::Error| {
+        use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+        match e {
+            Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            | Error::ConnectionClosed
+            | Error::AlreadyClosed
+            | Error::Io(_) => ConsoleError::DaemonGone,
+            other => ConsoleError::Connection(other.to_string()),
+        }
+    };
     // SIGTERM/SIGHUP end the viewer the ordinary way, so the terminal is put back.
     let mut term = signal(SignalKind::terminate()).map_err(|e| ConsoleError::Connection(e.to_string()))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| ConsoleError::Connection(e.to_string()))?;
