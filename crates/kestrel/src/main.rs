@@ -16,6 +16,7 @@ mod net_cli;
 mod placement_options;
 mod pool_cli;
 mod size;
+mod table;
 mod vm_cli;
 mod vmm_api;
 

@@ -1,6 +1,9 @@
 //! The CLI's side of the daemon's API: one blocking request per call, over the Unix socket the
 //! daemon listens on (`--socket`, else `KESTREL_SOCKET`, else the default).
 #![allow(dead_code)] // until the vm/net/pool commands use every part
+//!
+//! Besides one-shot requests, two streams: [`Client::stream_lines`] (a response read line by line
+//! as it arrives: `GET /v1/events?follow=true`) and [`Client::websocket`] (the console).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +28,14 @@ pub enum ClientError {
     BadAnswer(String),
     #[error("cannot start the client's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("the daemon sent a line longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong,
+    #[error("the connection to the daemon failed: {0}")]
+    Stream(String),
 }
+
+/// The longest line [`Client::stream_lines`] accepts (an event is a few hundred bytes).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// A connection-less client: each request opens its own connection.
 pub struct Client {
@@ -92,10 +102,101 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends a GET whose answer is a stream of lines and calls `on_line` with each whole line
+    /// (without its newline) as it arrives, until the daemon ends the answer or `on_line` returns
+    /// `false`. No overall time limit: a followed stream lasts as long as the caller wants.
+    pub fn stream_lines(&self, path: &str, on_line: impl FnMut(&[u8]) -> bool) -> Result<(), ClientError> {
+        self.runtime.block_on(self.stream_lines_async(path, on_line))
+    }
+
+    async fn stream_lines_async(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        use http_body_util::BodyExt;
+        let unreachable =
+            |source| ClientError::Unreachable { socket: self.socket.display().to_string(), source };
+        let shown = self.socket.display().to_string();
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|source| {
+            unreachable(manager::unix_http::UnixHttpError::Connect { path: shown.clone(), source })
+        })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(
+                |source| unreachable(manager::unix_http::UnixHttpError::Http { path: shown.clone(), source }),
+            )?;
+        let driver = tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| ClientError::Stream(e.to_string()))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let limited = http_body_util::Limited::new(body, 64 << 10);
+            let bytes = limited.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            driver.abort();
+            return Err(error_of(status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Stream(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let keep_going = on_line(&pending[..end]);
+                pending.drain(..=end);
+                if !keep_going {
+                    driver.abort();
+                    return Ok(());
+                }
+            }
+            if pending.len() > MAX_LINE_BYTES {
+                driver.abort();
+                return Err(ClientError::LineTooLong);
+            }
+        }
+        if !pending.is_empty() {
+            on_line(&pending);
+        }
+        driver.abort();
+        Ok(())
+    }
+
+    /// Opens a WebSocket to `path` (the console) over the daemon's socket. An answer other than
+    /// the upgrade (an unknown VM's 404) becomes its one-line message.
+    pub async fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>, ClientError> {
+        let shown = self.socket.display().to_string();
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|source| {
+            ClientError::Unreachable {
+                socket: shown.clone(),
+                source: manager::unix_http::UnixHttpError::Connect { path: shown.clone(), source },
+            }
+        })?;
+        let uri = format!("ws://localhost{path}");
+        match tokio_tungstenite::client_async(uri, stream).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err(error_of(response.status(), &body))
+            }
+            Err(e) => Err(ClientError::Stream(e.to_string())),
+        }
+    }
+}
+
 /// The daemon's error body's message, or the status when the body is not one.
 fn error_of(status: StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(error) => ClientError::Daemon(error.error),
+        Err(_) if body.is_empty() => ClientError::Daemon(format!("the daemon answered {status}")),
         Err(_) => ClientError::Daemon(format!(
             "the daemon answered {status}: {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])

@@ -62,7 +62,7 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         events: crate::events::Events::new(store.clone()),
         vms: crate::vms::Vms::new(store.clone(), &paths, options.kestrel_binary.clone()),
         // --- end core ---
-        consoles: crate::console::Consoles {},
+        consoles: crate::console::Consoles::new(&paths),
         networks: crate::network::Networks::new(store.clone(), &paths),
         pools: crate::pool::Pools::new(store.clone()),
         store,

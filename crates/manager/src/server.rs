@@ -50,5 +50,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::network::routes())
         // --- pools ---
         .merge(crate::pool::routes())
+        // --- console and metrics: every request counted for `kestrel_api_requests_total` ---
+        .layer(axum::middleware::from_fn(crate::metrics::count_requests))
+        // --- end console and metrics ---
         .with_state(state)
 }
