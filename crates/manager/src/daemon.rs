@@ -70,17 +70,17 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     let listener = bind(&paths.socket).await?;
     // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
     // Active and autostart networks come back (a host reboot lost their bridges) and their
-    // watchdog starts after the bind, so a second daemon never touches them; then the autostart
-    // VMs, whose cards need the networks. A failure is logged; the daemon serves all the same.
+    // watchdog starts after the bind, so a second daemon never touches them, and before the
+    // API serves, so a client's first request finds them up. The autostart VMs, whose cards
+    // need the networks, start in the background. A failure is logged; the daemon serves all
+    // the same.
     shared.vms.reconcile(&shared).await;
+    if let Err(e) = shared.networks.start_autostart().await {
+        tracing::error!("networks: {e}");
+    }
     {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = shared.networks.start_autostart().await {
-                tracing::error!("networks: {e}");
-            }
-            shared.vms.autostart(&shared).await;
-        });
+        tokio::spawn(async move { shared.vms.autostart(&shared).await });
     }
     // --- end core ---
     tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
