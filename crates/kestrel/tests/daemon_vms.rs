@@ -267,6 +267,19 @@ fn reboot_presses_ctrl_alt_del_and_the_vm_comes_back() {
     let log = std::fs::read_to_string(&console).unwrap();
     assert!(log.contains("keyboard: ctrl-alt-del, rebooting"), "{log}");
     assert!(events(&daemon).iter().any(|(kind, object, _)| kind == "rebooted" && object == "kbd"));
+    // Reboots the user asks for are not held against the crash back-off (5 a minute).
+    let mut pid = info["pid"].as_u64().unwrap();
+    for round in 0..6 {
+        wait_for_vm(&daemon, "kbd", "waiting for a key", |_| {
+            let log = std::fs::read_to_string(&console).unwrap_or_default();
+            log.matches("keyboard: waiting").count() == round + 2
+        });
+        expect(&daemon, "POST", "/v1/vms/kbd/reboot", "", 200);
+        let info = wait_for_vm(&daemon, "kbd", "running again", |info| {
+            info["state"] == "running" && info["pid"].as_u64().is_some_and(|p| p != pid)
+        });
+        pid = info["pid"].as_u64().unwrap();
+    }
     expect(&daemon, "POST", "/v1/vms/kbd/destroy", "", 200);
     wait_for_vmms(&daemon.state_dir, 0);
 }

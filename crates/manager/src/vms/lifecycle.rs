@@ -330,9 +330,14 @@ impl Vms {
         let (lock, record) = self.locked(key).await?;
         let _guard = lock.lock().await;
         let record = self.find(&record.uuid)?;
-        self.active(&record, &[VmState::Running])?;
+        let runtime = self.active(&record, &[VmState::Running])?;
         let socket = self.paths.vmm_socket(&record.uuid);
-        Vmm { socket: &socket, vm: record.name() }.action("SendCtrlAltDel").await?;
+        runtime.set_intent(Intent::Reboot);
+        let vmm = Vmm { socket: &socket, vm: record.name() };
+        if let Err(error) = vmm.action("SendCtrlAltDel").await {
+            runtime.set_intent(Intent::None);
+            return Err(error);
+        }
         state.events.emit(EventKind::ShutdownRequested, record.name(), Some("reboot (Ctrl+Alt+Del)".into()));
         self.info(&record.uuid)
     }

@@ -30,6 +30,9 @@ pub enum Intent {
     Save,
     /// The start failed and the daemon killed the VMM.
     AbortStart,
+    /// `reboot` pressed Ctrl+Alt+Del: the reset that follows is the user's, not counted
+    /// against the restart back-off.
+    Reboot,
 }
 
 /// One running VMM.
@@ -98,9 +101,9 @@ impl Vms {
             (Intent::Destroy, _) => (VmState::Stopped, "destroyed".to_owned()),
             (Intent::Save, _) => (VmState::Saved, "saved".to_owned()),
             (Intent::AbortStart, _) => (VmState::Stopped, "start failed".to_owned()),
-            (Intent::None, Some(0)) => (VmState::Stopped, "power-off".to_owned()),
-            (Intent::None, Some(3)) => (VmState::Stopped, "reset".to_owned()),
-            (Intent::None, _) => (VmState::Crashed, crash_outcome(ended)),
+            (Intent::None | Intent::Reboot, Some(0)) => (VmState::Stopped, "power-off".to_owned()),
+            (Intent::None | Intent::Reboot, Some(3)) => (VmState::Stopped, "reset".to_owned()),
+            (Intent::None | Intent::Reboot, _) => (VmState::Crashed, crash_outcome(ended)),
         };
         let mut exit = ExitRecord {
             at: now_secs(),
@@ -115,7 +118,8 @@ impl Vms {
             (VmState::Crashed, _) => on_crash == CrashPolicy::Restart,
             _ => false,
         };
-        let allowed = restart && self.may_restart(uuid);
+        let asked = intent == Intent::Reboot && new_state == VmState::Stopped;
+        let allowed = restart && (asked || self.may_restart(uuid));
         let final_state = if restart && !allowed {
             exit.outcome = format!(
                 "{} (restarted {RESTARTS_PER_MINUTE} times within a minute; left crashed)",
