@@ -117,7 +117,27 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// The daemon goes, and so does every process it left behind on purpose (VMMs and dnsmasq
+    /// outlive a daemon): a test that fails, or forgets to destroy its VMs, must not leave
+    /// guests spinning on the host for the rest of the run.
     fn drop(&mut self) {
         self.kill();
+        kill_processes_naming(&self.state_dir);
+    }
+}
+
+/// SIGKILLs every process whose command line names `dir` (the VMMs' sockets and dnsmasq's
+/// files are under it), and reaps none: they are not the test's children.
+pub fn kill_processes_naming(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            // SAFETY: kill sends a signal; the PID was just read from /proc and its command line
+            // names this test's own state directory.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
