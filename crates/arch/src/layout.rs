@@ -58,6 +58,22 @@ pub const LOW_RAM_END: u64 = 0xA0000;
 /// Legacy BIOS area, reserved in the e820 map.
 pub const BIOS_AREA_START: u64 = 0xF0000;
 
+/// ACPI tables: the RSDP first, on the 16-byte boundary Linux's scan of 0xE0000–0xFFFFF finds,
+/// the other tables right behind it, up to [`ACPI_END`]. Reserved in the e820 map together with
+/// the BIOS area above it.
+pub const ACPI_START: u64 = 0xE0000;
+/// End (exclusive) of the ACPI tables' room.
+pub const ACPI_END: u64 = BIOS_AREA_START;
+/// The ACPI sleep control (and status) register of hardware-reduced ACPI, on the I/O bus: writing
+/// SLP_TYP=5 with SLP_EN (0x34) powers the VM off.
+pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+/// The generic event device's (GED) event register, on the I/O bus: one byte, read-to-clear,
+/// which the DSDT's `_EVT` method reads to learn what happened.
+pub const GED_PORT: u16 = 0x604;
+/// The GED's interrupt: IOAPIC pin 23 (edge, active high), used by no ISA device and no
+/// virtio-mmio slot; only an ACPI guest, which learns it from the DSDT, routes it.
+pub const GED_IRQ: u32 = 23;
+
 /// Three pages KVM needs for the real-mode TSS on Intel hosts (`KVM_SET_TSS_ADDR`).
 pub const KVM_TSS_ADDRESS: u64 = 0xFFFB_D000;
 /// One page KVM needs for the EPT identity map on Intel hosts (`KVM_SET_IDENTITY_MAP_ADDR`).
