@@ -4,7 +4,7 @@ use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, Process
 use acpi_tables::{Aml, AmlSink};
 use zerocopy::{Immutable, IntoBytes};
 
-use crate::layout::{IOAPIC_START, LAPIC_START};
+use crate::layout::{IOAPIC_START, LAPIC_START, SCI_IRQ};
 
 use super::{OEM_ID, OEM_REVISION};
 
@@ -20,6 +20,8 @@ const NMI_LINT: u8 = 1;
 /// The ISA timer (IRQ 0) is wired to IOAPIC pin 2, as on PC hardware and in the MP table.
 const TIMER_IRQ: u8 = 0;
 const TIMER_GSI: u32 = 2;
+/// The SCI: level-triggered (0b11 << 2), active high (0b01), as ACPI wants it.
+const SCI_FLAGS: u16 = 0b1101;
 
 /// Interrupt Source Override (ACPI 6.5, 5.2.12.5): ISA `source` arrives on `gsi`.
 #[repr(C, packed)]
@@ -76,6 +78,14 @@ pub(super) fn madt(num_cpus: u8) -> MADT {
         source: TIMER_IRQ,
         gsi: TIMER_GSI.to_le_bytes(),
         flags: CONFORMING.to_le_bytes(),
+    });
+    madt.add_structure(InterruptSourceOverride {
+        kind: ENTRY_INTERRUPT_SOURCE_OVERRIDE,
+        length: size_of::<InterruptSourceOverride>() as u8,
+        bus: 0,
+        source: SCI_IRQ,
+        gsi: u32::from(SCI_IRQ).to_le_bytes(),
+        flags: SCI_FLAGS.to_le_bytes(),
     });
     madt.add_structure(LocalApicNmi {
         kind: ENTRY_LOCAL_APIC_NMI,

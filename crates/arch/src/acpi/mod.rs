@@ -1,24 +1,29 @@
-//! ACPI tables for hardware-reduced ACPI: how a guest with ACPI finds its vCPUs and IOAPIC
-//! (MADT), PCI configuration space (MCFG), how it powers off (`_S5` and the FADT's sleep control
-//! register) and its power button (a generic event device, `ACPI0013`, whose `_EVT` notifies the
-//! `PNP0C0C` button).
+//! ACPI tables: how a guest with ACPI finds its vCPUs and IOAPIC (MADT), PCI configuration space
+//! (MCFG), how it powers off (`_S5` and the PM1a control block) and its power button (a generic
+//! event device, `ACPI0013`, whose `_EVT` notifies the `PNP0C0C` button).
 //!
 //! The tables go into [`ACPI_START`]..[`ACPI_END`]: the RSDP (revision 2) first, on the 16-byte
 //! boundary Linux's scan of 0xE0000–0xFFFFF finds even without a pointer from the boot protocol,
-//! then DSDT, FADT, MADT, MCFG (PCI transport only) and XSDT. The e820 map reserves the range. The
-//! MP table stays for guests without ACPI (`acpi=off`).
+//! then DSDT, FACS, FADT, MADT, MCFG (PCI transport only) and XSDT. The e820 map reserves the
+//! range. The MP table stays for guests without ACPI (`acpi=off`).
 //!
-//! Hardware-reduced ACPI has no PM1 blocks, GPEs or SCI: the guest powers off by writing
-//! `SLP_TYP=5 | SLP_EN` (0x34) to the sleep control register at
-//! [`SLEEP_CONTROL_PORT`](crate::layout::SLEEP_CONTROL_PORT), and events come through the GED's
-//! interrupt ([`GED_IRQ`](crate::layout::GED_IRQ)) and event register
-//! ([`GED_PORT`](crate::layout::GED_PORT)).
+//! The FADT is *not* hardware-reduced, although that would need no PM1 blocks: Linux/x86 on a
+//! hardware-reduced platform drops the legacy PIC and with it the identity mapping of ISA IRQs
+//! (`nr_legacy_irqs()` becomes 0), so COM1's IRQ 4 and the virtio-mmio devices' IRQs, named on the
+//! command line as ISA IRQ numbers, would reach no handler (measured with the kit's kernel: no
+//! console output from user space). So the FADT has a PM1a event block (status and enable
+//! registers, nothing ever set), a PM1a control block (SCI_EN reads 1: always in ACPI mode, no
+//! SMI command port; `SLP_TYP=5 | SLP_EN` powers off) and an SCI on [`SCI_IRQ`] that nothing
+//! raises. Events come through the GED's interrupt ([`GED_IRQ`](crate::layout::GED_IRQ)) and
+//! event register ([`GED_PORT`](crate::layout::GED_PORT)). The hardware-reduced sleep registers
+//! still name [`SLEEP_CONTROL_PORT`] (ignored by a guest of a full FADT).
 
 mod dsdt;
 mod madt;
 #[cfg(test)]
 mod tests;
 
+use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::mcfg::MCFG;
@@ -26,10 +31,13 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
-use zerocopy::byteorder::{U16, U64};
+use zerocopy::byteorder::{U16, U32, U64};
 
 use crate::guest_write::write_bytes;
-use crate::layout::{ACPI_END, ACPI_START, MAX_VCPUS, PCI_ECAM_SIZE, PCI_ECAM_START, SLEEP_CONTROL_PORT};
+use crate::layout::{
+    ACPI_END, ACPI_START, MAX_VCPUS, PCI_ECAM_SIZE, PCI_ECAM_START, PM1A_CONTROL_PORT, PM1A_EVENT_PORT,
+    PM1_CONTROL_LEN, PM1_EVENT_LEN, SCI_IRQ, SLEEP_CONTROL_PORT,
+};
 use crate::{BootEntry, Error, Result};
 
 /// OEM ID of every table.
@@ -43,8 +51,8 @@ const HYPERVISOR_VENDOR: [u8; 8] = *b"KESTREL ";
 /// it (`devices::acpi::Ged`), the DSDT's `_EVT` tests it and notifies `\_SB.PWRB`.
 pub const GED_EVENT_POWER_BUTTON: u8 = 1 << 0;
 
-/// The sleep type the DSDT's `_S5_` package gives S5 (soft off); the power-management port
-/// powers off on `SLP_TYP=5 | SLP_EN`.
+/// The sleep type the DSDT's `_S5_` package gives S5 (soft off); the PM1a control block (and the
+/// hardware-reduced sleep control register) power off on `SLP_TYP=5 | SLP_EN`.
 pub const S5_SLEEP_TYPE: u8 = 5;
 
 /// IAPC_BOOT_ARCH: legacy (ISA) devices present.
@@ -52,8 +60,10 @@ const BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
 /// IAPC_BOOT_ARCH: an 8042 keyboard controller is present (Kestrel's i8042 takes Ctrl+Alt+Del).
 const BOOT_ARCH_8042: u16 = 1 << 1;
 
-/// The tables are aligned to this inside their room (nothing requires more).
+/// The tables are aligned to this inside their room (nothing requires more)...
 const TABLE_ALIGNMENT: usize = 16;
+/// ... but the FACS, which must be 64-byte aligned.
+const FACS_ALIGNMENT: usize = 64;
 
 /// What the tables describe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,37 +101,49 @@ fn build_tables(config: &AcpiConfig) -> Result<Vec<u8>> {
         return Err(Error::TooManyCpus(config.num_cpus));
     }
     let mut image = TableImage::new();
-    let dsdt = image.push(&dsdt::dsdt(config));
-    let fadt = image.push(&fadt(dsdt));
-    let madt = image.push(&madt::madt(config.num_cpus));
+    let dsdt = image.push(&dsdt::dsdt(config), TABLE_ALIGNMENT);
+    let facs = image.push(&FACS::new(), FACS_ALIGNMENT);
+    let fadt = image.push(&fadt(dsdt, facs), TABLE_ALIGNMENT);
+    let madt = image.push(&madt::madt(config.num_cpus), TABLE_ALIGNMENT);
     let mut xsdt = XSDT::new(OEM_ID, *b"KESTXSDT", OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
     if config.pci {
-        xsdt.add_entry(image.push(&mcfg()));
+        xsdt.add_entry(image.push(&mcfg(), TABLE_ALIGNMENT));
     }
-    let xsdt = image.push(&xsdt);
+    let xsdt = image.push(&xsdt, TABLE_ALIGNMENT);
     let rsdp = Rsdp::new(OEM_ID, xsdt);
     image.finish(&rsdp)
 }
 
-/// The FADT of a hardware-reduced platform: the DSDT, the sleep registers, the boot flags.
-fn fadt(dsdt: u64) -> impl Aml {
-    // One byte at the power-management port serves as both sleep registers: reads return 0, so
-    // the guest never sees WAK_STS, which only matters for waking from S1-S4 (not offered).
+/// The FADT: the DSDT and FACS, the PM1a blocks, the SCI, the boot flags.
+fn fadt(dsdt: u64, facs: u64) -> impl Aml {
+    let io = |bits: u8, port: u16| {
+        GAS::new(AddressSpace::SystemIo, bits, 0, AccessSize::WordAccess, u64::from(port))
+    };
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"KESTFACP", OEM_REVISION);
+    fadt.sci_int = U16::new(u16::from(SCI_IRQ));
+    // No SMI command port: the platform is always in ACPI mode (PM1_CNT.SCI_EN reads 1).
+    fadt.pm1a_evt_blk = U32::new(u32::from(PM1A_EVENT_PORT));
+    fadt.pm1_evt_len = PM1_EVENT_LEN;
+    fadt.x_pm1a_evt_blk = io(PM1_EVENT_LEN * 8, PM1A_EVENT_PORT);
+    fadt.pm1a_cnt_blk = U32::new(u32::from(PM1A_CONTROL_PORT));
+    fadt.pm1_cnt_len = PM1_CONTROL_LEN;
+    fadt.x_pm1a_cnt_blk = io(PM1_CONTROL_LEN * 8, PM1A_CONTROL_PORT);
+    // Hardware-reduced sleep registers, for a guest that would use them: one byte, reads 0.
     let sleep_register =
         GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(SLEEP_CONTROL_PORT));
-    let mut fadt = FADTBuilder::new(OEM_ID, *b"KESTFACP", OEM_REVISION);
     fadt.sleep_control_reg = sleep_register;
     fadt.sleep_status_reg = sleep_register;
     fadt.iapc_boot_arch = U16::new(BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042);
     fadt.hypervisor_vendor_identity = U64::new(u64::from_le_bytes(HYPERVISOR_VENDOR));
-    fadt.flag(Flags::HwReducedAcpi)
-        // Both buttons are "control method" ones: the power button is the DSDT's PNP0C0C device,
-        // and there is no sleep button (fixed-feature buttons do not exist without PM1 blocks).
+    fadt
+        // Both buttons are "control method" ones: the power button is the DSDT's PNP0C0C device
+        // (no fixed-feature button in PM1), and there is no sleep button.
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
         .dsdt_64(dsdt)
+        .firmware_ctrl_64(facs)
         .finalize()
 }
 
@@ -146,9 +168,10 @@ impl TableImage {
         TableImage { bytes: vec![0; rsdp_room] }
     }
 
-    /// Appends `table` and returns its guest-physical address.
-    fn push(&mut self, table: &dyn Aml) -> u64 {
-        self.bytes.resize(self.bytes.len().next_multiple_of(TABLE_ALIGNMENT), 0);
+    /// Appends `table` at the next multiple of `alignment` and returns its guest-physical address
+    /// (`ACPI_START` is 64 KiB aligned).
+    fn push(&mut self, table: &dyn Aml, alignment: usize) -> u64 {
+        self.bytes.resize(self.bytes.len().next_multiple_of(alignment), 0);
         let address = ACPI_START + self.bytes.len() as u64;
         table.to_aml_bytes(&mut self.bytes);
         address

@@ -126,14 +126,24 @@ fn mmio_transport_has_no_mcfg_and_no_pci_host_bridge() {
 }
 
 #[test]
-fn fadt_is_hardware_reduced_with_sleep_registers_at_the_power_port() {
+fn fadt_has_pm1_blocks_an_sci_a_facs_and_the_sleep_registers_at_the_power_port() {
     let (mem, _) = written(AcpiConfig { num_cpus: 1, pci: false });
     let (tables, _) = parse(&mem);
     let fadt = &tables[0].bytes;
     assert_eq!(fadt.len(), 276, "FADT revision 6 length");
     let flags = u32_at(fadt, 112);
-    assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+    assert_eq!(flags & (1 << 20), 0, "not HW_REDUCED_ACPI (Linux would drop the ISA IRQs)");
     assert_ne!(flags & (1 << 4), 0, "power button is a control method device");
+    assert_eq!(u16_at(fadt, 46), 13, "SCI_INT");
+    assert_eq!(u32_at(fadt, 48), 0, "no SMI_CMD: always in ACPI mode");
+    assert_eq!((u32_at(fadt, 56), fadt[88]), (0x608, 4), "PM1a event block");
+    assert_eq!((u32_at(fadt, 64), fadt[89]), (0x60C, 2), "PM1a control block");
+    assert_eq!(u64_at(fadt, 148 + 4), 0x608, "X_PM1a_EVT_BLK");
+    assert_eq!(u64_at(fadt, 172 + 4), 0x60C, "X_PM1a_CNT_BLK");
+    let facs = u64_at(fadt, 132);
+    assert_eq!(facs % 64, 0, "FACS alignment");
+    let facs = read(&mem, facs, 64);
+    assert_eq!((&facs[0..4], u32_at(&facs, 4)), (&b"FACS"[..], 64));
     // SLEEP_CONTROL_REG and SLEEP_STATUS_REG: system I/O, 8 bits, byte access, port 0x600.
     for offset in [244, 256] {
         assert_eq!(&fadt[offset..offset + 4], [1, 8, 0, 1], "GAS at {offset}");
@@ -171,7 +181,7 @@ fn madt_lists_every_vcpu_the_ioapic_and_the_isa_wiring_of_the_mp_table() {
         }
         assert_eq!(apic_ids, (0..num_cpus).collect::<Vec<_>>());
         assert_eq!(ioapics, [(num_cpus, IOAPIC_START, 0)]);
-        assert_eq!(overrides, [(0, 2)], "IRQ 0 arrives on pin 2");
+        assert_eq!(overrides, [(0, 2), (13, 13)], "IRQ 0 arrives on pin 2; the SCI on 13");
         assert_eq!(nmis, 1);
     }
 }
@@ -303,8 +313,9 @@ fn iasl_decodes_every_table() {
     }
 
     let fadt = disassemble(&dir, &tables[0]);
-    assert!(fadt.contains("Hardware Reduced (V5) : 1"), "{fadt}");
-    assert!(fadt.contains("Address : 0000000000000600"), "{fadt}");
+    assert!(fadt.contains("Hardware Reduced (V5) : 0"), "{fadt}");
+    assert!(fadt.contains("PM1A Event Block Address : 00000608"), "{fadt}");
+    assert!(fadt.contains("PM1A Control Block Address : 0000060C"), "{fadt}");
     let madt = disassemble(&dir, &tables[1]);
     assert_eq!(madt.matches("Subtable Type : 00 [Processor Local APIC]").count(), 2, "{madt}");
     assert!(madt.contains("[Interrupt Source Override]"), "{madt}");
