@@ -126,7 +126,10 @@ fn the_power_button_is_refused_before_the_start_and_pressed_after_even_while_pau
     let socket = dir.path().join("api.sock");
     let mut child = start_vmm(&socket);
     let watchdog = Watchdog::new(&child);
-    assert_fault(request(&socket, "PUT", "/actions", POWER_BUTTON), "not supported before starting the microVM");
+    assert_fault(
+        request(&socket, "PUT", "/actions", POWER_BUTTON),
+        "not supported before starting the microVM",
+    );
     let boot = format!(r#"{{"kernel_image_path": "{}", "boot_args": "exit=hang"}}"#, guests::HELLO);
     assert_eq!(request(&socket, "PUT", "/boot-source", &boot).0, 204);
     assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 32}"#).0, 204);

@@ -100,7 +100,10 @@ fn press_the_button(transport: &str, extra: &str, ready: &str) -> (String, Optio
         "boot_args": format!("{} {extra}", kit_cmdline()),
     });
     assert_eq!(request(&socket, "PUT", "/boot-source", &boot.to_string()).0, 204);
-    assert_eq!(request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 256}"#).0, 204);
+    assert_eq!(
+        request(&socket, "PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 256}"#).0,
+        204
+    );
     let started = Instant::now();
     assert_eq!(request(&socket, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#).0, 204);
     let mut reader = BufReader::new(child.stdout.take().unwrap());
@@ -184,9 +187,14 @@ fn stock_debian_kernel_prints_the_acpi_tables() {
     child.stdout = Some(reader.into_inner());
     drop(watchdog);
     wait_within(child, LINUX_LIMIT);
-    for expected in
-        ["ACPI: RSDP 0x00000000000E0000", "ACPI: XSDT", "ACPI: FACP", "ACPI: DSDT", "ACPI: APIC", "ACPI: MCFG"]
-    {
+    for expected in [
+        "ACPI: RSDP 0x00000000000E0000",
+        "ACPI: XSDT",
+        "ACPI: FACP",
+        "ACPI: DSDT",
+        "ACPI: APIC",
+        "ACPI: MCFG",
+    ] {
         assert!(seen.contains(expected), "no {expected:?} in the early boot:\n{seen}");
     }
 }
