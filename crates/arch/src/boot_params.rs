@@ -65,6 +65,13 @@ pub fn configure_linux_boot(
     write_obj(mem, "boot_params", GuestAddress(ZERO_PAGE_START), &params)
 }
 
+/// Points the zero page written by [`configure_linux_boot`] at the ACPI RSDP (`acpi_rsdp_addr`,
+/// boot protocol 2.14; older kernels ignore it and scan the BIOS area, where the RSDP is too).
+pub(crate) fn set_rsdp_address(mem: &impl GuestMemoryBackend, rsdp: GuestAddress) -> Result<()> {
+    let field = ZERO_PAGE_START + std::mem::offset_of!(boot_params, acpi_rsdp_addr) as u64;
+    write_obj(mem, "boot_params RSDP address", GuestAddress(field), &rsdp.0)
+}
+
 // The zero page's table holds every map memory_map() can return.
 const _: () = assert!(MAX_E820_ENTRIES <= E820_MAX_ENTRIES_ZEROPAGE);
 

@@ -1,6 +1,6 @@
 //! The guest's e820 memory map, shared by the Linux and PVH boot paths.
 
-use crate::layout::{BIOS_AREA_START, EBDA_START, HIMEM_START, LOW_RAM_END, MMIO_GAP_END};
+use crate::layout::{ACPI_START, EBDA_START, HIMEM_START, LOW_RAM_END, MMIO_GAP_END};
 use crate::memory::low_ram_end;
 
 /// RAM the guest may use (same value as PVH's `XEN_HVM_MEMMAP_TYPE_RAM`).
@@ -24,14 +24,15 @@ pub struct E820Entry {
 
 /// The memory map for `mem_size` bytes of RAM laid out by [`crate::ram_regions`].
 ///
-/// 0xA0000–0xF0000 (legacy VGA/ROM hole) is deliberately absent: it is neither RAM nor
-/// reserved firmware data, so the guest treats it as a hole.
+/// 0xA0000–0xE0000 (legacy VGA/ROM hole) is deliberately absent: it is neither RAM nor
+/// reserved firmware data, so the guest treats it as a hole. 0xE0000–1 MiB (the ACPI tables and
+/// the BIOS area) is reserved.
 pub fn memory_map(mem_size: u64) -> Vec<E820Entry> {
     let low_end = low_ram_end(mem_size);
     let candidates: [(u64, u64, u32); MAX_E820_ENTRIES] = [
         (0, EBDA_START, E820_RAM),
         (EBDA_START, LOW_RAM_END, E820_RESERVED),
-        (BIOS_AREA_START, HIMEM_START, E820_RESERVED),
+        (ACPI_START, HIMEM_START, E820_RESERVED),
         (HIMEM_START, low_end, E820_RAM),
         (MMIO_GAP_END, ram_end(mem_size, MMIO_GAP_END), E820_RAM),
     ];
@@ -62,7 +63,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-    const LEGACY_HOLE: u64 = BIOS_AREA_START - LOW_RAM_END;
+    const LEGACY_HOLE: u64 = ACPI_START - LOW_RAM_END;
 
     fn entry(addr: u64, end: u64, kind: u32) -> E820Entry {
         E820Entry { addr, size: end - addr, kind }
@@ -76,7 +77,7 @@ mod tests {
         vec![
             entry(0, 0x9FC00, E820_RAM),
             entry(0x9FC00, 0xA0000, E820_RESERVED),
-            entry(0xF0000, 0x10_0000, E820_RESERVED),
+            entry(0xE0000, 0x10_0000, E820_RESERVED),
         ]
     }
 

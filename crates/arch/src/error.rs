@@ -8,6 +8,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything that can go wrong while preparing the platform for a guest.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The ACPI tables do not fit their room below the BIOS area.
+    #[error("the ACPI tables take {len} bytes; only {room} fit below the BIOS area")]
+    AcpiTablesTooLarge {
+        /// Their size in bytes.
+        len: usize,
+        /// The room they have.
+        room: u64,
+    },
     /// The command line is empty or longer than the limit.
     #[error("kernel command line is {0} bytes with its NUL; it must be 1..=2048")]
     CmdlineSize(usize),

@@ -58,6 +58,34 @@ pub const LOW_RAM_END: u64 = 0xA0000;
 /// Legacy BIOS area, reserved in the e820 map.
 pub const BIOS_AREA_START: u64 = 0xF0000;
 
+/// ACPI tables: the RSDP first, on the 16-byte boundary Linux's scan of 0xE0000–0xFFFFF finds,
+/// the other tables right behind it, up to [`ACPI_END`]. Reserved in the e820 map together with
+/// the BIOS area above it.
+pub const ACPI_START: u64 = 0xE0000;
+/// End (exclusive) of the ACPI tables' room.
+pub const ACPI_END: u64 = BIOS_AREA_START;
+/// The ACPI sleep control (and status) register of hardware-reduced ACPI, on the I/O bus: writing
+/// SLP_TYP=5 with SLP_EN (0x34) powers the VM off. Kestrel's FADT is not hardware-reduced (see
+/// `arch::acpi`), but the port stays: guests without ACPI power off through it.
+pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+/// The ACPI PM1a event block (PM1_STS, PM1_EN: 16 bits each), on the I/O bus.
+pub const PM1A_EVENT_PORT: u16 = 0x608;
+/// Length of the PM1a event block.
+pub const PM1_EVENT_LEN: u8 = 4;
+/// The ACPI PM1a control block (PM1_CNT, 16 bits: SCI_EN, SLP_TYP, SLP_EN), on the I/O bus.
+pub const PM1A_CONTROL_PORT: u16 = 0x60C;
+/// Length of the PM1a control block.
+pub const PM1_CONTROL_LEN: u8 = 2;
+/// The ACPI SCI's ISA IRQ (and GSI, level-triggered, active high): the one ISA line no device and
+/// no virtio-mmio slot uses. Nothing raises it (the power button comes through the GED).
+pub const SCI_IRQ: u8 = 13;
+/// The generic event device's (GED) event register, on the I/O bus: one byte, read-to-clear,
+/// which the DSDT's `_EVT` method reads to learn what happened.
+pub const GED_PORT: u16 = 0x604;
+/// The GED's interrupt: IOAPIC pin 23 (edge, active high), used by no ISA device and no
+/// virtio-mmio slot; only an ACPI guest, which learns it from the DSDT, routes it.
+pub const GED_IRQ: u32 = 23;
+
 /// Three pages KVM needs for the real-mode TSS on Intel hosts (`KVM_SET_TSS_ADDR`).
 pub const KVM_TSS_ADDRESS: u64 = 0xFFFB_D000;
 /// One page KVM needs for the EPT identity map on Intel hosts (`KVM_SET_IDENTITY_MAP_ADDR`).

@@ -4,6 +4,7 @@
 //! structures sit where in guest memory (zero page, PVH start info, MP table, page
 //! tables, GDT) and the CPU state (registers, MSRs, CPUID, LAPIC LINTs) a vCPU starts in.
 
+pub mod acpi;
 mod boot_params;
 mod cmdline;
 pub mod cpuid;

@@ -70,6 +70,12 @@ pub fn configure_pvh_boot(
     write_obj(mem, "PVH start info", GuestAddress(PVH_INFO_START), &start_info)
 }
 
+/// Points the `hvm_start_info` written by [`configure_pvh_boot`] at the ACPI RSDP (`rsdp_paddr`).
+pub(crate) fn set_rsdp_address(mem: &impl GuestMemoryBackend, rsdp: GuestAddress) -> Result<()> {
+    let field = PVH_INFO_START + std::mem::offset_of!(hvm_start_info, rsdp_paddr) as u64;
+    write_obj(mem, "PVH start info RSDP address", GuestAddress(field), &rsdp.0)
+}
+
 #[cfg(test)]
 mod tests {
     use vm_memory::Bytes;

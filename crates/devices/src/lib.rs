@@ -1,7 +1,8 @@
 //! Emulated devices of the Kestrel VMM: the I/O and MMIO bus that routes guest
 //! accesses to them, the legacy PC devices (COM1, i8042, CMOS RTC, power
-//! management), the userspace IOAPIC of the split irqchip, and PCI (root bus,
-//! configuration mechanisms, MSI-X).
+//! management), the ACPI generic event device (the power button), the
+//! userspace IOAPIC of the split irqchip, and PCI (root bus, configuration
+//! mechanisms, MSI-X).
 //!
 //! Every device is driven by guest input, so none of them may panic whatever
 //! offset, access size or value the guest uses.
@@ -12,6 +13,7 @@
 //! the IOAPIC mutex second. The IOAPIC never calls back into a device, so the
 //! order is always "device, then IOAPIC" and cannot deadlock.
 
+pub mod acpi;
 pub mod bus;
 pub mod guest_log;
 pub mod interrupt;

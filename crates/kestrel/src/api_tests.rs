@@ -45,6 +45,11 @@ mod tests {
             Ok(())
         }
 
+        fn send_power_button(&self) -> Result<(), EngineError> {
+            self.record("power-button".into());
+            Ok(())
+        }
+
         /// Refuses more than 1 GiB, as a device in a 1 GiB guest would.
         fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError> {
             if amount_mib > 1024 {
@@ -328,6 +333,20 @@ mod tests {
         assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
         assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
         assert_eq!(*calls.lock().unwrap(), ["ctrl-alt-del", "ctrl-alt-del"]);
+    }
+
+    #[test]
+    fn send_power_button_reaches_the_running_vm_and_is_refused_before_the_start() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (mut api, _) = api_with_calls(calls.clone());
+        let action = r#"{"action_type": "SendPowerButton"}"#;
+        assert_eq!(fault(&mut api, Method::Put, "/actions", action), NOT_SUPPORTED_BEFORE_START);
+        let _kernel = start(&mut api);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        // Paused, the press is still taken (the guest sees it on resume).
+        assert_eq!(call(&mut api, Method::Patch, "/vm", r#"{"state": "Paused"}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Put, "/actions", action).0, 204);
+        assert_eq!(*calls.lock().unwrap(), ["power-button", "pause", "power-button"]);
     }
 
     #[test]

@@ -241,6 +241,10 @@ impl VmControl for ConfinedControl {
         self.inner.send_ctrl_alt_del()
     }
 
+    fn send_power_button(&self) -> Result<(), EngineError> {
+        self.inner.send_power_button()
+    }
+
     fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError> {
         self.inner.update_balloon(amount_mib)
     }

@@ -353,6 +353,8 @@ pub enum ActionType {
     FlushMetrics,
     InstanceStart,
     SendCtrlAltDel,
+    /// x-kestrel: presses the ACPI power button (the guest powers off if it listens to it).
+    SendPowerButton,
 }
 
 /// `PUT /metrics`.

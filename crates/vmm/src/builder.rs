@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use arch::BootEntry;
+use devices::acpi::{Ged, Pm1, PM1_BLOCK_LEN};
 use devices::ioapic::{Ioapic, IoapicPin};
 use devices::legacy::{Cmos, PowerManagement, Serial, I8042};
 use devices::{Bus, BusDevice};
@@ -35,7 +36,16 @@ const COM1_IRQ: usize = 4;
 const I8042_PORT: u64 = 0x60;
 const KEYBOARD_IRQ: usize = 1;
 const CMOS_PORT: u64 = 0x70;
-const POWER_PORT: u64 = 0x600;
+/// The ACPI sleep control register and the GED's event register, where the ACPI tables say.
+const POWER_PORT: u64 = arch::layout::SLEEP_CONTROL_PORT as u64;
+const GED_PORT: u64 = arch::layout::GED_PORT as u64;
+/// The PM1a event block, with the control block 4 bytes after it: one device.
+const PM1_PORT: u64 = arch::layout::PM1A_EVENT_PORT as u64;
+const _: () = assert!(
+    arch::layout::PM1A_CONTROL_PORT as u64 == PM1_PORT + arch::layout::PM1_EVENT_LEN as u64
+        && PM1_BLOCK_LEN == (arch::layout::PM1_EVENT_LEN + arch::layout::PM1_CONTROL_LEN) as u64
+);
+const GED_IRQ: usize = arch::layout::GED_IRQ as usize;
 
 /// Builds a VM ready to run, or says which part of the configuration cannot be honoured.
 pub fn build(config: &VmConfig) -> Result<Vm> {
@@ -389,6 +399,7 @@ struct LegacyDevices {
     serial: Arc<Mutex<Serial>>,
     cmos: Arc<Mutex<Cmos>>,
     i8042: Arc<Mutex<I8042>>,
+    ged: Arc<Mutex<Ged>>,
     reset: EventFd,
     power_off: EventFd,
 }
@@ -400,6 +411,8 @@ pub struct DeviceHandles {
     pub serial_input: bool,
     /// The keyboard controller, where the host types Ctrl+Alt+Del.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The ACPI generic event device, where the host presses the power button.
+    pub ged: Arc<Mutex<Ged>>,
     pub reset: EventFd,
     pub power_off: EventFd,
     /// Handles on the virtio devices the VMM drives while the guest runs.
@@ -454,6 +467,15 @@ impl LegacyDevices {
         let power_off = new_event_fd("power-off line")?;
         let power = PowerManagement::new(clone_event_fd(&power_off, "power-off line")?);
         insert(&pio_bus, Arc::new(Mutex::new(power)), POWER_PORT, 1, "power management")?;
+        let pm1 = Pm1::new(clone_event_fd(&power_off, "power-off line")?);
+        insert(&pio_bus, Arc::new(Mutex::new(pm1)), PM1_PORT, PM1_BLOCK_LEN, "ACPI PM1 blocks")?;
+
+        // No saved state: an event the guest had not read when the snapshot was taken is lost,
+        // and the restored guest sees no press (the client presses again).
+        let ged_irq = IoapicPin::new(ioapic.clone(), GED_IRQ)
+            .map_err(|e| Error::Device { name: "ACPI GED", reason: e.to_string() })?;
+        let ged = Arc::new(Mutex::new(Ged::new(Arc::new(ged_irq))));
+        insert(&pio_bus, ged.clone(), GED_PORT, 1, "ACPI GED")?;
 
         Ok(LegacyDevices {
             pio_bus,
@@ -464,6 +486,7 @@ impl LegacyDevices {
             serial,
             cmos,
             i8042,
+            ged,
             reset,
             power_off,
         })
@@ -474,6 +497,7 @@ impl LegacyDevices {
             serial: self.serial,
             serial_input: config.serial == SerialConfig::Stdio,
             i8042: self.i8042,
+            ged: self.ged,
             reset: self.reset,
             power_off: self.power_off,
             virtio,
@@ -527,6 +551,11 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_ged_event_bit_is_the_one_the_dsdt_tests() {
+        assert_eq!(devices::acpi::POWER_BUTTON_EVENT, arch::acpi::GED_EVENT_POWER_BUTTON);
+    }
 
     #[test]
     fn a_serial_output_file_is_the_owners_alone_whatever_the_umask() {

@@ -1,5 +1,5 @@
 //! What the control API changes in a running VM's devices: the keyboard types Ctrl+Alt+Del, the
-//! balloon takes a new target or statistics interval and reports, a disk gets a new backing file.
+//! ACPI power button is pressed, the balloon takes a new target or statistics interval and reports, a disk gets a new backing file.
 //!
 //! Each call reaches the device through the handle the VMM kept when it built it, from the API's
 //! thread while the guest runs, and returns once the device has taken the change; the guest
@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use devices::acpi::{Ged, GedError};
 use devices::legacy::{I8042Error, I8042};
 use virtio::balloon::{BalloonControl, BalloonError, BalloonReport};
 use virtio::block::BlockControl;
@@ -27,6 +28,8 @@ use crate::control::{DriveUpdate, NetUpdate};
 pub enum ControlError {
     #[error("cannot type Ctrl+Alt+Del: {0}")]
     Keyboard(I8042Error),
+    #[error("cannot press the power button: {0}")]
+    PowerButton(GedError),
     #[error("the VM has no balloon device")]
     NoBalloon,
     #[error("{0}")]
@@ -47,6 +50,7 @@ pub enum ControlError {
 #[derive(Clone)]
 pub struct DeviceControls {
     i8042: Arc<Mutex<I8042>>,
+    ged: Arc<Mutex<Ged>>,
     balloon: Option<BalloonControl>,
     disks: Vec<BlockControl>,
     /// Each network card's rate limiters, in the configuration's order of cards.
@@ -61,6 +65,7 @@ impl DeviceControls {
     pub(crate) fn new(devices: &DeviceHandles, config: Arc<Mutex<VmConfig>>) -> DeviceControls {
         DeviceControls {
             i8042: devices.i8042.clone(),
+            ged: devices.ged.clone(),
             balloon: devices.virtio.balloon.clone(),
             disks: devices.virtio.disks.clone(),
             nets: devices.virtio.nets.clone(),
@@ -95,6 +100,15 @@ impl DeviceControls {
         // A poisoned lock means a vCPU thread panicked mid-access; the registers are still whole.
         let mut i8042 = self.i8042.lock().unwrap_or_else(PoisonError::into_inner);
         i8042.send_ctrl_alt_del().map_err(ControlError::Keyboard)
+    }
+
+    /// Presses the ACPI power button (the generic event device's event and interrupt). A guest
+    /// with ACPI and something listening to the button (acpid, systemd-logind) powers off; the
+    /// VM then ends as a power-off. Pressed while paused, the press is delivered on resume.
+    pub fn press_power_button(&self) -> Result<(), ControlError> {
+        // A poisoned lock means a vCPU thread panicked mid-access; the register is still whole.
+        let mut ged = self.ged.lock().unwrap_or_else(PoisonError::into_inner);
+        ged.press_power_button().map_err(ControlError::PowerButton)
     }
 
     /// `PATCH /drives`: gives disk `update.index` (counted in the configuration's order of disks)
@@ -185,6 +199,7 @@ mod tests {
         let config = VmConfig { virtio: vec![VirtioConfig::Block(disk.clone())], ..sample_config() };
         let controls = DeviceControls {
             i8042: Arc::new(Mutex::new(i8042)),
+            ged: Arc::new(Mutex::new(Ged::new(Arc::new(NoInterrupts)))),
             balloon: None,
             disks: vec![block.control()],
             nets: Vec::new(),
@@ -249,6 +264,7 @@ mod tests {
             VmConfig { virtio: vec![VirtioConfig::Rng, VirtioConfig::Net(card.clone())], ..sample_config() };
         let controls = DeviceControls {
             i8042: Arc::new(Mutex::new(i8042)),
+            ged: Arc::new(Mutex::new(Ged::new(Arc::new(NoInterrupts)))),
             balloon: None,
             disks: Vec::new(),
             nets: vec![limiters.control()],

@@ -12,7 +12,7 @@ use linux_loader::loader::{self, KernelLoader, KernelLoaderResult};
 use virtio::GuestRam;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::config::VmConfig;
+use crate::config::{VirtioTransport, VmConfig};
 use crate::{memory, Error, Result};
 
 /// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
@@ -77,7 +77,8 @@ impl BootFiles {
 }
 
 /// Loads the kernel, the initrd and the command line, then writes the boot information the chosen
-/// entry protocol expects (Linux zero page, or PVH start info) and the MP table.
+/// entry protocol expects (Linux zero page, or PVH start info), the MP table and the ACPI tables
+/// (always: a guest without ACPI, or booted with `acpi=off`, finds its CPUs in the MP table).
 ///
 /// `device_cmdline` is appended to the user's command line: it declares the devices the guest
 /// cannot discover by itself (virtio-mmio).
@@ -104,6 +105,10 @@ pub fn load_boot_image(
         }
     }
     arch::setup_mptable(mem, config.vcpus)?;
+    let acpi =
+        arch::acpi::AcpiConfig { num_cpus: config.vcpus, pci: config.transport == VirtioTransport::Pci };
+    let rsdp = arch::acpi::setup_acpi(mem, &acpi)?;
+    arch::acpi::announce_rsdp(mem, kernel.entry, rsdp)?;
     Ok(kernel.entry)
 }
 

@@ -13,7 +13,7 @@ pub use serial::{Serial, SerialError, SerialSnapshot};
 /// ISA devices have byte-wide registers; a wider port access (`inw`, `inl`)
 /// reaches consecutive ports, so it is served one byte per port. Offsets that
 /// cannot be a byte register (past 255) read as 0, like an empty port.
-fn read_byte_registers(offset: u64, data: &mut [u8], mut read_register: impl FnMut(u8) -> u8) {
+pub(crate) fn read_byte_registers(offset: u64, data: &mut [u8], mut read_register: impl FnMut(u8) -> u8) {
     for (byte, port) in data.iter_mut().zip(byte_ports(offset)) {
         *byte = port.map_or(0, &mut read_register);
     }
@@ -21,7 +21,7 @@ fn read_byte_registers(offset: u64, data: &mut [u8], mut read_register: impl FnM
 
 /// The write counterpart of [`read_byte_registers`]: writes to offsets past
 /// 255 are dropped.
-fn write_byte_registers(offset: u64, data: &[u8], mut write_register: impl FnMut(u8, u8)) {
+pub(crate) fn write_byte_registers(offset: u64, data: &[u8], mut write_register: impl FnMut(u8, u8)) {
     for (&value, port) in data.iter().zip(byte_ports(offset)) {
         if let Some(port) = port {
             write_register(port, value);

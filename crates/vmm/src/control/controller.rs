@@ -236,6 +236,7 @@ impl<L: Launcher> Controller<L> {
                 | VmmRequest::PatchBalloon(_)
                 | VmmRequest::PatchBalloonStats(_)
                 | VmmRequest::Action(ActionType::SendCtrlAltDel)
+                | VmmRequest::Action(ActionType::SendPowerButton)
         )
     }
 
@@ -398,6 +399,11 @@ impl<L: Launcher> Controller<L> {
             ActionType::InstanceStart => self.start(),
             ActionType::SendCtrlAltDel => {
                 self.vm()?.send_ctrl_alt_del().map_err(vm_error("Cannot send Ctrl+Alt+Del"))?;
+                Ok(VmmResponse::NoContent)
+            }
+            // Also while paused: the press is latched and the guest sees it on resume.
+            ActionType::SendPowerButton => {
+                self.vm()?.send_power_button().map_err(vm_error("Cannot press the power button"))?;
                 Ok(VmmResponse::NoContent)
             }
             // Like Firecracker: before the start there is nothing to flush.

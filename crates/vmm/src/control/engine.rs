@@ -109,6 +109,10 @@ impl VmControl for VmHandle {
         Ok(self.devices().send_ctrl_alt_del()?)
     }
 
+    fn send_power_button(&self) -> Result<(), EngineError> {
+        Ok(self.devices().press_power_button()?)
+    }
+
     fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError> {
         Ok(self.devices().set_balloon_target(amount_mib)?)
     }

@@ -83,6 +83,8 @@ pub trait VmControl: Send + Sync {
     fn snapshot(&self, request: &SnapshotRequest) -> Result<(), EngineError>;
     /// `SendCtrlAltDel`: types Ctrl+Alt+Del on the guest's keyboard.
     fn send_ctrl_alt_del(&self) -> Result<(), EngineError>;
+    /// `SendPowerButton`: presses the ACPI power button.
+    fn send_power_button(&self) -> Result<(), EngineError>;
     /// `PATCH /balloon`: gives the balloon a new target.
     fn update_balloon(&self, amount_mib: u32) -> Result<(), EngineError>;
     /// `GET /balloon/statistics`: fails if the balloon has no statistics.

@@ -35,6 +35,9 @@ impl VmControl for GatedVm {
     fn send_ctrl_alt_del(&self) -> Result<(), EngineError> {
         Ok(())
     }
+    fn send_power_button(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
     fn update_balloon(&self, _amount_mib: u32) -> Result<(), EngineError> {
         Ok(())
     }
@@ -156,6 +159,7 @@ fn other_requests_are_answered_while_a_snapshot_runs_and_conflicting_ones_refuse
         VmmRequest::PatchVm(VmStateValue::Resumed),
         VmmRequest::PatchVm(VmStateValue::Paused),
         VmmRequest::Action(ActionType::SendCtrlAltDel),
+        VmmRequest::Action(ActionType::SendPowerButton),
         VmmRequest::PatchBalloon(model::api::BalloonUpdate { amount_mib: 1 }),
         VmmRequest::PatchBalloonStats(model::api::BalloonStatsUpdate { stats_polling_interval_s: 1 }),
         VmmRequest::PatchDrive {
