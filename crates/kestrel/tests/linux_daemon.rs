@@ -21,6 +21,8 @@ const HOST_IP: &str = "10.79.0.1";
 const GUEST_IP: &str = "10.79.0.50";
 /// What the guest finds at the start of its disk.
 const DISK_MARKER: &str = "kestrel-pool-volume-marker";
+/// A hang limit, not a speed goal: a kit boot takes ~20 s on an idle host here, minutes under load.
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
 
 #[test]
 fn a_managed_linux_vm_gets_its_address_reaches_the_host_and_powers_off_with_acpi() {
@@ -63,7 +65,7 @@ fn a_managed_linux_vm_gets_its_address_reaches_the_host_and_powers_off_with_acpi
     let script = format!(
         "printf '#!/bin/sh\\n[ \"$1\" = bound ] && ifconfig $interface $ip netmask $subnet\\n' > /tmp/dhcp.sh; \
          chmod +x /tmp/dhcp.sh; ip link set eth0 up; \
-         udhcpc -i eth0 -n -q -t 20 -T 1 -s /tmp/dhcp.sh >/dev/null 2>&1; \
+         udhcpc -i eth0 -n -q -t 20 -T 1 -s /tmp/dhcp.sh; \
          echo \"kestrel-dhcp: $(ip -4 -o addr show dev eth0 | tr -s ' ' | cut -d' ' -f4)\"; \
          ping -c 1 -W 10 {HOST_IP} >/dev/null && echo kestrel-ping: ok; \
          echo \"kestrel-disk: $(head -c {} /dev/vda)\"; \
@@ -90,7 +92,7 @@ fn a_managed_linux_vm_gets_its_address_reaches_the_host_and_powers_off_with_acpi
     ]);
     daemon.cli_ok(&["vm", "start", "lin"]);
 
-    let console = wait_for_console(&daemon, "kestrel-ready", LINUX_LIMIT);
+    let console = wait_for_console(&daemon, "kestrel-ready", BOOT_LIMIT);
     assert!(console.contains(&format!("kestrel-dhcp: {GUEST_IP}/24")), "no reserved lease:\n{console}");
     assert!(console.contains("kestrel-ping: ok"), "the guest did not reach the host:\n{console}");
     assert!(console.contains(&format!("kestrel-disk: {DISK_MARKER}")), "the volume:\n{console}");
