@@ -342,3 +342,136 @@ fn sigterm_stops_the_daemon_despite_followers_and_leaves_vms_running() {
     assert_eq!(expect(&daemon, "GET", "/v1/vms/stays", "", 200)["pid"].as_u64(), Some(u64::from(pid)));
     expect(&daemon, "POST", "/v1/vms/stays/destroy", "", 200);
 }
+
+/// Sends `signal` to a VMM the test started through the daemon.
+fn signal_vmm(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; `pid` is a live VMM of this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid} {signal}");
+}
+
+#[test]
+fn an_unresponsive_vmm_is_adopted_as_recorded_and_never_killed() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let pid = running_hang(&daemon, "frozen")["pid"].as_u64().unwrap() as u32;
+    daemon.kill();
+    // Its API cannot answer (as when it is busy writing a large snapshot): the new daemon must
+    // not take that for a VMM whose guest never started.
+    signal_vmm(pid, libc::SIGSTOP);
+    daemon.restart();
+    let info = expect(&daemon, "GET", "/v1/vms/frozen", "", 200);
+    assert_eq!(
+        (info["state"].as_str(), info["pid"].as_u64()),
+        (Some("running"), Some(u64::from(pid))),
+        "{info}\n{}",
+        daemon.log()
+    );
+    assert_eq!(vmm_pids(&daemon.state_dir), [pid], "the VMM lives on");
+    assert!(daemon.log().contains("unresponsive"), "{}", daemon.log());
+    assert!(events(&daemon).iter().any(|(kind, object, _)| kind == "adopted" && object == "frozen"));
+    // It is watched like any adopted VMM.
+    signal_vmm(pid, libc::SIGCONT);
+    let destroyed = expect(&daemon, "POST", "/v1/vms/frozen/destroy", "", 200);
+    assert_eq!(
+        (destroyed["state"].as_str(), destroyed["last_exit"]["outcome"].as_str()),
+        (Some("stopped"), Some("destroyed"))
+    );
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_exits_and_changes_nothing() {
+    if !common::kvm_available() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let pid = running_hang(&daemon, "kept")["pid"].as_u64().unwrap() as u32;
+    let events_before = events(&daemon);
+    let other_socket = daemon.dir.path().join("other.sock");
+    let mut second = common::kestrel();
+    second
+        .args(["daemon", "--foreground", "--state-dir"])
+        .arg(&daemon.state_dir)
+        .arg("--socket")
+        .arg(&other_socket);
+    let output = common::run_to_end(second, b"");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = common::stderr(&output);
+    assert!(stderr.contains("is in use by another kestrel daemon"), "{stderr}");
+    assert!(!other_socket.exists(), "the second daemon never listened");
+    // The first daemon and its VM saw nothing of it.
+    assert_eq!(vmm_pids(&daemon.state_dir), [pid]);
+    let info = expect(&daemon, "GET", "/v1/vms/kept", "", 200);
+    assert_eq!((info["state"].as_str(), info["pid"].as_u64()), (Some("running"), Some(u64::from(pid))));
+    assert_eq!(events(&daemon), events_before, "no adoption, stop or kill was recorded");
+    assert!(!daemon.log().contains("killing"), "{}", daemon.log());
+    expect(&daemon, "POST", "/v1/vms/kept/destroy", "", 200);
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_socket = dir.path().join("kestrel.db");
+    std::fs::write(&not_a_socket, b"someone's data").unwrap();
+    let mut daemon = common::kestrel();
+    daemon
+        .args(["daemon", "--foreground", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&not_a_socket);
+    let output = common::run_to_end(daemon, b"");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(common::stderr(&output).contains("not a socket"), "{}", common::stderr(&output));
+    assert_eq!(std::fs::read(&not_a_socket).unwrap(), b"someone's data");
+}
+
+#[test]
+fn a_row_that_cannot_be_read_hides_no_vm_and_its_vmm_is_neither_swept_nor_orphaned() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let a = running_hang(&daemon, "a")["pid"].as_u64().unwrap() as u32;
+    let b_info = running_hang(&daemon, "b");
+    let b = b_info["pid"].as_u64().unwrap() as u32;
+    let b_uuid = b_info["uuid"].as_str().unwrap().to_owned();
+    daemon.kill();
+    // b's definition no longer decodes (still JSON, so `vm list` reads its row).
+    let store = manager::store::Store::open(&daemon.state_dir.join("kestrel.db"), &[]).unwrap();
+    let definition: String = store
+        .lock()
+        .query_row("SELECT definition FROM vms WHERE uuid = ?1", (&b_uuid,), |row| row.get(0))
+        .unwrap();
+    store
+        .lock()
+        .execute(r#"UPDATE vms SET definition = '{"cpus": 1, "memory_mib": 32}' WHERE uuid = ?1"#, (&b_uuid,))
+        .unwrap();
+    daemon.restart();
+    let info = expect(&daemon, "GET", "/v1/vms/a", "", 200);
+    assert_eq!(
+        (info["state"].as_str(), info["pid"].as_u64()),
+        (Some("running"), Some(u64::from(a))),
+        "{info}"
+    );
+    let mut both = vec![a, b];
+    both.sort_unstable();
+    assert_eq!(vmm_pids(&daemon.state_dir), both, "b's VMM is left alone:\n{}", daemon.log());
+    assert!(daemon.log().contains(&format!("VM {b_uuid}: its record cannot be read")), "{}", daemon.log());
+
+    // Mended while the daemon runs, b is recorded running with no watcher: destroying it kills
+    // its VMM (the recorded PID and start time) rather than leaving it running unseen.
+    store.lock().execute("UPDATE vms SET definition = ?2 WHERE uuid = ?1", (&b_uuid, &definition)).unwrap();
+    let destroyed = expect(&daemon, "POST", "/v1/vms/b/destroy", "", 200);
+    assert_eq!(
+        (destroyed["state"].as_str(), destroyed["last_exit"]["outcome"].as_str()),
+        (Some("stopped"), Some("destroyed")),
+        "{destroyed}"
+    );
+    assert_eq!(vmm_pids(&daemon.state_dir), [a], "b's VMM is gone");
+    assert_consistent(&daemon);
+    expect(&daemon, "DELETE", "/v1/vms/b", "", 204);
+    expect(&daemon, "POST", "/v1/vms/a/destroy", "", 200);
+    wait_for_vmms(&daemon.state_dir, 0);
+}

@@ -1,6 +1,6 @@
-//! `kestrel daemon`: sets up the state directory and the store, brings the VMs the store knows
-//! back under watch, and serves the API until SIGTERM or SIGINT. Stopping the daemon leaves
-//! every VM running.
+//! `kestrel daemon`: takes the state directory (one daemon per directory: a lock held for the
+//! process's life), sets up the store, brings the VMs the store knows back under watch, and
+//! serves the API until SIGTERM or SIGINT. Stopping the daemon leaves every VM running.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub enum DaemonError {
     Listen { path: String, source: std::io::Error },
     #[error("{path} is in use by a running daemon")]
     SocketInUse { path: String },
+    #[error("the state directory {path} is in use by another kestrel daemon (it holds {path}/{lock})", lock = STATE_LOCK)]
+    StateDirInUse { path: String },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the API server failed: {0}")]
@@ -51,6 +53,9 @@ pub fn run(options: DaemonOptions) -> Result<(), DaemonError> {
 async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     let paths = options.paths.clone();
     create_private_dir(&paths.state_dir)?;
+    // Before anything reads or changes the state directory (the store, the VMMs, the pools'
+    // and networks' files), and for as long as this process lives: one daemon per directory.
+    let _state_lock = lock_state_dir(&paths.state_dir)?;
     create_private_dir(&paths.state_dir.join("vms"))?;
     let store = Arc::new(Store::open(
         &paths.store(),
@@ -103,6 +108,37 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
 /// How long requests in flight may take to finish once the daemon is told to stop.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The lock file in the state directory that the running daemon holds.
+pub const STATE_LOCK: &str = "kestrel.lock";
+
+/// Takes the state directory's lock (`flock` on [`STATE_LOCK`], 0600), or fails with
+/// [`DaemonError::StateDirInUse`] while another daemon holds it. The lock goes with the
+/// returned file, so with this process: a killed daemon never leaves it held. The file is close-on-exec, so no VMM or dnsmasq inherits it.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(STATE_LOCK);
+    let error = |source| DaemonError::StateDir { path: path.display().to_string(), source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(error)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        let source = std::io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DaemonError::StateDirInUse { path: dir.display().to_string() });
+        }
+        return Err(error(source));
+    }
+    Ok(file)
+}
+
 fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -112,7 +148,8 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::StateDir { path: path.display().to_string(), source })
 }
 
-/// Binds the API socket: a stale one (nobody listening) is replaced, a live one is refused.
+/// Binds the API socket: a stale one (nobody listening) is replaced, a live one is refused,
+/// and anything else at that path (a file, a directory) is left alone and refused.
 /// The socket is 0660, so the daemon's group may use it and nobody else.
 async fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonError> {
     use std::os::unix::fs::PermissionsExt;
@@ -128,8 +165,16 @@ async fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, Daemon
     if tokio::net::UnixStream::connect(path).await.is_ok() {
         return Err(DaemonError::SocketInUse { path: path.display().to_string() });
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if std::os::unix::fs::FileTypeExt::is_socket(&metadata.file_type()) => {
+            std::fs::remove_file(path).map_err(listen_error)?
+        }
+        Ok(_) => {
+            return Err(listen_error(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "something that is not a socket is there (it is left as it is)",
+            )))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(listen_error(e)),
     }
@@ -169,4 +214,49 @@ async fn termination() {
         _ = int.recv() => {}
     }
     tracing::info!("kestrel daemon: stopping (the VMs keep running)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        // A regular file (say, the store named by mistake) is refused and kept.
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(matches!(bind(&path).await, Err(DaemonError::Listen { .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+        // A directory, too.
+        std::fs::create_dir(&path).unwrap();
+        assert!(matches!(bind(&path).await, Err(DaemonError::Listen { .. })));
+        assert!(path.is_dir());
+        std::fs::remove_dir(&path).unwrap();
+        // A live socket is refused; a stale one (nobody listens) is replaced.
+        let live = bind(&path).await.unwrap();
+        assert!(matches!(bind(&path).await, Err(DaemonError::SocketInUse { .. })));
+        drop(live);
+        assert!(path.exists(), "a dropped listener leaves its socket file");
+        let _again = bind(&path).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+    }
+
+    #[test]
+    fn one_daemon_holds_a_state_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_state_dir(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(STATE_LOCK)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // flock locks belong to the open file description: a second open (another daemon) is
+        // refused even within one process.
+        let error = lock_state_dir(dir.path()).unwrap_err();
+        assert!(matches!(error, DaemonError::StateDirInUse { .. }), "{error}");
+        assert!(error.to_string().contains("in use by another kestrel daemon"), "{error}");
+        drop(held);
+        lock_state_dir(dir.path()).unwrap();
+    }
 }

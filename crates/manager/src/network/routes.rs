@@ -36,7 +36,7 @@ async fn info(State(state): State<AppState>, Path(net): Path<String>) -> ApiResu
 }
 
 async fn undefine(State(state): State<AppState>, Path(net): Path<String>) -> ApiResult<StatusCode> {
-    let users = state.vms.users_of_network(&net);
+    let users = state.vms.users_of_network(&net)?;
     let was_active = state.networks.info(&net)?.active;
     state.networks.undefine(&net, users).await?;
     if was_active {

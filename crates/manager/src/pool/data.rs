@@ -88,7 +88,7 @@ pub(super) async fn upload(
             &reference,
             Some("uploaded".into()),
         );
-        pools.volume_info(&pool, &name, &|r| state.vms.users_of_volume(r))
+        pools.volume_info(&pool, &name, &|r| state.vms.users_of_volume(r).unwrap_or_default())
     })
     .await
 }

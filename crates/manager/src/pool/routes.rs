@@ -55,7 +55,7 @@ async fn pool_info(State(state): State<AppState>, Path(pool): Path<String>) -> A
 }
 
 async fn undefine_pool(State(state): State<AppState>, Path(pool): Path<String>) -> ApiResult<StatusCode> {
-    blocking(move || state.pools.undefine(&pool, &|r| state.vms.users_of_volume(r))).await?;
+    blocking(move || with_users(&state, |users| state.pools.undefine(&pool, users))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -70,7 +70,7 @@ async fn list_volumes(
     State(state): State<AppState>,
     Path(pool): Path<String>,
 ) -> ApiResult<Json<Vec<VolumeInfo>>> {
-    blocking(move || state.pools.volumes(&pool, &|r| state.vms.users_of_volume(r))).await.map(Json)
+    blocking(move || with_users(&state, |users| state.pools.volumes(&pool, users))).await.map(Json)
 }
 
 async fn create_volume(
@@ -93,7 +93,7 @@ async fn volume_info(
     State(state): State<AppState>,
     Path((pool, vol)): Path<(String, String)>,
 ) -> ApiResult<Json<VolumeInfo>> {
-    blocking(move || state.pools.volume_info(&pool, &vol, &|r| state.vms.users_of_volume(r))).await.map(Json)
+    blocking(move || with_users(&state, |users| state.pools.volume_info(&pool, &vol, users))).await.map(Json)
 }
 
 async fn delete_volume(
@@ -101,7 +101,7 @@ async fn delete_volume(
     Path((pool, vol)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     blocking(move || {
-        state.pools.delete_volume(&pool, &vol, &|r| state.vms.users_of_volume(r))?;
+        with_users(&state, |users| state.pools.delete_volume(&pool, &vol, users))?;
         state.events.emit(EventKind::VolumeDeleted, &format!("{pool}/{vol}"), None);
         Ok(())
     })
@@ -143,4 +143,18 @@ async fn download(
     Path((pool, vol)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     data::download(state, pool, vol).await
+}
+
+/// Runs `work` with the store's answer to "which VMs use this volume". A store that cannot say
+/// counts as a user (so nothing is deleted on it), and its error (503) is the answer.
+fn with_users<T>(state: &AppState, work: impl FnOnce(super::UsersOf<'_>) -> ApiResult<T>) -> ApiResult<T> {
+    let failed = std::cell::Cell::new(None);
+    let users_of = |reference: &str| {
+        state.vms.users_of_volume(reference).unwrap_or_else(|error| {
+            failed.set(Some(error));
+            vec!["(unknown: the store cannot say)".to_owned()]
+        })
+    };
+    let result = work(&users_of);
+    failed.into_inner().map_or(result, Err)
 }

@@ -229,7 +229,7 @@ impl Vms {
     /// killed mid-start) is killed before a new one starts: never two VMMs for one VM.
     async fn kill_stray(&self, uuid: &str) {
         let socket = self.paths.vmm_socket(uuid);
-        let Some(pid) = process::socket_peer(&socket) else { return };
+        let Some(pid) = process::socket_peer(&socket).await else { return };
         if self.runtime_of(uuid).is_some_and(|r| r.pid == pid) {
             return;
         }
@@ -257,12 +257,10 @@ impl Vms {
         self.info(&record.uuid)
     }
 
-    async fn destroy_locked(&self, _state: &AppState, record: &Record) -> ApiResult<()> {
+    async fn destroy_locked(&self, state: &AppState, record: &Record) -> ApiResult<()> {
         let Some(runtime) = self.runtime_of(&record.uuid) else {
             if record.state.is_active() {
-                // Recorded as running with no VMM behind it: say so in the store.
-                records::set_ended(&self.store, &record.uuid, None, VmState::Stopped, None)?;
-                return Ok(());
+                return self.destroy_unwatched(state, record).await;
             }
             return Err(ManagerError::conflict(format!("VM '{}' is not running", record.name())));
         };
@@ -277,6 +275,36 @@ impl Vms {
                 record.name()
             )));
         }
+        Ok(())
+    }
+
+    /// Destroys a VM the store says is active but that no watcher holds (its record could not
+    /// be read when the daemon started): its recorded VMM, if that is still the process the
+    /// store names, is killed before the VM is recorded stopped, so no VMM runs on unseen.
+    async fn destroy_unwatched(&self, state: &AppState, record: &Record) -> ApiResult<()> {
+        let name = record.name();
+        let mut ended = process::Ended::default();
+        if let Some((pid, pidfd)) = self.recorded_vmm(record) {
+            tracing::warn!("VM {name}: killing its unwatched VMM {pid}");
+            // Not the daemon's child, so nothing reaps it here: it ended by this SIGKILL.
+            let reaped = process::kill_and_wait(&pidfd, KILL_LIMIT).await;
+            ended = reaped.unwrap_or(process::Ended { status: None, signal: Some(libc::SIGKILL) });
+            if !pidfd.has_ended() {
+                return Err(ManagerError::internal(format!(
+                    "VM '{name}': its VMM {pid} did not end after SIGKILL"
+                )));
+            }
+        }
+        state.networks.unplug_vm(&record.uuid).await;
+        let exit = model::manager::vm::ExitRecord {
+            at: now_secs(),
+            status: ended.status,
+            signal: ended.signal,
+            outcome: "destroyed".to_owned(),
+            console_tail: process::tail(&self.paths.console_log(&record.uuid), 10),
+        };
+        records::set_ended(&self.store, &record.uuid, None, VmState::Stopped, Some(&exit))?;
+        state.events.emit(EventKind::Stopped, name, Some("destroyed".into()));
         Ok(())
     }
 

@@ -81,19 +81,19 @@ impl Vms {
         Ok(self.info_of(&record))
     }
 
-    /// The names of the defined VMs whose definitions use the volume `POOL/VOLUME`.
-    pub fn users_of_volume(&self, reference: &str) -> Vec<String> {
-        records::users_of_volume(&self.store, reference).unwrap_or_else(|e| {
-            tracing::error!("cannot look up the users of volume {reference}: {e}");
-            Vec::new()
+    /// The names of the defined VMs whose definitions use the volume `POOL/VOLUME`. A store
+    /// that cannot say is an error (503), never "nobody": a deletion must not go ahead on it.
+    pub fn users_of_volume(&self, reference: &str) -> ApiResult<Vec<String>> {
+        records::users_of_volume(&self.store, reference).map_err(|e| {
+            ManagerError::unavailable(format!("cannot look up the VMs using volume {reference}: {e}"))
         })
     }
 
-    /// The names of the defined VMs with a card on network `name`.
-    pub fn users_of_network(&self, name: &str) -> Vec<String> {
-        records::users_of_network(&self.store, name).unwrap_or_else(|e| {
-            tracing::error!("cannot look up the users of network {name}: {e}");
-            Vec::new()
+    /// The names of the defined VMs with a card on network `name`; a store that cannot say is
+    /// an error (503).
+    pub fn users_of_network(&self, name: &str) -> ApiResult<Vec<String>> {
+        records::users_of_network(&self.store, name).map_err(|e| {
+            ManagerError::unavailable(format!("cannot look up the VMs using network {name}: {e}"))
         })
     }
 

@@ -141,7 +141,8 @@ pub struct Spawn<'a> {
 pub struct Spawned {
     pub pid: u32,
     pub pidfd: PidFd,
-    pub start_time: u64,
+    /// Its start time (`/proc/PID/stat`), when `/proc` could say.
+    pub start_time: Option<u64>,
 }
 
 /// Starts `kestrel vmm` in its own session: stdin the console FIFO (opened read-write, so the
@@ -187,7 +188,9 @@ pub fn spawn(what: &Spawn<'_>) -> std::io::Result<Spawned> {
     // The child is reaped through its pidfd (waitid), not through `Child`.
     drop(child);
     let pidfd = PidFd::open(pid)?;
-    let start_time = start_time(pid).unwrap_or(0);
+    // Unknown only if /proc cannot be read: then the VMM is told by its command line instead
+    // (never by a made-up start time, which would disown it after a daemon restart).
+    let start_time = start_time(pid);
     Ok(Spawned { pid, pidfd, start_time })
 }
 
@@ -213,25 +216,17 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// How long finding a socket's listener may take: a VMM that is stopped or wedged, with its
+/// listen backlog full, must not hold up the daemon.
+const PEER_LIMIT: Duration = Duration::from_secs(1);
+
 /// The PID of the process listening on the Unix socket `socket`, from SO_PEERCRED; `None` when
-/// nothing answers there.
-pub fn socket_peer(socket: &Path) -> Option<u32> {
-    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    // SAFETY: ucred is plain data that getsockopt fills.
-    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED on a connected Unix socket writes one ucred into our buffer of that
-    // size.
-    let result = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut credentials as *mut libc::ucred).cast(),
-            &mut length,
-        )
-    };
-    (result == 0 && credentials.pid > 0).then_some(credentials.pid as u32)
+/// nothing answers there within [`PEER_LIMIT`].
+pub async fn socket_peer(socket: &Path) -> Option<u32> {
+    let stream =
+        tokio::time::timeout(PEER_LIMIT, tokio::net::UnixStream::connect(socket)).await.ok()?.ok()?;
+    let pid = stream.peer_cred().ok()?.pid()?;
+    u32::try_from(pid).ok().filter(|pid| *pid > 0)
 }
 
 /// Kills the process behind `pidfd` and waits (bounded) for its end; reaps it if it is ours.
@@ -256,22 +251,42 @@ pub fn vmm_processes(vms_dir: &Path) -> Vec<(u32, PathBuf)> {
         if std::os::unix::fs::MetadataExt::uid(&metadata) != uid {
             continue;
         }
-        let Some(cmdline) = read_bounded(&entry.path().join("cmdline"), 64 << 10) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1) != Some(&&b"vmm"[..]) {
-            continue;
-        }
-        let socket = args
-            .windows(2)
-            .find(|w| w[0] == b"--api-sock")
-            .map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w[1])));
-        if let Some(socket) = socket {
+        if let Some(socket) = vmm_socket_of(pid) {
             if socket.starts_with(vms_dir) {
                 found.push((pid, socket));
             }
         }
     }
     found
+}
+
+/// The API socket of the process `pid` when it is a `kestrel vmm` (its `--api-sock`), from its
+/// command line.
+pub fn vmm_socket_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = read_bounded(&PathBuf::from(format!("/proc/{pid}/cmdline")), 64 << 10)?;
+    vmm_socket_in(&cmdline)
+}
+
+/// The `--api-sock` of a `kestrel vmm` command line (NUL-separated arguments).
+fn vmm_socket_in(cmdline: &[u8]) -> Option<PathBuf> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args.get(1) != Some(&&b"vmm"[..]) {
+        return None;
+    }
+    args.windows(2).find(|w| w[0] == b"--api-sock").map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w[1])))
+}
+
+/// Whether `pid` (opened as `pidfd`) is still the VMM the store recorded: the same start time
+/// when one was recorded, else a `kestrel vmm` serving `socket`. A PID reused by another
+/// process fails both.
+pub fn is_recorded_vmm(pid: u32, pidfd: &PidFd, pid_start: Option<u64>, socket: &Path) -> bool {
+    // Checked after the pidfd was opened, so the process checked is the one the pidfd holds
+    // (unless it ended in between, which `has_ended` then says).
+    let same = match pid_start {
+        Some(recorded) => start_time(pid) == Some(recorded),
+        None => vmm_socket_of(pid).as_deref() == Some(socket),
+    };
+    same && !pidfd.has_ended()
 }
 
 /// The exit status `kestrel vmm --exit-status-file` wrote, if it did.
@@ -355,6 +370,59 @@ mod tests {
             std::fs::write(&path, format!("{status}\n")).unwrap();
             proptest::prop_assert_eq!(read_exit_status(&path), Some(status));
         }
+    }
+
+    #[test]
+    fn the_api_socket_is_read_from_a_vmm_command_line_only() {
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        assert_eq!(
+            vmm_socket_in(&line(&["kestrel", "vmm", "--api-sock", "/s/vmm.sock", "--id", "x"])),
+            Some(PathBuf::from("/s/vmm.sock"))
+        );
+        assert_eq!(vmm_socket_in(&line(&["kestrel", "daemon", "--api-sock", "/s"])), None);
+        assert_eq!(vmm_socket_in(&line(&["kestrel", "vmm", "--api-sock"])), None);
+        assert_eq!(vmm_socket_of(std::process::id()), None, "this test is no VMM");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+        /// A command line is whatever a process of this user put there: any bytes are read
+        /// without a panic.
+        #[test]
+        fn command_lines_of_any_bytes_are_read_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+        ) {
+            let _ = vmm_socket_in(&bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_peer_of_a_socket_is_its_listener_and_nothing_else_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        assert_eq!(socket_peer(&path).await, None, "no socket");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(socket_peer(&path).await, Some(std::process::id()));
+        drop(listener);
+        assert_eq!(socket_peer(&path).await, None, "a stale socket");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert_eq!(socket_peer(&path).await, None, "a regular file");
+    }
+
+    #[tokio::test]
+    #[allow(clippy::zombie_processes)] // reaped through its pidfd by kill_and_wait
+    async fn a_recorded_vmm_is_told_by_its_start_time() {
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let pidfd = PidFd::open(pid).unwrap();
+        let started = start_time(pid).unwrap();
+        let socket = Path::new("/nowhere/vmm.sock");
+        assert!(is_recorded_vmm(pid, &pidfd, Some(started), socket));
+        assert!(!is_recorded_vmm(pid, &pidfd, Some(started + 1), socket), "a reused PID");
+        assert!(!is_recorded_vmm(pid, &pidfd, None, socket), "no start time, and not a VMM of that socket");
+        kill_and_wait(&pidfd, Duration::from_secs(10)).await;
+        assert!(!is_recorded_vmm(pid, &pidfd, Some(started), socket), "ended");
     }
 
     #[tokio::test]

@@ -123,14 +123,53 @@ impl RawRecord {
     }
 }
 
-/// Every VM, by name.
-pub fn list(store: &Store) -> Result<Vec<Record>, StoreError> {
+/// A row of `vms` that does not decode (a bad definition, state word or column): what could
+/// be read of it, so the daemon leaves its VMM alone.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub uuid: Option<String>,
+    pub pid: Option<u32>,
+    pub error: StoreError,
+}
+
+/// Every VM, by name, decoded row by row: one bad row does not hide the others.
+pub fn list_each(store: &Store) -> Result<(Vec<Record>, Vec<Unreadable>), StoreError> {
     let connection = store.lock();
     let mut statement = connection.prepare_cached(&format!("SELECT {COLUMNS} FROM vms ORDER BY name"))?;
-    let raw: Vec<RawRecord> = statement.query_map([], from_row)?.collect::<rusqlite::Result<_>>()?;
+    let mut rows = statement.query([])?;
+    let mut raw = Vec::new();
+    let mut unreadable = Vec::new();
+    while let Some(row) = rows.next()? {
+        match from_row(row) {
+            Ok(record) => raw.push(record),
+            Err(e) => unreadable.push(Unreadable {
+                uuid: row.get(0).ok(),
+                pid: row.get::<_, Option<i64>>(3).ok().flatten().and_then(|p| u32::try_from(p).ok()),
+                error: e.into(),
+            }),
+        }
+    }
+    drop(rows);
     drop(statement);
     drop(connection);
-    raw.into_iter().map(RawRecord::decode).collect()
+    let mut records = Vec::new();
+    for raw in raw {
+        let (uuid, pid) = (raw.uuid.clone(), raw.pid.and_then(|p| u32::try_from(p).ok()));
+        match raw.decode() {
+            Ok(record) => records.push(record),
+            Err(error) => unreadable.push(Unreadable { uuid: Some(uuid), pid, error }),
+        }
+    }
+    Ok((records, unreadable))
+}
+
+/// Every VM that can be read, by name; the rows that cannot are logged and left out.
+pub fn list(store: &Store) -> Result<Vec<Record>, StoreError> {
+    let (records, unreadable) = list_each(store)?;
+    for bad in unreadable {
+        tracing::warn!("VM {}: left out: {}", bad.uuid.as_deref().unwrap_or("(no UUID)"), bad.error);
+    }
+    Ok(records)
 }
 
 /// Every VM's summary, by name, without decoding the definitions (what `vm list` needs, fast
@@ -234,18 +273,18 @@ pub fn delete(store: &Store, uuid: &str) -> Result<(), StoreError> {
     })
 }
 
-/// A VMM was spawned: its PID and start time, state `starting`.
+/// A VMM was spawned: its PID and start time (NULL when unknown), state `starting`.
 pub fn set_spawned(
     store: &Store,
     uuid: &str,
     pid: u32,
-    pid_start: u64,
+    pid_start: Option<u64>,
     started_at: u64,
 ) -> Result<(), StoreError> {
     store.transaction(|tx| -> Result<(), StoreError> {
         tx.execute(
             "UPDATE vms SET state = ?2, pid = ?3, pid_start = ?4, started_at = ?5, taps = '[]' WHERE uuid = ?1",
-            params![uuid, state_name(VmState::Starting), pid, pid_start as i64, started_at as i64],
+            params![uuid, state_name(VmState::Starting), pid, pid_start.map(|t| t as i64), started_at as i64],
         )?;
         Ok(())
     })
@@ -351,10 +390,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_row_is_set_aside_and_the_others_still_read() {
+        let store = Store::in_memory(&[SCHEMA]).unwrap();
+        store.transaction(|tx| put_definition(tx, "u1", &definition("a"), true)).unwrap();
+        store.transaction(|tx| put_definition(tx, "u2", &definition("b"), true)).unwrap();
+        store.transaction(|tx| put_definition(tx, "u3", &definition("c"), true)).unwrap();
+        set_spawned(&store, "u2", 42, None, 100).unwrap();
+        let connection = store.lock();
+        connection.execute("UPDATE vms SET definition = '{\"cpus\": 1}' WHERE uuid = 'u2'", []).unwrap();
+        connection.execute("UPDATE vms SET state = 'bogus', pid = 43 WHERE uuid = 'u3'", []).unwrap();
+        drop(connection);
+        assert_eq!(list(&store).unwrap().iter().map(Record::name).collect::<Vec<_>>(), ["a"]);
+        let (records, unreadable) = list_each(&store).unwrap();
+        assert_eq!(records.iter().map(Record::name).collect::<Vec<_>>(), ["a"]);
+        let mut bad: Vec<_> = unreadable.iter().map(|u| (u.uuid.as_deref(), u.pid)).collect();
+        bad.sort();
+        assert_eq!(bad, [(Some("u2"), Some(42)), (Some("u3"), Some(43))]);
+    }
+
+    #[test]
     fn an_end_is_recorded_only_for_the_recorded_vmm() {
         let store = Store::in_memory(&[SCHEMA]).unwrap();
         store.transaction(|tx| put_definition(tx, "u1", &definition("web"), true)).unwrap();
-        set_spawned(&store, "u1", 42, 7, 100).unwrap();
+        set_spawned(&store, "u1", 42, Some(7), 100).unwrap();
         assert!(set_active_state(&store, "u1", 42, VmState::Running).unwrap());
         assert!(!set_ended(&store, "u1", Some(43), VmState::Stopped, None).unwrap());
         assert_eq!(find(&store, "u1").unwrap().unwrap().state, VmState::Running);

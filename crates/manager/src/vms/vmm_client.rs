@@ -236,9 +236,9 @@ impl Vmm<'_> {
         self.put("/actions", serde_json::json!({ "action_type": action_type })).await
     }
 
-    /// `GET /`: the instance's state.
-    pub async fn instance(&self) -> Result<api::InstanceInfo, ManagerError> {
-        let body = self.call(Method::GET, "/", None, REQUEST_LIMIT).await?;
+    /// `GET /`: the instance's state, answered within `limit`.
+    pub async fn instance_within(&self, limit: Duration) -> Result<api::InstanceInfo, ManagerError> {
+        let body = self.call(Method::GET, "/", None, limit).await?;
         serde_json::from_slice(&body).map_err(|e| {
             ManagerError::internal(format!("VM '{}': the VMM's GET / is not understood: {e}", self.vm))
         })
