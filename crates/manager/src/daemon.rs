@@ -68,13 +68,14 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         store,
     });
     let listener = bind(&paths.socket).await?;
-    shared.pools.after_bind(); // pools: a previous daemon's temporary files, now that we hold the socket
-                               // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
-                               // Active and autostart networks come back (a host reboot lost their bridges) and their
-                               // watchdog starts after the bind, so a second daemon never touches them, and before the
-                               // API serves, so a client's first request finds them up. The autostart VMs, whose cards
-                               // need the networks, start in the background. A failure is logged; the daemon serves all
-                               // the same.
+    // pools: a previous daemon's temporary files go only now that this one holds the socket.
+    shared.pools.after_bind();
+    // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
+    // Active and autostart networks come back (a host reboot lost their bridges) and their
+    // watchdog starts after the bind, so a second daemon never touches them, and before the
+    // API serves, so a client's first request finds them up. The autostart VMs, whose cards
+    // need the networks, start in the background. A failure is logged; the daemon serves all
+    // the same.
     shared.vms.reconcile(&shared).await;
     if let Err(e) = shared.networks.start_autostart().await {
         tracing::error!("networks: {e}");
