@@ -20,6 +20,7 @@ use serde::Serialize;
 use storage::image::Progress;
 
 use crate::manager_client::{Client, ClientError};
+use crate::table::{self, Table};
 use crate::{exit_status, report};
 
 #[derive(Args, Debug)]
@@ -316,14 +317,14 @@ fn vol(args: VolArgs) -> Result<(), CliError> {
     }
 }
 
+/// Prints the answer through the CLI's common output (`crate::table`): JSON with `--json`,
+/// else `text`, one line or a table.
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<(), CliError> {
-    if json {
-        let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Usage(e.to_string()))?;
-        println!("{text}");
-    } else {
-        let text = text();
-        println!("{}", text.trim_end());
-    }
+    table::emit(json, value, |_| {
+        let mut text = text().trim_end().to_owned();
+        text.push('\n');
+        text
+    });
     Ok(())
 }
 
@@ -460,59 +461,38 @@ fn human(bytes: u64) -> String {
     format!("{} {}", text.trim_end_matches(".0"), UNITS[unit])
 }
 
-/// Columns padded to their widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        padded.join("  ").trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        out += &line(row);
-    }
-    out
-}
-
 fn pool_table(pools: &[PoolInfo]) -> String {
-    let rows = pools
-        .iter()
-        .map(|p| {
-            vec![
-                p.definition.name.clone(),
-                p.volumes.to_string(),
-                human(p.capacity_bytes),
-                human(p.available_bytes),
-                p.definition.path.display().to_string(),
-            ]
-        })
-        .collect();
-    table(&["NAME", "VOLUMES", "CAPACITY", "AVAILABLE", "PATH"], rows)
+    let mut out = Table::new(["NAME", "VOLUMES", "CAPACITY", "AVAILABLE", "PATH"]);
+    for p in pools {
+        out.row([
+            p.definition.name.clone(),
+            p.volumes.to_string(),
+            human(p.capacity_bytes),
+            human(p.available_bytes),
+            p.definition.path.display().to_string(),
+        ]);
+    }
+    out.render()
 }
 
 fn volume_table(volumes: &[VolumeInfo]) -> String {
-    let rows = volumes
-        .iter()
-        .map(|v| {
-            vec![
-                v.name.clone(),
-                match v.format {
-                    ImageFormat::Raw => "raw".into(),
-                    ImageFormat::Qcow2 => "qcow2".into(),
-                },
-                human(v.size_bytes),
-                human(v.allocated_bytes),
-                v.backing.clone().unwrap_or_else(|| "-".into()),
-                if v.used_by.is_empty() { "-".into() } else { v.used_by.join(",") },
-            ]
-        })
-        .collect();
-    table(&["NAME", "FORMAT", "SIZE", "ALLOCATED", "BACKING", "USED BY"], rows)
+    let mut out = Table::new(["NAME", "FORMAT", "SIZE", "ALLOCATED", "BACKING", "USED BY"]);
+    for v in volumes {
+        let format = match v.format {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        };
+        let used_by = if v.used_by.is_empty() { "-".to_owned() } else { v.used_by.join(",") };
+        out.row([
+            v.name.clone(),
+            format.to_owned(),
+            human(v.size_bytes),
+            human(v.allocated_bytes),
+            table::or_dash(v.backing.as_deref()),
+            used_by,
+        ]);
+    }
+    out.render()
 }
 
 fn refresh_text(pool: &str, report: &PoolRefresh) -> String {
@@ -543,7 +523,16 @@ mod tests {
         assert_eq!(human(512), "512 B");
         assert_eq!(human(10 << 30), "10 GiB");
         assert_eq!(human(3 << 19), "1.5 MiB");
-        let text = table(&["A", "LONGER"], vec![vec!["xyz".into(), "1".into()]]);
-        assert_eq!(text, "A    LONGER\nxyz  1\n");
+        let volume = VolumeInfo {
+            pool: "p".into(),
+            name: "disk".into(),
+            format: ImageFormat::Qcow2,
+            size_bytes: 1 << 30,
+            allocated_bytes: 0,
+            backing: None,
+            used_by: vec!["web".into()],
+        };
+        let text = volume_table(&[volume]);
+        assert_eq!(text.lines().nth(1), Some("disk  qcow2   1 GiB  0 B        -        web"), "{text}");
     }
 }

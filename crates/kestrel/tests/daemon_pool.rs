@@ -177,6 +177,29 @@ fn an_upload_is_streamed_and_downloads_the_same_bytes() {
 }
 
 #[test]
+fn an_upload_of_a_sparse_image_stays_sparse() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let (daemon, pool) = daemon_with_pool();
+    // 64 MiB, of which 1 MiB of data in pieces (at the start, at odd offsets, at the very end).
+    let source = daemon.dir.path().join("sparse.img");
+    let file = std::fs::File::create(&source).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let data = noise(1 << 18);
+    for offset in [0u64, (20 << 20) + 1234, (40 << 20) + 77] {
+        file.write_all_at(&data, offset).unwrap();
+    }
+    file.write_all_at(b"end", (64 << 20) - 3).unwrap();
+    drop(file);
+    daemon.cli_ok(&["vol", "import", "p", common::path_str(&source), "--format", "raw"]);
+    let volume = pool.join("sparse.img");
+    let meta = std::fs::metadata(&volume).unwrap();
+    assert_eq!(meta.len(), 64 << 20);
+    let allocated = meta.blocks() * 512;
+    assert!(allocated < 8 << 20, "a 64 MiB image of 1 MiB of data took {allocated} bytes in the pool");
+    assert!(std::fs::read(&volume).unwrap() == std::fs::read(&source).unwrap(), "the bytes differ");
+}
+
+#[test]
 fn a_qcow2_upload_is_probed_checked_and_keeps_its_backing_in_the_pool() {
     let Some(qemu_img) = common::host_tool("qemu-img") else { return };
     let (daemon, pool) = daemon_with_pool();

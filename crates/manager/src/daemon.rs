@@ -69,10 +69,12 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         // --- end core ---
         consoles: crate::console::Consoles::new(&paths),
         networks: crate::network::Networks::new(store.clone(), &paths),
-        pools: crate::pool::Pools::new(store.clone()),
+        pools: crate::pool::Pools::new(store.clone(), &paths.state_dir),
         store,
     });
     let listener = bind(&paths.socket).await?;
+    // pools: a previous daemon's temporary files go only now that this one holds the socket.
+    shared.pools.after_bind();
     // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
     // Active and autostart networks come back (a host reboot lost their bridges) and their
     // watchdog starts after the bind, so a second daemon never touches them, and before the

@@ -11,7 +11,7 @@ use model::manager::name::check_name;
 use model::manager::pool::VolumeInfo;
 use storage::lock::{self, Access};
 use storage::qcow2::{self, header, Qcow2Options};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::dir::PoolDir;
 use super::volumes::check_backing;
@@ -71,14 +71,20 @@ pub(super) async fn upload(
     let file = out.into_std().await;
     blocking(move || {
         let pools = &state.pools;
+        // The whole-image check runs before the pools' lock (nothing else can see the
+        // temporary file); under the lock only the backing file is looked up again (it may
+        // have been deleted meanwhile), then the file is published.
         let made = received.and_then(|()| {
             file.sync_all().map_err(|e| volume_io(&reference, e))?;
-            Ok(())
+            match format {
+                ImageFormat::Raw => Ok(()),
+                ImageFormat::Qcow2 => pools.check_uploaded_qcow2(&dir, &pool, &temp, &file),
+            }
         });
         let _changing = pools.changing();
         let made = made.and_then(|()| match format {
             ImageFormat::Raw => Ok(()),
-            ImageFormat::Qcow2 => pools.check_uploaded_qcow2(&dir, &pool, &temp, &file),
+            ImageFormat::Qcow2 => pools.check_uploaded_backing(&dir, &pool, &file),
         });
         drop(file);
         pools.publish(&dir, &pool, &temp, &name, format, made)?;
@@ -116,19 +122,75 @@ pub(super) async fn drain(body: Body) {
     while let Some(Ok(_)) = stream.next().await {}
 }
 
-/// Writes the request body into `out`, piece by piece as it arrives.
+/// Writes the request body into `out` (a new, empty file), piece by piece as it arrives.
+/// Blocks of zeros are skipped, not written: the file keeps the holes of a sparse image.
 async fn receive(out: &mut tokio::fs::File, body: Body, reference: &str) -> ApiResult<()> {
     let mut stream = body.into_data_stream();
+    let mut sparse = SparseWriter::default();
     while let Some(piece) = stream.next().await {
         let piece = piece
             .map_err(|e| ManagerError::invalid(format!("volume {reference}: the upload broke off: {e}")))?;
-        if let Err(e) = out.write_all(&piece).await {
+        if let Err(e) = sparse.write(out, &piece).await {
             // The rest is read and dropped (see `drain`).
             while let Some(Ok(_)) = stream.next().await {}
             return Err(volume_io(reference, e));
         }
     }
-    out.flush().await.map_err(|e| volume_io(reference, e))
+    sparse.finish(out).await.map_err(|e| volume_io(reference, e))
+}
+
+/// The granularity at which zeros become holes (a filesystem block).
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes a stream of bytes into a fresh file, seeking over blocks of zeros.
+#[derive(Default)]
+struct SparseWriter {
+    /// Bytes of the stream so far.
+    length: u64,
+    /// Where the file's position is.
+    position: u64,
+}
+
+impl SparseWriter {
+    async fn write(&mut self, out: &mut tokio::fs::File, piece: &[u8]) -> std::io::Result<()> {
+        // Runs of data are written whole; a block is skipped only if all of it is in `piece`
+        // or it ends there (a partial zero block at a piece's edge is a hole all the same: the
+        // file is new, and holes read as zeros).
+        let mut run_start = 0usize;
+        let mut index = 0usize;
+        while index < piece.len() {
+            let at = self.length + index as u64;
+            let len = ((HOLE_BLOCK - at % HOLE_BLOCK) as usize).min(piece.len() - index);
+            if piece[index..index + len].iter().all(|&b| b == 0) {
+                self.put(out, &piece[run_start..index], run_start).await?;
+                run_start = index + len;
+            }
+            index += len;
+        }
+        self.put(out, &piece[run_start..], run_start).await?;
+        self.length += piece.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `data`, found at `offset` in the current piece.
+    async fn put(&mut self, out: &mut tokio::fs::File, data: &[u8], offset: usize) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let at = self.length + offset as u64;
+        if at != self.position {
+            out.seek(std::io::SeekFrom::Start(at)).await?;
+        }
+        out.write_all(data).await?;
+        self.position = at + data.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes and gives the file its length (trailing zeros are a hole too).
+    async fn finish(&mut self, out: &mut tokio::fs::File) -> std::io::Result<()> {
+        out.flush().await?;
+        out.set_len(self.length).await
+    }
 }
 
 impl Pools {
@@ -150,14 +212,7 @@ impl Pools {
                 "it is marked dirty or corrupt (run `kestrel image check --repair` on it first)".into(),
             ));
         }
-        if let Some(backing) = &h.backing_file {
-            let lookup = |base: &str| {
-                let format = records::volume_format(&self.store, pool, base).ok().flatten()?;
-                let is_file = dir.kind(base).ok() == Some(super::dir::EntryKind::File);
-                is_file.then_some(Some(format))
-            };
-            check_backing(backing, h.backing_format.as_deref(), lookup).map_err(refuse)?;
-        }
+        self.check_uploaded_backing(dir, pool, file)?;
         let report = qcow2::check::check(file).map_err(|e| refuse(e.to_string()))?;
         if report.corruptions > 0 || report.check_errors > 0 {
             return Err(refuse(format!(
@@ -169,6 +224,25 @@ impl Pools {
         let copy = file.try_clone().map_err(|e| io_error("the upload", e))?;
         let options = Qcow2Options { writable: false, direct: false, allow_backing: true };
         qcow2::open(copy, &dir.through_fd(temp), &options).map_err(|e| refuse(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Pools {
+    /// An uploaded qcow2 image's backing file, if it names one, must be a volume of the pool
+    /// with its format named (cheap: the header only; run again under the pools' lock).
+    fn check_uploaded_backing(&self, dir: &PoolDir, pool: &str, file: &std::fs::File) -> ApiResult<()> {
+        let refuse =
+            |why: String| ManagerError::invalid(format!("the upload is not a usable qcow2 image: {why}"));
+        let h = header::read(file).map_err(|e| refuse(e.to_string()))?;
+        if let Some(backing) = &h.backing_file {
+            let lookup = |base: &str| {
+                let format = records::volume_format(&self.store, pool, base).ok().flatten()?;
+                let is_file = dir.kind(base).ok() == Some(super::dir::EntryKind::File);
+                is_file.then_some(Some(format))
+            };
+            check_backing(backing, h.backing_format.as_deref(), lookup).map_err(refuse)?;
+        }
         Ok(())
     }
 }

@@ -40,13 +40,38 @@ fn refuse_separators(name: &str) -> io::Result<()> {
 
 impl PoolDir {
     /// Opens the pool's directory, recorded canonical when the pool was defined: its last
-    /// component is not followed if it has since become a symlink.
+    /// component is not followed if it has since become a symlink. The directory must be owned
+    /// by root (or this process's user) and writable by no one else (sshd's StrictModes rule):
+    /// whoever may write it could swap a checked volume for a symlink to a host disk before
+    /// the VMM opens it.
     pub fn open(path: &Path) -> io::Result<PoolDir> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
+        // Checked on the descriptor, so it is the directory actually opened.
+        let meta = file.metadata()?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is owned by uid {}; a pool's directory must be owned by root (its owner could swap a volume for a host disk)",
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "its mode {:o} lets group or others write it; a pool's directory must be writable by its owner only (chmod go-w)",
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
         Ok(PoolDir { fd: file.into() })
     }
 
@@ -96,9 +121,9 @@ impl PoolDir {
     }
 
     /// Creates a new, empty, private (0600) temporary file in the directory; its name starts
-    /// with [`TEMP_PREFIX`] and this process's ID.
+    /// with [`TEMP_PREFIX`] and this process's random instance ID.
     pub fn create_temp(&self) -> io::Result<(String, File)> {
-        let name = format!("{TEMP_PREFIX}{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let name = format!("{TEMP_PREFIX}{}-{}", instance(), uuid::Uuid::new_v4().simple());
         let c = c_name(&name)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: as in `open_file`; the mode is passed as the variadic third argument.
@@ -228,12 +253,18 @@ fn clear_nonblocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's instance ID, random: a PID comes back after a reboot (systemd boots are
+/// deterministic), and a dead daemon's temporary files would then look like ours forever.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned())
+}
+
 /// Whether `name` is a temporary file of a process other than this one (left by a daemon that
 /// died while writing it).
 pub fn is_stale_temp(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(TEMP_PREFIX) else { return false };
-    let pid = rest.split('-').next().unwrap_or_default();
-    pid != std::process::id().to_string()
+    rest.split('-').next().unwrap_or_default() != instance()
 }
 
 #[cfg(test)]
@@ -261,6 +292,30 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let pool = tempfile::tempdir().unwrap();
+        for mode in [0o770, 0o757, 0o1777] {
+            std::fs::set_permissions(pool.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = PoolDir::open(pool.path()).err().expect("refused");
+            assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+            assert!(error.to_string().contains("writable by its owner only"), "{error}");
+        }
+        std::fs::set_permissions(pool.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        PoolDir::open(pool.path()).unwrap();
+        if running_as_root() {
+            std::os::unix::fs::chown(pool.path(), Some(65534), None).unwrap();
+            let error = PoolDir::open(pool.path()).err().expect("refused");
+            assert!(error.to_string().contains("owned by uid 65534"), "{error}");
+        }
+    }
+
+    fn running_as_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
     fn publish_never_replaces() {
         let pool = tempfile::tempdir().unwrap();
         let dir = PoolDir::open(pool.path()).unwrap();
@@ -269,7 +324,7 @@ mod tests {
         let (temp, _file) = dir.create_temp().unwrap();
         assert_eq!(dir.publish(&temp, "a").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
         assert!(!is_stale_temp(&temp));
-        assert!(is_stale_temp(&format!("{TEMP_PREFIX}1-abc")) || std::process::id() == 1);
+        assert!(is_stale_temp(&format!("{TEMP_PREFIX}{}-abc", std::process::id())));
         let mode = std::fs::metadata(pool.path().join("a")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);

@@ -7,8 +7,15 @@
 //! - `routes.rs`: `/v1/pools…`.
 //! - `transfer.rs`: the client's side of upload and download (for the CLI).
 //!
-//! Undefining a pool forgets it and its volumes' records; the files stay (define the pool again
-//! to get them back). It is refused while a defined VM uses one of its volumes.
+//! Undefining a pool forgets it; the files stay, and so does the record of their formats (kept by
+//! the directory's path), so defining the pool again gets them back as they were, never
+//! re-probed. It is refused while a defined VM uses one of its volumes.
+//!
+//! Who may write a pool's directory may swap a volume for a symlink to a host disk between the
+//! daemon's check and the VMM's open, so a pool's directory must be owned by root (or the
+//! daemon's user) and writable by no one else (see `PoolDir::open`); the VMM should open the
+//! path it is given with O_NOFOLLOW all the same. System directories and the daemon's own state
+//! directory (but its `pools/` folder) are refused as pools outright.
 
 mod data;
 mod dir;
@@ -37,9 +44,16 @@ pub struct Pools {
     store: Arc<Store>,
     /// Held by every change to a pool's set of volumes (create, clone, publish an upload, delete,
     /// refresh), so that a base is not deleted while a clone of it is made, nor a name taken
-    /// twice. Each holder does short file work only (no streaming under it).
+    /// twice. Each holder does short file work only (no streaming, no whole-image checks).
     changes: Mutex<()>,
+    /// The daemon's state directory (canonical): no pool may be in it but under its `pools/`.
+    state_dir: PathBuf,
 }
+
+/// Directories no pool may be or be under: the daemon (root) would read, write and delete the
+/// host's own files there on behalf of any member of the socket's group.
+const SYSTEM_DIRS: &[&str] =
+    &["/etc", "/boot", "/proc", "/sys", "/dev", "/root", "/usr", "/bin", "/sbin", "/run"];
 
 /// A volume as a VMM opens it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,12 +67,17 @@ pub struct ResolvedVolume {
 pub type UsersOf<'a> = &'a dyn Fn(&str) -> Vec<String>;
 
 impl Pools {
-    /// The pools of `store`. Temporary files a previous daemon left in their directories (an
-    /// upload or a create it died in the middle of) are removed.
-    pub fn new(store: Arc<Store>) -> Pools {
-        let pools = Pools { store, changes: Mutex::new(()) };
-        pools.remove_stale_temporaries();
-        pools
+    /// The pools of `store`, for the daemon whose state directory is `state_dir`.
+    pub fn new(store: Arc<Store>, state_dir: &Path) -> Pools {
+        let state_dir = state_dir.canonicalize().unwrap_or_else(|_| state_dir.to_owned());
+        Pools { store, changes: Mutex::new(()), state_dir }
+    }
+
+    /// Removes the temporary files a previous daemon left in the pools (an upload or a create
+    /// it died in the middle of). Called once this daemon holds its socket: a second daemon,
+    /// refused at the bind, must not remove the running one's uploads.
+    pub fn after_bind(&self) {
+        self.remove_stale_temporaries();
     }
 
     fn remove_stale_temporaries(&self) {
@@ -92,6 +111,27 @@ impl Pools {
         Ok(ResolvedVolume { path: path.join(reference.volume), format })
     }
 
+    /// [`Pools::resolve_volume`] for a VM about to start: a `writable` use of a volume that is
+    /// the base of clones is refused (409), since writing it would silently change every
+    /// clone's contents.
+    pub fn resolve_volume_for(&self, reference: &str, writable: bool) -> ApiResult<ResolvedVolume> {
+        let resolved = self.resolve_volume(reference)?;
+        if writable {
+            let parsed = VolumeRef::parse(reference).map_err(ManagerError::invalid)?;
+            let (_, dir) = self.open_pool(parsed.pool)?;
+            let _changing = self.changing();
+            let clones = self.clones_of(&dir, parsed.pool, parsed.volume)?;
+            if !clones.is_empty() {
+                return Err(ManagerError::conflict(format!(
+                    "volume {reference} is the base of the clone(s) {}: a VM may use it only read-only \
+                     (writing it would corrupt them)",
+                    clones.join(", ")
+                )));
+            }
+        }
+        Ok(resolved)
+    }
+
     /// Defines a pool: creates its directory (0700) when missing, uses an existing one as it is,
     /// and takes in the images already there (as `refresh` does).
     pub fn define(&self, definition: &PoolDefinition) -> ApiResult<PoolInfo> {
@@ -106,6 +146,11 @@ impl Pools {
         if path.to_str().is_none() {
             return Err(ManagerError::invalid("the pool's directory must be a UTF-8 path"));
         }
+        if path.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(ManagerError::invalid("the pool's directory must not contain '..'"));
+        }
+        // Before anything is created, and again once symlinks are resolved.
+        self.check_location(path)?;
         if records::pool_path(&self.store, &definition.name)?.is_some() {
             return Err(ManagerError::conflict(format!("a pool named '{}' exists", definition.name)));
         }
@@ -117,6 +162,11 @@ impl Pools {
         if !canonical.is_dir() {
             return Err(ManagerError::invalid(format!("{} is not a directory", canonical.display())));
         }
+        self.check_location(&canonical)?;
+        // Owned by root (or this daemon's user) and writable by no one else.
+        PoolDir::open(&canonical).map_err(|e| {
+            ManagerError::invalid(format!("the pool's directory {}: {e}", canonical.display()))
+        })?;
         let text =
             canonical.to_str().ok_or_else(|| ManagerError::invalid("the pool's directory must be UTF-8"))?;
         match records::insert_pool(&self.store, &definition.name, text)? {
@@ -197,6 +247,30 @@ impl Pools {
     fn volume_format(&self, pool: &str, volume: &str) -> ApiResult<ImageFormat> {
         check_name(volume)?;
         records::volume_format(&self.store, pool, volume)?.ok_or_else(|| no_volume(pool, volume))
+    }
+}
+
+impl Pools {
+    /// Refuses a pool directory that is or is under a system directory, or in the daemon's
+    /// state directory (but under its `pools/` folder).
+    fn check_location(&self, path: &Path) -> ApiResult<()> {
+        let refuse = |why: &str| {
+            Err(ManagerError::invalid(format!("{} cannot be a pool's directory: {why}", path.display())))
+        };
+        if path.parent().is_none() {
+            return refuse("it is the root directory");
+        }
+        let first = path.components().nth(1).and_then(|c| c.as_os_str().to_str()).unwrap_or_default();
+        if SYSTEM_DIRS.iter().any(|dir| path.starts_with(dir)) || first.starts_with("lib") {
+            return refuse("it is a system directory (or under one)");
+        }
+        if path.starts_with(&self.state_dir) && !path.starts_with(self.state_dir.join("pools")) {
+            return refuse(&format!(
+                "it is in the daemon's state directory (only {} may hold pools)",
+                self.state_dir.join("pools").display()
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,10 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::store::{Store, StoreError};
 
-/// The tables. `pool_volumes` rows go with their pool.
+/// The tables. `pool_volumes` rows go with their pool, into `pool_forgotten_volumes` (by the
+/// pool's directory), from where defining a pool on that directory again takes them back: a
+/// volume's format is never guessed again (a raw volume whose guest wrote a qcow2 header into
+/// it stays raw).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS pools (
     name TEXT PRIMARY KEY NOT NULL,
@@ -19,6 +22,12 @@ CREATE TABLE IF NOT EXISTS pool_volumes (
     name TEXT NOT NULL,
     format TEXT NOT NULL,
     PRIMARY KEY (pool, name)
+);
+CREATE TABLE IF NOT EXISTS pool_forgotten_volumes (
+    path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    format TEXT NOT NULL,
+    PRIMARY KEY (path, name)
 );
 ";
 
@@ -57,6 +66,12 @@ pub fn insert_pool(store: &Store, name: &str, path: &str) -> Result<Insert, Stor
             return Ok(Insert::PathTaken(other));
         }
         tx.execute("INSERT INTO pools (name, path) VALUES (?1, ?2)", [name, path])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO pool_volumes (pool, name, format)
+             SELECT ?1, name, format FROM pool_forgotten_volumes WHERE path = ?2",
+            [name, path],
+        )?;
+        tx.execute("DELETE FROM pool_forgotten_volumes WHERE path = ?1", [path])?;
         Ok(Insert::Done)
     })
 }
@@ -72,8 +87,18 @@ pub fn pools(store: &Store) -> Result<Vec<(String, String)>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Forgets a pool; its volumes' formats are kept by its directory (see [`SCHEMA`]).
 pub fn delete_pool(store: &Store, name: &str) -> Result<bool, StoreError> {
-    Ok(store.lock().execute("DELETE FROM pools WHERE name = ?1", [name])? > 0)
+    store.transaction(|tx| {
+        tx.execute(
+            "INSERT OR REPLACE INTO pool_forgotten_volumes (path, name, format)
+             SELECT pools.path, pool_volumes.name, pool_volumes.format
+             FROM pool_volumes JOIN pools ON pools.name = pool_volumes.pool
+             WHERE pool_volumes.pool = ?1",
+            [name],
+        )?;
+        Ok(tx.execute("DELETE FROM pools WHERE name = ?1", [name])? > 0)
+    })
 }
 
 pub fn volume_format(store: &Store, pool: &str, name: &str) -> Result<Option<ImageFormat>, StoreError> {

@@ -11,7 +11,7 @@ use super::*;
 
 fn pools() -> (tempfile::TempDir, Pools) {
     let dir = tempfile::tempdir().unwrap();
-    let pools = Pools::new(Arc::new(Store::in_memory(&[SCHEMA]).unwrap()));
+    let pools = Pools::new(Arc::new(Store::in_memory(&[SCHEMA]).unwrap()), &dir.path().join("state"));
     pools.define(&PoolDefinition { name: "p".into(), path: dir.path().join("pool") }).unwrap();
     (dir, pools)
 }
@@ -183,7 +183,12 @@ fn refresh_takes_in_files_put_there_by_hand_and_skips_hostile_ones() {
     }
     // A new daemon sweeps them too.
     std::fs::write(pool.join(format!("{}1-y", dir::TEMP_PREFIX)), b"stale").unwrap();
-    let _again = Pools::new(pools.store.clone());
+    let again = Pools::new(pools.store.clone(), &pools.state_dir);
+    assert!(
+        pool.join(format!("{}1-y", dir::TEMP_PREFIX)).exists(),
+        "swept before the daemon holds its socket"
+    );
+    again.after_bind();
     if std::process::id() != 1 {
         assert!(!pool.join(format!("{}1-y", dir::TEMP_PREFIX)).exists(), "a stale temporary file stays");
     }
@@ -226,4 +231,75 @@ proptest::proptest! {
             proptest::prop_assert!(format == "raw" || format == "qcow2");
         }
     }
+}
+
+#[test]
+fn system_and_state_directories_are_not_pools() {
+    let (dir, pools) = pools();
+    for (name, path) in [("a", "/etc/cron.d"), ("b", "/etc"), ("c", "/"), ("d", "/lib64/x"), ("e", "/run/k")]
+    {
+        let definition = PoolDefinition { name: name.into(), path: path.into() };
+        let error = pools.define(&definition).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Invalid, "{path}: {}", error.message);
+        assert!(error.message.contains("cannot be a pool's directory"), "{}", error.message);
+    }
+    assert!(!std::path::Path::new("/run/k").exists());
+    // The state directory is refused but for its pools/ folder.
+    let state_dir = dir.path().join("state");
+    let state = PoolDefinition { name: "s".into(), path: state_dir.join("vms") };
+    assert_eq!(kind(pools.define(&state)), ErrorKind::Invalid);
+    assert!(!state_dir.join("vms").exists(), "nothing created");
+    let sneaky = PoolDefinition { name: "t".into(), path: state_dir.join("pools/../vms") };
+    assert_eq!(kind(pools.define(&sneaky)), ErrorKind::Invalid);
+    pools.define(&PoolDefinition { name: "u".into(), path: state_dir.join("pools/u") }).unwrap();
+}
+
+#[test]
+fn a_pool_directory_others_may_write_is_refused() {
+    let (dir, pools) = pools();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let error = pools.define(&PoolDefinition { name: "o".into(), path: open.clone() }).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Invalid);
+    assert!(error.message.contains("writable by its owner only"), "{}", error.message);
+    // A pool whose directory became writable by others since is refused at each use.
+    let pool = dir.path().join("pool");
+    std::fs::set_permissions(&pool, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let error = create(&pools, "v", ImageFormat::Raw, 1 << 20).unwrap_err();
+    assert!(error.message.contains("writable by its owner only"), "{}", error.message);
+    std::fs::set_permissions(&pool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    create(&pools, "v", ImageFormat::Raw, 1 << 20).unwrap();
+}
+
+#[test]
+fn a_raw_volume_stays_raw_across_undefine_and_define() {
+    let (dir, pools) = pools();
+    create(&pools, "disk", ImageFormat::Raw, 1 << 20).unwrap();
+    create(&pools, "other", ImageFormat::Qcow2, 1 << 20).unwrap();
+    // The guest writes a qcow2 header (backed by another volume) into its raw disk.
+    let pool = dir.path().join("pool");
+    let qcow2_header = std::fs::read(pool.join("other")).unwrap();
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().write(true).open(pool.join("disk")).unwrap();
+        file.write_all(&qcow2_header[..4096.min(qcow2_header.len())]).unwrap();
+    }
+    pools.undefine("p", &nobody).unwrap();
+    pools.define(&PoolDefinition { name: "p2".into(), path: pool.clone() }).unwrap();
+    assert_eq!(pools.resolve_volume("p2/disk").unwrap().format, ImageFormat::Raw);
+    assert_eq!(pools.resolve_volume("p2/other").unwrap().format, ImageFormat::Qcow2);
+}
+
+#[test]
+fn a_base_with_clones_is_not_written_by_a_vm() {
+    let (_dir, pools) = pools();
+    create(&pools, "base", ImageFormat::Raw, 1 << 20).unwrap();
+    pools.resolve_volume_for("p/base", true).unwrap();
+    clone(&pools, "c1", "base").unwrap();
+    let error = pools.resolve_volume_for("p/base", true).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Conflict);
+    assert!(error.message.contains("c1") && error.message.contains("read-only"), "{}", error.message);
+    assert_eq!(pools.resolve_volume_for("p/base", false).unwrap().format, ImageFormat::Raw);
+    pools.resolve_volume_for("p/c1", true).unwrap();
 }

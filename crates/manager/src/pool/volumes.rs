@@ -283,7 +283,7 @@ impl Pools {
     }
 
     /// The qcow2 volumes of the pool whose headers name `base` as their backing file.
-    fn clones_of(&self, dir: &PoolDir, pool: &str, base: &str) -> ApiResult<Vec<String>> {
+    pub(super) fn clones_of(&self, dir: &PoolDir, pool: &str, base: &str) -> ApiResult<Vec<String>> {
         let mut clones = Vec::new();
         for (name, format) in records::volumes(&self.store, pool)? {
             if format != ImageFormat::Qcow2 || name == base {

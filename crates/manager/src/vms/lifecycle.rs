@@ -185,7 +185,7 @@ impl Vms {
             let id = disk.id.clone().unwrap_or_else(|| format!("disk{index}"));
             let (path, format) = match (&disk.volume, &disk.path) {
                 (Some(reference), _) => {
-                    let volume = state.pools.resolve_volume(reference)?;
+                    let volume = state.pools.resolve_volume_for(reference, !disk.readonly)?;
                     (volume.path, volume.format)
                 }
                 (None, Some(path)) => (path.clone(), disk.format.unwrap_or(ImageFormat::Raw)),
