@@ -80,6 +80,13 @@ pub enum Command {
     // --- manager: daemon (core) ---
     /// Run the manager daemon: it keeps VMs, networks and storage pools, and serves the API the
     /// `kestrel vm|net|pool|vol` commands use (a Unix socket; see `docs/manager-api.yaml`).
+    ///
+    /// Who may use it: the socket is 0660 and belongs to the group `kestrel` when that group exists
+    /// (the daemon never creates it); everyone else is refused. Membership of that group is
+    /// equivalent to root, as libvirt's `libvirt` group is: the daemon runs as root, and a client
+    /// may name any host file or device as a VM's disk, kernel or initrd, any tap, and any
+    /// directory as a storage pool. Add to it only users you would give root; serve other users
+    /// through a front end of your own that checks their requests.
     #[command(after_help = "Examples:\n  \
         kestrel daemon --foreground\n  \
         kestrel daemon --foreground --state-dir ~/.local/share/kestrel --socket /tmp/kestrel.sock\n  \

@@ -1,4 +1,9 @@
 //! `kestrel daemon`: the manager daemon's command line.
+//!
+//! Who may use the daemon (also in `kestrel daemon --help`, from the `Daemon` command's doc in
+//! cli.rs): its socket is 0660 and belongs to group `kestrel` when that group exists, and that
+//! group is root-equivalent, because the root daemon opens whatever host paths, taps and pool
+//! directories a client names. The daemon never creates the group (manager::daemon::SOCKET_GROUP).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +12,7 @@ use clap::Args;
 
 use crate::{exit_status, report};
 
+/// `kestrel daemon`'s flags. Its socket's group (`kestrel`) is root-equivalent: see the module doc.
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
     /// Stay in the foreground (what systemd and tests want). Without it the daemon still runs in
