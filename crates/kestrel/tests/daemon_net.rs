@@ -99,9 +99,21 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     common::stdout(&output)
 }
 
-/// The kestrel table as nft prints it, or `None` when there is none.
+/// The name of the daemon's table, `kestrel_<8 hex digits>` (named after its state dir, so two
+/// daemons never share one), or `None` when there is none. The test's namespace holds one daemon,
+/// so at most one.
+fn kestrel_table_name() -> Option<String> {
+    let tables = run_ok("nft", &["list", "tables"]);
+    let mut names = tables.lines().filter_map(|line| line.strip_prefix("table inet kestrel_"));
+    let suffix = names.next()?;
+    assert!(names.next().is_none(), "one table per daemon: {tables}");
+    assert!(suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{tables}");
+    Some(format!("kestrel_{suffix}"))
+}
+
+/// The daemon's table as nft prints it, or `None` when there is none.
 fn kestrel_table() -> Option<String> {
-    let output = run("nft", &["list", "table", "inet", "kestrel"]);
+    let output = run("nft", &["list", "table", "inet", &kestrel_table_name()?]);
     output.status.success().then(|| common::stdout(&output))
 }
 
@@ -349,7 +361,8 @@ fn what_others_remove_comes_back_by_itself() {
     });
 
     // Someone edits Kestrel's table.
-    run_ok("nft", &["flush", "chain", "inet", "kestrel", "postrouting"]);
+    let table = kestrel_table_name().expect("the table exists");
+    run_ok("nft", &["flush", "chain", "inet", &table, "postrouting"]);
     wait_until(REPAIR_LIMIT, "the table's repair after a flushed chain", || {
         kestrel_table().as_ref() == Some(&original)
     });

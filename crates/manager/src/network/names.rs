@@ -35,6 +35,33 @@ pub fn mac(vm_uuid: &str, index: usize) -> String {
     model::manager::network::format_mac([0x02, 0x4b, hash[0], hash[1], hash[2], hash[3]])
 }
 
+/// The name of the nftables table of the daemon whose state dir is `state_dir`:
+/// `kestrel_` and 8 hex digits of a hash of the path, so two daemons (two state dirs) in one
+/// network namespace have a table each.
+pub fn table(state_dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    format!("kestrel_{:08x}", fnv1a(state_dir.as_os_str().as_bytes()) & 0xffff_ffff)
+}
+
+/// Why a tap the user names on a card (one Kestrel does not make) is refused, if it is: it must
+/// be a valid interface name (1 to 15 bytes of letters, digits, `-`, `_` and `.`, not `.` or
+/// `..`), and stay out of Kestrel's own prefixes, whose devices Kestrel deletes.
+pub fn user_tap_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Some("a tap's name has 1 to 15 bytes");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || name == "."
+        || name == ".."
+    {
+        return Some("a tap's name may only hold letters, digits, '-', '_' and '.'");
+    }
+    if name.starts_with("kt") || name.starts_with("kb-") {
+        return Some("the prefixes 'kt' and 'kb-' are Kestrel's own devices'");
+    }
+    None
+}
+
 /// FNV-1a, 64 bits: stable across builds and hosts (unlike std's hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes
@@ -57,7 +84,35 @@ mod tests {
         assert_ne!(mac("u", 0), mac("u", 1));
     }
 
+    #[test]
+    fn tables_differ_per_state_dir() {
+        let a = table(std::path::Path::new("/var/lib/kestrel"));
+        assert_eq!(a, table(std::path::Path::new("/var/lib/kestrel")));
+        assert_ne!(a, table(std::path::Path::new("/tmp/other/state")));
+        assert!(a.starts_with("kestrel_") && a.len() == 16, "{a}");
+    }
+
+    #[test]
+    fn user_taps_are_interface_names_outside_kestrels_prefixes() {
+        for good in ["tap0", "vm-web.1", "my_tap", "k0", "kb0"] {
+            assert_eq!(user_tap_problem(good), None, "{good}");
+        }
+        for bad in ["", "a-name-of-16-byt", "a/b", "tap 0", "..", "kt1b4e28ba2fn0", "ktap", "kb-lab", "tåp"]
+        {
+            assert!(user_tap_problem(bad).is_some(), "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn accepted_user_taps_are_safe_names(name in "\\PC{0,24}") {
+            if user_tap_problem(&name).is_none() {
+                prop_assert!((1..=IFNAME_MAX).contains(&name.len()));
+                prop_assert!(!name.contains('/') && !name.contains(char::is_whitespace) && name.is_ascii());
+                prop_assert!(!name.starts_with("kt") && !name.starts_with("kb-"));
+            }
+        }
+
         #[test]
         fn every_name_fits_an_interface(network in "[a-zA-Z0-9._-]{1,64}", uuid in "\\PC{0,40}", index in 0usize..=MAX_NIC_INDEX) {
             prop_assert!(bridge(&network).len() <= IFNAME_MAX);
