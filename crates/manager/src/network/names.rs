@@ -45,7 +45,9 @@ pub fn table(state_dir: &std::path::Path) -> String {
 
 /// Why a tap the user names on a card (one Kestrel does not make) is refused, if it is: it must
 /// be a valid interface name (1 to 15 bytes of letters, digits, `-`, `_` and `.`, not `.` or
-/// `..`), and stay out of Kestrel's own prefixes, whose devices Kestrel deletes.
+/// `..`), and not one Kestrel makes: a bridge's (`kb-…`) or a managed tap's (`kt`, 10 hex
+/// digits, `n`, the card's index), which Kestrel deletes when its VM stops. Other names that
+/// start with `kt` (`ktap0`) are the user's.
 pub fn user_tap_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() > IFNAME_MAX {
         return Some("a tap's name has 1 to 15 bytes");
@@ -56,10 +58,20 @@ pub fn user_tap_problem(name: &str) -> Option<&'static str> {
     {
         return Some("a tap's name may only hold letters, digits, '-', '_' and '.'");
     }
-    if name.starts_with("kt") || name.starts_with("kb-") {
-        return Some("the prefixes 'kt' and 'kb-' are Kestrel's own devices'");
+    if name.starts_with("kb-") || is_managed_tap(name) {
+        return Some("names of the forms 'kb-…' and 'kt<10 hex digits>n<index>' are Kestrel's own devices'");
     }
     None
+}
+
+/// Whether `name` has the form of [`tap`]'s names.
+fn is_managed_tap(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("kt") else { return false };
+    let (Some(hex), Some(index)) = (rest.get(..10), rest.get(10..)) else { return false };
+    let Some(index) = index.strip_prefix('n') else { return false };
+    hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && (1..=2).contains(&index.len())
+        && index.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// FNV-1a, 64 bits: stable across builds and hosts (unlike std's hasher).
@@ -94,11 +106,20 @@ mod tests {
 
     #[test]
     fn user_taps_are_interface_names_outside_kestrels_prefixes() {
-        for good in ["tap0", "vm-web.1", "my_tap", "k0", "kb0"] {
+        for good in ["tap0", "vm-web.1", "my_tap", "k0", "kb0", "ktap0", "kt1b4e28ba2fx0"] {
             assert_eq!(user_tap_problem(good), None, "{good}");
         }
-        for bad in ["", "a-name-of-16-byt", "a/b", "tap 0", "..", "kt1b4e28ba2fn0", "ktap", "kb-lab", "tåp"]
-        {
+        for bad in [
+            "",
+            "a-name-of-16-byt",
+            "a/b",
+            "tap 0",
+            "..",
+            "kt1b4e28ba2fn0",
+            "kt1B4E28BA2Fn99",
+            "kb-lab",
+            "tåp",
+        ] {
             assert!(user_tap_problem(bad).is_some(), "{bad}");
         }
     }
@@ -109,7 +130,7 @@ mod tests {
             if user_tap_problem(&name).is_none() {
                 prop_assert!((1..=IFNAME_MAX).contains(&name.len()));
                 prop_assert!(!name.contains('/') && !name.contains(char::is_whitespace) && name.is_ascii());
-                prop_assert!(!name.starts_with("kt") && !name.starts_with("kb-"));
+                prop_assert!(!name.starts_with("kb-"));
             }
         }
 
@@ -118,6 +139,8 @@ mod tests {
             prop_assert!(bridge(&network).len() <= IFNAME_MAX);
             let tap = tap(&uuid, index);
             prop_assert!(tap.len() <= IFNAME_MAX && tap.is_ascii() && !tap.contains('/'));
+            // A user's card can never take a tap Kestrel makes (and later deletes).
+            prop_assert!(user_tap_problem(&tap).is_some());
             prop_assert!(model::manager::network::parse_mac(&mac(&uuid, index)).is_ok());
         }
     }

@@ -224,6 +224,7 @@ fn a_users_own_tap_is_checked() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let card = |tap: &str| NicDefinition { tap: Some(tap.into()), ..NicDefinition::default() };
     assert!(networks.check_nic(WEB, &card("tap0"), none_fixed).is_ok());
+    assert!(networks.check_nic(WEB, &card("ktap0"), none_fixed).is_ok());
     for bad in ["a-name-of-16-byt", "../x", "kt6f1c2a3b00n0", "kb-lab", ""] {
         assert_eq!(
             networks.check_nic(WEB, &card(bad), none_fixed).unwrap_err().kind,
