@@ -535,3 +535,24 @@ fn nat_guests_reach_the_uplink_and_isolated_ones_reach_nothing_beyond_the_host()
     assert!(!isolated.ping("192.0.2.1"), "an isolated guest does not reach the world");
     assert!(!nat.ping("10.88.0.50"), "a NAT guest does not reach into an isolated network");
 }
+
+#[test]
+fn a_fixed_address_must_be_outside_the_dhcp_range_and_not_another_vms() {
+    let Some(net) = NetDaemon::start() else { return };
+    net.cli_ok(&["net", "define", "fixed", "--address", "10.96.0.1/24"]);
+    let define = |vm: &str, ip: &str| {
+        let net_spec = format!("network=fixed,ip={ip}");
+        net.daemon.cli(&["vm", "define", vm, "--kernel", guests::HELLO, "--net", &net_spec])
+    };
+    // .128-.254 is DHCP's: a stopped VM's address there may be leased to another guest.
+    let in_range = define("a", "10.96.0.150");
+    assert!(!in_range.status.success(), "{}", common::stdout(&in_range));
+    assert!(common::stderr(&in_range).contains("DHCP range"), "{}", common::stderr(&in_range));
+    // Outside it, the address is the first VM's, even while it is stopped (nothing plugged).
+    let first = define("a", "10.96.0.20");
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    let second = define("b", "10.96.0.20");
+    assert!(!second.status.success(), "{}", common::stdout(&second));
+    assert!(common::stderr(&second).contains("VM 'a'"), "{}", common::stderr(&second));
+    assert!(define("b", "10.96.0.21").status.success());
+}
