@@ -1,6 +1,6 @@
 //! `kestrel net …`: the daemon's networks from the command line.
 
-use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -8,6 +8,7 @@ use hyper::Method;
 use model::manager::network::{parse_range, NetworkDefinition, NetworkInfo, NetworkMode};
 
 use crate::manager_client::{Client, ClientError};
+use crate::table::{self, KeyValues, OutputArgs, Table};
 use crate::{exit_status, report};
 
 #[derive(Args, Debug)]
@@ -15,9 +16,18 @@ use crate::{exit_status, report};
     kestrel net define lab --address 10.77.0.1/24 --autostart\n  \
     kestrel net start lab\n  \
     kestrel net list\n  \
-    kestrel net info lab --json\n\n\
-    The daemon is found through KESTREL_SOCKET (default /run/kestrel/kestrel.sock).")]
+    kestrel net info lab --json\n  \
+    kestrel net --socket /tmp/kestrel.sock list\n\n\
+    The daemon is found at --socket, else $KESTREL_SOCKET, else /run/kestrel/kestrel.sock.")]
 pub struct NetArgs {
+    /// The daemon's API socket (default: $KESTREL_SOCKET, else /run/kestrel/kestrel.sock).
+    /// Example: --socket /tmp/kestrel.sock
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    #[command(flatten)]
+    output: OutputArgs,
+
     #[command(subcommand)]
     command: NetCommand,
 }
@@ -31,7 +41,8 @@ enum NetCommand {
         kestrel net define dmz --address 192.168.50.1/24 --dhcp-range 192.168.50.100-192.168.50.199 --autostart\n  \
         kestrel net define backplane --address 10.78.0.1/24 --isolated --domain backplane.internal")]
     Define(DefineArgs),
-    /// Start a network: its bridge, nftables rules (table inet kestrel) and DHCP server.
+    /// Start a network: its bridge, nftables rules (the daemon's table inet kestrel_<hash>) and
+    /// DHCP server.
     #[command(after_help = "Examples:\n  kestrel net start lab")]
     Start(NameArgs),
     /// Stop a network (refused while running VMs are plugged into it).
@@ -39,7 +50,7 @@ enum NetCommand {
     Stop(NameArgs),
     /// List the networks.
     #[command(after_help = "Examples:\n  kestrel net list\n  kestrel net list --json")]
-    List(ListArgs),
+    List,
     /// Show a network: its definition, bridge, plugged cards and DHCP leases.
     #[command(after_help = "Examples:\n  kestrel net info lab\n  kestrel net info lab --json")]
     Info(NameArgs),
@@ -69,25 +80,12 @@ struct DefineArgs {
     /// Example: --domain lab.internal
     #[arg(long, value_name = "DOMAIN")]
     domain: Option<String>,
-    /// Print the network as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
 struct NameArgs {
     /// The network's name. Example: lab
     name: String,
-    /// Print the answer as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args, Debug)]
-struct ListArgs {
-    /// Print a JSON array instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Why a command failed.
@@ -97,12 +95,10 @@ enum NetCliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Invalid(#[from] model::manager::network::NetworkError),
-    #[error("cannot print: {0}")]
-    Output(#[from] std::io::Error),
 }
 
 pub fn run(args: NetArgs) -> ExitCode {
-    match execute(args.command) {
+    match execute(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report(format_args!("kestrel: error: {e}"));
@@ -111,10 +107,10 @@ pub fn run(args: NetArgs) -> ExitCode {
     }
 }
 
-fn execute(command: NetCommand) -> Result<(), NetCliError> {
-    let client = Client::new(None)?;
-    let mut out = std::io::stdout().lock();
-    match command {
+fn execute(args: NetArgs) -> Result<(), NetCliError> {
+    let client = Client::new(args.socket)?;
+    let json = args.output.json;
+    match args.command {
         NetCommand::Define(args) => {
             let definition = NetworkDefinition {
                 name: args.name,
@@ -127,50 +123,33 @@ fn execute(command: NetCommand) -> Result<(), NetCliError> {
             // Checked here too, so a mistake is told without a round trip.
             definition.validate()?;
             let info: NetworkInfo = client.request(Method::POST, "/v1/networks", Some(&definition))?;
-            print_info(
-                &mut out,
-                &info,
-                args.json,
-                &format!("Network '{}' defined (bridge {}).", info.definition.name, info.bridge),
-            )
+            table::emit(json, &info, |i| {
+                format!("Network '{}' defined (bridge {}).\n", i.definition.name, i.bridge)
+            });
         }
         NetCommand::Start(args) => {
             let info: NetworkInfo = client.request(Method::POST, &path(&args.name, "/start"), None::<&()>)?;
-            print_info(
-                &mut out,
-                &info,
-                args.json,
-                &format!("Network '{}' started (bridge {}).", args.name, info.bridge),
-            )
+            table::emit(json, &info, |i| format!("Network '{}' started (bridge {}).\n", args.name, i.bridge));
         }
         NetCommand::Stop(args) => {
             let info: NetworkInfo = client.request(Method::POST, &path(&args.name, "/stop"), None::<&()>)?;
-            print_info(&mut out, &info, args.json, &format!("Network '{}' stopped.", args.name))
+            table::emit(json, &info, |_| format!("Network '{}' stopped.\n", args.name));
         }
         NetCommand::Undefine(args) => {
             client.request::<()>(Method::DELETE, &path(&args.name, ""), None::<&()>)?;
-            if args.json {
-                writeln!(out, "{{}}")?;
-            } else {
-                writeln!(out, "Network '{}' undefined.", args.name)?;
-            }
-            Ok(())
+            let answer = serde_json::json!({ "undefined": args.name });
+            table::emit(json, &answer, |_| format!("Network '{}' undefined.\n", args.name));
         }
         NetCommand::Info(args) => {
             let info: NetworkInfo = client.request(Method::GET, &path(&args.name, ""), None::<&()>)?;
-            if args.json {
-                return print_json(&mut out, &info);
-            }
-            print_details(&mut out, &info)
+            table::emit(json, &info, details);
         }
-        NetCommand::List(args) => {
+        NetCommand::List => {
             let networks: Vec<NetworkInfo> = client.request(Method::GET, "/v1/networks", None::<&()>)?;
-            if args.json {
-                return print_json(&mut out, &networks);
-            }
-            print_table(&mut out, &networks)
+            table::emit(json, &networks, |networks| list_table(networks));
         }
     }
+    Ok(())
 }
 
 /// `/v1/networks/NAME…`; the name is checked first so it cannot reshape the path.
@@ -184,71 +163,43 @@ fn path(name: &str, tail: &str) -> String {
     }
 }
 
-fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), NetCliError> {
-    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
-    writeln!(out, "{text}")?;
-    Ok(())
+/// `kestrel net list`: one line per network.
+fn list_table(networks: &[NetworkInfo]) -> String {
+    let mut table = Table::new(["NAME", "STATE", "MODE", "ADDRESS", "BRIDGE", "AUTOSTART", "PORTS"]);
+    for n in networks {
+        table.row([
+            n.definition.name.clone(),
+            if n.active { "active" } else { "inactive" }.into(),
+            n.definition.mode.as_str().into(),
+            n.definition.address.clone(),
+            n.bridge.clone(),
+            if n.definition.autostart { "yes" } else { "no" }.into(),
+            n.ports.len().to_string(),
+        ]);
+    }
+    table.render()
 }
 
-fn print_info(out: &mut impl Write, info: &NetworkInfo, json: bool, line: &str) -> Result<(), NetCliError> {
-    if json {
-        return print_json(out, info);
-    }
-    writeln!(out, "{line}")?;
-    Ok(())
-}
-
-fn print_table(out: &mut impl Write, networks: &[NetworkInfo]) -> Result<(), NetCliError> {
-    let rows: Vec<[String; 7]> = networks
-        .iter()
-        .map(|n| {
-            [
-                n.definition.name.clone(),
-                if n.active { "active" } else { "inactive" }.into(),
-                n.definition.mode.as_str().into(),
-                n.definition.address.clone(),
-                n.bridge.clone(),
-                if n.definition.autostart { "yes" } else { "no" }.into(),
-                n.ports.len().to_string(),
-            ]
-        })
-        .collect();
-    let header = ["NAME", "STATE", "MODE", "ADDRESS", "BRIDGE", "AUTOSTART", "PORTS"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> =
-            row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        writeln!(out, "{}", cells.join("  ").trim_end())?;
-    }
-    Ok(())
-}
-
-fn print_details(out: &mut impl Write, info: &NetworkInfo) -> Result<(), NetCliError> {
+/// `kestrel net info`: the network, then its plugged cards and leases.
+fn details(info: &NetworkInfo) -> String {
     let d = &info.definition;
-    writeln!(out, "Name:       {}", d.name)?;
-    writeln!(out, "State:      {}", if info.active { "active" } else { "inactive" })?;
-    writeln!(out, "Mode:       {}", d.mode.as_str())?;
-    writeln!(out, "Address:    {} (subnet {})", d.address, info.subnet)?;
-    writeln!(out, "Bridge:     {}", info.bridge)?;
-    if let Some((start, end)) = info.dhcp_range {
-        writeln!(out, "DHCP range: {start}-{end}")?;
-    }
-    if let Some(domain) = &d.domain {
-        writeln!(out, "Domain:     {domain}")?;
-    }
-    writeln!(out, "Autostart:  {}", if d.autostart { "yes" } else { "no" })?;
+    let mut block = KeyValues::new();
+    block
+        .add("Name", &d.name)
+        .add("State", if info.active { "active" } else { "inactive" })
+        .add("Mode", d.mode.as_str())
+        .add("Address", format!("{} (subnet {})", d.address, info.subnet))
+        .add("Bridge", &info.bridge)
+        .add_some("DHCP range", info.dhcp_range.map(|(start, end)| format!("{start}-{end}")))
+        .add_some("Domain", d.domain.as_ref())
+        .add("Autostart", if d.autostart { "yes" } else { "no" });
     for port in &info.ports {
         let ip = port.ip.map(|ip| format!(" {ip}")).unwrap_or_default();
-        writeln!(out, "Port:       {} card {} on {} ({}{ip})", port.vm, port.index, port.tap, port.mac)?;
+        block.add("Port", format!("{} card {} on {} ({}{ip})", port.vm, port.index, port.tap, port.mac));
     }
     for lease in &info.leases {
         let name = lease.hostname.as_deref().unwrap_or("-");
-        writeln!(out, "Lease:      {} {} {name} until {}", lease.ip, lease.mac, lease.expires)?;
+        block.add("Lease", format!("{} {} {name} until {}", lease.ip, lease.mac, lease.expires));
     }
-    Ok(())
+    block.render()
 }

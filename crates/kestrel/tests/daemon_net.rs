@@ -99,9 +99,21 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     common::stdout(&output)
 }
 
-/// The kestrel table as nft prints it, or `None` when there is none.
+/// The name of the daemon's table, `kestrel_<8 hex digits>` (named after its state dir, so two
+/// daemons never share one), or `None` when there is none. The test's namespace holds one daemon,
+/// so at most one.
+fn kestrel_table_name() -> Option<String> {
+    let tables = run_ok("nft", &["list", "tables"]);
+    let mut names = tables.lines().filter_map(|line| line.strip_prefix("table inet kestrel_"));
+    let suffix = names.next()?;
+    assert!(names.next().is_none(), "one table per daemon: {tables}");
+    assert!(suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{tables}");
+    Some(format!("kestrel_{suffix}"))
+}
+
+/// The daemon's table as nft prints it, or `None` when there is none.
 fn kestrel_table() -> Option<String> {
-    let output = run("nft", &["list", "table", "inet", "kestrel"]);
+    let output = run("nft", &["list", "table", "inet", &kestrel_table_name()?]);
     output.status.success().then(|| common::stdout(&output))
 }
 
@@ -349,7 +361,8 @@ fn what_others_remove_comes_back_by_itself() {
     });
 
     // Someone edits Kestrel's table.
-    run_ok("nft", &["flush", "chain", "inet", "kestrel", "postrouting"]);
+    let table = kestrel_table_name().expect("the table exists");
+    run_ok("nft", &["flush", "chain", "inet", &table, "postrouting"]);
     wait_until(REPAIR_LIMIT, "the table's repair after a flushed chain", || {
         kestrel_table().as_ref() == Some(&original)
     });
@@ -521,4 +534,25 @@ fn nat_guests_reach_the_uplink_and_isolated_ones_reach_nothing_beyond_the_host()
     assert!(isolated.ping("10.88.0.1"), "an isolated guest reaches the host");
     assert!(!isolated.ping("192.0.2.1"), "an isolated guest does not reach the world");
     assert!(!nat.ping("10.88.0.50"), "a NAT guest does not reach into an isolated network");
+}
+
+#[test]
+fn a_fixed_address_must_be_outside_the_dhcp_range_and_not_another_vms() {
+    let Some(net) = NetDaemon::start() else { return };
+    net.cli_ok(&["net", "define", "fixed", "--address", "10.96.0.1/24"]);
+    let define = |vm: &str, ip: &str| {
+        let net_spec = format!("network=fixed,ip={ip}");
+        net.daemon.cli(&["vm", "define", vm, "--kernel", guests::HELLO, "--net", &net_spec])
+    };
+    // .128-.254 is DHCP's: a stopped VM's address there may be leased to another guest.
+    let in_range = define("a", "10.96.0.150");
+    assert!(!in_range.status.success(), "{}", common::stdout(&in_range));
+    assert!(common::stderr(&in_range).contains("DHCP range"), "{}", common::stderr(&in_range));
+    // Outside it, the address is the first VM's, even while it is stopped (nothing plugged).
+    let first = define("a", "10.96.0.20");
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    let second = define("b", "10.96.0.20");
+    assert!(!second.status.success(), "{}", common::stdout(&second));
+    assert!(common::stderr(&second).contains("VM 'a'"), "{}", common::stderr(&second));
+    assert!(define("b", "10.96.0.21").status.success());
 }

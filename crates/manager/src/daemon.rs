@@ -82,7 +82,7 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     // need the networks, start in the background. A failure is logged; the daemon serves all
     // the same.
     shared.vms.reconcile(&shared).await;
-    if let Err(e) = shared.networks.start_autostart().await {
+    if let Err(e) = shared.networks.start_autostart(&shared).await {
         tracing::error!("networks: {e}");
     }
     {

@@ -14,6 +14,8 @@ use serde::Deserialize;
 const TOOL_LIMIT: Duration = Duration::from_secs(20);
 /// The most output a tool run may hand back (a host with many links stays far below).
 const OUTPUT_LIMIT: usize = 16 << 20;
+/// The most of a tool's error output kept (only its first line is reported).
+const ERROR_LIMIT: u64 = 64 << 10;
 
 /// A tool that failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,37 +64,67 @@ pub fn find_tool_path(name: &str) -> PathBuf {
 }
 
 /// Runs `tool args…` (with `input` on its stdin) to its end; its stdout when it succeeds.
+///
+/// The tool runs with `LC_ALL=C`, so its messages are the English ones that
+/// [`HostError::is_absent`] and the permission check recognise, whatever the host's locale. The
+/// whole run (writing its input, reading its output, waiting for its end) has [`TOOL_LIMIT`], and
+/// at most [`OUTPUT_LIMIT`] bytes of its output are ever held.
 pub async fn run(tool: &'static str, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, HostError> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let path = find_tool(tool)?;
     let command_line = format!("{tool} {}", args.join(" "));
     let mut command = tokio::process::Command::new(path);
     command
         .args(args)
+        .env("LC_ALL", "C")
         .stdin(if input.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|source| HostError::Spawn { tool, source })?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(input).await.map_err(|source| HostError::Spawn { tool, source })?;
-    }
-    let output = tokio::time::timeout(TOOL_LIMIT, child.wait_with_output())
+    let stdin = child.stdin.take();
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(HostError::Spawn { tool, source: std::io::Error::other("no pipes") });
+    };
+    let spawn_error = |source| HostError::Spawn { tool, source };
+    let run = async {
+        let write = async {
+            if let (Some(input), Some(mut stdin)) = (input, stdin) {
+                stdin.write_all(input).await?;
+                // Dropping `stdin` closes it: the tool sees the end of its input.
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut stdout = stdout.take(OUTPUT_LIMIT as u64 + 1);
+        let mut stderr = stderr.take(ERROR_LIMIT);
+        let read_out = stdout.read_to_end(&mut out);
+        let read_err = stderr.read_to_end(&mut err);
+        let (written, read_out, read_err) = tokio::join!(write, read_out, read_err);
+        written.and(read_out).and(read_err)?;
+        let status = if out.len() > OUTPUT_LIMIT {
+            // Stop a tool that would print more: what it prints is not read any further.
+            let _ = child.start_kill();
+            None
+        } else {
+            Some(child.wait().await?)
+        };
+        Ok::<_, std::io::Error>((status, out, err))
+    };
+    let (status, stdout, stderr) = tokio::time::timeout(TOOL_LIMIT, run)
         .await
         .map_err(|_| HostError::Timeout(command_line.clone()))?
-        .map_err(|source| HostError::Spawn { tool, source })?;
-    if !output.status.success() {
-        let message = String::from_utf8_lossy(&output.stderr);
-        let message = message.trim().lines().next().unwrap_or("").chars().take(300).collect::<String>();
-        return Err(HostError::Failed {
-            command: command_line,
-            message: format!("{message} ({})", output.status),
-        });
-    }
-    if output.stdout.len() > OUTPUT_LIMIT {
+        .map_err(spawn_error)?;
+    let Some(status) = status else {
         return Err(HostError::Output { command: command_line, message: "too long".into() });
+    };
+    if !status.success() {
+        let message = String::from_utf8_lossy(&stderr);
+        let message = message.trim().lines().next().unwrap_or("").chars().take(300).collect::<String>();
+        return Err(HostError::Failed { command: command_line, message: format!("{message} ({status})") });
     }
-    Ok(output.stdout)
+    Ok(stdout)
 }
 
 /// `ip ARGS…`.

@@ -6,6 +6,13 @@
 //! bridge, its address, a tap's place on it, the nftables table (`nft flush ruleset`, a firewall
 //! reload), or a dead dnsmasq. Everything lives on after the daemon stops, and the next daemon
 //! takes it over.
+//!
+//! What the watchdog cannot repair: a running VM's tap that someone *deleted*. It makes the tap
+//! again, but the VMM's descriptor stays on the deleted device, so the guest has no network until
+//! the VM is restarted; the watchdog says so (a log line and a `nic_lost` event on the VM).
+//! A repair that fails is retried with a back-off (1 s, doubling, up to 60 s), and only the
+//! change between healthy and broken is logged and sent as an event (`network_broken`,
+//! `network_repaired`).
 
 pub mod dnsmasq;
 pub mod host;
@@ -19,9 +26,10 @@ mod tests;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
+use model::manager::event::EventKind;
 use model::manager::network::{
     NetworkDefinition, NetworkError, NetworkInfo, NetworkMode, NetworkPlan, NetworkPort,
 };
@@ -30,6 +38,7 @@ use model::manager::ErrorKind;
 
 use crate::error::{ApiResult, ManagerError};
 use crate::paths::Paths;
+use crate::server::Shared;
 use crate::store::Store;
 use dnsmasq::{Dnsmasq, DnsmasqError, Files, Reservation};
 use host::HostError;
@@ -42,6 +51,21 @@ pub const SCHEMA: &str = records::SCHEMA;
 
 /// How often the watchdog checks the active networks.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest wait between two repairs of a network that cannot be repaired.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A fixed address a defined VM's card holds on a network: the VM's UUID, its name, the address
+/// (what [`Networks::check_nic`] asks of the VMs).
+pub type FixedIp = (String, String, Ipv4Addr);
+
+/// Something the watchdog saw that the daemon's event stream should carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: EventKind,
+    /// The network's name, or the VM's for [`EventKind::NicLost`].
+    pub object: String,
+    pub detail: Option<String>,
+}
 
 /// The networks the daemon keeps.
 pub struct Networks {
@@ -54,6 +78,10 @@ struct Inner {
     /// What runs on the host; held across every change, so changes never interleave.
     host: tokio::sync::Mutex<HostState>,
     watching: AtomicBool,
+    /// This daemon's nftables table (named after its state dir).
+    table: String,
+    /// The daemon, for the watchdog's events (set by [`Networks::start_autostart`]).
+    shared: OnceLock<Weak<Shared>>,
 }
 
 /// What the daemon knows of the host's side.
@@ -63,6 +91,14 @@ struct HostState {
     dnsmasq: HashMap<String, (Dnsmasq, String)>,
     /// The nftables table as last written.
     table: Option<String>,
+    /// The active networks that could not be made whole, by name.
+    broken: HashMap<String, Broken>,
+}
+
+/// A network whose last repair failed: when to try again.
+struct Broken {
+    next_try: Instant,
+    delay: Duration,
 }
 
 /// A card plugged into its network for one run of a VM.
@@ -113,14 +149,18 @@ impl Networks {
                 paths: paths.clone(),
                 host: tokio::sync::Mutex::new(HostState::default()),
                 watching: AtomicBool::new(false),
+                table: names::table(&paths.state_dir),
+                shared: OnceLock::new(),
             }),
         }
     }
 
     /// Brings up the networks marked autostart (and re-creates the bridges, rules and DHCP
     /// servers of those that were active before the daemon or the host restarted), then starts
-    /// the watchdog that keeps them up. Calling it again does no harm.
-    pub async fn start_autostart(&self) -> ApiResult<()> {
+    /// the watchdog that keeps them up, which reports through `shared`'s events. Calling it
+    /// again does no harm.
+    pub async fn start_autostart(&self, shared: &Arc<Shared>) -> ApiResult<()> {
+        let _ = self.inner.shared.set(Arc::downgrade(shared));
         let mut first_error = None;
         for record in records::all(&self.inner.store)? {
             if !record.active && !record.definition.autostart {
@@ -134,7 +174,14 @@ impl Networks {
             }
             .await;
             if let Err(e) = result {
+                // The watchdog retries it, with its back-off.
                 tracing::error!("network '{name}' could not be brought up: {e}");
+                host.broken.insert(name.clone(), Broken::first());
+                self.inner.notify(vec![Notice {
+                    kind: EventKind::NetworkBroken,
+                    object: name,
+                    detail: Some(e.to_string()),
+                }]);
                 first_error.get_or_insert(e);
             }
         }
@@ -145,24 +192,44 @@ impl Networks {
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
-                    inner.watch().await;
+                    let notices = inner.watch().await;
+                    inner.notify(notices);
                 }
             });
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Checks a card of a definition being defined or edited: its network exists, its MAC is a
-    /// unicast address, its fixed address is inside the network and not reserved by another VM's
-    /// card.
-    pub fn check_nic(&self, vm_uuid: &str, nic: &NicDefinition) -> ApiResult<()> {
-        let Some(network) = &nic.network else { return Ok(()) };
+    /// Checks a card of a definition being defined or edited: a tap of the user's own is a
+    /// valid interface name outside Kestrel's prefixes; else its network exists, its MAC is a
+    /// unicast address, its fixed address is inside the network, outside its DHCP range, and
+    /// neither held by another defined VM's card (`fixed_ips(network)` lists those, from the
+    /// VMs' definitions) nor by a plugged card.
+    pub fn check_nic(
+        &self,
+        vm_uuid: &str,
+        nic: &NicDefinition,
+        fixed_ips: impl FnOnce(&str) -> ApiResult<Vec<FixedIp>>,
+    ) -> ApiResult<()> {
+        let Some(network) = &nic.network else {
+            return match &nic.tap {
+                Some(tap) => check_user_tap(tap),
+                None => Ok(()),
+            };
+        };
         let record = self.inner.record(network)?;
         if let Some(mac) = &nic.mac {
             model::manager::network::parse_mac(mac)?;
         }
         if let Some(ip) = nic.ip {
             plan(&record)?.check_guest_ip(ip)?;
+            if let Some((_, vm, _)) =
+                fixed_ips(network)?.into_iter().find(|(uuid, _, theirs)| *theirs == ip && uuid != vm_uuid)
+            {
+                return Err(ManagerError::conflict(format!(
+                    "the address {ip} on the network '{network}' is the fixed address of VM '{vm}'"
+                )));
+            }
             self.inner.check_ip_free(network, ip, vm_uuid, None)?;
         }
         Ok(())
@@ -185,7 +252,10 @@ impl Networks {
         };
         let Some(network) = &nic.network else {
             return match &nic.tap {
-                Some(tap) => Ok(PluggedNic { tap: tap.clone(), mac }),
+                Some(tap) => {
+                    check_user_tap(tap)?;
+                    Ok(PluggedNic { tap: tap.clone(), mac })
+                }
                 None => Err(ManagerError::invalid("a card needs a network or a tap")),
             };
         };
@@ -336,6 +406,7 @@ impl Networks {
             inner.tear_down(&mut host, &record).await;
             return Err(e);
         }
+        host.broken.remove(name);
         inner.info_of(record)
     }
 
@@ -386,9 +457,12 @@ impl Networks {
         records::all(&self.inner.store)?.into_iter().map(|record| self.inner.info_of(record)).collect()
     }
 
-    /// One pass of the watchdog (it runs every [`WATCH_INTERVAL`]; tests call it directly).
-    pub async fn watch_once(&self) {
-        self.inner.watch().await;
+    /// One pass of the watchdog (it runs every [`WATCH_INTERVAL`]; tests call it directly):
+    /// what it reported.
+    pub async fn watch_once(&self) -> Vec<Notice> {
+        let notices = self.inner.watch().await;
+        self.inner.notify(notices.clone());
+        notices
     }
 }
 
@@ -494,6 +568,7 @@ impl Inner {
     /// Failures are logged: what is left is removed at the next stop or by hand.
     async fn tear_down(&self, host: &mut HostState, record: &NetworkRecord) {
         let name = &record.definition.name;
+        host.broken.remove(name);
         match host.dnsmasq.remove(name) {
             Some((running, _)) => running.stop().await,
             None => {
@@ -524,7 +599,7 @@ impl Inner {
                 })
             })
             .collect();
-        host.table = nft::apply(&rules).await?;
+        host.table = nft::apply(&self.table, &rules).await?;
         Ok(())
     }
 
@@ -563,30 +638,112 @@ impl Inner {
         Ok(())
     }
 
-    /// The watchdog's pass: every active network is checked against the host and repaired.
-    async fn watch(&self) {
+    /// The watchdog's pass: every active network is checked against the host and repaired
+    /// (a broken one only when its back-off allows). What the event stream should hear of it.
+    async fn watch(&self) -> Vec<Notice> {
+        let mut notices = Vec::new();
         let mut host = self.host.lock().await;
         let active: Vec<NetworkRecord> = match records::all(&self.store) {
             Ok(all) => all.into_iter().filter(|r| r.active).collect(),
-            Err(e) => return tracing::error!("network watchdog: {e}"),
+            Err(e) => {
+                tracing::error!("network watchdog: {e}");
+                return notices;
+            }
         };
         if active.is_empty() {
-            return;
+            return notices;
         }
         let links = match host::links().await {
             Ok(links) => links,
-            Err(e) => return tracing::warn!("network watchdog: {e}"),
+            Err(e) => {
+                tracing::warn!("network watchdog: {e}");
+                return notices;
+            }
         };
-        let table = nft::fingerprint().await;
+        let table = nft::fingerprint(&self.table).await;
+        let now = Instant::now();
         for record in &active {
             let name = &record.definition.name;
-            let problem = self.find_problem(&host, record, &links, &table);
-            if let Some(problem) = problem {
-                tracing::warn!("network '{name}': {problem}; putting it back");
-                if let Err(e) = self.ensure(&mut host, record).await {
-                    tracing::error!("network '{name}' could not be repaired: {e}");
+            if host.broken.get(name).is_some_and(|broken| broken.next_try > now) {
+                continue;
+            }
+            for port in records::ports_of_network(&self.store, name).unwrap_or_default() {
+                if !links.iter().any(|l| l.ifname == port.tap) {
+                    // The VMM's descriptor is on the deleted device: a new tap of the same name
+                    // (made below) never reaches it.
+                    tracing::warn!(
+                        "VM '{}': its tap {} was deleted; restart the VM to give it back its network",
+                        port.vm,
+                        port.tap
+                    );
+                    notices.push(Notice {
+                        kind: EventKind::NicLost,
+                        object: port.vm.clone(),
+                        detail: Some(format!(
+                            "the tap {} on the network '{name}' was deleted; restart the VM to get its network back",
+                            port.tap
+                        )),
+                    });
                 }
             }
+            let problem = self.find_problem(&host, record, &links, &table);
+            let was_broken = host.broken.contains_key(name);
+            let Some(problem) = problem else {
+                if was_broken {
+                    // Someone mended it by hand.
+                    host.broken.remove(name);
+                    tracing::info!("network '{name}' is whole again");
+                    notices.push(Notice {
+                        kind: EventKind::NetworkRepaired,
+                        object: name.clone(),
+                        detail: None,
+                    });
+                }
+                continue;
+            };
+            if !was_broken {
+                tracing::warn!("network '{name}': {problem}; putting it back");
+            }
+            match self.ensure(&mut host, record).await {
+                Ok(()) if was_broken => {
+                    host.broken.remove(name);
+                    tracing::info!("network '{name}' is repaired");
+                    notices.push(Notice {
+                        kind: EventKind::NetworkRepaired,
+                        object: name.clone(),
+                        detail: None,
+                    });
+                }
+                Ok(()) => {}
+                Err(e) => match host.broken.get_mut(name) {
+                    Some(broken) => {
+                        broken.delay = (broken.delay * 2).min(MAX_BACKOFF);
+                        broken.next_try = Instant::now() + broken.delay;
+                        tracing::debug!("network '{name}' still cannot be repaired: {e}");
+                    }
+                    None => {
+                        tracing::error!(
+                            "network '{name}' could not be repaired: {e} (retrying with a back-off of up to {} s)",
+                            MAX_BACKOFF.as_secs()
+                        );
+                        host.broken.insert(name.clone(), Broken::first());
+                        notices.push(Notice {
+                            kind: EventKind::NetworkBroken,
+                            object: name.clone(),
+                            detail: Some(format!("{problem}: {e}")),
+                        });
+                    }
+                },
+            }
+        }
+        notices
+    }
+
+    /// Sends `notices` to the daemon's event stream (once it is known).
+    fn notify(&self, notices: Vec<Notice>) {
+        let Some(shared) = self.shared.get().and_then(Weak::upgrade) else { return };
+        for notice in notices {
+            shared.events.emit(notice.kind, &notice.object, notice.detail);
         }
     }
 
@@ -615,7 +772,11 @@ impl Inner {
         }
         match table {
             Ok(table) if *table != host.table => {
-                return Some("the nftables table inet kestrel was changed or deleted".into())
+                return Some(format!(
+                    "the nftables table {} {} was changed or deleted",
+                    nft::FAMILY,
+                    self.table
+                ))
             }
             _ => {}
         }
@@ -623,6 +784,25 @@ impl Inner {
             Some((running, _)) if running.is_alive() => None,
             _ => Some("its dnsmasq is not running".into()),
         }
+    }
+}
+
+impl Broken {
+    /// Just broken: the first retry after a second.
+    fn first() -> Broken {
+        let delay = WATCH_INTERVAL;
+        Broken { next_try: Instant::now() + delay, delay }
+    }
+}
+
+/// Refuses a tap of the user's own that is no interface name, or in Kestrel's own prefixes.
+fn check_user_tap(tap: &str) -> ApiResult<()> {
+    match names::user_tap_problem(tap) {
+        Some(problem) => Err(ManagerError::invalid(format!(
+            "the tap '{}': {problem}",
+            tap.chars().take(32).collect::<String>().escape_debug()
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -35,6 +35,45 @@ pub fn mac(vm_uuid: &str, index: usize) -> String {
     model::manager::network::format_mac([0x02, 0x4b, hash[0], hash[1], hash[2], hash[3]])
 }
 
+/// The name of the nftables table of the daemon whose state dir is `state_dir`:
+/// `kestrel_` and 8 hex digits of a hash of the path, so two daemons (two state dirs) in one
+/// network namespace have a table each.
+pub fn table(state_dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    format!("kestrel_{:08x}", fnv1a(state_dir.as_os_str().as_bytes()) & 0xffff_ffff)
+}
+
+/// Why a tap the user names on a card (one Kestrel does not make) is refused, if it is: it must
+/// be a valid interface name (1 to 15 bytes of letters, digits, `-`, `_` and `.`, not `.` or
+/// `..`), and not one Kestrel makes: a bridge's (`kb-…`) or a managed tap's (`kt`, 10 hex
+/// digits, `n`, the card's index), which Kestrel deletes when its VM stops. Other names that
+/// start with `kt` (`ktap0`) are the user's.
+pub fn user_tap_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Some("a tap's name has 1 to 15 bytes");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || name == "."
+        || name == ".."
+    {
+        return Some("a tap's name may only hold letters, digits, '-', '_' and '.'");
+    }
+    if name.starts_with("kb-") || is_managed_tap(name) {
+        return Some("names of the forms 'kb-…' and 'kt<10 hex digits>n<index>' are Kestrel's own devices'");
+    }
+    None
+}
+
+/// Whether `name` has the form of [`tap`]'s names.
+fn is_managed_tap(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("kt") else { return false };
+    let (Some(hex), Some(index)) = (rest.get(..10), rest.get(10..)) else { return false };
+    let Some(index) = index.strip_prefix('n') else { return false };
+    hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && (1..=2).contains(&index.len())
+        && index.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// FNV-1a, 64 bits: stable across builds and hosts (unlike std's hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes
@@ -57,12 +96,51 @@ mod tests {
         assert_ne!(mac("u", 0), mac("u", 1));
     }
 
+    #[test]
+    fn tables_differ_per_state_dir() {
+        let a = table(std::path::Path::new("/var/lib/kestrel"));
+        assert_eq!(a, table(std::path::Path::new("/var/lib/kestrel")));
+        assert_ne!(a, table(std::path::Path::new("/tmp/other/state")));
+        assert!(a.starts_with("kestrel_") && a.len() == 16, "{a}");
+    }
+
+    #[test]
+    fn user_taps_are_interface_names_outside_kestrels_prefixes() {
+        for good in ["tap0", "vm-web.1", "my_tap", "k0", "kb0", "ktap0", "kt1b4e28ba2fx0"] {
+            assert_eq!(user_tap_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "a-name-of-16-byt",
+            "a/b",
+            "tap 0",
+            "..",
+            "kt1b4e28ba2fn0",
+            "kt1B4E28BA2Fn99",
+            "kb-lab",
+            "tåp",
+        ] {
+            assert!(user_tap_problem(bad).is_some(), "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn accepted_user_taps_are_safe_names(name in "\\PC{0,24}") {
+            if user_tap_problem(&name).is_none() {
+                prop_assert!((1..=IFNAME_MAX).contains(&name.len()));
+                prop_assert!(!name.contains('/') && !name.contains(char::is_whitespace) && name.is_ascii());
+                prop_assert!(!name.starts_with("kb-"));
+            }
+        }
+
         #[test]
         fn every_name_fits_an_interface(network in "[a-zA-Z0-9._-]{1,64}", uuid in "\\PC{0,40}", index in 0usize..=MAX_NIC_INDEX) {
             prop_assert!(bridge(&network).len() <= IFNAME_MAX);
             let tap = tap(&uuid, index);
             prop_assert!(tap.len() <= IFNAME_MAX && tap.is_ascii() && !tap.contains('/'));
+            // A user's card can never take a tap Kestrel makes (and later deletes).
+            prop_assert!(user_tap_problem(&tap).is_some());
             prop_assert!(model::manager::network::parse_mac(&mac(&uuid, index)).is_ok());
         }
     }

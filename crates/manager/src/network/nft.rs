@@ -1,15 +1,17 @@
-//! Kestrel's own nftables table, `inet kestrel`: every active network's forwarding and NAT
-//! rules, written whole and atomically (`nft -f -`), so other firewall managers' tables are
-//! never touched and a reload of theirs leaves Kestrel's alone. A watchdog compares the table
-//! with what was written and writes it again when someone changed or deleted it.
+//! Kestrel's own nftables table, `inet kestrel_<hash of the state dir>` (see
+//! [`super::names::table`]): every active network's forwarding and NAT rules, written whole and
+//! atomically (`nft -f -`), so other firewall managers' tables are never touched and a reload of
+//! theirs leaves Kestrel's alone. Each daemon (one per state dir) has a table of its own, so two
+//! daemons in one network namespace never rewrite each other's rules. A watchdog compares the
+//! table with what was written and writes it again when someone changed or deleted it.
 
 use model::manager::network::{NetworkMode, Subnet};
 use serde_json::Value;
 
 use super::host::{run, HostError};
 
-/// The table's family and name.
-pub const TABLE: &str = "inet kestrel";
+/// The table's family.
+pub const FAMILY: &str = "inet";
 
 /// What the rules need to know of one active network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,12 +24,12 @@ pub struct NetworkRules {
 /// The nft script that replaces the table with the rules of `networks` (or deletes it when
 /// there are none). Creating the table first makes the deletion valid whether or not it exists,
 /// and the whole script is one transaction.
-pub fn script(networks: &[NetworkRules]) -> String {
-    let mut out = format!("table {TABLE} {{}}\ndelete table {TABLE}\n");
+pub fn script(table: &str, networks: &[NetworkRules]) -> String {
+    let mut out = format!("table {FAMILY} {table} {{}}\ndelete table {FAMILY} {table}\n");
     if networks.is_empty() {
         return out;
     }
-    out.push_str(&format!("table {TABLE} {{\n"));
+    out.push_str(&format!("table {FAMILY} {table} {{\n"));
     // Filtering: traffic from and to the bridges only; everything else is other tables' business.
     // Three passes, so that no network's `accept` lets through what another's `reject` keeps out
     // (a NAT network's guests must not open connections into an isolated network).
@@ -67,19 +69,19 @@ pub fn script(networks: &[NetworkRules]) -> String {
     out
 }
 
-/// Writes the table for `networks`; the fingerprint of what the kernel then holds.
-pub async fn apply(networks: &[NetworkRules]) -> Result<Option<String>, HostError> {
-    run("nft", &["-f", "-"], Some(script(networks).as_bytes())).await?;
-    fingerprint().await
+/// Writes the table named `table` for `networks`; the fingerprint of what the kernel then holds.
+pub async fn apply(table: &str, networks: &[NetworkRules]) -> Result<Option<String>, HostError> {
+    run("nft", &["-f", "-"], Some(script(table, networks).as_bytes())).await?;
+    fingerprint(table).await
 }
 
 /// The table as the kernel holds it now, without handles (which change on every write), or
 /// `None` when there is no table.
-pub async fn fingerprint() -> Result<Option<String>, HostError> {
-    match run("nft", &["-j", "list", "table", "inet", "kestrel"], None).await {
+pub async fn fingerprint(table: &str) -> Result<Option<String>, HostError> {
+    match run("nft", &["-j", "list", "table", FAMILY, table], None).await {
         Ok(out) => {
             let value: Value = serde_json::from_slice(&out).map_err(|e| HostError::Output {
-                command: "nft -j list table inet kestrel".into(),
+                command: format!("nft -j list table {FAMILY} {table}"),
                 message: e.to_string(),
             })?;
             Ok(Some(without_handles(value).to_string()))
@@ -125,7 +127,8 @@ mod tests {
             subnet: Subnet::parse("10.2.0.0/24").unwrap(),
             mode: NetworkMode::Isolated,
         };
-        let text = script(&[nat, isolated]);
+        let text = script("kestrel_0123abcd", &[nat, isolated]);
+        assert!(text.starts_with("table inet kestrel_0123abcd {}\n"), "{text}");
         assert!(text.contains("ip saddr 10.1.0.0/24 ip daddr != { 10.1.0.0/24"), "{text}");
         assert!(!text.contains("ip saddr 10.2.0.0/24"), "{text}");
         assert!(text.contains("iifname \"kb-b\" reject"), "{text}");
@@ -133,7 +136,10 @@ mod tests {
         let refusal = text.find("oifname \"kb-b\" reject").unwrap();
         let way_out = text.find("iifname \"kb-a\" ip saddr 10.1.0.0/24 accept").unwrap();
         assert!(refusal < way_out, "{text}");
-        assert_eq!(script(&[]), "table inet kestrel {}\ndelete table inet kestrel\n");
+        assert_eq!(
+            script("kestrel_0123abcd", &[]),
+            "table inet kestrel_0123abcd {}\ndelete table inet kestrel_0123abcd\n"
+        );
     }
 
     #[test]

@@ -92,6 +92,11 @@ fn nic(network: &str, mac: Option<&str>, ip: Option<&str>) -> NicDefinition {
     }
 }
 
+/// No defined VM holds a fixed address.
+fn none_fixed(_: &str) -> crate::error::ApiResult<Vec<super::FixedIp>> {
+    Ok(Vec::new())
+}
+
 const WEB: &str = "6f1c2a3b-0000-4000-8000-000000000001";
 const DB: &str = "7a2d3c4e-0000-4000-8000-000000000002";
 
@@ -101,20 +106,23 @@ fn a_plugged_card_gets_its_tap_and_its_reserved_address() {
     let networks = &bench.networks;
     bench.define("res", "10.90.0.1/24");
 
-    assert!(networks.check_nic(WEB, &nic("res", None, Some("10.90.0.7"))).is_ok());
+    assert!(networks.check_nic(WEB, &nic("res", None, Some("10.90.0.7")), none_fixed).is_ok());
     assert_eq!(
-        networks.check_nic(WEB, &nic("res", None, Some("10.91.0.7"))).unwrap_err().kind,
+        networks.check_nic(WEB, &nic("res", None, Some("10.91.0.7")), none_fixed).unwrap_err().kind,
         ErrorKind::Invalid
     );
     assert_eq!(
-        networks.check_nic(WEB, &nic("res", None, Some("10.90.0.1"))).unwrap_err().kind,
+        networks.check_nic(WEB, &nic("res", None, Some("10.90.0.1")), none_fixed).unwrap_err().kind,
         ErrorKind::Invalid
     );
     assert_eq!(
-        networks.check_nic(WEB, &nic("res", Some("01:00:5e:00:00:01"), None)).unwrap_err().kind,
+        networks.check_nic(WEB, &nic("res", Some("01:00:5e:00:00:01"), None), none_fixed).unwrap_err().kind,
         ErrorKind::Invalid
     );
-    assert_eq!(networks.check_nic(WEB, &nic("nowhere", None, None)).unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        networks.check_nic(WEB, &nic("nowhere", None, None), none_fixed).unwrap_err().kind,
+        ErrorKind::NotFound
+    );
 
     let card = nic("res", Some("52:54:00:90:00:07"), Some("10.90.0.7"));
     let plugged = bench.runtime.block_on(networks.plug(WEB, "web", 0, &card)).unwrap();
@@ -129,7 +137,7 @@ fn a_plugged_card_gets_its_tap_and_its_reserved_address() {
 
     // The address is the web VM's: not another VM's, at definition or at start.
     let taken = nic("res", None, Some("10.90.0.7"));
-    assert_eq!(networks.check_nic(DB, &taken).unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(networks.check_nic(DB, &taken, none_fixed).unwrap_err().kind, ErrorKind::Conflict);
     assert_eq!(
         bench.runtime.block_on(networks.plug(DB, "db", 0, &taken)).unwrap_err().kind,
         ErrorKind::Conflict
@@ -173,6 +181,110 @@ fn the_watchdog_puts_a_detached_tap_back_on_its_bridge() {
     bench.runtime.block_on(bench.networks.watch_once());
     assert_eq!(master_of(&plugged.tap).as_deref(), Some("kb-w"));
     bench.runtime.block_on(bench.networks.unplug_vm(WEB));
+}
+
+#[test]
+fn fixed_addresses_stay_out_of_the_dhcp_range_and_off_other_defined_vms() {
+    let Some(bench) = Bench::new() else { return };
+    let networks = &bench.networks;
+    bench.define("fix", "10.93.0.1/24");
+    // The DHCP range is .128-.254: dnsmasq may lease any of it to a guest while a VM with a
+    // fixed address in it is stopped.
+    let in_range = networks.check_nic(WEB, &nic("fix", None, Some("10.93.0.150")), none_fixed).unwrap_err();
+    assert_eq!(in_range.kind, ErrorKind::Invalid);
+    assert!(in_range.message.contains("DHCP range"), "{}", in_range.message);
+    // A stopped VM (nothing plugged) that holds .20 in its definition.
+    let db_holds = |network: &str| -> crate::error::ApiResult<Vec<super::FixedIp>> {
+        assert_eq!(network, "fix");
+        Ok(vec![(DB.into(), "db".into(), "10.93.0.20".parse().unwrap())])
+    };
+    let taken = networks.check_nic(WEB, &nic("fix", None, Some("10.93.0.20")), db_holds).unwrap_err();
+    assert_eq!(taken.kind, ErrorKind::Conflict);
+    assert!(taken.message.contains("VM 'db'"), "{}", taken.message);
+    // The VM's own definition (an edit) does not conflict with itself; another address is free.
+    assert!(networks.check_nic(DB, &nic("fix", None, Some("10.93.0.20")), db_holds).is_ok());
+    assert!(networks.check_nic(WEB, &nic("fix", None, Some("10.93.0.21")), db_holds).is_ok());
+    // The lookup's failure refuses the card rather than letting the address be taken twice.
+    let broken = |_: &str| -> crate::error::ApiResult<Vec<super::FixedIp>> {
+        Err(crate::error::ManagerError::unavailable("the store is busy"))
+    };
+    assert_eq!(
+        networks.check_nic(WEB, &nic("fix", None, Some("10.93.0.22")), broken).unwrap_err().kind,
+        ErrorKind::Unavailable
+    );
+}
+
+#[test]
+fn a_users_own_tap_is_checked() {
+    // No root needed: a card without a network touches nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let paths = Paths { state_dir: dir.path().join("state"), socket: dir.path().join("sock") };
+    let store = Arc::new(Store::in_memory(&[super::SCHEMA]).unwrap());
+    let networks = Networks::new(store, &paths);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let card = |tap: &str| NicDefinition { tap: Some(tap.into()), ..NicDefinition::default() };
+    assert!(networks.check_nic(WEB, &card("tap0"), none_fixed).is_ok());
+    assert!(networks.check_nic(WEB, &card("ktap0"), none_fixed).is_ok());
+    for bad in ["a-name-of-16-byt", "../x", "kt6f1c2a3b00n0", "kb-lab", ""] {
+        assert_eq!(
+            networks.check_nic(WEB, &card(bad), none_fixed).unwrap_err().kind,
+            ErrorKind::Invalid,
+            "{bad}"
+        );
+        // A definition stored before the check is refused at start as well.
+        assert_eq!(
+            runtime.block_on(networks.plug(WEB, "web", 0, &card(bad))).unwrap_err().kind,
+            ErrorKind::Invalid,
+            "{bad}"
+        );
+    }
+    assert_eq!(runtime.block_on(networks.plug(WEB, "web", 0, &card("tap0"))).unwrap().tap, "tap0");
+}
+
+#[test]
+fn a_deleted_tap_of_a_running_vm_is_reported() {
+    let Some(bench) = Bench::new() else { return };
+    bench.define("gone", "10.94.0.1/24");
+    let plugged =
+        bench.runtime.block_on(bench.networks.plug(WEB, "web", 0, &nic("gone", None, None))).unwrap();
+    assert!(bench.runtime.block_on(bench.networks.watch_once()).is_empty(), "nothing to report");
+    sh("ip", &["link", "del", "dev", &plugged.tap]);
+    let notices = bench.runtime.block_on(bench.networks.watch_once());
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].kind, model::manager::event::EventKind::NicLost);
+    assert_eq!(notices[0].object, "web");
+    assert!(notices[0].detail.as_deref().is_some_and(|d| d.contains("restart")), "{notices:?}");
+    // The tap is made again (so the bridge is whole), and reported once only.
+    assert_eq!(master_of(&plugged.tap).as_deref(), Some("kb-gone"));
+    assert!(bench.runtime.block_on(bench.networks.watch_once()).is_empty());
+    bench.runtime.block_on(bench.networks.unplug_vm(WEB));
+}
+
+#[test]
+fn a_network_that_cannot_be_repaired_is_retried_with_a_back_off_and_reported_once() {
+    let Some(bench) = Bench::new() else { return };
+    let kind = model::manager::event::EventKind::NetworkBroken;
+    bench.define("bad", "10.95.0.1/24");
+    // Someone deletes the bridge and takes its name for a device that is not one.
+    sh("ip", &["link", "del", "dev", "kb-bad"]);
+    sh("ip", &["link", "add", "kb-bad", "type", "veth", "peer", "name", "kmt-bad"]);
+    let notices = bench.runtime.block_on(bench.networks.watch_once());
+    assert_eq!(notices.iter().map(|n| n.kind).collect::<Vec<_>>(), vec![kind], "{notices:?}");
+    // Straight away again: within the back-off, no retry and no second report.
+    assert!(bench.runtime.block_on(bench.networks.watch_once()).is_empty());
+    // Once the device is gone, the next retry (after the back-off) repairs it, and says so.
+    sh("ip", &["link", "del", "dev", "kb-bad"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let repaired = loop {
+        let notices = bench.runtime.block_on(bench.networks.watch_once());
+        if !notices.is_empty() {
+            break notices;
+        }
+        assert!(std::time::Instant::now() < deadline, "no repair within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(repaired[0].kind, model::manager::event::EventKind::NetworkRepaired, "{repaired:?}");
+    assert!(master_of("kb-bad").is_some(), "the bridge is back");
 }
 
 /// A lease for `mac` from a DHCP client in a second namespace joined to `bridge` by a veth

@@ -97,7 +97,7 @@ impl Vms {
             }
         }
         for nic in &definition.nics {
-            state.networks.check_nic(uuid, nic)?;
+            state.networks.check_nic(uuid, nic, |network| state.vms.fixed_ips_on_network(network))?;
         }
         for reference in definition.disks.iter().filter_map(|d| d.volume.as_deref()) {
             state.pools.resolve_volume(reference)?;

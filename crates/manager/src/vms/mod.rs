@@ -122,6 +122,24 @@ impl Vms {
     fn runtime_of(&self, uuid: &str) -> Option<Arc<runtime::Runtime>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner()).get(uuid).cloned()
     }
+
+    // --- networks ---
+    /// The fixed addresses the defined VMs' cards hold on the network `name`, from their
+    /// definitions: (VM UUID, VM name, address). A store that cannot be read is an error, so no
+    /// address is taken twice for want of an answer.
+    pub fn fixed_ips_on_network(&self, name: &str) -> ApiResult<Vec<crate::network::FixedIp>> {
+        let mut fixed = Vec::new();
+        for vm in records::users_of_network(&self.store, name)? {
+            let Some(record) = records::find(&self.store, &vm)? else { continue };
+            for nic in record.definition.nics.iter().filter(|nic| nic.network.as_deref() == Some(name)) {
+                if let Some(ip) = nic.ip {
+                    fixed.push((record.uuid.clone(), vm.clone(), ip));
+                }
+            }
+        }
+        Ok(fixed)
+    }
+    // --- end networks ---
 }
 
 /// Unix seconds now.

@@ -36,6 +36,14 @@ pub enum EventKind {
     Adopted,
     NetworkStarted,
     NetworkStopped,
+    // --- networks: the watchdog's reports ---
+    /// An active network could not be repaired (the watchdog keeps trying, with a back-off).
+    NetworkBroken,
+    /// A broken network is whole again.
+    NetworkRepaired,
+    /// A running VM's tap was deleted: the VM has no network until it is restarted.
+    NicLost,
+    // --- end networks ---
     VolumeCreated,
     VolumeDeleted,
 }

@@ -137,7 +137,22 @@ pub enum NetworkError {
     IpOutside { ip: Ipv4Addr, subnet: Subnet },
     #[error("the address {ip} is the network's own ({which}); pick another")]
     IpReserved { ip: Ipv4Addr, which: &'static str },
+    #[error(
+        "the address {ip} is inside the DHCP range {start}-{end}, which DHCP hands out to other guests; pick one outside it"
+    )]
+    IpInRange { ip: Ipv4Addr, start: Ipv4Addr, end: Ipv4Addr },
+    #[error("the subnet {subnet} is {what}, which cannot carry a network's traffic")]
+    SpecialSubnet { subnet: Subnet, what: &'static str },
 }
+
+/// The address blocks a network's subnet may not touch: nothing routes them to a bridge.
+const SPECIAL_SUBNETS: [(Ipv4Addr, u8, &str); 5] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "in 0.0.0.0/8 (\"this network\")"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "in the loopback block 127.0.0.0/8"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "in the link-local block 169.254.0.0/16"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "in the multicast block 224.0.0.0/4"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "in the reserved block 240.0.0.0/4"),
+];
 
 /// An IPv4 subnet: its first address and prefix length (8 to 30 once validated).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -225,10 +240,15 @@ pub struct NetworkPlan {
 
 impl NetworkPlan {
     /// Checks a card's fixed address: inside the subnet, neither the subnet's first or last
-    /// address nor the host's.
+    /// address nor the host's, and outside the DHCP range (libvirt's rule: dnsmasq may have
+    /// leased an address of the range to another guest while the card's VM was stopped).
     pub fn check_guest_ip(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
         if !self.subnet.contains(ip) {
             return Err(NetworkError::IpOutside { ip, subnet: self.subnet });
+        }
+        let (start, end) = self.dhcp_range;
+        if (u32::from(start)..=u32::from(end)).contains(&u32::from(ip)) {
+            return Err(NetworkError::IpInRange { ip, start, end });
         }
         let which = if ip == self.host {
             "the host's address on the bridge"
@@ -245,7 +265,8 @@ impl NetworkPlan {
 
 impl NetworkDefinition {
     /// Checks the definition: the name, the address (`A.B.C.D/N`, N from 8 to 30, the host
-    /// neither the subnet's first nor its last address), the DHCP range (inside the subnet,
+    /// neither the subnet's first nor its last address, the subnet in none of the loopback,
+    /// link-local, multicast, 0.0.0.0/8 and 240.0.0.0/4 blocks), the DHCP range (inside the subnet,
     /// ordered, without the host's address) and the domain.
     pub fn validate(&self) -> Result<NetworkPlan, NetworkError> {
         super::name::check_name(&self.name)?;
@@ -255,6 +276,11 @@ impl NetworkDefinition {
             return Err(NetworkError::Prefix(prefix));
         }
         let subnet = Subnet::of(host, prefix);
+        if let Some((_, _, what)) =
+            SPECIAL_SUBNETS.iter().find(|(network, prefix, _)| subnet.overlaps(Subnet::of(*network, *prefix)))
+        {
+            return Err(NetworkError::SpecialSubnet { subnet, what });
+        }
         let first = u32::from(subnet.network) + 1;
         let last = u32::from(subnet.broadcast()) - 1;
         if host == subnet.network || host == subnet.broadcast() {
@@ -405,8 +431,44 @@ mod tests {
     fn guest_addresses_stay_off_the_networks_own() {
         let plan = definition("10.77.0.1/24", None).validate().unwrap();
         assert_eq!(plan.check_guest_ip("10.77.0.5".parse().unwrap()), Ok(()));
+        assert_eq!(plan.check_guest_ip("10.77.0.127".parse().unwrap()), Ok(()));
         for bad in ["10.77.0.1", "10.77.0.0", "10.77.0.255", "10.78.0.5"] {
             assert!(plan.check_guest_ip(bad.parse().unwrap()).is_err(), "{bad}");
+        }
+        // The DHCP range (here .128-.254) is DHCP's to hand out.
+        for in_range in ["10.77.0.128", "10.77.0.150", "10.77.0.254"] {
+            assert!(
+                matches!(plan.check_guest_ip(in_range.parse().unwrap()), Err(NetworkError::IpInRange { .. })),
+                "{in_range}"
+            );
+        }
+    }
+
+    #[test]
+    fn subnets_that_cannot_carry_traffic_are_refused() {
+        for bad in [
+            "127.5.0.1/16",
+            "224.1.0.1/24",
+            "169.254.1.1/16",
+            "0.1.0.1/16",
+            "240.0.0.1/24",
+            "255.0.0.1/8",
+            "239.255.0.1/24",
+        ] {
+            assert!(
+                matches!(definition(bad, None).validate(), Err(NetworkError::SpecialSubnet { .. })),
+                "{bad}"
+            );
+        }
+        for good in [
+            "10.0.0.1/8",
+            "126.255.255.1/24",
+            "128.0.0.1/24",
+            "169.253.0.1/16",
+            "223.255.255.1/24",
+            "192.168.1.1/24",
+        ] {
+            assert!(definition(good, None).validate().is_ok(), "{good}");
         }
     }
 
@@ -445,9 +507,31 @@ mod tests {
                 let (s, e) = plan.dhcp_range;
                 prop_assert!(u32::from(s) <= u32::from(e));
                 for ip in [s, e] {
-                    prop_assert_eq!(plan.check_guest_ip(ip), Ok(()));
+                    prop_assert!(plan.subnet.contains(ip));
+                    prop_assert!(ip != plan.subnet.network && ip != plan.subnet.broadcast());
+                    let in_range = matches!(plan.check_guest_ip(ip), Err(NetworkError::IpInRange { .. }));
+                    prop_assert!(in_range);
                 }
                 prop_assert!(!(u32::from(s)..=u32::from(e)).contains(&u32::from(plan.host)));
+                let first_octet = plan.subnet.network.octets()[0];
+                prop_assert!(first_octet != 0 && first_octet != 127 && first_octet < 224);
+                prop_assert!(!Subnet::parse("169.254.0.0/16").unwrap().overlaps(plan.subnet));
+            }
+        }
+
+        #[test]
+        fn special_blocks_are_always_refused(a in any::<u32>(), prefix in MIN_PREFIX..=MAX_PREFIX) {
+            let address = Ipv4Addr::from(a);
+            let octets = address.octets();
+            let special = octets[0] == 0 || octets[0] == 127 || octets[0] >= 224
+                || (octets[0] == 169 && octets[1] == 254);
+            let definition = NetworkDefinition {
+                name: "n".into(), address: format!("{address}/{prefix}"), mode: NetworkMode::Nat,
+                dhcp_range: None, autostart: false, domain: None,
+            };
+            if special {
+                let refused = matches!(definition.validate(), Err(NetworkError::SpecialSubnet { .. }));
+                prop_assert!(refused);
             }
         }
 
