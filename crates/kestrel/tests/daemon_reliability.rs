@@ -130,6 +130,89 @@ fn vms_outlive_a_killed_daemon_and_are_adopted_not_restarted() {
     wait_for_vmms(&daemon.state_dir, 0);
 }
 
+/// Kills a VMM the test found (the daemon is away) and waits until none is left.
+fn kill_vmm(daemon: &Daemon, pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions; pid is a live VMM of this test.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn a_daemon_killed_mid_save_finds_the_vm_saved() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let info = running_hang(&daemon, "keep");
+    let (uuid, pid) = (info["uuid"].as_str().unwrap().to_owned(), info["pid"].as_u64().unwrap() as u32);
+    wait_for_vm(&daemon, "keep", "printing", |_| {
+        std::fs::read_to_string(info["console_log"].as_str().unwrap())
+            .unwrap_or_default()
+            .contains("exit: hang")
+    });
+    daemon.kill();
+    // What the daemon's save did up to its SIGKILL: pause, snapshot, write the intent down.
+    let vm_dir = daemon.state_dir.join("vms").join(&uuid);
+    let socket = vm_dir.join("vmm.sock");
+    let saved = vm_dir.join("saved");
+    let (status, text) = common::api::request(&socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(status, 204, "{text}");
+    let create = serde_json::json!({
+        "snapshot_path": saved.join("state"), "mem_file_path": saved.join("memory"), "snapshot_type": "Full"
+    });
+    let (status, text) = common::api::request(&socket, "PUT", "/snapshot/create", &create.to_string());
+    assert_eq!(status, 204, "{text}");
+    let store = rusqlite::Connection::open(daemon.state_dir.join("kestrel.db")).unwrap();
+    store.execute("INSERT INTO vm_intents (vm_uuid, intent) VALUES (?1, 'save')", [&uuid]).unwrap();
+    drop(store);
+    kill_vmm(&daemon, pid);
+
+    daemon.restart();
+    let info = expect(&daemon, "GET", "/v1/vms/keep", "", 200);
+    assert_eq!(info["state"], "saved", "the completed save is kept: {info}");
+    let restored = expect(&daemon, "POST", "/v1/vms/keep/restore", "", 200);
+    assert_eq!(restored["state"], "running", "{restored}");
+    let console = std::fs::read_to_string(info["console_log"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        console.matches("Hello from the Kestrel test guest").count(),
+        1,
+        "not booted again: {console}"
+    );
+    expect(&daemon, "POST", "/v1/vms/keep/destroy", "", 200);
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn a_reset_while_the_daemon_was_away_is_restarted_by_policy() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let info = running_hang(&daemon, "again");
+    let (uuid, pid) = (info["uuid"].as_str().unwrap().to_owned(), info["pid"].as_u64().unwrap() as u32);
+    daemon.kill();
+    // The guest reset while no daemon watched: its VMM ended with status 3 (a reset).
+    kill_vmm(&daemon, pid);
+    std::fs::write(daemon.state_dir.join("vms").join(&uuid).join("exit-status"), "3\n").unwrap();
+    daemon.restart();
+    let info = wait_for_vm(&daemon, "again", "running again", |info| {
+        info["state"] == "running" && info["pid"].as_u64().is_some_and(|p| p != u64::from(pid))
+    });
+    assert_eq!(info["last_exit"]["outcome"], "reset", "{info}");
+    let kinds: Vec<(String, String)> = events(&daemon)
+        .into_iter()
+        .filter(|e| e.1 == "again")
+        .map(|(kind, _, detail)| (kind, detail))
+        .collect();
+    assert!(
+        kinds.ends_with(&[("stopped".into(), "reset".into()), ("started".into(), String::new())]),
+        "{kinds:?}"
+    );
+    assert_eq!(vmm_pids(&daemon.state_dir).len(), 1);
+    expect(&daemon, "POST", "/v1/vms/again/destroy", "", 200);
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
 #[test]
 fn sigkills_at_random_points_leave_a_consistent_store() {
     if !common::kvm_available() {
