@@ -213,57 +213,107 @@ fn a_reset_while_the_daemon_was_away_is_restarted_by_policy() {
     wait_for_vmms(&daemon.state_dir, 0);
 }
 
+/// Where in a VM's define → start → shutdown → start sequence a SIGKILL lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Phase {
+    Define,
+    Start,
+    Shutdown,
+}
+
+/// The VM's state word, if the daemon answers and knows it.
+fn state_of(socket: &Path, name: &str) -> Option<String> {
+    let (status, text) = common::api::request(socket, "GET", &format!("/v1/vms/{name}"), "");
+    let info: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (status == 200).then(|| info["state"].as_str().map(str::to_owned)).flatten()
+}
+
+/// Waits (bounded) until the VM is in `state`; whether it was seen there.
+fn wait_for_state(socket: &Path, name: &str, state: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match state_of(socket, name).as_deref() {
+            Some(now) if now == state => return true,
+            // Past it (the step was quicker than the polls): a miss.
+            Some("running") if state == "starting" => return false,
+            Some("stopped") if state == "shutting_down" => return false,
+            _ => std::thread::yield_now(),
+        }
+    }
+    false
+}
+
 #[test]
 fn sigkills_at_random_points_leave_a_consistent_store() {
     if !common::kvm_available() {
         return;
     }
+    const ROUNDS: usize = 45;
     let mut daemon = Daemon::start();
     let mut random = Random::seeded();
     let started = Instant::now();
-    for round in 0..50 {
-        if round > 0 {
-            daemon.restart();
-            assert_consistent(&daemon);
-        }
-        let name = ["r0", "r1"][round % 2];
+    let mut hits: std::collections::HashMap<Phase, usize> = Default::default();
+    for round in 0..ROUNDS {
+        let phase = [Phase::Define, Phase::Start, Phase::Shutdown][round % 3];
+        let name = format!("r{round}");
         let socket = daemon.socket.clone();
-        let definition = hello(name, "exit=hang");
+        let definition = hello(&name, "exit=hang");
+        let worker_name = name.clone();
         let work = std::thread::spawn(move || {
+            let name = worker_name;
             let _ = try_request(&socket, "POST", "/v1/vms", &definition);
             let _ = try_request(&socket, "POST", &format!("/v1/vms/{name}/start"), "");
+            // The hello guest ignores the power button: shutting down lasts the timeout.
             let _ = try_request(
                 &socket,
                 "POST",
                 &format!("/v1/vms/{name}/shutdown"),
-                r#"{"timeout_secs": 0, "force": true}"#,
+                r#"{"timeout_secs": 1, "force": true}"#,
             );
             let _ = try_request(&socket, "POST", &format!("/v1/vms/{name}/start"), "");
         });
-        // A random point of the define/start/shutdown sequence (each takes milliseconds).
-        std::thread::sleep(Duration::from_micros(random.below(60_000)));
+        // Wait for the phase, then kill a small random time into it.
+        let hit = match phase {
+            Phase::Define => true,
+            Phase::Start => wait_for_state(&daemon.socket, &name, "starting"),
+            Phase::Shutdown => wait_for_state(&daemon.socket, &name, "shutting_down"),
+        };
+        let within = match phase {
+            Phase::Define => 2_000,
+            Phase::Start => 20_000,
+            Phase::Shutdown => 500_000,
+        };
+        std::thread::sleep(Duration::from_micros(random.below(within)));
         daemon.kill();
         work.join().unwrap();
+        daemon.restart();
+        assert_consistent(&daemon);
+        // A kill in the define left no VM, or one that never started.
+        let hit = hit
+            && (phase != Phase::Define
+                || call(&daemon, "GET", &format!("/v1/vms/{name}"), "").1["started_at"].is_null());
+        *hits.entry(phase).or_default() += usize::from(hit);
+        // Everything still works afterwards; the round's VM goes.
+        if let Some(state) = state_of(&daemon.socket, &name) {
+            if state != "stopped" && state != "crashed" {
+                expect(&daemon, "POST", &format!("/v1/vms/{name}/destroy"), "", 200);
+            }
+            expect(&daemon, "DELETE", &format!("/v1/vms/{name}"), "", 204);
+        }
+        wait_for_vmms(&daemon.state_dir, 0);
     }
-    daemon.restart();
-    assert_consistent(&daemon);
     let log = daemon.log();
     eprintln!(
-        "50 kills in {:?}: {} adoptions, {} unstarted VMMs killed, {} stray VMMs killed",
+        "{ROUNDS} kills in {:?}: phases hit {hits:?}; {} adoptions, {} unstarted VMMs killed, {} stray VMMs killed",
         started.elapsed(),
         log.matches("adopted").count(),
         log.matches("never started the guest").count(),
         log.matches("no VM of the store runs it").count()
     );
-    // Everything still works afterwards.
-    for vm in expect(&daemon, "GET", "/v1/vms", "", 200).as_array().unwrap() {
-        let name = vm["name"].as_str().unwrap();
-        if vm["state"] == "running" {
-            expect(&daemon, "POST", &format!("/v1/vms/{name}/destroy"), "", 200);
-        }
-        expect(&daemon, "DELETE", &format!("/v1/vms/{name}"), "", 204);
+    for phase in [Phase::Define, Phase::Start, Phase::Shutdown] {
+        let hit = hits.get(&phase).copied().unwrap_or(0);
+        assert!(hit >= ROUNDS / 3 / 3, "the kill landed in {phase:?} only {hit} times: {hits:?}");
     }
-    wait_for_vmms(&daemon.state_dir, 0);
 }
 
 /// Open descriptors and threads of a process.

@@ -80,6 +80,7 @@ impl Vms {
             )));
         }
         records::delete(&self.store, &record.uuid)?;
+        crate::metrics::forget(&self.paths.vmm_metrics(&record.uuid));
         let dir = self.paths.vm_dir(&record.uuid);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -229,6 +229,20 @@ impl Vms {
         create_private_dir(&dir).map_err(|e| internal(&dir, e))?;
         let saved = self.paths.saved_state(uuid);
         create_private_dir(&saved).map_err(|e| internal(&saved, e))?;
+        // Only this run's metrics are summed: the file starts empty (it never grows across runs).
+        let metrics = self.paths.vmm_metrics(uuid);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&metrics)
+                .map_err(|e| internal(&metrics, e))?;
+        }
+        crate::metrics::forget(&metrics);
         let fifo = self.paths.console_input(uuid);
         if !fifo.exists() {
             let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))

@@ -196,6 +196,12 @@ impl Vms {
         }
     }
 
+    /// Whether the daemon is about to start VM `uuid` again (after a reset, or a crash by its
+    /// policy): it is stopped only for a moment.
+    pub fn restart_pending(&self, uuid: &str) -> bool {
+        records::pending(&self.store, uuid).ok().flatten() == Some(records::Pending::Restart)
+    }
+
     /// Whether the VM may be restarted now (fewer than the allowed restarts in the last
     /// minute), counting this one.
     fn may_restart(&self, uuid: &str) -> bool {
