@@ -111,19 +111,9 @@ fn write_last_metrics(metrics: &MetricsWriter) {
     }
 }
 
+/// The one mapping from outcome to exit status lives in `vmm_api::status_for`.
 fn exit_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> ExitCode {
-    match outcome {
-        Ok(outcome) => {
-            if outcome != vmm::outcome::VmOutcome::PowerOff {
-                report(format_args!("kestrel: {outcome}"));
-            }
-            ExitCode::from(exit_status::for_outcome(&outcome))
-        }
-        Err(e) => {
-            report(format_args!("kestrel: error: {e}"));
-            ExitCode::from(exit_status::ERROR)
-        }
-    }
+    ExitCode::from(vmm_api::status_for(outcome))
 }
 
 /// Sets the process's seccomp mode (before the VMM starts any thread of its own). With filters

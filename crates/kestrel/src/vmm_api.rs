@@ -149,7 +149,7 @@ fn run_api(args: cli::VmmArgs) -> u8 {
 }
 
 /// The exit status for how the VM ended, reported as `kestrel run` reports it.
-fn status_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> u8 {
+pub(crate) fn status_for(outcome: vmm::Result<vmm::outcome::VmOutcome>) -> u8 {
     match outcome {
         Ok(outcome) => {
             if outcome != vmm::outcome::VmOutcome::PowerOff {

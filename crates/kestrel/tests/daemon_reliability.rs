@@ -130,57 +130,191 @@ fn vms_outlive_a_killed_daemon_and_are_adopted_not_restarted() {
     wait_for_vmms(&daemon.state_dir, 0);
 }
 
+/// Kills a VMM the test found (the daemon is away) and waits until none is left.
+fn kill_vmm(daemon: &Daemon, pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions; pid is a live VMM of this test.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn a_daemon_killed_mid_save_finds_the_vm_saved() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let info = running_hang(&daemon, "keep");
+    let (uuid, pid) = (info["uuid"].as_str().unwrap().to_owned(), info["pid"].as_u64().unwrap() as u32);
+    wait_for_vm(&daemon, "keep", "printing", |_| {
+        std::fs::read_to_string(info["console_log"].as_str().unwrap())
+            .unwrap_or_default()
+            .contains("exit: hang")
+    });
+    daemon.kill();
+    // What the daemon's save did up to its SIGKILL: pause, snapshot, write the intent down.
+    let vm_dir = daemon.state_dir.join("vms").join(&uuid);
+    let socket = vm_dir.join("vmm.sock");
+    let saved = vm_dir.join("saved");
+    let (status, text) = common::api::request(&socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(status, 204, "{text}");
+    let create = serde_json::json!({
+        "snapshot_path": saved.join("state"), "mem_file_path": saved.join("memory"), "snapshot_type": "Full"
+    });
+    let (status, text) = common::api::request(&socket, "PUT", "/snapshot/create", &create.to_string());
+    assert_eq!(status, 204, "{text}");
+    let store = rusqlite::Connection::open(daemon.state_dir.join("kestrel.db")).unwrap();
+    store.execute("INSERT INTO vm_intents (vm_uuid, intent) VALUES (?1, 'save')", [&uuid]).unwrap();
+    drop(store);
+    kill_vmm(&daemon, pid);
+
+    daemon.restart();
+    let info = expect(&daemon, "GET", "/v1/vms/keep", "", 200);
+    assert_eq!(info["state"], "saved", "the completed save is kept: {info}");
+    let restored = expect(&daemon, "POST", "/v1/vms/keep/restore", "", 200);
+    assert_eq!(restored["state"], "running", "{restored}");
+    let console = std::fs::read_to_string(info["console_log"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        console.matches("Hello from the Kestrel test guest").count(),
+        1,
+        "not booted again: {console}"
+    );
+    expect(&daemon, "POST", "/v1/vms/keep/destroy", "", 200);
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+#[test]
+fn a_reset_while_the_daemon_was_away_is_restarted_by_policy() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let info = running_hang(&daemon, "again");
+    let (uuid, pid) = (info["uuid"].as_str().unwrap().to_owned(), info["pid"].as_u64().unwrap() as u32);
+    daemon.kill();
+    // The guest reset while no daemon watched: its VMM ended with status 3 (a reset).
+    kill_vmm(&daemon, pid);
+    std::fs::write(daemon.state_dir.join("vms").join(&uuid).join("exit-status"), "3\n").unwrap();
+    daemon.restart();
+    let info = wait_for_vm(&daemon, "again", "running again", |info| {
+        info["state"] == "running" && info["pid"].as_u64().is_some_and(|p| p != u64::from(pid))
+    });
+    assert_eq!(info["last_exit"]["outcome"], "reset", "{info}");
+    let kinds: Vec<(String, String)> = events(&daemon)
+        .into_iter()
+        .filter(|e| e.1 == "again")
+        .map(|(kind, _, detail)| (kind, detail))
+        .collect();
+    assert!(
+        kinds.ends_with(&[("stopped".into(), "reset".into()), ("started".into(), String::new())]),
+        "{kinds:?}"
+    );
+    assert_eq!(vmm_pids(&daemon.state_dir).len(), 1);
+    expect(&daemon, "POST", "/v1/vms/again/destroy", "", 200);
+    wait_for_vmms(&daemon.state_dir, 0);
+}
+
+/// Where in a VM's define → start → shutdown → start sequence a SIGKILL lands (Shutdown: after
+/// the first start answered, so during the shutdown or the start after it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Phase {
+    Define,
+    Start,
+    Shutdown,
+}
+
+/// The VM's state word, if the daemon answers and knows it.
+fn state_of(socket: &Path, name: &str) -> Option<String> {
+    let (status, text) = common::api::request(socket, "GET", &format!("/v1/vms/{name}"), "");
+    let info: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (status == 200).then(|| info["state"].as_str().map(str::to_owned)).flatten()
+}
+
+/// Waits (bounded) until the VM is in `state`; whether it was seen there.
+fn wait_for_state(socket: &Path, name: &str, state: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match state_of(socket, name).as_deref() {
+            Some(now) if now == state => return true,
+            // Past it (the step was quicker than the polls): a miss.
+            Some("running") if state == "starting" => return false,
+            _ => std::thread::yield_now(),
+        }
+    }
+    false
+}
+
 #[test]
 fn sigkills_at_random_points_leave_a_consistent_store() {
     if !common::kvm_available() {
         return;
     }
+    const ROUNDS: usize = 45;
     let mut daemon = Daemon::start();
     let mut random = Random::seeded();
     let started = Instant::now();
-    for round in 0..50 {
-        if round > 0 {
-            daemon.restart();
-            assert_consistent(&daemon);
-        }
-        let name = ["r0", "r1"][round % 2];
+    let mut hits: std::collections::HashMap<Phase, usize> = Default::default();
+    for round in 0..ROUNDS {
+        let phase = [Phase::Define, Phase::Start, Phase::Shutdown][round % 3];
+        let name = format!("r{round}");
         let socket = daemon.socket.clone();
-        let definition = hello(name, "exit=hang");
+        let definition = hello(&name, "exit=hang");
+        let worker_name = name.clone();
         let work = std::thread::spawn(move || {
+            let name = worker_name;
             let _ = try_request(&socket, "POST", "/v1/vms", &definition);
             let _ = try_request(&socket, "POST", &format!("/v1/vms/{name}/start"), "");
+            // The hello guest has no ACPI: the forced shutdown destroys it.
             let _ = try_request(
                 &socket,
                 "POST",
                 &format!("/v1/vms/{name}/shutdown"),
-                r#"{"timeout_secs": 0, "force": true}"#,
+                r#"{"timeout_secs": 1, "force": true}"#,
             );
             let _ = try_request(&socket, "POST", &format!("/v1/vms/{name}/start"), "");
         });
-        // A random point of the define/start/shutdown sequence (each takes milliseconds).
-        std::thread::sleep(Duration::from_micros(random.below(60_000)));
+        // Wait for the phase, then kill a small random time into it.
+        let hit = match phase {
+            Phase::Define => true,
+            Phase::Start => wait_for_state(&daemon.socket, &name, "starting"),
+            // Running: the start answered, the shutdown request follows at once.
+            Phase::Shutdown => wait_for_state(&daemon.socket, &name, "running"),
+        };
+        let within = match phase {
+            Phase::Define => 2_000,
+            Phase::Start => 20_000,
+            Phase::Shutdown => 20_000,
+        };
+        std::thread::sleep(Duration::from_micros(random.below(within)));
         daemon.kill();
         work.join().unwrap();
+        daemon.restart();
+        assert_consistent(&daemon);
+        // A kill in the define left no VM, or one that never started.
+        let hit = hit
+            && (phase != Phase::Define
+                || call(&daemon, "GET", &format!("/v1/vms/{name}"), "").1["started_at"].is_null());
+        *hits.entry(phase).or_default() += usize::from(hit);
+        // Everything still works afterwards; the round's VM goes.
+        if let Some(state) = state_of(&daemon.socket, &name) {
+            if state != "stopped" && state != "crashed" {
+                expect(&daemon, "POST", &format!("/v1/vms/{name}/destroy"), "", 200);
+            }
+            expect(&daemon, "DELETE", &format!("/v1/vms/{name}"), "", 204);
+        }
+        wait_for_vmms(&daemon.state_dir, 0);
     }
-    daemon.restart();
-    assert_consistent(&daemon);
     let log = daemon.log();
     eprintln!(
-        "50 kills in {:?}: {} adoptions, {} unstarted VMMs killed, {} stray VMMs killed",
+        "{ROUNDS} kills in {:?}: phases hit {hits:?}; {} adoptions, {} unstarted VMMs killed, {} stray VMMs killed",
         started.elapsed(),
         log.matches("adopted").count(),
         log.matches("never started the guest").count(),
         log.matches("no VM of the store runs it").count()
     );
-    // Everything still works afterwards.
-    for vm in expect(&daemon, "GET", "/v1/vms", "", 200).as_array().unwrap() {
-        let name = vm["name"].as_str().unwrap();
-        if vm["state"] == "running" {
-            expect(&daemon, "POST", &format!("/v1/vms/{name}/destroy"), "", 200);
-        }
-        expect(&daemon, "DELETE", &format!("/v1/vms/{name}"), "", 204);
+    for phase in [Phase::Define, Phase::Start, Phase::Shutdown] {
+        let hit = hits.get(&phase).copied().unwrap_or(0);
+        assert!(hit >= ROUNDS / 3 / 3, "the kill landed in {phase:?} only {hit} times: {hits:?}");
     }
-    wait_for_vmms(&daemon.state_dir, 0);
 }
 
 /// Open descriptors and threads of a process.

@@ -242,6 +242,11 @@ pub fn write_input(fifo: &Path, bytes: &[u8]) -> std::io::Result<usize> {
 }
 
 /// Cuts a console log longer than `cap` to its last `keep` bytes. Whether it cut.
+///
+/// Accepted loss: bytes the VMM appends between the read of the tail and the truncation are
+/// lost (or, landing past `keep`, cut off). The window is a few microseconds once per
+/// [`CAP_PERIOD`] for a log past [`LOG_CAP`]; closing it would need the VMM to reopen its log
+/// (rename, then signal) or `FALLOC_FL_COLLAPSE_RANGE`, which not every file system has.
 pub fn cap_log(path: &Path, cap: u64, keep: u64) -> std::io::Result<bool> {
     let file =
         match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
@@ -273,6 +278,12 @@ async fn cap_logs_forever(vms_dir: PathBuf) {
 fn cap_all(vms_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(vms_dir) else { return };
     for entry in entries.flatten() {
+        let metrics = entry.path().join("metrics.json");
+        match crate::metrics::cap_metrics(&metrics) {
+            Ok(true) => tracing::info!("{}: cut to what was not read yet", metrics.display()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot cap {}: {e}", metrics.display()),
+        }
         let log = entry.path().join("console.log");
         match cap_log(&log, LOG_CAP, LOG_KEEP) {
             Ok(true) => tracing::info!("{}: cut to its last {LOG_KEEP} bytes", log.display()),
@@ -329,8 +340,11 @@ async fn console(
     let attached = if info.summary.state.is_active() {
         let watcher = state.clone();
         let key = uuid.clone();
-        let alive: Alive =
-            Arc::new(move || watcher.vms.info(&key).map(|i| i.summary.state.is_active()).unwrap_or(false));
+        // A VM between a reset and its restart is stopped for a moment: its viewers stay.
+        let alive: Alive = Arc::new(move || {
+            watcher.vms.info(&key).map(|i| i.summary.state.is_active()).unwrap_or(false)
+                || watcher.vms.restart_pending(&key)
+        });
         Some(state.consoles.attach(&uuid, &log, scrollback, alive).await?)
     } else {
         None

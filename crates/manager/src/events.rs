@@ -57,7 +57,14 @@ impl Events {
     pub fn emit(&self, kind: EventKind, object: &str, detail: Option<String>) {
         let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let kind_text = kind_name(kind);
-        let stored = self.store.transaction(|tx| -> Result<i64, StoreError> {
+        let event =
+            |id: i64| Event { id: id as u64, at_ms, kind, object: object.to_owned(), detail: detail.clone() };
+        // The send happens under the store's lock, after the commit: events reach the channel in
+        // the order of their IDs, so a follower (which drops IDs it has passed) misses none when
+        // two threads emit at once.
+        let mut connection = self.store.lock();
+        let stored = (|| -> Result<i64, StoreError> {
+            let tx = connection.transaction()?;
             tx.execute(
                 "INSERT INTO events (at_ms, kind, object, detail) VALUES (?1, ?2, ?3, ?4)",
                 params![at_ms as i64, kind_text, object, detail],
@@ -65,15 +72,14 @@ impl Events {
             let id = tx.last_insert_rowid();
             // The primary key grows by one per event, so this keeps the newest KEEP.
             tx.execute("DELETE FROM events WHERE id <= ?1", params![id - KEEP])?;
+            tx.commit()?;
+            // No follower is not an error.
+            let _ = self.sender.send(event(id));
             Ok(id)
-        });
+        })();
+        drop(connection);
         match stored {
-            Ok(id) => {
-                tracing::info!("event {id}: {kind_text} {object}{}", detail_suffix(&detail));
-                // No follower is not an error.
-                let _ =
-                    self.sender.send(Event { id: id as u64, at_ms, kind, object: object.to_owned(), detail });
-            }
+            Ok(id) => tracing::info!("event {id}: {kind_text} {object}{}", detail_suffix(&detail)),
             Err(e) => tracing::warn!("event {kind_text} {object} not stored: {e}"),
         }
     }
@@ -235,6 +241,31 @@ mod tests {
         assert_eq!(all[1].detail.as_deref(), Some("status 4"));
         assert_eq!(events.since(all[0].id).unwrap(), vec![all[1].clone()]);
         assert_eq!(events.last_id().unwrap(), all[1].id);
+    }
+
+    #[test]
+    fn events_emitted_at_once_reach_followers_in_id_order() {
+        let events = Arc::new(events());
+        let mut receiver = events.subscribe();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let events = events.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        events.emit(EventKind::Started, &format!("vm{t}"), None);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let mut ids = Vec::new();
+        while let Ok(event) = receiver.try_recv() {
+            ids.push(event.id);
+        }
+        // A follower drops IDs at or below the last it sent, so any out-of-order pair is a loss.
+        assert_eq!(ids, (1..=400).collect::<Vec<u64>>());
     }
 
     #[test]

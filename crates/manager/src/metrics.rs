@@ -103,6 +103,11 @@ pub fn sums_of(path: &Path, since_ms: u64) -> Sums {
     let mut readings = readings().lock().unwrap_or_else(|e| e.into_inner());
     let reading = readings.entry(path.to_owned()).or_default();
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if reading.since_ms == 0 {
+        // Made by `cap_metrics` before any scrape (its sums are of this run: the file is
+        // emptied at each start), or new.
+        reading.since_ms = since_ms;
+    }
     if reading.since_ms != since_ms || len < reading.offset {
         // Another run, or the file was replaced: start over.
         *reading = Reading { since_ms, ..Reading::default() };
@@ -111,6 +116,56 @@ pub fn sums_of(path: &Path, since_ms: u64) -> Sums {
         reading.offset = read_lines(path, reading.offset, &mut reading.sums, since_ms);
     }
     reading.sums.clone()
+}
+
+/// A metrics file longer than this is cut by [`cap_metrics`].
+pub const METRICS_CAP: u64 = 4 << 20;
+
+/// Cuts the metrics file `path` once it is longer than [`METRICS_CAP`]: what the daemon has
+/// read (and summed) goes, so the totals carry on; the unread rest moves to the front. A file
+/// nobody has read since this daemon started (no scrape) is read first. Whether it cut.
+///
+/// The VMM appends with `O_APPEND`, so its next line lands at the new end; a line appended
+/// between the copy and the truncation is lost (the same small window as the console log's
+/// cap, see `console::cap_log`): its counts are missing from the totals.
+pub fn cap_metrics(path: &Path) -> std::io::Result<bool> {
+    cap_metrics_at(path, METRICS_CAP)
+}
+
+fn cap_metrics_at(path: &Path, cap: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut readings = readings().lock().unwrap_or_else(|e| e.into_inner());
+    let len = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => meta.len(),
+        _ => return Ok(false),
+    };
+    if len <= cap {
+        return Ok(false);
+    }
+    let reading = readings.entry(path.to_owned()).or_default();
+    // Sum everything whole first (bounded per read), so nothing is cut unread.
+    while reading.offset < len {
+        let next = read_lines(path, reading.offset, &mut reading.sums, reading.since_ms);
+        if next == reading.offset {
+            break;
+        }
+        reading.offset = next;
+    }
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let len = file.metadata()?.len();
+    let unread = len.saturating_sub(reading.offset).min(MAX_LINE_BYTES as u64);
+    let mut tail = vec![0u8; unread as usize];
+    file.read_exact_at(&mut tail, len - unread)?;
+    file.write_all_at(&tail, 0)?;
+    file.set_len(unread)?;
+    reading.offset = 0;
+    Ok(true)
+}
+
+/// Forgets what was read of the metrics file `path` (its VM is gone).
+pub fn forget(path: &Path) {
+    readings().lock().unwrap_or_else(|e| e.into_inner()).remove(path);
 }
 
 /// Adds the whole lines of `path` from `offset` on; the offset after the last whole line.
@@ -434,6 +489,30 @@ mod tests {
         assert_eq!(sums["block"]["write_count"], 1);
         // A new run starts over.
         assert_eq!(sums_of(&path, 2500)["block"]["read_bytes"], 10);
+    }
+
+    #[test]
+    fn a_capped_file_keeps_its_totals_and_only_the_unread_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let line = r#"{"utc_timestamp_ms":2000,"block":{"read_bytes":1}}"#;
+        for _ in 0..100 {
+            writeln!(file, "{line}").unwrap();
+        }
+        assert_eq!(sums_of(&path, 1000)["block"]["read_bytes"], 100);
+        for _ in 0..10 {
+            writeln!(file, "{line}").unwrap();
+        }
+        write!(file, r#"{{"utc_timestamp_ms":2000,"#).unwrap();
+        assert!(cap_metrics_at(&path, 1000).unwrap());
+        // Only the half-written line is left; what was read (and what was not) is summed.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"{"utc_timestamp_ms":2000,"#);
+        writeln!(file, r#""block":{{"read_bytes":5}}}}"#).unwrap();
+        assert_eq!(sums_of(&path, 1000)["block"]["read_bytes"], 115);
+        assert!(!cap_metrics_at(&path, 1000).unwrap(), "short now");
+        forget(&path);
+        assert_eq!(sums_of(&path, 1000)["block"]["read_bytes"], 5, "forgotten: read afresh");
     }
 
     #[test]

@@ -26,6 +26,20 @@ pub enum UnixHttpError {
     Timeout { path: String, timeout: Duration },
     #[error("{path}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")]
     TooLarge { path: String },
+    #[error("{path}: the answer's body cannot be read: {source}")]
+    Body { path: String, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+/// Why a [`http_body_util::Limited`] body could not be read: `TooLarge` only for the length
+/// limit; a connection or framing error is what it is.
+pub fn body_error(path: &str, error: Box<dyn std::error::Error + Send + Sync>) -> UnixHttpError {
+    if error.is::<http_body_util::LengthLimitError>() {
+        return UnixHttpError::TooLarge { path: path.to_owned() };
+    }
+    match error.downcast::<hyper::Error>() {
+        Ok(source) => UnixHttpError::Http { path: path.to_owned(), source: *source },
+        Err(source) => UnixHttpError::Body { path: path.to_owned(), source },
+    }
 }
 
 /// An answer: the status and the whole body.
@@ -66,12 +80,25 @@ pub async fn request(
             .map_err(|source| UnixHttpError::Http { path: path.clone(), source })?;
         let status = response.status();
         let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES);
-        let body =
-            limited.collect().await.map_err(|_| UnixHttpError::TooLarge { path: path.clone() })?.to_bytes();
+        let body = limited.collect().await.map_err(|e| body_error(&path, e))?.to_bytes();
         driver.abort();
         Ok(Answer { status, body })
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| UnixHttpError::Timeout { path: path.clone(), timeout })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_length_limit_is_too_large() {
+        let body = http_body_util::Limited::new(Full::new(Bytes::from_static(b"0123456789")), 4);
+        let too_large = body.collect().await.unwrap_err();
+        assert!(matches!(body_error("s", too_large), UnixHttpError::TooLarge { .. }));
+        let other: Box<dyn std::error::Error + Send + Sync> = "connection reset".into();
+        assert!(matches!(body_error("s", other), UnixHttpError::Body { .. }));
+    }
 }

@@ -259,8 +259,8 @@ fn run_command(args: VmArgs) -> Result<(), VmCliError> {
         VmCommand::Reboot(VmName { vm }) => lifecycle(&client, json, &vm, "reboot", none)?,
         VmCommand::Suspend(VmName { vm }) => lifecycle(&client, json, &vm, "suspend", none)?,
         VmCommand::Resume(VmName { vm }) => lifecycle(&client, json, &vm, "resume", none)?,
-        VmCommand::Save(VmName { vm }) => lifecycle(&client, json, &vm, "save", none)?,
-        VmCommand::Restore(VmName { vm }) => lifecycle(&client, json, &vm, "restore", none)?,
+        VmCommand::Save(VmName { vm }) => snapshot_action(&client, json, &vm, "save")?,
+        VmCommand::Restore(VmName { vm }) => snapshot_action(&client, json, &vm, "restore")?,
         VmCommand::Shutdown { vm: VmName { vm }, timeout, force } => {
             let request = ShutdownRequest { timeout_secs: timeout, force };
             let wait = Duration::from_secs(timeout.unwrap_or(DEFAULT_SHUTDOWN_SECS)) + SHUTDOWN_MARGIN;
@@ -306,6 +306,22 @@ fn lifecycle(
     body: Option<&()>,
 ) -> Result<(), VmCliError> {
     let info: VmInfo = client.request(Method::POST, &vm_path(vm, &format!("/{action}")), body)?;
+    table::emit(json, &info, show::state_line);
+    Ok(())
+}
+
+/// Time the CLI gives the daemon beyond its own snapshot limit (pausing, starting the VMM,
+/// configuring it, ending it: each bounded by the daemon in seconds).
+const SNAPSHOT_MARGIN: Duration = Duration::from_secs(90);
+
+/// `save` and `restore`: they take as long as the guest's memory takes to write or read, so the
+/// CLI waits longer than the daemon would (the daemon's limit grows with the memory size), and
+/// never reports "unreachable" while the daemon is still at it.
+fn snapshot_action(client: &Client, json: bool, vm: &str, action: &str) -> Result<(), VmCliError> {
+    let current: VmInfo = client.request(Method::GET, &vm_path(vm, ""), None::<&()>)?;
+    let wait = manager::vms::snapshot_limit(current.summary.memory_mib) + SNAPSHOT_MARGIN;
+    let info: VmInfo =
+        client.request_within(Method::POST, &vm_path(vm, &format!("/{action}")), None::<&()>, wait)?;
     table::emit(json, &info, show::state_line);
     Ok(())
 }

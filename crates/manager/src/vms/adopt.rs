@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use model::api::InstanceState;
 use model::manager::event::EventKind;
-use model::manager::vm::{ExitRecord, VmState};
+use model::manager::vm::{CrashPolicy, ExitRecord, VmState};
 
 use super::process::{self, Ended, PidFd};
-use super::records::{self, Record};
+use super::records::{self, Pending, Record};
 use super::vmm_client::Vmm;
 use super::{now_secs, Vms};
 use crate::error::ManagerError;
@@ -149,7 +149,14 @@ impl Vms {
         let status =
             process::read_exit_status(&super::lifecycle::exit_status_path(&self.paths, &record.uuid));
         let ended = status.map(Ended::from_status).unwrap_or_default();
+        let pending = records::pending(&self.store, &record.uuid).unwrap_or_else(|e| {
+            tracing::error!("VM {}: cannot read what was pending: {e}", record.name());
+            None
+        });
+        let saved = self.paths.saved_state(&record.uuid).join("state").is_file();
         let (vm_state, outcome) = match status {
+            // The save was complete when the previous daemon ended the VMM.
+            _ if pending == Some(Pending::Save) && saved => (VmState::Saved, "saved".to_owned()),
             Some(0) => (VmState::Stopped, "power-off".to_owned()),
             Some(3) => (VmState::Stopped, "reset".to_owned()),
             Some(status) => (VmState::Crashed, format!("crash: status {status} while the daemon was away")),
@@ -163,19 +170,35 @@ impl Vms {
             outcome: outcome.clone(),
             console_tail: process::tail(&self.paths.console_log(&record.uuid), 10),
         };
+        // A reset, or a crash of a VM whose policy is restart, is started again once the
+        // networks are up: the autostart task takes the VMs with a pending restart.
+        let restart = pending == Some(Pending::Restart)
+            || outcome == "reset"
+            || (vm_state == VmState::Crashed && record.definition.on_crash == CrashPolicy::Restart);
+        let pending = restart.then_some(Pending::Restart);
+        if let Err(e) = records::set_pending(&self.store, &record.uuid, pending) {
+            tracing::error!("VM {}: cannot record what is pending: {e}", record.name());
+        }
         state.networks.unplug_vm(&record.uuid).await;
         if let Err(e) = records::set_ended(&self.store, &record.uuid, None, vm_state, Some(&exit)) {
             tracing::error!("VM {}: cannot record its end: {e}", record.name());
         }
-        let kind = if vm_state == VmState::Crashed { EventKind::Crashed } else { EventKind::Stopped };
+        let kind = match vm_state {
+            VmState::Crashed => EventKind::Crashed,
+            VmState::Saved => EventKind::Saved,
+            _ => EventKind::Stopped,
+        };
         state.events.emit(kind, record.name(), Some(outcome));
     }
 
-    /// Starts the VMs marked autostart that are not running (after the networks started).
+    /// Starts the VMs marked autostart that are not running, and those with a pending restart
+    /// (a reset or crash the previous daemon did not restart), after the networks started.
     pub async fn autostart(&self, state: &AppState) {
         let Ok(records) = records::list(&self.store) else { return };
         for record in records {
-            if !record.definition.autostart || record.state.is_active() {
+            let pending =
+                records::pending(&self.store, &record.uuid).ok().flatten() == Some(Pending::Restart);
+            if !(record.definition.autostart || pending) || record.state.is_active() {
                 continue;
             }
             if let Err(e) = self.start(state, &record.uuid).await {

@@ -5,9 +5,11 @@ use model::config::MacAddress;
 use model::manager::vm::VmDefinition;
 
 /// Fills in MACs and disk IDs. `previous` is the stored definition being edited: a card or disk
-/// at the same index keeps what it was given before.
-pub fn fill_in(definition: &mut VmDefinition, uuid: &str, previous: Option<&VmDefinition>) {
-    let taken_macs: Vec<String> = definition.nics.iter().filter_map(|n| n.mac.clone()).collect();
+/// at the same index keeps what it was given before. The indexes of the cards whose MACs the
+/// daemon chose (which it may choose again if another VM has them); the others were the user's.
+pub fn fill_in(definition: &mut VmDefinition, uuid: &str, previous: Option<&VmDefinition>) -> Vec<usize> {
+    let mut taken_macs: Vec<String> = definition.nics.iter().filter_map(|n| n.mac.clone()).collect();
+    let mut chosen = Vec::new();
     for index in 0..definition.nics.len() {
         if definition.nics[index].mac.is_some() {
             continue;
@@ -15,8 +17,11 @@ pub fn fill_in(definition: &mut VmDefinition, uuid: &str, previous: Option<&VmDe
         let kept = previous.and_then(|p| p.nics.get(index)).and_then(|n| n.mac.clone());
         let mac = kept
             .filter(|m| !taken_macs.contains(m))
-            .unwrap_or_else(|| mac_for(uuid, index, |m| taken_macs.contains(m)));
+            .unwrap_or_else(|| mac_for(uuid, index, 0, |m| taken_macs.contains(m)));
+        // Later cards must not get this one too.
+        taken_macs.push(mac.clone());
         definition.nics[index].mac = Some(mac);
+        chosen.push(index);
     }
     for index in 0..definition.disks.len() {
         if definition.disks[index].id.is_some() {
@@ -30,12 +35,19 @@ pub fn fill_in(definition: &mut VmDefinition, uuid: &str, previous: Option<&VmDe
         });
         definition.disks[index].id = Some(id);
     }
+    chosen
+}
+
+/// Another MAC for card `index` (the first was in use by another VM): the next one in the
+/// UUID's sequence that `taken` does not refuse.
+pub fn another_mac(uuid: &str, index: usize, taken: impl FnMut(&String) -> bool) -> String {
+    mac_for(uuid, index, 1, taken)
 }
 
 /// A locally administered-looking QEMU-style MAC, 52:54:00:xx:xx:xx, from the UUID and index
 /// (FNV-1a), skipping those `taken` says are in use.
-fn mac_for(uuid: &str, index: usize, taken: impl Fn(&String) -> bool) -> String {
-    (0u32..)
+fn mac_for(uuid: &str, index: usize, first_salt: u32, mut taken: impl FnMut(&String) -> bool) -> String {
+    (first_salt..)
         .map(|salt| {
             let mut hash: u32 = 0x811c_9dc5;
             for byte in uuid.bytes().chain((index as u64).to_le_bytes()).chain(salt.to_le_bytes()) {
@@ -83,5 +95,19 @@ mod tests {
         edited.nics.swap(0, 1);
         fill_in(&mut edited, "uuid-1", Some(&first));
         assert_eq!(edited.nics[0].mac, first.nics[0].mac, "an edit keeps the card's MAC by index");
+    }
+
+    #[test]
+    fn generated_macs_never_repeat_within_a_definition() {
+        let mut definition = definition();
+        definition.nics = vec![NicDefinition { tap: Some("t".into()), ..Default::default() }; 64];
+        let chosen = fill_in(&mut definition, "uuid-2", None);
+        assert_eq!(chosen.len(), 64);
+        let mut macs: Vec<_> = definition.nics.iter().map(|n| n.mac.clone().unwrap()).collect();
+        macs.sort();
+        macs.dedup();
+        assert_eq!(macs.len(), 64);
+        let other = another_mac("uuid-2", 0, |m| macs.contains(m));
+        assert!(!macs.contains(&other));
     }
 }

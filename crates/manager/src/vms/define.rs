@@ -16,13 +16,16 @@ impl Vms {
     pub async fn define(&self, state: &AppState, mut definition: VmDefinition) -> ApiResult<VmInfo> {
         check_definition(&definition)?;
         let uuid = uuid::Uuid::new_v4().to_string();
-        super::defaults::fill_in(&mut definition, &uuid, None);
+        let chosen = super::defaults::fill_in(&mut definition, &uuid, None);
         self.check_host(state, &uuid, &definition)?;
         let name = definition.name.clone();
         // A conflict is found before anything is written, so committing it changes nothing.
         self.store.transaction(|tx| -> Result<ApiResult<()>, StoreError> {
             if records::name_taken(tx, &name, &uuid)? {
                 return Ok(Err(ManagerError::conflict(format!("a VM named '{name}' is already defined"))));
+            }
+            if let Err(e) = claim_macs(tx, &uuid, &mut definition, &chosen)? {
+                return Ok(Err(e));
             }
             records::put_definition(tx, &uuid, &definition, true)?;
             Ok(Ok(()))
@@ -44,13 +47,16 @@ impl Vms {
                 record.name()
             )));
         }
-        super::defaults::fill_in(&mut definition, &record.uuid, Some(&record.definition));
+        let chosen = super::defaults::fill_in(&mut definition, &record.uuid, Some(&record.definition));
         self.check_host(state, &record.uuid, &definition)?;
         let name = definition.name.clone();
         // A conflict is found before anything is written, so committing it changes nothing.
         self.store.transaction(|tx| -> Result<ApiResult<()>, StoreError> {
             if records::name_taken(tx, &name, &record.uuid)? {
                 return Ok(Err(ManagerError::conflict(format!("a VM named '{name}' is already defined"))));
+            }
+            if let Err(e) = claim_macs(tx, &record.uuid, &mut definition, &chosen)? {
+                return Ok(Err(e));
             }
             records::put_definition(tx, &record.uuid, &definition, false)?;
             Ok(Ok(()))
@@ -74,6 +80,7 @@ impl Vms {
             )));
         }
         records::delete(&self.store, &record.uuid)?;
+        crate::metrics::forget(&self.paths.vmm_metrics(&record.uuid));
         let dir = self.paths.vm_dir(&record.uuid);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -106,6 +113,42 @@ impl Vms {
     }
 }
 
+/// MACs are unique across VMs (two guests with one MAC on a bridge break each other's traffic):
+/// a MAC the daemon chose (`chosen` cards) that another VM has is chosen again; one the user gave
+/// is refused. Runs in the define/edit transaction, so two defines at once cannot both take it.
+fn claim_macs(
+    tx: &rusqlite::Transaction<'_>,
+    uuid: &str,
+    definition: &mut VmDefinition,
+    chosen: &[usize],
+) -> Result<ApiResult<()>, StoreError> {
+    for index in 0..definition.nics.len() {
+        let Some(mac) = definition.nics[index].mac.clone() else { continue };
+        let Some(owner) = records::mac_owner(tx, &mac, uuid)? else { continue };
+        if !chosen.contains(&index) {
+            return Ok(Err(ManagerError::conflict(format!("the MAC {mac} is already on VM '{owner}'"))));
+        }
+        let in_definition: Vec<String> = definition.nics.iter().filter_map(|n| n.mac.clone()).collect();
+        // Bounded: each try is a fresh 24-bit value, and a store holds far fewer MACs.
+        let mut failure = None;
+        let another = super::defaults::another_mac(uuid, index, |candidate| {
+            in_definition.contains(candidate)
+                || match records::mac_owner(tx, candidate, uuid) {
+                    Ok(owner) => owner.is_some(),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        false
+                    }
+                }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        definition.nics[index].mac = Some(another);
+    }
+    Ok(Ok(()))
+}
+
 /// The definition's own checks, and one of the daemon's: `{vm}` in a path is a name or a UUID,
 /// so a name may not be a UUID (it could be another VM's).
 fn check_definition(definition: &VmDefinition) -> ApiResult<()> {
@@ -117,4 +160,44 @@ fn check_definition(definition: &VmDefinition) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use model::manager::vm::NicDefinition;
+
+    fn with_mac(name: &str, mac: &str) -> VmDefinition {
+        let mut definition: VmDefinition =
+            serde_json::from_str(&format!(r#"{{"name": "{name}", "kernel": "/k"}}"#)).unwrap();
+        definition.nics =
+            vec![NicDefinition { tap: Some("t".into()), mac: Some(mac.into()), ..Default::default() }];
+        definition
+    }
+
+    #[test]
+    fn another_vms_mac_is_chosen_again_when_generated_and_refused_when_given() {
+        let store = Store::in_memory(&[records::SCHEMA]).unwrap();
+        let mac = "52:54:00:12:34:56";
+        store.transaction(|tx| records::put_definition(tx, "u1", &with_mac("one", mac), true)).unwrap();
+
+        let mut given = with_mac("two", &mac.to_uppercase());
+        let refused = store.transaction(|tx| claim_macs(tx, "u2", &mut given, &[])).unwrap();
+        assert!(refused.unwrap_err().message.contains("already on VM 'one'"));
+
+        let mut generated = with_mac("two", mac);
+        store
+            .transaction(|tx| {
+                claim_macs(tx, "u2", &mut generated, &[0])?.unwrap();
+                records::put_definition(tx, "u2", &generated, true)
+            })
+            .unwrap();
+        let chosen = generated.nics[0].mac.clone().unwrap();
+        assert!(chosen != mac && chosen.starts_with("52:54:00:"), "{chosen}");
+        // The store itself refuses a duplicate that skipped the check.
+        let duplicate =
+            store.transaction(|tx| records::put_definition(tx, "u3", &with_mac("three", mac), true));
+        assert!(duplicate.is_err());
+    }
 }

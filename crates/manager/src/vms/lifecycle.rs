@@ -9,9 +9,9 @@ use model::manager::event::EventKind;
 use model::manager::vm::{ShutdownRequest, VmInfo, VmState};
 
 use super::process::{self, Spawn};
-use super::records::{self, Record};
+use super::records::{self, Pending, Record};
 use super::runtime::{Intent, Runtime};
-use super::vmm_client::{transport_word, HostDisk, Vmm};
+use super::vmm_client::{snapshot_limit, transport_word, HostDisk, Vmm};
 use super::{now_secs, Vms};
 use crate::error::{ApiResult, ManagerError};
 use crate::server::AppState;
@@ -37,10 +37,8 @@ impl Vms {
             )));
         }
         let restoring = record.state == VmState::Saved;
-        let name = record.name().to_owned();
-        self.start_locked(state, record.clone()).await?;
         let kind = if restoring { EventKind::Restored } else { EventKind::Started };
-        state.events.emit(kind, &name, None);
+        self.start_locked(state, record.clone(), (kind, None)).await?;
         self.info(&record.uuid)
     }
 
@@ -60,7 +58,14 @@ impl Vms {
     }
 
     /// Starts a VM that is not active, under its lock: boots it, or restores its saved state.
-    pub(super) async fn start_locked(&self, state: &AppState, record: Record) -> ApiResult<()> {
+    /// `started` is the event told once it runs: before the watcher may tell how it ended, so
+    /// followers never see a VM stop before it started.
+    pub(super) async fn start_locked(
+        &self,
+        state: &AppState,
+        record: Record,
+        started: (EventKind, Option<String>),
+    ) -> ApiResult<()> {
         let uuid = record.uuid.clone();
         let definition = &record.definition;
         let name = definition.name.clone();
@@ -110,18 +115,31 @@ impl Vms {
             let _ = process::kill_and_wait(&spawned.pidfd, KILL_LIMIT).await;
             return Err(e.into());
         }
-        let runtime = self.watch(state, &uuid, spawned.pid, spawned.pidfd);
-        match self.bring_up(state, &record, &disks, restoring, &runtime).await {
+        let runtime = self.watch_gated(state, &uuid, spawned.pid, spawned.pidfd);
+        // Opens the watcher's gate however this ends (even if this request is dropped).
+        let gate = runtime.gate();
+        let brought_up = match self.bring_up(state, &record, &disks, restoring, &runtime).await {
+            Ok(()) => records::set_active_state(&self.store, &uuid, runtime.pid, VmState::Running)
+                .map(drop)
+                .map_err(ManagerError::from),
+            Err(error) => Err(error),
+        };
+        match brought_up {
             Ok(()) => {
-                records::set_active_state(&self.store, &uuid, runtime.pid, VmState::Running)?;
+                state.events.emit(started.0, &name, started.1);
+                drop(gate);
                 if restoring {
-                    // The state is in the running VM now; the files would only mislead.
-                    let _ = std::fs::remove_dir_all(&saved);
-                    let _ = create_private_dir(&saved);
+                    // The state is in the running VM now; the files would only mislead. The
+                    // directory itself stays: the VMM's Landlock rule allows that inode, and a
+                    // new directory would refuse the next save.
+                    empty_dir(&saved);
                 }
                 Ok(())
             }
-            Err(error) => Err(self.abort_start(&uuid, &runtime, error).await),
+            Err(error) => {
+                drop(gate);
+                Err(self.abort_start(&uuid, &runtime, error).await)
+            }
         }
     }
 
@@ -151,6 +169,7 @@ impl Vms {
         let vsock = self.paths.vm_dir(uuid).join("vsock.sock");
         if restoring {
             vmm.restore(
+                snapshot_limit(record.definition.memory_mib),
                 &self.paths.saved_state(uuid),
                 disks,
                 &taps,
@@ -210,6 +229,20 @@ impl Vms {
         create_private_dir(&dir).map_err(|e| internal(&dir, e))?;
         let saved = self.paths.saved_state(uuid);
         create_private_dir(&saved).map_err(|e| internal(&saved, e))?;
+        // Only this run's metrics are summed: the file starts empty (it never grows across runs).
+        let metrics = self.paths.vmm_metrics(uuid);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&metrics)
+                .map_err(|e| internal(&metrics, e))?;
+        }
+        crate::metrics::forget(&metrics);
         let fifo = self.paths.console_input(uuid);
         if !fifo.exists() {
             let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(fifo.as_os_str()))
@@ -387,7 +420,7 @@ impl Vms {
 
     /// `POST /v1/vms/{vm}/save`: pause, write the state and memory to the VM's saved-state
     /// directory, and end the VMM. `start` (or `restore`) resumes it.
-    pub async fn save(&self, _state: &AppState, key: &str) -> ApiResult<VmInfo> {
+    pub async fn save(&self, state: &AppState, key: &str) -> ApiResult<VmInfo> {
         let (lock, record) = self.locked(key).await?;
         let _guard = lock.lock().await;
         let record = self.find(&record.uuid)?;
@@ -398,18 +431,29 @@ impl Vms {
             vmm.set_paused(true).await?;
         }
         let saved = self.paths.saved_state(&record.uuid);
-        if let Err(error) = vmm.snapshot(&saved).await {
-            // The guest goes on as it was.
-            if record.state == VmState::Running {
-                let _ = vmm.set_paused(false).await;
+        if let Err(error) = vmm.snapshot(&saved, snapshot_limit(record.definition.memory_mib)).await {
+            // The guest goes on as it was, when the VMM can be told so; a VMM still busy
+            // writing (the limit passed) stays paused, and the store says what it is.
+            if record.state == VmState::Running && vmm.set_paused(false).await.is_err() {
+                let now = match vmm.instance().await.map(|i| i.state) {
+                    Ok(model::api::InstanceState::Running) => VmState::Running,
+                    _ => VmState::Paused,
+                };
+                if now == VmState::Paused {
+                    let _ = records::set_active_state(&self.store, &record.uuid, runtime.pid, now);
+                    state.events.emit(EventKind::Paused, record.name(), Some("the save failed".into()));
+                }
             }
             return Err(error);
         }
+        // Written down before the kill: a daemon killed from here on finds the VM saved.
+        records::set_pending(&self.store, &record.uuid, Some(Pending::Save))?;
         runtime.set_intent(Intent::Save);
-        runtime
-            .pidfd
-            .signal(libc::SIGKILL)
-            .map_err(|e| ManagerError::internal(format!("cannot end the VMM: {e}")))?;
+        if let Err(e) = runtime.pidfd.signal(libc::SIGKILL) {
+            runtime.set_intent(Intent::None);
+            let _ = records::set_pending(&self.store, &record.uuid, None);
+            return Err(ManagerError::internal(format!("cannot end the VMM: {e}")));
+        }
         if !runtime.wait_recorded(KILL_LIMIT).await {
             return Err(ManagerError::internal(format!(
                 "VM '{}': its VMM did not end after the save",
@@ -444,6 +488,21 @@ async fn wait_for_socket(socket: &Path, runtime: &Runtime, name: &str) -> ApiRes
 /// Where `kestrel vmm --exit-status-file` writes its status.
 pub(super) fn exit_status_path(paths: &crate::paths::Paths, uuid: &str) -> PathBuf {
     paths.vm_dir(uuid).join("exit-status")
+}
+
+/// Removes what `dir` holds (files and subdirectories), keeping `dir` itself.
+fn empty_dir(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        if let Err(e) = removed {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 pub(super) fn create_private_dir(path: &Path) -> std::io::Result<()> {

@@ -31,6 +31,8 @@ use crate::store::Store;
 
 pub use records::SCHEMA;
 pub use routes::routes;
+/// The daemon's limit on writing or loading a snapshot (the CLI waits longer than this).
+pub use vmm_client::snapshot_limit;
 
 /// The VMs the daemon keeps.
 pub struct Vms {

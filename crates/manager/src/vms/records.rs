@@ -31,7 +31,61 @@ CREATE TABLE IF NOT EXISTS vm_networks (
     PRIMARY KEY (vm_uuid, network)
 );
 CREATE INDEX IF NOT EXISTS vm_networks_by_network ON vm_networks(network);
+CREATE TABLE IF NOT EXISTS vm_macs (
+    vm_uuid TEXT NOT NULL REFERENCES vms(uuid) ON DELETE CASCADE,
+    mac TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS vm_macs_by_vm ON vm_macs(vm_uuid);
+CREATE TABLE IF NOT EXISTS vm_intents (
+    vm_uuid TEXT PRIMARY KEY REFERENCES vms(uuid) ON DELETE CASCADE,
+    intent TEXT NOT NULL
+);
 ";
+
+/// What the daemon was doing to a VM when it last wrote down, kept in the store so a daemon
+/// killed in the middle finishes it: a completed save stays saved, a reset VM is started again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// `/snapshot/create` succeeded and the VMM is being ended: the VM is saved.
+    Save,
+    /// The VM reset (or crashed with `on_crash = restart`) and is to be started again.
+    Restart,
+}
+
+impl Pending {
+    fn word(self) -> &'static str {
+        match self {
+            Pending::Save => "save",
+            Pending::Restart => "restart",
+        }
+    }
+}
+
+/// Records (or with `None` clears) what is pending for the VM.
+pub fn set_pending(store: &Store, uuid: &str, pending: Option<Pending>) -> Result<(), StoreError> {
+    let connection = store.lock();
+    match pending {
+        Some(pending) => connection.execute(
+            "INSERT OR REPLACE INTO vm_intents (vm_uuid, intent) VALUES (?1, ?2)",
+            params![uuid, pending.word()],
+        )?,
+        None => connection.execute("DELETE FROM vm_intents WHERE vm_uuid = ?1", params![uuid])?,
+    };
+    Ok(())
+}
+
+/// What is pending for the VM (an unknown word is nothing: it was never written by this daemon).
+pub fn pending(store: &Store, uuid: &str) -> Result<Option<Pending>, StoreError> {
+    let word: Option<String> = store
+        .lock()
+        .query_row("SELECT intent FROM vm_intents WHERE vm_uuid = ?1", params![uuid], |row| row.get(0))
+        .optional()?;
+    Ok(match word.as_deref() {
+        Some("save") => Some(Pending::Save),
+        Some("restart") => Some(Pending::Restart),
+        _ => None,
+    })
+}
 
 /// One VM as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -247,6 +301,11 @@ pub fn put_definition(
         )?;
         tx.execute("DELETE FROM vm_volumes WHERE vm_uuid = ?1", params![uuid])?;
         tx.execute("DELETE FROM vm_networks WHERE vm_uuid = ?1", params![uuid])?;
+        tx.execute("DELETE FROM vm_macs WHERE vm_uuid = ?1", params![uuid])?;
+    }
+    // UNIQUE: a MAC another VM has fails the transaction (callers check `mac_owner` first).
+    for mac in definition.nics.iter().filter_map(|n| n.mac.as_deref()) {
+        tx.execute("INSERT INTO vm_macs (vm_uuid, mac) VALUES (?1, ?2)", params![uuid, mac_key(mac)])?;
     }
     for volume in definition.disks.iter().filter_map(|d| d.volume.as_deref()) {
         tx.execute(
@@ -263,11 +322,29 @@ pub fn put_definition(
     Ok(())
 }
 
+/// A MAC as the `vm_macs` table keys it (one spelling per address).
+fn mac_key(mac: &str) -> String {
+    mac.parse::<model::config::MacAddress>().map_or_else(|_| mac.to_ascii_lowercase(), |m| m.to_string())
+}
+
+/// The name of the VM other than `uuid` whose card has `mac`.
+pub fn mac_owner(tx: &Transaction<'_>, mac: &str, uuid: &str) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT vms.name FROM vm_macs JOIN vms ON vms.uuid = vm_uuid WHERE mac = ?1 AND vm_uuid != ?2",
+            params![mac_key(mac), uuid],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
 /// Removes a VM (its side tables follow by cascade).
 pub fn delete(store: &Store, uuid: &str) -> Result<(), StoreError> {
     store.transaction(|tx| -> Result<(), StoreError> {
         tx.execute("DELETE FROM vm_volumes WHERE vm_uuid = ?1", params![uuid])?;
         tx.execute("DELETE FROM vm_networks WHERE vm_uuid = ?1", params![uuid])?;
+        tx.execute("DELETE FROM vm_intents WHERE vm_uuid = ?1", params![uuid])?;
+        tx.execute("DELETE FROM vm_macs WHERE vm_uuid = ?1", params![uuid])?;
         tx.execute("DELETE FROM vms WHERE uuid = ?1", params![uuid])?;
         Ok(())
     })
@@ -286,6 +363,8 @@ pub fn set_spawned(
             "UPDATE vms SET state = ?2, pid = ?3, pid_start = ?4, started_at = ?5, taps = '[]' WHERE uuid = ?1",
             params![uuid, state_name(VmState::Starting), pid, pid_start.map(|t| t as i64), started_at as i64],
         )?;
+        // A new run: whatever the previous one left pending is done or overtaken.
+        tx.execute("DELETE FROM vm_intents WHERE vm_uuid = ?1", params![uuid])?;
         Ok(())
     })
 }

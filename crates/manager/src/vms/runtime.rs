@@ -42,6 +42,17 @@ pub struct Runtime {
     pub intent: Mutex<Intent>,
     /// Set once the watcher has recorded the end.
     ended: watch::Sender<bool>,
+    /// Set once the start has told its event: the watcher records the end only after it.
+    gate: Arc<watch::Sender<bool>>,
+}
+
+/// Opens a runtime's gate when dropped (the start told its event, or gave up).
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Runtime {
@@ -53,6 +64,11 @@ impl Runtime {
         *self.intent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The gate the watcher waits on before recording the end; open once this is dropped.
+    pub fn gate(&self) -> Gate {
+        Gate(self.gate.clone())
+    }
+
     /// Waits (at most `limit`) until the watcher has recorded the VMM's end; whether it has.
     pub async fn wait_recorded(&self, limit: Duration) -> bool {
         let mut receiver = self.ended.subscribe();
@@ -62,13 +78,22 @@ impl Runtime {
 }
 
 impl Vms {
-    /// Starts watching the VMM `pid` of VM `uuid` (just spawned, or adopted).
+    /// Starts watching the VMM `pid` of VM `uuid` (adopted: its start was told long ago).
     pub(super) fn watch(&self, state: &AppState, uuid: &str, pid: u32, pidfd: PidFd) -> Arc<Runtime> {
+        let runtime = self.watch_gated(state, uuid, pid, pidfd);
+        drop(runtime.gate());
+        runtime
+    }
+
+    /// Starts watching the VMM `pid` of VM `uuid`, just spawned: its end is recorded only once
+    /// the [`Runtime::gate`] is dropped.
+    pub(super) fn watch_gated(&self, state: &AppState, uuid: &str, pid: u32, pidfd: PidFd) -> Arc<Runtime> {
         let runtime = Arc::new(Runtime {
             pid,
             pidfd,
             intent: Mutex::new(Intent::None),
             ended: watch::channel(false).0,
+            gate: Arc::new(watch::channel(false).0),
         });
         self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(uuid.to_owned(), runtime.clone());
         let task_state = state.clone();
@@ -80,6 +105,8 @@ impl Vms {
                 // Without a watcher the process is still killed and reaped cleanly.
                 let _ = super::process::kill_and_wait(&task_runtime.pidfd, Duration::from_secs(10)).await;
             }
+            // The start tells `started` first (a Gate is dropped on every path out of it).
+            let _ = task_runtime.gate.subscribe().wait_for(|open| *open).await;
             task_state.vms.ended(&task_state, &uuid, &task_runtime).await;
         });
         runtime
@@ -130,12 +157,22 @@ impl Vms {
             new_state
         };
         state.networks.unplug_vm(uuid).await;
+        // Written down first: a daemon killed before the restart below starts it at its start.
+        if allowed {
+            if let Err(e) = records::set_pending(&self.store, uuid, Some(records::Pending::Restart)) {
+                tracing::error!("VM {name}: cannot record its pending restart: {e}");
+            }
+        }
         match records::set_ended(&self.store, uuid, Some(runtime.pid), final_state, Some(&exit)) {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("VM {name}: the VMM {} ended but is no longer the one recorded", runtime.pid)
             }
             Err(e) => tracing::error!("VM {name}: cannot record the end of its VMM: {e}"),
+        }
+        if !allowed {
+            // A pending save is done (recorded above as saved), or overtaken.
+            let _ = records::set_pending(&self.store, uuid, None);
         }
         self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(uuid);
         runtime.ended.send_replace(true);
@@ -157,6 +194,12 @@ impl Vms {
             let reboot = outcome == "reset";
             tokio::spawn(async move { state.vms.restart(&state, &uuid, reboot).await });
         }
+    }
+
+    /// Whether the daemon is about to start VM `uuid` again (after a reset, or a crash by its
+    /// policy): it is stopped only for a moment.
+    pub fn restart_pending(&self, uuid: &str) -> bool {
+        records::pending(&self.store, uuid).ok().flatten() == Some(records::Pending::Restart)
     }
 
     /// Whether the VM may be restarted now (fewer than the allowed restarts in the last
@@ -181,20 +224,49 @@ impl Vms {
         let _guard = lock.lock().await;
         let Ok(Some(record)) = records::find(&self.store, uuid) else { return };
         if !matches!(record.state, VmState::Stopped | VmState::Crashed) {
+            // Something else (a start, a destroy) came first.
+            let _ = records::set_pending(&self.store, uuid, None);
             return;
         }
         let name = record.name().to_owned();
-        match self.start_locked(state, record).await {
-            Ok(()) => {
-                let kind = if reboot { EventKind::Rebooted } else { EventKind::Started };
-                state.events.emit(
-                    kind,
-                    &name,
-                    Some(if reboot { "after a reset" } else { "after a crash" }.into()),
-                );
-            }
-            Err(e) => tracing::warn!("VM {name}: cannot start it again: {e}"),
+        let (kind, detail) = if reboot {
+            (EventKind::Rebooted, "after a reset")
+        } else {
+            (EventKind::Started, "after a crash")
+        };
+        let previous = record.last_exit.clone();
+        if let Err(e) = self.start_locked(state, record, (kind, Some(detail.into()))).await {
+            self.restart_failed(state, uuid, &name, previous, &e.message);
         }
+    }
+
+    /// An automatic restart failed: the VM is left crashed, and its last exit and an event say
+    /// why (its kernel was removed, its network is gone…).
+    fn restart_failed(
+        &self,
+        state: &AppState,
+        uuid: &str,
+        name: &str,
+        previous: Option<ExitRecord>,
+        why: &str,
+    ) {
+        tracing::warn!("VM {name}: cannot start it again: {why}");
+        let _ = records::set_pending(&self.store, uuid, None);
+        // The start may have recorded its own end ("start failed"); the cause before it is kept.
+        let mut exit = previous.unwrap_or_else(|| ExitRecord {
+            at: now_secs(),
+            status: None,
+            signal: None,
+            outcome: String::new(),
+            console_tail: Vec::new(),
+        });
+        let failed = format!("restart failed: {why}");
+        exit.outcome =
+            if exit.outcome.is_empty() { failed.clone() } else { format!("{}; {failed}", exit.outcome) };
+        if let Err(e) = records::set_ended(&self.store, uuid, None, VmState::Crashed, Some(&exit)) {
+            tracing::error!("VM {name}: cannot record the failed restart: {e}");
+        }
+        state.events.emit(EventKind::Crashed, name, Some(failed));
     }
 }
 

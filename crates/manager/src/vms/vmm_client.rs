@@ -14,8 +14,12 @@ use crate::unix_http;
 
 /// How long one configuration request may take.
 const REQUEST_LIMIT: Duration = Duration::from_secs(10);
-/// How long a snapshot may take to write or load.
-pub const SNAPSHOT_LIMIT: Duration = Duration::from_secs(120);
+/// How long a snapshot of a VM with `memory_mib` may take to write or load: two minutes, and a
+/// second for every 16 MiB of guest memory (a slow disk, or this nested-KVM host, writes a few
+/// tens of MiB a second).
+pub fn snapshot_limit(memory_mib: u32) -> Duration {
+    Duration::from_secs(120 + u64::from(memory_mib) / 16)
+}
 
 /// A disk resolved to its host file for this run.
 #[derive(Clone, Debug)]
@@ -179,6 +183,7 @@ impl Vmm<'_> {
     /// `PUT /snapshot/load` of the saved state, resumed, with the disks and taps of this run.
     pub async fn restore(
         &self,
+        limit: Duration,
         saved: &Path,
         disks: &[HostDisk],
         taps: &[String],
@@ -212,17 +217,17 @@ impl Vmm<'_> {
                 .collect(),
             kestrel: None,
         };
-        self.call(Method::PUT, "/snapshot/load", Some(json(&load)), SNAPSHOT_LIMIT).await.map(drop)
+        self.call(Method::PUT, "/snapshot/load", Some(json(&load)), limit).await.map(drop)
     }
 
-    /// `PUT /snapshot/create` into `saved` (the VM must be paused).
-    pub async fn snapshot(&self, saved: &Path) -> Result<(), ManagerError> {
+    /// `PUT /snapshot/create` into `saved` (the VM must be paused), within `limit`.
+    pub async fn snapshot(&self, saved: &Path, limit: Duration) -> Result<(), ManagerError> {
         let create = api::SnapshotCreateParams {
             mem_file_path: saved.join("memory").display().to_string(),
             snapshot_path: saved.join("state").display().to_string(),
             snapshot_type: api::SnapshotType::Full,
         };
-        self.call(Method::PUT, "/snapshot/create", Some(json(&create)), SNAPSHOT_LIMIT).await.map(drop)
+        self.call(Method::PUT, "/snapshot/create", Some(json(&create)), limit).await.map(drop)
     }
 
     /// `PATCH /vm`: pause or resume.
