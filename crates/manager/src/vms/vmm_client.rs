@@ -241,6 +241,11 @@ impl Vmm<'_> {
         self.put("/actions", serde_json::json!({ "action_type": action_type })).await
     }
 
+    /// `GET /`, within the usual request limit.
+    pub async fn instance(&self) -> Result<api::InstanceInfo, ManagerError> {
+        self.instance_within(REQUEST_LIMIT).await
+    }
+
     /// `GET /`: the instance's state, answered within `limit`.
     pub async fn instance_within(&self, limit: Duration) -> Result<api::InstanceInfo, ManagerError> {
         let body = self.call(Method::GET, "/", None, limit).await?;
