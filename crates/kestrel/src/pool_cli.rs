@@ -445,20 +445,9 @@ fn download(client: &Client, pool: &str, volume: &str, file: &Path) -> Result<u6
     result
 }
 
-/// Bytes as a person reads them: `10 GiB`, `1.5 MiB`, `512 B`.
+/// Bytes as a person reads them: `10 GiB`, `1.5 MiB`, `512 B` (as `kestrel image info`).
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        return format!("{bytes} B");
-    }
-    let text = format!("{value:.1}");
-    format!("{} {}", text.trim_end_matches(".0"), UNITS[unit])
+    storage::image::human_size(bytes)
 }
 
 fn pool_table(pools: &[PoolInfo]) -> String {

@@ -145,9 +145,9 @@ impl ImageInfo {
             "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
             self.filename,
             self.format,
-            human(self.virtual_size),
+            human_size(self.virtual_size),
             self.virtual_size,
-            human(self.actual_size)
+            human_size(self.actual_size)
         );
         if let Some(cluster_size) = self.cluster_size {
             out += &format!("cluster_size: {cluster_size}\n");
@@ -176,8 +176,8 @@ impl ImageInfo {
     }
 }
 
-/// A size as qemu-img prints it: "64 KiB", "1.5 GiB", "512 B".
-fn human(bytes: u64) -> String {
+/// A size as qemu-img prints it: "64 KiB", "1.5 GiB", "512 B" (also the manager's CLI's sizes).
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -230,10 +230,10 @@ mod tests {
 
     #[test]
     fn sizes_read_like_qemu_img() {
-        assert_eq!(super::human(512), "512 B");
-        assert_eq!(super::human(65536), "64 KiB");
-        assert_eq!(super::human(3 << 29), "1.5 GiB");
-        assert_eq!(super::human(1221), "1.19 KiB");
-        assert_eq!(super::human(200_704), "196 KiB");
+        assert_eq!(super::human_size(512), "512 B");
+        assert_eq!(super::human_size(65536), "64 KiB");
+        assert_eq!(super::human_size(3 << 29), "1.5 GiB");
+        assert_eq!(super::human_size(1221), "1.19 KiB");
+        assert_eq!(super::human_size(200_704), "196 KiB");
     }
 }

@@ -17,7 +17,7 @@ mod size;
 pub use check::{check, check_report_json, check_report_text};
 pub use convert::{convert, ConvertOptions};
 pub use create::{create, parse_create_options, CreateOptions, Preallocation};
-pub use info::{backing_files, info, ImageInfo};
+pub use info::{backing_files, human_size, info, ImageInfo};
 pub use ops::{commit, rebase, resize, RebaseOptions};
 pub use progress::Progress;
 pub use size::parse_size;
