@@ -124,21 +124,21 @@ fn execute(args: NetArgs) -> Result<(), NetCliError> {
             definition.validate()?;
             let info: NetworkInfo = client.request(Method::POST, "/v1/networks", Some(&definition))?;
             table::emit(json, &info, |i| {
-                format!("Network '{}' defined (bridge {}).\n", i.definition.name, i.bridge)
+                format!("network '{}' defined (bridge {})\n", i.definition.name, i.bridge)
             });
         }
         NetCommand::Start(args) => {
             let info: NetworkInfo = client.request(Method::POST, &path(&args.name, "/start"), None::<&()>)?;
-            table::emit(json, &info, |i| format!("Network '{}' started (bridge {}).\n", args.name, i.bridge));
+            table::emit(json, &info, |i| format!("network '{}' started (bridge {})\n", args.name, i.bridge));
         }
         NetCommand::Stop(args) => {
             let info: NetworkInfo = client.request(Method::POST, &path(&args.name, "/stop"), None::<&()>)?;
-            table::emit(json, &info, |_| format!("Network '{}' stopped.\n", args.name));
+            table::emit(json, &info, |_| format!("network '{}' stopped\n", args.name));
         }
         NetCommand::Undefine(args) => {
             client.request::<()>(Method::DELETE, &path(&args.name, ""), None::<&()>)?;
             let answer = serde_json::json!({ "undefined": args.name });
-            table::emit(json, &answer, |_| format!("Network '{}' undefined.\n", args.name));
+            table::emit(json, &answer, |_| format!("network '{}' undefined\n", args.name));
         }
         NetCommand::Info(args) => {
             let info: NetworkInfo = client.request(Method::GET, &path(&args.name, ""), None::<&()>)?;

@@ -25,7 +25,7 @@ use crate::{exit_status, report};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    kestrel pool define images --path /var/lib/kestrel/images\n  \
+    kestrel pool define images --path /var/lib/kestrel/pools/images\n  \
     kestrel pool list\n  \
     kestrel pool refresh images\n  \
     kestrel pool undefine images")]
@@ -51,7 +51,7 @@ struct Common {
 enum PoolCommand {
     /// Define a pool: a directory of volumes (created 0700 if missing; images already there
     /// become volumes).
-    #[command(after_help = "Example:\n  kestrel pool define images --path /var/lib/kestrel/images")]
+    #[command(after_help = "Example:\n  kestrel pool define images --path /var/lib/kestrel/pools/images")]
     Define {
         name: String,
         /// The pool's directory (an absolute path, or relative to the current directory).
@@ -70,7 +70,7 @@ enum PoolCommand {
     Undefine { name: String },
     /// Take in the images copied into the pool's directory by hand, and forget those removed.
     #[command(
-        after_help = "Example:\n  cp debian.qcow2 /var/lib/kestrel/images/ && kestrel pool refresh images"
+        after_help = "Example:\n  cp debian.qcow2 /var/lib/kestrel/pools/images/ && kestrel pool refresh images"
     )]
     Refresh { name: String },
 }
