@@ -12,7 +12,7 @@ use linux_loader::loader::{self, KernelLoader, KernelLoaderResult};
 use virtio::GuestRam;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::config::{VirtioTransport, VmConfig};
+use crate::config::VmConfig;
 use crate::{memory, Error, Result};
 
 /// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
@@ -105,8 +105,7 @@ pub fn load_boot_image(
         }
     }
     arch::setup_mptable(mem, config.vcpus)?;
-    let acpi =
-        arch::acpi::AcpiConfig { num_cpus: config.vcpus, pci: config.transport == VirtioTransport::Pci };
+    let acpi = arch::acpi::AcpiConfig { num_cpus: config.vcpus };
     let rsdp = arch::acpi::setup_acpi(mem, &acpi)?;
     arch::acpi::announce_rsdp(mem, kernel.entry, rsdp)?;
     Ok(kernel.entry)

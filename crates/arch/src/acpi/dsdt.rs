@@ -1,5 +1,5 @@
 //! The DSDT: `_S5_`, the power button behind the generic event device, the ISA devices, and the
-//! PCI host bridge when the transport is PCI.
+//! PCI host bridge.
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, EISAName, FieldAccessType, FieldEntry, FieldLockRule,
@@ -10,7 +10,7 @@ use acpi_tables::Aml;
 
 use crate::layout::{GED_IRQ, GED_PORT, IOAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO_START};
 
-use super::{AcpiConfig, GED_EVENT_POWER_BUTTON, OEM_ID, OEM_REVISION, S5_SLEEP_TYPE};
+use super::{GED_EVENT_POWER_BUTTON, OEM_ID, OEM_REVISION, S5_SLEEP_TYPE};
 
 /// DSDT revision 2: integers are 64 bits wide.
 const DSDT_REVISION: u8 = 2;
@@ -28,15 +28,13 @@ const KEYBOARD_IRQ: u32 = 1;
 // The PCI windows are 32-bit resource descriptors.
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= 1 << 32 && IOAPIC_START <= 1 << 32);
 
-/// The DSDT for `config`.
-pub(super) fn dsdt(config: &AcpiConfig) -> Sdt {
+/// The DSDT.
+pub(super) fn dsdt() -> Sdt {
     let mut body = Vec::new();
     sleep_states(&mut body);
     power_button(&mut body);
     isa_devices(&mut body);
-    if config.pci {
-        pci_host_bridge(&mut body);
-    }
+    pci_host_bridge(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, DSDT_REVISION, OEM_ID, *b"KESTDSDT", OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt

@@ -4,7 +4,7 @@
 //!
 //! The tables go into [`ACPI_START`]..[`ACPI_END`]: the RSDP (revision 2) first, on the 16-byte
 //! boundary Linux's scan of 0xE0000–0xFFFFF finds even without a pointer from the boot protocol,
-//! then DSDT, FACS, FADT, MADT, MCFG (PCI transport only) and XSDT. The e820 map reserves the
+//! then DSDT, FACS, FADT, MADT, MCFG and XSDT. The e820 map reserves the
 //! range. The MP table stays for guests without ACPI (`acpi=off`).
 //!
 //! The FADT is *not* hardware-reduced, although that would need no PM1 blocks: Linux/x86 on a
@@ -70,10 +70,6 @@ const FACS_ALIGNMENT: usize = 64;
 pub struct AcpiConfig {
     /// vCPUs, with APIC ids 0..num_cpus (the IOAPIC takes id `num_cpus`, as in the MP table).
     pub num_cpus: u8,
-    /// Whether the virtio devices are on PCI: then the MCFG declares the ECAM window and the DSDT
-    /// the host bridge `\_SB.PCI0` with its bus, I/O and memory windows. Without it the guest
-    /// looks for no PCI bus at all (the virtio-mmio devices come from the command line).
-    pub pci: bool,
 }
 
 /// Writes the ACPI tables for `config` into guest memory and returns the RSDP's address.
@@ -101,16 +97,16 @@ fn build_tables(config: &AcpiConfig) -> Result<Vec<u8>> {
         return Err(Error::TooManyCpus(config.num_cpus));
     }
     let mut image = TableImage::new();
-    let dsdt = image.push(&dsdt::dsdt(config), TABLE_ALIGNMENT);
+    let dsdt = image.push(&dsdt::dsdt(), TABLE_ALIGNMENT);
     let facs = image.push(&FACS::new(), FACS_ALIGNMENT);
     let fadt = image.push(&fadt(dsdt, facs), TABLE_ALIGNMENT);
     let madt = image.push(&madt::madt(config.num_cpus), TABLE_ALIGNMENT);
     let mut xsdt = XSDT::new(OEM_ID, *b"KESTXSDT", OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
-    if config.pci {
-        xsdt.add_entry(image.push(&mcfg(), TABLE_ALIGNMENT));
-    }
+    // Every VM has the PCI host bridge, whichever transport its virtio devices use: a guest with
+    // ACPI scans only the buses the tables describe, so the MCFG and `\_SB.PCI0` are always there.
+    xsdt.add_entry(image.push(&mcfg(), TABLE_ALIGNMENT));
     let xsdt = image.push(&xsdt, TABLE_ALIGNMENT);
     let rsdp = Rsdp::new(OEM_ID, xsdt);
     image.finish(&rsdp)
