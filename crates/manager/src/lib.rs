@@ -30,3 +30,7 @@ pub mod network;
 // --- pools ---
 pub mod pool;
 // --- end pools ---
+
+// --- web console (`kestrel daemon --web`) ---
+pub mod web;
+// --- end web console ---
