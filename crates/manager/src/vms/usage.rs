@@ -15,10 +15,7 @@ pub fn of_process(pid: u32) -> Usage {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok();
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok();
     Usage {
-        cpu_time_us: stat
-            .as_deref()
-            .and_then(cpu_ticks)
-            .and_then(|ticks| ticks_to_us(ticks, clock_ticks())),
+        cpu_time_us: stat.as_deref().and_then(cpu_ticks).and_then(|ticks| ticks_to_us(ticks, clock_ticks())),
         memory_rss_bytes: statm
             .as_deref()
             .and_then(resident_pages)

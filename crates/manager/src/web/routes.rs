@@ -54,9 +54,13 @@ pub fn router(shared: AppState) -> Router {
         .route("/auth/session", get(session))
         .route("/auth/logout", post(logout))
         .with_state(web);
-    let api = Router::new()
-        .nest("/api", crate::server::router(shared.clone()))
+    // The checks wrap the nested router itself, its fallback included: all of `/api` needs a
+    // session (an unknown route too), while a path outside every router is a plain 404.
+    // (A nested router without a fallback of its own would use the outer one, unguarded.)
+    let guarded = crate::server::router(shared.clone())
+        .fallback(|| async { ManagerError::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(shared, auth::require_session));
+    let api = Router::new().nest("/api", guarded);
     Router::new()
         .merge(super::assets::router())
         .merge(login)
