@@ -84,8 +84,8 @@ fn linux_on_qcow2_leaves_images_qemu_img_finds_clean_even_after_a_crash() {
     let mut child = command.spawn().unwrap();
     let watchdog = Watchdog::within(&child, LINUX_LIMIT);
     let mut console = BufReader::new(child.stdout.take().unwrap());
-    wait_for_line(&mut console, "overlay done");
-    wait_for_line(&mut console, &format!("flushed {FLUSHED_BEFORE_KILL}"));
+    wait_for_child_line(&mut console, "overlay done", &mut child);
+    wait_for_child_line(&mut console, &format!("flushed {FLUSHED_BEFORE_KILL}"), &mut child);
     // Mid-write: the guest goes on writing and flushing as fast as it can.
     child.kill().unwrap();
     child.wait().unwrap();

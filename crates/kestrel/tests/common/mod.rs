@@ -157,6 +157,27 @@ pub fn wait_for_line<R: Read>(reader: &mut BufReader<R>, needle: &str) -> String
     }
 }
 
+/// [`wait_for_line`] on a child's piped stdout, but when the output ends first, the panic says
+/// why: the child's exit status and its stderr (a VMM that died early says so there).
+pub fn wait_for_child_line<R: Read>(reader: &mut BufReader<R>, needle: &str, child: &mut Child) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read guest output") == 0 {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("output ended before a line containing {needle:?}; the child exited with {status}; got:\n{seen}\nits stderr:\n{stderr}");
+        }
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
