@@ -63,6 +63,7 @@ export function openConsole(container, vmName) {
     terminal.reset();
     reconnect.hidden = true;
     message(status, 'connecting…', 'info');
+    status.dataset.state = 'connecting';
     socket = new WebSocket(url);
     socket.binaryType = 'arraybuffer';
     socket.addEventListener('open', () => {

@@ -54,10 +54,11 @@ export function message(node, text, kind = 'error') {
   node.hidden = !text;
 }
 
-/** A table with a header row; `rows` are arrays of cells (nodes or text). */
+/** A table with a header row (a header `[title, 'num']` is right-aligned, as its numbers). */
 export function table(headers, rows, props = {}) {
+  const th = (header) => (Array.isArray(header) ? h(`th.${header[1]}`, {}, header[0]) : h('th', {}, header));
   return h('table', props,
-    h('thead', {}, h('tr', {}, headers.map((title) => h('th', {}, title)))),
+    h('thead', {}, h('tr', {}, headers.map(th))),
     h('tbody', {}, rows));
 }
 

@@ -56,7 +56,7 @@ export default function networksPage(main) {
         h('td.actions', {}, button(n, 'start', !n.active), button(n, 'stop', n.active)));
     });
     replace(body, table(['Name', 'State', 'Mode', 'Host address', 'Subnet', 'Bridge', 'DHCP range', 'Domain',
-      'VMs', 'Leases', 'Autostart', ''], rows, { id: 'networks' }));
+      'VMs', ['Leases', 'num'], 'Autostart', ''], rows, { id: 'networks' }));
   }
 
   async function refresh() {

@@ -104,7 +104,7 @@ export default function poolPage(main, pool) {
       h('td', {}, v.used_by.length ? v.used_by.map((vm, i) => [i ? ', ' : '',
         h('a', { href: `#/vms/${encodeURIComponent(vm)}` }, vm)]) : '—'),
       h('td.actions', {}, deleteButton(v))));
-    replace(body, table(['Name', 'Format', 'Size', 'On disk', 'Backing', 'Used by', ''], rows, { id: 'volumes' }));
+    replace(body, table(['Name', 'Format', ['Size', 'num'], ['On disk', 'num'], 'Backing', 'Used by', ''], rows, { id: 'volumes' }));
   }
 
   async function refresh() {

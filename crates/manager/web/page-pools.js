@@ -32,7 +32,7 @@ export default function poolsPage(main) {
         h('td.num', {}, bytes(pool.capacity_bytes)),
         h('td', {}, h('meter', { min: 0, max: 1, value: used, title: `${Math.round(used * 100)} % used` })));
     });
-    replace(body, table(['Name', 'Directory', 'Volumes', 'Available', 'Capacity', 'Used'], rows, { id: 'pools' }));
+    replace(body, table(['Name', 'Directory', ['Volumes', 'num'], ['Available', 'num'], ['Capacity', 'num'], 'Used'], rows, { id: 'pools' }));
   }, (failure) => !gone && message(error, failure.message));
   return () => {
     gone = true;

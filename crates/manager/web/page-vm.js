@@ -81,7 +81,8 @@ function lastExit(info) {
         h('pre.tail', {}, exit.console_tail.join('\n'))));
     }
   }
-  return parts.length ? parts : h('p.muted', {}, 'It has not run yet.');
+  if (parts.length) return parts;
+  return h('p.muted', {}, isActive(info.state) ? 'This is its first run.' : 'It has not run yet.');
 }
 
 function eventLog(name) {
@@ -129,11 +130,10 @@ export default function vmPage(main, name) {
     h('div.page-head', {}, h('div.title', {}, h('a.back', { href: '#/vms' }, 'VMs'), title, badge), buttons),
     error,
     h('div.grid', {},
-      card('Overview', sections.overview),
+      card('Overview', sections.overview, h('h2.sub', {}, 'Last run'), sections.exit),
       card('Boot', sections.boot),
       card('Disks', sections.disks),
-      card('Network cards', sections.nics),
-      card('State', sections.exit)),
+      card('Network cards', sections.nics)),
     card('Live', charts),
     card('Serial console', consolePanel),
     card('Events', log)));

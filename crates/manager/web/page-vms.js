@@ -56,7 +56,7 @@ export default function vmsPage(main) {
         sparkCell,
         h('td.actions', {}, actionButtons(vm, { errorBox: error, names: ['start', 'shutdown', 'destroy'] })));
     });
-    replace(body, table(['Name', 'State', 'vCPUs', 'Memory', 'Uptime', 'CPU · I/O', ''], rows,
+    replace(body, table(['Name', 'State', ['vCPUs', 'num'], ['Memory', 'num'], ['Uptime', 'num'], 'CPU · I/O', ''], rows,
       { className: 'vms', id: 'vms' }));
     stats.watch(new Map(vms.filter((vm) => isActive(vm.state)).map((vm) => [vm.name, vm.cpus])));
     figures();
