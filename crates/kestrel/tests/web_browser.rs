@@ -15,6 +15,7 @@
 mod common;
 
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -134,6 +135,9 @@ impl Chromedriver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(binary)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+            // Its own process group, so Drop also ends the Chromium it started (a test that
+            // fails never closes its session).
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -153,6 +157,9 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the group is the one chromedriver
+        // leads (process_group(0)), and chromedriver is not reaped yet, so its id is not reused.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -170,7 +177,7 @@ async fn browser(driver: &Chromedriver, chromium: &Path) -> Client {
         "goog:chromeOptions": {
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1400,1000", "--hide-scrollbars"],
+                     "--window-size=1400,1400", "--hide-scrollbars"],
         },
     });
     let Value::Object(capabilities) = capabilities else { unreachable!() };
@@ -214,7 +221,11 @@ async fn wait_text(client: &Client, what: &str, selector: &str) -> String {
 
 async fn click(client: &Client, selector: &str) {
     let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
-    element.unwrap_or_else(|e| panic!("no {selector}: {e}")).click().await.expect(selector);
+    let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
+    // In the middle of the window, not under the sticky top bar.
+    let center = "arguments[0].scrollIntoView({block: 'center'})";
+    client.execute(center, vec![serde_json::to_value(&element).unwrap()]).await.expect(selector);
+    element.click().await.expect(selector);
 }
 
 async fn fill(client: &Client, selector: &str, text: &str) {
@@ -231,6 +242,7 @@ async fn screenshot(client: &Client, name: &str) {
         Path::new(env!("CARGO_BIN_EXE_kestrel")).parent().and_then(Path::parent).expect("target dir");
     let dir = target.join("web-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot directory");
+    client.execute("window.scrollTo(0, 0)", vec![]).await.expect("scroll to the top");
     let png = client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
@@ -259,14 +271,21 @@ async fn log_in(client: &Client, daemon: &WebDaemon) {
     .await;
 }
 
+/// Runs a test's browser part (the daemon, the locks and chromedriver stay outside, in the test).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(future)
+}
+
 /// Every line of the terminal's buffer (what xterm.js shows, scrollback included).
 const TERMINAL_TEXT: &str = "const t = window.kestrelTerminal; if (!t) return null; \
     const b = t.buffer.active; const lines = []; \
     for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true)); \
     return lines.join('\\n');";
 
-#[tokio::test]
-async fn the_console_logs_in_validates_definitions_and_manages_volumes() {
+#[test]
+fn the_console_logs_in_validates_definitions_and_manages_volumes() {
     let Some((chromium, chromedriver)) = browser_tools() else { return };
     let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let daemon = WebDaemon::start();
@@ -274,64 +293,67 @@ async fn the_console_logs_in_validates_definitions_and_manages_volumes() {
     daemon.cli_ok(&["pool", "define", "images", "--path", path_str(&pool_dir)]);
     daemon.cli_ok(&["net", "define", "lab", "--address", "10.79.0.1/24"]);
     let driver = Chromedriver::start(&chromedriver);
-    let client = browser(&driver, &chromium).await;
-    log_in(&client, &daemon).await;
+    block_on(async {
+        let client = browser(&driver, &chromium).await;
+        log_in(&client, &daemon).await;
 
-    // The create form sends what it is given; the daemon's refusal is shown next to it.
-    client.goto(&format!("{}#/create", daemon.url)).await.unwrap();
-    wait_js(
-        &client,
-        "the networks in the form",
-        "return document.querySelector('#create-network option[value=lab]')",
-        READY_LIMIT,
-    )
-    .await;
-    fill(&client, "#create-name", "web").await;
-    fill(&client, "#create-kernel", "vmlinux").await;
-    screenshot(&client, "create").await;
-    click(&client, "#create-submit").await;
-    let refusal = wait_text(&client, "the daemon's refusal", "#create-error").await;
-    assert!(refusal.contains("kernel must be an absolute path"), "{refusal}");
+        // The create form sends what it is given; the daemon's refusal is shown next to it.
+        client.goto(&format!("{}#/create", daemon.url)).await.unwrap();
+        wait_js(
+            &client,
+            "the networks in the form",
+            "return document.querySelector('#create-network option[value=lab]')",
+            READY_LIMIT,
+        )
+        .await;
+        fill(&client, "#create-name", "web").await;
+        fill(&client, "#create-kernel", "vmlinux").await;
+        click(&client, "#create-submit").await;
+        let refusal = wait_text(&client, "the daemon's refusal", "#create-error").await;
+        assert!(refusal.contains("kernel must be an absolute path"), "{refusal}");
+        screenshot(&client, "create").await;
 
-    client.goto(&format!("{}#/networks", daemon.url)).await.unwrap();
-    let state = wait_text(&client, "the network's row", "[data-network=lab] [data-test=network-state]").await;
-    assert_eq!(state, "inactive");
-    screenshot(&client, "networks").await;
+        client.goto(&format!("{}#/networks", daemon.url)).await.unwrap();
+        let state =
+            wait_text(&client, "the network's row", "[data-network=lab] [data-test=network-state]").await;
+        assert_eq!(state, "inactive");
+        screenshot(&client, "networks").await;
 
-    // A pool: a volume made, a thin clone of it, and the base's deletion refused.
-    client.goto(&format!("{}#/pools", daemon.url)).await.unwrap();
-    click(&client, "[data-pool=images] [data-test=pool-link]").await;
-    fill(&client, "#volume-name", "base").await;
-    fill(&client, "#volume-size", "64").await;
-    client.find(Locator::Css("#volume-unit option[value=MiB]")).await.unwrap().click().await.unwrap();
-    click(&client, "#volume-create").await;
-    wait_text(&client, "the new volume", "[data-volume=base]").await;
-    wait_js(
-        &client,
-        "the base offered for cloning",
-        "return document.querySelector('#clone-base option[value=base]')",
-        READY_LIMIT,
-    )
-    .await;
-    fill(&client, "#clone-name", "web").await;
-    click(&client, "#clone-create").await;
-    let row = wait_text(&client, "the clone", "[data-volume=web]").await;
-    assert!(row.contains("base"), "the clone's backing volume is shown: {row}");
-    click(&client, "[data-volume=base] [data-test=volume-delete]").await;
-    client.accept_alert().await.expect("the deletion's confirmation");
-    let refusal = wait_text(&client, "the refusal to delete a base", "#pool-error").await;
-    assert!(refusal.contains("base"), "{refusal}");
-    assert!(client.find(Locator::Css("[data-volume=base]")).await.is_ok(), "the base is still listed");
-    screenshot(&client, "pools").await;
+        // A pool: a volume made, a thin clone of it, and the base's deletion refused.
+        client.goto(&format!("{}#/pools", daemon.url)).await.unwrap();
+        click(&client, "[data-pool=images] [data-test=pool-link]").await;
+        fill(&client, "#volume-name", "base").await;
+        fill(&client, "#volume-size", "64").await;
+        client.find(Locator::Css("#volume-unit option[value=MiB]")).await.unwrap().click().await.unwrap();
+        click(&client, "#volume-create").await;
+        wait_text(&client, "the new volume", "[data-volume=base]").await;
+        wait_js(
+            &client,
+            "the base offered for cloning",
+            "return document.querySelector('#clone-base option[value=base]')",
+            READY_LIMIT,
+        )
+        .await;
+        fill(&client, "#clone-name", "web").await;
+        click(&client, "#clone-create").await;
+        let row = wait_text(&client, "the clone", "[data-volume=web]").await;
+        assert!(row.contains("base"), "the clone's backing volume is shown: {row}");
+        click(&client, "[data-volume=base] [data-test=volume-delete]").await;
+        client.accept_alert().await.expect("the deletion's confirmation");
+        let refusal = wait_text(&client, "the refusal to delete a base", "#pool-error").await;
+        assert!(refusal.contains("base"), "{refusal}");
+        assert!(client.find(Locator::Css("[data-volume=base]")).await.is_ok(), "the base is still listed");
+        screenshot(&client, "pools").await;
 
-    // Logging out ends the session: the login page again.
-    click(&client, "#logout").await;
-    wait_js(&client, "the login page", "return document.querySelector('#token')", READY_LIMIT).await;
-    client.close().await.unwrap();
+        // Logging out ends the session: the login page again.
+        click(&client, "#logout").await;
+        wait_js(&client, "the login page", "return document.querySelector('#token')", READY_LIMIT).await;
+        client.close().await.unwrap();
+    });
 }
 
-#[tokio::test]
-async fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
+#[test]
+fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
     let Some(kit) = kit_available() else { return };
     let Some((chromium, chromedriver)) = browser_tools() else { return };
     let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -352,63 +374,76 @@ async fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
         &format!("{} quiet", kit_cmdline()),
     ]);
     let driver = Chromedriver::start(&chromedriver);
-    let client = browser(&driver, &chromium).await;
-    log_in(&client, &daemon).await;
+    block_on(async {
+        let client = browser(&driver, &chromium).await;
+        log_in(&client, &daemon).await;
 
-    // Listed, started from the list; the state follows through the events stream.
-    assert_eq!(wait_text(&client, "the VM's row", "[data-vm=lin] [data-test=vm-state]").await, "stopped");
-    click(&client, "[data-vm=lin] [data-test=action-start]").await;
-    wait_js(
-        &client,
-        "the VM running in the list",
-        "return document.querySelector('[data-vm=lin] [data-test=vm-state]')?.dataset.state === 'running'",
-        BOOT_LIMIT,
-    )
-    .await;
-    wait_js(
-        &client,
-        "a sample in the VM's sparkline",
-        "return document.querySelector('[data-vm=lin] [data-test=vm-spark]')?.dataset.samples >= 2",
-        READY_LIMIT,
-    )
-    .await;
-    screenshot(&client, "vms").await;
+        // Listed, started from the list; the state follows through the events stream.
+        assert_eq!(wait_text(&client, "the VM's row", "[data-vm=lin] [data-test=vm-state]").await, "stopped");
+        click(&client, "[data-vm=lin] [data-test=action-start]").await;
+        wait_js(
+            &client,
+            "the VM running in the list",
+            "return document.querySelector('[data-vm=lin] [data-test=vm-state]')?.dataset.state === 'running'",
+            BOOT_LIMIT,
+        )
+        .await;
+        wait_js(
+            &client,
+            "a sample in the VM's sparkline",
+            "return document.querySelector('[data-vm=lin] [data-test=vm-spark]')?.dataset.samples >= 2",
+            READY_LIMIT,
+        )
+        .await;
+        screenshot(&client, "vms").await;
 
-    // Its page: the console shows the shell's prompt; a command typed there runs in the guest.
-    click(&client, "[data-vm=lin] [data-test=vm-link]").await;
-    let prompt = "const text = (() => { ".to_owned()
-        + TERMINAL_TEXT
-        + " })(); if (!text || !text.includes('starting a shell')) return null; \
-           const last = text.trimEnd().split('\\n').pop(); \
-           return /[#$]$/.test(last) ? last : null;";
-    wait_js(&client, "a shell prompt in the console", &prompt, BOOT_LIMIT).await;
-    let input = client.find(Locator::Css(".xterm-helper-textarea")).await.expect("xterm's input");
-    input
-        .send_keys(&format!("echo kestrel-$((6*7)){}", char::from(fantoccini::key::Key::Enter)))
-        .await
-        .unwrap();
-    let answer =
-        format!("const text = (() => {{ {TERMINAL_TEXT} }})(); return text && text.includes('kestrel-42');");
-    wait_js(&client, "the command's output in the console", &answer, READY_LIMIT).await;
-    wait_js(
-        &client,
-        "a sample in the graphs",
-        "return document.querySelector('[data-test=graph-cpu]')?.dataset.samples >= 2",
-        READY_LIMIT,
-    )
-    .await;
-    screenshot(&client, "vm").await;
+        // Its page: the console shows the shell's prompt; a command typed there runs in the guest.
+        click(&client, "[data-vm=lin] [data-test=vm-link]").await;
+        let prompt = "const text = (() => { ".to_owned()
+            + TERMINAL_TEXT
+            + " })(); if (!text || !text.includes('starting a shell')) return null; \
+               const last = text.trimEnd().split('\\n').pop(); \
+               return /[#$]$/.test(last) ? last : null;";
+        wait_js(&client, "a shell prompt in the console", &prompt, BOOT_LIMIT).await;
+        let input = client.find(Locator::Css(".xterm-helper-textarea")).await.expect("xterm's input");
+        input
+            .send_keys(&format!("echo kestrel-$((6*7)){}", char::from(fantoccini::key::Key::Enter)))
+            .await
+            .unwrap();
+        let answer = format!(
+            "const text = (() => {{ {TERMINAL_TEXT} }})(); return text && text.includes('kestrel-42');"
+        );
+        wait_js(&client, "the command's output in the console", &answer, READY_LIMIT).await;
+        wait_js(
+            &client,
+            "a sample in the graphs",
+            "return document.querySelector('[data-test=graph-cpu]')?.dataset.samples >= 2",
+            READY_LIMIT,
+        )
+        .await;
+        screenshot(&client, "vm").await;
 
-    // Shut down: the ACPI power button; the page shows it stopped.
-    click(&client, "#action-shutdown").await;
-    wait_js(
-        &client,
-        "the VM stopped on its page",
-        "return document.querySelector('#vm-state')?.dataset.state === 'stopped'",
-        BOOT_LIMIT,
-    )
-    .await;
-    let status = wait_text(&client, "the console's disconnection", "[data-test=console-status]").await;
-    assert!(status.contains("disconnected"), "{status}");
-    client.close().await.unwrap();
+        // Shut down: the ACPI power button; the page shows it stopped.
+        click(&client, "#action-shutdown").await;
+        wait_js(
+            &client,
+            "the VM stopped on its page",
+            "return document.querySelector('#vm-state')?.dataset.state === 'stopped'",
+            BOOT_LIMIT,
+        )
+        .await;
+        // The daemon lets the console's viewers go once the VM has stopped.
+        wait_js(
+            &client,
+            "the console disconnected",
+            "return document.querySelector('[data-test=console-status]')?.dataset.state === 'disconnected'",
+            READY_LIMIT,
+        )
+        .await;
+        assert!(
+            client.find(Locator::Css("#console-reconnect:not([hidden])")).await.is_ok(),
+            "a Reconnect button"
+        );
+        client.close().await.unwrap();
+    });
 }
