@@ -90,6 +90,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         kestrel daemon --foreground\n  \
         kestrel daemon --foreground --state-dir ~/.local/share/kestrel --socket /tmp/kestrel.sock\n  \
+        kestrel daemon --foreground --web 127.0.0.1:8443   # the browser console; kestrel daemon web-token logs in\n  \
         KESTREL_STATE_DIR=/tmp/k KESTREL_SOCKET=/tmp/k/sock kestrel daemon --foreground")]
     Daemon(crate::daemon_cli::DaemonArgs),
     // --- end manager: daemon ---

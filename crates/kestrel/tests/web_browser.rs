@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::kit::*;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -36,91 +37,11 @@ const POLL: Duration = Duration::from_millis(100);
 /// One browser at a time: two Chromiums on a small host only slow each other past the limits.
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
-/// A daemon with the web console on a loopback port (and its own state directory and socket).
-struct WebDaemon {
-    dir: tempfile::TempDir,
-    state_dir: PathBuf,
-    socket: PathBuf,
-    child: Child,
-    /// `https://127.0.0.1:PORT/`, from the daemon's log line.
-    url: String,
-}
-
-impl WebDaemon {
-    fn start() -> WebDaemon {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let state_dir = dir.path().join("state");
-        let socket = dir.path().join("kestrel.sock");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("daemon log");
-        let child = kestrel()
-            .args(["--log-level", "info", "daemon", "--foreground", "--web", "127.0.0.1:0", "--state-dir"])
-            .arg(&state_dir)
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn kestrel daemon --web");
-        let mut daemon = WebDaemon { dir, state_dir, socket, child, url: String::new() };
-        daemon.url = daemon.wait_for_url();
-        daemon
-    }
-
-    /// Waits for `kestrel daemon: web console at https://IP:PORT/ …` in the log.
-    fn wait_for_url(&mut self) -> String {
-        let deadline = Instant::now() + READY_LIMIT;
-        loop {
-            let log = self.log();
-            if let Some(at) = log.find("web console at ") {
-                let rest = &log[at + "web console at ".len()..];
-                return rest.split_whitespace().next().unwrap_or_default().to_owned();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited with {status} before serving the web console:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no web console URL in the log within {READY_LIMIT:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// `kestrel ARGS…` against this daemon; fails the test unless it succeeds. Its stdout.
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let mut command = kestrel();
-        command.env("KESTREL_SOCKET", &self.socket).env("KESTREL_STATE_DIR", &self.state_dir).args(args);
-        let output = run_to_end(command, b"");
-        assert!(
-            output.status.success(),
-            "kestrel {args:?} failed:\n{}{}\ndaemon log:\n{}",
-            stdout(&output),
-            stderr(&output),
-            self.log()
-        );
-        stdout(&output)
-    }
-
-    /// A login token minted over the daemon's socket.
-    fn token(&self) -> String {
-        let out = self.cli_ok(&["daemon", "web-token"]);
-        let token = out.split_whitespace().find(|word| word.starts_with("kst_"));
-        token.unwrap_or_else(|| panic!("no kst_ token in {out:?}")).to_owned()
-    }
-}
-
-impl Drop for WebDaemon {
-    /// The daemon and every VMM it left behind go, even when the test fails.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        common::daemon::kill_processes_naming(&self.state_dir);
-    }
+/// A login token minted over the daemon's socket (`kestrel daemon web-token`).
+fn token(daemon: &Daemon) -> String {
+    let out = daemon.cli_ok(&["daemon", "web-token"]);
+    let token = out.split_whitespace().find(|word| word.starts_with("kst_"));
+    token.unwrap_or_else(|| panic!("no kst_ token in {out:?}")).to_owned()
 }
 
 /// chromedriver on a free loopback port, killed when dropped.
@@ -249,8 +170,8 @@ async fn screenshot(client: &Client, name: &str) {
 }
 
 /// The login page refuses `kst_wrong` with the server's message, then takes the real token.
-async fn log_in(client: &Client, daemon: &WebDaemon) {
-    client.goto(&daemon.url).await.expect("open the console");
+async fn log_in(client: &Client, daemon: &Daemon, url: &str) {
+    client.goto(url).await.expect("open the console");
     fill(client, "#token", "kst_wrong").await;
     screenshot(client, "login").await;
     click(client, "#login").await;
@@ -260,7 +181,7 @@ async fn log_in(client: &Client, daemon: &WebDaemon) {
         client.find(Locator::Css("[data-test=page-vms]")).await.is_err(),
         "not logged in with a wrong token"
     );
-    fill(client, "#token", &daemon.token()).await;
+    fill(client, "#token", &token(daemon)).await;
     click(client, "#login").await;
     wait_js(
         client,
@@ -288,17 +209,17 @@ const TERMINAL_TEXT: &str = "const t = window.kestrelTerminal; if (!t) return nu
 fn the_console_logs_in_validates_definitions_and_manages_volumes() {
     let Some((chromium, chromedriver)) = browser_tools() else { return };
     let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let daemon = WebDaemon::start();
+    let (daemon, url) = Daemon::start_with_web();
     let pool_dir = daemon.dir.path().join("pool");
     daemon.cli_ok(&["pool", "define", "images", "--path", path_str(&pool_dir)]);
     daemon.cli_ok(&["net", "define", "lab", "--address", "10.79.0.1/24"]);
     let driver = Chromedriver::start(&chromedriver);
     block_on(async {
         let client = browser(&driver, &chromium).await;
-        log_in(&client, &daemon).await;
+        log_in(&client, &daemon, &url).await;
 
         // The create form sends what it is given; the daemon's refusal is shown next to it.
-        client.goto(&format!("{}#/create", daemon.url)).await.unwrap();
+        client.goto(&format!("{}#/create", url)).await.unwrap();
         wait_js(
             &client,
             "the networks in the form",
@@ -313,14 +234,14 @@ fn the_console_logs_in_validates_definitions_and_manages_volumes() {
         assert!(refusal.contains("kernel must be an absolute path"), "{refusal}");
         screenshot(&client, "create").await;
 
-        client.goto(&format!("{}#/networks", daemon.url)).await.unwrap();
+        client.goto(&format!("{}#/networks", url)).await.unwrap();
         let state =
             wait_text(&client, "the network's row", "[data-network=lab] [data-test=network-state]").await;
         assert_eq!(state, "inactive");
         screenshot(&client, "networks").await;
 
         // A pool: a volume made, a thin clone of it, and the base's deletion refused.
-        client.goto(&format!("{}#/pools", daemon.url)).await.unwrap();
+        client.goto(&format!("{}#/pools", url)).await.unwrap();
         click(&client, "[data-pool=images] [data-test=pool-link]").await;
         fill(&client, "#volume-name", "base").await;
         fill(&client, "#volume-size", "64").await;
@@ -358,7 +279,7 @@ fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
     let Some((chromium, chromedriver)) = browser_tools() else { return };
     let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let _boot = one_boot_at_a_time();
-    let daemon = WebDaemon::start();
+    let (daemon, url) = Daemon::start_with_web();
     // No `kestrel.run=`: the kit's /init starts a shell on the console.
     daemon.cli_ok(&[
         "vm",
@@ -376,7 +297,7 @@ fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
     let driver = Chromedriver::start(&chromedriver);
     block_on(async {
         let client = browser(&driver, &chromium).await;
-        log_in(&client, &daemon).await;
+        log_in(&client, &daemon, &url).await;
 
         // Listed, started from the list; the state follows through the events stream.
         assert_eq!(wait_text(&client, "the VM's row", "[data-vm=lin] [data-test=vm-state]").await, "stopped");

@@ -56,6 +56,10 @@ pub const LOG_KEEP: u64 = 1 << 20;
 const CAP_PERIOD: Duration = Duration::from_secs(10);
 /// The escape byte of the VMM's console (Ctrl-A).
 const ESCAPE: u8 = 0x01;
+/// The largest WebSocket frame or message a viewer may send (input is keystrokes and pastes;
+/// `kestrel vm console` sends at most 4 KiB at a time). A bigger one closes the socket, so a
+/// client cannot make the daemon buffer megabytes per connection.
+pub const MAX_INPUT_MESSAGE: usize = 64 << 10;
 /// Writes to a pipe of at most this many bytes are atomic, so two viewers' keystrokes never
 /// interleave inside an escape pair.
 const PIPE_BUF: usize = 4096;
@@ -349,6 +353,7 @@ async fn console(
     } else {
         None
     };
+    let upgrade = upgrade.max_frame_size(MAX_INPUT_MESSAGE).max_message_size(MAX_INPUT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| async move {
         match attached {
             Some(attached) => view(socket, attached, fifo, &name).await,

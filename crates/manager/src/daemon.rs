@@ -15,6 +15,8 @@ pub struct DaemonOptions {
     pub paths: Paths,
     /// The `kestrel` binary started for each VM (`kestrel vmm`); by default this process's own.
     pub kestrel_binary: PathBuf,
+    /// `--web`: the browser console over HTTPS (off when `None`).
+    pub web: Option<crate::web::WebOptions>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -32,6 +34,8 @@ pub enum DaemonError {
     StateDirInUse { path: String },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -59,7 +63,13 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     create_private_dir(&paths.state_dir.join("vms"))?;
     let store = Arc::new(Store::open(
         &paths.store(),
-        &[crate::vms::SCHEMA, crate::events::SCHEMA, crate::network::SCHEMA, crate::pool::SCHEMA],
+        &[
+            crate::vms::SCHEMA,
+            crate::events::SCHEMA,
+            crate::network::SCHEMA,
+            crate::pool::SCHEMA,
+            crate::web::tokens::SCHEMA,
+        ],
     )?);
     let shared = Arc::new(Shared {
         paths: paths.clone(),
@@ -70,6 +80,7 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         consoles: crate::console::Consoles::new(&paths),
         networks: crate::network::Networks::new(store.clone(), &paths),
         pools: crate::pool::Pools::new(store.clone(), &paths.state_dir),
+        web_sessions: crate::web::session::Sessions::new(),
         store,
     });
     let listener = bind(&paths.socket).await?;
@@ -90,10 +101,14 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         tokio::spawn(async move { shared.vms.autostart(&shared).await });
     }
     // --- end core ---
-    tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
     // Requests in flight get a moment to finish; event followers never do by themselves, so
     // the daemon stops at the latest GRACE after the signal (its VMs keep running either way).
     let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+    // The browser console stops with the socket's server (same signal, same grace).
+    if let Some(web) = &options.web {
+        crate::web::start(web, &paths.state_dir, shared.clone(), stop_seen.clone()).await?;
+    }
+    tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
     let serve = axum::serve(listener, router(shared)).with_graceful_shutdown(async move {
         termination().await;
         stopping.send_replace(true);

@@ -267,12 +267,21 @@ async fn sample(state: &Shared, summary: VmSummary) -> VmSample {
 /// `GET /v1/vms/{vm}/stats`: the VM's counters since its VMM started.
 pub async fn vm_stats(state: &Shared, key: &str) -> ApiResult<VmStats> {
     let info = state.vms.info(key)?;
+    // The VMM process's own cost on the host, while it runs (the console's live graphs).
+    let usage = match info.summary.pid.filter(|_| info.summary.state.is_active()) {
+        Some(pid) => {
+            tokio::task::spawn_blocking(move || crate::vms::usage::of_process(pid)).await.unwrap_or_default()
+        }
+        None => crate::vms::usage::Usage::default(),
+    };
     let sample = sample(state, info.summary).await;
     Ok(VmStats {
         name: sample.summary.name,
         state: Some(sample.summary.state),
         uptime_secs: sample.uptime_secs,
         counters: sample.sums,
+        cpu_time_us: usage.cpu_time_us,
+        memory_rss_bytes: usage.memory_rss_bytes,
     })
 }
 

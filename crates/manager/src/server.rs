@@ -13,6 +13,8 @@
 //!   `PUT|GET /v1/pools/{pool}/volumes/{vol}/data` (`PUT …?format=raw|qcow2`: the body is the
 //!   image, streamed; 201 + VolumeInfo)
 //! - metrics (`metrics`): `GET /metrics` (Prometheus text format)
+//! - web console tokens (`web::tokens`): `POST|DELETE /v1/web/tokens` (the browser console
+//!   itself, `kestrel daemon --web`, serves this same router under `/api` over HTTPS: `web`)
 //!
 //! `{vm}` is a name or a UUID.
 
@@ -32,6 +34,8 @@ pub struct Shared {
     pub consoles: crate::console::Consoles,
     pub networks: crate::network::Networks,
     pub pools: crate::pool::Pools,
+    /// The web console's sessions (in memory: a restarted daemon has none).
+    pub web_sessions: crate::web::session::Sessions,
 }
 
 /// The router's state.
@@ -50,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::network::routes())
         // --- pools ---
         .merge(crate::pool::routes())
+        // --- web console: its login tokens, minted on the socket ---
+        .merge(crate::web::tokens::routes())
         // --- console and metrics: every request counted for `kestrel_api_requests_total` ---
         .layer(axum::middleware::from_fn(crate::metrics::count_requests))
         // --- end console and metrics ---

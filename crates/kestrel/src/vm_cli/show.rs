@@ -114,7 +114,12 @@ pub fn stats(stats: &VmStats) -> String {
     let mut kv = KeyValues::new();
     kv.add("name", &stats.name)
         .add("state", stats.state.map_or("-", state_name))
-        .add_some("uptime", stats.uptime_secs.map(|s| format!("{s} s")));
+        .add_some("uptime", stats.uptime_secs.map(|s| format!("{s} s")))
+        .add_some("cpu time", stats.cpu_time_us.map(|us| format!("{:.3} s", us as f64 / 1e6)))
+        .add_some(
+            "memory (RSS)",
+            stats.memory_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
+        );
     let mut out = kv.render();
     let mut table = Table::new(["GROUP", "COUNTER", "VALUE"]);
     for (group, counters) in &stats.counters {

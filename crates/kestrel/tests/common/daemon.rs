@@ -13,17 +13,58 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// Flags after `kestrel daemon --foreground --state-dir … --socket …` (e.g. `--web`).
+    extra_args: Vec<String>,
+    /// Where the current run's lines begin in `daemon.log` (restarts append to it).
+    log_start: usize,
 }
 
 impl Daemon {
     /// Starts a daemon in a fresh temporary directory and waits until it listens.
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// [`Daemon::start`] with more flags for `kestrel daemon` (kept for restarts).
+    pub fn start_with(extra_args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temporary directory");
         let state_dir = dir.path().join("state");
         let socket = dir.path().join("kestrel.sock");
-        let mut daemon = Daemon { dir, state_dir, socket, child: None };
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut daemon = Daemon { dir, state_dir, socket, child: None, extra_args, log_start: 0 };
         daemon.restart();
         daemon
+    }
+
+    /// A daemon with the browser console on a free loopback port, and the console's URL
+    /// (`https://127.0.0.1:PORT/`).
+    pub fn start_with_web() -> (Daemon, String) {
+        let daemon = Daemon::start_with(&["--web", "127.0.0.1:0"]);
+        let url = daemon.web_url();
+        (daemon, url)
+    }
+
+    /// The web console's URL, from this run's log line `kestrel daemon: web console at URL
+    /// (certificate SHA-256 …)` (waited for: the daemon logs it once the port is bound).
+    pub fn web_url(&self) -> String {
+        let line = self.wait_for_log("kestrel daemon: web console at ");
+        let rest = &line[line.find("https://").expect("a URL in the web console's line")..];
+        rest.split_whitespace().next().unwrap().to_owned()
+    }
+
+    /// The first line of this run's log containing `needle`, waited for (bounded).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            let log = self.log();
+            if let Some(line) =
+                log.get(self.log_start..).and_then(|run| run.lines().find(|l| l.contains(needle)))
+            {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no line with '{needle}' in the daemon's log:\n{log}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Starts the daemon again on the same state directory and socket (after [`Daemon::kill`]).
@@ -34,11 +75,13 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("daemon log");
+        self.log_start = log.metadata().map_or(0, |m| m.len() as usize);
         let child = super::kestrel()
             .args(["--log-level", "info", "daemon", "--foreground", "--state-dir"])
             .arg(&self.state_dir)
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -16,6 +16,7 @@ mod process;
 mod records;
 mod routes;
 mod runtime;
+pub mod usage;
 mod vmm_client;
 
 use std::collections::{HashMap, VecDeque};

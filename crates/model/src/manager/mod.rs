@@ -7,6 +7,7 @@ pub mod name;
 pub mod network;
 pub mod pool;
 pub mod vm;
+pub mod web;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,10 @@ pub enum ErrorKind {
     Conflict,
     /// 403: the caller may not do this.
     Forbidden,
+    /// 401: the web console's caller has not logged in (or its session ended).
+    Unauthorized,
+    /// 429: too many failed web console logins; try again in a minute.
+    TooManyRequests,
     /// 503: a resource the host lacks (no space, no KVM, a tool missing).
     Unavailable,
     /// 500: the daemon failed (its log says more).
@@ -45,6 +50,8 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Forbidden => 403,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::TooManyRequests => 429,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }

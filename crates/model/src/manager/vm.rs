@@ -271,6 +271,13 @@ pub struct VmStats {
     /// Counters by group and name, summed over the VMM's metrics lines (Firecracker's groups:
     /// `vcpu`, `block`, `net`, `balloon`, …).
     pub counters: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    /// CPU time the VMM process has used (user + system, all its threads), µs; `None` when
+    /// the VM does not run or `/proc` could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_us: Option<u64>,
+    /// The VMM process's resident memory (guest memory it touched included), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_rss_bytes: Option<u64>,
 }
 
 // --- validation ---

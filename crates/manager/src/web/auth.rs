@@ -1,0 +1,234 @@
+//! The checks in front of `/api` (the daemon's whole API over HTTPS): a live session cookie, and
+//! for anything that changes state, the session's CSRF token and a same-origin `Origin`.
+//!
+//! Why both: the cookie is `SameSite=Strict`, so other sites' pages cannot send it in the first
+//! place; the CSRF header (which a cross-origin page cannot set without a CORS preflight the
+//! daemon never allows) and the `Origin` check each hold even if the other fails (an old browser
+//! without SameSite, a proxy that strips a header). A WebSocket is opened by a plain GET that
+//! carries the cookie and cannot carry custom headers, so its upgrade is held to the `Origin`
+//! check (browsers always send `Origin` on WebSocket requests).
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use model::manager::ErrorKind;
+
+use crate::error::ManagerError;
+use crate::server::AppState;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "kestrel_session";
+/// The header that carries the session's CSRF token.
+pub const CSRF_HEADER: &str = "x-kestrel-csrf";
+
+/// The value of the `kestrel_session` cookie in the request's `Cookie` headers.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
+}
+
+/// The `Set-Cookie` value that opens a session. `Secure`: HTTPS only; `HttpOnly`: no script
+/// reads it; `SameSite=Strict`: no other site's page sends it.
+pub fn set_cookie(value: &str) -> String {
+    format!("{COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/")
+}
+
+/// The `Set-Cookie` value that clears the session cookie.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+/// What a request's `Origin` says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// No `Origin` header (curl, a same-origin GET).
+    Absent,
+    /// `https://` + the request's own `Host`.
+    Same,
+    /// Anything else (another site, `null`, plain http, no `Host` to compare with).
+    Foreign,
+}
+
+/// Compares the request's `Origin` with `https://<Host>`. Host names are case-insensitive.
+pub fn origin(headers: &HeaderMap) -> Origin {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Origin::Absent };
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), headers.get(header::HOST).map(|h| h.to_str()))
+    else {
+        return Origin::Foreign;
+    };
+    match origin.strip_prefix("https://") {
+        Some(rest) if !host.is_empty() && rest.eq_ignore_ascii_case(host) => Origin::Same,
+        _ => Origin::Foreign,
+    }
+}
+
+/// Whether two secrets are equal, in time that depends only on their lengths.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn forbidden(message: &str) -> Response {
+    ManagerError::new(ErrorKind::Forbidden, message).into_response()
+}
+
+/// Why a request to `/api` is refused, or `None` when it may go on. `csrf` is the session's
+/// token (`None`: no live session). `path` is the path without its `/api` prefix.
+pub fn refusal(method: &Method, path: &str, headers: &HeaderMap, csrf: Option<&str>) -> Option<Response> {
+    let Some(csrf) = csrf else {
+        return Some(
+            ManagerError::new(ErrorKind::Unauthorized, "log in first: no session, or it has ended")
+                .into_response(),
+        );
+    };
+    if path == "/v1/web" || path.starts_with("/v1/web/") {
+        return Some(forbidden(
+            "web console tokens are made only on the daemon's socket (kestrel daemon web-token)",
+        ));
+    }
+    let origin = origin(headers);
+    if origin == Origin::Foreign {
+        return Some(forbidden(
+            "the request's Origin is not this console's (cross-site requests are refused)",
+        ));
+    }
+    if is_websocket(headers) {
+        if origin != Origin::Same {
+            return Some(forbidden("a WebSocket needs an Origin header naming this console"));
+        }
+        return None;
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let sent = headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    if !secrets_equal(sent, csrf.as_bytes()) {
+        return Some(forbidden("missing or wrong X-Kestrel-CSRF header (reload the page)"));
+    }
+    if origin != Origin::Same {
+        return Some(forbidden(
+            "a request that changes something needs an Origin header naming this console",
+        ));
+    }
+    None
+}
+
+/// The middleware in front of the nested `/api` router.
+pub async fn require_session(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let csrf = session_cookie(request.headers()).and_then(|cookie| state.web_sessions.check(cookie));
+    let path = request.uri().path();
+    let path = path.strip_prefix("/api").unwrap_or(path);
+    if let Some(refused) = refusal(request.method(), path, request.headers(), csrf.as_deref()) {
+        return refused;
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn status(response: Option<Response>) -> Option<u16> {
+        response.map(|r| r.status().as_u16())
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        assert_eq!(session_cookie(&headers(&[("cookie", "a=1; kestrel_session=abc; b=2")])), Some("abc"));
+        assert_eq!(
+            session_cookie(&headers(&[("cookie", "a=1"), ("cookie", "kestrel_session=xyz")])),
+            Some("xyz")
+        );
+        assert_eq!(session_cookie(&headers(&[("cookie", "kestrel_session_x=abc")])), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", "kestrel_session=")])), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", "xkestrel_session=abc")])), None);
+        assert_eq!(session_cookie(&headers(&[])), None);
+        assert!(set_cookie("v").contains("HttpOnly; Secure; SameSite=Strict; Path=/"));
+        assert!(clear_cookie().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn the_origin_must_be_https_and_the_host() {
+        let h = |origin: &str| origin_of(&headers(&[("host", "127.0.0.1:8443"), ("origin", origin)]));
+        fn origin_of(map: &HeaderMap) -> Origin {
+            origin(map)
+        }
+        assert_eq!(h("https://127.0.0.1:8443"), Origin::Same);
+        assert_eq!(h("http://127.0.0.1:8443"), Origin::Foreign);
+        assert_eq!(h("https://127.0.0.1:8444"), Origin::Foreign);
+        assert_eq!(h("https://evil.example"), Origin::Foreign);
+        assert_eq!(h("null"), Origin::Foreign);
+        assert_eq!(h("https://127.0.0.1:8443.evil.example"), Origin::Foreign);
+        assert_eq!(
+            origin(&headers(&[("host", "LocalHost:1"), ("origin", "https://localhost:1")])),
+            Origin::Same
+        );
+        assert_eq!(origin(&headers(&[("origin", "https://localhost:1")])), Origin::Foreign, "no Host");
+        assert_eq!(origin(&headers(&[("host", "localhost:1")])), Origin::Absent);
+    }
+
+    #[test]
+    fn api_requests_need_a_session_csrf_and_origin() {
+        let same = [("host", "h:1"), ("origin", "https://h:1")];
+        let csrf = Some("token");
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(status(refusal(&get, "/v1/vms", &headers(&[]), None)), Some(401));
+        assert_eq!(status(refusal(&get, "/v1/vms", &headers(&[]), csrf)), None, "a GET without Origin");
+        assert_eq!(status(refusal(&get, "/v1/vms", &headers(&same), csrf)), None);
+        assert_eq!(
+            status(refusal(&get, "/v1/vms", &headers(&[("host", "h:1"), ("origin", "https://x")]), csrf)),
+            Some(403)
+        );
+        assert_eq!(status(refusal(&get, "/v1/web/tokens", &headers(&same), csrf)), Some(403));
+        assert_eq!(status(refusal(&post, "/v1/web/tokens", &headers(&same), None)), Some(401));
+        // State changes: the CSRF header and the Origin, both.
+        assert_eq!(status(refusal(&post, "/v1/vms/a/start", &headers(&same), csrf)), Some(403));
+        let with_csrf = [("host", "h:1"), ("origin", "https://h:1"), (CSRF_HEADER, "token")];
+        assert_eq!(status(refusal(&post, "/v1/vms/a/start", &headers(&with_csrf), csrf)), None);
+        let wrong = [("host", "h:1"), ("origin", "https://h:1"), (CSRF_HEADER, "tokem")];
+        assert_eq!(status(refusal(&post, "/v1/vms/a/start", &headers(&wrong), csrf)), Some(403));
+        let no_origin = [("host", "h:1"), (CSRF_HEADER, "token")];
+        assert_eq!(status(refusal(&Method::DELETE, "/v1/vms/a", &headers(&no_origin), csrf)), Some(403));
+        // WebSockets: a same-origin Origin, no CSRF header.
+        let ws = [("host", "h:1"), ("upgrade", "websocket")];
+        assert_eq!(status(refusal(&get, "/v1/vms/a/console", &headers(&ws), csrf)), Some(403));
+        let ws_same = [("host", "h:1"), ("upgrade", "WebSocket"), ("origin", "https://h:1")];
+        assert_eq!(status(refusal(&get, "/v1/vms/a/console", &headers(&ws_same), csrf)), None);
+        assert_eq!(status(refusal(&get, "/v1/vms/a/console", &headers(&ws_same), None)), Some(401));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(secrets_equal(b"abc", b"abc"));
+        assert!(!secrets_equal(b"abc", b"abd"));
+        assert!(!secrets_equal(b"abc", b"ab"));
+        assert!(!secrets_equal(b"", b"a"));
+    }
+}
