@@ -24,6 +24,7 @@ fn main() {
     println!("cargo:rerun-if-changed=web");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CI");
+    println!("cargo:rerun-if-env-changed=NPM");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let web = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("web");
     match vendor(&web, &out) {
@@ -50,7 +51,9 @@ fn vendor(web: &Path, out: &Path) -> Result<(), String> {
     for file in ["package.json", "package-lock.json"] {
         std::fs::copy(web.join(file), npm_dir.join(file)).map_err(|e| format!("copying {file}: {e}"))?;
     }
-    let output = Command::new("npm")
+    // `NPM=/path/to/npm` picks another npm (and `NPM=false` tries the build without one).
+    let npm = std::env::var_os("NPM").unwrap_or_else(|| "npm".into());
+    let output = Command::new(npm)
         .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
         .current_dir(&npm_dir)
         .output()

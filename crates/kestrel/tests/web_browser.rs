@@ -173,10 +173,11 @@ async fn screenshot(client: &Client, name: &str) {
 async fn log_in(client: &Client, daemon: &Daemon, url: &str) {
     client.goto(url).await.expect("open the console");
     fill(client, "#token", "kst_wrong").await;
-    screenshot(client, "login").await;
     click(client, "#login").await;
+    // The server's own words (its ErrorBody), not a message of the page's.
     let refusal = wait_text(client, "the wrong token's refusal", "#login-error").await;
-    assert!(!refusal.is_empty() && !refusal.contains("undefined"), "{refusal}");
+    assert!(refusal.contains("unknown or revoked token"), "{refusal}");
+    screenshot(client, "login").await;
     assert!(
         client.find(Locator::Css("[data-test=page-vms]")).await.is_err(),
         "not logged in with a wrong token"
