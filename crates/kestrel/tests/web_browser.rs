@@ -1,0 +1,371 @@
+//! The browser console (`kestrel daemon --web`) in a real browser: headless Chromium driven
+//! through chromedriver (WebDriver) with fantoccini.
+//!
+//! - Without a guest: a wrong token is refused with the server's message; after logging in, the
+//!   create form shows the daemon's refusal of a bad definition, and the pool page creates a
+//!   volume, clones it and shows the daemon's refusal to delete the clone's base.
+//! - With the kit's Linux: the VM is listed, started from the list (its state follows through
+//!   the events stream), its page's serial console (xterm.js over the console WebSocket) shows a
+//!   shell prompt, a command typed into the page runs in the guest and its output comes back,
+//!   and Shut down powers it off.
+//!
+//! Each page is saved as a PNG under `target/web-screenshots/`. Chromium, chromedriver, KVM and
+//! the kit are skipped without, except on CI (CI=true), where their absence fails the test.
+
+mod common;
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::kit::*;
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+/// How long the daemon, chromedriver or a page may take to be ready (a limit, not a goal).
+const READY_LIMIT: Duration = Duration::from_secs(30);
+/// A kit boot to its shell prompt: ~20 s here on an idle host, minutes under load.
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+/// How often a condition in the page is looked at again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One browser at a time: two Chromiums on a small host only slow each other past the limits.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
+
+/// A login token minted over the daemon's socket (`kestrel daemon web-token`).
+fn token(daemon: &Daemon) -> String {
+    let out = daemon.cli_ok(&["daemon", "web-token"]);
+    let token = out.split_whitespace().find(|word| word.starts_with("kst_"));
+    token.unwrap_or_else(|| panic!("no kst_ token in {out:?}")).to_owned()
+}
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Chromedriver {
+    child: Child,
+    url: String,
+}
+
+impl Chromedriver {
+    fn start(binary: &Path) -> Chromedriver {
+        // Ask the kernel for a free port, then hand it to chromedriver (which has no port 0).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+            // Its own process group, so Drop also ends the Chromium it started (a test that
+            // fails never closes its session).
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary:?}: {e}"));
+        let mut driver = Chromedriver { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + READY_LIMIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited with {status} before listening");
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not listen within {READY_LIMIT:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        driver
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the group is the one chromedriver
+        // leads (process_group(0)), and chromedriver is not reaped yet, so its id is not reused.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Chromium and chromedriver, or `None` (skip; on CI, a failure).
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    Some((host_tool("chromium")?, host_tool("chromedriver")?))
+}
+
+/// A headless Chromium session that trusts the daemon's self-signed certificate.
+async fn browser(driver: &Chromedriver, chromium: &Path) -> Client {
+    let capabilities = json!({
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,1400", "--hide-scrollbars"],
+        },
+    });
+    let Value::Object(capabilities) = capabilities else { unreachable!() };
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a WebDriver session with chromedriver")
+}
+
+/// Runs `script` (a function body) in the page until it returns something other than null,
+/// false or ""; that value. Fails after `limit`, naming `what`.
+async fn wait_js(client: &Client, what: &str, script: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    let mut last = Value::Null;
+    loop {
+        match client.execute(script, vec![]).await {
+            Ok(Value::Null) | Ok(Value::Bool(false)) => {}
+            Ok(Value::String(text)) if text.is_empty() => {}
+            Ok(value) => return value,
+            Err(error) => last = Value::String(error.to_string()),
+        }
+        if Instant::now() >= deadline {
+            let page = client.execute("return document.body.innerText", vec![]).await.unwrap_or_default();
+            panic!(
+                "{what}: not within {limit:?} (last error: {last})\nthe page:\n{}",
+                page.as_str().unwrap_or("")
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The text of the first element matching `selector`, once it is shown and not empty.
+async fn wait_text(client: &Client, what: &str, selector: &str) -> String {
+    let script = format!(
+        "const e = document.querySelector({selector:?}); return e && !e.hidden ? e.textContent.trim() : null;"
+    );
+    wait_js(client, what, &script, READY_LIMIT).await.as_str().unwrap_or_default().to_owned()
+}
+
+async fn click(client: &Client, selector: &str) {
+    let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
+    let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
+    // In the middle of the window, not under the sticky top bar.
+    let center = "arguments[0].scrollIntoView({block: 'center'})";
+    client.execute(center, vec![serde_json::to_value(&element).unwrap()]).await.expect(selector);
+    element.click().await.expect(selector);
+}
+
+async fn fill(client: &Client, selector: &str, text: &str) {
+    let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
+    let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
+    element.clear().await.expect(selector);
+    element.send_keys(text).await.expect(selector);
+}
+
+/// Saves the page as `target/web-screenshots/NAME.png` (a test artefact).
+async fn screenshot(client: &Client, name: &str) {
+    // target/debug/kestrel → target/
+    let target =
+        Path::new(env!("CARGO_BIN_EXE_kestrel")).parent().and_then(Path::parent).expect("target dir");
+    let dir = target.join("web-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    client.execute("window.scrollTo(0, 0)", vec![]).await.expect("scroll to the top");
+    let png = client.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+/// The login page refuses `kst_wrong` with the server's message, then takes the real token.
+async fn log_in(client: &Client, daemon: &Daemon, url: &str) {
+    client.goto(url).await.expect("open the console");
+    fill(client, "#token", "kst_wrong").await;
+    click(client, "#login").await;
+    // The server's own words (its ErrorBody), not a message of the page's.
+    let refusal = wait_text(client, "the wrong token's refusal", "#login-error").await;
+    assert!(refusal.contains("unknown or revoked token"), "{refusal}");
+    screenshot(client, "login").await;
+    assert!(
+        client.find(Locator::Css("[data-test=page-vms]")).await.is_err(),
+        "not logged in with a wrong token"
+    );
+    fill(client, "#token", &token(daemon)).await;
+    click(client, "#login").await;
+    wait_js(
+        client,
+        "the VM list after login",
+        "return document.querySelector('[data-test=page-vms]')",
+        READY_LIMIT,
+    )
+    .await;
+}
+
+/// Runs a test's browser part (the daemon, the locks and chromedriver stay outside, in the test).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(future)
+}
+
+/// Every line of the terminal's buffer (what xterm.js shows, scrollback included).
+const TERMINAL_TEXT: &str = "const t = window.kestrelTerminal; if (!t) return null; \
+    const b = t.buffer.active; const lines = []; \
+    for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true)); \
+    return lines.join('\\n');";
+
+#[test]
+fn the_console_logs_in_validates_definitions_and_manages_volumes() {
+    let Some((chromium, chromedriver)) = browser_tools() else { return };
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (daemon, url) = Daemon::start_with_web();
+    let pool_dir = daemon.dir.path().join("pool");
+    daemon.cli_ok(&["pool", "define", "images", "--path", path_str(&pool_dir)]);
+    daemon.cli_ok(&["net", "define", "lab", "--address", "10.79.0.1/24"]);
+    let driver = Chromedriver::start(&chromedriver);
+    block_on(async {
+        let client = browser(&driver, &chromium).await;
+        log_in(&client, &daemon, &url).await;
+
+        // The create form sends what it is given; the daemon's refusal is shown next to it.
+        client.goto(&format!("{}#/create", url)).await.unwrap();
+        wait_js(
+            &client,
+            "the networks in the form",
+            "return document.querySelector('#create-network option[value=lab]')",
+            READY_LIMIT,
+        )
+        .await;
+        fill(&client, "#create-name", "web").await;
+        fill(&client, "#create-kernel", "vmlinux").await;
+        click(&client, "#create-submit").await;
+        let refusal = wait_text(&client, "the daemon's refusal", "#create-error").await;
+        assert!(refusal.contains("kernel must be an absolute path"), "{refusal}");
+        screenshot(&client, "create").await;
+
+        client.goto(&format!("{}#/networks", url)).await.unwrap();
+        let state =
+            wait_text(&client, "the network's row", "[data-network=lab] [data-test=network-state]").await;
+        assert_eq!(state, "inactive");
+        screenshot(&client, "networks").await;
+
+        // A pool: a volume made, a thin clone of it, and the base's deletion refused.
+        client.goto(&format!("{}#/pools", url)).await.unwrap();
+        click(&client, "[data-pool=images] [data-test=pool-link]").await;
+        fill(&client, "#volume-name", "base").await;
+        fill(&client, "#volume-size", "64").await;
+        client.find(Locator::Css("#volume-unit option[value=MiB]")).await.unwrap().click().await.unwrap();
+        click(&client, "#volume-create").await;
+        wait_text(&client, "the new volume", "[data-volume=base]").await;
+        wait_js(
+            &client,
+            "the base offered for cloning",
+            "return document.querySelector('#clone-base option[value=base]')",
+            READY_LIMIT,
+        )
+        .await;
+        fill(&client, "#clone-name", "web").await;
+        click(&client, "#clone-create").await;
+        let row = wait_text(&client, "the clone", "[data-volume=web]").await;
+        assert!(row.contains("base"), "the clone's backing volume is shown: {row}");
+        click(&client, "[data-volume=base] [data-test=volume-delete]").await;
+        client.accept_alert().await.expect("the deletion's confirmation");
+        let refusal = wait_text(&client, "the refusal to delete a base", "#pool-error").await;
+        assert!(refusal.contains("base"), "{refusal}");
+        assert!(client.find(Locator::Css("[data-volume=base]")).await.is_ok(), "the base is still listed");
+        screenshot(&client, "pools").await;
+
+        // Logging out ends the session: the login page again.
+        click(&client, "#logout").await;
+        wait_js(&client, "the login page", "return document.querySelector('#token')", READY_LIMIT).await;
+        client.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
+    let Some(kit) = kit_available() else { return };
+    let Some((chromium, chromedriver)) = browser_tools() else { return };
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _boot = one_boot_at_a_time();
+    let (daemon, url) = Daemon::start_with_web();
+    // No `kestrel.run=`: the kit's /init starts a shell on the console.
+    daemon.cli_ok(&[
+        "vm",
+        "define",
+        "lin",
+        "--kernel",
+        path_str(&kit.0),
+        "--initrd",
+        path_str(&kit.1),
+        "--memory",
+        "256M",
+        "--cmdline",
+        &format!("{} quiet", kit_cmdline()),
+    ]);
+    let driver = Chromedriver::start(&chromedriver);
+    block_on(async {
+        let client = browser(&driver, &chromium).await;
+        log_in(&client, &daemon, &url).await;
+
+        // Listed, started from the list; the state follows through the events stream.
+        assert_eq!(wait_text(&client, "the VM's row", "[data-vm=lin] [data-test=vm-state]").await, "stopped");
+        click(&client, "[data-vm=lin] [data-test=action-start]").await;
+        wait_js(
+            &client,
+            "the VM running in the list",
+            "return document.querySelector('[data-vm=lin] [data-test=vm-state]')?.dataset.state === 'running'",
+            BOOT_LIMIT,
+        )
+        .await;
+        wait_js(
+            &client,
+            "a sample in the VM's sparkline",
+            "return document.querySelector('[data-vm=lin] [data-test=vm-spark]')?.dataset.samples >= 2",
+            READY_LIMIT,
+        )
+        .await;
+        screenshot(&client, "vms").await;
+
+        // Its page: the console shows the shell's prompt; a command typed there runs in the guest.
+        click(&client, "[data-vm=lin] [data-test=vm-link]").await;
+        let prompt = "const text = (() => { ".to_owned()
+            + TERMINAL_TEXT
+            + " })(); if (!text || !text.includes('starting a shell')) return null; \
+               const last = text.trimEnd().split('\\n').pop(); \
+               return /[#$]$/.test(last) ? last : null;";
+        wait_js(&client, "a shell prompt in the console", &prompt, BOOT_LIMIT).await;
+        let input = client.find(Locator::Css(".xterm-helper-textarea")).await.expect("xterm's input");
+        input
+            .send_keys(&format!("echo kestrel-$((6*7)){}", char::from(fantoccini::key::Key::Enter)))
+            .await
+            .unwrap();
+        let answer = format!(
+            "const text = (() => {{ {TERMINAL_TEXT} }})(); return text && text.includes('kestrel-42');"
+        );
+        wait_js(&client, "the command's output in the console", &answer, READY_LIMIT).await;
+        wait_js(
+            &client,
+            "a sample in the graphs",
+            "return document.querySelector('[data-test=graph-cpu]')?.dataset.samples >= 2",
+            READY_LIMIT,
+        )
+        .await;
+        screenshot(&client, "vm").await;
+
+        // Shut down: the ACPI power button; the page shows it stopped.
+        click(&client, "#action-shutdown").await;
+        wait_js(
+            &client,
+            "the VM stopped on its page",
+            "return document.querySelector('#vm-state')?.dataset.state === 'stopped'",
+            BOOT_LIMIT,
+        )
+        .await;
+        // The daemon lets the console's viewers go once the VM has stopped.
+        wait_js(
+            &client,
+            "the console disconnected",
+            "return document.querySelector('[data-test=console-status]')?.dataset.state === 'disconnected'",
+            READY_LIMIT,
+        )
+        .await;
+        assert!(
+            client.find(Locator::Css("#console-reconnect:not([hidden])")).await.is_ok(),
+            "a Reconnect button"
+        );
+        client.close().await.unwrap();
+    });
+}
