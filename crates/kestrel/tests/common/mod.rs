@@ -218,7 +218,7 @@ pub fn host_tool(name: &str) -> Option<PathBuf> {
     if found.is_none() {
         let message = format!("{name} is not installed");
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}; scripts/install-prerequisites installs it");
+            panic!("{message}; scripts/install-prerequisites --tests installs it");
         }
         eprintln!("skipping: {message}");
     }
