@@ -2,9 +2,11 @@
 //! `web/package-lock.json`) into OUT_DIR, where `src/web/assets.rs` embeds them.
 //!
 //! `npm ci` runs in a copy of the manifest under OUT_DIR so the source tree stays clean, with
-//! `--ignore-scripts` so no package runs code at build time. Without npm (or when it fails) a
-//! developer's build still succeeds, with a stub in place of xterm.js that makes the console
-//! panel say why; on CI (`CI=true`) it fails instead, so a release never ships the stub.
+//! `--ignore-scripts` so no package runs code at build time; it runs again only when the
+//! manifest or its lock file changes (cargo tracks the app's own files through `include_bytes!`).
+//! Without npm (or when it fails) the build fails, so no build ships a console without its
+//! terminal by accident; `KESTREL_WEB_STUB=1` asks for a build without xterm.js on purpose, with
+//! a stub that makes the console panel say why.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,24 +20,27 @@ const VENDORED: [(&str, &str); 3] = [
 
 /// What the stub defines instead of `window.Terminal`; `web/console.js` shows it.
 const STUB_JS: &str = "window.kestrelXtermMissing = \"the serial console was built without xterm.js \
-(npm was missing at build time); run scripts/install-prerequisites and rebuild\";\n";
+(it was built with KESTREL_WEB_STUB=1); install npm (scripts/install-prerequisites) and rebuild\";\n";
 
 fn main() {
-    println!("cargo:rerun-if-changed=web");
+    println!("cargo:rerun-if-changed=web/package.json");
+    println!("cargo:rerun-if-changed=web/package-lock.json");
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=CI");
+    println!("cargo:rerun-if-env-changed=KESTREL_WEB_STUB");
     println!("cargo:rerun-if-env-changed=NPM");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let web = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("web");
     match vendor(&web, &out) {
         Ok(()) => {}
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the browser console needs xterm.js from npm: {why}; scripts/install-prerequisites installs npm")
+        Err(why) if std::env::var("KESTREL_WEB_STUB").as_deref() != Ok("1") => {
+            panic!(
+                "the browser console needs xterm.js from npm: {why}; scripts/install-prerequisites \
+                 installs npm (or build with KESTREL_WEB_STUB=1 for a console without a terminal)"
+            )
         }
         Err(why) => {
             println!(
-                "cargo:warning=the browser console is built without xterm.js ({why}); \
-                 run scripts/install-prerequisites, then touch crates/manager/web/package.json"
+                "cargo:warning=the browser console is built without xterm.js ({why}; KESTREL_WEB_STUB=1)"
             );
             write(&out.join("xterm.js"), STUB_JS.as_bytes());
             write(&out.join("addon-fit.js"), b"// xterm.js is missing: see xterm.js\n");

@@ -382,3 +382,33 @@ fn autostart_vms_start_with_the_daemon_and_events_can_be_followed() {
     assert_eq!(vmm_pids(&daemon.state_dir), [info["pid"].as_u64().unwrap() as u32]);
     expect(&daemon, "POST", "/v1/vms/auto/destroy", "", 200);
 }
+
+#[test]
+fn a_web_console_that_cannot_listen_stops_the_daemon_before_any_vm_starts() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let mut body: serde_json::Value = serde_json::from_str(&hello("auto", "exit=hang")).unwrap();
+    body["autostart"] = true.into();
+    expect(&daemon, "POST", "/v1/vms", &body.to_string(), 201);
+    daemon.kill();
+
+    // The console's port is taken: the daemon must stop before its autostart, not after.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut command = common::kestrel();
+    command
+        .args(["--log-level", "info", "daemon", "--foreground", "--state-dir"])
+        .arg(&daemon.state_dir)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["--web", &format!("127.0.0.1:{port}")]);
+    let output = common::run_to_end(command, b"");
+    assert!(!output.status.success(), "the daemon ran with its console's port taken");
+    let stderr = common::stderr(&output);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(vmm_pids(&daemon.state_dir).is_empty(), "a VM started before the failure: {stderr}");
+
+    drop(taken);
+}

@@ -84,6 +84,12 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
         store,
     });
     let listener = bind(&paths.socket).await?;
+    // The browser console's certificate and port, before any VM or network is touched: a
+    // `--web` that cannot work stops the daemon here, not halfway through the autostarts.
+    let web = match &options.web {
+        Some(web) => Some(crate::web::prepare(web, &paths.state_dir).await?),
+        None => None,
+    };
     // pools: a previous daemon's temporary files go only now that this one holds the socket.
     shared.pools.after_bind();
     // --- core: the previous daemon's VMMs, then the networks and the autostart VMs ---
@@ -104,17 +110,23 @@ async fn serve(options: DaemonOptions) -> Result<(), DaemonError> {
     // Requests in flight get a moment to finish; event followers never do by themselves, so
     // the daemon stops at the latest GRACE after the signal (its VMs keep running either way).
     let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
-    // The browser console stops with the socket's server (same signal, same grace).
-    if let Some(web) = &options.web {
-        crate::web::start(web, &paths.state_dir, shared.clone(), stop_seen.clone()).await?;
-    }
+    // The browser console stops with the socket's server: same signal, and the daemon waits for
+    // both servers' requests in flight, bounded by the same grace.
+    let web = web.map(|web| web.spawn(shared.clone(), stop_seen.clone()));
     tracing::info!("kestrel daemon: listening on {}", paths.socket.display());
     let serve = axum::serve(listener, router(shared)).with_graceful_shutdown(async move {
         termination().await;
         stopping.send_replace(true);
     });
+    let served = async {
+        let served = serve.await;
+        if let Some(web) = web {
+            let _ = web.await;
+        }
+        served
+    };
     tokio::select! {
-        served = serve => served.map_err(DaemonError::Serve),
+        served = served => served.map_err(DaemonError::Serve),
         _ = async {
             let _ = stop_seen.wait_for(|stop| *stop).await;
             tokio::time::sleep(GRACE).await;

@@ -27,7 +27,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Serves `app` on `listener` until `stopping` turns true; then each connection finishes its
-/// request in flight (the daemon's grace period bounds that).
+/// request in flight, and this returns once every connection has ended (a console WebSocket or
+/// an events stream never does by itself: the daemon's grace period bounds the wait).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -40,7 +41,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stopped(stopping.clone()) => return,
+            _ = stopped(stopping.clone()) => break,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -91,6 +92,8 @@ pub async fn serve(
             }
         });
     }
+    // Every connection holds a slot until it ends: all slots back means all connections done.
+    let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
 }
 
 /// A connection's stream with its slot: an upgraded connection (a console WebSocket) takes the

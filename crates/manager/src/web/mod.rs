@@ -56,14 +56,18 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, AddrError> {
     text.parse::<SocketAddr>().map_err(|_| AddrError(text.to_owned()))
 }
 
-/// Binds the console, logs its address and certificate fingerprint, and serves it in a task
-/// until `stopping` turns true.
-pub async fn start(
-    options: &WebOptions,
-    state_dir: &Path,
-    shared: crate::server::AppState,
-    stopping: tokio::sync::watch::Receiver<bool>,
-) -> Result<SocketAddr, WebError> {
+/// The console's certificate loaded and its port bound, not yet serving: the daemon makes it
+/// right after its socket's bind, so a `--web` that cannot work (a port in use, an unreadable
+/// certificate) stops the daemon before it touches any VM or network.
+pub struct Prepared {
+    listener: tokio::net::TcpListener,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    pub addr: SocketAddr,
+}
+
+/// Loads (or makes) the certificate, binds the port and logs the address and the certificate's
+/// fingerprint.
+pub async fn prepare(options: &WebOptions, state_dir: &Path) -> Result<Prepared, WebError> {
     let certificate = match &options.certificate {
         Some((cert, key)) => tls::load(cert, key)?,
         None => tls::load_or_generate(state_dir, options.addr.ip())?,
@@ -79,8 +83,19 @@ pub async fn start(
         );
     }
     tracing::info!("kestrel daemon: web console at https://{addr}/ (certificate SHA-256 {fingerprint})");
-    tokio::spawn(listener::serve(listener, config, routes::router(shared), stopping));
-    Ok(addr)
+    Ok(Prepared { listener, config, addr })
+}
+
+impl Prepared {
+    /// Serves the console in a task until `stopping` turns true; the task ends when every
+    /// connection has (the daemon bounds that wait by its grace period).
+    pub fn spawn(
+        self,
+        shared: crate::server::AppState,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(listener::serve(self.listener, self.config, routes::router(shared), stopping))
+    }
 }
 
 #[cfg(test)]
