@@ -54,7 +54,7 @@ impl Answer {
     }
 }
 
-/// A logged-in browser: its cookie (`kestrel_session=…`) and CSRF token.
+/// A logged-in browser: its cookie (`__Host-kestrel_session=…`) and CSRF token.
 struct Session {
     cookie: String,
     csrf: String,
@@ -140,6 +140,23 @@ impl Web {
         answer
     }
 
+    /// Opens a GET whose answer streams: its status and body (read it with a deadline).
+    async fn stream(&self, path: &str, headers: &[(&str, &str)]) -> (u16, hyper::body::Incoming) {
+        let stream = self.connect().await.expect("TLS connection to the console");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        // The driver ends with the connection.
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder().uri(path).header("host", self.host());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let response =
+            tokio::time::timeout(LIMIT, sender.send_request(request)).await.expect("an answer").unwrap();
+        (response.status().as_u16(), response.into_body())
+    }
+
     async fn login_with(&self, token: &str) -> Answer {
         let body = serde_json::json!({ "token": token }).to_string();
         self.request("POST", "/auth/login", &[("content-type", "application/json")], &body).await
@@ -156,7 +173,8 @@ impl Web {
         }
         let cookie = set_cookie.split(';').next().unwrap().to_owned();
         assert!(
-            cookie.starts_with("kestrel_session=") && cookie.len() == "kestrel_session=".len() + 43,
+            cookie.starts_with("__Host-kestrel_session=")
+                && cookie.len() == "__Host-kestrel_session=".len() + 43,
             "{cookie}"
         );
         let csrf = answer.json()["csrf"].as_str().unwrap().to_owned();
@@ -274,7 +292,7 @@ async fn logins_sessions_csrf_and_origin_guard_the_api() {
     let answer = web.request("GET", "/api/v1/vms", &[], "").await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.json()["kind"], "unauthorized");
-    let answer = web.request("GET", "/api/v1/vms", &[("cookie", "kestrel_session=made-up")], "").await;
+    let answer = web.request("GET", "/api/v1/vms", &[("cookie", "__Host-kestrel_session=made-up")], "").await;
     assert_eq!(answer.status, 401);
     assert_eq!(web.request("GET", "/auth/session", &[], "").await.status, 401);
     let answer = web.login_with("kst_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
@@ -324,10 +342,46 @@ async fn logins_sessions_csrf_and_origin_guard_the_api() {
     assert_eq!(answer.status, 201, "{}", answer.body);
     vms::expect(&daemon, "GET", "/v1/vms/fromweb", "", 200);
 
-    // Tokens are minted only on the socket.
-    assert_eq!(web.api(&session, "POST", "/api/v1/web/tokens", "").await.status, 403);
-    assert_eq!(web.api(&session, "DELETE", "/api/v1/web/tokens", "").await.status, 403);
-    assert_eq!(web.request("GET", "/api/v1/web/tokens", &cookie, "").await.status, 403);
+    // Tokens are minted only on the socket: the web's API has no such route.
+    assert_eq!(web.api(&session, "POST", "/api/v1/web/tokens", "").await.status, 404);
+    assert_eq!(web.api(&session, "DELETE", "/api/v1/web/tokens", "").await.status, 404);
+    assert_eq!(web.request("GET", "/api/v1/web/tokens", &cookie, "").await.status, 404);
+
+    // Paths at the edge of the guard: each refused or unknown, none served.
+    let with_csrf = [
+        ("cookie", session.cookie.as_str()),
+        ("x-kestrel-csrf", session.csrf.as_str()),
+        ("origin", origin.as_str()),
+    ];
+    let ws_no_csrf = [
+        ("cookie", session.cookie.as_str()),
+        ("origin", origin.as_str()),
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+    ];
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let edges: [(&str, &str, Headers, &[u16]); 14] = [
+        ("GET", "/api", &[], &[401]),
+        // Outside the nested router (axum's `nest` takes `/api` and `/api/…`): a plain 404.
+        ("GET", "/api/", &[], &[401, 404]),
+        ("HEAD", "/api/v1/vms", &[], &[401]),
+        ("GET", "/API/v1/vms", &cookie, &[404]),
+        ("GET", "//api/v1/vms", &cookie, &[404]),
+        ("GET", "/api", &cookie, &[404]),
+        ("GET", "/api/", &cookie, &[404]),
+        ("HEAD", "/api/v1/web/tokens", &cookie, &[404]),
+        ("POST", "/api/v1/%77eb/tokens", &with_csrf, &[404]),
+        ("POST", "/api/v1/web/tokens/", &with_csrf, &[404]),
+        ("DELETE", "/api/v1/web/tokens/", &with_csrf, &[404]),
+        ("POST", "/%61pi/v1/web/tokens", &with_csrf, &[404]),
+        ("POST", "/api/v1/vms", &ws_no_csrf, &[403]),
+        ("DELETE", "/api/v1/vms/webvm", &ws_no_csrf, &[403]),
+    ];
+    for (method, path, headers, expected) in edges {
+        let answer = web.request(method, path, headers, "").await;
+        assert!(expected.contains(&answer.status), "{method} {path}: {} {}", answer.status, answer.body);
+    }
+    vms::expect(&daemon, "GET", "/v1/vms/webvm", "", 200);
 
     // Logout ends the session and clears the cookie.
     let second = web.login(&daemon).await;
@@ -380,10 +434,54 @@ async fn the_eleventh_failed_login_in_a_minute_is_throttled() {
     assert_eq!(answer.json()["kind"], "too_many_requests");
     let retry: u64 = answer.header("retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    // Until the minute ends, a good token is refused too (a guesser learns nothing).
-    let token = daemon.cli_ok(&["daemon", "web-token"]);
-    assert_eq!(web.login_with(token.trim()).await.status, 429);
-    assert!(daemon.log().contains("failed logins within a minute"), "{}", daemon.log());
+    assert_eq!(web.login_with(wrong).await.status, 429, "wrong tokens stay refused");
+    // A right token still logs in: bogus tries cannot lock the console's users out.
+    let session = web.login(&daemon).await;
+    let cookie = [("cookie", session.cookie.as_str())];
+    assert_eq!(web.request("GET", "/api/v1/vms", &cookie, "").await.status, 200);
+    let log = daemon.log();
+    assert!(log.contains("failed logins within a minute (this one from 127.0.0.1:"), "{log}");
+    assert!(log.contains("a failed login from 127.0.0.1:"), "{log}");
+    assert!(log.contains("a session began (login from 127.0.0.1:"), "{log}");
+}
+
+/// Reads `body` to its end (bounded by [`LIMIT`]): what it held.
+async fn read_to_end(mut body: hyper::body::Incoming) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await.expect("the stream ends in time") {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            Some(Err(e)) => panic!("the stream failed instead of ending: {e}"),
+            None => return text,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_ended_session_ends_its_event_streams() {
+    let (daemon, url) = Daemon::start_with_web();
+    let web = Web::of(&daemon, &url);
+    let (first, second) = (web.login(&daemon).await, web.login(&daemon).await);
+    let follow = "/api/v1/events?follow=true";
+    let (status, by_logout) = web.stream(follow, &[("cookie", first.cookie.as_str())]).await;
+    assert_eq!(status, 200);
+    let (status, by_revocation) = web.stream(follow, &[("cookie", second.cookie.as_str())]).await;
+    assert_eq!(status, 200);
+    // Logout ends the first session's stream (and only that one).
+    let origin = web.origin();
+    let logout = [("cookie", first.cookie.as_str()), ("origin", origin.as_str())];
+    assert_eq!(web.request("POST", "/auth/logout", &logout, "").await.status, 204);
+    read_to_end(by_logout).await;
+    // An event still reaches the second session's stream, which revocation then ends.
+    vms::expect(&daemon, "POST", "/v1/vms", &vms::hello("after-logout", "exit=hang"), 201);
+    daemon.cli_ok(&["daemon", "web-token", "--revoke-all"]);
+    let seen = read_to_end(by_revocation).await;
+    assert!(seen.contains("after-logout"), "{seen}");
 }
 
 #[tokio::test]
@@ -485,6 +583,40 @@ mod needs_kvm {
         // The CLI's console (4 KiB reads) is unaffected: its own test is daemon_console.rs.
         let answer = web.api(&session, "POST", "/api/v1/vms/echo/destroy", "").await;
         assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+
+    #[tokio::test]
+    async fn revocation_closes_an_open_console() {
+        if !kvm_available() {
+            return;
+        }
+        let (daemon, url) = Daemon::start_with_web();
+        let web = Web::of(&daemon, &url);
+        vms::running_hang(&daemon, "watched");
+        let session = web.login(&daemon).await;
+        let origin = web.origin();
+        let both = [("cookie", session.cookie.as_str()), ("origin", origin.as_str())];
+        let mut socket = web.console("watched", &both).await.expect("the console");
+        let mut seen = String::new();
+        read_until(&mut socket, "Hello from the Kestrel test guest", &mut seen).await;
+        daemon.cli_ok(&["daemon", "web-token", "--revoke-all"]);
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, socket.next()).await.expect("the console closes in time") {
+                Some(Ok(Message::Binary(_))) => continue, // output from before the close
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+                    assert_eq!(frame.reason.as_str(), "your web session ended");
+                    break;
+                }
+                other => panic!("expected a close for the ended session, got {other:?}"),
+            }
+        }
+        // The VM itself runs on.
+        let info = vms::expect(&daemon, "GET", "/v1/vms/watched", "", 200);
+        assert_eq!(info["state"], "running", "{info}");
+        daemon.cli_ok(&["vm", "destroy", "watched"]);
     }
 
     #[tokio::test]

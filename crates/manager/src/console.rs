@@ -24,6 +24,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -33,6 +34,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::error::{ApiResult, ManagerError};
 use crate::paths::Paths;
 use crate::server::AppState;
+use crate::web::session::{session_ended, SessionEnd};
 
 /// How often a follower looks for new output (a console is for people: 50 ms is immediate).
 const POLL: Duration = Duration::from_millis(50);
@@ -334,8 +336,11 @@ async fn console(
     State(state): State<AppState>,
     UrlPath(vm): UrlPath<String>,
     Query(query): Query<ConsoleQuery>,
+    // The web console's session (none on the Unix socket): the viewer is let go when it ends.
+    session: Option<Extension<SessionEnd>>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
+    let session = session.map(|Extension(end)| end);
     let info = state.vms.info(&vm)?;
     let (name, uuid) = (info.summary.name.clone(), info.summary.uuid.clone());
     let log = state.paths.console_log(&uuid);
@@ -356,7 +361,7 @@ async fn console(
     let upgrade = upgrade.max_frame_size(MAX_INPUT_MESSAGE).max_message_size(MAX_INPUT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| async move {
         match attached {
-            Some(attached) => view(socket, attached, fifo, &name).await,
+            Some(attached) => view(socket, attached, fifo, &name, session).await,
             None => {
                 let scrollback = tail(&log, scrollback);
                 not_running(socket, scrollback, &name).await
@@ -377,15 +382,27 @@ fn close(reason: String) -> Message {
     Message::Close(Some(CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: reason.into() }))
 }
 
+/// The close code and reason of a viewer whose web session ended (logout, `web-token
+/// --revoke-all`, expiry): 1008, policy violation — it may no longer see this console.
+pub const SESSION_ENDED: &str = "your web session ended";
+
 /// One viewer: the scrollback, then the console's output as it comes; its input to the FIFO.
-async fn view(socket: WebSocket, attached: Attached, fifo: PathBuf, name: &str) {
+/// A web viewer (`session`) is let go when its session ends.
+async fn view(socket: WebSocket, attached: Attached, fifo: PathBuf, name: &str, session: Option<SessionEnd>) {
     let (mut sink, mut stream) = socket.split();
     let Attached { scrollback, mut output } = attached;
+    let ended = session_ended(session);
+    tokio::pin!(ended);
     if !scrollback.is_empty() && sink.send(Message::Binary(scrollback)).await.is_err() {
         return;
     }
     loop {
         tokio::select! {
+            () = &mut ended => {
+                let frame = CloseFrame { code: axum::extract::ws::close_code::POLICY, reason: SESSION_ENDED.into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
             chunk = output.recv() => match chunk {
                 Ok(bytes) => {
                     if sink.send(Message::Binary(bytes)).await.is_err() {

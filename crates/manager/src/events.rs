@@ -14,7 +14,9 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
+use futures_util::StreamExt;
 use model::manager::event::{Event, EventKind};
 use model::manager::{ErrorBody, ErrorKind};
 use rusqlite::{params, OptionalExtension};
@@ -24,6 +26,7 @@ use tokio::sync::broadcast;
 use crate::error::ApiResult;
 use crate::server::AppState;
 use crate::store::{Store, StoreError};
+use crate::web::session::{session_ended, SessionEnd};
 
 /// The store's tables for events.
 pub const SCHEMA: &str = "
@@ -154,6 +157,8 @@ pub fn routes() -> Router<AppState> {
 
 async fn list_events(
     State(state): State<AppState>,
+    // The web console's session (none on the Unix socket): a follower ends with it.
+    session: Option<Extension<SessionEnd>>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(|e| crate::error::ManagerError::invalid(format!("bad query: {e}")))?;
@@ -166,7 +171,10 @@ async fn list_events(
     let lines: Vec<Chunk> = stored.iter().map(|event| Ok(line_of(event))).collect();
     let body = match receiver {
         None => Body::from_stream(futures_util::stream::iter(lines)),
-        Some(receiver) => Body::from_stream(follow_stream(lines, receiver, last_sent)),
+        Some(receiver) => {
+            let session = session.map(|Extension(end)| end);
+            Body::from_stream(follow_stream(lines, receiver, last_sent).take_until(session_ended(session)))
+        }
     };
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
@@ -192,7 +200,6 @@ fn follow_stream(
     receiver: broadcast::Receiver<Event>,
     last_sent: u64,
 ) -> impl futures_util::Stream<Item = Chunk> {
-    use futures_util::StreamExt;
     let follower = Follower { receiver: Some(receiver), last_sent };
     let new = futures_util::stream::unfold(follower, |mut follower| async move {
         loop {
@@ -281,7 +288,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_that_falls_behind_is_told_and_dropped() {
-        use futures_util::StreamExt;
         let events = events();
         let stream = follow_stream(Vec::new(), events.subscribe(), 0);
         for _ in 0..(FOLLOWER_BACKLOG + 10) {

@@ -43,7 +43,17 @@ pub type AppState = Arc<Shared>;
 
 /// The daemon's whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    routes(state, true)
+}
+
+/// The API the web console serves under `/api`: the whole API but the login token routes, so a
+/// session cannot mint tokens (`/api/v1/web/tokens` is no route at all there).
+pub fn web_router(state: AppState) -> Router {
+    routes(state, false)
+}
+
+fn routes(state: AppState, with_web_tokens: bool) -> Router {
+    let mut routes = Router::new()
         // --- core ---
         .merge(crate::vms::routes())
         .merge(crate::events::routes())
@@ -53,9 +63,12 @@ pub fn router(state: AppState) -> Router {
         // --- networks ---
         .merge(crate::network::routes())
         // --- pools ---
-        .merge(crate::pool::routes())
-        // --- web console: its login tokens, minted on the socket ---
-        .merge(crate::web::tokens::routes())
+        .merge(crate::pool::routes());
+    // --- web console: its login tokens, minted on the socket only ---
+    if with_web_tokens {
+        routes = routes.merge(crate::web::tokens::routes());
+    }
+    routes
         // --- console and metrics: every request counted for `kestrel_api_requests_total` ---
         .layer(axum::middleware::from_fn(crate::metrics::count_requests))
         // --- end console and metrics ---

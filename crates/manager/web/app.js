@@ -44,7 +44,16 @@ function route() {
     const match = location.hash.match(pattern);
     if (!match) continue;
     for (const link of topbar.querySelectorAll('nav a')) link.classList.toggle('current', link.dataset.nav === nav);
-    leave = page(main, ...match.slice(1).map(decodeURIComponent)) ?? null;
+    let args;
+    try {
+      args = match.slice(1).map(decodeURIComponent);
+    } catch {
+      // A malformed escape (`#/vms/%E0`): the previous page has already left, so show the list
+      // rather than leave it up without its listeners.
+      location.replace('#/vms');
+      return;
+    }
+    leave = page(main, ...args) ?? null;
     window.scrollTo(0, 0);
     return;
   }

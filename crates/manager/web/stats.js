@@ -47,8 +47,18 @@ export function onSample(callback) {
   return () => listeners.delete(callback);
 }
 
+/** Whether a poll is still waiting for the daemon: a tick then is skipped, so polls never
+ * overlap and each VM's `previous` sample is replaced in order (else rates come out wrong). */
+let polling = false;
+
 async function poll() {
-  await Promise.all([...watched].map(([name, cpus]) => pollOne(name, cpus)));
+  if (polling) return;
+  polling = true;
+  try {
+    await Promise.all([...watched].map(([name, cpus]) => pollOne(name, cpus)));
+  } finally {
+    polling = false;
+  }
   for (const callback of listeners) callback();
 }
 

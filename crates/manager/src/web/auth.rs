@@ -5,8 +5,8 @@
 //! place; the CSRF header (which a cross-origin page cannot set without a CORS preflight the
 //! daemon never allows) and the `Origin` check each hold even if the other fails (an old browser
 //! without SameSite, a proxy that strips a header). A WebSocket is opened by a plain GET that
-//! carries the cookie and cannot carry custom headers, so its upgrade is held to the `Origin`
-//! check (browsers always send `Origin` on WebSocket requests).
+//! carries the cookie and cannot carry custom headers, so its upgrade (a GET, nothing else) is
+//! held to the `Origin` check (browsers always send `Origin` on WebSocket requests).
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method};
@@ -17,12 +17,14 @@ use model::manager::ErrorKind;
 use crate::error::ManagerError;
 use crate::server::AppState;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "kestrel_session";
+/// The session cookie's name. The `__Host-` prefix makes the browser insist on `Secure`,
+/// `Path=/` and no `Domain`: cookies are not kept apart by port, and without it another HTTPS
+/// service on the same host could set or shadow this one (cookie tossing, login fixation).
+pub const COOKIE: &str = "__Host-kestrel_session";
 /// The header that carries the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-kestrel-csrf";
 
-/// The value of the `kestrel_session` cookie in the request's `Cookie` headers.
+/// The value of the session cookie in the request's `Cookie` headers.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
@@ -87,7 +89,8 @@ fn forbidden(message: &str) -> Response {
 }
 
 /// Why a request to `/api` is refused, or `None` when it may go on. `csrf` is the session's
-/// token (`None`: no live session). `path` is the path without its `/api` prefix.
+/// token (`None`: no live session). `path` is the path without its `/api` prefix (as the nested
+/// router sees it).
 pub fn refusal(method: &Method, path: &str, headers: &HeaderMap, csrf: Option<&str>) -> Option<Response> {
     let Some(csrf) = csrf else {
         return Some(
@@ -95,10 +98,16 @@ pub fn refusal(method: &Method, path: &str, headers: &HeaderMap, csrf: Option<&s
                 .into_response(),
         );
     };
+    // The web's API router has no `/v1/web/*` routes (`server::web_router`); this is a second
+    // check, should a route ever be added there or a path be normalised on the way. It answers
+    // as the router would: there is no such route here.
     if path == "/v1/web" || path.starts_with("/v1/web/") {
-        return Some(forbidden(
-            "web console tokens are made only on the daemon's socket (kestrel daemon web-token)",
-        ));
+        return Some(
+            ManagerError::not_found(
+                "no such API route on the web console: tokens are made only on the daemon's socket (kestrel daemon web-token)",
+            )
+            .into_response(),
+        );
     }
     let origin = origin(headers);
     if origin == Origin::Foreign {
@@ -106,7 +115,9 @@ pub fn refusal(method: &Method, path: &str, headers: &HeaderMap, csrf: Option<&s
             "the request's Origin is not this console's (cross-site requests are refused)",
         ));
     }
-    if is_websocket(headers) {
+    // Only a GET can be a WebSocket handshake; any other method with an Upgrade header is an
+    // ordinary request and gets the CSRF check below.
+    if *method == Method::GET && is_websocket(headers) {
         if origin != Origin::Same {
             return Some(forbidden("a WebSocket needs an Origin header naming this console"));
         }
@@ -127,13 +138,17 @@ pub fn refusal(method: &Method, path: &str, headers: &HeaderMap, csrf: Option<&s
     None
 }
 
-/// The middleware in front of the nested `/api` router.
-pub async fn require_session(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let csrf = session_cookie(request.headers()).and_then(|cookie| state.web_sessions.check(cookie));
-    let path = request.uri().path();
-    let path = path.strip_prefix("/api").unwrap_or(path);
-    if let Some(refused) = refusal(request.method(), path, request.headers(), csrf.as_deref()) {
+/// The middleware in front of the nested `/api` router. A request let through carries its
+/// session's [`super::session::SessionEnd`], so what it keeps open (a console, an events stream) ends with it.
+pub async fn require_session(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let live = session_cookie(request.headers()).and_then(|cookie| state.web_sessions.check(cookie));
+    // `nest` has already taken `/api` off the path.
+    let csrf = live.as_ref().map(|live| live.csrf.as_str());
+    if let Some(refused) = refusal(request.method(), request.uri().path(), request.headers(), csrf) {
         return refused;
+    }
+    if let Some(live) = live {
+        request.extensions_mut().insert(live.end);
     }
     next.run(request).await
 }
@@ -160,14 +175,17 @@ mod tests {
 
     #[test]
     fn the_session_cookie_is_found_among_others() {
-        assert_eq!(session_cookie(&headers(&[("cookie", "a=1; kestrel_session=abc; b=2")])), Some("abc"));
         assert_eq!(
-            session_cookie(&headers(&[("cookie", "a=1"), ("cookie", "kestrel_session=xyz")])),
+            session_cookie(&headers(&[("cookie", "a=1; __Host-kestrel_session=abc; b=2")])),
+            Some("abc")
+        );
+        assert_eq!(
+            session_cookie(&headers(&[("cookie", "a=1"), ("cookie", "__Host-kestrel_session=xyz")])),
             Some("xyz")
         );
-        assert_eq!(session_cookie(&headers(&[("cookie", "kestrel_session_x=abc")])), None);
-        assert_eq!(session_cookie(&headers(&[("cookie", "kestrel_session=")])), None);
-        assert_eq!(session_cookie(&headers(&[("cookie", "xkestrel_session=abc")])), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", "__Host-kestrel_session_x=abc")])), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", "__Host-kestrel_session=")])), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", "kestrel_session=abc")])), None, "no prefix");
         assert_eq!(session_cookie(&headers(&[])), None);
         assert!(set_cookie("v").contains("HttpOnly; Secure; SameSite=Strict; Path=/"));
         assert!(clear_cookie().contains("Max-Age=0"));
@@ -206,7 +224,7 @@ mod tests {
             status(refusal(&get, "/v1/vms", &headers(&[("host", "h:1"), ("origin", "https://x")]), csrf)),
             Some(403)
         );
-        assert_eq!(status(refusal(&get, "/v1/web/tokens", &headers(&same), csrf)), Some(403));
+        assert_eq!(status(refusal(&get, "/v1/web/tokens", &headers(&same), csrf)), Some(404));
         assert_eq!(status(refusal(&post, "/v1/web/tokens", &headers(&same), None)), Some(401));
         // State changes: the CSRF header and the Origin, both.
         assert_eq!(status(refusal(&post, "/v1/vms/a/start", &headers(&same), csrf)), Some(403));
@@ -222,6 +240,9 @@ mod tests {
         let ws_same = [("host", "h:1"), ("upgrade", "WebSocket"), ("origin", "https://h:1")];
         assert_eq!(status(refusal(&get, "/v1/vms/a/console", &headers(&ws_same), csrf)), None);
         assert_eq!(status(refusal(&get, "/v1/vms/a/console", &headers(&ws_same), None)), Some(401));
+        // An Upgrade header does not spare another method the CSRF check.
+        assert_eq!(status(refusal(&post, "/v1/vms/a/start", &headers(&ws_same), csrf)), Some(403));
+        assert_eq!(status(refusal(&Method::DELETE, "/v1/vms/a", &headers(&ws_same), csrf)), Some(403));
     }
 
     #[test]

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +25,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most connections served at once (a browser opens a few; a console tab one more).
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// The client's address, in every request's extensions (the login handler logs it).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// Serves `app` on `listener` until `stopping` turns true; then each connection finishes its
 /// request in flight, and this returns once every connection has ended (a console WebSocket or
@@ -73,10 +77,15 @@ pub async fn serve(
                     return;
                 }
             };
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(Peer(peer));
+                    app.clone().oneshot(request)
+                });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(Held { io: tls, _slot: slot }), TowerToHyperService::new(app))
+                .serve_connection(TokioIo::new(Held { io: tls, _slot: slot }), service)
                 .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {

@@ -10,17 +10,25 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use model::manager::ErrorKind;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Origin};
+use super::listener::Peer;
 use super::session::{Throttle, Verdict};
 use crate::error::{ApiResult, ManagerError};
 use crate::server::AppState;
 
 /// The most a login body may be.
 pub const LOGIN_BODY_LIMIT: usize = 4 << 10;
+/// How long a login body may take to arrive (its headers have the listener's own timeout). A
+/// client that announces a body and sends nothing would otherwise hold its connection slot
+/// for good.
+pub const LOGIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often sessions idle past [`super::session::IDLE`] are dropped (which ends their open
+/// consoles and event streams even when nobody presents the session again).
+const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The page may load its own scripts, styles and images and talk to its own origin, nothing else;
 /// no other page may frame it. Styles allow 'unsafe-inline' because xterm.js injects <style>
@@ -48,6 +56,9 @@ struct Csrf {
 
 /// The console's whole router.
 pub fn router(shared: AppState) -> Router {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(expire_sessions(Arc::downgrade(&shared)));
+    }
     let web = Arc::new(Web { shared: shared.clone(), throttle: Throttle::new() });
     let login = Router::new()
         .route("/auth/login", post(login))
@@ -57,7 +68,7 @@ pub fn router(shared: AppState) -> Router {
     // The checks wrap the nested router itself, its fallback included: all of `/api` needs a
     // session (an unknown route too), while a path outside every router is a plain 404.
     // (A nested router without a fallback of its own would use the outer one, unguarded.)
-    let guarded = crate::server::router(shared.clone())
+    let guarded = crate::server::web_router(shared.clone())
         .fallback(|| async { ManagerError::not_found("no such API route") })
         .layer(axum::middleware::from_fn_with_state(shared, auth::require_session));
     let api = Router::new().nest("/api", guarded);
@@ -66,6 +77,20 @@ pub fn router(shared: AppState) -> Router {
         .merge(login)
         .merge(api)
         .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// Every [`EXPIRE_EVERY`], drops the sessions idle too long; stops when the daemon's state is
+/// gone.
+async fn expire_sessions(shared: std::sync::Weak<crate::server::Shared>) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let expired = shared.web_sessions.expire();
+        if expired > 0 {
+            tracing::info!("web console: {expired} idle sessions ended");
+        }
+    }
 }
 
 /// The headers of every answer (see [`CSP`]); `/auth` and `/api` answers are never cached.
@@ -91,23 +116,33 @@ fn foreign_origin(headers: &HeaderMap) -> ApiResult<()> {
     Ok(())
 }
 
-async fn login(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+/// The client's address, for the log ("unknown" off the TCP listener, e.g. in a test).
+fn peer_of(peer: &Option<Extension<Peer>>) -> String {
+    peer.as_ref().map_or_else(|| "unknown".to_owned(), |Extension(Peer(addr))| addr.to_string())
+}
+
+async fn login(
+    State(web): State<Arc<Web>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let peer = peer_of(&peer);
     foreign_origin(&headers)?;
-    if let Verdict::Refused { retry_after_secs, log } = web.throttle.verdict() {
-        if log {
-            tracing::warn!("web console: more than 10 failed logins within a minute; logins refused for {retry_after_secs} s");
-        }
-        let mut response = ManagerError::new(
-            ErrorKind::TooManyRequests,
-            format!("too many failed logins; try again in {retry_after_secs} s"),
-        )
-        .into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        return Ok(response);
-    }
-    let bytes = axum::body::to_bytes(body, LOGIN_BODY_LIMIT)
+    let bytes = match tokio::time::timeout(LOGIN_BODY_TIMEOUT, axum::body::to_bytes(body, LOGIN_BODY_LIMIT))
         .await
-        .map_err(|_| ManagerError::invalid(format!("a login body is at most {LOGIN_BODY_LIMIT} bytes")))?;
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(ManagerError::invalid(format!("a login body is at most {LOGIN_BODY_LIMIT} bytes")))
+        }
+        Err(_) => {
+            return Err(ManagerError::new(
+                ErrorKind::Timeout,
+                format!("the login body did not arrive within {} s", LOGIN_BODY_TIMEOUT.as_secs()),
+            ))
+        }
+    };
     let login: Login = serde_json::from_slice(&bytes)
         .map_err(|e| ManagerError::invalid(format!("a login body is {{\"token\": \"…\"}}: {e}")))?;
     let store = web.shared.store.clone();
@@ -115,14 +150,32 @@ async fn login(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> A
         .await
         .map_err(|e| ManagerError::internal(format!("checking a login token: {e}")))??;
     if !valid {
+        // The throttle is asked only about wrong tokens: a right one always logs in.
+        if let Verdict::Refused { retry_after_secs, log } = web.throttle.verdict() {
+            if log {
+                tracing::warn!("web console: more than 10 failed logins within a minute (this one from {peer}); wrong tokens refused for {retry_after_secs} s");
+            }
+            let mut response = ManagerError::new(
+                ErrorKind::TooManyRequests,
+                format!("too many failed logins; try again in {retry_after_secs} s"),
+            )
+            .into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return Ok(response);
+        }
         web.throttle.failed();
+        tracing::info!("web console: a failed login from {peer}");
         return Err(ManagerError::new(
             ErrorKind::Unauthorized,
             "unknown or revoked token (kestrel daemon web-token makes one)",
         ));
     }
+    // A session the browser still presents is replaced, not left behind: one login, one session.
+    if let Some(old) = auth::session_cookie(&headers) {
+        web.shared.web_sessions.remove(old);
+    }
     let session = web.shared.web_sessions.create()?;
-    tracing::info!("web console: a session began");
+    tracing::info!("web console: a session began (login from {peer})");
     let mut response = Json(Csrf { csrf: session.csrf }).into_response();
     let cookie = HeaderValue::from_str(&auth::set_cookie(&session.cookie))
         .map_err(|e| ManagerError::internal(format!("the session cookie: {e}")))?;
@@ -131,9 +184,12 @@ async fn login(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> A
 }
 
 async fn session(State(web): State<Arc<Web>>, headers: HeaderMap) -> ApiResult<Json<Csrf>> {
-    let csrf = auth::session_cookie(&headers).and_then(|cookie| web.shared.web_sessions.check(cookie));
-    match csrf {
-        Some(csrf) => Ok(Json(Csrf { csrf })),
+    // It answers the CSRF token: CORS already keeps another site from reading it, and refusing
+    // a foreign Origin here too keeps every `/auth` route to the same rule.
+    foreign_origin(&headers)?;
+    let live = auth::session_cookie(&headers).and_then(|cookie| web.shared.web_sessions.check(cookie));
+    match live {
+        Some(live) => Ok(Json(Csrf { csrf: live.csrf })),
         None => Err(ManagerError::new(ErrorKind::Unauthorized, "no session, or it has ended")),
     }
 }

@@ -4,6 +4,11 @@
 //! [`IDLE`] without a request, on logout, or on `kestrel daemon web-token --revoke-all`. At most
 //! [`MAX_SESSIONS`] live at once: a new login pushes out the least recently used one.
 //!
+//! A session that ends also ends what it opened and is still open (a console WebSocket, an
+//! events stream): each entry holds the sender of a watch channel, and each request gets a
+//! receiver ([`SessionEnd`]). Whatever removes the entry drops the sender, which wakes every
+//! receiver — so logout, revocation, expiry and eviction cannot forget to.
+//!
 //! Also here: the failed-login [`Throttle`].
 
 use std::collections::HashMap;
@@ -11,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::error::ManagerError;
 
@@ -38,6 +44,38 @@ fn digest(cookie: &str) -> [u8; 32] {
 struct Entry {
     csrf: String,
     last_used: Instant,
+    /// Never sent on: dropped with the entry, which is what the receivers wait for.
+    ended: watch::Sender<()>,
+}
+
+/// Resolves when its session has ended (see the module's doc). A request extension that
+/// `require_session` adds for the handlers that keep a connection open; absent on the daemon's
+/// Unix socket, which has no sessions.
+#[derive(Clone, Debug)]
+pub struct SessionEnd(watch::Receiver<()>);
+
+impl SessionEnd {
+    /// Waits until the session ends (at once if it already has).
+    pub async fn ended(mut self) {
+        // `changed` fails once the sender is dropped; nothing ever sends, so only that wakes it.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
+/// Waits until `end`'s session ends; forever when there is none (a request on the Unix socket).
+pub async fn session_ended(end: Option<SessionEnd>) {
+    match end {
+        Some(end) => end.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A live session, as [`Sessions::check`] finds it.
+#[derive(Debug)]
+pub struct Live {
+    /// The token the page sends back in `X-Kestrel-CSRF`.
+    pub csrf: String,
+    pub end: SessionEnd,
 }
 
 /// The live sessions.
@@ -79,16 +117,17 @@ impl Sessions {
             };
             entries.remove(&oldest);
         }
-        entries.insert(digest(&session.cookie), Entry { csrf: session.csrf.clone(), last_used: now });
+        let entry = Entry { csrf: session.csrf.clone(), last_used: now, ended: watch::channel(()).0 };
+        entries.insert(digest(&session.cookie), entry);
     }
 
-    /// The CSRF token of the live session whose cookie is `cookie` (and marks it used), or
-    /// `None` (an unknown or expired session; an expired one is dropped).
-    pub fn check(&self, cookie: &str) -> Option<String> {
+    /// The live session whose cookie is `cookie` (and marks it used), or `None` (an unknown or
+    /// expired session; an expired one is dropped).
+    pub fn check(&self, cookie: &str) -> Option<Live> {
         self.check_at(cookie, Instant::now())
     }
 
-    fn check_at(&self, cookie: &str, now: Instant) -> Option<String> {
+    fn check_at(&self, cookie: &str, now: Instant) -> Option<Live> {
         let key = digest(cookie);
         let mut entries = self.lock();
         let entry = entries.get_mut(&key)?;
@@ -97,7 +136,21 @@ impl Sessions {
             return None;
         }
         entry.last_used = entry.last_used.max(now);
-        Some(entry.csrf.clone())
+        Some(Live { csrf: entry.csrf.clone(), end: SessionEnd(entry.ended.subscribe()) })
+    }
+
+    /// Drops every session idle for longer than [`IDLE`]; how many. A lookup drops an expired
+    /// session too, but only when someone presents it: this ends the connections of one nobody
+    /// uses any more.
+    pub fn expire(&self) -> usize {
+        self.expire_at(Instant::now())
+    }
+
+    fn expire_at(&self, now: Instant) -> usize {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, e| now.saturating_duration_since(e.last_used) <= IDLE);
+        before - entries.len()
     }
 
     /// Ends the session of `cookie`; whether there was one.
@@ -123,8 +176,10 @@ impl Sessions {
 }
 
 /// Failed logins per minute, over all clients: the eleventh failure within a minute of the first
-/// is refused (429), and so is every login until that minute ends, good tokens included — a
-/// guesser gets 10 tries a minute, against 2^256 tokens.
+/// is refused (429), and so is every wrong token until that minute ends — a guesser gets 10
+/// tries a minute, against 2^256 tokens. A right token always logs in: refusing it too would
+/// let anyone who can reach the port lock everybody out with ten bogus tries a minute, and
+/// checking it first tells a guesser nothing (a hash lookup).
 #[derive(Default)]
 pub struct Throttle {
     state: Mutex<ThrottleState>,
@@ -158,7 +213,7 @@ impl Throttle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a login may be tried now.
+    /// Whether a wrong token is answered as such (401, and counted) or refused (429) now.
     pub fn verdict(&self) -> Verdict {
         self.verdict_at(Instant::now())
     }
@@ -207,10 +262,10 @@ mod tests {
         let made = sessions.create().unwrap();
         assert_eq!(made.cookie.len(), 43, "32 bytes in base64url");
         assert_ne!(made.cookie, made.csrf);
-        assert_eq!(sessions.check(&made.cookie), Some(made.csrf.clone()));
-        assert_eq!(sessions.check("not-a-session"), None);
+        assert_eq!(sessions.check(&made.cookie).map(|live| live.csrf), Some(made.csrf.clone()));
+        assert!(sessions.check("not-a-session").is_none());
         assert!(sessions.remove(&made.cookie));
-        assert_eq!(sessions.check(&made.cookie), None);
+        assert!(sessions.check(&made.cookie).is_none());
         assert!(!sessions.remove(&made.cookie));
     }
 
@@ -224,9 +279,64 @@ mod tests {
         let used = t0 + Duration::from_secs(11 * 3600);
         assert!(sessions.check_at("cookie-1", used).is_some());
         let later = t0 + IDLE + Duration::from_secs(1800);
-        assert_eq!(sessions.check_at("cookie-1", later), Some("csrf-1".into()), "used 1.5 h ago");
-        assert_eq!(sessions.check_at("cookie-2", later), None, "idle 12.5 h");
+        assert_eq!(
+            sessions.check_at("cookie-1", later).map(|l| l.csrf),
+            Some("csrf-1".into()),
+            "used 1.5 h ago"
+        );
+        assert!(sessions.check_at("cookie-2", later).is_none(), "idle 12.5 h");
         assert_eq!(sessions.len(), 1, "the expired session is dropped");
+    }
+
+    /// Whether `end` has fired, without waiting.
+    fn has_ended(end: &SessionEnd) -> bool {
+        end.0.has_changed().is_err()
+    }
+
+    #[test]
+    fn whatever_ends_a_session_ends_its_open_connections() {
+        let sessions = Sessions::new();
+        let t0 = Instant::now();
+        for n in 0..4 {
+            sessions.insert_at(&session(n), t0);
+        }
+        let ends: Vec<SessionEnd> =
+            (0..4).map(|n| sessions.check_at(&format!("cookie-{n}"), t0).unwrap().end).collect();
+        assert!(!ends.iter().any(has_ended));
+        // Logout.
+        assert!(sessions.remove("cookie-0"));
+        assert!(has_ended(&ends[0]) && !has_ended(&ends[1]));
+        // Expiry, noticed by the sweep: sessions 2 and 3 were used since, session 1 was not.
+        assert!(sessions.check_at("cookie-2", t0 + IDLE).is_some());
+        assert!(sessions.check_at("cookie-3", t0 + IDLE).is_some());
+        assert_eq!(sessions.expire_at(t0 + IDLE + Duration::from_secs(1)), 1);
+        assert!(has_ended(&ends[1]) && !has_ended(&ends[2]));
+        // Revocation.
+        assert_eq!(sessions.clear(), 2);
+        assert!(ends.iter().all(has_ended));
+    }
+
+    #[test]
+    fn an_evicted_session_ends_its_connections() {
+        let sessions = Sessions::new();
+        let t0 = Instant::now();
+        sessions.insert_at(&session(0), t0);
+        let end = sessions.check_at("cookie-0", t0).unwrap().end;
+        for n in 1..=MAX_SESSIONS {
+            sessions.insert_at(&session(n), t0 + Duration::from_secs(1));
+        }
+        assert!(sessions.check_at("cookie-0", t0).is_none());
+        assert!(has_ended(&end));
+    }
+
+    #[tokio::test]
+    async fn a_session_end_wakes_its_waiter() {
+        let sessions = Sessions::new();
+        let made = sessions.create().unwrap();
+        let end = sessions.check(&made.cookie).unwrap().end;
+        let waiter = tokio::spawn(session_ended(Some(end)));
+        sessions.clear();
+        tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("woken").unwrap();
     }
 
     #[test]

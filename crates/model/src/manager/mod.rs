@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Forbidden,
     /// 401: the web console's caller has not logged in (or its session ended).
     Unauthorized,
+    /// 408: the web console's client did not send its request's body in time.
+    Timeout,
     /// 429: too many failed web console logins; try again in a minute.
     TooManyRequests,
     /// 503: a resource the host lacks (no space, no KVM, a tool missing).
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 409,
             ErrorKind::Forbidden => 403,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Timeout => 408,
             ErrorKind::TooManyRequests => 429,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
