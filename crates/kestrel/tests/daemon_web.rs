@@ -562,7 +562,7 @@ mod needs_kvm {
         socket.send(Message::Binary(b"typed in a browser\n".to_vec().into())).await.unwrap();
         read_until(&mut socket, "echo: typed in a browser", &mut seen).await;
 
-        // A frame over 64 KiB closes the socket.
+        // A frame over 64 KiB closes the socket, with 1009 (message too big).
         let _ = socket.send(Message::Binary(vec![b'x'; 1 << 20].into())).await;
         let deadline = Instant::now() + LIMIT;
         loop {
@@ -570,13 +570,13 @@ mod needs_kvm {
             match tokio::time::timeout(left, socket.next()).await.expect("the socket closes in time") {
                 Some(Ok(Message::Binary(_))) => continue, // output from before the close
                 Some(Ok(Message::Close(frame))) => {
-                    if let Some(frame) = frame {
-                        assert_eq!(u16::from(frame.code), 1009, "message too big: {frame:?}");
-                    }
+                    let frame = frame.expect("a close frame with a code");
+                    assert_eq!(u16::from(frame.code), 1009, "message too big: {frame:?}");
                     break;
                 }
                 Some(Ok(other)) => panic!("unexpected {other:?}"),
-                Some(Err(_)) | None => break,
+                Some(Err(e)) => panic!("the socket broke instead of closing with 1009: {e}"),
+                None => panic!("the socket ended without a close frame"),
             }
         }
         vms::expect(&daemon, "GET", "/v1/vms/echo", "", 200);

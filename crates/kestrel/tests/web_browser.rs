@@ -140,20 +140,53 @@ async fn wait_text(client: &Client, what: &str, selector: &str) -> String {
     wait_js(client, what, &script, READY_LIMIT).await.as_str().unwrap_or_default().to_owned()
 }
 
+/// Clicks the element `selector` names. The pages redraw their tables when events arrive, so
+/// an element found a moment ago may be gone (stale): it is then looked up again, within the
+/// deadline. A stale element was never clicked, so the retry cannot click twice.
 async fn click(client: &Client, selector: &str) {
-    let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
-    let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
-    // In the middle of the window, not under the sticky top bar.
-    let center = "arguments[0].scrollIntoView({block: 'center'})";
-    client.execute(center, vec![serde_json::to_value(&element).unwrap()]).await.expect(selector);
-    element.click().await.expect(selector);
+    retry_stale(selector, || async {
+        let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await?;
+        // In the middle of the window, not under the sticky top bar.
+        let center = "arguments[0].scrollIntoView({block: 'center'})";
+        client.execute(center, vec![serde_json::to_value(&element).unwrap()]).await?;
+        element.click().await
+    })
+    .await
 }
 
+/// Replaces the text of the input `selector` names (looked up again if a redraw replaced it).
 async fn fill(client: &Client, selector: &str, text: &str) {
-    let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
-    let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
-    element.clear().await.expect(selector);
-    element.send_keys(text).await.expect(selector);
+    retry_stale(selector, || async {
+        let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await?;
+        element.clear().await?;
+        element.send_keys(text).await
+    })
+    .await
+}
+
+/// Runs `step` until it does not fail with a stale element reference (bounded by READY_LIMIT);
+/// any other failure fails the test.
+async fn retry_stale<F, Fut>(selector: &str, step: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + READY_LIMIT;
+    loop {
+        match step().await {
+            Ok(()) => return,
+            Err(e) if is_stale(&e) && Instant::now() < deadline => continue,
+            Err(e) => panic!("{selector}: {e}"),
+        }
+    }
+}
+
+fn is_stale(error: &fantoccini::error::CmdError) -> bool {
+    matches!(
+        error,
+        fantoccini::error::CmdError::Standard(e)
+            if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+    )
 }
 
 /// Saves the page as `target/web-screenshots/NAME.png` (a test artefact).
@@ -246,7 +279,7 @@ fn the_console_logs_in_validates_definitions_and_manages_volumes() {
         click(&client, "[data-pool=images] [data-test=pool-link]").await;
         fill(&client, "#volume-name", "base").await;
         fill(&client, "#volume-size", "64").await;
-        client.find(Locator::Css("#volume-unit option[value=MiB]")).await.unwrap().click().await.unwrap();
+        click(&client, "#volume-unit option[value=MiB]").await;
         click(&client, "#volume-create").await;
         wait_text(&client, "the new volume", "[data-volume=base]").await;
         wait_js(

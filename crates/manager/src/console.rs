@@ -423,7 +423,16 @@ async fn view(socket: WebSocket, attached: Attached, fifo: PathBuf, name: &str, 
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Binary(bytes))) => typed(&fifo, &bytes),
                 Some(Ok(Message::Text(text))) => typed(&fifo, text.as_bytes()),
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Err(_)) => {
+                    // Most likely a message over the 64 KiB limit (the only error a working
+                    // peer can cause): say so, as far as the socket still takes it.
+                    let _ = sink.send(Message::Close(Some(CloseFrame {
+                        code: axum::extract::ws::close_code::SIZE,
+                        reason: "console input messages are at most 64 KiB".into(),
+                    }))).await;
+                    return;
+                }
+                Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => {}
             },
         }

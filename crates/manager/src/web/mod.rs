@@ -69,7 +69,10 @@ pub struct Prepared {
 /// fingerprint.
 pub async fn prepare(options: &WebOptions, state_dir: &Path) -> Result<Prepared, WebError> {
     let certificate = match &options.certificate {
-        Some((cert, key)) => tls::load(cert, key)?,
+        Some((cert, key)) => {
+            tls::warn_if_readable_by_others(key);
+            tls::load(cert, key)?
+        }
         None => tls::load_or_generate(state_dir, options.addr.ip())?,
     };
     let fingerprint = certificate.fingerprint.clone();

@@ -73,11 +73,12 @@ pub fn generated_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
 /// The certificate in `<state_dir>/web`, made first if it is not there.
 pub fn load_or_generate(state_dir: &Path, bind: IpAddr) -> Result<Certificate, TlsError> {
     let (cert, key) = generated_paths(state_dir);
+    let dir = state_dir.join("web");
+    private_dir(&dir).map_err(write_error(&dir))?;
     if cert.exists() && key.exists() {
+        warn_if_readable_by_others(&key);
         return load(&cert, &key);
     }
-    let dir = state_dir.join("web");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(write_error(&dir))?;
     let (cert_pem, key_pem) = generate(&subject_names(bind))?;
     // The key first: a daemon killed between the two writes leaves no certificate, so the next
     // start makes a new pair instead of pairing a certificate with another key.
@@ -85,6 +86,40 @@ pub fn load_or_generate(state_dir: &Path, bind: IpAddr) -> Result<Certificate, T
     write_private(&cert, cert_pem.as_bytes()).map_err(write_error(&cert))?;
     tracing::info!("web console: made a self-signed certificate in {}", dir.display());
     load(&cert, &key)
+}
+
+/// Makes `dir` (0700) or checks the one there: a real directory (a symlink is refused, so the
+/// key is never written through it elsewhere), put back to 0700 if its mode drifted.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(metadata) if metadata.file_type().is_symlink() || !metadata.is_dir() => {
+            Err(std::io::Error::other("it is not a directory (a symlink or a file is refused)"))
+        }
+        Ok(metadata) if metadata.permissions().mode() & 0o777 != 0o700 => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A private key others may read is logged loudly (it is the user's file, or was made 0600 and
+/// changed since: left as it is, but said).
+pub fn warn_if_readable_by_others(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(key) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "web console: the private key {} is readable by others (mode {mode:o}); chmod 600 it",
+                key.display()
+            );
+        }
+    }
 }
 
 /// The names a generated certificate holds: the loopback names, the bound address when it is a
@@ -167,6 +202,23 @@ mod tests {
         let again = load_or_generate(dir.path(), "127.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(first.fingerprint, again.fingerprint, "reused, not made again");
         server_config(again).unwrap();
+    }
+
+    #[test]
+    fn the_web_directory_is_private_and_never_a_symlink() {
+        let state = tempfile::tempdir().unwrap();
+        let web = state.path().join("web");
+        // A directory whose mode drifted is put back to 0700.
+        std::fs::create_dir(&web).unwrap();
+        std::fs::set_permissions(&web, std::fs::Permissions::from_mode(0o755)).unwrap();
+        load_or_generate(state.path(), IpAddr::from([127, 0, 0, 1])).unwrap();
+        assert_eq!(std::fs::metadata(&web).unwrap().permissions().mode() & 0o777, 0o700);
+        // A symlink in its place is refused, and nothing is written where it points.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other_state = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), other_state.path().join("web")).unwrap();
+        assert!(load_or_generate(other_state.path(), IpAddr::from([127, 0, 0, 1])).is_err());
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 
     #[test]
