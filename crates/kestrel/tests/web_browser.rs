@@ -51,8 +51,19 @@ struct Chromedriver {
 }
 
 impl Chromedriver {
+    /// chromedriver on a free port. The port is the kernel's pick, handed over (chromedriver
+    /// has no port 0), so another process may take it in between: chromedriver then exits, and
+    /// a new port is tried.
     fn start(binary: &Path) -> Chromedriver {
-        // Ask the kernel for a free port, then hand it to chromedriver (which has no port 0).
+        for _ in 0..3 {
+            if let Some(driver) = Chromedriver::try_start(binary) {
+                return driver;
+            }
+        }
+        panic!("chromedriver exited before listening, three times");
+    }
+
+    fn try_start(binary: &Path) -> Option<Chromedriver> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(binary)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
@@ -65,15 +76,45 @@ impl Chromedriver {
             .unwrap_or_else(|e| panic!("start {binary:?}: {e}"));
         let mut driver = Chromedriver { child, url: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + READY_LIMIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                panic!("chromedriver exited with {status} before listening");
+        // Ready when chromedriver itself says so on GET /status (not merely when something
+        // answers on the port).
+        while !status_ready(port) {
+            if let Ok(Some(_)) = driver.child.try_wait() {
+                return None;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not listen within {READY_LIMIT:?}");
+            assert!(Instant::now() < deadline, "chromedriver was not ready within {READY_LIMIT:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        driver
+        Some(driver)
     }
+}
+
+/// Whether the WebDriver server on `port` answers `GET /status` with `"ready": true`.
+fn status_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    // chromedriver keeps the connection open whatever the request says: read until the body
+    // is a whole JSON document (or the read fails or times out).
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let body = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+            if serde_json::from_str::<Value>(body).is_ok() {
+                break body.to_owned();
+            }
+        }
+    };
+    serde_json::from_str::<Value>(&body).is_ok_and(|status| status["value"]["ready"] == true)
 }
 
 impl Drop for Chromedriver {
