@@ -4,6 +4,8 @@
 //! - Without a guest: a wrong token is refused with the server's message; after logging in, the
 //!   create form shows the daemon's refusal of a bad definition, and the pool page creates a
 //!   volume, clones it and shows the daemon's refusal to delete the clone's base.
+//! - Without a guest either: pools, networks and a VM defined, edited and deleted from the
+//!   forms, each refusal shown in the daemon's words.
 //! - With the kit's Linux: the VM is listed, started from the list (its state follows through
 //!   the events stream), its page's serial console (xterm.js over the console WebSocket) shows a
 //!   shell prompt, a command typed into the page runs in the guest and its output comes back,
@@ -440,6 +442,193 @@ fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
             client.find(Locator::Css("#console-reconnect:not([hidden])")).await.is_ok(),
             "a Reconnect button"
         );
+        client.close().await.unwrap();
+    });
+}
+
+/// Clicks `selector` in a list the page redraws after each batch of events (a VM defined, a
+/// network changed): an element replaced between being found and being clicked is stale, so it
+/// is found again.
+async fn click_redrawn(client: &Client, selector: &str) {
+    let deadline = Instant::now() + READY_LIMIT;
+    loop {
+        let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
+        let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
+        let center = "arguments[0].scrollIntoView({block: 'center'})";
+        let clicked = match client.execute(center, vec![serde_json::to_value(&element).unwrap()]).await {
+            Ok(_) => element.click().await,
+            Err(error) => Err(error),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(error) if error.is_stale_element_reference() && Instant::now() < deadline => {}
+            Err(error) => panic!("{selector}: {error}"),
+        }
+    }
+}
+
+/// Waits until `selector` matches nothing in a page that has drawn its list (`drawn` matches).
+async fn wait_gone(client: &Client, what: &str, drawn: &str, selector: &str) {
+    let script = format!(
+        "return document.querySelector({drawn:?}) !== null && document.querySelector({selector:?}) === null;"
+    );
+    wait_js(client, what, &script, READY_LIMIT).await;
+}
+
+/// Answers the page's own confirmation (dom.js `confirmBar`, not a native dialog).
+async fn confirm(client: &Client, screenshot_name: Option<&str>) {
+    wait_text(client, "the confirmation", "#confirm").await;
+    if let Some(name) = screenshot_name {
+        screenshot(client, name).await;
+    }
+    click(client, "#confirm-yes").await;
+}
+
+/// The forms that change things, without a guest: a pool defined from its form (a relative path
+/// refused first), a volume of it resized (a shrink refused), the pool deleted; a network defined from its form (a bad address refused first),
+/// its deletion refused while a VM's card is on it; that VM edited (its vCPUs and command line
+/// changed, a too-small memory refused, its card kept) and deleted; then the network deleted.
+/// The network is never started, so neither root nor a bridge is needed.
+#[test]
+fn pools_networks_and_vms_are_defined_edited_and_deleted_from_the_browser() {
+    let Some((chromium, chromedriver)) = browser_tools() else { return };
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (daemon, url) = Daemon::start_with_web();
+    // Defining a VM needs a kernel file that exists; this one is never booted.
+    let kernel = daemon.dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"never booted").unwrap();
+    let pool_dir = daemon.dir.path().join("made-in-the-browser");
+    let driver = Chromedriver::start(&chromedriver);
+    block_on(async {
+        let client = browser(&driver, &chromium).await;
+        log_in(&client, &daemon, &url).await;
+
+        // A pool: the daemon's refusal of a relative path, then one defined, listed and deleted.
+        client.goto(&format!("{url}#/pools")).await.unwrap();
+        wait_text(&client, "the empty pool list", "#pool-table .empty").await;
+        fill(&client, "#pool-name", "browser").await;
+        fill(&client, "#pool-path", "relative/dir").await;
+        click(&client, "#pool-define").await;
+        let refusal = wait_text(&client, "the relative path's refusal", "#pool-form-error").await;
+        assert!(refusal.contains("must be an absolute path"), "{refusal}");
+        fill(&client, "#pool-path", path_str(&pool_dir)).await;
+        click(&client, "#pool-define").await;
+        let row = wait_text(&client, "the new pool", "[data-pool=browser]").await;
+        assert!(row.contains("made-in-the-browser"), "its directory is shown: {row}");
+        assert!(pool_dir.is_dir(), "the daemon made the pool's directory");
+        screenshot(&client, "pool-form").await;
+
+        // Its page: a volume made and grown with Resize; a shrink is refused unless asked for.
+        click(&client, "[data-pool=browser] [data-test=pool-link]").await;
+        fill(&client, "#volume-name", "disk").await;
+        fill(&client, "#volume-size", "64").await;
+        click(&client, "#volume-unit option[value=MiB]").await;
+        click(&client, "#volume-format option[value=raw]").await;
+        click(&client, "#volume-create").await;
+        wait_text(&client, "the new volume", "[data-volume=disk]").await;
+        click_redrawn(&client, "[data-volume=disk] [data-test=volume-resize]").await;
+        fill(&client, "#resize-size", "128").await;
+        click(&client, "#resize-unit option[value=MiB]").await;
+        click(&client, "#resize-submit").await;
+        wait_js(
+            &client,
+            "the volume's new size",
+            "return document.querySelector('[data-volume=disk]')?.textContent.includes('128 MiB')",
+            READY_LIMIT,
+        )
+        .await;
+        fill(&client, "#resize-size", "32").await;
+        click(&client, "#resize-submit").await;
+        let refusal = wait_text(&client, "the shrink's refusal", "#pool-error").await;
+        assert!(refusal.contains("drops data"), "{refusal}");
+        screenshot(&client, "volume-resize").await;
+
+        // Deleted from the list (its volumes are not in use): the daemon forgets it.
+        client.goto(&format!("{url}#/pools")).await.unwrap();
+        click_redrawn(&client, "[data-pool=browser] [data-test=pool-delete]").await;
+        confirm(&client, Some("pool-delete")).await;
+        wait_gone(&client, "the pool deleted", "#pool-table .empty", "[data-pool=browser]").await;
+        assert!(!daemon.cli_ok(&["pool", "list"]).contains("browser"), "the daemon forgot it");
+
+        // A network: a bad address refused in the daemon's words, then one defined and listed.
+        client.goto(&format!("{url}#/networks")).await.unwrap();
+        wait_text(&client, "the empty network list", "#network-table .empty").await;
+        fill(&client, "#network-name", "webnet").await;
+        fill(&client, "#network-address", "10.78.0.1").await;
+        click(&client, "#network-mode option[value=isolated]").await;
+        fill(&client, "#network-domain", "web.test").await;
+        click(&client, "#network-define").await;
+        let refusal = wait_text(&client, "the bad address's refusal", "#network-form-error").await;
+        assert!(refusal.contains("is not an IPv4 address with a prefix"), "{refusal}");
+        screenshot(&client, "network-form-refused").await;
+        fill(&client, "#network-address", "10.78.0.1/24").await;
+        click(&client, "#network-define").await;
+        let row = wait_text(&client, "the new network", "[data-network=webnet]").await;
+        for expected in ["isolated", "10.78.0.0/24", "web.test"] {
+            assert!(row.contains(expected), "{expected} in the row: {row}");
+        }
+        assert_eq!(
+            wait_text(&client, "its state", "[data-network=webnet] [data-test=network-state]").await,
+            "inactive"
+        );
+        screenshot(&client, "network-form").await;
+
+        // A VM with a card on it: the network's deletion is refused, with the daemon's reason.
+        daemon.cli_ok(&["vm", "define", "edit-me", "--kernel", path_str(&kernel), "--net", "network=webnet"]);
+        click_redrawn(&client, "[data-network=webnet] [data-test=network-delete]").await;
+        confirm(&client, None).await;
+        let refusal = wait_text(&client, "the refusal to delete a network in use", "#networks-error").await;
+        assert!(refusal.contains("edit-me"), "the refusal names the VM: {refusal}");
+        assert!(client.find(Locator::Css("[data-network=webnet]")).await.is_ok(), "still listed");
+
+        // The VM's page: its vCPUs and command line edited; the new values come back from the
+        // daemon (after a reload too), and the card the form does not show is kept.
+        client.goto(&format!("{url}#/vms/edit-me")).await.unwrap();
+        assert_eq!(wait_text(&client, "the VM's state", "#vm-state").await, "stopped");
+        assert_eq!(wait_text(&client, "its vCPUs", "[data-test=vm-cpus]").await, "1");
+        click(&client, "#vm-edit-open").await;
+        let note = wait_text(&client, "the edit form's note", "[data-test=vm-edit-note]").await;
+        assert!(note.contains("next start"), "{note}");
+        fill(&client, "#edit-cpus", "3").await;
+        fill(&client, "#edit-cmdline", "console=ttyS0 quiet").await;
+        click(&client, "#vm-edit-save").await;
+        wait_js(
+            &client,
+            "the new vCPU count on the page",
+            "return document.querySelector('[data-test=vm-cpus]')?.textContent === '3' \
+             && document.querySelector('#vm-edit').hidden",
+            READY_LIMIT,
+        )
+        .await;
+        client.refresh().await.unwrap();
+        assert_eq!(wait_text(&client, "the vCPUs after a reload", "[data-test=vm-cpus]").await, "3");
+        assert_eq!(
+            wait_text(&client, "the command line after a reload", "[data-test=vm-cmdline]").await,
+            "console=ttyS0 quiet"
+        );
+        let cards = wait_text(&client, "its card", "[data-test=vm-nics]").await;
+        assert!(cards.contains("webnet"), "the card is kept: {cards}");
+
+        // A memory below the minimum: the daemon's refusal next to the form, nothing changed.
+        click(&client, "#vm-edit-open").await;
+        fill(&client, "#edit-memory", "8").await;
+        click(&client, "#vm-edit-save").await;
+        let refusal = wait_text(&client, "the bad memory's refusal", "#vm-edit-error").await;
+        assert!(refusal.contains("memory_mib must be at least 16, not 8"), "{refusal}");
+        screenshot(&client, "vm-edit").await;
+        click(&client, "#vm-edit-cancel").await;
+
+        // Deleted from its page (a stopped VM): back to the list, where it is gone.
+        click(&client, "#vm-delete").await;
+        confirm(&client, Some("vm-delete")).await;
+        wait_gone(&client, "the VM gone from the list", "#vm-table .empty", "[data-vm=edit-me]").await;
+        assert!(!daemon.cli_ok(&["vm", "list", "--all"]).contains("edit-me"), "the daemon undefined it");
+
+        // Now nothing uses the network: it goes.
+        client.goto(&format!("{url}#/networks")).await.unwrap();
+        click_redrawn(&client, "[data-network=webnet] [data-test=network-delete]").await;
+        confirm(&client, None).await;
+        wait_gone(&client, "the network deleted", "#network-table .empty", "[data-network=webnet]").await;
         client.close().await.unwrap();
     });
 }

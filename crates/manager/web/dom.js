@@ -75,3 +75,47 @@ export async function busy(button, errorBox, action) {
     button.disabled = false;
   }
 }
+
+/**
+ * A confirmation asked inside the page (not `window.confirm`: a native dialog blocks the page's
+ * own updates and is awkward to drive from WebDriver). One bar per page, kept outside the parts
+ * that are redrawn on events, so a question is not wiped while the user reads it.
+ * `ask(question, label, action)` shows it; the confirm button runs `action` (its errors go into
+ * `errorBox`) and the bar closes once `action` has answered.
+ */
+export function confirmBar(errorBox) {
+  const text = h('span.confirm-text', { test: 'confirm-text' });
+  const yes = h('button#confirm-yes.danger', { type: 'button', test: 'confirm-yes' });
+  const no = h('button#confirm-no', { type: 'button', test: 'confirm-no' }, 'Cancel');
+  const node = h('div.confirm#confirm', { test: 'confirm', hidden: true, role: 'alertdialog' }, text, yes, no);
+  let pending = null;
+  const close = () => {
+    pending = null;
+    node.hidden = true;
+  };
+  no.addEventListener('click', close);
+  yes.addEventListener('click', () => {
+    const action = pending;
+    if (!action) return;
+    busy(yes, errorBox, async () => {
+      try {
+        await action();
+      } finally {
+        // Closed after a refusal too: the daemon's reason, in `errorBox`, is what is left to read.
+        if (pending === action) close();
+      }
+    });
+  });
+  return {
+    node,
+    ask(question, label, action) {
+      text.textContent = question;
+      yes.textContent = label;
+      pending = action;
+      if (errorBox) message(errorBox, '');
+      node.hidden = false;
+      yes.focus();
+    },
+    close,
+  };
+}

@@ -1,5 +1,5 @@
 // `#/pools/NAME`: a pool's volumes (size, format, backing volume, users), and forms to create an
-// empty volume, thin-clone one, or delete one. The daemon's refusals (a volume in use, a clone's
+// empty volume, thin-clone one, resize one, or delete one. The daemon's refusals (a volume in use, a clone's
 // base) are shown as it words them.
 
 import { api, path } from './api.js';
@@ -19,7 +19,9 @@ export default function poolPage(main, pool) {
   const info = h('p.hint');
   const body = h('div#volume-table', {}, h('p.muted', {}, 'Loading…'));
   const base = h('select#clone-base', { test: 'clone-base' });
-  const forms = h('div.grid', {}, createForm(), cloneForm());
+  const resized = h('select#resize-volume', { test: 'resize-volume' });
+  const resizeSize = h('input#resize-size', { test: 'resize-size', type: 'number', min: 0, step: 'any' });
+  const forms = h('div.grid', {}, createForm(), cloneForm(), resizeForm());
   main.replaceChildren(h('section', { test: 'page-pool', dataset: { pool } },
     h('div.page-head', {}, h('div.title', {}, h('a.back', { href: '#/pools' }, 'Pools'), h('h1', {}, pool))),
     info,
@@ -74,6 +76,44 @@ export default function poolPage(main, pool) {
     return form;
   }
 
+  function resizeForm() {
+    const unit = h('select#resize-unit', { test: 'resize-unit' }, Object.keys(SIZE_UNITS).map((u) =>
+      h('option', { value: u, selected: u === 'GiB' }, u)));
+    const shrink = h('input#resize-shrink', { test: 'resize-shrink', type: 'checkbox' });
+    const submit = h('button#resize-submit.primary', { type: 'submit', test: 'resize-submit' }, 'Resize');
+    const form = h('form.card.inline-form#resize-form', { test: 'resize-form', noValidate: true },
+      h('h2', {}, 'Resize'),
+      h('p.hint', {}, 'Not while a running VM has it open. A smaller size drops the data past it, so the '
+        + 'daemon refuses one unless Shrink is ticked.'),
+      h('div.form-row', {}, h('label', { htmlFor: 'resize-volume' }, 'Volume'), resized),
+      h('div.form-row', {}, h('label', { htmlFor: 'resize-size' }, 'New size'), h('div.joined', {}, resizeSize, unit)),
+      h('label.check', {}, shrink, ' Shrink (drops the data past the new size)'),
+      submit);
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      busy(submit, error, async () => {
+        // `size_bytes` is required (VolumeResize): an empty field is sent as null and refused
+        // by the daemon in its own words.
+        await api.post(path('/v1/pools/{pool}/volumes/{vol}/resize', pool, resized.value),
+          { size_bytes: sizeOf(resizeSize.value, unit.value) ?? null, shrink: shrink.checked });
+        shrink.checked = false;
+        await refresh();
+      });
+    });
+    return form;
+  }
+
+  /** The row's Resize: picks the volume in the resize form and puts the cursor on its size. */
+  function resizeButton(volume) {
+    const node = h('button.action', { type: 'button', test: 'volume-resize' }, 'Resize');
+    node.addEventListener('click', () => {
+      resized.value = volume.name;
+      resizeSize.scrollIntoView({ block: 'center' });
+      resizeSize.focus();
+    });
+    return node;
+  }
+
   function deleteButton(volume) {
     const node = h('button.action.danger', { type: 'button', test: 'volume-delete' }, 'Delete');
     node.addEventListener('click', () => {
@@ -89,8 +129,11 @@ export default function poolPage(main, pool) {
   function draw(poolInfo, volumes) {
     replace(info, h('code', {}, poolInfo.definition.path), ` · ${bytes(poolInfo.available_bytes)} available of `,
       bytes(poolInfo.capacity_bytes));
-    const chosen = base.value;
-    replace(base, volumes.map((v) => h('option', { value: v.name, selected: v.name === chosen }, v.name)));
+    // Both lists keep the volume chosen in them across a redraw.
+    for (const select of [base, resized]) {
+      const chosen = select.value;
+      replace(select, volumes.map((v) => h('option', { value: v.name, selected: v.name === chosen }, v.name)));
+    }
     if (!volumes.length) {
       replace(body, h('p.empty', {}, 'This pool holds no volumes.'));
       return;
@@ -103,7 +146,7 @@ export default function poolPage(main, pool) {
       h('td', {}, v.backing ?? '—'),
       h('td', {}, v.used_by.length ? v.used_by.map((vm, i) => [i ? ', ' : '',
         h('a', { href: `#/vms/${encodeURIComponent(vm)}` }, vm)]) : '—'),
-      h('td.actions', {}, deleteButton(v))));
+      h('td.actions', {}, resizeButton(v), deleteButton(v))));
     replace(body, table(['Name', 'Format', ['Size', 'num'], ['On disk', 'num'], 'Backing', 'Used by', ''], rows, { id: 'volumes' }));
   }
 

@@ -1,11 +1,13 @@
 // `#/vms/NAME`: one VM: its lifecycle buttons, definition, disks and cards, how it last ended,
-// live graphs, its serial console and its events. Refreshed when an event names it.
+// live graphs, its serial console and its events. Refreshed when an event names it. Edit changes
+// the machine's size, command line and autostart (`PUT`, applied at the next start); Delete
+// undefines a VM that is not running, after a question asked in the page.
 
 import { api, path } from './api.js';
 import { actionButtons, isActive } from './actions.js';
 import { graph } from './chart.js';
 import { openConsole } from './console.js';
-import { h, message, replace, table } from './dom.js';
+import { busy, confirmBar, h, message, replace, table } from './dom.js';
 import * as events from './events.js';
 import { bytes, duration, mebibytes, percent, rate, time, words } from './format.js';
 import * as stats from './stats.js';
@@ -114,21 +116,101 @@ function graphs(name) {
   ];
 }
 
+/**
+ * The edit form: the fields a user changes most. The rest of the definition (disks, cards,
+ * devices) is sent back as GET returned it, since `PUT` replaces the whole definition.
+ */
+function editForm({ onSave, onCancel }) {
+  const input = (id, props) => h(`input#${id}`, { name: id, test: id, ...props });
+  const row = (label, control) => h('div.form-row', {}, h('label', { htmlFor: control.id }, label), control);
+  const cpus = input('edit-cpus', { type: 'number', min: 1, max: 254 });
+  const memory = input('edit-memory', { type: 'number', min: 16, step: 1 });
+  const cmdline = input('edit-cmdline', { placeholder: 'Kestrel\'s default when empty', autocomplete: 'off' });
+  const autostart = input('edit-autostart', { type: 'checkbox' });
+  const error = h('div#vm-edit-error', { test: 'vm-edit-error', hidden: true, role: 'alert' });
+  const save = h('button#vm-edit-save.primary', { type: 'submit', test: 'vm-edit-save' }, 'Save');
+  const cancel = h('button#vm-edit-cancel', { type: 'button', test: 'vm-edit-cancel' }, 'Cancel');
+  // noValidate: the daemon is the one judge of a definition (as on the create page), and its
+  // one-line refusal is shown here rather than the browser's own bubble.
+  const form = h('form.card.edit#vm-edit', { test: 'vm-edit', hidden: true, noValidate: true },
+    h('h2', {}, 'Edit'),
+    h('p.note', { test: 'vm-edit-note' },
+      'Changes apply at the next start: a running VM keeps its size and command line until then.'),
+    row('vCPUs', cpus),
+    row('Memory (MiB)', memory),
+    row('Command line', cmdline),
+    h('label.check', {}, autostart, ' Start with the daemon'),
+    error,
+    h('div.form-actions', {}, save, cancel));
+  cancel.addEventListener('click', onCancel);
+
+  /** The definition with the form's fields in place of `d`'s (an empty field: the default). */
+  function changed(d) {
+    const next = { ...d };
+    const number = (text) => (text.trim() ? Number(text) : undefined);
+    next.cpus = number(cpus.value);
+    next.memory_mib = number(memory.value);
+    next.cmdline = cmdline.value.trim() || undefined; // undefined: left out of the JSON
+    next.autostart = autostart.checked;
+    for (const key of ['cpus', 'memory_mib', 'cmdline']) if (next[key] === undefined) delete next[key];
+    return next;
+  }
+
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    busy(save, error, () => onSave(changed));
+  });
+  return {
+    form,
+    open(d) {
+      cpus.value = d.cpus;
+      memory.value = d.memory_mib;
+      cmdline.value = d.cmdline ?? '';
+      autostart.checked = Boolean(d.autostart);
+      message(error, '');
+      form.hidden = false;
+      cpus.focus();
+    },
+    close() {
+      form.hidden = true;
+    },
+  };
+}
+
 export default function vmPage(main, name) {
   const title = h('h1', {}, name);
   const badge = h('span');
   const buttons = h('div.actions#vm-actions', { test: 'vm-actions' });
   const error = h('div#vm-error', { test: 'vm-error', hidden: true, role: 'alert' });
+  const confirm = confirmBar(error);
+  // Outside `buttons`, which is redrawn on every event: these keep their own state.
+  const editButton = h('button#vm-edit-open.action', { type: 'button', test: 'vm-edit-open' }, 'Edit');
+  const deleteButton = h('button#vm-delete.action.danger', { type: 'button', test: 'vm-delete', disabled: true,
+    title: 'undefine it' }, 'Delete');
   const sections = {
     overview: h('div'), boot: h('div'), disks: h('div'), nics: h('div'), exit: h('div'),
   };
   const charts = h('div.charts#vm-graphs', { test: 'vm-graphs' });
   const consolePanel = h('div.console#console', { test: 'console' });
   const log = h('div#vm-event-log');
+  const edit = editForm({
+    onCancel: () => edit.close(),
+    onSave: async (changed) => {
+      // The latest definition, not the one the form was opened on: an edit made elsewhere
+      // meanwhile keeps whatever this form does not show.
+      const latest = await api.get(path('/v1/vms/{vm}', name));
+      const info = await api.put(path('/v1/vms/{vm}', name), changed(latest.definition));
+      edit.close();
+      if (!gone) draw(info);
+    },
+  });
   const card = (heading, ...content) => h('section.card', {}, h('h2', {}, heading), ...content);
   main.replaceChildren(h('section', { test: 'page-vm', dataset: { vm: name } },
-    h('div.page-head', {}, h('div.title', {}, h('a.back', { href: '#/vms' }, 'VMs'), title, badge), buttons),
+    h('div.page-head', {}, h('div.title', {}, h('a.back', { href: '#/vms' }, 'VMs'), title, badge),
+      h('div.actions', {}, buttons, editButton, deleteButton)),
     error,
+    confirm.node,
+    edit.form,
     h('div.grid', {},
       card('Overview', sections.overview, h('h2.sub', {}, 'Last run'), sections.exit),
       card('Boot', sections.boot),
@@ -140,13 +222,27 @@ export default function vmPage(main, name) {
 
   let gone = false;
   let state = null;
+  let definition = null; // as the last GET returned it: what an edit starts from
   let closeConsole = null;
   let reconnectConsole = null;
+
+  editButton.addEventListener('click', () => definition && edit.open(definition));
+  deleteButton.addEventListener('click', () => confirm.ask(
+    `Delete the VM ${name}? Its definition, console log and saved state are removed; its volumes stay in their pools.`,
+    'Delete VM',
+    async () => {
+      await api.del(path('/v1/vms/{vm}', name));
+      location.hash = '#/vms';
+    }));
 
   function draw(info) {
     const vm = info; // VmInfo holds VmSummary's fields flattened
     replace(badge, stateBadge(vm.state, { id: 'vm-state' }));
     replace(buttons, actionButtons(vm, { errorBox: error, done: refresh }));
+    definition = info.definition;
+    // The daemon refuses to undefine an active VM; the button says so before it is pressed.
+    deleteButton.disabled = isActive(vm.state);
+    deleteButton.title = isActive(vm.state) ? 'stop it first (Shut down or Destroy)' : 'undefine it';
     replace(sections.overview, overview(info));
     replace(sections.boot, boot(info.definition));
     replace(sections.disks, disks(info.definition));
