@@ -446,27 +446,6 @@ fn a_linux_vm_is_started_typed_into_and_shut_down_from_the_browser() {
     });
 }
 
-/// Clicks `selector` in a list the page redraws after each batch of events (a VM defined, a
-/// network changed): an element replaced between being found and being clicked is stale, so it
-/// is found again.
-async fn click_redrawn(client: &Client, selector: &str) {
-    let deadline = Instant::now() + READY_LIMIT;
-    loop {
-        let element = client.wait().at_most(READY_LIMIT).for_element(Locator::Css(selector)).await;
-        let element = element.unwrap_or_else(|e| panic!("no {selector}: {e}"));
-        let center = "arguments[0].scrollIntoView({block: 'center'})";
-        let clicked = match client.execute(center, vec![serde_json::to_value(&element).unwrap()]).await {
-            Ok(_) => element.click().await,
-            Err(error) => Err(error),
-        };
-        match clicked {
-            Ok(()) => return,
-            Err(error) if error.is_stale_element_reference() && Instant::now() < deadline => {}
-            Err(error) => panic!("{selector}: {error}"),
-        }
-    }
-}
-
 /// Waits until `selector` matches nothing in a page that has drawn its list (`drawn` matches).
 async fn wait_gone(client: &Client, what: &str, drawn: &str, selector: &str) {
     let script = format!(
@@ -526,7 +505,7 @@ fn pools_networks_and_vms_are_defined_edited_and_deleted_from_the_browser() {
         click(&client, "#volume-format option[value=raw]").await;
         click(&client, "#volume-create").await;
         wait_text(&client, "the new volume", "[data-volume=disk]").await;
-        click_redrawn(&client, "[data-volume=disk] [data-test=volume-resize]").await;
+        click(&client, "[data-volume=disk] [data-test=volume-resize]").await;
         fill(&client, "#resize-size", "128").await;
         click(&client, "#resize-unit option[value=MiB]").await;
         click(&client, "#resize-submit").await;
@@ -545,7 +524,7 @@ fn pools_networks_and_vms_are_defined_edited_and_deleted_from_the_browser() {
 
         // Deleted from the list (its volumes are not in use): the daemon forgets it.
         client.goto(&format!("{url}#/pools")).await.unwrap();
-        click_redrawn(&client, "[data-pool=browser] [data-test=pool-delete]").await;
+        click(&client, "[data-pool=browser] [data-test=pool-delete]").await;
         confirm(&client, Some("pool-delete")).await;
         wait_gone(&client, "the pool deleted", "#pool-table .empty", "[data-pool=browser]").await;
         assert!(!daemon.cli_ok(&["pool", "list"]).contains("browser"), "the daemon forgot it");
@@ -575,7 +554,7 @@ fn pools_networks_and_vms_are_defined_edited_and_deleted_from_the_browser() {
 
         // A VM with a card on it: the network's deletion is refused, with the daemon's reason.
         daemon.cli_ok(&["vm", "define", "edit-me", "--kernel", path_str(&kernel), "--net", "network=webnet"]);
-        click_redrawn(&client, "[data-network=webnet] [data-test=network-delete]").await;
+        click(&client, "[data-network=webnet] [data-test=network-delete]").await;
         confirm(&client, None).await;
         let refusal = wait_text(&client, "the refusal to delete a network in use", "#networks-error").await;
         assert!(refusal.contains("edit-me"), "the refusal names the VM: {refusal}");
@@ -616,7 +595,16 @@ fn pools_networks_and_vms_are_defined_edited_and_deleted_from_the_browser() {
         let refusal = wait_text(&client, "the bad memory's refusal", "#vm-edit-error").await;
         assert!(refusal.contains("memory_mib must be at least 16, not 8"), "{refusal}");
         screenshot(&client, "vm-edit").await;
+        // An emptied vCPUs field is refused in the page, not sent as "the default" (1 vCPU).
+        fill(&client, "#edit-memory", "256").await;
+        fill(&client, "#edit-cpus", "").await;
+        click(&client, "#vm-edit-save").await;
+        let refusal = wait_text(&client, "the empty vCPUs' refusal", "#vm-edit-error").await;
+        assert!(refusal.contains("vCPUs must be a whole number"), "{refusal}");
         click(&client, "#vm-edit-cancel").await;
+        let cpus = daemon.cli_ok(&["vm", "info", "edit-me", "--json"]);
+        let cpus: Value = serde_json::from_str(&cpus).unwrap();
+        assert_eq!(cpus["definition"]["cpus"], 3, "the VM kept its 3 vCPUs");
 
         // Deleted from its page (a stopped VM): back to the list, where it is gone.
         click(&client, "#vm-delete").await;
@@ -626,7 +614,7 @@ fn pools_networks_and_vms_are_defined_edited_and_deleted_from_the_browser() {
 
         // Now nothing uses the network: it goes.
         client.goto(&format!("{url}#/networks")).await.unwrap();
-        click_redrawn(&client, "[data-network=webnet] [data-test=network-delete]").await;
+        click(&client, "[data-network=webnet] [data-test=network-delete]").await;
         confirm(&client, None).await;
         wait_gone(&client, "the network deleted", "#network-table .empty", "[data-network=webnet]").await;
         client.close().await.unwrap();

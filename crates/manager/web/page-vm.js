@@ -144,15 +144,23 @@ function editForm({ onSave, onCancel }) {
     h('div.form-actions', {}, save, cancel));
   cancel.addEventListener('click', onCancel);
 
-  /** The definition with the form's fields in place of `d`'s (an empty field: the default). */
+  /**
+   * The definition with the form's fields in place of `d`'s. An empty or broken number is
+   * refused here: left out, the daemon would quietly put its default (1 vCPU, 256 MiB) in place
+   * of the VM's size. An empty command line means Kestrel's default, as its placeholder says.
+   */
   function changed(d) {
     const next = { ...d };
-    const number = (text) => (text.trim() ? Number(text) : undefined);
-    next.cpus = number(cpus.value);
-    next.memory_mib = number(memory.value);
+    const number = (text, label) => {
+      const value = Number(text.trim());
+      if (!text.trim() || !Number.isInteger(value)) throw new Error(`${label} must be a whole number, not '${text}'`);
+      return value;
+    };
+    next.cpus = number(cpus.value, 'vCPUs');
+    next.memory_mib = number(memory.value, 'Memory (MiB)');
     next.cmdline = cmdline.value.trim() || undefined; // undefined: left out of the JSON
     next.autostart = autostart.checked;
-    for (const key of ['cpus', 'memory_mib', 'cmdline']) if (next[key] === undefined) delete next[key];
+    if (next.cmdline === undefined) delete next.cmdline;
     return next;
   }
 
