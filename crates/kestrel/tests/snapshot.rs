@@ -24,11 +24,26 @@ const COUNT_STEP: u64 = 1 << 25;
 const TOUCH_MIB: u64 = 1024;
 
 /// The counts the guest has printed to its serial log so far.
+///
+/// The guest writes a line a byte at a time, so a pause can cut one: its start stays in the
+/// saved VM's log and the restored VM's log begins with its end ("unt: 1234", "34", or only the
+/// newline). That first fragment is the count just before the first whole one, and is counted
+/// as such when it matches it; anything else there is left out (and the assertions then fail).
 fn counts(log: &Path) -> Vec<u64> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     // The last line may be half written.
     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    complete.lines().filter_map(|line| line.strip_prefix("count: ")?.parse().ok()).collect()
+    let mut counts: Vec<u64> =
+        complete.lines().filter_map(|line| line.strip_prefix("count: ")?.parse().ok()).collect();
+    let first_line = complete.lines().next().filter(|line| !line.starts_with("count: "));
+    if let (Some(fragment), Some(&next)) = (first_line, counts.first()) {
+        if let Some(cut) = next.checked_sub(COUNT_STEP) {
+            if format!("count: {cut}").ends_with(fragment) {
+                counts.insert(0, cut);
+            }
+        }
+    }
+    counts
 }
 
 /// Waits until the guest has printed at least `n` counts (bounded by twice the hang limit: a guest
