@@ -350,6 +350,13 @@ fn a_kernel_gone_by_the_start_is_named() {
     assert!(vmm_pids(&daemon.state_dir).is_empty());
 }
 
+/// Defines `name`: the hello guest that hangs, started with the daemon.
+fn define_autostart_hang(daemon: &Daemon, name: &str) {
+    let mut body: serde_json::Value = serde_json::from_str(&hello(name, "exit=hang")).unwrap();
+    body["autostart"] = true.into();
+    expect(daemon, "POST", "/v1/vms", &body.to_string(), 201);
+}
+
 #[test]
 fn autostart_vms_start_with_the_daemon_and_events_can_be_followed() {
     if !common::kvm_available() {
@@ -357,9 +364,7 @@ fn autostart_vms_start_with_the_daemon_and_events_can_be_followed() {
     }
     use std::io::{BufRead, BufReader, Write};
     let mut daemon = Daemon::start();
-    let mut body: serde_json::Value = serde_json::from_str(&hello("auto", "exit=hang")).unwrap();
-    body["autostart"] = true.into();
-    expect(&daemon, "POST", "/v1/vms", &body.to_string(), 201);
+    define_autostart_hang(&daemon, "auto");
     let last = events(&daemon).len();
     daemon.kill();
     daemon.restart();
@@ -389,21 +394,13 @@ fn a_web_console_that_cannot_listen_stops_the_daemon_before_any_vm_starts() {
         return;
     }
     let mut daemon = Daemon::start();
-    let mut body: serde_json::Value = serde_json::from_str(&hello("auto", "exit=hang")).unwrap();
-    body["autostart"] = true.into();
-    expect(&daemon, "POST", "/v1/vms", &body.to_string(), 201);
+    define_autostart_hang(&daemon, "auto");
     daemon.kill();
 
     // The console's port is taken: the daemon must stop before its autostart, not after.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let mut command = common::kestrel();
-    command
-        .args(["--log-level", "info", "daemon", "--foreground", "--state-dir"])
-        .arg(&daemon.state_dir)
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["--web", &format!("127.0.0.1:{port}")]);
+    let command = daemon.daemon_command(&["--web", &format!("127.0.0.1:{port}")]);
     let output = common::run_to_end(command, b"");
     assert!(!output.status.success(), "the daemon ran with its console's port taken");
     let stderr = common::stderr(&output);

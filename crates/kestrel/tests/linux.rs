@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -187,21 +187,12 @@ fn wait_for_line_or_dump(
     needle: &str,
     before: &str,
 ) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("read guest output") == 0 {
-            let mut err = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                let _ = stderr.read_to_string(&mut err);
-            }
-            panic!("output ended before a line containing {needle:?}\n--- stdout\n{before}{seen}\n--- stderr\n{err}");
-        }
-        seen.push_str(&line);
-        if line.contains(needle) {
-            return seen;
-        }
-    }
+    read_to_line(reader, needle).unwrap_or_else(|seen| {
+        let err = child_stderr(child);
+        panic!(
+            "output ended before a line containing {needle:?}\n--- stdout\n{before}{seen}\n--- stderr\n{err}"
+        )
+    })
 }
 
 /// Reads until the output ends with `needle` (a prompt, which has no newline); returns what it read.

@@ -218,18 +218,10 @@ where
     loop {
         match step().await {
             Ok(()) => return,
-            Err(e) if is_stale(&e) && Instant::now() < deadline => continue,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => continue,
             Err(e) => panic!("{selector}: {e}"),
         }
     }
-}
-
-fn is_stale(error: &fantoccini::error::CmdError) -> bool {
-    matches!(
-        error,
-        fantoccini::error::CmdError::Standard(e)
-            if e.error == fantoccini::error::ErrorStatus::StaleElementReference
-    )
 }
 
 /// Saves the page as `target/web-screenshots/NAME.png` (a test artefact).

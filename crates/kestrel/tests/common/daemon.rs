@@ -76,12 +76,8 @@ impl Daemon {
             .open(self.dir.path().join("daemon.log"))
             .expect("daemon log");
         self.log_start = log.metadata().map_or(0, |m| m.len() as usize);
-        let child = super::kestrel()
-            .args(["--log-level", "info", "daemon", "--foreground", "--state-dir"])
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(&self.extra_args)
+        let child = self
+            .daemon_command(&[])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -89,6 +85,19 @@ impl Daemon {
             .expect("spawn kestrel daemon");
         self.child = Some(child);
         self.wait_listening();
+    }
+
+    /// `kestrel daemon` on this state directory and socket, with the start's flags and `more`.
+    pub fn daemon_command(&self, more: &[&str]) -> Command {
+        let mut command = super::kestrel();
+        command
+            .args(["--log-level", "info", "daemon", "--foreground", "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.extra_args)
+            .args(more);
+        command
     }
 
     fn wait_listening(&mut self) {

@@ -141,41 +141,46 @@ impl Drop for Watchdog {
     }
 }
 
-/// Reads lines from `reader` until one contains `needle` (the guest said it is ready); returns the
-/// lines read so far. Panics at end of output.
-pub fn wait_for_line<R: Read>(reader: &mut BufReader<R>, needle: &str) -> String {
+/// Reads lines from `reader` until one contains `needle`; the lines read so far, or at end of
+/// output `Err` with everything read.
+pub fn read_to_line<R: Read>(reader: &mut BufReader<R>, needle: &str) -> Result<String, String> {
     let mut seen = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).expect("read guest output") == 0 {
-            panic!("output ended before a line containing {needle:?}; got:\n{seen}");
+            return Err(seen);
         }
         seen.push_str(&line);
         if line.contains(needle) {
-            return seen;
+            return Ok(seen);
         }
     }
+}
+
+/// Reads lines from `reader` until one contains `needle` (the guest said it is ready); returns the
+/// lines read so far. Panics at end of output.
+pub fn wait_for_line<R: Read>(reader: &mut BufReader<R>, needle: &str) -> String {
+    read_to_line(reader, needle)
+        .unwrap_or_else(|seen| panic!("output ended before a line containing {needle:?}; got:\n{seen}"))
 }
 
 /// [`wait_for_line`] on a child's piped stdout, but when the output ends first, the panic says
 /// why: the child's exit status and its stderr (a VMM that died early says so there).
 pub fn wait_for_child_line<R: Read>(reader: &mut BufReader<R>, needle: &str, child: &mut Child) -> String {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).expect("read guest output") == 0 {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            panic!("output ended before a line containing {needle:?}; the child exited with {status}; got:\n{seen}\nits stderr:\n{stderr}");
-        }
-        seen.push_str(&line);
-        if line.contains(needle) {
-            return seen;
-        }
+    read_to_line(reader, needle).unwrap_or_else(|seen| {
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+        let stderr = child_stderr(child);
+        panic!("output ended before a line containing {needle:?}; the child exited with {status}; got:\n{seen}\nits stderr:\n{stderr}");
+    })
+}
+
+/// The rest of a child's piped stderr (empty when it was not piped or was taken already).
+pub fn child_stderr(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut text);
     }
+    text
 }
 
 pub fn stdout(output: &Output) -> String {
