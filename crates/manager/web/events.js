@@ -4,6 +4,7 @@
 // stream drops it reconnects with `?since=` the last event seen, backing off from 1 s to 30 s.
 
 import { readLines } from './api.js';
+import { message } from './dom.js';
 
 /** The most events kept in the browser (the daemon keeps 10,000). */
 const KEEP = 2000;
@@ -22,6 +23,34 @@ let retryMs = FIRST_RETRY_MS;
 let batch = [];
 let batchTimer = null;
 let status = 'stopped';
+
+/**
+ * Keeps a page's view current: `load()` now and after each batch of events `relevant` accepts,
+ * then `draw(result)`, unless the page was left meanwhile; a failure is shown in `errorBox`.
+ * Returns `refresh` (for after the page's own actions) and `leave` (when the page goes).
+ */
+export function follow({ load, draw, errorBox, relevant = () => true }) {
+  let gone = false;
+  async function refresh() {
+    try {
+      const result = await load();
+      if (!gone) draw(result);
+    } catch (failure) {
+      if (!gone) message(errorBox, failure.message);
+    }
+  }
+  const unsubscribe = subscribe((batch) => {
+    if (relevant(batch)) refresh();
+  });
+  refresh();
+  return {
+    refresh,
+    leave() {
+      gone = true;
+      unsubscribe();
+    },
+  };
+}
 
 /** Every event still kept, oldest first. */
 export function events() {

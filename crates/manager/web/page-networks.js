@@ -4,7 +4,7 @@
 // address, an overlapping subnet, a network in use) is shown as it words it.
 
 import { api, path } from './api.js';
-import { busy, confirmBar, h, message, replace, table } from './dom.js';
+import { busy, confirmBar, h, replace, table } from './dom.js';
 import * as events from './events.js';
 
 function stateBadge(active) {
@@ -36,7 +36,6 @@ export default function networksPage(main) {
     body,
     h('div.grid', {}, defineForm())));
 
-  let gone = false;
 
   function defineForm() {
     const input = (id, props = {}) => h(`input#${id}`, { name: id, test: id, autocomplete: 'off', ...props });
@@ -125,20 +124,11 @@ export default function networksPage(main) {
       'VMs', ['Leases', 'num'], 'Autostart', ''], rows, { id: 'networks' }));
   }
 
-  async function refresh() {
-    try {
-      const networks = await api.get('/v1/networks');
-      if (gone) return;
-      draw(networks.sort((a, b) => a.definition.name.localeCompare(b.definition.name)));
-    } catch (failure) {
-      if (!gone) message(error, failure.message);
-    }
-  }
-
-  const unsubscribe = events.subscribe(refresh);
-  refresh();
-  return () => {
-    gone = true;
-    unsubscribe();
-  };
+  const view = events.follow({
+    load: () => api.get('/v1/networks'),
+    draw: (networks) => draw(networks.sort((a, b) => a.definition.name.localeCompare(b.definition.name))),
+    errorBox: error,
+  });
+  const refresh = view.refresh;
+  return view.leave;
 }

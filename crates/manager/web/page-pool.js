@@ -3,7 +3,7 @@
 // base) are shown as it words them.
 
 import { api, path } from './api.js';
-import { busy, h, message, replace, table } from './dom.js';
+import { busy, h, replace, table } from './dom.js';
 import * as events from './events.js';
 import { bytes } from './format.js';
 
@@ -29,7 +29,6 @@ export default function poolPage(main, pool) {
     body,
     forms));
 
-  let gone = false;
 
   function createForm() {
     const name = h('input#volume-name', { test: 'volume-name', placeholder: 'data.qcow2', autocomplete: 'off' });
@@ -150,24 +149,15 @@ export default function poolPage(main, pool) {
     replace(body, table(['Name', 'Format', ['Size', 'num'], ['On disk', 'num'], 'Backing', 'Used by', ''], rows, { id: 'volumes' }));
   }
 
-  async function refresh() {
-    try {
-      const [poolInfo, volumes] = await Promise.all([
-        api.get(path('/v1/pools/{pool}', pool)),
-        api.get(path('/v1/pools/{pool}/volumes', pool)),
-      ]);
-      if (!gone) draw(poolInfo, volumes.sort((a, b) => a.name.localeCompare(b.name)));
-    } catch (failure) {
-      if (!gone) message(error, failure.message);
-    }
-  }
-
-  const unsubscribe = events.subscribe((batch) => {
-    if (batch.some((event) => event.kind.startsWith('volume_'))) refresh();
+  const view = events.follow({
+    load: () => Promise.all([
+      api.get(path('/v1/pools/{pool}', pool)),
+      api.get(path('/v1/pools/{pool}/volumes', pool)),
+    ]),
+    draw: ([poolInfo, volumes]) => draw(poolInfo, volumes.sort((a, b) => a.name.localeCompare(b.name))),
+    errorBox: error,
+    relevant: (batch) => batch.some((event) => event.kind.startsWith('volume_')),
   });
-  refresh();
-  return () => {
-    gone = true;
-    unsubscribe();
-  };
+  const refresh = view.refresh;
+  return view.leave;
 }

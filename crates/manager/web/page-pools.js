@@ -3,7 +3,7 @@
 // VMs use) are shown as it words them.
 
 import { api, path } from './api.js';
-import { busy, confirmBar, h, message, replace, table } from './dom.js';
+import { busy, confirmBar, h, replace, table } from './dom.js';
 import * as events from './events.js';
 import { bytes } from './format.js';
 
@@ -19,7 +19,6 @@ export default function poolsPage(main) {
     body,
     h('div.grid', {}, defineForm())));
 
-  let gone = false;
 
   function defineForm() {
     const name = h('input#pool-name', { name: 'pool-name', test: 'pool-name', placeholder: 'images',
@@ -82,22 +81,13 @@ export default function poolsPage(main) {
       ''], rows, { id: 'pools' }));
   }
 
-  async function refresh() {
-    try {
-      const pools = await api.get('/v1/pools');
-      if (!gone) draw(pools);
-    } catch (failure) {
-      if (!gone) message(error, failure.message);
-    }
-  }
-
   // Pools have no events of their own; a volume made or deleted changes a pool's count.
-  const unsubscribe = events.subscribe((batch) => {
-    if (batch.some((event) => event.kind.startsWith('volume_'))) refresh();
+  const view = events.follow({
+    load: () => api.get('/v1/pools'),
+    draw,
+    errorBox: error,
+    relevant: (batch) => batch.some((event) => event.kind.startsWith('volume_')),
   });
-  refresh();
-  return () => {
-    gone = true;
-    unsubscribe();
-  };
+  const refresh = view.refresh;
+  return view.leave;
 }

@@ -34,7 +34,6 @@ export default function vmsPage(main) {
     error,
     body));
 
-  let gone = false;
   let live = new Map(); // name → { spark cell, uptime cell } of each active VM
 
   function draw(vms) {
@@ -69,23 +68,17 @@ export default function vmsPage(main) {
     }
   }
 
-  async function refresh() {
-    try {
-      const vms = await api.get('/v1/vms');
-      if (gone) return;
+  const view = events.follow({
+    load: () => api.get('/v1/vms'),
+    draw: (vms) => {
       message(error, '');
       draw(vms.sort((a, b) => a.name.localeCompare(b.name)));
-    } catch (failure) {
-      if (!gone) message(error, failure.message);
-    }
-  }
-
-  const unsubscribe = events.subscribe(refresh);
+    },
+    errorBox: error,
+  });
   const unsample = stats.onSample(figures);
-  refresh();
   return () => {
-    gone = true;
-    unsubscribe();
+    view.leave();
     unsample();
   };
 }
