@@ -252,4 +252,50 @@ mod tests {
         assert!(!secrets_equal(b"abc", b"ab"));
         assert!(!secrets_equal(b"", b"a"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any header bytes a client sends: the parsers and the guard answer, never panic,
+            /// and without a session nothing passes.
+            #[test]
+            fn hostile_headers_never_panic_or_pass_without_a_session(
+                cookie in proptest::collection::vec(any::<u8>(), 0..200),
+                origin_bytes in proptest::collection::vec(any::<u8>(), 0..100),
+                host in proptest::collection::vec(any::<u8>(), 0..100),
+                path in "[ -~]{0,60}",
+            ) {
+                let mut map = HeaderMap::new();
+                for (name, value) in [(header::COOKIE, &cookie), (header::ORIGIN, &origin_bytes), (header::HOST, &host)] {
+                    if let Ok(value) = HeaderValue::from_bytes(value) {
+                        map.append(name, value);
+                    }
+                }
+                let _ = session_cookie(&map);
+                let _ = origin(&map);
+                for method in [Method::GET, Method::POST, Method::DELETE] {
+                    let refused = refusal(&method, &path, &map, None);
+                    prop_assert_eq!(refused.map(|r| r.status().as_u16()), Some(401));
+                }
+            }
+
+            /// The session cookie is found among any other cookies, whatever their order.
+            #[test]
+            fn the_session_cookie_is_found_among_any_others(
+                value in "[A-Za-z0-9_-]{1,43}",
+                before in proptest::collection::vec("[a-z]{1,8}=[a-z0-9]{0,8}", 0..4),
+                after in proptest::collection::vec("[a-z]{1,8}=[a-z0-9]{0,8}", 0..4),
+            ) {
+                let mut pairs = before.clone();
+                pairs.push(format!("{COOKIE}={value}"));
+                pairs.extend(after);
+                let map = headers(&[("cookie", &pairs.join("; "))]);
+                prop_assert_eq!(session_cookie(&map), Some(value.as_str()));
+            }
+        }
+    }
 }
