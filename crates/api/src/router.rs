@@ -64,6 +64,7 @@ fn success_response(response: VmmResponse) -> Response {
         VmmResponse::FullConfig(config) => Response::json(200, &config),
         VmmResponse::Balloon(balloon) => Response::json(200, &balloon),
         VmmResponse::BalloonStats(stats) => Response::json(200, &stats),
+        VmmResponse::Mmds(value) => Response::json(200, &value),
     }
 }
 
@@ -89,6 +90,8 @@ fn route(request: &Request) -> Route {
         ["snapshot", "load"] => put_only(request.method, body, VmmRequest::LoadSnapshot),
         ["logger"] => put_only(request.method, body, VmmRequest::PutLogger),
         ["metrics"] => put_only(request.method, body, VmmRequest::PutMetrics),
+        ["mmds"] => mmds(request.method, body),
+        ["mmds", "config"] => put_only(request.method, body, VmmRequest::PutMmdsConfig),
         _ => not_implemented(request.method, &segments),
     }
     .unwrap_or_else(|| Err(invalid_path(request)))
@@ -197,11 +200,18 @@ fn actions(method: Method, body: &[u8]) -> MaybeRoute {
     put_only(method, body, |InstanceActionInfo { action_type }| VmmRequest::Action(action_type))
 }
 
+fn mmds(method: Method, body: &[u8]) -> MaybeRoute {
+    match method {
+        Method::Get => vmm(VmmRequest::GetMmds),
+        Method::Put => parsed(body, VmmRequest::PutMmds),
+        Method::Patch => parsed(body, VmmRequest::PatchMmds),
+    }
+}
+
 /// Firecracker's endpoints Kestrel does not serve yet: a clear 400 rather than "invalid path".
 fn not_implemented(method: Method, segments: &[&str]) -> MaybeRoute {
     use Method::{Get, Patch, Put};
     let what = match (method, segments) {
-        (Put | Patch | Get, ["mmds"]) | (Put, ["mmds", "config"]) => "MMDS",
         (Put, ["cpu-config"]) => "CPU configuration",
         (Put, ["serial"]) => "The serial endpoint (use --serial)",
         (Put | Patch, ["pmem", _]) => "pmem devices",
@@ -286,7 +296,7 @@ mod tests {
             (Method::Put, "/actions", "[]"),
             (Method::Put, "/actions", ""),
             (Method::Get, "/actions", ""),
-            (Method::Put, "/mmds", "{}"),
+            (Method::Put, "/cpu-config", "{}"),
             (Method::Get, "/drives/a", ""),
         ] {
             assert_eq!(handle(&router, method, path, body).status, 400, "{path}");

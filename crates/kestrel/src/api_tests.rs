@@ -177,6 +177,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             metrics: Some(Arc::new(MetricsHandle(metrics.clone())) as Arc<dyn MetricsControl>),
             logger,
+            mmds_size_limit: vmm::control::DEFAULT_MMDS_SIZE_LIMIT,
         };
         let (sender, receiver) = channel().unwrap();
         let controller = Controller::new(settings, launcher, receiver);

@@ -113,6 +113,7 @@ fn run_api(args: cli::VmmArgs) -> u8 {
             let settings = api::logger::LoggerSettings::open(request)?;
             Ok(logging::apply(settings)?)
         })),
+        mmds_size_limit: vmm::control::DEFAULT_MMDS_SIZE_LIMIT,
     };
     // Landlock: the VM's rules are applied on this (main) thread just before the VM is built or
     // restored; the API thread confines itself to nothing as it starts (see crate::landlock).

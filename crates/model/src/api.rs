@@ -483,6 +483,33 @@ pub struct Error {
     pub fault_message: String,
 }
 
+/// `PUT /mmds/config`: which network interfaces answer for the metadata service, at which address,
+/// and in which version of its protocol (Firecracker's `MmdsConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmdsConfig {
+    /// `V1` (plain GETs) or `V2` (a session token from `PUT /latest/api/token` first).
+    #[serde(default)]
+    pub version: MmdsVersion,
+    /// The IDs of the interfaces (`PUT /network-interfaces/{id}`) whose frames to the MMDS
+    /// address the VMM answers itself; at least one.
+    pub network_interfaces: Vec<String>,
+    /// The address guests reach MMDS at; Firecracker's default is 169.254.169.254.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<std::net::Ipv4Addr>,
+    /// Answer in the EC2 IMDS format (plain text) whatever the `Accept` header says.
+    #[serde(default)]
+    pub imds_compat: bool,
+}
+
+/// The MMDS protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum MmdsVersion {
+    #[default]
+    V1,
+    V2,
+}
+
 /// `GET /vm/config`, and the `--config` file (Firecracker's `--config-file`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -5,8 +5,9 @@
 
 use crate::api::{
     ActionType, Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, EntropyDevice,
-    FullVmConfiguration, InstanceInfo, Logger, MachineConfiguration, Metrics, NetworkInterface, Operation,
-    PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams, VmStateValue, Vsock,
+    FullVmConfiguration, InstanceInfo, Logger, MachineConfiguration, Metrics, MmdsConfig, NetworkInterface,
+    Operation, PartialDrive, PartialNetworkInterface, SnapshotCreateParams, SnapshotLoadParams, VmStateValue,
+    Vsock,
 };
 use crate::error::ConfigError;
 use crate::{NOT_SUPPORTED_AFTER_START, NOT_SUPPORTED_BEFORE_START};
@@ -60,6 +61,15 @@ pub enum VmmRequest {
     PutLogger(Logger),
     /// `PUT /metrics`.
     PutMetrics(Metrics),
+    /// `PUT /mmds`: replaces the metadata store's contents (any JSON value; Firecracker's API
+    /// takes an object).
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: a JSON merge patch (RFC 7396) applied to the store.
+    PatchMmds(serde_json::Value),
+    /// `GET /mmds`.
+    GetMmds,
+    /// `PUT /mmds/config`.
+    PutMmdsConfig(MmdsConfig),
 }
 
 /// What a request that succeeded answers.
@@ -77,6 +87,8 @@ pub enum VmmResponse {
     Balloon(Balloon),
     /// `GET /balloon/statistics`.
     BalloonStats(BalloonStats),
+    /// `GET /mmds`: the store's contents.
+    Mmds(serde_json::Value),
 }
 
 /// Why a request was refused. The message is the client's `fault_message`; where Firecracker

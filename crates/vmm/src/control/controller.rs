@@ -32,7 +32,13 @@ pub struct ControllerSettings {
     pub metrics: Option<Arc<dyn MetricsControl>>,
     /// Serves `PUT /logger`; without it the endpoint is not supported.
     pub logger: Option<LoggerHook>,
+    /// The most bytes the MMDS data store may hold, as JSON (`--mmds-size-limit`; Firecracker's
+    /// default is the API's payload limit, 51,200 bytes).
+    pub mmds_size_limit: usize,
 }
+
+/// Firecracker's default `--mmds-size-limit` (its `--http-api-max-payload-size` default).
+pub const DEFAULT_MMDS_SIZE_LIMIT: usize = 51_200;
 
 type Answer = Result<VmmResponse, ControlError>;
 
@@ -282,6 +288,10 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::LoadSnapshot(params) => self.load_snapshot(params),
             VmmRequest::PutLogger(logger) => self.put_logger(logger),
             VmmRequest::PutMetrics(metrics) => self.put_metrics(Path::new(&metrics.metrics_path)),
+            VmmRequest::PutMmds(_)
+            | VmmRequest::PatchMmds(_)
+            | VmmRequest::GetMmds
+            | VmmRequest::PutMmdsConfig(_) => Err(ControlError::NotYet("MMDS")),
         }
     }
 

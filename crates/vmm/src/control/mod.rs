@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use channel::{channel, ControlMessage, ControlReceiver, ControlSender, Received, Reply};
-pub use controller::{Controller, ControllerSettings, Pending};
+pub use controller::{Controller, ControllerSettings, Pending, DEFAULT_MMDS_SIZE_LIMIT};
 pub use engine::{BeforeBuild, BuildOrigin, KvmLauncher};
 use model::api::BalloonStats;
 use model::config::VmConfig;

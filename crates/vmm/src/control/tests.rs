@@ -84,6 +84,7 @@ fn paused_vm() -> (Controller<GatedLauncher>, ControlSender, mpsc::Sender<Result
         transport: VirtioTransport::Mmio,
         metrics: None,
         logger: None,
+        mmds_size_limit: super::DEFAULT_MMDS_SIZE_LIMIT,
     };
     let mut controller = Controller::new(settings, GatedLauncher(Some(vm)), receiver);
     let kernel = tempfile_path();
@@ -372,6 +373,7 @@ fn a_restored_vms_drives_cards_and_balloon_can_be_patched() {
         transport: VirtioTransport::Mmio,
         metrics: None,
         logger: None,
+        mmds_size_limit: super::DEFAULT_MMDS_SIZE_LIMIT,
     };
     let launcher = RestoringLauncher { vm, config: config.clone() };
     let mut controller = Controller::new(settings, launcher, receiver);
