@@ -347,39 +347,34 @@ fn serve_connection(stream: UnixStream, id: u64, table: &Table, handler: &dyn Ha
         idle_until: Instant::now() + limits.idle_timeout,
     };
     let mut buffer = Vec::new();
+    let max = limits.max_body_bytes;
     while connection.await_request() {
-        let (response, close) =
-            match read_request_limited(&mut connection, &mut buffer, limits.max_body_bytes) {
-                Ok(request) => {
-                    // Evicted while the last bytes came in: the client is gone as far as it knows.
-                    if !table.enter(id, Phase::Handling) {
-                        return;
-                    }
-                    tracing::debug!("API: {} {}", request.method.as_str(), request.path);
-                    (handler.handle(&request), request.close)
-                }
-                Err(HttpError::Io(e)) if is_timeout(&e) && connection.deadline.is_some() => {
-                    limited_warn!(
-                        table.logs.deadlines,
-                        "API: a request did not arrive within {} s; closing its connection",
-                        limits.request_deadline.as_secs_f64()
-                    );
-                    let message = format!(
-                        "The request did not arrive within {} s",
-                        limits.request_deadline.as_secs_f64()
-                    );
-                    (Response::error(408, &message), true)
-                }
-                Err(HttpError::Io(e)) if is_timeout(&e) => {
-                    tracing::debug!(
-                        "API: closing a connection idle for {} s",
-                        limits.idle_timeout.as_secs_f64()
-                    );
+        let (response, close) = match read_request_limited(&mut connection, &mut buffer, max) {
+            Ok(request) => {
+                // Evicted while the last bytes came in: the client is gone as far as it knows.
+                if !table.enter(id, Phase::Handling) {
                     return;
                 }
-                Err(HttpError::Closed | HttpError::Io(_)) => return,
-                Err(e) => (Response::bad_request(&e.to_string()), true),
-            };
+                tracing::debug!("API: {} {}", request.method.as_str(), request.path);
+                (handler.handle(&request), request.close)
+            }
+            Err(HttpError::Io(e)) if is_timeout(&e) && connection.deadline.is_some() => {
+                limited_warn!(
+                    table.logs.deadlines,
+                    "API: a request did not arrive within {} s; closing its connection",
+                    limits.request_deadline.as_secs_f64()
+                );
+                let message =
+                    format!("The request did not arrive within {} s", limits.request_deadline.as_secs_f64());
+                (Response::error(408, &message), true)
+            }
+            Err(HttpError::Io(e)) if is_timeout(&e) => {
+                tracing::debug!("API: closing a connection idle for {} s", limits.idle_timeout.as_secs_f64());
+                return;
+            }
+            Err(HttpError::Closed | HttpError::Io(_)) => return,
+            Err(e) => (Response::bad_request(&e.to_string()), true),
+        };
         if !table.enter(id, Phase::Writing) {
             return;
         }
