@@ -81,6 +81,7 @@ fn route(request: &Request) -> Route {
         ["network-interfaces", id] => network_interfaces(request.method, id, body),
         ["vsock"] => put_only(request.method, body, VmmRequest::PutVsock),
         ["entropy"] => put_only(request.method, body, VmmRequest::PutEntropy),
+        ["cpu-config"] => put_only(request.method, body, VmmRequest::PutCpuConfig),
         ["balloon"] => balloon(request.method, body),
         ["balloon", "statistics"] => balloon_statistics(request.method, body),
         ["vm", "config"] => get_only(request.method, VmmRequest::GetVmConfig),
@@ -212,7 +213,6 @@ fn mmds(method: Method, body: &[u8]) -> MaybeRoute {
 fn not_implemented(method: Method, segments: &[&str]) -> MaybeRoute {
     use Method::{Get, Patch, Put};
     let what = match (method, segments) {
-        (Put, ["cpu-config"]) => "CPU configuration",
         (Put, ["serial"]) => "The serial endpoint (use --serial)",
         (Put | Patch, ["pmem", _]) => "pmem devices",
         (Put | Patch | Get, ["hotplug", "memory"]) => "Memory hotplug",
@@ -296,7 +296,7 @@ mod tests {
             (Method::Put, "/actions", "[]"),
             (Method::Put, "/actions", ""),
             (Method::Get, "/actions", ""),
-            (Method::Put, "/cpu-config", "{}"),
+            (Method::Put, "/cpu-config", r#"{"vcpu_features": []}"#),
             (Method::Get, "/drives/a", ""),
         ] {
             assert_eq!(handle(&router, method, path, body).status, 400, "{path}");

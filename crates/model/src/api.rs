@@ -537,7 +537,7 @@ pub struct FullVmConfiguration {
     #[serde(rename = "mmds-config", default, skip_serializing_if = "Option::is_none")]
     pub mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<crate::cpu_template::CpuTemplate>,
 }
 
 /// `PUT /snapshot/create`.

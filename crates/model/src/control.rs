@@ -70,6 +70,8 @@ pub enum VmmRequest {
     GetMmds,
     /// `PUT /mmds/config`.
     PutMmdsConfig(MmdsConfig),
+    /// `PUT /cpu-config`: a custom CPU template (pre-boot).
+    PutCpuConfig(crate::cpu_template::CpuTemplate),
 }
 
 /// What a request that succeeded answers.

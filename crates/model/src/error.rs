@@ -38,6 +38,10 @@ pub enum ConfigError {
     InvalidTapName(String),
     #[error("Invalid guest_mac: {0}")]
     InvalidMac(#[from] MacError),
+    #[error("{0}")]
+    CpuTemplate(#[from] crate::cpu_template::CpuTemplateError),
+    #[error("The static CPU template {0:?} is not offered by Kestrel: Firecracker deprecated static templates (each masks CPUID for one family of AWS instance CPUs); give the CPUID and MSR masks as a custom template with PUT /cpu-config instead")]
+    StaticCpuTemplate(String),
     #[error("Invalid guest_cid {0}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}")]
     InvalidCid(u64),
     #[error("The balloon's amount_mib ({amount}) is more than the guest's memory ({memory} MiB)")]

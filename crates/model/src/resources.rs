@@ -14,6 +14,7 @@ use crate::config::{
     BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
     VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
+use crate::cpu_template::CpuTemplate;
 use crate::disk::CacheMode;
 pub use crate::error::ConfigError;
 use crate::rate_limiter::RateLimiterConfig;
@@ -46,6 +47,7 @@ pub struct VmResources {
     vsock: Option<Vsock>,
     balloon: Option<Balloon>,
     entropy: Option<EntropyDevice>,
+    cpu_config: Option<CpuTemplate>,
 }
 
 fn check_id(id: &str) -> Result<(), ConfigError> {
@@ -240,8 +242,8 @@ impl VmResources {
         if config.mem_size_mib < MIN_MEMORY_MIB || config.mem_size_mib.checked_mul(1 << 20).is_none() {
             return Err(ConfigError::InvalidMemorySize(config.mem_size_mib));
         }
-        if config.cpu_template.as_deref().is_some_and(|t| t != "None") {
-            return Err(ConfigError::Unsupported("cpu_template".into()));
+        if let Some(template) = config.cpu_template.as_deref().filter(|t| *t != "None") {
+            return Err(ConfigError::StaticCpuTemplate(template.chars().take(16).collect()));
         }
         // Kestrel's additions are checked as they come, against this request's vCPUs and memory.
         let host = config.host_resources()?;
@@ -453,6 +455,14 @@ impl VmResources {
         Ok(())
     }
 
+    /// `PUT /cpu-config`: a custom CPU template, checked here and applied by the engine at boot
+    /// (where a CPUID leaf or MSR it names turns out not to exist on this host).
+    pub fn set_cpu_config(&mut self, template: CpuTemplate) -> Result<(), ConfigError> {
+        template.validate()?;
+        self.cpu_config = Some(template);
+        Ok(())
+    }
+
     /// What `GET /vm/config` returns. Each drive shows the cache type and I/O engine it has, as
     /// Firecracker's does, also where the request left them out.
     pub fn export(&self) -> FullVmConfiguration {
@@ -464,6 +474,7 @@ impl VmResources {
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
             entropy: self.entropy.clone(),
+            cpu_config: self.cpu_config.clone(),
             ..FullVmConfiguration::default()
         }
     }
@@ -535,7 +546,6 @@ impl VmResources {
             (file.logger.is_some(), "the logger section"),
             (file.metrics.is_some(), "the metrics section"),
             (file.mmds_config.is_some(), "the mmds-config section"),
-            (file.cpu_config.is_some(), "the cpu-config section"),
         ] {
             if present {
                 return Err(ConfigError::Unsupported(name.into()));
@@ -564,6 +574,9 @@ impl VmResources {
         }
         if let Some(entropy) = file.entropy {
             resources.set_entropy(entropy)?;
+        }
+        if let Some(template) = file.cpu_config {
+            resources.set_cpu_config(template)?;
         }
         Ok(resources)
     }
@@ -625,6 +638,7 @@ impl VmResources {
             transport,
             track_dirty_pages: self.machine_config.track_dirty_pages,
             host: self.machine_config.host_resources()?,
+            cpu_template: self.cpu_config.clone(),
         };
         config.validate()?;
         Ok(config)
@@ -935,6 +949,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
             host: Default::default(),
+            cpu_template: None,
         };
         let resources = VmResources::restored(&config, None);
         let drives: Vec<_> = resources.drives_in_vm_order().map(|d| drive_config(d).unwrap()).collect();
@@ -965,6 +980,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages: true,
             host: Default::default(),
+            cpu_template: None,
         };
         let host = HostExtensions { vcpu_realtime_priority: Some(5), ..HostExtensions::default() };
         let resources = VmResources::restored(&config, Some(host.clone()));

@@ -26,7 +26,7 @@ use crate::pci_devices::PciBus;
 use crate::snapshot::{self, restore_checks, vcpu_state, SnapshotError, SnapshotSources, VmState};
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
-use crate::{kernel, kvm_err, memory, virtio_devices, Error, Result};
+use crate::{cpu_template, kernel, kvm_err, memory, virtio_devices, Error, Result};
 
 /// The KVM device node.
 const KVM_PATH: &str = "/dev/kvm";
@@ -63,7 +63,7 @@ pub fn build(config: &VmConfig) -> Result<Vm> {
     let devices = LegacyDevices::create(config, &vm, None)?;
     let mut controls = virtio_devices::VirtioControls::default();
     let (transports, _pci) = attach_virtio(config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
-    let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
+    let vcpus = create_vcpus(&kvm, &vm, &memory, config, entry)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(config)
 }
@@ -375,7 +375,19 @@ fn check_vcpu_count(vcpus: u8) -> Result<()> {
 
 /// Creates every vCPU with its CPUID, MSRs and local APIC set up; only vCPU 0 gets boot registers,
 /// the others wait for the guest's INIT-SIPI-SIPI as on real hardware.
-fn create_vcpus(kvm: &Kvm, vm: &VmFd, memory: &GuestRam, count: u8, entry: BootEntry) -> Result<Vec<VcpuFd>> {
+/// A custom CPU template (`PUT /cpu-config`) changes each vCPU's CPUID and MSRs on top.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    memory: &GuestRam,
+    config: &VmConfig,
+    entry: BootEntry,
+) -> Result<Vec<VcpuFd>> {
+    let count = config.vcpus;
+    let template = config.cpu_template.as_ref();
+    if let Some(template) = template {
+        cpu_template::check_capabilities(kvm, template)?;
+    }
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut tsc_khz = None;
@@ -385,9 +397,15 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, memory: &GuestRam, count: u8, entry: BootE
             if index == 0 {
                 tsc_khz = guest_tsc_khz(&vcpu);
             }
-            let cpuid = arch::cpuid::filter_for_vcpu(&supported, index, count, tsc_khz)?;
+            let mut cpuid = arch::cpuid::filter_for_vcpu(&supported, index, count, tsc_khz)?;
+            if let Some(template) = template {
+                cpu_template::apply_to_cpuid(&mut cpuid, template)?;
+            }
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             arch::msrs::setup_msrs(&vcpu)?;
+            if let Some(template) = template {
+                cpu_template::apply_to_msrs(&vcpu, template)?;
+            }
             arch::interrupts::set_lint(&vcpu)?;
             if index == 0 {
                 arch::regs::setup_boot_vcpu(&vcpu, memory, entry)?;

@@ -272,6 +272,7 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::PutVsock(vsock) => self.configure(|r| r.set_vsock(vsock)),
             VmmRequest::PutBalloon(balloon) => self.configure(|r| r.set_balloon(balloon)),
             VmmRequest::PutEntropy(entropy) => self.configure(|r| r.set_entropy(entropy)),
+            VmmRequest::PutCpuConfig(template) => self.configure(|r| r.set_cpu_config(template)),
             VmmRequest::PatchBalloon(update) => self.patch_balloon(update),
             VmmRequest::GetBalloonStats => self.balloon_statistics(),
             VmmRequest::PatchBalloonStats(update) => self.patch_balloon_stats(update),

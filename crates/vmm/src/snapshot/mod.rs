@@ -435,6 +435,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages,
             host: Default::default(),
+            cpu_template: None,
         }
     }
 
