@@ -578,6 +578,9 @@ pub struct SnapshotLoadParams {
     pub network_overrides: Vec<NetworkOverride>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_override: Option<VsockOverride>,
+    /// kvmclock goes on by the wall-clock time elapsed since the snapshot (x86_64).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_realtime: bool,
     /// Kestrel's extension: the host file each of the snapshot's drives is to use, so that the
     /// paths a state file names are not opened on its word.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

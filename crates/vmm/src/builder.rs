@@ -79,6 +79,9 @@ pub struct RestoreOptions {
     /// Where guest RAM comes from: the memory file (`File`), or a page-fault handler listening on
     /// the memory path, a Unix socket (`Uffd`, Firecracker's protocol: see [`crate::uffd`]).
     pub memory_backend: MemoryBackendType,
+    /// Firecracker's `clock_realtime`: kvmclock goes on by the wall-clock time since the
+    /// snapshot (`KVM_CLOCK_REALTIME`) instead of from where it stopped.
+    pub clock_realtime: bool,
     /// The vsock device's Unix socket, if it is to differ from the saved one.
     pub vsock_uds: Option<PathBuf>,
     /// Host files for the snapshot's disks, by drive ID, in place of the paths the state file
@@ -109,6 +112,7 @@ pub struct PreparedRestore {
     state: VmState,
     config: VmConfig,
     memory: GuestRam,
+    clock_realtime: bool,
 }
 
 /// The first half of [`restore`]: reads and checks the state file, maps the memory file (or, with
@@ -144,7 +148,7 @@ pub fn prepare_restore(
             memory
         }
     };
-    Ok(PreparedRestore { state, config, memory })
+    Ok(PreparedRestore { state, config, memory, clock_realtime: options.clock_realtime })
 }
 
 impl PreparedRestore {
@@ -155,7 +159,7 @@ impl PreparedRestore {
 
     /// Builds the VM.
     pub fn finish(self) -> Result<Vm> {
-        restore_into(&self.state, &self.config, self.memory)
+        restore_into(&self.state, &self.config, self.memory, self.clock_realtime)
     }
 }
 
@@ -171,7 +175,7 @@ pub fn restore_from_streams(
     let config = restored_config(&state, options)?;
     let ram = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
     snapshot::memory_stream::read_memory(&ram, memory)?;
-    restore_into(&state, &config, ram)
+    restore_into(&state, &config, ram, options.clock_realtime)
 }
 
 /// The configuration a restore builds from: the saved one with this process's options, every
@@ -209,7 +213,7 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
 }
 
 /// Builds the VM of a checked state over its guest RAM.
-fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<Vm> {
+fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam, clock_realtime: bool) -> Result<Vm> {
     let mmio_slots = mmio_slots(config)?;
     let (kvm, vm) = create_kvm_vm(config, &memory)?;
     let devices = LegacyDevices::create(config, &vm, Some(state))?;
@@ -242,7 +246,7 @@ fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<
         .map_err(|_| SnapshotError::Invalid("IOAPIC lock"))?
         .restore(&state.ioapic)
         .map_err(|e| SnapshotError::Restore { what: "the IOAPIC".into(), reason: e.to_string() })?;
-    snapshot::restore_clock(&vm, &state.clock)?;
+    snapshot::restore_clock(&vm, &state.clock, clock_realtime)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(config)
 }

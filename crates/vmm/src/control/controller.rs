@@ -533,6 +533,7 @@ impl<L: Launcher> Controller<L> {
             options: RestoreOptions {
                 serial: self.settings.serial.clone(),
                 memory_backend,
+                clock_realtime: params.clock_realtime,
                 track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
                 drive_paths,

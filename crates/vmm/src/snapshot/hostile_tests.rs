@@ -103,6 +103,7 @@ fn restore_without_kvm(state: &VmState) {
         drive_paths: BTreeMap::new(),
         tap_names: BTreeMap::new(),
         memory_backend: model::api::MemoryBackendType::File,
+        clock_realtime: false,
         host: Default::default(),
     };
     let _ = restored_config(state, &options);
