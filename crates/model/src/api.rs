@@ -340,6 +340,18 @@ pub struct EntropyDevice {
     pub rate_limiter: Option<serde_json::Value>,
 }
 
+/// `PUT /serial` (pre-boot): where the guest's serial output goes, instead of `--serial`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialDevice {
+    /// A file (created 0600 if missing, appended to) or a named pipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<String>,
+    /// Refused when given: Kestrel's serial port does not limit the guest's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
 /// `PUT /actions`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -72,6 +72,8 @@ pub enum VmmRequest {
     PutMmdsConfig(MmdsConfig),
     /// `PUT /cpu-config`: a custom CPU template (pre-boot).
     PutCpuConfig(crate::cpu_template::CpuTemplate),
+    /// `PUT /serial`: the serial output's file (pre-boot).
+    PutSerial(crate::api::SerialDevice),
 }
 
 /// What a request that succeeded answers.

@@ -76,6 +76,19 @@ pub fn check_tap_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A partition UUID as `root=PARTUUID=` takes it: a GPT UUID, or an MBR disk signature and
+/// partition number (`12345678-01`).
+fn check_partuuid(partuuid: &str) -> Result<(), ConfigError> {
+    let valid = !partuuid.is_empty()
+        && partuuid.len() <= 36
+        && partuuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidPartuuid(partuuid.chars().take(40).collect()))
+    }
+}
+
 fn check_path_id(path_id: &str, body_id: &str) -> Result<(), ConfigError> {
     check_id(path_id)?;
     if path_id != body_id {
@@ -120,7 +133,7 @@ fn check_file(what: &'static str, field: &'static str, path: &str) -> Result<(),
 fn reject_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), ConfigError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(()),
-        Some(_) => Err(ConfigError::Unsupported(field.to_owned())),
+        Some(_) => Err(ConfigError::Unsupported(format!("{field} (the entropy device has no rate limiter)"))),
     }
 }
 
@@ -271,14 +284,16 @@ impl VmResources {
     pub fn put_drive(&mut self, path_id: &str, drive: Drive) -> Result<(), ConfigError> {
         check_path_id(path_id, &drive.drive_id)?;
         if drive.socket.is_some() {
-            return Err(ConfigError::Unsupported("vhost-user-block (socket)".into()));
+            return Err(ConfigError::Unsupported(
+                "vhost-user-block (socket): Kestrel has no vhost-user front end; give the image as path_on_host".into(),
+            ));
         }
         let (Some(_), Some(path)) = (drive.is_read_only, &drive.path_on_host) else {
             return Err(ConfigError::MissingDriveField);
         };
         check_file("drive", "path_on_host", path)?;
-        if drive.partuuid.is_some() {
-            return Err(ConfigError::Unsupported("partuuid".into()));
+        if let Some(partuuid) = &drive.partuuid {
+            check_partuuid(partuuid)?;
         }
         drive_config(&drive)?;
         if drive.is_root_device
@@ -350,7 +365,9 @@ impl VmResources {
             mac.parse::<MacAddress>().map_err(ConfigError::InvalidMac)?;
         }
         if iface.mtu.is_some() {
-            return Err(ConfigError::Unsupported("mtu".into()));
+            return Err(ConfigError::Unsupported(
+                "mtu (its virtio-net does not offer VIRTIO_NET_F_MTU; set the MTU inside the guest)".into(),
+            ));
         }
         net_config(&iface)?;
         let others = || self.network_interfaces.iter().filter(|i| i.iface_id != iface.iface_id);
@@ -418,7 +435,9 @@ impl VmResources {
     /// `PUT /balloon`.
     pub fn set_balloon(&mut self, balloon: Balloon) -> Result<(), ConfigError> {
         if balloon.free_page_hinting {
-            return Err(ConfigError::Unsupported("free_page_hinting".into()));
+            return Err(ConfigError::Unsupported(
+                "free_page_hinting (its balloon has no hinting queue; free_page_reporting returns free memory)".into(),
+            ));
         }
         // As Firecracker does: refused now rather than at InstanceStart.
         check_balloon_memory(&self.machine_config.host_resources()?.memory)?;
@@ -488,13 +507,18 @@ impl VmResources {
     /// tap's name.
     pub fn restored(config: &VmConfig, host: Option<HostExtensions>) -> VmResources {
         let mut resources = VmResources::default();
-        let root = config.cmdline.split_whitespace().any(|word| word == "root=/dev/vda");
-        resources.boot_source = Some(restored_boot_source(config));
+        let (boot_args, root) = split_root(&config.cmdline);
+        resources.boot_source = Some(BootSource {
+            kernel_image_path: config.kernel.to_string_lossy().into_owned(),
+            initrd_path: config.initrd.as_ref().map(|path| path.to_string_lossy().into_owned()),
+            boot_args: Some(boot_args.to_owned()),
+        });
         let mut disks = 0;
         for device in &config.virtio {
             match device {
                 VirtioConfig::Block(disk) => {
-                    resources.drives.push(restored_drive(disk, disks, root && disks == 0));
+                    let root = root.as_ref().filter(|_| disks == 0);
+                    resources.drives.push(restored_drive(disk, disks, root));
                     disks += 1;
                 }
                 VirtioConfig::Net(net) => {
@@ -593,11 +617,12 @@ impl VmResources {
         let mut cmdline = boot.boot_args.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
         let root = self.drives.iter().find(|d| d.is_root_device);
         if let Some(root) = root {
-            cmdline.push_str(if root.is_read_only == Some(true) {
-                " root=/dev/vda ro"
-            } else {
-                " root=/dev/vda rw"
-            });
+            // As Firecracker: the partition the UUID names on the root drive, else the drive.
+            match &root.partuuid {
+                Some(partuuid) => cmdline.push_str(&format!(" root=PARTUUID={partuuid}")),
+                None => cmdline.push_str(" root=/dev/vda"),
+            }
+            cmdline.push_str(if root.is_read_only == Some(true) { " ro" } else { " rw" });
         }
         if cmdline.len() > MAX_CMDLINE_BYTES {
             return Err(ConfigError::CmdlineTooLong(cmdline.len()));
@@ -657,25 +682,34 @@ fn check_balloon_memory(memory: &crate::host::MemoryOptions) -> Result<(), Confi
     Ok(())
 }
 
-/// The boot source a restored VM was booted from, as `PUT /boot-source` gave it: the command
-/// line without the `root=/dev/vda ro|rw` the root drive added to it.
-fn restored_boot_source(config: &VmConfig) -> BootSource {
-    let cmdline = &config.cmdline;
-    let boot_args = [" root=/dev/vda ro", " root=/dev/vda rw"]
-        .iter()
-        .find_map(|suffix| cmdline.strip_suffix(suffix))
-        .unwrap_or(cmdline);
-    BootSource {
-        kernel_image_path: config.kernel.to_string_lossy().into_owned(),
-        initrd_path: config.initrd.as_ref().map(|path| path.to_string_lossy().into_owned()),
-        boot_args: Some(boot_args.to_owned()),
+/// How a root drive ends the command line: `root=/dev/vda` or `root=PARTUUID=...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RootOf {
+    Drive,
+    Partuuid(String),
+}
+
+/// A restored VM's command line split into the boot arguments `PUT /boot-source` gave and the
+/// root drive's `root=... ro|rw` that `to_vm_config` added to them, if it did.
+fn split_root(cmdline: &str) -> (&str, Option<RootOf>) {
+    let Some(rest) = cmdline.strip_suffix(" ro").or_else(|| cmdline.strip_suffix(" rw")) else {
+        return (cmdline, None);
+    };
+    let Some((args, root)) = rest.rsplit_once(' ') else { return (cmdline, None) };
+    match root.strip_prefix("root=") {
+        Some("/dev/vda") => (args, Some(RootOf::Drive)),
+        Some(other) => match other.strip_prefix("PARTUUID=").filter(|p| check_partuuid(p).is_ok()) {
+            Some(partuuid) => (args, Some(RootOf::Partuuid(partuuid.to_owned()))),
+            None => (cmdline, None),
+        },
+        None => (cmdline, None),
     }
 }
 
 /// The API drive of a restored VM's disk `index`: every option the disk has, so that
 /// [`drive_config`] gives the disk back; `x-kestrel` holds only the options that are not the
 /// defaults (as a drive configured without them shows).
-fn restored_drive(disk: &BlockConfig, index: usize, root: bool) -> Drive {
+fn restored_drive(disk: &BlockConfig, index: usize, root: Option<&RootOf>) -> Drive {
     let defaults = BlockConfig::new(&disk.path);
     let kestrel = crate::api::KestrelDrive {
         format: (disk.format != defaults.format).then_some(disk.format),
@@ -687,8 +721,11 @@ fn restored_drive(disk: &BlockConfig, index: usize, root: bool) -> Drive {
     };
     Drive {
         drive_id: disk.id.clone().unwrap_or_else(|| format!("drive{index}")),
-        is_root_device: root,
-        partuuid: None,
+        is_root_device: root.is_some(),
+        partuuid: match root {
+            Some(RootOf::Partuuid(partuuid)) => Some(partuuid.clone()),
+            _ => None,
+        },
         cache_type: Some(match disk.cache {
             CacheMode::Unsafe => CacheType::Unsafe,
             CacheMode::Writeback | CacheMode::None => CacheType::Writeback,
@@ -997,6 +1034,52 @@ mod tests {
         let rebuilt = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
         assert_eq!(rebuilt.cmdline, config.cmdline);
         assert_eq!(rebuilt.virtio, config.virtio);
+
+        // A root partition named by its UUID comes back as the drive's partuuid.
+        let config = VmConfig { cmdline: "console=ttyS0 root=PARTUUID=12345678-01 rw".into(), ..config };
+        let resources = VmResources::restored(&config, None);
+        let exported = resources.export();
+        assert_eq!(exported.boot_source.unwrap().boot_args.as_deref(), Some("console=ttyS0"));
+        assert_eq!(exported.drives[0].partuuid.as_deref(), Some("12345678-01"));
+        assert!(exported.drives[0].is_root_device);
+        let rebuilt = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        assert_eq!(rebuilt.cmdline, "console=ttyS0 root=PARTUUID=12345678-01 ro", "the drive is read-only");
+        // Arguments that merely end like a root= are the user's.
+        assert_eq!(split_root("console=ttyS0 ro"), ("console=ttyS0 ro", None));
+        assert_eq!(split_root("root=PARTUUID=x;y rw"), ("root=PARTUUID=x;y rw", None));
+    }
+
+    /// `partuuid` (Firecracker's): the root drive's partition, `root=PARTUUID=` on the command
+    /// line; anything but hexadecimal digits and dashes is refused.
+    #[test]
+    fn a_root_drive_with_a_partuuid_names_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut resources = VmResources::default();
+        resources
+            .set_boot_source(BootSource {
+                kernel_image_path: kernel.to_string_lossy().into(),
+                initrd_path: None,
+                boot_args: Some("console=ttyS0".into()),
+            })
+            .unwrap();
+        let drive = |partuuid: &str| -> Drive {
+            serde_json::from_value(serde_json::json!({"drive_id": "root", "path_on_host": disk,
+                "is_root_device": true, "is_read_only": false, "partuuid": partuuid}))
+            .unwrap()
+        };
+        for bad in ["", "0000-zz", "1 2", &"0".repeat(37)] {
+            assert!(
+                matches!(resources.put_drive("root", drive(bad)), Err(ConfigError::InvalidPartuuid(_))),
+                "{bad:?}"
+            );
+        }
+        resources.put_drive("root", drive("2a6c0f6e-7b3c-4b8e-9d2a-0c4f5e6a7b8c")).unwrap();
+        let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        assert_eq!(config.cmdline, "console=ttyS0 root=PARTUUID=2a6c0f6e-7b3c-4b8e-9d2a-0c4f5e6a7b8c rw");
     }
 
     /// A balloon cannot give back locked or hugetlb memory: the two are refused together when
@@ -1448,5 +1531,20 @@ mod tests {
             error.to_string().contains("Invalid tx_rate_limiter.bandwidth: refill_time is longer"),
             "{error}"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A restored command line (a state file's: hostile) splits without a panic, and the boot
+        /// arguments are what precedes the root drive's words.
+        #[test]
+        fn restored_command_lines_split_without_panic(cmdline in "[ -~]{0,80}( root=(/dev/vda|PARTUUID=[0-9a-f-]{0,40}|[ -~]{0,8}) r[ow])?") {
+            let (args, root) = split_root(&cmdline);
+            proptest::prop_assert!(cmdline.starts_with(args));
+            if root.is_none() {
+                proptest::prop_assert_eq!(args, cmdline.as_str());
+            }
+        }
     }
 }

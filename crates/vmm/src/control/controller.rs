@@ -273,6 +273,7 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::PutBalloon(balloon) => self.configure(|r| r.set_balloon(balloon)),
             VmmRequest::PutEntropy(entropy) => self.configure(|r| r.set_entropy(entropy)),
             VmmRequest::PutCpuConfig(template) => self.configure(|r| r.set_cpu_config(template)),
+            VmmRequest::PutSerial(serial) => self.put_serial(serial),
             VmmRequest::PatchBalloon(update) => self.patch_balloon(update),
             VmmRequest::GetBalloonStats => self.balloon_statistics(),
             VmmRequest::PatchBalloonStats(update) => self.patch_balloon_stats(update),
@@ -455,6 +456,28 @@ impl<L: Launcher> Controller<L> {
             .as_mut()
             .ok_or(ControlError::NotYet("The logger endpoint (use --log-level)"))?;
         hook(logger).map_err(|e| ControlError::Logger(e.to_string()))?;
+        Ok(VmmResponse::NoContent)
+    }
+
+    /// `PUT /serial`: before the start (also before a snapshot load, whose guest's console it
+    /// takes), in place of the command line's `--serial`.
+    fn put_serial(&mut self, serial: model::api::SerialDevice) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        if serial.rate_limiter.as_ref().is_some_and(|limiter| !limiter.is_null()) {
+            return Err(ConfigError::Unsupported(
+                "rate_limiter on the serial device (Kestrel's serial port does not limit the guest's output)"
+                    .into(),
+            )
+            .into());
+        }
+        if let Some(path) = serial.serial_out_path {
+            if path.is_empty() {
+                return Err(ConfigError::EmptyPath { field: "serial_out_path" }.into());
+            }
+            self.settings.serial = SerialConfig::File(path.into());
+        }
         Ok(VmmResponse::NoContent)
     }
 

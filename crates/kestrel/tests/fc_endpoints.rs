@@ -1,7 +1,8 @@
-//! `PUT /cpu-config` (Firecracker's custom CPU template) through the API on KVM: the guest reads
-//! CPUID as the template changed it, a template naming a leaf KVM does not give fails the start
-//! with the leaf's name, and Firecracker's deprecated static templates are refused with the way
-//! to get the same.
+//! Firecracker's endpoints beyond the basics, through the API on KVM: `PUT /cpu-config` (the
+//! guest reads CPUID as the custom template changed it, a template naming a leaf KVM does not
+//! give fails the start with the leaf's name, the deprecated static templates are refused with
+//! the way to get the same), `PUT /serial` (the guest's console goes to the file it names), and
+//! the endpoints Kestrel does not serve answer why.
 
 mod common;
 
@@ -21,9 +22,15 @@ struct Vmm {
 
 impl Vmm {
     fn start(dir: &Path, name: &str) -> Vmm {
+        Vmm::start_with(dir, name, true)
+    }
+
+    /// With `serial_file` false the console goes nowhere unless `PUT /serial` names a file.
+    fn start_with(dir: &Path, name: &str, serial_file: bool) -> Vmm {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
-        let child = start_vmm_with(&socket, &["--serial", &format!("file:{}", log.display())]);
+        let serial = if serial_file { format!("file:{}", log.display()) } else { "none".to_owned() };
+        let child = start_vmm_with(&socket, &["--serial", &serial]);
         let watchdog = Watchdog::within(&child, 2 * HANG_LIMIT);
         Vmm { child, _watchdog: watchdog, socket, log }
     }
@@ -121,4 +128,62 @@ fn a_custom_cpu_template_changes_what_the_guest_reads() {
         ),
         "PUT /cpu-config",
     );
+}
+
+/// `PUT /serial` (pre-boot) sends the guest's console to the file it names, in place of the
+/// command line's `--serial`; a rate limiter is refused with the reason, and so is a change after
+/// the start.
+#[test]
+fn put_serial_sends_the_console_to_its_file() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = Vmm::start_with(dir.path(), "serial", false);
+    assert_fault(
+        request(
+            &vmm.socket,
+            "PUT",
+            "/serial",
+            r#"{"serial_out_path": "/x", "rate_limiter": {"size": 1, "refill_time": 1}}"#,
+        ),
+        "does not limit the guest's output",
+    );
+    let body = serde_json::json!({"serial_out_path": vmm.log});
+    vmm.ok("PUT", "/serial", &body.to_string());
+    vmm.configure();
+    vmm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    // The guest's lines reach the file only through PUT /serial (--serial none).
+    vmm.leaf1();
+    assert_fault(request(&vmm.socket, "PUT", "/serial", &body.to_string()), "not supported after starting");
+}
+
+/// Firecracker's endpoints Kestrel does not serve say why (and what to use instead).
+#[test]
+fn unserved_endpoints_give_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let child = common::api::start_vmm(&socket);
+    let _watchdog = Watchdog::within(&child, HANG_LIMIT);
+    let _vmm = Vmm { child, _watchdog, socket: socket.clone(), log: PathBuf::new() };
+    for (method, path, body, reason) in [
+        ("PUT", "/pmem/p0", r#"{"id": "p0", "path_on_host": "/x"}"#, "no virtio-pmem device"),
+        ("GET", "/hotplug/memory", "", "no virtio-mem device"),
+        ("PATCH", "/balloon/hinting/start", "{}", "no hinting queue"),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "C3"}"#,
+            "custom template",
+        ),
+        (
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "t0", "mtu": 9000}"#,
+            "VIRTIO_NET_F_MTU",
+        ),
+        ("PUT", "/drives/d", r#"{"drive_id": "d", "is_root_device": false, "socket": "/s"}"#, "vhost-user"),
+    ] {
+        assert_fault(request(&socket, method, path, body), reason);
+    }
 }
