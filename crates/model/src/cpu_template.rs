@@ -39,7 +39,6 @@ impl CpuTemplate {
             ("KVM capabilities", self.kvm_capabilities.len()),
             ("CPUID leaf modifiers", self.cpuid_modifiers.len()),
             ("MSR modifiers", self.msr_modifiers.len()),
-            ("CPUID register modifiers", self.cpuid_modifiers.iter().map(|m| m.modifiers.len()).sum()),
         ] {
             if count > MAX_MODIFIERS {
                 return Err(CpuTemplateError::TooMany { what, count });
@@ -63,7 +62,12 @@ impl<'de> Deserialize<'de> for KvmCapability {
             Some(number) => (true, number),
             None => (false, text.as_str()),
         };
-        let number: u32 = number.parse().map_err(|_| {
+        // Decimal digits only (no sign), without leading zeros, at most 9 (KVM's numbers are small).
+        let decimal = !number.is_empty()
+            && number.len() <= 9
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && (number == "0" || !number.starts_with('0'));
+        let number: u32 = number.parse().ok().filter(|_| decimal).ok_or_else(|| {
             D::Error::custom(format!("invalid KVM capability {text:?}: a number, or ! and a number"))
         })?;
         Ok(if remove { KvmCapability::Remove(number) } else { KvmCapability::Add(number) })
@@ -176,16 +180,28 @@ impl<const BITS: u32> Serialize for BitMap<BITS> {
     }
 }
 
-/// A number written as a string: `0x` hex, `0b` binary, or decimal (Firecracker's v1.16 spec).
+/// A number written as a string: `0x` and 1 to 8 hex digits, `0b` and 1 to 32 binary digits, or
+/// decimal without leading zeros (Firecracker's v1.16 spec; no sign, no spaces).
 fn parse_number(text: &str) -> Result<u32, String> {
-    let parsed = if let Some(hex) = text.strip_prefix("0x") {
-        u32::from_str_radix(hex, 16)
-    } else if let Some(binary) = text.strip_prefix("0b") {
-        u32::from_str_radix(binary, 2)
-    } else {
-        text.parse()
+    let invalid = || {
+        format!(
+            "{text:?} is not a 32-bit number (0x and 1-8 hex digits, 0b and 1-32 binary digits, or decimal)"
+        )
     };
-    parsed.map_err(|_| format!("{text:?} is not a 32-bit number (0x..., 0b... or decimal)"))
+    let (digits, radix, most) = if let Some(hex) = text.strip_prefix("0x") {
+        (hex, 16, 8)
+    } else if let Some(binary) = text.strip_prefix("0b") {
+        (binary, 2, 32)
+    } else if text.len() > 1 && text.starts_with('0') {
+        return Err(invalid());
+    } else {
+        (text, 10, 10)
+    };
+    // from_str_radix would also take a sign.
+    if digits.is_empty() || digits.len() > most || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(invalid());
+    }
+    u32::from_str_radix(digits, radix).map_err(|_| invalid())
 }
 
 fn number_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
@@ -247,6 +263,8 @@ mod tests {
                 "unknown variant",
             ),
             (r#"{"kvm_capabilities": ["!x"]}"#, "invalid KVM capability"),
+            (r#"{"kvm_capabilities": ["+5"]}"#, "invalid KVM capability"),
+            (r#"{"kvm_capabilities": ["05"]}"#, "invalid KVM capability"),
             (r#"{"vcpu_features": [{"index": 0, "bitmap": "0b1"}]}"#, "unknown field"),
         ] {
             let error = serde_json::from_str::<CpuTemplate>(body).unwrap_err().to_string();
@@ -281,12 +299,22 @@ mod tests {
             }
         }
 
-        /// Numbers in every notation read back as the number.
+        /// Numbers in every notation read back as the number; signs, leading zeros of a decimal
+        /// and too many digits are refused.
         #[test]
         fn numbers_read_in_every_notation(n in any::<u32>()) {
             prop_assert_eq!(parse_number(&format!("{n:#x}")), Ok(n));
             prop_assert_eq!(parse_number(&format!("{n:#b}")), Ok(n));
             prop_assert_eq!(parse_number(&n.to_string()), Ok(n));
+            for refused in [format!("+{n}"), format!("0x+{n:x}"), format!("0{n}"), format!("0x{n:09x}")] {
+                prop_assert!(parse_number(&refused).is_err(), "{}", refused);
+            }
+        }
+
+        /// Any text is a number or refused, never a panic.
+        #[test]
+        fn number_texts_never_panic(text in "(0x|0b)?[0-9a-fA-F+ -]{0,12}") {
+            let _ = parse_number(&text);
         }
     }
 }
