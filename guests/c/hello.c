@@ -1,6 +1,6 @@
 /*
- * hello: reports what the VMM handed over (entry path, command line, memory, initrd, RTC), then
- * leaves the way `exit=` on the command line asks (default: reset).
+ * hello: reports what the VMM handed over (entry path, command line, memory, initrd, RTC; with
+ * `cpuid=LEAF` a CPUID leaf), then leaves the way `exit=` on the command line asks (default: reset).
  */
 #include "guest.h"
 
@@ -241,6 +241,22 @@ void guest_main(const struct bootinfo *info)
 			outb(0x3FF, (u8)i);
 		print("loops: ");
 		print_dec(n);
+		print("\n");
+	}
+
+	/* `cpuid=LEAF` (decimal): the four registers of that leaf, subleaf 0, as this CPU reads them. */
+	v = cmdline_get(info->cmdline, "cpuid", &len);
+	if (v) {
+		u32 a = (u32)parse_dec(v, len), b, c = 0, d;
+		__asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+		print("cpuid: ");
+		print_hex(a, 8);
+		print(" ");
+		print_hex(b, 8);
+		print(" ");
+		print_hex(c, 8);
+		print(" ");
+		print_hex(d, 8);
 		print("\n");
 	}
 

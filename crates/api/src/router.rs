@@ -81,6 +81,8 @@ fn route(request: &Request) -> Route {
         ["network-interfaces", id] => network_interfaces(request.method, id, body),
         ["vsock"] => put_only(request.method, body, VmmRequest::PutVsock),
         ["entropy"] => put_only(request.method, body, VmmRequest::PutEntropy),
+        ["cpu-config"] => put_only(request.method, body, VmmRequest::PutCpuConfig),
+        ["serial"] => put_only(request.method, body, VmmRequest::PutSerial),
         ["balloon"] => balloon(request.method, body),
         ["balloon", "statistics"] => balloon_statistics(request.method, body),
         ["vm", "config"] => get_only(request.method, VmmRequest::GetVmConfig),
@@ -208,18 +210,23 @@ fn mmds(method: Method, body: &[u8]) -> MaybeRoute {
     }
 }
 
-/// Firecracker's endpoints Kestrel does not serve yet: a clear 400 rather than "invalid path".
+/// Firecracker's endpoints Kestrel does not serve: a 400 that says why, rather than "invalid
+/// path" (docs/api.yaml lists them with the same reasons).
 fn not_implemented(method: Method, segments: &[&str]) -> MaybeRoute {
     use Method::{Get, Patch, Put};
     let what = match (method, segments) {
-        (Put, ["cpu-config"]) => "CPU configuration",
-        (Put, ["serial"]) => "The serial endpoint (use --serial)",
-        (Put | Patch, ["pmem", _]) => "pmem devices",
-        (Put | Patch | Get, ["hotplug", "memory"]) => "Memory hotplug",
-        (Put | Get | Patch, ["balloon", "hinting", _]) => "Balloon free page hinting",
+        (Put | Patch, ["pmem", _]) => {
+            "virtio-pmem (/pmem): Kestrel has no virtio-pmem device; give the image as a drive (PUT /drives)"
+        }
+        (Put | Patch | Get, ["hotplug", "memory"]) => {
+            "Memory hotplug (/hotplug/memory): Kestrel has no virtio-mem device; guest memory is fixed at boot, and a balloon takes it back"
+        }
+        (Put | Get | Patch, ["balloon", "hinting", _]) => {
+            "Balloon free page hinting (/balloon/hinting): Kestrel's balloon has no hinting queue; free_page_reporting returns free memory instead"
+        }
         _ => return None,
     };
-    Some(Err(ControlError::NotYet(what)))
+    Some(Err(ControlError::Config(model::error::ConfigError::Unsupported(what.into()))))
 }
 
 fn invalid_path(request: &Request) -> ControlError {
@@ -296,7 +303,7 @@ mod tests {
             (Method::Put, "/actions", "[]"),
             (Method::Put, "/actions", ""),
             (Method::Get, "/actions", ""),
-            (Method::Put, "/cpu-config", "{}"),
+            (Method::Put, "/cpu-config", r#"{"vcpu_features": []}"#),
             (Method::Get, "/drives/a", ""),
         ] {
             assert_eq!(handle(&router, method, path, body).status, 400, "{path}");

@@ -359,6 +359,7 @@ impl RunArgs {
                 .collect(),
             track_dirty_pages: false,
             host: HostResources { cpus: *self.cpus.placement, memory: self.memory.options },
+            cpu_template: None,
         }
     }
 }

@@ -318,17 +318,8 @@ fn config_file_requests(
         let config: MmdsConfig = section(path, "mmds-config", mmds)?;
         requests.push(VmmRequest::PutMmdsConfig(config));
     }
-    // MERGE: cpu-config is another part's; until it has a request of its own, a file with it is
-    // refused by the same check `kestrel run --config` makes.
-    if file.cpu_config.is_some() {
-        let only_cpu = FullVmConfiguration { cpu_config: file.cpu_config, ..Default::default() };
-        if let Err(e) = model::resources::VmResources::from_file(only_cpu) {
-            return Err(StartupError::Section {
-                path: path.to_owned(),
-                section: "cpu-config",
-                source: serde::de::Error::custom(e),
-            });
-        }
+    if let Some(template) = file.cpu_config {
+        requests.push(VmmRequest::PutCpuConfig(template));
     }
     Ok(())
 }
@@ -501,7 +492,8 @@ mod tests {
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
                 "logger": {"log_path": "/tmp/l", "level": "Debug"}, "metrics": {"metrics_path": "/tmp/m"},
                 "drives": [{"drive_id": "root", "path_on_host": "/d", "is_root_device": true, "is_read_only": false}],
-                "mmds-config": {"network_interfaces": ["eth0"]}}"#,
+                "mmds-config": {"network_interfaces": ["eth0"]},
+                "cpu-config": {"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": []}]}}"#,
         )
         .unwrap();
         let metadata = dir.path().join("md.json");
@@ -527,6 +519,7 @@ mod tests {
                 "PutBootSource",
                 "PutDrive",
                 "PutMmdsConfig",
+                "PutCpuConfig",
                 "PutMmds",
                 "Action"
             ]

@@ -318,6 +318,7 @@ mod tests {
             transport: Default::default(),
             track_dirty_pages: false,
             host: Default::default(),
+            cpu_template: None,
         }
     }
 

@@ -344,6 +344,18 @@ pub struct EntropyDevice {
     pub rate_limiter: Option<serde_json::Value>,
 }
 
+/// `PUT /serial` (pre-boot): where the guest's serial output goes, instead of `--serial`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialDevice {
+    /// A file (created 0600 if missing, appended to) or a named pipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<String>,
+    /// Refused when given: Kestrel's serial port does not limit the guest's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
 /// `PUT /actions`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -544,7 +556,7 @@ pub struct FullVmConfiguration {
     #[serde(rename = "mmds-config", default, skip_serializing_if = "Option::is_none")]
     pub mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default, skip_serializing_if = "Option::is_none")]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<crate::cpu_template::CpuTemplate>,
 }
 
 /// `PUT /snapshot/create`.
@@ -585,6 +597,9 @@ pub struct SnapshotLoadParams {
     pub network_overrides: Vec<NetworkOverride>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_override: Option<VsockOverride>,
+    /// kvmclock goes on by the wall-clock time elapsed since the snapshot (x86_64).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_realtime: bool,
     /// Kestrel's extension: the host file each of the snapshot's drives is to use, so that the
     /// paths a state file names are not opened on its word.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -49,6 +49,10 @@ pub struct VmConfig {
     /// so not saved in a snapshot: a restore takes them from its own side.
     #[serde(skip)]
     pub host: HostResources,
+    /// `PUT /cpu-config`'s custom CPU template, applied to each vCPU's CPUID and MSRs at boot. Not
+    /// saved: a snapshot holds every vCPU's CPUID and MSRs as the template left them.
+    #[serde(skip)]
+    pub cpu_template: Option<crate::cpu_template::CpuTemplate>,
 }
 
 /// The most vCPUs a VM can have (the MP table's and ACPI's limit in Kestrel's layout).
@@ -252,6 +256,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
             host: HostResources::default(),
+            cpu_template: None,
         }
     }
 

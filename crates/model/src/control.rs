@@ -70,6 +70,10 @@ pub enum VmmRequest {
     GetMmds,
     /// `PUT /mmds/config`.
     PutMmdsConfig(MmdsConfig),
+    /// `PUT /cpu-config`: a custom CPU template (pre-boot).
+    PutCpuConfig(crate::cpu_template::CpuTemplate),
+    /// `PUT /serial`: the serial output's file (pre-boot).
+    PutSerial(crate::api::SerialDevice),
 }
 
 /// What a request that succeeded answers.

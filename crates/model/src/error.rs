@@ -24,7 +24,8 @@ pub enum ConfigError {
     InvalidVcpuCount(u8),
     #[error("The memory size (MiB) is invalid: {0}; Kestrel needs at least {MIN_MEMORY_MIB} MiB")]
     InvalidMemorySize(u64),
-    #[error("{0} is not supported by Kestrel yet")]
+    /// What is refused, with the reason (each caller says why).
+    #[error("{0} is not supported by Kestrel")]
     Unsupported(String),
     #[error("A root block device already exists!")]
     RootBlockDeviceAlreadyAdded,
@@ -38,6 +39,12 @@ pub enum ConfigError {
     InvalidTapName(String),
     #[error("Invalid guest_mac: {0}")]
     InvalidMac(#[from] MacError),
+    #[error("{0}")]
+    CpuTemplate(#[from] crate::cpu_template::CpuTemplateError),
+    #[error("Invalid partuuid '{0}': a partition UUID is 1 to 36 hexadecimal digits and dashes")]
+    InvalidPartuuid(String),
+    #[error("The static CPU template {0:?} is not offered by Kestrel: Firecracker deprecated static templates (each masks CPUID for one family of AWS instance CPUs); give the CPUID and MSR masks as a custom template with PUT /cpu-config instead")]
+    StaticCpuTemplate(String),
     #[error("Invalid guest_cid {0}: the CID must be {VSOCK_MIN_CID} to {VSOCK_MAX_CID}")]
     InvalidCid(u64),
     #[error("The balloon's amount_mib ({amount}) is more than the guest's memory ({memory} MiB)")]

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod control;
+pub mod cpu_template;
 pub mod disk;
 pub mod error;
 pub mod host;

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::{
-    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages,
+    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HostExtensions, HugePages,
     MachineConfiguration, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
 };
 use crate::config::{
     BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
     VsockConfig, DEFAULT_CMDLINE, DISK_ID_MAX_BYTES, TAP_NAME_MAX_BYTES, VSOCK_MAX_CID, VSOCK_MIN_CID,
 };
+use crate::cpu_template::CpuTemplate;
 use crate::disk::CacheMode;
 pub use crate::error::ConfigError;
 use crate::rate_limiter::RateLimiterConfig;
@@ -46,6 +47,7 @@ pub struct VmResources {
     vsock: Option<Vsock>,
     balloon: Option<Balloon>,
     entropy: Option<EntropyDevice>,
+    cpu_config: Option<CpuTemplate>,
 }
 
 fn check_id(id: &str) -> Result<(), ConfigError> {
@@ -56,6 +58,34 @@ fn check_id(id: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::InvalidId(id.chars().take(MAX_ID_BYTES).collect()))
+    }
+}
+
+/// A tap's name as the kernel takes it for an interface (`PUT /network-interfaces`'
+/// `host_dev_name`, a snapshot load's `network_overrides`).
+pub fn check_tap_name(name: &str) -> Result<(), ConfigError> {
+    let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
+    if name.is_empty()
+        || name.len() > TAP_NAME_MAX_BYTES
+        || name == "."
+        || name == ".."
+        || name.chars().any(forbidden)
+    {
+        return Err(ConfigError::InvalidTapName(name.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+/// A partition UUID as `root=PARTUUID=` takes it: a GPT UUID, or an MBR disk signature and
+/// partition number (`12345678-01`).
+fn check_partuuid(partuuid: &str) -> Result<(), ConfigError> {
+    let valid = !partuuid.is_empty()
+        && partuuid.len() <= 36
+        && partuuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidPartuuid(partuuid.chars().take(40).collect()))
     }
 }
 
@@ -103,7 +133,7 @@ fn check_file(what: &'static str, field: &'static str, path: &str) -> Result<(),
 fn reject_rate_limiter(value: &Option<serde_json::Value>, field: &str) -> Result<(), ConfigError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(()),
-        Some(_) => Err(ConfigError::Unsupported(field.to_owned())),
+        Some(_) => Err(ConfigError::Unsupported(format!("{field} (the entropy device has no rate limiter)"))),
     }
 }
 
@@ -225,8 +255,8 @@ impl VmResources {
         if config.mem_size_mib < MIN_MEMORY_MIB || config.mem_size_mib.checked_mul(1 << 20).is_none() {
             return Err(ConfigError::InvalidMemorySize(config.mem_size_mib));
         }
-        if config.cpu_template.as_deref().is_some_and(|t| t != "None") {
-            return Err(ConfigError::Unsupported("cpu_template".into()));
+        if let Some(template) = config.cpu_template.as_deref().filter(|t| *t != "None") {
+            return Err(ConfigError::StaticCpuTemplate(template.chars().take(16).collect()));
         }
         // Kestrel's additions are checked as they come, against this request's vCPUs and memory.
         let host = config.host_resources()?;
@@ -254,14 +284,16 @@ impl VmResources {
     pub fn put_drive(&mut self, path_id: &str, drive: Drive) -> Result<(), ConfigError> {
         check_path_id(path_id, &drive.drive_id)?;
         if drive.socket.is_some() {
-            return Err(ConfigError::Unsupported("vhost-user-block (socket)".into()));
+            return Err(ConfigError::Unsupported(
+                "vhost-user-block (socket): Kestrel has no vhost-user front end; give the image as path_on_host".into(),
+            ));
         }
         let (Some(_), Some(path)) = (drive.is_read_only, &drive.path_on_host) else {
             return Err(ConfigError::MissingDriveField);
         };
         check_file("drive", "path_on_host", path)?;
-        if drive.partuuid.is_some() {
-            return Err(ConfigError::Unsupported("partuuid".into()));
+        if let Some(partuuid) = &drive.partuuid {
+            check_partuuid(partuuid)?;
         }
         drive_config(&drive)?;
         if drive.is_root_device
@@ -328,20 +360,14 @@ impl VmResources {
     ) -> Result<(), ConfigError> {
         check_path_id(path_id, &iface.iface_id)?;
         let name = &iface.host_dev_name;
-        let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
-        if name.is_empty()
-            || name.len() > TAP_NAME_MAX_BYTES
-            || name == "."
-            || name == ".."
-            || name.chars().any(forbidden)
-        {
-            return Err(ConfigError::InvalidTapName(name.chars().take(64).collect()));
-        }
+        check_tap_name(name)?;
         if let Some(mac) = &iface.guest_mac {
             mac.parse::<MacAddress>().map_err(ConfigError::InvalidMac)?;
         }
         if iface.mtu.is_some() {
-            return Err(ConfigError::Unsupported("mtu".into()));
+            return Err(ConfigError::Unsupported(
+                "mtu (its virtio-net does not offer VIRTIO_NET_F_MTU; set the MTU inside the guest)".into(),
+            ));
         }
         net_config(&iface)?;
         let others = || self.network_interfaces.iter().filter(|i| i.iface_id != iface.iface_id);
@@ -409,7 +435,9 @@ impl VmResources {
     /// `PUT /balloon`.
     pub fn set_balloon(&mut self, balloon: Balloon) -> Result<(), ConfigError> {
         if balloon.free_page_hinting {
-            return Err(ConfigError::Unsupported("free_page_hinting".into()));
+            return Err(ConfigError::Unsupported(
+                "free_page_hinting (its balloon has no hinting queue; free_page_reporting returns free memory)".into(),
+            ));
         }
         // As Firecracker does: refused now rather than at InstanceStart.
         check_balloon_memory(&self.machine_config.host_resources()?.memory)?;
@@ -446,6 +474,14 @@ impl VmResources {
         Ok(())
     }
 
+    /// `PUT /cpu-config`: a custom CPU template, checked here and applied by the engine at boot
+    /// (where a CPUID leaf or MSR it names turns out not to exist on this host).
+    pub fn set_cpu_config(&mut self, template: CpuTemplate) -> Result<(), ConfigError> {
+        template.validate()?;
+        self.cpu_config = Some(template);
+        Ok(())
+    }
+
     /// What `GET /vm/config` returns. Each drive shows the cache type and I/O engine it has, as
     /// Firecracker's does, also where the request left them out.
     pub fn export(&self) -> FullVmConfiguration {
@@ -457,6 +493,7 @@ impl VmResources {
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
             entropy: self.entropy.clone(),
+            cpu_config: self.cpu_config.clone(),
             ..FullVmConfiguration::default()
         }
     }
@@ -468,14 +505,20 @@ impl VmResources {
     /// order. A drive whose ID was longer than the 20 bytes a disk's serial keeps is known by
     /// those 20 bytes; a device saved without an ID (a command-line VM) gets `drive<N>` or its
     /// tap's name.
-    pub fn restored(config: &VmConfig) -> VmResources {
+    pub fn restored(config: &VmConfig, host: Option<HostExtensions>) -> VmResources {
         let mut resources = VmResources::default();
-        let root = config.cmdline.split_whitespace().any(|word| word == "root=/dev/vda");
+        let (boot_args, root) = split_root(&config.cmdline);
+        resources.boot_source = Some(BootSource {
+            kernel_image_path: config.kernel.to_string_lossy().into_owned(),
+            initrd_path: config.initrd.as_ref().map(|path| path.to_string_lossy().into_owned()),
+            boot_args: Some(boot_args.to_owned()),
+        });
         let mut disks = 0;
         for device in &config.virtio {
             match device {
                 VirtioConfig::Block(disk) => {
-                    resources.drives.push(restored_drive(disk, disks, root && disks == 0));
+                    let root = root.as_ref().filter(|_| disks == 0);
+                    resources.drives.push(restored_drive(disk, disks, root));
                     disks += 1;
                 }
                 VirtioConfig::Net(net) => {
@@ -503,10 +546,13 @@ impl VmResources {
                 }
             }
         }
+        // SMT and CPU templates are not offered (always off, `None`), so they were as here; huge
+        // pages and the other host choices are the load's (`x-kestrel`), not the snapshot's.
         resources.machine_config = MachineConfiguration {
             vcpu_count: config.vcpus,
             mem_size_mib: config.memory_bytes >> 20,
             track_dirty_pages: config.track_dirty_pages,
+            kestrel: host.map(Box::new),
             ..MachineConfiguration::default()
         };
         resources
@@ -524,7 +570,6 @@ impl VmResources {
             (file.logger.is_some(), "the logger section"),
             (file.metrics.is_some(), "the metrics section"),
             (file.mmds_config.is_some(), "the mmds-config section"),
-            (file.cpu_config.is_some(), "the cpu-config section"),
         ] {
             if present {
                 return Err(ConfigError::Unsupported(name.into()));
@@ -554,6 +599,9 @@ impl VmResources {
         if let Some(entropy) = file.entropy {
             resources.set_entropy(entropy)?;
         }
+        if let Some(template) = file.cpu_config {
+            resources.set_cpu_config(template)?;
+        }
         Ok(resources)
     }
 
@@ -569,11 +617,12 @@ impl VmResources {
         let mut cmdline = boot.boot_args.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
         let root = self.drives.iter().find(|d| d.is_root_device);
         if let Some(root) = root {
-            cmdline.push_str(if root.is_read_only == Some(true) {
-                " root=/dev/vda ro"
-            } else {
-                " root=/dev/vda rw"
-            });
+            // As Firecracker: the partition the UUID names on the root drive, else the drive.
+            match &root.partuuid {
+                Some(partuuid) => cmdline.push_str(&format!(" root=PARTUUID={partuuid}")),
+                None => cmdline.push_str(" root=/dev/vda"),
+            }
+            cmdline.push_str(if root.is_read_only == Some(true) { " ro" } else { " rw" });
         }
         if cmdline.len() > MAX_CMDLINE_BYTES {
             return Err(ConfigError::CmdlineTooLong(cmdline.len()));
@@ -614,6 +663,7 @@ impl VmResources {
             transport,
             track_dirty_pages: self.machine_config.track_dirty_pages,
             host: self.machine_config.host_resources()?,
+            cpu_template: self.cpu_config.clone(),
         };
         config.validate()?;
         Ok(config)
@@ -632,27 +682,60 @@ fn check_balloon_memory(memory: &crate::host::MemoryOptions) -> Result<(), Confi
     Ok(())
 }
 
+/// How a root drive ends the command line: `root=/dev/vda` or `root=PARTUUID=...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RootOf {
+    Drive,
+    Partuuid(String),
+}
+
+/// A restored VM's command line split into the boot arguments `PUT /boot-source` gave and the
+/// root drive's `root=... ro|rw` that `to_vm_config` added to them, if it did.
+fn split_root(cmdline: &str) -> (&str, Option<RootOf>) {
+    let Some(rest) = cmdline.strip_suffix(" ro").or_else(|| cmdline.strip_suffix(" rw")) else {
+        return (cmdline, None);
+    };
+    let Some((args, root)) = rest.rsplit_once(' ') else { return (cmdline, None) };
+    match root.strip_prefix("root=") {
+        Some("/dev/vda") => (args, Some(RootOf::Drive)),
+        Some(other) => match other.strip_prefix("PARTUUID=").filter(|p| check_partuuid(p).is_ok()) {
+            Some(partuuid) => (args, Some(RootOf::Partuuid(partuuid.to_owned()))),
+            None => (cmdline, None),
+        },
+        None => (cmdline, None),
+    }
+}
+
 /// The API drive of a restored VM's disk `index`: every option the disk has, so that
-/// [`drive_config`] gives the disk back.
-fn restored_drive(disk: &BlockConfig, index: usize, root: bool) -> Drive {
+/// [`drive_config`] gives the disk back; `x-kestrel` holds only the options that are not the
+/// defaults (as a drive configured without them shows).
+fn restored_drive(disk: &BlockConfig, index: usize, root: Option<&RootOf>) -> Drive {
+    let defaults = BlockConfig::new(&disk.path);
+    let kestrel = crate::api::KestrelDrive {
+        format: (disk.format != defaults.format).then_some(disk.format),
+        // `none` has no `cache_type` of its own.
+        cache: (disk.cache == CacheMode::None).then_some(disk.cache),
+        allow_backing: (disk.allow_backing != defaults.allow_backing).then_some(disk.allow_backing),
+        num_queues: (disk.num_queues != defaults.num_queues).then_some(disk.num_queues),
+        poll_us: disk.poll_us,
+    };
     Drive {
         drive_id: disk.id.clone().unwrap_or_else(|| format!("drive{index}")),
-        is_root_device: root,
-        partuuid: None,
-        // `x-kestrel`'s cache says it all (`none` has no `cache_type` of its own).
-        cache_type: None,
+        is_root_device: root.is_some(),
+        partuuid: match root {
+            Some(RootOf::Partuuid(partuuid)) => Some(partuuid.clone()),
+            _ => None,
+        },
+        cache_type: Some(match disk.cache {
+            CacheMode::Unsafe => CacheType::Unsafe,
+            CacheMode::Writeback | CacheMode::None => CacheType::Writeback,
+        }),
         is_read_only: Some(disk.read_only),
         path_on_host: Some(disk.path.to_string_lossy().into_owned()),
         rate_limiter: disk.rate_limiter,
         io_engine: Some(disk.io_engine),
         socket: None,
-        kestrel: Some(crate::api::KestrelDrive {
-            format: Some(disk.format),
-            cache: Some(disk.cache),
-            allow_backing: Some(disk.allow_backing),
-            num_queues: Some(disk.num_queues),
-            poll_us: disk.poll_us,
-        }),
+        kestrel: (kestrel != crate::api::KestrelDrive::default()).then_some(kestrel),
     }
 }
 
@@ -903,14 +986,100 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
             host: Default::default(),
+            cpu_template: None,
         };
-        let resources = VmResources::restored(&config);
+        let resources = VmResources::restored(&config, None);
         let drives: Vec<_> = resources.drives_in_vm_order().map(|d| drive_config(d).unwrap()).collect();
         assert_eq!(drives[1], disk);
         assert_eq!(drives[0].id.as_deref(), Some("root"));
         assert!(!resources.drives[0].is_root_device, "no root= on the command line");
         assert_eq!(net_config(&resources.network_interfaces[0]).unwrap(), net);
         assert_eq!(resources.machine_config().vcpu_count, 2);
+    }
+
+    /// A restored VM's configuration reads as the requests that built it: the boot source's
+    /// arguments without the root drive's `root=`, a drive of default options without
+    /// `x-kestrel`, the load's host choices; and it builds the same VM again.
+    #[test]
+    fn a_restored_configuration_reads_as_the_requests_gave_it() {
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0 root=/dev/vda ro".into(),
+            vcpus: 2,
+            memory_bytes: 256 << 20,
+            serial: SerialConfig::None,
+            virtio: vec![VirtioConfig::Block(BlockConfig {
+                id: Some("rootfs".into()),
+                read_only: true,
+                ..BlockConfig::new("/r")
+            })],
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: true,
+            host: Default::default(),
+            cpu_template: None,
+        };
+        let host = HostExtensions { vcpu_realtime_priority: Some(5), ..HostExtensions::default() };
+        let resources = VmResources::restored(&config, Some(host.clone()));
+        let exported = resources.export();
+        let boot = exported.boot_source.as_ref().unwrap();
+        assert_eq!(boot.boot_args.as_deref(), Some("console=ttyS0"));
+        assert_eq!(boot.initrd_path.as_deref(), Some("/i"));
+        assert_eq!(exported.drives[0].kestrel, None);
+        assert!(exported.drives[0].is_root_device);
+        assert_eq!(exported.drives[0].cache_type, Some(CacheType::Writeback));
+        let machine = exported.machine_config.as_ref().unwrap();
+        assert_eq!((machine.vcpu_count, machine.mem_size_mib, machine.track_dirty_pages), (2, 256, true));
+        assert_eq!(machine.kestrel.as_deref(), Some(&host));
+        let rebuilt = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        assert_eq!(rebuilt.cmdline, config.cmdline);
+        assert_eq!(rebuilt.virtio, config.virtio);
+
+        // A root partition named by its UUID comes back as the drive's partuuid.
+        let config = VmConfig { cmdline: "console=ttyS0 root=PARTUUID=12345678-01 rw".into(), ..config };
+        let resources = VmResources::restored(&config, None);
+        let exported = resources.export();
+        assert_eq!(exported.boot_source.unwrap().boot_args.as_deref(), Some("console=ttyS0"));
+        assert_eq!(exported.drives[0].partuuid.as_deref(), Some("12345678-01"));
+        assert!(exported.drives[0].is_root_device);
+        let rebuilt = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        assert_eq!(rebuilt.cmdline, "console=ttyS0 root=PARTUUID=12345678-01 ro", "the drive is read-only");
+        // Arguments that merely end like a root= are the user's.
+        assert_eq!(split_root("console=ttyS0 ro"), ("console=ttyS0 ro", None));
+        assert_eq!(split_root("root=PARTUUID=x;y rw"), ("root=PARTUUID=x;y rw", None));
+    }
+
+    /// `partuuid` (Firecracker's): the root drive's partition, `root=PARTUUID=` on the command
+    /// line; anything but hexadecimal digits and dashes is refused.
+    #[test]
+    fn a_root_drive_with_a_partuuid_names_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut resources = VmResources::default();
+        resources
+            .set_boot_source(BootSource {
+                kernel_image_path: kernel.to_string_lossy().into(),
+                initrd_path: None,
+                boot_args: Some("console=ttyS0".into()),
+            })
+            .unwrap();
+        let drive = |partuuid: &str| -> Drive {
+            serde_json::from_value(serde_json::json!({"drive_id": "root", "path_on_host": disk,
+                "is_root_device": true, "is_read_only": false, "partuuid": partuuid}))
+            .unwrap()
+        };
+        for bad in ["", "0000-zz", "1 2", &"0".repeat(37)] {
+            assert!(
+                matches!(resources.put_drive("root", drive(bad)), Err(ConfigError::InvalidPartuuid(_))),
+                "{bad:?}"
+            );
+        }
+        resources.put_drive("root", drive("2a6c0f6e-7b3c-4b8e-9d2a-0c4f5e6a7b8c")).unwrap();
+        let config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        assert_eq!(config.cmdline, "console=ttyS0 root=PARTUUID=2a6c0f6e-7b3c-4b8e-9d2a-0c4f5e6a7b8c rw");
     }
 
     /// A balloon cannot give back locked or hugetlb memory: the two are refused together when
@@ -1362,5 +1531,20 @@ mod tests {
             error.to_string().contains("Invalid tx_rate_limiter.bandwidth: refill_time is longer"),
             "{error}"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A restored command line (a state file's: hostile) splits without a panic, and the boot
+        /// arguments are what precedes the root drive's words.
+        #[test]
+        fn restored_command_lines_split_without_panic(cmdline in "[ -~]{0,80}( root=(/dev/vda|PARTUUID=[0-9a-f-]{0,40}|[ -~]{0,8}) r[ow])?") {
+            let (args, root) = split_root(&cmdline);
+            proptest::prop_assert!(cmdline.starts_with(args));
+            if root.is_none() {
+                proptest::prop_assert_eq!(args, cmdline.as_str());
+            }
+        }
     }
 }

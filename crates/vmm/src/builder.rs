@@ -14,6 +14,7 @@ use devices::legacy::{Cmos, PowerManagement, Serial, I8042};
 use devices::{Bus, BusDevice};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use model::api::MemoryBackendType;
 use virtio::snapshot::SnapshotTransport;
 use virtio::GuestRam;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -25,7 +26,7 @@ use crate::pci_devices::PciBus;
 use crate::snapshot::{self, restore_checks, vcpu_state, SnapshotError, SnapshotSources, VmState};
 use crate::vcpu::VcpuShared;
 use crate::vm::Vm;
-use crate::{kernel, kvm_err, memory, virtio_devices, Error, Result};
+use crate::{cpu_template, kernel, kvm_err, memory, virtio_devices, Error, Result};
 
 /// The KVM device node.
 const KVM_PATH: &str = "/dev/kvm";
@@ -82,7 +83,7 @@ pub fn build_with(config: &VmConfig, options: BuildOptions) -> Result<Vm> {
     }
     let mut controls = virtio_devices::VirtioControls::default();
     let (transports, _pci) = attach_virtio(config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
-    let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
+    let vcpus = create_vcpus(&kvm, &vm, &memory, config, entry)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(config, options.boot_timer)
 }
@@ -95,12 +96,22 @@ pub struct RestoreOptions {
     pub serial: SerialConfig,
     /// Log the guest's writes from now on, so later diff snapshots are possible.
     pub track_dirty_pages: bool,
+    /// Where guest RAM comes from: the memory file (`File`), or a page-fault handler listening on
+    /// the memory path, a Unix socket (`Uffd`, Firecracker's protocol: see [`crate::uffd`]).
+    pub memory_backend: MemoryBackendType,
+    /// Firecracker's `clock_realtime`: kvmclock goes on by the wall-clock time since the
+    /// snapshot (`KVM_CLOCK_REALTIME`) instead of from where it stopped.
+    pub clock_realtime: bool,
     /// The vsock device's Unix socket, if it is to differ from the saved one.
     pub vsock_uds: Option<PathBuf>,
     /// Host files for the snapshot's disks, by drive ID, in place of the paths the state file
     /// names (which may not be this host's, and are not to be trusted blindly). Either way the
     /// file must be a regular file or a block device of the capacity the guest saw.
     pub drive_paths: BTreeMap<String, PathBuf>,
+    /// Taps for the snapshot's network cards, by interface ID, in place of the saved ones
+    /// (Firecracker's `network_overrides`): the restored VM may run beside its original, or on
+    /// another host.
+    pub tap_names: BTreeMap<String, String>,
     /// What backs the restored guest's RAM and where its threads run: this side's choice (a
     /// snapshot does not carry it). Anonymous memory maps the memory file copy-on-write; a memfd
     /// or hugetlb backend gets fresh memory with the file's contents copied in.
@@ -121,9 +132,11 @@ pub struct PreparedRestore {
     state: VmState,
     config: VmConfig,
     memory: GuestRam,
+    clock_realtime: bool,
 }
 
-/// The first half of [`restore`]: reads and checks the state file, maps the memory file.
+/// The first half of [`restore`]: reads and checks the state file, maps the memory file (or, with
+/// the `Uffd` backend, hands fresh guest RAM to the page-fault handler at `memory_path`).
 pub fn prepare_restore(
     state_path: &Path,
     memory_path: &Path,
@@ -131,19 +144,31 @@ pub fn prepare_restore(
 ) -> Result<PreparedRestore> {
     let state = snapshot::read_state_file(state_path)?;
     let config = restored_config(&state, options)?;
-    let memory = match config.host.memory.backend {
-        crate::config::RamBackend::Anonymous => {
+    let memory = match (options.memory_backend, config.host.memory.backend) {
+        (MemoryBackendType::Uffd, backend) => {
+            if config.host.memory.mlock {
+                return Err(crate::uffd::UffdError::Mlock.into());
+            }
+            let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
+            let page_size = match backend {
+                crate::config::RamBackend::HugeTlb(page) => page.bytes() as usize,
+                _ => 4096,
+            };
+            crate::uffd::hand_to_handler(&memory, &state.memory, page_size, memory_path)?;
+            memory
+        }
+        (MemoryBackendType::File, crate::config::RamBackend::Anonymous) => {
             let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
             memory::advise(&memory, &config.host.memory)?;
             memory
         }
-        _ => {
+        (MemoryBackendType::File, _) => {
             let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
             memory::fill_from_file(&memory, memory_path, &state.memory)?;
             memory
         }
     };
-    Ok(PreparedRestore { state, config, memory })
+    Ok(PreparedRestore { state, config, memory, clock_realtime: options.clock_realtime })
 }
 
 impl PreparedRestore {
@@ -154,7 +179,7 @@ impl PreparedRestore {
 
     /// Builds the VM.
     pub fn finish(self) -> Result<Vm> {
-        restore_into(&self.state, &self.config, self.memory)
+        restore_into(&self.state, &self.config, self.memory, self.clock_realtime)
     }
 }
 
@@ -170,7 +195,7 @@ pub fn restore_from_streams(
     let config = restored_config(&state, options)?;
     let ram = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
     snapshot::memory_stream::read_memory(&ram, memory)?;
-    restore_into(&state, &config, ram)
+    restore_into(&state, &config, ram, options.clock_realtime)
 }
 
 /// The configuration a restore builds from: the saved one with this process's options, every
@@ -192,6 +217,8 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
             }
         }
     }
+    restore_checks::apply_tap_names(&mut config, &options.tap_names)?;
+    config.validate()?;
     check_vcpu_count(config.vcpus)?;
     if state.vcpus.len() != usize::from(config.vcpus) {
         return Err(SnapshotError::Invalid("vCPU list (it does not match the vCPU count)").into());
@@ -206,7 +233,7 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
 }
 
 /// Builds the VM of a checked state over its guest RAM.
-fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<Vm> {
+fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam, clock_realtime: bool) -> Result<Vm> {
     let mmio_slots = mmio_slots(config, 0)?;
     let (kvm, vm) = create_kvm_vm(config, &memory)?;
     let devices = LegacyDevices::create(config, &vm, Some(state))?;
@@ -239,7 +266,7 @@ fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<
         .map_err(|_| SnapshotError::Invalid("IOAPIC lock"))?
         .restore(&state.ioapic)
         .map_err(|e| SnapshotError::Restore { what: "the IOAPIC".into(), reason: e.to_string() })?;
-    snapshot::restore_clock(&vm, &state.clock)?;
+    snapshot::restore_clock(&vm, &state.clock, clock_realtime)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
     parts.into_vm(config, false)
 }
@@ -373,7 +400,19 @@ fn check_vcpu_count(vcpus: u8) -> Result<()> {
 
 /// Creates every vCPU with its CPUID, MSRs and local APIC set up; only vCPU 0 gets boot registers,
 /// the others wait for the guest's INIT-SIPI-SIPI as on real hardware.
-fn create_vcpus(kvm: &Kvm, vm: &VmFd, memory: &GuestRam, count: u8, entry: BootEntry) -> Result<Vec<VcpuFd>> {
+/// A custom CPU template (`PUT /cpu-config`) changes each vCPU's CPUID and MSRs on top.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    memory: &GuestRam,
+    config: &VmConfig,
+    entry: BootEntry,
+) -> Result<Vec<VcpuFd>> {
+    let count = config.vcpus;
+    let template = config.cpu_template.as_ref();
+    if let Some(template) = template {
+        cpu_template::check_capabilities(kvm, template)?;
+    }
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut tsc_khz = None;
@@ -383,9 +422,15 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, memory: &GuestRam, count: u8, entry: BootE
             if index == 0 {
                 tsc_khz = guest_tsc_khz(&vcpu);
             }
-            let cpuid = arch::cpuid::filter_for_vcpu(&supported, index, count, tsc_khz)?;
+            let mut cpuid = arch::cpuid::filter_for_vcpu(&supported, index, count, tsc_khz)?;
+            if let Some(template) = template {
+                cpu_template::apply_to_cpuid(&mut cpuid, template)?;
+            }
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             arch::msrs::setup_msrs(&vcpu)?;
+            if let Some(template) = template {
+                cpu_template::apply_to_msrs(&vcpu, template)?;
+            }
             arch::interrupts::set_lint(&vcpu)?;
             if index == 0 {
                 arch::regs::setup_boot_vcpu(&vcpu, memory, entry)?;

@@ -523,6 +523,7 @@ mod tests {
             transport: Default::default(),
             track_dirty_pages: false,
             host: Default::default(),
+            cpu_template: None,
         };
         let files = BootFiles::open(&config).unwrap();
         let entry = load_boot_image(&config, files, &mem, "").unwrap();

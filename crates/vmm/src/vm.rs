@@ -460,6 +460,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages: false,
             host: Default::default(),
+            cpu_template: None,
         };
         let vm = crate::builder::build(&config).unwrap();
         let handle = vm.handle();

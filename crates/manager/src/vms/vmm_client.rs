@@ -208,6 +208,7 @@ impl Vmm<'_> {
                 })
                 .collect(),
             vsock_override: vsock_socket.map(|p| api::VsockOverride { uds_path: p.display().to_string() }),
+            clock_realtime: false,
             drive_overrides: disks
                 .iter()
                 .map(|d| api::DriveOverride {

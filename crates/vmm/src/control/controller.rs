@@ -272,6 +272,8 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::PutVsock(vsock) => self.configure(|r| r.set_vsock(vsock)),
             VmmRequest::PutBalloon(balloon) => self.configure(|r| r.set_balloon(balloon)),
             VmmRequest::PutEntropy(entropy) => self.configure(|r| r.set_entropy(entropy)),
+            VmmRequest::PutCpuConfig(template) => self.configure(|r| r.set_cpu_config(template)),
+            VmmRequest::PutSerial(serial) => self.put_serial(serial),
             VmmRequest::PatchBalloon(update) => self.patch_balloon(update),
             VmmRequest::GetBalloonStats => self.balloon_statistics(),
             VmmRequest::PatchBalloonStats(update) => self.patch_balloon_stats(update),
@@ -461,6 +463,28 @@ impl<L: Launcher> Controller<L> {
         Ok(VmmResponse::NoContent)
     }
 
+    /// `PUT /serial`: before the start (also before a snapshot load, whose guest's console it
+    /// takes), in place of the command line's `--serial`.
+    fn put_serial(&mut self, serial: model::api::SerialDevice) -> Answer {
+        if self.started() {
+            return Err(ControlError::NotSupportedAfterStart);
+        }
+        if serial.rate_limiter.as_ref().is_some_and(|limiter| !limiter.is_null()) {
+            return Err(ConfigError::Unsupported(
+                "rate_limiter on the serial device (Kestrel's serial port does not limit the guest's output)"
+                    .into(),
+            )
+            .into());
+        }
+        if let Some(path) = serial.serial_out_path {
+            if path.is_empty() {
+                return Err(ConfigError::EmptyPath { field: "serial_out_path" }.into());
+            }
+            self.settings.serial = SerialConfig::File(path.into());
+        }
+        Ok(VmmResponse::NoContent)
+    }
+
     /// `PUT /metrics`: before the start, once (Firecracker's rules; the writer enforces "once").
     fn put_metrics(&mut self, path: &Path) -> Answer {
         if self.started() {
@@ -514,14 +538,13 @@ impl<L: Launcher> Controller<L> {
         if self.configured {
             return Err(ControlError::ConfiguredBeforeLoad);
         }
-        let memory_path = match (params.mem_file_path, params.mem_backend) {
-            (Some(path), None) => path,
-            (None, Some(backend)) if backend.backend_type == MemoryBackendType::File => backend.backend_path,
-            (None, Some(_)) => return Err(ControlError::NotYet("The Uffd memory backend")),
+        let (memory_backend, memory_path) = match (params.mem_file_path, params.mem_backend) {
+            (Some(path), None) => (MemoryBackendType::File, path),
+            (None, Some(backend)) => (backend.backend_type, backend.backend_path),
             _ => return Err(ControlError::MemorySource),
         };
-        if !params.network_overrides.is_empty() {
-            return Err(ControlError::NotYet("network_overrides"));
+        for card in &params.network_overrides {
+            model::resources::check_tap_name(&card.host_dev_name)?;
         }
         let host = match &params.kestrel {
             Some(extensions) => extensions.host_resources(None)?,
@@ -529,15 +552,19 @@ impl<L: Launcher> Controller<L> {
         };
         let drive_paths =
             params.drive_overrides.into_iter().map(|o| (o.drive_id, PathBuf::from(o.path_on_host))).collect();
+        let tap_names = params.network_overrides.into_iter().map(|o| (o.iface_id, o.host_dev_name)).collect();
         let restored = RestoredConfig::default();
         let launch = Launch::Restore {
             state_path: params.snapshot_path.into(),
             memory_path: memory_path.into(),
             options: RestoreOptions {
                 serial: self.settings.serial.clone(),
+                memory_backend,
+                clock_realtime: params.clock_realtime,
                 track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
                 drive_paths,
+                tap_names,
                 host,
             },
             resume: params.resume_vm,
@@ -546,7 +573,7 @@ impl<L: Launcher> Controller<L> {
         let vm = self.launcher.launch(launch).map_err(vm_error("Cannot load the snapshot"))?;
         // The restored devices, for the requests that name them by ID.
         if let Some(config) = restored.get() {
-            self.resources = VmResources::restored(config);
+            self.resources = VmResources::restored(config, params.kestrel.map(|extensions| *extensions));
         }
         self.vm = Some(vm);
         self.state = if params.resume_vm { InstanceState::Running } else { InstanceState::Paused };

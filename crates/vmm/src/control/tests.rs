@@ -364,6 +364,7 @@ fn a_restored_vms_drives_cards_and_balloon_can_be_patched() {
         transport: VirtioTransport::Mmio,
         track_dirty_pages: false,
         host: Default::default(),
+        cpu_template: None,
     };
     config.validate().unwrap();
     let (sender, receiver) = channel().unwrap();

@@ -101,6 +101,9 @@ fn restore_without_kvm(state: &VmState) {
         track_dirty_pages: false,
         vsock_uds: None,
         drive_paths: BTreeMap::new(),
+        tap_names: BTreeMap::new(),
+        memory_backend: model::api::MemoryBackendType::File,
+        clock_realtime: false,
         host: Default::default(),
     };
     let _ = restored_config(state, &options);

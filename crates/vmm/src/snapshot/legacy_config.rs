@@ -73,6 +73,7 @@ impl From<VmConfigV2> for VmConfig {
             transport: old.transport,
             track_dirty_pages: old.track_dirty_pages,
             host: Default::default(),
+            cpu_template: None,
         }
     }
 }
@@ -181,6 +182,7 @@ impl From<VmConfigV3> for VmConfig {
             transport: old.transport,
             track_dirty_pages: old.track_dirty_pages,
             host: Default::default(),
+            cpu_template: None,
         }
     }
 }

@@ -103,6 +103,11 @@ pub enum SnapshotError {
     Disk { drive: String, path: PathBuf, problem: restore_checks::DiskProblem },
     #[error("the snapshot has no drive {0:?} to override")]
     UnknownDrive(String),
+    #[error("clock_realtime: the snapshot's clock carries no wall-clock time (the saving host's clock source is not TSC-based), so it cannot be advanced by the time elapsed")]
+    NoRealtimeClock,
+    /// Firecracker's words come first: clients match on them.
+    #[error("Unknown Network Device: the snapshot has no network interface {0:?} to override")]
+    UnknownNetworkDevice(String),
     #[error("the memory stream has a run of {bytes} bytes at {address:#x}, outside the saved memory layout")]
     MemoryRun { address: u64, bytes: u64 },
 }
@@ -413,16 +418,63 @@ impl SnapshotSources {
     }
 }
 
-/// Restores the VM-wide KVM clock (kvmclock's base), so guest time continues from the snapshot.
-pub(crate) fn restore_clock(vm: &VmFd, saved: &kvm_clock_data) -> Result<(), SnapshotError> {
-    // Only the clock value is restored: the flags describe the saving host's TSC.
-    let clock = kvm_clock_data { clock: saved.clock, ..Default::default() };
+/// Restores the VM-wide KVM clock (kvmclock's base), so guest time continues from the snapshot;
+/// with `realtime` (Firecracker's `clock_realtime`), advanced by the wall-clock time elapsed since
+/// it was saved, which KVM computes from the saved host time (`KVM_CLOCK_REALTIME`).
+pub(crate) fn restore_clock(vm: &VmFd, saved: &kvm_clock_data, realtime: bool) -> Result<(), SnapshotError> {
+    use kvm_bindings::KVM_CLOCK_REALTIME;
+    // Otherwise only the clock value is restored: the flags describe the saving host's TSC.
+    let clock = if realtime {
+        if saved.flags & KVM_CLOCK_REALTIME == 0 {
+            return Err(SnapshotError::NoRealtimeClock);
+        }
+        kvm_clock_data {
+            clock: saved.clock,
+            realtime: saved.realtime,
+            flags: KVM_CLOCK_REALTIME,
+            ..Default::default()
+        }
+    } else {
+        kvm_clock_data { clock: saved.clock, ..Default::default() }
+    };
     vm.set_clock(&clock).map_err(|source| SnapshotError::Kvm { call: "KVM_SET_CLOCK", source })
 }
 
 #[cfg(test)]
 mod tests {
     use vm_memory::{Bytes, GuestAddress};
+
+    /// `clock_realtime`: a saved clock without wall-clock time is refused with the reason; one
+    /// saved ten seconds ago (by the host's wall clock) comes back at least ten seconds on, and
+    /// without `clock_realtime` where it was.
+    #[test]
+    fn clock_realtime_advances_the_clock_by_the_time_elapsed() {
+        use kvm_bindings::{kvm_clock_data, KVM_CLOCK_REALTIME};
+        if !crate::testing::kvm_available() {
+            return;
+        }
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        let without = kvm_clock_data { clock: 1_000_000_000, ..Default::default() };
+        let error = super::restore_clock(&kvm.create_vm().unwrap(), &without, true).unwrap_err();
+        assert!(matches!(error, super::SnapshotError::NoRealtimeClock), "{error}");
+        let now = kvm.create_vm().unwrap().get_clock().unwrap();
+        if now.flags & KVM_CLOCK_REALTIME == 0 {
+            // A nested host's KVM often has no TSC clock source: its snapshots never carry the
+            // wall-clock time, and a load with clock_realtime is refused as above.
+            eprintln!("this host's KVM clock has no wall-clock time: only the refusal is checked");
+            return;
+        }
+        let ten_seconds = 10_000_000_000;
+        let saved = kvm_clock_data { realtime: now.realtime - ten_seconds, flags: now.flags, ..without };
+        let vm = kvm.create_vm().unwrap();
+        super::restore_clock(&vm, &saved, true).unwrap();
+        let restored = vm.get_clock().unwrap().clock;
+        assert!(restored >= saved.clock + ten_seconds, "{restored}");
+        let vm = kvm.create_vm().unwrap();
+        super::restore_clock(&vm, &saved, false).unwrap();
+        let restored = vm.get_clock().unwrap().clock;
+        assert!(restored >= saved.clock && restored < saved.clock + ten_seconds, "{restored}");
+    }
 
     use crate::config::{SerialConfig, VirtioTransport, VmConfig};
 
@@ -439,6 +491,7 @@ mod tests {
             transport: VirtioTransport::Mmio,
             track_dirty_pages,
             host: Default::default(),
+            cpu_template: None,
         }
     }
 
@@ -502,6 +555,9 @@ mod tests {
             track_dirty_pages: false,
             vsock_uds: None,
             drive_paths: Default::default(),
+            tap_names: Default::default(),
+            memory_backend: model::api::MemoryBackendType::File,
+            clock_realtime: false,
             host: Default::default(),
         };
         let restored =

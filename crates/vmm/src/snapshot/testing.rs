@@ -85,6 +85,7 @@ pub fn sample_config() -> VmConfig {
         transport: VirtioTransport::Mmio,
         track_dirty_pages: false,
         host: Default::default(),
+        cpu_template: None,
     }
 }
 
