@@ -544,6 +544,7 @@ impl<L: Launcher> Controller<L> {
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
                 drive_paths,
                 host,
+                mmds: Some(self.mmds.clone()),
             },
             resume: params.resume_vm,
             restored: restored.clone(),

@@ -102,6 +102,7 @@ fn restore_without_kvm(state: &VmState) {
         vsock_uds: None,
         drive_paths: BTreeMap::new(),
         host: Default::default(),
+        mmds: None,
     };
     let _ = restored_config(state, &options);
     let _ = Cmos::new(1 << 30, 0).restore(&state.cmos);

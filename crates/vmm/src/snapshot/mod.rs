@@ -496,6 +496,7 @@ mod tests {
             vsock_uds: None,
             drive_paths: Default::default(),
             host: Default::default(),
+            mmds: None,
         };
         let restored =
             crate::builder::restore_from_streams(&mut state.as_slice(), &mut memory.as_slice(), &options)
