@@ -139,7 +139,7 @@ impl MmdsStore {
         Ok(())
     }
 
-    /// `GET /mmds`: the contents (`null` before the first `PUT`, as Firecracker answers).
+    /// `GET /mmds`: the contents (`null` before the first `PUT`; the API shows that as `{}`).
     pub fn get(&self) -> Value {
         self.lock().data.clone()
     }
