@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser};
-use model::api::{
-    ActionType, FullVmConfiguration, LogLevel, Logger, Metrics, MmdsConfig, FIRECRACKER_VERSION,
-};
+use model::api::{ActionType, FullVmConfiguration, LogLevel, Logger, Metrics, FIRECRACKER_VERSION};
 use model::control::VmmRequest;
 
 use crate::{cli, report};
@@ -315,8 +313,7 @@ fn config_file_requests(
         requests.push(VmmRequest::PutEntropy(entropy));
     }
     if let Some(mmds) = file.mmds_config {
-        let config: MmdsConfig = section(path, "mmds-config", mmds)?;
-        requests.push(VmmRequest::PutMmdsConfig(config));
+        requests.push(VmmRequest::PutMmdsConfig(mmds));
     }
     if let Some(template) = file.cpu_config {
         requests.push(VmmRequest::PutCpuConfig(template));

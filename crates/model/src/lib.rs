@@ -4,7 +4,8 @@
 //! errors that travel between the API and the VMM's control thread ([`control`]).
 //!
 //! The CLI's flag parser, the VMM's API, a future manager daemon and its client all speak it; it
-//! depends on serde and thiserror only, so none of them has to link the engine.
+//! depends on serde, thiserror and getrandom (MMDS session tokens) only, so none of them has to
+//! link the engine.
 
 pub mod api;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod host;
 mod mac;
 pub mod manager;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod resources;
 

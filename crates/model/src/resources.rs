@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::api::{
     Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HostExtensions, HugePages,
-    MachineConfiguration, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
+    MachineConfiguration, MmdsConfig, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
 };
 use crate::config::{
     BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
@@ -48,6 +48,7 @@ pub struct VmResources {
     balloon: Option<Balloon>,
     entropy: Option<EntropyDevice>,
     cpu_config: Option<CpuTemplate>,
+    mmds_config: Option<MmdsConfig>,
 }
 
 fn check_id(id: &str) -> Result<(), ConfigError> {
@@ -482,6 +483,28 @@ impl VmResources {
         Ok(())
     }
 
+    /// `PUT /mmds/config`: the interfaces must be configured already (Firecracker's rule), and the
+    /// address link-local.
+    pub fn set_mmds_config(&mut self, config: MmdsConfig) -> Result<(), ConfigError> {
+        if config.network_interfaces.is_empty() {
+            return Err(ConfigError::MmdsNoInterfaces);
+        }
+        if config.ipv4_address.is_some_and(|address| !crate::mmds::valid_mmds_address(address)) {
+            return Err(ConfigError::MmdsAddress);
+        }
+        let known = |id: &String| self.network_interfaces.iter().any(|i| &i.iface_id == id);
+        if !config.network_interfaces.iter().all(known) {
+            return Err(ConfigError::MmdsUnknownInterface);
+        }
+        self.mmds_config = Some(config);
+        Ok(())
+    }
+
+    /// The MMDS configuration, if `PUT /mmds/config` gave one.
+    pub fn mmds_config(&self) -> Option<&MmdsConfig> {
+        self.mmds_config.as_ref()
+    }
+
     /// What `GET /vm/config` returns. Each drive shows the cache type and I/O engine it has, as
     /// Firecracker's does, also where the request left them out.
     pub fn export(&self) -> FullVmConfiguration {
@@ -494,6 +517,7 @@ impl VmResources {
             balloon: self.balloon.clone(),
             entropy: self.entropy.clone(),
             cpu_config: self.cpu_config.clone(),
+            mmds_config: self.mmds_config.clone(),
             ..FullVmConfiguration::default()
         }
     }
@@ -523,7 +547,18 @@ impl VmResources {
                 }
                 VirtioConfig::Net(net) => {
                     let index = resources.network_interfaces.len();
-                    resources.network_interfaces.push(restored_interface(net, index));
+                    let interface = restored_interface(net, index);
+                    if let Some(mmds) = &net.mmds {
+                        // Cards saved serving MMDS share one configuration (one PUT /mmds/config).
+                        let config = resources.mmds_config.get_or_insert_with(|| MmdsConfig {
+                            version: mmds.version,
+                            network_interfaces: Vec::new(),
+                            ipv4_address: Some(mmds.address),
+                            imds_compat: mmds.imds_compat,
+                        });
+                        config.network_interfaces.push(interface.iface_id.clone());
+                    }
+                    resources.network_interfaces.push(interface);
                 }
                 VirtioConfig::Balloon(balloon) => {
                     resources.balloon = Some(Balloon {
@@ -566,11 +601,9 @@ impl VmResources {
 
     /// A `--config` file's contents, each section checked as its request would be.
     pub fn from_file(file: FullVmConfiguration) -> Result<VmResources, ConfigError> {
-        for (present, name) in [
-            (file.logger.is_some(), "the logger section"),
-            (file.metrics.is_some(), "the metrics section"),
-            (file.mmds_config.is_some(), "the mmds-config section"),
-        ] {
+        for (present, name) in
+            [(file.logger.is_some(), "the logger section"), (file.metrics.is_some(), "the metrics section")]
+        {
             if present {
                 return Err(ConfigError::Unsupported(name.into()));
             }
@@ -601,6 +634,9 @@ impl VmResources {
         }
         if let Some(template) = file.cpu_config {
             resources.set_cpu_config(template)?;
+        }
+        if let Some(mmds) = file.mmds_config {
+            resources.set_mmds_config(mmds)?;
         }
         Ok(resources)
     }
@@ -880,6 +916,58 @@ mod tests {
         assert_eq!(
             empty.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap_err(),
             ConfigError::MissingKernel
+        );
+    }
+
+    /// A VM restored with a card serving MMDS shows its MMDS configuration in GET /vm/config.
+    #[test]
+    fn a_restored_card_serving_mmds_shows_in_the_mmds_config() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "network-interfaces": [{{"iface_id": "a", "host_dev_name": "tap0"}}, {{"iface_id": "b", "host_dev_name": "tap1"}}],
+                "mmds-config": {{"version": "V2", "network_interfaces": ["b"], "ipv4_address": "169.254.1.1"}}}}"#,
+            kernel.path().display()
+        );
+        let resources = VmResources::from_json(&text).unwrap();
+        let mut config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        config.attach_mmds(resources.mmds_config().unwrap(), &crate::mmds::MmdsStore::default());
+        let restored = VmResources::restored(&config, None);
+        let expected = MmdsConfig {
+            version: crate::api::MmdsVersion::V2,
+            network_interfaces: vec!["b".into()],
+            ipv4_address: Some("169.254.1.1".parse().unwrap()),
+            imds_compat: false,
+        };
+        assert_eq!(restored.export().mmds_config, Some(expected));
+    }
+
+    #[test]
+    fn a_config_files_mmds_section_is_checked_and_reaches_the_named_cards() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let text = |mmds: &str| {
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                    "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0"}}],
+                    "mmds-config": {mmds}}}"#,
+                kernel.path().display()
+            )
+        };
+        let resources =
+            VmResources::from_json(&text(r#"{"version": "V2", "network_interfaces": ["eth0"]}"#)).unwrap();
+        let mmds = resources.mmds_config().unwrap().clone();
+        assert_eq!(resources.export().mmds_config.as_ref(), Some(&mmds));
+        let mut config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        let store = crate::mmds::MmdsStore::new(100);
+        config.attach_mmds(&mmds, &store);
+        let VirtioConfig::Net(net) = &config.virtio[0] else { panic!() };
+        let attached = net.mmds.as_ref().unwrap();
+        assert_eq!(attached.address, crate::mmds::DEFAULT_MMDS_ADDRESS);
+        assert!(attached.store.is_same(&store));
+        let error = VmResources::from_json(&text(r#"{"network_interfaces": ["eth9"]}"#)).unwrap_err();
+        assert!(
+            error.to_string().contains("does not correspond to any existing network interface"),
+            "{error}"
         );
     }
 

@@ -105,6 +105,7 @@ fn restore_without_kvm(state: &VmState) {
         memory_backend: model::api::MemoryBackendType::File,
         clock_realtime: false,
         host: Default::default(),
+        mmds: None,
     };
     let _ = restored_config(state, &options);
     let _ = Cmos::new(1 << 30, 0).restore(&state.cmos);

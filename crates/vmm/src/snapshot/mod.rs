@@ -559,6 +559,7 @@ mod tests {
             memory_backend: model::api::MemoryBackendType::File,
             clock_realtime: false,
             host: Default::default(),
+            mmds: None,
         };
         let restored =
             crate::builder::restore_from_streams(&mut state.as_slice(), &mut memory.as_slice(), &options)
