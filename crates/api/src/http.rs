@@ -73,10 +73,8 @@ pub enum HttpError {
     BadContentLength(String),
     #[error("Transfer-Encoding is not supported; send a Content-Length")]
     TransferEncoding,
-    #[error(
-        "Request payload with size {size} is larger than the limit of {MAX_BODY_BYTES} allowed by server."
-    )]
-    BodyTooLarge { size: u64 },
+    #[error("Request payload with size {size} is larger than the limit of {limit} allowed by server.")]
+    BodyTooLarge { size: u64, limit: usize },
 }
 
 /// A connection requests are read from.
@@ -118,6 +116,16 @@ fn excerpt(text: &str, n: usize) -> String {
 /// Reads one request from `stream`. `buffer` holds bytes read past the previous request (a
 /// pipelining client) and keeps those past this one.
 pub fn read_request<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Result<Request, HttpError> {
+    read_request_limited(stream, buffer, MAX_BODY_BYTES)
+}
+
+/// [`read_request`] with bodies limited to `max_body` bytes instead of [`MAX_BODY_BYTES`]
+/// (`--http-api-max-payload-size`).
+pub fn read_request_limited<T: Transport>(
+    stream: &mut T,
+    buffer: &mut Vec<u8>,
+    max_body: usize,
+) -> Result<Request, HttpError> {
     let head_end = read_head(stream, buffer)?;
     let head = std::str::from_utf8(&buffer[..head_end]).map_err(|_| HttpError::NotAscii)?;
     if !head.is_ascii() {
@@ -127,7 +135,7 @@ pub fn read_request<T: Transport>(stream: &mut T, buffer: &mut Vec<u8>) -> Resul
     let RequestLine { method, path, mut close } = parse_request_line(lines.next().unwrap_or_default())?;
     let headers = parse_headers(lines)?;
     close = headers.close.unwrap_or(close);
-    let body = read_body(stream, buffer, head_end + 4, &headers)?;
+    let body = read_body(stream, buffer, head_end + 4, &headers, max_body)?;
     Ok(Request { method, path, body, close })
 }
 
@@ -248,12 +256,13 @@ fn read_body<T: Transport>(
     buffer: &mut Vec<u8>,
     body_start: usize,
     headers: &Headers,
+    max_body: usize,
 ) -> Result<Vec<u8>, HttpError> {
     let length = headers.content_length.unwrap_or(0);
-    if length > MAX_BODY_BYTES as u64 {
-        return Err(HttpError::BodyTooLarge { size: length });
+    if length > max_body as u64 {
+        return Err(HttpError::BodyTooLarge { size: length, limit: max_body });
     }
-    // Bounded by MAX_BODY_BYTES just above.
+    // Bounded by max_body just above.
     let length = length as usize;
     if headers.expect_continue && buffer.len() < body_start + length {
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
@@ -431,6 +440,18 @@ mod tests {
             let error = parse(bytes).expect_err(&String::from_utf8_lossy(bytes));
             assert!(error.to_string().contains(expected), "{:?}: {error}", String::from_utf8_lossy(bytes));
         }
+    }
+
+    #[test]
+    fn the_body_limit_is_configurable() {
+        let request = b"PUT /mmds HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let read = |limit| {
+            let mut fake = Fake { input: Cursor::new(request.to_vec()), output: Vec::new() };
+            read_request_limited(&mut fake, &mut Vec::new(), limit)
+        };
+        assert_eq!(read(5).unwrap().body, b"hello");
+        let error = read(4).unwrap_err().to_string();
+        assert!(error.contains("size 5 is larger than the limit of 4"), "{error}");
     }
 
     #[test]

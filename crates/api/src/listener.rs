@@ -19,7 +19,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::http::{read_request, HttpError, Request, Response, Transport};
+use crate::http::{read_request_limited, HttpError, Request, Response, Transport};
 use crate::log_limit::{limited_warn, LogLimiter};
 
 /// Answers requests; called on the connection's own thread, so a slow answer (a snapshot) holds up
@@ -59,6 +59,9 @@ pub struct Limits {
     pub request_deadline: Duration,
     /// See [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// The largest request body accepted (`--http-api-max-payload-size`; by default
+    /// [`crate::http::MAX_BODY_BYTES`], Firecracker's 51,200): a larger one gets a 400.
+    pub max_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             max_connections: MAX_CONNECTIONS,
             request_deadline: REQUEST_DEADLINE,
             idle_timeout: IDLE_TIMEOUT,
+            max_body_bytes: crate::http::MAX_BODY_BYTES,
         }
     }
 }
@@ -344,32 +348,38 @@ fn serve_connection(stream: UnixStream, id: u64, table: &Table, handler: &dyn Ha
     };
     let mut buffer = Vec::new();
     while connection.await_request() {
-        let (response, close) = match read_request(&mut connection, &mut buffer) {
-            Ok(request) => {
-                // Evicted while the last bytes came in: the client is gone as far as it knows.
-                if !table.enter(id, Phase::Handling) {
+        let (response, close) =
+            match read_request_limited(&mut connection, &mut buffer, limits.max_body_bytes) {
+                Ok(request) => {
+                    // Evicted while the last bytes came in: the client is gone as far as it knows.
+                    if !table.enter(id, Phase::Handling) {
+                        return;
+                    }
+                    tracing::debug!("API: {} {}", request.method.as_str(), request.path);
+                    (handler.handle(&request), request.close)
+                }
+                Err(HttpError::Io(e)) if is_timeout(&e) && connection.deadline.is_some() => {
+                    limited_warn!(
+                        table.logs.deadlines,
+                        "API: a request did not arrive within {} s; closing its connection",
+                        limits.request_deadline.as_secs_f64()
+                    );
+                    let message = format!(
+                        "The request did not arrive within {} s",
+                        limits.request_deadline.as_secs_f64()
+                    );
+                    (Response::error(408, &message), true)
+                }
+                Err(HttpError::Io(e)) if is_timeout(&e) => {
+                    tracing::debug!(
+                        "API: closing a connection idle for {} s",
+                        limits.idle_timeout.as_secs_f64()
+                    );
                     return;
                 }
-                tracing::debug!("API: {} {}", request.method.as_str(), request.path);
-                (handler.handle(&request), request.close)
-            }
-            Err(HttpError::Io(e)) if is_timeout(&e) && connection.deadline.is_some() => {
-                limited_warn!(
-                    table.logs.deadlines,
-                    "API: a request did not arrive within {} s; closing its connection",
-                    limits.request_deadline.as_secs_f64()
-                );
-                let message =
-                    format!("The request did not arrive within {} s", limits.request_deadline.as_secs_f64());
-                (Response::error(408, &message), true)
-            }
-            Err(HttpError::Io(e)) if is_timeout(&e) => {
-                tracing::debug!("API: closing a connection idle for {} s", limits.idle_timeout.as_secs_f64());
-                return;
-            }
-            Err(HttpError::Closed | HttpError::Io(_)) => return,
-            Err(e) => (Response::bad_request(&e.to_string()), true),
-        };
+                Err(HttpError::Closed | HttpError::Io(_)) => return,
+                Err(e) => (Response::bad_request(&e.to_string()), true),
+            };
         if !table.enter(id, Phase::Writing) {
             return;
         }
@@ -435,6 +445,7 @@ mod tests {
             max_connections,
             request_deadline: Duration::from_millis(request_deadline_ms),
             idle_timeout: Duration::from_millis(idle_timeout_ms),
+            ..Limits::default()
         }
     }
 

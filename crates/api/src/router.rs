@@ -129,7 +129,7 @@ fn instance(method: Method) -> MaybeRoute {
 /// `GET /version`: the router knows it without asking the VMM.
 fn version(method: Method) -> MaybeRoute {
     let body = serde_json::json!({
-        "firecracker_version": "1.16.1",
+        "firecracker_version": model::api::FIRECRACKER_VERSION,
         "kestrel_version": env!("CARGO_PKG_VERSION"),
     });
     (method == Method::Get).then(|| Ok(Routed::Local(Response::json(200, &body))))

@@ -51,11 +51,13 @@ pub enum Command {
     ///
     /// Configure the VM with PUT /boot-source, /machine-config, /drives/{id},
     /// /network-interfaces/{id}, /vsock, /balloon, then PUT /actions {"action_type":
-    /// "InstanceStart"}. The guest's serial console is on stdout; Kestrel exits when the guest
-    /// powers off or resets, with the same exit statuses as `kestrel run`. docs/api.yaml lists
-    /// what the API serves.
+    /// "InstanceStart"}, or give --config-file to start at once. The guest's serial console is on
+    /// stdout; Kestrel exits when the guest powers off or resets, with the same exit statuses as
+    /// `kestrel run`. docs/api.yaml lists what the API serves. It takes Firecracker's flags too;
+    /// started under the name `firecracker` (a link), Kestrel takes them with no subcommand.
     #[command(after_help = "Examples:\n  \
         kestrel vmm --api-sock /tmp/kestrel.sock\n  \
+        kestrel vmm --no-api --config-file vm.json --log-path /tmp/vm.log --level Debug\n  \
         curl --unix-socket /tmp/kestrel.sock -X PUT http://localhost/boot-source \\\n      \
         -d '{\"kernel_image_path\": \"vmlinux\", \"boot_args\": \"console=ttyS0\"}'")]
     Vmm(VmmArgs),
@@ -126,7 +128,8 @@ pub struct VmmArgs {
     #[arg(long, value_name = "PATH", default_value = "/run/firecracker.socket")]
     pub api_sock: PathBuf,
 
-    /// The instance ID `GET /` reports. Example: --id vm1
+    /// The instance ID `GET /` reports and log lines carry. Started as `firecracker`, Kestrel
+    /// checks it as Firecracker does (1 to 64 letters, digits and '-'). Example: --id vm1
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     pub id: String,
 
@@ -168,6 +171,10 @@ pub struct VmmArgs {
     #[arg(long, value_name = "PATH")]
     pub exit_status_file: Option<PathBuf>,
     // --- end manager: exit status ---
+
+    // --- Firecracker's command line (issue 14) ---
+    #[command(flatten)]
+    pub fc: crate::firecracker_cli::FirecrackerArgs,
 }
 
 #[derive(Args, Debug)]

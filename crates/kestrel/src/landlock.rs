@@ -2,7 +2,7 @@
 //! on the main thread just before the VM is built or restored, so that every thread the VM starts
 //! (vCPUs, device workers, disk I/O, snapshot and drive-update operations) inherits them.
 //!
-//! Threads started before that point: in `kestrel vmm` the API threads (`kestrel-api`, and the
+//! Threads started before that point: in `kestrel vmm` the API threads (`fc_api`, and the
 //! `kestrel-api-conn` threads it starts, which inherit its domain) confine themselves as they
 //! start with an empty ruleset ([`Confinement::confine_api_thread`]): they open no path and use
 //! no TCP. In `kestrel run` no thread exists yet when the rules are applied.
@@ -123,7 +123,7 @@ impl Confinement {
 
     /// Confines the calling API thread (and the connection threads it starts) to nothing: no
     /// path and no TCP, since it only talks to its socket and the control channel. Called first
-    /// thing on the `kestrel-api` thread; a no-op with Landlock off.
+    /// thing on the `fc_api` thread; a no-op with Landlock off.
     pub fn confine_api_thread(&self) -> Result<(), LandlockError> {
         // Under seccomp the API role has no call that opens a path or a TCP socket at all
         // (crates/jail/seccomp/x86_64.json), so a Landlock domain would add nothing there but

@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use api::logger::LoggerSettings;
 use tracing::level_filters::LevelFilter;
-use tracing::Subscriber;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, Layer, Registry};
 
@@ -23,6 +26,17 @@ type Output = Box<dyn Layer<Filtered> + Send + Sync>;
 
 /// The installed subscriber's reload handles, for `PUT /logger`.
 static CONTROL: OnceLock<LogControl> = OnceLock::new();
+
+/// The instance ID configured lines carry (`--id`), as Firecracker's do.
+static INSTANCE_ID: OnceLock<String> = OnceLock::new();
+
+/// Firecracker's ID for an instance started without `--id`.
+const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+
+/// Sets the instance ID configured log lines carry; the first call wins.
+pub fn set_instance_id(id: &str) {
+    let _ = INSTANCE_ID.set(id.to_owned());
+}
 
 /// Installs the process's subscriber: stderr at `level`, unless the KESTREL_LOG environment
 /// variable (a level name) says otherwise, for runs started by other programs.
@@ -101,15 +115,10 @@ fn stderr_output() -> Output {
         .boxed()
 }
 
-/// The output `PUT /logger` asks for: each line with its time and thread (as Firecracker's),
-/// then its level and origin if asked.
+/// The output `PUT /logger` asks for, in Firecracker's format:
+/// `<local time> [<instance ID>:<thread>[:<level>][:<file>:<line>]] <message>`.
 fn configured_output(destination: &Destination, show_level: bool, show_log_origin: bool) -> Output {
-    let layer = fmt::layer()
-        .with_target(false)
-        .with_thread_names(true)
-        .with_level(show_level)
-        .with_file(show_log_origin)
-        .with_line_number(show_log_origin);
+    let layer = fmt::layer().event_format(FirecrackerFormat { show_level, show_log_origin });
     match destination {
         Destination::Stderr => {
             layer.with_writer(|| BestEffortStderr).with_ansi(std::io::stderr().is_terminal()).boxed()
@@ -118,6 +127,77 @@ fn configured_output(destination: &Destination, show_level: bool, show_log_origi
         Destination::File(file) => {
             layer.with_writer(file.clone()).with_ansi(false).log_internal_errors(false).boxed()
         }
+    }
+}
+
+/// Firecracker's log line (its `vmm::logger::logging::Logger::log`).
+struct FirecrackerFormat {
+    show_level: bool,
+    show_log_origin: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for FirecrackerFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let metadata = event.metadata();
+        let id = INSTANCE_ID.get().map_or(DEFAULT_INSTANCE_ID, String::as_str);
+        let thread = std::thread::current();
+        write!(writer, "{} [{id}:{}", LocalTime::now(), thread.name().unwrap_or("-"))?;
+        if self.show_level {
+            write!(writer, ":{}", metadata.level())?;
+        }
+        if self.show_log_origin {
+            let line = metadata.line().map_or_else(|| "?".to_owned(), |line| line.to_string());
+            write!(writer, ":{}:{line}", metadata.file().unwrap_or("?"))?;
+        }
+        write!(writer, "] ")?;
+        context.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// The local time with nanoseconds, as Firecracker writes it: `2024-05-01T12:34:56.123456789`.
+struct LocalTime {
+    tm: libc::tm,
+    nanoseconds: i64,
+}
+
+impl LocalTime {
+    fn now() -> LocalTime {
+        // SAFETY: timespec and tm are plain data; clock_gettime and localtime_r only write to the
+        // structures passed, which live in this frame (localtime_r is the thread-safe variant).
+        unsafe {
+            let mut now: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
+            let mut tm: libc::tm = std::mem::zeroed();
+            libc::localtime_r(&now.tv_sec, &mut tm);
+            LocalTime { tm, nanoseconds: now.tv_nsec }
+        }
+    }
+}
+
+impl std::fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tm = &self.tm;
+        write!(
+            f,
+            "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec,
+            self.nanoseconds
+        )
     }
 }
 
@@ -173,9 +253,14 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].ends_with("plain debug line") && !lines[0].contains("DEBUG"), "{text}");
-        assert!(lines[0].contains("T") && lines[0].contains('Z'), "a timestamp: {text}");
-        assert!(lines[1].contains("INFO") && lines[1].contains("logging.rs:"), "{text}");
+        // Firecracker's format: `<time> [<id>:<thread>[:<level>][:<file>:<line>]] <message>`.
+        let thread = std::thread::current().name().unwrap_or("-").to_owned();
+        let (time, rest) = lines[0].split_once(' ').unwrap();
+        assert_eq!(time.len(), "2024-05-01T12:34:56.123456789".len(), "{text}");
+        assert_eq!(&time[10..11], "T", "{text}");
+        assert_eq!(rest, format!("[anonymous-instance:{thread}] plain debug line"), "{text}");
+        let origin = format!("[anonymous-instance:{thread}:INFO:crates/kestrel/src/logging.rs:");
+        assert!(lines[1].contains(&origin) && lines[1].ends_with("] with level and origin"), "{text}");
         assert!(lines[2].ends_with("from the module"), "{text}");
     }
 }

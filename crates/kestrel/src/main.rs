@@ -6,6 +6,7 @@ mod cli;
 mod daemon_cli;
 mod device_options;
 mod exit_status;
+mod firecracker_cli;
 mod image_cli;
 mod jailer_cli;
 mod landlock;
@@ -38,7 +39,11 @@ fn main() -> ExitCode {
         vmm::console::restore_terminal();
     }));
 
-    let cli = cli::Cli::parse_from(jailer_cli::args_with_subcommand(std::env::args_os()));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if firecracker_cli::started_as_firecracker(args.first().map(|arg| arg.as_os_str())) {
+        return firecracker_cli::run(args);
+    }
+    let cli = cli::Cli::parse_from(jailer_cli::args_with_subcommand(args.into_iter()));
     logging::init(cli.log_level);
     match cli.command {
         cli::Command::Run(args) => run(args),

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use api::router::{RequestCounter, Router};
 use model::config::{SerialConfig, VirtioTransport, VmConfig};
+use model::control::{ControlError, VmmRequest, VmmResponse};
 use model::resources::{ConfigFileError, VmResources};
-use vmm::control::{Controller, ControllerSettings, EngineError, MetricsControl};
+use vmm::control::{ControlMessage, Controller, ControllerSettings, EngineError, Launcher, MetricsControl};
 
+use crate::firecracker_cli::{self, StartupError};
 use crate::metrics::{MetricsHandle, MetricsWriter};
 use crate::{cli, exit_status, logging, report, write_last_metrics};
 
@@ -41,6 +43,9 @@ pub fn load_config_file(
 }
 
 pub fn run(mut args: cli::VmmArgs) -> ExitCode {
+    if let Some(status) = firecracker_cli::informational(&args.fc) {
+        return status;
+    }
     // Opened before any confinement; written as the process exits (see `ExitStatusFile`).
     let status_file = match args.exit_status_file.take().map(|path| ExitStatusFile::open(&path)).transpose() {
         Ok(file) => file,
@@ -82,10 +87,29 @@ impl ExitStatusFile {
     }
 }
 
-fn run_api(args: cli::VmmArgs) -> u8 {
+fn run_api(mut args: cli::VmmArgs) -> u8 {
     log_jailer_start(&args);
+    if args.fc.seccomp_filter.is_some() {
+        report(format_args!("kestrel: error: {}", StartupError::SeccompFilter));
+        return exit_status::ERROR;
+    }
+    if args.fc.no_seccomp {
+        args.seccomp.setting = cli::SeccompSetting::Off;
+    }
+    if args.fc.enable_pci {
+        args.transport = VirtioTransport::Pci;
+    }
+    logging::set_instance_id(&args.id);
+    // The flags' and the config file's requests, read before anything starts.
+    let startup = match firecracker_cli::startup_requests(&args.fc) {
+        Ok(requests) => requests,
+        Err(e) => {
+            report(format_args!("kestrel: error: {e}"));
+            return exit_status::ERROR;
+        }
+    };
     // Before any thread exists: binding sets the process umask for a moment.
-    let listener = match api::server::bind(&args.api_sock) {
+    let listener = match (!args.fc.no_api).then(|| api::server::bind(&args.api_sock)).transpose() {
         Ok(listener) => listener,
         Err(e) => {
             report(format_args!("kestrel: error: {e}"));
@@ -113,16 +137,69 @@ fn run_api(args: cli::VmmArgs) -> u8 {
             let settings = api::logger::LoggerSettings::open(request)?;
             Ok(logging::apply(settings)?)
         })),
-        mmds_size_limit: vmm::control::DEFAULT_MMDS_SIZE_LIMIT,
+        // Firecracker's default: the API's payload limit.
+        mmds_size_limit: args.fc.mmds_size_limit.unwrap_or(args.fc.http_api_max_payload_size),
     };
     // Landlock: the VM's rules are applied on this (main) thread just before the VM is built or
     // restored; the API thread confines itself to nothing as it starts (see crate::landlock).
     let confinement = args.landlock.confinement();
     let launcher = confinement.launcher();
     let mut controller = Controller::new(settings, launcher, receiver);
-    let router = Router::new(Arc::new(sender), Some(metrics.clone() as Arc<dyn RequestCounter>));
-    let builder = std::thread::Builder::new().name("kestrel-api".into());
-    let spawned = jail::seccomp::spawn(jail::seccomp::ThreadRole::Api, builder, move || {
+    let sender = Arc::new(sender);
+    if let Some(listener) = listener {
+        let router = Router::new(sender.clone(), Some(metrics.clone() as Arc<dyn RequestCounter>));
+        let limits =
+            api::listener::Limits { max_body_bytes: args.fc.http_api_max_payload_size, ..Default::default() };
+        if let Err(e) = start_api_thread(listener, router, confinement, limits) {
+            report(format_args!("kestrel: error: cannot start the API thread: {e}"));
+            return exit_status::ERROR;
+        }
+        tracing::info!("API listening on {}", args.api_sock.display());
+    }
+    // As Firecracker: the API serves while the flags' and the file's requests are made here
+    // (its clients' requests wait for them), and the VM starts if the file configured one.
+    for request in startup {
+        if let Err(e) = dispatch_here(&mut controller, request) {
+            report(format_args!("kestrel: error: {e}"));
+            return exit_status::ERROR;
+        }
+    }
+    loop {
+        if let Some(vm) = controller.launcher_mut().take_built() {
+            metrics.attach_vm(vm.metrics());
+            let outcome = vm.run_with(Some(&mut controller));
+            write_last_metrics(&metrics);
+            // With --no-api, the sender kept the control channel open until here.
+            drop(sender);
+            return status_for(outcome);
+        }
+        if !controller.wait_and_handle() {
+            break;
+        }
+    }
+    report(format_args!("kestrel: error: the API thread ended"));
+    exit_status::ERROR
+}
+
+/// Answers `request` on this (the control) thread, as if the API had sent it.
+fn dispatch_here<L: Launcher>(
+    controller: &mut Controller<L>,
+    request: VmmRequest,
+) -> Result<VmmResponse, ControlError> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    controller.handle_message(ControlMessage::Request(request, reply));
+    answer.recv().map_err(|_| ControlError::VmmGone)?
+}
+
+/// The API's accepting thread, under the API's seccomp filter and Landlock rules.
+fn start_api_thread(
+    listener: std::os::unix::net::UnixListener,
+    router: Router,
+    confinement: crate::landlock::Confinement,
+    limits: api::listener::Limits,
+) -> std::io::Result<()> {
+    let builder = std::thread::Builder::new().name("fc_api".into());
+    jail::seccomp::spawn(jail::seccomp::ThreadRole::Api, builder, move || {
         // The main thread takes SIGINT/SIGTERM/SIGHUP once the VM runs; API threads never do.
         block_termination_signals();
         if let Err(e) = confinement.confine_api_thread() {
@@ -130,23 +207,9 @@ fn run_api(args: cli::VmmArgs) -> u8 {
             report(format_args!("kestrel: error: the API thread: {e}"));
             return;
         }
-        api::listener::serve(listener, Arc::new(router));
-    });
-    if let Err(e) = spawned {
-        report(format_args!("kestrel: error: cannot start the API thread: {e}"));
-        return exit_status::ERROR;
-    }
-    tracing::info!("API listening on {}", args.api_sock.display());
-    while controller.wait_and_handle() {
-        if let Some(vm) = controller.launcher_mut().take_built() {
-            metrics.attach_vm(vm.metrics());
-            let outcome = vm.run_with(Some(&mut controller));
-            write_last_metrics(&metrics);
-            return status_for(outcome);
-        }
-    }
-    report(format_args!("kestrel: error: the API thread ended"));
-    exit_status::ERROR
+        api::listener::serve_with(listener, Arc::new(router), limits);
+    })
+    .map(drop)
 }
 
 /// The exit status for how the VM ended, reported as `kestrel run` reports it.

@@ -141,21 +141,21 @@ fn patch_vm_pauses_and_resumes_the_vcpus() {
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     wait_for_line(&mut reader, "exit: hang");
     let pid = child.id();
-    wait_for_thread_state(pid, "vcpu0", 'R');
+    wait_for_thread_state(pid, "fc_vcpu 0", 'R');
 
     assert_eq!(request(&socket, "PATCH", "/vm", paused).0, 204);
-    wait_for_thread_state(pid, "vcpu0", 'S');
+    wait_for_thread_state(pid, "fc_vcpu 0", 'S');
     assert!(request(&socket, "GET", "/", "").1.contains("\"state\":\"Paused\""));
     // Like Firecracker: pausing a paused VM is fine.
     assert_eq!(request(&socket, "PATCH", "/vm", paused).0, 204);
     assert_fault(request(&socket, "PATCH", "/vm", r#"{"state": "Stopped"}"#), "unknown variant");
     assert_eq!(request(&socket, "PATCH", "/vm", resumed).0, 204);
-    wait_for_thread_state(pid, "vcpu0", 'R');
+    wait_for_thread_state(pid, "fc_vcpu 0", 'R');
     assert!(request(&socket, "GET", "/", "").1.contains("\"state\":\"Running\""));
 
     // Stopping a paused VM works: the parked vCPU ends.
     assert_eq!(request(&socket, "PATCH", "/vm", paused).0, 204);
-    wait_for_thread_state(pid, "vcpu0", 'S');
+    wait_for_thread_state(pid, "fc_vcpu 0", 'S');
     // SAFETY: kill with a valid pid and signal number has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
     child.stdout = Some(reader.into_inner());

@@ -655,9 +655,9 @@ fn a_jailed_vmm_pins_its_vcpu_and_keeps_its_other_threads_apart() {
         }
         seen.push((name, status_field(&status, "Cpus_allowed_list").to_owned()));
     }
-    assert!(seen.iter().any(|(name, _)| name == "vcpu0"), "{seen:?}");
+    assert!(seen.iter().any(|(name, _)| name == "fc_vcpu 0"), "{seen:?}");
     for (name, cpus) in &seen {
-        let expected = if name == "vcpu0" { "1" } else { "0" };
+        let expected = if name == "fc_vcpu 0" { "1" } else { "0" };
         assert_eq!(cpus, expected, "thread {name}: {seen:?}");
     }
 }

@@ -474,7 +474,7 @@ fn an_unprivileged_vmm_keeps_its_other_threads_apart() {
     for (name, cpus) in &others {
         assert_eq!(cpus, "0", "{name} in {seen:?}\n{out}\n{}", stderr(&output));
     }
-    assert!(seen.iter().any(|(name, cpus)| name == "vcpu0" && cpus == "1"), "{seen:?}");
+    assert!(seen.iter().any(|(name, cpus)| name == "fc_vcpu 0" && cpus == "1"), "{seen:?}");
 }
 
 /// Every thread the VMM starts after the rules apply (vCPUs, device workers; they are started by

@@ -359,7 +359,7 @@ fn vcpu0_cpus(pid: u32) -> String {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
-        .find(|status| status.lines().any(|l| l.starts_with("Name:") && l.ends_with("vcpu0")))
+        .find(|status| status.lines().any(|l| l.starts_with("Name:") && l.ends_with("fc_vcpu 0")))
         .and_then(|status| {
             let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
             Some(line.split_whitespace().nth(1)?.to_owned())

@@ -90,12 +90,12 @@ fn cli_pins_each_vcpu_and_keeps_the_other_threads_apart() {
     let _watchdog = Watchdog::within(&child, HANG_LIMIT);
     let child = Killed(child);
     wait_for_line(&log, "exit: hang");
-    wait_for_thread(child.0.id(), "vcpu1");
+    wait_for_thread(child.0.id(), "fc_vcpu 1");
     let seen = threads(child.0.id());
     for thread in &seen {
         let expected = match thread.name.as_str() {
             name if name.starts_with("kvm-") => continue,
-            "vcpu0" => "1",
+            "fc_vcpu 0" => "1",
             _ => "0",
         };
         assert_eq!(thread.cpus, expected, "{thread:?} in {seen:?}");
@@ -143,7 +143,7 @@ fn api_pins_vcpus_and_runs_them_real_time() {
             // KVM's own kernel worker in the process (NX huge page recovery) copies the thread
             // that started it; it is not Kestrel's to place.
             name if name.starts_with("kvm-") => {}
-            "vcpu0" | "vcpu1" => {
+            "fc_vcpu 0" | "fc_vcpu 1" => {
                 let cpu = &thread.name[4..];
                 assert_eq!(thread.cpus, cpu, "{thread:?}");
                 assert_eq!((thread.policy, thread.priority), (1, 5), "SCHED_FIFO 5: {thread:?}");
@@ -154,7 +154,7 @@ fn api_pins_vcpus_and_runs_them_real_time() {
             }
         }
     }
-    assert!(seen.iter().any(|t| t.name == "kestrel-api"), "{seen:?}");
+    assert!(seen.iter().any(|t| t.name == "fc_api"), "{seen:?}");
 }
 
 /// Placements the host cannot honour, or that contradict themselves, are clear errors.
@@ -219,6 +219,6 @@ fn a_config_file_places_the_vcpus() {
     let child = Killed(child);
     wait_for_line(&log, "exit: hang");
     let seen = threads(child.0.id());
-    let vcpu = seen.iter().find(|t| t.name == "vcpu0").expect("a vcpu0 thread");
+    let vcpu = seen.iter().find(|t| t.name == "fc_vcpu 0").expect("a vcpu0 thread");
     assert_eq!(vcpu.cpus, "1", "{seen:?}");
 }

@@ -249,10 +249,10 @@ fn every_thread_is_confined_while_every_device_runs(front: Front, transport: &st
         let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
         let context = format!("{point}; threads {names:?}; guest output:\n{out}");
         assert_all_confined(threads.iter().map(|(n, c)| (n, c)), &context);
-        let mut expected = vec!["kestrel", "kestrel-spawner", "vcpu0"];
+        let mut expected = vec!["kestrel", "kestrel-spawner", "fc_vcpu 0"];
         expected.push(if point.contains("balloon") { "virtio-balloon" } else { "virtio-vsock" });
         if front == Front::Vmm {
-            expected.push("kestrel-api");
+            expected.push("fc_api");
         }
         for name in expected {
             assert!(names.contains(&name), "no {name} thread {context}");

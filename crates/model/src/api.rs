@@ -10,6 +10,10 @@ use crate::host::{
 };
 
 pub use crate::disk::{CacheMode, ImageFormat, IoEngine};
+
+/// The Firecracker release whose API and command line Kestrel serves: `GET /` and `GET /version`
+/// report it, and `--version` prints it where Kata Containers and the SDKs look for it.
+pub const FIRECRACKER_VERSION: &str = "1.16.1";
 pub use crate::rate_limiter::{RateLimiterConfig, TokenBucket};
 
 /// `PUT /boot-source`.
@@ -442,6 +446,9 @@ pub struct InstanceInfo {
 /// What `GET /` tells besides Firecracker's fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct KestrelInstanceInfo {
+    /// Kestrel's own version (`vmm_version` is the Firecracker release it serves).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kestrel_version: String,
     /// A long operation the VMM is carrying out (other requests are answered meanwhile; those that
     /// would conflict with it are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -86,7 +86,7 @@ impl ThreadPlacement {
     pub fn apply_to_vcpu(&self, index: u8) -> Result<(), HostPlacementError> {
         if let Some(cpus) = self.vcpus.get(usize::from(index)).and_then(Option::as_ref) {
             set_affinity(0, cpus).map_err(|source| HostPlacementError::Affinity {
-                thread: format!("vcpu{index}"),
+                thread: format!("fc_vcpu {index}"),
                 cpus: cpus.to_string(),
                 source,
             })?;

@@ -364,7 +364,7 @@ impl VcpuThread {
     /// Starts vCPU `index` on its own thread.
     pub fn spawn(index: u8, vcpu: VcpuFd, shared: Arc<VcpuShared>) -> Result<VcpuThread> {
         install_kick_handler()?;
-        let builder = std::thread::Builder::new().name(format!("vcpu{index}"));
+        let builder = std::thread::Builder::new().name(format!("fc_vcpu {index}"));
         let handle = jail::seccomp::spawn(jail::seccomp::ThreadRole::Vcpu, builder, move || {
             run_vcpu(index, vcpu, &shared)
         })

@@ -297,11 +297,15 @@ impl<L: Launcher> Controller<L> {
 
     fn instance_info(&self) -> InstanceInfo {
         InstanceInfo {
-            app_name: "Kestrel".into(),
+            // Firecracker's values: clients (Kata Containers, the SDKs) compare them.
+            app_name: "Firecracker".into(),
             id: self.settings.id.clone(),
             state: self.state,
-            vmm_version: env!("CARGO_PKG_VERSION").into(),
-            kestrel: KestrelInstanceInfo { operation_in_progress: self.operation() },
+            vmm_version: model::api::FIRECRACKER_VERSION.into(),
+            kestrel: KestrelInstanceInfo {
+                kestrel_version: env!("CARGO_PKG_VERSION").into(),
+                operation_in_progress: self.operation(),
+            },
         }
     }
 
