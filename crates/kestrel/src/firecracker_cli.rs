@@ -186,7 +186,18 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
     }
     crate::logging::init(tracing::level_filters::LevelFilter::WARN);
-    crate::vmm_api::run(cli.vmm)
+    crate::vmm_api::run_with_statuses(cli.vmm, firecracker_status)
+}
+
+/// Firecracker's exit status for how the VM ended: a guest reboot ends Firecracker with 0, as a
+/// power-off does (the Go SDK's `Machine.Wait` reports any other status as an error); the rest
+/// keep Kestrel's statuses.
+fn firecracker_status(status: u8) -> u8 {
+    if status == crate::exit_status::RESET {
+        crate::exit_status::POWER_OFF
+    } else {
+        status
+    }
 }
 
 /// `--version`, `--snapshot-version` and `--describe-snapshot`, which print (or refuse) and exit

@@ -23,7 +23,7 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 const UID: &str = "01HZ7XK3Q9W2B5C8D6E4F1G0HJ";
 
 /// Reads `path` (the VMM's stdout, which flintlock sends to a file) until it holds `needle`;
-/// panics at a deadline or when the process has ended without it.
+/// panics at a deadline or when the process has ended without it (showing `<path>.stderr`).
 fn wait_for_file_line(path: &Path, needle: &str, child: &mut std::process::Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -32,7 +32,8 @@ fn wait_for_file_line(path: &Path, needle: &str, child: &mut std::process::Child
             return text;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("the VMM exited ({status}) before {needle:?}; its stdout:\n{text}");
+            let stderr = std::fs::read_to_string(path.with_extension("stderr")).unwrap_or_default();
+            panic!("the VMM exited ({status}) before {needle:?}; its stdout:\n{text}\nits stderr:\n{stderr}");
         }
         assert!(Instant::now() < deadline, "no {needle:?} in the VMM's stdout:\n{text}");
         std::thread::sleep(Duration::from_millis(20));
