@@ -165,9 +165,18 @@ fn run_api(mut args: cli::VmmArgs) -> u8 {
     // As Firecracker: the API serves while the flags' and the file's requests are made here
     // (its clients' requests wait for them), and the VM starts if the file configured one.
     for request in startup {
+        let logger = matches!(request, VmmRequest::PutLogger(_));
         if let Err(e) = dispatch_here(&mut controller, request) {
             report(format_args!("kestrel: error: {e}"));
             return exit_status::ERROR;
+        }
+        if logger {
+            // Firecracker's first line in its configured log.
+            tracing::info!(
+                "Running Firecracker v{} (Kestrel v{})",
+                model::api::FIRECRACKER_VERSION,
+                env!("CARGO_PKG_VERSION")
+            );
         }
     }
     loop {
