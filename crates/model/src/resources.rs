@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::{
-    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HugePages,
+    Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HostExtensions, HugePages,
     MachineConfiguration, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
 };
 use crate::config::{
@@ -57,6 +57,21 @@ fn check_id(id: &str) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::InvalidId(id.chars().take(MAX_ID_BYTES).collect()))
     }
+}
+
+/// A tap's name as the kernel takes it for an interface (`PUT /network-interfaces`'
+/// `host_dev_name`, a snapshot load's `network_overrides`).
+pub fn check_tap_name(name: &str) -> Result<(), ConfigError> {
+    let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
+    if name.is_empty()
+        || name.len() > TAP_NAME_MAX_BYTES
+        || name == "."
+        || name == ".."
+        || name.chars().any(forbidden)
+    {
+        return Err(ConfigError::InvalidTapName(name.chars().take(64).collect()));
+    }
+    Ok(())
 }
 
 fn check_path_id(path_id: &str, body_id: &str) -> Result<(), ConfigError> {
@@ -328,15 +343,7 @@ impl VmResources {
     ) -> Result<(), ConfigError> {
         check_path_id(path_id, &iface.iface_id)?;
         let name = &iface.host_dev_name;
-        let forbidden = |c: char| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control();
-        if name.is_empty()
-            || name.len() > TAP_NAME_MAX_BYTES
-            || name == "."
-            || name == ".."
-            || name.chars().any(forbidden)
-        {
-            return Err(ConfigError::InvalidTapName(name.chars().take(64).collect()));
-        }
+        check_tap_name(name)?;
         if let Some(mac) = &iface.guest_mac {
             mac.parse::<MacAddress>().map_err(ConfigError::InvalidMac)?;
         }
@@ -468,9 +475,10 @@ impl VmResources {
     /// order. A drive whose ID was longer than the 20 bytes a disk's serial keeps is known by
     /// those 20 bytes; a device saved without an ID (a command-line VM) gets `drive<N>` or its
     /// tap's name.
-    pub fn restored(config: &VmConfig) -> VmResources {
+    pub fn restored(config: &VmConfig, host: Option<HostExtensions>) -> VmResources {
         let mut resources = VmResources::default();
         let root = config.cmdline.split_whitespace().any(|word| word == "root=/dev/vda");
+        resources.boot_source = Some(restored_boot_source(config));
         let mut disks = 0;
         for device in &config.virtio {
             match device {
@@ -503,10 +511,13 @@ impl VmResources {
                 }
             }
         }
+        // SMT and CPU templates are not offered (always off, `None`), so they were as here; huge
+        // pages and the other host choices are the load's (`x-kestrel`), not the snapshot's.
         resources.machine_config = MachineConfiguration {
             vcpu_count: config.vcpus,
             mem_size_mib: config.memory_bytes >> 20,
             track_dirty_pages: config.track_dirty_pages,
+            kestrel: host.map(Box::new),
             ..MachineConfiguration::default()
         };
         resources
@@ -632,27 +643,48 @@ fn check_balloon_memory(memory: &crate::host::MemoryOptions) -> Result<(), Confi
     Ok(())
 }
 
+/// The boot source a restored VM was booted from, as `PUT /boot-source` gave it: the command
+/// line without the `root=/dev/vda ro|rw` the root drive added to it.
+fn restored_boot_source(config: &VmConfig) -> BootSource {
+    let cmdline = &config.cmdline;
+    let boot_args = [" root=/dev/vda ro", " root=/dev/vda rw"]
+        .iter()
+        .find_map(|suffix| cmdline.strip_suffix(suffix))
+        .unwrap_or(cmdline);
+    BootSource {
+        kernel_image_path: config.kernel.to_string_lossy().into_owned(),
+        initrd_path: config.initrd.as_ref().map(|path| path.to_string_lossy().into_owned()),
+        boot_args: Some(boot_args.to_owned()),
+    }
+}
+
 /// The API drive of a restored VM's disk `index`: every option the disk has, so that
-/// [`drive_config`] gives the disk back.
+/// [`drive_config`] gives the disk back; `x-kestrel` holds only the options that are not the
+/// defaults (as a drive configured without them shows).
 fn restored_drive(disk: &BlockConfig, index: usize, root: bool) -> Drive {
+    let defaults = BlockConfig::new(&disk.path);
+    let kestrel = crate::api::KestrelDrive {
+        format: (disk.format != defaults.format).then_some(disk.format),
+        // `none` has no `cache_type` of its own.
+        cache: (disk.cache == CacheMode::None).then_some(disk.cache),
+        allow_backing: (disk.allow_backing != defaults.allow_backing).then_some(disk.allow_backing),
+        num_queues: (disk.num_queues != defaults.num_queues).then_some(disk.num_queues),
+        poll_us: disk.poll_us,
+    };
     Drive {
         drive_id: disk.id.clone().unwrap_or_else(|| format!("drive{index}")),
         is_root_device: root,
         partuuid: None,
-        // `x-kestrel`'s cache says it all (`none` has no `cache_type` of its own).
-        cache_type: None,
+        cache_type: Some(match disk.cache {
+            CacheMode::Unsafe => CacheType::Unsafe,
+            CacheMode::Writeback | CacheMode::None => CacheType::Writeback,
+        }),
         is_read_only: Some(disk.read_only),
         path_on_host: Some(disk.path.to_string_lossy().into_owned()),
         rate_limiter: disk.rate_limiter,
         io_engine: Some(disk.io_engine),
         socket: None,
-        kestrel: Some(crate::api::KestrelDrive {
-            format: Some(disk.format),
-            cache: Some(disk.cache),
-            allow_backing: Some(disk.allow_backing),
-            num_queues: Some(disk.num_queues),
-            poll_us: disk.poll_us,
-        }),
+        kestrel: (kestrel != crate::api::KestrelDrive::default()).then_some(kestrel),
     }
 }
 
@@ -904,13 +936,51 @@ mod tests {
             track_dirty_pages: false,
             host: Default::default(),
         };
-        let resources = VmResources::restored(&config);
+        let resources = VmResources::restored(&config, None);
         let drives: Vec<_> = resources.drives_in_vm_order().map(|d| drive_config(d).unwrap()).collect();
         assert_eq!(drives[1], disk);
         assert_eq!(drives[0].id.as_deref(), Some("root"));
         assert!(!resources.drives[0].is_root_device, "no root= on the command line");
         assert_eq!(net_config(&resources.network_interfaces[0]).unwrap(), net);
         assert_eq!(resources.machine_config().vcpu_count, 2);
+    }
+
+    /// A restored VM's configuration reads as the requests that built it: the boot source's
+    /// arguments without the root drive's `root=`, a drive of default options without
+    /// `x-kestrel`, the load's host choices; and it builds the same VM again.
+    #[test]
+    fn a_restored_configuration_reads_as_the_requests_gave_it() {
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0 root=/dev/vda ro".into(),
+            vcpus: 2,
+            memory_bytes: 256 << 20,
+            serial: SerialConfig::None,
+            virtio: vec![VirtioConfig::Block(BlockConfig {
+                id: Some("rootfs".into()),
+                read_only: true,
+                ..BlockConfig::new("/r")
+            })],
+            transport: VirtioTransport::Mmio,
+            track_dirty_pages: true,
+            host: Default::default(),
+        };
+        let host = HostExtensions { vcpu_realtime_priority: Some(5), ..HostExtensions::default() };
+        let resources = VmResources::restored(&config, Some(host.clone()));
+        let exported = resources.export();
+        let boot = exported.boot_source.as_ref().unwrap();
+        assert_eq!(boot.boot_args.as_deref(), Some("console=ttyS0"));
+        assert_eq!(boot.initrd_path.as_deref(), Some("/i"));
+        assert_eq!(exported.drives[0].kestrel, None);
+        assert!(exported.drives[0].is_root_device);
+        assert_eq!(exported.drives[0].cache_type, Some(CacheType::Writeback));
+        let machine = exported.machine_config.as_ref().unwrap();
+        assert_eq!((machine.vcpu_count, machine.mem_size_mib, machine.track_dirty_pages), (2, 256, true));
+        assert_eq!(machine.kestrel.as_deref(), Some(&host));
+        let rebuilt = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        assert_eq!(rebuilt.cmdline, config.cmdline);
+        assert_eq!(rebuilt.virtio, config.virtio);
     }
 
     /// A balloon cannot give back locked or hugetlb memory: the two are refused together when

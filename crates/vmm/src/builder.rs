@@ -81,6 +81,10 @@ pub struct RestoreOptions {
     /// names (which may not be this host's, and are not to be trusted blindly). Either way the
     /// file must be a regular file or a block device of the capacity the guest saw.
     pub drive_paths: BTreeMap<String, PathBuf>,
+    /// Taps for the snapshot's network cards, by interface ID, in place of the saved ones
+    /// (Firecracker's `network_overrides`): the restored VM may run beside its original, or on
+    /// another host.
+    pub tap_names: BTreeMap<String, String>,
     /// What backs the restored guest's RAM and where its threads run: this side's choice (a
     /// snapshot does not carry it). Anonymous memory maps the memory file copy-on-write; a memfd
     /// or hugetlb backend gets fresh memory with the file's contents copied in.
@@ -172,6 +176,8 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
             }
         }
     }
+    restore_checks::apply_tap_names(&mut config, &options.tap_names)?;
+    config.validate()?;
     check_vcpu_count(config.vcpus)?;
     if state.vcpus.len() != usize::from(config.vcpus) {
         return Err(SnapshotError::Invalid("vCPU list (it does not match the vCPU count)").into());

@@ -520,8 +520,8 @@ impl<L: Launcher> Controller<L> {
             (None, Some(_)) => return Err(ControlError::NotYet("The Uffd memory backend")),
             _ => return Err(ControlError::MemorySource),
         };
-        if !params.network_overrides.is_empty() {
-            return Err(ControlError::NotYet("network_overrides"));
+        for card in &params.network_overrides {
+            model::resources::check_tap_name(&card.host_dev_name)?;
         }
         let host = match &params.kestrel {
             Some(extensions) => extensions.host_resources(None)?,
@@ -529,6 +529,7 @@ impl<L: Launcher> Controller<L> {
         };
         let drive_paths =
             params.drive_overrides.into_iter().map(|o| (o.drive_id, PathBuf::from(o.path_on_host))).collect();
+        let tap_names = params.network_overrides.into_iter().map(|o| (o.iface_id, o.host_dev_name)).collect();
         let restored = RestoredConfig::default();
         let launch = Launch::Restore {
             state_path: params.snapshot_path.into(),
@@ -538,6 +539,7 @@ impl<L: Launcher> Controller<L> {
                 track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
                 drive_paths,
+                tap_names,
                 host,
             },
             resume: params.resume_vm,
@@ -546,7 +548,7 @@ impl<L: Launcher> Controller<L> {
         let vm = self.launcher.launch(launch).map_err(vm_error("Cannot load the snapshot"))?;
         // The restored devices, for the requests that name them by ID.
         if let Some(config) = restored.get() {
-            self.resources = VmResources::restored(config);
+            self.resources = VmResources::restored(config, params.kestrel.map(|extensions| *extensions));
         }
         self.vm = Some(vm);
         self.state = if params.resume_vm { InstanceState::Running } else { InstanceState::Paused };

@@ -101,6 +101,7 @@ fn restore_without_kvm(state: &VmState) {
         track_dirty_pages: false,
         vsock_uds: None,
         drive_paths: BTreeMap::new(),
+        tap_names: BTreeMap::new(),
         host: Default::default(),
     };
     let _ = restored_config(state, &options);

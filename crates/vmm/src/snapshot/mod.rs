@@ -101,6 +101,9 @@ pub enum SnapshotError {
     Disk { drive: String, path: PathBuf, problem: restore_checks::DiskProblem },
     #[error("the snapshot has no drive {0:?} to override")]
     UnknownDrive(String),
+    /// Firecracker's words come first: clients match on them.
+    #[error("Unknown Network Device: the snapshot has no network interface {0:?} to override")]
+    UnknownNetworkDevice(String),
     #[error("the memory stream has a run of {bytes} bytes at {address:#x}, outside the saved memory layout")]
     MemoryRun { address: u64, bytes: u64 },
 }
@@ -495,6 +498,7 @@ mod tests {
             track_dirty_pages: false,
             vsock_uds: None,
             drive_paths: Default::default(),
+            tap_names: Default::default(),
             host: Default::default(),
         };
         let restored =

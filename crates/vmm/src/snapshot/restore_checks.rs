@@ -105,6 +105,24 @@ pub fn apply_drive_paths(
     Ok(())
 }
 
+/// Puts the client's taps (interface ID → tap name, Firecracker's `network_overrides`) in place
+/// of the saved ones. An override naming no card of the snapshot is an error, as in Firecracker
+/// (the card would silently keep its saved tap). The names themselves are checked by the
+/// configuration's validation after this, and the tap when it is opened.
+pub fn apply_tap_names(
+    config: &mut VmConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Result<(), SnapshotError> {
+    for (id, tap) in overrides {
+        let card = config.virtio.iter_mut().find_map(|device| match device {
+            VirtioConfig::Net(net) if net.id.as_deref() == Some(id.as_str()) => Some(net),
+            _ => None,
+        });
+        card.ok_or_else(|| SnapshotError::UnknownNetworkDevice(id.clone()))?.tap = Some(tap.clone());
+    }
+    Ok(())
+}
+
 /// Checks that the state's devices are the configuration's, on its transport: a device list
 /// that disagrees would hand one device's state to another.
 pub fn check_devices(state: &VmState, config: &VmConfig) -> Result<(), SnapshotError> {
@@ -182,6 +200,25 @@ mod tests {
         let error = check(&disk, Some(2048)).unwrap_err().to_string();
         assert!(error.contains("the image is in use"), "{error}");
         drop(writer);
+    }
+
+    #[test]
+    fn tap_overrides_replace_saved_taps_and_unknown_cards_are_refused() {
+        let mut config = sample_config();
+        apply_tap_names(&mut config, &BTreeMap::from([("eth0".to_owned(), "tap7".to_owned())])).unwrap();
+        let taps: Vec<_> = config
+            .virtio
+            .iter()
+            .filter_map(|device| match device {
+                VirtioConfig::Net(net) => Some(net.tap.as_deref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(taps, [Some("tap7")]);
+        let error = apply_tap_names(&mut config, &BTreeMap::from([("eth1".to_owned(), "tap8".to_owned())]))
+            .unwrap_err();
+        assert!(matches!(&error, SnapshotError::UnknownNetworkDevice(id) if id == "eth1"), "{error}");
+        assert!(error.to_string().starts_with("Unknown Network Device"), "{error}");
     }
 
     #[test]
