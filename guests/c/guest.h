@@ -52,6 +52,7 @@ static inline u32 inl(u16 port)
 }
 static inline u32 mmio_read32(u64 addr) { return *(volatile u32 *)addr; }
 static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)addr = v; }
+static inline void mmio_write8(u64 addr, u8 v) { *(volatile u8 *)addr = v; }
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 
 /* String and memory helpers (the compiler may also call the mem* ones). */

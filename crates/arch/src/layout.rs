@@ -10,6 +10,9 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 
 /// virtio-mmio devices: one 4 KiB register window each, from the start of the MMIO gap.
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START;
+/// Firecracker's boot-timer device (`--boot-timer`), where Firecracker puts it: the first
+/// virtio-mmio window, the devices then starting one window later.
+pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
 /// Size of one virtio-mmio device's window.
 pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
 /// How many virtio-mmio devices fit their 1 MiB window (the IOAPIC pins run out first).

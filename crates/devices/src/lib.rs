@@ -14,6 +14,7 @@
 //! order is always "device, then IOAPIC" and cannot deadlock.
 
 pub mod acpi;
+pub mod boot_timer;
 pub mod bus;
 pub mod guest_log;
 pub mod interrupt;

@@ -178,6 +178,11 @@ pub struct ConfinedLauncher {
 }
 
 impl ConfinedLauncher {
+    /// Boots build their VMs with `options` (`--boot-timer`).
+    pub fn with_build_options(self, options: vmm::builder::BuildOptions) -> ConfinedLauncher {
+        ConfinedLauncher { inner: self.inner.with_build_options(options), ..self }
+    }
+
     /// The VM the last successful launch built, once.
     pub fn take_built(&mut self) -> Option<vmm::vm::Vm> {
         self.inner.take_built()

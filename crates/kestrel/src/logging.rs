@@ -98,6 +98,10 @@ impl LogControl {
         if let Some(file) = settings.file {
             *destination = Destination::File(Arc::new(file));
         }
+        // Loads the time zone (glibc reads /etc/localtime on the first localtime_r) here, on the
+        // control thread, so that no filtered thread (a vCPU, an API connection) makes the first
+        // formatted line and is stopped by seccomp for opening the file.
+        let _ = LocalTime::now();
         let output = configured_output(&destination, settings.show_level, settings.show_log_origin);
         // The handles fail only when the subscriber is gone, and then nothing logs anyway.
         let _ = self.output.reload(output);

@@ -149,7 +149,8 @@ fn run_api(mut args: cli::VmmArgs) -> u8 {
     // Landlock: the VM's rules are applied on this (main) thread just before the VM is built or
     // restored; the API thread confines itself to nothing as it starts (see crate::landlock).
     let confinement = args.landlock.confinement();
-    let launcher = confinement.launcher();
+    let options = vmm::builder::BuildOptions { boot_timer: args.fc.boot_timer };
+    let launcher = confinement.launcher().with_build_options(options);
     let mut controller = Controller::new(settings, launcher, receiver);
     let sender = Arc::new(sender);
     if let Some(listener) = listener {

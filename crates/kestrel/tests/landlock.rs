@@ -469,7 +469,7 @@ fn an_unprivileged_vmm_keeps_its_other_threads_apart() {
     child.kill().unwrap();
     let output = child.wait_with_output().unwrap();
     let others: Vec<_> =
-        seen.iter().filter(|(name, _)| !name.starts_with("vcpu") && !name.starts_with("kvm-")).collect();
+        seen.iter().filter(|(name, _)| !name.starts_with("fc_vcpu") && !name.starts_with("kvm-")).collect();
     assert!(!others.is_empty(), "{seen:?}");
     for (name, cpus) in &others {
         assert_eq!(cpus, "0", "{name} in {seen:?}\n{out}\n{}", stderr(&output));

@@ -144,7 +144,7 @@ fn api_pins_vcpus_and_runs_them_real_time() {
             // that started it; it is not Kestrel's to place.
             name if name.starts_with("kvm-") => {}
             "fc_vcpu 0" | "fc_vcpu 1" => {
-                let cpu = &thread.name[4..];
+                let cpu = &thread.name["fc_vcpu ".len()..];
                 assert_eq!(thread.cpus, cpu, "{thread:?}");
                 assert_eq!((thread.policy, thread.priority), (1, 5), "SCHED_FIFO 5: {thread:?}");
             }

@@ -111,7 +111,7 @@ fn assert_all_confined<'a>(threads: impl IntoIterator<Item = (&'a String, &'a Co
         );
         // A vCPU, started by the main thread before it is confined, runs its own filter alone on
         // every KVM_RUN; threads started by the spawner carry its filter too.
-        if name.starts_with("vcpu") {
+        if name.starts_with("fc_vcpu") {
             assert_eq!(confinement.filters, "1", "thread {name:?} {context}");
         }
     }

@@ -49,22 +49,42 @@ const GED_IRQ: usize = arch::layout::GED_IRQ as usize;
 
 /// Builds a VM ready to run, or says which part of the configuration cannot be honoured.
 pub fn build(config: &VmConfig) -> Result<Vm> {
+    build_with(config, BuildOptions::default())
+}
+
+/// What a boot may add to the configured machine: debugging devices chosen on the command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    /// Firecracker's boot-timer device (`--boot-timer`) at [`arch::layout::BOOT_TIMER_START`],
+    /// the virtio-mmio devices one window further. A VM with it cannot be snapshotted: a restore
+    /// would put the devices back where the guest does not look for them.
+    pub boot_timer: bool,
+}
+
+/// [`build`] with [`BuildOptions`].
+pub fn build_with(config: &VmConfig, options: BuildOptions) -> Result<Vm> {
+    let boot_start = devices::boot_timer::BootStart::now();
     check_vcpu_count(config.vcpus)?;
     // Everything that can be checked without KVM is checked first, so the error names the real
     // problem even on a host without KVM.
     let boot_files = kernel::BootFiles::open(config)?;
     let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
-    let mmio_slots = mmio_slots(config)?;
+    let mmio_slots = mmio_slots(config, usize::from(options.boot_timer))?;
     let entry =
         kernel::load_boot_image(config, boot_files, &memory, &virtio_devices::mmio_cmdline(&mmio_slots))?;
 
     let (kvm, vm) = create_kvm_vm(config, &memory)?;
     let devices = LegacyDevices::create(config, &vm, None)?;
+    if options.boot_timer {
+        let timer = devices::boot_timer::BootTimer::new(boot_start);
+        let (base, len) = (arch::layout::BOOT_TIMER_START, arch::layout::VIRTIO_MMIO_WINDOW);
+        insert(&devices.mmio_bus, Arc::new(Mutex::new(timer)), base, len, "boot timer")?;
+    }
     let mut controls = virtio_devices::VirtioControls::default();
     let (transports, _pci) = attach_virtio(config, &vm, &memory, &devices, &mmio_slots, &mut controls)?;
     let vcpus = create_vcpus(&kvm, &vm, &memory, config.vcpus, entry)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
-    parts.into_vm(config)
+    parts.into_vm(config, options.boot_timer)
 }
 
 /// What [`restore`] takes besides the snapshot: what belongs to the restoring process rather than
@@ -183,7 +203,7 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
         return Err(SnapshotError::Invalid("vCPU list (it does not match the vCPU count)").into());
     }
     restore_checks::check_devices(state, &config)?;
-    mmio_slots(&config)?;
+    mmio_slots(&config, 0)?;
     memory::check_size(config.memory_bytes)?;
     restore_checks::check_memory_layout(state, &config)?;
     // Last: it opens host files.
@@ -193,7 +213,7 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
 
 /// Builds the VM of a checked state over its guest RAM.
 fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<Vm> {
-    let mmio_slots = mmio_slots(config)?;
+    let mmio_slots = mmio_slots(config, 0)?;
     let (kvm, vm) = create_kvm_vm(config, &memory)?;
     let devices = LegacyDevices::create(config, &vm, Some(state))?;
     let mut controls = virtio_devices::VirtioControls::default();
@@ -227,14 +247,14 @@ fn restore_into(state: &VmState, config: &VmConfig, memory: GuestRam) -> Result<
         .map_err(|e| SnapshotError::Restore { what: "the IOAPIC".into(), reason: e.to_string() })?;
     snapshot::restore_clock(&vm, &state.clock)?;
     let parts = VmParts { kvm, vm, memory, devices, controls, transports, vcpus };
-    parts.into_vm(config)
+    parts.into_vm(config, false)
 }
 
-/// Where the virtio-mmio devices sit; none on the PCI transport, whose devices are found by
-/// probing the bus, not declared on the command line.
-fn mmio_slots(config: &VmConfig) -> Result<Vec<virtio_devices::MmioSlot>> {
+/// Where the virtio-mmio devices sit, from window `first_window` on; none on the PCI transport,
+/// whose devices are found by probing the bus, not declared on the command line.
+fn mmio_slots(config: &VmConfig, first_window: usize) -> Result<Vec<virtio_devices::MmioSlot>> {
     match config.transport {
-        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len()),
+        VirtioTransport::Mmio => virtio_devices::mmio_slots(config.virtio.len(), first_window),
         VirtioTransport::Pci => Ok(Vec::new()),
     }
 }
@@ -308,7 +328,7 @@ struct VmParts {
 }
 
 impl VmParts {
-    fn into_vm(self, config: &VmConfig) -> Result<Vm> {
+    fn into_vm(self, config: &VmConfig, boot_timer: bool) -> Result<Vm> {
         let VmParts { kvm, vm, memory, devices, controls, transports, vcpus } = self;
         let placement = crate::placement::ThreadPlacement::resolve(&config.host, config.vcpus)?;
         let (ended_sender, ended_receiver) = mpsc::channel();
@@ -332,6 +352,7 @@ impl VmParts {
             vm: vm.clone(),
             memory: memory.clone(),
             config: Arc::new(Mutex::new(config.clone())),
+            boot_timer,
             msr_indices,
             ioapic: devices.ioapic.clone(),
             serial: devices.serial.clone(),

@@ -35,14 +35,16 @@ pub struct MmioSlot {
     pub irq: u32,
 }
 
-/// Assigns windows and pins to `count` devices, in order.
-pub fn mmio_slots(count: usize) -> Result<Vec<MmioSlot>> {
+/// Assigns windows and pins to `count` devices, in order, from window `first_window` on (the
+/// windows before it hold another device: the boot timer).
+pub fn mmio_slots(count: usize, first_window: usize) -> Result<Vec<MmioSlot>> {
     if count > DEVICE_IRQS.len() {
         return Err(Error::TooManyDevices { requested: count, max: DEVICE_IRQS.len() });
     }
     Ok((0..count)
         .map(|index| MmioSlot {
-            base: arch::layout::VIRTIO_MMIO_START + index as u64 * arch::layout::VIRTIO_MMIO_WINDOW,
+            base: arch::layout::VIRTIO_MMIO_START
+                + (first_window + index) as u64 * arch::layout::VIRTIO_MMIO_WINDOW,
             irq: DEVICE_IRQS[index],
         })
         .collect())
@@ -210,15 +212,18 @@ mod tests {
 
     #[test]
     fn slots_follow_each_other_and_run_out_with_the_pins() {
-        let slots = mmio_slots(2).unwrap();
+        let slots = mmio_slots(2, 0).unwrap();
         assert_eq!(slots, [MmioSlot { base: 0xC000_0000, irq: 5 }, MmioSlot { base: 0xC000_1000, irq: 6 }]);
         assert_eq!(
             mmio_cmdline(&slots),
             "virtio_mmio.device=4K@0xc0000000:5 virtio_mmio.device=4K@0xc0001000:6"
         );
-        let irqs: Vec<u32> = mmio_slots(10).unwrap().iter().map(|s| s.irq).collect();
+        let shifted = mmio_slots(2, 1).unwrap();
+        assert_eq!(shifted[0].base, slots[1].base, "after the boot timer's window");
+        assert_eq!(shifted[0].irq, slots[0].irq);
+        let irqs: Vec<u32> = mmio_slots(10, 0).unwrap().iter().map(|s| s.irq).collect();
         assert!(!irqs.contains(&8) && irqs.iter().all(|&irq| irq < 16 && irq != 4), "{irqs:?}");
-        assert!(matches!(mmio_slots(11), Err(Error::TooManyDevices { requested: 11, max: 10 })));
+        assert!(matches!(mmio_slots(11, 0), Err(Error::TooManyDevices { requested: 11, max: 10 })));
         assert_eq!(mmio_cmdline(&[]), "");
     }
 }

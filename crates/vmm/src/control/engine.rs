@@ -17,6 +17,8 @@ use crate::vm::{Vm, VmHandle};
 pub struct KvmLauncher {
     built: Option<Vm>,
     before_build: Option<BeforeBuild>,
+    /// What each boot adds to the configured machine (`--boot-timer`).
+    options: crate::builder::BuildOptions,
 }
 
 /// Called on the launching (main) thread with the configuration of the VM about to be built or
@@ -39,7 +41,7 @@ pub enum BuildOrigin {
 impl KvmLauncher {
     /// A launcher that calls `hook` before it builds or restores each VM.
     pub fn with_before_build(hook: BeforeBuild) -> KvmLauncher {
-        KvmLauncher { built: None, before_build: Some(hook) }
+        KvmLauncher { built: None, before_build: Some(hook), options: Default::default() }
     }
 
     fn before_build(&mut self, config: &VmConfig, origin: BuildOrigin) -> Result<(), EngineError> {
@@ -47,6 +49,12 @@ impl KvmLauncher {
             Some(hook) => hook(config, origin),
             None => Ok(()),
         }
+    }
+
+    /// Boots build their VMs with `options`.
+    pub fn with_build_options(mut self, options: crate::builder::BuildOptions) -> KvmLauncher {
+        self.options = options;
+        self
     }
 
     /// The VM the last successful launch built, once.
@@ -60,7 +68,7 @@ impl Launcher for KvmLauncher {
         let vm = match launch {
             Launch::Boot(config) => {
                 self.before_build(&config, BuildOrigin::Boot)?;
-                crate::builder::build(&config)?
+                crate::builder::build_with(&config, self.options)?
             }
             Launch::Restore { state_path, memory_path, options, resume, restored } => {
                 // The state file is read and checked, and the memory file mapped, before the

@@ -55,6 +55,8 @@ pub enum SnapshotError {
     Encode(String),
     #[error("diff snapshots need dirty-page tracking (machine-config track_dirty_pages, or enable_diff_snapshots on load)")]
     DiffWithoutTracking,
+    #[error("a VM started with --boot-timer cannot be snapshotted (the boot timer is for measuring boots)")]
+    BootTimer,
     #[error("the saved state is invalid: bad {0}")]
     Invalid(&'static str),
     #[error("{path}: {source}")]
@@ -238,6 +240,8 @@ pub(crate) struct SnapshotSources {
     pub memory: GuestRam,
     /// What the VM was built from, as the API has changed it since (a disk's new file).
     pub config: Arc<Mutex<VmConfig>>,
+    /// The VM has the boot-timer device, which moves the virtio-mmio devices: not snapshotted.
+    pub boot_timer: bool,
     /// The MSRs to save (KVM_GET_MSR_INDEX_LIST).
     pub msr_indices: Vec<u32>,
     pub ioapic: Arc<Mutex<Ioapic>>,
@@ -285,6 +289,9 @@ pub(crate) fn create_into(
     let _one_at_a_time = sources.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
     if kind == SnapshotKind::Diff && !sources.dirty_tracking {
         return Err(SnapshotError::DiffWithoutTracking);
+    }
+    if sources.boot_timer {
+        return Err(SnapshotError::BootTimer);
     }
     // KVM_GET_XSAVE returns the legacy 4 KiB area; on hosts whose XSAVE state is larger (AMX
     // tiles), the rest would be lost without a word.
