@@ -547,9 +547,6 @@ mod tests {
         assert!(fault(&mut api, Method::Put, "/snapshot/load", both).contains("Exactly one"));
         assert!(fault(&mut api, Method::Put, "/snapshot/load", r#"{"snapshot_path": "/s"}"#)
             .contains("Exactly one"));
-        let uffd =
-            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#;
-        assert!(fault(&mut api, Method::Put, "/snapshot/load", uffd).contains("not supported by Kestrel yet"));
         let load = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": false}"#;
         assert_eq!(call(&mut api, Method::Put, "/snapshot/load", load).0, 204);
         assert_eq!(call(&mut api, Method::Get, "/", "").1["state"], "Paused", "loaded without resume_vm");

@@ -1,12 +1,17 @@
 //! What a VM restored from a snapshot reports about itself, and what `PUT /snapshot/load` changes
 //! on the way: `GET /vm/config` and `GET /machine-config` after a load answer from the snapshot
-//! (vCPUs, memory, every device as it was configured), and `network_overrides` moves a card to
-//! another tap. The VMs run in a network namespace of the test's own (their cards need taps).
+//! (vCPUs, memory, every device as it was configured), `network_overrides` moves a card to
+//! another tap, and the `Uffd` memory backend has a page-fault handler of the test's serve guest
+//! RAM. VMs with cards run in a network namespace of the test's own (their cards need taps).
 
 mod common;
 
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{assert_fault, request, spawn_vmm, vmm_command};
@@ -26,12 +31,15 @@ struct Vmm {
 }
 
 impl Vmm {
-    fn start(namespace: &NetNamespace, dir: &Path, name: &str) -> Vmm {
+    fn start(namespace: Option<&NetNamespace>, dir: &Path, name: &str) -> Vmm {
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
         let mut command = vmm_command(&socket);
         command.args(["--serial", &format!("file:{}", log.display())]);
-        let mut wrapped = namespace.wrap(&command);
+        let mut wrapped = match namespace {
+            Some(namespace) => namespace.wrap(&command),
+            None => command,
+        };
         wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
         let child = spawn_vmm(wrapped, &socket);
         let watchdog = Watchdog::within(&child, 4 * HANG_LIMIT);
@@ -130,7 +138,7 @@ fn a_restored_vm_reports_the_configuration_it_was_saved_with() {
     let vsock = dir.path().join("vsock.sock");
     let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
 
-    let first = Vmm::start(&namespace, dir.path(), "first");
+    let first = Vmm::start(Some(&namespace), dir.path(), "first");
     let boot = serde_json::json!({"kernel_image_path": guests::HELLO, "boot_args": "exit=count"});
     first.ok("PUT", "/boot-source", &boot.to_string());
     first.ok(
@@ -159,7 +167,7 @@ fn a_restored_vm_reports_the_configuration_it_was_saved_with() {
     // The restored vsock device listens on the path again.
     let _ = std::fs::remove_file(&vsock);
 
-    let second = Vmm::start(&namespace, dir.path(), "second");
+    let second = Vmm::start(Some(&namespace), dir.path(), "second");
     second.ok("PUT", "/snapshot/load", &load_body(&state, &memory, serde_json::json!({})));
     let after = second.get("/vm/config");
     for section in
@@ -190,7 +198,7 @@ fn network_overrides_move_a_restored_card_to_another_tap() {
     let dir = tempfile::tempdir().unwrap();
     let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
 
-    let first = Vmm::start(&namespace, dir.path(), "first");
+    let first = Vmm::start(Some(&namespace), dir.path(), "first");
     let boot = serde_json::json!({"kernel_image_path": guests::HELLO, "boot_args": "exit=count"});
     first.ok("PUT", "/boot-source", &boot.to_string());
     first.ok("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#);
@@ -203,7 +211,7 @@ fn network_overrides_move_a_restored_card_to_another_tap() {
     drop(first);
     assert!(!attached(&namespace, TAP_A), "the first VMM let go of its tap");
 
-    let second = Vmm::start(&namespace, dir.path(), "second");
+    let second = Vmm::start(Some(&namespace), dir.path(), "second");
     let unknown = serde_json::json!({"network_overrides": [{"iface_id": "eth1", "host_dev_name": TAP_B}]});
     assert_fault(
         request(&second.socket, "PUT", "/snapshot/load", &load_body(&state, &memory, unknown)),
@@ -217,4 +225,102 @@ fn network_overrides_move_a_restored_card_to_another_tap() {
     assert!(attached(&namespace, TAP_B), "the restored card opened the override's tap");
     assert!(!attached(&namespace, TAP_A), "and not the saved one");
     second.wait_for_counts(1);
+}
+
+/// hello.c's COUNT_STEP.
+const COUNT_STEP: u64 = 1 << 25;
+
+/// A page-fault handler of Firecracker's protocol on a thread: it accepts one VMM on `socket`,
+/// then serves every page the guest touches from the memory file (holes read as zeroes) until
+/// it is dropped. `served` counts the pages it copied in.
+struct PageServer {
+    served: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PageServer {
+    fn start(socket: &Path, memory: &Path) -> PageServer {
+        let listener = UnixListener::bind(socket).unwrap();
+        let memory = std::fs::File::open(memory).unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (served.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let (mappings, uffd) = vmm::uffd::receive_from_vmm(&stream).unwrap();
+            let mut page = vec![0u8; 4096];
+            while !stopped.load(Ordering::Relaxed) {
+                let mut poll = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&uffd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes the one pollfd, alive across the call.
+                if unsafe { libc::poll(&mut poll, 1, 50) } <= 0 {
+                    continue;
+                }
+                let Some(event) = uffd.read_event().unwrap() else { continue };
+                let vmm::uffd::UffdEvent::PageFault { address } = event else { continue };
+                let address = address & !4095;
+                let region = mappings
+                    .iter()
+                    .find(|m| {
+                        (m.base_host_virt_addr..m.base_host_virt_addr + m.size as u64).contains(&address)
+                    })
+                    .expect("a fault inside guest RAM");
+                assert_eq!(region.page_size, 4096);
+                page.fill(0);
+                let offset = region.offset + (address - region.base_host_virt_addr);
+                // Past the end of the file (or in a hole) the page is zeroes.
+                let _ = memory.read_at(&mut page, offset).unwrap();
+                uffd.copy(address, &page).unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        PageServer { served, stop }
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `"mem_backend": {"backend_type": "Uffd"}`: guest RAM comes empty and a handler process fills
+/// each page the guest touches (Firecracker's protocol: the mappings as JSON with the
+/// userfaultfd). The restored guest counts on from where it was, through pages only the handler
+/// gave it; no handler at the socket is a clear error, and the VMM stays loadable.
+#[test]
+fn the_uffd_backend_has_a_page_fault_handler_serve_guest_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state, memory) = (dir.path().join("state"), dir.path().join("memory"));
+    let first = Vmm::start(None, dir.path(), "first");
+    let boot = serde_json::json!({"kernel_image_path": guests::HELLO, "boot_args": "exit=count"});
+    first.ok("PUT", "/boot-source", &boot.to_string());
+    first.ok("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#);
+    first.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    first.wait_for_counts(2);
+    first.snapshot(&state, &memory);
+    let last = *first.counts().last().unwrap();
+    drop(first);
+
+    let second = Vmm::start(None, dir.path(), "second");
+    let socket = dir.path().join("uffd.sock");
+    let uffd = |socket: &Path| {
+        serde_json::json!({"snapshot_path": state, "mem_backend": {"backend_type": "Uffd", "backend_path": socket},
+            "resume_vm": true})
+        .to_string()
+    };
+    assert_fault(request(&second.socket, "PUT", "/snapshot/load", &uffd(&socket)), "page-fault handler");
+    let server = PageServer::start(&socket, &memory);
+    second.ok("PUT", "/snapshot/load", &uffd(&socket));
+    let counts = second.wait_for_counts(2);
+    assert_eq!(counts[0], last + COUNT_STEP, "the guest counts on from where it was: {counts:?}");
+    let served = server.served.load(Ordering::Relaxed);
+    // The code, stack, page tables and counter at least; never more than the guest's RAM.
+    assert!(served > 3 && served <= (64 << 20) / 4096, "{served} pages served");
 }

@@ -14,6 +14,7 @@ use devices::legacy::{Cmos, PowerManagement, Serial, I8042};
 use devices::{Bus, BusDevice};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use model::api::MemoryBackendType;
 use virtio::snapshot::SnapshotTransport;
 use virtio::GuestRam;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -95,6 +96,9 @@ pub struct RestoreOptions {
     pub serial: SerialConfig,
     /// Log the guest's writes from now on, so later diff snapshots are possible.
     pub track_dirty_pages: bool,
+    /// Where guest RAM comes from: the memory file (`File`), or a page-fault handler listening on
+    /// the memory path, a Unix socket (`Uffd`, Firecracker's protocol: see [`crate::uffd`]).
+    pub memory_backend: MemoryBackendType,
     /// The vsock device's Unix socket, if it is to differ from the saved one.
     pub vsock_uds: Option<PathBuf>,
     /// Host files for the snapshot's disks, by drive ID, in place of the paths the state file
@@ -127,7 +131,8 @@ pub struct PreparedRestore {
     memory: GuestRam,
 }
 
-/// The first half of [`restore`]: reads and checks the state file, maps the memory file.
+/// The first half of [`restore`]: reads and checks the state file, maps the memory file (or, with
+/// the `Uffd` backend, hands fresh guest RAM to the page-fault handler at `memory_path`).
 pub fn prepare_restore(
     state_path: &Path,
     memory_path: &Path,
@@ -135,13 +140,25 @@ pub fn prepare_restore(
 ) -> Result<PreparedRestore> {
     let state = snapshot::read_state_file(state_path)?;
     let config = restored_config(&state, options)?;
-    let memory = match config.host.memory.backend {
-        crate::config::RamBackend::Anonymous => {
+    let memory = match (options.memory_backend, config.host.memory.backend) {
+        (MemoryBackendType::Uffd, backend) => {
+            if config.host.memory.mlock {
+                return Err(crate::uffd::UffdError::Mlock.into());
+            }
+            let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
+            let page_size = match backend {
+                crate::config::RamBackend::HugeTlb(page) => page.bytes() as usize,
+                _ => 4096,
+            };
+            crate::uffd::hand_to_handler(&memory, &state.memory, page_size, memory_path)?;
+            memory
+        }
+        (MemoryBackendType::File, crate::config::RamBackend::Anonymous) => {
             let memory = snapshot::memory_file::map(memory_path, &state.memory)?;
             memory::advise(&memory, &config.host.memory)?;
             memory
         }
-        _ => {
+        (MemoryBackendType::File, _) => {
             let memory = memory::create_guest_memory(config.memory_bytes, &config.host.memory)?;
             memory::fill_from_file(&memory, memory_path, &state.memory)?;
             memory

@@ -21,6 +21,7 @@ pub mod outcome;
 mod pci_devices;
 mod placement;
 pub mod snapshot;
+pub mod uffd;
 mod vcpu;
 mod virtio_devices;
 pub mod vm;
@@ -92,6 +93,8 @@ pub enum Error {
     Memory(#[from] memory::MemoryError),
     #[error("{0}")]
     Placement(#[from] placement::HostPlacementError),
+    #[error("{0}")]
+    Uffd(#[from] uffd::UffdError),
     #[error("cannot open the serial output file {path}: {source}")]
     SerialOutput { path: PathBuf, source: std::io::Error },
     #[error("{requested} virtio-mmio devices requested but at most {max} fit (one ISA interrupt line each); use --transport pci for more")]

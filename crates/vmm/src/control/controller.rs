@@ -514,10 +514,9 @@ impl<L: Launcher> Controller<L> {
         if self.configured {
             return Err(ControlError::ConfiguredBeforeLoad);
         }
-        let memory_path = match (params.mem_file_path, params.mem_backend) {
-            (Some(path), None) => path,
-            (None, Some(backend)) if backend.backend_type == MemoryBackendType::File => backend.backend_path,
-            (None, Some(_)) => return Err(ControlError::NotYet("The Uffd memory backend")),
+        let (memory_backend, memory_path) = match (params.mem_file_path, params.mem_backend) {
+            (Some(path), None) => (MemoryBackendType::File, path),
+            (None, Some(backend)) => (backend.backend_type, backend.backend_path),
             _ => return Err(ControlError::MemorySource),
         };
         for card in &params.network_overrides {
@@ -536,6 +535,7 @@ impl<L: Launcher> Controller<L> {
             memory_path: memory_path.into(),
             options: RestoreOptions {
                 serial: self.settings.serial.clone(),
+                memory_backend,
                 track_dirty_pages: params.track_dirty_pages || params.enable_diff_snapshots,
                 vsock_uds: params.vsock_override.map(|o| o.uds_path.into()),
                 drive_paths,

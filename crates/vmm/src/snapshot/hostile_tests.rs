@@ -102,6 +102,7 @@ fn restore_without_kvm(state: &VmState) {
         vsock_uds: None,
         drive_paths: BTreeMap::new(),
         tap_names: BTreeMap::new(),
+        memory_backend: model::api::MemoryBackendType::File,
         host: Default::default(),
     };
     let _ = restored_config(state, &options);

@@ -506,6 +506,7 @@ mod tests {
             vsock_uds: None,
             drive_paths: Default::default(),
             tap_names: Default::default(),
+            memory_backend: model::api::MemoryBackendType::File,
             host: Default::default(),
         };
         let restored =
