@@ -1,7 +1,8 @@
 //! The one place a refused request becomes HTTP: status 400 and `{"fault_message": ...}`, as
-//! Firecracker answers every refusal, whatever the reason.
+//! Firecracker answers every refusal but one: MMDS contents over the size limit get its 413.
 
 use model::control::ControlError;
+use model::mmds::MmdsError;
 
 use crate::http::Response;
 
@@ -9,7 +10,10 @@ use crate::http::Response;
 pub fn error_response(error: &ControlError) -> Response {
     // Firecracker answers every refusal with 400, even its internal errors (a VMM that is gone
     // included); its clients check for that, and the API description promises no 5xx.
-    Response::bad_request(&error.to_string())
+    match error {
+        ControlError::Mmds(MmdsError::TooLarge) => Response::error(413, &error.to_string()),
+        _ => Response::bad_request(&error.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -23,7 +27,8 @@ mod tests {
         let cases = [
             (ControlError::NotSupportedAfterStart, model::NOT_SUPPORTED_AFTER_START),
             (ControlError::NotSupportedBeforeStart, model::NOT_SUPPORTED_BEFORE_START),
-            (ControlError::NotYet("MMDS"), "MMDS is not supported by Kestrel yet."),
+            (ControlError::NotYet("pmem devices"), "pmem devices is not supported by Kestrel yet."),
+            (ControlError::Mmds(MmdsError::NotInitialized), "The MMDS data store is not initialized."),
             (
                 ControlError::Busy { operation: Operation::SnapshotCreate },
                 "The microVM is busy: PUT /snapshot/create is in progress; try again once it has finished.",
@@ -36,5 +41,8 @@ mod tests {
             assert_eq!(body["fault_message"], message);
         }
         assert_eq!(error_response(&ControlError::VmmGone).status, 400);
+        let too_large = error_response(&ControlError::Mmds(MmdsError::TooLarge));
+        assert_eq!(too_large.status, 413, "Firecracker's status for MMDS contents over the limit");
+        assert!(too_large.body.unwrap().contains("The MMDS patch request doesn't fit."));
     }
 }

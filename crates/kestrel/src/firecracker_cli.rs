@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser};
-use model::api::{
-    ActionType, FullVmConfiguration, LogLevel, Logger, Metrics, MmdsConfig, FIRECRACKER_VERSION,
-};
+use model::api::{ActionType, FullVmConfiguration, LogLevel, Logger, Metrics, FIRECRACKER_VERSION};
 use model::control::VmmRequest;
 
 use crate::{cli, report};
@@ -235,7 +233,7 @@ fn read(path: &Path) -> Result<String, StartupError> {
     std::fs::read_to_string(path).map_err(|source| StartupError::Read { path: path.to_owned(), source })
 }
 
-/// A section of the config file that `PUT /logger`, `PUT /metrics` or `PUT /mmds/config` takes.
+/// A section of the config file that `PUT /logger` or `PUT /metrics` takes.
 fn section<T: serde::de::DeserializeOwned>(
     path: &Path,
     section: &'static str,
@@ -326,8 +324,7 @@ fn config_file_requests(
         requests.push(VmmRequest::PutEntropy(entropy));
     }
     if let Some(mmds) = file.mmds_config {
-        let config: MmdsConfig = section(path, "mmds-config", mmds)?;
-        requests.push(VmmRequest::PutMmdsConfig(config));
+        requests.push(VmmRequest::PutMmdsConfig(mmds));
     }
     // MERGE: cpu-config is another part's; until it has a request of its own, a file with it is
     // refused by the same check `kestrel run --config` makes.

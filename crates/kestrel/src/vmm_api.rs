@@ -39,7 +39,12 @@ pub fn load_config_file(
         .map_err(|source| ConfigFileReadError::Read { path: path.to_owned(), source })?;
     let invalid = |source| ConfigFileReadError::Invalid { path: path.to_owned(), source };
     let resources = VmResources::from_json(&text).map_err(invalid)?;
-    resources.to_vm_config(serial, transport).map_err(|e| invalid(e.into()))
+    let mut config = resources.to_vm_config(serial, transport).map_err(|e| invalid(e.into()))?;
+    if let Some(mmds) = resources.mmds_config() {
+        // No API to fill it: the cards answer from an empty store (404 for every path).
+        config.attach_mmds(mmds, &model::mmds::MmdsStore::new(vmm::control::DEFAULT_MMDS_SIZE_LIMIT));
+    }
+    Ok(config)
 }
 
 pub fn run(args: cli::VmmArgs) -> ExitCode {

@@ -542,7 +542,7 @@ pub struct FullVmConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default, skip_serializing_if = "Option::is_none")]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(rename = "cpu-config", default, skip_serializing_if = "Option::is_none")]
     pub cpu_config: Option<serde_json::Value>,
 }

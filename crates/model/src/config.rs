@@ -51,6 +51,23 @@ pub struct VmConfig {
     pub host: HostResources,
 }
 
+impl VmConfig {
+    /// Makes the cards `mmds` names answer for the metadata service, with `store`'s contents.
+    pub fn attach_mmds(&mut self, mmds: &crate::api::MmdsConfig, store: &crate::mmds::MmdsStore) {
+        for device in &mut self.virtio {
+            if let VirtioConfig::Net(net) = device {
+                let named = net.id.as_ref().is_some_and(|id| mmds.network_interfaces.contains(id));
+                net.mmds = named.then(|| crate::mmds::NetMmds {
+                    address: mmds.ipv4_address.unwrap_or(crate::mmds::DEFAULT_MMDS_ADDRESS),
+                    version: mmds.version,
+                    imds_compat: mmds.imds_compat,
+                    store: store.clone(),
+                });
+            }
+        }
+    }
+}
+
 /// The most vCPUs a VM can have (the MP table's and ACPI's limit in Kestrel's layout).
 pub const MAX_VCPUS: u8 = 254;
 /// The least guest RAM Kestrel builds a VM with.
@@ -194,12 +211,16 @@ pub struct NetConfig {
     /// Limits on what the guest sends.
     #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// The card answers the guest's frames to the metadata service itself (`PUT /mmds/config`).
+    /// Not saved in a snapshot: the store is the VMM's, and a restored card has no MMDS.
+    #[serde(skip)]
+    pub mmds: Option<crate::mmds::NetMmds>,
 }
 
 impl NetConfig {
     /// A card on `tap` (`None`: a new `kestrelN`) with every option at its default.
     pub fn new(tap: Option<String>) -> NetConfig {
-        NetConfig { tap, mac: None, id: None, rx_rate_limiter: None, tx_rate_limiter: None }
+        NetConfig { tap, mac: None, id: None, rx_rate_limiter: None, tx_rate_limiter: None, mmds: None }
     }
 
     /// The card's checks (the tap itself is checked when it is opened).

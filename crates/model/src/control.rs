@@ -147,6 +147,9 @@ pub enum ControlError {
     /// `PUT /logger` failed (the logger's message).
     #[error("{0}")]
     Logger(String),
+    /// `PUT`/`PATCH /mmds` refused by the data store.
+    #[error(transparent)]
+    Mmds(#[from] crate::mmds::MmdsError),
     /// The VMM's control thread is gone (the VM has ended and the process is exiting).
     #[error("The VMM is not running any more")]
     VmmGone,

@@ -26,6 +26,12 @@ pub enum ConfigError {
     InvalidMemorySize(u64),
     #[error("{0} is not supported by Kestrel yet")]
     Unsupported(String),
+    #[error("The list of network interface IDs that allow forwarding MMDS requests is empty.")]
+    MmdsNoInterfaces,
+    #[error("The MMDS IPv4 address is not link local.")]
+    MmdsAddress,
+    #[error("The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface.")]
+    MmdsUnknownInterface,
     #[error("A root block device already exists!")]
     RootBlockDeviceAlreadyAdded,
     #[error("is_read_only and path_on_host are required for a virtio-block drive (vhost-user drives are not supported)")]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod host;
 mod mac;
 pub mod manager;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod resources;
 

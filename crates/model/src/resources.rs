@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::api::{
     Balloon, BootSource, CacheType, Drive, EntropyDevice, FullVmConfiguration, HostExtensions, HugePages,
-    MachineConfiguration, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
+    MachineConfiguration, MmdsConfig, NetworkInterface, PartialDrive, PartialNetworkInterface, Vsock,
 };
 use crate::config::{
     BalloonConfig, BlockConfig, MacAddress, NetConfig, SerialConfig, VirtioConfig, VirtioTransport, VmConfig,
@@ -46,6 +46,7 @@ pub struct VmResources {
     vsock: Option<Vsock>,
     balloon: Option<Balloon>,
     entropy: Option<EntropyDevice>,
+    mmds_config: Option<MmdsConfig>,
 }
 
 fn check_id(id: &str) -> Result<(), ConfigError> {
@@ -453,6 +454,28 @@ impl VmResources {
         Ok(())
     }
 
+    /// `PUT /mmds/config`: the interfaces must be configured already (Firecracker's rule), and the
+    /// address link-local.
+    pub fn set_mmds_config(&mut self, config: MmdsConfig) -> Result<(), ConfigError> {
+        if config.network_interfaces.is_empty() {
+            return Err(ConfigError::MmdsNoInterfaces);
+        }
+        if config.ipv4_address.is_some_and(|address| !crate::mmds::valid_mmds_address(address)) {
+            return Err(ConfigError::MmdsAddress);
+        }
+        let known = |id: &String| self.network_interfaces.iter().any(|i| &i.iface_id == id);
+        if !config.network_interfaces.iter().all(known) {
+            return Err(ConfigError::MmdsUnknownInterface);
+        }
+        self.mmds_config = Some(config);
+        Ok(())
+    }
+
+    /// The MMDS configuration, if `PUT /mmds/config` gave one.
+    pub fn mmds_config(&self) -> Option<&MmdsConfig> {
+        self.mmds_config.as_ref()
+    }
+
     /// What `GET /vm/config` returns. Each drive shows the cache type and I/O engine it has, as
     /// Firecracker's does, also where the request left them out.
     pub fn export(&self) -> FullVmConfiguration {
@@ -464,6 +487,7 @@ impl VmResources {
             vsock: self.vsock.clone(),
             balloon: self.balloon.clone(),
             entropy: self.entropy.clone(),
+            mmds_config: self.mmds_config.clone(),
             ..FullVmConfiguration::default()
         }
     }
@@ -534,7 +558,6 @@ impl VmResources {
         for (present, name) in [
             (file.logger.is_some(), "the logger section"),
             (file.metrics.is_some(), "the metrics section"),
-            (file.mmds_config.is_some(), "the mmds-config section"),
             (file.cpu_config.is_some(), "the cpu-config section"),
         ] {
             if present {
@@ -564,6 +587,9 @@ impl VmResources {
         }
         if let Some(entropy) = file.entropy {
             resources.set_entropy(entropy)?;
+        }
+        if let Some(mmds) = file.mmds_config {
+            resources.set_mmds_config(mmds)?;
         }
         Ok(resources)
     }

@@ -153,7 +153,12 @@ fn create_net(config: &NetConfig) -> Result<(Net, String)> {
     // The user needs the name to configure the host side of an automatic tap.
     tracing::info!("virtio-net: tap {}, MAC {mac}", tap.name());
     let tap_name = tap.name().to_owned();
-    Ok((Net::new(tap, mac, limiters), tap_name))
+    let mut net = Net::new(tap, mac, limiters);
+    if let Some(mmds) = &config.mmds {
+        tracing::info!("virtio-net: {tap_name} answers for MMDS at {}", mmds.address);
+        net.set_mmds(mmds.clone());
+    }
+    Ok((net, tap_name))
 }
 
 /// Creates every configured device and attaches it to the MMIO bus at its slot.

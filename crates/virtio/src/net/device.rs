@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use super::control::{NetControl, NetLimiters};
-use super::handler::NetHandler;
+use super::handler::{FrameBackend, NetHandler};
 use super::mac::MacAddress;
+use super::mmds::{MmdsBackend, MmdsStack};
 use super::tap::Tap;
 use crate::device::{
     device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -56,6 +57,8 @@ pub struct Net {
     metrics: Arc<NetMetrics>,
     /// Shared with each worker and the host's [`NetControl`]; they outlive resets.
     limiters: NetLimiters,
+    /// The metadata service this card answers for, if any (a new stack at each activation).
+    mmds: Option<model::mmds::NetMmds>,
     worker: Option<Worker>,
 }
 
@@ -65,7 +68,12 @@ impl Net {
         let mut config = [0u8; CONFIG_BYTES];
         config[..6].copy_from_slice(&mac.0);
         config[6..].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        Net { tap, config, metrics: Arc::default(), limiters, worker: None }
+        Net { tap, config, metrics: Arc::default(), limiters, mmds: None, worker: None }
+    }
+
+    /// Makes the card answer the guest's frames to the metadata service itself.
+    pub fn set_mmds(&mut self, mmds: model::mmds::NetMmds) {
+        self.mmds = Some(mmds);
     }
 
     /// The host's handle on this card's rate limiters, usable while the guest runs.
@@ -76,6 +84,27 @@ impl Net {
     /// What the card counts, for the VMM's metrics.
     pub fn metrics(&self) -> Arc<NetMetrics> {
         self.metrics.clone()
+    }
+}
+
+impl Net {
+    /// Starts the worker moving frames between `queues` and `backend`.
+    fn spawn<B: FrameBackend>(
+        &self,
+        context: &mut ActivateContext,
+        queues: [virtio_queue::Queue; 2],
+        backend: B,
+    ) -> Result<Worker, ActivateError> {
+        let handler = NetHandler::new(
+            context.memory.clone(),
+            queues,
+            context.interrupt.clone(),
+            context.guest_errors.clone(),
+            self.metrics.clone(),
+            backend,
+            self.limiters.clone(),
+        );
+        context.spawn_worker("virtio-net", jail::seccomp::ThreadRole::Net, handler)
     }
 }
 
@@ -120,17 +149,15 @@ impl VirtioDevice for Net {
         // RX_QUEUE and TX_QUEUE, in that order.
         let [rx, tx] = context.take_ready_queues(&self.worker)?;
         self.tap.set_offloads(tap_offloads(context.acked_features)).map_err(ActivateError::Backend)?;
-        let backend = self.tap.try_clone().map_err(ActivateError::Backend)?;
-        let handler = NetHandler::new(
-            context.memory.clone(),
-            [rx, tx],
-            context.interrupt.clone(),
-            context.guest_errors.clone(),
-            self.metrics.clone(),
-            backend,
-            self.limiters.clone(),
-        );
-        self.worker = Some(context.spawn_worker("virtio-net", jail::seccomp::ThreadRole::Net, handler)?);
+        let tap = self.tap.try_clone().map_err(ActivateError::Backend)?;
+        let worker = match &self.mmds {
+            Some(mmds) => {
+                let stack = MmdsStack::new(mmds.clone(), context.guest_errors.clone());
+                self.spawn(&mut context, [rx, tx], MmdsBackend::new(tap, stack))?
+            }
+            None => self.spawn(&mut context, [rx, tx], tap)?,
+        };
+        self.worker = Some(worker);
         Ok(())
     }
 

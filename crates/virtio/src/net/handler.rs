@@ -59,6 +59,11 @@ pub trait FrameBackend: AsRawFd + Send + 'static {
     fn receive(&mut self, buffer: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame; `WouldBlock` when the backend cannot take it yet.
     fn send(&mut self, frame: &[u8]) -> io::Result<usize>;
+    /// Frames wait to be received that the backend's descriptor does not signal (the metadata
+    /// service's replies): the worker receives after transmitting when so.
+    fn has_pending(&self) -> bool {
+        false
+    }
 }
 
 /// Why a transmit request fails (it is completed without its frame being sent).
@@ -281,6 +286,10 @@ impl<B: FrameBackend> NetHandler<B> {
         }
         if used_any {
             worker::signal_used(NAME, &mut self.tx, &self.memory, self.interrupt.as_ref(), TX_QUEUE);
+        }
+        if self.backend.has_pending() {
+            // Replies from the metadata service: the tap will not wake the worker for them.
+            self.receive_frames();
         }
     }
 

@@ -5,6 +5,7 @@
 //! sees (features, configuration space), `handler.rs` moves frames between the queues and the
 //! tap on the device's worker thread, and `control.rs` is the host's handle on the card's rate
 //! limiters (one for each direction, Firecracker's `rx_rate_limiter` and `tx_rate_limiter`).
+//! A card named by `PUT /mmds/config` puts `mmds/` (the metadata service) in front of its tap.
 //!
 //! Every frame, in both directions and on the tap too, starts with the 12-byte
 //! `virtio_net_hdr_v1` (the tap is told to use that size), so the header passes through unchanged
@@ -16,6 +17,7 @@ mod control;
 mod device;
 mod handler;
 mod mac;
+pub mod mmds;
 mod tap;
 
 pub use control::{NetControl, NetLimiters};

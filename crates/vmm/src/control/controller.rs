@@ -13,6 +13,7 @@ use model::api::{
 use model::config::{SerialConfig, VirtioTransport};
 use model::control::{ControlError, VmmRequest, VmmResponse};
 use model::error::ConfigError;
+use model::mmds::MmdsStore;
 use model::resources::VmResources;
 
 use super::channel::{ControlMessage, ControlReceiver, Received, Reply};
@@ -57,6 +58,8 @@ pub enum Pending {
 pub struct Controller<L: Launcher> {
     settings: ControllerSettings,
     resources: VmResources,
+    /// The metadata service's store, shared with the cards that answer for it.
+    mmds: MmdsStore,
     state: InstanceState,
     launcher: L,
     /// The started VM's control; `None` before `InstanceStart` or a snapshot load.
@@ -105,6 +108,7 @@ impl<L: Launcher> Controller<L> {
     /// A controller answering the messages `receiver` gets.
     pub fn new(settings: ControllerSettings, launcher: L, receiver: ControlReceiver) -> Controller<L> {
         Controller {
+            mmds: MmdsStore::new(settings.mmds_size_limit),
             settings,
             resources: VmResources::default(),
             state: InstanceState::NotStarted,
@@ -288,10 +292,11 @@ impl<L: Launcher> Controller<L> {
             VmmRequest::LoadSnapshot(params) => self.load_snapshot(params),
             VmmRequest::PutLogger(logger) => self.put_logger(logger),
             VmmRequest::PutMetrics(metrics) => self.put_metrics(Path::new(&metrics.metrics_path)),
-            VmmRequest::PutMmds(_)
-            | VmmRequest::PatchMmds(_)
-            | VmmRequest::GetMmds
-            | VmmRequest::PutMmdsConfig(_) => Err(ControlError::NotYet("MMDS")),
+            // The data store, before and after the start (Firecracker's rule).
+            VmmRequest::PutMmds(data) => Ok(self.mmds.put(data).map(|()| VmmResponse::NoContent)?),
+            VmmRequest::PatchMmds(patch) => Ok(self.mmds.patch(&patch).map(|()| VmmResponse::NoContent)?),
+            VmmRequest::GetMmds => Ok(VmmResponse::Mmds(self.mmds.get())),
+            VmmRequest::PutMmdsConfig(config) => self.configure(|r| r.set_mmds_config(config)),
         }
     }
 
@@ -475,7 +480,11 @@ impl<L: Launcher> Controller<L> {
         if self.started() {
             return Err(ControlError::NotSupportedAfterStart);
         }
-        let config = self.resources.to_vm_config(self.settings.serial.clone(), self.settings.transport)?;
+        let mut config =
+            self.resources.to_vm_config(self.settings.serial.clone(), self.settings.transport)?;
+        if let Some(mmds) = self.resources.mmds_config() {
+            config.attach_mmds(mmds, &self.mmds);
+        }
         let vm = self.launcher.launch(Launch::Boot(config)).map_err(vm_error("Cannot start the microVM"))?;
         self.vm = Some(vm);
         self.state = InstanceState::Running;
