@@ -546,6 +546,45 @@ mod tests {
         assert!(startup_requests(&args).unwrap_err().to_string().contains("invalid JSON"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever a config file holds (JSON-ish text with the file's section names, or any
+        /// bytes), it becomes requests or a clear error, never a panic.
+        #[test]
+        fn any_config_file_is_read_or_refused(
+            sections in proptest::collection::vec(
+                (
+                    "(boot-source|machine-config|drives|network-interfaces|vsock|balloon|entropy|logger|metrics|mmds-config|cpu-config|x)",
+                    "(\\{\\}|\\[\\]|null|1|\"a\"|\\{\"level\": \"Debug\"\\}|\\{\"metrics_path\": 3\\}|\\[\\{\"drive_id\": \"a\"\\}\\])",
+                ),
+                0..6,
+            ),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("vm.json");
+            let body = sections.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", ");
+            for text in [format!("{{{body}}}").into_bytes(), noise.clone()] {
+                std::fs::write(&path, &text).unwrap();
+                let args = FirecrackerArgs { config_file: Some(path.clone()), ..Default::default() };
+                if let Ok(requests) = startup_requests(&args) {
+                    proptest::prop_assert!(matches!(
+                        requests.last(),
+                        Some(VmmRequest::Action(ActionType::InstanceStart))
+                    ));
+                }
+            }
+        }
+
+        /// Any --id is accepted exactly when Firecracker's rule says so, without a panic.
+        #[test]
+        fn any_id_is_checked_by_firecracker_s_rule(id in "\\PC{0,70}") {
+            let valid = (1..=64).contains(&id.len()) && id.chars().all(|c| c == '-' || c.is_alphanumeric());
+            proptest::prop_assert_eq!(validate_instance_id(&id).is_ok(), valid);
+        }
+    }
+
     #[test]
     fn no_flags_no_requests() {
         assert!(startup_requests(&FirecrackerArgs {

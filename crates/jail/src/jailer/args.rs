@@ -133,7 +133,10 @@ impl JailerConfig {
         let jail_root = raw.chroot_base_dir.join(&exec_name).join(&raw.id).join("root");
         let mut extra_args = Vec::with_capacity(raw.extra_args.len() + 1);
         if is_kestrel(&exec_file) {
-            extra_args.push(OsString::from("vmm"));
+            // A Kestrel binary named `firecracker` takes Firecracker's flags with no subcommand.
+            if exec_name != Path::new("firecracker") {
+                extra_args.push(OsString::from("vmm"));
+            }
             // The jailed VMM is unprivileged, so its Landlock defaults to on; the jail already
             // bounds its files (only what was put in the jail is there), and clients write
             // snapshots and link drives anywhere inside it, as they do for Firecracker. Landlock
@@ -202,6 +205,12 @@ mod tests {
         assert_eq!(config.resource_limits, ResourceLimits::default());
         let not_kestrel = JailerConfig::new(raw(&exec), StartTimes::default(), |_| false).unwrap();
         assert_eq!(not_kestrel.extra_args, ["--api-sock", "/run/x"]);
+        // Kestrel copied in as `firecracker` takes Firecracker's command line: no subcommand.
+        let copy = dir.path().join("firecracker");
+        std::fs::write(&copy, b"").unwrap();
+        let as_firecracker = JailerConfig::new(raw(&copy), StartTimes::default(), |_| true).unwrap();
+        assert_eq!(as_firecracker.extra_args, ["--landlock-allow", "/", "--api-sock", "/run/x"]);
+        assert_eq!(as_firecracker.jail_root, Path::new("/srv/jailer/firecracker/vm1/root"));
 
         let errors = [
             RawJailerArgs { id: "../x".into(), ..raw(&exec) },
