@@ -496,6 +496,100 @@ mod tests {
     }
 
     #[test]
+    fn the_mmds_store_is_put_patched_and_read_before_and_after_the_start() {
+        let (mut api, _) = api();
+        assert_eq!(call(&mut api, Method::Get, "/mmds", ""), (200, serde_json::Value::Null));
+        assert_eq!(
+            fault(&mut api, Method::Patch, "/mmds", r#"{"a": 1}"#),
+            "The MMDS data store is not initialized."
+        );
+        let data = r#"{"latest": {"meta-data": {"ami-id": "ami-1", "old": "x"}}}"#;
+        assert_eq!(call(&mut api, Method::Put, "/mmds", data).0, 204);
+        let patch = r#"{"latest": {"meta-data": {"old": null, "new": "y"}}}"#;
+        assert_eq!(call(&mut api, Method::Patch, "/mmds", patch).0, 204);
+        let expected = serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-1", "new": "y"}}});
+        assert_eq!(call(&mut api, Method::Get, "/mmds", ""), (200, expected.clone()));
+        // Over --mmds-size-limit (51,200 bytes of JSON): Firecracker's 413, and nothing changes.
+        let huge = format!(r#"{{"blob": "{}"}}"#, "x".repeat(vmm::control::DEFAULT_MMDS_SIZE_LIMIT));
+        for method in [Method::Put, Method::Patch] {
+            let (status, body) = call(&mut api, method, "/mmds", &huge);
+            assert_eq!(
+                (status, body["fault_message"].as_str()),
+                (413, Some("The MMDS patch request doesn't fit."))
+            );
+        }
+        assert_eq!(call(&mut api, Method::Get, "/mmds", "").1, expected);
+        assert!(fault(&mut api, Method::Put, "/mmds", "{").contains("Invalid request body"));
+
+        let _kernel = start(&mut api);
+        assert_eq!(call(&mut api, Method::Patch, "/mmds", r#"{"after": "start"}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/mmds", "").1["after"], "start");
+        assert_eq!(call(&mut api, Method::Put, "/mmds", r#"{"x": 1}"#).0, 204);
+        assert_eq!(call(&mut api, Method::Get, "/mmds", "").1, serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn mmds_config_names_configured_interfaces_and_reaches_their_cards() {
+        let (mut api, started) = api();
+        for (body, expected) in [
+            (r#"{"network_interfaces": ["eth0"]}"#, "does not correspond to any existing network interface"),
+            (r#"{"network_interfaces": []}"#, "is empty"),
+            (r#"{"network_interfaces": ["eth0"], "version": "V3"}"#, "unknown variant"),
+            (r#"{"network_interfaces": ["eth0"], "bogus": 1}"#, "unknown field"),
+        ] {
+            let message = fault(&mut api, Method::Put, "/mmds/config", body);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        for (id, tap) in [("eth0", "tap0"), ("eth1", "tap1")] {
+            let net = format!(r#"{{"iface_id": "{id}", "host_dev_name": "{tap}"}}"#);
+            assert_eq!(call(&mut api, Method::Put, &format!("/network-interfaces/{id}"), &net).0, 204);
+        }
+        for address in ["10.0.0.1", "169.254.0.1", "169.254.255.7"] {
+            let body = format!(r#"{{"network_interfaces": ["eth1"], "ipv4_address": "{address}"}}"#);
+            assert_eq!(
+                fault(&mut api, Method::Put, "/mmds/config", &body),
+                "The MMDS IPv4 address is not link local."
+            );
+        }
+        let body = r#"{"version": "V2", "network_interfaces": ["eth1"], "ipv4_address": "169.254.170.2", "imds_compat": true}"#;
+        assert_eq!(call(&mut api, Method::Put, "/mmds/config", body).0, 204);
+        let shown = call(&mut api, Method::Get, "/vm/config", "").1;
+        assert_eq!(
+            shown["mmds-config"],
+            serde_json::json!({"version": "V2", "network_interfaces": ["eth1"], "ipv4_address": "169.254.170.2", "imds_compat": true})
+        );
+
+        let _kernel = start(&mut api);
+        let configs = started.lock().unwrap();
+        let nets: Vec<_> = configs[0]
+            .virtio
+            .iter()
+            .filter_map(|d| match d {
+                model::config::VirtioConfig::Net(net) => Some(net),
+                _ => None,
+            })
+            .collect();
+        assert!(nets[0].mmds.is_none(), "eth0 was not named");
+        let mmds = nets[1].mmds.as_ref().expect("eth1 serves MMDS");
+        assert_eq!(mmds.address, std::net::Ipv4Addr::new(169, 254, 170, 2));
+        assert_eq!((mmds.version, mmds.imds_compat), (model::api::MmdsVersion::V2, true));
+        drop(configs);
+        assert_eq!(fault(&mut api, Method::Put, "/mmds/config", body), NOT_SUPPORTED_AFTER_START);
+        // The cards read the store the API fills.
+        assert_eq!(call(&mut api, Method::Put, "/mmds", r#"{"k": "v"}"#).0, 204);
+        let configs = started.lock().unwrap();
+        let Some(model::config::VirtioConfig::Net(net)) = configs[0]
+            .virtio
+            .iter()
+            .rev()
+            .find(|d| matches!(d, model::config::VirtioConfig::Net(n) if n.mmds.is_some()))
+        else {
+            panic!()
+        };
+        assert_eq!(net.mmds.as_ref().unwrap().store.get(), serde_json::json!({"k": "v"}));
+    }
+
+    #[test]
     fn balloon_requests_without_a_balloon_are_refused() {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (mut api, _) = api_with_calls(calls.clone());

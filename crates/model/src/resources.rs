@@ -858,6 +858,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_config_files_mmds_section_is_checked_and_reaches_the_named_cards() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let text = |mmds: &str| {
+            format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                    "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0"}}],
+                    "mmds-config": {mmds}}}"#,
+                kernel.path().display()
+            )
+        };
+        let resources =
+            VmResources::from_json(&text(r#"{"version": "V2", "network_interfaces": ["eth0"]}"#)).unwrap();
+        let mmds = resources.mmds_config().unwrap().clone();
+        assert_eq!(resources.export().mmds_config.as_ref(), Some(&mmds));
+        let mut config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        let store = crate::mmds::MmdsStore::new(100);
+        config.attach_mmds(&mmds, &store);
+        let VirtioConfig::Net(net) = &config.virtio[0] else { panic!() };
+        let attached = net.mmds.as_ref().unwrap();
+        assert_eq!((attached.address, attached.store.clone()), (crate::mmds::DEFAULT_MMDS_ADDRESS, store));
+        let error = VmResources::from_json(&text(r#"{"network_interfaces": ["eth9"]}"#)).unwrap_err();
+        assert!(
+            error.to_string().contains("does not correspond to any existing network interface"),
+            "{error}"
+        );
+    }
+
     /// Placement and memory options in machine-config's `x-kestrel` reach the VM's host
     /// resources; what contradicts itself is refused when it is PUT.
     #[test]

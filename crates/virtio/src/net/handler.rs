@@ -935,6 +935,67 @@ mod tests {
         assert!(!waiting(&s.handler.backend));
     }
 
+    /// A guest's ARP request for the metadata service, sent on the transmit queue, is answered
+    /// in its receive buffer at once (the tap has nothing to wake the worker for), and the tap
+    /// never sees it.
+    #[test]
+    fn an_mmds_reply_is_received_right_after_the_transmit_that_caused_it() {
+        use crate::net::mmds::{MmdsBackend, MmdsStack};
+        use model::mmds::{MmdsStore, NetMmds, DEFAULT_MMDS_ADDRESS};
+
+        let memory = memory();
+        let rx = MockSplitQueue::create(&memory, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&memory, GuestAddress(0x4000), 16);
+        let (tap, host) = UnixDatagram::pair().unwrap();
+        tap.set_nonblocking(true).unwrap();
+        host.set_nonblocking(true).unwrap();
+        let mmds = NetMmds {
+            address: DEFAULT_MMDS_ADDRESS,
+            version: model::api::MmdsVersion::V1,
+            imds_compat: false,
+            store: MmdsStore::new(100),
+        };
+        let backend = MmdsBackend::new(tap, MmdsStack::new(mmds, guest_errors()));
+        let interrupts = Arc::new(Recorder::default());
+        let mut handler = NetHandler::new(
+            memory.clone(),
+            [rx.create_queue().unwrap(), tx.create_queue().unwrap()],
+            interrupts.clone(),
+            guest_errors(),
+            Arc::default(),
+            backend,
+            unlimited(),
+        );
+        let guest_mac = [0x52, 0x54, 0, 0, 0, 1];
+        let mut request = vec![0u8; VNET_HDR_LEN];
+        request.extend_from_slice(&[0xff; 6]);
+        request.extend_from_slice(&guest_mac);
+        request.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        request.extend_from_slice(&guest_mac);
+        request.extend_from_slice(&[169, 254, 0, 2, 0, 0, 0, 0, 0, 0]);
+        request.extend_from_slice(&DEFAULT_MMDS_ADDRESS.octets());
+        memory.write_slice(&request, GuestAddress(0x10000)).unwrap();
+        rx.add_desc_chains(&[descriptor(0x20000, 1526, WRITE, 0)], 0).unwrap();
+        tx.add_desc_chains(&[descriptor(0x10000, request.len() as u32, 0, 0)], 0).unwrap();
+        handler.process_queue(TX_QUEUE);
+
+        let used = |queue: &MockSplitQueue<GuestRam>| {
+            memory.read_obj::<u16>(queue.used_addr().unchecked_add(2)).unwrap()
+        };
+        assert_eq!(used(&tx), 1);
+        assert_eq!(used(&rx), 1, "the reply went to the guest without waiting for the tap");
+        let mut reply = vec![0u8; VNET_HDR_LEN + 42];
+        memory.read_slice(&mut reply, GuestAddress(0x20000)).unwrap();
+        let ethernet = &reply[VNET_HDR_LEN..];
+        assert_eq!(&ethernet[..6], &guest_mac, "to the guest");
+        assert_eq!(&ethernet[12..14], &[0x08, 0x06], "an ARP packet");
+        assert_eq!(&ethernet[20..22], &[0, 2], "a reply");
+        assert_eq!(&ethernet[28..32], &DEFAULT_MMDS_ADDRESS.octets(), "for the service's address");
+        assert!(interrupts.0.lock().unwrap().contains(&InterruptCause::Queue(RX_QUEUE as u16)));
+        let mut buffer = [0u8; 128];
+        assert!(host.recv(&mut buffer).is_err(), "the tap saw nothing");
+    }
+
     #[test]
     fn lifting_a_limit_wakes_a_throttled_queue_at_once() {
         let memory = memory();

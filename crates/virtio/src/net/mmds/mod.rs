@@ -10,6 +10,8 @@
 mod backend;
 mod http;
 mod stack;
+#[cfg(test)]
+mod tests;
 
 pub use backend::MmdsBackend;
 pub use stack::MmdsStack;

@@ -196,6 +196,12 @@ impl MmdsStack {
         !self.queues.tx.is_empty()
     }
 
+    /// Frames waiting for the guest.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queues.tx.len()
+    }
+
     /// Whether any connection is under way (else there is nothing to run the stack for).
     fn busy(&self) -> bool {
         self.connections
