@@ -346,6 +346,15 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    #[test]
+    fn a_reboot_ends_firecracker_with_0_and_other_statuses_stay() {
+        use crate::exit_status::{ERROR, POWER_OFF, RESET, TRIPLE_FAULT};
+        assert_eq!(firecracker_status(RESET), 0);
+        for status in [POWER_OFF, ERROR, TRIPLE_FAULT, 143] {
+            assert_eq!(firecracker_status(status), status);
+        }
+    }
+
     fn parse(args: &[&str]) -> Result<FirecrackerCli, clap::Error> {
         FirecrackerCli::try_parse_from(std::iter::once("firecracker").chain(args.iter().copied()))
     }
