@@ -1,7 +1,8 @@
 //! firecracker-go-sdk (`machine.go`, `handlers.go`; also what firecracker-containerd runs)
 //! replayed against Kestrel started as `firecracker`, on the hello test guest: the default
-//! handler list of `Machine.Start`, then pause, snapshot, resume, stop, and a second machine
-//! started `WithSnapshot` that is shut down with Ctrl+Alt+Del. Every request is the go-swagger
+//! handler list of `Machine.Start`, the metadata calls (`SetMetadata`, `UpdateMetadata`,
+//! `GetMetadata`), then pause, snapshot, resume, stop, and a second machine started
+//! `WithSnapshot` that is shut down with Ctrl+Alt+Del. Every request is the go-swagger
 //! client's (Go's headers, one kept-alive connection), with the body the SDK's models marshal
 //! (`omitempty` fields left out), in the SDK's order; each step asserts what the SDK checks.
 
@@ -113,6 +114,17 @@ fn the_go_sdk_starts_pauses_snapshots_resumes_and_restores_a_machine() {
     client.expect("PUT", "/actions", Some(r#"{"action_type":"InstanceStart"}"#), 204);
     let mut console = BufReader::new(child.stdout.take().unwrap());
     wait_for_child_line(&mut console, "keyboard: waiting", &mut child);
+
+    // SetMetadata, UpdateMetadata, GetMetadata (firecracker-containerd passes its metadata so).
+    let metadata = r#"{"latest":{"meta-data":{"instance-id":"i-1","local-hostname":"vm1"}}}"#;
+    client.expect("PUT", "/mmds", Some(metadata), 204);
+    client.expect("PATCH", "/mmds", Some(r#"{"latest":{"meta-data":{"local-hostname":"vm2"}}}"#), 204);
+    let stored: serde_json::Value = serde_json::from_str(&client.expect("GET", "/mmds", None, 200)).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({"latest": {"meta-data": {"instance-id": "i-1", "local-hostname": "vm2"}}}),
+        "GET /mmds after PUT and PATCH"
+    );
 
     // PauseVM, CreateSnapshot, ResumeVM, DescribeInstanceInfo.
     client.expect("PATCH", "/vm", Some(r#"{"state":"Paused"}"#), 204);
