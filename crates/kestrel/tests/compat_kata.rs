@@ -28,7 +28,7 @@ use common::firecracker::{
     wait_until_running, FifoReader, GoClient,
 };
 use common::kit::{kit_available, kit_cmdline, kit_path, one_boot_at_a_time, percent_encode, LINUX_LIMIT};
-use common::{kvm_available, wait_for_child_line, Watchdog};
+use common::{is_root, kvm_available, wait_for_child_line, Watchdog};
 
 /// Kata's `fcDiskPoolSize`: placeholder drives attached before the start, patched later.
 const POOL: usize = 8;
@@ -48,8 +48,10 @@ fn image(path: &Path, text: &str, sectors: usize) {
 
 /// Kata's `fcConfig.json` as `json.MarshalIndent(fc.fcConfig, "", "\t")` writes it: the struct
 /// fields in their Go order (`types.FcConfig`, the go-swagger models' fields alphabetical).
-fn kata_config(root: &Path, kernel_params: &str, memory_mib: u32) -> String {
-    let path = |name: &str| root.join(name).to_str().unwrap().to_owned();
+///
+/// `paths` is where the VMM sees the jail root's files: the root itself, or `/` when jailed.
+fn kata_config(paths: &Path, initrd: bool, kernel_params: &str, memory_mib: u32) -> String {
+    let path = |name: &str| paths.join(name).to_str().unwrap().to_owned();
     let mut drives = vec![serde_json::json!({
         "drive_id": "rootfs", "is_read_only": true, "is_root_device": false, "path_on_host": path("rootfs"),
     })];
@@ -63,7 +65,7 @@ fn kata_config(root: &Path, kernel_params: &str, memory_mib: u32) -> String {
         "boot_args": format!("{kernel_params} {KATA_PARAMS}"), "kernel_image_path": path("vmlinux"),
     });
     // The Linux test's kit boots from an initramfs (Kata's guest boots from its image).
-    if root.join("initrd").exists() {
+    if initrd {
         boot_source["initrd_path"] = path("initrd").into();
     }
     let config = serde_json::json!({
@@ -139,7 +141,8 @@ impl Sandbox {
         before_start(&hvsock);
 
         let config_path = root.join("fcConfig.json");
-        std::fs::write(&config_path, kata_config(&root, kernel_params, memory_mib)).unwrap();
+        std::fs::write(&config_path, kata_config(&root, initrd.is_some(), kernel_params, memory_mib))
+            .unwrap();
         std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let socket = root.join("run/firecracker.socket");
         let child = Command::new(&firecracker)
@@ -195,7 +198,12 @@ impl Sandbox {
     /// The agent: Kata dials the hybrid vsock socket and sends `CONNECT <port>`; the answer's
     /// first line must start with "OK ".
     fn connect_agent(&self, port: u32) -> BufReader<UnixStream> {
-        let mut agent = UnixStream::connect(&self.hvsock).unwrap();
+        Sandbox::dial(&self.hvsock, port)
+    }
+
+    /// [`Sandbox::connect_agent`] on the socket at `hvsock`.
+    fn dial(hvsock: &Path, port: u32) -> BufReader<UnixStream> {
+        let mut agent = UnixStream::connect(hvsock).unwrap();
         agent.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         agent.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
         let mut agent = BufReader::new(agent);
@@ -277,6 +285,122 @@ fn kata_boots_from_its_config_file_hot_plugs_a_placeholder_drive_and_reaches_the
     sandbox.unplug();
     sandbox.stop(watchdog);
     echo.take().unwrap().join().unwrap();
+}
+
+/// Kata with `jailer_path` set: the jailer (a link named `jailer`) builds the jail in Kata's
+/// sandbox directory, already holding Kata's files, daemonizes, and execs `firecracker` with
+/// `--config-file /fcConfig.json`; every path the VMM is given is inside the jail. Kata finds the
+/// VMM's pid in `firecracker.pid` in the jail root, patches the placeholder with the jail path
+/// `/drive_0`, and reaches the agent through `kata.hvsock` in the jail. The daemonized VMM's
+/// console goes to /dev/null, so the guest only runs its vsock test (the hot-plug's effect in
+/// the guest is the first test's).
+#[test]
+fn kata_runs_firecracker_through_the_jailer() {
+    if !kvm_available() || !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A copy, not a link: the jailer (as Firecracker's) resolves the exec file and names the jail
+    // after it, and Kata expects the jail under the name of its `path`, `firecracker`.
+    let firecracker = dir.path().join("firecracker");
+    std::fs::copy(env!("CARGO_BIN_EXE_kestrel"), &firecracker).unwrap();
+    let jailer = dir.path().join("jailer");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kestrel"), &jailer).unwrap();
+    let version = version_as_kata_parses_it(&firecracker);
+    assert!(version >= (0, 21, 1), "{version:?}");
+
+    let id = "fedcba9876543210fedcba9876543210";
+    let base = dir.path().join("vc");
+    let root = base.join("firecracker").join(id).join("root");
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    // Bind mounts in Kata; inside a jail a link would lead out of it, so copies.
+    std::fs::copy(guests::VIRTIO, root.join("vmlinux")).unwrap();
+    image(&root.join("rootfs"), "kata guest image", 64);
+    for i in 0..POOL {
+        std::fs::File::create(root.join(format!("drive_{i}"))).unwrap();
+    }
+    let logs = FifoReader::create(&root.join("logs.fifo"), 0o600);
+    let metrics = FifoReader::create(&root.join("metrics.fifo"), 0o600);
+    let hvsock = root.join("kata.hvsock");
+    let agent_log = UnixListener::bind(format!("{}_1234", hvsock.display())).unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut stream, _) = agent_log.accept().unwrap();
+        let mut buffer = [0u8; 256];
+        while let Ok(n @ 1..) = stream.read(&mut buffer) {
+            stream.write_all(&buffer[..n]).unwrap();
+        }
+    });
+    let config = kata_config(Path::new("/"), false, "test=vsock devices=9 hold=1", 128);
+    std::fs::write(root.join("fcConfig.json"), config).unwrap();
+
+    // fcInit, jailed: the jailer's command line, then Firecracker's after `--`.
+    let mut jailer_process = Command::new(&jailer)
+        .args(["--id", id, "--exec-file"])
+        .arg(&firecracker)
+        .args(["--uid", "0", "--gid", "0", "--chroot-base-dir"])
+        .arg(&base)
+        .args(["--daemonize", "--", "--config-file", "/fcConfig.json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the jailer");
+    let mut client = GoClient::new(&root.join("run/firecracker.socket"));
+    wait_until_running(&mut client, Duration::from_secs(30));
+    // Kata does not wait for the jailer (Kestrel's, when it needs no fork to leave its session,
+    // goes on as the VMM itself); it reads the VMM's pid from the jail.
+    // The VMM's pid: firecracker.pid in the jail root (Kata retries for 5 s, then fails).
+    let pid_text =
+        std::fs::read_to_string(root.join("firecracker.pid")).expect("firecracker.pid in the jail root");
+    let pid: u32 = pid_text.trim().parse().unwrap_or_else(|_| panic!("firecracker.pid holds {pid_text:?}"));
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "firecracker", "the pid file names another process");
+    std::fs::set_permissions(&hvsock, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let vcpus = vcpu_threads_as_kata_finds_them(pid);
+    assert_eq!(vcpus.keys().copied().collect::<Vec<_>>(), vec![0], "{vcpus:?}");
+
+    // Hot-plug with the jail's path: the VMM opens /drive_0 inside its jail.
+    let container = dir.path().join("container.img");
+    image(&container, "container rootfs", 32);
+    std::fs::rename(&container, root.join("drive_0")).unwrap();
+    client.expect(
+        "PATCH",
+        "/drives/drive_0",
+        Some(r#"{"drive_id":"drive_0","path_on_host":"/drive_0"}"#),
+        204,
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&client.expect("GET", "/vm/config", None, 200)).unwrap();
+    let drive_0 = config["drives"].as_array().unwrap().iter().find(|d| d["drive_id"] == "drive_0").unwrap();
+    assert_eq!(drive_0["path_on_host"], "/drive_0", "{config}");
+
+    // The agent, through the jail's socket (Kata dials it from the host side of the jail). The
+    // guest listens once its own connection is over: the echo thread ends when the guest closes
+    // it, and the device's RST to the guest is queued before anything this dial makes.
+    echo.join().unwrap();
+    let mut agent = Sandbox::dial(&hvsock, 5678);
+    agent.get_mut().write_all(b"ttrpc hello").unwrap();
+    let mut reply = Vec::new();
+    agent.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"ttrpc hello");
+
+    // StopVM: SIGTERM to the pid from the file, and the process gone within 15 s.
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    // Gone, or a zombie nobody has reaped yet (the daemon is not this process's child).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
+        assert!(std::time::Instant::now() < deadline, "the jailed VMM did not exit within {STOP_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((logs.finish(), metrics.finish()));
+    // Reaped here if the jailer went on as the VMM (it has exited either way by now).
+    let _ = jailer_process.wait();
 }
 
 /// The one Linux ("tier 3") test of Kata's sequence: the kit's Linux boots from Kata's config
