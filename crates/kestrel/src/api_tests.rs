@@ -498,7 +498,7 @@ mod tests {
     #[test]
     fn the_mmds_store_is_put_patched_and_read_before_and_after_the_start() {
         let (mut api, _) = api();
-        assert_eq!(call(&mut api, Method::Get, "/mmds", ""), (200, serde_json::Value::Null));
+        assert_eq!(call(&mut api, Method::Get, "/mmds", ""), (200, serde_json::json!({})));
         assert_eq!(
             fault(&mut api, Method::Patch, "/mmds", r#"{"a": 1}"#),
             "The MMDS data store is not initialized."

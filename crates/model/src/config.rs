@@ -212,8 +212,9 @@ pub struct NetConfig {
     #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
     /// The card answers the guest's frames to the metadata service itself (`PUT /mmds/config`).
-    /// Not saved in a snapshot: the store is the VMM's, and a restored card has no MMDS.
-    #[serde(skip)]
+    /// A snapshot saves the address, version and IMDS mode, not the store (the VMM's, as in
+    /// Firecracker): a restore gives the card the restoring VMM's store.
+    #[serde(default)]
     pub mmds: Option<crate::mmds::NetMmds>,
 }
 
@@ -230,6 +231,9 @@ impl NetConfig {
         }
         if let Some(limiter) = &self.rx_rate_limiter {
             limiter.validate_named(["rx_rate_limiter.bandwidth", "rx_rate_limiter.ops"])?;
+        }
+        if self.mmds.as_ref().is_some_and(|mmds| !crate::mmds::valid_mmds_address(mmds.address)) {
+            return Err(ConfigError::MmdsAddress);
         }
         if let Some(limiter) = &self.tx_rate_limiter {
             limiter.validate_named(["tx_rate_limiter.bandwidth", "tx_rate_limiter.ops"])?;

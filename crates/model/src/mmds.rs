@@ -21,6 +21,8 @@ pub const MAX_TOKEN_TTL_SECONDS: u32 = 21_600;
 /// The most live tokens kept: a guest asking for more makes the ones closest to expiry go first,
 /// so its requests cannot grow the VMM's memory.
 pub const MAX_TOKENS: usize = 1024;
+/// Firecracker's default `--mmds-size-limit`, in bytes of JSON.
+pub const DEFAULT_SIZE_LIMIT: usize = 51_200;
 /// Random bytes in a token (shown as twice as many hex digits).
 const TOKEN_BYTES: usize = 32;
 
@@ -48,15 +50,24 @@ pub enum TokenError {
 }
 
 /// How one network card serves MMDS: the address it answers at, the protocol version, and the
-/// store (shared by every card of the VM).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// store (shared by every card of the VM). Saved (and compared) without the store: that is the
+/// running VMM's, not the card's configuration.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NetMmds {
     pub address: Ipv4Addr,
     pub version: MmdsVersion,
     /// Plain-text (EC2 IMDS) answers whatever the guest's `Accept` header asks for.
     pub imds_compat: bool,
+    #[serde(skip)]
     pub store: MmdsStore,
 }
+
+impl PartialEq for NetMmds {
+    fn eq(&self, other: &Self) -> bool {
+        (self.address, self.version, self.imds_compat) == (other.address, other.version, other.imds_compat)
+    }
+}
+impl Eq for NetMmds {}
 
 /// The data store and the live tokens, behind one lock. Clones share it.
 #[derive(Clone, Debug)]
@@ -71,15 +82,20 @@ struct Inner {
     tokens: HashMap<String, Instant>,
 }
 
-/// Two handles are equal when they share one store.
-impl PartialEq for MmdsStore {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+/// An empty store with Firecracker's default limit (a restored card's until the VMM gives it its
+/// own).
+impl Default for MmdsStore {
+    fn default() -> MmdsStore {
+        MmdsStore::new(DEFAULT_SIZE_LIMIT)
     }
 }
-impl Eq for MmdsStore {}
 
 impl MmdsStore {
+    /// Whether both handles share one store.
+    pub fn is_same(&self, other: &MmdsStore) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// An empty (uninitialized) store whose contents may take at most `limit` bytes as JSON.
     pub fn new(limit: usize) -> MmdsStore {
         MmdsStore(Arc::new(Mutex::new(Inner {
@@ -123,7 +139,7 @@ impl MmdsStore {
         Ok(())
     }
 
-    /// `GET /mmds`: the contents (`null` before the first `PUT`, as Firecracker answers).
+    /// `GET /mmds`: the contents (`null` before the first `PUT`; the API shows that as `{}`).
     pub fn get(&self) -> Value {
         self.lock().data.clone()
     }

@@ -512,7 +512,18 @@ impl VmResources {
                 }
                 VirtioConfig::Net(net) => {
                     let index = resources.network_interfaces.len();
-                    resources.network_interfaces.push(restored_interface(net, index));
+                    let interface = restored_interface(net, index);
+                    if let Some(mmds) = &net.mmds {
+                        // Cards saved serving MMDS share one configuration (one PUT /mmds/config).
+                        let config = resources.mmds_config.get_or_insert_with(|| MmdsConfig {
+                            version: mmds.version,
+                            network_interfaces: Vec::new(),
+                            ipv4_address: Some(mmds.address),
+                            imds_compat: mmds.imds_compat,
+                        });
+                        config.network_interfaces.push(interface.iface_id.clone());
+                    }
+                    resources.network_interfaces.push(interface);
                 }
                 VirtioConfig::Balloon(balloon) => {
                     resources.balloon = Some(Balloon {
@@ -858,6 +869,29 @@ mod tests {
         );
     }
 
+    /// A VM restored with a card serving MMDS shows its MMDS configuration in GET /vm/config.
+    #[test]
+    fn a_restored_card_serving_mmds_shows_in_the_mmds_config() {
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "network-interfaces": [{{"iface_id": "a", "host_dev_name": "tap0"}}, {{"iface_id": "b", "host_dev_name": "tap1"}}],
+                "mmds-config": {{"version": "V2", "network_interfaces": ["b"], "ipv4_address": "169.254.1.1"}}}}"#,
+            kernel.path().display()
+        );
+        let resources = VmResources::from_json(&text).unwrap();
+        let mut config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
+        config.attach_mmds(resources.mmds_config().unwrap(), &crate::mmds::MmdsStore::default());
+        let restored = VmResources::restored(&config);
+        let expected = MmdsConfig {
+            version: crate::api::MmdsVersion::V2,
+            network_interfaces: vec!["b".into()],
+            ipv4_address: Some("169.254.1.1".parse().unwrap()),
+            imds_compat: false,
+        };
+        assert_eq!(restored.export().mmds_config, Some(expected));
+    }
+
     #[test]
     fn a_config_files_mmds_section_is_checked_and_reaches_the_named_cards() {
         let kernel = tempfile::NamedTempFile::new().unwrap();
@@ -878,7 +912,8 @@ mod tests {
         config.attach_mmds(&mmds, &store);
         let VirtioConfig::Net(net) = &config.virtio[0] else { panic!() };
         let attached = net.mmds.as_ref().unwrap();
-        assert_eq!((attached.address, attached.store.clone()), (crate::mmds::DEFAULT_MMDS_ADDRESS, store));
+        assert_eq!(attached.address, crate::mmds::DEFAULT_MMDS_ADDRESS);
+        assert!(attached.store.is_same(&store));
         let error = VmResources::from_json(&text(r#"{"network_interfaces": ["eth9"]}"#)).unwrap_err();
         assert!(
             error.to_string().contains("does not correspond to any existing network interface"),

@@ -113,6 +113,9 @@ pub struct RestoreOptions {
     /// snapshot does not carry it). Anonymous memory maps the memory file copy-on-write; a memfd
     /// or hugetlb backend gets fresh memory with the file's contents copied in.
     pub host: crate::config::HostResources,
+    /// The restoring VMM's MMDS store, for the cards that served MMDS when saved (the store is
+    /// not in the snapshot); `None` gives them one empty store of their own.
+    pub mmds: Option<model::mmds::MmdsStore>,
 }
 
 /// Builds a VM from a snapshot's state file and memory file: guest RAM is mapped copy-on-write
@@ -203,6 +206,7 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
     config.serial = options.serial.clone();
     config.track_dirty_pages = options.track_dirty_pages;
     config.host = options.host.clone();
+    give_mmds_store(&mut config, options.mmds.clone().unwrap_or_default());
     // Every check again, now with this restore's host choices: they meet the saved devices here
     // (mlock or hugetlb memory with a balloon is refused as at boot).
     config.validate()?;
@@ -226,6 +230,40 @@ pub(crate) fn restored_config(state: &VmState, options: &RestoreOptions) -> Resu
     // Last: it opens host files.
     restore_checks::apply_drive_paths(&mut config, &state.disk_sectors, &options.drive_paths)?;
     Ok(config)
+}
+
+/// Gives every restored card that serves MMDS the one `store` (the snapshot holds none).
+fn give_mmds_store(config: &mut VmConfig, store: model::mmds::MmdsStore) {
+    for device in &mut config.virtio {
+        if let crate::config::VirtioConfig::Net(crate::config::NetConfig { mmds: Some(mmds), .. }) = device {
+            mmds.store = store.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn restored_cards_serving_mmds_share_the_restoring_vmms_store() {
+    let mut config = crate::snapshot::testing::sample_state().config;
+    let mut second = None;
+    for device in &config.virtio {
+        if let crate::config::VirtioConfig::Net(net) = device {
+            second = Some(net.clone());
+        }
+    }
+    config.virtio.push(crate::config::VirtioConfig::Net(second.expect("a card")));
+    let store = model::mmds::MmdsStore::new(10);
+    give_mmds_store(&mut config, store.clone());
+    let stores: Vec<_> = config
+        .virtio
+        .iter()
+        .filter_map(|device| match device {
+            crate::config::VirtioConfig::Net(net) => net.mmds.as_ref().map(|m| m.store.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stores.len(), 2);
+    assert!(stores.iter().all(|s| s.is_same(&store)));
 }
 
 /// Builds the VM of a checked state over its guest RAM.

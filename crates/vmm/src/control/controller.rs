@@ -295,7 +295,11 @@ impl<L: Launcher> Controller<L> {
             // The data store, before and after the start (Firecracker's rule).
             VmmRequest::PutMmds(data) => Ok(self.mmds.put(data).map(|()| VmmResponse::NoContent)?),
             VmmRequest::PatchMmds(patch) => Ok(self.mmds.patch(&patch).map(|()| VmmResponse::NoContent)?),
-            VmmRequest::GetMmds => Ok(VmmResponse::Mmds(self.mmds.get())),
+            // Nothing stored (no PUT yet, or a PUT of null) reads as {}, as in Firecracker.
+            VmmRequest::GetMmds => Ok(VmmResponse::Mmds(match self.mmds.get() {
+                serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+                value => value,
+            })),
             VmmRequest::PutMmdsConfig(config) => self.configure(|r| r.set_mmds_config(config)),
         }
     }
@@ -550,6 +554,7 @@ impl<L: Launcher> Controller<L> {
                 drive_paths,
                 tap_names,
                 host,
+                mmds: Some(self.mmds.clone()),
             },
             resume: params.resume_vm,
             restored: restored.clone(),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use virtio::snapshot::VirtioSnapshot;
 
 use super::container::{self, Section, SectionWriter};
-use super::legacy_config::{VmConfigV2, VmConfigV3};
+use super::legacy_config::{VmConfigV2, VmConfigV3, VmConfigV4};
 use super::memory_file::SavedRegion;
 use super::vcpu_state::VcpuState;
 use super::{SnapshotError, VmState};
@@ -107,8 +107,9 @@ impl Component for ConfigSection {
     /// 1: the configuration alone. 2: and the disks' capacities. 3: disks have a format, a cache
     /// mode, a backing-file rule, queues, an I/O engine and a rate limiter. 4: network cards have
     /// receive and transmit rate limiters. (Rate limiters are saved as configured; their budgets
-    /// are not, so a restored device starts with full buckets.)
-    const VERSION: u32 = 4;
+    /// are not, so a restored device starts with full buckets.) 5: network cards may serve MMDS
+    /// (address, version, IMDS mode; the store is not saved, as in Firecracker).
+    const VERSION: u32 = 5;
 
     fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         encode(Self::NAME, self)
@@ -128,7 +129,11 @@ impl Component for ConfigSection {
                 let (config, disk_sectors): (VmConfigV3, Vec<u64>) = decode_exact(Self::NAME, payload)?;
                 Ok(ConfigSection { config: config.into(), disk_sectors })
             }
-            4 => decode_exact(Self::NAME, payload),
+            4 => {
+                let (config, disk_sectors): (VmConfigV4, Vec<u64>) = decode_exact(Self::NAME, payload)?;
+                Ok(ConfigSection { config: config.into(), disk_sectors })
+            }
+            5 => decode_exact(Self::NAME, payload),
             found => Err(unsupported(Self::NAME, found, Self::VERSION)),
         }
     }
@@ -348,6 +353,7 @@ mod tests {
                 VirtioConfig::Net(net) => VirtioConfig::Net(crate::config::NetConfig {
                     rx_rate_limiter: None,
                     tx_rate_limiter: None,
+                    mmds: None,
                     ..net
                 }),
                 other => other,
@@ -358,6 +364,39 @@ mod tests {
             .any(|d| matches!(d, VirtioConfig::Net(net) if net.tap.as_deref() == Some("tap0"))));
         assert_eq!(state.config.virtio, expected);
         assert_eq!(state.disk_sectors, [2048]);
+    }
+
+    /// A version 4 config section (cards without MMDS) reads as cards that do not serve it,
+    /// with their rate limiters kept.
+    #[test]
+    fn a_version_4_config_section_gives_cards_no_mmds() {
+        let bytes = encoded();
+        assert!(sample_state()
+            .config
+            .virtio
+            .iter()
+            .any(|d| matches!(d, VirtioConfig::Net(net) if net.mmds.is_some())));
+        let older = reframed(&bytes, |section, writer| {
+            if section.name == "config" {
+                let current: ConfigSection = decode_exact("config", section.payload).unwrap();
+                let old = super::super::legacy_config::downgrade_v4(&current.config);
+                let payload = postcard::to_allocvec(&(old, &current.disk_sectors)).unwrap();
+                writer.section("config", 4, &payload).unwrap();
+            } else {
+                writer.section(section.name, section.version, section.payload).unwrap();
+            }
+        });
+        let state = read_state(&mut older.as_slice()).unwrap();
+        let expected: Vec<VirtioConfig> = sample_state()
+            .config
+            .virtio
+            .into_iter()
+            .map(|device| match device {
+                VirtioConfig::Net(net) => VirtioConfig::Net(crate::config::NetConfig { mmds: None, ..net }),
+                other => other,
+            })
+            .collect();
+        assert_eq!(state.config.virtio, expected);
     }
 
     #[test]

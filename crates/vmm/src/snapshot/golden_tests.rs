@@ -96,3 +96,28 @@ fn a_state_from_before_net_rate_limiters_restores_unlimited_cards() {
     assert_eq!(state.config.virtio, expected);
     assert_eq!(state.disk_sectors, [2048]);
 }
+
+/// The state Kestrel wrote before cards could serve MMDS (config section 4) restores its card
+/// with its rate limiters and without MMDS.
+#[test]
+fn a_state_from_before_mmds_restores_cards_without_it() {
+    let bytes = std::fs::read(testdata().join("state-v2-config-v4-2026-12-04.bin")).unwrap();
+    let state = read_state(&mut bytes.as_slice()).unwrap();
+    let expected: Vec<_> = sample_state()
+        .config
+        .virtio
+        .into_iter()
+        .map(|device| match device {
+            crate::config::VirtioConfig::Net(net) => {
+                crate::config::VirtioConfig::Net(crate::config::NetConfig { mmds: None, ..net })
+            }
+            other => other,
+        })
+        .collect();
+    assert_eq!(state.config.virtio, expected);
+    let net = state.config.virtio.iter().find_map(|device| match device {
+        crate::config::VirtioConfig::Net(net) => Some(net),
+        _ => None,
+    });
+    assert!(net.expect("the sample has a card").rx_rate_limiter.is_some());
+}

@@ -104,6 +104,7 @@ fn restore_without_kvm(state: &VmState) {
         tap_names: BTreeMap::new(),
         memory_backend: model::api::MemoryBackendType::File,
         host: Default::default(),
+        mmds: None,
     };
     let _ = restored_config(state, &options);
     let _ = Cmos::new(1 << 30, 0).restore(&state.cmos);

@@ -212,3 +212,108 @@ pub(super) fn downgrade_v3(config: &VmConfig) -> VmConfigV3 {
         track_dirty_pages: config.track_dirty_pages,
     }
 }
+
+/// `VmConfig` in `config` section 4: its network cards had no MMDS.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct VmConfigV4 {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    vcpus: u8,
+    memory_bytes: u64,
+    serial: SerialConfig,
+    virtio: Vec<VirtioConfigV4>,
+    transport: VirtioTransport,
+    track_dirty_pages: bool,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+enum VirtioConfigV4 {
+    Rng,
+    Block(BlockConfig),
+    Net(NetConfigV4),
+    Balloon(BalloonConfig),
+    Vsock(VsockConfig),
+}
+
+/// A network card with rate limiters, before MMDS (section 4).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct NetConfigV4 {
+    tap: Option<String>,
+    mac: Option<MacAddress>,
+    id: Option<String>,
+    rx_rate_limiter: Option<crate::config::RateLimiterConfig>,
+    tx_rate_limiter: Option<crate::config::RateLimiterConfig>,
+}
+
+impl From<VmConfigV4> for VmConfig {
+    /// A card of an older state does not serve MMDS, as it did not.
+    fn from(old: VmConfigV4) -> VmConfig {
+        let virtio = old
+            .virtio
+            .into_iter()
+            .map(|device| match device {
+                VirtioConfigV4::Rng => VirtioConfig::Rng,
+                VirtioConfigV4::Block(disk) => VirtioConfig::Block(disk),
+                VirtioConfigV4::Net(net) => VirtioConfig::Net(NetConfig {
+                    mac: net.mac,
+                    id: net.id,
+                    rx_rate_limiter: net.rx_rate_limiter,
+                    tx_rate_limiter: net.tx_rate_limiter,
+                    ..NetConfig::new(net.tap)
+                }),
+                VirtioConfigV4::Balloon(balloon) => VirtioConfig::Balloon(balloon),
+                VirtioConfigV4::Vsock(vsock) => VirtioConfig::Vsock(vsock),
+            })
+            .collect();
+        VmConfig {
+            kernel: old.kernel,
+            initrd: old.initrd,
+            cmdline: old.cmdline,
+            vcpus: old.vcpus,
+            memory_bytes: old.memory_bytes,
+            serial: old.serial,
+            virtio,
+            transport: old.transport,
+            track_dirty_pages: old.track_dirty_pages,
+            host: Default::default(),
+        }
+    }
+}
+
+/// Today's configuration in section 4's shape (the cards' MMDS dropped), to make old sections in
+/// tests.
+#[cfg(test)]
+pub(super) fn downgrade_v4(config: &VmConfig) -> VmConfigV4 {
+    let virtio = config
+        .virtio
+        .iter()
+        .map(|device| match device.clone() {
+            VirtioConfig::Rng => VirtioConfigV4::Rng,
+            VirtioConfig::Block(disk) => VirtioConfigV4::Block(disk),
+            VirtioConfig::Net(net) => VirtioConfigV4::Net(NetConfigV4 {
+                tap: net.tap,
+                mac: net.mac,
+                id: net.id,
+                rx_rate_limiter: net.rx_rate_limiter,
+                tx_rate_limiter: net.tx_rate_limiter,
+            }),
+            VirtioConfig::Balloon(balloon) => VirtioConfigV4::Balloon(balloon),
+            VirtioConfig::Vsock(vsock) => VirtioConfigV4::Vsock(vsock),
+        })
+        .collect();
+    VmConfigV4 {
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        cmdline: config.cmdline.clone(),
+        vcpus: config.vcpus,
+        memory_bytes: config.memory_bytes,
+        serial: config.serial.clone(),
+        virtio,
+        transport: config.transport,
+        track_dirty_pages: config.track_dirty_pages,
+    }
+}

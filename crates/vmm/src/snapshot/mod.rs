@@ -508,6 +508,7 @@ mod tests {
             tap_names: Default::default(),
             memory_backend: model::api::MemoryBackendType::File,
             host: Default::default(),
+            mmds: None,
         };
         let restored =
             crate::builder::restore_from_streams(&mut state.as_slice(), &mut memory.as_slice(), &options)

@@ -78,6 +78,12 @@ pub fn sample_config() -> VmConfig {
                     bandwidth: Some(TokenBucket { size: 1 << 20, one_time_burst: None, refill_time: 100 }),
                     ops: None,
                 }),
+                mmds: Some(model::mmds::NetMmds {
+                    address: std::net::Ipv4Addr::new(169, 254, 170, 2),
+                    version: model::api::MmdsVersion::V2,
+                    imds_compat: true,
+                    store: Default::default(),
+                }),
                 ..NetConfig::new(Some("tap0".into()))
             }),
             VirtioConfig::Balloon(BALLOON),

@@ -106,7 +106,7 @@ pub fn handle(bytes: &[u8], mmds: &NetMmds) -> Parsed {
         Some(1) => connection.as_deref() == Some("close"),
         _ => connection.as_deref() != Some("keep-alive"),
     };
-    let path = request.path.unwrap_or_default();
+    let path = absolute_path(request.path.unwrap_or_default());
     let answer = match request.method.unwrap_or_default() {
         _ if !path.starts_with('/') => Answer::text(400, "Invalid URI."),
         "GET" => get(path, &header, mmds),
@@ -125,6 +125,15 @@ fn refuse(consumed: usize, status: u16, message: impl Into<String>) -> Parsed {
 }
 
 type Header<'h> = dyn Fn(&[&str]) -> Option<(&'h str, String)> + 'h;
+
+/// The path of an absolute-form target (`http://169.254.169.254/latest`, as a client talking to
+/// a proxy sends it), else the target as it is.
+fn absolute_path(target: &str) -> &str {
+    match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map_or("/", |slash| &rest[slash..]),
+        None => target,
+    }
+}
 
 /// The path without its query, `//` collapsed (Firecracker's sanitising).
 fn clean_path(path: &str) -> String {
@@ -246,6 +255,8 @@ mod tests {
         assert!(head.contains("Content-Type: application/json"));
         assert_eq!(ask(&m, "GET /latest/meta-data/n HTTP/1.1\r\n\r\n").0, 501);
         assert_eq!(ask(&m, "GET /latest/meta-data/n HTTP/1.1\r\naccept: application/json\r\n\r\n").2, "7");
+        assert_eq!(ask(&m, "GET http://169.254.169.254/user?x=1 HTTP/1.1\r\n\r\n").2, "hi");
+        assert_eq!(ask(&m, "GET latest HTTP/1.1\r\n\r\n").0, 400);
         let (status, _, body) = ask(&m, "GET /nothing/here HTTP/1.1\r\n\r\n");
         assert_eq!((status, body.as_str()), (404, "Resource not found: /nothing/here."));
     }

@@ -6,9 +6,10 @@
 //! the guest's receive buffers (smoltcp keeps the rest in its socket buffers and sends it when
 //! there is room), idle connections dropped after [`IDLE`].
 //!
-//! The stack runs only when the worker calls it (a frame from the guest, a frame taken for the
-//! guest): with no timer of its own, a segment smoltcp would retransmit waits for the guest's next
-//! frame to the service. The queues lose nothing, so only a guest that drops frames itself sees it.
+//! The stack runs only when the worker calls it (a frame from the guest, or a receive while
+//! smoltcp has something due): with no timer of its own, a segment smoltcp would retransmit waits
+//! for the card's next frame either way. The queues lose nothing, so only a guest that drops
+//! frames itself sees it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -182,11 +183,15 @@ impl MmdsStack {
         self.poll();
     }
 
-    /// The next frame for the guest, running the stack first if none waits (smoltcp may have
-    /// held back data for want of queue room).
+    /// The next frame for the guest, running the stack first if none waits and smoltcp has
+    /// something due (data held back for want of queue room, a retransmission): called for every
+    /// frame the card receives, so it costs nothing while the service is idle.
     pub fn next_frame(&mut self) -> Option<Vec<u8>> {
-        if self.queues.tx.is_empty() && self.busy() {
-            self.poll();
+        if self.queues.tx.is_empty() {
+            let now = self.now();
+            if self.iface.poll_at(now, &self.sockets).is_some_and(|at| at <= now) {
+                self.poll();
+            }
         }
         self.queues.tx.pop_front()
     }
@@ -200,13 +205,6 @@ impl MmdsStack {
     #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queues.tx.len()
-    }
-
-    /// Whether any connection is under way (else there is nothing to run the stack for).
-    fn busy(&self) -> bool {
-        self.connections
-            .iter()
-            .any(|c| self.sockets.get::<tcp::Socket>(c.handle).state() != tcp::State::Listen)
     }
 
     /// Runs smoltcp and the HTTP connections until neither has anything more to do now.

@@ -307,3 +307,19 @@ fn the_service_answers_arp_only_for_its_address() {
     assert!(stack.wants(&arp(DEFAULT_MMDS_ADDRESS)));
     assert!(!stack.wants(&arp(Ipv4Address::new(169, 254, 0, 1))));
 }
+
+/// A value larger than a socket's send buffer goes out whole, as the guest acknowledges it.
+#[test]
+fn a_large_value_is_sent_whole() {
+    let (tap, _host) = UnixDatagram::pair().unwrap();
+    tap.set_nonblocking(true).unwrap();
+    let big = "m".repeat(45_000);
+    let store = MmdsStore::new(50_000);
+    store.put(json!({ "big": big })).unwrap();
+    let mmds = NetMmds { address: DEFAULT_MMDS_ADDRESS, version: MmdsVersion::V1, imds_compat: false, store };
+    let mut card = MmdsBackend::new(tap, MmdsStack::new(mmds, guest_errors()));
+    let mut guest = Guest::new();
+    let response = guest.ask(&mut card, 43000, "GET /big HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 200"), "{}", &response[..response.len().min(200)]);
+    assert_eq!(body(&response), big);
+}
