@@ -882,7 +882,7 @@ mod tests {
         let resources = VmResources::from_json(&text).unwrap();
         let mut config = resources.to_vm_config(SerialConfig::None, VirtioTransport::Mmio).unwrap();
         config.attach_mmds(resources.mmds_config().unwrap(), &crate::mmds::MmdsStore::default());
-        let restored = VmResources::restored(&config);
+        let restored = VmResources::restored(&config, None);
         let expected = MmdsConfig {
             version: crate::api::MmdsVersion::V2,
             network_interfaces: vec!["b".into()],
