@@ -166,15 +166,19 @@ impl Sandbox {
         let socket_type = std::fs::metadata(&hvsock).expect("the hybrid vsock socket exists once Running");
         assert!(socket_type.file_type().is_socket());
         std::fs::set_permissions(&hvsock, std::fs::Permissions::from_mode(0o640)).unwrap();
-        // GetThreadIDs: tasks named "fc_vcpu N", for the sandbox's cgroup.
-        let vcpus = vcpu_threads_as_kata_finds_them(pid);
-        assert_eq!(vcpus.keys().copied().collect::<Vec<_>>(), vec![0], "vCPU threads by name: {vcpus:?}");
         // The logger and metrics went to Kata's FIFOs.
         let files = open_files(pid);
         for fifo in ["logs.fifo", "metrics.fifo"] {
             assert!(files.iter().any(|f| f.ends_with(fifo)), "the VMM does not hold {fifo} open: {files:?}");
         }
         (Sandbox { dir, root, hvsock, child, client, logs, metrics }, watchdog)
+    }
+
+    /// GetThreadIDs: the tasks named "fc_vcpu N", which Kata moves into the sandbox's cgroup once
+    /// the agent answers (so the guest has run by then, on a thread that has its name).
+    fn check_vcpu_threads(&self) {
+        let vcpus = vcpu_threads_as_kata_finds_them(self.child.id());
+        assert_eq!(vcpus.keys().copied().collect::<Vec<_>>(), vec![0], "vCPU threads by name: {vcpus:?}");
     }
 
     /// hotplugBlockDevice(AddDevice): the container's image is bind-mounted over the placeholder
@@ -275,6 +279,7 @@ fn kata_boots_from_its_config_file_hot_plugs_a_placeholder_drive_and_reaches_the
     let seen = wait_for_child_line(&mut console, "vsock: listening on 5678", &mut sandbox.child);
     assert!(seen.contains("vsock: guest cid 3\n"), "{seen}");
     let mut agent = sandbox.connect_agent(5678);
+    sandbox.check_vcpu_threads();
     agent.get_mut().write_all(b"ttrpc hello").unwrap();
     let mut reply = Vec::new();
     agent.read_to_end(&mut reply).unwrap();
@@ -356,8 +361,6 @@ fn kata_runs_firecracker_through_the_jailer() {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim_end(), "firecracker", "the pid file names another process");
     std::fs::set_permissions(&hvsock, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let vcpus = vcpu_threads_as_kata_finds_them(pid);
-    assert_eq!(vcpus.keys().copied().collect::<Vec<_>>(), vec![0], "{vcpus:?}");
 
     // Hot-plug with the jail's path: the VMM opens /drive_0 inside its jail.
     let container = dir.path().join("container.img");
@@ -379,6 +382,8 @@ fn kata_runs_firecracker_through_the_jailer() {
     // it, and the device's RST to the guest is queued before anything this dial makes.
     echo.join().unwrap();
     let mut agent = Sandbox::dial(&hvsock, 5678);
+    let vcpus = vcpu_threads_as_kata_finds_them(pid);
+    assert_eq!(vcpus.keys().copied().collect::<Vec<_>>(), vec![0], "{vcpus:?}");
     agent.get_mut().write_all(b"ttrpc hello").unwrap();
     let mut reply = Vec::new();
     agent.read_to_end(&mut reply).unwrap();
@@ -429,6 +434,7 @@ fn kata_on_linux_mounts_the_hot_plugged_drive_and_answers_the_agent_port() {
 
     // Kata reaches the agent first, then hot-plugs the container's rootfs.
     let mut agent = sandbox.connect_agent(1024);
+    sandbox.check_vcpu_threads();
     agent.get_mut().write_all(b"CreateContainer").unwrap();
     let container = sandbox.dir.path().join("container.ext4");
     std::fs::copy(&kit_rootfs, &container).unwrap();
