@@ -4,7 +4,8 @@
  * `blk_swap: capacity <N> sectors, sector 0 says <text>`, then `blk_swap: waiting for a new disk`,
  * and waits (bounded) for a configuration change. Then the same line for the new disk, and reads
  * its last sector (which must succeed) and the one after (which must fail with IOERR):
- * `blk_swap: last sector <M - 1> read, the one after IOERR`.
+ * `blk_swap: last sector <M - 1> read, the one after IOERR`. An empty disk (a 0-byte placeholder)
+ * is described as `blk_swap: capacity 0 sectors, empty`.
  */
 #include "virtio.h"
 
@@ -49,6 +50,11 @@ static const char *read_sector(struct virtq *vq, u64 sector, u8 *result)
 static const char *describe(struct virtio_dev *dev, struct virtq *vq, u64 *capacity)
 {
 	*capacity = virtio_config_read64(dev, CONFIG_CAPACITY);
+	if (*capacity == 0) {
+		/* An empty placeholder (Kata's pool): there is no sector 0 to read. */
+		print("blk_swap: capacity 0 sectors, empty\n");
+		return NULL;
+	}
 	u8 result;
 	const char *failure = read_sector(vq, 0, &result);
 	if (failure)

@@ -88,6 +88,8 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 ///   `virtio: no test named <name>` for a name that is no test
 /// - `virtio: done`, then a reset.
 ///
+/// `devices=<index>[,<index>...]` limits the tests to the devices of those indices (default: all).
+///
 /// `test=<name>[,<name>...]` picks the tests (see `c/virtio_tests.h`, one `c/test_<name>.c` each).
 /// A test prints lines starting with `<name>: ` and ends with `<name>: ok` or
 /// `<name>: FAILED <reason>`; the device is reset after it. A wait for the device gives up after a
@@ -107,7 +109,8 @@ pub const SMP_PVH: &str = env!("KESTREL_GUEST_SMP_PVH");
 ///   with, at most 32), `blk_swap: waiting for a new disk`, then waits (bounded) for a
 ///   configuration change (generation), prints the same line for the new disk, reads its last
 ///   sector and the one after (IOERR expected): `blk_swap: last sector <N - 1> read, the one after
-///   IOERR`.
+///   IOERR`. An empty disk (0 bytes, such as Kata's placeholder drives) is described as
+///   `blk_swap: capacity 0 sectors, empty` (there is no sector 0 to read).
 /// - `balloon` (device type 5): reads the target, `balloon: target <N> pages`; writes every one
 ///   of those 4 KiB pages from guest-physical 16 MiB up (so the guest needs 16 MiB + the target of
 ///   RAM; more than 128 MiB fails), `balloon: touched <N> pages`; inflates with their PFNs (256

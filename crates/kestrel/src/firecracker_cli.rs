@@ -184,7 +184,18 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
     }
     crate::logging::init(tracing::level_filters::LevelFilter::WARN);
-    crate::vmm_api::run(cli.vmm)
+    crate::vmm_api::run_with_statuses(cli.vmm, firecracker_status)
+}
+
+/// Firecracker's exit status for how the VM ended: a guest reboot ends Firecracker with 0, as a
+/// power-off does (the Go SDK's `Machine.Wait` reports any other status as an error); the rest
+/// keep Kestrel's statuses.
+fn firecracker_status(status: u8) -> u8 {
+    if status == crate::exit_status::RESET {
+        crate::exit_status::POWER_OFF
+    } else {
+        status
+    }
 }
 
 /// `--version`, `--snapshot-version` and `--describe-snapshot`, which print (or refuse) and exit
@@ -222,7 +233,7 @@ fn read(path: &Path) -> Result<String, StartupError> {
     std::fs::read_to_string(path).map_err(|source| StartupError::Read { path: path.to_owned(), source })
 }
 
-/// A section of the config file that `PUT /logger`, `PUT /metrics` or `PUT /mmds/config` takes.
+/// A section of the config file that `PUT /logger` or `PUT /metrics` takes.
 fn section<T: serde::de::DeserializeOwned>(
     path: &Path,
     section: &'static str,
@@ -325,6 +336,15 @@ fn config_file_requests(
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_reboot_ends_firecracker_with_0_and_other_statuses_stay() {
+        use crate::exit_status::{ERROR, POWER_OFF, RESET, TRIPLE_FAULT};
+        assert_eq!(firecracker_status(RESET), 0);
+        for status in [POWER_OFF, ERROR, TRIPLE_FAULT, 143] {
+            assert_eq!(firecracker_status(status), status);
+        }
+    }
 
     fn parse(args: &[&str]) -> Result<FirecrackerCli, clap::Error> {
         FirecrackerCli::try_parse_from(std::iter::once("firecracker").chain(args.iter().copied()))

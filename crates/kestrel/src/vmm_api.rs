@@ -47,7 +47,13 @@ pub fn load_config_file(
     Ok(config)
 }
 
-pub fn run(mut args: cli::VmmArgs) -> ExitCode {
+pub fn run(args: cli::VmmArgs) -> ExitCode {
+    run_with_statuses(args, |status| status)
+}
+
+/// [`run`], with the exit status passed through `statuses` (the binary started as `firecracker`
+/// reports Firecracker's statuses).
+pub fn run_with_statuses(mut args: cli::VmmArgs, statuses: fn(u8) -> u8) -> ExitCode {
     if let Some(status) = firecracker_cli::informational(&args.fc) {
         return status;
     }
@@ -59,7 +65,7 @@ pub fn run(mut args: cli::VmmArgs) -> ExitCode {
             return ExitCode::from(exit_status::ERROR);
         }
     };
-    let status = run_api(args);
+    let status = statuses(run_api(args));
     if let Some(file) = status_file {
         file.write(status);
     }

@@ -231,6 +231,9 @@ fn the_jail_holds_only_the_vmm_and_its_devices_and_the_running_vmm_is_confined()
     assert_eq!(exec.len(), std::fs::metadata(env!("CARGO_BIN_EXE_kestrel")).unwrap().len());
     let run = std::fs::metadata(root.join("run")).unwrap();
     assert_eq!((run.uid(), run.gid(), run.permissions().mode() & 0o777), (UID, GID, 0o700));
+    // Without a new PID namespace the jailer becomes the VMM: its pid is in the pid file all the
+    // same, as Firecracker's jailer writes it (Kata Containers reads it).
+    assert_eq!(std::fs::read_to_string(root.join("kestrel.pid")).unwrap(), jail.pid.to_string());
     let userfaultfd = std::fs::metadata("/dev/userfaultfd").unwrap().rdev();
     let mut devices = Vec::new();
     for entry in walk(&root.join("dev")) {

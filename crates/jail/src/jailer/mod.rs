@@ -97,6 +97,8 @@ pub fn run(config: &JailerConfig, hierarchies: &Hierarchies) -> Result<Infallibl
         // The parent writes the child's pid beside the exec file and exits; the child goes on.
         namespaces::fork_into_new_pid_ns(&exec_name, &mut times)?;
     } else {
+        // This process becomes the VMM: its pid goes where Firecracker's jailer writes it.
+        namespaces::write_pid_file(&exec_name, std::process::id())?;
         times.parent_cpu_time_us = exec::cpu_time_us().saturating_sub(times.start_time_cpu_us);
     }
     privileges::drop_all(config.uid, config.gid)?;

@@ -1,5 +1,6 @@
 //! `--netns PATH` (join a network namespace) and `--new-pid-ns` (the VMM runs as PID 1 of a new
-//! PID namespace; its host pid goes to `<exec name>.pid` in the jail, as Firecracker writes it).
+//! PID namespace; its host pid goes to `<exec name>.pid` in the jail, as Firecracker writes it;
+//! without one the VMM's pid, its own, goes there too).
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -35,26 +36,31 @@ pub(super) fn fork_into_new_pid_ns(exec_name: &Path, times: &mut StartTimes) -> 
             times.start_time_cpu_us = 0;
             Ok(())
         }
-        child => {
-            let mut pid_path = exec_name.as_os_str().to_owned();
-            pid_path.push(".pid");
-            let pid_path = Path::new("/").join(pid_path);
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&pid_path)
-                .and_then(|mut file| write!(file, "{child}"));
-            match written {
-                // SAFETY: _exit ends this process at once, as Firecracker's jailer does; the
-                // child goes on as the VMM.
-                Ok(()) => unsafe { libc::_exit(0) },
-                Err(e) => {
-                    // SAFETY: kill on the child just forked; it has not been reaped.
-                    unsafe { libc::kill(child, libc::SIGKILL) };
-                    Err(JailerError::path("write", pid_path, e))
-                }
+        child => match write_pid_file(exec_name, child as u32) {
+            // SAFETY: _exit ends this process at once, as Firecracker's jailer does; the child
+            // goes on as the VMM.
+            Ok(()) => unsafe { libc::_exit(0) },
+            Err(e) => {
+                // SAFETY: kill on the child just forked; it has not been reaped.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                Err(e)
             }
-        }
+        },
     }
+}
+
+/// Writes `pid` to `/<exec name>.pid` in the jail (created, 0600), where Firecracker's jailer
+/// leaves the VMM's pid with or without a new PID namespace; Kata Containers reads it to find the
+/// VMM once the jailer has daemonized.
+pub(super) fn write_pid_file(exec_name: &Path, pid: u32) -> Result<(), JailerError> {
+    let mut pid_path = exec_name.as_os_str().to_owned();
+    pid_path.push(".pid");
+    let pid_path = Path::new("/").join(pid_path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&pid_path)
+        .and_then(|mut file| write!(file, "{pid}"))
+        .map_err(|e| JailerError::path("write", pid_path, e))
 }

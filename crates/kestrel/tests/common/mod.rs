@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod firecracker;
 pub mod kit;
 pub mod netns;
 // --- manager: VM API helpers (core) ---
