@@ -102,7 +102,10 @@ struct Connection {
     response: Vec<u8>,
     sent: usize,
     close_after: bool,
-    last_activity: Instant,
+    /// When the guest last sent or took data; `None` while the socket listens, so idle time
+    /// counts from the connection's first segment, not from when listening began (else the first
+    /// connection after a quiet minute would be aborted as it arrives).
+    last_activity: Option<Instant>,
 }
 
 /// The metadata service as one card's guest reaches it.
@@ -147,7 +150,7 @@ impl MmdsStack {
                     response: Vec::new(),
                     sent: 0,
                     close_after: false,
-                    last_activity: epoch,
+                    last_activity: None,
                 }
             })
             .collect();
@@ -233,13 +236,15 @@ impl MmdsStack {
                 connection.close_after = false;
                 // Cannot fail: the port is not 0 and the socket is closed.
                 let _ = socket.listen(PORT);
-                connection.last_activity = now;
+                connection.last_activity = None;
             }
             if socket.state() == tcp::State::Listen {
+                connection.last_activity = None;
                 listening += 1;
                 continue;
             }
-            if now.duration_since(connection.last_activity) > IDLE {
+            let since = *connection.last_activity.get_or_insert(now);
+            if now.duration_since(since) > IDLE {
                 socket.abort();
                 progress = true;
                 continue;
@@ -255,7 +260,7 @@ impl MmdsStack {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         connection.request.extend_from_slice(&chunk[..n]);
-                        connection.last_activity = now;
+                        connection.last_activity = Some(now);
                         progress = true;
                     }
                 }
@@ -279,7 +284,7 @@ impl MmdsStack {
                 if let Ok(n) = socket.send_slice(&connection.response[connection.sent..]) {
                     connection.sent += n;
                     progress |= n > 0;
-                    connection.last_activity = now;
+                    connection.last_activity = Some(now);
                 }
             }
             if !connection.response.is_empty() && connection.sent == connection.response.len() {
