@@ -6,39 +6,33 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::api::{assert_fault, request, start_vmm_with};
-use common::{kvm_available, Watchdog, HANG_LIMIT};
+use common::api::{assert_fault, request, start_vmm_with, ApiVmm};
+use common::{kvm_available, HANG_LIMIT};
 
-struct Vmm {
-    child: Child,
-    _watchdog: Watchdog,
-    socket: PathBuf,
-    log: PathBuf,
+/// A `kestrel vmm` with the requests these tests make of it.
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
 }
 
 impl Vmm {
     fn start(dir: &Path, name: &str) -> Vmm {
-        Vmm::start_with(dir, name, true)
+        Vmm(ApiVmm::start(dir, name, &[], 2 * HANG_LIMIT))
     }
 
-    /// With `serial_file` false the console goes nowhere unless `PUT /serial` names a file.
-    fn start_with(dir: &Path, name: &str, serial_file: bool) -> Vmm {
+    /// The console goes nowhere unless `PUT /serial` names a file (`log` is where a test may
+    /// send it).
+    fn start_without_serial(dir: &Path, name: &str) -> Vmm {
         let socket = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
-        let serial = if serial_file { format!("file:{}", log.display()) } else { "none".to_owned() };
-        let child = start_vmm_with(&socket, &["--serial", &serial]);
-        let watchdog = Watchdog::within(&child, 2 * HANG_LIMIT);
-        Vmm { child, _watchdog: watchdog, socket, log }
-    }
-
-    #[track_caller]
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, reply) = request(&self.socket, method, path, body);
-        assert_eq!(status, 204, "{method} {path}: {reply}");
+        let child = start_vmm_with(&socket, &["--serial", "none"]);
+        Vmm(ApiVmm::adopt(child, socket, dir.join(format!("{name}.log")), 2 * HANG_LIMIT))
     }
 
     /// Configures the hello guest printing CPUID leaf 1.
@@ -61,13 +55,6 @@ impl Vmm {
             assert!(Instant::now() < deadline, "no cpuid line: {text}");
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -139,7 +126,7 @@ fn put_serial_sends_the_console_to_its_file() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let vmm = Vmm::start_with(dir.path(), "serial", false);
+    let vmm = Vmm::start_without_serial(dir.path(), "serial");
     assert_fault(
         request(
             &vmm.socket,
@@ -162,10 +149,8 @@ fn put_serial_sends_the_console_to_its_file() {
 #[test]
 fn unserved_endpoints_give_their_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("api.sock");
-    let child = common::api::start_vmm(&socket);
-    let _watchdog = Watchdog::within(&child, HANG_LIMIT);
-    let _vmm = Vmm { child, _watchdog, socket: socket.clone(), log: PathBuf::new() };
+    let vmm = ApiVmm::start(dir.path(), "api", &[], HANG_LIMIT);
+    let socket = vmm.socket.clone();
     for (method, path, body, reason) in [
         ("PUT", "/pmem/p0", r#"{"id": "p0", "path_on_host": "/x"}"#, "no virtio-pmem device"),
         ("GET", "/hotplug/memory", "", "no virtio-mem device"),

@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::api::{request, start_vmm_with};
+use common::api::ApiVmm;
 use common::{is_root, kestrel, kvm_available, path_str, Watchdog, HANG_LIMIT};
 
 /// One mapping of /proc/PID/smaps: its header line, size in KiB, kernel page size and flags.
@@ -249,24 +249,18 @@ fn wait_for_counts(log: &Path, n: usize) -> Vec<u64> {
 }
 
 /// A `kestrel vmm` with its serial log.
-struct Vmm {
-    process: Killed,
-    socket: PathBuf,
-    log: PathBuf,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
 }
 
 impl Vmm {
     fn start(dir: &Path, name: &str) -> Vmm {
-        let socket = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
-        let child = start_vmm_with(&socket, &["--serial", &format!("file:{}", log.display())]);
-        let watchdog = Watchdog::within(&child, 4 * HANG_LIMIT);
-        Vmm { process: Killed(child, watchdog), socket, log }
-    }
-
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, reply) = request(&self.socket, method, path, body);
-        assert_eq!(status, 204, "{method} {path}: {reply}");
+        Vmm(ApiVmm::start(dir, name, &[], 4 * HANG_LIMIT))
     }
 
     fn snapshot(&self, state: &Path, memory: &Path, kind: &str) {
@@ -298,7 +292,7 @@ fn round_trip(from: &str, onto: &str, onto_mapping: &str, from_memfd: bool) {
     if from_memfd {
         // The snapshot skipped the pages the memfd never held instead of reading (and so
         // allocating) all 64 MiB of them.
-        let allocated = memfd_allocated_bytes(first.process.0.id());
+        let allocated = memfd_allocated_bytes(first.child.id());
         assert!(allocated < 16 << 20, "the memfd holds {allocated} bytes after a full snapshot");
     }
     drop(first);
@@ -312,11 +306,11 @@ fn round_trip(from: &str, onto: &str, onto_mapping: &str, from_memfd: bool) {
     second.ok("PUT", "/snapshot/load", &load);
     let after = wait_for_counts(&second.log, 2);
     assert_eq!(after[..2], [last + COUNT_STEP, last + 2 * COUNT_STEP], "the restored guest counts on");
-    let ram = guest_ram(second.process.0.id(), 64);
+    let ram = guest_ram(second.child.id(), 64);
     assert!(ram.header.contains(onto_mapping), "{ram:?}");
     if let Some(cpus) = onto.split("\"vcpu_affinity\": [[").nth(1).and_then(|rest| rest.split(']').next()) {
         // The restoring side's placement, not the snapshot's (which has none).
-        assert_eq!(vcpu0_cpus(second.process.0.id()), cpus, "vcpu0's CPUs after the restore");
+        assert_eq!(vcpu0_cpus(second.child.id()), cpus, "vcpu0's CPUs after the restore");
     }
 
     let diff = dir.path().join("diff");

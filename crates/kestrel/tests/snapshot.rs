@@ -9,13 +9,12 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::api::{assert_fault, request, start_vmm_with};
-use common::{kvm_available, Watchdog, HANG_LIMIT};
+use common::api::{assert_fault, request, ApiVmm};
+use common::{kvm_available, HANG_LIMIT};
 
 /// hello.c's COUNT_STEP.
 const COUNT_STEP: u64 = 1 << 25;
@@ -66,30 +65,22 @@ fn assert_consecutive(counts: &[u64], first: u64) {
 }
 
 /// A `kestrel vmm` process with its serial log; killed when dropped.
-struct Vmm {
-    child: Child,
-    _watchdog: Watchdog,
-    socket: PathBuf,
-    log: PathBuf,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
 }
 
 impl Vmm {
     fn start(dir: &Path, name: &str) -> Vmm {
-        let socket = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
-        let serial = format!("file:{}", log.display());
-        let child = start_vmm_with(&socket, &["--serial", &serial]);
-        let watchdog = Watchdog::within(&child, 6 * HANG_LIMIT);
-        Vmm { child, _watchdog: watchdog, socket, log }
+        Vmm(ApiVmm::start(dir, name, &[], 6 * HANG_LIMIT))
     }
 
     fn put(&self, path: &str, body: &str) -> (u16, String) {
         request(&self.socket, "PUT", path, body)
-    }
-
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, reply) = request(&self.socket, method, path, body);
-        assert_eq!(status, 204, "{method} {path}: {reply}");
     }
 
     fn pause(&self) {
@@ -134,13 +125,6 @@ fn lay_over(diff: &Path, base: &Path) {
         diff.read_exact_at(&mut data, start as u64).unwrap();
         base.write_all_at(&data, start as u64).unwrap();
         offset = end;
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -337,7 +321,7 @@ fn a_forged_cmos_index_does_not_abort_the_vmm_and_snapshot_files_are_0600() {
     if status == 204 {
         let after = wait_for_counts(&second.log, 2);
         assert_consecutive(&after, last + COUNT_STEP);
-        assert_eq!(second.child.try_wait().unwrap(), None, "the VMM is still running");
+        assert_eq!(second.0.child.try_wait().unwrap(), None, "the VMM is still running");
         assert_eq!(request(&second.socket, "GET", "/", "").0, 200);
     } else {
         assert_eq!(status, 400, "{reply}");

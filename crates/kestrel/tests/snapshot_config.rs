@@ -8,26 +8,28 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::api::{assert_fault, request, spawn_vmm, vmm_command};
+use common::api::{assert_fault, request, spawn_vmm, vmm_command, ApiVmm};
 use common::netns::NetNamespace;
-use common::{kvm_available, Watchdog, HANG_LIMIT};
+use common::{kvm_available, HANG_LIMIT};
 
 const TAP_A: &str = "ktap-cfg-a";
 const TAP_B: &str = "ktap-cfg-b";
 const GUEST_MAC: &str = "02:4b:53:00:00:07";
 
 /// A `kestrel vmm` in the namespace, with its serial log; killed when dropped.
-struct Vmm {
-    child: Child,
-    _watchdog: Watchdog,
-    socket: PathBuf,
-    log: PathBuf,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
 }
 
 impl Vmm {
@@ -42,21 +44,7 @@ impl Vmm {
         };
         wrapped.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
         let child = spawn_vmm(wrapped, &socket);
-        let watchdog = Watchdog::within(&child, 4 * HANG_LIMIT);
-        Vmm { child, _watchdog: watchdog, socket, log }
-    }
-
-    #[track_caller]
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, reply) = request(&self.socket, method, path, body);
-        assert_eq!(status, 204, "{method} {path}: {reply}");
-    }
-
-    #[track_caller]
-    fn get(&self, path: &str) -> serde_json::Value {
-        let (status, reply) = request(&self.socket, "GET", path, "");
-        assert_eq!(status, 200, "GET {path}: {reply}");
-        serde_json::from_str(&reply).unwrap()
+        Vmm(ApiVmm::adopt(child, socket, log, 4 * HANG_LIMIT))
     }
 
     /// The counts the counting guest printed so far (whole lines only).
@@ -84,13 +72,6 @@ impl Vmm {
         let body =
             serde_json::json!({"snapshot_path": state, "mem_file_path": memory, "snapshot_type": "Full"});
         self.ok("PUT", "/snapshot/create", &body.to_string());
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

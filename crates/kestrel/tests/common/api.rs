@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -115,5 +115,54 @@ pub fn wait_for_metric(socket: &Path, metrics: &Path, section: &str, key: &str) 
         }
         assert!(Instant::now() < deadline, "{section}.{key} never rose above 0: {text}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `kestrel vmm` serving its API on `socket`, with its serial console in the file `log`;
+/// killed and reaped when dropped, and killed by its watchdog if the test hangs.
+pub struct ApiVmm {
+    pub child: Child,
+    _watchdog: super::Watchdog,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ApiVmm {
+    /// `kestrel vmm` on `<dir>/<name>.sock` with `--serial file:<dir>/<name>.log` and `args`,
+    /// killed after `limit`.
+    pub fn start(dir: &Path, name: &str, args: &[&str], limit: Duration) -> ApiVmm {
+        let socket = dir.join(format!("{name}.sock"));
+        let log = dir.join(format!("{name}.log"));
+        let serial = format!("file:{}", log.display());
+        let child = start_vmm_with(&socket, &[&["--serial", serial.as_str()], args].concat());
+        ApiVmm::adopt(child, socket, log, limit)
+    }
+
+    /// A VMM the caller started itself (in a namespace, say), serving on `socket`.
+    pub fn adopt(child: Child, socket: PathBuf, log: PathBuf, limit: Duration) -> ApiVmm {
+        let watchdog = super::Watchdog::within(&child, limit);
+        ApiVmm { child, _watchdog: watchdog, socket, log }
+    }
+
+    /// Makes a request that must answer 204.
+    #[track_caller]
+    pub fn ok(&self, method: &str, path: &str, body: &str) {
+        let (status, reply) = request(&self.socket, method, path, body);
+        assert_eq!(status, 204, "{method} {path}: {reply}");
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    #[track_caller]
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (status, reply) = request(&self.socket, "GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {reply}");
+        serde_json::from_str(&reply).unwrap()
+    }
+}
+
+impl Drop for ApiVmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
